@@ -1,0 +1,50 @@
+//! # lanyard-core
+//!
+//! The rules of the Lanyard IoT SDK with no I/O in them: the device shadow
+//! (desired / reported / delta, versions, per-property conflict policies) and
+//! its CBOR wire format. Everything here is `no_std`, needs no allocator and
+//! contains no `unsafe`; time is always a value passed in (`now_ms`), never
+//! read from a clock.
+//!
+//! Drivers (`lanyard-std` on Linux, `lanyard-nostd` on bare metal) move bytes
+//! and timestamps in and out; they add no rules of their own.
+//!
+//! ## Why these dependencies
+//!
+//! - [`minicbor`]: CBOR (RFC 8949) encoding and decoding that works on a
+//!   byte slice without allocating.
+//! - [`heapless`]: fixed-capacity vectors, so every capacity is a compile-time
+//!   constant and an insert that does not fit fails instead of allocating.
+//!
+//! ## Example
+//!
+//! ```
+//! use lanyard_core::shadow::{Shadow, ConflictPolicy, Source, StateTree, Value, PathBuf};
+//!
+//! // A small shadow: 32 leaves, 1 KiB of keys and text per tree.
+//! let mut shadow: Shadow<32, 1024> = Shadow::new(ConflictPolicy::CloudWins);
+//!
+//! // The cloud asks for a set-point of 21.
+//! let mut desired: StateTree<32, 1024> = StateTree::new();
+//! desired.insert(&PathBuf::from_dotted("hvac.setpoint")?, Value::Int(21))?;
+//! shadow.apply_desired(&desired, None, 1_000)?;
+//!
+//! // The device has not reported it yet, so the delta holds it.
+//! let mut delta: StateTree<32, 1024> = StateTree::new();
+//! shadow.delta_into(&mut delta)?;
+//! assert_eq!(delta.get_dotted("hvac.setpoint").map(|e| e.value), Some(Value::Int(21)));
+//! assert_eq!(shadow.version(), 1);
+//! # Ok::<(), lanyard_core::Error>(())
+//! ```
+#![no_std]
+#![forbid(unsafe_code)]
+#![deny(missing_docs)]
+
+#[cfg(test)]
+extern crate std;
+
+mod error;
+pub mod shadow;
+pub mod wire;
+
+pub use error::{CapacityError, DecodeError, EncodeError, Error, PathError};

@@ -1,0 +1,856 @@
+//! The shadow document: desired and reported trees, versions, and the
+//! conflict rules that keep cloud and device from fighting over a leaf.
+
+use minicbor::decode::Decoder;
+use minicbor::encode::{Encoder, Write};
+
+use super::path::{Path, PathBuf};
+use super::table::PathTable;
+use super::tree::{DEFAULT_LEAVES, DEFAULT_POOL, Entry, StateTree, stored_len};
+use super::value::{LeafMeta, Source, Value};
+use crate::error::{CapacityError, DecodeError, Error};
+use crate::wire::cbor;
+
+/// What decides a leaf that both sides changed since the last sync.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum ConflictPolicy {
+    /// The desired value stands; the device must apply it. For configuration.
+    CloudWins,
+    /// The reported value stands and becomes the desired one. For sensor
+    /// readings and other facts only the device knows.
+    DeviceWins,
+    /// The write with the newer timestamp wins; within the clock-skew
+    /// tolerance the cloud wins. For user settings changed from both ends.
+    LatestWins,
+    /// Parked for an operator; the leaf keeps its reported value meanwhile.
+    ManualResolve,
+}
+
+impl ConflictPolicy {
+    /// Every policy, in counter order.
+    pub const ALL: [ConflictPolicy; 4] = [
+        ConflictPolicy::CloudWins,
+        ConflictPolicy::DeviceWins,
+        ConflictPolicy::LatestWins,
+        ConflictPolicy::ManualResolve,
+    ];
+
+    fn index(self) -> usize {
+        self as usize
+    }
+
+    /// Stable name for logs and metrics.
+    pub fn name(self) -> &'static str {
+        match self {
+            ConflictPolicy::CloudWins => "cloud_wins",
+            ConflictPolicy::DeviceWins => "device_wins",
+            ConflictPolicy::LatestWins => "latest_wins",
+            ConflictPolicy::ManualResolve => "manual_resolve",
+        }
+    }
+}
+
+/// Most per-path policies a document holds.
+pub const MAX_POLICIES: usize = 16;
+/// Most conflicts parked for manual resolution at once.
+pub const MAX_PARKED: usize = 8;
+const POLICY_POOL: usize = 512;
+const PARKED_POOL: usize = 1024;
+
+/// Tunables of the conflict rules.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ShadowConfig {
+    /// Timestamps closer than this are a tie under `LatestWins` (the cloud
+    /// wins ties). The seed's guidance: NTP keeps devices within ±1 s.
+    pub skew_tolerance_ms: u64,
+    /// First backoff window after a conflict.
+    pub backoff_base_ms: u64,
+    /// Largest backoff window.
+    pub backoff_cap_ms: u64,
+}
+
+impl Default for ShadowConfig {
+    fn default() -> Self {
+        ShadowConfig {
+            skew_tolerance_ms: 1_000,
+            backoff_base_ms: 1_000,
+            backoff_cap_ms: 64_000,
+        }
+    }
+}
+
+/// One decided (or parked) conflict, handed to the caller of
+/// [`Shadow::sync`] for logging.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct ConflictRecord<'a> {
+    /// The contested leaf.
+    pub path: Path<'a>,
+    /// The policy that applied.
+    pub policy: ConflictPolicy,
+    /// The side whose value stands; `None` when parked for an operator.
+    pub winner: Option<Source>,
+    /// The desired value.
+    pub cloud: Value<'a>,
+    /// The reported value.
+    pub device: Value<'a>,
+    /// When the cloud wrote its value (cloud clock, ms).
+    pub cloud_ts_ms: u64,
+    /// When the device wrote its value (device clock, ms).
+    pub device_ts_ms: u64,
+}
+
+/// Conflict counters.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct ConflictStats {
+    /// Conflicts seen, by policy (index: [`ConflictPolicy::ALL`] order).
+    pub by_policy: [u64; 4],
+    /// Conflicts the cloud won, including operator decisions.
+    pub cloud_won: u64,
+    /// Conflicts the device won, including operator decisions.
+    pub device_won: u64,
+    /// Conflicts that could not be parked because the queue was full; they
+    /// stay undecided and are parked at a later sync.
+    pub park_overflow: u64,
+}
+
+impl ConflictStats {
+    /// Conflicts seen under `policy`.
+    pub fn count(&self, policy: ConflictPolicy) -> u64 {
+        self.by_policy[policy.index()]
+    }
+}
+
+/// What a sync did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[must_use]
+pub struct SyncReport {
+    /// Conflicts found in this sync.
+    pub conflicts: u32,
+    /// Whether the document changed (its version went up).
+    pub changed: bool,
+    /// Earliest time of the next sync: later than now after a conflict.
+    pub next_sync_not_before_ms: u64,
+}
+
+/// Where the last-synced fingerprint of a leaf comes from after a sync.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Base {
+    /// Both sides agree on the (new) desired value.
+    Agreed,
+    /// The conflict was decided for the cloud; the device's current value is
+    /// the base, so its pending delta is not a second conflict.
+    Reported,
+    /// Unchanged.
+    Keep,
+}
+
+/// How one desired leaf comes out of a sync.
+#[derive(Clone, Copy)]
+struct Decision {
+    take_reported: bool,
+    base: Base,
+    conflict: Option<(ConflictPolicy, Option<Source>)>,
+    park: bool,
+}
+
+/// A device shadow with fixed capacity: each tree holds `LEAVES` leaves in
+/// `POOL` bytes. The defaults hold an 8 KB AWS IoT shadow document
+/// (see [`DEFAULT_LEAVES`]); firmware picks smaller numbers.
+///
+/// Memory: four trees of `LEAVES * 48 + POOL` bytes each (desired, reported,
+/// last-synced fingerprints, and a scratch tree that lets every operation
+/// build its result aside and leave the document untouched on error).
+///
+/// ```
+/// use lanyard_core::shadow::*;
+/// let mut s: Shadow<16, 512> = Shadow::new(ConflictPolicy::LatestWins);
+/// let mut up: StateTree<16, 512> = StateTree::new();
+/// up.insert(&PathBuf::from_dotted("setpoint")?, Value::Int(72))?;
+/// s.apply_desired(&up, Some(0), 10_000)?;           // the app, at t = 10 s
+/// let mut dev: StateTree<16, 512> = StateTree::new();
+/// dev.insert(&PathBuf::from_dotted("setpoint")?, Value::Int(68))?;
+/// s.apply_reported(&dev, None, 15_000)?;            // the button, at t = 15 s
+/// let mut seen = None;
+/// let report = s.sync(15_000, u32::MAX / 2, |c| seen = Some((c.winner, c.device)))?;
+/// assert_eq!(report.conflicts, 1);
+/// assert_eq!(seen, Some((Some(Source::Device), Value::Int(68))));
+/// assert_eq!(s.desired().get_dotted("setpoint").unwrap().value, Value::Int(68));
+/// # Ok::<(), lanyard_core::Error>(())
+/// ```
+pub struct Shadow<const LEAVES: usize = DEFAULT_LEAVES, const POOL: usize = DEFAULT_POOL> {
+    desired: StateTree<LEAVES, POOL>,
+    reported: StateTree<LEAVES, POOL>,
+    /// Fingerprint of the last value both sides agreed on, per desired path.
+    synced: StateTree<LEAVES, POOL>,
+    scratch: StateTree<LEAVES, POOL>,
+    version: u64,
+    last_sync_version: u64,
+    default_policy: ConflictPolicy,
+    policies: PathTable<ConflictPolicy, MAX_POLICIES, POLICY_POOL>,
+    /// Parked conflicts and when they were parked.
+    parked: PathTable<u64, MAX_PARKED, PARKED_POOL>,
+    config: ShadowConfig,
+    stats: ConflictStats,
+    backoff_exp: u32,
+    sync_not_before_ms: u64,
+}
+
+impl<const L: usize, const P: usize> Shadow<L, P> {
+    /// An empty document at version 0 with one policy for every path.
+    pub const fn new(default_policy: ConflictPolicy) -> Self {
+        Shadow {
+            desired: StateTree::new(),
+            reported: StateTree::new(),
+            synced: StateTree::new(),
+            scratch: StateTree::new(),
+            version: 0,
+            last_sync_version: 0,
+            default_policy,
+            policies: PathTable::new(),
+            parked: PathTable::new(),
+            config: ShadowConfig {
+                skew_tolerance_ms: 1_000,
+                backoff_base_ms: 1_000,
+                backoff_cap_ms: 64_000,
+            },
+            stats: ConflictStats {
+                by_policy: [0; 4],
+                cloud_won: 0,
+                device_won: 0,
+                park_overflow: 0,
+            },
+            backoff_exp: 0,
+            sync_not_before_ms: 0,
+        }
+    }
+
+    /// Replaces the tunables.
+    pub fn set_config(&mut self, config: ShadowConfig) {
+        self.config = config;
+    }
+
+    /// The tunables.
+    pub fn config(&self) -> ShadowConfig {
+        self.config
+    }
+
+    /// Sets the policy for `path` and everything inside it; the longest
+    /// matching path decides.
+    pub fn set_policy(&mut self, path: &PathBuf, policy: ConflictPolicy) -> Result<(), Error> {
+        if path.as_path().depth() == 0 {
+            self.default_policy = policy;
+            return Ok(());
+        }
+        Ok(self.policies.set(path.as_path().as_bytes(), policy)?)
+    }
+
+    /// The policy that applies to `path`.
+    pub fn policy_for(&self, path: Path<'_>) -> ConflictPolicy {
+        self.policies
+            .longest_prefix(path.as_bytes())
+            .unwrap_or(self.default_policy)
+    }
+
+    /// The document version: 0 when new, +1 per accepted change.
+    pub fn version(&self) -> u64 {
+        self.version
+    }
+
+    /// The desired tree.
+    pub fn desired(&self) -> &StateTree<L, P> {
+        &self.desired
+    }
+
+    /// The reported tree.
+    pub fn reported(&self) -> &StateTree<L, P> {
+        &self.reported
+    }
+
+    /// Conflict counters.
+    pub fn stats(&self) -> ConflictStats {
+        self.stats
+    }
+
+    /// Earliest time at which [`Shadow::sync`] will run.
+    pub fn sync_not_before_ms(&self) -> u64 {
+        self.sync_not_before_ms
+    }
+
+    /// Conflicts waiting for an operator, with the time they were parked.
+    pub fn parked(&self) -> impl Iterator<Item = (Path<'_>, u64)> + '_ {
+        self.parked.iter()
+    }
+
+    fn check_version(&self, expected: Option<u64>) -> Result<(), Error> {
+        match expected {
+            Some(v) if v != self.version => Err(Error::VersionConflict {
+                expected: v,
+                current: self.version,
+            }),
+            _ => Ok(()),
+        }
+    }
+
+    /// Applies a cloud-side update to `desired` (null deletes). With
+    /// `expected_version`, the update is refused unless it is current.
+    /// Returns the new version. On error nothing changes.
+    pub fn apply_desired<const UL: usize, const UP: usize>(
+        &mut self,
+        update: &StateTree<UL, UP>,
+        expected_version: Option<u64>,
+        now_ms: u64,
+    ) -> Result<u64, Error> {
+        self.apply(Some(update), None, expected_version, now_ms)
+    }
+
+    /// Applies a device-side update to `reported`. See [`Shadow::apply_desired`].
+    pub fn apply_reported<const UL: usize, const UP: usize>(
+        &mut self,
+        update: &StateTree<UL, UP>,
+        expected_version: Option<u64>,
+        now_ms: u64,
+    ) -> Result<u64, Error> {
+        self.apply(None, Some(update), expected_version, now_ms)
+    }
+
+    /// Applies both parts of an update atomically: both or neither. The
+    /// desired part is written as the cloud, the reported part as the device,
+    /// both with `timestamp_ms`.
+    pub fn apply<const UL: usize, const UP: usize>(
+        &mut self,
+        desired: Option<&StateTree<UL, UP>>,
+        reported: Option<&StateTree<UL, UP>>,
+        expected_version: Option<u64>,
+        timestamp_ms: u64,
+    ) -> Result<u64, Error> {
+        self.check_version(expected_version)?;
+        // Check both fit before touching either, so the update is atomic.
+        if let Some(u) = desired {
+            self.desired.merge_fits(u)?;
+        }
+        if let Some(u) = reported {
+            self.reported.merge_fits(u)?;
+        }
+        let version = self.version + 1;
+        for (update, source) in [(desired, Source::Cloud), (reported, Source::Device)] {
+            let Some(update) = update else { continue };
+            let meta = LeafMeta {
+                timestamp_ms,
+                source,
+                version,
+            };
+            let target = match source {
+                Source::Cloud => &mut self.desired,
+                Source::Device => &mut self.reported,
+            };
+            // Cannot fail: merge_fits checked the capacity.
+            target.merge_into(update, meta, &mut self.scratch)?;
+            core::mem::swap(target, &mut self.scratch);
+        }
+        self.version = version;
+        Ok(version)
+    }
+
+    /// Writes the delta, AWS-style: the desired leaves whose reported value
+    /// differs or is missing, leaving out conflicts parked for an operator.
+    pub fn delta_into<const DL: usize, const DP: usize>(
+        &self,
+        out: &mut StateTree<DL, DP>,
+    ) -> Result<(), Error> {
+        let parked = &self.parked;
+        self.desired
+            .diff_into(&self.reported, |p| parked.get(p).is_some(), out)?;
+        Ok(())
+    }
+
+    /// True when the delta is empty.
+    pub fn in_sync(&self) -> bool {
+        self.desired.iter().all(|d| {
+            self.parked.get(d.path.as_bytes()).is_some()
+                || self
+                    .reported
+                    .get(d.path)
+                    .is_some_and(|r| r.value == d.value)
+        })
+    }
+
+    /// Looks at every desired leaf against its reported value and the value
+    /// both sides last agreed on, and settles what changed since the last
+    /// sync:
+    ///
+    /// - only the cloud changed it: nothing to decide, the delta carries it;
+    /// - only the device changed it: under `CloudWins` the delta pushes the
+    ///   desired value back; under every other policy the device's value
+    ///   becomes the desired one;
+    /// - both changed it to different values: a conflict, decided by the
+    ///   path's policy and reported to `on_conflict`.
+    ///
+    /// After a sync that found conflicts, the next one waits an exponential,
+    /// fully jittered backoff: `jitter` (any `u32`, uniformly random from the
+    /// caller) picks the point in `[0, window]`. A sync before then returns
+    /// [`Error::BackingOff`] and changes nothing.
+    pub fn sync(
+        &mut self,
+        now_ms: u64,
+        jitter: u32,
+        mut on_conflict: impl FnMut(&ConflictRecord<'_>),
+    ) -> Result<SyncReport, Error> {
+        if now_ms < self.sync_not_before_ms {
+            return Err(Error::BackingOff {
+                until_ms: self.sync_not_before_ms,
+            });
+        }
+        // Pass 1: decide every leaf and check the result fits.
+        let mut decisions: heapless::Vec<Decision, L> = heapless::Vec::new();
+        let (mut bytes, mut parks) = (0usize, 0usize);
+        for i in 0..self.desired.len() {
+            let d = self.desired.at(i);
+            let dec = self.decide(&d, parks);
+            parks += usize::from(dec.park);
+            let chosen = if dec.take_reported {
+                self.reported.get(d.path).unwrap_or(d)
+            } else {
+                d
+            };
+            bytes += stored_len(&chosen);
+            // One decision per desired leaf, and desired holds at most L.
+            let _ = decisions.push(dec);
+        }
+        if bytes > P {
+            return Err(CapacityError::Pool { capacity: P }.into());
+        }
+
+        // Pass 2: write the new desired tree and report conflicts.
+        let changed = decisions.iter().any(|d| d.take_reported);
+        let version = if changed {
+            self.version + 1
+        } else {
+            self.version
+        };
+        let mut conflicts = 0u32;
+        self.scratch.clear();
+        for (i, dec) in decisions.iter().enumerate() {
+            let d = self.desired.at(i);
+            let r = self.reported.get(d.path);
+            if let (Some((policy, winner)), Some(r)) = (dec.conflict, r) {
+                conflicts += 1;
+                self.stats.by_policy[policy.index()] += 1;
+                match winner {
+                    Some(Source::Cloud) => self.stats.cloud_won += 1,
+                    Some(Source::Device) => self.stats.device_won += 1,
+                    None if dec.park => {
+                        // Room was checked in `decide`.
+                        let _ = self.parked.set(d.path.as_bytes(), now_ms);
+                    }
+                    None => self.stats.park_overflow += 1,
+                }
+                on_conflict(&ConflictRecord {
+                    path: d.path,
+                    policy,
+                    winner,
+                    cloud: d.value,
+                    device: r.value,
+                    cloud_ts_ms: d.meta.timestamp_ms,
+                    device_ts_ms: r.meta.timestamp_ms,
+                });
+            }
+            match (dec.take_reported, r) {
+                (true, Some(r)) => {
+                    let meta = LeafMeta { version, ..r.meta };
+                    self.scratch.push_sorted(d.path.as_bytes(), r.value, meta)?;
+                }
+                _ => self
+                    .scratch
+                    .push_sorted(d.path.as_bytes(), d.value, d.meta)?,
+            }
+        }
+        core::mem::swap(&mut self.desired, &mut self.scratch);
+
+        // Pass 3: the new fingerprints, one per desired path (paths only in
+        // the pool, so they always fit where desired fits).
+        self.scratch.clear();
+        for (i, dec) in decisions.iter().enumerate() {
+            let d = self.desired.at(i);
+            let fp = match dec.base {
+                Base::Agreed => Some(fingerprint(d.value)),
+                Base::Reported => self.reported.get(d.path).map(|r| fingerprint(r.value)),
+                Base::Keep => self.synced.get(d.path).map(|b| int_of(b.value)),
+            };
+            if let Some(fp) = fp {
+                self.scratch
+                    .push_sorted(d.path.as_bytes(), Value::Int(fp), d.meta)?;
+            }
+        }
+        core::mem::swap(&mut self.synced, &mut self.scratch);
+
+        // Parked conflicts end when their leaf is gone or agreed.
+        let (desired, reported) = (&self.desired, &self.reported);
+        self.parked.retain(|p| {
+            let path = Path::from_encoded(p);
+            match (desired.get(path), reported.get(path)) {
+                (Some(d), Some(r)) => d.value != r.value,
+                (Some(_), None) => true,
+                _ => false,
+            }
+        });
+
+        self.version = version;
+        self.last_sync_version = version;
+        if conflicts > 0 {
+            self.backoff_exp = self.backoff_exp.saturating_add(1);
+            let window = backoff_window(self.config, self.backoff_exp);
+            let delay = (u128::from(window) * u128::from(jitter) / u128::from(u32::MAX)) as u64;
+            self.sync_not_before_ms = now_ms.saturating_add(delay);
+        } else {
+            self.backoff_exp = 0;
+            self.sync_not_before_ms = now_ms;
+        }
+        Ok(SyncReport {
+            conflicts,
+            changed,
+            next_sync_not_before_ms: self.sync_not_before_ms,
+        })
+    }
+
+    fn decide(&self, d: &Entry<'_>, parks_so_far: usize) -> Decision {
+        let keep = Decision {
+            take_reported: false,
+            base: Base::Keep,
+            conflict: None,
+            park: false,
+        };
+        let Some(r) = self.reported.get(d.path) else {
+            return keep;
+        };
+        if r.value == d.value {
+            return Decision {
+                base: Base::Agreed,
+                ..keep
+            };
+        }
+        if self.parked.get(d.path.as_bytes()).is_some() {
+            return keep;
+        }
+        let base = self.synced.get(d.path).map(|b| int_of(b.value));
+        let changed = |e: &Entry<'_>| {
+            e.meta.version > self.last_sync_version && base != Some(fingerprint(e.value))
+        };
+        let policy = self.policy_for(d.path);
+        let device_wins = Decision {
+            take_reported: true,
+            base: Base::Agreed,
+            ..keep
+        };
+        match (changed(d), changed(&r)) {
+            // Cloud-only change, or nothing new: the delta carries it.
+            (_, false) => keep,
+            // Device-only change.
+            (false, true) if policy == ConflictPolicy::CloudWins => keep,
+            (false, true) => device_wins,
+            // Both changed: a conflict.
+            (true, true) => {
+                let winner = match policy {
+                    ConflictPolicy::CloudWins => Some(Source::Cloud),
+                    ConflictPolicy::DeviceWins => Some(Source::Device),
+                    ConflictPolicy::LatestWins => {
+                        let skew = self.config.skew_tolerance_ms;
+                        if r.meta.timestamp_ms > d.meta.timestamp_ms.saturating_add(skew) {
+                            Some(Source::Device)
+                        } else {
+                            Some(Source::Cloud)
+                        }
+                    }
+                    ConflictPolicy::ManualResolve => None,
+                };
+                match winner {
+                    Some(Source::Device) => Decision {
+                        conflict: Some((policy, winner)),
+                        ..device_wins
+                    },
+                    Some(Source::Cloud) => Decision {
+                        base: Base::Reported,
+                        conflict: Some((policy, winner)),
+                        ..keep
+                    },
+                    None => Decision {
+                        conflict: Some((policy, None)),
+                        park: self.parked.len() + parks_so_far < MAX_PARKED,
+                        ..keep
+                    },
+                }
+            }
+        }
+    }
+
+    /// An operator's decision on a parked conflict. `Source::Cloud` keeps the
+    /// desired value (the delta then asks the device to apply it);
+    /// `Source::Device` makes the reported value the desired one. Returns the
+    /// document version afterwards.
+    pub fn resolve(&mut self, path: Path<'_>, winner: Source, now_ms: u64) -> Result<u64, Error> {
+        if self.parked.get(path.as_bytes()).is_none() {
+            return Err(Error::NotParked);
+        }
+        let policy = self.policy_for(path);
+        let _ = policy;
+        let reported = self.reported.get(path).map(|r| (fingerprint(r.value), r));
+        match (winner, reported) {
+            (Source::Device, Some((fp, r))) => {
+                let version = self.version + 1;
+                let meta = LeafMeta {
+                    timestamp_ms: now_ms,
+                    source: Source::Device,
+                    version,
+                };
+                self.desired.insert_with_meta(path, r.value, meta)?;
+                self.synced.insert_with_meta(path, Value::Int(fp), meta)?;
+                self.version = version;
+                self.stats.device_won += 1;
+            }
+            (_, reported) => {
+                if let Some((fp, r)) = reported {
+                    self.synced.insert_with_meta(path, Value::Int(fp), r.meta)?;
+                }
+                self.stats.cloud_won += 1;
+            }
+        }
+        self.parked.remove(path.as_bytes());
+        Ok(self.version)
+    }
+
+    // ---- persistence ----
+
+    /// Encodes the whole document (trees, metadata, sync state, parked
+    /// conflicts) as CBOR into `out`; see `docs/wire-format.md`. Policies and
+    /// tunables are configuration and are not included.
+    pub fn encode(&self, out: &mut [u8]) -> Result<usize, Error> {
+        Ok(cbor::encode_measured(out, |sink| {
+            let mut e = Encoder::new(cbor::FnWriter(sink));
+            self.encode_cbor(&mut e).map_err(cbor::enc_err)
+        })?)
+    }
+
+    /// Writes the document with minicbor.
+    pub fn encode_cbor<W: Write>(
+        &self,
+        e: &mut Encoder<W>,
+    ) -> Result<(), minicbor::encode::Error<W::Error>> {
+        e.map(8)?;
+        e.u8(1)?.u64(self.version)?;
+        e.u8(2)?;
+        self.desired.encode_cbor(e)?;
+        e.u8(3)?;
+        self.reported.encode_cbor(e)?;
+        e.u8(4)?;
+        self.desired.encode_meta(e)?;
+        e.u8(5)?;
+        self.reported.encode_meta(e)?;
+        e.u8(6)?.u64(self.last_sync_version)?;
+        e.u8(7)?;
+        self.synced.encode_cbor(e)?;
+        e.u8(8)?.array(self.parked.len() as u64)?;
+        for (p, at) in self.parked.iter() {
+            e.array(2)?.array(p.depth() as u64)?;
+            for k in p.keys() {
+                e.str(k)?;
+            }
+            e.u64(at)?;
+        }
+        Ok(())
+    }
+
+    /// Decodes a document written by [`Shadow::encode`] into a new shadow
+    /// with `default_policy`. Fields it does not know are skipped.
+    pub fn decode(bytes: &[u8], default_policy: ConflictPolicy) -> Result<Self, Error> {
+        let mut s = Self::new(default_policy);
+        let mut d = Decoder::new(bytes);
+        s.decode_cbor(&mut d)?;
+        if d.position() != bytes.len() {
+            return Err(DecodeError::TrailingBytes { at: d.position() }.into());
+        }
+        Ok(s)
+    }
+
+    fn decode_cbor(&mut self, d: &mut Decoder<'_>) -> Result<(), DecodeError> {
+        let at = d.position();
+        let Some(n) = d.map()? else {
+            return Err(DecodeError::Malformed {
+                what: "a definite-length document map",
+                at,
+            });
+        };
+        let mut seen = 0u16;
+        let meta = LeafMeta::new(Source::Cloud, 0);
+        for _ in 0..n {
+            let key = cbor::read_u64(d)?;
+            if (1..=8).contains(&key) {
+                if seen & (1 << key) != 0 {
+                    return Err(DecodeError::DuplicateKey { at: d.position() });
+                }
+                seen |= 1 << key;
+            }
+            match key {
+                1 => self.version = cbor::read_u64(d)?,
+                2 => self.desired.decode_cbor(d, meta, false)?,
+                3 => self.reported.decode_cbor(d, meta, false)?,
+                4 if seen & (1 << 2) != 0 => self.desired.decode_meta(d)?,
+                5 if seen & (1 << 3) != 0 => self.reported.decode_meta(d)?,
+                6 => self.last_sync_version = cbor::read_u64(d)?,
+                7 => self.synced.decode_cbor(d, meta, false)?,
+                8 => self.decode_parked(d)?,
+                4 | 5 => {
+                    return Err(DecodeError::Malformed {
+                        what: "metadata after its tree",
+                        at: d.position(),
+                    });
+                }
+                _ => cbor::skip_item(d, 0)?,
+            }
+        }
+        for k in [1u16, 2, 3, 4, 5] {
+            if seen & (1 << k) == 0 {
+                return Err(DecodeError::MissingField(
+                    [
+                        "",
+                        "version",
+                        "desired",
+                        "reported",
+                        "desired metadata",
+                        "reported metadata",
+                    ][k as usize],
+                ));
+            }
+        }
+        if self.last_sync_version > self.version {
+            return Err(DecodeError::Malformed {
+                what: "last sync version not after the version",
+                at,
+            });
+        }
+        Ok(())
+    }
+
+    fn decode_parked(&mut self, d: &mut Decoder<'_>) -> Result<(), DecodeError> {
+        let at = d.position();
+        let n = d.array()?.ok_or(DecodeError::Malformed {
+            what: "a definite array of parked conflicts",
+            at,
+        })?;
+        for _ in 0..n {
+            let at = d.position();
+            if d.array()? != Some(2) {
+                return Err(DecodeError::Malformed {
+                    what: "[path, parked-at]",
+                    at,
+                });
+            }
+            let path = cbor::read_path(d)?;
+            let parked_at = cbor::read_u64(d)?;
+            self.parked
+                .set(path.as_path().as_bytes(), parked_at)
+                .map_err(DecodeError::Capacity)?;
+        }
+        Ok(())
+    }
+}
+
+impl<const L: usize, const P: usize> Clone for Shadow<L, P> {
+    fn clone(&self) -> Self {
+        Shadow {
+            desired: self.desired.clone(),
+            reported: self.reported.clone(),
+            synced: self.synced.clone(),
+            scratch: StateTree::new(),
+            version: self.version,
+            last_sync_version: self.last_sync_version,
+            default_policy: self.default_policy,
+            policies: self.policies.clone(),
+            parked: self.parked.clone(),
+            config: self.config,
+            stats: self.stats,
+            backoff_exp: self.backoff_exp,
+            sync_not_before_ms: self.sync_not_before_ms,
+        }
+    }
+}
+
+impl<const L: usize, const P: usize> core::fmt::Debug for Shadow<L, P> {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        f.debug_struct("Shadow")
+            .field("version", &self.version)
+            .field("desired", &self.desired)
+            .field("reported", &self.reported)
+            .finish_non_exhaustive()
+    }
+}
+
+fn backoff_window(c: ShadowConfig, exp: u32) -> u64 {
+    let shift = exp.saturating_sub(1).min(63);
+    c.backoff_base_ms
+        .checked_shl(shift)
+        .filter(|w| *w >> shift == c.backoff_base_ms)
+        .unwrap_or(u64::MAX)
+        .min(c.backoff_cap_ms)
+}
+
+fn int_of(v: Value<'_>) -> i64 {
+    match v {
+        Value::Int(i) => i,
+        _ => 0,
+    }
+}
+
+/// FNV-1a over a value's type and bytes. The last-synced table keeps only
+/// this, so it never needs more pool than `desired` does; a collision would
+/// only make a changed value look unchanged for one sync.
+fn fingerprint(v: Value<'_>) -> i64 {
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    let mut eat = |bytes: &[u8]| {
+        for b in bytes {
+            h ^= u64::from(*b);
+            h = h.wrapping_mul(0x0100_0000_01b3);
+        }
+    };
+    match v {
+        Value::Null => eat(&[0]),
+        Value::Bool(b) => eat(&[1, u8::from(b)]),
+        Value::Int(i) => {
+            eat(&[2]);
+            eat(&i.to_le_bytes())
+        }
+        Value::Float(x) => {
+            eat(&[3]);
+            eat(&x.to_bits().to_le_bytes())
+        }
+        Value::Text(s) => {
+            eat(&[4]);
+            eat(s.as_bytes())
+        }
+        Value::Bytes(b) => {
+            eat(&[5]);
+            eat(b)
+        }
+        Value::Array(a) => {
+            eat(&[6]);
+            eat(a.as_cbor())
+        }
+    }
+    h as i64
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn backoff_doubles_and_caps() {
+        let c = ShadowConfig::default();
+        let w: [u64; 9] = core::array::from_fn(|i| backoff_window(c, i as u32 + 1));
+        assert_eq!(
+            w,
+            [
+                1_000, 2_000, 4_000, 8_000, 16_000, 32_000, 64_000, 64_000, 64_000
+            ]
+        );
+        assert_eq!(backoff_window(c, u32::MAX), 64_000);
+    }
+}

@@ -1,0 +1,732 @@
+//! A fixed-capacity tree of leaves: one side (`desired` or `reported`) of a
+//! shadow, or the state carried by an update or a delta.
+//!
+//! The tree is stored flat: a vector of leaves sorted by [`Path`], and one
+//! byte pool holding every path, text, byte string and array. Maps exist only
+//! as shared path prefixes, so an empty map is not stored (AWS IoT prunes
+//! them too). Operations that rebuild the tree write a fresh one, which
+//! compacts the pool for free and leaves the source untouched on failure.
+
+use core::fmt;
+
+use minicbor::data::Type;
+use minicbor::decode::Decoder;
+use minicbor::encode::{Encoder, Write};
+
+use super::path::{Path, PathBuf};
+use super::value::{LeafMeta, RawArray, Source, Span, Stored, Value};
+use crate::error::{CapacityError, DecodeError, Error, PathError};
+use crate::wire::cbor::{self, VecWriter, read_i64, take_break};
+
+/// Default leaf capacity of a tree: with [`DEFAULT_POOL`] it holds any AWS IoT
+/// shadow state document of up to 8 KB whose flattened paths fit the pool
+/// (typical: up to 512 leaves, keys under 32 bytes, 4 levels).
+pub const DEFAULT_LEAVES: usize = 512;
+/// Default pool capacity in bytes (paths, text, bytes, arrays).
+pub const DEFAULT_POOL: usize = 16 * 1024;
+
+#[derive(Clone, Copy, Debug)]
+struct Leaf {
+    path: Span,
+    value: Stored,
+    meta: LeafMeta,
+}
+
+/// One leaf as seen from outside the tree.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct Entry<'a> {
+    /// Where the leaf sits.
+    pub path: Path<'a>,
+    /// Its value.
+    pub value: Value<'a>,
+    /// Who wrote it, when, in which document version.
+    pub meta: LeafMeta,
+}
+
+/// A tree of at most `LEAVES` leaves whose paths and payloads fit in `POOL`
+/// bytes. See the module documentation for the layout.
+///
+/// ```
+/// use lanyard_core::shadow::{StateTree, PathBuf, Value};
+/// let mut t: StateTree<8, 256> = StateTree::new();
+/// t.insert(&PathBuf::from_dotted("led.on")?, Value::Bool(true))?;
+/// t.insert(&PathBuf::from_dotted("led.period_ms")?, Value::Int(500))?;
+/// // A leaf where a map is, is refused and changes nothing.
+/// assert!(t.insert(&PathBuf::from_dotted("led")?, Value::Int(1)).is_err());
+/// assert_eq!(t.len(), 2);
+/// let mut buf = [0u8; 64];
+/// let n = t.encode(&mut buf)?;
+/// let back: StateTree<8, 256> = StateTree::decode(&buf[..n])?;
+/// assert_eq!(back, t);
+/// # Ok::<(), lanyard_core::Error>(())
+/// ```
+#[derive(Clone)]
+pub struct StateTree<const LEAVES: usize = DEFAULT_LEAVES, const POOL: usize = DEFAULT_POOL> {
+    leaves: heapless::Vec<Leaf, LEAVES>,
+    pool: heapless::Vec<u8, POOL>,
+}
+
+impl<const L: usize, const P: usize> Default for StateTree<L, P> {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl<const L: usize, const P: usize> StateTree<L, P> {
+    /// An empty tree.
+    pub const fn new() -> Self {
+        StateTree {
+            leaves: heapless::Vec::new(),
+            pool: heapless::Vec::new(),
+        }
+    }
+
+    /// Number of leaves.
+    pub fn len(&self) -> usize {
+        self.leaves.len()
+    }
+
+    /// True when there are no leaves.
+    pub fn is_empty(&self) -> bool {
+        self.leaves.is_empty()
+    }
+
+    /// Bytes of the pool in use.
+    pub fn pool_used(&self) -> usize {
+        self.pool.len()
+    }
+
+    /// Removes every leaf.
+    pub fn clear(&mut self) {
+        self.leaves.clear();
+        self.pool.clear();
+    }
+
+    /// The leaf at sorted position `i`.
+    pub(crate) fn at(&self, i: usize) -> Entry<'_> {
+        let l = &self.leaves[i];
+        Entry {
+            path: Path::from_encoded(l.path.slice(&self.pool)),
+            value: l.value.view(&self.pool),
+            meta: l.meta,
+        }
+    }
+
+    fn path_at(&self, i: usize) -> &[u8] {
+        self.leaves[i].path.slice(&self.pool)
+    }
+
+    /// Leaves in path order.
+    pub fn iter(&self) -> impl Iterator<Item = Entry<'_>> + '_ {
+        (0..self.leaves.len()).map(move |i| self.at(i))
+    }
+
+    /// Binary search by encoded path.
+    pub(crate) fn find(&self, path: &[u8]) -> Result<usize, usize> {
+        self.leaves
+            .binary_search_by(|l| l.path.slice(&self.pool).cmp(path))
+    }
+
+    /// The leaf at `path`, if there is one.
+    pub fn get(&self, path: Path<'_>) -> Option<Entry<'_>> {
+        self.find(path.as_bytes()).ok().map(|i| self.at(i))
+    }
+
+    /// The leaf at a dotted path such as `"hvac.setpoint"`.
+    pub fn get_dotted(&self, dotted: &str) -> Option<Entry<'_>> {
+        let p = PathBuf::from_dotted(dotted).ok()?;
+        self.find(p.as_path().as_bytes()).ok().map(|i| self.at(i))
+    }
+
+    /// True when some leaf lies inside `path` (or is `path`).
+    pub(crate) fn has_within(&self, path: &[u8]) -> bool {
+        let pos = match self.find(path) {
+            Ok(_) => return true,
+            Err(pos) => pos,
+        };
+        pos < self.leaves.len() && self.path_at(pos).starts_with(path)
+    }
+
+    /// Sets `path` to `value` with default metadata (cloud, time 0).
+    pub fn insert(&mut self, path: &PathBuf, value: Value<'_>) -> Result<(), Error> {
+        self.insert_with_meta(path.as_path(), value, LeafMeta::new(Source::Cloud, 0))
+    }
+
+    /// Sets a leaf, replacing one at the same path. A path through an
+    /// existing leaf, or onto an existing map, is refused. On any error the
+    /// tree is unchanged.
+    pub fn insert_with_meta(
+        &mut self,
+        path: Path<'_>,
+        value: Value<'_>,
+        meta: LeafMeta,
+    ) -> Result<(), Error> {
+        let bytes = path.as_bytes();
+        if bytes.is_empty() {
+            return Err(PathError::LeafMapClash.into());
+        }
+        let pos = match self.find(bytes) {
+            Ok(i) => {
+                // Replace: check the new value fits once the old one is gone,
+                // so that the remove below is never left half done.
+                let old = stored_len(&self.at(i));
+                let new = bytes.len() + payload_len(value)?;
+                if self.pool.len() - old + new > P {
+                    return Err(CapacityError::Pool { capacity: P }.into());
+                }
+                self.remove(path);
+                return self.insert_with_meta(path, value, meta);
+            }
+            Err(pos) => pos,
+        };
+        if pos < self.leaves.len() && self.path_at(pos).starts_with(bytes) {
+            return Err(PathError::LeafMapClash.into());
+        }
+        for d in 1..path.depth() {
+            if self.find(path.prefix(d).as_bytes()).is_ok() {
+                return Err(PathError::LeafMapClash.into());
+            }
+        }
+        if self.leaves.is_full() {
+            return Err(CapacityError::Leaves { capacity: L }.into());
+        }
+        let leaf = self.store(bytes, value, meta, false)?;
+        // Capacity was checked above, so the insert cannot fail.
+        let _ = self.leaves.insert(pos, leaf);
+        Ok(())
+    }
+
+    /// Appends a leaf that sorts after every existing one. Values that come
+    /// from another tree are already canonical.
+    pub(crate) fn push_sorted(
+        &mut self,
+        path: &[u8],
+        value: Value<'_>,
+        meta: LeafMeta,
+    ) -> Result<(), DecodeError> {
+        debug_assert!(
+            self.leaves
+                .last()
+                .is_none_or(|l| l.path.slice(&self.pool) < path)
+        );
+        if self.leaves.is_full() {
+            return Err(CapacityError::Leaves { capacity: L }.into());
+        }
+        let leaf = self.store(path, value, meta, true)?;
+        let _ = self.leaves.push(leaf);
+        Ok(())
+    }
+
+    /// Copies `path` and the value's payload into the pool; on failure the
+    /// pool is cut back to where it was.
+    fn store(
+        &mut self,
+        path: &[u8],
+        value: Value<'_>,
+        meta: LeafMeta,
+        canonical: bool,
+    ) -> Result<Leaf, DecodeError> {
+        let mark = self.pool.len();
+        let r = self.store_inner(path, value, canonical);
+        match r {
+            Ok((path, value)) => Ok(Leaf { path, value, meta }),
+            Err(e) => {
+                self.pool.truncate(mark);
+                Err(e)
+            }
+        }
+    }
+
+    fn append(&mut self, bytes: &[u8]) -> Result<Span, CapacityError> {
+        let start = self.pool.len();
+        self.pool
+            .extend_from_slice(bytes)
+            .map_err(|_| CapacityError::Pool { capacity: P })?;
+        Ok(Span {
+            start: start as u32,
+            len: bytes.len() as u32,
+        })
+    }
+
+    fn store_inner(
+        &mut self,
+        path: &[u8],
+        value: Value<'_>,
+        canonical: bool,
+    ) -> Result<(Span, Stored), DecodeError> {
+        let path = self.append(path)?;
+        let stored = match value {
+            Value::Null => Stored::Null,
+            Value::Bool(b) => Stored::Bool(b),
+            Value::Int(i) => Stored::Int(i),
+            Value::Float(x) => Stored::Float(x.to_bits()),
+            Value::Text(s) => Stored::Text(self.append(s.as_bytes())?),
+            Value::Bytes(b) => Stored::Bytes(self.append(b)?),
+            Value::Array(a) if canonical => Stored::Array(self.append(a.0)?),
+            Value::Array(a) => {
+                let start = self.pool.len();
+                let mut d = Decoder::new(a.0);
+                let mut e = Encoder::new(VecWriter(&mut self.pool));
+                cbor::canonicalize_array(&mut d, &mut e, 0)?;
+                if d.position() != a.0.len() {
+                    return Err(DecodeError::TrailingBytes { at: d.position() });
+                }
+                Stored::Array(Span {
+                    start: start as u32,
+                    len: (self.pool.len() - start) as u32,
+                })
+            }
+        };
+        Ok((path, stored))
+    }
+
+    /// Removes the leaf at `path` and compacts the pool. Returns whether a
+    /// leaf was there.
+    pub fn remove(&mut self, path: Path<'_>) -> bool {
+        let Ok(i) = self.find(path.as_bytes()) else {
+            return false;
+        };
+        let leaf = self.leaves.remove(i);
+        // Path and payload were appended together, so they are one range.
+        let start = leaf.path.start as usize;
+        let end = match leaf.value {
+            Stored::Text(s) | Stored::Bytes(s) | Stored::Array(s) => (s.start + s.len) as usize,
+            _ => (leaf.path.start + leaf.path.len) as usize,
+        };
+        let cut = end - start;
+        self.pool.copy_within(end.., start);
+        self.pool.truncate(self.pool.len() - cut);
+        let shift = |s: &mut Span| {
+            if s.start as usize >= end {
+                s.start -= cut as u32;
+            }
+        };
+        for l in self.leaves.iter_mut() {
+            shift(&mut l.path);
+            if let Stored::Text(s) | Stored::Bytes(s) | Stored::Array(s) = &mut l.value {
+                shift(s);
+            }
+        }
+        true
+    }
+
+    /// Sets the metadata of leaf `i`.
+    pub(crate) fn set_meta(&mut self, i: usize, meta: LeafMeta) {
+        self.leaves[i].meta = meta;
+    }
+
+    /// Walks `self` with `update` merged into it, in path order, with AWS IoT
+    /// shadow semantics: a value replaces the leaf or the whole map at its
+    /// path, a `null` deletes the leaf or map at its path, a value below an
+    /// existing leaf turns that leaf into a map. `visit` gets each resulting
+    /// leaf and whether it comes from the update.
+    fn merge_walk<const UL: usize, const UP: usize, E>(
+        &self,
+        update: &StateTree<UL, UP>,
+        mut visit: impl FnMut(Entry<'_>, bool) -> Result<(), E>,
+    ) -> Result<(), E> {
+        let (mut i, mut j) = (0, 0);
+        while i < self.len() || j < update.len() {
+            let take_base = match (i < self.len(), j < update.len()) {
+                (true, true) => self.path_at(i) < update.path_at(j),
+                (true, false) => true,
+                _ => false,
+            };
+            if take_base {
+                if !update.overrides(self.path_at(i)) {
+                    visit(self.at(i), false)?;
+                }
+                i += 1;
+            } else {
+                let e = update.at(j);
+                if e.value != Value::Null {
+                    visit(e, true)?;
+                }
+                j += 1;
+            }
+        }
+        Ok(())
+    }
+
+    /// Whether `self` merged with `update` fits in a tree of this capacity.
+    pub(crate) fn merge_fits<const UL: usize, const UP: usize>(
+        &self,
+        update: &StateTree<UL, UP>,
+    ) -> Result<(), CapacityError> {
+        let (mut leaves, mut bytes) = (0usize, 0usize);
+        let _ = self.merge_walk(update, |e, _| {
+            leaves += 1;
+            bytes += stored_len(&e);
+            Ok::<(), ()>(())
+        });
+        if leaves > L {
+            return Err(CapacityError::Leaves { capacity: L });
+        }
+        if bytes > P {
+            return Err(CapacityError::Pool { capacity: P });
+        }
+        Ok(())
+    }
+
+    /// Writes `self` with `update` merged into it (see `merge_walk`); leaves
+    /// taken from the update get `meta`.
+    pub(crate) fn merge_into<const UL: usize, const UP: usize>(
+        &self,
+        update: &StateTree<UL, UP>,
+        meta: LeafMeta,
+        out: &mut Self,
+    ) -> Result<(), DecodeError> {
+        out.clear();
+        self.merge_walk(update, |e, from_update| {
+            let m = if from_update { meta } else { e.meta };
+            out.push_sorted(e.path.as_bytes(), e.value, m)
+        })
+    }
+
+    /// Whether applying this update replaces or deletes a base leaf at `path`.
+    fn overrides(&self, path: &[u8]) -> bool {
+        let p = Path::from_encoded(path);
+        // The same path, or an ancestor (value or null), replaces it.
+        if self.find(path).is_ok() {
+            return true;
+        }
+        for d in 1..p.depth() {
+            if self.find(p.prefix(d).as_bytes()).is_ok() {
+                return true;
+            }
+        }
+        // A value below it turns it into a map; a null below it is a no-op.
+        let mut k = self.find(path).unwrap_or_else(|pos| pos);
+        while k < self.len() && self.path_at(k).starts_with(path) {
+            if !matches!(self.leaves[k].value, Stored::Null) {
+                return true;
+            }
+            k += 1;
+        }
+        false
+    }
+
+    /// Writes the leaves of `self` whose value differs in `other` (or that
+    /// `other` lacks), skipping paths `skip` names. This is the AWS delta when
+    /// `self` is desired and `other` reported.
+    pub(crate) fn diff_into<const L2: usize, const P2: usize, const L3: usize, const P3: usize>(
+        &self,
+        other: &StateTree<L2, P2>,
+        skip: impl Fn(&[u8]) -> bool,
+        out: &mut StateTree<L3, P3>,
+    ) -> Result<(), DecodeError> {
+        out.clear();
+        for e in self.iter() {
+            let same = other.get(e.path).is_some_and(|o| o.value == e.value);
+            if !same && !skip(e.path.as_bytes()) {
+                out.push_sorted(e.path.as_bytes(), e.value, e.meta)?;
+            }
+        }
+        Ok(())
+    }
+
+    // ---- CBOR ----
+
+    /// Encodes the tree as one nested CBOR map into `out`; returns the
+    /// length. A buffer that is too small is left untouched.
+    pub fn encode(&self, out: &mut [u8]) -> Result<usize, Error> {
+        Ok(cbor::encode_measured(out, |sink| {
+            let mut e = Encoder::new(cbor::FnWriter(sink));
+            self.encode_cbor(&mut e).map_err(cbor::enc_err)
+        })?)
+    }
+
+    /// Length of [`StateTree::encode`]'s output.
+    pub fn encoded_len(&self) -> usize {
+        let mut c = cbor::Counter::default();
+        let mut e = Encoder::new(&mut c);
+        let _ = self.encode_cbor(&mut e);
+        c.0
+    }
+
+    /// Writes the nested map with minicbor.
+    pub fn encode_cbor<W: Write>(
+        &self,
+        e: &mut Encoder<W>,
+    ) -> Result<(), minicbor::encode::Error<W::Error>> {
+        self.encode_level(e, 0, self.len(), 0)
+    }
+
+    fn key_at(&self, i: usize, level: usize) -> &str {
+        Path::from_encoded(self.path_at(i)).key(level).unwrap_or("")
+    }
+
+    fn encode_level<W: Write>(
+        &self,
+        e: &mut Encoder<W>,
+        lo: usize,
+        hi: usize,
+        level: usize,
+    ) -> Result<(), minicbor::encode::Error<W::Error>> {
+        let mut groups = 0u64;
+        let mut i = lo;
+        while i < hi {
+            i = self.group_end(i, hi, level);
+            groups += 1;
+        }
+        e.map(groups)?;
+        let mut i = lo;
+        while i < hi {
+            let j = self.group_end(i, hi, level);
+            e.str(self.key_at(i, level))?;
+            let leaf = self.at(i);
+            if j == i + 1 && leaf.path.depth() == level + 1 {
+                encode_value(e, leaf.value)?;
+            } else {
+                self.encode_level(e, i, j, level + 1)?;
+            }
+            i = j;
+        }
+        Ok(())
+    }
+
+    /// End of the run of leaves sharing leaf `i`'s key at `level`.
+    fn group_end(&self, i: usize, hi: usize, level: usize) -> usize {
+        let prefix = Path::from_encoded(self.path_at(i)).prefix(level + 1);
+        let mut j = i + 1;
+        while j < hi && self.path_at(j).starts_with(prefix.as_bytes()) {
+            j += 1;
+        }
+        j
+    }
+
+    /// Decodes a tree from one CBOR map holding no `null`s.
+    pub fn decode(bytes: &[u8]) -> Result<Self, Error> {
+        let mut d = Decoder::new(bytes);
+        let mut t = Self::new();
+        t.decode_cbor(&mut d, LeafMeta::new(Source::Cloud, 0), false)?;
+        if d.position() != bytes.len() {
+            return Err(DecodeError::TrailingBytes { at: d.position() }.into());
+        }
+        Ok(t)
+    }
+
+    /// Decodes one nested map at the decoder's position into this (empty)
+    /// tree. `allow_null` is true for updates, where null deletes.
+    pub(crate) fn decode_cbor(
+        &mut self,
+        d: &mut Decoder<'_>,
+        meta: LeafMeta,
+        allow_null: bool,
+    ) -> Result<(), DecodeError> {
+        let mut path = PathBuf::new();
+        let at = d.position();
+        match d.datatype()? {
+            Type::Map | Type::MapIndef => self.decode_map(d, &mut path, meta, allow_null),
+            _ => Err(DecodeError::Malformed {
+                what: "a map of properties",
+                at,
+            }),
+        }
+    }
+
+    fn decode_map(
+        &mut self,
+        d: &mut Decoder<'_>,
+        path: &mut PathBuf,
+        meta: LeafMeta,
+        allow_null: bool,
+    ) -> Result<(), DecodeError> {
+        let len = d.map()?;
+        let mut seen = 0u64;
+        loop {
+            match len {
+                Some(n) if seen == n => break,
+                None if take_break(d)? => break,
+                _ => {}
+            }
+            seen += 1;
+            let at = d.position();
+            if d.datatype()? != Type::String {
+                return Err(DecodeError::Malformed {
+                    what: "a text key",
+                    at,
+                });
+            }
+            let key = d.str()?;
+            path.push(key)?;
+            if self.has_within(path.as_path().as_bytes()) {
+                return Err(DecodeError::DuplicateKey { at });
+            }
+            let vat = d.position();
+            match d.datatype()? {
+                Type::Map | Type::MapIndef => self.decode_map(d, path, meta, allow_null)?,
+                _ => {
+                    // Arrays come back raw and are canonicalised on insert.
+                    let value = read_leaf(d, allow_null)?;
+                    self.insert_with_meta(path.as_path(), value, meta)
+                        .map_err(|e| match e {
+                            Error::Capacity(c) => DecodeError::Capacity(c),
+                            Error::Path(p) => DecodeError::Path(p),
+                            Error::Decode(d) => d,
+                            _ => DecodeError::Malformed {
+                                what: "a storable value",
+                                at: vat,
+                            },
+                        })?;
+                }
+            }
+            path.pop();
+        }
+        Ok(())
+    }
+
+    /// Encoded metadata of every leaf, in path order: `[* [ts, source, version]]`.
+    pub(crate) fn encode_meta<W: Write>(
+        &self,
+        e: &mut Encoder<W>,
+    ) -> Result<(), minicbor::encode::Error<W::Error>> {
+        e.array(self.len() as u64)?;
+        for l in self.leaves.iter() {
+            e.array(3)?
+                .u64(l.meta.timestamp_ms)?
+                .u8(l.meta.source.code())?
+                .u64(l.meta.version)?;
+        }
+        Ok(())
+    }
+
+    /// Reads what [`StateTree::encode_meta`] wrote; the count must match.
+    pub(crate) fn decode_meta(&mut self, d: &mut Decoder<'_>) -> Result<(), DecodeError> {
+        let at = d.position();
+        let n = d.array()?;
+        if n != Some(self.len() as u64) {
+            return Err(DecodeError::Malformed {
+                what: "one metadata entry per leaf",
+                at,
+            });
+        }
+        for i in 0..self.len() {
+            let at = d.position();
+            if d.array()? != Some(3) {
+                return Err(DecodeError::Malformed {
+                    what: "[timestamp, source, version]",
+                    at,
+                });
+            }
+            let timestamp_ms = cbor::read_u64(d)?;
+            let sat = d.position();
+            let source = Source::from_code(cbor::read_u64(d)?).ok_or(DecodeError::Malformed {
+                what: "source 0 (cloud) or 1 (device)",
+                at: sat,
+            })?;
+            let version = cbor::read_u64(d)?;
+            self.set_meta(
+                i,
+                LeafMeta {
+                    timestamp_ms,
+                    source,
+                    version,
+                },
+            );
+        }
+        Ok(())
+    }
+}
+
+/// Reads one leaf value; arrays are returned raw and canonicalised on insert.
+fn read_leaf<'b>(d: &mut Decoder<'b>, allow_null: bool) -> Result<Value<'b>, DecodeError> {
+    let at = d.position();
+    Ok(match d.datatype()? {
+        Type::Bool => Value::Bool(d.bool()?),
+        Type::Null => {
+            if !allow_null {
+                return Err(DecodeError::NullNotAllowed { at });
+            }
+            d.null()?;
+            Value::Null
+        }
+        Type::U8
+        | Type::U16
+        | Type::U32
+        | Type::U64
+        | Type::I8
+        | Type::I16
+        | Type::I32
+        | Type::I64
+        | Type::Int => Value::Int(read_i64(d)?),
+        Type::F16 | Type::F32 | Type::F64 => Value::Float(d.f64()?),
+        Type::String => Value::Text(d.str()?),
+        Type::Bytes => Value::Bytes(d.bytes()?),
+        Type::Array | Type::ArrayIndef => {
+            cbor::skip_item(d, 0)?;
+            Value::Array(RawArray(&d.input()[at..d.position()]))
+        }
+        Type::Break | Type::Unknown(_) => {
+            return Err(DecodeError::Malformed {
+                what: "a value",
+                at,
+            });
+        }
+        _ => return Err(DecodeError::Unsupported { at }),
+    })
+}
+
+/// Pool bytes a leaf from another tree takes: its path and its payload.
+pub(crate) fn stored_len(e: &Entry<'_>) -> usize {
+    e.path.as_bytes().len()
+        + match e.value {
+            Value::Text(s) => s.len(),
+            Value::Bytes(b) => b.len(),
+            Value::Array(a) => a.0.len(),
+            _ => 0,
+        }
+}
+
+/// Pool bytes a caller's value will take once canonical.
+fn payload_len(v: Value<'_>) -> Result<usize, DecodeError> {
+    Ok(match v {
+        Value::Text(s) => s.len(),
+        Value::Bytes(b) => b.len(),
+        Value::Array(a) => {
+            let mut c = cbor::Counter::default();
+            let mut d = Decoder::new(a.0);
+            cbor::canonicalize_array(&mut d, &mut Encoder::new(&mut c), 0)?;
+            c.0
+        }
+        _ => 0,
+    })
+}
+
+/// Writes one leaf value.
+pub(crate) fn encode_value<W: Write>(
+    e: &mut Encoder<W>,
+    v: Value<'_>,
+) -> Result<(), minicbor::encode::Error<W::Error>> {
+    match v {
+        Value::Null => e.null()?,
+        Value::Bool(b) => e.bool(b)?,
+        Value::Int(i) => e.i64(i)?,
+        Value::Float(x) => e.f64(x)?,
+        Value::Text(s) => e.str(s)?,
+        Value::Bytes(b) => e.bytes(b)?,
+        Value::Array(a) => {
+            e.writer_mut()
+                .write_all(a.0)
+                .map_err(minicbor::encode::Error::write)?;
+            e
+        }
+    };
+    Ok(())
+}
+
+impl<const L: usize, const P: usize> PartialEq for StateTree<L, P> {
+    fn eq(&self, other: &Self) -> bool {
+        self.len() == other.len() && self.iter().zip(other.iter()).all(|(a, b)| a == b)
+    }
+}
+
+impl<const L: usize, const P: usize> fmt::Debug for StateTree<L, P> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let mut m = f.debug_map();
+        for e in self.iter() {
+            m.entry(&e.path.to_string_lossy(), &e.value);
+        }
+        m.finish()
+    }
+}

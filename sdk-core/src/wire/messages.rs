@@ -1,0 +1,274 @@
+//! Shadow update and delta messages.
+
+use minicbor::decode::Decoder;
+use minicbor::encode::{Encoder, Write};
+
+use super::cbor;
+use crate::error::{DecodeError, Error};
+use crate::shadow::{DEFAULT_LEAVES, DEFAULT_POOL, LeafMeta, Shadow, Source, StateTree};
+
+/// Longest client token, as in AWS IoT.
+pub const MAX_CLIENT_TOKEN_LEN: usize = 64;
+
+/// An update of a shadow: a desired part from the cloud, a reported part
+/// from the device, or both. `null` leaves delete.
+///
+/// ```
+/// use lanyard_core::wire::ShadowUpdate;
+/// use lanyard_core::shadow::{Shadow, ConflictPolicy, Value};
+/// // {2: {"temp": 21}, 4: 1000} — a device reporting temp = 21 at t = 1 s.
+/// let bytes = [0xa2, 0x02, 0xa1, 0x64, b't', b'e', b'm', b'p', 0x15, 0x04, 0x19, 0x03, 0xe8];
+/// let up: ShadowUpdate<8, 128> = ShadowUpdate::decode(&bytes)?;
+/// let mut shadow: Shadow<8, 128> = Shadow::new(ConflictPolicy::DeviceWins);
+/// up.apply_to(&mut shadow)?;
+/// assert_eq!(shadow.reported().get_dotted("temp").unwrap().value, Value::Int(21));
+/// # Ok::<(), lanyard_core::Error>(())
+/// ```
+#[derive(Debug, Clone, PartialEq)]
+pub struct ShadowUpdate<const L: usize = DEFAULT_LEAVES, const P: usize = DEFAULT_POOL> {
+    /// Changes to `desired`.
+    pub desired: Option<StateTree<L, P>>,
+    /// Changes to `reported`.
+    pub reported: Option<StateTree<L, P>>,
+    /// Refuse the update unless the document is at this version.
+    pub expected_version: Option<u64>,
+    /// When the writer made the change, ms since the epoch (writer's clock).
+    pub timestamp_ms: u64,
+    /// Echoed back in responses so the writer can match them.
+    pub client_token: Option<heapless::String<MAX_CLIENT_TOKEN_LEN>>,
+}
+
+impl<const L: usize, const P: usize> ShadowUpdate<L, P> {
+    /// An update with no parts yet.
+    pub fn new(timestamp_ms: u64) -> Self {
+        ShadowUpdate {
+            desired: None,
+            reported: None,
+            expected_version: None,
+            timestamp_ms,
+            client_token: None,
+        }
+    }
+
+    /// Applies the update to `shadow`, atomically. Returns the new version.
+    pub fn apply_to<const SL: usize, const SP: usize>(
+        &self,
+        shadow: &mut Shadow<SL, SP>,
+    ) -> Result<u64, Error> {
+        shadow.apply(
+            self.desired.as_ref(),
+            self.reported.as_ref(),
+            self.expected_version,
+            self.timestamp_ms,
+        )
+    }
+
+    /// Encodes into `out`; returns the length. A buffer too small is left
+    /// untouched.
+    pub fn encode(&self, out: &mut [u8]) -> Result<usize, Error> {
+        Ok(cbor::encode_measured(out, |sink| {
+            let mut e = Encoder::new(cbor::FnWriter(sink));
+            self.encode_cbor(&mut e).map_err(cbor::enc_err)
+        })?)
+    }
+
+    /// Writes the update with minicbor.
+    pub fn encode_cbor<W: Write>(
+        &self,
+        e: &mut Encoder<W>,
+    ) -> Result<(), minicbor::encode::Error<W::Error>> {
+        let n = 1
+            + u64::from(self.desired.is_some())
+            + u64::from(self.reported.is_some())
+            + u64::from(self.expected_version.is_some())
+            + u64::from(self.client_token.is_some());
+        e.map(n)?;
+        if let Some(t) = &self.desired {
+            e.u8(1)?;
+            t.encode_cbor(e)?;
+        }
+        if let Some(t) = &self.reported {
+            e.u8(2)?;
+            t.encode_cbor(e)?;
+        }
+        if let Some(v) = self.expected_version {
+            e.u8(3)?.u64(v)?;
+        }
+        e.u8(4)?.u64(self.timestamp_ms)?;
+        if let Some(t) = &self.client_token {
+            e.u8(5)?.str(t)?;
+        }
+        Ok(())
+    }
+
+    /// Decodes one update; the whole input must be the message.
+    pub fn decode(bytes: &[u8]) -> Result<Self, Error> {
+        let mut d = Decoder::new(bytes);
+        let up = Self::decode_cbor(&mut d)?;
+        if d.position() != bytes.len() {
+            return Err(DecodeError::TrailingBytes { at: d.position() }.into());
+        }
+        Ok(up)
+    }
+
+    /// Decodes one update at the decoder's position.
+    pub fn decode_cbor(d: &mut Decoder<'_>) -> Result<Self, DecodeError> {
+        let mut up = Self::new(0);
+        let mut have_ts = false;
+        let mut seen = 0u8;
+        each_field(d, |key, d| {
+            if (1..=5).contains(&key) {
+                if seen & (1 << key) != 0 {
+                    return Err(DecodeError::DuplicateKey { at: d.position() });
+                }
+                seen |= 1 << key;
+            }
+            match key {
+                1 | 2 => {
+                    let source = if key == 1 {
+                        Source::Cloud
+                    } else {
+                        Source::Device
+                    };
+                    let mut t = StateTree::new();
+                    t.decode_cbor(d, LeafMeta::new(source, 0), true)?;
+                    if key == 1 {
+                        up.desired = Some(t);
+                    } else {
+                        up.reported = Some(t);
+                    }
+                }
+                3 => up.expected_version = Some(cbor::read_u64(d)?),
+                4 => {
+                    up.timestamp_ms = cbor::read_u64(d)?;
+                    have_ts = true;
+                }
+                5 => {
+                    let at = d.position();
+                    let s = d.str()?;
+                    let mut t = heapless::String::new();
+                    t.push_str(s).map_err(|_| DecodeError::Malformed {
+                        what: "a client token of at most 64 bytes",
+                        at,
+                    })?;
+                    up.client_token = Some(t);
+                }
+                _ => cbor::skip_item(d, 0)?,
+            }
+            Ok(())
+        })?;
+        if !have_ts {
+            return Err(DecodeError::MissingField("timestamp"));
+        }
+        Ok(up)
+    }
+}
+
+/// The delta a device receives: what it should change to match `desired`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ShadowDelta<const L: usize = DEFAULT_LEAVES, const P: usize = DEFAULT_POOL> {
+    /// The document version the delta was computed at.
+    pub version: u64,
+    /// When it was computed, ms since the epoch (cloud clock).
+    pub timestamp_ms: u64,
+    /// The desired leaves that differ from reported.
+    pub state: StateTree<L, P>,
+}
+
+impl<const L: usize, const P: usize> ShadowDelta<L, P> {
+    /// The current delta of `shadow`.
+    pub fn of<const SL: usize, const SP: usize>(
+        shadow: &Shadow<SL, SP>,
+        timestamp_ms: u64,
+    ) -> Result<Self, Error> {
+        let mut state = StateTree::new();
+        shadow.delta_into(&mut state)?;
+        Ok(ShadowDelta {
+            version: shadow.version(),
+            timestamp_ms,
+            state,
+        })
+    }
+
+    /// Encodes into `out`; returns the length.
+    pub fn encode(&self, out: &mut [u8]) -> Result<usize, Error> {
+        Ok(cbor::encode_measured(out, |sink| {
+            let mut e = Encoder::new(cbor::FnWriter(sink));
+            self.encode_cbor(&mut e).map_err(cbor::enc_err)
+        })?)
+    }
+
+    /// Writes the delta with minicbor.
+    pub fn encode_cbor<W: Write>(
+        &self,
+        e: &mut Encoder<W>,
+    ) -> Result<(), minicbor::encode::Error<W::Error>> {
+        e.map(3)?;
+        e.u8(1)?.u64(self.version)?;
+        e.u8(2)?.u64(self.timestamp_ms)?;
+        e.u8(3)?;
+        self.state.encode_cbor(e)
+    }
+
+    /// Decodes one delta; the whole input must be the message.
+    pub fn decode(bytes: &[u8]) -> Result<Self, Error> {
+        let mut d = Decoder::new(bytes);
+        let (mut version, mut ts, mut state) = (None, None, None);
+        each_field(&mut d, |key, d| {
+            let dup = match key {
+                1 => version.replace(cbor::read_u64(d)?).is_some(),
+                2 => ts.replace(cbor::read_u64(d)?).is_some(),
+                3 => {
+                    let mut t = StateTree::new();
+                    t.decode_cbor(d, LeafMeta::new(Source::Cloud, 0), false)?;
+                    state.replace(t).is_some()
+                }
+                _ => {
+                    cbor::skip_item(d, 0)?;
+                    false
+                }
+            };
+            if dup {
+                return Err(DecodeError::DuplicateKey { at: d.position() });
+            }
+            Ok(())
+        })?;
+        if d.position() != bytes.len() {
+            return Err(DecodeError::TrailingBytes { at: d.position() }.into());
+        }
+        Ok(ShadowDelta {
+            version: version.ok_or(DecodeError::MissingField("version"))?,
+            timestamp_ms: ts.ok_or(DecodeError::MissingField("timestamp"))?,
+            state: state.ok_or(DecodeError::MissingField("state"))?,
+        })
+    }
+}
+
+/// Walks a top-level message map keyed by unsigned integers.
+pub(crate) fn each_field<'b>(
+    d: &mut Decoder<'b>,
+    mut field: impl FnMut(u64, &mut Decoder<'b>) -> Result<(), DecodeError>,
+) -> Result<(), DecodeError> {
+    let at = d.position();
+    let len = match d.datatype()? {
+        minicbor::data::Type::Map | minicbor::data::Type::MapIndef => d.map()?,
+        _ => {
+            return Err(DecodeError::Malformed {
+                what: "a message map",
+                at,
+            });
+        }
+    };
+    let mut seen = 0u64;
+    loop {
+        match len {
+            Some(n) if seen == n => break,
+            None if cbor::take_break(d)? => break,
+            _ => {}
+        }
+        seen += 1;
+        let key = cbor::read_u64(d)?;
+        field(key, d)?;
+    }
+    Ok(())
+}
