@@ -171,9 +171,11 @@ struct Decision {
 /// dev.insert(&PathBuf::from_dotted("setpoint")?, Value::Int(68))?;
 /// s.apply_reported(&dev, None, 15_000)?;            // the button, at t = 15 s
 /// let mut seen = None;
-/// let report = s.sync(15_000, u32::MAX / 2, |c| seen = Some((c.winner, c.device)))?;
+/// let report = s.sync(15_000, u32::MAX / 2, |c| {
+///     if let Value::Int(v) = c.device { seen = Some((c.winner, v)) }
+/// })?;
 /// assert_eq!(report.conflicts, 1);
-/// assert_eq!(seen, Some((Some(Source::Device), Value::Int(68))));
+/// assert_eq!(seen, Some((Some(Source::Device), 68)));
 /// assert_eq!(s.desired().get_dotted("setpoint").unwrap().value, Value::Int(68));
 /// # Ok::<(), lanyard_core::Error>(())
 /// ```
