@@ -1,0 +1,55 @@
+#!/usr/bin/env bash
+# Runs every test of the project, installing what the tests need when it is
+# missing (Rust components, the Cortex-M target, cargo-fuzz). `.ci/run` calls
+# exactly this. Set LANYARD_FUZZ_SECONDS to change the fuzz smoke time.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+FUZZ_SECONDS="${LANYARD_FUZZ_SECONDS:-20}"
+step() { printf '\n==> %s\n' "$*"; }
+
+step "toolchain: clippy, rustfmt, thumbv7em-none-eabihf, cargo-fuzz"
+rustup component add clippy rustfmt >/dev/null 2>&1 || true
+if ! rustup target list --installed | grep -qx thumbv7em-none-eabihf; then
+    rustup target add thumbv7em-none-eabihf
+fi
+if ! cargo fuzz --version >/dev/null 2>&1; then
+    cargo install cargo-fuzz --locked
+fi
+
+step "rustfmt"
+cargo fmt --all -- --check
+(cd fuzz && cargo fmt -- --check)
+
+step "clippy (-D warnings)"
+cargo clippy --workspace --all-targets -- -D warnings
+
+step "no_std, no allocator: lanyard-core and lanyard-nostd for thumbv7em-none-eabihf"
+cargo build -p lanyard-core -p lanyard-nostd --target thumbv7em-none-eabihf
+
+step "unit, integration, property and doc tests"
+cargo test --workspace
+
+step "wire-format examples in docs decode"
+cargo test -p lanyard-core --test wire_format_doc -q
+
+step "fuzz smoke: ${FUZZ_SECONDS}s per target"
+(
+    cd fuzz
+    export RUSTC_BOOTSTRAP=1
+    for target in $(cargo fuzz list); do
+        mkdir -p "corpus/$target"
+        cargo fuzz run "$target" "corpus/$target" -- -max_total_time="$FUZZ_SECONDS" -rss_limit_mb=2048 2>&1 \
+            | grep -E "^(#[0-9]+ +DONE|Done|INFO: seed corpus|==[0-9]+==|SUMMARY)" || true
+        # A crash leaves an artifact and a non-zero status; re-check the status.
+        if ls "artifacts/$target"/crash-* >/dev/null 2>&1; then
+            echo "fuzz target $target found a crash: see fuzz/artifacts/$target" >&2
+            exit 1
+        fi
+    done
+)
+
+step "benchmark: shadow update + delta vs serde_json, CBOR vs AWS JSON size"
+cargo bench -p lanyard-std --bench shadow -- --warm-up-time 1 --measurement-time 3
+
+step "all tests passed"
