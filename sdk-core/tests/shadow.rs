@@ -17,9 +17,17 @@ mod aws_semantics {
     #[test]
     fn delta_holds_desired_leaves_that_differ_and_recurses_into_maps() {
         let mut doc = Doc::new(ConflictPolicy::CloudWins);
-        let d = tree(&[("a.b", Value::Int(1)), ("a.c", Value::Int(2)), ("x", Value::Bool(true))]);
+        let d = tree(&[
+            ("a.b", Value::Int(1)),
+            ("a.c", Value::Int(2)),
+            ("x", Value::Bool(true)),
+        ]);
         doc.apply_desired(&d, None, 1).unwrap();
-        let r = tree(&[("a.b", Value::Int(1)), ("a.z", Value::Int(9)), ("x", Value::Bool(false))]);
+        let r = tree(&[
+            ("a.b", Value::Int(1)),
+            ("a.z", Value::Int(9)),
+            ("x", Value::Bool(false)),
+        ]);
         doc.apply_reported(&r, None, 2).unwrap();
         assert_eq!(delta(&doc), pairs(&[("a.c", "2"), ("x", "true")]));
     }
@@ -27,35 +35,54 @@ mod aws_semantics {
     #[test]
     fn null_deletes_a_leaf_or_a_whole_map_and_ignores_missing_keys() {
         let mut doc = Doc::new(ConflictPolicy::CloudWins);
-        let d = tree(&[("a.b", Value::Int(1)), ("a.c", Value::Int(2)), ("k", Value::Int(3))]);
+        let d = tree(&[
+            ("a.b", Value::Int(1)),
+            ("a.c", Value::Int(2)),
+            ("k", Value::Int(3)),
+        ]);
         doc.apply_desired(&d, None, 1).unwrap();
-        doc.apply_desired(&tree(&[("a", Value::Null), ("nope.x", Value::Null)]), None, 2)
-            .unwrap();
+        doc.apply_desired(
+            &tree(&[("a", Value::Null), ("nope.x", Value::Null)]),
+            None,
+            2,
+        )
+        .unwrap();
         assert_eq!(leaves(doc.desired()), pairs(&[("k", "3")]));
-        doc.apply_desired(&tree(&[("k", Value::Null)]), None, 3).unwrap();
+        doc.apply_desired(&tree(&[("k", Value::Null)]), None, 3)
+            .unwrap();
         assert!(doc.desired().is_empty());
         // A null below a leaf is a no-op, as in AWS.
-        doc.apply_desired(&tree(&[("k", Value::Int(1))]), None, 4).unwrap();
-        doc.apply_desired(&tree(&[("k.x", Value::Null)]), None, 5).unwrap();
+        doc.apply_desired(&tree(&[("k", Value::Int(1))]), None, 4)
+            .unwrap();
+        doc.apply_desired(&tree(&[("k.x", Value::Null)]), None, 5)
+            .unwrap();
         assert_eq!(leaves(doc.desired()), pairs(&[("k", "1")]));
     }
 
     #[test]
     fn a_value_replaces_a_map_and_a_nested_value_replaces_a_leaf() {
         let mut doc = Doc::new(ConflictPolicy::CloudWins);
-        doc.apply_desired(&tree(&[("a.b", Value::Int(1)), ("a.c", Value::Int(2))]), None, 1)
+        doc.apply_desired(
+            &tree(&[("a.b", Value::Int(1)), ("a.c", Value::Int(2))]),
+            None,
+            1,
+        )
+        .unwrap();
+        doc.apply_desired(&tree(&[("a", Value::Text("flat"))]), None, 2)
             .unwrap();
-        doc.apply_desired(&tree(&[("a", Value::Text("flat"))]), None, 2).unwrap();
         assert_eq!(leaves(doc.desired()), pairs(&[("a", "\"flat\"")]));
-        doc.apply_desired(&tree(&[("a.deep.er", Value::Float(1.5))]), None, 3).unwrap();
+        doc.apply_desired(&tree(&[("a.deep.er", Value::Float(1.5))]), None, 3)
+            .unwrap();
         assert_eq!(leaves(doc.desired()), pairs(&[("a.deep.er", "1.5")]));
     }
 
     #[test]
     fn unrelated_leaves_merge_and_keep_their_metadata() {
         let mut doc = Doc::new(ConflictPolicy::CloudWins);
-        doc.apply_desired(&tree(&[("a", Value::Int(1))]), None, 100).unwrap();
-        doc.apply_desired(&tree(&[("b", Value::Int(2))]), None, 200).unwrap();
+        doc.apply_desired(&tree(&[("a", Value::Int(1))]), None, 100)
+            .unwrap();
+        doc.apply_desired(&tree(&[("b", Value::Int(2))]), None, 200)
+            .unwrap();
         let a = doc.desired().get_dotted("a").unwrap();
         let b = doc.desired().get_dotted("b").unwrap();
         assert_eq!((a.meta.timestamp_ms, a.meta.version), (100, 1));
@@ -68,13 +95,25 @@ mod aws_semantics {
         let mut doc = Doc::new(ConflictPolicy::CloudWins);
         let a123 = int_array(&[1, 2, 3]);
         let a12 = int_array(&[1, 2]);
-        doc.apply_desired(&tree(&[("arr", Value::Array(RawArray::from_cbor(&a123)))]), None, 1)
-            .unwrap();
-        doc.apply_reported(&tree(&[("arr", Value::Array(RawArray::from_cbor(&a12)))]), None, 2)
-            .unwrap();
+        doc.apply_desired(
+            &tree(&[("arr", Value::Array(RawArray::from_cbor(&a123)))]),
+            None,
+            1,
+        )
+        .unwrap();
+        doc.apply_reported(
+            &tree(&[("arr", Value::Array(RawArray::from_cbor(&a12)))]),
+            None,
+            2,
+        )
+        .unwrap();
         assert_eq!(delta(&doc).len(), 1);
-        doc.apply_reported(&tree(&[("arr", Value::Array(RawArray::from_cbor(&a123)))]), None, 3)
-            .unwrap();
+        doc.apply_reported(
+            &tree(&[("arr", Value::Array(RawArray::from_cbor(&a123)))]),
+            None,
+            3,
+        )
+        .unwrap();
         assert!(delta(&doc).is_empty());
     }
 
@@ -93,12 +132,16 @@ mod aws_semantics {
     #[test]
     fn floats_compare_by_bits_so_nan_never_keeps_a_delta_open() {
         let mut doc = Doc::new(ConflictPolicy::CloudWins);
-        doc.apply_desired(&tree(&[("f", Value::Float(f64::NAN))]), None, 1).unwrap();
-        doc.apply_reported(&tree(&[("f", Value::Float(f64::NAN))]), None, 2).unwrap();
+        doc.apply_desired(&tree(&[("f", Value::Float(f64::NAN))]), None, 1)
+            .unwrap();
+        doc.apply_reported(&tree(&[("f", Value::Float(f64::NAN))]), None, 2)
+            .unwrap();
         assert!(doc.in_sync());
         // 1 and 1.0 are different types.
-        doc.apply_reported(&tree(&[("f", Value::Int(1))]), None, 3).unwrap();
-        doc.apply_desired(&tree(&[("f", Value::Float(1.0))]), None, 4).unwrap();
+        doc.apply_reported(&tree(&[("f", Value::Int(1))]), None, 3)
+            .unwrap();
+        doc.apply_desired(&tree(&[("f", Value::Float(1.0))]), None, 4)
+            .unwrap();
         assert!(!doc.in_sync());
     }
 }
@@ -109,14 +152,29 @@ mod versions_and_bad_input {
     #[test]
     fn every_accepted_update_increments_the_version_and_stale_ones_are_refused() {
         let mut doc = Doc::new(ConflictPolicy::CloudWins);
-        assert_eq!(doc.apply_desired(&tree(&[("a", Value::Int(1))]), Some(0), 1), Ok(1));
-        assert_eq!(doc.apply_reported(&tree(&[("a", Value::Int(1))]), None, 2), Ok(2));
+        assert_eq!(
+            doc.apply_desired(&tree(&[("a", Value::Int(1))]), Some(0), 1),
+            Ok(1)
+        );
+        assert_eq!(
+            doc.apply_reported(&tree(&[("a", Value::Int(1))]), None, 2),
+            Ok(2)
+        );
         let before = encoded(&doc);
         let err = doc
             .apply_desired(&tree(&[("a", Value::Int(5))]), Some(1), 3)
             .unwrap_err();
-        assert_eq!(err, Error::VersionConflict { expected: 1, current: 2 });
-        assert!(err.to_string().contains("expects version 1, document is at 2"));
+        assert_eq!(
+            err,
+            Error::VersionConflict {
+                expected: 1,
+                current: 2
+            }
+        );
+        assert!(
+            err.to_string()
+                .contains("expects version 1, document is at 2")
+        );
         assert_eq!(encoded(&doc), before);
     }
 
@@ -141,7 +199,9 @@ mod versions_and_bad_input {
             Err(Error::Capacity(CapacityError::Leaves { capacity: 4 }))
         );
         let mut too_big: StateTree<8, 256> = StateTree::new();
-        too_big.insert(&p("a"), Value::Text(&"x".repeat(80))).unwrap();
+        too_big
+            .insert(&p("a"), Value::Text(&"x".repeat(80)))
+            .unwrap();
         assert_eq!(
             doc.apply_reported(&too_big, None, 2),
             Err(Error::Capacity(CapacityError::Pool { capacity: 64 }))
@@ -162,7 +222,10 @@ mod versions_and_bad_input {
         for cut in 0..good.len() {
             assert!(Up::decode(&good[..cut]).is_err(), "truncated at {cut}");
         }
-        assert_eq!(Up::decode(&good[..4]), Err(Error::Decode(DecodeError::Truncated)));
+        assert_eq!(
+            Up::decode(&good[..4]),
+            Err(Error::Decode(DecodeError::Truncated))
+        );
         // Trailing byte.
         let mut trailing = good.to_vec();
         trailing.push(0);
@@ -178,11 +241,16 @@ mod versions_and_bad_input {
         // Integer key in the state map.
         assert!(matches!(
             Up::decode(&[0xa2, 0x02, 0xa1, 0x01, 0x01, 0x04, 0x01]),
-            Err(Error::Decode(DecodeError::Malformed { what: "a text key", .. }))
+            Err(Error::Decode(DecodeError::Malformed {
+                what: "a text key",
+                ..
+            }))
         ));
         // Duplicate key.
         assert!(matches!(
-            Up::decode(&[0xa2, 0x02, 0xa2, 0x61, b't', 0x01, 0x61, b't', 0x02, 0x04, 0x01]),
+            Up::decode(&[
+                0xa2, 0x02, 0xa2, 0x61, b't', 0x01, 0x61, b't', 0x02, 0x04, 0x01
+            ]),
             Err(Error::Decode(DecodeError::DuplicateKey { .. }))
         ));
         // A tag where a value should be.
@@ -222,7 +290,9 @@ mod versions_and_bad_input {
         let mut small = vec![0xEEu8; need - 1];
         assert_eq!(
             t.encode(&mut small),
-            Err(Error::Encode(lanyard_core::EncodeError::BufferTooSmall { needed: need }))
+            Err(Error::Encode(lanyard_core::EncodeError::BufferTooSmall {
+                needed: need
+            }))
         );
         assert!(small.iter().all(|b| *b == 0xEE));
     }
@@ -230,10 +300,18 @@ mod versions_and_bad_input {
     #[test]
     fn the_document_round_trips_through_cbor_with_sync_state() {
         let mut doc = Doc::new(ConflictPolicy::ManualResolve);
-        doc.apply_desired(&tree(&[("s", Value::Int(72)), ("t", Value::Text("x"))]), None, 1_000)
-            .unwrap();
-        doc.apply_reported(&tree(&[("s", Value::Int(68)), ("b", Value::Bytes(b"\x01"))]), None, 1_500)
-            .unwrap();
+        doc.apply_desired(
+            &tree(&[("s", Value::Int(72)), ("t", Value::Text("x"))]),
+            None,
+            1_000,
+        )
+        .unwrap();
+        doc.apply_reported(
+            &tree(&[("s", Value::Int(68)), ("b", Value::Bytes(b"\x01"))]),
+            None,
+            1_500,
+        )
+        .unwrap();
         let _ = doc.sync(2_000, 0, |_| {}).unwrap();
         assert_eq!(doc.parked().count(), 1);
         let bytes = encoded(&doc);
@@ -248,8 +326,12 @@ mod versions_and_bad_input {
     #[test]
     fn deltas_round_trip() {
         let mut doc = Doc::new(ConflictPolicy::CloudWins);
-        doc.apply_desired(&tree(&[("a.b", Value::Int(1)), ("c", Value::Text("x"))]), None, 7)
-            .unwrap();
+        doc.apply_desired(
+            &tree(&[("a.b", Value::Int(1)), ("c", Value::Text("x"))]),
+            None,
+            7,
+        )
+        .unwrap();
         let delta: ShadowDelta<64, 4096> = ShadowDelta::of(&doc, 9).unwrap();
         let mut buf = [0u8; 256];
         let n = delta.encode(&mut buf).unwrap();
@@ -266,11 +348,15 @@ mod conflicts {
     /// presses the button for 68 at `device_ts`, from an agreed 70.
     fn thermostat(policy: ConflictPolicy, cloud_ts: u64, device_ts: u64) -> Doc {
         let mut doc = Doc::new(policy);
-        doc.apply_desired(&tree(&[("temp", Value::Int(70))]), None, 0).unwrap();
-        doc.apply_reported(&tree(&[("temp", Value::Int(70))]), None, 0).unwrap();
+        doc.apply_desired(&tree(&[("temp", Value::Int(70))]), None, 0)
+            .unwrap();
+        doc.apply_reported(&tree(&[("temp", Value::Int(70))]), None, 0)
+            .unwrap();
         let _ = doc.sync(0, 0, |_| {}).unwrap();
-        doc.apply_desired(&tree(&[("temp", Value::Int(72))]), None, cloud_ts).unwrap();
-        doc.apply_reported(&tree(&[("temp", Value::Int(68))]), None, device_ts).unwrap();
+        doc.apply_desired(&tree(&[("temp", Value::Int(72))]), None, cloud_ts)
+            .unwrap();
+        doc.apply_reported(&tree(&[("temp", Value::Int(68))]), None, device_ts)
+            .unwrap();
         doc
     }
 
@@ -278,7 +364,12 @@ mod conflicts {
         let mut seen = Vec::new();
         let _ = doc
             .sync(now, 0, |c| {
-                seen.push((c.policy, c.winner, format!("{:?}", c.cloud), format!("{:?}", c.device)))
+                seen.push((
+                    c.policy,
+                    c.winner,
+                    format!("{:?}", c.cloud),
+                    format!("{:?}", c.device),
+                ))
             })
             .unwrap();
         seen
@@ -292,14 +383,24 @@ mod conflicts {
     fn cloud_wins_keeps_desired_and_the_delta_pushes_it_once() {
         let mut doc = thermostat(ConflictPolicy::CloudWins, 10_000, 10_500);
         let seen = sync_once(&mut doc, 11_000);
-        assert_eq!(seen, vec![(ConflictPolicy::CloudWins, Some(Source::Cloud), "72".into(), "68".into())]);
+        assert_eq!(
+            seen,
+            vec![(
+                ConflictPolicy::CloudWins,
+                Some(Source::Cloud),
+                "72".into(),
+                "68".into()
+            )]
+        );
         assert_eq!(temp(&doc), Value::Int(72));
         assert_eq!(delta(&doc), pairs(&[("temp", "72")]));
         // The device re-reports 68 before it applies the delta: no new conflict.
-        doc.apply_reported(&tree(&[("temp", Value::Int(68))]), None, 11_500).unwrap();
+        doc.apply_reported(&tree(&[("temp", Value::Int(68))]), None, 11_500)
+            .unwrap();
         assert!(sync_once(&mut doc, 20_000).is_empty());
         // It applies the delta: in sync, and it stays so.
-        doc.apply_reported(&tree(&[("temp", Value::Int(72))]), None, 21_000).unwrap();
+        doc.apply_reported(&tree(&[("temp", Value::Int(72))]), None, 21_000)
+            .unwrap();
         assert!(sync_once(&mut doc, 22_000).is_empty());
         assert!(doc.in_sync());
         assert_eq!(doc.stats().count(ConflictPolicy::CloudWins), 1);
@@ -312,7 +413,10 @@ mod conflicts {
         let seen = sync_once(&mut doc, 11_000);
         assert_eq!(seen[0].1, Some(Source::Device));
         assert_eq!(temp(&doc), Value::Int(68));
-        assert_eq!(doc.desired().get_dotted("temp").unwrap().meta.source, Source::Device);
+        assert_eq!(
+            doc.desired().get_dotted("temp").unwrap().meta.source,
+            Source::Device
+        );
         assert!(doc.in_sync());
     }
 
@@ -340,19 +444,28 @@ mod conflicts {
         assert_eq!(parked, vec![("temp".to_string(), 11_000)]);
         // Meanwhile the leaf keeps its reported value: no delta asks for 72.
         assert!(delta(&doc).is_empty());
-        assert_eq!(doc.reported().get_dotted("temp").unwrap().value, Value::Int(68));
+        assert_eq!(
+            doc.reported().get_dotted("temp").unwrap().value,
+            Value::Int(68)
+        );
         // Parked conflicts are not re-counted.
         assert!(sync_once(&mut doc, 30_000).is_empty());
 
         let mut device = doc.clone();
-        device.resolve(p("temp").as_path(), Source::Device, 40_000).unwrap();
+        device
+            .resolve(p("temp").as_path(), Source::Device, 40_000)
+            .unwrap();
         assert_eq!(temp(&device), Value::Int(68));
         assert!(device.in_sync() && device.parked().count() == 0);
 
-        doc.resolve(p("temp").as_path(), Source::Cloud, 40_000).unwrap();
+        doc.resolve(p("temp").as_path(), Source::Cloud, 40_000)
+            .unwrap();
         assert_eq!(delta(&doc), pairs(&[("temp", "72")]));
         assert!(sync_once(&mut doc, 41_000).is_empty());
-        assert_eq!(doc.resolve(p("temp").as_path(), Source::Cloud, 1), Err(Error::NotParked));
+        assert_eq!(
+            doc.resolve(p("temp").as_path(), Source::Cloud, 1),
+            Err(Error::NotParked)
+        );
     }
 
     #[test]
@@ -374,31 +487,62 @@ mod conflicts {
     #[test]
     fn policies_are_chosen_by_longest_path_prefix() {
         let mut doc = Doc::new(ConflictPolicy::CloudWins);
-        doc.set_policy(&p("sensors"), ConflictPolicy::DeviceWins).unwrap();
-        doc.set_policy(&p("sensors.calibration"), ConflictPolicy::ManualResolve).unwrap();
-        assert_eq!(doc.policy_for(p("config.rate").as_path()), ConflictPolicy::CloudWins);
-        assert_eq!(doc.policy_for(p("sensors.temp").as_path()), ConflictPolicy::DeviceWins);
+        doc.set_policy(&p("sensors"), ConflictPolicy::DeviceWins)
+            .unwrap();
+        doc.set_policy(&p("sensors.calibration"), ConflictPolicy::ManualResolve)
+            .unwrap();
+        assert_eq!(
+            doc.policy_for(p("config.rate").as_path()),
+            ConflictPolicy::CloudWins
+        );
+        assert_eq!(
+            doc.policy_for(p("sensors.temp").as_path()),
+            ConflictPolicy::DeviceWins
+        );
         assert_eq!(
             doc.policy_for(p("sensors.calibration.offset").as_path()),
             ConflictPolicy::ManualResolve
         );
-        doc.set_policy(&PathBuf::new(), ConflictPolicy::LatestWins).unwrap();
-        assert_eq!(doc.policy_for(p("other").as_path()), ConflictPolicy::LatestWins);
+        doc.set_policy(&PathBuf::new(), ConflictPolicy::LatestWins)
+            .unwrap();
+        assert_eq!(
+            doc.policy_for(p("other").as_path()),
+            ConflictPolicy::LatestWins
+        );
     }
 
     #[test]
     fn a_device_only_change_follows_the_policy_without_a_conflict() {
         let mut doc = Doc::new(ConflictPolicy::CloudWins);
-        doc.set_policy(&p("user"), ConflictPolicy::LatestWins).unwrap();
-        doc.apply_desired(&tree(&[("cfg", Value::Int(1)), ("user", Value::Int(1))]), None, 0).unwrap();
-        doc.apply_reported(&tree(&[("cfg", Value::Int(1)), ("user", Value::Int(1))]), None, 0).unwrap();
+        doc.set_policy(&p("user"), ConflictPolicy::LatestWins)
+            .unwrap();
+        doc.apply_desired(
+            &tree(&[("cfg", Value::Int(1)), ("user", Value::Int(1))]),
+            None,
+            0,
+        )
+        .unwrap();
+        doc.apply_reported(
+            &tree(&[("cfg", Value::Int(1)), ("user", Value::Int(1))]),
+            None,
+            0,
+        )
+        .unwrap();
         let _ = doc.sync(0, 0, |_| {}).unwrap();
-        doc.apply_reported(&tree(&[("cfg", Value::Int(2)), ("user", Value::Int(2))]), None, 5).unwrap();
+        doc.apply_reported(
+            &tree(&[("cfg", Value::Int(2)), ("user", Value::Int(2))]),
+            None,
+            5,
+        )
+        .unwrap();
         assert!(sync_once(&mut doc, 10).is_empty());
         // Configuration is the cloud's: the delta pushes it back.
         assert_eq!(delta(&doc), pairs(&[("cfg", "1")]));
         // The user's setting follows the device.
-        assert_eq!(doc.desired().get_dotted("user").unwrap().value, Value::Int(2));
+        assert_eq!(
+            doc.desired().get_dotted("user").unwrap().value,
+            Value::Int(2)
+        );
     }
 
     #[test]
@@ -406,15 +550,21 @@ mod conflicts {
         let mut doc = thermostat(ConflictPolicy::CloudWins, 10_000, 10_500);
         let r = doc.sync(100_000, u32::MAX, |_| {}).unwrap();
         assert_eq!(r.next_sync_not_before_ms, 101_000);
-        assert_eq!(doc.sync(100_999, 0, |_| {}), Err(Error::BackingOff { until_ms: 101_000 }));
+        assert_eq!(
+            doc.sync(100_999, 0, |_| {}),
+            Err(Error::BackingOff { until_ms: 101_000 })
+        );
         // A second conflict in a row doubles the window; jitter halves it.
-        doc.apply_desired(&tree(&[("temp", Value::Int(75))]), None, 101_000).unwrap();
-        doc.apply_reported(&tree(&[("temp", Value::Int(60))]), None, 101_000).unwrap();
+        doc.apply_desired(&tree(&[("temp", Value::Int(75))]), None, 101_000)
+            .unwrap();
+        doc.apply_reported(&tree(&[("temp", Value::Int(60))]), None, 101_000)
+            .unwrap();
         let r = doc.sync(101_000, u32::MAX / 2, |_| {}).unwrap();
         assert_eq!(r.conflicts, 1);
         assert_eq!(r.next_sync_not_before_ms, 102_000 - 1);
         // A clean sync resets it.
-        doc.apply_reported(&tree(&[("temp", Value::Int(75))]), None, 103_000).unwrap();
+        doc.apply_reported(&tree(&[("temp", Value::Int(75))]), None, 103_000)
+            .unwrap();
         let r = doc.sync(103_000, u32::MAX, |_| {}).unwrap();
         assert_eq!((r.conflicts, r.next_sync_not_before_ms), (0, 103_000));
     }

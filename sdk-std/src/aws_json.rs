@@ -314,7 +314,8 @@ fn cbor_to_json(d: &mut minicbor::Decoder<'_>) -> Json {
         Type::String => Json::String(d.str().unwrap_or_default().to_owned()),
         Type::Bytes => Json::String(b64(d.bytes().unwrap_or_default())),
         Type::F64 | Type::F32 | Type::F16 => {
-            serde_json::Number::from_f64(d.f64().unwrap_or_default()).map_or(Json::Null, Json::Number)
+            serde_json::Number::from_f64(d.f64().unwrap_or_default())
+                .map_or(Json::Null, Json::Number)
         }
         Type::Null => {
             let _ = d.null();
@@ -450,7 +451,10 @@ pub fn accepted_document<const L: usize, const P: usize>(
 fn stamp<const L: usize, const P: usize>(t: &mut StateTree<L, P>, now_ms: u64) {
     let mut out: StateTree<L, P> = StateTree::new();
     for e in t.iter() {
-        let meta = lanyard_core::shadow::LeafMeta { timestamp_ms: now_ms, ..e.meta };
+        let meta = lanyard_core::shadow::LeafMeta {
+            timestamp_ms: now_ms,
+            ..e.meta
+        };
         // Same paths and values as `t`, so this always fits.
         let _ = out.insert_with_meta(e.path, e.value, meta);
     }
@@ -484,9 +488,7 @@ pub fn documents_document<const L: usize, const P: usize>(
     now_ms: u64,
     client_token: Option<&str>,
 ) -> Json {
-    let side = |s: &Shadow<L, P>| {
-        json!({ "state": sides(s, false), "metadata": sides(s, true), "version": s.version() })
-    };
+    let side = |s: &Shadow<L, P>| json!({ "state": sides(s, false), "metadata": sides(s, true), "version": s.version() });
     with_token(
         json!({ "previous": side(previous), "current": side(current), "timestamp": now_ms / 1000 }),
         client_token,

@@ -20,11 +20,22 @@ fn delta_state_example_recurses_into_nested_objects() {
     // Guide, "Delta state": desired color {r:255,g:255,b:0} vs reported
     // {r:255,g:0,b:255} gives a delta of {g:255,b:0}.
     let mut doc = Doc::new(ConflictPolicy::CloudWins);
-    apply(&mut doc, json!({"state":{"desired":{"color":{"r":255,"g":255,"b":0}}}})).unwrap();
-    apply(&mut doc, json!({"state":{"reported":{"color":{"r":255,"g":0,"b":255}}}})).unwrap();
+    apply(
+        &mut doc,
+        json!({"state":{"desired":{"color":{"r":255,"g":255,"b":0}}}}),
+    )
+    .unwrap();
+    apply(
+        &mut doc,
+        json!({"state":{"reported":{"color":{"r":255,"g":0,"b":255}}}}),
+    )
+    .unwrap();
     let delta = aws_json::delta_document(&doc, NOW_MS, None).unwrap();
     assert_eq!(delta["state"], json!({"color":{"g":255,"b":0}}));
-    assert_eq!(delta["metadata"]["color"]["g"]["timestamp"], json!(NOW_MS / 1000));
+    assert_eq!(
+        delta["metadata"]["color"]["g"]["timestamp"],
+        json!(NOW_MS / 1000)
+    );
     assert_eq!(delta["version"], json!(2));
 }
 
@@ -33,11 +44,23 @@ fn array_values_are_compared_whole() {
     // Guide, "Array values": an array in desired equal to the reported array
     // gives no delta; any difference puts the whole array in it.
     let mut doc = Doc::new(ConflictPolicy::CloudWins);
-    apply(&mut doc, json!({"state":{"desired":{"colors":["RED","GREEN","BLUE"]}}})).unwrap();
-    apply(&mut doc, json!({"state":{"reported":{"colors":["RED","GREEN"]}}})).unwrap();
+    apply(
+        &mut doc,
+        json!({"state":{"desired":{"colors":["RED","GREEN","BLUE"]}}}),
+    )
+    .unwrap();
+    apply(
+        &mut doc,
+        json!({"state":{"reported":{"colors":["RED","GREEN"]}}}),
+    )
+    .unwrap();
     let delta = aws_json::delta_document(&doc, NOW_MS, None).unwrap();
     assert_eq!(delta["state"], json!({"colors":["RED","GREEN","BLUE"]}));
-    apply(&mut doc, json!({"state":{"reported":{"colors":["RED","GREEN","BLUE"]}}})).unwrap();
+    apply(
+        &mut doc,
+        json!({"state":{"reported":{"colors":["RED","GREEN","BLUE"]}}}),
+    )
+    .unwrap();
     assert!(doc.in_sync());
 }
 
@@ -82,8 +105,14 @@ fn get_accepted_holds_desired_reported_delta_and_metadata() {
     assert_eq!(got["state"]["desired"], json!({"a":1,"b":2}));
     assert_eq!(got["state"]["reported"], json!({"a":1}));
     assert_eq!(got["state"]["delta"], json!({"b":2}));
-    assert_eq!(got["metadata"]["reported"]["a"]["timestamp"], json!(NOW_MS / 1000));
-    assert_eq!((got["version"].clone(), got["clientToken"].clone()), (json!(2), json!("t")));
+    assert_eq!(
+        got["metadata"]["reported"]["a"]["timestamp"],
+        json!(NOW_MS / 1000)
+    );
+    assert_eq!(
+        (got["version"].clone(), got["clientToken"].clone()),
+        (json!(2), json!("t"))
+    );
 }
 
 #[test]
@@ -131,21 +160,42 @@ fn error_documents_match_the_guide() {
 
     let cases: &[(&[u8], u16, &str)] = &[
         (b"{not json", 400, "Invalid JSON"),
-        (br#"{"clientToken":"x"}"#, 400, "Missing required node: state"),
+        (
+            br#"{"clientToken":"x"}"#,
+            400,
+            "Missing required node: state",
+        ),
         (br#"{"state":[]}"#, 400, "State node must be an object"),
-        (br#"{"state":{"desired":5}}"#, 400, "Desired node must be an object"),
-        (br#"{"state":{"reported":"x"}}"#, 400, "Reported node must be an object"),
+        (
+            br#"{"state":{"desired":5}}"#,
+            400,
+            "Desired node must be an object",
+        ),
+        (
+            br#"{"state":{"reported":"x"}}"#,
+            400,
+            "Reported node must be an object",
+        ),
         (br#"{"state":{},"version":-1}"#, 400, "Invalid version"),
         (
             br#"{"state":{"desired":{"a":{"b":{"c":{"d":{"e":{"f":{"g":{"h":{"i":1}}}}}}}}}}}"#,
             400,
             "JSON contains too many levels of nesting; maximum is 8",
         ),
-        (br#"{"state":{"desired":{"n":18446744073709551615}}}"#, 400, "Number out of range: 18446744073709551615"),
+        (
+            br#"{"state":{"desired":{"n":18446744073709551615}}}"#,
+            400,
+            "Number out of range: 18446744073709551615",
+        ),
     ];
     for (input, code, message) in cases {
         let err = aws_json::parse_update::<64, 4096>(input).unwrap_err();
-        assert_eq!((err.code(), err.message().as_str()), (*code, *message), "{}", String::from_utf8_lossy(input));
+        assert_eq!(
+            (err.code(), err.message().as_str()),
+            (*code, *message),
+            "{}",
+            String::from_utf8_lossy(input)
+        );
     }
 }
 

@@ -38,7 +38,9 @@ pub fn encoded(doc: &Doc) -> Vec<u8> {
 }
 
 pub fn pairs(v: &[(&str, &str)]) -> Vec<(String, String)> {
-    v.iter().map(|(a, b)| (a.to_string(), b.to_string())).collect()
+    v.iter()
+        .map(|(a, b)| (a.to_string(), b.to_string()))
+        .collect()
 }
 
 /// CBOR array bytes for `[a, b, ...]` of small ints.
