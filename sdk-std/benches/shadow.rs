@@ -1,1 +1,312 @@
-fn main() {}
+//! Shadow engine against the way a typical std user does it: a
+//! `serde_json::Value` merge and diff. Same document, same update, same run.
+//!
+//! Prints criterion's figures, then a summary with the ratios, and the
+//! encoded size of the document in CBOR and in AWS IoT JSON.
+
+use std::hint::black_box;
+use std::time::{Duration, Instant};
+
+use criterion::Criterion;
+use lanyard_core::shadow::{ConflictPolicy, PathBuf, Shadow, StateTree, Value};
+use lanyard_core::wire::ShadowUpdate;
+use lanyard_std::aws_json;
+use serde_json::{Map, Value as Json, json};
+
+type Doc = Shadow; // the default capacity: what a user gets without tuning
+type Tree = StateTree;
+
+const SECTIONS: [&str; 5] = ["config", "sensors", "power", "network", "display"];
+const GROUPS: [&str; 2] = ["primary", "secondary"];
+const LEAVES: [&str; 5] = [
+    "interval_ms",
+    "threshold",
+    "enabled",
+    "label",
+    "calibration",
+];
+
+/// The realistic document: 5 sections x 2 groups x 5 leaves = 50 leaves,
+/// 3 levels, mixed types.
+fn document_json(variant: i64) -> Json {
+    let mut root = Map::new();
+    for (s, section) in SECTIONS.iter().enumerate() {
+        let mut groups = Map::new();
+        for (g, group) in GROUPS.iter().enumerate() {
+            let n = (s * 10 + g * 5) as i64;
+            groups.insert(
+                (*group).into(),
+                json!({
+                    "interval_ms": 15_000 + n + variant,
+                    "threshold": 10.5 + n as f64,
+                    "enabled": n % 2 == 0,
+                    "label": format!("{section}-{group}-unit"),
+                    "calibration": [n, n + 1, n + 2],
+                }),
+            );
+        }
+        root.insert((*section).into(), Json::Object(groups));
+    }
+    Json::Object(root)
+}
+
+/// The update: five leaves across sections, values depending on `i`.
+fn update_json(i: i64) -> Json {
+    json!({
+        "config": {"primary": {"interval_ms": 30_000 + i, "enabled": i % 2 == 0}},
+        "sensors": {"secondary": {"threshold": 12.25 + i as f64}},
+        "power": {"primary": {"label": format!("battery-{}", i % 3)}},
+        "display": {"secondary": {"interval_ms": 1_000 + i}},
+    })
+}
+
+fn tree(v: &Json) -> Tree {
+    aws_json::tree_from_json(v.as_object().unwrap(), true).unwrap()
+}
+
+// ---- the serde_json way ----
+
+/// Merge with AWS semantics: objects merge, null deletes, anything else
+/// replaces.
+fn json_merge(target: &mut Json, update: &Json) {
+    let (Json::Object(t), Json::Object(u)) = (target, update) else {
+        return;
+    };
+    for (k, v) in u {
+        match v {
+            Json::Null => {
+                t.remove(k);
+            }
+            Json::Object(_) => {
+                let slot = t
+                    .entry(k.clone())
+                    .or_insert_with(|| Json::Object(Map::new()));
+                if !slot.is_object() {
+                    *slot = Json::Object(Map::new());
+                }
+                json_merge(slot, v);
+            }
+            other => {
+                t.insert(k.clone(), other.clone());
+            }
+        }
+    }
+}
+
+/// The delta: desired leaves that differ from reported, recursing into
+/// objects.
+fn json_delta(desired: &Json, reported: &Json) -> Option<Json> {
+    match (desired, reported) {
+        (Json::Object(d), Json::Object(r)) => {
+            let mut out = Map::new();
+            for (k, dv) in d {
+                let sub = match r.get(k) {
+                    Some(rv) => json_delta(dv, rv),
+                    None => Some(dv.clone()),
+                };
+                if let Some(s) = sub {
+                    out.insert(k.clone(), s);
+                }
+            }
+            (!out.is_empty()).then_some(Json::Object(out))
+        }
+        (Json::Object(_), _) => Some(desired.clone()),
+        _ => (desired != reported).then(|| desired.clone()),
+    }
+}
+
+struct JsonShadow {
+    desired: Json,
+    reported: Json,
+}
+
+fn setup_lanyard() -> Box<Doc> {
+    let mut doc = Box::new(Doc::new(ConflictPolicy::CloudWins));
+    doc.apply_desired(&tree(&document_json(0)), None, 1)
+        .unwrap();
+    doc.apply_reported(&tree(&document_json(1)), None, 2)
+        .unwrap();
+    doc
+}
+
+fn setup_json() -> JsonShadow {
+    JsonShadow {
+        desired: document_json(0),
+        reported: document_json(1),
+    }
+}
+
+fn lanyard_step(doc: &mut Doc, updates: &[Tree; 2], delta: &mut Tree, i: usize) -> usize {
+    doc.apply_desired(&updates[i % 2], None, i as u64).unwrap();
+    doc.delta_into(delta).unwrap();
+    delta.len()
+}
+
+fn json_step(s: &mut JsonShadow, updates: &[Json; 2], i: usize) -> usize {
+    json_merge(&mut s.desired, &updates[i % 2]);
+    json_delta(&s.desired, &s.reported).map_or(0, |d| d.as_object().unwrap().len())
+}
+
+fn lanyard_wire_step(doc: &mut Doc, wires: &[Vec<u8>; 2], delta: &mut Tree, i: usize) -> usize {
+    let up: ShadowUpdate = ShadowUpdate::decode(&wires[i % 2]).unwrap();
+    up.apply_to(doc).unwrap();
+    doc.delta_into(delta).unwrap();
+    delta.len()
+}
+
+fn json_wire_step(s: &mut JsonShadow, wires: &[Vec<u8>; 2], i: usize) -> usize {
+    let up: Json = serde_json::from_slice(&wires[i % 2]).unwrap();
+    json_merge(&mut s.desired, &up["state"]["desired"]);
+    json_delta(&s.desired, &s.reported).map_or(0, |d| d.as_object().unwrap().len())
+}
+
+/// Best of 5 batches, ns per operation: a summary in the same run, beside
+/// criterion's distributions.
+fn ns_per_op(mut f: impl FnMut(usize) -> usize) -> f64 {
+    let batch = 20_000;
+    let mut best = Duration::MAX;
+    for _ in 0..5 {
+        let t = Instant::now();
+        for i in 0..batch {
+            black_box(f(i));
+        }
+        best = best.min(t.elapsed());
+    }
+    best.as_nanos() as f64 / batch as f64
+}
+
+fn main() {
+    let updates = [tree(&update_json(1)), tree(&update_json(2))];
+    let json_updates = [update_json(1), update_json(2)];
+    let wires: [Vec<u8>; 2] = core::array::from_fn(|i| {
+        let mut up: ShadowUpdate = ShadowUpdate::new(5);
+        up.desired = Some(updates[i].clone());
+        let mut buf = vec![0u8; 4096];
+        let n = up.encode(&mut buf).unwrap();
+        buf.truncate(n);
+        buf
+    });
+    let json_wires: [Vec<u8>; 2] = core::array::from_fn(|i| {
+        serde_json::to_vec(&json!({"state": {"desired": json_updates[i]}})).unwrap()
+    });
+
+    // Both ways compute the same delta.
+    {
+        let (mut doc, mut js) = (setup_lanyard(), setup_json());
+        let mut delta = Box::new(Tree::new());
+        lanyard_step(&mut doc, &updates, &mut delta, 1);
+        json_step(&mut js, &json_updates, 1);
+        let expected = json_delta(&js.desired, &js.reported).unwrap();
+        assert_eq!(
+            aws_json::tree_to_json(&delta),
+            expected,
+            "the two ways disagree"
+        );
+        assert_eq!(aws_json::tree_to_json(doc.desired()), js.desired);
+    }
+
+    let mut c = Criterion::default().configure_from_args();
+    {
+        let mut g = c.benchmark_group("apply update + delta (50 leaves, 3 levels)");
+        let mut doc = setup_lanyard();
+        let mut delta = Box::new(Tree::new());
+        let mut i = 0;
+        g.bench_function("lanyard", |b| {
+            b.iter(|| {
+                i += 1;
+                lanyard_step(&mut doc, &updates, &mut delta, i)
+            })
+        });
+        let mut js = setup_json();
+        g.bench_function("serde_json Value", |b| {
+            b.iter(|| {
+                i += 1;
+                json_step(&mut js, &json_updates, i)
+            })
+        });
+        g.finish();
+    }
+    {
+        let mut g = c.benchmark_group("decode + apply + delta from wire bytes");
+        let mut doc = setup_lanyard();
+        let mut delta = Box::new(Tree::new());
+        let mut i = 0;
+        g.bench_function("lanyard CBOR", |b| {
+            b.iter(|| {
+                i += 1;
+                lanyard_wire_step(&mut doc, &wires, &mut delta, i)
+            })
+        });
+        let mut js = setup_json();
+        g.bench_function("serde_json JSON", |b| {
+            b.iter(|| {
+                i += 1;
+                json_wire_step(&mut js, &json_wires, i)
+            })
+        });
+        g.finish();
+    }
+
+    // Summary with ratios, measured now, in this process.
+    let (mut doc, mut js) = (setup_lanyard(), setup_json());
+    let mut delta = Box::new(Tree::new());
+    let ours = ns_per_op(|i| lanyard_step(&mut doc, &updates, &mut delta, i));
+    let theirs = ns_per_op(|i| json_step(&mut js, &json_updates, i));
+    if std::env::var("LANYARD_BENCH_SPLIT").is_ok() {
+        let mut doc = setup_lanyard();
+        let a = ns_per_op(|i| {
+            doc.apply_desired(&updates[i % 2], None, i as u64).unwrap();
+            0
+        });
+        let d = ns_per_op(|_| {
+            doc.delta_into(&mut delta).unwrap();
+            delta.len()
+        });
+        println!("split: apply {a:.0} ns, delta {d:.0} ns");
+    }
+    let (mut doc, mut js) = (setup_lanyard(), setup_json());
+    let ours_wire = ns_per_op(|i| lanyard_wire_step(&mut doc, &wires, &mut delta, i));
+    let theirs_wire = ns_per_op(|i| json_wire_step(&mut js, &json_wires, i));
+
+    let doc = setup_lanyard();
+    let mut buf = vec![0u8; 64 * 1024];
+    let cbor_doc = doc.encode(&mut buf).unwrap();
+    let json_doc =
+        serde_json::to_vec(&aws_json::get_document(&doc, 1_700_000_000_000, None).unwrap())
+            .unwrap()
+            .len();
+    let cbor_state = doc.desired().encoded_len();
+    let json_state = serde_json::to_vec(&aws_json::tree_to_json(doc.desired()))
+        .unwrap()
+        .len();
+    let mut probe = Tree::new();
+    probe
+        .insert(&PathBuf::from_dotted("x").unwrap(), Value::Int(1))
+        .unwrap();
+
+    println!("\n== lanyard shadow benchmark summary (best of 5 x 20000, this run) ==");
+    println!("apply update + delta, 50 leaves / 3 levels:");
+    println!("  lanyard           {ours:>10.0} ns/op");
+    println!("  serde_json Value  {theirs:>10.0} ns/op");
+    println!(
+        "  speed-up          {:>10.1}x   (target >= 10x)",
+        theirs / ours
+    );
+    println!("decode + apply + delta from wire bytes:");
+    println!("  lanyard CBOR      {ours_wire:>10.0} ns/op");
+    println!("  serde_json JSON   {theirs_wire:>10.0} ns/op");
+    println!("  speed-up          {:>10.1}x", theirs_wire / ours_wire);
+    println!("encoded size of the document (desired + reported + metadata + version):");
+    println!("  CBOR (lanyard document, incl. sync state) {cbor_doc:>6} B");
+    println!("  AWS IoT JSON (get/accepted document)      {json_doc:>6} B");
+    println!(
+        "  ratio CBOR / JSON                         {:>6.2}   (target <= 0.50)",
+        cbor_doc as f64 / json_doc as f64
+    );
+    println!("encoded size of the desired state alone:");
+    println!(
+        "  CBOR {cbor_state} B, JSON {json_state} B, ratio {:.2}",
+        cbor_state as f64 / json_state as f64
+    );
+    c.final_summary();
+}

@@ -180,11 +180,8 @@ struct Decision {
 /// # Ok::<(), lanyard_core::Error>(())
 /// ```
 pub struct Shadow<const LEAVES: usize = DEFAULT_LEAVES, const POOL: usize = DEFAULT_POOL> {
-    desired: StateTree<LEAVES, POOL>,
-    reported: StateTree<LEAVES, POOL>,
-    /// Fingerprint of the last value both sides agreed on, per desired path.
-    synced: StateTree<LEAVES, POOL>,
-    scratch: StateTree<LEAVES, POOL>,
+    /// Desired, reported, last-agreed fingerprints, scratch.
+    trees: Trees<LEAVES, POOL>,
     version: u64,
     last_sync_version: u64,
     default_policy: ConflictPolicy,
@@ -201,10 +198,7 @@ impl<const L: usize, const P: usize> Shadow<L, P> {
     /// An empty document at version 0 with one policy for every path.
     pub const fn new(default_policy: ConflictPolicy) -> Self {
         Shadow {
-            desired: StateTree::new(),
-            reported: StateTree::new(),
-            synced: StateTree::new(),
-            scratch: StateTree::new(),
+            trees: Trees::new(),
             version: 0,
             last_sync_version: 0,
             default_policy,
@@ -260,12 +254,12 @@ impl<const L: usize, const P: usize> Shadow<L, P> {
 
     /// The desired tree.
     pub fn desired(&self) -> &StateTree<L, P> {
-        &self.desired
+        self.trees.get(DESIRED)
     }
 
     /// The reported tree.
     pub fn reported(&self) -> &StateTree<L, P> {
-        &self.reported
+        self.trees.get(REPORTED)
     }
 
     /// Conflict counters.
@@ -328,10 +322,10 @@ impl<const L: usize, const P: usize> Shadow<L, P> {
         self.check_version(expected_version)?;
         // Check both fit before touching either, so the update is atomic.
         if let Some(u) = desired {
-            self.desired.merge_fits(u)?;
+            self.trees.get(DESIRED).merge_fits(u)?;
         }
         if let Some(u) = reported {
-            self.reported.merge_fits(u)?;
+            self.trees.get(REPORTED).merge_fits(u)?;
         }
         let version = self.version + 1;
         for (update, source) in [(desired, Source::Cloud), (reported, Source::Device)] {
@@ -341,13 +335,15 @@ impl<const L: usize, const P: usize> Shadow<L, P> {
                 source,
                 version,
             };
-            let target = match source {
-                Source::Cloud => &mut self.desired,
-                Source::Device => &mut self.reported,
+            let role = match source {
+                Source::Cloud => DESIRED,
+                Source::Device => REPORTED,
             };
+            let [desired, reported, _, scratch] = self.trees.split();
+            let target = if role == DESIRED { desired } else { reported };
             // Cannot fail: merge_fits checked the capacity.
-            target.merge_into(update, meta, &mut self.scratch)?;
-            core::mem::swap(target, &mut self.scratch);
+            target.merge_into(update, meta, scratch)?;
+            self.trees.commit(role);
         }
         self.version = version;
         Ok(version)
@@ -360,19 +356,20 @@ impl<const L: usize, const P: usize> Shadow<L, P> {
         out: &mut StateTree<DL, DP>,
     ) -> Result<(), Error> {
         let parked = &self.parked;
-        self.desired
-            .diff_into(&self.reported, |p| parked.get(p).is_some(), out)?;
+        self.trees.get(DESIRED).diff_into(
+            self.trees.get(REPORTED),
+            |p| parked.get(p).is_some(),
+            out,
+        )?;
         Ok(())
     }
 
     /// True when the delta is empty.
     pub fn in_sync(&self) -> bool {
-        self.desired.iter().all(|d| {
+        let reported = self.trees.get(REPORTED);
+        self.trees.get(DESIRED).iter().all(|d| {
             self.parked.get(d.path.as_bytes()).is_some()
-                || self
-                    .reported
-                    .get(d.path)
-                    .is_some_and(|r| r.value == d.value)
+                || reported.get(d.path).is_some_and(|r| r.value == d.value)
         })
     }
 
@@ -405,12 +402,13 @@ impl<const L: usize, const P: usize> Shadow<L, P> {
         // Pass 1: decide every leaf and check the result fits.
         let mut decisions: heapless::Vec<Decision, L> = heapless::Vec::new();
         let (mut bytes, mut parks) = (0usize, 0usize);
-        for i in 0..self.desired.len() {
-            let d = self.desired.at(i);
+        let (desired, reported) = (self.trees.get(DESIRED), self.trees.get(REPORTED));
+        for i in 0..desired.len() {
+            let d = desired.at(i);
             let dec = self.decide(&d, parks);
             parks += usize::from(dec.park);
             let chosen = if dec.take_reported {
-                self.reported.get(d.path).unwrap_or(d)
+                reported.get(d.path).unwrap_or(d)
             } else {
                 d
             };
@@ -430,10 +428,11 @@ impl<const L: usize, const P: usize> Shadow<L, P> {
             self.version
         };
         let mut conflicts = 0u32;
-        self.scratch.clear();
+        let [desired, reported, _, scratch] = self.trees.split();
+        scratch.clear();
         for (i, dec) in decisions.iter().enumerate() {
-            let d = self.desired.at(i);
-            let r = self.reported.get(d.path);
+            let d = desired.at(i);
+            let r = reported.get(d.path);
             if let (Some((policy, winner)), Some(r)) = (dec.conflict, r) {
                 conflicts += 1;
                 self.stats.by_policy[policy.index()] += 1;
@@ -459,34 +458,32 @@ impl<const L: usize, const P: usize> Shadow<L, P> {
             match (dec.take_reported, r) {
                 (true, Some(r)) => {
                     let meta = LeafMeta { version, ..r.meta };
-                    self.scratch.push_sorted(d.path.as_bytes(), r.value, meta)?;
+                    scratch.push_sorted(d.path.as_bytes(), r.value, meta)?;
                 }
-                _ => self
-                    .scratch
-                    .push_sorted(d.path.as_bytes(), d.value, d.meta)?,
+                _ => scratch.push_sorted(d.path.as_bytes(), d.value, d.meta)?,
             }
         }
-        core::mem::swap(&mut self.desired, &mut self.scratch);
+        self.trees.commit(DESIRED);
 
         // Pass 3: the new fingerprints, one per desired path (paths only in
         // the pool, so they always fit where desired fits).
-        self.scratch.clear();
+        let [desired, reported, synced, scratch] = self.trees.split();
+        scratch.clear();
         for (i, dec) in decisions.iter().enumerate() {
-            let d = self.desired.at(i);
+            let d = desired.at(i);
             let fp = match dec.base {
                 Base::Agreed => Some(fingerprint(d.value)),
-                Base::Reported => self.reported.get(d.path).map(|r| fingerprint(r.value)),
-                Base::Keep => self.synced.get(d.path).map(|b| int_of(b.value)),
+                Base::Reported => reported.get(d.path).map(|r| fingerprint(r.value)),
+                Base::Keep => synced.get(d.path).map(|b| int_of(b.value)),
             };
             if let Some(fp) = fp {
-                self.scratch
-                    .push_sorted(d.path.as_bytes(), Value::Int(fp), d.meta)?;
+                scratch.push_sorted(d.path.as_bytes(), Value::Int(fp), d.meta)?;
             }
         }
-        core::mem::swap(&mut self.synced, &mut self.scratch);
+        self.trees.commit(SYNCED);
 
         // Parked conflicts end when their leaf is gone or agreed.
-        let (desired, reported) = (&self.desired, &self.reported);
+        let (desired, reported) = (self.trees.get(DESIRED), self.trees.get(REPORTED));
         self.parked.retain(|p| {
             let path = Path::from_encoded(p);
             match (desired.get(path), reported.get(path)) {
@@ -521,7 +518,7 @@ impl<const L: usize, const P: usize> Shadow<L, P> {
             conflict: None,
             park: false,
         };
-        let Some(r) = self.reported.get(d.path) else {
+        let Some(r) = self.trees.get(REPORTED).get(d.path) else {
             return keep;
         };
         if r.value == d.value {
@@ -533,7 +530,7 @@ impl<const L: usize, const P: usize> Shadow<L, P> {
         if self.parked.get(d.path.as_bytes()).is_some() {
             return keep;
         }
-        let base = self.synced.get(d.path).map(|b| int_of(b.value));
+        let base = self.trees.get(SYNCED).get(d.path).map(|b| int_of(b.value));
         let changed = |e: &Entry<'_>| {
             e.meta.version > self.last_sync_version && base != Some(fingerprint(e.value))
         };
@@ -594,7 +591,8 @@ impl<const L: usize, const P: usize> Shadow<L, P> {
         }
         let policy = self.policy_for(path);
         let _ = policy;
-        let reported = self.reported.get(path).map(|r| (fingerprint(r.value), r));
+        let [desired, reported, synced, _] = self.trees.split();
+        let reported = reported.get(path).map(|r| (fingerprint(r.value), r));
         match (winner, reported) {
             (Source::Device, Some((fp, r))) => {
                 let version = self.version + 1;
@@ -603,14 +601,14 @@ impl<const L: usize, const P: usize> Shadow<L, P> {
                     source: Source::Device,
                     version,
                 };
-                self.desired.insert_with_meta(path, r.value, meta)?;
-                self.synced.insert_with_meta(path, Value::Int(fp), meta)?;
+                desired.insert_with_meta(path, r.value, meta)?;
+                synced.insert_with_meta(path, Value::Int(fp), meta)?;
                 self.version = version;
                 self.stats.device_won += 1;
             }
             (_, reported) => {
                 if let Some((fp, r)) = reported {
-                    self.synced.insert_with_meta(path, Value::Int(fp), r.meta)?;
+                    synced.insert_with_meta(path, Value::Int(fp), r.meta)?;
                 }
                 self.stats.cloud_won += 1;
             }
@@ -639,16 +637,16 @@ impl<const L: usize, const P: usize> Shadow<L, P> {
         e.map(8)?;
         e.u8(1)?.u64(self.version)?;
         e.u8(2)?;
-        self.desired.encode_cbor(e)?;
+        self.trees.get(DESIRED).encode_cbor(e)?;
         e.u8(3)?;
-        self.reported.encode_cbor(e)?;
+        self.trees.get(REPORTED).encode_cbor(e)?;
         e.u8(4)?;
-        self.desired.encode_meta(e)?;
+        self.trees.get(DESIRED).encode_meta(e)?;
         e.u8(5)?;
-        self.reported.encode_meta(e)?;
+        self.trees.get(REPORTED).encode_meta(e)?;
         e.u8(6)?.u64(self.last_sync_version)?;
         e.u8(7)?;
-        self.synced.encode_cbor(e)?;
+        self.trees.get(SYNCED).encode_cbor(e)?;
         e.u8(8)?.array(self.parked.len() as u64)?;
         for (p, at) in self.parked.iter() {
             e.array(2)?.array(p.depth() as u64)?;
@@ -692,12 +690,12 @@ impl<const L: usize, const P: usize> Shadow<L, P> {
             }
             match key {
                 1 => self.version = cbor::read_u64(d)?,
-                2 => self.desired.decode_cbor(d, meta, false)?,
-                3 => self.reported.decode_cbor(d, meta, false)?,
-                4 if seen & (1 << 2) != 0 => self.desired.decode_meta(d)?,
-                5 if seen & (1 << 3) != 0 => self.reported.decode_meta(d)?,
+                2 => self.trees.get_mut(DESIRED).decode_cbor(d, meta, false)?,
+                3 => self.trees.get_mut(REPORTED).decode_cbor(d, meta, false)?,
+                4 if seen & (1 << 2) != 0 => self.trees.get_mut(DESIRED).decode_meta(d)?,
+                5 if seen & (1 << 3) != 0 => self.trees.get_mut(REPORTED).decode_meta(d)?,
                 6 => self.last_sync_version = cbor::read_u64(d)?,
-                7 => self.synced.decode_cbor(d, meta, false)?,
+                7 => self.trees.get_mut(SYNCED).decode_cbor(d, meta, false)?,
                 8 => self.decode_parked(d)?,
                 4 | 5 => {
                     return Err(DecodeError::Malformed {
@@ -758,10 +756,7 @@ impl<const L: usize, const P: usize> Shadow<L, P> {
 impl<const L: usize, const P: usize> Clone for Shadow<L, P> {
     fn clone(&self) -> Self {
         Shadow {
-            desired: self.desired.clone(),
-            reported: self.reported.clone(),
-            synced: self.synced.clone(),
-            scratch: StateTree::new(),
+            trees: self.trees.clone(),
             version: self.version,
             last_sync_version: self.last_sync_version,
             default_policy: self.default_policy,
@@ -779,9 +774,59 @@ impl<const L: usize, const P: usize> core::fmt::Debug for Shadow<L, P> {
     fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
         f.debug_struct("Shadow")
             .field("version", &self.version)
-            .field("desired", &self.desired)
-            .field("reported", &self.reported)
+            .field("desired", self.desired())
+            .field("reported", self.reported())
             .finish_non_exhaustive()
+    }
+}
+
+const DESIRED: usize = 0;
+const REPORTED: usize = 1;
+const SYNCED: usize = 2;
+const SCRATCH: usize = 3;
+
+/// The four trees of a shadow, addressed by role. An operation builds its
+/// result in the scratch tree and then swaps roles: swapping two indices
+/// instead of two trees of tens of KiB.
+#[derive(Clone)]
+struct Trees<const L: usize, const P: usize> {
+    parts: [StateTree<L, P>; 4],
+    /// `role[r]` is the index in `parts` of the tree playing role `r`.
+    role: [usize; 4],
+}
+
+impl<const L: usize, const P: usize> Trees<L, P> {
+    const fn new() -> Self {
+        Trees {
+            parts: [
+                StateTree::new(),
+                StateTree::new(),
+                StateTree::new(),
+                StateTree::new(),
+            ],
+            role: [DESIRED, REPORTED, SYNCED, SCRATCH],
+        }
+    }
+
+    fn get(&self, role: usize) -> &StateTree<L, P> {
+        &self.parts[self.role[role]]
+    }
+
+    fn get_mut(&mut self, role: usize) -> &mut StateTree<L, P> {
+        &mut self.parts[self.role[role]]
+    }
+
+    /// All four, mutable, in role order.
+    fn split(&mut self) -> [&mut StateTree<L, P>; 4] {
+        let mut by_index = self.parts.each_mut().map(Some);
+        // `role` is always a permutation of 0..4, so each take finds a tree.
+        self.role
+            .map(|i| by_index[i].take().expect("roles are a permutation"))
+    }
+
+    /// The scratch tree takes `role`; the old one becomes scratch.
+    fn commit(&mut self, role: usize) {
+        self.role.swap(role, SCRATCH);
     }
 }
 

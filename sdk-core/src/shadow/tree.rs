@@ -325,27 +325,53 @@ impl<const L: usize, const P: usize> StateTree<L, P> {
         update: &StateTree<UL, UP>,
         mut visit: impl FnMut(Entry<'_>, bool) -> Result<(), E>,
     ) -> Result<(), E> {
+        // One pass over both sorted lists. Paths sort key by key with a map's
+        // leaves right after the map's own path, so everything an update
+        // entry replaces comes next to it.
         let (mut i, mut j) = (0, 0);
         while i < self.len() || j < update.len() {
-            let take_base = match (i < self.len(), j < update.len()) {
-                (true, true) => self.path_at(i) < update.path_at(j),
-                (true, false) => true,
-                _ => false,
-            };
-            if take_base {
-                if !update.overrides(self.path_at(i)) {
-                    visit(self.at(i), false)?;
-                }
-                i += 1;
-            } else {
-                let e = update.at(j);
-                if e.value != Value::Null {
-                    visit(e, true)?;
+            if i == self.len() {
+                let u = update.at(j);
+                if u.value != Value::Null {
+                    visit(u, true)?;
                 }
                 j += 1;
+                continue;
             }
+            let b = self.path_at(i);
+            if j < update.len() {
+                let u = update.path_at(j);
+                // The update writes or deletes at `b` or a map around it.
+                if b.starts_with(u) {
+                    i += 1;
+                    continue;
+                }
+                // The update writes below leaf `b`, turning it into a map (a
+                // null below a leaf changes nothing).
+                if u.starts_with(b) && update.writes_within(j, b) {
+                    i += 1;
+                    continue;
+                }
+                if u < b {
+                    let e = update.at(j);
+                    if e.value != Value::Null {
+                        visit(e, true)?;
+                    }
+                    j += 1;
+                    continue;
+                }
+            }
+            visit(self.at(i), false)?;
+            i += 1;
         }
         Ok(())
+    }
+
+    /// Whether some non-null entry from position `from` on lies within `path`.
+    fn writes_within(&self, from: usize, path: &[u8]) -> bool {
+        (from..self.len())
+            .take_while(|k| self.path_at(*k).starts_with(path))
+            .any(|k| !matches!(self.leaves[k].value, Stored::Null))
     }
 
     /// Whether `self` merged with `update` fits in a tree of this capacity.
@@ -383,29 +409,6 @@ impl<const L: usize, const P: usize> StateTree<L, P> {
         })
     }
 
-    /// Whether applying this update replaces or deletes a base leaf at `path`.
-    fn overrides(&self, path: &[u8]) -> bool {
-        let p = Path::from_encoded(path);
-        // The same path, or an ancestor (value or null), replaces it.
-        if self.find(path).is_ok() {
-            return true;
-        }
-        for d in 1..p.depth() {
-            if self.find(p.prefix(d).as_bytes()).is_ok() {
-                return true;
-            }
-        }
-        // A value below it turns it into a map; a null below it is a no-op.
-        let mut k = self.find(path).unwrap_or_else(|pos| pos);
-        while k < self.len() && self.path_at(k).starts_with(path) {
-            if !matches!(self.leaves[k].value, Stored::Null) {
-                return true;
-            }
-            k += 1;
-        }
-        false
-    }
-
     /// Writes the leaves of `self` whose value differs in `other` (or that
     /// `other` lacks), skipping paths `skip` names. This is the AWS delta when
     /// `self` is desired and `other` reported.
@@ -416,10 +419,22 @@ impl<const L: usize, const P: usize> StateTree<L, P> {
         out: &mut StateTree<L3, P3>,
     ) -> Result<(), DecodeError> {
         out.clear();
-        for e in self.iter() {
-            let same = other.get(e.path).is_some_and(|o| o.value == e.value);
-            if !same && !skip(e.path.as_bytes()) {
-                out.push_sorted(e.path.as_bytes(), e.value, e.meta)?;
+        // Both sorted: walk them together, comparing stored bytes rather
+        // than building views (text views re-check UTF-8).
+        let mut k = 0;
+        for i in 0..self.len() {
+            let p = self.path_at(i);
+            while k < other.len() && other.path_at(k) < p {
+                k += 1;
+            }
+            let same = k < other.len()
+                && other.path_at(k) == p
+                && self.leaves[i]
+                    .value
+                    .same_as(&self.pool, &other.leaves[k].value, &other.pool);
+            if !same && !skip(p) {
+                let e = self.at(i);
+                out.push_sorted(p, e.value, e.meta)?;
             }
         }
         Ok(())

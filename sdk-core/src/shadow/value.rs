@@ -162,6 +162,20 @@ impl Span {
 }
 
 impl Stored {
+    /// Value equality across two pools, with the rules of `Value`'s `==`.
+    pub fn same_as(&self, pool: &[u8], other: &Stored, other_pool: &[u8]) -> bool {
+        match (self, other) {
+            (Stored::Null, Stored::Null) => true,
+            (Stored::Bool(a), Stored::Bool(b)) => a == b,
+            (Stored::Int(a), Stored::Int(b)) => a == b,
+            (Stored::Float(a), Stored::Float(b)) => a == b,
+            (Stored::Text(a), Stored::Text(b))
+            | (Stored::Bytes(a), Stored::Bytes(b))
+            | (Stored::Array(a), Stored::Array(b)) => a.slice(pool) == b.slice(other_pool),
+            _ => false,
+        }
+    }
+
     pub fn view(self, pool: &[u8]) -> Value<'_> {
         match self {
             Stored::Null => Value::Null,
