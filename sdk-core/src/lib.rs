@@ -48,3 +48,8 @@ pub mod shadow;
 pub mod wire;
 
 pub use error::{CapacityError, DecodeError, EncodeError, Error, PathError};
+
+/// The examples of `docs/conflict-resolution.md` run as doctests.
+#[cfg(doctest)]
+#[doc = include_str!("../../docs/conflict-resolution.md")]
+pub struct ConflictResolutionDoc;

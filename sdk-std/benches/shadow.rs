@@ -18,15 +18,9 @@ type Tree = StateTree;
 
 const SECTIONS: [&str; 5] = ["config", "sensors", "power", "network", "display"];
 const GROUPS: [&str; 2] = ["primary", "secondary"];
-const LEAVES: [&str; 5] = [
-    "interval_ms",
-    "threshold",
-    "enabled",
-    "label",
-    "calibration",
-];
 
-/// The realistic document: 5 sections x 2 groups x 5 leaves = 50 leaves,
+/// The realistic document: 5 sections x 2 groups x 5 leaves (interval_ms,
+/// threshold, enabled, label, calibration) = 50 leaves,
 /// 3 levels, mixed types.
 fn document_json(variant: i64) -> Json {
     let mut root = Map::new();
@@ -279,11 +273,6 @@ fn main() {
     let json_state = serde_json::to_vec(&aws_json::tree_to_json(doc.desired()))
         .unwrap()
         .len();
-    let mut probe = Tree::new();
-    probe
-        .insert(&PathBuf::from_dotted("x").unwrap(), Value::Int(1))
-        .unwrap();
-
     println!("\n== lanyard shadow benchmark summary (best of 5 x 20000, this run) ==");
     println!("apply update + delta, 50 leaves / 3 levels:");
     println!("  lanyard           {ours:>10.0} ns/op");
