@@ -5,9 +5,7 @@
 #![no_main]
 
 use arbitrary::Arbitrary;
-use lanyard_core::shadow::{
-    ConflictPolicy, LeafMeta, PathBuf, Shadow, Source, StateTree, Value,
-};
+use lanyard_core::shadow::{ConflictPolicy, LeafMeta, PathBuf, Shadow, Source, StateTree, Value};
 use libfuzzer_sys::fuzz_target;
 
 type Doc = Shadow<8, 256>;
@@ -30,7 +28,14 @@ enum Op {
     Policy(u8, u8),
 }
 
-const KEYS: [&[&str]; 6] = [&["a"], &["b"], &["a", "x"], &["a", "y"], &["c", "d", "e"], &["c"]];
+const KEYS: [&[&str]; 6] = [
+    &["a"],
+    &["b"],
+    &["a", "x"],
+    &["a", "y"],
+    &["c", "d", "e"],
+    &["c"],
+];
 const TEXTS: [&str; 3] = ["", "on", "a longer value that eats pool space"];
 
 fn tree(entries: &[(u8, Val)]) -> Tree {
@@ -60,9 +65,17 @@ fn check(doc: &Doc) {
     doc.delta_into(&mut delta).unwrap();
     let parked: Vec<Vec<u8>> = doc.parked().map(|(p, _)| p.as_bytes().to_vec()).collect();
     for d in doc.desired().iter() {
-        let differs = doc.reported().get(d.path).is_none_or(|r| r.value != d.value);
+        let differs = doc
+            .reported()
+            .get(d.path)
+            .is_none_or(|r| r.value != d.value);
         let expected = differs && !parked.contains(&d.path.as_bytes().to_vec());
-        assert_eq!(delta.get(d.path).is_some(), expected, "delta wrong at {}", d.path);
+        assert_eq!(
+            delta.get(d.path).is_some(),
+            expected,
+            "delta wrong at {}",
+            d.path
+        );
     }
     assert_eq!(doc.in_sync(), delta.is_empty());
     let bytes = encoded(doc);
@@ -78,15 +91,23 @@ fuzz_target!(|ops: Vec<Op>| {
         let before = encoded(&doc);
         let version = doc.version();
         let result = match op {
-            Op::Desired(e, v) => doc.apply_desired(&tree(e), v.map(u64::from), now).map(|_| ()),
-            Op::Reported(e, v) => doc.apply_reported(&tree(e), v.map(u64::from), now).map(|_| ()),
+            Op::Desired(e, v) => doc
+                .apply_desired(&tree(e), v.map(u64::from), now)
+                .map(|_| ()),
+            Op::Reported(e, v) => doc
+                .apply_reported(&tree(e), v.map(u64::from), now)
+                .map(|_| ()),
             Op::Sync(dt, jitter) => {
                 now += u64::from(*dt);
                 doc.sync(now, *jitter, |_| {}).map(|_| ())
             }
             Op::Resolve(k, cloud) => {
                 let path = PathBuf::from_keys(KEYS[*k as usize % KEYS.len()]).unwrap();
-                let winner = if *cloud { Source::Cloud } else { Source::Device };
+                let winner = if *cloud {
+                    Source::Cloud
+                } else {
+                    Source::Device
+                };
                 doc.resolve(path.as_path(), winner, now).map(|_| ())
             }
             Op::Policy(k, p) => {

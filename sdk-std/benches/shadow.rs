@@ -8,7 +8,7 @@ use std::hint::black_box;
 use std::time::{Duration, Instant};
 
 use criterion::Criterion;
-use lanyard_core::shadow::{ConflictPolicy, PathBuf, Shadow, StateTree, Value};
+use lanyard_core::shadow::{ConflictPolicy, Shadow, StateTree};
 use lanyard_core::wire::ShadowUpdate;
 use lanyard_std::aws_json;
 use serde_json::{Map, Value as Json, json};
