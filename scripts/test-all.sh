@@ -44,7 +44,7 @@ step "fuzz smoke: ${FUZZ_SECONDS}s per target"
             echo "fuzz target $target failed: see fuzz/artifacts/$target" >&2
             exit 1
         fi
-        echo "$target: $(grep -E '^#[0-9]+ +DONE' "$log" | tail -n 1)"
+        echo "$target: $(grep -E '^#[0-9]+[[:space:]]+DONE' "$log" | tail -n 1)"
         rm -rf "$scratch"
     done
 )

@@ -320,30 +320,63 @@ impl<const L: usize, const P: usize> Shadow<L, P> {
         timestamp_ms: u64,
     ) -> Result<u64, Error> {
         self.check_version(expected_version)?;
-        // Check both fit before touching either, so the update is atomic.
-        if let Some(u) = desired {
-            self.trees.get(DESIRED).merge_fits(u)?;
-        }
-        if let Some(u) = reported {
-            self.trees.get(REPORTED).merge_fits(u)?;
+        // Decide each part's path and check both fit before touching either,
+        // so the update is atomic.
+        let mut at: [heapless::Vec<u32, UL>; 2] = [heapless::Vec::new(), heapless::Vec::new()];
+        let parts = [(DESIRED, desired), (REPORTED, reported)];
+        let mut fast = [false; 2];
+        for (n, (role, part)) in parts.into_iter().enumerate() {
+            let Some(u) = part else { continue };
+            fast[n] = self.trees.get(role).can_overwrite_in_place(u, &mut at[n]);
+            if !fast[n] {
+                self.trees.get(role).merge_fits(u)?;
+            }
         }
         let version = self.version + 1;
-        for (update, source) in [(desired, Source::Cloud), (reported, Source::Device)] {
-            let Some(update) = update else { continue };
+        let mut rebuilt = false;
+        for (n, (role, part)) in parts.into_iter().enumerate() {
+            let Some(update) = part else { continue };
+            let source = if role == DESIRED {
+                Source::Cloud
+            } else {
+                Source::Device
+            };
             let meta = LeafMeta {
                 timestamp_ms,
                 source,
                 version,
             };
-            let role = match source {
-                Source::Cloud => DESIRED,
-                Source::Device => REPORTED,
-            };
             let [desired, reported, _, scratch] = self.trees.split();
-            let target = if role == DESIRED { desired } else { reported };
-            // Cannot fail: merge_fits checked the capacity.
-            target.merge_into(update, meta, scratch)?;
-            self.trees.commit(role);
+            if fast[n] {
+                // Only the written leaves can have changed their delta.
+                if role == DESIRED {
+                    desired.overwrite_in_place(update, &at[n], meta);
+                    for &i in &at[n] {
+                        let i = i as usize;
+                        let differs = desired.value_differs(i, reported, desired.twin(i));
+                        desired.set_differs(i, differs);
+                    }
+                } else {
+                    reported.overwrite_in_place(update, &at[n], meta);
+                    // After a rebuilt desired tree the twin links are stale;
+                    // the full refresh below sets every flag instead.
+                    for &k in at[n].iter().filter(|_| !rebuilt) {
+                        if let Some(i) = reported.twin(k as usize) {
+                            let differs = desired.value_differs(i, reported, Some(k as usize));
+                            desired.set_differs(i, differs);
+                        }
+                    }
+                }
+            } else {
+                let target = if role == DESIRED { desired } else { reported };
+                // Cannot fail: merge_fits checked the capacity.
+                target.merge_into(update, meta, scratch)?;
+                self.trees.commit(role);
+                rebuilt = true;
+            }
+        }
+        if rebuilt {
+            self.refresh_differences();
         }
         self.version = version;
         Ok(version)
@@ -356,21 +389,25 @@ impl<const L: usize, const P: usize> Shadow<L, P> {
         out: &mut StateTree<DL, DP>,
     ) -> Result<(), Error> {
         let parked = &self.parked;
-        self.trees.get(DESIRED).diff_into(
-            self.trees.get(REPORTED),
-            |p| parked.get(p).is_some(),
-            out,
-        )?;
+        self.trees
+            .get(DESIRED)
+            .flagged_into(|p| parked.get(p).is_some(), out)?;
         Ok(())
     }
 
     /// True when the delta is empty.
     pub fn in_sync(&self) -> bool {
-        let reported = self.trees.get(REPORTED);
-        self.trees.get(DESIRED).iter().all(|d| {
-            self.parked.get(d.path.as_bytes()).is_some()
-                || reported.get(d.path).is_some_and(|r| r.value == d.value)
+        let desired = self.trees.get(DESIRED);
+        (0..desired.len()).all(|i| {
+            !desired.differs(i) || self.parked.get(desired.at(i).path.as_bytes()).is_some()
         })
+    }
+
+    /// Recomputes every desired leaf's "reported differs" flag, after an
+    /// operation that rebuilt a tree.
+    fn refresh_differences(&mut self) {
+        let [desired, reported, _, _] = self.trees.split();
+        desired.mark_differences(reported);
     }
 
     /// Looks at every desired leaf against its reported value and the value
@@ -481,6 +518,7 @@ impl<const L: usize, const P: usize> Shadow<L, P> {
             }
         }
         self.trees.commit(SYNCED);
+        self.refresh_differences();
 
         // Parked conflicts end when their leaf is gone or agreed.
         let (desired, reported) = (self.trees.get(DESIRED), self.trees.get(REPORTED));
@@ -614,6 +652,7 @@ impl<const L: usize, const P: usize> Shadow<L, P> {
             }
         }
         self.parked.remove(path.as_bytes());
+        self.refresh_differences();
         Ok(self.version)
     }
 
@@ -720,6 +759,7 @@ impl<const L: usize, const P: usize> Shadow<L, P> {
                 ));
             }
         }
+        self.refresh_differences();
         if self.last_sync_version > self.version {
             return Err(DecodeError::Malformed {
                 what: "last sync version not after the version",

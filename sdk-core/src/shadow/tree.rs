@@ -28,8 +28,25 @@ pub const DEFAULT_POOL: usize = 16 * 1024;
 #[derive(Clone, Copy, Debug)]
 struct Leaf {
     path: Span,
+    /// The first 8 path bytes, big-endian, zero-padded: most comparisons of
+    /// a search are settled by this without reading the pool.
+    key: u64,
     value: Stored,
     meta: LeafMeta,
+    /// Kept by `Shadow`: index of the leaf at the same path in the other
+    /// tree (desired <-> reported), or `NO_TWIN`.
+    twin: u32,
+    /// Kept by `Shadow` on desired leaves: the reported value differs.
+    differs: bool,
+}
+
+const NO_TWIN: u32 = u32::MAX;
+
+fn order_key(path: &[u8]) -> u64 {
+    let mut k = [0u8; 8];
+    let n = path.len().min(8);
+    k[..n].copy_from_slice(&path[..n]);
+    u64::from_be_bytes(k)
 }
 
 /// One leaf as seen from outside the tree.
@@ -123,8 +140,7 @@ impl<const L: usize, const P: usize> StateTree<L, P> {
 
     /// Binary search by encoded path.
     pub(crate) fn find(&self, path: &[u8]) -> Result<usize, usize> {
-        self.leaves
-            .binary_search_by(|l| l.path.slice(&self.pool).cmp(path))
+        self.find_from(0, path)
     }
 
     /// The leaf at `path`, if there is one.
@@ -171,7 +187,7 @@ impl<const L: usize, const P: usize> StateTree<L, P> {
                 // so that the remove below is never left half done.
                 let old = stored_len(&self.at(i));
                 let new = bytes.len() + payload_len(value)?;
-                if self.pool.len() - old + new > P {
+                if (self.pool.len() - old).saturating_add(new) > P {
                     return Err(CapacityError::Pool { capacity: P }.into());
                 }
                 self.remove(path);
@@ -217,6 +233,42 @@ impl<const L: usize, const P: usize> StateTree<L, P> {
         Ok(())
     }
 
+    /// Appends a copy of leaf `i` of `src` (which sorts after every existing
+    /// leaf), bytes for bytes, without re-validating what `src` validated.
+    pub(crate) fn push_copy<const L2: usize, const P2: usize>(
+        &mut self,
+        src: &StateTree<L2, P2>,
+        i: usize,
+    ) -> Result<(), DecodeError> {
+        if self.leaves.is_full() {
+            return Err(CapacityError::Leaves { capacity: L }.into());
+        }
+        let l = &src.leaves[i];
+        let mark = self.pool.len();
+        let path = self.append(l.path.slice(&src.pool))?;
+        let value = match l.value {
+            Stored::Text(s) | Stored::Bytes(s) | Stored::Array(s) => {
+                match self.append(s.slice(&src.pool)) {
+                    Ok(span) => l.value.with_span(span),
+                    Err(e) => {
+                        self.pool.truncate(mark);
+                        return Err(e.into());
+                    }
+                }
+            }
+            scalar => scalar,
+        };
+        let _ = self.leaves.push(Leaf {
+            path,
+            key: l.key,
+            value,
+            meta: l.meta,
+            twin: NO_TWIN,
+            differs: false,
+        });
+        Ok(())
+    }
+
     /// Copies `path` and the value's payload into the pool; on failure the
     /// pool is cut back to where it was.
     fn store(
@@ -229,7 +281,14 @@ impl<const L: usize, const P: usize> StateTree<L, P> {
         let mark = self.pool.len();
         let r = self.store_inner(path, value, canonical);
         match r {
-            Ok((path, value)) => Ok(Leaf { path, value, meta }),
+            Ok((path, value)) => Ok(Leaf {
+                path,
+                value,
+                meta,
+                key: order_key(path.slice(&self.pool)),
+                twin: NO_TWIN,
+                differs: false,
+            }),
             Err(e) => {
                 self.pool.truncate(mark);
                 Err(e)
@@ -280,25 +339,40 @@ impl<const L: usize, const P: usize> StateTree<L, P> {
         Ok((path, stored))
     }
 
-    /// Removes the leaf at `path` and compacts the pool. Returns whether a
-    /// leaf was there.
+    /// Removes the leaf at `path` and gives its bytes back to the pool.
+    /// Returns whether a leaf was there.
     pub fn remove(&mut self, path: Path<'_>) -> bool {
         let Ok(i) = self.find(path.as_bytes()) else {
             return false;
         };
         let leaf = self.leaves.remove(i);
-        // Path and payload were appended together, so they are one range.
-        let start = leaf.path.start as usize;
-        let end = match leaf.value {
-            Stored::Text(s) | Stored::Bytes(s) | Stored::Array(s) => (s.start + s.len) as usize,
-            _ => (leaf.path.start + leaf.path.len) as usize,
+        let payload = match leaf.value {
+            Stored::Text(s) | Stored::Bytes(s) | Stored::Array(s) => Some(s),
+            _ => None,
         };
-        let cut = end - start;
+        // Cut the later range first so the earlier one's offsets still hold.
+        match payload {
+            Some(p) if p.start > leaf.path.start => {
+                self.cut(p);
+                self.cut(leaf.path);
+            }
+            Some(p) => {
+                self.cut(leaf.path);
+                self.cut(p);
+            }
+            None => self.cut(leaf.path),
+        }
+        true
+    }
+
+    /// Removes a range of the pool and moves every later span down.
+    fn cut(&mut self, range: Span) {
+        let (start, end) = (range.start as usize, (range.start + range.len) as usize);
         self.pool.copy_within(end.., start);
-        self.pool.truncate(self.pool.len() - cut);
+        self.pool.truncate(self.pool.len() - range.len as usize);
         let shift = |s: &mut Span| {
             if s.start as usize >= end {
-                s.start -= cut as u32;
+                s.start -= range.len;
             }
         };
         for l in self.leaves.iter_mut() {
@@ -307,12 +381,140 @@ impl<const L: usize, const P: usize> StateTree<L, P> {
                 shift(s);
             }
         }
-        true
     }
 
     /// Sets the metadata of leaf `i`.
     pub(crate) fn set_meta(&mut self, i: usize, meta: LeafMeta) {
         self.leaves[i].meta = meta;
+    }
+
+    /// Whether `update` only overwrites existing leaves with values that
+    /// need no change of the tree's shape: the common case of a device
+    /// reporting the same properties again, or the cloud changing existing
+    /// settings. Fills `at` with the index of each update entry's leaf.
+    /// Payloads of a new length go to the end of the pool, so the pool must
+    /// have room for them; the old bytes are garbage until the next rebuild.
+    pub(crate) fn can_overwrite_in_place<const UL: usize, const UP: usize>(
+        &self,
+        update: &StateTree<UL, UP>,
+        at: &mut heapless::Vec<u32, UL>,
+    ) -> bool {
+        at.clear();
+        let mut from = 0;
+        let mut extra = 0usize;
+        for j in 0..update.len() {
+            let Ok(k) = self.find_from(from, update.path_at(j)) else {
+                return false;
+            };
+            match self.leaves[k].value.in_place_cost(&update.leaves[j].value) {
+                Some(bytes) => extra += bytes,
+                None => return false,
+            }
+            // One index per update entry, and the update holds at most UL.
+            let _ = at.push(k as u32);
+            from = k + 1;
+        }
+        self.pool.len() + extra <= P
+    }
+
+    /// Writes what [`StateTree::can_overwrite_in_place`] allowed, at the
+    /// indices it found.
+    pub(crate) fn overwrite_in_place<const UL: usize, const UP: usize>(
+        &mut self,
+        update: &StateTree<UL, UP>,
+        at: &[u32],
+        meta: LeafMeta,
+    ) {
+        for (j, &k) in at.iter().enumerate() {
+            let k = k as usize;
+            let new = update.leaves[j].value;
+            let stored = match (self.leaves[k].value, new) {
+                (Stored::Text(old), Stored::Text(src))
+                | (Stored::Bytes(old), Stored::Bytes(src))
+                | (Stored::Array(old), Stored::Array(src))
+                    if old.len == src.len =>
+                {
+                    let (a, b) = (old.start as usize, (old.start + old.len) as usize);
+                    self.pool[a..b].copy_from_slice(src.slice(&update.pool));
+                    new.with_span(old)
+                }
+                (_, Stored::Text(src) | Stored::Bytes(src) | Stored::Array(src)) => {
+                    // can_overwrite_in_place checked the room.
+                    let Ok(span) = self.append(src.slice(&update.pool)) else {
+                        continue;
+                    };
+                    new.with_span(span)
+                }
+                (_, scalar) => scalar,
+            };
+            self.leaves[k].value = stored;
+            self.leaves[k].meta = meta;
+        }
+    }
+
+    /// Binary search from position `from` on.
+    fn find_from(&self, from: usize, path: &[u8]) -> Result<usize, usize> {
+        let key = order_key(path);
+        self.leaves[from..]
+            .binary_search_by(|l| {
+                l.key
+                    .cmp(&key)
+                    .then_with(|| l.path.slice(&self.pool).cmp(path))
+            })
+            .map(|k| k + from)
+            .map_err(|k| k + from)
+    }
+
+    /// The index of leaf `i`'s twin in the other tree, if it has one.
+    pub(crate) fn twin(&self, i: usize) -> Option<usize> {
+        let t = self.leaves[i].twin;
+        (t != NO_TWIN).then_some(t as usize)
+    }
+
+    /// Whether leaf `i`'s value differs from leaf `k` of `other`.
+    pub(crate) fn value_differs<const L2: usize, const P2: usize>(
+        &self,
+        i: usize,
+        other: &StateTree<L2, P2>,
+        k: Option<usize>,
+    ) -> bool {
+        k.is_none_or(|k| {
+            !self.leaves[i]
+                .value
+                .same_as(&self.pool, &other.leaves[k].value, &other.pool)
+        })
+    }
+
+    /// Links every leaf to its twin at the same path in `other` (both ways)
+    /// and sets each leaf's `differs` flag, in one walk.
+    pub(crate) fn mark_differences<const L2: usize, const P2: usize>(
+        &mut self,
+        other: &mut StateTree<L2, P2>,
+    ) {
+        for l in other.leaves.iter_mut() {
+            l.twin = NO_TWIN;
+        }
+        let mut k = 0;
+        for i in 0..self.len() {
+            let p = self.leaves[i].path.slice(&self.pool);
+            while k < other.len() && other.path_at(k) < p {
+                k += 1;
+            }
+            let twin = (k < other.len() && other.path_at(k) == p).then_some(k);
+            if let Some(k) = twin {
+                other.leaves[k].twin = i as u32;
+            }
+            self.leaves[i].twin = twin.map_or(NO_TWIN, |k| k as u32);
+            self.leaves[i].differs = self.value_differs(i, other, twin);
+        }
+    }
+
+    pub(crate) fn set_differs(&mut self, i: usize, differs: bool) {
+        self.leaves[i].differs = differs;
+    }
+
+    pub(crate) fn differs(&self, i: usize) -> bool {
+        self.leaves[i].differs
     }
 
     /// Walks `self` with `update` merged into it, in path order, with AWS IoT
@@ -323,7 +525,7 @@ impl<const L: usize, const P: usize> StateTree<L, P> {
     fn merge_walk<const UL: usize, const UP: usize, E>(
         &self,
         update: &StateTree<UL, UP>,
-        mut visit: impl FnMut(Entry<'_>, bool) -> Result<(), E>,
+        mut visit: impl FnMut(usize, bool) -> Result<(), E>,
     ) -> Result<(), E> {
         // One pass over both sorted lists. Paths sort key by key with a map's
         // leaves right after the map's own path, so everything an update
@@ -331,9 +533,8 @@ impl<const L: usize, const P: usize> StateTree<L, P> {
         let (mut i, mut j) = (0, 0);
         while i < self.len() || j < update.len() {
             if i == self.len() {
-                let u = update.at(j);
-                if u.value != Value::Null {
-                    visit(u, true)?;
+                if !update.is_null(j) {
+                    visit(j, true)?;
                 }
                 j += 1;
                 continue;
@@ -353,18 +554,21 @@ impl<const L: usize, const P: usize> StateTree<L, P> {
                     continue;
                 }
                 if u < b {
-                    let e = update.at(j);
-                    if e.value != Value::Null {
-                        visit(e, true)?;
+                    if !update.is_null(j) {
+                        visit(j, true)?;
                     }
                     j += 1;
                     continue;
                 }
             }
-            visit(self.at(i), false)?;
+            visit(i, false)?;
             i += 1;
         }
         Ok(())
+    }
+
+    fn is_null(&self, i: usize) -> bool {
+        matches!(self.leaves[i].value, Stored::Null)
     }
 
     /// Whether some non-null entry from position `from` on lies within `path`.
@@ -380,9 +584,13 @@ impl<const L: usize, const P: usize> StateTree<L, P> {
         update: &StateTree<UL, UP>,
     ) -> Result<(), CapacityError> {
         let (mut leaves, mut bytes) = (0usize, 0usize);
-        let _ = self.merge_walk(update, |e, _| {
+        let _ = self.merge_walk(update, |k, from_update| {
             leaves += 1;
-            bytes += stored_len(&e);
+            bytes += if from_update {
+                stored_len(&update.at(k))
+            } else {
+                stored_len(&self.at(k))
+            };
             Ok::<(), ()>(())
         });
         if leaves > L {
@@ -403,38 +611,29 @@ impl<const L: usize, const P: usize> StateTree<L, P> {
         out: &mut Self,
     ) -> Result<(), DecodeError> {
         out.clear();
-        self.merge_walk(update, |e, from_update| {
-            let m = if from_update { meta } else { e.meta };
-            out.push_sorted(e.path.as_bytes(), e.value, m)
+        self.merge_walk(update, |k, from_update| {
+            if from_update {
+                out.push_copy(update, k)?;
+                let last = out.len() - 1;
+                out.set_meta(last, meta);
+                Ok(())
+            } else {
+                out.push_copy(self, k)
+            }
         })
     }
 
-    /// Writes the leaves of `self` whose value differs in `other` (or that
-    /// `other` lacks), skipping paths `skip` names. This is the AWS delta when
-    /// `self` is desired and `other` reported.
-    pub(crate) fn diff_into<const L2: usize, const P2: usize, const L3: usize, const P3: usize>(
+    /// Writes the leaves whose `differs` flag is set, skipping paths `skip`
+    /// names. With flags kept against reported, this is the AWS delta.
+    pub(crate) fn flagged_into<const L3: usize, const P3: usize>(
         &self,
-        other: &StateTree<L2, P2>,
         skip: impl Fn(&[u8]) -> bool,
         out: &mut StateTree<L3, P3>,
     ) -> Result<(), DecodeError> {
         out.clear();
-        // Both sorted: walk them together, comparing stored bytes rather
-        // than building views (text views re-check UTF-8).
-        let mut k = 0;
-        for i in 0..self.len() {
-            let p = self.path_at(i);
-            while k < other.len() && other.path_at(k) < p {
-                k += 1;
-            }
-            let same = k < other.len()
-                && other.path_at(k) == p
-                && self.leaves[i]
-                    .value
-                    .same_as(&self.pool, &other.leaves[k].value, &other.pool);
-            if !same && !skip(p) {
-                let e = self.at(i);
-                out.push_sorted(p, e.value, e.meta)?;
+        for (i, l) in self.leaves.iter().enumerate() {
+            if l.differs && !skip(l.path.slice(&self.pool)) {
+                out.push_copy(self, i)?;
             }
         }
         Ok(())

@@ -162,6 +162,34 @@ impl Span {
 }
 
 impl Stored {
+    /// Pool bytes `new` needs to replace `self` in place: 0 for scalars and
+    /// same-length payloads, the payload length otherwise; `None` for a
+    /// delete, which changes the tree's shape.
+    pub fn in_place_cost(&self, new: &Stored) -> Option<usize> {
+        match (self, new) {
+            (_, Stored::Null) => None,
+            (Stored::Text(a), Stored::Text(b))
+            | (Stored::Bytes(a), Stored::Bytes(b))
+            | (Stored::Array(a), Stored::Array(b))
+                if a.len == b.len =>
+            {
+                Some(0)
+            }
+            (_, Stored::Text(b) | Stored::Bytes(b) | Stored::Array(b)) => Some(b.len as usize),
+            _ => Some(0),
+        }
+    }
+
+    /// The same kind of value, with its payload at `span`.
+    pub fn with_span(self, span: Span) -> Stored {
+        match self {
+            Stored::Text(_) => Stored::Text(span),
+            Stored::Bytes(_) => Stored::Bytes(span),
+            Stored::Array(_) => Stored::Array(span),
+            other => other,
+        }
+    }
+
     /// Value equality across two pools, with the rules of `Value`'s `==`.
     pub fn same_as(&self, pool: &[u8], other: &Stored, other_pool: &[u8]) -> bool {
         match (self, other) {
