@@ -210,3 +210,44 @@ fn over_capacity_is_413_and_changes_nothing() {
     assert_eq!(err.code(), 413);
     assert_eq!(doc.version(), 0);
 }
+
+#[test]
+fn the_default_capacity_holds_a_realistic_8_kb_aws_document() {
+    // 8 KB of state as AWS IoT counts it (JSON without whitespace): up to 8
+    // sections x 8 groups x 6 leaves of mixed types, 3 levels, keys up to
+    // 16 bytes, padded with a label until it reaches the limit.
+    let mut state = serde_json::Map::new();
+    'fill: for s in 0..8 {
+        for g in 0..8 {
+            let group = json!({
+                "interval_ms": 15_000 + s * 100 + g,
+                "threshold_pct": 10.5 + f64::from(g),
+                "enabled": g % 2 == 0,
+                "label": format!("section-{s}-group-{g}"),
+                "calibration": [s, g, s + g],
+                "firmware": "1.4.2-rc3",
+            });
+            let section = state
+                .entry(format!("section_{s}"))
+                .or_insert_with(|| json!({}));
+            section[format!("group_{g}")] = group;
+            if serde_json::to_vec(&state).unwrap().len() > 8_000 {
+                break 'fill;
+            }
+        }
+    }
+    let size = serde_json::to_vec(&state).unwrap().len();
+    assert!((7_000..=8_192).contains(&size), "document is {size} bytes");
+    let req = serde_json::to_vec(&json!({"state": {"desired": state, "reported": state}})).unwrap();
+    let mut doc: Box<Shadow> = Box::new(Shadow::new(ConflictPolicy::CloudWins));
+    aws_json::parse_update::<
+        { lanyard_core::shadow::DEFAULT_LEAVES },
+        { lanyard_core::shadow::DEFAULT_POOL },
+    >(&req)
+    .unwrap()
+    .apply_to(&mut doc, NOW_MS)
+    .unwrap();
+    assert!(doc.in_sync());
+    assert_eq!(aws_json::tree_to_json(doc.desired()), Json::Object(state));
+    assert!(doc.desired().len() > 250);
+}

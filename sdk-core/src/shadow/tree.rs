@@ -18,9 +18,15 @@ use super::value::{LeafMeta, RawArray, Source, Span, Stored, Value};
 use crate::error::{CapacityError, DecodeError, Error, PathError};
 use crate::wire::cbor::{self, VecWriter, read_i64, take_break};
 
-/// Default leaf capacity of a tree: with [`DEFAULT_POOL`] it holds any AWS IoT
-/// shadow state document of up to 8 KB whose flattened paths fit the pool
-/// (typical: up to 512 leaves, keys under 32 bytes, 4 levels).
+/// Default leaf capacity of a tree. With [`DEFAULT_POOL`] it holds an AWS IoT
+/// shadow state document of 8 KB (the service's limit) of the usual shape: a
+/// test fills both sides with an 8 KB document of 300+ leaves, 3 levels.
+///
+/// The limit is leaves and pool bytes, not JSON bytes, so a pathological
+/// 8 KB document can still exceed it: more than 512 one-character leaves,
+/// or many leaves under long ancestor keys (each leaf stores its full path).
+/// Such an update is refused with [`crate::CapacityError`] (AWS code 413) and
+/// changes nothing; pick larger capacities for such documents.
 pub const DEFAULT_LEAVES: usize = 512;
 /// Default pool capacity in bytes (paths, text, bytes, arrays).
 pub const DEFAULT_POOL: usize = 16 * 1024;
