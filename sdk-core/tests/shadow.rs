@@ -269,6 +269,25 @@ mod versions_and_bad_input {
     }
 
     #[test]
+    fn decoding_into_a_reused_update_forgets_the_previous_message() {
+        let mut up: ShadowUpdate<8, 256> = ShadowUpdate::new(0);
+        // {1: {"a": 1}, 3: 4, 4: 1}
+        up.decode_into(&[0xa3, 0x01, 0xa1, 0x61, b'a', 0x01, 0x03, 0x04, 0x04, 0x01])
+            .unwrap();
+        assert_eq!(
+            (up.desired.as_ref().map(|t| t.len()), up.expected_version),
+            (Some(1), Some(4))
+        );
+        // {2: {"b": 2}, 4: 2}
+        up.decode_into(&[0xa2, 0x02, 0xa1, 0x61, b'b', 0x02, 0x04, 0x02])
+            .unwrap();
+        assert!(up.desired.is_none());
+        assert_eq!(up.expected_version, None);
+        assert_eq!(leaves(up.reported.as_ref().unwrap()), pairs(&[("b", "2")]));
+        assert_eq!(up.timestamp_ms, 2);
+    }
+
+    #[test]
     fn nesting_deeper_than_the_limit_is_refused() {
         // {2: {"k": {"k": ... 9 levels ... 1}}, 4: 1}
         let mut b = vec![0xa2, 0x02];

@@ -103,17 +103,27 @@ impl<const L: usize, const P: usize> ShadowUpdate<L, P> {
 
     /// Decodes one update; the whole input must be the message.
     pub fn decode(bytes: &[u8]) -> Result<Self, Error> {
-        let mut d = Decoder::new(bytes);
-        let up = Self::decode_cbor(&mut d)?;
-        if d.position() != bytes.len() {
-            return Err(DecodeError::TrailingBytes { at: d.position() }.into());
-        }
+        let mut up = Self::new(0);
+        up.decode_into(bytes)?;
         Ok(up)
     }
 
-    /// Decodes one update at the decoder's position.
-    pub fn decode_cbor(d: &mut Decoder<'_>) -> Result<Self, DecodeError> {
-        let mut up = Self::new(0);
+    /// Decodes one update into `self`, reusing its trees: the way to decode
+    /// many messages without moving tens of KiB per message. On error the
+    /// contents of `self` are unspecified (but valid); no document changes.
+    pub fn decode_into(&mut self, bytes: &[u8]) -> Result<(), Error> {
+        let mut d = Decoder::new(bytes);
+        self.decode_cbor(&mut d)?;
+        if d.position() != bytes.len() {
+            return Err(DecodeError::TrailingBytes { at: d.position() }.into());
+        }
+        Ok(())
+    }
+
+    /// Decodes one update at the decoder's position into `self`.
+    pub fn decode_cbor(&mut self, d: &mut Decoder<'_>) -> Result<(), DecodeError> {
+        self.expected_version = None;
+        self.client_token = None;
         let mut have_ts = false;
         let mut seen = 0u8;
         each_field(d, |key, d| {
@@ -125,22 +135,18 @@ impl<const L: usize, const P: usize> ShadowUpdate<L, P> {
             }
             match key {
                 1 | 2 => {
-                    let source = if key == 1 {
-                        Source::Cloud
+                    let (slot, source) = if key == 1 {
+                        (&mut self.desired, Source::Cloud)
                     } else {
-                        Source::Device
+                        (&mut self.reported, Source::Device)
                     };
-                    let mut t = StateTree::new();
+                    let t = slot.get_or_insert_with(StateTree::new);
+                    t.clear();
                     t.decode_cbor(d, LeafMeta::new(source, 0), true)?;
-                    if key == 1 {
-                        up.desired = Some(t);
-                    } else {
-                        up.reported = Some(t);
-                    }
                 }
-                3 => up.expected_version = Some(cbor::read_u64(d)?),
+                3 => self.expected_version = Some(cbor::read_u64(d)?),
                 4 => {
-                    up.timestamp_ms = cbor::read_u64(d)?;
+                    self.timestamp_ms = cbor::read_u64(d)?;
                     have_ts = true;
                 }
                 5 => {
@@ -151,16 +157,22 @@ impl<const L: usize, const P: usize> ShadowUpdate<L, P> {
                         what: "a client token of at most 64 bytes",
                         at,
                     })?;
-                    up.client_token = Some(t);
+                    self.client_token = Some(t);
                 }
                 _ => cbor::skip_item(d, 0)?,
             }
             Ok(())
         })?;
+        if seen & (1 << 1) == 0 {
+            self.desired = None;
+        }
+        if seen & (1 << 2) == 0 {
+            self.reported = None;
+        }
         if !have_ts {
             return Err(DecodeError::MissingField("timestamp"));
         }
-        Ok(up)
+        Ok(())
     }
 }
 
