@@ -6,7 +6,7 @@ use minicbor::encode::{Encoder, Write};
 
 use super::path::{Path, PathBuf};
 use super::table::PathTable;
-use super::tree::{DEFAULT_LEAVES, DEFAULT_POOL, Entry, StateTree, stored_len};
+use super::tree::{DEFAULT_LEAVES, DEFAULT_POOL, Entry, FoundLeaves, StateTree, stored_len};
 use super::value::{LeafMeta, Source, Value};
 use crate::error::{CapacityError, DecodeError, Error};
 use crate::wire::cbor;
@@ -322,12 +322,15 @@ impl<const L: usize, const P: usize> Shadow<L, P> {
         self.check_version(expected_version)?;
         // Decide each part's path and check both fit before touching either,
         // so the update is atomic.
-        let mut at: [heapless::Vec<u32, UL>; 2] = [heapless::Vec::new(), heapless::Vec::new()];
         let parts = [(DESIRED, desired), (REPORTED, reported)];
         let mut fast = [false; 2];
+        let mut found = [FoundLeaves::new(), FoundLeaves::new()];
         for (n, (role, part)) in parts.into_iter().enumerate() {
             let Some(u) = part else { continue };
-            fast[n] = self.trees.get(role).can_overwrite_in_place(u, &mut at[n]);
+            fast[n] = self
+                .trees
+                .get(role)
+                .can_overwrite_in_place(u, &mut found[n]);
             if !fast[n] {
                 self.trees.get(role).merge_fits(u)?;
             }
@@ -347,28 +350,16 @@ impl<const L: usize, const P: usize> Shadow<L, P> {
                 version,
             };
             let [desired, reported, _, scratch] = self.trees.split();
-            if fast[n] {
-                // Only the written leaves can have changed their delta.
-                if role == DESIRED {
-                    desired.overwrite_in_place(update, &at[n], meta);
-                    for &i in &at[n] {
-                        let i = i as usize;
-                        let differs = desired.value_differs(i, reported, desired.twin(i));
-                        desired.set_differs(i, differs);
-                    }
-                } else {
-                    reported.overwrite_in_place(update, &at[n], meta);
-                    // After a rebuilt desired tree the twin links are stale;
-                    // the full refresh below sets every flag instead.
-                    for &k in at[n].iter().filter(|_| !rebuilt) {
-                        if let Some(i) = reported.twin(k as usize) {
-                            let differs = desired.value_differs(i, reported, Some(k as usize));
-                            desired.set_differs(i, differs);
-                        }
-                    }
-                }
+            let (target, other) = if role == DESIRED {
+                (desired, reported)
             } else {
-                let target = if role == DESIRED { desired } else { reported };
+                (reported, desired)
+            };
+            if fast[n] {
+                // After a rebuilt desired tree the twin links are stale; the
+                // full refresh below sets every flag instead.
+                target.overwrite_in_place(other, update, &found[n], meta, role == DESIRED, rebuilt);
+            } else {
                 // Cannot fail: merge_fits checked the capacity.
                 target.merge_into(update, meta, scratch)?;
                 self.trees.commit(role);
@@ -408,6 +399,8 @@ impl<const L: usize, const P: usize> Shadow<L, P> {
     fn refresh_differences(&mut self) {
         let [desired, reported, _, _] = self.trees.split();
         desired.mark_differences(reported);
+        desired.build_index();
+        reported.build_index();
     }
 
     /// Looks at every desired leaf against its reported value and the value

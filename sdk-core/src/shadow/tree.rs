@@ -39,14 +39,61 @@ struct Leaf {
     key: u64,
     value: Stored,
     meta: LeafMeta,
-    /// Kept by `Shadow`: index of the leaf at the same path in the other
-    /// tree (desired <-> reported), or `NO_TWIN`.
-    twin: u32,
-    /// Kept by `Shadow` on desired leaves: the reported value differs.
-    differs: bool,
+    /// Kept by `Shadow`: the low 31 bits index the leaf at the same path in
+    /// the other tree (desired <-> reported), or are `NO_TWIN`; the top bit
+    /// (`DIFFERS`), on desired leaves, says the reported value differs.
+    /// Packed so that a leaf stays 64 bytes with `hash`.
+    link: u32,
+    /// `hash_path` of the path, for the index.
+    hash: u32,
 }
 
-const NO_TWIN: u32 = u32::MAX;
+// A leaf fits one cache line of 64 bytes; keep it so.
+const _: () = assert!(core::mem::size_of::<Leaf>() <= 64);
+
+const NO_TWIN: u32 = 0x7fff_ffff;
+const DIFFERS: u32 = 0x8000_0000;
+
+/// Leaf indices found by a check, kept for the write that follows; small
+/// because most updates are.
+pub(crate) type FoundLeaves = heapless::Vec<u32, 16>;
+
+/// A fast hash of a path, 8 bytes at a time.
+fn hash_path(path: &[u8]) -> u32 {
+    let mut h: u64 = 0x9e37_79b9_7f4a_7c15 ^ path.len() as u64;
+    let mut chunks = path.chunks_exact(8);
+    for c in &mut chunks {
+        h = (h ^ word(c)).wrapping_mul(0xff51_afd7_ed55_8ccd);
+        h ^= h >> 29;
+    }
+    let mut tail = [0u8; 8];
+    tail[..chunks.remainder().len()].copy_from_slice(chunks.remainder());
+    h = (h ^ u64::from_le_bytes(tail)).wrapping_mul(0xc4ce_b9fe_1a85_ec53);
+    (h ^ (h >> 32)) as u32
+}
+
+/// Orders two paths whose order keys are equal: their first 8 bytes are, so
+/// compare the rest 8 bytes at a time (faster than a `memcmp` call for the
+/// short paths of a shadow).
+fn cmp_after_key(a: &[u8], b: &[u8]) -> core::cmp::Ordering {
+    let (a, b) = (a.get(8..).unwrap_or(&[]), b.get(8..).unwrap_or(&[]));
+    let mut ca = a.chunks_exact(8);
+    let mut cb = b.chunks_exact(8);
+    for (x, y) in (&mut ca).zip(&mut cb) {
+        let (x, y) = (word(x), word(y));
+        if x != y {
+            return x.cmp(&y);
+        }
+    }
+    let n = a.len().min(b.len()) / 8 * 8;
+    a[n..].cmp(&b[n..])
+}
+
+fn word(chunk: &[u8]) -> u64 {
+    let mut w = [0u8; 8];
+    w.copy_from_slice(chunk);
+    u64::from_be_bytes(w)
+}
 
 fn order_key(path: &[u8]) -> u64 {
     let mut k = [0u8; 8];
@@ -87,6 +134,16 @@ pub struct Entry<'a> {
 pub struct StateTree<const LEAVES: usize = DEFAULT_LEAVES, const POOL: usize = DEFAULT_POOL> {
     leaves: heapless::Vec<Leaf, LEAVES>,
     pool: heapless::Vec<u8, POOL>,
+    /// Open-addressing hash index of paths: 0 empty, else leaf index + 1.
+    /// Valid only while `indexed`; any change of the leaf list clears that.
+    slots: [u32; LEAVES],
+    indexed: bool,
+}
+
+impl Leaf {
+    fn set_differs(&mut self, differs: bool) {
+        self.link = (self.link & NO_TWIN) | if differs { DIFFERS } else { 0 };
+    }
 }
 
 impl<const L: usize, const P: usize> Default for StateTree<L, P> {
@@ -101,6 +158,8 @@ impl<const L: usize, const P: usize> StateTree<L, P> {
         StateTree {
             leaves: heapless::Vec::new(),
             pool: heapless::Vec::new(),
+            slots: [0; L],
+            indexed: false,
         }
     }
 
@@ -122,6 +181,7 @@ impl<const L: usize, const P: usize> StateTree<L, P> {
     /// Removes every leaf.
     pub fn clear(&mut self) {
         self.leaves.clear();
+        self.indexed = false;
         self.pool.clear();
     }
 
@@ -151,7 +211,53 @@ impl<const L: usize, const P: usize> StateTree<L, P> {
 
     /// The leaf at `path`, if there is one.
     pub fn get(&self, path: Path<'_>) -> Option<Entry<'_>> {
-        self.find(path.as_bytes()).ok().map(|i| self.at(i))
+        self.lookup(path.as_bytes()).map(|i| self.at(i))
+    }
+
+    /// Builds the hash index of paths, so that lookups cost one hash and
+    /// usually one comparison instead of a binary search. Kept until the
+    /// leaf list changes; trees fuller than 3/4 of `L` are not indexed.
+    pub(crate) fn build_index(&mut self) {
+        self.indexed = false;
+        if L == 0 || self.leaves.len() * 4 > L * 3 {
+            return;
+        }
+        self.slots.fill(0);
+        for i in 0..self.leaves.len() {
+            let mut s = (u64::from(self.leaves[i].hash) % L as u64) as usize;
+            while self.slots[s] != 0 {
+                s = (s + 1) % L;
+            }
+            self.slots[s] = i as u32 + 1;
+        }
+        self.indexed = true;
+    }
+
+    /// The index of the leaf at `path`: through the hash index when built,
+    /// else by binary search.
+    pub(crate) fn lookup(&self, path: &[u8]) -> Option<usize> {
+        self.lookup_hashed(path, hash_path(path))
+    }
+
+    /// [`StateTree::lookup`] with the path's hash already known.
+    fn lookup_hashed(&self, path: &[u8], hash: u32) -> Option<usize> {
+        if !self.indexed {
+            return self.find(path).ok();
+        }
+        let mut s = (u64::from(hash) % L as u64) as usize;
+        // At most 3/4 full, so an empty slot ends every probe sequence.
+        loop {
+            match self.slots[s] {
+                0 => return None,
+                v => {
+                    let i = (v - 1) as usize;
+                    if self.leaves[i].hash == hash && self.path_at(i) == path {
+                        return Some(i);
+                    }
+                }
+            }
+            s = (s + 1) % L;
+        }
     }
 
     /// The leaf at a dotted path such as `"hvac.setpoint"`.
@@ -215,6 +321,7 @@ impl<const L: usize, const P: usize> StateTree<L, P> {
         let leaf = self.store(bytes, value, meta, false)?;
         // Capacity was checked above, so the insert cannot fail.
         let _ = self.leaves.insert(pos, leaf);
+        self.indexed = false;
         Ok(())
     }
 
@@ -236,6 +343,7 @@ impl<const L: usize, const P: usize> StateTree<L, P> {
         }
         let leaf = self.store(path, value, meta, true)?;
         let _ = self.leaves.push(leaf);
+        self.indexed = false;
         Ok(())
     }
 
@@ -264,13 +372,14 @@ impl<const L: usize, const P: usize> StateTree<L, P> {
             }
             scalar => scalar,
         };
+        self.indexed = false;
         let _ = self.leaves.push(Leaf {
             path,
             key: l.key,
             value,
             meta: l.meta,
-            twin: NO_TWIN,
-            differs: false,
+            link: NO_TWIN,
+            hash: l.hash,
         });
         Ok(())
     }
@@ -292,8 +401,8 @@ impl<const L: usize, const P: usize> StateTree<L, P> {
                 value,
                 meta,
                 key: order_key(path.slice(&self.pool)),
-                twin: NO_TWIN,
-                differs: false,
+                link: NO_TWIN,
+                hash: hash_path(path.slice(&self.pool)),
             }),
             Err(e) => {
                 self.pool.truncate(mark);
@@ -352,6 +461,7 @@ impl<const L: usize, const P: usize> StateTree<L, P> {
             return false;
         };
         let leaf = self.leaves.remove(i);
+        self.indexed = false;
         let payload = match leaf.value {
             Stored::Text(s) | Stored::Bytes(s) | Stored::Array(s) => Some(s),
             _ => None,
@@ -397,42 +507,53 @@ impl<const L: usize, const P: usize> StateTree<L, P> {
     /// Whether `update` only overwrites existing leaves with values that
     /// need no change of the tree's shape: the common case of a device
     /// reporting the same properties again, or the cloud changing existing
-    /// settings. Fills `at` with the index of each update entry's leaf.
-    /// Payloads of a new length go to the end of the pool, so the pool must
-    /// have room for them; the old bytes are garbage until the next rebuild.
+    /// settings. Payloads of a new length go to the end of the pool, so the
+    /// pool must have room for them; the old bytes are garbage until the
+    /// next rebuild. The leaf indices found are kept in `found` while it has
+    /// room, to spare the write a second lookup.
     pub(crate) fn can_overwrite_in_place<const UL: usize, const UP: usize>(
         &self,
         update: &StateTree<UL, UP>,
-        at: &mut heapless::Vec<u32, UL>,
+        found: &mut FoundLeaves,
     ) -> bool {
-        at.clear();
-        let mut from = 0;
+        found.clear();
         let mut extra = 0usize;
         for j in 0..update.len() {
-            let Ok(k) = self.find_from(from, update.path_at(j)) else {
+            let u = &update.leaves[j];
+            let Some(k) = self.lookup_hashed(update.path_at(j), u.hash) else {
                 return false;
             };
+            // When full, the write looks the rest up again.
+            let _ = found.push(k as u32);
             match self.leaves[k].value.in_place_cost(&update.leaves[j].value) {
                 Some(bytes) => extra += bytes,
                 None => return false,
             }
-            // One index per update entry, and the update holds at most UL.
-            let _ = at.push(k as u32);
-            from = k + 1;
         }
         self.pool.len() + extra <= P
     }
 
-    /// Writes what [`StateTree::can_overwrite_in_place`] allowed, at the
-    /// indices it found.
+    /// Writes what [`StateTree::can_overwrite_in_place`] allowed, and keeps
+    /// the delta flags right: `self` and `other` are desired and reported
+    /// (`self_is_desired` says which way round), linked by twin indices
+    /// unless `twins_stale`, in which case the caller refreshes every flag.
     pub(crate) fn overwrite_in_place<const UL: usize, const UP: usize>(
         &mut self,
+        other: &mut Self,
         update: &StateTree<UL, UP>,
-        at: &[u32],
+        found: &FoundLeaves,
         meta: LeafMeta,
+        self_is_desired: bool,
+        twins_stale: bool,
     ) {
-        for (j, &k) in at.iter().enumerate() {
-            let k = k as usize;
+        for j in 0..update.len() {
+            let k = match found.get(j) {
+                Some(&k) => k as usize,
+                None => match self.lookup_hashed(update.path_at(j), update.leaves[j].hash) {
+                    Some(k) => k,
+                    None => continue,
+                },
+            };
             let new = update.leaves[j].value;
             let stored = match (self.leaves[k].value, new) {
                 (Stored::Text(old), Stored::Text(src))
@@ -455,6 +576,17 @@ impl<const L: usize, const P: usize> StateTree<L, P> {
             };
             self.leaves[k].value = stored;
             self.leaves[k].meta = meta;
+            if twins_stale {
+                continue;
+            }
+            // Only the written leaf can have changed its delta.
+            if self_is_desired {
+                let differs = self.value_differs(k, other, self.twin(k));
+                self.leaves[k].set_differs(differs);
+            } else if let Some(i) = self.twin(k) {
+                let differs = other.value_differs(i, self, Some(k));
+                other.leaves[i].set_differs(differs);
+            }
         }
     }
 
@@ -465,7 +597,7 @@ impl<const L: usize, const P: usize> StateTree<L, P> {
             .binary_search_by(|l| {
                 l.key
                     .cmp(&key)
-                    .then_with(|| l.path.slice(&self.pool).cmp(path))
+                    .then_with(|| cmp_after_key(l.path.slice(&self.pool), path))
             })
             .map(|k| k + from)
             .map_err(|k| k + from)
@@ -473,7 +605,7 @@ impl<const L: usize, const P: usize> StateTree<L, P> {
 
     /// The index of leaf `i`'s twin in the other tree, if it has one.
     pub(crate) fn twin(&self, i: usize) -> Option<usize> {
-        let t = self.leaves[i].twin;
+        let t = self.leaves[i].link & NO_TWIN;
         (t != NO_TWIN).then_some(t as usize)
     }
 
@@ -498,7 +630,7 @@ impl<const L: usize, const P: usize> StateTree<L, P> {
         other: &mut StateTree<L2, P2>,
     ) {
         for l in other.leaves.iter_mut() {
-            l.twin = NO_TWIN;
+            l.link = NO_TWIN;
         }
         let mut k = 0;
         for i in 0..self.len() {
@@ -508,19 +640,16 @@ impl<const L: usize, const P: usize> StateTree<L, P> {
             }
             let twin = (k < other.len() && other.path_at(k) == p).then_some(k);
             if let Some(k) = twin {
-                other.leaves[k].twin = i as u32;
+                other.leaves[k].link = i as u32;
             }
-            self.leaves[i].twin = twin.map_or(NO_TWIN, |k| k as u32);
-            self.leaves[i].differs = self.value_differs(i, other, twin);
+            self.leaves[i].link = twin.map_or(NO_TWIN, |k| k as u32);
+            let differs = self.value_differs(i, other, twin);
+            self.leaves[i].set_differs(differs);
         }
     }
 
-    pub(crate) fn set_differs(&mut self, i: usize, differs: bool) {
-        self.leaves[i].differs = differs;
-    }
-
     pub(crate) fn differs(&self, i: usize) -> bool {
-        self.leaves[i].differs
+        self.leaves[i].link & DIFFERS != 0
     }
 
     /// Walks `self` with `update` merged into it, in path order, with AWS IoT
@@ -638,7 +767,7 @@ impl<const L: usize, const P: usize> StateTree<L, P> {
     ) -> Result<(), DecodeError> {
         out.clear();
         for (i, l) in self.leaves.iter().enumerate() {
-            if l.differs && !skip(l.path.slice(&self.pool)) {
+            if l.link & DIFFERS != 0 && !skip(l.path.slice(&self.pool)) {
                 out.push_copy(self, i)?;
             }
         }
