@@ -43,6 +43,7 @@
 #[cfg(test)]
 extern crate std;
 
+pub mod agent;
 mod error;
 pub mod shadow;
 pub mod wire;

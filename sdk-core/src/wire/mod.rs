@@ -6,4 +6,5 @@ pub(crate) mod cbor;
 mod messages;
 
 pub use cbor::MAX_NESTING;
+pub(crate) use messages::each_field;
 pub use messages::{MAX_CLIENT_TOKEN_LEN, ShadowDelta, ShadowUpdate};

@@ -1,0 +1,198 @@
+//! Versioned device configuration: intervals, health thresholds, the
+//! degraded-mode factor and the default conflict policy.
+
+use minicbor::decode::Decoder;
+use minicbor::encode::{Encoder, Write};
+
+use super::health::HealthThresholds;
+use crate::error::DecodeError;
+use crate::shadow::ConflictPolicy;
+use crate::wire::cbor;
+use crate::wire::each_field;
+
+/// The configuration the agent runs with. Defaults are the seed chapter's.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct DeviceConfig {
+    /// Version; an update must be newer to apply.
+    pub version: u64,
+    /// Heartbeat interval (seed: 10 s).
+    pub heartbeat_ms: u64,
+    /// Telemetry interval (seed: 30 s).
+    pub telemetry_ms: u64,
+    /// Health check interval (seed: 5 s).
+    pub health_ms: u64,
+    /// Shadow sync interval (seed: 15 s; also at once on change).
+    pub shadow_sync_ms: u64,
+    /// Health thresholds (seed: battery critical below 10 %).
+    pub thresholds: HealthThresholds,
+    /// Telemetry slow-down in Degraded with a low battery (seed: 3x).
+    pub degraded_telemetry_factor: u32,
+    /// Conflict policy for shadow properties without their own.
+    pub default_policy: ConflictPolicy,
+}
+
+impl Default for DeviceConfig {
+    fn default() -> Self {
+        DeviceConfig {
+            version: 0,
+            heartbeat_ms: 10_000,
+            telemetry_ms: 30_000,
+            health_ms: 5_000,
+            shadow_sync_ms: 15_000,
+            thresholds: HealthThresholds::default(),
+            degraded_telemetry_factor: 3,
+            default_policy: ConflictPolicy::CloudWins,
+        }
+    }
+}
+
+/// A configuration value that is out of range; names the field.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct InvalidConfig {
+    /// The field's wire name.
+    pub field: &'static str,
+    /// Why it was refused.
+    pub reason: &'static str,
+}
+
+impl core::fmt::Display for InvalidConfig {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        write!(f, "invalid configuration: {}: {}", self.field, self.reason)
+    }
+}
+
+/// Shortest interval accepted, ms.
+pub const MIN_INTERVAL_MS: u64 = 1_000;
+/// Longest interval accepted, ms (one day).
+pub const MAX_INTERVAL_MS: u64 = 86_400_000;
+
+impl DeviceConfig {
+    /// Checks every field; the first bad one is named.
+    pub fn validate(&self) -> Result<(), InvalidConfig> {
+        let interval = |field, v: u64| {
+            if (MIN_INTERVAL_MS..=MAX_INTERVAL_MS).contains(&v) {
+                Ok(())
+            } else {
+                Err(InvalidConfig {
+                    field,
+                    reason: "must be between 1000 ms and 86400000 ms",
+                })
+            }
+        };
+        interval("heartbeat_ms", self.heartbeat_ms)?;
+        interval("telemetry_ms", self.telemetry_ms)?;
+        interval("health_ms", self.health_ms)?;
+        interval("shadow_sync_ms", self.shadow_sync_ms)?;
+        let t = &self.thresholds;
+        let pair = |field, crit: u8, warn: u8| {
+            if crit < warn && warn <= 100 {
+                Ok(())
+            } else {
+                Err(InvalidConfig {
+                    field,
+                    reason: "critical must be below warning, warning at most 100",
+                })
+            }
+        };
+        pair("battery_crit_pct", t.battery_crit_pct, t.battery_warn_pct)?;
+        pair("link_crit_pct", t.link_crit_pct, t.link_warn_pct)?;
+        if t.hysteresis_pct > 50 {
+            return Err(InvalidConfig {
+                field: "hysteresis_pct",
+                reason: "must be at most 50",
+            });
+        }
+        if !(1..=100).contains(&self.degraded_telemetry_factor) {
+            return Err(InvalidConfig {
+                field: "degraded_telemetry_factor",
+                reason: "must be between 1 and 100",
+            });
+        }
+        Ok(())
+    }
+
+    /// Writes the full configuration as a `device-config` map.
+    pub fn encode_cbor<W: Write>(
+        &self,
+        e: &mut Encoder<W>,
+    ) -> Result<(), minicbor::encode::Error<W::Error>> {
+        let t = &self.thresholds;
+        e.map(12)?;
+        e.u8(0)?.u64(self.version)?;
+        e.u8(1)?.u64(self.heartbeat_ms)?;
+        e.u8(2)?.u64(self.telemetry_ms)?;
+        e.u8(3)?.u64(self.health_ms)?;
+        e.u8(4)?.u64(self.shadow_sync_ms)?;
+        e.u8(5)?.u8(t.battery_warn_pct)?;
+        e.u8(6)?.u8(t.battery_crit_pct)?;
+        e.u8(7)?.u8(t.link_warn_pct)?;
+        e.u8(8)?.u8(t.link_crit_pct)?;
+        e.u8(9)?.u8(t.hysteresis_pct)?;
+        e.u8(10)?.u32(self.degraded_telemetry_factor)?;
+        e.u8(11)?.u8(policy_code(self.default_policy))?;
+        Ok(())
+    }
+
+    /// Reads a `device-config` map as an update of `self`: the version is
+    /// required, absent fields keep their current value. The result is not
+    /// validated here; see [`DeviceConfig::validate`].
+    pub fn decode_update(&self, d: &mut Decoder<'_>) -> Result<DeviceConfig, DecodeError> {
+        let mut c = *self;
+        let mut have_version = false;
+        each_field(d, |key, d| {
+            let at = d.position();
+            let small = |d: &mut Decoder<'_>| -> Result<u8, DecodeError> {
+                u8::try_from(cbor::read_u64(d)?).map_err(|_| DecodeError::IntegerOutOfRange { at })
+            };
+            match key {
+                0 => {
+                    c.version = cbor::read_u64(d)?;
+                    have_version = true;
+                }
+                1 => c.heartbeat_ms = cbor::read_u64(d)?,
+                2 => c.telemetry_ms = cbor::read_u64(d)?,
+                3 => c.health_ms = cbor::read_u64(d)?,
+                4 => c.shadow_sync_ms = cbor::read_u64(d)?,
+                5 => c.thresholds.battery_warn_pct = small(d)?,
+                6 => c.thresholds.battery_crit_pct = small(d)?,
+                7 => c.thresholds.link_warn_pct = small(d)?,
+                8 => c.thresholds.link_crit_pct = small(d)?,
+                9 => c.thresholds.hysteresis_pct = small(d)?,
+                10 => {
+                    c.degraded_telemetry_factor = u32::try_from(cbor::read_u64(d)?)
+                        .map_err(|_| DecodeError::IntegerOutOfRange { at })?
+                }
+                11 => {
+                    c.default_policy =
+                        policy_from_code(cbor::read_u64(d)?).ok_or(DecodeError::Malformed {
+                            what: "a conflict policy code 0..=3",
+                            at,
+                        })?
+                }
+                _ => cbor::skip_item(d, 0)?,
+            }
+            Ok(())
+        })?;
+        if !have_version {
+            return Err(DecodeError::MissingField("version"));
+        }
+        Ok(c)
+    }
+}
+
+/// Wire code of a conflict policy.
+pub fn policy_code(p: ConflictPolicy) -> u8 {
+    match p {
+        ConflictPolicy::CloudWins => 0,
+        ConflictPolicy::DeviceWins => 1,
+        ConflictPolicy::LatestWins => 2,
+        ConflictPolicy::ManualResolve => 3,
+    }
+}
+
+/// A conflict policy from its wire code.
+pub fn policy_from_code(code: u64) -> Option<ConflictPolicy> {
+    ConflictPolicy::ALL
+        .get(usize::try_from(code).ok()?)
+        .copied()
+}

@@ -1,0 +1,1157 @@
+//! The sans-I/O device agent: lifecycle, registration, health and degraded
+//! mode, scheduling, commands with acknowledgements, configuration and the
+//! device side of the shadow.
+//!
+//! In the style of quinn-proto's `Connection`: inputs go in through
+//! `handle_*(now_ms, ..)`, outputs come out of `poll_*`. The agent never
+//! reads a clock, never sleeps and owns no socket. After any `handle_*`
+//! call, drain in this order:
+//!
+//! 1. [`Agent::poll_transmit`] until `None`: messages to publish, each with
+//!    its [`MessageKind`] (and so topic) and QoS need;
+//! 2. [`Agent::poll_event`] until `None`: state changes for the application;
+//! 3. [`Agent::poll_timeout`]: when to call [`Agent::handle_timeout`] next.
+//!
+//! A spurious `handle_timeout` (nothing due) does nothing.
+
+pub mod config;
+pub mod health;
+pub mod lifecycle;
+pub mod messages;
+mod outbox;
+pub mod platform;
+
+use minicbor::decode::Decoder;
+use minicbor::encode::Encoder;
+
+use self::config::DeviceConfig;
+use self::health::{
+    HealthMetrics, HealthReport, HealthStatus, SlowTelemetryOnLowBattery, TelemetryPolicy,
+};
+use self::lifecycle::{LifecycleState, Trigger, next_state};
+use self::messages::*;
+use self::outbox::{Outbox, Pushed};
+use self::platform::{CommandFailure, Platform, StorageSlot};
+use crate::error::{DecodeError, EncodeError, Error};
+use crate::shadow::{LeafMeta, Source, StateTree};
+use crate::wire::{ShadowDelta, ShadowUpdate, cbor, each_field};
+
+/// Leaves of the device-side shadow (reported state).
+pub const SHADOW_LEAVES: usize = 16;
+/// Pool bytes of the device-side shadow.
+pub const SHADOW_POOL: usize = 512;
+/// Commands remembered for deduplication.
+pub const DEDUPE_WINDOW: usize = 16;
+/// Application events buffered between polls (the oldest is dropped).
+pub const EVENT_QUEUE: usize = 16;
+/// Longest registration retry interval.
+pub const MAX_REGISTER_BACKOFF_MS: u64 = 60_000;
+/// First registration retry interval.
+pub const FIRST_REGISTER_BACKOFF_MS: u64 = 2_000;
+
+type DeviceShadow = StateTree<SHADOW_LEAVES, SHADOW_POOL>;
+
+/// Who the device is.
+#[derive(Debug, Clone, Copy)]
+pub struct Identity<'a> {
+    /// The network interface's MAC address.
+    pub mac: [u8; 6],
+    /// A configured id; `None` derives one from the MAC address.
+    pub device_id: Option<&'a str>,
+    /// Firmware version text (at most 32 bytes are kept).
+    pub firmware: &'a str,
+}
+
+/// The id derived from a MAC address: `ly-` and 12 lowercase hex digits.
+///
+/// ```
+/// use lanyard_core::agent::device_id_from_mac;
+/// assert_eq!(device_id_from_mac([0x0a, 0x1b, 0x2c, 0x3d, 0x4e, 0x5f]).as_str(), "ly-0a1b2c3d4e5f");
+/// ```
+pub fn device_id_from_mac(mac: [u8; 6]) -> heapless::String<MAX_DEVICE_ID_LEN> {
+    const HEX: &[u8; 16] = b"0123456789abcdef";
+    let mut s = heapless::String::new();
+    let _ = s.push_str("ly-");
+    for b in mac {
+        let _ = s.push(HEX[usize::from(b >> 4)] as char);
+        let _ = s.push(HEX[usize::from(b & 15)] as char);
+    }
+    s
+}
+
+/// What the application may want to know.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AgentEvent {
+    /// The lifecycle state changed.
+    StateChanged {
+        /// Before.
+        from: LifecycleState,
+        /// After.
+        to: LifecycleState,
+        /// Why.
+        cause: Trigger,
+    },
+    /// The health status changed.
+    HealthChanged(HealthStatus),
+    /// A configuration version was applied.
+    ConfigApplied(u64),
+    /// Desired shadow values were applied to the reported state.
+    ShadowUpdated {
+        /// Leaves applied.
+        leaves: usize,
+    },
+    /// A command finished (final acknowledgement queued).
+    CommandFinished(AckStatus),
+    /// Persisting state failed; the state lives on in memory.
+    StorageFailed,
+}
+
+/// Counters.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct AgentStats {
+    /// Messages queued, by kind (index: [`MessageKind::ALL`] order).
+    pub queued: [u64; 12],
+    /// Messages dropped from a full outbox, by kind.
+    pub dropped: [u64; 12],
+    /// Messages that could not be queued at all (outbox full of messages
+    /// that may not be dropped, or larger than a slot).
+    pub undeliverable: u64,
+    /// Inbound messages refused (undecodable, wrong state, wrong device).
+    pub inbound_refused: u64,
+    /// Commands executed.
+    pub commands_executed: u64,
+    /// Commands seen again and acknowledged without running.
+    pub duplicate_commands: u64,
+    /// Registration requests sent.
+    pub register_attempts: u64,
+    /// Failed writes to storage.
+    pub storage_failures: u64,
+}
+
+fn kind_index(kind: MessageKind) -> usize {
+    MessageKind::ALL
+        .iter()
+        .position(|k| *k == kind)
+        .unwrap_or(0)
+}
+
+/// A message to publish, from [`Agent::poll_transmit`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[must_use]
+pub struct Transmit {
+    /// What it is (and so its topic, see [`messages::topic`]).
+    pub kind: MessageKind,
+    /// Bytes written into the caller's buffer.
+    pub len: usize,
+    /// Whether it needs at-least-once delivery (MQTT QoS 1).
+    pub needs_ack: bool,
+}
+
+/// Why an inbound message was refused. Nothing changed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum InboundError {
+    /// Not decodable.
+    Decode(DecodeError),
+    /// A message the device sends, not receives.
+    WrongDirection(MessageKind),
+    /// Not expected in the current lifecycle state.
+    NotNow(LifecycleState),
+    /// Addressed to another device.
+    WrongDevice,
+    /// The device is decommissioned and accepts nothing.
+    Decommissioned,
+}
+
+impl core::fmt::Display for InboundError {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        match self {
+            InboundError::Decode(e) => write!(f, "undecodable message: {e}"),
+            InboundError::WrongDirection(k) => {
+                write!(f, "{} is sent by devices, not to them", k.topic_suffix())
+            }
+            InboundError::NotNow(s) => write!(f, "not expected in state {s}"),
+            InboundError::WrongDevice => f.write_str("addressed to another device"),
+            InboundError::Decommissioned => f.write_str("the device is decommissioned"),
+        }
+    }
+}
+
+impl From<Error> for InboundError {
+    fn from(e: Error) -> Self {
+        match e {
+            Error::Decode(d) => InboundError::Decode(d),
+            _ => InboundError::Decode(DecodeError::Malformed {
+                what: "a valid message",
+                at: 0,
+            }),
+        }
+    }
+}
+
+impl From<DecodeError> for InboundError {
+    fn from(e: DecodeError) -> Self {
+        InboundError::Decode(e)
+    }
+}
+
+/// The agent's timers.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Timer {
+    Register = 0,
+    Heartbeat,
+    Telemetry,
+    Health,
+    ShadowSync,
+    CommandDone,
+}
+const TIMERS: usize = 6;
+const ALL_TIMERS: [Timer; TIMERS] = [
+    Timer::Register,
+    Timer::Heartbeat,
+    Timer::Telemetry,
+    Timer::Health,
+    Timer::ShadowSync,
+    Timer::CommandDone,
+];
+
+#[derive(Debug, Clone)]
+struct Remembered {
+    id: heapless::String<MAX_COMMAND_ID_LEN>,
+    status: AckStatus,
+    reason: Option<AckReason>,
+}
+
+#[derive(Debug, Clone)]
+struct Running {
+    id: heapless::String<MAX_COMMAND_ID_LEN>,
+}
+
+/// The device agent. `Q` outbound messages of up to `M` bytes are kept while
+/// offline; `P` decides degraded-mode telemetry.
+pub struct Agent<
+    P: TelemetryPolicy = SlowTelemetryOnLowBattery,
+    const Q: usize = 16,
+    const M: usize = 512,
+> {
+    device_id: heapless::String<MAX_DEVICE_ID_LEN>,
+    firmware: heapless::String<32>,
+    state: LifecycleState,
+    config: DeviceConfig,
+    policy: P,
+    timers: [Option<u64>; TIMERS],
+    outbox: Outbox<Q, M>,
+    events: heapless::Deque<AgentEvent, EVENT_QUEUE>,
+    health: HealthReport,
+    lifecycle_seq: u64,
+    heartbeat_seq: u64,
+    telemetry_seq: u64,
+    boot_ms: u64,
+    boot_count: u64,
+    register_attempt: u32,
+    rng: u64,
+    dedupe: heapless::Deque<Remembered, DEDUPE_WINDOW>,
+    running: Option<Running>,
+    reported: DeviceShadow,
+    scratch: DeviceShadow,
+    last_sensor_ms: Option<u64>,
+    stats: AgentStats,
+}
+
+impl<P: TelemetryPolicy, const Q: usize, const M: usize> Agent<P, Q, M> {
+    /// A new agent, Unprovisioned, with `config` until the cloud sends one.
+    /// Call [`Agent::boot`] next.
+    pub fn new(identity: Identity<'_>, config: DeviceConfig, policy: P) -> Self {
+        let device_id = match identity.device_id {
+            Some(id) if !id.is_empty() && id.len() <= MAX_DEVICE_ID_LEN => {
+                let mut s = heapless::String::new();
+                let _ = s.push_str(id);
+                s
+            }
+            _ => device_id_from_mac(identity.mac),
+        };
+        let mut firmware = heapless::String::new();
+        for c in identity.firmware.chars() {
+            if firmware.push(c).is_err() {
+                break;
+            }
+        }
+        // Seeded per device, so a fleet that boots together spreads out.
+        let rng = device_id.bytes().fold(0x9e37_79b9_7f4a_7c15u64, |h, b| {
+            (h ^ u64::from(b)).wrapping_mul(0x100_0000_01b3)
+        }) | 1;
+        Agent {
+            device_id,
+            firmware,
+            state: LifecycleState::Unprovisioned,
+            config,
+            policy,
+            timers: [None; TIMERS],
+            outbox: Outbox::new(),
+            events: heapless::Deque::new(),
+            health: HealthReport {
+                status: HealthStatus::Normal,
+                reasons: 0,
+                metrics: HealthMetrics::default(),
+            },
+            lifecycle_seq: 0,
+            heartbeat_seq: 0,
+            telemetry_seq: 0,
+            boot_ms: 0,
+            boot_count: 0,
+            register_attempt: 0,
+            rng,
+            dedupe: heapless::Deque::new(),
+            running: None,
+            reported: StateTree::new(),
+            scratch: StateTree::new(),
+            last_sensor_ms: None,
+            stats: AgentStats::default(),
+        }
+    }
+
+    // ---- getters ----
+
+    /// The device id.
+    pub fn device_id(&self) -> &str {
+        &self.device_id
+    }
+
+    /// The lifecycle state.
+    pub fn state(&self) -> LifecycleState {
+        self.state
+    }
+
+    /// The configuration in force.
+    pub fn config(&self) -> &DeviceConfig {
+        &self.config
+    }
+
+    /// The last health report.
+    pub fn health(&self) -> &HealthReport {
+        &self.health
+    }
+
+    /// Counters.
+    pub fn stats(&self) -> &AgentStats {
+        &self.stats
+    }
+
+    /// Messages waiting in the outbox.
+    pub fn queued(&self) -> usize {
+        self.outbox.len()
+    }
+
+    /// Free outbox space, percent (a health metric the platform may use).
+    pub fn outbox_free_pct(&self) -> u8 {
+        self.outbox.free_pct()
+    }
+
+    /// The device's reported shadow state.
+    pub fn reported(&self) -> &StateTree<SHADOW_LEAVES, SHADOW_POOL> {
+        &self.reported
+    }
+
+    /// Boots so far.
+    pub fn boot_count(&self) -> u64 {
+        self.boot_count
+    }
+
+    // ---- outputs ----
+
+    /// The next message to publish, written into `buf`. A buffer too small
+    /// leaves the message queued and says how much is needed.
+    pub fn poll_transmit(&mut self, buf: &mut [u8]) -> Result<Option<Transmit>, EncodeError> {
+        let Some(front) = self.outbox.front() else {
+            return Ok(None);
+        };
+        if buf.len() < front.len {
+            return Err(EncodeError::BufferTooSmall { needed: front.len });
+        }
+        let Some(m) = self.outbox.pop_front() else {
+            return Ok(None);
+        };
+        buf[..m.len].copy_from_slice(&m.bytes[..m.len]);
+        Ok(Some(Transmit {
+            kind: m.kind,
+            len: m.len,
+            needs_ack: m.kind.needs_ack(),
+        }))
+    }
+
+    /// The next application event.
+    #[must_use]
+    pub fn poll_event(&mut self) -> Option<AgentEvent> {
+        self.events.pop_front()
+    }
+
+    /// When [`Agent::handle_timeout`] should next be called (ms), if ever.
+    #[must_use]
+    pub fn poll_timeout(&self) -> Option<u64> {
+        self.timers.iter().flatten().copied().min()
+    }
+
+    // ---- inputs ----
+
+    /// Starts the agent: restores persisted state (a reboot resumes where it
+    /// was), counts the boot, and starts registration or the periodic work.
+    pub fn boot(&mut self, now_ms: u64, platform: &mut Platform<'_>) -> Result<(), InboundError> {
+        self.boot_ms = now_ms;
+        let mut buf = [0u8; 1024];
+        match platform.storage.load(StorageSlot::AgentState, &mut buf) {
+            Ok(0) => {}
+            Ok(n) => {
+                // A record that does not decode is treated as none: the
+                // device registers again rather than bricking itself.
+                if self.restore(&buf[..n]).is_err() {
+                    self.state = LifecycleState::Unprovisioned;
+                }
+            }
+            Err(_) => self.stats.storage_failures += 1,
+        }
+        self.boot_count += 1;
+        match self.state {
+            LifecycleState::Unprovisioned => {
+                self.transition(now_ms, Trigger::Register, platform);
+                self.send_register(now_ms);
+            }
+            LifecycleState::Provisioning => self.send_register(now_ms),
+            LifecycleState::Decommissioned => {}
+            _ => self.start_periodic(now_ms),
+        }
+        self.persist(platform);
+        Ok(())
+    }
+
+    /// Runs whatever is due at `now_ms`.
+    pub fn handle_timeout(&mut self, now_ms: u64, platform: &mut Platform<'_>) {
+        for timer in ALL_TIMERS {
+            match self.timers[timer as usize] {
+                Some(at) if at <= now_ms => {}
+                _ => continue,
+            }
+            self.timers[timer as usize] = None;
+            match timer {
+                Timer::Register => self.send_register(now_ms),
+                Timer::Heartbeat => {
+                    self.heartbeat_seq += 1;
+                    self.push(&Heartbeat {
+                        seq: self.heartbeat_seq,
+                        time_ms: now_ms,
+                        uptime_ms: now_ms.saturating_sub(self.boot_ms),
+                        state: self.state,
+                        health: self.health.status,
+                    });
+                    self.schedule(Timer::Heartbeat, now_ms + self.config.heartbeat_ms);
+                }
+                Timer::Telemetry => {
+                    self.send_telemetry(now_ms, platform);
+                    let every = self.policy.telemetry_interval_ms(
+                        self.config.telemetry_ms,
+                        self.state,
+                        &self.health,
+                        &self.config.thresholds,
+                    );
+                    self.schedule(Timer::Telemetry, now_ms + every);
+                }
+                Timer::Health => {
+                    self.check_health(now_ms, platform);
+                    self.schedule(Timer::Health, now_ms + self.config.health_ms);
+                }
+                Timer::ShadowSync => {
+                    self.send_shadow(now_ms);
+                    self.schedule(Timer::ShadowSync, now_ms + self.config.shadow_sync_ms);
+                }
+                Timer::CommandDone => {
+                    if let Some(r) = self.running.take() {
+                        self.finish(now_ms, &r.id, AckStatus::Succeeded, None, None, platform);
+                    }
+                }
+            }
+        }
+    }
+
+    /// Handles one inbound message of `kind`. On error nothing changed.
+    pub fn handle_inbound(
+        &mut self,
+        now_ms: u64,
+        kind: MessageKind,
+        bytes: &[u8],
+        platform: &mut Platform<'_>,
+    ) -> Result<(), InboundError> {
+        let r = self.inbound(now_ms, kind, bytes, platform);
+        if r.is_err() {
+            self.stats.inbound_refused += 1;
+        }
+        r
+    }
+
+    /// Sets a reported shadow value; it is sent with the next sync, which is
+    /// brought forward to now.
+    pub fn set_reported(
+        &mut self,
+        now_ms: u64,
+        path: crate::shadow::Path<'_>,
+        value: crate::shadow::Value<'_>,
+    ) -> Result<(), Error> {
+        self.reported
+            .insert_with_meta(path, value, LeafMeta::new(Source::Device, now_ms))?;
+        if self.state.is_registered() {
+            self.schedule(Timer::ShadowSync, now_ms);
+        }
+        Ok(())
+    }
+
+    fn inbound(
+        &mut self,
+        now_ms: u64,
+        kind: MessageKind,
+        bytes: &[u8],
+        platform: &mut Platform<'_>,
+    ) -> Result<(), InboundError> {
+        if self.state == LifecycleState::Decommissioned {
+            return Err(InboundError::Decommissioned);
+        }
+        match kind {
+            MessageKind::RegisterAccepted => {
+                let m = RegisterAccepted::decode(bytes)?;
+                if m.device_id != self.device_id.as_str() {
+                    return Err(InboundError::WrongDevice);
+                }
+                if self.state != LifecycleState::Provisioning {
+                    return Err(InboundError::NotNow(self.state));
+                }
+                let config = match m.config {
+                    Some(raw) => {
+                        let c = self.config.decode_update(&mut Decoder::new(raw))?;
+                        c.validate().ok().map(|_| c)
+                    }
+                    None => None,
+                };
+                self.timers[Timer::Register as usize] = None;
+                if let Some(c) = config {
+                    self.config = c;
+                    self.push_event(AgentEvent::ConfigApplied(c.version));
+                }
+                self.transition(now_ms, Trigger::RegistrationAccepted, platform);
+                self.start_periodic(now_ms);
+                self.persist(platform);
+                Ok(())
+            }
+            MessageKind::Config => {
+                self.require_registered()?;
+                let update = self.config.decode_update(&mut Decoder::new(bytes))?;
+                self.apply_config(now_ms, update, platform);
+                Ok(())
+            }
+            MessageKind::ShadowDelta => {
+                self.require_registered()?;
+                let delta: ShadowDelta<SHADOW_LEAVES, SHADOW_POOL> = ShadowDelta::decode(bytes)?;
+                let meta = LeafMeta {
+                    timestamp_ms: now_ms,
+                    source: Source::Device,
+                    version: 0,
+                };
+                self.reported
+                    .merge_into(&delta.state, meta, &mut self.scratch)
+                    .map_err(InboundError::Decode)?;
+                core::mem::swap(&mut self.reported, &mut self.scratch);
+                self.push_event(AgentEvent::ShadowUpdated {
+                    leaves: delta.state.len(),
+                });
+                // Report the change at once, as the seed asks.
+                self.schedule(Timer::ShadowSync, now_ms);
+                Ok(())
+            }
+            MessageKind::Command => {
+                let cmd = Command::decode(bytes)?;
+                self.command(now_ms, &cmd, platform);
+                Ok(())
+            }
+            k if k.from_device() => Err(InboundError::WrongDirection(k)),
+            _ => Err(InboundError::NotNow(self.state)),
+        }
+    }
+
+    fn require_registered(&self) -> Result<(), InboundError> {
+        if self.state.is_registered() {
+            Ok(())
+        } else {
+            Err(InboundError::NotNow(self.state))
+        }
+    }
+
+    // ---- lifecycle ----
+
+    /// Moves by `trigger` if the table allows it; reports and persists the
+    /// change once. Returns whether it moved.
+    fn transition(&mut self, now_ms: u64, trigger: Trigger, platform: &mut Platform<'_>) -> bool {
+        let Ok(to) = next_state(self.state, trigger) else {
+            return false;
+        };
+        let from = self.state;
+        self.state = to;
+        self.lifecycle_seq += 1;
+        self.push(&LifecycleEvent {
+            from,
+            to,
+            cause: trigger,
+            time_ms: now_ms,
+            seq: self.lifecycle_seq,
+        });
+        self.push_event(AgentEvent::StateChanged {
+            from,
+            to,
+            cause: trigger,
+        });
+        self.persist(platform);
+        true
+    }
+
+    fn send_register(&mut self, now_ms: u64) {
+        self.stats.register_attempts += 1;
+        let id = self.device_id.clone();
+        let fw = self.firmware.clone();
+        self.push(&Register {
+            device_id: &id,
+            firmware: &fw,
+            config_version: self.config.version,
+            boot_count: self.boot_count,
+            time_ms: now_ms,
+        });
+        // Exponential backoff with equal jitter: wait in [b/2, b].
+        let base = FIRST_REGISTER_BACKOFF_MS
+            .checked_shl(self.register_attempt)
+            .unwrap_or(MAX_REGISTER_BACKOFF_MS)
+            .min(MAX_REGISTER_BACKOFF_MS);
+        self.register_attempt = self.register_attempt.saturating_add(1);
+        let wait = base / 2 + self.next_random() % (base / 2 + 1);
+        self.schedule(Timer::Register, now_ms + wait);
+    }
+
+    fn next_random(&mut self) -> u64 {
+        // xorshift64: deterministic per device, no clock, no allocator.
+        self.rng ^= self.rng << 13;
+        self.rng ^= self.rng >> 7;
+        self.rng ^= self.rng << 17;
+        self.rng
+    }
+
+    fn start_periodic(&mut self, now_ms: u64) {
+        self.schedule(Timer::Heartbeat, now_ms + self.config.heartbeat_ms);
+        self.schedule(Timer::Telemetry, now_ms + self.config.telemetry_ms);
+        self.schedule(Timer::Health, now_ms + self.config.health_ms);
+        self.schedule(Timer::ShadowSync, now_ms);
+    }
+
+    fn schedule(&mut self, timer: Timer, at: u64) {
+        if self.state == LifecycleState::Decommissioned {
+            return;
+        }
+        self.timers[timer as usize] = Some(at);
+    }
+
+    // ---- periodic work ----
+
+    fn send_telemetry(&mut self, now_ms: u64, platform: &mut Platform<'_>) {
+        // In maintenance the device is out of service: no telemetry.
+        if self.state == LifecycleState::Maintenance {
+            return;
+        }
+        let Some(r) = platform.probe.read_sensors(now_ms) else {
+            return;
+        };
+        self.last_sensor_ms = Some(now_ms);
+        self.telemetry_seq += 1;
+        self.push(&Telemetry {
+            seq: self.telemetry_seq,
+            time_ms: now_ms,
+            temperature_c: r.temperature_c,
+            humidity_pct: r.humidity_pct,
+            battery_pct: self.health.metrics.battery_pct,
+        });
+    }
+
+    fn check_health(&mut self, now_ms: u64, platform: &mut Platform<'_>) {
+        let metrics = platform.probe.metrics(now_ms);
+        let was_critical = self.state == LifecycleState::Degraded;
+        let report = self.config.thresholds.evaluate(&metrics, was_critical);
+        if report.status != self.health.status {
+            self.push_event(AgentEvent::HealthChanged(report.status));
+        }
+        self.health = report;
+        self.push(&HealthMessage {
+            time_ms: now_ms,
+            report,
+        });
+        match (self.state, report.status) {
+            (LifecycleState::Active, HealthStatus::Critical) => {
+                self.transition(now_ms, Trigger::HealthCritical, platform);
+            }
+            (LifecycleState::Degraded, s) if s != HealthStatus::Critical => {
+                self.transition(now_ms, Trigger::HealthRecovered, platform);
+            }
+            _ => {}
+        }
+    }
+
+    fn send_shadow(&mut self, now_ms: u64) {
+        let mut up: ShadowUpdate<SHADOW_LEAVES, SHADOW_POOL> = ShadowUpdate::new(now_ms);
+        up.reported = Some(self.reported.clone());
+        self.push(&ShadowMessage(&up));
+    }
+
+    // ---- commands ----
+
+    fn command(&mut self, now_ms: u64, cmd: &Command<'_>, platform: &mut Platform<'_>) {
+        if let Some(seen) = self
+            .dedupe
+            .iter()
+            .find(|r| r.id.as_str() == cmd.id)
+            .cloned()
+        {
+            // Seen before: acknowledge again, never run twice.
+            self.stats.duplicate_commands += 1;
+            self.push(&Ack {
+                command_id: cmd.id,
+                status: seen.status,
+                reason: seen.reason,
+                detail: Some("duplicate"),
+                result: None,
+                time_ms: now_ms,
+            });
+            return;
+        }
+        if self
+            .running
+            .as_ref()
+            .is_some_and(|r| r.id.as_str() == cmd.id)
+        {
+            self.stats.duplicate_commands += 1;
+            self.ack(now_ms, cmd.id, AckStatus::InProgress, None, None, None);
+            return;
+        }
+        if now_ms > cmd.expires_ms {
+            return self.reject(now_ms, cmd.id, AckReason::Expired, platform);
+        }
+        let registered = self.state.is_registered();
+        let in_service = matches!(
+            self.state,
+            LifecycleState::Active | LifecycleState::Degraded
+        );
+        let (allowed, builtin) = match cmd.name {
+            "diagnostics" | "read_sensor" | "blink_led" => (registered, true),
+            "enter_maintenance" => (
+                next_state(self.state, Trigger::EnterMaintenance).is_ok(),
+                true,
+            ),
+            "exit_maintenance" => (
+                next_state(self.state, Trigger::ExitMaintenance).is_ok(),
+                true,
+            ),
+            "decommission" => (next_state(self.state, Trigger::Decommission).is_ok(), true),
+            _ => (in_service, false),
+        };
+        if !allowed {
+            return self.reject(now_ms, cmd.id, AckReason::NotAllowed, platform);
+        }
+        let mut result = [0u8; MAX_COMMAND_ARGS_LEN];
+        if !builtin {
+            return match platform.commands.execute(cmd.name, cmd.args, &mut result) {
+                None => self.reject(now_ms, cmd.id, AckReason::UnknownCommand, platform),
+                Some(Err(CommandFailure::BadArguments)) => {
+                    self.reject(now_ms, cmd.id, AckReason::BadArguments, platform)
+                }
+                Some(Err(CommandFailure::Failed(why))) => {
+                    self.ack(now_ms, cmd.id, AckStatus::Accepted, None, None, None);
+                    self.finish(
+                        now_ms,
+                        cmd.id,
+                        AckStatus::Failed,
+                        Some(AckReason::ExecutionFailed),
+                        Some(why),
+                        platform,
+                    );
+                }
+                Some(Ok(n)) => {
+                    self.stats.commands_executed += 1;
+                    self.ack(now_ms, cmd.id, AckStatus::Accepted, None, None, None);
+                    let n = n.min(result.len());
+                    self.finish_with(now_ms, cmd.id, &result[..n], platform);
+                }
+            };
+        }
+        match cmd.name {
+            "blink_led" => {
+                let (count, period) = match (cmd.arg_u64("count"), cmd.arg_u64("period_ms")) {
+                    (Ok(Some(c)), Ok(p)) if (1..=100).contains(&c) => (c as u32, p.unwrap_or(500)),
+                    _ => return self.reject(now_ms, cmd.id, AckReason::BadArguments, platform),
+                };
+                if !(50..=5_000).contains(&period) {
+                    return self.reject(now_ms, cmd.id, AckReason::BadArguments, platform);
+                }
+                if self.running.is_some() {
+                    return self.reject(now_ms, cmd.id, AckReason::Busy, platform);
+                }
+                self.stats.commands_executed += 1;
+                self.ack(now_ms, cmd.id, AckStatus::Accepted, None, None, None);
+                platform.actuators.blink(count, period as u32);
+                self.ack(now_ms, cmd.id, AckStatus::InProgress, None, None, None);
+                let mut id = heapless::String::new();
+                let _ = id.push_str(cmd.id);
+                self.running = Some(Running { id });
+                self.schedule(Timer::CommandDone, now_ms + u64::from(count) * period);
+            }
+            "diagnostics" => {
+                self.stats.commands_executed += 1;
+                self.ack(now_ms, cmd.id, AckStatus::Accepted, None, None, None);
+                let report = self.config.thresholds.evaluate(
+                    &platform.probe.metrics(now_ms),
+                    self.state == LifecycleState::Degraded,
+                );
+                let n = HealthMessage {
+                    time_ms: now_ms,
+                    report,
+                }
+                .encode(&mut result)
+                .unwrap_or(0);
+                self.finish_with(now_ms, cmd.id, &result[..n], platform);
+            }
+            "read_sensor" => {
+                self.ack(now_ms, cmd.id, AckStatus::Accepted, None, None, None);
+                match platform.probe.read_sensors(now_ms) {
+                    Some(r) => {
+                        self.stats.commands_executed += 1;
+                        let mut e = Encoder::new(cbor::SliceWriter::new(&mut result));
+                        let ok = e
+                            .map(2)
+                            .and_then(|e| e.str("temperature_c"))
+                            .and_then(|e| e.f32(r.temperature_c))
+                            .and_then(|e| e.str("humidity_pct"))
+                            .and_then(|e| e.f32(r.humidity_pct))
+                            .is_ok();
+                        let n = if ok { e.into_writer().position() } else { 0 };
+                        self.finish_with(now_ms, cmd.id, &result[..n], platform);
+                    }
+                    None => self.finish(
+                        now_ms,
+                        cmd.id,
+                        AckStatus::Failed,
+                        Some(AckReason::ExecutionFailed),
+                        Some("sensor read failed"),
+                        platform,
+                    ),
+                }
+            }
+            "enter_maintenance" | "exit_maintenance" => {
+                self.stats.commands_executed += 1;
+                self.ack(now_ms, cmd.id, AckStatus::Accepted, None, None, None);
+                let trigger = if cmd.name == "enter_maintenance" {
+                    Trigger::EnterMaintenance
+                } else {
+                    Trigger::ExitMaintenance
+                };
+                self.transition(now_ms, trigger, platform);
+                self.finish(now_ms, cmd.id, AckStatus::Succeeded, None, None, platform);
+            }
+            _ => {
+                // decommission: acknowledge, send the final audit event, wipe.
+                self.stats.commands_executed += 1;
+                self.ack(now_ms, cmd.id, AckStatus::Accepted, None, None, None);
+                self.transition(now_ms, Trigger::Decommission, platform);
+                self.ack(
+                    now_ms,
+                    cmd.id,
+                    AckStatus::Succeeded,
+                    None,
+                    Some("decommissioned"),
+                    None,
+                );
+                self.push_event(AgentEvent::CommandFinished(AckStatus::Succeeded));
+                if platform.storage.wipe().is_err() {
+                    self.stats.storage_failures += 1;
+                    self.push_event(AgentEvent::StorageFailed);
+                }
+                self.timers = [None; TIMERS];
+                self.running = None;
+                self.dedupe.clear();
+                self.reported.clear();
+            }
+        }
+    }
+
+    fn reject(&mut self, now_ms: u64, id: &str, reason: AckReason, platform: &mut Platform<'_>) {
+        self.finish(
+            now_ms,
+            id,
+            AckStatus::Rejected,
+            Some(reason),
+            None,
+            platform,
+        );
+    }
+
+    fn finish_with(&mut self, now_ms: u64, id: &str, result: &[u8], platform: &mut Platform<'_>) {
+        let result = (!result.is_empty()).then_some(result);
+        self.ack(now_ms, id, AckStatus::Succeeded, None, None, result);
+        self.remember(id, AckStatus::Succeeded, None, platform);
+    }
+
+    /// Sends the final acknowledgement and remembers it for deduplication.
+    fn finish(
+        &mut self,
+        now_ms: u64,
+        id: &str,
+        status: AckStatus,
+        reason: Option<AckReason>,
+        detail: Option<&str>,
+        platform: &mut Platform<'_>,
+    ) {
+        self.ack(now_ms, id, status, reason, detail, None);
+        self.remember(id, status, reason, platform);
+    }
+
+    fn remember(
+        &mut self,
+        id: &str,
+        status: AckStatus,
+        reason: Option<AckReason>,
+        platform: &mut Platform<'_>,
+    ) {
+        let mut s = heapless::String::new();
+        let _ = s.push_str(id);
+        if self.dedupe.is_full() {
+            self.dedupe.pop_front();
+        }
+        let _ = self.dedupe.push_back(Remembered {
+            id: s,
+            status,
+            reason,
+        });
+        self.push_event(AgentEvent::CommandFinished(status));
+        self.persist(platform);
+    }
+
+    fn ack(
+        &mut self,
+        now_ms: u64,
+        id: &str,
+        status: AckStatus,
+        reason: Option<AckReason>,
+        detail: Option<&str>,
+        result: Option<&[u8]>,
+    ) {
+        self.push(&Ack {
+            command_id: id,
+            status,
+            reason,
+            detail,
+            result,
+            time_ms: now_ms,
+        });
+    }
+
+    // ---- configuration ----
+
+    fn apply_config(&mut self, now_ms: u64, update: DeviceConfig, platform: &mut Platform<'_>) {
+        let current = self.config.version;
+        if update.version <= current {
+            self.push(&ConfigAck {
+                version: update.version,
+                outcome: ConfigOutcome::Ignored,
+                current_version: current,
+                field: None,
+                reason: Some("version not newer than the current one"),
+                time_ms: now_ms,
+            });
+            return;
+        }
+        if let Err(e) = update.validate() {
+            self.push(&ConfigAck {
+                version: update.version,
+                outcome: ConfigOutcome::Rejected,
+                current_version: current,
+                field: Some(e.field),
+                reason: Some(e.reason),
+                time_ms: now_ms,
+            });
+            return;
+        }
+        let old = self.config;
+        self.config = update;
+        // Intervals that changed take effect from now.
+        if old.heartbeat_ms != update.heartbeat_ms {
+            self.schedule(Timer::Heartbeat, now_ms + update.heartbeat_ms);
+        }
+        if old.telemetry_ms != update.telemetry_ms {
+            self.schedule(Timer::Telemetry, now_ms + update.telemetry_ms);
+        }
+        if old.health_ms != update.health_ms {
+            self.schedule(Timer::Health, now_ms + update.health_ms);
+        }
+        if old.shadow_sync_ms != update.shadow_sync_ms {
+            self.schedule(Timer::ShadowSync, now_ms + update.shadow_sync_ms);
+        }
+        self.push(&ConfigAck {
+            version: update.version,
+            outcome: ConfigOutcome::Applied,
+            current_version: update.version,
+            field: None,
+            reason: None,
+            time_ms: now_ms,
+        });
+        self.push_event(AgentEvent::ConfigApplied(update.version));
+        self.persist(platform);
+    }
+
+    // ---- plumbing ----
+
+    fn push<T: Encodable>(&mut self, msg: &T) {
+        let i = kind_index(T::KIND);
+        match self.outbox.push(msg) {
+            Pushed::Queued => self.stats.queued[i] += 1,
+            Pushed::QueuedDropping(k) => {
+                self.stats.queued[i] += 1;
+                self.stats.dropped[kind_index(k)] += 1;
+            }
+            Pushed::DroppedNew => self.stats.dropped[i] += 1,
+            Pushed::Refused => self.stats.undeliverable += 1,
+        }
+    }
+
+    fn push_event(&mut self, e: AgentEvent) {
+        if self.events.is_full() {
+            self.events.pop_front();
+        }
+        let _ = self.events.push_back(e);
+    }
+
+    fn persist(&mut self, platform: &mut Platform<'_>) {
+        if self.state == LifecycleState::Decommissioned {
+            return;
+        }
+        let mut buf = [0u8; 1024];
+        let Ok(n) = self.encode_state(&mut buf) else {
+            self.stats.storage_failures += 1;
+            return;
+        };
+        if platform
+            .storage
+            .store(StorageSlot::AgentState, &buf[..n])
+            .is_err()
+        {
+            self.stats.storage_failures += 1;
+            self.push_event(AgentEvent::StorageFailed);
+        }
+    }
+
+    /// The persisted record: `{0: state, 1: device id, 2: config, 3: boots,
+    /// 4: lifecycle seq, 5: [* [command id, status, reason]]}`.
+    fn encode_state(&self, out: &mut [u8]) -> Result<usize, EncodeError> {
+        cbor::encode_measured(out, |sink| {
+            let mut e = Encoder::new(cbor::FnWriter(sink));
+            let r: Result<(), minicbor::encode::Error<EncodeError>> = (|| {
+                e.map(6)?;
+                e.u8(0)?.u8(self.state.code())?;
+                e.u8(1)?.str(&self.device_id)?;
+                e.u8(2)?;
+                self.config.encode_cbor(&mut e)?;
+                e.u8(3)?.u64(self.boot_count)?;
+                e.u8(4)?.u64(self.lifecycle_seq)?;
+                e.u8(5)?.array(self.dedupe.len() as u64)?;
+                for r in self.dedupe.iter() {
+                    e.array(3)?.str(&r.id)?.u8(r.status as u8)?;
+                    match r.reason {
+                        Some(x) => e.u64(x.code())?,
+                        None => e.null()?,
+                    };
+                }
+                Ok(())
+            })();
+            r.map_err(cbor::enc_err)
+        })
+    }
+
+    fn restore(&mut self, bytes: &[u8]) -> Result<(), DecodeError> {
+        let mut d = Decoder::new(bytes);
+        let mut state = None;
+        let mut config = self.config;
+        let mut dedupe: heapless::Deque<Remembered, DEDUPE_WINDOW> = heapless::Deque::new();
+        let (mut boots, mut seq) = (0, 0);
+        each_field(&mut d, |k, d| {
+            let at = d.position();
+            match k {
+                0 => {
+                    state = Some(LifecycleState::from_code(cbor::read_u64(d)?).ok_or(
+                        DecodeError::Malformed {
+                            what: "a state code",
+                            at,
+                        },
+                    )?)
+                }
+                1 => {
+                    if d.str()? != self.device_id.as_str() {
+                        return Err(DecodeError::Malformed {
+                            what: "this device's id",
+                            at,
+                        });
+                    }
+                }
+                2 => config = self.config.decode_update(d)?,
+                3 => boots = cbor::read_u64(d)?,
+                4 => seq = cbor::read_u64(d)?,
+                5 => {
+                    let n = d.array()?.unwrap_or(0);
+                    for _ in 0..n {
+                        d.array()?;
+                        let mut id = heapless::String::new();
+                        id.push_str(d.str()?).map_err(|_| DecodeError::Malformed {
+                            what: "a command id",
+                            at,
+                        })?;
+                        let status = AckStatus::from_code(cbor::read_u64(d)?).ok_or(
+                            DecodeError::Malformed {
+                                what: "an ack status",
+                                at,
+                            },
+                        )?;
+                        let reason = if d.datatype()? == minicbor::data::Type::Null {
+                            d.null()?;
+                            None
+                        } else {
+                            Some(AckReason::from_code(cbor::read_u64(d)?))
+                        };
+                        if dedupe.is_full() {
+                            dedupe.pop_front();
+                        }
+                        let _ = dedupe.push_back(Remembered { id, status, reason });
+                    }
+                }
+                _ => cbor::skip_item(d, 0)?,
+            }
+            Ok(())
+        })?;
+        config.validate().map_err(|_| DecodeError::Malformed {
+            what: "a valid configuration",
+            at: 0,
+        })?;
+        self.state = state.ok_or(DecodeError::MissingField("state"))?;
+        self.config = config;
+        self.boot_count = boots;
+        self.lifecycle_seq = seq;
+        self.dedupe = dedupe;
+        Ok(())
+    }
+}
+
+/// A shadow update sent by the agent.
+struct ShadowMessage<'a>(&'a ShadowUpdate<SHADOW_LEAVES, SHADOW_POOL>);
+
+impl Encodable for ShadowMessage<'_> {
+    const KIND: MessageKind = MessageKind::ShadowUpdate;
+    fn encode_cbor<W: minicbor::encode::Write>(
+        &self,
+        e: &mut Encoder<W>,
+    ) -> Result<(), minicbor::encode::Error<W::Error>> {
+        self.0.encode_cbor(e)
+    }
+}
