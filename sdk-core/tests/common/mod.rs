@@ -1,6 +1,8 @@
 //! Helpers shared by the integration tests.
 #![allow(dead_code)]
 
+pub mod sim;
+
 use lanyard_core::shadow::{PathBuf, StateTree, Value};
 
 pub type Tree = StateTree<64, 4096>;

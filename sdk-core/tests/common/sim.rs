@@ -1,0 +1,209 @@
+//! A simulated platform and scripted cloud for the agent tests: simulated
+//! time, storage in memory, a battery that drains on a schedule.
+#![allow(dead_code)]
+
+use std::collections::HashMap;
+
+use lanyard_core::agent::config::DeviceConfig;
+use lanyard_core::agent::health::{HealthMetrics, SlowTelemetryOnLowBattery};
+use lanyard_core::agent::messages::*;
+use lanyard_core::agent::platform::*;
+use lanyard_core::agent::{Agent, Identity};
+
+pub type SimAgent = Agent<SlowTelemetryOnLowBattery, 16, 512>;
+
+pub const MAC: [u8; 6] = [0x0a, 0x1b, 0x2c, 0x3d, 0x4e, 0x5f];
+pub const DEVICE_ID: &str = "ly-0a1b2c3d4e5f";
+
+#[derive(Default)]
+pub struct SimStorage {
+    pub slots: HashMap<&'static str, Vec<u8>>,
+    pub fail: bool,
+}
+
+fn slot_name(s: StorageSlot) -> &'static str {
+    match s {
+        StorageSlot::AgentState => "state",
+        StorageSlot::Credentials => "credentials",
+    }
+}
+
+impl Storage for SimStorage {
+    fn load(&mut self, slot: StorageSlot, buf: &mut [u8]) -> Result<usize, StorageError> {
+        match self.slots.get(slot_name(slot)) {
+            None => Ok(0),
+            Some(v) if v.len() > buf.len() => Err(StorageError::TooLarge),
+            Some(v) => {
+                buf[..v.len()].copy_from_slice(v);
+                Ok(v.len())
+            }
+        }
+    }
+    fn store(&mut self, slot: StorageSlot, data: &[u8]) -> Result<(), StorageError> {
+        if self.fail {
+            return Err(StorageError::Io);
+        }
+        self.slots.insert(slot_name(slot), data.to_vec());
+        Ok(())
+    }
+    fn wipe(&mut self) -> Result<(), StorageError> {
+        self.slots.clear();
+        Ok(())
+    }
+}
+
+/// Battery drains 1 % every `drain_every_ms` from 100 %.
+pub struct SimProbe {
+    pub drain_every_ms: u64,
+    pub sensor_fails: bool,
+}
+
+impl SimProbe {
+    pub fn battery(&self, now_ms: u64) -> u8 {
+        100u64.saturating_sub(now_ms / self.drain_every_ms) as u8
+    }
+}
+
+impl HealthProbe for SimProbe {
+    fn metrics(&mut self, now_ms: u64) -> HealthMetrics {
+        HealthMetrics {
+            battery_pct: self.battery(now_ms),
+            link_quality_pct: 80,
+            sensor_failures: 0,
+            data_age_ms: 1_000,
+            free_buffer_pct: 90,
+            uptime_ms: now_ms,
+        }
+    }
+    fn read_sensors(&mut self, now_ms: u64) -> Option<SensorReading> {
+        (!self.sensor_fails).then(|| SensorReading {
+            temperature_c: 21.0 + (now_ms % 7_000) as f32 / 1_000.0,
+            humidity_pct: 45.0,
+        })
+    }
+}
+
+#[derive(Default)]
+pub struct SimLed {
+    pub blinks: Vec<(u32, u32)>,
+}
+
+impl Actuators for SimLed {
+    fn blink(&mut self, count: u32, period_ms: u32) {
+        self.blinks.push((count, period_ms));
+    }
+}
+
+/// Knows one application command, `reboot_modem`, and counts runs.
+#[derive(Default)]
+pub struct SimCommands {
+    pub runs: u32,
+}
+
+impl CommandHandler for SimCommands {
+    fn execute(
+        &mut self,
+        name: &str,
+        _args: &[u8],
+        result: &mut [u8],
+    ) -> Option<Result<usize, CommandFailure>> {
+        (name == "reboot_modem").then(|| {
+            self.runs += 1;
+            result[0] = 0xf5; // true
+            Ok(1)
+        })
+    }
+}
+
+pub struct Sim {
+    pub storage: SimStorage,
+    pub probe: SimProbe,
+    pub led: SimLed,
+    pub commands: SimCommands,
+}
+
+impl Sim {
+    pub fn new(drain_every_ms: u64) -> Self {
+        Sim {
+            storage: SimStorage::default(),
+            probe: SimProbe {
+                drain_every_ms,
+                sensor_fails: false,
+            },
+            led: SimLed::default(),
+            commands: SimCommands::default(),
+        }
+    }
+
+    pub fn platform(&mut self) -> Platform<'_> {
+        Platform {
+            storage: &mut self.storage,
+            probe: &mut self.probe,
+            actuators: &mut self.led,
+            commands: &mut self.commands,
+        }
+    }
+}
+
+pub fn new_agent() -> SimAgent {
+    Agent::new(
+        Identity {
+            mac: MAC,
+            device_id: None,
+            firmware: "1.0.0",
+        },
+        DeviceConfig::default(),
+        SlowTelemetryOnLowBattery::default(),
+    )
+}
+
+/// One message the device sent.
+#[derive(Debug, Clone)]
+pub struct Sent {
+    pub at: u64,
+    pub kind: MessageKind,
+    pub bytes: Vec<u8>,
+}
+
+pub fn drain(agent: &mut SimAgent, now: u64, out: &mut Vec<Sent>) {
+    let mut buf = [0u8; 1024];
+    while let Some(t) = agent.poll_transmit(&mut buf).unwrap() {
+        out.push(Sent {
+            at: now,
+            kind: t.kind,
+            bytes: buf[..t.len].to_vec(),
+        });
+    }
+    while agent.poll_event().is_some() {}
+}
+
+pub fn encode<T: Encodable>(m: &T) -> Vec<u8> {
+    let mut buf = vec![0u8; 2048];
+    let n = m.encode(&mut buf).unwrap();
+    buf.truncate(n);
+    buf
+}
+
+pub fn config_bytes(c: &DeviceConfig) -> Vec<u8> {
+    let mut e = minicbor::Encoder::new(Vec::new());
+    c.encode_cbor(&mut e).unwrap();
+    e.into_writer()
+}
+
+pub fn command(id: &str, name: &str, args: &[u8], at: u64) -> Vec<u8> {
+    encode(&Command {
+        id,
+        name,
+        args,
+        issued_ms: at,
+        expires_ms: at + 30_000,
+    })
+}
+
+/// `{"count": c, "period_ms": p}`
+pub fn blink_args(count: u64, period: u64) -> Vec<u8> {
+    let mut e = minicbor::Encoder::new(Vec::new());
+    e.map(2).unwrap().str("count").unwrap().u64(count).unwrap();
+    e.str("period_ms").unwrap().u64(period).unwrap();
+    e.into_writer()
+}
