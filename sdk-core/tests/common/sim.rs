@@ -52,6 +52,12 @@ impl Storage for SimStorage {
     }
 }
 
+impl SimStorage {
+    pub fn load_len(&self, slot: StorageSlot) -> usize {
+        self.slots.get(slot_name(slot)).map_or(0, Vec::len)
+    }
+}
+
 /// Battery drains 1 % every `drain_every_ms` from 100 %.
 pub struct SimProbe {
     pub drain_every_ms: u64,

@@ -1,0 +1,550 @@
+//! The device agent, grouped by lifecycle state: registration, the
+//! registered states, decommissioning, reboots, the outbox, bad input.
+
+mod common;
+
+use common::sim::*;
+use lanyard_core::agent::config::DeviceConfig;
+use lanyard_core::agent::lifecycle::{LifecycleState as S, TRANSITIONS, Trigger, next_state};
+use lanyard_core::agent::messages::*;
+use lanyard_core::agent::platform::StorageSlot;
+use lanyard_core::agent::{AgentEvent, InboundError};
+
+/// Boots and registers a device at t = 0 / 100; returns what it sent.
+fn registered(sim: &mut Sim) -> (SimAgent, Vec<Sent>) {
+    let mut agent = new_agent();
+    let mut sent = Vec::new();
+    agent.boot(0, &mut sim.platform()).unwrap();
+    accept(&mut agent, sim, 100);
+    drain(&mut agent, 100, &mut sent);
+    (agent, sent)
+}
+
+fn accept(agent: &mut SimAgent, sim: &mut Sim, at: u64) {
+    let bytes = encode(&RegisterAccepted {
+        device_id: DEVICE_ID,
+        config: None,
+        time_ms: at,
+    });
+    agent
+        .handle_inbound(
+            at,
+            MessageKind::RegisterAccepted,
+            &bytes,
+            &mut sim.platform(),
+        )
+        .unwrap();
+}
+
+fn send_cmd(
+    agent: &mut SimAgent,
+    sim: &mut Sim,
+    at: u64,
+    id: &str,
+    name: &str,
+    args: &[u8],
+) -> Vec<(AckStatus, Option<AckReason>)> {
+    let bytes = command(id, name, args, at);
+    agent
+        .handle_inbound(at, MessageKind::Command, &bytes, &mut sim.platform())
+        .unwrap();
+    let mut sent = Vec::new();
+    drain(agent, at, &mut sent);
+    sent.iter()
+        .filter(|s| s.kind == MessageKind::Ack)
+        .map(|s| {
+            let a = Ack::decode(&s.bytes).unwrap();
+            (a.status, a.reason)
+        })
+        .collect()
+}
+
+mod lifecycle_table {
+    use super::*;
+
+    #[test]
+    fn every_pair_not_in_the_table_is_refused() {
+        for state in S::ALL {
+            for trigger in Trigger::ALL {
+                let listed = TRANSITIONS
+                    .iter()
+                    .find(|(f, t, _)| *f == state && *t == trigger);
+                match (next_state(state, trigger), listed) {
+                    (Ok(to), Some((_, _, want))) => assert_eq!(to, *want),
+                    (Err(e), None) => assert_eq!((e.state, e.trigger), (state, trigger)),
+                    (got, want) => panic!("{state:?} {trigger:?}: {got:?} vs {want:?}"),
+                }
+            }
+        }
+        assert!(
+            Trigger::ALL
+                .iter()
+                .all(|t| next_state(S::Decommissioned, *t).is_err())
+        );
+    }
+
+    #[test]
+    fn the_lifecycle_diagram_matches_the_table() {
+        let doc =
+            std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../docs/lifecycle.md"))
+                .unwrap();
+        let block = doc
+            .split("```mermaid")
+            .nth(1)
+            .unwrap()
+            .split("```")
+            .next()
+            .unwrap();
+        let mut edges: Vec<(String, String, String)> = block
+            .lines()
+            .filter_map(|l| {
+                let (lhs, label) = l.trim().split_once(" : ")?;
+                let (from, to) = lhs.split_once(" --> ")?;
+                Some((from.into(), to.into(), label.into()))
+            })
+            .collect();
+        let mut table: Vec<(String, String, String)> = TRANSITIONS
+            .iter()
+            .map(|(f, t, to)| (f.name().into(), to.name().into(), t.name().into()))
+            .collect();
+        edges.sort();
+        table.sort();
+        assert_eq!(edges, table);
+    }
+}
+
+mod registration {
+    use super::*;
+
+    #[test]
+    fn the_id_comes_from_the_mac_unless_configured() {
+        assert_eq!(new_agent().device_id(), DEVICE_ID);
+        let configured: SimAgent = lanyard_core::agent::Agent::new(
+            lanyard_core::agent::Identity {
+                mac: MAC,
+                device_id: Some("boiler-7"),
+                firmware: "1",
+            },
+            DeviceConfig::default(),
+            Default::default(),
+        );
+        assert_eq!(configured.device_id(), "boiler-7");
+    }
+
+    #[test]
+    fn without_an_answer_registration_retries_with_exponential_backoff() {
+        let mut sim = Sim::new(1_000_000);
+        let mut agent = new_agent();
+        let mut sent = Vec::new();
+        agent.boot(0, &mut sim.platform()).unwrap();
+        drain(&mut agent, 0, &mut sent);
+        while let Some(t) = agent.poll_timeout() {
+            if t > 400_000 {
+                break;
+            }
+            agent.handle_timeout(t, &mut sim.platform());
+            drain(&mut agent, t, &mut sent);
+        }
+        let at: Vec<u64> = sent
+            .iter()
+            .filter(|s| s.kind == MessageKind::Register)
+            .map(|s| s.at)
+            .collect();
+        let gaps: Vec<u64> = at.windows(2).map(|w| w[1] - w[0]).collect();
+        // Window b doubles from 2 s to a 60 s cap; each wait is in [b/2, b].
+        let windows = [
+            2_000u64, 4_000, 8_000, 16_000, 32_000, 60_000, 60_000, 60_000,
+        ];
+        for (gap, b) in gaps.iter().zip(windows) {
+            assert!(
+                (b / 2..=b).contains(gap),
+                "gap {gap} outside [{}, {b}]",
+                b / 2
+            );
+        }
+        assert!(gaps.len() >= 8);
+        assert_eq!(agent.state(), S::Provisioning);
+        // Accepted after all: active, retries stop.
+        accept(&mut agent, &mut sim, 400_001);
+        assert_eq!(agent.state(), S::Active);
+        assert!(agent.poll_timeout().unwrap() >= 400_001);
+    }
+
+    #[test]
+    fn an_acceptance_for_another_device_or_out_of_turn_changes_nothing() {
+        let mut sim = Sim::new(1_000_000);
+        let mut agent = new_agent();
+        agent.boot(0, &mut sim.platform()).unwrap();
+        let other = encode(&RegisterAccepted {
+            device_id: "ly-ffffffffffff",
+            config: None,
+            time_ms: 1,
+        });
+        assert_eq!(
+            agent.handle_inbound(
+                1,
+                MessageKind::RegisterAccepted,
+                &other,
+                &mut sim.platform()
+            ),
+            Err(InboundError::WrongDevice)
+        );
+        assert_eq!(agent.state(), S::Provisioning);
+        accept(&mut agent, &mut sim, 2);
+        let again = encode(&RegisterAccepted {
+            device_id: DEVICE_ID,
+            config: None,
+            time_ms: 3,
+        });
+        assert_eq!(
+            agent.handle_inbound(
+                3,
+                MessageKind::RegisterAccepted,
+                &again,
+                &mut sim.platform()
+            ),
+            Err(InboundError::NotNow(S::Active))
+        );
+    }
+
+    #[test]
+    fn the_initial_configuration_is_applied_on_acceptance() {
+        let mut sim = Sim::new(1_000_000);
+        let mut agent = new_agent();
+        agent.boot(0, &mut sim.platform()).unwrap();
+        let cfg = config_bytes(&DeviceConfig {
+            version: 9,
+            heartbeat_ms: 20_000,
+            ..DeviceConfig::default()
+        });
+        let bytes = encode(&RegisterAccepted {
+            device_id: DEVICE_ID,
+            config: Some(&cfg),
+            time_ms: 5,
+        });
+        agent
+            .handle_inbound(
+                5,
+                MessageKind::RegisterAccepted,
+                &bytes,
+                &mut sim.platform(),
+            )
+            .unwrap();
+        assert_eq!(
+            (agent.config().version, agent.config().heartbeat_ms),
+            (9, 20_000)
+        );
+    }
+}
+
+mod commands {
+    use super::*;
+
+    #[test]
+    fn commands_not_allowed_in_the_state_unknown_expired_or_malformed_are_rejected() {
+        let mut sim = Sim::new(1_000_000);
+        let (mut agent, _) = registered(&mut sim);
+        assert_eq!(
+            send_cmd(&mut agent, &mut sim, 1_000, "a", "exit_maintenance", &[]),
+            vec![(AckStatus::Rejected, Some(AckReason::NotAllowed))]
+        );
+        assert_eq!(agent.state(), S::Active);
+        assert_eq!(
+            send_cmd(&mut agent, &mut sim, 1_000, "b", "self_destruct", &[]),
+            vec![(AckStatus::Rejected, Some(AckReason::UnknownCommand))]
+        );
+        assert_eq!(
+            send_cmd(
+                &mut agent,
+                &mut sim,
+                1_000,
+                "c",
+                "blink_led",
+                &blink_args(0, 500)
+            ),
+            vec![(AckStatus::Rejected, Some(AckReason::BadArguments))]
+        );
+        let late = command("d", "diagnostics", &[], 0);
+        agent
+            .handle_inbound(40_000, MessageKind::Command, &late, &mut sim.platform())
+            .unwrap();
+        let mut sent = Vec::new();
+        drain(&mut agent, 40_000, &mut sent);
+        let a = Ack::decode(
+            &sent
+                .iter()
+                .find(|s| s.kind == MessageKind::Ack)
+                .unwrap()
+                .bytes,
+        )
+        .unwrap();
+        assert_eq!(
+            (a.status, a.reason),
+            (AckStatus::Rejected, Some(AckReason::Expired))
+        );
+        assert_eq!(agent.stats().commands_executed, 0);
+    }
+
+    #[test]
+    fn application_commands_run_through_the_handler_once() {
+        let mut sim = Sim::new(1_000_000);
+        let (mut agent, _) = registered(&mut sim);
+        assert_eq!(
+            send_cmd(&mut agent, &mut sim, 1_000, "m1", "reboot_modem", &[]),
+            vec![(AckStatus::Accepted, None), (AckStatus::Succeeded, None)]
+        );
+        assert_eq!(
+            send_cmd(&mut agent, &mut sim, 2_000, "m1", "reboot_modem", &[]),
+            vec![(AckStatus::Succeeded, None)]
+        );
+        assert_eq!(sim.commands.runs, 1);
+    }
+
+    #[test]
+    fn a_second_blink_while_one_runs_is_busy() {
+        let mut sim = Sim::new(1_000_000);
+        let (mut agent, _) = registered(&mut sim);
+        let first = send_cmd(
+            &mut agent,
+            &mut sim,
+            1_000,
+            "b1",
+            "blink_led",
+            &blink_args(10, 1_000),
+        );
+        assert_eq!(
+            first,
+            vec![(AckStatus::Accepted, None), (AckStatus::InProgress, None)]
+        );
+        assert_eq!(
+            send_cmd(
+                &mut agent,
+                &mut sim,
+                2_000,
+                "b2",
+                "blink_led",
+                &blink_args(1, 100)
+            ),
+            vec![(AckStatus::Rejected, Some(AckReason::Busy))]
+        );
+        // The same id again while running: still in progress, not re-run.
+        assert_eq!(
+            send_cmd(
+                &mut agent,
+                &mut sim,
+                3_000,
+                "b1",
+                "blink_led",
+                &blink_args(10, 1_000)
+            ),
+            vec![(AckStatus::InProgress, None)]
+        );
+        assert_eq!(sim.led.blinks.len(), 1);
+    }
+
+    #[test]
+    fn the_dedupe_window_is_bounded() {
+        let mut sim = Sim::new(1_000_000);
+        let (mut agent, _) = registered(&mut sim);
+        for i in 0..=lanyard_core::agent::DEDUPE_WINDOW {
+            send_cmd(
+                &mut agent,
+                &mut sim,
+                1_000 + i as u64,
+                &format!("r{i}"),
+                "reboot_modem",
+                &[],
+            );
+        }
+        // r0 fell out of the window; the newest is still remembered.
+        let last = format!("r{}", lanyard_core::agent::DEDUPE_WINDOW);
+        assert_eq!(
+            send_cmd(&mut agent, &mut sim, 5_000, &last, "reboot_modem", &[]).len(),
+            1
+        );
+        assert_eq!(
+            send_cmd(&mut agent, &mut sim, 5_000, "r0", "reboot_modem", &[]).len(),
+            2
+        );
+    }
+}
+
+mod decommissioning {
+    use super::*;
+
+    #[test]
+    fn decommission_audits_wipes_and_then_refuses_everything() {
+        let mut sim = Sim::new(1_000_000);
+        let (mut agent, _) = registered(&mut sim);
+        sim.storage
+            .slots
+            .insert("credentials", b"private key".to_vec());
+        let bytes = command("z", "decommission", &[], 5_000);
+        agent
+            .handle_inbound(5_000, MessageKind::Command, &bytes, &mut sim.platform())
+            .unwrap();
+        let mut sent = Vec::new();
+        drain(&mut agent, 5_000, &mut sent);
+        let kinds: Vec<MessageKind> = sent.iter().map(|s| s.kind).collect();
+        assert_eq!(
+            kinds,
+            vec![MessageKind::Ack, MessageKind::Lifecycle, MessageKind::Ack]
+        );
+        let audit = LifecycleEvent::decode(&sent[1].bytes).unwrap();
+        assert_eq!(
+            (audit.from, audit.to, audit.cause),
+            (S::Active, S::Decommissioned, Trigger::Decommission)
+        );
+        assert!(sim.storage.slots.is_empty(), "state and credentials wiped");
+        assert_eq!(agent.state(), S::Decommissioned);
+        assert_eq!(agent.poll_timeout(), None);
+        for kind in [
+            MessageKind::Command,
+            MessageKind::Config,
+            MessageKind::ShadowDelta,
+            MessageKind::RegisterAccepted,
+        ] {
+            assert_eq!(
+                agent.handle_inbound(6_000, kind, &bytes, &mut sim.platform()),
+                Err(InboundError::Decommissioned)
+            );
+        }
+        agent.handle_timeout(100_000, &mut sim.platform());
+        assert_eq!(agent.queued(), 0);
+    }
+}
+
+mod reboots {
+    use super::*;
+
+    #[test]
+    fn a_reboot_resumes_in_the_same_state_and_still_deduplicates() {
+        let mut sim = Sim::new(1_000_000);
+        let (mut agent, _) = registered(&mut sim);
+        send_cmd(&mut agent, &mut sim, 1_000, "x1", "reboot_modem", &[]);
+        send_cmd(&mut agent, &mut sim, 1_100, "m1", "enter_maintenance", &[]);
+        drop(agent);
+        let mut rebooted = new_agent();
+        rebooted.boot(50_000, &mut sim.platform()).unwrap();
+        let mut sent = Vec::new();
+        drain(&mut rebooted, 50_000, &mut sent);
+        assert_eq!(rebooted.state(), S::Maintenance);
+        assert_eq!(rebooted.boot_count(), 2);
+        assert!(sent.iter().all(|s| s.kind != MessageKind::Register));
+        assert_eq!(
+            send_cmd(&mut rebooted, &mut sim, 51_000, "x1", "reboot_modem", &[]).len(),
+            1
+        );
+        assert_eq!(sim.commands.runs, 1);
+    }
+
+    #[test]
+    fn a_corrupt_record_makes_the_device_register_again() {
+        let mut sim = Sim::new(1_000_000);
+        sim.storage.slots.insert("state", vec![0xff, 0x00, 0x13]);
+        let mut agent = new_agent();
+        agent.boot(0, &mut sim.platform()).unwrap();
+        assert_eq!(agent.state(), S::Provisioning);
+    }
+
+    #[test]
+    fn storage_failures_are_counted_and_reported() {
+        let mut sim = Sim::new(1_000_000);
+        sim.storage.fail = true;
+        let mut agent = new_agent();
+        agent.boot(0, &mut sim.platform()).unwrap();
+        assert!(agent.stats().storage_failures > 0);
+        let mut saw = false;
+        while let Some(e) = agent.poll_event() {
+            saw |= e == AgentEvent::StorageFailed;
+        }
+        assert!(saw);
+        assert!(sim.storage.load_len(StorageSlot::AgentState) == 0);
+    }
+}
+
+mod health {
+    use super::*;
+
+    #[test]
+    fn a_battery_hovering_at_the_threshold_does_not_flap() {
+        let mut sim = Sim::new(1_000_000);
+        let (mut agent, _) = registered(&mut sim);
+        let mut seen = Vec::new();
+        for (i, pct) in [9u8, 10, 11, 9, 12, 14, 10, 15, 16].into_iter().enumerate() {
+            let t = 5_100 + i as u64 * 5_000;
+            // battery(t) = 100 - t / drain: pick drain so it reads `pct` at t.
+            sim.probe.drain_every_ms = t / u64::from(100 - pct);
+            assert_eq!(sim.probe.battery(t), pct);
+            agent.handle_timeout(t, &mut sim.platform());
+            seen.push(agent.state());
+        }
+        use S::{Active as A, Degraded as D};
+        assert_eq!(seen, vec![D, D, D, D, D, D, D, A, A]);
+    }
+}
+
+mod outbox {
+    use super::*;
+
+    #[test]
+    fn offline_the_oldest_telemetry_goes_first_and_acks_and_lifecycle_never() {
+        let mut sim = Sim::new(1_000_000);
+        let (mut agent, _) = registered(&mut sim);
+        // Offline for ten minutes: nothing is polled out.
+        let mut t = 100;
+        while let Some(next) = agent.poll_timeout() {
+            if next > 600_000 {
+                break;
+            }
+            t = next;
+            agent.handle_timeout(t, &mut sim.platform());
+        }
+        let bytes = command("k1", "enter_maintenance", &[], t);
+        agent
+            .handle_inbound(t, MessageKind::Command, &bytes, &mut sim.platform())
+            .unwrap();
+        assert_eq!(agent.queued(), 16);
+        let stats = *agent.stats();
+        let idx = |k| MessageKind::ALL.iter().position(|x| *x == k).unwrap();
+        assert!(stats.dropped[idx(MessageKind::Telemetry)] > 0);
+        assert_eq!(stats.dropped[idx(MessageKind::Ack)], 0);
+        assert_eq!(stats.dropped[idx(MessageKind::Lifecycle)], 0);
+        let mut sent = Vec::new();
+        drain(&mut agent, t, &mut sent);
+        let kinds: Vec<MessageKind> = sent.iter().map(|s| s.kind).collect();
+        assert!(kinds.contains(&MessageKind::Lifecycle));
+        assert_eq!(kinds.iter().filter(|k| **k == MessageKind::Ack).count(), 2);
+        // Telemetry went first: none is left while heartbeats remain.
+        assert!(!kinds.contains(&MessageKind::Telemetry));
+    }
+}
+
+mod bad_input {
+    use super::*;
+
+    #[test]
+    fn device_bound_kinds_only_and_garbage_changes_nothing() {
+        let mut sim = Sim::new(1_000_000);
+        let (mut agent, _) = registered(&mut sim);
+        assert_eq!(
+            agent.handle_inbound(1, MessageKind::Heartbeat, &[0xa0], &mut sim.platform()),
+            Err(InboundError::WrongDirection(MessageKind::Heartbeat))
+        );
+        for kind in [
+            MessageKind::Command,
+            MessageKind::Config,
+            MessageKind::ShadowDelta,
+        ] {
+            for garbage in [&[][..], &[0xff], &[0xa1, 0x00], &[0x9f, 0x01]] {
+                assert!(matches!(
+                    agent.handle_inbound(2, kind, garbage, &mut sim.platform()),
+                    Err(InboundError::Decode(_))
+                ));
+            }
+        }
+        assert_eq!(agent.state(), S::Active);
+        assert_eq!(agent.stats().inbound_refused, 13);
+        assert_eq!(agent.queued(), 0);
+    }
+}
