@@ -1,0 +1,126 @@
+//! Every inbound decoder of the device agent, and the agent itself fed
+//! arbitrary messages: nothing panics, refused input changes nothing that is
+//! persisted, and the lifecycle only moves along the table.
+#![no_main]
+
+use lanyard_core::agent::config::DeviceConfig;
+use lanyard_core::agent::health::{HealthMetrics, SlowTelemetryOnLowBattery};
+use lanyard_core::agent::lifecycle::TRANSITIONS;
+use lanyard_core::agent::messages::*;
+use lanyard_core::agent::platform::*;
+use lanyard_core::agent::{Agent, AgentEvent, Identity};
+use libfuzzer_sys::fuzz_target;
+
+#[derive(Default)]
+struct Mem(Vec<u8>);
+impl Storage for Mem {
+    fn load(&mut self, _: StorageSlot, buf: &mut [u8]) -> Result<usize, StorageError> {
+        let n = self.0.len().min(buf.len());
+        buf[..n].copy_from_slice(&self.0[..n]);
+        Ok(n)
+    }
+    fn store(&mut self, slot: StorageSlot, data: &[u8]) -> Result<(), StorageError> {
+        if slot == StorageSlot::AgentState {
+            self.0 = data.to_vec();
+        }
+        Ok(())
+    }
+    fn wipe(&mut self) -> Result<(), StorageError> {
+        self.0.clear();
+        Ok(())
+    }
+}
+struct Probe;
+impl HealthProbe for Probe {
+    fn metrics(&mut self, now_ms: u64) -> HealthMetrics {
+        HealthMetrics {
+            battery_pct: (100 - (now_ms / 1000) % 100) as u8,
+            link_quality_pct: 50,
+            free_buffer_pct: 50,
+            ..HealthMetrics::default()
+        }
+    }
+    fn read_sensors(&mut self, _: u64) -> Option<SensorReading> {
+        Some(SensorReading {
+            temperature_c: 20.0,
+            humidity_pct: 40.0,
+        })
+    }
+}
+struct Led;
+impl Actuators for Led {
+    fn blink(&mut self, _: u32, _: u32) {}
+}
+
+fuzz_target!(|data: &[u8]| {
+    let Some((&selector, rest)) = data.split_first() else {
+        return;
+    };
+    // The decoders on their own.
+    let _ = RegisterAccepted::decode(rest);
+    let _ = Command::decode(rest).map(|c| c.arg_u64("count"));
+    let _ = DeviceConfig::default().decode_update(&mut minicbor::Decoder::new(rest));
+    let _ = lanyard_core::wire::ShadowDelta::<16, 512>::decode(rest);
+    let _ = Ack::decode(rest);
+    let _ = ConfigAck::decode(rest);
+
+    // The agent, registered, fed the message.
+    let (mut storage, mut probe, mut led, mut cmds) = (Mem::default(), Probe, Led, NoCommands);
+    let mut p = Platform {
+        storage: &mut storage,
+        probe: &mut probe,
+        actuators: &mut led,
+        commands: &mut cmds,
+    };
+    let mut agent: Agent<SlowTelemetryOnLowBattery, 8, 256> = Agent::new(
+        Identity {
+            mac: [1, 2, 3, 4, 5, 6],
+            device_id: None,
+            firmware: "fuzz",
+        },
+        DeviceConfig::default(),
+        SlowTelemetryOnLowBattery::default(),
+    );
+    agent.boot(0, &mut p).unwrap();
+    let mut buf = [0u8; 512];
+    let accept = RegisterAccepted {
+        device_id: "ly-010203040506",
+        config: None,
+        time_ms: 1,
+    };
+    let n = accept.encode(&mut buf).unwrap();
+    agent
+        .handle_inbound(1, MessageKind::RegisterAccepted, &buf[..n], &mut p)
+        .unwrap();
+    while agent.poll_event().is_some() {}
+    let kind = MessageKind::ALL[selector as usize % MessageKind::ALL.len()];
+    let state = agent.state();
+    let persisted = p.storage_snapshot();
+    match agent.handle_inbound(2, kind, rest, &mut p) {
+        Err(_) => {
+            assert_eq!(agent.state(), state);
+            assert_eq!(p.storage_snapshot(), persisted);
+        }
+        Ok(()) => {
+            while let Some(e) = agent.poll_event() {
+                if let AgentEvent::StateChanged { from, to, cause } = e {
+                    assert!(TRANSITIONS.contains(&(from, cause, to)));
+                }
+            }
+        }
+    }
+    agent.handle_timeout(100_000, &mut p);
+    while agent.poll_transmit(&mut buf).unwrap().is_some() {}
+});
+
+trait Snapshot {
+    fn storage_snapshot(&mut self) -> Vec<u8>;
+}
+impl Snapshot for Platform<'_> {
+    fn storage_snapshot(&mut self) -> Vec<u8> {
+        let mut b = vec![0u8; 2048];
+        let n = self.storage.load(StorageSlot::AgentState, &mut b).unwrap();
+        b.truncate(n);
+        b
+    }
+}
