@@ -7,17 +7,26 @@ mod common;
 use std::collections::HashMap;
 
 use common::sim::*;
+use lanyard_core::agent::AgentEvent;
 use lanyard_core::agent::config::DeviceConfig;
 use lanyard_core::agent::lifecycle::TRANSITIONS;
 use lanyard_core::agent::messages::*;
-use lanyard_core::agent::AgentEvent;
 use proptest::prelude::*;
 
 #[derive(Debug, Clone)]
 enum Input {
     Accept,
-    Cmd { id: u8, name: u8, count: u64, late: bool },
-    Config { version: u64, heartbeat: u64, crit: u8 },
+    Cmd {
+        id: u8,
+        name: u8,
+        count: u64,
+        late: bool,
+    },
+    Config {
+        version: u64,
+        heartbeat: u64,
+        crit: u8,
+    },
     Delta(u8),
     Garbage(MessageKindIdx, Vec<u8>),
     Mutated(u8, Vec<(prop::sample::Index, u8)>),

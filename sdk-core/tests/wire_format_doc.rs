@@ -1,6 +1,10 @@
 //! Every hex example in `docs/wire-format.md` decodes as the message it is
 //! labelled with, and encodes back to the same bytes.
 
+use lanyard_core::agent::config::DeviceConfig;
+use lanyard_core::agent::health::HealthStatus;
+use lanyard_core::agent::lifecycle::{LifecycleState, Trigger};
+use lanyard_core::agent::messages::*;
 use lanyard_core::shadow::{ConflictPolicy, Shadow};
 use lanyard_core::wire::{ShadowDelta, ShadowUpdate};
 
@@ -35,7 +39,24 @@ fn examples() -> Vec<(String, Vec<u8>)> {
 fn every_example_decodes_and_re_encodes_identically() {
     let examples = examples();
     let names: Vec<&str> = examples.iter().map(|(n, _)| n.as_str()).collect();
-    assert_eq!(names, ["shadow-update", "shadow-delta", "shadow-document"]);
+    assert_eq!(
+        names,
+        [
+            "shadow-update",
+            "shadow-delta",
+            "shadow-document",
+            "register",
+            "register-accepted",
+            "device-config",
+            "config-ack",
+            "lifecycle-event",
+            "heartbeat",
+            "telemetry",
+            "health-report",
+            "command",
+            "ack",
+        ]
+    );
     let mut buf = vec![0u8; 4096];
     for (name, bytes) in &examples {
         let n = match name.as_str() {
@@ -54,6 +75,87 @@ fn every_example_decodes_and_re_encodes_identically() {
                 let m: Shadow<8, 256> = Shadow::decode(bytes, ConflictPolicy::CloudWins).unwrap();
                 assert_eq!(m.version(), 2);
                 assert!(m.in_sync());
+                m.encode(&mut buf).unwrap()
+            }
+            "register" => {
+                let m = Register::decode(bytes).unwrap();
+                assert_eq!((m.device_id, m.boot_count), ("ly-0a1b2c3d4e5f", 1));
+                m.encode(&mut buf).unwrap()
+            }
+            "register-accepted" => {
+                let m = RegisterAccepted::decode(bytes).unwrap();
+                let c = DeviceConfig::default()
+                    .decode_update(&mut minicbor::Decoder::new(m.config.unwrap()))
+                    .unwrap();
+                assert_eq!(c.version, 1);
+                m.encode(&mut buf).unwrap()
+            }
+            "device-config" => {
+                let c = DeviceConfig::default()
+                    .decode_update(&mut minicbor::Decoder::new(bytes))
+                    .unwrap();
+                assert_eq!(
+                    c,
+                    DeviceConfig {
+                        version: 1,
+                        ..DeviceConfig::default()
+                    }
+                );
+                let mut e = minicbor::Encoder::new(Vec::new());
+                c.encode_cbor(&mut e).unwrap();
+                let v = e.into_writer();
+                buf[..v.len()].copy_from_slice(&v);
+                v.len()
+            }
+            "config-ack" => {
+                let m = ConfigAck::decode(bytes).unwrap();
+                assert_eq!(
+                    (m.outcome, m.field),
+                    (ConfigOutcome::Rejected, Some("battery_crit_pct"))
+                );
+                m.encode(&mut buf).unwrap()
+            }
+            "lifecycle-event" => {
+                let m = LifecycleEvent::decode(bytes).unwrap();
+                assert_eq!(
+                    (m.from, m.to, m.cause),
+                    (
+                        LifecycleState::Provisioning,
+                        LifecycleState::Active,
+                        Trigger::RegistrationAccepted
+                    )
+                );
+                m.encode(&mut buf).unwrap()
+            }
+            "heartbeat" => {
+                let m = Heartbeat::decode(bytes).unwrap();
+                assert_eq!((m.seq, m.health), (1, HealthStatus::Normal));
+                m.encode(&mut buf).unwrap()
+            }
+            "telemetry" => {
+                let m = Telemetry::decode(bytes).unwrap();
+                assert_eq!((m.temperature_c, m.battery_pct), (21.5, 90));
+                m.encode(&mut buf).unwrap()
+            }
+            "health-report" => {
+                let m = HealthMessage::decode(bytes).unwrap();
+                assert_eq!(m.report.status, HealthStatus::Critical);
+                m.encode(&mut buf).unwrap()
+            }
+            "command" => {
+                let m = Command::decode(bytes).unwrap();
+                assert_eq!(
+                    (m.name, m.arg_u64("count").unwrap()),
+                    ("blink_led", Some(3))
+                );
+                m.encode(&mut buf).unwrap()
+            }
+            "ack" => {
+                let m = Ack::decode(bytes).unwrap();
+                assert_eq!(
+                    (m.status, m.reason),
+                    (AckStatus::Rejected, Some(AckReason::NotAllowed))
+                );
                 m.encode(&mut buf).unwrap()
             }
             other => panic!("unknown example {other}"),
