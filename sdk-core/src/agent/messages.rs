@@ -191,10 +191,7 @@ pub trait Encodable {
     /// Encodes into `out`; returns the length. A buffer too small is left
     /// untouched.
     fn encode(&self, out: &mut [u8]) -> Result<usize, Error> {
-        Ok(cbor::encode_measured(out, |sink| {
-            let mut e = Encoder::new(cbor::FnWriter(sink));
-            self.encode_cbor(&mut e).map_err(cbor::enc_err)
-        })?)
+        Ok(cbor::encode_into(out, |e| self.encode_cbor(e))?)
     }
 }
 

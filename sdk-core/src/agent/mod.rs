@@ -1047,27 +1047,23 @@ impl<P: TelemetryPolicy, const Q: usize, const M: usize> Agent<P, Q, M> {
     /// The persisted record: `{0: state, 1: device id, 2: config, 3: boots,
     /// 4: lifecycle seq, 5: [* [command id, status, reason]]}`.
     fn encode_state(&self, out: &mut [u8]) -> Result<usize, EncodeError> {
-        cbor::encode_measured(out, |sink| {
-            let mut e = Encoder::new(cbor::FnWriter(sink));
-            let r: Result<(), minicbor::encode::Error<EncodeError>> = (|| {
-                e.map(6)?;
-                e.u8(0)?.u8(self.state.code())?;
-                e.u8(1)?.str(&self.device_id)?;
-                e.u8(2)?;
-                self.config.encode_cbor(&mut e)?;
-                e.u8(3)?.u64(self.boot_count)?;
-                e.u8(4)?.u64(self.lifecycle_seq)?;
-                e.u8(5)?.array(self.dedupe.len() as u64)?;
-                for r in self.dedupe.iter() {
-                    e.array(3)?.str(&r.id)?.u8(r.status as u8)?;
-                    match r.reason {
-                        Some(x) => e.u64(x.code())?,
-                        None => e.null()?,
-                    };
-                }
-                Ok(())
-            })();
-            r.map_err(cbor::enc_err)
+        cbor::encode_into(out, |e| {
+            e.map(6)?;
+            e.u8(0)?.u8(self.state.code())?;
+            e.u8(1)?.str(&self.device_id)?;
+            e.u8(2)?;
+            self.config.encode_cbor(e)?;
+            e.u8(3)?.u64(self.boot_count)?;
+            e.u8(4)?.u64(self.lifecycle_seq)?;
+            e.u8(5)?.array(self.dedupe.len() as u64)?;
+            for r in self.dedupe.iter() {
+                e.array(3)?.str(&r.id)?.u8(r.status as u8)?;
+                match r.reason {
+                    Some(x) => e.u64(x.code())?,
+                    None => e.null()?,
+                };
+            }
+            Ok(())
         })
     }
 

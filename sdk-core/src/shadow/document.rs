@@ -655,10 +655,7 @@ impl<const L: usize, const P: usize> Shadow<L, P> {
     /// conflicts) as CBOR into `out`; see `docs/wire-format.md`. Policies and
     /// tunables are configuration and are not included.
     pub fn encode(&self, out: &mut [u8]) -> Result<usize, Error> {
-        Ok(cbor::encode_measured(out, |sink| {
-            let mut e = Encoder::new(cbor::FnWriter(sink));
-            self.encode_cbor(&mut e).map_err(cbor::enc_err)
-        })?)
+        Ok(cbor::encode_into(out, |e| self.encode_cbor(e))?)
     }
 
     /// Writes the document with minicbor.

@@ -779,10 +779,7 @@ impl<const L: usize, const P: usize> StateTree<L, P> {
     /// Encodes the tree as one nested CBOR map into `out`; returns the
     /// length. A buffer that is too small is left untouched.
     pub fn encode(&self, out: &mut [u8]) -> Result<usize, Error> {
-        Ok(cbor::encode_measured(out, |sink| {
-            let mut e = Encoder::new(cbor::FnWriter(sink));
-            self.encode_cbor(&mut e).map_err(cbor::enc_err)
-        })?)
+        Ok(cbor::encode_into(out, |e| self.encode_cbor(e))?)
     }
 
     /// Length of [`StateTree::encode`]'s output.

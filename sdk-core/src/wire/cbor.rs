@@ -67,22 +67,27 @@ impl<const N: usize> Write for VecWriter<'_, N> {
     }
 }
 
+/// An encoder over a byte sink, as [`encode_into`] hands to its closure.
+pub(crate) type SinkEncoder<'a> = Encoder<FnWriter<'a>>;
+
 /// Runs `write` twice: once to measure, then into `out` if it fits. A buffer
 /// that is too small is left untouched and the error names the size needed.
-pub(crate) fn encode_measured<F>(out: &mut [u8], mut write: F) -> Result<usize, EncodeError>
-where
-    F: FnMut(&mut dyn FnMut(&[u8]) -> Result<(), EncodeError>) -> Result<(), EncodeError>,
-{
+pub(crate) fn encode_into(
+    out: &mut [u8],
+    write: impl Fn(&mut SinkEncoder<'_>) -> Result<(), minicbor::encode::Error<EncodeError>>,
+) -> Result<usize, EncodeError> {
     let mut needed = 0usize;
-    write(&mut |b: &[u8]| {
+    let mut count = |b: &[u8]| {
         needed += b.len();
         Ok(())
-    })?;
+    };
+    write(&mut Encoder::new(FnWriter(&mut count))).map_err(enc_err)?;
     if needed > out.len() {
         return Err(EncodeError::BufferTooSmall { needed });
     }
     let mut w = SliceWriter { buf: out, pos: 0 };
-    write(&mut |b: &[u8]| w.write_all(b))?;
+    let mut copy = |b: &[u8]| w.write_all(b);
+    write(&mut Encoder::new(FnWriter(&mut copy))).map_err(enc_err)?;
     Ok(needed)
 }
 

@@ -66,10 +66,7 @@ impl<const L: usize, const P: usize> ShadowUpdate<L, P> {
     /// Encodes into `out`; returns the length. A buffer too small is left
     /// untouched.
     pub fn encode(&self, out: &mut [u8]) -> Result<usize, Error> {
-        Ok(cbor::encode_measured(out, |sink| {
-            let mut e = Encoder::new(cbor::FnWriter(sink));
-            self.encode_cbor(&mut e).map_err(cbor::enc_err)
-        })?)
+        Ok(cbor::encode_into(out, |e| self.encode_cbor(e))?)
     }
 
     /// Writes the update with minicbor.
@@ -204,10 +201,7 @@ impl<const L: usize, const P: usize> ShadowDelta<L, P> {
 
     /// Encodes into `out`; returns the length.
     pub fn encode(&self, out: &mut [u8]) -> Result<usize, Error> {
-        Ok(cbor::encode_measured(out, |sink| {
-            let mut e = Encoder::new(cbor::FnWriter(sink));
-            self.encode_cbor(&mut e).map_err(cbor::enc_err)
-        })?)
+        Ok(cbor::encode_into(out, |e| self.encode_cbor(e))?)
     }
 
     /// Writes the delta with minicbor.
