@@ -237,6 +237,98 @@ mod registration {
     }
 }
 
+mod configuration {
+    use super::*;
+    use lanyard_core::shadow::{ConflictPolicy, PathBuf, Shadow};
+
+    /// Sends a configuration; returns the ack's outcome, field, current version.
+    fn push_config(
+        agent: &mut SimAgent,
+        sim: &mut Sim,
+        c: &DeviceConfig,
+    ) -> (ConfigOutcome, Option<String>, u64) {
+        agent
+            .handle_inbound(
+                1_000,
+                MessageKind::Config,
+                &config_bytes(c),
+                &mut sim.platform(),
+            )
+            .unwrap();
+        let mut sent = Vec::new();
+        drain(agent, 1_000, &mut sent);
+        let s = sent
+            .iter()
+            .find(|s| s.kind == MessageKind::ConfigAck)
+            .unwrap();
+        let a = ConfigAck::decode(&s.bytes).unwrap();
+        (a.outcome, a.field.map(String::from), a.current_version)
+    }
+
+    #[test]
+    fn per_property_conflict_policies_travel_in_the_configuration() {
+        let mut sim = Sim::new(1_000_000);
+        let (mut agent, _) = registered(&mut sim);
+        let mut c = DeviceConfig {
+            version: 2,
+            default_policy: ConflictPolicy::LatestWins,
+            ..DeviceConfig::default()
+        };
+        c.policies
+            .push(("sensors".try_into().unwrap(), ConflictPolicy::DeviceWins))
+            .unwrap();
+        c.policies
+            .push((
+                "safety.limits".try_into().unwrap(),
+                ConflictPolicy::ManualResolve,
+            ))
+            .unwrap();
+        assert_eq!(
+            push_config(&mut agent, &mut sim, &c).0,
+            ConfigOutcome::Applied
+        );
+        assert_eq!(agent.config(), &c);
+        let mut shadow: Shadow<8, 256> = Shadow::new(ConflictPolicy::CloudWins);
+        agent.config().apply_policies(&mut shadow).unwrap();
+        let p = |s: &str| PathBuf::from_dotted(s).unwrap();
+        assert_eq!(
+            shadow.policy_for(p("sensors.temp").as_path()),
+            ConflictPolicy::DeviceWins
+        );
+        assert_eq!(
+            shadow.policy_for(p("safety.limits.max").as_path()),
+            ConflictPolicy::ManualResolve
+        );
+        assert_eq!(
+            shadow.policy_for(p("other").as_path()),
+            ConflictPolicy::LatestWins
+        );
+
+        // A bad path or a duplicate is refused whole, naming the field.
+        let mut bad = DeviceConfig {
+            version: 3,
+            ..c.clone()
+        };
+        bad.policies
+            .push(("sensors".try_into().unwrap(), ConflictPolicy::CloudWins))
+            .unwrap();
+        assert_eq!(
+            push_config(&mut agent, &mut sim, &bad),
+            (ConfigOutcome::Rejected, Some("policies".to_string()), 2)
+        );
+        let mut bad = DeviceConfig {
+            version: 3,
+            ..c.clone()
+        };
+        bad.policies[0].0 = "a..b".try_into().unwrap();
+        assert_eq!(
+            push_config(&mut agent, &mut sim, &bad).1.as_deref(),
+            Some("policies")
+        );
+        assert_eq!(agent.config(), &c);
+    }
+}
+
 mod commands {
     use super::*;
 

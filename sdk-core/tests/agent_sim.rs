@@ -29,12 +29,27 @@ fn script() -> Vec<(u64, Cloud)> {
         heartbeat_ms: 15_000,
         ..DeviceConfig::default()
     };
-    let mut v3 = DeviceConfig { version: 3, ..v2 };
+    let mut v3 = DeviceConfig {
+        version: 3,
+        ..v2.clone()
+    };
     v3.thresholds.battery_warn_pct = 25;
-    let mut bad = DeviceConfig { version: 4, ..v3 };
+    let mut bad = DeviceConfig {
+        version: 4,
+        ..v3.clone()
+    };
     bad.thresholds.battery_crit_pct = 30;
-    let mut v4 = DeviceConfig { version: 4, ..v3 };
+    let mut v4 = DeviceConfig {
+        version: 4,
+        ..v3.clone()
+    };
     v4.thresholds.link_warn_pct = 35;
+    v4.policies
+        .push((
+            heapless::String::try_from("led").unwrap(),
+            lanyard_core::shadow::ConflictPolicy::DeviceWins,
+        ))
+        .unwrap();
     let delta = |key: &str, v: Value<'_>, at: u64| {
         let mut state: StateTree<16, 512> = StateTree::new();
         state
@@ -204,6 +219,7 @@ fn registration_within_three_seconds_then_active() {
     );
     assert_eq!(agent.state(), S::Degraded);
     assert_eq!(agent.config().version, 4);
+    assert_eq!(agent.config().policies.len(), 1);
 }
 
 #[test]

@@ -6,12 +6,20 @@ use minicbor::encode::{Encoder, Write};
 
 use super::health::HealthThresholds;
 use crate::error::DecodeError;
-use crate::shadow::ConflictPolicy;
+use crate::shadow::{ConflictPolicy, PathBuf, Shadow};
 use crate::wire::cbor;
 use crate::wire::each_field;
 
+/// Most per-property conflict policies a configuration carries.
+pub const MAX_CONFIG_POLICIES: usize = 4;
+/// Longest dotted property path of a per-property policy, bytes.
+pub const MAX_POLICY_PATH_LEN: usize = 64;
+
+/// A per-property conflict policy: a dotted path and its policy.
+pub type PropertyPolicy = (heapless::String<MAX_POLICY_PATH_LEN>, ConflictPolicy);
+
 /// The configuration the agent runs with. Defaults are the seed chapter's.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct DeviceConfig {
     /// Version; an update must be newer to apply.
     pub version: u64,
@@ -29,6 +37,9 @@ pub struct DeviceConfig {
     pub degraded_telemetry_factor: u32,
     /// Conflict policy for shadow properties without their own.
     pub default_policy: ConflictPolicy,
+    /// Policies of particular properties (dotted paths), applied with
+    /// [`DeviceConfig::apply_policies`].
+    pub policies: heapless::Vec<PropertyPolicy, MAX_CONFIG_POLICIES>,
 }
 
 impl Default for DeviceConfig {
@@ -42,6 +53,7 @@ impl Default for DeviceConfig {
             thresholds: HealthThresholds::default(),
             degraded_telemetry_factor: 3,
             default_policy: ConflictPolicy::CloudWins,
+            policies: heapless::Vec::new(),
         }
     }
 }
@@ -108,6 +120,32 @@ impl DeviceConfig {
                 reason: "must be between 1 and 100",
             });
         }
+        for (i, (path, _)) in self.policies.iter().enumerate() {
+            if PathBuf::from_dotted(path).is_err() {
+                return Err(InvalidConfig {
+                    field: "policies",
+                    reason: "a path is not a valid dotted property path",
+                });
+            }
+            if self.policies[..i].iter().any(|(p, _)| p == path) {
+                return Err(InvalidConfig {
+                    field: "policies",
+                    reason: "a path appears twice",
+                });
+            }
+        }
+        Ok(())
+    }
+
+    /// Sets this configuration's conflict policies on a shadow.
+    pub fn apply_policies<const L: usize, const P: usize>(
+        &self,
+        shadow: &mut Shadow<L, P>,
+    ) -> Result<(), crate::Error> {
+        shadow.set_policy(&PathBuf::new(), self.default_policy)?;
+        for (path, policy) in &self.policies {
+            shadow.set_policy(&PathBuf::from_dotted(path)?, *policy)?;
+        }
         Ok(())
     }
 
@@ -117,7 +155,7 @@ impl DeviceConfig {
         e: &mut Encoder<W>,
     ) -> Result<(), minicbor::encode::Error<W::Error>> {
         let t = &self.thresholds;
-        e.map(12)?;
+        e.map(12 + u64::from(!self.policies.is_empty()))?;
         e.u8(0)?.u64(self.version)?;
         e.u8(1)?.u64(self.heartbeat_ms)?;
         e.u8(2)?.u64(self.telemetry_ms)?;
@@ -130,6 +168,12 @@ impl DeviceConfig {
         e.u8(9)?.u8(t.hysteresis_pct)?;
         e.u8(10)?.u32(self.degraded_telemetry_factor)?;
         e.u8(11)?.u8(policy_code(self.default_policy))?;
+        if !self.policies.is_empty() {
+            e.u8(12)?.array(self.policies.len() as u64)?;
+            for (path, policy) in &self.policies {
+                e.array(2)?.str(path)?.u8(policy_code(*policy))?;
+            }
+        }
         Ok(())
     }
 
@@ -137,7 +181,7 @@ impl DeviceConfig {
     /// required, absent fields keep their current value. The result is not
     /// validated here; see [`DeviceConfig::validate`].
     pub fn decode_update(&self, d: &mut Decoder<'_>) -> Result<DeviceConfig, DecodeError> {
-        let mut c = *self;
+        let mut c = self.clone();
         let mut have_version = false;
         each_field(d, |key, d| {
             let at = d.position();
@@ -168,6 +212,39 @@ impl DeviceConfig {
                             what: "a conflict policy code 0..=3",
                             at,
                         })?
+                }
+                12 => {
+                    c.policies.clear();
+                    let n = d.array()?.ok_or(DecodeError::Malformed {
+                        what: "a definite array of policies",
+                        at,
+                    })?;
+                    for _ in 0..n {
+                        let at = d.position();
+                        if d.array()? != Some(2) {
+                            return Err(DecodeError::Malformed {
+                                what: "[path, policy]",
+                                at,
+                            });
+                        }
+                        let mut path = heapless::String::new();
+                        path.push_str(d.str()?)
+                            .map_err(|_| DecodeError::Malformed {
+                                what: "a policy path of at most 64 bytes",
+                                at,
+                            })?;
+                        let policy =
+                            policy_from_code(cbor::read_u64(d)?).ok_or(DecodeError::Malformed {
+                                what: "a conflict policy code 0..=3",
+                                at,
+                            })?;
+                        c.policies
+                            .push((path, policy))
+                            .map_err(|_| DecodeError::Malformed {
+                                what: "at most 4 policies",
+                                at,
+                            })?;
+                    }
                 }
                 _ => cbor::skip_item(d, 0)?,
             }

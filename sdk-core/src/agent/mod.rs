@@ -529,8 +529,8 @@ impl<P: TelemetryPolicy, const Q: usize, const M: usize> Agent<P, Q, M> {
                 };
                 self.timers[Timer::Register as usize] = None;
                 if let Some(c) = config {
-                    self.config = c;
                     self.push_event(AgentEvent::ConfigApplied(c.version));
+                    self.config = c;
                 }
                 self.transition(now_ms, Trigger::RegistrationAccepted, platform);
                 self.start_periodic(now_ms);
@@ -976,8 +976,7 @@ impl<P: TelemetryPolicy, const Q: usize, const M: usize> Agent<P, Q, M> {
             });
             return;
         }
-        let old = self.config;
-        self.config = update;
+        let old = core::mem::replace(&mut self.config, update.clone());
         // Intervals that changed take effect from now.
         if old.heartbeat_ms != update.heartbeat_ms {
             self.schedule(Timer::Heartbeat, now_ms + update.heartbeat_ms);
@@ -1070,7 +1069,7 @@ impl<P: TelemetryPolicy, const Q: usize, const M: usize> Agent<P, Q, M> {
     fn restore(&mut self, bytes: &[u8]) -> Result<(), DecodeError> {
         let mut d = Decoder::new(bytes);
         let mut state = None;
-        let mut config = self.config;
+        let mut config = self.config.clone();
         let mut dedupe: heapless::Deque<Remembered, DEDUPE_WINDOW> = heapless::Deque::new();
         let (mut boots, mut seq) = (0, 0);
         each_field(&mut d, |k, d| {
