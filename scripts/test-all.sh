@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Runs every test of the project, installing what the tests need when it is
-# missing (Rust components, the Cortex-M target, cargo-fuzz). `.ci/run` calls
+# missing (Rust components, the Cortex-M target, cargo-fuzz, mosquitto). `.ci/run` calls
 # exactly this. Set LANYARD_FUZZ_SECONDS to change the fuzz smoke time.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -15,6 +15,12 @@ if ! rustup target list --installed | grep -qx thumbv7em-none-eabihf; then
 fi
 if ! cargo fuzz --version >/dev/null 2>&1; then
     cargo install cargo-fuzz --locked
+fi
+
+step "mosquitto (Debian package) for the MQTT tests"
+if ! command -v mosquitto >/dev/null 2>&1 && [ ! -x /usr/sbin/mosquitto ]; then
+    apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq mosquitto >/dev/null
 fi
 
 step "rustfmt"

@@ -17,3 +17,9 @@
 #![deny(missing_docs)]
 
 pub mod aws_json;
+pub mod clock;
+pub mod driver;
+pub mod mqtt;
+pub mod sim;
+pub mod store;
+pub mod transport;

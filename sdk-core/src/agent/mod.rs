@@ -470,6 +470,18 @@ impl<P: TelemetryPolicy, const Q: usize, const M: usize> Agent<P, Q, M> {
         }
     }
 
+    /// The transport reconnected after a loss: anything sent to the device
+    /// meanwhile may be gone. A registered device reports its shadow at once
+    /// (the twin answers with the current delta); a provisioning one sends
+    /// its registration again.
+    pub fn handle_reconnect(&mut self, now_ms: u64) {
+        match self.state {
+            LifecycleState::Provisioning => self.schedule(Timer::Register, now_ms),
+            s if s.is_registered() => self.schedule(Timer::ShadowSync, now_ms),
+            _ => {}
+        }
+    }
+
     /// Handles one inbound message of `kind`. On error nothing changed.
     pub fn handle_inbound(
         &mut self,

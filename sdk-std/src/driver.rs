@@ -1,0 +1,238 @@
+//! The tokio driver of the device agent: it moves the agent's messages over
+//! a [`Transport`], feeds it inbound messages and the time, and sleeps until
+//! its next deadline. It adds no rules: every decision is the agent's.
+
+use lanyard_core::agent::health::SlowTelemetryOnLowBattery;
+use lanyard_core::agent::messages::{MessageKind, topic};
+use lanyard_core::agent::platform::{Actuators, CommandHandler, HealthProbe, Platform, Storage};
+use lanyard_core::agent::{Agent, AgentEvent};
+use tokio::sync::mpsc;
+
+use crate::clock::Clock;
+use crate::transport::{Qos, Transport, TransportError, TransportEvent};
+
+/// The agent type the std driver runs: 64 queued messages of up to 1 KiB.
+pub type StdAgent = Agent<SlowTelemetryOnLowBattery, 64, 1024>;
+
+/// What the driver saw, for logs, timelines and metrics.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum DriverEvent {
+    /// A message was published.
+    Sent {
+        /// Clock time, ms.
+        at_ms: u64,
+        /// What it was.
+        kind: MessageKind,
+        /// Its size.
+        bytes: usize,
+    },
+    /// A message arrived and the agent took it.
+    Received {
+        /// Clock time, ms.
+        at_ms: u64,
+        /// What it was.
+        kind: MessageKind,
+        /// Its size.
+        bytes: usize,
+    },
+    /// A message arrived and the agent refused it.
+    Refused {
+        /// Clock time, ms.
+        at_ms: u64,
+        /// Why.
+        why: String,
+    },
+    /// An event of the agent.
+    Agent {
+        /// Clock time, ms.
+        at_ms: u64,
+        /// The event.
+        event: AgentEvent,
+    },
+    /// The transport reconnected.
+    Reconnected {
+        /// Clock time, ms.
+        at_ms: u64,
+    },
+}
+
+/// The platform pieces a driver lends the agent.
+pub struct StdPlatform {
+    /// Persistent storage.
+    pub storage: Box<dyn Storage + Send>,
+    /// Health metrics and sensors.
+    pub probe: Box<dyn HealthProbe + Send>,
+    /// LED and other outputs.
+    pub actuators: Box<dyn Actuators + Send>,
+    /// Application commands.
+    pub commands: Box<dyn CommandHandler + Send>,
+}
+
+impl StdPlatform {
+    /// Lends the pieces to the agent for one call.
+    pub fn lend(&mut self) -> Platform<'_> {
+        Platform {
+            storage: &mut *self.storage,
+            probe: &mut *self.probe,
+            actuators: &mut *self.actuators,
+            commands: &mut *self.commands,
+        }
+    }
+}
+
+/// Runs one agent over one transport.
+pub struct DeviceDriver<T: Transport> {
+    // Boxed: the agent's fixed buffers are too large to move around on a
+    // task's stack.
+    agent: Box<StdAgent>,
+    transport: T,
+    platform: StdPlatform,
+    clock: Clock,
+    events: Option<mpsc::UnboundedSender<DriverEvent>>,
+    buf: Vec<u8>,
+}
+
+/// The topics a device listens on.
+pub const DEVICE_INBOUND: [MessageKind; 4] = [
+    MessageKind::RegisterAccepted,
+    MessageKind::ShadowDelta,
+    MessageKind::Command,
+    MessageKind::Config,
+];
+
+impl<T: Transport> DeviceDriver<T> {
+    /// A driver; call [`DeviceDriver::start`] next.
+    pub fn new(agent: Box<StdAgent>, transport: T, platform: StdPlatform, clock: Clock) -> Self {
+        DeviceDriver {
+            agent,
+            transport,
+            platform,
+            clock,
+            events: None,
+            buf: vec![0; 4096],
+        }
+    }
+
+    /// Sends what the driver sees to `tx`.
+    pub fn with_events(mut self, tx: mpsc::UnboundedSender<DriverEvent>) -> Self {
+        self.events = Some(tx);
+        self
+    }
+
+    /// The agent.
+    pub fn agent(&self) -> &StdAgent {
+        &self.agent
+    }
+
+    /// The transport.
+    pub fn transport(&self) -> &T {
+        &self.transport
+    }
+
+    fn emit(&self, e: DriverEvent) {
+        if let Some(tx) = &self.events {
+            let _ = tx.send(e);
+        }
+    }
+
+    /// Subscribes to the device's inbound topics and boots the agent
+    /// (restoring its persisted state).
+    pub async fn start(&mut self) -> Result<(), TransportError> {
+        for kind in DEVICE_INBOUND {
+            self.transport
+                .subscribe(&topic(self.agent.device_id(), kind))
+                .await?;
+        }
+        let now = self.clock.now_ms();
+        let _ = self.agent.boot(now, &mut self.platform.lend());
+        self.flush().await
+    }
+
+    /// Publishes everything the agent has queued and reports its events.
+    pub async fn flush(&mut self) -> Result<(), TransportError> {
+        let now = self.clock.now_ms();
+        while let Some(t) = self
+            .agent
+            .poll_transmit(&mut self.buf)
+            .map_err(|e| TransportError::Failed(e.to_string()))?
+        {
+            let qos = if t.needs_ack {
+                Qos::AtLeastOnce
+            } else {
+                Qos::AtMostOnce
+            };
+            let topic = topic(self.agent.device_id(), t.kind);
+            self.transport
+                .publish(&topic, &self.buf[..t.len], qos)
+                .await?;
+            self.emit(DriverEvent::Sent {
+                at_ms: now,
+                kind: t.kind,
+                bytes: t.len,
+            });
+        }
+        while let Some(event) = self.agent.poll_event() {
+            self.emit(DriverEvent::Agent { at_ms: now, event });
+        }
+        Ok(())
+    }
+
+    /// Runs until `stop` completes or the transport closes.
+    pub async fn run_until(
+        &mut self,
+        stop: impl std::future::Future<Output = ()>,
+    ) -> Result<(), TransportError> {
+        tokio::pin!(stop);
+        loop {
+            self.flush().await?;
+            let wait = match self.agent.poll_timeout() {
+                Some(at) => self.clock.real_wait_until(at),
+                None => std::time::Duration::from_secs(3_600),
+            };
+            tokio::select! {
+                _ = &mut stop => return Ok(()),
+                ev = self.transport.recv() => {
+                    let now = self.clock.now_ms();
+                    match ev? {
+                        TransportEvent::Message { topic, payload } => self.inbound(now, &topic, &payload),
+                        TransportEvent::Reconnected => {
+                            self.emit(DriverEvent::Reconnected { at_ms: now });
+                            self.agent.handle_reconnect(now);
+                        }
+                    }
+                }
+                _ = tokio::time::sleep(wait) => {
+                    let now = self.clock.now_ms();
+                    self.agent.handle_timeout(now, &mut self.platform.lend());
+                }
+            }
+        }
+    }
+
+    fn inbound(&mut self, now: u64, topic: &str, payload: &[u8]) {
+        let Some((id, kind)) = MessageKind::parse_topic(topic) else {
+            self.emit(DriverEvent::Refused {
+                at_ms: now,
+                why: format!("unknown topic {topic}"),
+            });
+            return;
+        };
+        if id != self.agent.device_id() {
+            return;
+        }
+        match self
+            .agent
+            .handle_inbound(now, kind, payload, &mut self.platform.lend())
+        {
+            Ok(()) => self.emit(DriverEvent::Received {
+                at_ms: now,
+                kind,
+                bytes: payload.len(),
+            }),
+            Err(e) => self.emit(DriverEvent::Refused {
+                at_ms: now,
+                why: e.to_string(),
+            }),
+        }
+    }
+}

@@ -1,0 +1,197 @@
+//! MQTT transport over rumqttc on tokio, with reconnection: exponential
+//! backoff with full jitter, subscriptions restored, and a
+//! [`TransportEvent::Reconnected`] so the driver resynchronises (the device
+//! reports its shadow again and the twin answers with the current delta, so
+//! a delta sent while the device was offline is never missed).
+
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use async_trait::async_trait;
+use rand::Rng;
+use rumqttc::{AsyncClient, Event, MqttOptions, Packet, QoS};
+use tokio::sync::mpsc;
+use tokio::task::JoinHandle;
+
+use crate::transport::{Qos, Transport, TransportError, TransportEvent};
+
+/// Where and how to connect.
+#[derive(Debug, Clone)]
+pub struct MqttConfig {
+    /// Broker host name or address.
+    pub host: String,
+    /// Broker port.
+    pub port: u16,
+    /// MQTT client id (the device id for devices).
+    pub client_id: String,
+    /// Keep-alive interval.
+    pub keep_alive: Duration,
+    /// First reconnection backoff window.
+    pub backoff_base: Duration,
+    /// Largest reconnection backoff window.
+    pub backoff_cap: Duration,
+    /// TLS settings; `None` for plain TCP.
+    pub tls: Option<rumqttc::TlsConfiguration>,
+}
+
+impl MqttConfig {
+    /// Plain TCP to `host:port` with the defaults: 10 s keep-alive, backoff
+    /// from 250 ms to 8 s.
+    pub fn new(host: impl Into<String>, port: u16, client_id: impl Into<String>) -> Self {
+        MqttConfig {
+            host: host.into(),
+            port,
+            client_id: client_id.into(),
+            keep_alive: Duration::from_secs(10),
+            backoff_base: Duration::from_millis(250),
+            backoff_cap: Duration::from_secs(8),
+            tls: None,
+        }
+    }
+}
+
+/// Counters of the connection.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct MqttStats {
+    /// Successful connections after the first.
+    pub reconnects: u64,
+    /// Connection attempts that failed.
+    pub failed_attempts: u64,
+}
+
+/// An MQTT connection.
+pub struct MqttTransport {
+    client: AsyncClient,
+    rx: mpsc::UnboundedReceiver<TransportEvent>,
+    filters: Arc<Mutex<Vec<String>>>,
+    stats: Arc<Mutex<MqttStats>>,
+    task: JoinHandle<()>,
+}
+
+impl MqttTransport {
+    /// Starts connecting in the background; waits for nothing. Publishes
+    /// made before the connection is up are queued by rumqttc.
+    pub fn connect(config: MqttConfig) -> Self {
+        let mut opts = MqttOptions::new(config.client_id.clone(), config.host.clone(), config.port);
+        opts.set_keep_alive(config.keep_alive);
+        // A persistent session: the broker keeps QoS 1 messages for us while
+        // we are away (as long as the broker itself keeps running).
+        opts.set_clean_session(false);
+        opts.set_max_packet_size(256 * 1024, 256 * 1024);
+        if let Some(tls) = config.tls.clone() {
+            opts.set_transport(rumqttc::Transport::Tls(tls));
+        }
+        let (client, mut eventloop) = AsyncClient::new(opts, 1024);
+        let (tx, rx) = mpsc::unbounded_channel();
+        let filters: Arc<Mutex<Vec<String>>> = Arc::default();
+        let stats: Arc<Mutex<MqttStats>> = Arc::default();
+        let task = {
+            let (client, filters, stats) = (client.clone(), filters.clone(), stats.clone());
+            tokio::spawn(async move {
+                let mut connected_before = false;
+                let mut attempt: u32 = 0;
+                loop {
+                    match eventloop.poll().await {
+                        Ok(Event::Incoming(Packet::Publish(p))) => {
+                            let ev = TransportEvent::Message {
+                                topic: p.topic,
+                                payload: p.payload.to_vec(),
+                            };
+                            if tx.send(ev).is_err() {
+                                return;
+                            }
+                        }
+                        Ok(Event::Incoming(Packet::ConnAck(_))) => {
+                            attempt = 0;
+                            // Restore subscriptions (the broker may have lost
+                            // the session).
+                            for f in filters.lock().expect("filters").iter() {
+                                let _ = client.try_subscribe(f.clone(), QoS::AtLeastOnce);
+                            }
+                            if connected_before {
+                                stats.lock().expect("stats").reconnects += 1;
+                                if tx.send(TransportEvent::Reconnected).is_err() {
+                                    return;
+                                }
+                            }
+                            connected_before = true;
+                        }
+                        Ok(_) => {}
+                        Err(e) => {
+                            if tx.is_closed() {
+                                return;
+                            }
+                            stats.lock().expect("stats").failed_attempts += 1;
+                            tracing::debug!(error = %e, attempt, "mqtt connection lost");
+                            // Full jitter: a random wait in [0, window].
+                            let window = config
+                                .backoff_base
+                                .saturating_mul(1u32 << attempt.min(16))
+                                .min(config.backoff_cap);
+                            attempt = attempt.saturating_add(1);
+                            let wait = rand::rng().random_range(0..=window.as_millis() as u64);
+                            tokio::time::sleep(Duration::from_millis(wait)).await;
+                        }
+                    }
+                }
+            })
+        };
+        MqttTransport {
+            client,
+            rx,
+            filters,
+            stats,
+            task,
+        }
+    }
+
+    /// Connection counters.
+    pub fn stats(&self) -> MqttStats {
+        *self.stats.lock().expect("stats")
+    }
+
+    /// Disconnects cleanly.
+    pub async fn disconnect(self) {
+        let _ = self.client.disconnect().await;
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        self.task.abort();
+    }
+}
+
+impl Drop for MqttTransport {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+fn qos(q: Qos) -> QoS {
+    match q {
+        Qos::AtMostOnce => QoS::AtMostOnce,
+        Qos::AtLeastOnce => QoS::AtLeastOnce,
+    }
+}
+
+#[async_trait]
+impl Transport for MqttTransport {
+    async fn subscribe(&mut self, filter: &str) -> Result<(), TransportError> {
+        self.filters
+            .lock()
+            .expect("filters")
+            .push(filter.to_owned());
+        self.client
+            .subscribe(filter, QoS::AtLeastOnce)
+            .await
+            .map_err(|e| TransportError::Failed(e.to_string()))
+    }
+
+    async fn publish(&mut self, topic: &str, payload: &[u8], q: Qos) -> Result<(), TransportError> {
+        self.client
+            .publish(topic, qos(q), false, payload.to_vec())
+            .await
+            .map_err(|e| TransportError::Failed(e.to_string()))
+    }
+
+    async fn recv(&mut self) -> Result<TransportEvent, TransportError> {
+        self.rx.recv().await.ok_or(TransportError::Closed)
+    }
+}

@@ -1,0 +1,203 @@
+//! The transport a driver moves messages over. MQTT is one implementation
+//! ([`crate::mqtt::MqttTransport`]); [`MemoryBroker`] is another, in
+//! process, which tests use and which shows that the core needs nothing of
+//! MQTT.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+
+use async_trait::async_trait;
+use tokio::sync::mpsc;
+
+/// Delivery guarantee of a publish.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Qos {
+    /// Fire and forget (MQTT QoS 0).
+    AtMostOnce,
+    /// Retried until acknowledged (MQTT QoS 1).
+    AtLeastOnce,
+}
+
+/// Something that happened on the transport.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum TransportEvent {
+    /// A message on a subscribed topic.
+    Message {
+        /// Its topic.
+        topic: String,
+        /// Its bytes.
+        payload: Vec<u8>,
+    },
+    /// The connection came back after a loss; subscriptions are restored.
+    /// Messages sent meanwhile may be lost: resynchronise.
+    Reconnected,
+}
+
+/// Transport failures.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum TransportError {
+    /// The transport was shut down.
+    Closed,
+    /// The peer refused or the network failed; the text says why.
+    Failed(String),
+}
+
+impl std::fmt::Display for TransportError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            TransportError::Closed => f.write_str("transport closed"),
+            TransportError::Failed(why) => write!(f, "transport failed: {why}"),
+        }
+    }
+}
+
+impl std::error::Error for TransportError {}
+
+/// A publish/subscribe transport.
+#[async_trait]
+pub trait Transport: Send {
+    /// Subscribes to a topic filter (`+` one level, `#` the rest); kept
+    /// across reconnections.
+    async fn subscribe(&mut self, filter: &str) -> Result<(), TransportError>;
+    /// Publishes `payload` on `topic`.
+    async fn publish(
+        &mut self,
+        topic: &str,
+        payload: &[u8],
+        qos: Qos,
+    ) -> Result<(), TransportError>;
+    /// The next event.
+    async fn recv(&mut self) -> Result<TransportEvent, TransportError>;
+}
+
+/// Whether `topic` matches the MQTT filter `filter`.
+pub fn topic_matches(filter: &str, topic: &str) -> bool {
+    let mut f = filter.split('/');
+    let mut t = topic.split('/');
+    loop {
+        match (f.next(), t.next()) {
+            (Some("#"), _) => return true,
+            (Some("+"), Some(_)) => {}
+            (Some(a), Some(b)) if a == b => {}
+            (None, None) => return true,
+            _ => return false,
+        }
+    }
+}
+
+type Subscribers = Vec<(String, usize)>;
+
+#[derive(Default)]
+struct BrokerState {
+    subscriptions: Subscribers,
+    clients: HashMap<usize, mpsc::UnboundedSender<TransportEvent>>,
+    next_id: usize,
+}
+
+/// An in-process broker: every [`MemoryBroker::connect`] gives a transport
+/// that sees the others' publishes on its subscriptions.
+#[derive(Clone, Default)]
+pub struct MemoryBroker {
+    state: Arc<Mutex<BrokerState>>,
+}
+
+impl MemoryBroker {
+    /// A new broker.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// A new client.
+    pub fn connect(&self) -> MemoryTransport {
+        let (tx, rx) = mpsc::unbounded_channel();
+        let mut st = self.state.lock().expect("broker lock");
+        let id = st.next_id;
+        st.next_id += 1;
+        st.clients.insert(id, tx);
+        MemoryTransport {
+            broker: self.clone(),
+            id,
+            rx,
+        }
+    }
+}
+
+/// A client of a [`MemoryBroker`].
+pub struct MemoryTransport {
+    broker: MemoryBroker,
+    id: usize,
+    rx: mpsc::UnboundedReceiver<TransportEvent>,
+}
+
+#[async_trait]
+impl Transport for MemoryTransport {
+    async fn subscribe(&mut self, filter: &str) -> Result<(), TransportError> {
+        let mut st = self.broker.state.lock().expect("broker lock");
+        st.subscriptions.push((filter.to_owned(), self.id));
+        Ok(())
+    }
+
+    async fn publish(
+        &mut self,
+        topic: &str,
+        payload: &[u8],
+        _qos: Qos,
+    ) -> Result<(), TransportError> {
+        let st = self.broker.state.lock().expect("broker lock");
+        let mut sent = std::collections::HashSet::new();
+        for (filter, id) in &st.subscriptions {
+            if topic_matches(filter, topic) && sent.insert(*id) {
+                if let Some(tx) = st.clients.get(id) {
+                    let _ = tx.send(TransportEvent::Message {
+                        topic: topic.to_owned(),
+                        payload: payload.to_vec(),
+                    });
+                }
+            }
+        }
+        Ok(())
+    }
+
+    async fn recv(&mut self) -> Result<TransportEvent, TransportError> {
+        self.rx.recv().await.ok_or(TransportError::Closed)
+    }
+}
+
+impl Drop for MemoryTransport {
+    fn drop(&mut self) {
+        if let Ok(mut st) = self.broker.state.lock() {
+            st.clients.remove(&self.id);
+            st.subscriptions.retain(|(_, id)| *id != self.id);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn filters_match_like_mqtt() {
+        assert!(topic_matches("lanyard/v1/+/ack", "lanyard/v1/ly-1/ack"));
+        assert!(topic_matches("lanyard/#", "lanyard/v1/ly-1/shadow/update"));
+        assert!(!topic_matches("lanyard/v1/+/ack", "lanyard/v1/ly-1/cmd"));
+        assert!(!topic_matches("lanyard/v1/+", "lanyard/v1/a/b"));
+    }
+
+    #[tokio::test]
+    async fn the_memory_broker_routes_by_subscription() {
+        let broker = MemoryBroker::new();
+        let mut a = broker.connect();
+        let mut b = broker.connect();
+        b.subscribe("x/+").await.unwrap();
+        a.publish("x/1", b"hi", Qos::AtLeastOnce).await.unwrap();
+        a.publish("y/1", b"no", Qos::AtLeastOnce).await.unwrap();
+        assert_eq!(
+            b.recv().await.unwrap(),
+            TransportEvent::Message {
+                topic: "x/1".into(),
+                payload: b"hi".to_vec()
+            }
+        );
+    }
+}
