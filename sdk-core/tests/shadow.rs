@@ -427,6 +427,27 @@ mod conflicts {
     }
 
     #[test]
+    fn a_device_change_after_a_synced_cloud_change_is_still_a_conflict() {
+        // A host syncs after every message: the cloud's 72 is synced (the
+        // delta is on its way) before the button's 68 arrives.
+        let mut doc = Doc::new(ConflictPolicy::DeviceWins);
+        doc.apply_desired(&tree(&[("temp", Value::Int(70))]), None, 0)
+            .unwrap();
+        doc.apply_reported(&tree(&[("temp", Value::Int(70))]), None, 0)
+            .unwrap();
+        assert!(sync_once(&mut doc, 0).is_empty());
+        doc.apply_desired(&tree(&[("temp", Value::Int(72))]), None, 10_000)
+            .unwrap();
+        assert!(sync_once(&mut doc, 10_000).is_empty());
+        doc.apply_reported(&tree(&[("temp", Value::Int(68))]), None, 10_500)
+            .unwrap();
+        let seen = sync_once(&mut doc, 11_000);
+        assert_eq!(seen.len(), 1);
+        assert_eq!(seen[0].1, Some(Source::Device));
+        assert_eq!(temp(&doc), Value::Int(68));
+    }
+
+    #[test]
     fn device_wins_makes_the_reported_value_desired() {
         let mut doc = thermostat(ConflictPolicy::DeviceWins, 10_000, 9_000);
         let seen = sync_once(&mut doc, 11_000);

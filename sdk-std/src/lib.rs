@@ -23,3 +23,4 @@ pub mod mqtt;
 pub mod sim;
 pub mod store;
 pub mod transport;
+pub mod twin;

@@ -562,8 +562,14 @@ impl<const L: usize, const P: usize> Shadow<L, P> {
             return keep;
         }
         let base = self.trees.get(SYNCED).get(d.path).map(|b| int_of(b.value));
-        let changed = |e: &Entry<'_>| {
-            e.meta.version > self.last_sync_version && base != Some(fingerprint(e.value))
+        // A side changed the leaf if its value differs from the one both
+        // last agreed on, however many syncs ago: a delta the device has not
+        // applied yet does not make its own later change any less a change.
+        // With no agreed value yet, a side changed it if it wrote it since
+        // the last sync.
+        let changed = |e: &Entry<'_>| match base {
+            Some(b) => b != fingerprint(e.value),
+            None => e.meta.version > self.last_sync_version,
         };
         let policy = self.policy_for(d.path);
         let device_wins = Decision {

@@ -1,0 +1,456 @@
+//! The twin host: the cloud (or gateway) side of the shadow. It keeps the
+//! shadows of many devices, accepts registrations, applies updates from
+//! devices and apps with the conflict policies of `lanyard-core`, answers
+//! with deltas, and speaks the AWS IoT shadow topics and JSON documents
+//! too. [`TwinHost::handle`] is message in, publishes out, so it runs over
+//! any transport ([`run_twin`] drives it over one) and tests need no broker.
+
+use std::collections::HashMap;
+use std::io;
+use std::path::{Path, PathBuf};
+
+use lanyard_core::agent::config::DeviceConfig;
+use lanyard_core::agent::messages::{
+    Encodable, MAX_DEVICE_ID_LEN, MessageKind, Register, RegisterAccepted, TOPIC_PREFIX, topic,
+};
+use lanyard_core::shadow::{ConflictPolicy, Shadow};
+use lanyard_core::wire::{ShadowDelta, ShadowUpdate};
+
+use crate::aws_json;
+use crate::store::write_atomic;
+use crate::transport::{Qos, Transport, TransportError, TransportEvent};
+
+/// Leaves per tree of a hosted shadow.
+pub const TWIN_LEAVES: usize = 64;
+/// Pool bytes per tree of a hosted shadow.
+pub const TWIN_POOL: usize = 4096;
+/// A hosted shadow.
+pub type TwinShadow = Shadow<TWIN_LEAVES, TWIN_POOL>;
+type TwinUpdate = ShadowUpdate<TWIN_LEAVES, TWIN_POOL>;
+
+/// Topic suffixes the host serves beyond the device protocol, for apps.
+pub mod app_topics {
+    /// App → host: a `shadow-update` whose desired part the host applies.
+    pub const SET_DESIRED: &str = "shadow/desired";
+    /// App → host: ask for the whole document.
+    pub const GET: &str = "shadow/get";
+    /// Host → app: the whole `shadow-document`.
+    pub const DOCUMENT: &str = "shadow/document";
+    /// Host → app: the reason an update was refused (UTF-8 text).
+    pub const REJECTED: &str = "shadow/rejected";
+}
+
+/// What the host subscribes to.
+pub fn subscriptions() -> Vec<String> {
+    let mut v: Vec<String> = [
+        MessageKind::Register.topic_suffix(),
+        MessageKind::ShadowUpdate.topic_suffix(),
+        app_topics::SET_DESIRED,
+        app_topics::GET,
+    ]
+    .iter()
+    .map(|s| format!("{TOPIC_PREFIX}+/{s}"))
+    .collect();
+    for op in ["update", "get", "delete"] {
+        v.push(format!("$aws/things/+/shadow/{op}"));
+    }
+    v
+}
+
+/// One message to publish.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Publish {
+    /// Topic.
+    pub topic: String,
+    /// Bytes.
+    pub payload: Vec<u8>,
+    /// Delivery.
+    pub qos: Qos,
+}
+
+/// Counters of the host.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct TwinStats {
+    /// Registrations accepted.
+    pub registrations: u64,
+    /// Updates applied (device and app, CBOR and JSON).
+    pub updates: u64,
+    /// Updates refused (undecodable, version conflict, capacity).
+    pub rejected: u64,
+    /// Deltas published.
+    pub deltas: u64,
+    /// Conflicts, by policy (`ConflictPolicy::ALL` order).
+    pub conflicts: [u64; 4],
+}
+
+/// The shadows of a fleet.
+pub struct TwinHost {
+    shadows: HashMap<String, Box<TwinShadow>>,
+    dir: Option<PathBuf>,
+    fleet_config: DeviceConfig,
+    stats: TwinStats,
+    rng: u64,
+}
+
+fn valid_id(id: &str) -> bool {
+    !id.is_empty() && id.len() <= MAX_DEVICE_ID_LEN && !id.contains(['/', '+', '#'])
+}
+
+impl TwinHost {
+    /// A host that keeps its shadows in memory only.
+    pub fn in_memory(fleet_config: DeviceConfig) -> Self {
+        TwinHost {
+            shadows: HashMap::new(),
+            dir: None,
+            fleet_config,
+            stats: TwinStats::default(),
+            rng: 0x2545_f491_4f6c_dd1d,
+        }
+    }
+
+    /// A host that persists every shadow in `dir` (one file per device,
+    /// written atomically) and loads those already there.
+    pub fn open(dir: impl Into<PathBuf>, fleet_config: DeviceConfig) -> io::Result<Self> {
+        let dir = dir.into();
+        std::fs::create_dir_all(&dir)?;
+        let mut host = Self::in_memory(fleet_config);
+        for entry in std::fs::read_dir(&dir)? {
+            let path = entry?.path();
+            let (Some(stem), Some("cbor")) = (
+                path.file_stem().and_then(|s| s.to_str()),
+                path.extension().and_then(|s| s.to_str()),
+            ) else {
+                continue;
+            };
+            let bytes = std::fs::read(&path)?;
+            let mut shadow = Box::new(
+                TwinShadow::decode(&bytes, host.fleet_config.default_policy).map_err(|e| {
+                    io::Error::new(
+                        io::ErrorKind::InvalidData,
+                        format!("{}: {e}", path.display()),
+                    )
+                })?,
+            );
+            host.fleet_config
+                .apply_policies(&mut shadow)
+                .map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e.to_string()))?;
+            host.shadows.insert(stem.to_owned(), shadow);
+        }
+        host.dir = Some(dir);
+        Ok(host)
+    }
+
+    /// Counters.
+    pub fn stats(&self) -> TwinStats {
+        self.stats
+    }
+
+    /// A device's shadow.
+    pub fn shadow(&self, device_id: &str) -> Option<&TwinShadow> {
+        self.shadows.get(device_id).map(|b| &**b)
+    }
+
+    /// Devices with a shadow.
+    pub fn devices(&self) -> impl Iterator<Item = &str> {
+        self.shadows.keys().map(String::as_str)
+    }
+
+    fn shadow_mut(&mut self, id: &str) -> &mut TwinShadow {
+        let policy = self.fleet_config.default_policy;
+        let config = &self.fleet_config;
+        self.shadows.entry(id.to_owned()).or_insert_with(|| {
+            let mut s = Box::new(TwinShadow::new(policy));
+            // The configuration's policies were validated when it was made.
+            let _ = config.apply_policies(&mut s);
+            s
+        })
+    }
+
+    fn persist(&self, id: &str) {
+        let (Some(dir), Some(shadow)) = (&self.dir, self.shadows.get(id)) else {
+            return;
+        };
+        let mut buf = vec![0u8; 64 * 1024];
+        match shadow.encode(&mut buf) {
+            Ok(n) => {
+                if let Err(e) = write_atomic(&dir.join(format!("{id}.cbor")), &buf[..n]) {
+                    tracing::error!(device = id, error = %e, "could not persist shadow");
+                }
+            }
+            Err(e) => tracing::error!(device = id, error = %e, "could not encode shadow"),
+        }
+    }
+
+    fn jitter(&mut self) -> u32 {
+        self.rng ^= self.rng << 13;
+        self.rng ^= self.rng >> 7;
+        self.rng ^= self.rng << 17;
+        self.rng as u32
+    }
+
+    /// Handles one message; returns what to publish.
+    pub fn handle(&mut self, now_ms: u64, topic_name: &str, payload: &[u8]) -> Vec<Publish> {
+        if let Some(rest) = topic_name.strip_prefix("$aws/things/") {
+            return match rest.split_once("/shadow/") {
+                Some((thing, op)) if valid_id(thing) => self.aws(now_ms, thing, op, payload),
+                _ => Vec::new(),
+            };
+        }
+        let Some(rest) = topic_name.strip_prefix(TOPIC_PREFIX) else {
+            return Vec::new();
+        };
+        let Some((id, suffix)) = rest.split_once('/') else {
+            return Vec::new();
+        };
+        if !valid_id(id) {
+            return Vec::new();
+        }
+        match suffix {
+            s if s == MessageKind::Register.topic_suffix() => self.register(now_ms, id, payload),
+            s if s == MessageKind::ShadowUpdate.topic_suffix() || s == app_topics::SET_DESIRED => {
+                self.cbor_update(now_ms, id, payload)
+            }
+            app_topics::GET => match self.shadows.get(id) {
+                Some(s) => {
+                    let mut buf = vec![0u8; 64 * 1024];
+                    match s.encode(&mut buf) {
+                        Ok(n) => vec![Publish {
+                            topic: format!("{TOPIC_PREFIX}{id}/{}", app_topics::DOCUMENT),
+                            payload: buf[..n].to_vec(),
+                            qos: Qos::AtLeastOnce,
+                        }],
+                        Err(_) => Vec::new(),
+                    }
+                }
+                None => vec![rejected(id, "no shadow for this device")],
+            },
+            _ => Vec::new(),
+        }
+    }
+
+    fn register(&mut self, now_ms: u64, id: &str, payload: &[u8]) -> Vec<Publish> {
+        let Ok(reg) = Register::decode(payload) else {
+            self.stats.rejected += 1;
+            return Vec::new();
+        };
+        if reg.device_id != id {
+            self.stats.rejected += 1;
+            return Vec::new();
+        }
+        self.stats.registrations += 1;
+        self.shadow_mut(id);
+        self.persist(id);
+        let mut cfg = minicbor::Encoder::new(Vec::new());
+        // Encoding into a Vec cannot fail.
+        let _ = self.fleet_config.encode_cbor(&mut cfg);
+        let cfg = cfg.into_writer();
+        let accepted = RegisterAccepted {
+            device_id: id,
+            config: Some(&cfg),
+            time_ms: now_ms,
+        };
+        vec![encoded(id, MessageKind::RegisterAccepted, &accepted)]
+    }
+
+    fn cbor_update(&mut self, now_ms: u64, id: &str, payload: &[u8]) -> Vec<Publish> {
+        let mut update: Box<TwinUpdate> = Box::new(ShadowUpdate::new(0));
+        if let Err(e) = update.decode_into(payload) {
+            self.stats.rejected += 1;
+            return vec![rejected(id, &e.to_string())];
+        }
+        // Time comes from the writer (for LatestWins), but never from the
+        // future of this host's clock.
+        update.timestamp_ms = update.timestamp_ms.min(now_ms);
+        let shadow = self.shadow_mut(id);
+        if let Err(e) = update.apply_to(shadow) {
+            self.stats.rejected += 1;
+            return vec![rejected(id, &e.to_string())];
+        }
+        self.stats.updates += 1;
+        let out = self.sync_and_delta(now_ms, id);
+        self.persist(id);
+        out
+    }
+
+    /// Runs the conflict rules and, if the device is not in step, sends it
+    /// the delta.
+    fn sync_and_delta(&mut self, now_ms: u64, id: &str) -> Vec<Publish> {
+        let jitter = self.jitter();
+        let mut conflicts = [0u64; 4];
+        let shadow = self.shadow_mut(id);
+        let _ = shadow.sync(now_ms, jitter, |c| {
+            let i = ConflictPolicy::ALL.iter().position(|p| *p == c.policy).unwrap_or(0);
+            conflicts[i] += 1;
+            tracing::info!(device = id, path = %c.path, policy = c.policy.name(), winner = ?c.winner, "conflict");
+        });
+        let delta = if shadow.in_sync() {
+            None
+        } else {
+            ShadowDelta::<TWIN_LEAVES, TWIN_POOL>::of(shadow, now_ms).ok()
+        };
+        for (a, b) in self.stats.conflicts.iter_mut().zip(conflicts) {
+            *a += b;
+        }
+        match delta {
+            Some(d) => {
+                self.stats.deltas += 1;
+                let mut buf = vec![0u8; 64 * 1024];
+                match d.encode(&mut buf) {
+                    Ok(n) => vec![Publish {
+                        topic: topic(id, MessageKind::ShadowDelta).to_string(),
+                        payload: buf[..n].to_vec(),
+                        qos: Qos::AtLeastOnce,
+                    }],
+                    Err(_) => Vec::new(),
+                }
+            }
+            None => Vec::new(),
+        }
+    }
+
+    fn aws(&mut self, now_ms: u64, thing: &str, op: &str, payload: &[u8]) -> Vec<Publish> {
+        let base = format!("$aws/things/{thing}/shadow");
+        let json = |suffix: &str, doc: serde_json::Value| Publish {
+            topic: format!("{base}/{suffix}"),
+            payload: serde_json::to_vec(&doc).unwrap_or_default(),
+            qos: Qos::AtLeastOnce,
+        };
+        match op {
+            "update" => {
+                let req = match aws_json::parse_update::<TWIN_LEAVES, TWIN_POOL>(payload) {
+                    Ok(r) => r,
+                    Err(e) => {
+                        self.stats.rejected += 1;
+                        return vec![json(
+                            "update/rejected",
+                            aws_json::error_document(&e, now_ms, None),
+                        )];
+                    }
+                };
+                let previous = self.shadows.get(thing).map(|s| s.clone());
+                let shadow = self.shadow_mut(thing);
+                let previous = previous.unwrap_or_else(|| Box::new(shadow.clone()));
+                match req.apply_to(shadow, now_ms) {
+                    Err(e) => {
+                        self.stats.rejected += 1;
+                        vec![json(
+                            "update/rejected",
+                            aws_json::error_document(&e, now_ms, req.client_token.as_deref()),
+                        )]
+                    }
+                    Ok(version) => {
+                        self.stats.updates += 1;
+                        let token = req.client_token.as_deref();
+                        let mut out = vec![json(
+                            "update/accepted",
+                            aws_json::accepted_document(&req, version, now_ms),
+                        )];
+                        let jitter = self.jitter();
+                        let shadow = self.shadow_mut(thing);
+                        let _ = shadow.sync(now_ms, jitter, |_| {});
+                        let shadow = &*self.shadows[thing];
+                        if !shadow.in_sync() {
+                            if let Ok(d) = aws_json::delta_document(shadow, now_ms, token) {
+                                self.stats.deltas += 1;
+                                out.push(json("update/delta", d));
+                            }
+                        }
+                        out.push(json(
+                            "update/documents",
+                            aws_json::documents_document(&previous, shadow, now_ms, token),
+                        ));
+                        self.persist(thing);
+                        out
+                    }
+                }
+            }
+            "get" => {
+                let token = serde_json::from_slice::<serde_json::Value>(payload)
+                    .ok()
+                    .and_then(|v| {
+                        v.get("clientToken")
+                            .and_then(|t| t.as_str())
+                            .map(String::from)
+                    });
+                match self.shadows.get(thing) {
+                    Some(s) => match aws_json::get_document(s, now_ms, token.as_deref()) {
+                        Ok(doc) => vec![json("get/accepted", doc)],
+                        Err(e) => vec![json(
+                            "get/rejected",
+                            aws_json::error_document(&e, now_ms, token.as_deref()),
+                        )],
+                    },
+                    None => vec![json(
+                        "get/rejected",
+                        serde_json::json!({"code": 404, "message": format!("No shadow exists with name: '{thing}'"), "timestamp": now_ms / 1000}),
+                    )],
+                }
+            }
+            "delete" => match self.shadows.remove(thing) {
+                Some(s) => {
+                    if let Some(dir) = &self.dir {
+                        let _ = std::fs::remove_file(dir.join(format!("{thing}.cbor")));
+                    }
+                    vec![json(
+                        "delete/accepted",
+                        serde_json::json!({"version": s.version(), "timestamp": now_ms / 1000}),
+                    )]
+                }
+                None => vec![json(
+                    "delete/rejected",
+                    serde_json::json!({"code": 404, "message": format!("No shadow exists with name: '{thing}'"), "timestamp": now_ms / 1000}),
+                )],
+            },
+            _ => Vec::new(),
+        }
+    }
+}
+
+fn rejected(id: &str, why: &str) -> Publish {
+    Publish {
+        topic: format!("{TOPIC_PREFIX}{id}/{}", app_topics::REJECTED),
+        payload: why.as_bytes().to_vec(),
+        qos: Qos::AtLeastOnce,
+    }
+}
+
+fn encoded<T: Encodable>(id: &str, kind: MessageKind, m: &T) -> Publish {
+    let mut buf = vec![0u8; 8192];
+    let n = m.encode(&mut buf).unwrap_or(0);
+    Publish {
+        topic: topic(id, kind).to_string(),
+        payload: buf[..n].to_vec(),
+        qos: Qos::AtLeastOnce,
+    }
+}
+
+/// Runs a host over a transport until the transport closes or `stop`
+/// completes.
+pub async fn run_twin<T: Transport>(
+    host: &mut TwinHost,
+    transport: &mut T,
+    clock: crate::clock::Clock,
+    stop: impl std::future::Future<Output = ()>,
+) -> Result<(), TransportError> {
+    for f in subscriptions() {
+        transport.subscribe(&f).await?;
+    }
+    tokio::pin!(stop);
+    loop {
+        tokio::select! {
+            _ = &mut stop => return Ok(()),
+            ev = transport.recv() => {
+                if let TransportEvent::Message { topic, payload } = ev? {
+                    for p in host.handle(clock.now_ms(), &topic, &payload) {
+                        transport.publish(&p.topic, &p.payload, p.qos).await?;
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// The directory layout of a host's storage, for tools.
+pub fn shadow_file(dir: &Path, device_id: &str) -> PathBuf {
+    dir.join(format!("{device_id}.cbor"))
+}

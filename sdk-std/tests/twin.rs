@@ -1,0 +1,237 @@
+//! The twin host, message in and publishes out: registration, shadow
+//! updates from devices and apps, conflicts, the AWS IoT topics, and
+//! persistence across a restart.
+
+use lanyard_core::agent::config::DeviceConfig;
+use lanyard_core::agent::messages::*;
+use lanyard_core::shadow::{ConflictPolicy, PathBuf, StateTree, Value};
+use lanyard_core::wire::{ShadowDelta, ShadowUpdate};
+use lanyard_std::twin::{TwinHost, app_topics};
+use serde_json::json;
+
+const ID: &str = "ly-0a1b2c3d4e5f";
+
+fn update(desired: &[(&str, i64)], reported: &[(&str, i64)], ts: u64) -> Vec<u8> {
+    let tree = |pairs: &[(&str, i64)]| {
+        let mut t: StateTree<16, 512> = StateTree::new();
+        for (k, v) in pairs {
+            t.insert(&PathBuf::from_dotted(k).unwrap(), Value::Int(*v))
+                .unwrap();
+        }
+        t
+    };
+    let mut up: ShadowUpdate<16, 512> = ShadowUpdate::new(ts);
+    if !desired.is_empty() {
+        up.desired = Some(tree(desired));
+    }
+    if !reported.is_empty() {
+        up.reported = Some(tree(reported));
+    }
+    let mut buf = vec![0u8; 1024];
+    let n = up.encode(&mut buf).unwrap();
+    buf.truncate(n);
+    buf
+}
+
+fn t(suffix: &str) -> String {
+    format!("lanyard/v1/{ID}/{suffix}")
+}
+
+#[test]
+fn registration_is_answered_with_the_fleet_configuration() {
+    let cfg = DeviceConfig {
+        version: 7,
+        heartbeat_ms: 20_000,
+        ..DeviceConfig::default()
+    };
+    let mut host = TwinHost::in_memory(cfg.clone());
+    let mut buf = vec![0u8; 256];
+    let n = Register {
+        device_id: ID,
+        firmware: "1",
+        config_version: 0,
+        boot_count: 1,
+        time_ms: 5,
+    }
+    .encode(&mut buf)
+    .unwrap();
+    let out = host.handle(10, &t("register"), &buf[..n]);
+    assert_eq!(out.len(), 1);
+    assert_eq!(out[0].topic, t("register/accepted"));
+    let acc = RegisterAccepted::decode(&out[0].payload).unwrap();
+    let got = DeviceConfig::default()
+        .decode_update(&mut minicbor::Decoder::new(acc.config.unwrap()))
+        .unwrap();
+    assert_eq!(got, cfg);
+    // A registration naming another device on this topic is ignored.
+    let n = Register {
+        device_id: "ly-ffffffffffff",
+        firmware: "1",
+        config_version: 0,
+        boot_count: 1,
+        time_ms: 5,
+    }
+    .encode(&mut buf)
+    .unwrap();
+    assert!(host.handle(11, &t("register"), &buf[..n]).is_empty());
+    assert_eq!(host.stats().rejected, 1);
+}
+
+#[test]
+fn desired_changes_reach_the_device_as_a_delta_until_it_reports_them() {
+    let mut host = TwinHost::in_memory(DeviceConfig::default());
+    let out = host.handle(
+        100,
+        &t(app_topics::SET_DESIRED),
+        &update(&[("led.on", 1)], &[], 100),
+    );
+    assert_eq!(out.len(), 1);
+    assert_eq!(out[0].topic, t("shadow/delta"));
+    let d: ShadowDelta<16, 512> = ShadowDelta::decode(&out[0].payload).unwrap();
+    assert_eq!(d.state.get_dotted("led.on").unwrap().value, Value::Int(1));
+    // The device reports it: in step, no delta.
+    assert!(
+        host.handle(
+            200,
+            &t("shadow/update"),
+            &update(&[], &[("led.on", 1)], 200)
+        )
+        .is_empty()
+    );
+    assert!(host.shadow(ID).unwrap().in_sync());
+    // A malformed update is refused with a reason, and changes nothing.
+    let v = host.shadow(ID).unwrap().version();
+    let out = host.handle(300, &t("shadow/update"), &[0xa1, 0x02]);
+    assert_eq!(out[0].topic, t(app_topics::REJECTED));
+    assert_eq!(host.shadow(ID).unwrap().version(), v);
+}
+
+#[test]
+fn conflicts_are_settled_by_policy_and_counted() {
+    let cfg = DeviceConfig {
+        default_policy: ConflictPolicy::DeviceWins,
+        ..DeviceConfig::default()
+    };
+    let mut host = TwinHost::in_memory(cfg);
+    host.handle(
+        0,
+        &t(app_topics::SET_DESIRED),
+        &update(&[("temp", 70)], &[("temp", 70)], 0),
+    );
+    host.handle(
+        10_000,
+        &t(app_topics::SET_DESIRED),
+        &update(&[("temp", 72)], &[], 10_000),
+    );
+    // The device was offline and changed it too: device wins, no delta.
+    let out = host.handle(
+        20_000,
+        &t("shadow/update"),
+        &update(&[], &[("temp", 68)], 10_500),
+    );
+    assert!(out.is_empty());
+    assert_eq!(host.stats().conflicts, [0, 1, 0, 0]);
+    assert_eq!(
+        host.shadow(ID)
+            .unwrap()
+            .desired()
+            .get_dotted("temp")
+            .unwrap()
+            .value,
+        Value::Int(68)
+    );
+}
+
+#[test]
+fn aws_iot_topics_and_documents() {
+    let mut host = TwinHost::in_memory(DeviceConfig::default());
+    let base = "$aws/things/thermostat-1/shadow";
+    let req = json!({"state": {"desired": {"color": "RED"}}, "clientToken": "t1"});
+    let out = host.handle(
+        1_700_000_000_000,
+        &format!("{base}/update"),
+        &serde_json::to_vec(&req).unwrap(),
+    );
+    let topics: Vec<&str> = out.iter().map(|p| p.topic.as_str()).collect();
+    assert_eq!(
+        topics,
+        vec![
+            format!("{base}/update/accepted"),
+            format!("{base}/update/delta"),
+            format!("{base}/update/documents")
+        ]
+    );
+    let delta: serde_json::Value = serde_json::from_slice(&out[1].payload).unwrap();
+    assert_eq!(delta["state"], json!({"color": "RED"}));
+    assert_eq!(delta["clientToken"], json!("t1"));
+
+    let out = host.handle(
+        1_700_000_001_000,
+        &format!("{base}/update"),
+        br#"{"state":{"desired":{"color":"BLUE"}},"version":9}"#,
+    );
+    assert_eq!(out[0].topic, format!("{base}/update/rejected"));
+    let err: serde_json::Value = serde_json::from_slice(&out[0].payload).unwrap();
+    assert_eq!(
+        (err["code"].clone(), err["message"].clone()),
+        (json!(409), json!("Version conflict"))
+    );
+
+    let out = host.handle(1_700_000_002_000, &format!("{base}/update"), b"{oops");
+    let err: serde_json::Value = serde_json::from_slice(&out[0].payload).unwrap();
+    assert_eq!(err["code"], json!(400));
+
+    let out = host.handle(
+        1_700_000_003_000,
+        &format!("{base}/get"),
+        br#"{"clientToken":"g"}"#,
+    );
+    assert_eq!(out[0].topic, format!("{base}/get/accepted"));
+    let doc: serde_json::Value = serde_json::from_slice(&out[0].payload).unwrap();
+    assert_eq!(doc["state"]["delta"], json!({"color": "RED"}));
+    assert_eq!(doc["clientToken"], json!("g"));
+
+    let out = host.handle(1_700_000_004_000, &format!("{base}/delete"), b"{}");
+    assert_eq!(out[0].topic, format!("{base}/delete/accepted"));
+    let out = host.handle(1_700_000_005_000, &format!("{base}/get"), b"{}");
+    assert_eq!(out[0].topic, format!("{base}/get/rejected"));
+}
+
+#[test]
+fn topics_that_are_not_ours_or_name_wildcards_are_ignored() {
+    let mut host = TwinHost::in_memory(DeviceConfig::default());
+    assert!(host.handle(0, "other/topic", b"x").is_empty());
+    assert!(
+        host.handle(
+            0,
+            "lanyard/v1/+/shadow/update",
+            &update(&[("a", 1)], &[], 0)
+        )
+        .is_empty()
+    );
+    assert_eq!(host.devices().count(), 0);
+}
+
+#[test]
+fn shadows_survive_a_restart_of_the_host() {
+    let dir = tempfile::tempdir().unwrap();
+    {
+        let mut host = TwinHost::open(dir.path(), DeviceConfig::default()).unwrap();
+        host.handle(
+            100,
+            &t(app_topics::SET_DESIRED),
+            &update(&[("a", 1)], &[("b", 2)], 100),
+        );
+    }
+    let host = TwinHost::open(dir.path(), DeviceConfig::default()).unwrap();
+    let s = host.shadow(ID).unwrap();
+    assert_eq!(s.version(), 1);
+    assert_eq!(s.desired().get_dotted("a").unwrap().value, Value::Int(1));
+    assert_eq!(s.reported().get_dotted("b").unwrap().value, Value::Int(2));
+    // A corrupt file is a clear error, not a silent empty shadow.
+    std::fs::write(dir.path().join("ly-bad.cbor"), b"\xff").unwrap();
+    let err = TwinHost::open(dir.path(), DeviceConfig::default())
+        .err()
+        .unwrap();
+    assert!(err.to_string().contains("ly-bad.cbor"));
+}
