@@ -327,7 +327,7 @@ impl TwinHost {
                         )];
                     }
                 };
-                let previous = self.shadows.get(thing).map(|s| s.clone());
+                let previous = self.shadows.get(thing).cloned();
                 let shadow = self.shadow_mut(thing);
                 let previous = previous.unwrap_or_else(|| Box::new(shadow.clone()));
                 match req.apply_to(shadow, now_ms) {
