@@ -23,8 +23,8 @@ pub enum DriverEvent {
         at_ms: u64,
         /// What it was.
         kind: MessageKind,
-        /// Its size.
-        bytes: usize,
+        /// Its bytes.
+        payload: Vec<u8>,
     },
     /// A message arrived and the agent took it.
     Received {
@@ -89,8 +89,13 @@ pub struct DeviceDriver<T: Transport> {
     platform: StdPlatform,
     clock: Clock,
     events: Option<mpsc::UnboundedSender<DriverEvent>>,
+    local: Option<mpsc::UnboundedReceiver<LocalChange>>,
     buf: Vec<u8>,
 }
+
+/// A change of the device's own state (a button, a local setting), to be
+/// reported in its shadow: a dotted path and an integer value.
+pub type LocalChange = (String, i64);
 
 /// The topics a device listens on.
 pub const DEVICE_INBOUND: [MessageKind; 4] = [
@@ -109,6 +114,7 @@ impl<T: Transport> DeviceDriver<T> {
             platform,
             clock,
             events: None,
+            local: None,
             buf: vec![0; 4096],
         }
     }
@@ -116,6 +122,12 @@ impl<T: Transport> DeviceDriver<T> {
     /// Sends what the driver sees to `tx`.
     pub fn with_events(mut self, tx: mpsc::UnboundedSender<DriverEvent>) -> Self {
         self.events = Some(tx);
+        self
+    }
+
+    /// Takes local changes of the device's state from `rx`.
+    pub fn with_local_changes(mut self, rx: mpsc::UnboundedReceiver<LocalChange>) -> Self {
+        self.local = Some(rx);
         self
     }
 
@@ -165,11 +177,13 @@ impl<T: Transport> DeviceDriver<T> {
             self.transport
                 .publish(&topic, &self.buf[..t.len], qos)
                 .await?;
-            self.emit(DriverEvent::Sent {
-                at_ms: now,
-                kind: t.kind,
-                bytes: t.len,
-            });
+            if self.events.is_some() {
+                self.emit(DriverEvent::Sent {
+                    at_ms: now,
+                    kind: t.kind,
+                    payload: self.buf[..t.len].to_vec(),
+                });
+            }
         }
         while let Some(event) = self.agent.poll_event() {
             self.emit(DriverEvent::Agent { at_ms: now, event });
@@ -189,8 +203,28 @@ impl<T: Transport> DeviceDriver<T> {
                 Some(at) => self.clock.real_wait_until(at),
                 None => std::time::Duration::from_secs(3_600),
             };
+            let local = async {
+                match self.local.as_mut() {
+                    Some(rx) => rx.recv().await,
+                    None => std::future::pending().await,
+                }
+            };
             tokio::select! {
                 _ = &mut stop => return Ok(()),
+                Some((path, value)) = local => {
+                    let now = self.clock.now_ms();
+                    match lanyard_core::shadow::PathBuf::from_dotted(&path) {
+                        Ok(p) => {
+                            match self.agent.set_reported(now, p.as_path(), lanyard_core::shadow::Value::Int(value)) {
+                                // The sync it asks for is due now: send it
+                                // before anything else can overwrite it.
+                                Ok(()) => self.agent.handle_timeout(now, &mut self.platform.lend()),
+                                Err(e) => self.emit(DriverEvent::Refused { at_ms: now, why: e.to_string() }),
+                            }
+                        }
+                        Err(e) => self.emit(DriverEvent::Refused { at_ms: now, why: e.to_string() }),
+                    }
+                }
                 ev = self.transport.recv() => {
                     let now = self.clock.now_ms();
                     match ev? {

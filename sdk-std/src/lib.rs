@@ -17,7 +17,9 @@
 #![deny(missing_docs)]
 
 pub mod aws_json;
+pub mod broker;
 pub mod clock;
+pub mod describe;
 pub mod driver;
 pub mod mqtt;
 pub mod sim;

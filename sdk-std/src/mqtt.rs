@@ -32,6 +32,9 @@ pub struct MqttConfig {
     pub backoff_cap: Duration,
     /// TLS settings; `None` for plain TCP.
     pub tls: Option<rumqttc::TlsConfiguration>,
+    /// Ask the broker to keep the session (subscriptions and queued QoS 1
+    /// messages) while disconnected. On by default.
+    pub persistent_session: bool,
 }
 
 impl MqttConfig {
@@ -46,6 +49,7 @@ impl MqttConfig {
             backoff_base: Duration::from_millis(250),
             backoff_cap: Duration::from_secs(8),
             tls: None,
+            persistent_session: true,
         }
     }
 }
@@ -76,7 +80,7 @@ impl MqttTransport {
         opts.set_keep_alive(config.keep_alive);
         // A persistent session: the broker keeps QoS 1 messages for us while
         // we are away (as long as the broker itself keeps running).
-        opts.set_clean_session(false);
+        opts.set_clean_session(!config.persistent_session);
         opts.set_max_packet_size(256 * 1024, 256 * 1024);
         if let Some(tls) = config.tls.clone() {
             opts.set_transport(rumqttc::Transport::Tls(tls));

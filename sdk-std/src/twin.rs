@@ -40,8 +40,9 @@ pub mod app_topics {
     pub const REJECTED: &str = "shadow/rejected";
 }
 
-/// What the host subscribes to.
-pub fn subscriptions() -> Vec<String> {
+/// What the host subscribes to; `aws` adds the `$aws/things/...` topics
+/// (some brokers, rumqttd among them, refuse filters starting with `$`).
+pub fn subscriptions(aws: bool) -> Vec<String> {
     let mut v: Vec<String> = [
         MessageKind::Register.topic_suffix(),
         MessageKind::ShadowUpdate.topic_suffix(),
@@ -51,8 +52,10 @@ pub fn subscriptions() -> Vec<String> {
     .iter()
     .map(|s| format!("{TOPIC_PREFIX}+/{s}"))
     .collect();
-    for op in ["update", "get", "delete"] {
-        v.push(format!("$aws/things/+/shadow/{op}"));
+    if aws {
+        for op in ["update", "get", "delete"] {
+            v.push(format!("$aws/things/+/shadow/{op}"));
+        }
     }
     v
 }
@@ -425,14 +428,15 @@ fn encoded<T: Encodable>(id: &str, kind: MessageKind, m: &T) -> Publish {
 }
 
 /// Runs a host over a transport until the transport closes or `stop`
-/// completes.
+/// completes; `aws` serves the AWS IoT topics too.
 pub async fn run_twin<T: Transport>(
     host: &mut TwinHost,
     transport: &mut T,
     clock: crate::clock::Clock,
+    aws: bool,
     stop: impl std::future::Future<Output = ()>,
 ) -> Result<(), TransportError> {
-    for f in subscriptions() {
+    for f in subscriptions(aws) {
         transport.subscribe(&f).await?;
     }
     tokio::pin!(stop);

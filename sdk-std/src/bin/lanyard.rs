@@ -1,0 +1,628 @@
+//! `lanyard`: the demo, a message decoder, a device and a twin host.
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::{Parser, Subcommand};
+use indicatif::{ProgressBar, ProgressStyle};
+use lanyard_core::agent::config::DeviceConfig;
+use lanyard_core::agent::health::SlowTelemetryOnLowBattery;
+use lanyard_core::agent::lifecycle::LifecycleState;
+use lanyard_core::agent::messages::*;
+use lanyard_core::agent::platform::NoCommands;
+use lanyard_core::agent::{Agent, AgentEvent, Identity};
+use lanyard_core::shadow::{ConflictPolicy, PathBuf as ShadowPath, StateTree, Value};
+use lanyard_core::wire::ShadowUpdate;
+use lanyard_std::clock::Clock;
+use lanyard_std::describe::{describe, parse_hex};
+use lanyard_std::driver::{DeviceDriver, DriverEvent, StdPlatform};
+use lanyard_std::mqtt::{MqttConfig, MqttTransport};
+use lanyard_std::sim::{CountingLed, SimulatedSensors};
+use lanyard_std::store::FileStore;
+use lanyard_std::transport::{Qos, Transport};
+use lanyard_std::twin::{TwinHost, app_topics, run_twin};
+use tokio::sync::{mpsc, oneshot};
+
+#[derive(Parser)]
+#[command(
+    name = "lanyard",
+    version,
+    about = "Lanyard IoT SDK: demo, decoder, device and twin host"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Cmd,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// A simulated fleet against a twin host on an embedded broker, the seed
+    /// chapter's scenario with time compressed.
+    Demo {
+        /// Devices in the fleet.
+        #[arg(long, default_value_t = 100)]
+        devices: usize,
+        /// How many times faster than real time.
+        #[arg(long, default_value_t = 20.0)]
+        speed: f64,
+        /// Simulated minutes.
+        #[arg(long, default_value_t = 10)]
+        minutes: u64,
+        /// Use this broker (mqtt://host:port) instead of the embedded one.
+        #[arg(long)]
+        broker: Option<String>,
+    },
+    /// Prints any SDK message (hex, or a file of raw bytes) as JSON.
+    Decode {
+        /// The message in hex.
+        hex: Option<String>,
+        /// A file holding the raw message.
+        #[arg(long)]
+        file: Option<PathBuf>,
+        /// The message type (topic suffix, e.g. `ack`, `shadow/delta`); tried
+        /// in turn when absent.
+        #[arg(long)]
+        kind: Option<String>,
+    },
+    /// Runs one simulated device against a broker, its state in a directory.
+    Device {
+        /// mqtt://host:port
+        #[arg(long)]
+        broker: String,
+        /// Where the device keeps its state.
+        #[arg(long)]
+        state_dir: PathBuf,
+        /// MAC address, six hex bytes with colons.
+        #[arg(long, default_value = "02:00:00:00:00:01")]
+        mac: String,
+    },
+    /// Runs a twin host against a broker, its shadows in a directory.
+    Twin {
+        /// mqtt://host:port
+        #[arg(long)]
+        broker: String,
+        /// Where the shadows are kept.
+        #[arg(long)]
+        state_dir: PathBuf,
+    },
+}
+
+fn parse_broker(url: &str) -> Result<(String, u16), String> {
+    let rest = url
+        .strip_prefix("mqtt://")
+        .ok_or_else(|| format!("broker must be mqtt://host:port, got {url}"))?;
+    let (host, port) = rest.rsplit_once(':').ok_or("broker needs a port")?;
+    Ok((
+        host.to_owned(),
+        port.parse().map_err(|_| format!("bad port in {url}"))?,
+    ))
+}
+
+fn parse_mac(s: &str) -> Result<[u8; 6], String> {
+    let parts: Vec<&str> = s.split(':').collect();
+    if parts.len() != 6 {
+        return Err(format!("MAC address needs six bytes: {s}"));
+    }
+    let mut mac = [0u8; 6];
+    for (m, p) in mac.iter_mut().zip(parts) {
+        *m = u8::from_str_radix(p, 16).map_err(|_| format!("bad MAC byte {p}"))?;
+    }
+    Ok(mac)
+}
+
+fn main() {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn,rumqttd=off")),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let cli = Cli::parse();
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .thread_stack_size(8 * 1024 * 1024)
+        .build()
+        .expect("tokio runtime");
+    let result = rt.block_on(async {
+        match cli.command {
+            Cmd::Decode { hex, file, kind } => decode(hex, file, kind),
+            Cmd::Device {
+                broker,
+                state_dir,
+                mac,
+            } => device(&broker, state_dir, &mac).await,
+            Cmd::Twin { broker, state_dir } => twin(&broker, state_dir).await,
+            Cmd::Demo {
+                devices,
+                speed,
+                minutes,
+                broker,
+            } => demo(devices, speed, minutes, broker).await,
+        }
+    });
+    if let Err(e) = result {
+        eprintln!("lanyard: {e}");
+        std::process::exit(1);
+    }
+}
+
+fn decode(hex: Option<String>, file: Option<PathBuf>, kind: Option<String>) -> Result<(), String> {
+    let bytes = match (hex, file) {
+        (Some(h), None) => parse_hex(&h)?,
+        (None, Some(f)) => std::fs::read(&f).map_err(|e| format!("{}: {e}", f.display()))?,
+        _ => return Err("give the message in hex or with --file, not both".into()),
+    };
+    let kind = match kind {
+        None => None,
+        Some(k) => Some(
+            MessageKind::ALL
+                .into_iter()
+                .find(|m| m.topic_suffix() == k)
+                .ok_or_else(|| format!("unknown kind {k}"))?,
+        ),
+    };
+    let (name, json) = describe(&bytes, kind)?;
+    println!(
+        "{}",
+        serde_json::to_string_pretty(&serde_json::json!({ "type": name, "message": json }))
+            .unwrap_or_default()
+    );
+    Ok(())
+}
+
+fn make_device(
+    mac: [u8; 6],
+    host: &str,
+    port: u16,
+    state_dir: PathBuf,
+    clock: Clock,
+    drain_every_ms: u64,
+    start_battery: u8,
+) -> Result<DeviceDriver<MqttTransport>, String> {
+    let agent = Box::new(Agent::new(
+        Identity {
+            mac,
+            device_id: None,
+            firmware: env!("CARGO_PKG_VERSION"),
+        },
+        DeviceConfig::default(),
+        SlowTelemetryOnLowBattery::default(),
+    ));
+    let id = agent.device_id().to_owned();
+    let mut sensors =
+        SimulatedSensors::new(clock.now_ms(), drain_every_ms, u64::from(mac[5]) * 7_919);
+    sensors.start_battery_pct = start_battery;
+    let platform = StdPlatform {
+        storage: Box::new(
+            FileStore::open(&state_dir).map_err(|e| format!("{}: {e}", state_dir.display()))?,
+        ),
+        probe: Box::new(sensors),
+        actuators: Box::new(CountingLed::default()),
+        commands: Box::new(NoCommands),
+    };
+    let transport = MqttTransport::connect(MqttConfig::new(host, port, id));
+    Ok(DeviceDriver::new(agent, transport, platform, clock))
+}
+
+async fn device(broker: &str, state_dir: PathBuf, mac: &str) -> Result<(), String> {
+    let (host, port) = parse_broker(broker)?;
+    let clock = Clock::real();
+    let (tx, mut rx) = mpsc::unbounded_channel();
+    let mut driver =
+        make_device(parse_mac(mac)?, &host, port, state_dir, clock, 60_000, 100)?.with_events(tx);
+    let id = driver.agent().device_id().to_owned();
+    tokio::spawn(async move {
+        while let Some(e) = rx.recv().await {
+            if let Some(line) = timeline_line(&e) {
+                println!("{id} {line}");
+            }
+        }
+    });
+    driver.start().await.map_err(|e| e.to_string())?;
+    driver
+        .run_until(async {
+            let _ = tokio::signal::ctrl_c().await;
+        })
+        .await
+        .map_err(|e| e.to_string())
+}
+
+async fn twin(broker: &str, state_dir: PathBuf) -> Result<(), String> {
+    let (host, port) = parse_broker(broker)?;
+    let mut twin = TwinHost::open(
+        &state_dir,
+        DeviceConfig {
+            version: 1,
+            ..DeviceConfig::default()
+        },
+    )
+    .map_err(|e| format!("{}: {e}", state_dir.display()))?;
+    let mut transport = MqttTransport::connect(MqttConfig::new(host, port, "lanyard-twin"));
+    println!(
+        "twin host on {broker}, {} shadows loaded",
+        twin.devices().count()
+    );
+    run_twin(&mut twin, &mut transport, Clock::real(), true, async {
+        let _ = tokio::signal::ctrl_c().await;
+    })
+    .await
+    .map_err(|e| e.to_string())
+}
+
+/// One human line for the timeline, or `None` for events not worth a line.
+fn timeline_line(e: &DriverEvent) -> Option<String> {
+    Some(match e {
+        DriverEvent::Sent { kind, payload, .. } => match kind {
+            MessageKind::Register => "-> register".into(),
+            MessageKind::Heartbeat => {
+                let h = Heartbeat::decode(payload).ok()?;
+                format!(
+                    "-> heartbeat #{} ({}, health {:?})",
+                    h.seq, h.state, h.health
+                )
+            }
+            MessageKind::Telemetry => {
+                let t = Telemetry::decode(payload).ok()?;
+                format!(
+                    "-> telemetry #{}: {:.1} °C, {:.0} % RH, battery {} %",
+                    t.seq, t.temperature_c, t.humidity_pct, t.battery_pct
+                )
+            }
+            MessageKind::Health => {
+                let h = HealthMessage::decode(payload).ok()?;
+                format!(
+                    "-> health check: {:?} (battery {} %)",
+                    h.report.status, h.report.metrics.battery_pct
+                )
+            }
+            MessageKind::ShadowUpdate => "-> shadow sync (reported state)".into(),
+            MessageKind::Lifecycle => {
+                let l = LifecycleEvent::decode(payload).ok()?;
+                format!("-> lifecycle {} -> {} ({})", l.from, l.to, l.cause.name())
+            }
+            MessageKind::Ack => {
+                let a = Ack::decode(payload).ok()?;
+                format!(
+                    "-> ack {} {:?}{}",
+                    a.command_id,
+                    a.status,
+                    a.reason.map(|r| format!(" ({r:?})")).unwrap_or_default()
+                )
+            }
+            MessageKind::ConfigAck => {
+                let a = ConfigAck::decode(payload).ok()?;
+                format!("-> config v{} {:?}", a.version, a.outcome)
+            }
+            _ => return None,
+        },
+        DriverEvent::Received { kind, .. } => format!("<- {}", kind.topic_suffix()),
+        DriverEvent::Refused { why, .. } => format!("<- refused: {why}"),
+        DriverEvent::Agent {
+            event: AgentEvent::StateChanged { from, to, .. },
+            ..
+        } => format!("   state {from} -> {to}"),
+        DriverEvent::Agent {
+            event: AgentEvent::ConfigApplied(v),
+            ..
+        } => format!("   configuration v{v} applied"),
+        DriverEvent::Reconnected { .. } => "   reconnected".into(),
+        _ => return None,
+    })
+}
+
+struct Totals {
+    messages: BTreeMap<&'static str, (u64, u64)>,
+}
+
+async fn demo(
+    devices: usize,
+    speed: f64,
+    minutes: u64,
+    broker: Option<String>,
+) -> Result<(), String> {
+    // rumqttd refuses `$aws/...` subscriptions: AWS topics only on an
+    // external broker.
+    let aws = broker.is_some();
+    let (host, port) = match broker {
+        Some(b) => parse_broker(&b)?,
+        None => {
+            let port = lanyard_std::broker::free_port().map_err(|e| e.to_string())?;
+            lanyard_std::broker::start_embedded(port, devices + 4)?;
+            ("127.0.0.1".to_owned(), port)
+        }
+    };
+    let clock = Clock::compressed(speed);
+    let start = clock.now_ms();
+    let end = start + minutes * 60_000;
+    let tmp = tempfile::tempdir().map_err(|e| e.to_string())?;
+    println!(
+        "lanyard demo: {devices} devices, twin host, broker on {host}:{port}, {minutes} simulated minutes at {speed}x"
+    );
+
+    // The twin host, with the fleet's configuration and policies.
+    let mut fleet = DeviceConfig {
+        version: 1,
+        ..DeviceConfig::default()
+    };
+    let _ = fleet.policies.push((
+        "hvac".try_into().unwrap_or_default(),
+        ConflictPolicy::LatestWins,
+    ));
+    let mut twin_host = TwinHost::in_memory(fleet.clone());
+    let mut twin_transport =
+        MqttTransport::connect(MqttConfig::new(host.clone(), port, "lanyard-twin"));
+    let (twin_stop, twin_stop_rx) = oneshot::channel::<()>();
+    let twin_task = tokio::spawn(async move {
+        let r = run_twin(&mut twin_host, &mut twin_transport, clock, aws, async {
+            let _ = twin_stop_rx.await;
+        })
+        .await;
+        (twin_host, r)
+    });
+    tokio::time::sleep(Duration::from_millis(300)).await;
+
+    // The fleet.
+    let (ev_tx, mut ev_rx) = mpsc::unbounded_channel::<(usize, DriverEvent)>();
+    let mut stops = Vec::new();
+    let mut tasks = Vec::new();
+    let mut buttons = Vec::new();
+    for i in 0..devices {
+        let mac = [0x02, 0x00, 0x00, (i >> 16) as u8, (i >> 8) as u8, i as u8];
+        let (tx, mut rx) = mpsc::unbounded_channel();
+        let fwd = ev_tx.clone();
+        tokio::spawn(async move {
+            while let Some(e) = rx.recv().await {
+                if fwd.send((i, e)).is_err() {
+                    break;
+                }
+            }
+        });
+        // The battery starts at 40 % and loses 1 % every 10 to 14 s, so each
+        // device crosses the critical 10 % a little after minute 5.
+        let drain = 10_000 + (i as u64 % 5) * 1_000;
+        let (button_tx, button_rx) = mpsc::unbounded_channel();
+        buttons.push(button_tx);
+        let mut d = make_device(
+            mac,
+            &host,
+            port,
+            tmp.path().join(format!("dev{i}")),
+            clock,
+            drain,
+            40,
+        )?
+        .with_events(tx)
+        .with_local_changes(button_rx);
+        let (stop_tx, stop_rx) = oneshot::channel::<()>();
+        stops.push(stop_tx);
+        tasks.push(tokio::spawn(async move {
+            d.start().await?;
+            d.run_until(async {
+                let _ = stop_rx.await;
+            })
+            .await?;
+            Ok::<_, lanyard_std::transport::TransportError>(d)
+        }));
+    }
+    drop(ev_tx);
+
+    // The operator: a command or a configuration change about every 45 s.
+    let mut operator =
+        MqttTransport::connect(MqttConfig::new(host.clone(), port, "lanyard-operator"));
+    let ids: Vec<String> = (0..devices)
+        .map(|i| {
+            lanyard_core::agent::device_id_from_mac([
+                0x02,
+                0,
+                0,
+                (i >> 16) as u8,
+                (i >> 8) as u8,
+                i as u8,
+            ])
+            .to_string()
+        })
+        .collect();
+    let bar = ProgressBar::new(minutes * 60);
+    bar.set_style(
+        ProgressStyle::with_template("{bar:40} {pos}/{len} simulated s  {msg}")
+            .map_err(|e| e.to_string())?,
+    );
+    let mut totals = Totals {
+        messages: BTreeMap::new(),
+    };
+    let script_ids = ids.clone();
+    let bar2 = bar.clone();
+    let operator_task = tokio::spawn(async move {
+        let mut step = 0u64;
+        let mut buf = vec![0u8; 2048];
+        loop {
+            step += 1;
+            let at = start + step * 45_000;
+            if at > end {
+                break;
+            }
+            tokio::time::sleep(clock.real_wait_until(at)).await;
+            let now = clock.now_ms();
+            let name = match step % 7 {
+                1 => "diagnostics",
+                2 => "config",
+                3 => "blink_led",
+                4 => "read_sensor",
+                5 => "setpoint",
+                6 => "enter_maintenance",
+                _ => "exit_maintenance",
+            };
+            bar2.set_message(format!("operator: {name}"));
+            for (n, id) in script_ids.iter().enumerate() {
+                match name {
+                    "config" => {
+                        let c = DeviceConfig {
+                            version: 1 + step,
+                            heartbeat_ms: 10_000,
+                            ..fleet.clone()
+                        };
+                        let mut e = minicbor::Encoder::new(Vec::new());
+                        let _ = c.encode_cbor(&mut e);
+                        let _ = operator
+                            .publish(
+                                &topic(id, MessageKind::Config),
+                                &e.into_writer(),
+                                Qos::AtLeastOnce,
+                            )
+                            .await;
+                    }
+                    "setpoint" => {
+                        // First the app sets 70 and the devices follow; the
+                        // next time it asks for 72 while users press the
+                        // button for 68 on every other device: a conflict,
+                        // settled by LatestWins (the fleet's policy for hvac).
+                        let first = step < 7;
+                        let want = if first { 70 } else { 72 };
+                        let mut t: StateTree<8, 256> = StateTree::new();
+                        let _ = t.insert(
+                            &ShadowPath::from_dotted("hvac.setpoint").unwrap_or_default(),
+                            Value::Int(want),
+                        );
+                        let mut up: ShadowUpdate<8, 256> = ShadowUpdate::new(now);
+                        up.desired = Some(t);
+                        if let Ok(len) = up.encode(&mut buf) {
+                            let _ = operator
+                                .publish(
+                                    &format!("{TOPIC_PREFIX}{id}/{}", app_topics::SET_DESIRED),
+                                    &buf[..len],
+                                    Qos::AtLeastOnce,
+                                )
+                                .await;
+                        }
+                        if !first && n % 2 == 0 {
+                            let _ = buttons[n].send(("hvac.setpoint".into(), 68));
+                        }
+                    }
+                    cmd => {
+                        let args: &[u8] = if cmd == "blink_led" {
+                            &[
+                                0xa2, 0x65, b'c', b'o', b'u', b'n', b't', 0x03, 0x69, b'p', b'e',
+                                b'r', b'i', b'o', b'd', b'_', b'm', b's', 0x19, 0x01, 0xf4,
+                            ]
+                        } else {
+                            &[]
+                        };
+                        // Maintenance only for the first device: it shows in the timeline.
+                        if cmd.ends_with("maintenance") && n != 0 {
+                            continue;
+                        }
+                        let cid = format!("cmd-{step}-{n}");
+                        let c = Command {
+                            id: &cid,
+                            name: cmd,
+                            args,
+                            issued_ms: now,
+                            expires_ms: now + 60_000,
+                        };
+                        if let Ok(len) = c.encode(&mut buf) {
+                            let _ = operator
+                                .publish(
+                                    &topic(id, MessageKind::Command),
+                                    &buf[..len],
+                                    Qos::AtLeastOnce,
+                                )
+                                .await;
+                        }
+                    }
+                }
+            }
+        }
+        operator
+    });
+
+    // Collect events until the end; print the first device's timeline.
+    let timeline_id = ids.first().cloned().unwrap_or_default();
+    let deadline = tokio::time::sleep(clock.real_wait_until(end));
+    tokio::pin!(deadline);
+    let mut ticker = tokio::time::interval(Duration::from_millis(200));
+    loop {
+        tokio::select! {
+            _ = &mut deadline => break,
+            _ = ticker.tick() => bar.set_position(clock.now_ms().saturating_sub(start) / 1_000),
+            Some((i, e)) = ev_rx.recv() => {
+                if let DriverEvent::Sent { kind, payload, .. } = &e {
+                    let t = totals.messages.entry(kind.topic_suffix()).or_default();
+                    t.0 += 1;
+                    t.1 += payload.len() as u64;
+                }
+                if i == 0 {
+                    if let Some(line) = timeline_line(&e) {
+                        let at = match &e {
+                            DriverEvent::Sent { at_ms, .. } | DriverEvent::Received { at_ms, .. } | DriverEvent::Refused { at_ms, .. }
+                            | DriverEvent::Agent { at_ms, .. } | DriverEvent::Reconnected { at_ms } => *at_ms,
+                        };
+                        let s = at.saturating_sub(start) as f64 / 1_000.0;
+                        let text = format!("[{:02}:{:04.1}] {timeline_id} {line}", (s / 60.0) as u64, s % 60.0);
+                        if bar.is_hidden() {
+                            println!("{text}");
+                        } else {
+                            bar.println(text);
+                        }
+                    }
+                }
+            }
+        }
+    }
+    bar.finish_and_clear();
+
+    // Stop everything and gather the figures.
+    for s in stops {
+        let _ = s.send(());
+    }
+    let mut states: BTreeMap<String, usize> = BTreeMap::new();
+    let mut reconnects = 0;
+    let mut dropped = 0;
+    for t in tasks {
+        match t.await {
+            Ok(Ok(d)) => {
+                *states.entry(d.agent().state().to_string()).or_default() += 1;
+                reconnects += d.transport().stats().reconnects;
+                dropped += d.agent().stats().dropped.iter().sum::<u64>();
+            }
+            _ => *states.entry("failed".into()).or_default() += 1,
+        }
+    }
+    let _ = twin_stop.send(());
+    let (twin_host, _) = twin_task.await.map_err(|e| e.to_string())?;
+    let _ = operator_task.await;
+    let stats = twin_host.stats();
+
+    println!("\n== summary: {devices} devices, {minutes} simulated minutes ==");
+    println!("devices by state:");
+    for s in LifecycleState::ALL {
+        if let Some(n) = states.get(s.name()) {
+            println!("  {:<16} {n:>8}", s.name());
+        }
+    }
+    if let Some(n) = states.get("failed") {
+        println!("  {:<16} {n:>8}", "failed");
+    }
+    println!("messages sent by devices, by kind:");
+    let (mut all, mut bytes) = (0, 0);
+    for (k, (n, b)) in &totals.messages {
+        println!("  {k:<16} {n:>8} {b:>10} B");
+        all += n;
+        bytes += b;
+    }
+    println!(
+        "  {:<16} {all:>8} {bytes:>10} B on the wire (payloads)",
+        "total"
+    );
+    println!(
+        "twin host: {} registrations, {} updates, {} deltas, {} refused",
+        stats.registrations, stats.updates, stats.deltas, stats.rejected
+    );
+    println!("conflicts by policy:");
+    for (p, n) in ConflictPolicy::ALL.iter().zip(stats.conflicts) {
+        println!("  {:<16} {n:>8}", p.name());
+    }
+    println!("reconnects: {reconnects}; messages dropped from full outboxes: {dropped}");
+    Ok(())
+}
