@@ -1,0 +1,334 @@
+//! The twin host, devices and an app over a real mosquitto: desired state
+//! reaching a device, a delta sent while the device was offline caught up
+//! on reconnection, and a device process killed with SIGKILL resuming with
+//! its state.
+
+mod common;
+
+use std::process::{Child, Command as Process, Stdio};
+use std::time::Duration;
+
+use common::Mosquitto;
+use lanyard_core::agent::config::DeviceConfig;
+use lanyard_core::agent::health::SlowTelemetryOnLowBattery;
+use lanyard_core::agent::lifecycle::LifecycleState;
+use lanyard_core::agent::messages::*;
+use lanyard_core::agent::platform::NoCommands;
+use lanyard_core::agent::{Agent, Identity};
+use lanyard_core::shadow::{ConflictPolicy, PathBuf, Shadow, StateTree, Value};
+use lanyard_core::wire::ShadowUpdate;
+use lanyard_std::clock::Clock;
+use lanyard_std::driver::{DeviceDriver, StdPlatform};
+use lanyard_std::mqtt::{MqttConfig, MqttTransport};
+use lanyard_std::sim::{CountingLed, SimulatedSensors};
+use lanyard_std::store::FileStore;
+use lanyard_std::transport::{Qos, Transport, TransportEvent};
+use lanyard_std::twin::{TwinHost, app_topics, run_twin};
+use tokio::sync::oneshot;
+
+fn fast_fleet() -> DeviceConfig {
+    DeviceConfig {
+        version: 1,
+        heartbeat_ms: 1_000,
+        telemetry_ms: 1_000,
+        health_ms: 1_000,
+        shadow_sync_ms: 2_000,
+        ..DeviceConfig::default()
+    }
+}
+
+/// A twin host on its own connection; stopped (and handed back) on drop of
+/// the returned sender.
+fn spawn_twin(
+    port: u16,
+    dir: &std::path::Path,
+) -> (oneshot::Sender<()>, tokio::task::JoinHandle<TwinHost>) {
+    let mut host = TwinHost::open(dir, fast_fleet()).unwrap();
+    let (tx, rx) = oneshot::channel::<()>();
+    let task = tokio::spawn(async move {
+        let mut t = MqttTransport::connect(MqttConfig::new("127.0.0.1", port, "twin"));
+        run_twin(&mut host, &mut t, Clock::real(), true, async {
+            let _ = rx.await;
+        })
+        .await
+        .unwrap();
+        host
+    });
+    (tx, task)
+}
+
+fn spawn_device(
+    port: u16,
+    dir: &std::path::Path,
+    mac: [u8; 6],
+) -> (oneshot::Sender<()>, tokio::task::JoinHandle<()>) {
+    let clock = Clock::real();
+    let agent = Box::new(Agent::new(
+        Identity {
+            mac,
+            device_id: None,
+            firmware: "test",
+        },
+        DeviceConfig::default(),
+        SlowTelemetryOnLowBattery::default(),
+    ));
+    let id = agent.device_id().to_owned();
+    let platform = StdPlatform {
+        storage: Box::new(FileStore::open(dir).unwrap()),
+        probe: Box::new(SimulatedSensors::new(clock.now_ms(), 600_000, 0)),
+        actuators: Box::new(CountingLed::default()),
+        commands: Box::new(NoCommands),
+    };
+    let mut d = DeviceDriver::new(
+        agent,
+        MqttTransport::connect(MqttConfig::new("127.0.0.1", port, id)),
+        platform,
+        clock,
+    );
+    let (tx, rx) = oneshot::channel::<()>();
+    let task = tokio::spawn(async move {
+        d.start().await.unwrap();
+        d.run_until(async {
+            let _ = rx.await;
+        })
+        .await
+        .unwrap();
+        // Dropping the driver closes its connection.
+        drop(d);
+    });
+    (tx, task)
+}
+
+fn set_desired(key: &str, v: i64) -> Vec<u8> {
+    let mut t: StateTree<8, 256> = StateTree::new();
+    t.insert(&PathBuf::from_dotted(key).unwrap(), Value::Int(v))
+        .unwrap();
+    let mut up: ShadowUpdate<8, 256> = ShadowUpdate::new(Clock::real().now_ms());
+    up.desired = Some(t);
+    let mut buf = vec![0u8; 256];
+    let n = up.encode(&mut buf).unwrap();
+    buf.truncate(n);
+    buf
+}
+
+/// Asks the host for the device's document until `check` holds.
+async fn until_document(
+    app: &mut MqttTransport,
+    id: &str,
+    check: impl Fn(&Shadow<64, 4096>) -> bool,
+) {
+    loop {
+        app.publish(
+            &format!("{TOPIC_PREFIX}{id}/{}", app_topics::GET),
+            b"",
+            Qos::AtLeastOnce,
+        )
+        .await
+        .unwrap();
+        let deadline = tokio::time::sleep(Duration::from_millis(300));
+        tokio::pin!(deadline);
+        loop {
+            tokio::select! {
+                _ = &mut deadline => break,
+                ev = app.recv() => {
+                    if let TransportEvent::Message { topic, payload } = ev.unwrap() {
+                        if topic.ends_with(app_topics::DOCUMENT) {
+                            let doc = Shadow::<64, 4096>::decode(&payload, ConflictPolicy::CloudWins).unwrap();
+                            if check(&doc) {
+                                return;
+                            }
+                        }
+                    }
+                }
+            }
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn desired_state_reaches_the_device_and_a_delta_sent_while_it_was_offline_is_not_missed() {
+    let broker = Mosquitto::start();
+    let (host_dir, dev_dir) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let (twin_stop, twin) = spawn_twin(broker.port, host_dir.path());
+    let mac = [2, 0, 0, 0, 0, 7];
+    let id = lanyard_core::agent::device_id_from_mac(mac).to_string();
+    let mut app = MqttTransport::connect(MqttConfig::new("127.0.0.1", broker.port, "app"));
+    app.subscribe(&format!("{TOPIC_PREFIX}{id}/{}", app_topics::DOCUMENT))
+        .await
+        .unwrap();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+
+    let script = async {
+        let (stop, dev) = spawn_device(broker.port, dev_dir.path(), mac);
+        let topic = format!("{TOPIC_PREFIX}{id}/{}", app_topics::SET_DESIRED);
+        app.publish(&topic, &set_desired("led.on", 1), Qos::AtLeastOnce)
+            .await
+            .unwrap();
+        let on = |v: i64| {
+            move |d: &Shadow<64, 4096>| {
+                d.in_sync()
+                    && d.reported()
+                        .get_dotted("led.on")
+                        .is_some_and(|e| e.value == Value::Int(v))
+            }
+        };
+        until_document(&mut app, &id, on(1)).await;
+
+        // The device goes away; the app changes its mind meanwhile.
+        stop.send(()).unwrap();
+        dev.await.unwrap();
+        app.publish(&topic, &set_desired("led.on", 0), Qos::AtLeastOnce)
+            .await
+            .unwrap();
+        until_document(&mut app, &id, |d| !d.in_sync()).await;
+
+        // Back with the same state: it reports, gets the delta, applies it.
+        let (stop, dev) = spawn_device(broker.port, dev_dir.path(), mac);
+        until_document(&mut app, &id, on(0)).await;
+        stop.send(()).unwrap();
+        dev.await.unwrap();
+    };
+    tokio::time::timeout(Duration::from_secs(30), script)
+        .await
+        .expect("converged in time");
+    twin_stop.send(()).unwrap();
+    let host = twin.await.unwrap();
+    assert_eq!(
+        host.stats().registrations,
+        1,
+        "the restarted device did not register again"
+    );
+    assert!(host.stats().deltas >= 2);
+}
+
+struct Device(Child);
+
+impl Device {
+    fn start(port: u16, dir: &std::path::Path) -> Self {
+        Device(
+            Process::new(env!("CARGO_BIN_EXE_lanyard"))
+                .args([
+                    "device",
+                    "--broker",
+                    &format!("mqtt://127.0.0.1:{port}"),
+                    "--mac",
+                    "02:00:00:00:00:09",
+                ])
+                .arg("--state-dir")
+                .arg(dir)
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .spawn()
+                .unwrap(),
+        )
+    }
+
+    /// SIGKILL: no clean shutdown, no flushing.
+    fn kill(mut self) {
+        self.0.kill().unwrap();
+        self.0.wait().unwrap();
+    }
+}
+
+impl Drop for Device {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+async fn next_for(
+    app: &mut MqttTransport,
+    id: &str,
+    kinds: &[MessageKind],
+) -> (MessageKind, Vec<u8>) {
+    loop {
+        if let TransportEvent::Message { topic, payload } = app.recv().await.unwrap() {
+            if let Some((tid, kind)) = MessageKind::parse_topic(&topic) {
+                if tid == id && kinds.contains(&kind) {
+                    return (kind, payload);
+                }
+            }
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_device_process_killed_with_sigkill_resumes_its_state_and_runs_no_command_twice() {
+    let broker = Mosquitto::start();
+    let (host_dir, dev_dir) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let (twin_stop, twin) = spawn_twin(broker.port, host_dir.path());
+    let id = "ly-020000000009";
+    let mut app = MqttTransport::connect(MqttConfig::new("127.0.0.1", broker.port, "app"));
+    for kind in [
+        MessageKind::Register,
+        MessageKind::Lifecycle,
+        MessageKind::Ack,
+        MessageKind::Heartbeat,
+    ] {
+        app.subscribe(&topic(id, kind)).await.unwrap();
+    }
+    tokio::time::sleep(Duration::from_millis(300)).await;
+
+    let script = async {
+        let device = Device::start(broker.port, dev_dir.path());
+        loop {
+            let (_, p) = next_for(&mut app, id, &[MessageKind::Lifecycle]).await;
+            if LifecycleEvent::decode(&p).unwrap().to == LifecycleState::Active {
+                break;
+            }
+        }
+        let now = Clock::real().now_ms();
+        let mut buf = vec![0u8; 256];
+        let n = Command {
+            id: "once",
+            name: "enter_maintenance",
+            args: &[],
+            issued_ms: now,
+            expires_ms: now + 60_000,
+        }
+        .encode(&mut buf)
+        .unwrap();
+        let cmd = buf[..n].to_vec();
+        app.publish(&topic(id, MessageKind::Command), &cmd, Qos::AtLeastOnce)
+            .await
+            .unwrap();
+        loop {
+            let (_, p) = next_for(&mut app, id, &[MessageKind::Ack]).await;
+            if Ack::decode(&p).unwrap().status == AckStatus::Succeeded {
+                break;
+            }
+        }
+        device.kill();
+
+        // Restarted: it resumes in Maintenance without registering again,
+        // and the same command is acknowledged, not run again.
+        let _device = Device::start(broker.port, dev_dir.path());
+        let (kind, p) = next_for(
+            &mut app,
+            id,
+            &[MessageKind::Register, MessageKind::Heartbeat],
+        )
+        .await;
+        assert_eq!(kind, MessageKind::Heartbeat, "the device registered again");
+        assert_eq!(
+            Heartbeat::decode(&p).unwrap().state,
+            LifecycleState::Maintenance
+        );
+        app.publish(&topic(id, MessageKind::Command), &cmd, Qos::AtLeastOnce)
+            .await
+            .unwrap();
+        let (_, p) = next_for(&mut app, id, &[MessageKind::Ack, MessageKind::Lifecycle]).await;
+        let ack = Ack::decode(&p).expect("an ack, not a lifecycle change");
+        assert_eq!(
+            (ack.command_id, ack.status, ack.detail),
+            ("once", AckStatus::Succeeded, Some("duplicate"))
+        );
+    };
+    tokio::time::timeout(Duration::from_secs(30), script)
+        .await
+        .expect("finished in time");
+    twin_stop.send(()).unwrap();
+    let host = twin.await.unwrap();
+    assert_eq!(host.stats().registrations, 1);
+}
