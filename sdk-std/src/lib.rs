@@ -24,5 +24,6 @@ pub mod driver;
 pub mod mqtt;
 pub mod sim;
 pub mod store;
+pub mod tls;
 pub mod transport;
 pub mod twin;

@@ -10,7 +10,7 @@ use std::time::Duration;
 use async_trait::async_trait;
 use rand::Rng;
 use rumqttc::{AsyncClient, Event, MqttOptions, Packet, QoS};
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, watch};
 use tokio::task::JoinHandle;
 
 use crate::transport::{Qos, Transport, TransportError, TransportEvent};
@@ -66,6 +66,9 @@ pub struct MqttStats {
 /// An MQTT connection.
 pub struct MqttTransport {
     client: AsyncClient,
+    /// `None` until the first connection attempt ends; then whether it
+    /// succeeded (or why not). Later losses are retried silently.
+    first: watch::Receiver<Option<Result<(), String>>>,
     rx: mpsc::UnboundedReceiver<TransportEvent>,
     filters: Arc<Mutex<Vec<String>>>,
     stats: Arc<Mutex<MqttStats>>,
@@ -87,6 +90,7 @@ impl MqttTransport {
         }
         let (client, mut eventloop) = AsyncClient::new(opts, 1024);
         let (tx, rx) = mpsc::unbounded_channel();
+        let (first_tx, first) = watch::channel(None);
         let filters: Arc<Mutex<Vec<String>>> = Arc::default();
         let stats: Arc<Mutex<MqttStats>> = Arc::default();
         let task = {
@@ -107,6 +111,7 @@ impl MqttTransport {
                         }
                         Ok(Event::Incoming(Packet::ConnAck(_))) => {
                             attempt = 0;
+                            first_tx.send_replace(Some(Ok(())));
                             // Restore subscriptions (the broker may have lost
                             // the session).
                             for f in filters.lock().expect("filters").iter() {
@@ -126,6 +131,9 @@ impl MqttTransport {
                                 return;
                             }
                             stats.lock().expect("stats").failed_attempts += 1;
+                            if !connected_before {
+                                first_tx.send_replace(Some(Err(e.to_string())));
+                            }
                             tracing::debug!(error = %e, attempt, "mqtt connection lost");
                             // Full jitter: a random wait in [0, window].
                             let window = config
@@ -142,11 +150,34 @@ impl MqttTransport {
         };
         MqttTransport {
             client,
+            first,
             rx,
             filters,
             stats,
             task,
         }
+    }
+
+    /// Connects and waits for the broker's answer: the first failure (a
+    /// refused certificate, an unknown host, a closed port) is returned as an
+    /// error with its cause instead of being retried in the background.
+    pub async fn connect_and_wait(
+        config: MqttConfig,
+        timeout: Duration,
+    ) -> Result<Self, TransportError> {
+        let mut t = Self::connect(config);
+        let outcome = match tokio::time::timeout(timeout, t.first.wait_for(Option::is_some)).await {
+            Err(_) => Err(TransportError::Failed(
+                "no answer from the broker in time".into(),
+            )),
+            Ok(Err(_)) => Err(TransportError::Closed),
+            Ok(Ok(v)) => match v.clone() {
+                Some(Err(why)) => Err(TransportError::Failed(why)),
+                _ => Ok(()),
+            },
+        };
+        // Dropping `t` on error stops its background task.
+        outcome.map(|()| t)
     }
 
     /// Connection counters.

@@ -20,6 +20,7 @@ use lanyard_std::driver::{DeviceDriver, DriverEvent, StdPlatform};
 use lanyard_std::mqtt::{MqttConfig, MqttTransport};
 use lanyard_std::sim::{CountingLed, SimulatedSensors};
 use lanyard_std::store::FileStore;
+use lanyard_std::tls::TlsFiles;
 use lanyard_std::transport::{Qos, Transport};
 use lanyard_std::twin::{TwinHost, app_topics, run_twin};
 use tokio::sync::{mpsc, oneshot};
@@ -33,6 +34,60 @@ use tokio::sync::{mpsc, oneshot};
 struct Cli {
     #[command(subcommand)]
     command: Cmd,
+}
+
+/// Where the broker is and how to prove who we are.
+#[derive(clap::Args, Clone)]
+struct BrokerArgs {
+    /// mqtt://host:port, or mqtts://host:port for TLS.
+    #[arg(long)]
+    broker: String,
+    /// CA certificate (PEM) that signed the broker's certificate (mqtts).
+    #[arg(long)]
+    ca: Option<PathBuf>,
+    /// Client certificate (PEM) for mutual TLS.
+    #[arg(long)]
+    cert: Option<PathBuf>,
+    /// Client private key (PEM) for mutual TLS.
+    #[arg(long)]
+    key: Option<PathBuf>,
+}
+
+impl BrokerArgs {
+    fn mqtt(&self, client_id: &str) -> Result<MqttConfig, String> {
+        let (tls, rest) = match (
+            self.broker.strip_prefix("mqtt://"),
+            self.broker.strip_prefix("mqtts://"),
+        ) {
+            (Some(r), _) => (false, r),
+            (_, Some(r)) => (true, r),
+            _ => {
+                return Err(format!(
+                    "broker must be mqtt://host:port or mqtts://host:port, got {}",
+                    self.broker
+                ));
+            }
+        };
+        let (host, port) = rest.rsplit_once(':').ok_or("broker needs a port")?;
+        let port = port
+            .parse()
+            .map_err(|_| format!("bad port in {}", self.broker))?;
+        let mut c = MqttConfig::new(host, port, client_id);
+        if tls {
+            let ca = self.ca.as_deref().ok_or("mqtts needs --ca")?;
+            let client = match (&self.cert, &self.key) {
+                (Some(c), Some(k)) => Some((c.as_path(), k.as_path())),
+                (None, None) => None,
+                _ => return Err("--cert and --key go together".into()),
+            };
+            c.tls = Some(
+                TlsFiles::load(ca, client)
+                    .map_err(|e| e.to_string())?
+                    .to_rumqttc(),
+            );
+        }
+        Ok(c)
+    }
 }
 
 #[derive(Subcommand)]
@@ -67,9 +122,8 @@ enum Cmd {
     },
     /// Runs one simulated device against a broker, its state in a directory.
     Device {
-        /// mqtt://host:port
-        #[arg(long)]
-        broker: String,
+        #[command(flatten)]
+        broker: BrokerArgs,
         /// Where the device keeps its state.
         #[arg(long)]
         state_dir: PathBuf,
@@ -79,9 +133,8 @@ enum Cmd {
     },
     /// Runs a twin host against a broker, its shadows in a directory.
     Twin {
-        /// mqtt://host:port
-        #[arg(long)]
-        broker: String,
+        #[command(flatten)]
+        broker: BrokerArgs,
         /// Where the shadows are kept.
         #[arg(long)]
         state_dir: PathBuf,
@@ -174,8 +227,7 @@ fn decode(hex: Option<String>, file: Option<PathBuf>, kind: Option<String>) -> R
 
 fn make_device(
     mac: [u8; 6],
-    host: &str,
-    port: u16,
+    mqtt: impl FnOnce(&str) -> Result<MqttConfig, String>,
     state_dir: PathBuf,
     clock: Clock,
     drain_every_ms: u64,
@@ -202,16 +254,22 @@ fn make_device(
         actuators: Box::new(CountingLed::default()),
         commands: Box::new(NoCommands),
     };
-    let transport = MqttTransport::connect(MqttConfig::new(host, port, id));
+    let transport = MqttTransport::connect(mqtt(&id)?);
     Ok(DeviceDriver::new(agent, transport, platform, clock))
 }
 
-async fn device(broker: &str, state_dir: PathBuf, mac: &str) -> Result<(), String> {
-    let (host, port) = parse_broker(broker)?;
+async fn device(broker: &BrokerArgs, state_dir: PathBuf, mac: &str) -> Result<(), String> {
     let clock = Clock::real();
     let (tx, mut rx) = mpsc::unbounded_channel();
-    let mut driver =
-        make_device(parse_mac(mac)?, &host, port, state_dir, clock, 60_000, 100)?.with_events(tx);
+    let mut driver = make_device(
+        parse_mac(mac)?,
+        |id| broker.mqtt(id),
+        state_dir,
+        clock,
+        60_000,
+        100,
+    )?
+    .with_events(tx);
     let id = driver.agent().device_id().to_owned();
     tokio::spawn(async move {
         while let Some(e) = rx.recv().await {
@@ -229,8 +287,7 @@ async fn device(broker: &str, state_dir: PathBuf, mac: &str) -> Result<(), Strin
         .map_err(|e| e.to_string())
 }
 
-async fn twin(broker: &str, state_dir: PathBuf) -> Result<(), String> {
-    let (host, port) = parse_broker(broker)?;
+async fn twin(broker: &BrokerArgs, state_dir: PathBuf) -> Result<(), String> {
     let mut twin = TwinHost::open(
         &state_dir,
         DeviceConfig {
@@ -239,9 +296,10 @@ async fn twin(broker: &str, state_dir: PathBuf) -> Result<(), String> {
         },
     )
     .map_err(|e| format!("{}: {e}", state_dir.display()))?;
-    let mut transport = MqttTransport::connect(MqttConfig::new(host, port, "lanyard-twin"));
+    let mut transport = MqttTransport::connect(broker.mqtt("lanyard-twin")?);
     println!(
-        "twin host on {broker}, {} shadows loaded",
+        "twin host on {}, {} shadows loaded",
+        broker.broker,
         twin.devices().count()
     );
     run_twin(&mut twin, &mut transport, Clock::real(), true, async {
@@ -386,8 +444,7 @@ async fn demo(
         buttons.push(button_tx);
         let mut d = make_device(
             mac,
-            &host,
-            port,
+            |id| Ok(MqttConfig::new(host.clone(), port, id)),
             tmp.path().join(format!("dev{i}")),
             clock,
             drain,

@@ -51,6 +51,20 @@ impl Mosquitto {
         m
     }
 
+    /// Starts a broker whose directory `setup` fills (certificates, say);
+    /// `setup` returns extra configuration lines.
+    pub fn start_configured(setup: impl FnOnce(&std::path::Path) -> String) -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        let extra = setup(dir.path());
+        let mut m = Mosquitto {
+            child: None,
+            port: free_port(),
+            dir,
+        };
+        m.spawn(&extra);
+        m
+    }
+
     fn spawn(&mut self, extra: &str) {
         let conf = self.dir.path().join("mosquitto.conf");
         std::fs::write(
