@@ -1,10 +1,22 @@
 //! # lanyard-std
 //!
-//! Lanyard for Linux devices, gateways and tests. Today it holds the AWS IoT
-//! Device Shadow JSON codec ([`aws_json`]), so documents, updates, deltas and
-//! error payloads of the AWS service convert to and from the core's trees.
-//! The tokio/MQTT driver, persistence, twin host and `lanyard` command are
-//! not built yet (issue 4).
+//! Lanyard for Linux devices, gateways and tests. It drives the
+//! `lanyard-core` agent and shadow and adds no rules of its own:
+//!
+//! - [`transport`]: the transport trait, and an in-process broker;
+//!   [`mqtt`]: MQTT over rumqttc with reconnection and resync; [`tls`]:
+//!   mutual TLS with certificates checked on load;
+//! - [`driver`]: the tokio driver of the device agent; [`store`]: crash-safe
+//!   file storage; [`clock`]: real or compressed time; [`sim`]: simulated
+//!   sensors;
+//! - [`twin`]: the twin host (registrations, CBOR and AWS IoT shadow topics,
+//!   conflict policies, persistence); [`broker`]: an embedded broker for the
+//!   demo;
+//! - [`aws_json`]: the AWS IoT Device Shadow JSON codec; [`describe`]: any
+//!   message as JSON.
+//!
+//! The `runtime` feature (on by default) brings tokio and the network;
+//! without it only the codecs, the store and the simulation remain.
 //!
 //! ## Why these dependencies
 //!
@@ -13,17 +25,28 @@
 //! - `base64`: byte strings have no JSON form; they travel as base64 text.
 //! - `minicbor` (with `alloc`): arrays are kept as CBOR inside the core, and
 //!   are converted to and from JSON here.
+//! - `tokio`, `rumqttc`, `async-trait`, `rustls`, `x509-parser`, `rumqttd`,
+//!   `clap`, `indicatif`, `tracing`, `rand`: runtime, MQTT client, transport
+//!   trait, TLS and certificate checks, the demo's broker, the command line,
+//!   its progress bar, logs, backoff jitter.
 #![forbid(unsafe_code)]
 #![deny(missing_docs)]
 
 pub mod aws_json;
+#[cfg(feature = "runtime")]
 pub mod broker;
+#[cfg(feature = "runtime")]
 pub mod clock;
 pub mod describe;
+#[cfg(feature = "runtime")]
 pub mod driver;
+#[cfg(feature = "runtime")]
 pub mod mqtt;
 pub mod sim;
 pub mod store;
+#[cfg(feature = "runtime")]
 pub mod tls;
+#[cfg(feature = "runtime")]
 pub mod transport;
+#[cfg(feature = "runtime")]
 pub mod twin;
