@@ -12,6 +12,8 @@
 //! - [`twin`]: the twin host (registrations, CBOR and AWS IoT shadow topics,
 //!   conflict policies, persistence); [`broker`]: an embedded broker for the
 //!   demo;
+//! - [`app`]: the app side: set desired state, read shadows, watch deltas
+//!   and reports, send commands and await their acknowledgement;
 //! - [`aws_json`]: the AWS IoT Device Shadow JSON codec; [`describe`]: any
 //!   message as JSON.
 //!
@@ -32,6 +34,8 @@
 #![forbid(unsafe_code)]
 #![deny(missing_docs)]
 
+#[cfg(feature = "runtime")]
+pub mod app;
 pub mod aws_json;
 #[cfg(feature = "runtime")]
 pub mod broker;

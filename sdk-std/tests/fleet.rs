@@ -332,3 +332,91 @@ async fn a_device_process_killed_with_sigkill_resumes_its_state_and_runs_no_comm
     let host = twin.await.unwrap();
     assert_eq!(host.stats().registrations, 1);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_app_sets_state_reads_shadows_watches_changes_and_awaits_command_acks() {
+    use lanyard_std::app::{AppClient, AppError, AppEvent};
+    let broker = Mosquitto::start();
+    let (host_dir, dev_dir) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let (twin_stop, twin) = spawn_twin(broker.port, host_dir.path());
+    let mac = [2, 0, 0, 0, 0, 8];
+    let id = lanyard_core::agent::device_id_from_mac(mac).to_string();
+    let mut app = AppClient::new(MqttTransport::connect(MqttConfig::new(
+        "127.0.0.1",
+        broker.port,
+        "app",
+    )))
+    .await
+    .unwrap();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let (stop, dev) = spawn_device(broker.port, dev_dir.path(), mac);
+    let now = || Clock::real().now_ms();
+
+    let script = async {
+        // Unknown until the device registers.
+        while app
+            .get_shadow(&id, Duration::from_millis(500))
+            .await
+            .is_err()
+        {
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        let mut want: StateTree<8, 256> = StateTree::new();
+        want.insert(&PathBuf::from_dotted("fan.speed").unwrap(), Value::Int(3))
+            .unwrap();
+        app.set_desired(&id, &want, now()).await.unwrap();
+        let (mut saw_delta, mut saw_report) = (false, false);
+        while !(saw_delta && saw_report) {
+            match app.next_event().await.unwrap() {
+                AppEvent::Delta { device, state } if device == id => {
+                    saw_delta |= state.get_dotted("fan.speed").is_some();
+                }
+                AppEvent::Reported { device, state } if device == id => {
+                    saw_report |= state
+                        .get_dotted("fan.speed")
+                        .is_some_and(|e| e.value == Value::Int(3));
+                }
+                _ => {}
+            }
+        }
+        let doc = app.get_shadow(&id, Duration::from_secs(5)).await.unwrap();
+        assert!(doc.in_sync());
+
+        let ok = app
+            .command(&id, "diagnostics", &[], now(), Duration::from_secs(5))
+            .await
+            .unwrap();
+        assert_eq!(ok.status, AckStatus::Succeeded);
+        assert!(ok.result.is_some());
+        let unknown = app
+            .command(&id, "self_destruct", &[], now(), Duration::from_secs(5))
+            .await
+            .unwrap();
+        assert_eq!(
+            (unknown.status, unknown.reason),
+            (AckStatus::Rejected, Some(AckReason::UnknownCommand))
+        );
+        let absent = app
+            .command(
+                "ly-ffffffffffff",
+                "diagnostics",
+                &[],
+                now(),
+                Duration::from_millis(500),
+            )
+            .await;
+        assert_eq!(absent, Err(AppError::Timeout));
+        assert!(matches!(
+            app.get_shadow("ly-ffffffffffff", Duration::from_secs(5))
+                .await,
+            Err(AppError::Rejected(_))
+        ));
+    };
+    tokio::time::timeout(Duration::from_secs(30), script)
+        .await
+        .expect("finished in time");
+    stop.send(()).unwrap();
+    dev.await.unwrap();
+    twin_stop.send(()).unwrap();
+    twin.await.unwrap();
+}

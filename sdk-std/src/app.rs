@@ -1,0 +1,276 @@
+//! The app side: set desired state, read a shadow, watch deltas and reported
+//! changes, send a command and wait for its final acknowledgement. It speaks
+//! the twin host's topics over any [`Transport`].
+
+use std::collections::VecDeque;
+use std::time::Duration;
+
+use lanyard_core::agent::messages::{
+    Ack, AckReason, AckStatus, Command, Encodable, MessageKind, TOPIC_PREFIX, topic,
+};
+use lanyard_core::shadow::{ConflictPolicy, StateTree};
+use lanyard_core::wire::{ShadowDelta, ShadowUpdate};
+
+use crate::transport::{Qos, Transport, TransportError, TransportEvent};
+use crate::twin::{TWIN_LEAVES, TWIN_POOL, TwinShadow, app_topics};
+
+/// Why an app request failed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum AppError {
+    /// No answer in time.
+    Timeout,
+    /// The host refused the request; its reason.
+    Rejected(String),
+    /// A message could not be encoded or decoded.
+    Codec(String),
+    /// The transport failed.
+    Transport(TransportError),
+}
+
+impl std::fmt::Display for AppError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            AppError::Timeout => f.write_str("no answer in time"),
+            AppError::Rejected(why) => write!(f, "rejected: {why}"),
+            AppError::Codec(why) => write!(f, "bad message: {why}"),
+            AppError::Transport(e) => write!(f, "{e}"),
+        }
+    }
+}
+
+impl std::error::Error for AppError {}
+
+impl From<TransportError> for AppError {
+    fn from(e: TransportError) -> Self {
+        AppError::Transport(e)
+    }
+}
+
+/// What an app can watch.
+#[derive(Debug, Clone, PartialEq)]
+pub enum AppEvent {
+    /// The host sent a device its delta.
+    Delta {
+        /// The device.
+        device: String,
+        /// The desired leaves that differ from reported.
+        state: Box<StateTree<TWIN_LEAVES, TWIN_POOL>>,
+    },
+    /// A device reported state.
+    Reported {
+        /// The device.
+        device: String,
+        /// What it reported.
+        state: Box<StateTree<TWIN_LEAVES, TWIN_POOL>>,
+    },
+    /// A command acknowledgement.
+    Ack {
+        /// The device.
+        device: String,
+        /// The command id.
+        command_id: String,
+        /// Its status.
+        status: AckStatus,
+    },
+}
+
+/// The final outcome of a command.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CommandOutcome {
+    /// Succeeded, Failed or Rejected.
+    pub status: AckStatus,
+    /// Why, for Failed and Rejected.
+    pub reason: Option<AckReason>,
+    /// The result (CBOR), for Succeeded.
+    pub result: Option<Vec<u8>>,
+}
+
+/// An app connected to a twin host through a transport.
+pub struct AppClient<T: Transport> {
+    transport: T,
+    backlog: VecDeque<(String, Vec<u8>)>,
+    next_id: u64,
+}
+
+impl<T: Transport> AppClient<T> {
+    /// Subscribes to what an app watches.
+    pub async fn new(mut transport: T) -> Result<Self, AppError> {
+        for suffix in [
+            MessageKind::Ack.topic_suffix(),
+            MessageKind::ShadowDelta.topic_suffix(),
+            MessageKind::ShadowUpdate.topic_suffix(),
+            app_topics::DOCUMENT,
+            app_topics::REJECTED,
+        ] {
+            transport
+                .subscribe(&format!("{TOPIC_PREFIX}+/{suffix}"))
+                .await?;
+        }
+        Ok(AppClient {
+            transport,
+            backlog: VecDeque::new(),
+            next_id: 0,
+        })
+    }
+
+    /// Asks for `desired` on `device` (null leaves delete). The host
+    /// answers the device with a delta.
+    pub async fn set_desired<const L: usize, const P: usize>(
+        &mut self,
+        device: &str,
+        desired: &StateTree<L, P>,
+        now_ms: u64,
+    ) -> Result<(), AppError> {
+        let mut up: Box<ShadowUpdate<L, P>> = Box::new(ShadowUpdate::new(now_ms));
+        up.desired = Some(desired.clone());
+        let mut buf = vec![0u8; 64 * 1024];
+        let n = up
+            .encode(&mut buf)
+            .map_err(|e| AppError::Codec(e.to_string()))?;
+        let t = format!("{TOPIC_PREFIX}{device}/{}", app_topics::SET_DESIRED);
+        self.transport
+            .publish(&t, &buf[..n], Qos::AtLeastOnce)
+            .await?;
+        Ok(())
+    }
+
+    /// The device's whole shadow.
+    pub async fn get_shadow(
+        &mut self,
+        device: &str,
+        timeout: Duration,
+    ) -> Result<Box<TwinShadow>, AppError> {
+        let t = format!("{TOPIC_PREFIX}{device}/{}", app_topics::GET);
+        self.transport.publish(&t, b"", Qos::AtLeastOnce).await?;
+        let doc = format!("{TOPIC_PREFIX}{device}/{}", app_topics::DOCUMENT);
+        let rejected = format!("{TOPIC_PREFIX}{device}/{}", app_topics::REJECTED);
+        let (topic, payload) = self
+            .wait_for(timeout, |t| t == doc || t == rejected)
+            .await?;
+        if topic == rejected {
+            return Err(AppError::Rejected(
+                String::from_utf8_lossy(&payload).into_owned(),
+            ));
+        }
+        TwinShadow::decode(&payload, ConflictPolicy::CloudWins)
+            .map(Box::new)
+            .map_err(|e| AppError::Codec(e.to_string()))
+    }
+
+    /// Sends a command and waits for its final acknowledgement.
+    pub async fn command(
+        &mut self,
+        device: &str,
+        name: &str,
+        args: &[u8],
+        now_ms: u64,
+        timeout: Duration,
+    ) -> Result<CommandOutcome, AppError> {
+        self.next_id += 1;
+        let id = format!("app-{now_ms}-{}", self.next_id);
+        let cmd = Command {
+            id: &id,
+            name,
+            args,
+            issued_ms: now_ms,
+            expires_ms: now_ms + timeout.as_millis() as u64,
+        };
+        let mut buf = vec![0u8; 1024];
+        let n = cmd
+            .encode(&mut buf)
+            .map_err(|e| AppError::Codec(e.to_string()))?;
+        self.transport
+            .publish(
+                &topic(device, MessageKind::Command),
+                &buf[..n],
+                Qos::AtLeastOnce,
+            )
+            .await?;
+        let ack_topic = topic(device, MessageKind::Ack).to_string();
+        let deadline = tokio::time::Instant::now() + timeout;
+        loop {
+            let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+            let (_, payload) = self.wait_for(left, |t| t == ack_topic).await?;
+            let ack = Ack::decode(&payload).map_err(|e| AppError::Codec(e.to_string()))?;
+            if ack.command_id == id && ack.status.is_final() {
+                return Ok(CommandOutcome {
+                    status: ack.status,
+                    reason: ack.reason,
+                    result: ack.result.map(<[u8]>::to_vec),
+                });
+            }
+        }
+    }
+
+    /// The next delta, report or acknowledgement.
+    pub async fn next_event(&mut self) -> Result<AppEvent, AppError> {
+        loop {
+            let (t, payload) = match self.backlog.pop_front() {
+                Some(m) => m,
+                None => match self.transport.recv().await? {
+                    TransportEvent::Message { topic, payload } => (topic, payload),
+                    TransportEvent::Reconnected => continue,
+                },
+            };
+            let Some((device, kind)) = MessageKind::parse_topic(&t) else {
+                continue;
+            };
+            let device = device.to_owned();
+            let codec = |e: lanyard_core::Error| AppError::Codec(e.to_string());
+            return Ok(match kind {
+                MessageKind::ShadowDelta => {
+                    let d: Box<ShadowDelta<TWIN_LEAVES, TWIN_POOL>> =
+                        Box::new(ShadowDelta::decode(&payload).map_err(codec)?);
+                    AppEvent::Delta {
+                        device,
+                        state: Box::new(d.state),
+                    }
+                }
+                MessageKind::ShadowUpdate => {
+                    let mut up: Box<ShadowUpdate<TWIN_LEAVES, TWIN_POOL>> =
+                        Box::new(ShadowUpdate::new(0));
+                    up.decode_into(&payload).map_err(codec)?;
+                    let Some(state) = up.reported.take() else {
+                        continue;
+                    };
+                    AppEvent::Reported {
+                        device,
+                        state: Box::new(state),
+                    }
+                }
+                MessageKind::Ack => {
+                    let a = Ack::decode(&payload).map_err(codec)?;
+                    AppEvent::Ack {
+                        device,
+                        command_id: a.command_id.to_owned(),
+                        status: a.status,
+                    }
+                }
+                _ => continue,
+            });
+        }
+    }
+
+    /// Waits for a message whose topic `wanted` accepts, keeping the others
+    /// for [`AppClient::next_event`].
+    async fn wait_for(
+        &mut self,
+        timeout: Duration,
+        wanted: impl Fn(&str) -> bool,
+    ) -> Result<(String, Vec<u8>), AppError> {
+        let deadline = tokio::time::Instant::now() + timeout;
+        loop {
+            let ev = tokio::time::timeout_at(deadline, self.transport.recv())
+                .await
+                .map_err(|_| AppError::Timeout)??;
+            if let TransportEvent::Message { topic, payload } = ev {
+                if wanted(&topic) {
+                    return Ok((topic, payload));
+                }
+                if self.backlog.len() < 10_000 {
+                    self.backlog.push_back((topic, payload));
+                }
+            }
+        }
+    }
+}
