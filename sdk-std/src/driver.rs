@@ -90,6 +90,7 @@ pub struct DeviceDriver<T: Transport> {
     clock: Clock,
     events: Option<mpsc::UnboundedSender<DriverEvent>>,
     local: Option<mpsc::UnboundedReceiver<LocalChange>>,
+    metrics: Option<crate::metrics::Metrics>,
     buf: Vec<u8>,
 }
 
@@ -115,6 +116,7 @@ impl<T: Transport> DeviceDriver<T> {
             clock,
             events: None,
             local: None,
+            metrics: None,
             buf: vec![0; 4096],
         }
     }
@@ -122,6 +124,12 @@ impl<T: Transport> DeviceDriver<T> {
     /// Sends what the driver sees to `tx`.
     pub fn with_events(mut self, tx: mpsc::UnboundedSender<DriverEvent>) -> Self {
         self.events = Some(tx);
+        self
+    }
+
+    /// Counts messages, bytes, queue depth, health and state in `metrics`.
+    pub fn with_metrics(mut self, metrics: crate::metrics::Metrics) -> Self {
+        self.metrics = Some(metrics);
         self
     }
 
@@ -187,6 +195,44 @@ impl<T: Transport> DeviceDriver<T> {
         }
         while let Some(event) = self.agent.poll_event() {
             self.emit(DriverEvent::Agent { at_ms: now, event });
+        }
+        if let Some(m) = &self.metrics {
+            let id = self.agent.device_id().to_owned();
+            let stats = self.agent.stats();
+            for (kind, n) in MessageKind::ALL.iter().zip(stats.queued) {
+                if n > 0 {
+                    m.set_total(
+                        "lanyard_device_messages_total",
+                        "Messages the device queued for sending, by kind",
+                        vec![("device", id.clone()), ("kind", kind.topic_suffix().into())],
+                        n as f64,
+                    );
+                }
+            }
+            m.set(
+                "lanyard_device_queue_depth",
+                "Messages waiting in the outbox",
+                vec![("device", id.clone())],
+                self.agent.queued() as f64,
+            );
+            m.set_total(
+                "lanyard_device_dropped_total",
+                "Messages dropped from a full outbox",
+                vec![("device", id.clone())],
+                stats.dropped.iter().sum::<u64>() as f64,
+            );
+            m.set(
+                "lanyard_device_health",
+                "Health status: 0 normal, 1 warning, 2 critical",
+                vec![("device", id.clone())],
+                self.agent.health().status as u8 as f64,
+            );
+            m.set(
+                "lanyard_device_state",
+                "Lifecycle state code (0 unprovisioned .. 5 decommissioned)",
+                vec![("device", id)],
+                f64::from(self.agent.state().code()),
+            );
         }
         Ok(())
     }

@@ -12,6 +12,7 @@
 //! - [`twin`]: the twin host (registrations, CBOR and AWS IoT shadow topics,
 //!   conflict policies, persistence); [`broker`]: an embedded broker for the
 //!   demo;
+//! - [`metrics`]: Prometheus text exposition on an optional port;
 //! - [`app`]: the app side: set desired state, read shadows, watch deltas
 //!   and reports, send commands and await their acknowledgement;
 //! - [`aws_json`]: the AWS IoT Device Shadow JSON codec; [`describe`]: any
@@ -44,6 +45,8 @@ pub mod clock;
 pub mod describe;
 #[cfg(feature = "runtime")]
 pub mod driver;
+#[cfg(feature = "runtime")]
+pub mod metrics;
 #[cfg(feature = "runtime")]
 pub mod mqtt;
 pub mod sim;

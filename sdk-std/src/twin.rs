@@ -93,6 +93,7 @@ pub struct TwinHost {
     fleet_config: DeviceConfig,
     stats: TwinStats,
     rng: u64,
+    metrics: Option<crate::metrics::Metrics>,
 }
 
 fn valid_id(id: &str) -> bool {
@@ -108,6 +109,7 @@ impl TwinHost {
             fleet_config,
             stats: TwinStats::default(),
             rng: 0x2545_f491_4f6c_dd1d,
+            metrics: None,
         }
     }
 
@@ -141,6 +143,55 @@ impl TwinHost {
         }
         host.dir = Some(dir);
         Ok(host)
+    }
+
+    /// Exports the counters to `metrics` after every message.
+    pub fn with_metrics(mut self, metrics: crate::metrics::Metrics) -> Self {
+        self.metrics = Some(metrics);
+        self
+    }
+
+    fn export(&self) {
+        let Some(m) = &self.metrics else { return };
+        let s = self.stats;
+        m.set(
+            "lanyard_twin_shadows",
+            "Shadows hosted",
+            vec![],
+            self.shadows.len() as f64,
+        );
+        m.set_total(
+            "lanyard_twin_registrations_total",
+            "Registrations accepted",
+            vec![],
+            s.registrations as f64,
+        );
+        m.set_total(
+            "lanyard_twin_updates_total",
+            "Shadow updates applied",
+            vec![],
+            s.updates as f64,
+        );
+        m.set_total(
+            "lanyard_twin_rejected_total",
+            "Messages refused",
+            vec![],
+            s.rejected as f64,
+        );
+        m.set_total(
+            "lanyard_twin_deltas_total",
+            "Deltas published",
+            vec![],
+            s.deltas as f64,
+        );
+        for (p, n) in ConflictPolicy::ALL.iter().zip(s.conflicts) {
+            m.set_total(
+                "lanyard_twin_conflicts_total",
+                "Conflicts, by policy",
+                vec![("policy", p.name().into())],
+                n as f64,
+            );
+        }
     }
 
     /// Counters.
@@ -448,6 +499,7 @@ pub async fn run_twin<T: Transport>(
                     for p in host.handle(clock.now_ms(), &topic, &payload) {
                         transport.publish(&p.topic, &p.payload, p.qos).await?;
                     }
+                    host.export();
                 }
             }
         }

@@ -53,3 +53,63 @@ fn the_demo_runs_a_small_fleet_to_its_summary() {
     assert!(summary.contains("heartbeat"));
     assert!(summary.contains("conflicts by policy"));
 }
+
+mod common;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_twin_command_serves_prometheus_metrics() {
+    use lanyard_std::mqtt::{MqttConfig, MqttTransport};
+    use lanyard_std::transport::{Qos, Transport};
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    let broker = common::Mosquitto::start();
+    let dir = tempfile::tempdir().unwrap();
+    let port = common::free_port();
+    let mut twin = std::process::Command::new(env!("CARGO_BIN_EXE_lanyard"))
+        .args([
+            "twin",
+            "--broker",
+            &format!("mqtt://127.0.0.1:{}", broker.port),
+            "--metrics",
+            &format!("127.0.0.1:{port}"),
+        ])
+        .arg("--state-dir")
+        .arg(dir.path())
+        .stdout(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let fetch = || async move {
+        let mut s = tokio::net::TcpStream::connect(("127.0.0.1", port)).await?;
+        s.write_all(b"GET /metrics HTTP/1.1\r\n\r\n").await?;
+        let mut body = String::new();
+        s.read_to_string(&mut body).await?;
+        Ok::<_, std::io::Error>(body)
+    };
+    let mut app = MqttTransport::connect(MqttConfig::new("127.0.0.1", broker.port, "app"));
+    let check = async {
+        loop {
+            // Keep sending until the twin is subscribed and has counted it.
+            app.publish(
+                "$aws/things/t1/shadow/update",
+                br#"{"state":{"desired":{"x":1}}}"#,
+                Qos::AtLeastOnce,
+            )
+            .await
+            .unwrap();
+            tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+            if let Ok(body) = fetch().await {
+                if body.contains("lanyard_twin_updates_total ")
+                    && body.contains("lanyard_twin_shadows 1")
+                {
+                    assert!(body.contains("# TYPE lanyard_twin_conflicts_total counter"));
+                    assert!(body.contains("lanyard_twin_conflicts_total{policy=\"cloud_wins\"} 0"));
+                    return;
+                }
+            }
+        }
+    };
+    let r = tokio::time::timeout(std::time::Duration::from_secs(20), check).await;
+    let _ = twin.kill();
+    let _ = twin.wait();
+    r.expect("metrics served in time");
+}

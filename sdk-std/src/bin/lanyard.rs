@@ -17,6 +17,7 @@ use lanyard_core::wire::ShadowUpdate;
 use lanyard_std::clock::Clock;
 use lanyard_std::describe::{describe, parse_hex};
 use lanyard_std::driver::{DeviceDriver, DriverEvent, StdPlatform};
+use lanyard_std::metrics::Metrics;
 use lanyard_std::mqtt::{MqttConfig, MqttTransport};
 use lanyard_std::sim::{CountingLed, SimulatedSensors};
 use lanyard_std::store::FileStore;
@@ -107,6 +108,9 @@ enum Cmd {
         /// Use this broker (mqtt://host:port) instead of the embedded one.
         #[arg(long)]
         broker: Option<String>,
+        /// Serve Prometheus metrics on this address while it runs.
+        #[arg(long)]
+        metrics: Option<String>,
     },
     /// Prints any SDK message (hex, or a file of raw bytes) as JSON.
     Decode {
@@ -124,6 +128,9 @@ enum Cmd {
     Device {
         #[command(flatten)]
         broker: BrokerArgs,
+        /// Serve Prometheus metrics on this address (e.g. 127.0.0.1:9100).
+        #[arg(long)]
+        metrics: Option<String>,
         /// Where the device keeps its state.
         #[arg(long)]
         state_dir: PathBuf,
@@ -135,6 +142,9 @@ enum Cmd {
     Twin {
         #[command(flatten)]
         broker: BrokerArgs,
+        /// Serve Prometheus metrics on this address (e.g. 127.0.0.1:9100).
+        #[arg(long)]
+        metrics: Option<String>,
         /// Where the shadows are kept.
         #[arg(long)]
         state_dir: PathBuf,
@@ -185,20 +195,37 @@ fn main() {
                 broker,
                 state_dir,
                 mac,
-            } => device(&broker, state_dir, &mac).await,
-            Cmd::Twin { broker, state_dir } => twin(&broker, state_dir).await,
+                metrics,
+            } => device(&broker, state_dir, &mac, metrics_on(metrics).await?).await,
+            Cmd::Twin {
+                broker,
+                state_dir,
+                metrics,
+            } => twin(&broker, state_dir, metrics_on(metrics).await?).await,
             Cmd::Demo {
                 devices,
                 speed,
                 minutes,
                 broker,
-            } => demo(devices, speed, minutes, broker).await,
+                metrics,
+            } => demo(devices, speed, minutes, broker, metrics_on(metrics).await?).await,
         }
     });
     if let Err(e) = result {
         eprintln!("lanyard: {e}");
         std::process::exit(1);
     }
+}
+
+/// Starts the metrics endpoint when asked for.
+async fn metrics_on(addr: Option<String>) -> Result<Option<Metrics>, String> {
+    let Some(addr) = addr else { return Ok(None) };
+    let listener = tokio::net::TcpListener::bind(&addr)
+        .await
+        .map_err(|e| format!("metrics on {addr}: {e}"))?;
+    let m = Metrics::new();
+    tokio::spawn(m.clone().serve(listener));
+    Ok(Some(m))
 }
 
 fn decode(hex: Option<String>, file: Option<PathBuf>, kind: Option<String>) -> Result<(), String> {
@@ -258,7 +285,12 @@ fn make_device(
     Ok(DeviceDriver::new(agent, transport, platform, clock))
 }
 
-async fn device(broker: &BrokerArgs, state_dir: PathBuf, mac: &str) -> Result<(), String> {
+async fn device(
+    broker: &BrokerArgs,
+    state_dir: PathBuf,
+    mac: &str,
+    metrics: Option<Metrics>,
+) -> Result<(), String> {
     let clock = Clock::real();
     let (tx, mut rx) = mpsc::unbounded_channel();
     let mut driver = make_device(
@@ -270,6 +302,9 @@ async fn device(broker: &BrokerArgs, state_dir: PathBuf, mac: &str) -> Result<()
         100,
     )?
     .with_events(tx);
+    if let Some(m) = metrics {
+        driver = driver.with_metrics(m);
+    }
     let id = driver.agent().device_id().to_owned();
     tokio::spawn(async move {
         while let Some(e) = rx.recv().await {
@@ -287,7 +322,11 @@ async fn device(broker: &BrokerArgs, state_dir: PathBuf, mac: &str) -> Result<()
         .map_err(|e| e.to_string())
 }
 
-async fn twin(broker: &BrokerArgs, state_dir: PathBuf) -> Result<(), String> {
+async fn twin(
+    broker: &BrokerArgs,
+    state_dir: PathBuf,
+    metrics: Option<Metrics>,
+) -> Result<(), String> {
     let mut twin = TwinHost::open(
         &state_dir,
         DeviceConfig {
@@ -296,6 +335,9 @@ async fn twin(broker: &BrokerArgs, state_dir: PathBuf) -> Result<(), String> {
         },
     )
     .map_err(|e| format!("{}: {e}", state_dir.display()))?;
+    if let Some(m) = metrics {
+        twin = twin.with_metrics(m);
+    }
     let mut transport = MqttTransport::connect(broker.mqtt("lanyard-twin")?);
     println!(
         "twin host on {}, {} shadows loaded",
@@ -379,6 +421,7 @@ async fn demo(
     speed: f64,
     minutes: u64,
     broker: Option<String>,
+    metrics: Option<Metrics>,
 ) -> Result<(), String> {
     // rumqttd refuses `$aws/...` subscriptions: AWS topics only on an
     // external broker.
@@ -409,6 +452,9 @@ async fn demo(
         ConflictPolicy::LatestWins,
     ));
     let mut twin_host = TwinHost::in_memory(fleet.clone());
+    if let Some(m) = &metrics {
+        twin_host = twin_host.with_metrics(m.clone());
+    }
     let mut twin_transport =
         MqttTransport::connect(MqttConfig::new(host.clone(), port, "lanyard-twin"));
     let (twin_stop, twin_stop_rx) = oneshot::channel::<()>();
@@ -452,6 +498,9 @@ async fn demo(
         )?
         .with_events(tx)
         .with_local_changes(button_rx);
+        if let Some(m) = &metrics {
+            d = d.with_metrics(m.clone());
+        }
         let (stop_tx, stop_rx) = oneshot::channel::<()>();
         stops.push(stop_tx);
         tasks.push(tokio::spawn(async move {
