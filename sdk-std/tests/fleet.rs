@@ -8,96 +8,15 @@ mod common;
 use std::process::{Child, Command as Process, Stdio};
 use std::time::Duration;
 
-use common::Mosquitto;
-use lanyard_core::agent::config::DeviceConfig;
-use lanyard_core::agent::health::SlowTelemetryOnLowBattery;
+use common::{Mosquitto, spawn_device, spawn_twin};
 use lanyard_core::agent::lifecycle::LifecycleState;
 use lanyard_core::agent::messages::*;
-use lanyard_core::agent::platform::NoCommands;
-use lanyard_core::agent::{Agent, Identity};
 use lanyard_core::shadow::{ConflictPolicy, PathBuf, Shadow, StateTree, Value};
 use lanyard_core::wire::ShadowUpdate;
 use lanyard_std::clock::Clock;
-use lanyard_std::driver::{DeviceDriver, StdPlatform};
 use lanyard_std::mqtt::{MqttConfig, MqttTransport};
-use lanyard_std::sim::{CountingLed, SimulatedSensors};
-use lanyard_std::store::FileStore;
 use lanyard_std::transport::{Qos, Transport, TransportEvent};
-use lanyard_std::twin::{TwinHost, app_topics, run_twin};
-use tokio::sync::oneshot;
-
-fn fast_fleet() -> DeviceConfig {
-    DeviceConfig {
-        version: 1,
-        heartbeat_ms: 1_000,
-        telemetry_ms: 1_000,
-        health_ms: 1_000,
-        shadow_sync_ms: 2_000,
-        ..DeviceConfig::default()
-    }
-}
-
-/// A twin host on its own connection; stopped (and handed back) on drop of
-/// the returned sender.
-fn spawn_twin(
-    port: u16,
-    dir: &std::path::Path,
-) -> (oneshot::Sender<()>, tokio::task::JoinHandle<TwinHost>) {
-    let mut host = TwinHost::open(dir, fast_fleet()).unwrap();
-    let (tx, rx) = oneshot::channel::<()>();
-    let task = tokio::spawn(async move {
-        let mut t = MqttTransport::connect(MqttConfig::new("127.0.0.1", port, "twin"));
-        run_twin(&mut host, &mut t, Clock::real(), true, async {
-            let _ = rx.await;
-        })
-        .await
-        .unwrap();
-        host
-    });
-    (tx, task)
-}
-
-fn spawn_device(
-    port: u16,
-    dir: &std::path::Path,
-    mac: [u8; 6],
-) -> (oneshot::Sender<()>, tokio::task::JoinHandle<()>) {
-    let clock = Clock::real();
-    let agent = Box::new(Agent::new(
-        Identity {
-            mac,
-            device_id: None,
-            firmware: "test",
-        },
-        DeviceConfig::default(),
-        SlowTelemetryOnLowBattery::default(),
-    ));
-    let id = agent.device_id().to_owned();
-    let platform = StdPlatform {
-        storage: Box::new(FileStore::open(dir).unwrap()),
-        probe: Box::new(SimulatedSensors::new(clock.now_ms(), 600_000, 0)),
-        actuators: Box::new(CountingLed::default()),
-        commands: Box::new(NoCommands),
-    };
-    let mut d = DeviceDriver::new(
-        agent,
-        MqttTransport::connect(MqttConfig::new("127.0.0.1", port, id)),
-        platform,
-        clock,
-    );
-    let (tx, rx) = oneshot::channel::<()>();
-    let task = tokio::spawn(async move {
-        d.start().await.unwrap();
-        d.run_until(async {
-            let _ = rx.await;
-        })
-        .await
-        .unwrap();
-        // Dropping the driver closes its connection.
-        drop(d);
-    });
-    (tx, task)
-}
+use lanyard_std::twin::app_topics;
 
 fn set_desired(key: &str, v: i64) -> Vec<u8> {
     let mut t: StateTree<8, 256> = StateTree::new();

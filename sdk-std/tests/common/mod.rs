@@ -2,9 +2,21 @@
 #![allow(dead_code)]
 
 use std::net::TcpStream;
+
+use lanyard_core::agent::config::DeviceConfig;
+use lanyard_core::agent::health::SlowTelemetryOnLowBattery;
+use lanyard_core::agent::platform::{CommandHandler, NoCommands};
+use lanyard_core::agent::{Agent, Identity};
+use lanyard_std::clock::Clock;
+use lanyard_std::driver::{DeviceDriver, DriverEvent, StdPlatform};
+use lanyard_std::mqtt::{MqttConfig, MqttTransport};
+use lanyard_std::sim::{CountingLed, SimulatedSensors};
+use lanyard_std::store::FileStore;
+use lanyard_std::twin::{TwinHost, run_twin};
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
+use tokio::sync::oneshot;
 
 /// A running mosquitto; killed on drop.
 pub struct Mosquitto {
@@ -113,4 +125,94 @@ impl Drop for Mosquitto {
     fn drop(&mut self) {
         self.kill();
     }
+}
+
+fn fast_fleet() -> DeviceConfig {
+    DeviceConfig {
+        version: 1,
+        heartbeat_ms: 1_000,
+        telemetry_ms: 1_000,
+        health_ms: 1_000,
+        shadow_sync_ms: 2_000,
+        ..DeviceConfig::default()
+    }
+}
+
+/// A twin host on its own connection; stopped (and handed back) on drop of
+/// the returned sender.
+pub fn spawn_twin(
+    port: u16,
+    dir: &std::path::Path,
+) -> (oneshot::Sender<()>, tokio::task::JoinHandle<TwinHost>) {
+    let mut host = TwinHost::open(dir, fast_fleet()).unwrap();
+    let (tx, rx) = oneshot::channel::<()>();
+    let task = tokio::spawn(async move {
+        let mut t = MqttTransport::connect(MqttConfig::new("127.0.0.1", port, "twin"));
+        run_twin(&mut host, &mut t, Clock::real(), true, async {
+            let _ = rx.await;
+        })
+        .await
+        .unwrap();
+        host
+    });
+    (tx, task)
+}
+
+pub fn spawn_device(
+    port: u16,
+    dir: &std::path::Path,
+    mac: [u8; 6],
+) -> (oneshot::Sender<()>, tokio::task::JoinHandle<()>) {
+    let (stop, task, _) = spawn_device_with(port, dir, mac, Box::new(NoCommands));
+    (stop, task)
+}
+
+/// A device with its own command handler; also returns what its driver saw.
+pub fn spawn_device_with(
+    port: u16,
+    dir: &std::path::Path,
+    mac: [u8; 6],
+    commands: Box<dyn CommandHandler + Send>,
+) -> (
+    oneshot::Sender<()>,
+    tokio::task::JoinHandle<()>,
+    tokio::sync::mpsc::UnboundedReceiver<DriverEvent>,
+) {
+    let clock = Clock::real();
+    let agent = Box::new(Agent::new(
+        Identity {
+            mac,
+            device_id: None,
+            firmware: "test",
+        },
+        DeviceConfig::default(),
+        SlowTelemetryOnLowBattery::default(),
+    ));
+    let id = agent.device_id().to_owned();
+    let platform = StdPlatform {
+        storage: Box::new(FileStore::open(dir).unwrap()),
+        probe: Box::new(SimulatedSensors::new(clock.now_ms(), 600_000, 0)),
+        actuators: Box::new(CountingLed::default()),
+        commands,
+    };
+    let (ev_tx, ev_rx) = tokio::sync::mpsc::unbounded_channel();
+    let mut d = DeviceDriver::new(
+        agent,
+        MqttTransport::connect(MqttConfig::new("127.0.0.1", port, id)),
+        platform,
+        clock,
+    )
+    .with_events(ev_tx);
+    let (tx, rx) = oneshot::channel::<()>();
+    let task = tokio::spawn(async move {
+        d.start().await.unwrap();
+        d.run_until(async {
+            let _ = rx.await;
+        })
+        .await
+        .unwrap();
+        // Dropping the driver closes its connection.
+        drop(d);
+    });
+    (tx, task, ev_rx)
 }
