@@ -56,6 +56,7 @@ step "fuzz smoke: ${FUZZ_SECONDS}s per target"
 )
 
 step "benchmark: shadow update + delta vs serde_json, CBOR vs AWS JSON size"
-cargo bench -p lanyard-std --bench shadow -- --warm-up-time 1 --measurement-time 3
+# The codecs only: no need to build the network runtime in release.
+cargo bench -p lanyard-std --no-default-features --bench shadow -- --warm-up-time 1 --measurement-time 3
 
 step "all tests passed"
