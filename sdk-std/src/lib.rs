@@ -12,6 +12,8 @@
 //! - [`twin`]: the twin host (registrations, CBOR and AWS IoT shadow topics,
 //!   conflict policies, persistence); [`broker`]: an embedded broker for the
 //!   demo;
+//! - [`acl`]: the mosquitto ACL file that keeps each device to its own
+//!   topics;
 //! - [`metrics`]: Prometheus text exposition on an optional port;
 //! - [`app`]: the app side: set desired state, read shadows, watch deltas
 //!   and reports, send commands and await their acknowledgement;
@@ -35,6 +37,7 @@
 #![forbid(unsafe_code)]
 #![deny(missing_docs)]
 
+pub mod acl;
 #[cfg(feature = "runtime")]
 pub mod app;
 pub mod aws_json;

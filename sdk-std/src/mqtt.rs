@@ -32,6 +32,10 @@ pub struct MqttConfig {
     pub backoff_cap: Duration,
     /// TLS settings; `None` for plain TCP.
     pub tls: Option<rumqttc::TlsConfiguration>,
+    /// User name to present (brokers apply per-user ACL rules to it); with
+    /// TLS client certificates, brokers usually take it from the
+    /// certificate instead.
+    pub username: Option<String>,
     /// Ask the broker to keep the session (subscriptions and queued QoS 1
     /// messages) while disconnected. On by default.
     pub persistent_session: bool,
@@ -49,6 +53,7 @@ impl MqttConfig {
             backoff_base: Duration::from_millis(250),
             backoff_cap: Duration::from_secs(8),
             tls: None,
+            username: None,
             persistent_session: true,
         }
     }
@@ -84,6 +89,9 @@ impl MqttTransport {
         // A persistent session: the broker keeps QoS 1 messages for us while
         // we are away (as long as the broker itself keeps running).
         opts.set_clean_session(!config.persistent_session);
+        if let Some(user) = &config.username {
+            opts.set_credentials(user.clone(), "");
+        }
         opts.set_max_packet_size(256 * 1024, 256 * 1024);
         if let Some(tls) = config.tls.clone() {
             opts.set_transport(rumqttc::Transport::Tls(tls));

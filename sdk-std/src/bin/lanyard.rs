@@ -138,6 +138,12 @@ enum Cmd {
         #[arg(long, default_value = "02:00:00:00:00:01")]
         mac: String,
     },
+    /// Prints a mosquitto ACL file that keeps each device to its own topics.
+    Acl {
+        /// User names allowed everything (the twin host, operators).
+        #[arg(long, value_delimiter = ',', default_value = "lanyard-twin")]
+        trusted: Vec<String>,
+    },
     /// Runs a twin host against a broker, its shadows in a directory.
     Twin {
         #[command(flatten)]
@@ -191,6 +197,11 @@ fn main() {
     let result = rt.block_on(async {
         match cli.command {
             Cmd::Decode { hex, file, kind } => decode(hex, file, kind),
+            Cmd::Acl { trusted } => {
+                let trusted: Vec<&str> = trusted.iter().map(String::as_str).collect();
+                print!("{}", lanyard_std::acl::mosquitto_acl(&trusted));
+                Ok(())
+            }
             Cmd::Device {
                 broker,
                 state_dir,
