@@ -1,0 +1,269 @@
+//! Fleet benchmark against a real mosquitto on loopback: N simulated devices
+//! with the seed's default intervals, a twin host and an app. Prints the
+//! message rate through the broker and the latency from a desired-state
+//! change to the device reporting it applied (p50/p99), for each fleet size
+//! given (default 1000 and 10000), so the sizes compare in one run.
+//!
+//! Run with `bash scripts/fleet-bench.sh` (it raises the open-file limit).
+//! Not a timed test: it prints figures.
+
+use std::time::{Duration, Instant};
+
+use lanyard_core::agent::config::DeviceConfig;
+use lanyard_core::agent::health::SlowTelemetryOnLowBattery;
+use lanyard_core::agent::messages::{MessageKind, TOPIC_PREFIX};
+use lanyard_core::agent::platform::NoCommands;
+use lanyard_core::agent::{Agent, Identity, device_id_from_mac};
+use lanyard_core::shadow::{PathBuf, StateTree, Value};
+use lanyard_core::wire::ShadowUpdate;
+use lanyard_std::clock::Clock;
+use lanyard_std::driver::{DeviceDriver, StdPlatform};
+use lanyard_std::mqtt::{MqttConfig, MqttTransport};
+use lanyard_std::sim::{CountingLed, SimulatedSensors};
+use lanyard_std::store::FileStore;
+use lanyard_std::transport::{Qos, Transport, TransportEvent};
+use lanyard_std::twin::{TwinHost, app_topics, run_twin};
+use tokio::sync::oneshot;
+
+fn mosquitto(port: u16, dir: &std::path::Path) -> std::process::Child {
+    let conf = dir.join("mosquitto.conf");
+    std::fs::write(
+        &conf,
+        format!("listener {port} 127.0.0.1\nallow_anonymous true\nmax_queued_messages 100000\n"),
+    )
+    .unwrap();
+    let bin = ["/usr/sbin/mosquitto", "/usr/bin/mosquitto"]
+        .into_iter()
+        .find(|p| std::path::Path::new(p).exists())
+        .expect("mosquitto installed");
+    let child = std::process::Command::new(bin)
+        .arg("-c")
+        .arg(&conf)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    child
+}
+
+fn percentile(sorted: &[f64], p: f64) -> f64 {
+    sorted[((sorted.len() as f64 - 1.0) * p).round() as usize]
+}
+
+struct Figures {
+    devices: usize,
+    connect_s: f64,
+    msgs_per_s: f64,
+    p50_ms: f64,
+    p99_ms: f64,
+}
+
+async fn run(devices: usize, samples: usize) -> Figures {
+    let dir = tempfile::tempdir().unwrap();
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let mut broker = mosquitto(port, dir.path());
+    let clock = Clock::real();
+
+    let mut host = TwinHost::in_memory(DeviceConfig {
+        version: 1,
+        ..DeviceConfig::default()
+    });
+    let (twin_stop, twin_rx) = oneshot::channel::<()>();
+    let twin = tokio::spawn(async move {
+        let mut t = MqttTransport::connect(MqttConfig::new("127.0.0.1", port, "twin"));
+        let _ = run_twin(&mut host, &mut t, clock, false, async {
+            let _ = twin_rx.await;
+        })
+        .await;
+        host
+    });
+
+    let mut app = MqttTransport::connect(MqttConfig::new("127.0.0.1", port, "bench-app"));
+    app.subscribe(&format!("{TOPIC_PREFIX}+/+")).await.unwrap();
+    app.subscribe(&format!("{TOPIC_PREFIX}+/shadow/update"))
+        .await
+        .unwrap();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+
+    let started = Instant::now();
+    let mut stops = Vec::new();
+    let mut tasks = Vec::new();
+    for i in 0..devices {
+        let mac = [2, 1, 0, (i >> 16) as u8, (i >> 8) as u8, i as u8];
+        let agent = Box::new(Agent::new(
+            Identity {
+                mac,
+                device_id: None,
+                firmware: "bench",
+            },
+            DeviceConfig::default(),
+            SlowTelemetryOnLowBattery::default(),
+        ));
+        let id = agent.device_id().to_owned();
+        let platform = StdPlatform {
+            storage: Box::new(FileStore::open(dir.path().join(&id)).unwrap()),
+            probe: Box::new(SimulatedSensors::new(clock.now_ms(), 3_600_000, i as u64)),
+            actuators: Box::new(CountingLed::default()),
+            commands: Box::new(NoCommands),
+        };
+        let mut cfg = MqttConfig::new("127.0.0.1", port, id);
+        cfg.persistent_session = false;
+        let mut d = DeviceDriver::new(agent, MqttTransport::connect(cfg), platform, clock);
+        let (tx, rx) = oneshot::channel::<()>();
+        stops.push(tx);
+        tasks.push(tokio::spawn(async move {
+            let _ = d.start().await;
+            let _ = d
+                .run_until(async {
+                    let _ = rx.await;
+                })
+                .await;
+        }));
+    }
+    // Registered: two lifecycle events per device (to Provisioning, to Active).
+    let mut lifecycle = 0;
+    while lifecycle < 2 * devices {
+        match tokio::time::timeout(Duration::from_secs(60), app.recv()).await {
+            Ok(Ok(TransportEvent::Message { topic, .. })) if topic.ends_with("/lifecycle") => {
+                lifecycle += 1
+            }
+            Ok(_) => {}
+            Err(_) => break,
+        }
+    }
+    let connect_s = started.elapsed().as_secs_f64();
+
+    // Message rate over 10 s of steady state.
+    let window = Instant::now();
+    let mut seen = 0u64;
+    while window.elapsed() < Duration::from_secs(10) {
+        if let Ok(Ok(TransportEvent::Message { .. })) =
+            tokio::time::timeout(Duration::from_millis(100), app.recv()).await
+        {
+            seen += 1;
+        }
+    }
+    let msgs_per_s = seen as f64 / window.elapsed().as_secs_f64();
+
+    // Latency: desired change -> the device's report of it, one at a time.
+    let mut lat = Vec::new();
+    let mut buf = vec![0u8; 512];
+    for s in 0..samples {
+        let i = s * devices / samples;
+        let id =
+            device_id_from_mac([2, 1, 0, (i >> 16) as u8, (i >> 8) as u8, i as u8]).to_string();
+        let mut t: StateTree<4, 128> = StateTree::new();
+        t.insert(
+            &PathBuf::from_dotted("bench.seq").unwrap(),
+            Value::Int(s as i64 + 1),
+        )
+        .unwrap();
+        let mut up: ShadowUpdate<4, 128> = ShadowUpdate::new(clock.now_ms());
+        up.desired = Some(t);
+        let n = up.encode(&mut buf).unwrap();
+        let t0 = Instant::now();
+        app.publish(
+            &format!("{TOPIC_PREFIX}{id}/{}", app_topics::SET_DESIRED),
+            &buf[..n],
+            Qos::AtLeastOnce,
+        )
+        .await
+        .unwrap();
+        let want = format!(
+            "{TOPIC_PREFIX}{id}/{}",
+            MessageKind::ShadowUpdate.topic_suffix()
+        );
+        loop {
+            match tokio::time::timeout(Duration::from_secs(10), app.recv()).await {
+                Ok(Ok(TransportEvent::Message { topic, payload })) if topic == want => {
+                    let mut u: Box<ShadowUpdate<16, 512>> = Box::new(ShadowUpdate::new(0));
+                    if u.decode_into(&payload).is_ok()
+                        && u.reported
+                            .as_ref()
+                            .and_then(|r| r.get_dotted("bench.seq"))
+                            .is_some_and(|e| e.value == Value::Int(s as i64 + 1))
+                    {
+                        lat.push(t0.elapsed().as_secs_f64() * 1_000.0);
+                        break;
+                    }
+                }
+                Ok(_) => {}
+                Err(_) => break,
+            }
+        }
+    }
+    lat.sort_by(|a, b| a.partial_cmp(b).unwrap());
+
+    for s in stops {
+        let _ = s.send(());
+    }
+    for t in tasks {
+        let _ = t.await;
+    }
+    let _ = twin_stop.send(());
+    let _ = twin.await;
+    let _ = broker.kill();
+    let _ = broker.wait();
+    Figures {
+        devices,
+        connect_s,
+        msgs_per_s,
+        p50_ms: if lat.is_empty() {
+            f64::NAN
+        } else {
+            percentile(&lat, 0.5)
+        },
+        p99_ms: if lat.is_empty() {
+            f64::NAN
+        } else {
+            percentile(&lat, 0.99)
+        },
+    }
+}
+
+fn main() {
+    let sizes: Vec<usize> = std::env::var("LANYARD_FLEET_SIZES")
+        .unwrap_or_else(|_| "1000,10000".into())
+        .split(',')
+        .filter_map(|s| s.trim().parse().ok())
+        .collect();
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .thread_stack_size(8 << 20)
+        .build()
+        .unwrap();
+    let mut figures = Vec::new();
+    for n in sizes {
+        eprintln!("fleet of {n} ...");
+        figures.push(rt.block_on(run(n, 200)));
+    }
+    println!("\n== lanyard fleet benchmark (mosquitto on loopback, this run) ==");
+    println!(
+        "{:>8} {:>12} {:>14} {:>12} {:>12}",
+        "devices", "connect s", "msgs/s seen", "p50 ms", "p99 ms"
+    );
+    for f in &figures {
+        println!(
+            "{:>8} {:>12.1} {:>14.0} {:>12.2} {:>12.2}",
+            f.devices, f.connect_s, f.msgs_per_s, f.p50_ms, f.p99_ms
+        );
+    }
+    if let (Some(a), Some(b)) = (figures.first(), figures.last()) {
+        if a.devices != b.devices {
+            println!(
+                "ratio {}x devices: msgs/s {:.1}x, p50 {:.1}x, p99 {:.1}x",
+                b.devices / a.devices.max(1),
+                b.msgs_per_s / a.msgs_per_s,
+                b.p50_ms / a.p50_ms,
+                b.p99_ms / a.p99_ms
+            );
+        }
+    }
+}
