@@ -8,5 +8,5 @@ if ! command -v mosquitto >/dev/null 2>&1 && [ ! -x /usr/sbin/mosquitto ]; then
     apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq mosquitto >/dev/null
 fi
 # Every device is a socket on both ends.
-ulimit -n 65536
+ulimit -n "$(ulimit -Hn)"
 cargo bench -p lanyard-std --bench fleet

@@ -29,7 +29,7 @@ fn mosquitto(port: u16, dir: &std::path::Path) -> std::process::Child {
     let conf = dir.join("mosquitto.conf");
     std::fs::write(
         &conf,
-        format!("listener {port} 127.0.0.1\nallow_anonymous true\nmax_queued_messages 100000\n"),
+        format!("listener {port} 127.0.0.1\nallow_anonymous true\nmax_queued_messages 100000\nset_tcp_nodelay true\n"),
     )
     .unwrap();
     let bin = ["/usr/sbin/mosquitto", "/usr/bin/mosquitto"]

@@ -97,6 +97,11 @@ impl MqttTransport {
             opts.set_transport(rumqttc::Transport::Tls(tls));
         }
         let (client, mut eventloop) = AsyncClient::new(opts, 1024);
+        // Small messages: without TCP_NODELAY, Nagle and delayed ACKs add
+        // tens of milliseconds to every exchange.
+        let mut net = rumqttc::NetworkOptions::new();
+        net.set_tcp_nodelay(true);
+        eventloop.set_network_options(net);
         let (tx, rx) = mpsc::unbounded_channel();
         let (first_tx, first) = watch::channel(None);
         let filters: Arc<Mutex<Vec<String>>> = Arc::default();

@@ -82,7 +82,7 @@ impl Mosquitto {
         std::fs::write(
             &conf,
             format!(
-                "listener {} 127.0.0.1\nallow_anonymous true\nmax_queued_messages 100000\n{extra}\n",
+                "listener {} 127.0.0.1\nallow_anonymous true\nmax_queued_messages 100000\nset_tcp_nodelay true\n{extra}\n",
                 self.port
             ),
         )
