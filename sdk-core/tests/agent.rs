@@ -531,6 +531,63 @@ mod reboots {
     }
 
     #[test]
+    fn reported_state_and_a_full_window_of_long_command_ids_survive_a_reboot() {
+        let mut sim = Sim::new(1_000_000);
+        let (mut agent, _) = registered(&mut sim);
+        let mut state: lanyard_core::shadow::StateTree<16, 512> =
+            lanyard_core::shadow::StateTree::new();
+        state
+            .insert(
+                &lanyard_core::shadow::PathBuf::from_dotted("led.on").unwrap(),
+                lanyard_core::shadow::Value::Bool(true),
+            )
+            .unwrap();
+        let delta = lanyard_core::wire::ShadowDelta {
+            version: 3,
+            timestamp_ms: 1,
+            state,
+        };
+        let mut buf = vec![0u8; 256];
+        let n = delta.encode(&mut buf).unwrap();
+        agent
+            .handle_inbound(
+                2_000,
+                MessageKind::ShadowDelta,
+                &buf[..n],
+                &mut sim.platform(),
+            )
+            .unwrap();
+        let ids: Vec<String> = (0..lanyard_core::agent::DEDUPE_WINDOW)
+            .map(|i| format!("{i:0>64}"))
+            .collect();
+        for (i, id) in ids.iter().enumerate() {
+            send_cmd(
+                &mut agent,
+                &mut sim,
+                3_000 + i as u64,
+                id,
+                "reboot_modem",
+                &[],
+            );
+        }
+        assert_eq!(agent.stats().storage_failures, 0);
+        drop(agent);
+        let mut rebooted = new_agent();
+        rebooted.boot(60_000, &mut sim.platform()).unwrap();
+        assert_eq!(
+            rebooted.reported().get_dotted("led.on").map(|e| e.value),
+            Some(lanyard_core::shadow::Value::Bool(true))
+        );
+        for id in &ids {
+            assert_eq!(
+                send_cmd(&mut rebooted, &mut sim, 61_000, id, "reboot_modem", &[]).len(),
+                1
+            );
+        }
+        assert_eq!(sim.commands.runs, lanyard_core::agent::DEDUPE_WINDOW as u32);
+    }
+
+    #[test]
     fn a_corrupt_record_makes_the_device_register_again() {
         let mut sim = Sim::new(1_000_000);
         sim.storage.slots.insert("state", vec![0xff, 0x00, 0x13]);

@@ -46,6 +46,9 @@ pub const DEDUPE_WINDOW: usize = 16;
 pub const EVENT_QUEUE: usize = 16;
 /// Longest registration retry interval.
 pub const MAX_REGISTER_BACKOFF_MS: u64 = 60_000;
+/// Largest persisted agent record: configuration, the dedupe window of
+/// commands with ids up to 64 bytes, and the reported shadow.
+pub const STATE_RECORD_MAX: usize = 4096;
 /// First registration retry interval.
 pub const FIRST_REGISTER_BACKOFF_MS: u64 = 2_000;
 
@@ -254,6 +257,8 @@ pub struct Agent<
     reported: DeviceShadow,
     scratch: DeviceShadow,
     last_sensor_ms: Option<u64>,
+    /// The reported state changed since it was last persisted.
+    reported_dirty: bool,
     stats: AgentStats,
 }
 
@@ -305,6 +310,7 @@ impl<P: TelemetryPolicy, const Q: usize, const M: usize> Agent<P, Q, M> {
             reported: StateTree::new(),
             scratch: StateTree::new(),
             last_sensor_ms: None,
+            reported_dirty: false,
             stats: AgentStats::default(),
         }
     }
@@ -396,7 +402,7 @@ impl<P: TelemetryPolicy, const Q: usize, const M: usize> Agent<P, Q, M> {
     /// was), counts the boot, and starts registration or the periodic work.
     pub fn boot(&mut self, now_ms: u64, platform: &mut Platform<'_>) -> Result<(), InboundError> {
         self.boot_ms = now_ms;
-        let mut buf = [0u8; 1024];
+        let mut buf = [0u8; STATE_RECORD_MAX];
         match platform.storage.load(StorageSlot::AgentState, &mut buf) {
             Ok(0) => {}
             Ok(n) => {
@@ -458,6 +464,9 @@ impl<P: TelemetryPolicy, const Q: usize, const M: usize> Agent<P, Q, M> {
                     self.schedule(Timer::Health, now_ms + self.config.health_ms);
                 }
                 Timer::ShadowSync => {
+                    if core::mem::take(&mut self.reported_dirty) {
+                        self.persist(platform);
+                    }
                     self.send_shadow(now_ms);
                     self.schedule(Timer::ShadowSync, now_ms + self.config.shadow_sync_ms);
                 }
@@ -507,6 +516,7 @@ impl<P: TelemetryPolicy, const Q: usize, const M: usize> Agent<P, Q, M> {
     ) -> Result<(), Error> {
         self.reported
             .insert_with_meta(path, value, LeafMeta::new(Source::Device, now_ms))?;
+        self.reported_dirty = true;
         if self.state.is_registered() {
             self.schedule(Timer::ShadowSync, now_ms);
         }
@@ -567,6 +577,7 @@ impl<P: TelemetryPolicy, const Q: usize, const M: usize> Agent<P, Q, M> {
                     .merge_into(&delta.state, meta, &mut self.scratch)
                     .map_err(InboundError::Decode)?;
                 core::mem::swap(&mut self.reported, &mut self.scratch);
+                self.persist(platform);
                 self.push_event(AgentEvent::ShadowUpdated {
                     leaves: delta.state.len(),
                 });
@@ -1040,7 +1051,7 @@ impl<P: TelemetryPolicy, const Q: usize, const M: usize> Agent<P, Q, M> {
         if self.state == LifecycleState::Decommissioned {
             return;
         }
-        let mut buf = [0u8; 1024];
+        let mut buf = [0u8; STATE_RECORD_MAX];
         let Ok(n) = self.encode_state(&mut buf) else {
             self.stats.storage_failures += 1;
             return;
@@ -1059,7 +1070,7 @@ impl<P: TelemetryPolicy, const Q: usize, const M: usize> Agent<P, Q, M> {
     /// 4: lifecycle seq, 5: [* [command id, status, reason]]}`.
     fn encode_state(&self, out: &mut [u8]) -> Result<usize, EncodeError> {
         cbor::encode_into(out, |e| {
-            e.map(6)?;
+            e.map(7)?;
             e.u8(0)?.u8(self.state.code())?;
             e.u8(1)?.str(&self.device_id)?;
             e.u8(2)?;
@@ -1074,6 +1085,8 @@ impl<P: TelemetryPolicy, const Q: usize, const M: usize> Agent<P, Q, M> {
                     None => e.null()?,
                 };
             }
+            e.u8(6)?;
+            self.reported.encode_cbor(e)?;
             Ok(())
         })
     }
@@ -1083,6 +1096,9 @@ impl<P: TelemetryPolicy, const Q: usize, const M: usize> Agent<P, Q, M> {
         let mut state = None;
         let mut config = self.config.clone();
         let mut dedupe: heapless::Deque<Remembered, DEDUPE_WINDOW> = heapless::Deque::new();
+        // Decoded aside, so a record that fails halfway changes nothing.
+        let mut reported = core::mem::take(&mut self.scratch);
+        reported.clear();
         let (mut boots, mut seq) = (0, 0);
         each_field(&mut d, |k, d| {
             let at = d.position();
@@ -1106,6 +1122,10 @@ impl<P: TelemetryPolicy, const Q: usize, const M: usize> Agent<P, Q, M> {
                 2 => config = self.config.decode_update(d)?,
                 3 => boots = cbor::read_u64(d)?,
                 4 => seq = cbor::read_u64(d)?,
+                6 => {
+                    reported.clear();
+                    reported.decode_cbor(d, LeafMeta::new(Source::Device, 0), false)?;
+                }
                 5 => {
                     let n = d.array()?.unwrap_or(0);
                     for _ in 0..n {
@@ -1146,6 +1166,8 @@ impl<P: TelemetryPolicy, const Q: usize, const M: usize> Agent<P, Q, M> {
         self.boot_count = boots;
         self.lifecycle_seq = seq;
         self.dedupe = dedupe;
+        core::mem::swap(&mut self.reported, &mut reported);
+        self.scratch = reported;
         Ok(())
     }
 }
