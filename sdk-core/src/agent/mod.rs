@@ -1067,7 +1067,8 @@ impl<P: TelemetryPolicy, const Q: usize, const M: usize> Agent<P, Q, M> {
     }
 
     /// The persisted record: `{0: state, 1: device id, 2: config, 3: boots,
-    /// 4: lifecycle seq, 5: [* [command id, status, reason]]}`.
+    /// 4: lifecycle seq, 5: [* [command id, status, reason]], 6: reported
+    /// state}`.
     fn encode_state(&self, out: &mut [u8]) -> Result<usize, EncodeError> {
         cbor::encode_into(out, |e| {
             e.map(7)?;

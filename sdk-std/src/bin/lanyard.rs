@@ -42,7 +42,7 @@ struct Cli {
 struct BrokerArgs {
     /// mqtt://host:port, or mqtts://host:port for TLS.
     #[arg(long)]
-    broker: String,
+    broker: Option<String>,
     /// CA certificate (PEM) that signed the broker's certificate (mqtts).
     #[arg(long)]
     ca: Option<PathBuf>,
@@ -55,24 +55,25 @@ struct BrokerArgs {
 }
 
 impl BrokerArgs {
+    fn url(&self) -> Result<&str, String> {
+        self.broker
+            .as_deref()
+            .ok_or_else(|| "--broker is required".to_string())
+    }
+
     fn mqtt(&self, client_id: &str) -> Result<MqttConfig, String> {
-        let (tls, rest) = match (
-            self.broker.strip_prefix("mqtt://"),
-            self.broker.strip_prefix("mqtts://"),
-        ) {
+        let url = self.url()?;
+        let (tls, rest) = match (url.strip_prefix("mqtt://"), url.strip_prefix("mqtts://")) {
             (Some(r), _) => (false, r),
             (_, Some(r)) => (true, r),
             _ => {
                 return Err(format!(
-                    "broker must be mqtt://host:port or mqtts://host:port, got {}",
-                    self.broker
+                    "broker must be mqtt://host:port or mqtts://host:port, got {url}"
                 ));
             }
         };
         let (host, port) = rest.rsplit_once(':').ok_or("broker needs a port")?;
-        let port = port
-            .parse()
-            .map_err(|_| format!("bad port in {}", self.broker))?;
+        let port = port.parse().map_err(|_| format!("bad port in {url}"))?;
         let mut c = MqttConfig::new(host, port, client_id);
         if tls {
             let ca = self.ca.as_deref().ok_or("mqtts needs --ca")?;
@@ -105,9 +106,9 @@ enum Cmd {
         /// Simulated minutes.
         #[arg(long, default_value_t = 10)]
         minutes: u64,
-        /// Use this broker (mqtt://host:port) instead of the embedded one.
-        #[arg(long)]
-        broker: Option<String>,
+        /// An external broker instead of the embedded one (and its TLS files).
+        #[command(flatten)]
+        broker: BrokerArgs,
         /// Serve Prometheus metrics on this address while it runs.
         #[arg(long)]
         metrics: Option<String>,
@@ -155,17 +156,6 @@ enum Cmd {
         #[arg(long)]
         state_dir: PathBuf,
     },
-}
-
-fn parse_broker(url: &str) -> Result<(String, u16), String> {
-    let rest = url
-        .strip_prefix("mqtt://")
-        .ok_or_else(|| format!("broker must be mqtt://host:port, got {url}"))?;
-    let (host, port) = rest.rsplit_once(':').ok_or("broker needs a port")?;
-    Ok((
-        host.to_owned(),
-        port.parse().map_err(|_| format!("bad port in {url}"))?,
-    ))
 }
 
 fn parse_mac(s: &str) -> Result<[u8; 6], String> {
@@ -352,7 +342,7 @@ async fn twin(
     let mut transport = MqttTransport::connect(broker.mqtt("lanyard-twin")?);
     println!(
         "twin host on {}, {} shadows loaded",
-        broker.broker,
+        broker.url()?,
         twin.devices().count()
     );
     run_twin(&mut twin, &mut transport, Clock::real(), true, async {
@@ -431,26 +421,31 @@ async fn demo(
     devices: usize,
     speed: f64,
     minutes: u64,
-    broker: Option<String>,
+    broker: BrokerArgs,
     metrics: Option<Metrics>,
 ) -> Result<(), String> {
     // rumqttd refuses `$aws/...` subscriptions: AWS topics only on an
     // external broker.
-    let aws = broker.is_some();
-    let (host, port) = match broker {
-        Some(b) => parse_broker(&b)?,
-        None => {
-            let port = lanyard_std::broker::free_port().map_err(|e| e.to_string())?;
-            lanyard_std::broker::start_embedded(port, devices + 4)?;
-            ("127.0.0.1".to_owned(), port)
+    let aws = broker.broker.is_some();
+    let broker = if aws {
+        broker
+    } else {
+        let port = lanyard_std::broker::free_port().map_err(|e| e.to_string())?;
+        lanyard_std::broker::start_embedded(port, devices + 4)?;
+        BrokerArgs {
+            broker: Some(format!("mqtt://127.0.0.1:{port}")),
+            ca: None,
+            cert: None,
+            key: None,
         }
     };
+    let url = broker.url()?.to_owned();
     let clock = Clock::compressed(speed);
     let start = clock.now_ms();
     let end = start + minutes * 60_000;
     let tmp = tempfile::tempdir().map_err(|e| e.to_string())?;
     println!(
-        "lanyard demo: {devices} devices, twin host, broker on {host}:{port}, {minutes} simulated minutes at {speed}x"
+        "lanyard demo: {devices} devices, twin host, broker {url}, {minutes} simulated minutes at {speed}x"
     );
 
     // The twin host, with the fleet's configuration and policies.
@@ -466,8 +461,7 @@ async fn demo(
     if let Some(m) = &metrics {
         twin_host = twin_host.with_metrics(m.clone());
     }
-    let mut twin_transport =
-        MqttTransport::connect(MqttConfig::new(host.clone(), port, "lanyard-twin"));
+    let mut twin_transport = MqttTransport::connect(broker.mqtt("lanyard-twin")?);
     let (twin_stop, twin_stop_rx) = oneshot::channel::<()>();
     let twin_task = tokio::spawn(async move {
         let r = run_twin(&mut twin_host, &mut twin_transport, clock, aws, async {
@@ -501,7 +495,7 @@ async fn demo(
         buttons.push(button_tx);
         let mut d = make_device(
             mac,
-            |id| Ok(MqttConfig::new(host.clone(), port, id)),
+            |id| broker.mqtt(id),
             tmp.path().join(format!("dev{i}")),
             clock,
             drain,
@@ -526,8 +520,7 @@ async fn demo(
     drop(ev_tx);
 
     // The operator: a command or a configuration change about every 45 s.
-    let mut operator =
-        MqttTransport::connect(MqttConfig::new(host.clone(), port, "lanyard-operator"));
+    let mut operator = MqttTransport::connect(broker.mqtt("lanyard-operator")?);
     let ids: Vec<String> = (0..devices)
         .map(|i| {
             lanyard_core::agent::device_id_from_mac([
