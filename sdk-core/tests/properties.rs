@@ -159,6 +159,22 @@ impl Device {
     }
 }
 
+/// Runs one step of a random history; returns the (maybe advanced) time.
+fn play(op: &Op, doc: &mut Doc, dev: &mut Device, now: u64) -> u64 {
+    match op {
+        Op::Cloud(e) => {
+            doc.apply_desired(&build(e), None, now).unwrap();
+        }
+        Op::Device(e) => dev.set(doc, &build(e), now),
+        Op::Sync(j) => {
+            let _ = doc.sync(now, *j, |_| {});
+        }
+        Op::DeviceAppliesDelta => dev.apply_delta(doc, now),
+        Op::Advance(ms) => return now + ms,
+    }
+    now
+}
+
 proptest! {
     #![proptest_config(ProptestConfig { cases: 256, ..ProptestConfig::default() })]
 
@@ -225,13 +241,7 @@ proptest! {
         let mut now = 1_000u64;
         for op in &ops {
             now += 10;
-            match op {
-                Op::Cloud(e) => { doc.apply_desired(&build(e), None, now).unwrap(); }
-                Op::Device(e) => dev.set(&mut doc, &build(e), now),
-                Op::Sync(j) => { let _ = doc.sync(now, *j, |_| {}); }
-                Op::DeviceAppliesDelta => dev.apply_delta(&mut doc, now),
-                Op::Advance(ms) => now += ms,
-            }
+            now = play(op, &mut doc, &mut dev, now);
         }
         // Quiet period: syncs at the backoff bound, an operator answering
         // parked conflicts, the device following its delta.
@@ -307,13 +317,7 @@ proptest! {
         let mut now = 0u64;
         for op in &ops {
             now += 100;
-            match op {
-                Op::Cloud(e) => { doc.apply_desired(&build(e), None, now).unwrap(); }
-                Op::Device(e) => dev.set(&mut doc, &build(e), now),
-                Op::Sync(j) => { let _ = doc.sync(now, *j, |_| {}); }
-                Op::DeviceAppliesDelta => dev.apply_delta(&mut doc, now),
-                Op::Advance(ms) => now += ms,
-            }
+            now = play(op, &mut doc, &mut dev, now);
         }
         let bytes = encoded(&doc);
         let back = Doc::decode(&bytes, policy).unwrap();

@@ -215,36 +215,33 @@ impl DeviceConfig {
                 }
                 12 => {
                     c.policies.clear();
-                    let n = d.array()?.ok_or(DecodeError::Malformed {
-                        what: "a definite array of policies",
-                        at,
-                    })?;
-                    for _ in 0..n {
-                        let at = d.position();
-                        if d.array()? != Some(2) {
-                            return Err(DecodeError::Malformed {
-                                what: "[path, policy]",
-                                at,
-                            });
-                        }
-                        let mut path = heapless::String::new();
-                        path.push_str(d.str()?)
-                            .map_err(|_| DecodeError::Malformed {
-                                what: "a policy path of at most 64 bytes",
-                                at,
-                            })?;
-                        let policy =
-                            policy_from_code(cbor::read_u64(d)?).ok_or(DecodeError::Malformed {
-                                what: "a conflict policy code 0..=3",
-                                at,
-                            })?;
-                        c.policies
-                            .push((path, policy))
-                            .map_err(|_| DecodeError::Malformed {
-                                what: "at most 4 policies",
-                                at,
-                            })?;
-                    }
+                    cbor::each_tuple(
+                        d,
+                        2,
+                        "a definite array of policies",
+                        "[path, policy]",
+                        |d| {
+                            let at = d.position();
+                            let mut path = heapless::String::new();
+                            path.push_str(d.str()?)
+                                .map_err(|_| DecodeError::Malformed {
+                                    what: "a policy path of at most 64 bytes",
+                                    at,
+                                })?;
+                            let policy = policy_from_code(cbor::read_u64(d)?).ok_or(
+                                DecodeError::Malformed {
+                                    what: "a conflict policy code 0..=3",
+                                    at,
+                                },
+                            )?;
+                            c.policies
+                                .push((path, policy))
+                                .map_err(|_| DecodeError::Malformed {
+                                    what: "at most 4 policies",
+                                    at,
+                                })
+                        },
+                    )?;
                 }
                 _ => cbor::skip_item(d, 0)?,
             }

@@ -1127,10 +1127,13 @@ impl<P: TelemetryPolicy, const Q: usize, const M: usize> Agent<P, Q, M> {
                     reported.clear();
                     reported.decode_cbor(d, LeafMeta::new(Source::Device, 0), false)?;
                 }
-                5 => {
-                    let n = d.array()?.unwrap_or(0);
-                    for _ in 0..n {
-                        d.array()?;
+                5 => cbor::each_tuple(
+                    d,
+                    3,
+                    "a definite array of remembered commands",
+                    "[command id, status, reason]",
+                    |d| {
+                        let at = d.position();
                         let mut id = heapless::String::new();
                         id.push_str(d.str()?).map_err(|_| DecodeError::Malformed {
                             what: "a command id",
@@ -1152,8 +1155,9 @@ impl<P: TelemetryPolicy, const Q: usize, const M: usize> Agent<P, Q, M> {
                             dedupe.pop_front();
                         }
                         let _ = dedupe.push_back(Remembered { id, status, reason });
-                    }
-                }
+                        Ok(())
+                    },
+                )?,
                 _ => cbor::skip_item(d, 0)?,
             }
             Ok(())

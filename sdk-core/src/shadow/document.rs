@@ -766,26 +766,20 @@ impl<const L: usize, const P: usize> Shadow<L, P> {
     }
 
     fn decode_parked(&mut self, d: &mut Decoder<'_>) -> Result<(), DecodeError> {
-        let at = d.position();
-        let n = d.array()?.ok_or(DecodeError::Malformed {
-            what: "a definite array of parked conflicts",
-            at,
-        })?;
-        for _ in 0..n {
-            let at = d.position();
-            if d.array()? != Some(2) {
-                return Err(DecodeError::Malformed {
-                    what: "[path, parked-at]",
-                    at,
-                });
-            }
-            let path = cbor::read_path(d)?;
-            let parked_at = cbor::read_u64(d)?;
-            self.parked
-                .set(path.as_path().as_bytes(), parked_at)
-                .map_err(DecodeError::Capacity)?;
-        }
-        Ok(())
+        let parked = &mut self.parked;
+        cbor::each_tuple(
+            d,
+            2,
+            "a definite array of parked conflicts",
+            "[path, parked-at]",
+            |d| {
+                let path = cbor::read_path(d)?;
+                let parked_at = cbor::read_u64(d)?;
+                parked
+                    .set(path.as_path().as_bytes(), parked_at)
+                    .map_err(DecodeError::Capacity)
+            },
+        )
     }
 }
 

@@ -322,6 +322,30 @@ impl From<core::convert::Infallible> for DecodeError {
     }
 }
 
+/// Reads a definite array of fixed-length arrays (`[* [a, b, ...]]`),
+/// handing each tuple's decoder to `each` after its head; `list` and
+/// `tuple` name them in errors.
+pub(crate) fn each_tuple<'b>(
+    d: &mut Decoder<'b>,
+    len: u64,
+    list: &'static str,
+    tuple: &'static str,
+    mut each: impl FnMut(&mut Decoder<'b>) -> Result<(), DecodeError>,
+) -> Result<(), DecodeError> {
+    let at = d.position();
+    let n = d
+        .array()?
+        .ok_or(DecodeError::Malformed { what: list, at })?;
+    for _ in 0..n {
+        let at = d.position();
+        if d.array()? != Some(len) {
+            return Err(DecodeError::Malformed { what: tuple, at });
+        }
+        each(d)?;
+    }
+    Ok(())
+}
+
 /// Reads a path written as an array of text keys.
 pub(crate) fn read_path(d: &mut Decoder<'_>) -> Result<crate::shadow::PathBuf, DecodeError> {
     let at = d.position();
