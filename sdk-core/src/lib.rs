@@ -54,3 +54,8 @@ pub use error::{CapacityError, DecodeError, EncodeError, Error, PathError};
 #[cfg(doctest)]
 #[doc = include_str!("../../docs/conflict-resolution.md")]
 pub struct ConflictResolutionDoc;
+
+/// The Rust examples of `README.md` run as doctests.
+#[cfg(doctest)]
+#[doc = include_str!("../../README.md")]
+pub struct ReadmeDoc;
