@@ -155,7 +155,7 @@ fn one(bytes: &[u8], kind: MessageKind) -> Result<Json, String> {
 /// Parses hex text (spaces and newlines allowed).
 pub fn parse_hex(text: &str) -> Result<Vec<u8>, String> {
     let digits: String = text.chars().filter(|c| !c.is_whitespace()).collect();
-    if digits.len() % 2 != 0 {
+    if !digits.len().is_multiple_of(2) {
         return Err("odd number of hex digits".into());
     }
     (0..digits.len())
