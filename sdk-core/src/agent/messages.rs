@@ -704,28 +704,14 @@ impl<'a> Command<'a> {
         }
         let mut d = Decoder::new(self.args);
         let mut found = None;
-        let n = d.map()?;
-        let mut seen = 0u64;
-        loop {
-            match n {
-                Some(n) if seen == n => break,
-                None if cbor::take_break(&mut d)? => break,
-                _ => {}
-            }
-            seen += 1;
-            let at = d.position();
-            if d.datatype()? != Type::String {
-                return Err(DecodeError::Malformed {
-                    what: "a text key",
-                    at,
-                });
-            }
-            if d.str()? == key {
-                found = Some(cbor::read_u64(&mut d)?);
+        cbor::each_entry(&mut d, |d| {
+            if cbor::read_text_key(d)?.0 == key {
+                found = Some(cbor::read_u64(d)?);
+                Ok(())
             } else {
-                cbor::skip_item(&mut d, 0)?;
+                cbor::skip_item(d, 0)
             }
-        }
+        })?;
         Ok(found)
     }
 }

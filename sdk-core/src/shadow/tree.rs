@@ -16,7 +16,7 @@ use minicbor::encode::{Encoder, Write};
 use super::path::{Path, PathBuf};
 use super::value::{LeafMeta, RawArray, Source, Span, Stored, Value};
 use crate::error::{CapacityError, DecodeError, Error, PathError};
-use crate::wire::cbor::{self, VecWriter, read_i64, take_break};
+use crate::wire::cbor::{self, VecWriter, read_i64};
 
 /// Default leaf capacity of a tree. With [`DEFAULT_POOL`] it holds an AWS IoT
 /// shadow state document of 8 KB (the service's limit) of the usual shape: a
@@ -878,23 +878,8 @@ impl<const L: usize, const P: usize> StateTree<L, P> {
         meta: LeafMeta,
         allow_null: bool,
     ) -> Result<(), DecodeError> {
-        let len = d.map()?;
-        let mut seen = 0u64;
-        loop {
-            match len {
-                Some(n) if seen == n => break,
-                None if take_break(d)? => break,
-                _ => {}
-            }
-            seen += 1;
-            let at = d.position();
-            if d.datatype()? != Type::String {
-                return Err(DecodeError::Malformed {
-                    what: "a text key",
-                    at,
-                });
-            }
-            let key = d.str()?;
+        cbor::each_entry(d, |d| {
+            let (key, at) = cbor::read_text_key(d)?;
             path.push(key)?;
             if self.has_within(path.as_path().as_bytes()) {
                 return Err(DecodeError::DuplicateKey { at });
@@ -918,8 +903,8 @@ impl<const L: usize, const P: usize> StateTree<L, P> {
                 }
             }
             path.pop();
-        }
-        Ok(())
+            Ok(())
+        })
     }
 
     /// Encoded metadata of every leaf, in path order: `[* [ts, source, version]]`.

@@ -322,6 +322,38 @@ impl From<core::convert::Infallible> for DecodeError {
     }
 }
 
+/// Walks the map at the decoder (definite or indefinite length), calling
+/// `entry` once per pair with the decoder at its key.
+pub(crate) fn each_entry<'b>(
+    d: &mut Decoder<'b>,
+    mut entry: impl FnMut(&mut Decoder<'b>) -> Result<(), DecodeError>,
+) -> Result<(), DecodeError> {
+    let at = d.position();
+    let len = match d.datatype()? {
+        Type::Map | Type::MapIndef => d.map()?,
+        _ => return Err(malformed("a map", at)),
+    };
+    let mut seen = 0u64;
+    loop {
+        match len {
+            Some(n) if seen == n => return Ok(()),
+            None if take_break(d)? => return Ok(()),
+            _ => {}
+        }
+        seen += 1;
+        entry(d)?;
+    }
+}
+
+/// Reads a text map key; returns it and where it started.
+pub(crate) fn read_text_key<'b>(d: &mut Decoder<'b>) -> Result<(&'b str, usize), DecodeError> {
+    let at = d.position();
+    if d.datatype()? != Type::String {
+        return Err(malformed("a text key", at));
+    }
+    Ok((d.str()?, at))
+}
+
 /// Reads a definite array of fixed-length arrays (`[* [a, b, ...]]`),
 /// handing each tuple's decoder to `each` after its head; `list` and
 /// `tuple` name them in errors.

@@ -255,26 +255,8 @@ pub(crate) fn each_field<'b>(
     d: &mut Decoder<'b>,
     mut field: impl FnMut(u64, &mut Decoder<'b>) -> Result<(), DecodeError>,
 ) -> Result<(), DecodeError> {
-    let at = d.position();
-    let len = match d.datatype()? {
-        minicbor::data::Type::Map | minicbor::data::Type::MapIndef => d.map()?,
-        _ => {
-            return Err(DecodeError::Malformed {
-                what: "a message map",
-                at,
-            });
-        }
-    };
-    let mut seen = 0u64;
-    loop {
-        match len {
-            Some(n) if seen == n => break,
-            None if cbor::take_break(d)? => break,
-            _ => {}
-        }
-        seen += 1;
+    cbor::each_entry(d, |d| {
         let key = cbor::read_u64(d)?;
-        field(key, d)?;
-    }
-    Ok(())
+        field(key, d)
+    })
 }
