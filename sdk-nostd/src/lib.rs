@@ -2,9 +2,11 @@
 //!
 //! Lanyard on bare metal. Built so far: [`frame`], the framed serial link
 //! that carries SDK messages between a device and a gateway (COBS frames
-//! with a CRC-16, over `embedded-io`). Not built yet (issue 5): the blocking
-//! driver of the agent, the embedded-hal adapters (LED, I2C sensor, battery
-//! ADC), the flash store, and the STM32 reference firmware under qemu.
+//! with a CRC-16, over `embedded-io`), and [`hal`], adapters from
+//! embedded-hal 1.0 (an LED on a GPIO pin, the SHT3x sensor on I2C, a
+//! battery gauge, a board health probe). Not built yet (issue 5): the
+//! blocking driver of the agent, the flash store, and the STM32 reference
+//! firmware under qemu.
 //!
 //! ## Why these dependencies
 //!
@@ -12,6 +14,7 @@
 //!   frame and a receiver that joins mid-stream resynchronises at the next.
 //! - `crc`: the CRC-16 that rejects frames damaged on the wire.
 //! - `embedded-io`: the `Read`/`Write` traits every HAL's UART implements.
+//! - `embedded-hal`: the GPIO, I2C and delay traits every HAL implements.
 #![no_std]
 #![forbid(unsafe_code)]
 #![deny(missing_docs)]
@@ -20,5 +23,6 @@
 extern crate std;
 
 pub mod frame;
+pub mod hal;
 
 pub use lanyard_core as core;
