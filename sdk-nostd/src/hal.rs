@@ -342,34 +342,16 @@ mod tests {
             ),
             (0, 0, 50, 100)
         );
-        let mut ok = true;
-        let mut p = BoardProbe::new(
-            Mv(Some(3_385)),
-            c,
-            || {
-                ok.then_some(SensorReading {
-                    temperature_c: 20.0,
-                    humidity_pct: 40.0,
-                })
-            },
-            1_000,
-        );
+        let reading = SensorReading {
+            temperature_c: 20.0,
+            humidity_pct: 40.0,
+        };
+        let mut p = BoardProbe::new(Mv(Some(3_385)), c, || Some(reading), 1_000);
         assert_eq!(p.metrics(2_000).battery_pct, 10);
         assert!(p.read_sensors(5_000).is_some());
         assert_eq!(p.metrics(6_000).data_age_ms, 1_000);
-        drop(p);
-        ok = false;
-        let mut p = BoardProbe::new(
-            Mv(None),
-            c,
-            || {
-                ok.then_some(SensorReading {
-                    temperature_c: 0.0,
-                    humidity_pct: 0.0,
-                })
-            },
-            0,
-        );
+        // A failing sensor and an unreadable battery.
+        let mut p = BoardProbe::new(Mv(None), c, || None, 0);
         assert!(p.read_sensors(10).is_none());
         assert!(p.read_sensors(20).is_none());
         let m = p.metrics(30);
