@@ -4,8 +4,9 @@
 //! that carries SDK messages between a device and a gateway (COBS frames
 //! with a CRC-16, over `embedded-io`), and [`hal`], adapters from
 //! embedded-hal 1.0 (an LED on a GPIO pin, the SHT3x sensor on I2C, a
-//! battery gauge, a board health probe). Not built yet (issue 5): the
-//! blocking driver of the agent, the flash store, and the STM32 reference
+//! battery gauge, a board health probe), and [`flash`], persistent storage
+//! on NOR flash that survives a power cut during a write. Not built yet
+//! (issue 5): the blocking driver of the agent and the STM32 reference
 //! firmware under qemu.
 //!
 //! ## Why these dependencies
@@ -15,6 +16,7 @@
 //! - `crc`: the CRC-16 that rejects frames damaged on the wire.
 //! - `embedded-io`: the `Read`/`Write` traits every HAL's UART implements.
 //! - `embedded-hal`: the GPIO, I2C and delay traits every HAL implements.
+//! - `embedded-storage`: the NOR flash traits of every HAL's flash driver.
 #![no_std]
 #![forbid(unsafe_code)]
 #![deny(missing_docs)]
@@ -22,6 +24,7 @@
 #[cfg(test)]
 extern crate std;
 
+pub mod flash;
 pub mod frame;
 pub mod hal;
 

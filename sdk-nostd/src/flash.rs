@@ -1,0 +1,294 @@
+//! Persistent storage on NOR flash (`embedded-storage`), safe against power
+//! cuts: each slot has two sectors used in turn. A record is written to the
+//! sector not holding the newest one, payload first and header last, and
+//! the header carries a sequence number and a CRC-32 of the payload. A cut
+//! at any moment leaves either the new record complete or the previous one
+//! the newest valid: never a mix.
+
+use embedded_storage::nor_flash::NorFlash;
+use lanyard_core::agent::platform::{Storage, StorageError, StorageSlot};
+
+const CRC32: crc::Crc<u32> = crc::Crc::<u32>::new(&crc::CRC_32_ISO_HDLC);
+const MAGIC: u32 = 0x4c59_5244; // "LYRD"
+/// Header bytes before a record: magic, sequence, length, CRC-32.
+pub const HEADER_LEN: usize = 16;
+
+/// A [`Storage`] on NOR flash: `sector_size` bytes per sector, two sectors
+/// per slot, from `base` on (AgentState at `base`, Credentials after it).
+/// Records may be up to `sector_size - HEADER_LEN` bytes.
+pub struct FlashStore<F> {
+    flash: F,
+    base: u32,
+    sector_size: u32,
+}
+
+fn slot_index(slot: StorageSlot) -> u32 {
+    match slot {
+        StorageSlot::AgentState => 0,
+        StorageSlot::Credentials => 1,
+    }
+}
+
+struct Header {
+    seq: u32,
+    len: u32,
+    crc: u32,
+}
+
+impl<F: NorFlash> FlashStore<F> {
+    /// A store in `flash` from `base`, with sectors of `sector_size` bytes
+    /// (a multiple of the flash's erase size).
+    pub fn new(flash: F, base: u32, sector_size: u32) -> Self {
+        FlashStore {
+            flash,
+            base,
+            sector_size,
+        }
+    }
+
+    /// The flash back.
+    pub fn into_inner(self) -> F {
+        self.flash
+    }
+
+    fn sector(&self, slot: StorageSlot, half: u32) -> u32 {
+        self.base + (slot_index(slot) * 2 + half) * self.sector_size
+    }
+
+    fn header(&mut self, at: u32) -> Option<Header> {
+        let mut h = [0u8; HEADER_LEN];
+        self.flash.read(at, &mut h).ok()?;
+        let word = |i: usize| u32::from_le_bytes([h[i], h[i + 1], h[i + 2], h[i + 3]]);
+        (word(0) == MAGIC).then(|| Header {
+            seq: word(4),
+            len: word(8),
+            crc: word(12),
+        })
+    }
+
+    /// The header at `at` if its record is complete: the CRC over the
+    /// payload, read in small chunks so no buffer of a record's size is
+    /// needed.
+    fn valid(&mut self, at: u32) -> Option<Header> {
+        let h = self.header(at)?;
+        let len = h.len as usize;
+        if len + HEADER_LEN > self.sector_size as usize {
+            return None;
+        }
+        let mut digest = CRC32.digest();
+        let mut chunk = [0u8; 64];
+        let mut done = 0;
+        while done < len {
+            let n = (len - done).min(chunk.len());
+            self.flash
+                .read(at + (HEADER_LEN + done) as u32, &mut chunk[..n])
+                .ok()?;
+            digest.update(&chunk[..n]);
+            done += n;
+        }
+        (digest.finalize() == h.crc).then_some(h)
+    }
+
+    /// The newest complete record of `slot`: which half, and its header.
+    fn newest(&mut self, slot: StorageSlot) -> Option<(u32, Header)> {
+        let mut best: Option<(u32, Header)> = None;
+        for half in 0..2 {
+            let Some(h) = self.valid(self.sector(slot, half)) else {
+                continue;
+            };
+            // Wrapping comparison: the later of two sequence numbers.
+            if best
+                .as_ref()
+                .is_none_or(|(_, b)| h.seq.wrapping_sub(b.seq) as i32 > 0)
+            {
+                best = Some((half, h));
+            }
+        }
+        best
+    }
+}
+
+impl<F: NorFlash> Storage for FlashStore<F> {
+    fn load(&mut self, slot: StorageSlot, buf: &mut [u8]) -> Result<usize, StorageError> {
+        match self.newest(slot) {
+            Some((half, h)) => {
+                let len = h.len as usize;
+                let dst = buf.get_mut(..len).ok_or(StorageError::TooLarge)?;
+                self.flash
+                    .read(self.sector(slot, half) + HEADER_LEN as u32, dst)
+                    .map_err(|_| StorageError::Io)?;
+                Ok(len)
+            }
+            None => Ok(0),
+        }
+    }
+
+    fn store(&mut self, slot: StorageSlot, data: &[u8]) -> Result<(), StorageError> {
+        if data.len() + HEADER_LEN > self.sector_size as usize {
+            return Err(StorageError::TooLarge);
+        }
+        // Write over the other half than the newest complete record, so
+        // that record survives whatever happens to this write.
+        let (target, seq) = match self.newest(slot) {
+            Some((half, h)) => (1 - half, h.seq.wrapping_add(1)),
+            None => (0, 1),
+        };
+        let at = self.sector(slot, target);
+        self.flash
+            .erase(at, at + self.sector_size)
+            .map_err(|_| StorageError::Io)?;
+        // Payload first, padded to the write size; the header last, so the
+        // record exists only once all of it is on the flash.
+        let ws = F::WRITE_SIZE.max(1);
+        let full = data.len() / ws * ws;
+        self.flash
+            .write(at + HEADER_LEN as u32, &data[..full])
+            .map_err(|_| StorageError::Io)?;
+        if full < data.len() {
+            let mut tail = [0xFFu8; 32];
+            let rest = data.len() - full;
+            if ws > tail.len() {
+                return Err(StorageError::Io);
+            }
+            tail[..rest].copy_from_slice(&data[full..]);
+            self.flash
+                .write(at + (HEADER_LEN + full) as u32, &tail[..ws])
+                .map_err(|_| StorageError::Io)?;
+        }
+        let mut h = [0u8; HEADER_LEN];
+        h[0..4].copy_from_slice(&MAGIC.to_le_bytes());
+        h[4..8].copy_from_slice(&seq.to_le_bytes());
+        h[8..12].copy_from_slice(&(data.len() as u32).to_le_bytes());
+        h[12..16].copy_from_slice(&CRC32.checksum(data).to_le_bytes());
+        self.flash.write(at, &h).map_err(|_| StorageError::Io)
+    }
+
+    fn wipe(&mut self) -> Result<(), StorageError> {
+        let end = self.base + 4 * self.sector_size;
+        self.flash
+            .erase(self.base, end)
+            .map_err(|_| StorageError::Io)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use embedded_storage::nor_flash::{ErrorType, NorFlashError, NorFlashErrorKind, ReadNorFlash};
+    use std::vec::Vec;
+
+    /// NOR flash in RAM: erase sets bytes to 0xFF, writes only clear bits;
+    /// `cut_after` simulates a power cut after that many written bytes.
+    struct RamFlash {
+        mem: Vec<u8>,
+        cut_after: Option<usize>,
+        written: usize,
+    }
+
+    #[derive(Debug)]
+    struct PowerCut;
+    impl NorFlashError for PowerCut {
+        fn kind(&self) -> NorFlashErrorKind {
+            NorFlashErrorKind::Other
+        }
+    }
+    impl ErrorType for RamFlash {
+        type Error = PowerCut;
+    }
+    impl ReadNorFlash for RamFlash {
+        const READ_SIZE: usize = 1;
+        fn read(&mut self, offset: u32, bytes: &mut [u8]) -> Result<(), PowerCut> {
+            let o = offset as usize;
+            bytes.copy_from_slice(&self.mem[o..o + bytes.len()]);
+            Ok(())
+        }
+        fn capacity(&self) -> usize {
+            self.mem.len()
+        }
+    }
+    impl NorFlash for RamFlash {
+        const WRITE_SIZE: usize = 4;
+        const ERASE_SIZE: usize = 1024;
+        fn erase(&mut self, from: u32, to: u32) -> Result<(), PowerCut> {
+            self.mem[from as usize..to as usize].fill(0xFF);
+            Ok(())
+        }
+        fn write(&mut self, offset: u32, bytes: &[u8]) -> Result<(), PowerCut> {
+            for (i, b) in bytes.iter().enumerate() {
+                if self.cut_after.is_some_and(|c| self.written >= c) {
+                    return Err(PowerCut);
+                }
+                self.mem[offset as usize + i] &= b;
+                self.written += 1;
+            }
+            Ok(())
+        }
+    }
+
+    fn store() -> FlashStore<RamFlash> {
+        FlashStore::new(
+            RamFlash {
+                mem: std::vec![0xFF; 8 * 1024],
+                cut_after: None,
+                written: 0,
+            },
+            0,
+            1024,
+        )
+    }
+
+    fn load(s: &mut FlashStore<RamFlash>, slot: StorageSlot) -> Vec<u8> {
+        let mut buf = [0u8; 1024];
+        let n = s.load(slot, &mut buf).unwrap();
+        buf[..n].to_vec()
+    }
+
+    #[test]
+    fn records_alternate_sectors_and_the_newest_wins() {
+        let mut s = store();
+        assert_eq!(load(&mut s, StorageSlot::AgentState), b"");
+        for i in 0..5u8 {
+            let rec = std::vec![i; 10 + i as usize];
+            s.store(StorageSlot::AgentState, &rec).unwrap();
+            assert_eq!(load(&mut s, StorageSlot::AgentState), rec);
+        }
+        s.store(StorageSlot::Credentials, b"key").unwrap();
+        assert_eq!(load(&mut s, StorageSlot::Credentials), b"key");
+        assert_eq!(load(&mut s, StorageSlot::AgentState), std::vec![4u8; 14]);
+        assert_eq!(
+            s.store(StorageSlot::AgentState, &[0u8; 1020]),
+            Err(StorageError::TooLarge)
+        );
+        s.wipe().unwrap();
+        assert_eq!(load(&mut s, StorageSlot::AgentState), b"");
+        assert_eq!(load(&mut s, StorageSlot::Credentials), b"");
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn power_cuts_at_any_byte_leave_the_last_complete_record(
+            cuts in proptest::collection::vec(0usize..120, 1..4),
+            lens in proptest::collection::vec(1usize..60, 4),
+        ) {
+            let mut s = store();
+            s.store(StorageSlot::AgentState, &[1, 2, 3]).unwrap();
+            let mut last = std::vec![1u8, 2, 3];
+            // Several writes in a row, each cut somewhere, each followed by a
+            // "reboot" with the flash as the cut left it.
+            for (i, cut) in cuts.iter().enumerate() {
+                let rec = std::vec![i as u8 + 10; lens[i]];
+                let mut flash = s.into_inner();
+                flash.cut_after = Some(flash.written + cut);
+                let mut cut_store = FlashStore::new(flash, 0, 1024);
+                let wrote = cut_store.store(StorageSlot::AgentState, &rec).is_ok();
+                let mut flash = cut_store.into_inner();
+                flash.cut_after = None;
+                s = FlashStore::new(flash, 0, 1024);
+                if wrote {
+                    last = rec;
+                }
+                proptest::prop_assert_eq!(load(&mut s, StorageSlot::AgentState), last.clone());
+            }
+        }
+    }
+}
