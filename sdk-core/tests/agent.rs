@@ -435,6 +435,43 @@ mod commands {
     }
 
     #[test]
+    fn a_command_older_than_the_whole_window_is_refused_as_stale_not_run() {
+        let mut sim = Sim::new(1_000_000);
+        let (mut agent, _) = registered(&mut sim);
+        for i in 0..lanyard_core::agent::DEDUPE_WINDOW as u64 {
+            send_cmd(
+                &mut agent,
+                &mut sim,
+                10_000 + i,
+                &format!("w{i}"),
+                "reboot_modem",
+                &[],
+            );
+        }
+        let runs = sim.commands.runs;
+        // A late copy of a command issued before all of them: refused.
+        let old = command("late", "reboot_modem", &[], 9_000);
+        agent
+            .handle_inbound(20_000, MessageKind::Command, &old, &mut sim.platform())
+            .unwrap();
+        let mut sent = Vec::new();
+        drain(&mut agent, 20_000, &mut sent);
+        let a = Ack::decode(&sent[0].bytes).unwrap();
+        assert_eq!(
+            (a.status, a.reason),
+            (AckStatus::Rejected, Some(AckReason::Stale))
+        );
+        assert_eq!(sim.commands.runs, runs);
+        assert_eq!(agent.stats().stale_commands, 1);
+        // A new one runs.
+        assert_eq!(
+            send_cmd(&mut agent, &mut sim, 20_001, "new", "reboot_modem", &[]).len(),
+            2
+        );
+        assert_eq!(sim.commands.runs, runs + 1);
+    }
+
+    #[test]
     fn the_dedupe_window_is_bounded() {
         let mut sim = Sim::new(1_000_000);
         let (mut agent, _) = registered(&mut sim);

@@ -1,8 +1,10 @@
 //! Mosquitto is killed (SIGKILL) and restarted while 1,000 QoS 1 commands
 //! flow from an app to a device: none is lost (each gets its final
-//! acknowledgement, the app resending what was not acknowledged), none runs
-//! twice (the device deduplicates by command id), and the device is back
-//! within its reconnection backoff bound.
+//! acknowledgement, the app resending what was not acknowledged, with its
+//! original issue time), none runs twice (the device deduplicates by id and
+//! refuses late copies older than its window, such as QoS 1 retransmissions
+//! that arrive after newer commands ran), and the device is back within its
+//! reconnection backoff bound.
 
 mod common;
 
@@ -19,9 +21,12 @@ use lanyard_std::mqtt::{MqttConfig, MqttTransport};
 use lanyard_std::transport::{Qos, Transport, TransportEvent};
 
 const TOTAL: u64 = 1_000;
-/// Commands in flight at once: well inside the device's dedupe window, so a
-/// resent command is always recognised.
+/// Commands in flight at once.
 const WINDOW: u64 = 8;
+/// How far the newest command may run ahead of the oldest unacknowledged
+/// one: less than the device's dedupe window, so a retry of a command that
+/// did run is always recognised (and one that did not is never stale).
+const MAX_AHEAD: u64 = lanyard_core::agent::DEDUPE_WINDOW as u64 - 1;
 
 /// Counts how often each `n` ran.
 struct Counter(Arc<Mutex<HashMap<u64, u32>>>);
@@ -105,15 +110,20 @@ async fn a_broker_crash_loses_no_command_and_runs_none_twice() {
         }
         let mut done: Vec<bool> = vec![false; TOTAL as usize];
         let mut sent_at: HashMap<u64, Instant> = HashMap::new();
+        // A retry is the same command: same id, same issue time.
+        let mut issued: HashMap<u64, u64> = HashMap::new();
         let (mut next, mut acked, mut resent) = (0u64, 0u64, 0u64);
         let mut crashed_at = None;
         while acked < TOTAL {
             // Keep the window full; resend what has waited too long.
-            while (sent_at.len() as u64) < WINDOW && next < TOTAL {
+            let oldest = sent_at.keys().min().copied().unwrap_or(next);
+            while (sent_at.len() as u64) < WINDOW && next < TOTAL && next - oldest < MAX_AHEAD {
+                let at = clock.now_ms();
+                issued.insert(next, at);
                 let _ = app
                     .publish(
                         &topic(&id, MessageKind::Command),
-                        &count_command(next, clock.now_ms()),
+                        &count_command(next, at),
                         Qos::AtLeastOnce,
                     )
                     .await;
@@ -125,7 +135,7 @@ async fn a_broker_crash_loses_no_command_and_runs_none_twice() {
                     let _ = app
                         .publish(
                             &topic(&id, MessageKind::Command),
-                            &count_command(*n, clock.now_ms()),
+                            &count_command(*n, issued[n]),
                             Qos::AtLeastOnce,
                         )
                         .await;

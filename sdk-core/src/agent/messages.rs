@@ -769,6 +769,9 @@ pub enum AckReason {
     Busy,
     /// Ran and failed (see the detail text).
     ExecutionFailed,
+    /// Issued before every command the device still remembers: it may have
+    /// run already, so it is refused rather than risk running twice.
+    Stale,
     /// A code this version does not know (sent by a newer peer).
     Other(u64),
 }
@@ -783,6 +786,7 @@ impl AckReason {
             AckReason::BadArguments => 3,
             AckReason::Busy => 4,
             AckReason::ExecutionFailed => 5,
+            AckReason::Stale => 6,
             AckReason::Other(c) => c,
         }
     }
@@ -796,6 +800,7 @@ impl AckReason {
             3 => AckReason::BadArguments,
             4 => AckReason::Busy,
             5 => AckReason::ExecutionFailed,
+            6 => AckReason::Stale,
             c => AckReason::Other(c),
         }
     }

@@ -125,6 +125,9 @@ pub struct AgentStats {
     pub commands_executed: u64,
     /// Commands seen again and acknowledged without running.
     pub duplicate_commands: u64,
+    /// Commands refused because they were issued before every command the
+    /// dedupe window remembers (they may have run already).
+    pub stale_commands: u64,
     /// Registration requests sent.
     pub register_attempts: u64,
     /// Failed writes to storage.
@@ -222,11 +225,13 @@ struct Remembered {
     id: heapless::String<MAX_COMMAND_ID_LEN>,
     status: AckStatus,
     reason: Option<AckReason>,
+    issued_ms: u64,
 }
 
 #[derive(Debug, Clone)]
 struct Running {
     id: heapless::String<MAX_COMMAND_ID_LEN>,
+    issued_ms: u64,
 }
 
 /// The device agent. `Q` outbound messages of up to `M` bytes are kept while
@@ -254,6 +259,8 @@ pub struct Agent<
     rng: u64,
     dedupe: heapless::Deque<Remembered, DEDUPE_WINDOW>,
     running: Option<Running>,
+    /// Issue time of the command being handled, for the dedupe window.
+    issued_ms: u64,
     reported: DeviceShadow,
     scratch: DeviceShadow,
     last_sensor_ms: Option<u64>,
@@ -307,6 +314,7 @@ impl<P: TelemetryPolicy, const Q: usize, const M: usize> Agent<P, Q, M> {
             rng,
             dedupe: heapless::Deque::new(),
             running: None,
+            issued_ms: 0,
             reported: StateTree::new(),
             scratch: StateTree::new(),
             last_sensor_ms: None,
@@ -472,6 +480,7 @@ impl<P: TelemetryPolicy, const Q: usize, const M: usize> Agent<P, Q, M> {
                 }
                 Timer::CommandDone => {
                     if let Some(r) = self.running.take() {
+                        self.issued_ms = r.issued_ms;
                         self.finish(now_ms, &r.id, AckStatus::Succeeded, None, None, platform);
                     }
                 }
@@ -753,6 +762,22 @@ impl<P: TelemetryPolicy, const Q: usize, const M: usize> Agent<P, Q, M> {
             self.ack(now_ms, cmd.id, AckStatus::InProgress, None, None, None);
             return;
         }
+        // Like a replay window: a command issued before every one still
+        // remembered may have run already, and running it twice is worse
+        // than refusing it. Retries must keep their original issue time.
+        if self.dedupe.is_full() && self.dedupe.iter().all(|r| cmd.issued_ms < r.issued_ms) {
+            self.stats.stale_commands += 1;
+            self.ack(
+                now_ms,
+                cmd.id,
+                AckStatus::Rejected,
+                Some(AckReason::Stale),
+                Some("issued before every remembered command"),
+                None,
+            );
+            return;
+        }
+        self.issued_ms = cmd.issued_ms;
         if now_ms > cmd.expires_ms {
             return self.reject(now_ms, cmd.id, AckReason::Expired, platform);
         }
@@ -821,7 +846,10 @@ impl<P: TelemetryPolicy, const Q: usize, const M: usize> Agent<P, Q, M> {
                 self.ack(now_ms, cmd.id, AckStatus::InProgress, None, None, None);
                 let mut id = heapless::String::new();
                 let _ = id.push_str(cmd.id);
-                self.running = Some(Running { id });
+                self.running = Some(Running {
+                    id,
+                    issued_ms: cmd.issued_ms,
+                });
                 self.schedule(Timer::CommandDone, now_ms + u64::from(count) * period);
             }
             "diagnostics" => {
@@ -949,6 +977,7 @@ impl<P: TelemetryPolicy, const Q: usize, const M: usize> Agent<P, Q, M> {
             id: s,
             status,
             reason,
+            issued_ms: self.issued_ms,
         });
         self.push_event(AgentEvent::CommandFinished(status));
         self.persist(platform);
@@ -1067,7 +1096,7 @@ impl<P: TelemetryPolicy, const Q: usize, const M: usize> Agent<P, Q, M> {
     }
 
     /// The persisted record: `{0: state, 1: device id, 2: config, 3: boots,
-    /// 4: lifecycle seq, 5: [* [command id, status, reason]], 6: reported
+    /// 4: lifecycle seq, 5: [* [command id, status, reason, issued]], 6: reported
     /// state}`.
     fn encode_state(&self, out: &mut [u8]) -> Result<usize, EncodeError> {
         cbor::encode_into(out, |e| {
@@ -1080,11 +1109,12 @@ impl<P: TelemetryPolicy, const Q: usize, const M: usize> Agent<P, Q, M> {
             e.u8(4)?.u64(self.lifecycle_seq)?;
             e.u8(5)?.array(self.dedupe.len() as u64)?;
             for r in self.dedupe.iter() {
-                e.array(3)?.str(&r.id)?.u8(r.status as u8)?;
+                e.array(4)?.str(&r.id)?.u8(r.status as u8)?;
                 match r.reason {
                     Some(x) => e.u64(x.code())?,
                     None => e.null()?,
                 };
+                e.u64(r.issued_ms)?;
             }
             e.u8(6)?;
             self.reported.encode_cbor(e)?;
@@ -1129,9 +1159,9 @@ impl<P: TelemetryPolicy, const Q: usize, const M: usize> Agent<P, Q, M> {
                 }
                 5 => cbor::each_tuple(
                     d,
-                    3,
+                    4,
                     "a definite array of remembered commands",
-                    "[command id, status, reason]",
+                    "[command id, status, reason, issued]",
                     |d| {
                         let at = d.position();
                         let mut id = heapless::String::new();
@@ -1151,10 +1181,16 @@ impl<P: TelemetryPolicy, const Q: usize, const M: usize> Agent<P, Q, M> {
                         } else {
                             Some(AckReason::from_code(cbor::read_u64(d)?))
                         };
+                        let issued_ms = cbor::read_u64(d)?;
                         if dedupe.is_full() {
                             dedupe.pop_front();
                         }
-                        let _ = dedupe.push_back(Remembered { id, status, reason });
+                        let _ = dedupe.push_back(Remembered {
+                            id,
+                            status,
+                            reason,
+                            issued_ms,
+                        });
                         Ok(())
                     },
                 )?,
