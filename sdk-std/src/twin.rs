@@ -227,7 +227,7 @@ impl TwinHost {
         let mut buf = vec![0u8; 64 * 1024];
         match shadow.encode(&mut buf) {
             Ok(n) => {
-                if let Err(e) = write_atomic(&dir.join(format!("{id}.cbor")), &buf[..n]) {
+                if let Err(e) = write_atomic(&shadow_file(dir, id), &buf[..n]) {
                     tracing::error!(device = id, error = %e, "could not persist shadow");
                 }
             }
@@ -443,7 +443,7 @@ impl TwinHost {
             "delete" => match self.shadows.remove(thing) {
                 Some(s) => {
                     if let Some(dir) = &self.dir {
-                        let _ = std::fs::remove_file(dir.join(format!("{thing}.cbor")));
+                        let _ = std::fs::remove_file(shadow_file(dir, thing));
                     }
                     vec![json(
                         "delete/accepted",
@@ -506,7 +506,7 @@ pub async fn run_twin<T: Transport>(
     }
 }
 
-/// The directory layout of a host's storage, for tools.
+/// Where a host keeps a device's shadow (the one place that says so).
 pub fn shadow_file(dir: &Path, device_id: &str) -> PathBuf {
     dir.join(format!("{device_id}.cbor"))
 }

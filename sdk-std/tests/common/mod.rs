@@ -39,11 +39,7 @@ fn binary() -> PathBuf {
 }
 
 pub fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
+    lanyard_std::broker::free_port().unwrap()
 }
 
 impl Mosquitto {
