@@ -7,7 +7,7 @@
 //! longer than the receiver's buffer are dropped whole. Nothing damaged is
 //! ever passed on; everything dropped is counted.
 
-use embedded_io::{Read, Write};
+use embedded_io::{Read, ReadReady, Write};
 
 const CRC16: crc::Crc<u16> = crc::Crc::<u16>::new(&crc::CRC_16_IBM_3740);
 const DELIMITER: u8 = 0;
@@ -38,16 +38,26 @@ pub const fn max_frame_len(payload_len: usize) -> usize {
 /// Encodes one frame (COBS of payload and CRC, then the delimiter) into
 /// `out`; returns its length. A buffer too small is an error.
 pub fn encode_frame(payload: &[u8], out: &mut [u8]) -> Result<usize, FrameError> {
-    let needed = max_frame_len(payload.len());
+    encode_frame_parts(&[payload], out)
+}
+
+/// Encodes one frame whose payload is `parts` one after the other, so a
+/// header and a body need not be copied together first.
+pub fn encode_frame_parts(parts: &[&[u8]], out: &mut [u8]) -> Result<usize, FrameError> {
+    let payload_len = parts.iter().map(|p| p.len()).sum();
+    let needed = max_frame_len(payload_len);
     if out.len() < needed {
         return Err(FrameError::BufferTooSmall { needed });
     }
-    let crc = CRC16.checksum(payload).to_be_bytes();
+    let mut digest = CRC16.digest();
     let n = {
         let mut enc = cobs::CobsEncoder::new(&mut out[..needed - 1]);
-        // The buffer holds the worst case, so neither push can fail.
-        let _ = enc.push(payload);
-        let _ = enc.push(&crc);
+        // The buffer holds the worst case, so no push can fail.
+        for part in parts {
+            digest.update(part);
+            let _ = enc.push(part);
+        }
+        let _ = enc.push(&digest.finalize().to_be_bytes());
         enc.finalize()
     };
     out[n] = DELIMITER;
@@ -165,7 +175,12 @@ impl<IO: Read + Write, const RX: usize, const TX: usize> FramedLink<IO, RX, TX> 
 
     /// Sends one message.
     pub fn send(&mut self, payload: &[u8]) -> Result<(), LinkError<IO::Error>> {
-        let n = encode_frame(payload, &mut self.tx).map_err(LinkError::Frame)?;
+        self.send_parts(&[payload])
+    }
+
+    /// Sends one message made of `parts` (a header and a body, say).
+    pub fn send_parts(&mut self, parts: &[&[u8]]) -> Result<(), LinkError<IO::Error>> {
+        let n = encode_frame_parts(parts, &mut self.tx).map_err(LinkError::Frame)?;
         self.io.write_all(&self.tx[..n]).map_err(LinkError::Io)?;
         self.io.flush().map_err(LinkError::Io)
     }
@@ -179,9 +194,28 @@ impl<IO: Read + Write, const RX: usize, const TX: usize> FramedLink<IO, RX, TX> 
         Ok(())
     }
 
+    /// Like [`FramedLink::receive`], but returns at once (`Ok(false)`)
+    /// when the port has nothing to read, so a device loop never blocks on
+    /// a quiet link.
+    pub fn try_receive(&mut self, on_frame: impl FnMut(&[u8])) -> Result<bool, LinkError<IO::Error>>
+    where
+        IO: ReadReady,
+    {
+        if !self.io.read_ready().map_err(LinkError::Io)? {
+            return Ok(false);
+        }
+        self.receive(on_frame)?;
+        Ok(true)
+    }
+
     /// Receive counters.
     pub fn stats(&self) -> LinkStats {
         self.decoder.stats()
+    }
+
+    /// The port.
+    pub fn io_mut(&mut self) -> &mut IO {
+        &mut self.io
     }
 
     /// The port back.

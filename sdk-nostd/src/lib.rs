@@ -13,6 +13,8 @@
 //!
 //! - `cobs`: consistent-overhead byte stuffing, so a zero byte can end every
 //!   frame and a receiver that joins mid-stream resynchronises at the next.
+//! - `minicbor`: the link envelope `[topic, message]`, the same CBOR codec
+//!   as every SDK message.
 //! - `crc`: the CRC-16 that rejects frames damaged on the wire.
 //! - `embedded-io`: the `Read`/`Write` traits every HAL's UART implements.
 //! - `embedded-hal`: the GPIO, I2C and delay traits every HAL implements.
@@ -24,6 +26,8 @@
 #[cfg(test)]
 extern crate std;
 
+pub mod driver;
+pub mod envelope;
 pub mod flash;
 pub mod frame;
 pub mod hal;
