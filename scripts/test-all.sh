@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Runs every test of the project, installing what the tests need when it is
-# missing (Rust components, the Cortex-M target, cargo-fuzz, mosquitto). `.ci/run` calls
+# missing (Rust components, the Cortex-M target, cargo-fuzz, mosquitto,
+# qemu-system-arm and the ARM binutils). `.ci/run` calls
 # exactly this. Set LANYARD_FUZZ_SECONDS to change the fuzz smoke time.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -17,10 +18,16 @@ if ! cargo fuzz --version >/dev/null 2>&1; then
     cargo install cargo-fuzz --locked
 fi
 
-step "mosquitto (Debian package) for the MQTT tests"
+step "Debian packages: mosquitto (MQTT tests), qemu-system-arm (STM32 firmware), binutils-arm-none-eabi (size report)"
+missing=()
 if ! command -v mosquitto >/dev/null 2>&1 && [ ! -x /usr/sbin/mosquitto ]; then
+    missing+=(mosquitto)
+fi
+command -v qemu-system-arm >/dev/null 2>&1 || missing+=(qemu-system-arm)
+command -v arm-none-eabi-size >/dev/null 2>&1 || missing+=(binutils-arm-none-eabi)
+if [ "${#missing[@]}" -gt 0 ]; then
     apt-get update -qq
-    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq mosquitto >/dev/null
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}" >/dev/null
 fi
 
 step "rustfmt"
@@ -35,6 +42,13 @@ cargo build -p lanyard-core -p lanyard-nostd --target thumbv7em-none-eabihf
 
 step "unit, integration, property and doc tests (incl. the hex examples of docs/wire-format.md)"
 cargo test --workspace
+
+step "STM32 reference firmware (examples/stm32): build, size report, end to end in qemu"
+(cd examples/stm32 && cargo fmt -- --check && cargo clippy --release -- -D warnings && cargo build --release)
+firmware="$PWD/examples/stm32/target/thumbv7em-none-eabihf/release/lanyard-stm32"
+# The budget is reported, not enforced here: see the README's size section.
+python3 scripts/size-report.py "$firmware" --budget-flash 32 --budget-ram 16 || true
+LANYARD_STM32_ELF="$firmware" cargo test -p lanyard-std --test qemu_stm32 -- --ignored --nocapture
 
 step "fuzz smoke: ${FUZZ_SECONDS}s per target"
 (

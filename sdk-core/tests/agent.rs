@@ -241,6 +241,38 @@ mod configuration {
     use super::*;
     use lanyard_core::shadow::{ConflictPolicy, PathBuf, Shadow};
 
+    #[test]
+    fn telemetry_before_the_first_health_check_carries_the_battery_read_now() {
+        // A fleet may set telemetry faster than health checks; the first
+        // telemetry then precedes every check and must not say 0 %.
+        let mut sim = Sim::new(1_000);
+        let (mut agent, _) = registered(&mut sim);
+        let fast = DeviceConfig {
+            version: 2,
+            telemetry_ms: 1_000,
+            health_ms: 30_000,
+            ..DeviceConfig::default()
+        };
+        assert_eq!(
+            push_config(&mut agent, &mut sim, &fast).0,
+            ConfigOutcome::Applied
+        );
+        let mut sent = Vec::new();
+        let mut now = 1_000;
+        while !sent.iter().any(|s: &Sent| s.kind == MessageKind::Telemetry) {
+            now = agent.poll_timeout().unwrap();
+            agent.handle_timeout(now, &mut sim.platform());
+            drain(&mut agent, now, &mut sent);
+        }
+        assert!(!sent.iter().any(|s| s.kind == MessageKind::Health));
+        let t = sent
+            .iter()
+            .find(|s| s.kind == MessageKind::Telemetry)
+            .unwrap();
+        let expected = 100 - (now / 1_000) as u8;
+        assert_eq!(Telemetry::decode(&t.bytes).unwrap().battery_pct, expected);
+    }
+
     /// Sends a configuration; returns the ack's outcome, field, current version.
     fn push_config(
         agent: &mut SimAgent,

@@ -12,6 +12,8 @@
 //! - [`twin`]: the twin host (registrations, CBOR and AWS IoT shadow topics,
 //!   conflict policies, persistence); [`broker`]: an embedded broker for the
 //!   demo;
+//! - [`bridge`]: the gateway side of the framed serial link (serial port,
+//!   pseudo-terminal or TCP socket) to MQTT;
 //! - [`acl`]: the mosquitto ACL file that keeps each device to its own
 //!   topics;
 //! - [`metrics`]: Prometheus text exposition on an optional port;
@@ -25,6 +27,8 @@
 //!
 //! ## Why these dependencies
 //!
+//! - `lanyard-nostd`: the framed link's frame and envelope codec, shared
+//!   with the firmware so both ends are one implementation.
 //! - `serde_json`: the JSON parser and printer every Rust service already
 //!   trusts; AWS documents are plain JSON.
 //! - `base64`: byte strings have no JSON form; they travel as base64 text.
@@ -41,6 +45,8 @@ pub mod acl;
 #[cfg(feature = "runtime")]
 pub mod app;
 pub mod aws_json;
+#[cfg(feature = "runtime")]
+pub mod bridge;
 #[cfg(feature = "runtime")]
 pub mod broker;
 #[cfg(feature = "runtime")]

@@ -4,12 +4,13 @@
 //! reports its shadow again and the twin answers with the current delta, so
 //! a delta sent while the device was offline is never missed).
 
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use async_trait::async_trait;
 use rand::Rng;
-use rumqttc::{AsyncClient, Event, MqttOptions, Packet, QoS};
+use rumqttc::{AsyncClient, Event, MqttOptions, Outgoing, Packet, QoS};
 use tokio::sync::{mpsc, watch};
 use tokio::task::JoinHandle;
 
@@ -77,7 +78,26 @@ pub struct MqttTransport {
     rx: mpsc::UnboundedReceiver<TransportEvent>,
     filters: Arc<Mutex<Vec<String>>>,
     stats: Arc<Mutex<MqttStats>>,
+    delivery: Arc<Delivery>,
     task: JoinHandle<()>,
+}
+
+/// What [`Transport::flush`] waits for: every publish handed to rumqttc
+/// written out (QoS 0) or acknowledged by the broker (QoS 1).
+#[derive(Default)]
+struct Delivery {
+    requested_qos0: AtomicU64,
+    written_qos0: AtomicU64,
+    requested_qos1: AtomicU64,
+    acked_qos1: AtomicU64,
+}
+
+impl Delivery {
+    fn done(&self) -> bool {
+        self.written_qos0.load(Ordering::Acquire) >= self.requested_qos0.load(Ordering::Acquire)
+            && self.acked_qos1.load(Ordering::Acquire)
+                >= self.requested_qos1.load(Ordering::Acquire)
+    }
 }
 
 impl MqttTransport {
@@ -106,8 +126,10 @@ impl MqttTransport {
         let (first_tx, first) = watch::channel(None);
         let filters: Arc<Mutex<Vec<String>>> = Arc::default();
         let stats: Arc<Mutex<MqttStats>> = Arc::default();
+        let delivery: Arc<Delivery> = Arc::default();
         let task = {
             let (client, filters, stats) = (client.clone(), filters.clone(), stats.clone());
+            let delivery = delivery.clone();
             tokio::spawn(async move {
                 let mut connected_before = false;
                 let mut attempt: u32 = 0;
@@ -138,6 +160,13 @@ impl MqttTransport {
                             }
                             connected_before = true;
                         }
+                        Ok(Event::Incoming(Packet::PubAck(_))) => {
+                            delivery.acked_qos1.fetch_add(1, Ordering::AcqRel);
+                        }
+                        // QoS 0 publishes carry packet id 0.
+                        Ok(Event::Outgoing(Outgoing::Publish(0))) => {
+                            delivery.written_qos0.fetch_add(1, Ordering::AcqRel);
+                        }
                         Ok(_) => {}
                         Err(e) => {
                             if tx.is_closed() {
@@ -167,6 +196,7 @@ impl MqttTransport {
             rx,
             filters,
             stats,
+            delivery,
             task,
         }
     }
@@ -198,10 +228,11 @@ impl MqttTransport {
         *self.stats.lock().expect("stats")
     }
 
-    /// Disconnects cleanly.
-    pub async fn disconnect(self) {
+    /// Disconnects cleanly, after waiting up to a second for what was
+    /// published to be delivered.
+    pub async fn disconnect(mut self) {
+        let _ = self.flush(Duration::from_secs(1)).await;
         let _ = self.client.disconnect().await;
-        tokio::time::sleep(Duration::from_millis(50)).await;
         self.task.abort();
     }
 }
@@ -236,10 +267,33 @@ impl Transport for MqttTransport {
         self.client
             .publish(topic, qos(q), false, payload.to_vec())
             .await
-            .map_err(|e| TransportError::Failed(e.to_string()))
+            .map_err(|e| TransportError::Failed(e.to_string()))?;
+        // Counted once queued (the event loop may even have sent it
+        // already: `flush` compares with `>=`).
+        match q {
+            Qos::AtMostOnce => &self.delivery.requested_qos0,
+            Qos::AtLeastOnce => &self.delivery.requested_qos1,
+        }
+        .fetch_add(1, Ordering::AcqRel);
+        Ok(())
     }
 
     async fn recv(&mut self) -> Result<TransportEvent, TransportError> {
         self.rx.recv().await.ok_or(TransportError::Closed)
+    }
+
+    async fn flush(&mut self, within: Duration) -> Result<(), TransportError> {
+        let deadline = tokio::time::Instant::now() + within;
+        // Polled: the counters move at network speed, and a flush happens
+        // once, at shutdown.
+        while !self.delivery.done() {
+            if tokio::time::Instant::now() >= deadline {
+                return Err(TransportError::Failed(
+                    "publishes not delivered in time".into(),
+                ));
+            }
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        Ok(())
     }
 }

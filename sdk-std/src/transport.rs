@@ -68,6 +68,14 @@ pub trait Transport: Send {
     ) -> Result<(), TransportError>;
     /// The next event.
     async fn recv(&mut self) -> Result<TransportEvent, TransportError>;
+    /// Waits until everything published so far has left (QoS 0) or been
+    /// acknowledged (QoS 1), for at most `within`: call it before dropping
+    /// a transport whose last messages matter. The default has nothing to
+    /// wait for (a transport that delivers within `publish`).
+    async fn flush(&mut self, within: std::time::Duration) -> Result<(), TransportError> {
+        let _ = within;
+        Ok(())
+    }
 }
 
 /// Whether `topic` matches the MQTT filter `filter`.

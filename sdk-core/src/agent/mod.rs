@@ -694,12 +694,16 @@ impl<P: TelemetryPolicy, const Q: usize, const M: usize> Agent<P, Q, M> {
         };
         self.last_sensor_ms = Some(now_ms);
         self.telemetry_seq += 1;
+        // Read now rather than from the last health check: the first
+        // telemetry may come before any check (a fleet can set telemetry
+        // faster than health), and 0 % would look like a dead battery.
+        let battery_pct = platform.probe.metrics(now_ms).battery_pct;
         self.push(&Telemetry {
             seq: self.telemetry_seq,
             time_ms: now_ms,
             temperature_c: r.temperature_c,
             humidity_pct: r.humidity_pct,
-            battery_pct: self.health.metrics.battery_pct,
+            battery_pct,
         });
     }
 

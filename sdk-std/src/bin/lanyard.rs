@@ -145,6 +145,22 @@ enum Cmd {
         #[arg(long, value_delimiter = ',', default_value = "lanyard-twin")]
         trusted: Vec<String>,
     },
+    /// Bridges a device on a framed serial link (a serial port, a
+    /// pseudo-terminal or a TCP socket, e.g. qemu's) to a broker.
+    Bridge {
+        #[command(flatten)]
+        broker: BrokerArgs,
+        /// Connect to this TCP address (host:port), retrying until it answers.
+        #[arg(long, conflicts_with = "serial", required_unless_present = "serial")]
+        tcp: Option<String>,
+        /// Open this serial port or pseudo-terminal (set it to raw mode and
+        /// its baud rate first, e.g. `stty -F PORT raw 115200`).
+        #[arg(long)]
+        serial: Option<PathBuf>,
+        /// The device's id; learnt from its first frame when absent.
+        #[arg(long)]
+        device_id: Option<String>,
+    },
     /// Runs a twin host against a broker, its shadows in a directory.
     Twin {
         #[command(flatten)]
@@ -198,6 +214,12 @@ fn main() {
                 mac,
                 metrics,
             } => device(&broker, state_dir, &mac, metrics_on(metrics).await?).await,
+            Cmd::Bridge {
+                broker,
+                tcp,
+                serial,
+                device_id,
+            } => bridge(&broker, tcp, serial, device_id).await,
             Cmd::Twin {
                 broker,
                 state_dir,
@@ -321,6 +343,48 @@ async fn device(
         })
         .await
         .map_err(|e| e.to_string())
+}
+
+async fn bridge(
+    broker: &BrokerArgs,
+    tcp: Option<String>,
+    serial: Option<PathBuf>,
+    device_id: Option<String>,
+) -> Result<(), String> {
+    use lanyard_std::bridge::Bridge;
+    let client_id = format!("lanyard-bridge-{}", std::process::id());
+    let transport = MqttTransport::connect(broker.mqtt(&client_id)?);
+    let mut bridge = match device_id.as_deref() {
+        Some(id) => Bridge::for_device(transport, id)
+            .await
+            .map_err(|e| e.to_string())?,
+        None => Bridge::new(transport),
+    };
+    let stop = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    let stats = if let Some(addr) = tcp {
+        let stream = lanyard_std::bridge::connect_tcp(&addr, Duration::from_secs(30))
+            .await
+            .map_err(|e| format!("{addr}: {e}"))?;
+        println!("bridging {addr} to {}", broker.url()?);
+        bridge.run(stream, stop).await
+    } else if let Some(path) = serial {
+        let port = lanyard_std::bridge::open_serial(&path)
+            .map_err(|e| format!("{}: {e}", path.display()))?;
+        println!("bridging {} to {}", path.display(), broker.url()?);
+        bridge.run(port, stop).await
+    } else {
+        return Err("--tcp or --serial is required".into());
+    };
+    let stats = stats.map_err(|e| e.to_string())?;
+    println!(
+        "bridge stopped: {} to the cloud, {} to the device, {} bad frames",
+        stats.to_cloud,
+        stats.to_device,
+        stats.bad_envelopes + stats.misdirected
+    );
+    Ok(())
 }
 
 async fn twin(

@@ -1,0 +1,294 @@
+//! The board: USART1 with interrupt-driven reception, the LED pin, a
+//! millisecond delay, and the simulated sensor and battery that stand in
+//! for hardware under qemu.
+
+use core::cell::RefCell;
+use core::sync::atomic::{AtomicU32, Ordering};
+
+use critical_section::Mutex;
+use embedded_hal::delay::DelayNs;
+use embedded_hal::i2c::{ErrorKind, I2c, NoAcknowledgeSource, Operation, SevenBitAddress};
+use lanyard_core::agent::platform::{Storage, StorageError, StorageSlot};
+use lanyard_nostd::hal::{BatteryVoltage, SHT3X_ADDRESS, sht3x_crc};
+use stm32f4::stm32f405 as pac;
+use stm32f4::stm32f405::interrupt;
+
+/// Bytes received but not yet read by the driver. 512 bytes hold more than
+/// one whole frame of the largest inbound message.
+const RX_QUEUE: usize = 512;
+
+static RX: Mutex<RefCell<heapless::Deque<u8, RX_QUEUE>>> =
+    Mutex::new(RefCell::new(heapless::Deque::new()));
+/// Bytes lost to a full receive queue; the frame they belonged to fails
+/// its CRC and is dropped by the link, so this is only for the report.
+static RX_OVERFLOWS: AtomicU32 = AtomicU32::new(0);
+static LED_TOGGLES: AtomicU32 = AtomicU32::new(0);
+
+/// How many times the LED changed state.
+pub fn led_toggles() -> u32 {
+    LED_TOGGLES.load(Ordering::Relaxed)
+}
+
+#[interrupt]
+fn USART1() {
+    // SAFETY: the handler only reads SR and DR, which `Usart1` never reads
+    // (it reads the queue instead); reading SR then DR also clears overrun.
+    let usart = unsafe { &*pac::USART1::ptr() };
+    let sr = usart.sr().read();
+    if sr.rxne().bit_is_set() || sr.ore().bit_is_set() {
+        let byte = usart.dr().read().dr().bits() as u8;
+        critical_section::with(|cs| {
+            if RX.borrow(cs).borrow_mut().push_back(byte).is_err() {
+                RX_OVERFLOWS.fetch_add(1, Ordering::Relaxed);
+            }
+        });
+    }
+}
+
+/// USART1 on PA9 (TX) / PA10 (RX), 8N1, receiving through the interrupt.
+pub struct Usart1 {
+    usart: pac::USART1,
+}
+
+impl Usart1 {
+    /// Clocks, pins and baud rate; enables reception and its interrupt.
+    pub fn init(
+        usart: pac::USART1,
+        rcc: &pac::RCC,
+        gpioa: &pac::GPIOA,
+        pclk_hz: u32,
+        baud: u32,
+    ) -> Self {
+        rcc.ahb1enr().modify(|_, w| w.gpioaen().set_bit());
+        rcc.apb2enr().modify(|_, w| w.usart1en().set_bit());
+        // PA9 and PA10 in alternate function 7 (USART1).
+        gpioa
+            .moder()
+            .modify(|_, w| w.moder9().alternate().moder10().alternate());
+        gpioa.afrh().modify(|_, w| w.afrh9().af7().afrh10().af7());
+        // Oversampling by 16: BRR = f_pclk / baud, rounded.
+        let brr = u16::try_from((pclk_hz + baud / 2) / baud).unwrap_or(u16::MAX);
+        // SAFETY: any 16-bit value is a valid BRR.
+        usart.brr().write(|w| unsafe { w.bits(brr) });
+        usart.cr1().write(|w| {
+            w.ue()
+                .set_bit()
+                .te()
+                .set_bit()
+                .re()
+                .set_bit()
+                .rxneie()
+                .set_bit()
+        });
+        // SAFETY: unmasking is sound once the handler's data (the queue)
+        // is initialised, which it is, statically.
+        unsafe { cortex_m::peripheral::NVIC::unmask(pac::Interrupt::USART1) };
+        Usart1 { usart }
+    }
+}
+
+impl embedded_io::ErrorType for Usart1 {
+    type Error = core::convert::Infallible;
+}
+
+impl embedded_io::ReadReady for Usart1 {
+    fn read_ready(&mut self) -> Result<bool, Self::Error> {
+        Ok(critical_section::with(|cs| {
+            !RX.borrow(cs).borrow().is_empty()
+        }))
+    }
+}
+
+impl embedded_io::Read for Usart1 {
+    fn read(&mut self, buf: &mut [u8]) -> Result<usize, Self::Error> {
+        if buf.is_empty() {
+            return Ok(0);
+        }
+        loop {
+            let n = critical_section::with(|cs| {
+                let mut q = RX.borrow(cs).borrow_mut();
+                let mut n = 0;
+                while n < buf.len() {
+                    match q.pop_front() {
+                        Some(b) => {
+                            buf[n] = b;
+                            n += 1;
+                        }
+                        None => break,
+                    }
+                }
+                n
+            });
+            if n > 0 {
+                return Ok(n);
+            }
+            cortex_m::asm::wfi();
+        }
+    }
+}
+
+impl embedded_io::Write for Usart1 {
+    fn write(&mut self, buf: &[u8]) -> Result<usize, Self::Error> {
+        for &b in buf {
+            while self.usart.sr().read().txe().bit_is_clear() {}
+            self.usart.dr().write(|w| w.dr().set(u16::from(b)));
+        }
+        Ok(buf.len())
+    }
+
+    fn flush(&mut self) -> Result<(), Self::Error> {
+        while self.usart.sr().read().tc().bit_is_clear() {}
+        Ok(())
+    }
+}
+
+/// The status LED on PA5 (change the pin for your board).
+pub struct StatusLed {
+    gpioa: pac::GPIOA,
+}
+
+impl StatusLed {
+    /// PA5 as a push-pull output, off.
+    pub fn init(gpioa: pac::GPIOA) -> Self {
+        gpioa.moder().modify(|_, w| w.moder5().output());
+        gpioa.bsrr().write(|w| w.br5().set_bit());
+        StatusLed { gpioa }
+    }
+}
+
+impl embedded_hal::digital::ErrorType for StatusLed {
+    type Error = core::convert::Infallible;
+}
+
+impl embedded_hal::digital::OutputPin for StatusLed {
+    fn set_low(&mut self) -> Result<(), Self::Error> {
+        self.gpioa.bsrr().write(|w| w.br5().set_bit());
+        LED_TOGGLES.fetch_add(1, Ordering::Relaxed);
+        Ok(())
+    }
+
+    fn set_high(&mut self) -> Result<(), Self::Error> {
+        self.gpioa.bsrr().write(|w| w.bs5().set_bit());
+        LED_TOGGLES.fetch_add(1, Ordering::Relaxed);
+        Ok(())
+    }
+}
+
+/// Delays on the SysTick millisecond clock (sleeping between ticks), so a
+/// blink does not stop the clock. Delays round up to whole milliseconds.
+pub struct Millis;
+
+impl DelayNs for Millis {
+    fn delay_ns(&mut self, ns: u32) {
+        let until = crate::now_ms() + u64::from(ns.div_ceil(1_000_000));
+        while crate::now_ms() < until {
+            cortex_m::asm::wfi();
+        }
+    }
+}
+
+/// Storage that keeps nothing: qemu does not emulate the STM32's flash
+/// controller, so a reboot under qemu starts afresh. On a board, use
+/// `lanyard_nostd::flash::FlashStore` on the HAL's flash driver.
+pub struct NoStorage;
+
+impl Storage for NoStorage {
+    fn load(&mut self, _: StorageSlot, _: &mut [u8]) -> Result<usize, StorageError> {
+        Ok(0)
+    }
+    fn store(&mut self, _: StorageSlot, _: &[u8]) -> Result<(), StorageError> {
+        Ok(())
+    }
+    fn wipe(&mut self) -> Result<(), StorageError> {
+        Ok(())
+    }
+}
+
+/// A simulated SHT3x on a simulated I2C bus: it answers the single-shot
+/// command with a temperature that swings ±2 °C around 21 °C over a
+/// two-minute period and 45 %RH, as raw words with their CRCs, so the
+/// real driver (command, delay, CRC check, conversion) runs unchanged.
+pub struct SimulatedSht3x {
+    now: fn() -> u64,
+    measuring: bool,
+}
+
+impl SimulatedSht3x {
+    /// The sensor, reading the model at `now()`.
+    pub fn new(now: fn() -> u64) -> Self {
+        SimulatedSht3x {
+            now,
+            measuring: false,
+        }
+    }
+
+    fn words(&self) -> [u8; 6] {
+        // Triangle wave, period 120 s: 19 °C .. 23 °C.
+        let phase = ((self.now)() % 120_000) as f32 / 120_000.0;
+        let tri = if phase < 0.5 {
+            phase * 2.0
+        } else {
+            2.0 - phase * 2.0
+        };
+        let t = 19.0 + 4.0 * tri;
+        let raw_t = ((t + 45.0) / 175.0 * 65535.0) as u16;
+        let raw_rh = (0.45 * 65535.0) as u16;
+        let [t0, t1] = raw_t.to_be_bytes();
+        let [h0, h1] = raw_rh.to_be_bytes();
+        [t0, t1, sht3x_crc(&[t0, t1]), h0, h1, sht3x_crc(&[h0, h1])]
+    }
+}
+
+impl embedded_hal::i2c::ErrorType for SimulatedSht3x {
+    type Error = ErrorKind;
+}
+
+impl I2c<SevenBitAddress> for SimulatedSht3x {
+    fn transaction(
+        &mut self,
+        address: u8,
+        operations: &mut [Operation<'_>],
+    ) -> Result<(), Self::Error> {
+        if address != SHT3X_ADDRESS {
+            return Err(ErrorKind::NoAcknowledge(NoAcknowledgeSource::Address));
+        }
+        for op in operations {
+            match op {
+                Operation::Write(bytes) => self.measuring = *bytes == [0x24, 0x00],
+                Operation::Read(buf) => {
+                    if !core::mem::take(&mut self.measuring) {
+                        // No measurement started: the part NACKs its
+                        // read header.
+                        return Err(ErrorKind::NoAcknowledge(NoAcknowledgeSource::Address));
+                    }
+                    let words = self.words();
+                    for (b, w) in buf.iter_mut().zip(words) {
+                        *b = w;
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+/// A battery that discharges from 4 100 mV by 1 mV a second (a Li-ion
+/// cell on the default curve crosses the 10 % critical threshold after
+/// about 12 minutes).
+pub struct SimulatedBattery {
+    now: fn() -> u64,
+}
+
+impl SimulatedBattery {
+    /// The model at `now()`.
+    pub fn new(now: fn() -> u64) -> Self {
+        SimulatedBattery { now }
+    }
+}
+
+impl BatteryVoltage for SimulatedBattery {
+    fn millivolts(&mut self) -> Option<u16> {
+        let drained = ((self.now)() / 1_000).min(1_000) as u16;
+        Some(4_100 - drained)
+    }
+}

@@ -1,0 +1,192 @@
+//! Lanyard's reference firmware for the STM32F405 (the chip of qemu's
+//! `netduinoplus2` machine).
+//!
+//! The device agent runs on [`lanyard_nostd::driver::Driver`], which speaks
+//! the framed link on USART1 (115 200 baud, 8N1) to a gateway bridge. The
+//! rest of this file is the board: a millisecond clock from SysTick, a
+//! USART whose received bytes an interrupt queues, an LED on a GPIO pin,
+//! and sensors. Under qemu no sensor answers, so the SHT3x driver of
+//! lanyard-nostd talks to a simulated SHT3x on a simulated I2C bus, and the
+//! battery follows a deterministic discharge model; on a real board, pass
+//! the HAL's I2C and ADC instead (see README.md).
+//!
+//! What happens is printed over semihosting. The firmware exits (status 0)
+//! once it has been decommissioned, with a summary; with status 1 if the
+//! link fails; a panic exits with status 1 too (panic-semihosting).
+
+#![no_std]
+#![no_main]
+
+mod board;
+
+use core::cell::Cell;
+
+use cortex_m::peripheral::syst::SystClkSource;
+use cortex_m_rt::{entry, exception};
+use cortex_m_semihosting::{debug, hprintln};
+use critical_section::Mutex;
+use lanyard_core::agent::config::DeviceConfig;
+use lanyard_core::agent::health::SlowTelemetryOnLowBattery;
+use lanyard_core::agent::lifecycle::LifecycleState;
+use lanyard_core::agent::platform::{NoCommands, Platform};
+use lanyard_core::agent::{Agent, AgentEvent, Identity};
+use lanyard_nostd::driver::{Driver, link_buffer_len};
+use lanyard_nostd::hal::{BatteryCurve, BoardProbe, Led, SHT3X_ADDRESS, Sht3x};
+use stm32f4::stm32f405 as pac;
+
+use board::{Millis, NoStorage, SimulatedBattery, SimulatedSht3x, StatusLed, Usart1};
+
+/// Messages the agent queues while the link is busy, and their size.
+const QUEUE: usize = 8;
+const MESSAGE: usize = 256;
+/// The link's buffers: one framed envelope of the largest message.
+const LINK: usize = link_buffer_len(MESSAGE);
+
+type FirmwareDriver = Driver<Usart1, SlowTelemetryOnLowBattery, QUEUE, MESSAGE, LINK, LINK>;
+
+/// A locally administered MAC: the device id is `ly-024c59000001`. A real
+/// board would take it from its network interface or the chip's unique id.
+const MAC: [u8; 6] = [0x02, 0x4c, 0x59, 0x00, 0x00, 0x01];
+/// SysTick runs from the 168 MHz core clock; one interrupt per ms.
+const CORE_HZ: u32 = 168_000_000;
+
+/// Milliseconds since boot, counted by SysTick.
+static TICKS: Mutex<Cell<u64>> = Mutex::new(Cell::new(0));
+
+#[exception]
+fn SysTick() {
+    critical_section::with(|cs| {
+        let t = TICKS.borrow(cs);
+        t.set(t.get() + 1);
+    });
+}
+
+/// The clock the agent runs on.
+fn now_ms() -> u64 {
+    critical_section::with(|cs| TICKS.borrow(cs).get())
+}
+
+#[entry]
+fn main() -> ! {
+    let (Some(cp), Some(dp)) = (cortex_m::Peripherals::take(), pac::Peripherals::take()) else {
+        // Only reachable if main ran twice.
+        exit(debug::EXIT_FAILURE);
+    };
+    let mut syst = cp.SYST;
+    syst.set_clock_source(SystClkSource::Core);
+    syst.set_reload(CORE_HZ / 1_000 - 1);
+    syst.clear_current();
+    syst.enable_counter();
+    syst.enable_interrupt();
+
+    let usart = Usart1::init(dp.USART1, &dp.RCC, &dp.GPIOA, CORE_HZ / 2, 115_200);
+    let led_pin = StatusLed::init(dp.GPIOA);
+
+    // The agent and its driver live in static RAM, so the size report counts
+    // them (the stack holds only what a call needs for a while).
+    let identity = Identity {
+        mac: MAC,
+        device_id: None,
+        firmware: env!("CARGO_PKG_VERSION"),
+    };
+    let agent = Agent::new(
+        identity,
+        DeviceConfig::default(),
+        SlowTelemetryOnLowBattery::default(),
+    );
+    let Some(driver) = cortex_m::singleton!(: FirmwareDriver = Driver::new(agent, usart)) else {
+        exit(debug::EXIT_FAILURE);
+    };
+
+    let mut sht = Sht3x::new(SimulatedSht3x::new(now_ms), Millis, SHT3X_ADDRESS);
+    let mut probe = BoardProbe::new(
+        SimulatedBattery::new(now_ms),
+        BatteryCurve::default(),
+        move || sht.measure().ok(),
+        now_ms(),
+    );
+    let mut led = Led::new(led_pin, Millis);
+    let mut storage = NoStorage;
+    let mut commands = NoCommands;
+    let mut platform = Platform {
+        storage: &mut storage,
+        probe: &mut probe,
+        actuators: &mut led,
+        commands: &mut commands,
+    };
+
+    hprintln!("lanyard-stm32: booting as {}", driver.agent().device_id());
+    if driver.boot(now_ms(), &mut platform).is_err() {
+        hprintln!("lanyard-stm32: boot failed");
+        exit(debug::EXIT_FAILURE);
+    }
+
+    let result = driver.run(
+        &mut platform,
+        now_ms,
+        // Sleep until an interrupt: SysTick every ms, or a received byte.
+        |_deadline| cortex_m::asm::wfi(),
+        |agent| {
+            while let Some(event) = agent.poll_event() {
+                report(now_ms(), &event);
+            }
+            agent.state() == LifecycleState::Decommissioned
+        },
+    );
+    let link = driver.link_mut().stats();
+    let stats = driver.stats();
+    let agent = driver.agent().stats();
+    hprintln!(
+        "lanyard-stm32: summary frames_in={} frames_out={} bad_frames={} commands={} duplicates={} refused={}",
+        stats.frames_in,
+        stats.frames_out,
+        link.crc_errors + link.malformed + link.oversized + stats.bad_envelopes,
+        agent.commands_executed,
+        agent.duplicate_commands,
+        agent.inbound_refused,
+    );
+    hprintln!("lanyard-stm32: led toggles={}", board::led_toggles());
+    match result {
+        Ok(()) => {
+            hprintln!("lanyard-stm32: decommissioned, exiting");
+            exit(debug::EXIT_SUCCESS)
+        }
+        Err(_) => {
+            hprintln!("lanyard-stm32: serial link failed");
+            exit(debug::EXIT_FAILURE)
+        }
+    }
+}
+
+/// Ends the program: qemu exits with `status`; on a board with a debugger
+/// attached the debugger is told; without one, the core sleeps.
+fn exit(status: debug::ExitStatus) -> ! {
+    debug::exit(status);
+    loop {
+        cortex_m::asm::wfi();
+    }
+}
+
+/// A panic exits qemu (or stops at a debugger) with a failure status. It
+/// does not format the panic message: that would link core's formatting
+/// machinery for every panic site, several KiB of flash.
+#[panic_handler]
+fn panic(_: &core::panic::PanicInfo<'_>) -> ! {
+    exit(debug::EXIT_FAILURE)
+}
+
+/// One line per agent event, for the test and the curious.
+fn report(at: u64, event: &AgentEvent) {
+    match event {
+        AgentEvent::StateChanged { from, to, .. } => {
+            hprintln!("[{}] state {} -> {}", at, from, to)
+        }
+        AgentEvent::HealthChanged(h) => hprintln!("[{}] health {:?}", at, h),
+        AgentEvent::ConfigApplied(v) => hprintln!("[{}] config {} applied", at, v),
+        AgentEvent::ShadowUpdated { leaves } => {
+            hprintln!("[{}] desired state applied ({} leaves)", at, leaves)
+        }
+        AgentEvent::CommandFinished(status) => hprintln!("[{}] command {:?}", at, status),
+        AgentEvent::StorageFailed => hprintln!("[{}] storage failed", at),
+    }
+}

@@ -1,0 +1,280 @@
+//! The gateway side of the framed serial link: frames from a device on a
+//! serial port, a pseudo-terminal or a TCP socket become MQTT publishes, and
+//! the device's inbound topics become frames, so a serial device looks to
+//! the twin host like any MQTT device.
+//!
+//! The bridge holds no rules of the SDK. It checks what a link may carry:
+//! a link speaks for one device (the one named by its first frame), sends
+//! only device-to-cloud kinds, and receives only the other kinds; anything
+//! else is dropped and counted. QoS follows the message kind, as on a
+//! device with its own MQTT connection.
+
+use std::future::Future;
+
+use lanyard_core::agent::messages::{MessageKind, topic};
+use lanyard_nostd::envelope::{decode_envelope, encode_with_topic};
+use lanyard_nostd::frame::{FrameDecoder, LinkStats, encode_frame, max_frame_len};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+
+use crate::transport::{Qos, Transport, TransportError, TransportEvent};
+
+/// Largest frame the bridge accepts from a device, encoded: 4 KiB holds a
+/// framed envelope of any message the SDK sends (its largest is a
+/// persisted-state-sized shadow report).
+pub const MAX_FRAME: usize = 4096;
+
+/// Connects to a device's TCP serial socket (qemu's `-serial
+/// tcp:...,server=on`, a serial-to-network adapter), retrying until it
+/// answers or `within` has passed. Retrying, not probing first: such a
+/// socket serves one client, and a probe's connection would be the one
+/// the device talked to.
+pub async fn connect_tcp(
+    addr: &str,
+    within: std::time::Duration,
+) -> std::io::Result<tokio::net::TcpStream> {
+    let deadline = tokio::time::Instant::now() + within;
+    loop {
+        match tokio::net::TcpStream::connect(addr).await {
+            Ok(s) => {
+                s.set_nodelay(true)?;
+                return Ok(s);
+            }
+            Err(e) if tokio::time::Instant::now() >= deadline => return Err(e),
+            Err(_) => tokio::time::sleep(std::time::Duration::from_millis(50)).await,
+        }
+    }
+}
+
+/// Opens a serial port or pseudo-terminal as an async stream. The port is
+/// read and written by two blocking threads (a tty has no readiness
+/// notification tokio's file type could use, and a file read in flight
+/// would hold back writes); set the port's baud rate and raw mode before,
+/// e.g. `stty -F /dev/ttyUSB0 raw 115200`.
+pub fn open_serial(path: &std::path::Path) -> std::io::Result<tokio::io::DuplexStream> {
+    use std::io::{Read, Write};
+    let mut reader = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(path)?;
+    let mut writer = reader.try_clone()?;
+    let (ours, theirs) = tokio::io::duplex(MAX_FRAME);
+    let (mut from_port, mut to_port) = tokio::io::split(theirs);
+    let rt = tokio::runtime::Handle::current();
+    let rt2 = rt.clone();
+    std::thread::spawn(move || {
+        let mut buf = [0u8; 256];
+        while let Ok(n) = reader.read(&mut buf) {
+            if n == 0 || rt.block_on(to_port.write_all(&buf[..n])).is_err() {
+                break;
+            }
+        }
+    });
+    std::thread::spawn(move || {
+        let mut buf = [0u8; 256];
+        while let Ok(n) = rt2.block_on(from_port.read(&mut buf)) {
+            if n == 0 || writer.write_all(&buf[..n]).is_err() {
+                break;
+            }
+        }
+    });
+    Ok(ours)
+}
+
+/// Counters.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct BridgeStats {
+    /// Messages from the device published.
+    pub to_cloud: u64,
+    /// Messages from the cloud framed to the device.
+    pub to_device: u64,
+    /// Good frames that were not an envelope with a lanyard topic.
+    pub bad_envelopes: u64,
+    /// Envelopes for another device than the link's, or of a kind devices
+    /// do not send.
+    pub misdirected: u64,
+    /// Bytes read from the device.
+    pub bytes_in: u64,
+    /// Bytes written to the device.
+    pub bytes_out: u64,
+}
+
+/// Why the bridge stopped.
+#[derive(Debug)]
+pub enum BridgeError {
+    /// The serial side failed or closed.
+    Serial(std::io::Error),
+    /// The MQTT side failed.
+    Transport(TransportError),
+}
+
+impl std::fmt::Display for BridgeError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            BridgeError::Serial(e) => write!(f, "serial link: {e}"),
+            BridgeError::Transport(e) => write!(f, "broker: {e}"),
+        }
+    }
+}
+
+impl std::error::Error for BridgeError {}
+
+/// One device's link and its MQTT side.
+pub struct Bridge<T: Transport> {
+    transport: T,
+    device_id: Option<String>,
+    decoder: Box<FrameDecoder<MAX_FRAME>>,
+    stats: BridgeStats,
+}
+
+impl<T: Transport> Bridge<T> {
+    /// A bridge publishing over `transport`; it learns the device's id from
+    /// the first frame.
+    pub fn new(transport: T) -> Self {
+        Bridge {
+            transport,
+            device_id: None,
+            decoder: Box::new(FrameDecoder::new()),
+            stats: BridgeStats::default(),
+        }
+    }
+
+    /// A bridge for `device_id` only, subscribed at once, so messages for
+    /// the device reach it even before it says anything.
+    pub async fn for_device(transport: T, device_id: &str) -> Result<Self, BridgeError> {
+        let mut b = Bridge::new(transport);
+        b.adopt(device_id).await?;
+        Ok(b)
+    }
+
+    /// Counters.
+    pub fn stats(&self) -> BridgeStats {
+        self.stats
+    }
+
+    /// Frame counters of the serial side (CRC errors, malformed, oversized).
+    pub fn link_stats(&self) -> LinkStats {
+        self.decoder.stats()
+    }
+
+    /// The device this link speaks for, once known.
+    pub fn device_id(&self) -> Option<&str> {
+        self.device_id.as_deref()
+    }
+
+    async fn adopt(&mut self, device_id: &str) -> Result<(), BridgeError> {
+        for kind in MessageKind::ALL.into_iter().filter(|k| !k.from_device()) {
+            self.transport
+                .subscribe(&topic(device_id, kind))
+                .await
+                .map_err(BridgeError::Transport)?;
+        }
+        self.device_id = Some(device_id.to_owned());
+        Ok(())
+    }
+
+    /// Moves messages both ways until `stop` completes (returns the
+    /// counters) or a side fails.
+    pub async fn run<S>(
+        &mut self,
+        serial: S,
+        stop: impl Future<Output = ()>,
+    ) -> Result<BridgeStats, BridgeError>
+    where
+        S: AsyncRead + AsyncWrite + Unpin,
+    {
+        let (mut rx, mut tx) = tokio::io::split(serial);
+        let mut chunk = vec![0u8; 1024];
+        tokio::pin!(stop);
+        loop {
+            tokio::select! {
+                _ = &mut stop => return Ok(self.stats),
+                n = rx.read(&mut chunk) => {
+                    let n = n.map_err(BridgeError::Serial)?;
+                    if n == 0 {
+                        // What the device said last (a decommissioning
+                        // device's final acknowledgement) must still go out.
+                        self.transport
+                            .flush(std::time::Duration::from_secs(5))
+                            .await
+                            .map_err(BridgeError::Transport)?;
+                        return Err(BridgeError::Serial(std::io::Error::new(
+                            std::io::ErrorKind::UnexpectedEof,
+                            "the device side closed the link",
+                        )));
+                    }
+                    self.stats.bytes_in += n as u64;
+                    let mut frames = Vec::new();
+                    self.decoder.feed(&chunk[..n], |f| frames.push(f.to_vec()));
+                    for f in frames {
+                        self.from_device(&f).await?;
+                    }
+                }
+                ev = self.transport.recv() => {
+                    match ev.map_err(BridgeError::Transport)? {
+                        TransportEvent::Message { topic, payload } => {
+                            if let Some(frame) = self.to_device(&topic, &payload) {
+                                tx.write_all(&frame).await.map_err(BridgeError::Serial)?;
+                                tx.flush().await.map_err(BridgeError::Serial)?;
+                                self.stats.to_device += 1;
+                                self.stats.bytes_out += frame.len() as u64;
+                            }
+                        }
+                        // Subscriptions are restored; the device's periodic
+                        // shadow report (answered with the delta) catches up
+                        // on anything missed.
+                        TransportEvent::Reconnected => {}
+                    }
+                }
+            }
+        }
+    }
+
+    /// Publishes one frame from the device, if the link may carry it.
+    async fn from_device(&mut self, frame: &[u8]) -> Result<(), BridgeError> {
+        let Ok(e) = decode_envelope(frame) else {
+            self.stats.bad_envelopes += 1;
+            return Ok(());
+        };
+        if !e.kind.from_device() {
+            self.stats.misdirected += 1;
+            return Ok(());
+        }
+        match self.device_id.as_deref() {
+            None => self.adopt(e.device_id).await?,
+            Some(id) if id != e.device_id => {
+                self.stats.misdirected += 1;
+                return Ok(());
+            }
+            Some(_) => {}
+        }
+        let qos = if e.kind.needs_ack() {
+            Qos::AtLeastOnce
+        } else {
+            Qos::AtMostOnce
+        };
+        self.transport
+            .publish(e.topic, e.message, qos)
+            .await
+            .map_err(BridgeError::Transport)?;
+        self.stats.to_cloud += 1;
+        Ok(())
+    }
+
+    /// The frame for one inbound MQTT message, if it is for the device.
+    fn to_device(&mut self, topic: &str, payload: &[u8]) -> Option<Vec<u8>> {
+        let ok = match (MessageKind::parse_topic(topic), self.device_id.as_deref()) {
+            (Some((id, kind)), Some(mine)) => id == mine && !kind.from_device(),
+            _ => false,
+        };
+        if !ok {
+            self.stats.misdirected += 1;
+            return None;
+        }
+        let mut envelope = vec![0u8; topic.len() + payload.len() + 16];
+        let n = encode_with_topic(topic, payload, &mut envelope).ok()?;
+        let mut frame = vec![0u8; max_frame_len(n)];
+        let m = encode_frame(&envelope[..n], &mut frame).ok()?;
+        frame.truncate(m);
+        Some(frame)
+    }
+}
