@@ -206,13 +206,13 @@ impl<T: Transport> Bridge<T> {
                     let mut frames = Vec::new();
                     self.decoder.feed(&chunk[..n], |f| frames.push(f.to_vec()));
                     for f in frames {
-                        self.from_device(&f).await?;
+                        self.publish_frame(&f).await?;
                     }
                 }
                 ev = self.transport.recv() => {
                     match ev.map_err(BridgeError::Transport)? {
                         TransportEvent::Message { topic, payload } => {
-                            if let Some(frame) = self.to_device(&topic, &payload) {
+                            if let Some(frame) = self.frame_for_device(&topic, &payload) {
                                 tx.write_all(&frame).await.map_err(BridgeError::Serial)?;
                                 tx.flush().await.map_err(BridgeError::Serial)?;
                                 self.stats.to_device += 1;
@@ -230,7 +230,7 @@ impl<T: Transport> Bridge<T> {
     }
 
     /// Publishes one frame from the device, if the link may carry it.
-    async fn from_device(&mut self, frame: &[u8]) -> Result<(), BridgeError> {
+    async fn publish_frame(&mut self, frame: &[u8]) -> Result<(), BridgeError> {
         let Ok(e) = decode_envelope(frame) else {
             self.stats.bad_envelopes += 1;
             return Ok(());
@@ -261,7 +261,7 @@ impl<T: Transport> Bridge<T> {
     }
 
     /// The frame for one inbound MQTT message, if it is for the device.
-    fn to_device(&mut self, topic: &str, payload: &[u8]) -> Option<Vec<u8>> {
+    fn frame_for_device(&mut self, topic: &str, payload: &[u8]) -> Option<Vec<u8>> {
         let ok = match (MessageKind::parse_topic(topic), self.device_id.as_deref()) {
             (Some((id, kind)), Some(mine)) => id == mine && !kind.from_device(),
             _ => false,
