@@ -1,13 +1,20 @@
 //! # lanyard-nostd
 //!
-//! Lanyard on bare metal. Built so far: [`frame`], the framed serial link
-//! that carries SDK messages between a device and a gateway (COBS frames
-//! with a CRC-16, over `embedded-io`), and [`hal`], adapters from
-//! embedded-hal 1.0 (an LED on a GPIO pin, the SHT3x sensor on I2C, a
-//! battery gauge, a board health probe), and [`flash`], persistent storage
-//! on NOR flash that survives a power cut during a write. Not built yet
-//! (issue 5): the blocking driver of the agent and the STM32 reference
-//! firmware under qemu.
+//! Lanyard on bare metal, `no_std` and without an allocator:
+//!
+//! - [`driver`]: the blocking driver of the agent: it feeds the agent the
+//!   frames and the time, sends what the agent produces and sleeps (WFI or
+//!   a callback) until the next deadline;
+//! - [`frame`] and [`envelope`]: the framed serial link to a gateway, COBS
+//!   frames with a CRC-16 over `embedded-io`, each carrying `[topic,
+//!   message]`; damaged frames are dropped and counted;
+//! - [`hal`]: adapters from embedded-hal 1.0 (an LED on a GPIO pin, the
+//!   SHT3x sensor on I2C, a battery gauge, a board health probe);
+//! - [`flash`]: the agent's storage on NOR flash, readable after a power cut
+//!   during any write.
+//!
+//! Capacities and their RAM cost: `docs/capacities.md`. A complete firmware
+//! for the STM32F405, run under qemu by the tests: `examples/stm32`.
 //!
 //! ## Why these dependencies
 //!

@@ -15,7 +15,7 @@ use stm32f4::stm32f405::interrupt;
 
 /// Bytes received but not yet read by the driver. 512 bytes hold more than
 /// one whole frame of the largest inbound message.
-const RX_QUEUE: usize = 512;
+pub const RX_QUEUE: usize = 512;
 
 static RX: Mutex<RefCell<heapless::Deque<u8, RX_QUEUE>>> =
     Mutex::new(RefCell::new(heapless::Deque::new()));
@@ -290,5 +290,54 @@ impl BatteryVoltage for SimulatedBattery {
     fn millivolts(&mut self) -> Option<u16> {
         let drained = ((self.now)() / 1_000).min(1_000) as u16;
         Some(4_100 - drained)
+    }
+}
+
+/// Stack high-water mark: the free RAM between the statics and the stack
+/// is painted at boot, and the first word no longer painted is as deep as
+/// the stack has been.
+pub mod stack {
+    const PAINT: u32 = 0x5354_4b21;
+
+    unsafe extern "C" {
+        /// End of the statics (cortex-m-rt's linker script).
+        static mut __sheap: u32;
+        /// Top of the stack (cortex-m-rt's linker script).
+        static _stack_start: u32;
+    }
+
+    fn bounds() -> (*mut u32, usize) {
+        let low = &raw mut __sheap;
+        let top = (&raw const _stack_start) as usize;
+        (low, top)
+    }
+
+    /// Paints from the end of the statics to 256 bytes below the current
+    /// stack pointer. Call first thing in `main`.
+    pub fn paint() {
+        let (low, _) = bounds();
+        let sp = cortex_m::register::msp::read() as usize - 256;
+        let mut p = low;
+        while (p as usize) < sp {
+            // SAFETY: [low, sp) is RAM no static and no live stack frame
+            // uses: above the statics, below the stack pointer (less a
+            // margin for this function's own frame).
+            unsafe {
+                p.write_volatile(PAINT);
+                p = p.add(1);
+            }
+        }
+    }
+
+    /// The deepest the stack has been since `paint`, in bytes.
+    pub fn peak() -> usize {
+        let (low, top) = bounds();
+        let mut p = low;
+        // SAFETY: reads of RAM between the statics and the top of the
+        // stack, all of it mapped.
+        while (p as usize) < top && unsafe { p.read_volatile() } == PAINT {
+            p = unsafe { p.add(1) };
+        }
+        top - p as usize
     }
 }

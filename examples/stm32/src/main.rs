@@ -68,6 +68,7 @@ fn now_ms() -> u64 {
 
 #[entry]
 fn main() -> ! {
+    board::stack::paint();
     let (Some(cp), Some(dp)) = (cortex_m::Peripherals::take(), pac::Peripherals::take()) else {
         // Only reachable if main ran twice.
         exit(debug::EXIT_FAILURE);
@@ -82,21 +83,7 @@ fn main() -> ! {
     let usart = Usart1::init(dp.USART1, &dp.RCC, &dp.GPIOA, CORE_HZ / 2, 115_200);
     let led_pin = StatusLed::init(dp.GPIOA);
 
-    // The agent and its driver live in static RAM, so the size report counts
-    // them (the stack holds only what a call needs for a while).
-    let identity = Identity {
-        mac: MAC,
-        device_id: None,
-        firmware: env!("CARGO_PKG_VERSION"),
-    };
-    let agent = Agent::new(
-        identity,
-        DeviceConfig::default(),
-        SlowTelemetryOnLowBattery::default(),
-    );
-    let Some(driver) = cortex_m::singleton!(: FirmwareDriver = Driver::new(agent, usart)) else {
-        exit(debug::EXIT_FAILURE);
-    };
+    let driver = place_driver(usart);
 
     let mut sht = Sht3x::new(SimulatedSht3x::new(now_ms), Millis, SHT3X_ADDRESS);
     let mut probe = BoardProbe::new(
@@ -116,10 +103,8 @@ fn main() -> ! {
     };
 
     hprintln!("lanyard-stm32: booting as {}", driver.agent().device_id());
-    if driver.boot(now_ms(), &mut platform).is_err() {
-        hprintln!("lanyard-stm32: boot failed");
-        exit(debug::EXIT_FAILURE);
-    }
+    print_ram_use();
+    boot(driver, &mut platform);
 
     let result = driver.run(
         &mut platform,
@@ -146,6 +131,7 @@ fn main() -> ! {
         agent.inbound_refused,
     );
     hprintln!("lanyard-stm32: led toggles={}", board::led_toggles());
+    hprintln!("lanyard-stm32: stack peak={} bytes", board::stack::peak());
     match result {
         Ok(()) => {
             hprintln!("lanyard-stm32: decommissioned, exiting");
@@ -156,6 +142,57 @@ fn main() -> ! {
             exit(debug::EXIT_FAILURE)
         }
     }
+}
+
+/// Builds the agent and its driver in static RAM, so the size report
+/// counts them. Not inlined: the agent is built on this function's stack
+/// frame before it moves to its static, and that frame must be gone before
+/// the driver runs, not held for the life of `main`.
+#[inline(never)]
+fn place_driver(usart: Usart1) -> &'static mut FirmwareDriver {
+    let identity = Identity {
+        mac: MAC,
+        device_id: None,
+        firmware: env!("CARGO_PKG_VERSION"),
+    };
+    let agent = Agent::new(
+        identity,
+        DeviceConfig::default(),
+        SlowTelemetryOnLowBattery::default(),
+    );
+    match cortex_m::singleton!(: FirmwareDriver = Driver::new(agent, usart)) {
+        Some(driver) => driver,
+        None => exit(debug::EXIT_FAILURE),
+    }
+}
+
+/// Boots the agent (its persisted-record buffer is on this frame, gone
+/// once booted, for the same reason as [`place_driver`]).
+#[inline(never)]
+fn boot(driver: &mut FirmwareDriver, platform: &mut Platform<'_>) {
+    if driver.boot(now_ms(), platform).is_err() {
+        hprintln!("lanyard-stm32: boot failed");
+        exit(debug::EXIT_FAILURE);
+    }
+}
+
+/// What the fixed capacities cost on this target (docs/capacities.md
+/// quotes these lines).
+fn print_ram_use() {
+    use core::mem::size_of;
+    type Tree = lanyard_core::shadow::StateTree<
+        { lanyard_core::agent::SHADOW_LEAVES },
+        { lanyard_core::agent::SHADOW_POOL },
+    >;
+    hprintln!(
+        "lanyard-stm32: ram driver={} agent={} shadow_tree={} config={} link_buffers={} rx_queue={}",
+        size_of::<FirmwareDriver>(),
+        size_of::<Agent<SlowTelemetryOnLowBattery, QUEUE, MESSAGE>>(),
+        size_of::<Tree>(),
+        size_of::<DeviceConfig>(),
+        2 * LINK,
+        board::RX_QUEUE,
+    );
 }
 
 /// Ends the program: qemu exits with `status`; on a board with a debugger
