@@ -11,10 +11,15 @@ fn hex(bytes: &[u8]) -> String {
 
 /// The hex line after `marker` in the doc.
 fn doc_example(marker: &str) -> String {
-    let doc = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../docs/wire-format.md"))
-        .expect("docs/wire-format.md");
+    let doc = std::fs::read_to_string(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../docs/wire-format.md"
+    ))
+    .expect("docs/wire-format.md");
     let mut lines = doc.lines().skip_while(|l| !l.contains(marker));
-    lines.next().unwrap_or_else(|| panic!("{marker} is in the doc"));
+    lines
+        .next()
+        .unwrap_or_else(|| panic!("{marker} is in the doc"));
     assert_eq!(lines.next(), Some("```hex"));
     lines.next().unwrap().trim().to_string()
 }
@@ -35,7 +40,10 @@ fn the_documented_frame_is_the_ack_example_framed() {
     let mut seen = 0;
     d.feed(&frame[..m], |payload| {
         let e = decode_envelope(payload).unwrap();
-        assert_eq!((e.device_id, e.kind, e.message), ("ly-0a1b2c3d4e5f", MessageKind::Ack, &ack[..]));
+        assert_eq!(
+            (e.device_id, e.kind, e.message),
+            ("ly-0a1b2c3d4e5f", MessageKind::Ack, &ack[..])
+        );
         seen += 1;
     });
     assert_eq!(seen, 1);

@@ -92,6 +92,12 @@ pub struct DeviceDriver<T: Transport> {
     local: Option<mpsc::UnboundedReceiver<LocalChange>>,
     metrics: Option<crate::metrics::Metrics>,
     buf: Vec<u8>,
+    journal: Option<crate::store::OutboundJournal>,
+    /// Messages a previous process journalled and never got acknowledged:
+    /// sent first by `start`.
+    leftovers: crate::store::Undelivered,
+    /// At-least-once publishes handed to the transport by this process.
+    qos1_published: u64,
 }
 
 /// A change of the device's own state (a button, a local setting), to be
@@ -118,7 +124,29 @@ impl<T: Transport> DeviceDriver<T> {
             local: None,
             metrics: None,
             buf: vec![0; 4096],
+            journal: None,
+            leftovers: Vec::new(),
+            qos1_published: 0,
         }
+    }
+
+    /// Keeps at-least-once messages in an [`OutboundJournal`] in `dir`
+    /// until the broker acknowledges them, and sends what a killed
+    /// predecessor left unacknowledged first thing in
+    /// [`DeviceDriver::start`]. Fails on a damaged journal (which it leaves
+    /// for inspection).
+    ///
+    /// [`OutboundJournal`]: crate::store::OutboundJournal
+    pub fn with_journal(mut self, dir: &std::path::Path) -> std::io::Result<Self> {
+        let (journal, leftovers) = crate::store::OutboundJournal::open(dir)?;
+        self.journal = Some(journal);
+        self.leftovers = leftovers;
+        Ok(self)
+    }
+
+    /// Messages journalled and not yet acknowledged by the broker.
+    pub fn unacknowledged(&self) -> usize {
+        self.journal.as_ref().map_or(0, |j| j.len())
     }
 
     /// Sends what the driver sees to `tx`.
@@ -163,9 +191,55 @@ impl<T: Transport> DeviceDriver<T> {
                 .subscribe(&topic(self.agent.device_id(), kind))
                 .await?;
         }
+        // What a killed predecessor never got acknowledged goes first, in
+        // its original order.
+        for (kind, bytes) in std::mem::take(&mut self.leftovers) {
+            self.publish(kind, &bytes, true).await?;
+        }
         let now = self.clock.now_ms();
         let _ = self.agent.boot(now, &mut self.platform.lend());
         self.flush().await
+    }
+
+    /// Publishes one message; an at-least-once one is journalled first.
+    async fn publish(
+        &mut self,
+        kind: MessageKind,
+        bytes: &[u8],
+        needs_ack: bool,
+    ) -> Result<(), TransportError> {
+        let qos = if needs_ack {
+            Qos::AtLeastOnce
+        } else {
+            Qos::AtMostOnce
+        };
+        if needs_ack {
+            self.qos1_published += 1;
+            if let Some(j) = &mut self.journal
+                && let Err(e) = j.record(self.qos1_published, kind, bytes)
+            {
+                // Still sent: only its survival of a crash is lost.
+                self.emit(DriverEvent::Refused {
+                    at_ms: self.clock.now_ms(),
+                    why: format!("outbound journal: {e}"),
+                });
+            }
+        }
+        let topic = topic(self.agent.device_id(), kind);
+        self.transport.publish(&topic, bytes, qos).await
+    }
+
+    /// Drops from the journal what the broker has acknowledged.
+    fn prune_journal(&mut self) {
+        let acked = self.transport.acknowledged();
+        if let Some(j) = &mut self.journal
+            && let Err(e) = j.acknowledged(acked)
+        {
+            self.emit(DriverEvent::Refused {
+                at_ms: self.clock.now_ms(),
+                why: format!("outbound journal: {e}"),
+            });
+        }
     }
 
     /// Publishes everything the agent has queued and reports its events.
@@ -176,15 +250,11 @@ impl<T: Transport> DeviceDriver<T> {
             .poll_transmit(&mut self.buf)
             .map_err(|e| TransportError::Failed(e.to_string()))?
         {
-            let qos = if t.needs_ack {
-                Qos::AtLeastOnce
-            } else {
-                Qos::AtMostOnce
-            };
-            let topic = topic(self.agent.device_id(), t.kind);
-            self.transport
-                .publish(&topic, &self.buf[..t.len], qos)
-                .await?;
+            // Lent out for the publish, which borrows the driver.
+            let buf = std::mem::take(&mut self.buf);
+            let sent = self.publish(t.kind, &buf[..t.len], t.needs_ack).await;
+            self.buf = buf;
+            sent?;
             if self.events.is_some() {
                 self.emit(DriverEvent::Sent {
                     at_ms: now,
@@ -196,6 +266,7 @@ impl<T: Transport> DeviceDriver<T> {
         while let Some(event) = self.agent.poll_event() {
             self.emit(DriverEvent::Agent { at_ms: now, event });
         }
+        self.prune_journal();
         if let Some(m) = &self.metrics {
             let id = self.agent.device_id().to_owned();
             let stats = self.agent.stats();

@@ -282,6 +282,10 @@ impl Transport for MqttTransport {
         self.rx.recv().await.ok_or(TransportError::Closed)
     }
 
+    fn acknowledged(&self) -> u64 {
+        self.delivery.acked_qos1.load(Ordering::Acquire)
+    }
+
     async fn flush(&mut self, within: Duration) -> Result<(), TransportError> {
         let deadline = tokio::time::Instant::now() + within;
         // Polled: the counters move at network speed, and a flush happens

@@ -101,9 +101,191 @@ impl Storage for FileStore {
     }
 }
 
+/// Messages that must be delivered (MQTT QoS 1: acknowledgements,
+/// lifecycle events, registrations, shadow reports, configuration acks),
+/// kept on disk from before they are handed to the transport until the
+/// broker has acknowledged them. A process killed meanwhile sends them
+/// again when it restarts: delivery is at least once across crashes, and
+/// every such message is safe to receive twice (acks and lifecycle events
+/// carry ids and sequence numbers, shadow reports timestamps).
+///
+/// The file is rewritten whole (atomically) on every change: these
+/// messages are few, and a journal of appended records would need its own
+/// recovery of a torn last record.
+#[derive(Debug)]
+pub struct OutboundJournal {
+    path: PathBuf,
+    entries: std::collections::VecDeque<JournalEntry>,
+}
+
+/// One journalled message.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct JournalEntry {
+    /// Its place among this process's QoS 1 publishes, from 1.
+    pub ordinal: u64,
+    /// What it is.
+    pub kind: lanyard_core::agent::messages::MessageKind,
+    /// Its bytes.
+    pub bytes: Vec<u8>,
+}
+
+const JOURNAL_MAGIC: &[u8; 4] = b"LYJ1";
+
+/// Messages a previous process left undelivered, oldest first.
+pub type Undelivered = Vec<(lanyard_core::agent::messages::MessageKind, Vec<u8>)>;
+/// Largest journalled message; larger is refused as damage.
+const JOURNAL_MAX_MESSAGE: usize = 64 * 1024;
+
+impl OutboundJournal {
+    /// Opens the journal in `dir`; returns it (empty) and the messages a
+    /// previous process left undelivered, oldest first, to be sent again.
+    /// A damaged file is an error naming it, and is left as it is.
+    pub fn open(
+        dir: &Path,
+    ) -> io::Result<(
+        Self,
+        Vec<(lanyard_core::agent::messages::MessageKind, Vec<u8>)>,
+    )> {
+        let path = dir.join("outbound.journal");
+        let leftovers = match fs::read(&path) {
+            Ok(data) => Self::decode(&data).map_err(|why| {
+                io::Error::new(
+                    io::ErrorKind::InvalidData,
+                    format!("{}: {why}", path.display()),
+                )
+            })?,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Vec::new(),
+            Err(e) => return Err(e),
+        };
+        let journal = OutboundJournal {
+            path,
+            entries: Default::default(),
+        };
+        Ok((journal, leftovers))
+    }
+
+    /// Messages awaiting the broker's acknowledgement.
+    pub fn len(&self) -> usize {
+        self.entries.len()
+    }
+
+    /// Whether nothing awaits acknowledgement.
+    pub fn is_empty(&self) -> bool {
+        self.entries.is_empty()
+    }
+
+    /// Records a message about to be published as the `ordinal`-th QoS 1
+    /// publish; on disk when this returns.
+    pub fn record(
+        &mut self,
+        ordinal: u64,
+        kind: lanyard_core::agent::messages::MessageKind,
+        bytes: &[u8],
+    ) -> io::Result<()> {
+        self.entries.push_back(JournalEntry {
+            ordinal,
+            kind,
+            bytes: bytes.to_vec(),
+        });
+        self.save()
+    }
+
+    /// Forgets every message up to the `acknowledged`-th (QoS 1
+    /// acknowledgements arrive in publish order).
+    pub fn acknowledged(&mut self, acknowledged: u64) -> io::Result<()> {
+        let before = self.entries.len();
+        while self
+            .entries
+            .front()
+            .is_some_and(|e| e.ordinal <= acknowledged)
+        {
+            self.entries.pop_front();
+        }
+        if self.entries.len() == before {
+            return Ok(());
+        }
+        self.save()
+    }
+
+    fn save(&self) -> io::Result<()> {
+        let mut data = JOURNAL_MAGIC.to_vec();
+        for e in &self.entries {
+            let kind = lanyard_core::agent::messages::MessageKind::ALL
+                .iter()
+                .position(|k| *k == e.kind)
+                .unwrap_or(0) as u8;
+            data.push(kind);
+            data.extend_from_slice(&(e.bytes.len() as u32).to_be_bytes());
+            data.extend_from_slice(&e.bytes);
+        }
+        write_atomic(&self.path, &data)
+    }
+
+    fn decode(data: &[u8]) -> Result<Undelivered, String> {
+        use lanyard_core::agent::messages::MessageKind;
+        let mut rest = data
+            .strip_prefix(JOURNAL_MAGIC)
+            .ok_or("not an outbound journal (bad magic)")?;
+        let mut out = Vec::new();
+        while let Some((&kind, after)) = rest.split_first() {
+            let kind = *MessageKind::ALL
+                .get(usize::from(kind))
+                .filter(|k| k.from_device())
+                .ok_or(format!("bad message kind {kind} at entry {}", out.len()))?;
+            let (len, after) = after
+                .split_first_chunk::<4>()
+                .ok_or(format!("truncated entry {}", out.len()))?;
+            let len = u32::from_be_bytes(*len) as usize;
+            if len > JOURNAL_MAX_MESSAGE || len > after.len() {
+                return Err(format!("truncated or oversized entry {}", out.len()));
+            }
+            out.push((kind, after[..len].to_vec()));
+            rest = &after[len..];
+        }
+        Ok(out)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_journal_keeps_what_is_unacknowledged_across_a_reopen_and_refuses_damage() {
+        use lanyard_core::agent::messages::MessageKind;
+        let dir = tempfile::tempdir().unwrap();
+        let (mut j, left) = OutboundJournal::open(dir.path()).unwrap();
+        assert!(left.is_empty());
+        j.record(1, MessageKind::Ack, b"a1").unwrap();
+        j.record(2, MessageKind::Lifecycle, b"l2").unwrap();
+        j.record(3, MessageKind::Ack, b"a3").unwrap();
+        j.acknowledged(1).unwrap();
+        assert_eq!(j.len(), 2);
+        // The process dies here; the next one gets the two back, in order.
+        let (_, left) = OutboundJournal::open(dir.path()).unwrap();
+        assert_eq!(
+            left,
+            [
+                (MessageKind::Lifecycle, b"l2".to_vec()),
+                (MessageKind::Ack, b"a3".to_vec())
+            ]
+        );
+        // Damage: a truncated file, a cloud-only kind, bad magic.
+        let path = dir.path().join("outbound.journal");
+        let good = fs::read(&path).unwrap();
+        for bad in [
+            good[..good.len() - 1].to_vec(),
+            [&good[..4], &[7u8, 0, 0, 0, 0][..]].concat(),
+            b"XXXX".to_vec(),
+        ] {
+            fs::write(&path, &bad).unwrap();
+            let err = OutboundJournal::open(dir.path()).unwrap_err();
+            assert_eq!(err.kind(), io::ErrorKind::InvalidData);
+            assert!(err.to_string().contains("outbound.journal"), "{err}");
+            // Left as it was, for a person to look at.
+            assert_eq!(fs::read(&path).unwrap(), bad);
+        }
+    }
 
     #[test]
     fn records_round_trip_and_wipe_removes_every_slot() {

@@ -76,6 +76,13 @@ pub trait Transport: Send {
         let _ = within;
         Ok(())
     }
+    /// How many of this transport's at-least-once publishes the peer has
+    /// acknowledged, counted in publish order (MQTT acknowledges QoS 1 in
+    /// order). The default, for a transport that delivers within
+    /// `publish`, is "all of them".
+    fn acknowledged(&self) -> u64 {
+        u64::MAX
+    }
 }
 
 /// Whether `topic` matches the MQTT filter `filter`.

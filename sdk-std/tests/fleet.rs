@@ -252,6 +252,67 @@ async fn a_device_process_killed_with_sigkill_resumes_its_state_and_runs_no_comm
     assert_eq!(host.stats().registrations, 1);
 }
 
+/// What a killed device had journalled and not yet had acknowledged.
+fn journalled(dir: &std::path::Path) -> Vec<(MessageKind, Vec<u8>)> {
+    lanyard_std::store::OutboundJournal::open(dir).unwrap().1
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn messages_made_while_the_broker_is_down_survive_a_sigkill_of_the_device() {
+    let mut broker = Mosquitto::start();
+    let (host_dir, dev_dir) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let (twin_stop, twin) = spawn_twin(broker.port, host_dir.path());
+    let id = "ly-020000000009";
+    let mut app = MqttTransport::connect(MqttConfig::new("127.0.0.1", broker.port, "app"));
+    for kind in [MessageKind::Lifecycle, MessageKind::ShadowUpdate] {
+        app.subscribe(&topic(id, kind)).await.unwrap();
+    }
+    tokio::time::sleep(Duration::from_millis(300)).await;
+
+    let script = async {
+        let device = Device::start(broker.port, dev_dir.path());
+        loop {
+            let (_, p) = next_for(&mut app, id, &[MessageKind::Lifecycle]).await;
+            if LifecycleEvent::decode(&p).unwrap().to == LifecycleState::Active {
+                break;
+            }
+        }
+        // The broker goes; the device keeps reporting its shadow (every 2 s
+        // in the test fleet's configuration, at least once), which only the
+        // journal now holds: rumqttc's queue is in the process's memory.
+        broker.kill();
+        let pending = loop {
+            let j = journalled(dev_dir.path());
+            if j.iter().any(|(k, _)| *k == MessageKind::ShadowUpdate) {
+                break j;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        };
+        device.kill();
+
+        broker.restart();
+        // The app must be back (and subscribed) before the device is.
+        while app.recv().await.unwrap() != TransportEvent::Reconnected {}
+        let _device = Device::start(broker.port, dev_dir.path());
+        let (kind, first) = &pending[0];
+        loop {
+            let (k, p) = next_for(&mut app, id, &[*kind]).await;
+            if k == *kind && p == *first {
+                break;
+            }
+        }
+        // Acknowledged by the broker, so out of the journal.
+        while !journalled(dev_dir.path()).is_empty() {
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    };
+    tokio::time::timeout(Duration::from_secs(40), script)
+        .await
+        .expect("finished in time");
+    twin_stop.send(()).unwrap();
+    twin.await.unwrap();
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_app_sets_state_reads_shadows_watches_changes_and_awaits_command_acks() {
     use lanyard_std::app::{AppClient, AppError, AppEvent};

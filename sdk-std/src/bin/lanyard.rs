@@ -316,6 +316,9 @@ async fn device(
 ) -> Result<(), String> {
     let clock = Clock::real();
     let (tx, mut rx) = mpsc::unbounded_channel();
+    let journal_dir = state_dir.clone();
+    // Acknowledgements and lifecycle events survive a crash of this
+    // process until the broker has them.
     let mut driver = make_device(
         parse_mac(mac)?,
         |id| broker.mqtt(id),
@@ -324,6 +327,8 @@ async fn device(
         60_000,
         100,
     )?
+    .with_journal(&journal_dir)
+    .map_err(|e| e.to_string())?
     .with_events(tx);
     if let Some(m) = metrics {
         driver = driver.with_metrics(m);
