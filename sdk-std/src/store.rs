@@ -140,12 +140,7 @@ impl OutboundJournal {
     /// Opens the journal in `dir`; returns it (empty) and the messages a
     /// previous process left undelivered, oldest first, to be sent again.
     /// A damaged file is an error naming it, and is left as it is.
-    pub fn open(
-        dir: &Path,
-    ) -> io::Result<(
-        Self,
-        Vec<(lanyard_core::agent::messages::MessageKind, Vec<u8>)>,
-    )> {
+    pub fn open(dir: &Path) -> io::Result<(Self, Undelivered)> {
         let path = dir.join("outbound.journal");
         let leftovers = match fs::read(&path) {
             Ok(data) => Self::decode(&data).map_err(|why| {
