@@ -90,11 +90,26 @@ pub struct AppClient<T: Transport> {
     transport: T,
     backlog: VecDeque<(String, Vec<u8>)>,
     next_id: u64,
+    /// Topics carry a tenant level; devices are named `{tenant}/{id}`.
+    tenants: bool,
 }
 
 impl<T: Transport> AppClient<T> {
-    /// Subscribes to what an app watches.
-    pub async fn new(mut transport: T) -> Result<Self, AppError> {
+    /// Subscribes to what an app watches, in the shared namespace.
+    pub async fn new(transport: T) -> Result<Self, AppError> {
+        Self::subscribed(transport, false).await
+    }
+
+    /// An app for a host that serves tenants
+    /// ([`TwinHost::with_tenants`](crate::twin::TwinHost::with_tenants)):
+    /// devices are named `{tenant}/{device-id}` in every call and event.
+    pub async fn for_tenants(transport: T) -> Result<Self, AppError> {
+        Self::subscribed(transport, true).await
+    }
+
+    async fn subscribed(mut transport: T, tenants: bool) -> Result<Self, AppError> {
+        // One level (the device) or two (tenant, device) before the suffix.
+        let levels = if tenants { "+/+" } else { "+" };
         for suffix in [
             MessageKind::Ack.topic_suffix(),
             MessageKind::ShadowDelta.topic_suffix(),
@@ -103,13 +118,14 @@ impl<T: Transport> AppClient<T> {
             app_topics::REJECTED,
         ] {
             transport
-                .subscribe(&format!("{TOPIC_PREFIX}+/{suffix}"))
+                .subscribe(&format!("{TOPIC_PREFIX}{levels}/{suffix}"))
                 .await?;
         }
         Ok(AppClient {
             transport,
             backlog: VecDeque::new(),
             next_id: 0,
+            tenants,
         })
     }
 
@@ -212,10 +228,14 @@ impl<T: Transport> AppClient<T> {
                     TransportEvent::Reconnected => continue,
                 },
             };
-            let Some((device, kind)) = MessageKind::parse_topic(&t) else {
+            let parsed = if self.tenants {
+                MessageKind::parse_tenant_topic(&t).map(|(tn, id, k)| (format!("{tn}/{id}"), k))
+            } else {
+                MessageKind::parse_topic(&t).map(|(id, k)| (id.to_owned(), k))
+            };
+            let Some((device, kind)) = parsed else {
                 continue;
             };
-            let device = device.to_owned();
             let codec = |e: lanyard_core::Error| AppError::Codec(e.to_string());
             return Ok(match kind {
                 MessageKind::ShadowDelta => {

@@ -124,6 +124,9 @@ pub struct Bridge<T: Transport> {
     device_id: Option<String>,
     decoder: Box<FrameDecoder<MAX_FRAME>>,
     stats: BridgeStats,
+    /// The tenant whose namespace the device's MQTT topics are in; the
+    /// device itself never knows it.
+    tenant: Option<String>,
 }
 
 impl<T: Transport> Bridge<T> {
@@ -135,15 +138,40 @@ impl<T: Transport> Bridge<T> {
             device_id: None,
             decoder: Box::new(FrameDecoder::new()),
             stats: BridgeStats::default(),
+            tenant: None,
         }
     }
 
-    /// A bridge for `device_id` only, subscribed at once, so messages for
-    /// the device reach it even before it says anything.
-    pub async fn for_device(transport: T, device_id: &str) -> Result<Self, BridgeError> {
-        let mut b = Bridge::new(transport);
-        b.adopt(device_id).await?;
-        Ok(b)
+    /// Puts the device in `tenant`'s namespace on the MQTT side: its frames
+    /// (shared-namespace topics, the device is not told) are published
+    /// under `lanyard/v1/{tenant}/{device-id}/...`, and only that
+    /// tenant's topics for it are framed back. Call before
+    /// [`Bridge::run`]; refuses an invalid name.
+    pub fn with_tenant(mut self, tenant: &str) -> Result<Self, String> {
+        if !lanyard_core::agent::messages::valid_tenant(tenant) {
+            return Err(format!(
+                "tenant {tenant:?}: 1 to 32 of a-z, 0-9, '-' and '_' expected"
+            ));
+        }
+        self.tenant = Some(tenant.to_owned());
+        Ok(self)
+    }
+
+    /// The MQTT topic of `kind` for `device_id`.
+    fn mqtt_topic(&self, device_id: &str, kind: MessageKind) -> String {
+        match &self.tenant {
+            Some(t) => lanyard_core::agent::messages::tenant_topic(t, device_id, kind)
+                .map(|s| s.to_string())
+                .unwrap_or_default(),
+            None => topic(device_id, kind).to_string(),
+        }
+    }
+
+    /// Binds the link to `device_id` now and subscribes to its topics, so
+    /// messages for the device reach it even before it says anything
+    /// (otherwise the first frame names the device).
+    pub async fn adopt_device(&mut self, device_id: &str) -> Result<(), BridgeError> {
+        self.adopt(device_id).await
     }
 
     /// Counters.
@@ -163,8 +191,9 @@ impl<T: Transport> Bridge<T> {
 
     async fn adopt(&mut self, device_id: &str) -> Result<(), BridgeError> {
         for kind in MessageKind::ALL.into_iter().filter(|k| !k.from_device()) {
+            let t = self.mqtt_topic(device_id, kind);
             self.transport
-                .subscribe(&topic(device_id, kind))
+                .subscribe(&t)
                 .await
                 .map_err(BridgeError::Transport)?;
         }
@@ -252,8 +281,9 @@ impl<T: Transport> Bridge<T> {
         } else {
             Qos::AtMostOnce
         };
+        let t = self.mqtt_topic(e.device_id, e.kind);
         self.transport
-            .publish(e.topic, e.message, qos)
+            .publish(&t, e.message, qos)
             .await
             .map_err(BridgeError::Transport)?;
         self.stats.to_cloud += 1;
@@ -261,17 +291,24 @@ impl<T: Transport> Bridge<T> {
     }
 
     /// The frame for one inbound MQTT message, if it is for the device.
-    fn frame_for_device(&mut self, topic: &str, payload: &[u8]) -> Option<Vec<u8>> {
-        let ok = match (MessageKind::parse_topic(topic), self.device_id.as_deref()) {
-            (Some((id, kind)), Some(mine)) => id == mine && !kind.from_device(),
-            _ => false,
+    fn frame_for_device(&mut self, mqtt_topic: &str, payload: &[u8]) -> Option<Vec<u8>> {
+        let parsed = match &self.tenant {
+            Some(t) => MessageKind::parse_tenant_topic(mqtt_topic)
+                .filter(|(tenant, _, _)| tenant == t)
+                .map(|(_, id, kind)| (id, kind)),
+            None => MessageKind::parse_topic(mqtt_topic),
         };
-        if !ok {
-            self.stats.misdirected += 1;
-            return None;
-        }
-        let mut envelope = vec![0u8; topic.len() + payload.len() + 16];
-        let n = encode_with_topic(topic, payload, &mut envelope).ok()?;
+        let kind = match (parsed, self.device_id.as_deref()) {
+            (Some((id, kind)), Some(mine)) if id == mine && !kind.from_device() => kind,
+            _ => {
+                self.stats.misdirected += 1;
+                return None;
+            }
+        };
+        // The device speaks the shared namespace whatever its tenant.
+        let device_topic = topic(self.device_id.as_deref()?, kind);
+        let mut envelope = vec![0u8; device_topic.len() + payload.len() + 16];
+        let n = encode_with_topic(&device_topic, payload, &mut envelope).ok()?;
         let mut frame = vec![0u8; max_frame_len(n)];
         let m = encode_frame(&envelope[..n], &mut frame).ok()?;
         frame.truncate(m);

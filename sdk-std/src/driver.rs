@@ -98,6 +98,8 @@ pub struct DeviceDriver<T: Transport> {
     leftovers: crate::store::Undelivered,
     /// At-least-once publishes handed to the transport by this process.
     qos1_published: u64,
+    /// The tenant whose namespace the device's topics are in, if any.
+    tenant: Option<String>,
 }
 
 /// A change of the device's own state (a button, a local setting), to be
@@ -127,6 +129,34 @@ impl<T: Transport> DeviceDriver<T> {
             journal: None,
             leftovers: Vec::new(),
             qos1_published: 0,
+            tenant: None,
+        }
+    }
+
+    /// Puts the device's topics in `tenant`'s namespace
+    /// (`lanyard/v1/{tenant}/{device-id}/...`). Refuses a name that
+    /// [`valid_tenant`](lanyard_core::agent::messages::valid_tenant)
+    /// refuses.
+    pub fn with_tenant(mut self, tenant: &str) -> Result<Self, String> {
+        if !lanyard_core::agent::messages::valid_tenant(tenant) {
+            return Err(format!(
+                "tenant {tenant:?}: 1 to 32 of a-z, 0-9, '-' and '_' expected"
+            ));
+        }
+        self.tenant = Some(tenant.to_owned());
+        Ok(self)
+    }
+
+    /// The device's topic for `kind`, in its tenant's namespace if it has
+    /// one.
+    fn topic_of(&self, kind: MessageKind) -> String {
+        let id = self.agent.device_id();
+        match &self.tenant {
+            // The name was validated by `with_tenant`.
+            Some(t) => lanyard_core::agent::messages::tenant_topic(t, id, kind)
+                .map(|s| s.to_string())
+                .unwrap_or_default(),
+            None => topic(id, kind).to_string(),
         }
     }
 
@@ -187,9 +217,7 @@ impl<T: Transport> DeviceDriver<T> {
     /// (restoring its persisted state).
     pub async fn start(&mut self) -> Result<(), TransportError> {
         for kind in DEVICE_INBOUND {
-            self.transport
-                .subscribe(&topic(self.agent.device_id(), kind))
-                .await?;
+            self.transport.subscribe(&self.topic_of(kind)).await?;
         }
         // What a killed predecessor never got acknowledged goes first, in
         // its original order.
@@ -225,7 +253,7 @@ impl<T: Transport> DeviceDriver<T> {
                 });
             }
         }
-        let topic = topic(self.agent.device_id(), kind);
+        let topic = self.topic_of(kind);
         self.transport.publish(&topic, bytes, qos).await
     }
 
@@ -361,7 +389,13 @@ impl<T: Transport> DeviceDriver<T> {
     }
 
     fn inbound(&mut self, now: u64, topic: &str, payload: &[u8]) {
-        let Some((id, kind)) = MessageKind::parse_topic(topic) else {
+        let parsed = match &self.tenant {
+            Some(t) => MessageKind::parse_tenant_topic(topic)
+                .filter(|(tenant, _, _)| tenant == t)
+                .map(|(_, id, kind)| (id, kind)),
+            None => MessageKind::parse_topic(topic),
+        };
+        let Some((id, kind)) = parsed else {
             self.emit(DriverEvent::Refused {
                 at_ms: now,
                 why: format!("unknown topic {topic}"),

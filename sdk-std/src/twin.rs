@@ -94,6 +94,8 @@ pub struct TwinHost {
     stats: TwinStats,
     rng: u64,
     metrics: Option<crate::metrics::Metrics>,
+    /// Tenants served, when topics are namespaced by tenant.
+    tenants: Option<Vec<String>>,
 }
 
 fn valid_id(id: &str) -> bool {
@@ -110,6 +112,43 @@ impl TwinHost {
             stats: TwinStats::default(),
             rng: 0x2545_f491_4f6c_dd1d,
             metrics: None,
+            tenants: None,
+        }
+    }
+
+    /// Serves tenants' namespaces (`lanyard/v1/{tenant}/{device-id}/...`)
+    /// instead of the shared one: only `tenants`' topics are acted on; a
+    /// message under any other tenant is refused and counted. A device is
+    /// then named `{tenant}/{device-id}` ([`TwinHost::shadow`], the app
+    /// client) and its shadow is kept in a directory per tenant. The AWS
+    /// IoT topics, which have no tenants, are not served.
+    pub fn with_tenants(mut self, tenants: &[&str]) -> Result<Self, String> {
+        if let Some(bad) = tenants
+            .iter()
+            .find(|t| !lanyard_core::agent::messages::valid_tenant(t))
+        {
+            return Err(format!(
+                "tenant {bad:?}: 1 to 32 of a-z, 0-9, '-' and '_' expected"
+            ));
+        }
+        self.tenants = Some(tenants.iter().map(|t| t.to_string()).collect());
+        Ok(self)
+    }
+
+    /// The topic filters this host needs; `aws` adds the AWS IoT topics
+    /// (not served to tenants).
+    pub fn subscriptions(&self, aws: bool) -> Vec<String> {
+        match &self.tenants {
+            None => subscriptions(aws),
+            Some(_) => [
+                MessageKind::Register.topic_suffix(),
+                MessageKind::ShadowUpdate.topic_suffix(),
+                app_topics::SET_DESIRED,
+                app_topics::GET,
+            ]
+            .iter()
+            .map(|s| format!("{TOPIC_PREFIX}+/+/{s}"))
+            .collect(),
         }
     }
 
@@ -119,13 +158,29 @@ impl TwinHost {
         let dir = dir.into();
         std::fs::create_dir_all(&dir)?;
         let mut host = Self::in_memory(fleet_config);
+        // Shared-namespace shadows at the top, tenants' in a directory each.
+        let mut files = Vec::new();
         for entry in std::fs::read_dir(&dir)? {
             let path = entry?.path();
+            let tenant = path.file_name().and_then(|s| s.to_str()).unwrap_or("");
+            if path.is_dir() && lanyard_core::agent::messages::valid_tenant(tenant) {
+                for inner in std::fs::read_dir(&path)? {
+                    files.push((Some(tenant.to_owned()), inner?.path()));
+                }
+            } else {
+                files.push((None, path));
+            }
+        }
+        for (tenant, path) in files {
             let (Some(stem), Some("cbor")) = (
                 path.file_stem().and_then(|s| s.to_str()),
                 path.extension().and_then(|s| s.to_str()),
             ) else {
                 continue;
+            };
+            let key = match tenant {
+                Some(t) => format!("{t}/{stem}"),
+                None => stem.to_owned(),
             };
             let bytes = std::fs::read(&path)?;
             let mut shadow = Box::new(
@@ -139,7 +194,7 @@ impl TwinHost {
             host.fleet_config
                 .apply_policies(&mut shadow)
                 .map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e.to_string()))?;
-            host.shadows.insert(stem.to_owned(), shadow);
+            host.shadows.insert(key, shadow);
         }
         host.dir = Some(dir);
         Ok(host)
@@ -227,7 +282,13 @@ impl TwinHost {
         let mut buf = vec![0u8; 64 * 1024];
         match shadow.encode(&mut buf) {
             Ok(n) => {
-                if let Err(e) = write_atomic(&shadow_file(dir, id), &buf[..n]) {
+                let path = shadow_file(dir, id);
+                let written = match path.parent() {
+                    Some(parent) => std::fs::create_dir_all(parent),
+                    None => Ok(()),
+                }
+                .and_then(|()| write_atomic(&path, &buf[..n]));
+                if let Err(e) = written {
                     tracing::error!(device = id, error = %e, "could not persist shadow");
                 }
             }
@@ -245,6 +306,9 @@ impl TwinHost {
     /// Handles one message; returns what to publish.
     pub fn handle(&mut self, now_ms: u64, topic_name: &str, payload: &[u8]) -> Vec<Publish> {
         if let Some(rest) = topic_name.strip_prefix("$aws/things/") {
+            if self.tenants.is_some() {
+                return Vec::new();
+            }
             return match rest.split_once("/shadow/") {
                 Some((thing, op)) if valid_id(thing) => self.aws(now_ms, thing, op, payload),
                 _ => Vec::new(),
@@ -253,36 +317,60 @@ impl TwinHost {
         let Some(rest) = topic_name.strip_prefix(TOPIC_PREFIX) else {
             return Vec::new();
         };
-        let Some((id, suffix)) = rest.split_once('/') else {
-            return Vec::new();
+        // `key` names the device here: its id, or `{tenant}/{id}`.
+        let (key, id, suffix) = match &self.tenants {
+            None => {
+                let Some((id, suffix)) = rest.split_once('/') else {
+                    return Vec::new();
+                };
+                (id.to_owned(), id, suffix)
+            }
+            Some(tenants) => {
+                let Some((tenant, after)) = rest.split_once('/') else {
+                    return Vec::new();
+                };
+                let Some((id, suffix)) = after.split_once('/') else {
+                    return Vec::new();
+                };
+                if !tenants.iter().any(|t| t == tenant) {
+                    // Not a tenant of this host: nothing is created for it.
+                    self.stats.rejected += 1;
+                    return Vec::new();
+                }
+                (format!("{tenant}/{id}"), id, suffix)
+            }
         };
         if !valid_id(id) {
             return Vec::new();
         }
+        let key = key.as_str();
         match suffix {
-            s if s == MessageKind::Register.topic_suffix() => self.register(now_ms, id, payload),
-            s if s == MessageKind::ShadowUpdate.topic_suffix() || s == app_topics::SET_DESIRED => {
-                self.cbor_update(now_ms, id, payload)
+            s if s == MessageKind::Register.topic_suffix() => {
+                self.register(now_ms, key, id, payload)
             }
-            app_topics::GET => match self.shadows.get(id) {
+            s if s == MessageKind::ShadowUpdate.topic_suffix() || s == app_topics::SET_DESIRED => {
+                self.cbor_update(now_ms, key, payload)
+            }
+            app_topics::GET => match self.shadows.get(key) {
                 Some(s) => {
                     let mut buf = vec![0u8; 64 * 1024];
                     match s.encode(&mut buf) {
                         Ok(n) => vec![Publish {
-                            topic: format!("{TOPIC_PREFIX}{id}/{}", app_topics::DOCUMENT),
+                            topic: format!("{TOPIC_PREFIX}{key}/{}", app_topics::DOCUMENT),
                             payload: buf[..n].to_vec(),
                             qos: Qos::AtLeastOnce,
                         }],
                         Err(_) => Vec::new(),
                     }
                 }
-                None => vec![rejected(id, "no shadow for this device")],
+                None => vec![rejected(key, "no shadow for this device")],
             },
             _ => Vec::new(),
         }
     }
 
-    fn register(&mut self, now_ms: u64, id: &str, payload: &[u8]) -> Vec<Publish> {
+    /// A registration of device `id`, known here as `key`.
+    fn register(&mut self, now_ms: u64, key: &str, id: &str, payload: &[u8]) -> Vec<Publish> {
         let Ok(reg) = Register::decode(payload) else {
             self.stats.rejected += 1;
             return Vec::new();
@@ -292,8 +380,8 @@ impl TwinHost {
             return Vec::new();
         }
         self.stats.registrations += 1;
-        self.shadow_mut(id);
-        self.persist(id);
+        self.shadow_mut(key);
+        self.persist(key);
         let mut cfg = minicbor::Encoder::new(Vec::new());
         // Encoding into a Vec cannot fail.
         let _ = self.fleet_config.encode_cbor(&mut cfg);
@@ -303,7 +391,7 @@ impl TwinHost {
             config: Some(&cfg),
             time_ms: now_ms,
         };
-        vec![encoded(id, MessageKind::RegisterAccepted, &accepted)]
+        vec![encoded(key, MessageKind::RegisterAccepted, &accepted)]
     }
 
     fn cbor_update(&mut self, now_ms: u64, id: &str, payload: &[u8]) -> Vec<Publish> {
@@ -487,7 +575,7 @@ pub async fn run_twin<T: Transport>(
     aws: bool,
     stop: impl std::future::Future<Output = ()>,
 ) -> Result<(), TransportError> {
-    for f in subscriptions(aws) {
+    for f in host.subscriptions(aws) {
         transport.subscribe(&f).await?;
     }
     tokio::pin!(stop);
@@ -506,7 +594,9 @@ pub async fn run_twin<T: Transport>(
     }
 }
 
-/// Where a host keeps a device's shadow (the one place that says so).
-pub fn shadow_file(dir: &Path, device_id: &str) -> PathBuf {
-    dir.join(format!("{device_id}.cbor"))
+/// Where a host keeps a device's shadow (the one place that says so):
+/// `{dir}/{device-id}.cbor`, or `{dir}/{tenant}/{device-id}.cbor` for a
+/// device named `{tenant}/{device-id}`.
+pub fn shadow_file(dir: &Path, device: &str) -> PathBuf {
+    dir.join(format!("{device}.cbor"))
 }

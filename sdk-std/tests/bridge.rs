@@ -133,3 +133,76 @@ async fn the_bridge_carries_one_devices_messages_both_ways_and_drops_the_rest() 
         }
     );
 }
+
+#[tokio::test]
+async fn a_bridge_puts_its_device_in_a_tenants_namespace_without_telling_the_device() {
+    use lanyard_core::agent::messages::tenant_topic;
+    let broker = MemoryBroker::new();
+    let mut cloud = broker.connect();
+    cloud.subscribe("lanyard/v1/#").await.unwrap();
+    let (device_end, bridge_end) = tokio::io::duplex(4096);
+    let (mut dev_rx, mut dev_tx) = tokio::io::split(device_end);
+    let (stop, stop_rx) = tokio::sync::oneshot::channel::<()>();
+    let mut bridge = Bridge::new(broker.connect()).with_tenant("acme").unwrap();
+    assert!(
+        Bridge::new(broker.connect())
+            .with_tenant("no/slash")
+            .is_err()
+    );
+    let task = tokio::spawn(async move {
+        bridge
+            .run(bridge_end, async {
+                let _ = stop_rx.await;
+            })
+            .await
+            .unwrap()
+    });
+
+    dev_tx
+        .write_all(&frame(ID, MessageKind::Register, &[0xa0]))
+        .await
+        .unwrap();
+    let (t, _) = next_message(&mut cloud).await;
+    assert_eq!(
+        t,
+        tenant_topic("acme", ID, MessageKind::Register)
+            .unwrap()
+            .as_str()
+    );
+
+    // Another tenant's command for the same id is not the device's.
+    for tenant in ["globex", "acme"] {
+        cloud
+            .publish(
+                &tenant_topic(tenant, ID, MessageKind::Command).unwrap(),
+                tenant.as_bytes(),
+                Qos::AtLeastOnce,
+            )
+            .await
+            .unwrap();
+    }
+    let mut decoder: FrameDecoder<512> = FrameDecoder::new();
+    let mut got = Vec::new();
+    let mut buf = [0u8; 256];
+    while got.is_empty() {
+        let n = tokio::time::timeout(Duration::from_secs(5), dev_rx.read(&mut buf))
+            .await
+            .expect("a frame for the device")
+            .unwrap();
+        decoder.feed(&buf[..n], |f| {
+            let e = decode_envelope(f).unwrap();
+            got.push((e.topic.to_string(), e.message.to_vec()));
+        });
+    }
+    // The device sees its shared-namespace topic, and only acme's command.
+    assert_eq!(
+        got,
+        [(
+            topic(ID, MessageKind::Command).to_string(),
+            b"acme".to_vec()
+        )]
+    );
+    stop.send(()).unwrap();
+    let stats = task.await.unwrap();
+    assert_eq!((stats.to_cloud, stats.to_device), (1, 1));
+}

@@ -235,3 +235,114 @@ fn shadows_survive_a_restart_of_the_host() {
         .unwrap();
     assert!(err.to_string().contains("ly-bad.cbor"));
 }
+
+fn register_bytes(device_id: &str) -> Vec<u8> {
+    let mut buf = vec![0u8; 256];
+    let n = Register {
+        device_id,
+        firmware: "1",
+        config_version: 0,
+        boot_count: 1,
+        time_ms: 5,
+    }
+    .encode(&mut buf)
+    .unwrap();
+    buf.truncate(n);
+    buf
+}
+
+#[test]
+fn tenants_have_their_own_namespaces_and_other_tenants_are_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut host = TwinHost::open(dir.path(), DeviceConfig::default())
+        .unwrap()
+        .with_tenants(&["acme", "globex"])
+        .unwrap();
+    assert!(
+        host.subscriptions(true)
+            .iter()
+            .all(|f| f.starts_with("lanyard/v1/+/+/")),
+        "tenant topics only, no AWS"
+    );
+    let tt = |tenant: &str, suffix: &str| format!("lanyard/v1/{tenant}/{ID}/{suffix}");
+
+    // The same device id registers in two tenants: two shadows.
+    for tenant in ["acme", "globex"] {
+        let out = host.handle(10, &tt(tenant, "register"), &register_bytes(ID));
+        assert_eq!(out.len(), 1);
+        assert_eq!(out[0].topic, tt(tenant, "register/accepted"));
+        assert_eq!(
+            RegisterAccepted::decode(&out[0].payload).unwrap().device_id,
+            ID
+        );
+    }
+    let mut names: Vec<&str> = host.devices().collect();
+    names.sort();
+    assert_eq!(names, [format!("acme/{ID}"), format!("globex/{ID}")]);
+
+    // An update in acme's namespace changes acme's shadow only, and its
+    // delta goes back to acme's topic.
+    let out = host.handle(
+        20,
+        &tt("acme", "shadow/desired"),
+        &update(&[("fan", 2)], &[], 20),
+    );
+    assert_eq!(out.len(), 1);
+    assert_eq!(out[0].topic, tt("acme", "shadow/delta"));
+    let fan = PathBuf::from_dotted("fan").unwrap();
+    assert!(
+        host.shadow(&format!("acme/{ID}"))
+            .unwrap()
+            .desired()
+            .get(fan.as_path())
+            .is_some()
+    );
+    assert!(
+        host.shadow(&format!("globex/{ID}"))
+            .unwrap()
+            .desired()
+            .get(fan.as_path())
+            .is_none()
+    );
+
+    // A tenant this host does not serve, and the shared namespace: refused,
+    // nothing created.
+    let before = host.stats().rejected;
+    assert!(
+        host.handle(30, &tt("initech", "register"), &register_bytes(ID))
+            .is_empty()
+    );
+    assert!(
+        host.handle(
+            30,
+            &tt("initech", "shadow/update"),
+            &update(&[], &[("fan", 1)], 30)
+        )
+        .is_empty()
+    );
+    assert_eq!(host.stats().rejected, before + 2);
+    assert!(
+        host.handle(30, &t("register"), &register_bytes(ID))
+            .is_empty()
+    );
+    assert_eq!(host.devices().count(), 2);
+
+    // Kept per tenant on disk, and loaded back by a restarted host.
+    assert!(dir.path().join("acme").join(format!("{ID}.cbor")).exists());
+    let again = TwinHost::open(dir.path(), DeviceConfig::default())
+        .unwrap()
+        .with_tenants(&["acme", "globex"])
+        .unwrap();
+    let fan_again = again
+        .shadow(&format!("acme/{ID}"))
+        .unwrap()
+        .desired()
+        .get(fan.as_path())
+        .map(|e| e.value);
+    assert_eq!(fan_again, Some(Value::Int(2)));
+    assert!(
+        TwinHost::in_memory(DeviceConfig::default())
+            .with_tenants(&["Bad/Name"])
+            .is_err()
+    );
+}

@@ -111,11 +111,80 @@ impl MessageKind {
     pub fn parse_topic(topic: &str) -> Option<(&str, MessageKind)> {
         let rest = topic.strip_prefix(TOPIC_PREFIX)?;
         let (id, suffix) = rest.split_once('/')?;
-        let kind = MessageKind::ALL
-            .into_iter()
-            .find(|k| k.topic_suffix() == suffix)?;
+        let kind = MessageKind::from_suffix(suffix)?;
         (!id.is_empty()).then_some((id, kind))
     }
+
+    /// Parses a tenant's topic `lanyard/v1/{tenant}/{device-id}/{suffix}`
+    /// into its tenant, device id and kind. A deployment uses tenant topics
+    /// or shared ones, never both on one broker: `parse_topic` and this
+    /// would each misread some of the other's topics.
+    ///
+    /// ```
+    /// use lanyard_core::agent::messages::MessageKind;
+    /// assert_eq!(
+    ///     MessageKind::parse_tenant_topic("lanyard/v1/acme/ly-0a1b2c3d4e5f/config/ack"),
+    ///     Some(("acme", "ly-0a1b2c3d4e5f", MessageKind::ConfigAck))
+    /// );
+    /// assert_eq!(MessageKind::parse_tenant_topic("lanyard/v1/ACME/dev/ack"), None);
+    /// ```
+    pub fn parse_tenant_topic(topic: &str) -> Option<(&str, &str, MessageKind)> {
+        let rest = topic.strip_prefix(TOPIC_PREFIX)?;
+        let (tenant, rest) = rest.split_once('/')?;
+        let (id, suffix) = rest.split_once('/')?;
+        let kind = MessageKind::from_suffix(suffix)?;
+        (valid_tenant(tenant) && !id.is_empty()).then_some((tenant, id, kind))
+    }
+
+    /// The kind whose topic ends in `suffix`.
+    pub fn from_suffix(suffix: &str) -> Option<MessageKind> {
+        MessageKind::ALL
+            .into_iter()
+            .find(|k| k.topic_suffix() == suffix)
+    }
+}
+
+/// Longest tenant name.
+pub const MAX_TENANT_LEN: usize = 32;
+
+/// Whether `name` can name a tenant: 1 to [`MAX_TENANT_LEN`] lowercase
+/// ASCII letters, digits, `-` and `_` (nothing that is special in a topic
+/// or a file name).
+pub fn valid_tenant(name: &str) -> bool {
+    (1..=MAX_TENANT_LEN).contains(&name.len())
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-' || b == b'_')
+}
+
+/// The topic of `kind` for `device_id` of `tenant`:
+/// `lanyard/v1/{tenant}/{device-id}/{suffix}`. `None` when the tenant name
+/// is not valid.
+///
+/// ```
+/// use lanyard_core::agent::messages::{tenant_topic, MessageKind};
+/// assert_eq!(
+///     tenant_topic("acme", "ly-0a1b2c3d4e5f", MessageKind::Ack).unwrap().as_str(),
+///     "lanyard/v1/acme/ly-0a1b2c3d4e5f/ack"
+/// );
+/// ```
+pub fn tenant_topic(
+    tenant: &str,
+    device_id: &str,
+    kind: MessageKind,
+) -> Option<heapless::String<128>> {
+    if !valid_tenant(tenant) {
+        return None;
+    }
+    let mut s = heapless::String::new();
+    // 11 + 32 + 1 + 64 + 1 + 17 = 126 bytes at most: always fits.
+    let _ = s.push_str(TOPIC_PREFIX);
+    let _ = s.push_str(tenant);
+    let _ = s.push('/');
+    let _ = s.push_str(device_id);
+    let _ = s.push('/');
+    let _ = s.push_str(kind.topic_suffix());
+    Some(s)
 }
 
 /// Every topic starts with this.

@@ -138,12 +138,21 @@ enum Cmd {
         /// MAC address, six hex bytes with colons.
         #[arg(long, default_value = "02:00:00:00:00:01")]
         mac: String,
+        /// Put the device's topics in this tenant's namespace (and connect
+        /// with the tenant as MQTT user name, as `lanyard acl --tenants`
+        /// expects).
+        #[arg(long)]
+        tenant: Option<String>,
     },
     /// Prints a mosquitto ACL file that keeps each device to its own topics.
     Acl {
         /// User names allowed everything (the twin host, operators).
         #[arg(long, value_delimiter = ',', default_value = "lanyard-twin")]
         trusted: Vec<String>,
+        /// For a broker shared by tenants: devices connect with their
+        /// tenant as user name and are kept to their tenant's namespace.
+        #[arg(long)]
+        tenants: bool,
     },
     /// Bridges a device on a framed serial link (a serial port, a
     /// pseudo-terminal or a TCP socket, e.g. qemu's) to a broker.
@@ -157,9 +166,15 @@ enum Cmd {
         /// its baud rate first, e.g. `stty -F PORT raw 115200`).
         #[arg(long)]
         serial: Option<PathBuf>,
-        /// The device's id; learnt from its first frame when absent.
+        /// The device's id; learnt from its first frame when absent. When
+        /// given, the bridge connects as the device (client id = device
+        /// id), as a broker ACL expects.
         #[arg(long)]
         device_id: Option<String>,
+        /// Publish the device's messages in this tenant's namespace (and
+        /// connect with the tenant as user name).
+        #[arg(long)]
+        tenant: Option<String>,
     },
     /// Runs a twin host against a broker, its shadows in a directory.
     Twin {
@@ -171,6 +186,10 @@ enum Cmd {
         /// Where the shadows are kept.
         #[arg(long)]
         state_dir: PathBuf,
+        /// Serve these tenants' namespaces (comma-separated) instead of the
+        /// shared one; messages for any other tenant are refused.
+        #[arg(long, value_delimiter = ',')]
+        tenants: Vec<String>,
     },
 }
 
@@ -203,9 +222,13 @@ fn main() {
     let result = rt.block_on(async {
         match cli.command {
             Cmd::Decode { hex, file, kind } => decode(hex, file, kind),
-            Cmd::Acl { trusted } => {
+            Cmd::Acl { trusted, tenants } => {
                 let trusted: Vec<&str> = trusted.iter().map(String::as_str).collect();
-                print!("{}", lanyard_std::acl::mosquitto_acl(&trusted));
+                if tenants {
+                    print!("{}", lanyard_std::acl::mosquitto_tenant_acl(&trusted));
+                } else {
+                    print!("{}", lanyard_std::acl::mosquitto_acl(&trusted));
+                }
                 Ok(())
             }
             Cmd::Device {
@@ -213,18 +236,21 @@ fn main() {
                 state_dir,
                 mac,
                 metrics,
-            } => device(&broker, state_dir, &mac, metrics_on(metrics).await?).await,
+                tenant,
+            } => device(&broker, state_dir, &mac, tenant, metrics_on(metrics).await?).await,
             Cmd::Bridge {
                 broker,
                 tcp,
                 serial,
                 device_id,
-            } => bridge(&broker, tcp, serial, device_id).await,
+                tenant,
+            } => bridge(&broker, tcp, serial, device_id, tenant).await,
             Cmd::Twin {
                 broker,
                 state_dir,
                 metrics,
-            } => twin(&broker, state_dir, metrics_on(metrics).await?).await,
+                tenants,
+            } => twin(&broker, state_dir, tenants, metrics_on(metrics).await?).await,
             Cmd::Demo {
                 devices,
                 speed,
@@ -312,24 +338,28 @@ async fn device(
     broker: &BrokerArgs,
     state_dir: PathBuf,
     mac: &str,
+    tenant: Option<String>,
     metrics: Option<Metrics>,
 ) -> Result<(), String> {
     let clock = Clock::real();
     let (tx, mut rx) = mpsc::unbounded_channel();
     let journal_dir = state_dir.clone();
+    let mqtt = |id: &str| {
+        let mut c = broker.mqtt(id)?;
+        if tenant.is_some() {
+            c.username = tenant.clone();
+        }
+        Ok(c)
+    };
     // Acknowledgements and lifecycle events survive a crash of this
     // process until the broker has them.
-    let mut driver = make_device(
-        parse_mac(mac)?,
-        |id| broker.mqtt(id),
-        state_dir,
-        clock,
-        60_000,
-        100,
-    )?
-    .with_journal(&journal_dir)
-    .map_err(|e| e.to_string())?
-    .with_events(tx);
+    let mut driver = make_device(parse_mac(mac)?, mqtt, state_dir, clock, 60_000, 100)?
+        .with_journal(&journal_dir)
+        .map_err(|e| e.to_string())?
+        .with_events(tx);
+    if let Some(t) = &tenant {
+        driver = driver.with_tenant(t)?;
+    }
     if let Some(m) = metrics {
         driver = driver.with_metrics(m);
     }
@@ -355,16 +385,25 @@ async fn bridge(
     tcp: Option<String>,
     serial: Option<PathBuf>,
     device_id: Option<String>,
+    tenant: Option<String>,
 ) -> Result<(), String> {
     use lanyard_std::bridge::Bridge;
-    let client_id = format!("lanyard-bridge-{}", std::process::id());
-    let transport = MqttTransport::connect(broker.mqtt(&client_id)?);
-    let mut bridge = match device_id.as_deref() {
-        Some(id) => Bridge::for_device(transport, id)
-            .await
-            .map_err(|e| e.to_string())?,
-        None => Bridge::new(transport),
-    };
+    // Connected as the device when its id is known, so the broker's ACL
+    // treats the bridge as the device it carries.
+    let client_id = device_id
+        .clone()
+        .unwrap_or_else(|| format!("lanyard-bridge-{}", std::process::id()));
+    let mut config = broker.mqtt(&client_id)?;
+    if tenant.is_some() {
+        config.username = tenant.clone();
+    }
+    let mut bridge = Bridge::new(MqttTransport::connect(config));
+    if let Some(t) = &tenant {
+        bridge = bridge.with_tenant(t)?;
+    }
+    if let Some(id) = device_id.as_deref() {
+        bridge.adopt_device(id).await.map_err(|e| e.to_string())?;
+    }
     let stop = async {
         let _ = tokio::signal::ctrl_c().await;
     };
@@ -395,6 +434,7 @@ async fn bridge(
 async fn twin(
     broker: &BrokerArgs,
     state_dir: PathBuf,
+    tenants: Vec<String>,
     metrics: Option<Metrics>,
 ) -> Result<(), String> {
     let mut twin = TwinHost::open(
@@ -407,6 +447,10 @@ async fn twin(
     .map_err(|e| format!("{}: {e}", state_dir.display()))?;
     if let Some(m) = metrics {
         twin = twin.with_metrics(m);
+    }
+    if !tenants.is_empty() {
+        let names: Vec<&str> = tenants.iter().map(String::as_str).collect();
+        twin = twin.with_tenants(&names)?;
     }
     let mut transport = MqttTransport::connect(broker.mqtt("lanyard-twin")?);
     println!(
