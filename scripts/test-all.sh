@@ -18,13 +18,14 @@ if ! cargo fuzz --version >/dev/null 2>&1; then
     cargo install cargo-fuzz --locked
 fi
 
-step "Debian packages: mosquitto (MQTT tests), qemu-system-arm (STM32 firmware), binutils-arm-none-eabi (size report)"
+step "Debian packages: mosquitto and its clients (MQTT tests), qemu-system-arm (STM32 firmware), binutils-arm-none-eabi (size report)"
 missing=()
 if ! command -v mosquitto >/dev/null 2>&1 && [ ! -x /usr/sbin/mosquitto ]; then
     missing+=(mosquitto)
 fi
 command -v qemu-system-arm >/dev/null 2>&1 || missing+=(qemu-system-arm)
 command -v arm-none-eabi-size >/dev/null 2>&1 || missing+=(binutils-arm-none-eabi)
+command -v mosquitto_sub >/dev/null 2>&1 || missing+=(mosquitto-clients)
 if [ "${#missing[@]}" -gt 0 ]; then
     apt-get update -qq
     DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}" >/dev/null
@@ -49,6 +50,11 @@ firmware="$PWD/examples/stm32/target/thumbv7em-none-eabihf/release/lanyard-stm32
 # The budget is reported, not enforced here: see the README's size section.
 python3 scripts/size-report.py "$firmware" --budget-flash 32 --budget-ram 16 || true
 LANYARD_STM32_ELF="$firmware" cargo test -p lanyard-std --test qemu_stm32 -- --ignored --nocapture
+
+step "Python bindings: pip install ./bindings/python (maturin builds the extension), then their tests"
+(cd bindings/python && cargo fmt -- --check && cargo clippy -- -D warnings)
+python3 -m pip install -q --root-user-action=ignore ./bindings/python
+(cd bindings/python && python3 -m unittest discover -s tests -v)
 
 step "fuzz smoke: ${FUZZ_SECONDS}s per target"
 (
