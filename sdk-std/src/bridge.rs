@@ -260,7 +260,13 @@ impl<T: Transport> Bridge<T> {
 
     /// Publishes one frame from the device, if the link may carry it.
     async fn publish_frame(&mut self, frame: &[u8]) -> Result<(), BridgeError> {
-        let Ok(e) = decode_envelope(frame) else {
+        // An id that is not a plain topic level (a wildcard, a separator)
+        // would make the bridge subscribe to others' topics or publish to
+        // an invalid one.
+        let Some(e) = decode_envelope(frame)
+            .ok()
+            .filter(|e| lanyard_core::agent::messages::valid_device_id(e.device_id))
+        else {
             self.stats.bad_envelopes += 1;
             return Ok(());
         };

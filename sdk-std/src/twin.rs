@@ -11,7 +11,7 @@ use std::path::{Path, PathBuf};
 
 use lanyard_core::agent::config::DeviceConfig;
 use lanyard_core::agent::messages::{
-    Encodable, MAX_DEVICE_ID_LEN, MessageKind, Register, RegisterAccepted, TOPIC_PREFIX, topic,
+    Encodable, MessageKind, Register, RegisterAccepted, TOPIC_PREFIX, topic, valid_device_id,
 };
 use lanyard_core::shadow::{ConflictPolicy, Shadow};
 use lanyard_core::wire::{ShadowDelta, ShadowUpdate};
@@ -96,10 +96,6 @@ pub struct TwinHost {
     metrics: Option<crate::metrics::Metrics>,
     /// Tenants served, when topics are namespaced by tenant.
     tenants: Option<Vec<String>>,
-}
-
-fn valid_id(id: &str) -> bool {
-    !id.is_empty() && id.len() <= MAX_DEVICE_ID_LEN && !id.contains(['/', '+', '#'])
 }
 
 impl TwinHost {
@@ -310,7 +306,7 @@ impl TwinHost {
                 return Vec::new();
             }
             return match rest.split_once("/shadow/") {
-                Some((thing, op)) if valid_id(thing) => self.aws(now_ms, thing, op, payload),
+                Some((thing, op)) if valid_device_id(thing) => self.aws(now_ms, thing, op, payload),
                 _ => Vec::new(),
             };
         }
@@ -340,7 +336,7 @@ impl TwinHost {
                 (format!("{tenant}/{id}"), id, suffix)
             }
         };
-        if !valid_id(id) {
+        if !valid_device_id(id) {
             return Vec::new();
         }
         let key = key.as_str();

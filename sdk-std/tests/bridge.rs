@@ -53,11 +53,12 @@ async fn the_bridge_carries_one_devices_messages_both_ways_and_drops_the_rest() 
         (r.unwrap(), bridge.link_stats())
     });
 
-    // The first frame names the device; its message is published as is.
-    dev_tx
-        .write_all(&frame(ID, MessageKind::Register, &[0xa1, 0x01, 0x02]))
-        .await
-        .unwrap();
+    // A wildcard for a device id is refused (the bridge would otherwise
+    // subscribe to every device's topics); the first good frame names the
+    // device, and its message is published as is.
+    let mut first = frame("+", MessageKind::Register, &[0xa0]);
+    first.extend(frame(ID, MessageKind::Register, &[0xa1, 0x01, 0x02]));
+    dev_tx.write_all(&first).await.unwrap();
     let (t, p) = next_message(&mut cloud).await;
     assert_eq!(
         (t.as_str(), p.as_slice()),
@@ -126,7 +127,7 @@ async fn the_bridge_carries_one_devices_messages_both_ways_and_drops_the_rest() 
         BridgeStats {
             to_cloud: 2,
             to_device: 1,
-            bad_envelopes: 0,
+            bad_envelopes: 1,
             misdirected: 2,
             bytes_in: 0,
             bytes_out: 0,

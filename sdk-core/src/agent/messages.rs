@@ -144,6 +144,18 @@ impl MessageKind {
     }
 }
 
+/// Whether `id` can name a device in a topic: 1 to [`MAX_DEVICE_ID_LEN`]
+/// bytes, none of them a topic separator or wildcard (`/`, `+`, `#`).
+///
+/// ```
+/// use lanyard_core::agent::messages::valid_device_id;
+/// assert!(valid_device_id("ly-0a1b2c3d4e5f"));
+/// assert!(!valid_device_id("+") && !valid_device_id("a/b") && !valid_device_id(""));
+/// ```
+pub fn valid_device_id(id: &str) -> bool {
+    !id.is_empty() && id.len() <= MAX_DEVICE_ID_LEN && !id.contains(['/', '+', '#'])
+}
+
 /// Longest tenant name.
 pub const MAX_TENANT_LEN: usize = 32;
 
