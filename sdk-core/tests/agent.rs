@@ -237,6 +237,72 @@ mod registration {
     }
 }
 
+mod cloud_time {
+    use super::*;
+
+    /// A device whose clock counts from boot (no real-time clock) takes the
+    /// cloud's time from the registration answer, so a command's expiry
+    /// (cloud time) still means something to it.
+    #[test]
+    fn a_device_without_a_real_time_clock_judges_expiry_on_the_clouds_clock() {
+        const CLOUD: u64 = 1_700_000_000_000;
+        let mut sim = Sim::new(1_000_000);
+        let mut agent = new_agent();
+        agent.boot(0, &mut sim.platform()).unwrap();
+        let accepted = encode(&RegisterAccepted {
+            device_id: DEVICE_ID,
+            config: None,
+            time_ms: CLOUD + 100,
+        });
+        agent
+            .handle_inbound(
+                100,
+                MessageKind::RegisterAccepted,
+                &accepted,
+                &mut sim.platform(),
+            )
+            .unwrap();
+        assert_eq!(agent.cloud_offset_ms(), Some(CLOUD as i64));
+        let mut sent = Vec::new();
+        drain(&mut agent, 100, &mut sent);
+
+        let cmd = |id: &'static str| {
+            encode(&Command {
+                id,
+                name: "diagnostics",
+                args: &[],
+                issued_ms: CLOUD + 1_000,
+                expires_ms: CLOUD + 5_000,
+            })
+        };
+        let final_ack = |agent: &mut SimAgent, sim: &mut Sim, at: u64, id: &'static str| {
+            agent
+                .handle_inbound(at, MessageKind::Command, &cmd(id), &mut sim.platform())
+                .unwrap();
+            let mut sent = Vec::new();
+            drain(agent, at, &mut sent);
+            sent.iter()
+                .filter(|s| s.kind == MessageKind::Ack)
+                .map(|s| {
+                    let a = Ack::decode(&s.bytes).unwrap();
+                    (a.status, a.reason)
+                })
+                .next_back()
+        };
+        // 2 s after boot = 1.9 s of cloud time after the answer: in time.
+        assert_eq!(
+            final_ack(&mut agent, &mut sim, 2_000, "in-time").map(|a| a.0),
+            Some(AckStatus::Succeeded)
+        );
+        // 10 s after boot: past the expiry on the cloud's clock, though the
+        // device's own clock reads 10 000 ms.
+        assert_eq!(
+            final_ack(&mut agent, &mut sim, 10_000, "late"),
+            Some((AckStatus::Rejected, Some(AckReason::Expired)))
+        );
+    }
+}
+
 mod configuration {
     use super::*;
     use lanyard_core::shadow::{ConflictPolicy, PathBuf, Shadow};

@@ -266,6 +266,11 @@ pub struct Agent<
     last_sensor_ms: Option<u64>,
     /// The reported state changed since it was last persisted.
     reported_dirty: bool,
+    /// The cloud's clock minus this device's, learnt from the registration
+    /// answer: a device without a real-time clock counts from boot, while
+    /// command expiry times are the cloud's. Not persisted: a reboot may
+    /// restart the device's clock.
+    cloud_offset_ms: Option<i64>,
     stats: AgentStats,
 }
 
@@ -319,11 +324,26 @@ impl<P: TelemetryPolicy, const Q: usize, const M: usize> Agent<P, Q, M> {
             scratch: StateTree::new(),
             last_sensor_ms: None,
             reported_dirty: false,
+            cloud_offset_ms: None,
             stats: AgentStats::default(),
         }
     }
 
     // ---- getters ----
+
+    /// The cloud's clock minus the device's (ms), once a registration
+    /// answer has said what the cloud's time was.
+    pub fn cloud_offset_ms(&self) -> Option<i64> {
+        self.cloud_offset_ms
+    }
+
+    /// `now_ms` on the cloud's clock, as well as the device knows it.
+    fn cloud_now(&self, now_ms: u64) -> u64 {
+        match self.cloud_offset_ms {
+            Some(offset) => (now_ms as i64).saturating_add(offset).max(0) as u64,
+            None => now_ms,
+        }
+    }
 
     /// The device id.
     pub fn device_id(&self) -> &str {
@@ -559,6 +579,8 @@ impl<P: TelemetryPolicy, const Q: usize, const M: usize> Agent<P, Q, M> {
                     None => None,
                 };
                 self.timers[Timer::Register as usize] = None;
+                // The answer's time is the cloud's clock now (less the trip).
+                self.cloud_offset_ms = Some((m.time_ms as i64).saturating_sub(now_ms as i64));
                 if let Some(c) = config {
                     self.push_event(AgentEvent::ConfigApplied(c.version));
                     self.config = c;
@@ -782,7 +804,8 @@ impl<P: TelemetryPolicy, const Q: usize, const M: usize> Agent<P, Q, M> {
             return;
         }
         self.issued_ms = cmd.issued_ms;
-        if now_ms > cmd.expires_ms {
+        // Expiry is the cloud's time: compare on its clock.
+        if self.cloud_now(now_ms) > cmd.expires_ms {
             return self.reject(now_ms, cmd.id, AckReason::Expired, platform);
         }
         let registered = self.state.is_registered();
