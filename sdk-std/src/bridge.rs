@@ -11,7 +11,7 @@
 
 use std::future::Future;
 
-use lanyard_core::agent::messages::{MessageKind, topic};
+use lanyard_core::agent::messages::{MessageKind, parse_topic_in, topic, topic_in};
 use lanyard_nostd::envelope::{decode_envelope, encode_with_topic};
 use lanyard_nostd::frame::{FrameDecoder, LinkStats, encode_frame, max_frame_len};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
@@ -148,23 +148,17 @@ impl<T: Transport> Bridge<T> {
     /// tenant's topics for it are framed back. Call before
     /// [`Bridge::run`]; refuses an invalid name.
     pub fn with_tenant(mut self, tenant: &str) -> Result<Self, String> {
-        if !lanyard_core::agent::messages::valid_tenant(tenant) {
-            return Err(format!(
-                "tenant {tenant:?}: 1 to 32 of a-z, 0-9, '-' and '_' expected"
-            ));
-        }
+        crate::check_tenant(tenant)?;
         self.tenant = Some(tenant.to_owned());
         Ok(self)
     }
 
     /// The MQTT topic of `kind` for `device_id`.
     fn mqtt_topic(&self, device_id: &str, kind: MessageKind) -> String {
-        match &self.tenant {
-            Some(t) => lanyard_core::agent::messages::tenant_topic(t, device_id, kind)
-                .map(|s| s.to_string())
-                .unwrap_or_default(),
-            None => topic(device_id, kind).to_string(),
-        }
+        // The tenant name was checked by `with_tenant`.
+        topic_in(self.tenant.as_deref(), device_id, kind)
+            .map(|s| s.to_string())
+            .unwrap_or_default()
     }
 
     /// Binds the link to `device_id` now and subscribes to its topics, so
@@ -298,12 +292,7 @@ impl<T: Transport> Bridge<T> {
 
     /// The frame for one inbound MQTT message, if it is for the device.
     fn frame_for_device(&mut self, mqtt_topic: &str, payload: &[u8]) -> Option<Vec<u8>> {
-        let parsed = match &self.tenant {
-            Some(t) => MessageKind::parse_tenant_topic(mqtt_topic)
-                .filter(|(tenant, _, _)| tenant == t)
-                .map(|(_, id, kind)| (id, kind)),
-            None => MessageKind::parse_topic(mqtt_topic),
-        };
+        let parsed = parse_topic_in(self.tenant.as_deref(), mqtt_topic);
         let kind = match (parsed, self.device_id.as_deref()) {
             (Some((id, kind)), Some(mine)) if id == mine && !kind.from_device() => kind,
             _ => {

@@ -3,7 +3,7 @@
 //! its next deadline. It adds no rules: every decision is the agent's.
 
 use lanyard_core::agent::health::SlowTelemetryOnLowBattery;
-use lanyard_core::agent::messages::{MessageKind, topic};
+use lanyard_core::agent::messages::{MessageKind, parse_topic_in, topic_in};
 use lanyard_core::agent::platform::{Actuators, CommandHandler, HealthProbe, Platform, Storage};
 use lanyard_core::agent::{Agent, AgentEvent};
 use tokio::sync::mpsc;
@@ -138,11 +138,7 @@ impl<T: Transport> DeviceDriver<T> {
     /// [`valid_tenant`](lanyard_core::agent::messages::valid_tenant)
     /// refuses.
     pub fn with_tenant(mut self, tenant: &str) -> Result<Self, String> {
-        if !lanyard_core::agent::messages::valid_tenant(tenant) {
-            return Err(format!(
-                "tenant {tenant:?}: 1 to 32 of a-z, 0-9, '-' and '_' expected"
-            ));
-        }
+        crate::check_tenant(tenant)?;
         self.tenant = Some(tenant.to_owned());
         Ok(self)
     }
@@ -150,14 +146,10 @@ impl<T: Transport> DeviceDriver<T> {
     /// The device's topic for `kind`, in its tenant's namespace if it has
     /// one.
     fn topic_of(&self, kind: MessageKind) -> String {
-        let id = self.agent.device_id();
-        match &self.tenant {
-            // The name was validated by `with_tenant`.
-            Some(t) => lanyard_core::agent::messages::tenant_topic(t, id, kind)
-                .map(|s| s.to_string())
-                .unwrap_or_default(),
-            None => topic(id, kind).to_string(),
-        }
+        // The tenant name was checked by `with_tenant`.
+        topic_in(self.tenant.as_deref(), self.agent.device_id(), kind)
+            .map(|s| s.to_string())
+            .unwrap_or_default()
     }
 
     /// Keeps at-least-once messages in an [`OutboundJournal`] in `dir`
@@ -389,13 +381,7 @@ impl<T: Transport> DeviceDriver<T> {
     }
 
     fn inbound(&mut self, now: u64, topic: &str, payload: &[u8]) {
-        let parsed = match &self.tenant {
-            Some(t) => MessageKind::parse_tenant_topic(topic)
-                .filter(|(tenant, _, _)| tenant == t)
-                .map(|(_, id, kind)| (id, kind)),
-            None => MessageKind::parse_topic(topic),
-        };
-        let Some((id, kind)) = parsed else {
+        let Some((id, kind)) = parse_topic_in(self.tenant.as_deref(), topic) else {
             self.emit(DriverEvent::Refused {
                 at_ms: now,
                 why: format!("unknown topic {topic}"),

@@ -66,3 +66,15 @@ pub mod tls;
 pub mod transport;
 #[cfg(feature = "runtime")]
 pub mod twin;
+
+/// Checks a tenant name for the `with_tenant(s)` builders: the one error
+/// text for a name `valid_tenant` refuses.
+pub(crate) fn check_tenant(tenant: &str) -> Result<(), String> {
+    if lanyard_core::agent::messages::valid_tenant(tenant) {
+        Ok(())
+    } else {
+        Err(format!(
+            "tenant {tenant:?}: 1 to 32 of a-z, 0-9, '-' and '_' expected"
+        ))
+    }
+}

@@ -119,13 +119,8 @@ impl TwinHost {
     /// client) and its shadow is kept in a directory per tenant. The AWS
     /// IoT topics, which have no tenants, are not served.
     pub fn with_tenants(mut self, tenants: &[&str]) -> Result<Self, String> {
-        if let Some(bad) = tenants
-            .iter()
-            .find(|t| !lanyard_core::agent::messages::valid_tenant(t))
-        {
-            return Err(format!(
-                "tenant {bad:?}: 1 to 32 of a-z, 0-9, '-' and '_' expected"
-            ));
+        for t in tenants {
+            crate::check_tenant(t)?;
         }
         self.tenants = Some(tenants.iter().map(|t| t.to_string()).collect());
         Ok(self)

@@ -218,6 +218,40 @@ pub fn topic(device_id: &str, kind: MessageKind) -> heapless::String<128> {
     s
 }
 
+/// The topic of `kind` for `device_id` in `tenant`'s namespace, or in the
+/// shared one when `tenant` is `None`: what every driver and the bridge
+/// publish and subscribe to. `None` when the tenant name is not valid.
+pub fn topic_in(
+    tenant: Option<&str>,
+    device_id: &str,
+    kind: MessageKind,
+) -> Option<heapless::String<128>> {
+    match tenant {
+        Some(t) => tenant_topic(t, device_id, kind),
+        None => Some(topic(device_id, kind)),
+    }
+}
+
+/// Parses a topic of `tenant`'s namespace (or of the shared one when
+/// `tenant` is `None`) into its device id and kind; a topic of any other
+/// namespace is `None`.
+///
+/// ```
+/// use lanyard_core::agent::messages::{parse_topic_in, MessageKind};
+/// let t = "lanyard/v1/acme/dev-1/cmd";
+/// assert_eq!(parse_topic_in(Some("acme"), t), Some(("dev-1", MessageKind::Command)));
+/// assert_eq!(parse_topic_in(Some("globex"), t), None);
+/// assert_eq!(parse_topic_in(None, "lanyard/v1/dev-1/cmd"), Some(("dev-1", MessageKind::Command)));
+/// ```
+pub fn parse_topic_in<'t>(tenant: Option<&str>, topic: &'t str) -> Option<(&'t str, MessageKind)> {
+    match tenant {
+        Some(want) => MessageKind::parse_tenant_topic(topic)
+            .filter(|(t, _, _)| *t == want)
+            .map(|(_, id, kind)| (id, kind)),
+        None => MessageKind::parse_topic(topic),
+    }
+}
+
 /// Reads a text field of at most `max` bytes.
 fn read_text<'b>(
     d: &mut Decoder<'b>,
