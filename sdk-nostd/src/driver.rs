@@ -19,10 +19,9 @@
 //! # impl embedded_io::ReadReady for Port { fn read_ready(&mut self) -> Result<bool, Self::Error> { Ok(false) } }
 //! # impl embedded_io::Write for Port { fn write(&mut self, b: &[u8]) -> Result<usize, Self::Error> { Ok(b.len()) } fn flush(&mut self) -> Result<(), Self::Error> { Ok(()) } }
 //! # struct Nothing;
-//! # impl Storage for Nothing { fn load(&mut self, _: StorageSlot, _: &mut [u8]) -> Result<usize, StorageError> { Ok(0) } fn store(&mut self, _: StorageSlot, _: &[u8]) -> Result<(), StorageError> { Ok(()) } fn wipe(&mut self) -> Result<(), StorageError> { Ok(()) } }
 //! # impl HealthProbe for Nothing { fn metrics(&mut self, _: u64) -> HealthMetrics { HealthMetrics::default() } fn read_sensors(&mut self, _: u64) -> Option<SensorReading> { None } }
 //! # impl Actuators for Nothing { fn blink(&mut self, _: u32, _: u32) {} }
-//! # let (mut storage, mut probe, mut leds) = (Nothing, Nothing, Nothing);
+//! # let (mut storage, mut probe, mut leds) = (NoStorage, Nothing, Nothing);
 //! let identity = Identity { mac: [2, 0, 0, 0, 0, 1], device_id: None, firmware: "1.0.0" };
 //! let agent: Agent<SlowTelemetryOnLowBattery, 8, 256> =
 //!     Agent::new(identity, DeviceConfig::default(), SlowTelemetryOnLowBattery::default());

@@ -59,17 +59,6 @@ impl embedded_io::Write for Port {
 struct Board {
     blinks: Vec<(u32, u32)>,
 }
-impl Storage for Board {
-    fn load(&mut self, _: StorageSlot, _: &mut [u8]) -> Result<usize, StorageError> {
-        Ok(0)
-    }
-    fn store(&mut self, _: StorageSlot, _: &[u8]) -> Result<(), StorageError> {
-        Ok(())
-    }
-    fn wipe(&mut self) -> Result<(), StorageError> {
-        Ok(())
-    }
-}
 impl HealthProbe for Board {
     fn metrics(&mut self, _: u64) -> HealthMetrics {
         HealthMetrics {
@@ -129,7 +118,7 @@ impl Rig {
         let b = &mut self.board;
         let mut commands = NoCommands;
         let mut platform = Platform {
-            storage: &mut Board::default(),
+            storage: &mut NoStorage,
             probe: &mut Board::default(),
             actuators: b,
             commands: &mut commands,
@@ -146,7 +135,7 @@ impl Rig {
 
     fn boot(&mut self) {
         let mut platform = Platform {
-            storage: &mut Board::default(),
+            storage: &mut NoStorage,
             probe: &mut Board::default(),
             actuators: &mut self.board,
             commands: &mut NoCommands,

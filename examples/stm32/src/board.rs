@@ -8,7 +8,6 @@ use core::sync::atomic::{AtomicU32, Ordering};
 use critical_section::Mutex;
 use embedded_hal::delay::DelayNs;
 use embedded_hal::i2c::{ErrorKind, I2c, NoAcknowledgeSource, Operation, SevenBitAddress};
-use lanyard_core::agent::platform::{Storage, StorageError, StorageSlot};
 use lanyard_nostd::hal::{BatteryVoltage, SHT3X_ADDRESS, sht3x_crc};
 use stm32f4::stm32f405 as pac;
 use stm32f4::stm32f405::interrupt;
@@ -184,23 +183,6 @@ impl DelayNs for Millis {
         while crate::now_ms() < until {
             cortex_m::asm::wfi();
         }
-    }
-}
-
-/// Storage that keeps nothing: qemu does not emulate the STM32's flash
-/// controller, so a reboot under qemu starts afresh. On a board, use
-/// `lanyard_nostd::flash::FlashStore` on the HAL's flash driver.
-pub struct NoStorage;
-
-impl Storage for NoStorage {
-    fn load(&mut self, _: StorageSlot, _: &mut [u8]) -> Result<usize, StorageError> {
-        Ok(0)
-    }
-    fn store(&mut self, _: StorageSlot, _: &[u8]) -> Result<(), StorageError> {
-        Ok(())
-    }
-    fn wipe(&mut self) -> Result<(), StorageError> {
-        Ok(())
     }
 }
 

@@ -28,13 +28,13 @@ use critical_section::Mutex;
 use lanyard_core::agent::config::DeviceConfig;
 use lanyard_core::agent::health::SlowTelemetryOnLowBattery;
 use lanyard_core::agent::lifecycle::LifecycleState;
-use lanyard_core::agent::platform::{NoCommands, Platform};
+use lanyard_core::agent::platform::{NoCommands, NoStorage, Platform};
 use lanyard_core::agent::{Agent, AgentEvent, Identity};
 use lanyard_nostd::driver::{Driver, link_buffer_len};
 use lanyard_nostd::hal::{BatteryCurve, BoardProbe, Led, SHT3X_ADDRESS, Sht3x};
 use stm32f4::stm32f405 as pac;
 
-use board::{Millis, NoStorage, SimulatedBattery, SimulatedSht3x, StatusLed, Usart1};
+use board::{Millis, SimulatedBattery, SimulatedSht3x, StatusLed, Usart1};
 
 /// Messages the agent queues while the link is busy, and their size.
 const QUEUE: usize = 8;
@@ -93,6 +93,8 @@ fn main() -> ! {
         now_ms(),
     );
     let mut led = Led::new(led_pin, Millis);
+    // qemu does not emulate the flash controller, so nothing is kept; on a
+    // board, use `lanyard_nostd::flash::FlashStore` on the HAL's flash.
     let mut storage = NoStorage;
     let mut commands = NoCommands;
     let mut platform = Platform {

@@ -45,6 +45,24 @@ pub trait Storage {
     fn wipe(&mut self) -> Result<(), StorageError>;
 }
 
+/// Storage that keeps nothing: every boot starts unprovisioned. For
+/// platforms with nothing to persist to (an emulator without flash, a
+/// test); real devices want a store that survives a reboot.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct NoStorage;
+
+impl Storage for NoStorage {
+    fn load(&mut self, _: StorageSlot, _: &mut [u8]) -> Result<usize, StorageError> {
+        Ok(0)
+    }
+    fn store(&mut self, _: StorageSlot, _: &[u8]) -> Result<(), StorageError> {
+        Ok(())
+    }
+    fn wipe(&mut self) -> Result<(), StorageError> {
+        Ok(())
+    }
+}
+
 /// A sensor reading for telemetry.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct SensorReading {
