@@ -18,12 +18,13 @@
 #![no_main]
 
 mod board;
+mod report;
 
 use core::cell::Cell;
 
 use cortex_m::peripheral::syst::SystClkSource;
 use cortex_m_rt::{entry, exception};
-use cortex_m_semihosting::{debug, hprintln};
+use cortex_m_semihosting::debug;
 use critical_section::Mutex;
 use lanyard_core::agent::config::DeviceConfig;
 use lanyard_core::agent::health::SlowTelemetryOnLowBattery;
@@ -35,6 +36,7 @@ use lanyard_nostd::hal::{BatteryCurve, BoardProbe, Led, SHT3X_ADDRESS, Sht3x};
 use stm32f4::stm32f405 as pac;
 
 use board::{Millis, SimulatedBattery, SimulatedSht3x, StatusLed, Usart1};
+use report::{Line, say};
 
 /// Messages the agent queues while the link is busy, and their size.
 const QUEUE: usize = 8;
@@ -104,7 +106,10 @@ fn main() -> ! {
         commands: &mut commands,
     };
 
-    hprintln!("lanyard-stm32: booting as {}", driver.agent().device_id());
+    Line::new()
+        .s("lanyard-stm32: booting as ")
+        .s(driver.agent().device_id())
+        .print();
     print_ram_use();
     boot(driver, &mut platform);
 
@@ -123,24 +128,36 @@ fn main() -> ! {
     let link = driver.link_mut().stats();
     let stats = driver.stats();
     let agent = driver.agent().stats();
-    hprintln!(
-        "lanyard-stm32: summary frames_in={} frames_out={} bad_frames={} commands={} duplicates={} refused={}",
-        stats.frames_in,
-        stats.frames_out,
-        link.crc_errors + link.malformed + link.oversized + stats.bad_envelopes,
-        agent.commands_executed,
-        agent.duplicate_commands,
-        agent.inbound_refused,
-    );
-    hprintln!("lanyard-stm32: led toggles={}", board::led_toggles());
-    hprintln!("lanyard-stm32: stack peak={} bytes", board::stack::peak());
+    Line::new()
+        .s("lanyard-stm32: summary frames_in=")
+        .n(stats.frames_in)
+        .s(" frames_out=")
+        .n(stats.frames_out)
+        .s(" bad_frames=")
+        .n(link.crc_errors + link.malformed + link.oversized + stats.bad_envelopes)
+        .s(" commands=")
+        .n(agent.commands_executed)
+        .s(" duplicates=")
+        .n(agent.duplicate_commands)
+        .s(" refused=")
+        .n(agent.inbound_refused)
+        .print();
+    Line::new()
+        .s("lanyard-stm32: led toggles=")
+        .n(board::led_toggles())
+        .print();
+    Line::new()
+        .s("lanyard-stm32: stack peak=")
+        .n(board::stack::peak() as u64)
+        .s(" bytes")
+        .print();
     match result {
         Ok(()) => {
-            hprintln!("lanyard-stm32: decommissioned, exiting");
+            say("decommissioned, exiting");
             exit(debug::EXIT_SUCCESS)
         }
         Err(_) => {
-            hprintln!("lanyard-stm32: serial link failed");
+            say("serial link failed");
             exit(debug::EXIT_FAILURE)
         }
     }
@@ -173,7 +190,7 @@ fn place_driver(usart: Usart1) -> &'static mut FirmwareDriver {
 #[inline(never)]
 fn boot(driver: &mut FirmwareDriver, platform: &mut Platform<'_>) {
     if driver.boot(now_ms(), platform).is_err() {
-        hprintln!("lanyard-stm32: boot failed");
+        say("boot failed");
         exit(debug::EXIT_FAILURE);
     }
 }
@@ -186,15 +203,20 @@ fn print_ram_use() {
         { lanyard_core::agent::SHADOW_LEAVES },
         { lanyard_core::agent::SHADOW_POOL },
     >;
-    hprintln!(
-        "lanyard-stm32: ram driver={} agent={} shadow_tree={} config={} link_buffers={} rx_queue={}",
-        size_of::<FirmwareDriver>(),
-        size_of::<Agent<SlowTelemetryOnLowBattery, QUEUE, MESSAGE>>(),
-        size_of::<Tree>(),
-        size_of::<DeviceConfig>(),
-        2 * LINK,
-        board::RX_QUEUE,
-    );
+    Line::new()
+        .s("lanyard-stm32: ram driver=")
+        .n(size_of::<FirmwareDriver>() as u64)
+        .s(" agent=")
+        .n(size_of::<Agent<SlowTelemetryOnLowBattery, QUEUE, MESSAGE>>() as u64)
+        .s(" shadow_tree=")
+        .n(size_of::<Tree>() as u64)
+        .s(" config=")
+        .n(size_of::<DeviceConfig>() as u64)
+        .s(" link_buffers=")
+        .n(2 * LINK as u64)
+        .s(" rx_queue=")
+        .n(board::RX_QUEUE as u64)
+        .print();
 }
 
 /// Ends the program: qemu exits with `status`; on a board with a debugger
@@ -216,16 +238,19 @@ fn panic(_: &core::panic::PanicInfo<'_>) -> ! {
 
 /// One line per agent event, for the test and the curious.
 fn report(at: u64, event: &AgentEvent) {
+    let line = Line::new().s("[").n(at).s("] ");
     match event {
         AgentEvent::StateChanged { from, to, .. } => {
-            hprintln!("[{}] state {} -> {}", at, from, to)
+            line.s("state ").s(from.name()).s(" -> ").s(to.name())
         }
-        AgentEvent::HealthChanged(h) => hprintln!("[{}] health {:?}", at, h),
-        AgentEvent::ConfigApplied(v) => hprintln!("[{}] config {} applied", at, v),
-        AgentEvent::ShadowUpdated { leaves } => {
-            hprintln!("[{}] desired state applied ({} leaves)", at, leaves)
-        }
-        AgentEvent::CommandFinished(status) => hprintln!("[{}] command {:?}", at, status),
-        AgentEvent::StorageFailed => hprintln!("[{}] storage failed", at),
+        AgentEvent::HealthChanged(h) => line.s("health ").s(h.name()),
+        AgentEvent::ConfigApplied(v) => line.s("config ").n(*v).s(" applied"),
+        AgentEvent::ShadowUpdated { leaves } => line
+            .s("desired state applied (")
+            .n(*leaves as u64)
+            .s(" leaves)"),
+        AgentEvent::CommandFinished(status) => line.s("command ").s(status.name()),
+        AgentEvent::StorageFailed => line.s("storage failed"),
     }
+    .print();
 }

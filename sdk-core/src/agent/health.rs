@@ -41,6 +41,15 @@ impl HealthStatus {
             _ => None,
         }
     }
+
+    /// Stable name, as in docs and logs.
+    pub fn name(self) -> &'static str {
+        match self {
+            HealthStatus::Normal => "Normal",
+            HealthStatus::Warning => "Warning",
+            HealthStatus::Critical => "Critical",
+        }
+    }
 }
 
 /// Which metric set the status: bits of [`HealthReport::reasons`].

@@ -860,6 +860,17 @@ impl AckStatus {
         .copied()
     }
 
+    /// Stable name, as in docs and logs.
+    pub fn name(self) -> &'static str {
+        match self {
+            AckStatus::Accepted => "Accepted",
+            AckStatus::InProgress => "InProgress",
+            AckStatus::Succeeded => "Succeeded",
+            AckStatus::Failed => "Failed",
+            AckStatus::Rejected => "Rejected",
+        }
+    }
+
     /// Whether no further acknowledgement follows.
     pub fn is_final(self) -> bool {
         matches!(

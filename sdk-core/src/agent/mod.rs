@@ -1084,8 +1084,15 @@ impl<P: TelemetryPolicy, const Q: usize, const M: usize> Agent<P, Q, M> {
     // ---- plumbing ----
 
     fn push<T: Encodable>(&mut self, msg: &T) {
-        let i = kind_index(T::KIND);
-        match self.outbox.push(msg) {
+        let pushed = self.outbox.push(msg);
+        self.count_pushed(T::KIND, pushed);
+    }
+
+    /// Counts what `push` did; apart so that it is not copied per message
+    /// type.
+    fn count_pushed(&mut self, kind: MessageKind, pushed: Pushed) {
+        let i = kind_index(kind);
+        match pushed {
             Pushed::Queued => self.stats.queued[i] += 1,
             Pushed::QueuedDropping(k) => {
                 self.stats.queued[i] += 1;

@@ -56,12 +56,22 @@ impl<const Q: usize, const M: usize> Outbox<Q, M> {
 
     /// Encodes `msg` into a slot, making room by the drop order.
     pub fn push<T: Encodable>(&mut self, msg: &T) -> Pushed {
+        self.push_encoded(T::KIND, &|out| msg.encode(out))
+    }
+
+    /// The body of `push`, not generic: one copy in the firmware instead of
+    /// one per message type (about 200 bytes of flash each).
+    fn push_encoded(
+        &mut self,
+        kind: MessageKind,
+        encode: &dyn Fn(&mut [u8]) -> Result<usize, Error>,
+    ) -> Pushed {
         let mut q = Queued {
-            kind: T::KIND,
+            kind,
             len: 0,
             bytes: [0; M],
         };
-        match msg.encode(&mut q.bytes) {
+        match encode(&mut q.bytes) {
             Ok(n) => q.len = n,
             Err(Error::Encode(_)) | Err(_) => return Pushed::Refused,
         }
@@ -76,7 +86,7 @@ impl<const Q: usize, const M: usize> Outbox<Q, M> {
             .enumerate()
             .filter_map(|(i, m)| drop_rank(m.kind).map(|r| (r, i)))
             .min();
-        let new_rank = drop_rank(T::KIND);
+        let new_rank = drop_rank(kind);
         match victim {
             Some((rank, i)) if new_rank.is_none_or(|n| rank <= n) => {
                 let dropped = self.items.remove(i).kind;

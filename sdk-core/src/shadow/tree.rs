@@ -16,7 +16,7 @@ use minicbor::encode::{Encoder, Write};
 use super::path::{Path, PathBuf};
 use super::value::{LeafMeta, RawArray, Source, Span, Stored, Value};
 use crate::error::{CapacityError, DecodeError, Error, PathError};
-use crate::wire::cbor::{self, VecWriter, read_i64};
+use crate::wire::cbor::{self, read_i64};
 
 /// Default leaf capacity of a tree. With [`DEFAULT_POOL`] it holds an AWS IoT
 /// shadow state document of 8 KB (the service's limit) of the usual shape: a
@@ -440,8 +440,15 @@ impl<const L: usize, const P: usize> StateTree<L, P> {
             Value::Array(a) => {
                 let start = self.pool.len();
                 let mut d = Decoder::new(a.0);
-                let mut e = Encoder::new(VecWriter(&mut self.pool));
-                cbor::canonicalize_array(&mut d, &mut e, 0)?;
+                let pool = &mut self.pool;
+                cbor::canonicalize_array(
+                    &mut d,
+                    &mut |b| {
+                        pool.extend_from_slice(b)
+                            .map_err(|_| CapacityError::Pool { capacity: P }.into())
+                    },
+                    0,
+                )?;
                 if d.position() != a.0.len() {
                     return Err(DecodeError::TrailingBytes { at: d.position() });
                 }
@@ -1015,10 +1022,17 @@ fn payload_len(v: Value<'_>) -> Result<usize, DecodeError> {
         Value::Text(s) => s.len(),
         Value::Bytes(b) => b.len(),
         Value::Array(a) => {
-            let mut c = cbor::Counter::default();
+            let mut len = 0;
             let mut d = Decoder::new(a.0);
-            cbor::canonicalize_array(&mut d, &mut Encoder::new(&mut c), 0)?;
-            c.0
+            cbor::canonicalize_array(
+                &mut d,
+                &mut |b| {
+                    len += b.len();
+                    Ok(())
+                },
+                0,
+            )?;
+            len
         }
         _ => 0,
     })

@@ -5,7 +5,7 @@ use minicbor::data::Type;
 use minicbor::decode::Decoder;
 use minicbor::encode::{Encoder, Write};
 
-use crate::error::{CapacityError, DecodeError, EncodeError};
+use crate::error::{DecodeError, EncodeError};
 
 /// Deepest nesting accepted anywhere in a message. Bounds recursion (and so
 /// stack use) on hostile input.
@@ -52,18 +52,6 @@ impl Write for SliceWriter<'_> {
         dst.copy_from_slice(data);
         self.pos = end;
         Ok(())
-    }
-}
-
-/// Appends to a fixed-capacity byte vector.
-pub(crate) struct VecWriter<'a, const N: usize>(pub &'a mut heapless::Vec<u8, N>);
-
-impl<const N: usize> Write for VecWriter<'_, N> {
-    type Error = CapacityError;
-    fn write_all(&mut self, data: &[u8]) -> Result<(), CapacityError> {
-        self.0
-            .extend_from_slice(data)
-            .map_err(|_| CapacityError::Pool { capacity: N })
     }
 }
 
@@ -125,76 +113,96 @@ pub(crate) fn take_break(d: &mut Decoder<'_>) -> Result<bool, DecodeError> {
     }
 }
 
-/// Skips one data item with bounded recursion (minicbor's own `skip` needs
-/// an allocator).
+/// Skips one data item with bounded recursion: checks it is well formed
+/// (and its text UTF-8) without decoding it.
+///
+/// Written on CBOR heads rather than on minicbor's typed readers: minicbor's
+/// own `skip` needs an allocator for nested indefinite containers, and one
+/// typed read per CBOR type costs about 1.5 KiB of firmware flash where a
+/// head reader costs a few hundred bytes.
 pub(crate) fn skip_item(d: &mut Decoder<'_>, depth: usize) -> Result<(), DecodeError> {
     if depth > MAX_NESTING {
         return Err(malformed("shallower nesting", d.position()));
     }
+    let input = d.input();
     let at = d.position();
-    match d.datatype()? {
-        Type::Array => {
-            let n = d.array()?.unwrap_or(0);
-            for _ in 0..n {
-                skip_item(d, depth + 1)?;
+    let (major, arg, next) = read_head(input, at)?;
+    d.set_position(next);
+    match (major, arg) {
+        // Integers; simple values and floats (the head holds their bytes).
+        (0 | 1 | 7, Some(_)) => {}
+        // Byte and text strings.
+        (2 | 3, Some(len)) => skip_string(d, major, len, at)?,
+        // Indefinite strings: definite chunks of the same type, then a break.
+        (2 | 3, None) => {
+            while !take_break(d)? {
+                let chunk_at = d.position();
+                match read_head(input, chunk_at)? {
+                    (m, Some(len), next) if m == major => {
+                        d.set_position(next);
+                        skip_string(d, major, len, chunk_at)?;
+                    }
+                    _ => return Err(malformed("a definite string chunk", chunk_at)),
+                }
             }
         }
-        Type::ArrayIndef => {
-            d.array()?;
+        (4 | 5, Some(n)) => {
+            let per_entry = if major == 5 { 2 } else { 1 };
+            for _ in 0..n {
+                for _ in 0..per_entry {
+                    skip_item(d, depth + 1)?;
+                }
+            }
+        }
+        (4 | 5, None) => {
             while !take_break(d)? {
                 skip_item(d, depth + 1)?;
+                if major == 5 {
+                    skip_item(d, depth + 1)?;
+                }
             }
         }
-        Type::Map => {
-            let n = d.map()?.unwrap_or(0);
-            for _ in 0..n {
-                skip_item(d, depth + 1)?;
-                skip_item(d, depth + 1)?;
-            }
-        }
-        Type::MapIndef => {
-            d.map()?;
-            while !take_break(d)? {
-                skip_item(d, depth + 1)?;
-                skip_item(d, depth + 1)?;
-            }
-        }
-        Type::Tag => {
-            d.tag()?;
-            skip_item(d, depth + 1)?;
-        }
-        Type::BytesIndef => {
-            for c in d.bytes_iter()? {
-                c?;
-            }
-        }
-        Type::StringIndef => {
-            for c in d.str_iter()? {
-                c?;
-            }
-        }
-        Type::Break | Type::Unknown(_) => return Err(malformed("a data item", at)),
-        Type::Bytes => {
-            d.bytes()?;
-        }
-        Type::String => {
-            d.str()?;
-        }
-        Type::Bool => {
-            d.bool()?;
-        }
-        Type::Null => d.null()?,
-        Type::Undefined => d.undefined()?,
-        Type::Simple => {
-            d.simple()?;
-        }
-        Type::F16 | Type::F32 | Type::F64 => {
-            d.f64()?;
-        }
-        _ => {
-            d.int()?;
-        }
+        (6, Some(_)) => skip_item(d, depth + 1)?,
+        // A break where an item belongs, or an indefinite integer or tag.
+        _ => return Err(malformed("a data item", at)),
     }
+    Ok(())
+}
+
+/// Reads the head at `at`: major type, argument (`None`: indefinite
+/// length) and where the item's content starts.
+fn read_head(input: &[u8], at: usize) -> Result<(u8, Option<u64>, usize), DecodeError> {
+    let first = *input.get(at).ok_or(DecodeError::Truncated)?;
+    let (major, info) = (first >> 5, first & 0x1f);
+    let len = match info {
+        0..=23 => return Ok((major, Some(u64::from(info)), at + 1)),
+        24 => 1,
+        25 => 2,
+        26 => 4,
+        27 => 8,
+        31 => return Ok((major, None, at + 1)),
+        _ => return Err(malformed("a data item", at)),
+    };
+    let arg = input
+        .get(at + 1..at + 1 + len)
+        .ok_or(DecodeError::Truncated)?
+        .iter()
+        .fold(0u64, |acc, &b| (acc << 8) | u64::from(b));
+    Ok((major, Some(arg), at + 1 + len))
+}
+
+/// Skips a definite string of `len` bytes whose head is behind the
+/// decoder; text must be UTF-8.
+fn skip_string(d: &mut Decoder<'_>, major: u8, len: u64, at: usize) -> Result<(), DecodeError> {
+    let start = d.position();
+    let bytes = usize::try_from(len)
+        .ok()
+        .and_then(|len| d.input().get(start..start.checked_add(len)?))
+        .ok_or(DecodeError::Truncated)?;
+    if major == 3 && core::str::from_utf8(bytes).is_err() {
+        return Err(malformed("UTF-8 text", at));
+    }
+    d.set_position(start + bytes.len());
     Ok(())
 }
 
@@ -214,19 +222,31 @@ pub(crate) fn read_u64(d: &mut Decoder<'_>) -> Result<u64, DecodeError> {
     }
 }
 
-/// Re-encodes one array (and everything in it) canonically: definite lengths,
-/// shortest integer heads, floats as f64. `depth` counts nesting used so far.
-pub(crate) fn canonicalize_array<W: Write>(
+/// Re-encodes one array (and everything in it) canonically into `sink`:
+/// definite lengths, shortest integer heads, floats as f64. `depth` counts
+/// nesting used so far. The sink is dynamic so that the re-encoder exists
+/// once in a firmware image, whether it measures or writes.
+pub(crate) fn canonicalize_array(
     d: &mut Decoder<'_>,
-    e: &mut Encoder<W>,
+    sink: &mut dyn FnMut(&[u8]) -> Result<(), DecodeError>,
     depth: usize,
-) -> Result<(), DecodeError>
-where
-    DecodeError: From<W::Error>,
-{
+) -> Result<(), DecodeError> {
     match d.datatype()? {
-        Type::Array | Type::ArrayIndef => canonicalize_item(d, e, depth),
+        Type::Array | Type::ArrayIndef => {
+            canonicalize_item(d, &mut Encoder::new(DecodeSink(sink)), depth)
+        }
         _ => Err(malformed("an array", d.position())),
+    }
+}
+
+/// Adapts a byte sink whose failures are decode errors (the pool is full)
+/// to minicbor's `Write`.
+struct DecodeSink<'a>(&'a mut dyn FnMut(&[u8]) -> Result<(), DecodeError>);
+
+impl Write for DecodeSink<'_> {
+    type Error = DecodeError;
+    fn write_all(&mut self, data: &[u8]) -> Result<(), DecodeError> {
+        (self.0)(data)
     }
 }
 
@@ -393,4 +413,90 @@ pub(crate) fn read_path(d: &mut Decoder<'_>) -> Result<crate::shadow::PathBuf, D
         p.push(d.str()?)?;
     }
     Ok(p)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    /// Skips the item at the start of `bytes`; returns where it ended.
+    fn skip(bytes: &[u8]) -> Result<usize, DecodeError> {
+        let mut d = Decoder::new(bytes);
+        skip_item(&mut d, 0)?;
+        Ok(d.position())
+    }
+
+    #[test]
+    fn skips_every_kind_of_item_to_its_end() {
+        let items: &[&[u8]] = &[
+            &[0x17],                                     // 23
+            &[0x1b, 0, 0, 0, 1, 0, 0, 0, 0],             // 2^32
+            &[0x38, 0x63],                               // -100
+            &[0x43, 1, 2, 3],                            // h'010203'
+            &[0x62, b'h', b'i'],                         // "hi"
+            &[0x5f, 0x41, 1, 0x42, 2, 3, 0xff],          // (_ h'01', h'0203')
+            &[0x7f, 0x61, b'a', 0x60, 0xff],             // (_ "a", "")
+            &[0x82, 0x01, 0x82, 0x02, 0x03],             // [1, [2, 3]]
+            &[0x9f, 0x01, 0x9f, 0xff, 0xff],             // [_ 1, [_ ]]
+            &[0xa1, 0x61, b'k', 0xbf, 0x01, 0x02, 0xff], // {"k": {_ 1: 2}}
+            &[0xc1, 0x1a, 0, 0, 0, 1],                   // 1(1)
+            &[0xf4],                                     // false
+            &[0xf7],                                     // undefined
+            &[0xf8, 0x20],                               // simple(32)
+            &[0xf9, 0x3c, 0x00],                         // 1.0 as f16
+            &[0xfa, 0x3f, 0x80, 0, 0],                   // 1.0 as f32
+            &[0xfb, 0x3f, 0xf0, 0, 0, 0, 0, 0, 0],       // 1.0 as f64
+        ];
+        for item in items {
+            let mut with_more = item.to_vec();
+            with_more.push(0x00);
+            assert_eq!(skip(&with_more), Ok(item.len()), "{item:02x?}");
+            // Every proper prefix is incomplete.
+            for cut in 0..item.len() {
+                assert!(skip(&item[..cut]).is_err(), "{:02x?}", &item[..cut]);
+            }
+        }
+    }
+
+    #[test]
+    fn refuses_what_is_not_one_well_formed_item() {
+        let bad: &[&[u8]] = &[
+            &[0xff],                                                       // a break alone
+            &[0x1f],                                                       // an indefinite integer
+            &[0xdf, 0x01],                                                 // an indefinite tag
+            &[0x1c],                   // reserved additional information
+            &[0x7f, 0x41, 0x00, 0xff], // a byte chunk in indefinite text
+            &[0x5f, 0x5f, 0xff, 0xff], // an indefinite chunk
+            &[0x62, 0xc3, 0x28],       // invalid UTF-8
+            &[0x5b, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0x00], // 2^64-1 bytes
+        ];
+        for item in bad {
+            assert!(skip(item).is_err(), "{item:02x?}");
+        }
+        // Nesting past the bound, even when well formed.
+        let mut deep = [0x81u8; MAX_NESTING + 2];
+        deep[MAX_NESTING + 1] = 0x00;
+        assert!(matches!(
+            skip(&deep),
+            Err(DecodeError::Malformed {
+                what: "shallower nesting",
+                ..
+            })
+        ));
+        assert_eq!(skip(&deep[1..]), Ok(MAX_NESTING + 1));
+    }
+
+    proptest! {
+        /// Whatever the head reader accepts, minicbor's own (allocating)
+        /// skip accepts too, and it ends at the same byte.
+        #[test]
+        fn agrees_with_minicbor(bytes in proptest::collection::vec(any::<u8>(), 0..48)) {
+            if let Ok(end) = skip(&bytes) {
+                let mut d = Decoder::new(&bytes);
+                prop_assert!(d.skip().is_ok(), "{:02x?}", bytes);
+                prop_assert_eq!(d.position(), end);
+            }
+        }
+    }
 }

@@ -1,0 +1,78 @@
+//! Lines of text to the debugger's console (qemu's semihosting), built
+//! without `core::fmt`.
+//!
+//! Why not `hprintln!`: formatting links core's `fmt` machinery (padding,
+//! integer `Display`, UTF-8 checks), about 3 KiB of flash for a report
+//! that only ever prints words and unsigned numbers.
+
+use cortex_m_semihosting::hio;
+
+/// One line, at most `CAP` bytes; what does not fit is cut and marked with
+/// `~` at its end, never lost silently.
+pub struct Line {
+    text: heapless::Vec<u8, CAP>,
+    cut: bool,
+}
+
+/// The longest line the firmware prints (the summary) is about 100 bytes.
+const CAP: usize = 160;
+
+impl Line {
+    /// An empty line.
+    pub fn new() -> Self {
+        Line {
+            text: heapless::Vec::new(),
+            cut: false,
+        }
+    }
+
+    /// Appends text.
+    pub fn s(self, text: &str) -> Self {
+        self.bytes(text.as_bytes())
+    }
+
+    fn bytes(mut self, bytes: &[u8]) -> Self {
+        for &b in bytes {
+            if self.text.push(b).is_err() {
+                self.cut = true;
+                break;
+            }
+        }
+        self
+    }
+
+    /// Appends an unsigned number in decimal.
+    pub fn n(self, value: impl Into<u64>) -> Self {
+        let mut value: u64 = value.into();
+        // u64::MAX has 20 digits.
+        let mut digits = [0u8; 20];
+        let mut start = digits.len();
+        loop {
+            start -= 1;
+            digits[start] = b'0' + (value % 10) as u8;
+            value /= 10;
+            if value == 0 {
+                break;
+            }
+        }
+        self.bytes(&digits[start..])
+    }
+
+    /// Prints the line. Without a debugger attached there is nowhere to
+    /// print to, and the line is dropped.
+    pub fn print(mut self) {
+        if self.cut {
+            let last = self.text.len() - 1;
+            self.text[last] = b'~';
+        }
+        let _ = self.text.push(b'\n');
+        if let Ok(mut out) = hio::hstdout() {
+            let _ = out.write_all(&self.text);
+        }
+    }
+}
+
+/// Shorthand for the most common line: a message.
+pub fn say(text: &str) {
+    Line::new().s("lanyard-stm32: ").s(text).print();
+}
