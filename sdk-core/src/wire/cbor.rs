@@ -206,18 +206,29 @@ fn skip_string(d: &mut Decoder<'_>, major: u8, len: u64, at: usize) -> Result<()
     Ok(())
 }
 
-/// Reads an integer that must fit in `i64`.
+/// Reads an integer that must fit in `i64` (on its head, like
+/// [`skip_item`]: minicbor's `int` goes through `i128`, which costs flash).
 pub(crate) fn read_i64(d: &mut Decoder<'_>) -> Result<i64, DecodeError> {
     let at = d.position();
-    let n: i128 = d.int()?.into();
-    i64::try_from(n).map_err(|_| DecodeError::IntegerOutOfRange { at })
+    match read_head(d.input(), at)? {
+        (major @ (0 | 1), Some(n), next) => {
+            let n = i64::try_from(n).map_err(|_| DecodeError::IntegerOutOfRange { at })?;
+            d.set_position(next);
+            // A negative integer's head holds -1 - n.
+            Ok(if major == 0 { n } else { -1 - n })
+        }
+        _ => Err(malformed("an integer", at)),
+    }
 }
 
 /// Reads an unsigned integer.
 pub(crate) fn read_u64(d: &mut Decoder<'_>) -> Result<u64, DecodeError> {
     let at = d.position();
-    match d.datatype()? {
-        Type::U8 | Type::U16 | Type::U32 | Type::U64 => Ok(d.u64()?),
+    match read_head(d.input(), at)? {
+        (0, Some(n), next) => {
+            d.set_position(next);
+            Ok(n)
+        }
         _ => Err(malformed("an unsigned integer", at)),
     }
 }
@@ -348,6 +359,15 @@ pub(crate) fn each_entry<'b>(
     d: &mut Decoder<'b>,
     mut entry: impl FnMut(&mut Decoder<'b>) -> Result<(), DecodeError>,
 ) -> Result<(), DecodeError> {
+    each_entry_dyn(d, &mut entry)
+}
+
+/// The body of [`each_entry`]: not generic, so the walk exists once in a
+/// firmware image rather than once per message type.
+fn each_entry_dyn<'b>(
+    d: &mut Decoder<'b>,
+    entry: &mut dyn FnMut(&mut Decoder<'b>) -> Result<(), DecodeError>,
+) -> Result<(), DecodeError> {
     let at = d.position();
     let len = match d.datatype()? {
         Type::Map | Type::MapIndef => d.map()?,
@@ -383,6 +403,18 @@ pub(crate) fn each_tuple<'b>(
     list: &'static str,
     tuple: &'static str,
     mut each: impl FnMut(&mut Decoder<'b>) -> Result<(), DecodeError>,
+) -> Result<(), DecodeError> {
+    each_tuple_dyn(d, len, list, tuple, &mut each)
+}
+
+/// The body of [`each_tuple`], not generic for the same reason as
+/// [`each_entry_dyn`].
+fn each_tuple_dyn<'b>(
+    d: &mut Decoder<'b>,
+    len: u64,
+    list: &'static str,
+    tuple: &'static str,
+    each: &mut dyn FnMut(&mut Decoder<'b>) -> Result<(), DecodeError>,
 ) -> Result<(), DecodeError> {
     let at = d.position();
     let n = d
@@ -485,6 +517,30 @@ mod tests {
             })
         ));
         assert_eq!(skip(&deep[1..]), Ok(MAX_NESTING + 1));
+    }
+
+    #[test]
+    fn integers_read_from_heads_keep_their_range() {
+        let i = |bytes: &[u8]| read_i64(&mut Decoder::new(bytes));
+        assert_eq!(i(&[0x00]), Ok(0));
+        assert_eq!(i(&[0x20]), Ok(-1));
+        assert_eq!(i(&[0x39, 0x01, 0xf3]), Ok(-500));
+        let max = [0x1b, 0x7f, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff];
+        assert_eq!(i(&max), Ok(i64::MAX));
+        let min = [0x3b, 0x7f, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff];
+        assert_eq!(i(&min), Ok(i64::MIN));
+        let past = [0x1b, 0x80, 0, 0, 0, 0, 0, 0, 0];
+        assert_eq!(i(&past), Err(DecodeError::IntegerOutOfRange { at: 0 }));
+        assert_eq!(i(&[0x3b, 0x80, 0, 0, 0, 0, 0, 0, 0]), i(&past));
+        assert!(matches!(
+            i(&[0x61, b'1']),
+            Err(DecodeError::Malformed { .. })
+        ));
+        assert_eq!(i(&[0x19, 0x01]), Err(DecodeError::Truncated));
+
+        let u = |bytes: &[u8]| read_u64(&mut Decoder::new(bytes));
+        assert_eq!(u(&past), Ok(1 << 63));
+        assert!(matches!(u(&[0x20]), Err(DecodeError::Malformed { .. })));
     }
 
     proptest! {

@@ -255,6 +255,14 @@ pub(crate) fn each_field<'b>(
     d: &mut Decoder<'b>,
     mut field: impl FnMut(u64, &mut Decoder<'b>) -> Result<(), DecodeError>,
 ) -> Result<(), DecodeError> {
+    each_field_dyn(d, &mut field)
+}
+
+/// The body of [`each_field`], not generic (one copy in a firmware image).
+fn each_field_dyn<'b>(
+    d: &mut Decoder<'b>,
+    field: &mut dyn FnMut(u64, &mut Decoder<'b>) -> Result<(), DecodeError>,
+) -> Result<(), DecodeError> {
     cbor::each_entry(d, |d| {
         let key = cbor::read_u64(d)?;
         field(key, d)
