@@ -164,6 +164,10 @@ where
     /// One turn of the loop at `now_ms`: every frame the port has ready,
     /// then whatever is due, then everything the agent queued is sent.
     /// Never waits for input.
+    // Kept out of line: inlined into a firmware's `main`, its frame (the
+    // decoded delta, the command result) would stay on the stack for the
+    // life of the program instead of only while it runs.
+    #[inline(never)]
     pub fn poll(
         &mut self,
         now_ms: u64,

@@ -899,15 +899,16 @@ impl<P: TelemetryPolicy, const Q: usize, const M: usize> Agent<P, Q, M> {
                 match platform.probe.read_sensors(now_ms) {
                     Some(r) => {
                         self.stats.commands_executed += 1;
-                        let mut e = Encoder::new(cbor::SliceWriter::new(&mut result));
-                        let ok = e
-                            .map(2)
-                            .and_then(|e| e.str("temperature_c"))
-                            .and_then(|e| e.f32(r.temperature_c))
-                            .and_then(|e| e.str("humidity_pct"))
-                            .and_then(|e| e.f32(r.humidity_pct))
-                            .is_ok();
-                        let n = if ok { e.into_writer().position() } else { 0 };
+                        // 31 bytes: always fits the result buffer.
+                        let n = cbor::encode_into(&mut result, |e| {
+                            e.map(2)?
+                                .str("temperature_c")?
+                                .f32(r.temperature_c)?
+                                .str("humidity_pct")?
+                                .f32(r.humidity_pct)?;
+                            Ok(())
+                        })
+                        .unwrap_or(0);
                         self.finish_with(now_ms, cmd.id, &result[..n], platform);
                     }
                     None => self.finish(

@@ -29,18 +29,6 @@ pub(crate) struct SliceWriter<'a> {
     pos: usize,
 }
 
-impl<'a> SliceWriter<'a> {
-    /// A writer at the start of `buf`.
-    pub fn new(buf: &'a mut [u8]) -> Self {
-        SliceWriter { buf, pos: 0 }
-    }
-
-    /// Bytes written so far.
-    pub fn position(&self) -> usize {
-        self.pos
-    }
-}
-
 impl Write for SliceWriter<'_> {
     type Error = EncodeError;
     fn write_all(&mut self, data: &[u8]) -> Result<(), EncodeError> {
