@@ -72,7 +72,9 @@ impl<F: NorFlash> FlashStore<F> {
     fn valid(&mut self, at: u32) -> Option<Header> {
         let h = self.header(at)?;
         let len = h.len as usize;
-        if len + HEADER_LEN > self.sector_size as usize {
+        // Compared without adding: a length read from flash may be anything,
+        // and `len + HEADER_LEN` wraps on a 32-bit target.
+        if len > (self.sector_size as usize).saturating_sub(HEADER_LEN) {
             return None;
         }
         let mut digest = CRC32.digest();
@@ -171,73 +173,163 @@ impl<F: NorFlash> Storage for FlashStore<F> {
     }
 }
 
+/// NOR flash in RAM, for testing firmware on a host and for fuzzing: like
+/// real NOR flash, erasing sets bytes to `0xFF` and writing can only clear
+/// bits; erases must cover whole 1 KiB sectors and writes whole 4-byte
+/// words. [`RamFlash::cut_power_after`] makes a write fail part way, as a
+/// power cut would.
+///
+/// ```
+/// use embedded_storage::nor_flash::{NorFlash, ReadNorFlash};
+/// use lanyard_nostd::flash::RamFlash;
+///
+/// let mut flash = RamFlash::<2048>::new();
+/// flash.write(0, &[0x0f, 0xf0, 0x00, 0xff]).unwrap();
+/// flash.write(0, &[0xff, 0x0f, 0xff, 0xff]).unwrap(); // bits only clear
+/// let mut word = [0u8; 4];
+/// flash.read(0, &mut word).unwrap();
+/// assert_eq!(word, [0x0f, 0x00, 0x00, 0xff]);
+/// assert!(flash.write(2, &[0; 4]).is_err()); // not on a word boundary
+/// flash.erase(0, 1024).unwrap();
+/// assert_eq!(flash.bytes()[..4], [0xff; 4]);
+/// ```
+pub struct RamFlash<const N: usize> {
+    mem: [u8; N],
+    cut_after: Option<usize>,
+    written: usize,
+}
+
+/// Why a [`RamFlash`] operation failed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RamFlashError {
+    /// Outside the flash.
+    OutOfBounds,
+    /// Not on a sector (erase) or word (write) boundary.
+    NotAligned,
+    /// The simulated power cut happened during this write.
+    PowerCut,
+}
+
+impl embedded_storage::nor_flash::NorFlashError for RamFlashError {
+    fn kind(&self) -> embedded_storage::nor_flash::NorFlashErrorKind {
+        use embedded_storage::nor_flash::NorFlashErrorKind as Kind;
+        match self {
+            RamFlashError::OutOfBounds => Kind::OutOfBounds,
+            RamFlashError::NotAligned => Kind::NotAligned,
+            RamFlashError::PowerCut => Kind::Other,
+        }
+    }
+}
+
+impl<const N: usize> RamFlash<N> {
+    /// Erased flash of `N` bytes.
+    pub const fn new() -> Self {
+        RamFlash {
+            mem: [0xFF; N],
+            cut_after: None,
+            written: 0,
+        }
+    }
+
+    /// The whole content.
+    pub fn bytes(&self) -> &[u8] {
+        &self.mem
+    }
+
+    /// The whole content, to lay down an image (say, a damaged one).
+    pub fn bytes_mut(&mut self) -> &mut [u8] {
+        &mut self.mem
+    }
+
+    /// Bytes written since creation.
+    pub fn written(&self) -> usize {
+        self.written
+    }
+
+    /// Lets `bytes` more bytes be written, then fails every write as if
+    /// the power had gone; `None` restores the power.
+    pub fn cut_power_after(&mut self, bytes: Option<usize>) {
+        self.cut_after = bytes.map(|b| self.written.saturating_add(b));
+    }
+
+    fn range(&self, offset: u32, len: usize) -> Result<core::ops::Range<usize>, RamFlashError> {
+        let start = offset as usize;
+        let end = start.checked_add(len).ok_or(RamFlashError::OutOfBounds)?;
+        if end > N {
+            return Err(RamFlashError::OutOfBounds);
+        }
+        Ok(start..end)
+    }
+}
+
+impl<const N: usize> Default for RamFlash<N> {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl<const N: usize> embedded_storage::nor_flash::ErrorType for RamFlash<N> {
+    type Error = RamFlashError;
+}
+
+impl<const N: usize> embedded_storage::nor_flash::ReadNorFlash for RamFlash<N> {
+    const READ_SIZE: usize = 1;
+
+    fn read(&mut self, offset: u32, bytes: &mut [u8]) -> Result<(), RamFlashError> {
+        let r = self.range(offset, bytes.len())?;
+        bytes.copy_from_slice(&self.mem[r]);
+        Ok(())
+    }
+
+    fn capacity(&self) -> usize {
+        N
+    }
+}
+
+impl<const N: usize> NorFlash for RamFlash<N> {
+    const WRITE_SIZE: usize = 4;
+    const ERASE_SIZE: usize = 1024;
+
+    fn erase(&mut self, from: u32, to: u32) -> Result<(), RamFlashError> {
+        if from > to {
+            return Err(RamFlashError::OutOfBounds);
+        }
+        let r = self.range(from, (to - from) as usize)?;
+        if r.start % Self::ERASE_SIZE != 0 || r.end % Self::ERASE_SIZE != 0 {
+            return Err(RamFlashError::NotAligned);
+        }
+        self.mem[r].fill(0xFF);
+        Ok(())
+    }
+
+    fn write(&mut self, offset: u32, bytes: &[u8]) -> Result<(), RamFlashError> {
+        let r = self.range(offset, bytes.len())?;
+        if r.start % Self::WRITE_SIZE != 0 || r.len() % Self::WRITE_SIZE != 0 {
+            return Err(RamFlashError::NotAligned);
+        }
+        for (cell, b) in self.mem[r].iter_mut().zip(bytes) {
+            if self.cut_after.is_some_and(|c| self.written >= c) {
+                return Err(RamFlashError::PowerCut);
+            }
+            *cell &= b;
+            self.written += 1;
+        }
+        Ok(())
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
-    use embedded_storage::nor_flash::{ErrorType, NorFlashError, NorFlashErrorKind, ReadNorFlash};
     use std::vec::Vec;
 
-    /// NOR flash in RAM: erase sets bytes to 0xFF, writes only clear bits;
-    /// `cut_after` simulates a power cut after that many written bytes.
-    struct RamFlash {
-        mem: Vec<u8>,
-        cut_after: Option<usize>,
-        written: usize,
+    type Flash = RamFlash<{ 8 * 1024 }>;
+
+    fn store() -> FlashStore<Flash> {
+        FlashStore::new(Flash::new(), 0, 1024)
     }
 
-    #[derive(Debug)]
-    struct PowerCut;
-    impl NorFlashError for PowerCut {
-        fn kind(&self) -> NorFlashErrorKind {
-            NorFlashErrorKind::Other
-        }
-    }
-    impl ErrorType for RamFlash {
-        type Error = PowerCut;
-    }
-    impl ReadNorFlash for RamFlash {
-        const READ_SIZE: usize = 1;
-        fn read(&mut self, offset: u32, bytes: &mut [u8]) -> Result<(), PowerCut> {
-            let o = offset as usize;
-            bytes.copy_from_slice(&self.mem[o..o + bytes.len()]);
-            Ok(())
-        }
-        fn capacity(&self) -> usize {
-            self.mem.len()
-        }
-    }
-    impl NorFlash for RamFlash {
-        const WRITE_SIZE: usize = 4;
-        const ERASE_SIZE: usize = 1024;
-        fn erase(&mut self, from: u32, to: u32) -> Result<(), PowerCut> {
-            self.mem[from as usize..to as usize].fill(0xFF);
-            Ok(())
-        }
-        fn write(&mut self, offset: u32, bytes: &[u8]) -> Result<(), PowerCut> {
-            for (i, b) in bytes.iter().enumerate() {
-                if self.cut_after.is_some_and(|c| self.written >= c) {
-                    return Err(PowerCut);
-                }
-                self.mem[offset as usize + i] &= b;
-                self.written += 1;
-            }
-            Ok(())
-        }
-    }
-
-    fn store() -> FlashStore<RamFlash> {
-        FlashStore::new(
-            RamFlash {
-                mem: std::vec![0xFF; 8 * 1024],
-                cut_after: None,
-                written: 0,
-            },
-            0,
-            1024,
-        )
-    }
-
-    fn load(s: &mut FlashStore<RamFlash>, slot: StorageSlot) -> Vec<u8> {
+    fn load(s: &mut FlashStore<Flash>, slot: StorageSlot) -> Vec<u8> {
         let mut buf = [0u8; 1024];
         let n = s.load(slot, &mut buf).unwrap();
         buf[..n].to_vec()
@@ -264,6 +356,25 @@ mod tests {
         assert_eq!(load(&mut s, StorageSlot::Credentials), b"");
     }
 
+    #[test]
+    fn a_header_claiming_more_than_its_sector_is_no_record() {
+        let mut s = store();
+        s.store(StorageSlot::AgentState, b"kept").unwrap();
+        let mut flash = s.into_inner();
+        // A newer header in the other half, with lengths no sector holds
+        // (u32::MAX would wrap `len + HEADER_LEN` on a 32-bit target).
+        for len in [1009u32, u32::MAX - 8, u32::MAX] {
+            let h = &mut flash.bytes_mut()[1024..1024 + HEADER_LEN];
+            h.fill(0xFF);
+            h[0..4].copy_from_slice(&MAGIC.to_le_bytes());
+            h[4..8].copy_from_slice(&7u32.to_le_bytes());
+            h[8..12].copy_from_slice(&len.to_le_bytes());
+            let mut s2 = FlashStore::new(flash, 0, 1024);
+            assert_eq!(load(&mut s2, StorageSlot::AgentState), b"kept");
+            flash = s2.into_inner();
+        }
+    }
+
     proptest::proptest! {
         #[test]
         fn power_cuts_at_any_byte_leave_the_last_complete_record(
@@ -278,11 +389,11 @@ mod tests {
             for (i, cut) in cuts.iter().enumerate() {
                 let rec = std::vec![i as u8 + 10; lens[i]];
                 let mut flash = s.into_inner();
-                flash.cut_after = Some(flash.written + cut);
+                flash.cut_power_after(Some(*cut));
                 let mut cut_store = FlashStore::new(flash, 0, 1024);
                 let wrote = cut_store.store(StorageSlot::AgentState, &rec).is_ok();
                 let mut flash = cut_store.into_inner();
-                flash.cut_after = None;
+                flash.cut_power_after(None);
                 s = FlashStore::new(flash, 0, 1024);
                 if wrote {
                     last = rec;
