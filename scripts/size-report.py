@@ -5,7 +5,10 @@ symbols take, by the crate named in each symbol's (demangled) path.
 
 Inlined code counts for the function it was inlined into, and anonymous
 constants (string literals, tables) cannot be attributed: they are listed
-as "unattributed". Usage: size-report.py ELF [--budget-flash KiB]
+as "unattributed". With --baseline, the same figures of a firmware built
+in the same run without Lanyard (examples/stm32's `baseline` binary: the
+same board code) and the difference: what the agent firmware adds, exactly.
+Usage: size-report.py ELF [--baseline ELF] [--budget-flash KiB]
 [--budget-ram KiB]; exits 1 if a budget is exceeded."""
 
 import argparse
@@ -74,15 +77,21 @@ def symbols(elf):
     return by_group
 
 
+def flash_and_ram(elf):
+    s = sections(elf)
+    flash = s.get(".vector_table", 0) + s.get(".text", 0) + s.get(".rodata", 0) + s.get(".data", 0)
+    ram = s.get(".data", 0) + s.get(".bss", 0)
+    return s, flash, ram
+
+
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("elf")
+    ap.add_argument("--baseline", help="ELF of the same board without Lanyard")
     ap.add_argument("--budget-flash", type=float, help="KiB")
     ap.add_argument("--budget-ram", type=float, help="KiB")
     a = ap.parse_args()
-    s = sections(a.elf)
-    flash = s.get(".vector_table", 0) + s.get(".text", 0) + s.get(".rodata", 0) + s.get(".data", 0)
-    ram = s.get(".data", 0) + s.get(".bss", 0)
+    s, flash, ram = flash_and_ram(a.elf)
     print(f"firmware: {a.elf}")
     print(f"  flash: {flash:>7} B = {flash / 1024:5.1f} KiB  (.vector_table {s.get('.vector_table', 0)}, .text {s.get('.text', 0)}, .rodata {s.get('.rodata', 0)}, .data {s.get('.data', 0)})")
     print(f"  RAM:   {ram:>7} B = {ram / 1024:5.1f} KiB  (.data {s.get('.data', 0)}, .bss {s.get('.bss', 0)}; the stack is not included)")
@@ -91,6 +100,12 @@ def main():
     print(f"  flash by crate (symbols, {total} B):")
     for g, n in sorted(groups.items(), key=lambda kv: -kv[1]):
         print(f"    {g:<45} {n:>7} B  {100 * n / max(flash, 1):5.1f} % of flash")
+    if a.baseline:
+        _, base_flash, base_ram = flash_and_ram(a.baseline)
+        print(f"baseline (same board, no Lanyard): {a.baseline}")
+        print(f"  flash: {base_flash:>7} B = {base_flash / 1024:5.1f} KiB   RAM: {base_ram:>7} B")
+        print(f"  the agent firmware adds {flash - base_flash} B of flash "
+              f"({flash / max(base_flash, 1):.1f}x the baseline) and {ram - base_ram} B of static RAM")
     failed = False
     if a.budget_flash is not None:
         ok = flash <= a.budget_flash * 1024

@@ -47,8 +47,15 @@ cargo test --workspace
 step "STM32 reference firmware (examples/stm32): build, size report, end to end in qemu"
 (cd examples/stm32 && cargo fmt -- --check && cargo clippy --release -- -D warnings && cargo build --release)
 firmware="$PWD/examples/stm32/target/thumbv7em-none-eabihf/release/lanyard-stm32"
+baseline="$PWD/examples/stm32/target/thumbv7em-none-eabihf/release/baseline"
+# The size baseline (the same board without Lanyard) must boot too, or the
+# difference below would compare against a broken image.
+booted=$(timeout 30 qemu-system-arm -machine netduinoplus2 -nographic -monitor none \
+    -semihosting-config enable=on,target=native -serial null -kernel "$baseline")
+echo "$booted"
+grep -q "baseline: board up, led toggles=2" <<< "$booted"
 # The budget is reported, not enforced here: see the README's size section.
-python3 scripts/size-report.py "$firmware" --budget-flash 32 --budget-ram 16 || true
+python3 scripts/size-report.py "$firmware" --baseline "$baseline" --budget-flash 32 --budget-ram 16 || true
 LANYARD_STM32_ELF="$firmware" cargo test -p lanyard-std --test qemu_stm32 -- --ignored --nocapture
 
 step "Python bindings: pip install ./bindings/python (maturin builds the extension), then their tests"

@@ -1,16 +1,66 @@
-//! The board: USART1 with interrupt-driven reception, the LED pin, a
-//! millisecond delay, and the simulated sensor and battery that stand in
-//! for hardware under qemu.
+//! The board: a millisecond clock, USART1 with interrupt-driven
+//! reception, the LED pin, a millisecond delay, the simulated sensor and
+//! battery that stand in for hardware under qemu, and how the program
+//! ends. Shared by the firmware and by the size baseline
+//! (`src/bin/baseline.rs`).
 
-use core::cell::RefCell;
+use core::cell::{Cell, RefCell};
 use core::sync::atomic::{AtomicU32, Ordering};
 
+use cortex_m::peripheral::syst::SystClkSource;
+use cortex_m_rt::exception;
+use cortex_m_semihosting::debug;
 use critical_section::Mutex;
 use embedded_hal::delay::DelayNs;
 use embedded_hal::i2c::{ErrorKind, I2c, NoAcknowledgeSource, Operation, SevenBitAddress};
 use lanyard_nostd::hal::{BatteryVoltage, SHT3X_ADDRESS, sht3x_crc};
 use stm32f4::stm32f405 as pac;
 use stm32f4::stm32f405::interrupt;
+
+/// SysTick runs from the 168 MHz core clock; one interrupt per ms.
+pub const CORE_HZ: u32 = 168_000_000;
+
+/// Milliseconds since boot, counted by SysTick.
+static TICKS: Mutex<Cell<u64>> = Mutex::new(Cell::new(0));
+
+#[exception]
+fn SysTick() {
+    critical_section::with(|cs| {
+        let t = TICKS.borrow(cs);
+        t.set(t.get() + 1);
+    });
+}
+
+/// Starts the millisecond clock.
+pub fn start_clock(mut syst: cortex_m::peripheral::SYST) {
+    syst.set_clock_source(SystClkSource::Core);
+    syst.set_reload(CORE_HZ / 1_000 - 1);
+    syst.clear_current();
+    syst.enable_counter();
+    syst.enable_interrupt();
+}
+
+/// Milliseconds since [`start_clock`].
+pub fn now_ms() -> u64 {
+    critical_section::with(|cs| TICKS.borrow(cs).get())
+}
+
+/// Ends the program: qemu exits with `status`; on a board with a debugger
+/// attached the debugger is told; without one, the core sleeps.
+pub fn exit(status: debug::ExitStatus) -> ! {
+    debug::exit(status);
+    loop {
+        cortex_m::asm::wfi();
+    }
+}
+
+/// A panic exits qemu (or stops at a debugger) with a failure status. It
+/// does not format the panic message: that would link core's formatting
+/// machinery for every panic site, several KiB of flash.
+#[panic_handler]
+fn panic(_: &core::panic::PanicInfo<'_>) -> ! {
+    exit(debug::EXIT_FAILURE)
+}
 
 /// Bytes received but not yet read by the driver. 512 bytes hold more than
 /// one whole frame of the largest inbound message.
@@ -179,8 +229,8 @@ pub struct Millis;
 
 impl DelayNs for Millis {
     fn delay_ns(&mut self, ns: u32) {
-        let until = crate::now_ms() + u64::from(ns.div_ceil(1_000_000));
-        while crate::now_ms() < until {
+        let until = now_ms() + u64::from(ns.div_ceil(1_000_000));
+        while now_ms() < until {
             cortex_m::asm::wfi();
         }
     }

@@ -20,12 +20,8 @@
 mod board;
 mod report;
 
-use core::cell::Cell;
-
-use cortex_m::peripheral::syst::SystClkSource;
-use cortex_m_rt::{entry, exception};
+use cortex_m_rt::entry;
 use cortex_m_semihosting::debug;
-use critical_section::Mutex;
 use lanyard_core::agent::config::DeviceConfig;
 use lanyard_core::agent::health::SlowTelemetryOnLowBattery;
 use lanyard_core::agent::lifecycle::LifecycleState;
@@ -35,7 +31,7 @@ use lanyard_nostd::driver::{Driver, link_buffer_len};
 use lanyard_nostd::hal::{BatteryCurve, BoardProbe, Led, SHT3X_ADDRESS, Sht3x};
 use stm32f4::stm32f405 as pac;
 
-use board::{Millis, SimulatedBattery, SimulatedSht3x, StatusLed, Usart1};
+use board::{Millis, SimulatedBattery, SimulatedSht3x, StatusLed, Usart1, exit, now_ms};
 use report::{Line, say};
 
 /// Messages the agent queues while the link is busy, and their size.
@@ -49,24 +45,6 @@ type FirmwareDriver = Driver<Usart1, SlowTelemetryOnLowBattery, QUEUE, MESSAGE, 
 /// A locally administered MAC: the device id is `ly-024c59000001`. A real
 /// board would take it from its network interface or the chip's unique id.
 const MAC: [u8; 6] = [0x02, 0x4c, 0x59, 0x00, 0x00, 0x01];
-/// SysTick runs from the 168 MHz core clock; one interrupt per ms.
-const CORE_HZ: u32 = 168_000_000;
-
-/// Milliseconds since boot, counted by SysTick.
-static TICKS: Mutex<Cell<u64>> = Mutex::new(Cell::new(0));
-
-#[exception]
-fn SysTick() {
-    critical_section::with(|cs| {
-        let t = TICKS.borrow(cs);
-        t.set(t.get() + 1);
-    });
-}
-
-/// The clock the agent runs on.
-fn now_ms() -> u64 {
-    critical_section::with(|cs| TICKS.borrow(cs).get())
-}
 
 #[entry]
 fn main() -> ! {
@@ -75,14 +53,9 @@ fn main() -> ! {
         // Only reachable if main ran twice.
         exit(debug::EXIT_FAILURE);
     };
-    let mut syst = cp.SYST;
-    syst.set_clock_source(SystClkSource::Core);
-    syst.set_reload(CORE_HZ / 1_000 - 1);
-    syst.clear_current();
-    syst.enable_counter();
-    syst.enable_interrupt();
+    board::start_clock(cp.SYST);
 
-    let usart = Usart1::init(dp.USART1, &dp.RCC, &dp.GPIOA, CORE_HZ / 2, 115_200);
+    let usart = Usart1::init(dp.USART1, &dp.RCC, &dp.GPIOA, board::CORE_HZ / 2, 115_200);
     let led_pin = StatusLed::init(dp.GPIOA);
 
     let driver = place_driver(usart);
@@ -217,23 +190,6 @@ fn print_ram_use() {
         .s(" rx_queue=")
         .n(board::RX_QUEUE as u64)
         .print();
-}
-
-/// Ends the program: qemu exits with `status`; on a board with a debugger
-/// attached the debugger is told; without one, the core sleeps.
-fn exit(status: debug::ExitStatus) -> ! {
-    debug::exit(status);
-    loop {
-        cortex_m::asm::wfi();
-    }
-}
-
-/// A panic exits qemu (or stops at a debugger) with a failure status. It
-/// does not format the panic message: that would link core's formatting
-/// machinery for every panic site, several KiB of flash.
-#[panic_handler]
-fn panic(_: &core::panic::PanicInfo<'_>) -> ! {
-    exit(debug::EXIT_FAILURE)
 }
 
 /// One line per agent event, for the test and the curious.
