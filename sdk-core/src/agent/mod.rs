@@ -34,7 +34,7 @@ use self::outbox::{Outbox, Pushed};
 use self::platform::{CommandFailure, Platform, StorageSlot};
 use crate::error::{DecodeError, EncodeError, Error};
 use crate::shadow::{LeafMeta, Source, StateTree};
-use crate::wire::{ShadowDelta, ShadowUpdate, cbor, each_field};
+use crate::wire::{ShadowDelta, ShadowUpdateRef, cbor, each_field};
 
 /// Leaves of the device-side shadow (reported state).
 pub const SHADOW_LEAVES: usize = 16;
@@ -598,23 +598,7 @@ impl<P: TelemetryPolicy, const Q: usize, const M: usize> Agent<P, Q, M> {
             }
             MessageKind::ShadowDelta => {
                 self.require_registered()?;
-                let delta: ShadowDelta<SHADOW_LEAVES, SHADOW_POOL> = ShadowDelta::decode(bytes)?;
-                let meta = LeafMeta {
-                    timestamp_ms: now_ms,
-                    source: Source::Device,
-                    version: 0,
-                };
-                self.reported
-                    .merge_into(&delta.state, meta, &mut self.scratch)
-                    .map_err(InboundError::Decode)?;
-                core::mem::swap(&mut self.reported, &mut self.scratch);
-                self.persist(platform);
-                self.push_event(AgentEvent::ShadowUpdated {
-                    leaves: delta.state.len(),
-                });
-                // Report the change at once, as the seed asks.
-                self.schedule(Timer::ShadowSync, now_ms);
-                Ok(())
+                self.apply_delta(now_ms, bytes, platform)
             }
             MessageKind::Command => {
                 let cmd = Command::decode(bytes)?;
@@ -624,6 +608,37 @@ impl<P: TelemetryPolicy, const Q: usize, const M: usize> Agent<P, Q, M> {
             k if k.from_device() => Err(InboundError::WrongDirection(k)),
             _ => Err(InboundError::NotNow(self.state)),
         }
+    }
+
+    /// Applies a delta to the reported state. Not inlined, here and in the
+    /// other large inbound paths: the decoded delta (a tree), a command's
+    /// result buffer and a decoded configuration would otherwise share one
+    /// stack frame with everything the caller keeps, several KiB on a
+    /// microcontroller, instead of each living only while it runs.
+    #[inline(never)]
+    fn apply_delta(
+        &mut self,
+        now_ms: u64,
+        bytes: &[u8],
+        platform: &mut Platform<'_>,
+    ) -> Result<(), InboundError> {
+        let delta: ShadowDelta<SHADOW_LEAVES, SHADOW_POOL> = ShadowDelta::decode(bytes)?;
+        let meta = LeafMeta {
+            timestamp_ms: now_ms,
+            source: Source::Device,
+            version: 0,
+        };
+        self.reported
+            .merge_into(&delta.state, meta, &mut self.scratch)
+            .map_err(InboundError::Decode)?;
+        core::mem::swap(&mut self.reported, &mut self.scratch);
+        self.persist(platform);
+        self.push_event(AgentEvent::ShadowUpdated {
+            leaves: delta.state.len(),
+        });
+        // Report the change at once, as the seed asks.
+        self.schedule(Timer::ShadowSync, now_ms);
+        Ok(())
     }
 
     fn require_registered(&self) -> Result<(), InboundError> {
@@ -753,13 +768,23 @@ impl<P: TelemetryPolicy, const Q: usize, const M: usize> Agent<P, Q, M> {
     }
 
     fn send_shadow(&mut self, now_ms: u64) {
-        let mut up: ShadowUpdate<SHADOW_LEAVES, SHADOW_POOL> = ShadowUpdate::new(now_ms);
-        up.reported = Some(self.reported.clone());
-        self.push(&ShadowMessage(&up));
+        // Encoded from the tree where it is: a copy would be a 3 KiB
+        // `ShadowUpdate` on the stack.
+        let up = ShadowUpdateRef {
+            desired: None,
+            reported: Some(&self.reported),
+            expected_version: None,
+            timestamp_ms: now_ms,
+            client_token: None,
+        };
+        let pushed = self.outbox.push(&ShadowMessage(up));
+        self.count_pushed(MessageKind::ShadowUpdate, pushed);
     }
 
     // ---- commands ----
 
+    // Not inlined: see `apply_delta`.
+    #[inline(never)]
     fn command(&mut self, now_ms: u64, cmd: &Command<'_>, platform: &mut Platform<'_>) {
         if let Some(seen) = self
             .dedupe
@@ -1249,7 +1274,7 @@ impl<P: TelemetryPolicy, const Q: usize, const M: usize> Agent<P, Q, M> {
 }
 
 /// A shadow update sent by the agent.
-struct ShadowMessage<'a>(&'a ShadowUpdate<SHADOW_LEAVES, SHADOW_POOL>);
+struct ShadowMessage<'a>(ShadowUpdateRef<'a, SHADOW_LEAVES, SHADOW_POOL>);
 
 impl Encodable for ShadowMessage<'_> {
     const KIND: MessageKind = MessageKind::ShadowUpdate;

@@ -38,6 +38,55 @@ pub struct ShadowUpdate<const L: usize = DEFAULT_LEAVES, const P: usize = DEFAUL
     pub client_token: Option<heapless::String<MAX_CLIENT_TOKEN_LEN>>,
 }
 
+/// A [`ShadowUpdate`] whose trees are borrowed: encodes an update from
+/// trees held elsewhere without copying them (a device reporting its state
+/// would otherwise copy its reported tree onto the stack). Same encoding,
+/// by construction: [`ShadowUpdate::encode_cbor`] goes through it.
+#[derive(Debug, Clone, Copy)]
+pub struct ShadowUpdateRef<'a, const L: usize = DEFAULT_LEAVES, const P: usize = DEFAULT_POOL> {
+    /// Changes to `desired`.
+    pub desired: Option<&'a StateTree<L, P>>,
+    /// Changes to `reported`.
+    pub reported: Option<&'a StateTree<L, P>>,
+    /// Refuse the update unless the document is at this version.
+    pub expected_version: Option<u64>,
+    /// When the writer made the change, ms since the epoch (writer's clock).
+    pub timestamp_ms: u64,
+    /// Echoed back in responses so the writer can match them.
+    pub client_token: Option<&'a str>,
+}
+
+impl<const L: usize, const P: usize> ShadowUpdateRef<'_, L, P> {
+    /// Writes the update with minicbor.
+    pub fn encode_cbor<W: Write>(
+        &self,
+        e: &mut Encoder<W>,
+    ) -> Result<(), minicbor::encode::Error<W::Error>> {
+        let n = 1
+            + u64::from(self.desired.is_some())
+            + u64::from(self.reported.is_some())
+            + u64::from(self.expected_version.is_some())
+            + u64::from(self.client_token.is_some());
+        e.map(n)?;
+        if let Some(t) = self.desired {
+            e.u8(1)?;
+            t.encode_cbor(e)?;
+        }
+        if let Some(t) = self.reported {
+            e.u8(2)?;
+            t.encode_cbor(e)?;
+        }
+        if let Some(v) = self.expected_version {
+            e.u8(3)?.u64(v)?;
+        }
+        e.u8(4)?.u64(self.timestamp_ms)?;
+        if let Some(t) = self.client_token {
+            e.u8(5)?.str(t)?;
+        }
+        Ok(())
+    }
+}
+
 impl<const L: usize, const P: usize> ShadowUpdate<L, P> {
     /// An update with no parts yet.
     pub fn new(timestamp_ms: u64) -> Self {
@@ -74,28 +123,18 @@ impl<const L: usize, const P: usize> ShadowUpdate<L, P> {
         &self,
         e: &mut Encoder<W>,
     ) -> Result<(), minicbor::encode::Error<W::Error>> {
-        let n = 1
-            + u64::from(self.desired.is_some())
-            + u64::from(self.reported.is_some())
-            + u64::from(self.expected_version.is_some())
-            + u64::from(self.client_token.is_some());
-        e.map(n)?;
-        if let Some(t) = &self.desired {
-            e.u8(1)?;
-            t.encode_cbor(e)?;
+        self.as_ref().encode_cbor(e)
+    }
+
+    /// A borrowed view of this update.
+    pub fn as_ref(&self) -> ShadowUpdateRef<'_, L, P> {
+        ShadowUpdateRef {
+            desired: self.desired.as_ref(),
+            reported: self.reported.as_ref(),
+            expected_version: self.expected_version,
+            timestamp_ms: self.timestamp_ms,
+            client_token: self.client_token.as_deref(),
         }
-        if let Some(t) = &self.reported {
-            e.u8(2)?;
-            t.encode_cbor(e)?;
-        }
-        if let Some(v) = self.expected_version {
-            e.u8(3)?.u64(v)?;
-        }
-        e.u8(4)?.u64(self.timestamp_ms)?;
-        if let Some(t) = &self.client_token {
-            e.u8(5)?.str(t)?;
-        }
-        Ok(())
     }
 
     /// Decodes one update; the whole input must be the message.

@@ -7,4 +7,4 @@ mod messages;
 
 pub use cbor::MAX_NESTING;
 pub(crate) use messages::each_field;
-pub use messages::{MAX_CLIENT_TOKEN_LEN, ShadowDelta, ShadowUpdate};
+pub use messages::{MAX_CLIENT_TOKEN_LEN, ShadowDelta, ShadowUpdate, ShadowUpdateRef};
