@@ -6,12 +6,18 @@
 //! the newest valid: never a mix.
 
 use embedded_storage::nor_flash::NorFlash;
-use lanyard_core::agent::platform::{Storage, StorageError, StorageSlot};
+use lanyard_core::agent::platform::{RecordWriter, Storage, StorageError, StorageSlot};
 
-const CRC32: crc::Crc<u32> = crc::Crc::<u32>::new(&crc::CRC_32_ISO_HDLC);
+/// Without a lookup table (1 KiB of flash): a record is a few KiB at
+/// most, checked once per boot and per save.
+const CRC32: crc::Crc<u32, crc::NoTable> =
+    crc::Crc::<u32, crc::NoTable>::new(&crc::CRC_32_ISO_HDLC);
 const MAGIC: u32 = 0x4c59_5244; // "LYRD"
 /// Header bytes before a record: magic, sequence, length, CRC-32.
 pub const HEADER_LEN: usize = 16;
+/// Bytes gathered before a write to the flash: a multiple of every write
+/// unit the store supports.
+const STAGE: usize = 64;
 
 /// A [`Storage`] on NOR flash: `sector_size` bytes per sector, two sectors
 /// per slot, from `base` on (AgentState at `base`, Credentials after it).
@@ -126,8 +132,26 @@ impl<F: NorFlash> Storage for FlashStore<F> {
     }
 
     fn store(&mut self, slot: StorageSlot, data: &[u8]) -> Result<(), StorageError> {
-        if data.len() + HEADER_LEN > self.sector_size as usize {
+        self.store_with(slot, data.len(), &mut |sink| sink(data))
+    }
+
+    /// Streams the record to the flash through a 64-byte staging buffer,
+    /// computing its CRC on the way: no buffer of the record's size.
+    fn store_with(
+        &mut self,
+        slot: StorageSlot,
+        len: usize,
+        write: &mut RecordWriter<'_>,
+    ) -> Result<(), StorageError> {
+        if len > (self.sector_size as usize).saturating_sub(HEADER_LEN) {
             return Err(StorageError::TooLarge);
+        }
+        // Pieces are gathered into whole write units; flashes whose unit
+        // does not divide the 16-byte header (STM32F4's is 1 to 4 bytes,
+        // STM32L4's 8) are not supported.
+        let ws = F::WRITE_SIZE.max(1);
+        if !STAGE.is_multiple_of(ws) || !HEADER_LEN.is_multiple_of(ws) {
+            return Err(StorageError::Io);
         }
         // Write over the other half than the newest complete record, so
         // that record survives whatever happens to this write.
@@ -139,29 +163,50 @@ impl<F: NorFlash> Storage for FlashStore<F> {
         self.flash
             .erase(at, at + self.sector_size)
             .map_err(|_| StorageError::Io)?;
-        // Payload first, padded to the write size; the header last, so the
-        // record exists only once all of it is on the flash.
-        let ws = F::WRITE_SIZE.max(1);
-        let full = data.len() / ws * ws;
-        self.flash
-            .write(at + HEADER_LEN as u32, &data[..full])
-            .map_err(|_| StorageError::Io)?;
-        if full < data.len() {
-            let mut tail = [0xFFu8; 32];
-            let rest = data.len() - full;
-            if ws > tail.len() {
-                return Err(StorageError::Io);
+        // Payload first; the header last, so the record exists only once
+        // all of it is on the flash.
+        let flash = &mut self.flash;
+        let payload_at = at + HEADER_LEN as u32;
+        let mut stage = [0xFFu8; STAGE];
+        let (mut staged, mut flushed, mut total) = (0usize, 0usize, 0usize);
+        let mut digest = CRC32.digest();
+        write(&mut |mut piece| {
+            total += piece.len();
+            if total > len {
+                return Err(StorageError::TooLarge);
             }
-            tail[..rest].copy_from_slice(&data[full..]);
-            self.flash
-                .write(at + (HEADER_LEN + full) as u32, &tail[..ws])
+            digest.update(piece);
+            while !piece.is_empty() {
+                let n = (STAGE - staged).min(piece.len());
+                stage[staged..staged + n].copy_from_slice(&piece[..n]);
+                staged += n;
+                piece = &piece[n..];
+                if staged == STAGE {
+                    flash
+                        .write(payload_at + flushed as u32, &stage)
+                        .map_err(|_| StorageError::Io)?;
+                    flushed += STAGE;
+                    staged = 0;
+                }
+            }
+            Ok(())
+        })?;
+        if total != len {
+            return Err(StorageError::TooLarge);
+        }
+        if staged > 0 {
+            // The last unit is padded with erased bytes.
+            let padded = staged.div_ceil(ws) * ws;
+            stage[staged..padded].fill(0xFF);
+            flash
+                .write(payload_at + flushed as u32, &stage[..padded])
                 .map_err(|_| StorageError::Io)?;
         }
         let mut h = [0u8; HEADER_LEN];
         h[0..4].copy_from_slice(&MAGIC.to_le_bytes());
         h[4..8].copy_from_slice(&seq.to_le_bytes());
-        h[8..12].copy_from_slice(&(data.len() as u32).to_le_bytes());
-        h[12..16].copy_from_slice(&CRC32.checksum(data).to_le_bytes());
+        h[8..12].copy_from_slice(&(len as u32).to_le_bytes());
+        h[12..16].copy_from_slice(&digest.finalize().to_le_bytes());
         self.flash.write(at, &h).map_err(|_| StorageError::Io)
     }
 
@@ -354,6 +399,45 @@ mod tests {
         s.wipe().unwrap();
         assert_eq!(load(&mut s, StorageSlot::AgentState), b"");
         assert_eq!(load(&mut s, StorageSlot::Credentials), b"");
+    }
+
+    #[test]
+    fn a_record_written_in_pieces_is_the_record_written_whole() {
+        let record: Vec<u8> = (0..300u32).map(|i| (i * 7) as u8).collect();
+        let mut whole = store();
+        whole.store(StorageSlot::AgentState, &record).unwrap();
+        let mut pieces = store();
+        pieces
+            .store_with(StorageSlot::AgentState, record.len(), &mut |sink| {
+                // Pieces of 1 to 9 bytes, like an encoder's.
+                let mut rest = &record[..];
+                let mut n = 1;
+                while !rest.is_empty() {
+                    let (piece, after) = rest.split_at(n.min(rest.len()));
+                    sink(piece)?;
+                    rest = after;
+                    n = n % 9 + 1;
+                }
+                Ok(())
+            })
+            .unwrap();
+        assert_eq!(pieces.into_inner().bytes(), whole.into_inner().bytes());
+    }
+
+    #[test]
+    fn a_writer_that_breaks_its_length_leaves_the_old_record() {
+        let mut s = store();
+        s.store(StorageSlot::AgentState, b"old").unwrap();
+        let more = s.store_with(StorageSlot::AgentState, 3, &mut |sink| sink(b"four"));
+        assert_eq!(more, Err(StorageError::TooLarge));
+        let fewer = s.store_with(StorageSlot::AgentState, 5, &mut |sink| sink(b"two"));
+        assert_eq!(fewer, Err(StorageError::TooLarge));
+        let failing = s.store_with(StorageSlot::AgentState, 4, &mut |sink| {
+            sink(b"ab")?;
+            Err(StorageError::Io)
+        });
+        assert_eq!(failing, Err(StorageError::Io));
+        assert_eq!(load(&mut s, StorageSlot::AgentState), b"old");
     }
 
     #[test]

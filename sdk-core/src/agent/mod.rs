@@ -31,7 +31,7 @@ use self::health::{
 use self::lifecycle::{LifecycleState, Trigger, next_state};
 use self::messages::*;
 use self::outbox::{Outbox, Pushed};
-use self::platform::{CommandFailure, Platform, StorageSlot};
+use self::platform::{CommandFailure, Platform, StorageError, StorageSlot};
 use crate::error::{DecodeError, EncodeError, Error};
 use crate::shadow::{LeafMeta, Source, StateTree};
 use crate::wire::{ShadowDelta, ShadowUpdateRef, cbor, each_field};
@@ -622,7 +622,13 @@ impl<P: TelemetryPolicy, const Q: usize, const M: usize> Agent<P, Q, M> {
         bytes: &[u8],
         platform: &mut Platform<'_>,
     ) -> Result<(), InboundError> {
-        let delta: ShadowDelta<SHADOW_LEAVES, SHADOW_POOL> = ShadowDelta::decode(bytes)?;
+        let mut delta = ShadowDelta::<SHADOW_LEAVES, SHADOW_POOL> {
+            version: 0,
+            timestamp_ms: 0,
+            state: StateTree::new(),
+        };
+        // Into this one tree: `decode` would build and move copies of it.
+        delta.decode_into(bytes)?;
         let meta = LeafMeta {
             timestamp_ms: now_ms,
             source: Source::Device,
@@ -1140,16 +1146,34 @@ impl<P: TelemetryPolicy, const Q: usize, const M: usize> Agent<P, Q, M> {
         if self.state == LifecycleState::Decommissioned {
             return;
         }
-        let mut buf = [0u8; STATE_RECORD_MAX];
-        let Ok(n) = self.encode_state(&mut buf) else {
+        // Measured first, then streamed to the store: no record-sized
+        // buffer here (see `Storage::store_with`).
+        let mut len = 0;
+        let measured = self.write_state(&mut |b| {
+            len += b.len();
+            Ok(())
+        });
+        // Boot reads at most STATE_RECORD_MAX bytes back.
+        if measured.is_err() || len > STATE_RECORD_MAX {
             self.stats.storage_failures += 1;
             return;
-        };
-        if platform
+        }
+        let this = &*self;
+        let stored = platform
             .storage
-            .store(StorageSlot::AgentState, &buf[..n])
-            .is_err()
-        {
+            .store_with(StorageSlot::AgentState, len, &mut |sink| {
+                // The sink's own error is the one worth reporting; the
+                // encoder only learns that writing stopped.
+                let mut failed = StorageError::Io;
+                this.write_state(&mut |b| {
+                    sink(b).map_err(|e| {
+                        failed = e;
+                        EncodeError::BufferTooSmall { needed: 0 }
+                    })
+                })
+                .map_err(|_| failed)
+            });
+        if stored.is_err() {
             self.stats.storage_failures += 1;
             self.push_event(AgentEvent::StorageFailed);
         }
@@ -1158,28 +1182,37 @@ impl<P: TelemetryPolicy, const Q: usize, const M: usize> Agent<P, Q, M> {
     /// The persisted record: `{0: state, 1: device id, 2: config, 3: boots,
     /// 4: lifecycle seq, 5: [* [command id, status, reason, issued]], 6: reported
     /// state}`.
-    fn encode_state(&self, out: &mut [u8]) -> Result<usize, EncodeError> {
-        cbor::encode_into(out, |e| {
-            e.map(7)?;
-            e.u8(0)?.u8(self.state.code())?;
-            e.u8(1)?.str(&self.device_id)?;
-            e.u8(2)?;
-            self.config.encode_cbor(e)?;
-            e.u8(3)?.u64(self.boot_count)?;
-            e.u8(4)?.u64(self.lifecycle_seq)?;
-            e.u8(5)?.array(self.dedupe.len() as u64)?;
-            for r in self.dedupe.iter() {
-                e.array(4)?.str(&r.id)?.u8(r.status as u8)?;
-                match r.reason {
-                    Some(x) => e.u64(x.code())?,
-                    None => e.null()?,
-                };
-                e.u64(r.issued_ms)?;
-            }
-            e.u8(6)?;
-            self.reported.encode_cbor(e)?;
-            Ok(())
-        })
+    fn write_state(
+        &self,
+        sink: &mut dyn FnMut(&[u8]) -> Result<(), EncodeError>,
+    ) -> Result<(), EncodeError> {
+        self.encode_state(&mut Encoder::new(cbor::FnWriter(sink)))
+            .map_err(cbor::enc_err)
+    }
+
+    fn encode_state(
+        &self,
+        e: &mut cbor::SinkEncoder<'_>,
+    ) -> Result<(), minicbor::encode::Error<EncodeError>> {
+        e.map(7)?;
+        e.u8(0)?.u8(self.state.code())?;
+        e.u8(1)?.str(&self.device_id)?;
+        e.u8(2)?;
+        self.config.encode_cbor(e)?;
+        e.u8(3)?.u64(self.boot_count)?;
+        e.u8(4)?.u64(self.lifecycle_seq)?;
+        e.u8(5)?.array(self.dedupe.len() as u64)?;
+        for r in self.dedupe.iter() {
+            e.array(4)?.str(&r.id)?.u8(r.status as u8)?;
+            match r.reason {
+                Some(x) => e.u64(x.code())?,
+                None => e.null()?,
+            };
+            e.u64(r.issued_ms)?;
+        }
+        e.u8(6)?;
+        self.reported.encode_cbor(e)?;
+        Ok(())
     }
 
     fn restore(&mut self, bytes: &[u8]) -> Result<(), DecodeError> {

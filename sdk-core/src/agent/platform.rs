@@ -43,7 +43,46 @@ pub trait Storage {
     fn store(&mut self, slot: StorageSlot, data: &[u8]) -> Result<(), StorageError>;
     /// Erases every slot, credentials included.
     fn wipe(&mut self) -> Result<(), StorageError>;
+
+    /// Replaces the record of `slot` with the `len` bytes that `write`
+    /// hands its sink in pieces, as atomically as [`Storage::store`]; a
+    /// writer that produces more or fewer than `len` bytes fails the store
+    /// and leaves the old record.
+    ///
+    /// The agent saves its state this way. The default gathers the pieces
+    /// in a buffer of [`STATE_RECORD_MAX`](super::STATE_RECORD_MAX) bytes on
+    /// the stack and calls `store`; a store that can write in pieces
+    /// overrides it, so that saving needs no record-sized buffer (the flash
+    /// store does: 4 KiB less stack on a microcontroller).
+    fn store_with(
+        &mut self,
+        slot: StorageSlot,
+        len: usize,
+        write: &mut RecordWriter<'_>,
+    ) -> Result<(), StorageError> {
+        let mut buf = [0u8; super::STATE_RECORD_MAX];
+        let record = buf.get_mut(..len).ok_or(StorageError::TooLarge)?;
+        let mut filled = 0;
+        write(&mut |piece| {
+            let end = filled + piece.len();
+            record
+                .get_mut(filled..end)
+                .ok_or(StorageError::TooLarge)?
+                .copy_from_slice(piece);
+            filled = end;
+            Ok(())
+        })?;
+        if filled != len {
+            return Err(StorageError::TooLarge);
+        }
+        self.store(slot, &buf[..len])
+    }
 }
+
+/// Produces a record in consecutive pieces, handing each to the sink it is
+/// given, and stops at the sink's first error (see [`Storage::store_with`]).
+pub type RecordWriter<'a> =
+    dyn FnMut(&mut dyn FnMut(&[u8]) -> Result<(), StorageError>) -> Result<(), StorageError> + 'a;
 
 /// Storage that keeps nothing: every boot starts unprovisioned. For
 /// platforms with nothing to persist to (an emulator without flash, a
@@ -59,6 +98,14 @@ impl Storage for NoStorage {
         Ok(())
     }
     fn wipe(&mut self) -> Result<(), StorageError> {
+        Ok(())
+    }
+    fn store_with(
+        &mut self,
+        _: StorageSlot,
+        _: usize,
+        _: &mut RecordWriter<'_>,
+    ) -> Result<(), StorageError> {
         Ok(())
     }
 }
@@ -134,4 +181,51 @@ pub struct Platform<'a> {
     pub actuators: &'a mut dyn Actuators,
     /// Application commands.
     pub commands: &'a mut dyn CommandHandler,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::vec::Vec;
+
+    /// Keeps the last record stored, whole.
+    #[derive(Default)]
+    struct Kept(Option<Vec<u8>>);
+
+    impl Storage for Kept {
+        fn load(&mut self, _: StorageSlot, buf: &mut [u8]) -> Result<usize, StorageError> {
+            let r = self.0.as_deref().unwrap_or_default();
+            buf[..r.len()].copy_from_slice(r);
+            Ok(r.len())
+        }
+        fn store(&mut self, _: StorageSlot, data: &[u8]) -> Result<(), StorageError> {
+            self.0 = Some(data.to_vec());
+            Ok(())
+        }
+        fn wipe(&mut self) -> Result<(), StorageError> {
+            self.0 = None;
+            Ok(())
+        }
+    }
+
+    #[test]
+    fn the_default_store_with_gathers_the_pieces_or_stores_nothing() {
+        let mut s = Kept::default();
+        let slot = StorageSlot::AgentState;
+        let ok = s.store_with(slot, 5, &mut |sink| {
+            sink(b"he")?;
+            sink(b"")?;
+            sink(b"llo")
+        });
+        assert_eq!((ok, s.0.as_deref()), (Ok(()), Some(&b"hello"[..])));
+        // More or fewer bytes than announced, a failing writer, a record
+        // past the buffer: refused, the record kept.
+        assert!(s.store_with(slot, 2, &mut |sink| sink(b"abc")).is_err());
+        assert!(s.store_with(slot, 4, &mut |sink| sink(b"abc")).is_err());
+        let failing = s.store_with(slot, 1, &mut |_| Err(StorageError::Io));
+        assert_eq!(failing, Err(StorageError::Io));
+        let huge = s.store_with(slot, super::super::STATE_RECORD_MAX + 1, &mut |_| Ok(()));
+        assert_eq!(huge, Err(StorageError::TooLarge));
+        assert_eq!(s.0.as_deref(), Some(&b"hello"[..]));
+    }
 }

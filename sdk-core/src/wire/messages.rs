@@ -257,16 +257,36 @@ impl<const L: usize, const P: usize> ShadowDelta<L, P> {
 
     /// Decodes one delta; the whole input must be the message.
     pub fn decode(bytes: &[u8]) -> Result<Self, Error> {
+        let mut delta = ShadowDelta {
+            version: 0,
+            timestamp_ms: 0,
+            state: StateTree::new(),
+        };
+        delta.decode_into(bytes)?;
+        Ok(delta)
+    }
+
+    /// Decodes one delta into `self`, reusing its tree: a device decodes
+    /// into a delta it already holds rather than building one on the stack
+    /// and moving it. On error `self` holds an unspecified part of the
+    /// input: discard it.
+    pub fn decode_into(&mut self, bytes: &[u8]) -> Result<(), Error> {
         let mut d = Decoder::new(bytes);
-        let (mut version, mut ts, mut state) = (None, None, None);
+        let (mut version, mut ts, mut state) = (None, None, false);
+        self.state.clear();
         each_field(&mut d, |key, d| {
             let dup = match key {
                 1 => version.replace(cbor::read_u64(d)?).is_some(),
                 2 => ts.replace(cbor::read_u64(d)?).is_some(),
                 3 => {
-                    let mut t = StateTree::new();
-                    t.decode_cbor(d, LeafMeta::new(Source::Cloud, 0), false)?;
-                    state.replace(t).is_some()
+                    if state {
+                        true
+                    } else {
+                        self.state
+                            .decode_cbor(d, LeafMeta::new(Source::Cloud, 0), false)?;
+                        state = true;
+                        false
+                    }
                 }
                 _ => {
                     cbor::skip_item(d, 0)?;
@@ -281,11 +301,12 @@ impl<const L: usize, const P: usize> ShadowDelta<L, P> {
         if d.position() != bytes.len() {
             return Err(DecodeError::TrailingBytes { at: d.position() }.into());
         }
-        Ok(ShadowDelta {
-            version: version.ok_or(DecodeError::MissingField("version"))?,
-            timestamp_ms: ts.ok_or(DecodeError::MissingField("timestamp"))?,
-            state: state.ok_or(DecodeError::MissingField("state"))?,
-        })
+        self.version = version.ok_or(DecodeError::MissingField("version"))?;
+        self.timestamp_ms = ts.ok_or(DecodeError::MissingField("timestamp"))?;
+        if !state {
+            return Err(DecodeError::MissingField("state").into());
+        }
+        Ok(())
     }
 }
 
