@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Runs every test of the project, installing what the tests need when it is
 # missing (Rust components, the Cortex-M target, cargo-fuzz, mosquitto,
-# qemu-system-arm and the ARM binutils). `.ci/run` calls
+# qemu-system-arm, the ARM binutils, Java and Maven). `.ci/run` calls
 # exactly this. Set LANYARD_FUZZ_SECONDS to change the fuzz smoke time.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -18,7 +18,7 @@ if ! cargo fuzz --version >/dev/null 2>&1; then
     cargo install cargo-fuzz --locked
 fi
 
-step "Debian packages: mosquitto and its clients (MQTT tests), qemu-system-arm (STM32 firmware), binutils-arm-none-eabi (size report)"
+step "Debian packages: mosquitto and its clients (MQTT tests), qemu-system-arm (STM32 firmware), binutils-arm-none-eabi (size report), Java and Maven (Kotlin bindings)"
 missing=()
 if ! command -v mosquitto >/dev/null 2>&1 && [ ! -x /usr/sbin/mosquitto ]; then
     missing+=(mosquitto)
@@ -26,6 +26,8 @@ fi
 command -v qemu-system-arm >/dev/null 2>&1 || missing+=(qemu-system-arm)
 command -v arm-none-eabi-size >/dev/null 2>&1 || missing+=(binutils-arm-none-eabi)
 command -v mosquitto_sub >/dev/null 2>&1 || missing+=(mosquitto-clients)
+command -v java >/dev/null 2>&1 || missing+=(openjdk-17-jdk-headless)
+command -v mvn >/dev/null 2>&1 || missing+=(maven)
 if [ "${#missing[@]}" -gt 0 ]; then
     apt-get update -qq
     DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}" >/dev/null
@@ -62,6 +64,9 @@ step "Python bindings: pip install ./bindings/python (maturin builds the extensi
 (cd bindings/python && cargo fmt -- --check && cargo clippy -- -D warnings)
 python3 -m pip install -q --root-user-action=ignore ./bindings/python
 (cd bindings/python && python3 -m unittest discover -s tests -v)
+
+step "Kotlin bindings: uniffi generates the sources, Maven compiles them and runs their tests (against mosquitto, lanyard twin and lanyard device)"
+bash scripts/test-kotlin.sh
 
 step "fuzz smoke: ${FUZZ_SECONDS}s per target"
 (

@@ -1,0 +1,151 @@
+package dev.lanyard
+
+import java.io.File
+import java.net.InetSocketAddress
+import java.net.ServerSocket
+import java.net.Socket
+import java.nio.file.Files
+import kotlinx.coroutines.delay
+import kotlinx.coroutines.runBlocking
+import org.junit.jupiter.api.AfterAll
+import org.junit.jupiter.api.BeforeAll
+import org.junit.jupiter.api.Test
+import org.junit.jupiter.api.TestInstance
+import kotlin.test.assertEquals
+import kotlin.test.assertFailsWith
+import kotlin.test.assertTrue
+import kotlin.test.fail
+
+/**
+ * The bindings against real peers: a mosquitto broker, a `lanyard twin`
+ * host and a `lanyard device` (a simulated std device), each its own
+ * process, started here and stopped at the end.
+ */
+@TestInstance(TestInstance.Lifecycle.PER_CLASS)
+class AppTest {
+    private val device = "ly-020000000001" // lanyard device's default MAC
+    private val processes = mutableListOf<Process>()
+    private val workDir = Files.createTempDirectory("lanyard-kotlin").toFile()
+    private var port = 0
+    private lateinit var app: LanyardApp
+
+    private fun freePort() = ServerSocket(0).use { it.localPort }
+
+    private fun start(name: String, vararg command: String) {
+        processes += ProcessBuilder(*command)
+            .redirectErrorStream(true)
+            .redirectOutput(File(workDir, "$name.log"))
+            .start()
+    }
+
+    /** Retries [check] until it holds, for at most [ms]. */
+    private suspend fun eventually(ms: Long = 20_000, check: suspend () -> Boolean) {
+        val until = System.currentTimeMillis() + ms
+        while (System.currentTimeMillis() < until) {
+            if (runCatching { check() }.getOrDefault(false)) return
+            delay(100)
+        }
+        fail("not true within $ms ms (logs in $workDir)")
+    }
+
+    @BeforeAll
+    fun startBrokerTwinHostAndDevice() = runBlocking {
+        val lanyard = System.getenv("LANYARD_BIN")
+            ?: error("set LANYARD_BIN to the lanyard binary (scripts/test-kotlin.sh does)")
+        port = freePort()
+        start("mosquitto", System.getenv("MOSQUITTO_BIN") ?: "mosquitto", "-p", "$port")
+        eventually {
+            runCatching { Socket().use { it.connect(InetSocketAddress("127.0.0.1", port), 200) } }.isSuccess
+        }
+        val broker = "mqtt://127.0.0.1:$port"
+        start("twin", lanyard, "twin", "--broker", broker, "--state-dir", File(workDir, "twin").path)
+        start("device", lanyard, "device", "--broker", broker, "--state-dir", File(workDir, "device").path)
+        app = connectApp("127.0.0.1", port, "kotlin-app", false, 10_000)
+        // Registered once the twin host has a shadow for it.
+        eventually { app.getShadow(device, 2_000).version >= 0uL }
+    }
+
+    @AfterAll
+    fun stopEverything() {
+        if (::app.isInitialized) app.close()
+        processes.reversed().forEach { it.destroy(); it.waitFor() }
+    }
+
+    @Test
+    fun desiredStateReachesTheDeviceAndComesBackReported() = runBlocking {
+        app.setDesired(device, mapOf("target_c" to ShadowValue.Int(22), "fan.speed" to ShadowValue.Float(0.5)))
+        eventually {
+            val shadow = app.getShadow(device, 2_000)
+            shadow.inSync &&
+                shadow.reported["target_c"] == ShadowValue.Int(22) &&
+                shadow.reported["fan.speed"] == ShadowValue.Float(0.5)
+        }
+        val shadow = app.getShadow(device, 2_000)
+        assertEquals(ShadowValue.Int(22), shadow.desired["target_c"])
+    }
+
+    @Test
+    fun theDeltaAndTheReportCanBeWatched() = runBlocking {
+        app.setDesired(device, mapOf("mode" to ShadowValue.Text("eco")))
+        var delta = false
+        var reported = false
+        val until = System.currentTimeMillis() + 20_000
+        while (!(delta && reported) && System.currentTimeMillis() < until) {
+            when (val e = app.nextEvent(1_000)) {
+                is AppEvent.Delta ->
+                    if (e.device == device && e.state["mode"] == ShadowValue.Text("eco")) delta = true
+                is AppEvent.Reported ->
+                    if (e.device == device && e.state["mode"] == ShadowValue.Text("eco")) reported = true
+                else -> {}
+            }
+        }
+        assertTrue(delta, "a delta with mode=eco was sent to the device")
+        assertTrue(reported, "the device reported mode=eco")
+    }
+
+    @Test
+    fun commandsAreAcknowledgedWithTheirFinalStatus() = runBlocking {
+        val blink = app.command(
+            device, "blink_led",
+            mapOf("count" to ShadowValue.Int(2), "period_ms" to ShadowValue.Int(100)), 10_000,
+        )
+        assertEquals(AckStatus.SUCCEEDED, blink.status)
+        val unknown = app.command(device, "self_destruct", emptyMap(), 10_000)
+        assertEquals(AckStatus.REJECTED, unknown.status)
+        assertEquals(AckReason.UnknownCommand, unknown.reason)
+        val badArgs = app.command(device, "blink_led", mapOf("count" to ShadowValue.Int(0)), 10_000)
+        assertEquals(AckReason.BadArguments, badArgs.reason)
+    }
+
+    @Test
+    fun badInputIsRefusedBeforeAnythingIsSent() = runBlocking {
+        assertFailsWith<LanyardException.BadInput> {
+            app.setDesired(device, mapOf("" to ShadowValue.Int(1)))
+        }
+        assertFailsWith<LanyardException.BadInput> {
+            app.setDesired(device, mapOf("a..b" to ShadowValue.Int(1)))
+        }
+        assertFailsWith<LanyardException.BadInput> {
+            // Not a CBOR array: the unsigned integer 1.
+            app.setDesired(device, mapOf("list" to ShadowValue.Array(byteArrayOf(0x01))))
+        }
+        assertFailsWith<LanyardException.BadInput> { app.getShadow(device, -1) }
+        assertFailsWith<LanyardException.BadInput> { connectApp("127.0.0.1", 70_000, "x", false, 1_000) }
+        // Nothing of that reached the shadow.
+        assertTrue(app.getShadow(device, 2_000).desired.keys.none { it.isEmpty() || it == "list" })
+    }
+
+    @Test
+    fun noBrokerIsATransportError() = runBlocking {
+        assertFailsWith<LanyardException.Transport> {
+            connectApp("127.0.0.1", freePort(), "nobody", false, 500)
+        }
+        Unit
+    }
+
+    @Test
+    fun anUnknownDeviceHasNoShadow() = runBlocking {
+        assertFailsWith<LanyardException.Rejected> { app.getShadow("ly-ffffffffffff", 5_000) }
+        Unit
+    }
+}
