@@ -44,9 +44,18 @@ fn send_cmd(
     name: &str,
     args: &[u8],
 ) -> Vec<(AckStatus, Option<AckReason>)> {
-    let bytes = command(id, name, args, at);
+    send_cmd_bytes(agent, sim, at, &command(id, name, args, at))
+}
+
+/// Hands the agent an encoded command at `at`; returns the acks it sent.
+fn send_cmd_bytes(
+    agent: &mut SimAgent,
+    sim: &mut Sim,
+    at: u64,
+    bytes: &[u8],
+) -> Vec<(AckStatus, Option<AckReason>)> {
     agent
-        .handle_inbound(at, MessageKind::Command, &bytes, &mut sim.platform())
+        .handle_inbound(at, MessageKind::Command, bytes, &mut sim.platform())
         .unwrap();
     let mut sent = Vec::new();
     drain(agent, at, &mut sent);
@@ -276,18 +285,7 @@ mod cloud_time {
             })
         };
         let final_ack = |agent: &mut SimAgent, sim: &mut Sim, at: u64, id: &'static str| {
-            agent
-                .handle_inbound(at, MessageKind::Command, &cmd(id), &mut sim.platform())
-                .unwrap();
-            let mut sent = Vec::new();
-            drain(agent, at, &mut sent);
-            sent.iter()
-                .filter(|s| s.kind == MessageKind::Ack)
-                .map(|s| {
-                    let a = Ack::decode(&s.bytes).unwrap();
-                    (a.status, a.reason)
-                })
-                .next_back()
+            send_cmd_bytes(agent, sim, at, &cmd(id)).pop()
         };
         // 2 s after boot = 1.9 s of cloud time after the answer: in time.
         assert_eq!(
