@@ -67,12 +67,14 @@ pub(crate) fn encode_into(
     Ok(needed)
 }
 
-/// Adapts a byte sink closure to minicbor's `Write`.
-pub(crate) struct FnWriter<'a>(pub &'a mut dyn FnMut(&[u8]) -> Result<(), EncodeError>);
+/// Adapts a byte sink closure to minicbor's `Write`. Its error is the
+/// sink's: `EncodeError` for message buffers, `DecodeError` where a decoded
+/// value is re-encoded into a tree's pool.
+pub(crate) struct FnWriter<'a, E = EncodeError>(pub &'a mut dyn FnMut(&[u8]) -> Result<(), E>);
 
-impl Write for FnWriter<'_> {
-    type Error = EncodeError;
-    fn write_all(&mut self, data: &[u8]) -> Result<(), EncodeError> {
+impl<E> Write for FnWriter<'_, E> {
+    type Error = E;
+    fn write_all(&mut self, data: &[u8]) -> Result<(), E> {
         (self.0)(data)
     }
 }
@@ -232,20 +234,9 @@ pub(crate) fn canonicalize_array(
 ) -> Result<(), DecodeError> {
     match d.datatype()? {
         Type::Array | Type::ArrayIndef => {
-            canonicalize_item(d, &mut Encoder::new(DecodeSink(sink)), depth)
+            canonicalize_item(d, &mut Encoder::new(FnWriter(sink)), depth)
         }
         _ => Err(malformed("an array", d.position())),
-    }
-}
-
-/// Adapts a byte sink whose failures are decode errors (the pool is full)
-/// to minicbor's `Write`.
-struct DecodeSink<'a>(&'a mut dyn FnMut(&[u8]) -> Result<(), DecodeError>);
-
-impl Write for DecodeSink<'_> {
-    type Error = DecodeError;
-    fn write_all(&mut self, data: &[u8]) -> Result<(), DecodeError> {
-        (self.0)(data)
     }
 }
 
