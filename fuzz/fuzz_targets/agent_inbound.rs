@@ -3,12 +3,14 @@
 //! persisted, and the lifecycle only moves along the table.
 #![no_main]
 
+mod common;
+
+use common::{Led, Probe, new_agent};
+use lanyard_core::agent::AgentEvent;
 use lanyard_core::agent::config::DeviceConfig;
-use lanyard_core::agent::health::{HealthMetrics, SlowTelemetryOnLowBattery};
 use lanyard_core::agent::lifecycle::TRANSITIONS;
 use lanyard_core::agent::messages::*;
 use lanyard_core::agent::platform::*;
-use lanyard_core::agent::{Agent, AgentEvent, Identity};
 use libfuzzer_sys::fuzz_target;
 
 #[derive(Default)]
@@ -30,28 +32,6 @@ impl Storage for Mem {
         Ok(())
     }
 }
-struct Probe;
-impl HealthProbe for Probe {
-    fn metrics(&mut self, now_ms: u64) -> HealthMetrics {
-        HealthMetrics {
-            battery_pct: (100 - (now_ms / 1000) % 100) as u8,
-            link_quality_pct: 50,
-            free_buffer_pct: 50,
-            ..HealthMetrics::default()
-        }
-    }
-    fn read_sensors(&mut self, _: u64) -> Option<SensorReading> {
-        Some(SensorReading {
-            temperature_c: 20.0,
-            humidity_pct: 40.0,
-        })
-    }
-}
-struct Led;
-impl Actuators for Led {
-    fn blink(&mut self, _: u32, _: u32) {}
-}
-
 fuzz_target!(|data: &[u8]| {
     let Some((&selector, rest)) = data.split_first() else {
         return;
@@ -72,15 +52,7 @@ fuzz_target!(|data: &[u8]| {
         actuators: &mut led,
         commands: &mut cmds,
     };
-    let mut agent: Agent<SlowTelemetryOnLowBattery, 8, 256> = Agent::new(
-        Identity {
-            mac: [1, 2, 3, 4, 5, 6],
-            device_id: None,
-            firmware: "fuzz",
-        },
-        DeviceConfig::default(),
-        SlowTelemetryOnLowBattery::default(),
-    );
+    let mut agent = new_agent();
     agent.boot(0, &mut p).unwrap();
     let mut buf = [0u8; 512];
     let accept = RegisterAccepted {

@@ -5,36 +5,17 @@
 //! whatever it then writes, a second boot reads back to the same state.
 #![no_main]
 
-use lanyard_core::agent::config::DeviceConfig;
-use lanyard_core::agent::health::{HealthMetrics, SlowTelemetryOnLowBattery};
+mod common;
+
+use common::{Led, Probe, new_agent};
 use lanyard_core::agent::lifecycle::LifecycleState;
 use lanyard_core::agent::platform::*;
-use lanyard_core::agent::{Agent, Identity};
 use lanyard_nostd::flash::{FlashStore, RamFlash};
 use libfuzzer_sys::fuzz_target;
 
 /// Two slots of two 1 KiB sectors.
 type Flash = RamFlash<4096>;
 const SECTOR: u32 = 1024;
-
-struct Probe;
-impl HealthProbe for Probe {
-    fn metrics(&mut self, _: u64) -> HealthMetrics {
-        HealthMetrics {
-            battery_pct: 80,
-            link_quality_pct: 80,
-            free_buffer_pct: 80,
-            ..HealthMetrics::default()
-        }
-    }
-    fn read_sensors(&mut self, _: u64) -> Option<SensorReading> {
-        None
-    }
-}
-struct Led;
-impl Actuators for Led {
-    fn blink(&mut self, _: u32, _: u32) {}
-}
 
 /// Boots an agent on `store`; returns its state and boot count.
 fn boot(store: &mut FlashStore<Flash>) -> (LifecycleState, u64) {
@@ -45,15 +26,7 @@ fn boot(store: &mut FlashStore<Flash>) -> (LifecycleState, u64) {
         actuators: &mut led,
         commands: &mut commands,
     };
-    let mut agent: Agent<SlowTelemetryOnLowBattery, 4, 256> = Agent::new(
-        Identity {
-            mac: [1, 2, 3, 4, 5, 6],
-            device_id: None,
-            firmware: "fuzz",
-        },
-        DeviceConfig::default(),
-        SlowTelemetryOnLowBattery::default(),
-    );
+    let mut agent = new_agent();
     agent
         .boot(0, &mut platform)
         .expect("boot never fails on stored data");

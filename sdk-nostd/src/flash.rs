@@ -57,6 +57,13 @@ impl<F: NorFlash> FlashStore<F> {
         self.flash
     }
 
+    /// The longest record a sector holds. Lengths are compared with it,
+    /// never added to the header's: a length read from flash may be
+    /// anything, and `len + HEADER_LEN` wraps on a 32-bit target.
+    fn max_record_len(&self) -> usize {
+        (self.sector_size as usize).saturating_sub(HEADER_LEN)
+    }
+
     fn sector(&self, slot: StorageSlot, half: u32) -> u32 {
         self.base + (slot_index(slot) * 2 + half) * self.sector_size
     }
@@ -78,9 +85,7 @@ impl<F: NorFlash> FlashStore<F> {
     fn valid(&mut self, at: u32) -> Option<Header> {
         let h = self.header(at)?;
         let len = h.len as usize;
-        // Compared without adding: a length read from flash may be anything,
-        // and `len + HEADER_LEN` wraps on a 32-bit target.
-        if len > (self.sector_size as usize).saturating_sub(HEADER_LEN) {
+        if len > self.max_record_len() {
             return None;
         }
         let mut digest = CRC32.digest();
@@ -143,7 +148,7 @@ impl<F: NorFlash> Storage for FlashStore<F> {
         len: usize,
         write: &mut RecordWriter<'_>,
     ) -> Result<(), StorageError> {
-        if len > (self.sector_size as usize).saturating_sub(HEADER_LEN) {
+        if len > self.max_record_len() {
             return Err(StorageError::TooLarge);
         }
         // Pieces are gathered into whole write units; flashes whose unit

@@ -69,6 +69,7 @@ pub mod twin;
 
 /// Checks a tenant name for the `with_tenant(s)` builders: the one error
 /// text for a name `valid_tenant` refuses.
+#[cfg(feature = "runtime")]
 pub(crate) fn check_tenant(tenant: &str) -> Result<(), String> {
     if lanyard_core::agent::messages::valid_tenant(tenant) {
         Ok(())

@@ -622,11 +622,7 @@ impl<P: TelemetryPolicy, const Q: usize, const M: usize> Agent<P, Q, M> {
         bytes: &[u8],
         platform: &mut Platform<'_>,
     ) -> Result<(), InboundError> {
-        let mut delta = ShadowDelta::<SHADOW_LEAVES, SHADOW_POOL> {
-            version: 0,
-            timestamp_ms: 0,
-            state: StateTree::new(),
-        };
+        let mut delta = ShadowDelta::<SHADOW_LEAVES, SHADOW_POOL>::empty();
         // Into this one tree: `decode` would build and move copies of it.
         delta.decode_into(bytes)?;
         let meta = LeafMeta {

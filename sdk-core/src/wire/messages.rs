@@ -257,13 +257,18 @@ impl<const L: usize, const P: usize> ShadowDelta<L, P> {
 
     /// Decodes one delta; the whole input must be the message.
     pub fn decode(bytes: &[u8]) -> Result<Self, Error> {
-        let mut delta = ShadowDelta {
+        let mut delta = Self::empty();
+        delta.decode_into(bytes)?;
+        Ok(delta)
+    }
+
+    /// A delta with no leaves at version 0, to decode into.
+    pub fn empty() -> Self {
+        ShadowDelta {
             version: 0,
             timestamp_ms: 0,
             state: StateTree::new(),
-        };
-        delta.decode_into(bytes)?;
-        Ok(delta)
+        }
     }
 
     /// Decodes one delta into `self`, reusing its tree: a device decodes
