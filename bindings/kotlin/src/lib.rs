@@ -461,7 +461,8 @@ fn tree_of(values: &HashMap<String, ShadowValue>) -> Result<Box<Tree>, LanyardEr
 fn map_of(tree: &Tree) -> HashMap<String, ShadowValue> {
     tree.iter()
         .map(|e| {
-            let path = e.path.keys().collect::<Vec<_>>().join(".");
+            // Path's Display is the dotted form `tree_of` parses back.
+            let path = e.path.to_string();
             let value = match e.value {
                 Value::Null => ShadowValue::Null,
                 Value::Bool(value) => ShadowValue::Bool { value },
