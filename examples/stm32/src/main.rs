@@ -33,7 +33,7 @@ use static_cell::StaticCell;
 use stm32f4::stm32f405 as pac;
 
 use board::{Millis, SimulatedBattery, SimulatedSht3x, StatusLed, Usart1, exit, now_ms};
-use report::{Line, say};
+use report::{Line, line, say};
 
 /// Messages the agent queues while the link is busy, and their size.
 const QUEUE: usize = 8;
@@ -80,15 +80,14 @@ fn main() -> ! {
         commands: &mut commands,
     };
 
-    Line::new()
-        .s("lanyard-stm32: booting as ")
+    line()
+        .s("booting as ")
         .s(driver.agent().device_id())
         .print();
     print_ram_use();
     boot(driver, &mut platform);
-    // Building the agent and booting it are the deepest the stack goes
-    // (the agent is built on the stack before it moves to its static);
-    // measured apart from the running loop, which paints afresh.
+    // Booting reads the saved state into a 4 KiB buffer: measured apart
+    // from the running loop, which paints afresh.
     let boot_stack = board::stack::peak();
     board::stack::paint();
 
@@ -107,8 +106,8 @@ fn main() -> ! {
     let link = driver.link_mut().stats();
     let stats = driver.stats();
     let agent = driver.agent().stats();
-    Line::new()
-        .s("lanyard-stm32: summary frames_in=")
+    line()
+        .s("summary frames_in=")
         .n(stats.frames_in)
         .s(" frames_out=")
         .n(stats.frames_out)
@@ -121,17 +120,15 @@ fn main() -> ! {
         .s(" refused=")
         .n(agent.inbound_refused)
         .print();
-    Line::new()
-        .s("lanyard-stm32: led toggles=")
-        .n(board::led_toggles())
-        .print();
-    Line::new()
-        .s("lanyard-stm32: stack peak=")
-        .n(boot_stack.max(board::stack::peak()) as u64)
+    line().s("led toggles=").n(board::led_toggles()).print();
+    let running_stack = board::stack::peak();
+    line()
+        .s("stack peak=")
+        .n(boot_stack.max(running_stack) as u64)
         .s(" bytes (boot ")
         .n(boot_stack as u64)
         .s(", running ")
-        .n(board::stack::peak() as u64)
+        .n(running_stack as u64)
         .s(")")
         .print();
     match result {
@@ -191,8 +188,8 @@ fn print_ram_use() {
         { lanyard_core::agent::SHADOW_LEAVES },
         { lanyard_core::agent::SHADOW_POOL },
     >;
-    Line::new()
-        .s("lanyard-stm32: ram driver=")
+    line()
+        .s("ram driver=")
         .n(size_of::<FirmwareDriver>() as u64)
         .s(" agent=")
         .n(size_of::<Agent<SlowTelemetryOnLowBattery, QUEUE, MESSAGE>>() as u64)

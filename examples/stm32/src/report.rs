@@ -72,7 +72,12 @@ impl Line {
     }
 }
 
+/// A line that starts with the firmware's name, as its report lines do.
+pub fn line() -> Line {
+    Line::new().s("lanyard-stm32: ")
+}
+
 /// Shorthand for the most common line: a message.
 pub fn say(text: &str) {
-    Line::new().s("lanyard-stm32: ").s(text).print();
+    line().s(text).print();
 }
