@@ -39,12 +39,18 @@ cargo fmt --all -- --check
 
 step "clippy (-D warnings)"
 cargo clippy --workspace --all-targets -- -D warnings
+# Without lanyard-core's optional capabilities (persistence, arrays,
+# diagnostic commands), as the STM32 reference firmware builds it.
+cargo clippy -p lanyard-core -p lanyard-nostd --no-default-features --all-targets -- -D warnings
 
 step "no_std, no allocator: lanyard-core and lanyard-nostd for thumbv7em-none-eabihf"
 cargo build -p lanyard-core -p lanyard-nostd --target thumbv7em-none-eabihf
 
 step "unit, integration, property and doc tests (incl. the hex examples of docs/wire-format.md)"
 cargo test --workspace
+# lanyard-core without its optional capabilities: what the agent does
+# instead (tests/capabilities.rs), and everything that does not need them.
+cargo test -p lanyard-core --no-default-features
 
 step "STM32 reference firmware (examples/stm32): build, size report, end to end in qemu"
 (cd examples/stm32 && cargo fmt -- --check && cargo clippy --release -- -D warnings && cargo build --release)
@@ -58,6 +64,10 @@ echo "$booted"
 grep -q "baseline: board up, led toggles=2" <<< "$booted"
 # The budget is reported, not enforced here: see the README's size section.
 python3 scripts/size-report.py "$firmware" --baseline "$baseline" --budget-flash 32 --budget-ram 16 || true
+# What the capabilities left out of it would cost (built, not run).
+(cd examples/stm32 && cargo build --release --features all-capabilities --target-dir target/all-capabilities)
+echo "with every capability (--features all-capabilities):"
+python3 scripts/size-report.py examples/stm32/target/all-capabilities/thumbv7em-none-eabihf/release/lanyard-stm32 | sed -n 2,3p
 LANYARD_STM32_ELF="$firmware" cargo test -p lanyard-std --test qemu_stm32 -- --ignored --nocapture
 
 step "Python bindings: pip install ./bindings/python (maturin builds the extension), then their tests"

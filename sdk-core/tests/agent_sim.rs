@@ -304,6 +304,8 @@ fn shadow_syncs_every_fifteen_seconds_and_at_once_on_change() {
     assert_eq!(agent.reported().len(), 2);
 }
 
+// The script runs the built-in diagnostics and read_sensor commands.
+#[cfg(feature = "diagnostic-commands")]
 #[test]
 fn commands_are_acknowledged_and_never_run_twice() {
     let (sent, agent, sim) = run();
@@ -399,6 +401,8 @@ fn configuration_changes_are_versioned_and_validated() {
     );
 }
 
+// The script runs the built-in diagnostics and read_sensor commands.
+#[cfg(feature = "diagnostic-commands")]
 #[test]
 fn the_whole_run_in_counts() {
     let (sent, agent, _) = run();

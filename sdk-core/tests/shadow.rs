@@ -90,6 +90,7 @@ mod aws_semantics {
         assert_eq!(a.meta.source, Source::Cloud);
     }
 
+    #[cfg(feature = "arrays")]
     #[test]
     fn arrays_are_leaves_compared_whole() {
         let mut doc = Doc::new(ConflictPolicy::CloudWins);
@@ -117,6 +118,7 @@ mod aws_semantics {
         assert!(delta(&doc).is_empty());
     }
 
+    #[cfg(feature = "arrays")]
     #[test]
     fn arrays_are_canonicalised_so_equal_content_compares_equal() {
         // [1, 2] with an indefinite head and a wide integer: 9f 1b 00..01 02 ff

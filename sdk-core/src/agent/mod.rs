@@ -19,6 +19,8 @@ pub mod health;
 pub mod lifecycle;
 pub mod messages;
 mod outbox;
+#[cfg(feature = "persistence")]
+mod persist;
 pub mod platform;
 
 use minicbor::decode::Decoder;
@@ -31,10 +33,10 @@ use self::health::{
 use self::lifecycle::{LifecycleState, Trigger, next_state};
 use self::messages::*;
 use self::outbox::{Outbox, Pushed};
-use self::platform::{CommandFailure, Platform, StorageError, StorageSlot};
+use self::platform::{CommandFailure, Platform};
 use crate::error::{DecodeError, EncodeError, Error};
 use crate::shadow::{LeafMeta, Source, StateTree};
-use crate::wire::{ShadowDelta, ShadowUpdateRef, cbor, each_field};
+use crate::wire::{ShadowDelta, ShadowUpdateRef};
 
 /// Leaves of the device-side shadow (reported state).
 pub const SHADOW_LEAVES: usize = 16;
@@ -430,18 +432,8 @@ impl<P: TelemetryPolicy, const Q: usize, const M: usize> Agent<P, Q, M> {
     /// was), counts the boot, and starts registration or the periodic work.
     pub fn boot(&mut self, now_ms: u64, platform: &mut Platform<'_>) -> Result<(), InboundError> {
         self.boot_ms = now_ms;
-        let mut buf = [0u8; STATE_RECORD_MAX];
-        match platform.storage.load(StorageSlot::AgentState, &mut buf) {
-            Ok(0) => {}
-            Ok(n) => {
-                // A record that does not decode is treated as none: the
-                // device registers again rather than bricking itself.
-                if self.restore(&buf[..n]).is_err() {
-                    self.state = LifecycleState::Unprovisioned;
-                }
-            }
-            Err(_) => self.stats.storage_failures += 1,
-        }
+        #[cfg(feature = "persistence")]
+        self.resume(platform);
         self.boot_count += 1;
         match self.state {
             LifecycleState::Unprovisioned => {
@@ -841,7 +833,9 @@ impl<P: TelemetryPolicy, const Q: usize, const M: usize> Agent<P, Q, M> {
             LifecycleState::Active | LifecycleState::Degraded
         );
         let (allowed, builtin) = match cmd.name {
-            "diagnostics" | "read_sensor" | "blink_led" => (registered, true),
+            #[cfg(feature = "diagnostic-commands")]
+            "diagnostics" | "read_sensor" => (registered, true),
+            "blink_led" => (registered, true),
             "enter_maintenance" => (
                 next_state(self.state, Trigger::EnterMaintenance).is_ok(),
                 true,
@@ -906,6 +900,7 @@ impl<P: TelemetryPolicy, const Q: usize, const M: usize> Agent<P, Q, M> {
                 });
                 self.schedule(Timer::CommandDone, now_ms + u64::from(count) * period);
             }
+            #[cfg(feature = "diagnostic-commands")]
             "diagnostics" => {
                 self.stats.commands_executed += 1;
                 self.ack(now_ms, cmd.id, AckStatus::Accepted, None, None, None);
@@ -921,13 +916,14 @@ impl<P: TelemetryPolicy, const Q: usize, const M: usize> Agent<P, Q, M> {
                 .unwrap_or(0);
                 self.finish_with(now_ms, cmd.id, &result[..n], platform);
             }
+            #[cfg(feature = "diagnostic-commands")]
             "read_sensor" => {
                 self.ack(now_ms, cmd.id, AckStatus::Accepted, None, None, None);
                 match platform.probe.read_sensors(now_ms) {
                     Some(r) => {
                         self.stats.commands_executed += 1;
                         // 31 bytes: always fits the result buffer.
-                        let n = cbor::encode_into(&mut result, |e| {
+                        let n = crate::wire::cbor::encode_into(&mut result, |e| {
                             e.map(2)?
                                 .str("temperature_c")?
                                 .f32(r.temperature_c)?
@@ -1131,174 +1127,16 @@ impl<P: TelemetryPolicy, const Q: usize, const M: usize> Agent<P, Q, M> {
         }
     }
 
+    /// Without the `persistence` feature nothing is saved: a reboot starts
+    /// over (registers again, forgets the commands it ran).
+    #[cfg(not(feature = "persistence"))]
+    fn persist(&mut self, _: &mut Platform<'_>) {}
+
     fn push_event(&mut self, e: AgentEvent) {
         if self.events.is_full() {
             self.events.pop_front();
         }
         let _ = self.events.push_back(e);
-    }
-
-    fn persist(&mut self, platform: &mut Platform<'_>) {
-        if self.state == LifecycleState::Decommissioned {
-            return;
-        }
-        // Measured first, then streamed to the store: no record-sized
-        // buffer here (see `Storage::store_with`).
-        let mut len = 0;
-        let measured = self.write_state(&mut |b| {
-            len += b.len();
-            Ok(())
-        });
-        // Boot reads at most STATE_RECORD_MAX bytes back.
-        if measured.is_err() || len > STATE_RECORD_MAX {
-            self.stats.storage_failures += 1;
-            return;
-        }
-        let this = &*self;
-        let stored = platform
-            .storage
-            .store_with(StorageSlot::AgentState, len, &mut |sink| {
-                // The sink's own error is the one worth reporting; the
-                // encoder only learns that writing stopped.
-                let mut failed = StorageError::Io;
-                this.write_state(&mut |b| {
-                    sink(b).map_err(|e| {
-                        failed = e;
-                        EncodeError::BufferTooSmall { needed: 0 }
-                    })
-                })
-                .map_err(|_| failed)
-            });
-        if stored.is_err() {
-            self.stats.storage_failures += 1;
-            self.push_event(AgentEvent::StorageFailed);
-        }
-    }
-
-    /// The persisted record: `{0: state, 1: device id, 2: config, 3: boots,
-    /// 4: lifecycle seq, 5: [* [command id, status, reason, issued]], 6: reported
-    /// state}`.
-    fn write_state(
-        &self,
-        sink: &mut dyn FnMut(&[u8]) -> Result<(), EncodeError>,
-    ) -> Result<(), EncodeError> {
-        self.encode_state(&mut Encoder::new(cbor::FnWriter(sink)))
-            .map_err(cbor::enc_err)
-    }
-
-    fn encode_state(
-        &self,
-        e: &mut cbor::SinkEncoder<'_>,
-    ) -> Result<(), minicbor::encode::Error<EncodeError>> {
-        e.map(7)?;
-        e.u8(0)?.u8(self.state.code())?;
-        e.u8(1)?.str(&self.device_id)?;
-        e.u8(2)?;
-        self.config.encode_cbor(e)?;
-        e.u8(3)?.u64(self.boot_count)?;
-        e.u8(4)?.u64(self.lifecycle_seq)?;
-        e.u8(5)?.array(self.dedupe.len() as u64)?;
-        for r in self.dedupe.iter() {
-            e.array(4)?.str(&r.id)?.u8(r.status as u8)?;
-            match r.reason {
-                Some(x) => e.u64(x.code())?,
-                None => e.null()?,
-            };
-            e.u64(r.issued_ms)?;
-        }
-        e.u8(6)?;
-        self.reported.encode_cbor(e)?;
-        Ok(())
-    }
-
-    fn restore(&mut self, bytes: &[u8]) -> Result<(), DecodeError> {
-        let mut d = Decoder::new(bytes);
-        let mut state = None;
-        let mut config = self.config.clone();
-        let mut dedupe: heapless::Deque<Remembered, DEDUPE_WINDOW> = heapless::Deque::new();
-        // Decoded aside, so a record that fails halfway changes nothing.
-        let mut reported = core::mem::take(&mut self.scratch);
-        reported.clear();
-        let (mut boots, mut seq) = (0, 0);
-        each_field(&mut d, |k, d| {
-            let at = d.position();
-            match k {
-                0 => {
-                    state = Some(LifecycleState::from_code(cbor::read_u64(d)?).ok_or(
-                        DecodeError::Malformed {
-                            what: "a state code",
-                            at,
-                        },
-                    )?)
-                }
-                1 => {
-                    if d.str()? != self.device_id.as_str() {
-                        return Err(DecodeError::Malformed {
-                            what: "this device's id",
-                            at,
-                        });
-                    }
-                }
-                2 => config = self.config.decode_update(d)?,
-                3 => boots = cbor::read_u64(d)?,
-                4 => seq = cbor::read_u64(d)?,
-                6 => {
-                    reported.clear();
-                    reported.decode_cbor(d, LeafMeta::new(Source::Device, 0), false)?;
-                }
-                5 => cbor::each_tuple(
-                    d,
-                    4,
-                    "a definite array of remembered commands",
-                    "[command id, status, reason, issued]",
-                    |d| {
-                        let at = d.position();
-                        let mut id = heapless::String::new();
-                        id.push_str(d.str()?).map_err(|_| DecodeError::Malformed {
-                            what: "a command id",
-                            at,
-                        })?;
-                        let status = AckStatus::from_code(cbor::read_u64(d)?).ok_or(
-                            DecodeError::Malformed {
-                                what: "an ack status",
-                                at,
-                            },
-                        )?;
-                        let reason = if d.datatype()? == minicbor::data::Type::Null {
-                            d.null()?;
-                            None
-                        } else {
-                            Some(AckReason::from_code(cbor::read_u64(d)?))
-                        };
-                        let issued_ms = cbor::read_u64(d)?;
-                        if dedupe.is_full() {
-                            dedupe.pop_front();
-                        }
-                        let _ = dedupe.push_back(Remembered {
-                            id,
-                            status,
-                            reason,
-                            issued_ms,
-                        });
-                        Ok(())
-                    },
-                )?,
-                _ => cbor::skip_item(d, 0)?,
-            }
-            Ok(())
-        })?;
-        config.validate().map_err(|_| DecodeError::Malformed {
-            what: "a valid configuration",
-            at: 0,
-        })?;
-        self.state = state.ok_or(DecodeError::MissingField("state"))?;
-        self.config = config;
-        self.boot_count = boots;
-        self.lifecycle_seq = seq;
-        self.dedupe = dedupe;
-        core::mem::swap(&mut self.reported, &mut reported);
-        self.scratch = reported;
-        Ok(())
     }
 }
 

@@ -14,7 +14,7 @@ use minicbor::decode::Decoder;
 use minicbor::encode::{Encoder, Write};
 
 use super::path::{Path, PathBuf};
-use super::value::{LeafMeta, RawArray, Source, Span, Stored, Value};
+use super::value::{LeafMeta, Source, Span, Stored, Value};
 use crate::error::{CapacityError, DecodeError, Error, PathError};
 use crate::wire::cbor::{self, read_i64};
 
@@ -991,9 +991,10 @@ fn read_leaf<'b>(d: &mut Decoder<'b>, allow_null: bool) -> Result<Value<'b>, Dec
         Type::F16 | Type::F32 | Type::F64 => Value::Float(d.f64()?),
         Type::String => Value::Text(d.str()?),
         Type::Bytes => Value::Bytes(d.bytes()?),
+        #[cfg(feature = "arrays")]
         Type::Array | Type::ArrayIndef => {
             cbor::skip_item(d, 0)?;
-            Value::Array(RawArray(&d.input()[at..d.position()]))
+            Value::Array(super::value::RawArray(&d.input()[at..d.position()]))
         }
         Type::Break | Type::Unknown(_) => {
             return Err(DecodeError::Malformed {

@@ -227,6 +227,7 @@ pub(crate) fn read_u64(d: &mut Decoder<'_>) -> Result<u64, DecodeError> {
 /// definite lengths, shortest integer heads, floats as f64. `depth` counts
 /// nesting used so far. The sink is dynamic so that the re-encoder exists
 /// once in a firmware image, whether it measures or writes.
+#[cfg(feature = "arrays")]
 pub(crate) fn canonicalize_array(
     d: &mut Decoder<'_>,
     sink: &mut dyn FnMut(&[u8]) -> Result<(), DecodeError>,
@@ -240,6 +241,18 @@ pub(crate) fn canonicalize_array(
     }
 }
 
+/// Without the `arrays` feature no array is ever stored: refused where it
+/// starts, before anything is written.
+#[cfg(not(feature = "arrays"))]
+pub(crate) fn canonicalize_array(
+    d: &mut Decoder<'_>,
+    _: &mut dyn FnMut(&[u8]) -> Result<(), DecodeError>,
+    _: usize,
+) -> Result<(), DecodeError> {
+    Err(DecodeError::Unsupported { at: d.position() })
+}
+
+#[cfg(feature = "arrays")]
 fn put<W: Write>(
     r: Result<&mut Encoder<W>, minicbor::encode::Error<W::Error>>,
 ) -> Result<(), DecodeError>
@@ -255,6 +268,7 @@ where
     }
 }
 
+#[cfg(feature = "arrays")]
 /// Counts the items of a container whose head has just been read, then
 /// rewinds; needed to write a definite length for an indefinite input.
 fn count_indef(d: &mut Decoder<'_>, per_entry: usize, depth: usize) -> Result<u64, DecodeError> {
@@ -270,6 +284,7 @@ fn count_indef(d: &mut Decoder<'_>, per_entry: usize, depth: usize) -> Result<u6
     Ok(n)
 }
 
+#[cfg(feature = "arrays")]
 fn canonicalize_item<W: Write>(
     d: &mut Decoder<'_>,
     e: &mut Encoder<W>,

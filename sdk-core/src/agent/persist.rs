@@ -1,0 +1,199 @@
+//! Saving the agent's state through [`Storage`](super::platform::Storage)
+//! and resuming it at boot (the `persistence` feature).
+//!
+//! Without the feature the agent keeps nothing: `persist` is empty, boot
+//! starts from the agent as built, and this code is not in the image
+//! (2.9 KB of flash on the STM32 reference firmware).
+
+use minicbor::decode::Decoder;
+use minicbor::encode::Encoder;
+
+use super::platform::{Platform, StorageError, StorageSlot};
+use super::{
+    AckReason, AckStatus, Agent, AgentEvent, DEDUPE_WINDOW, LifecycleState, Remembered,
+    STATE_RECORD_MAX, TelemetryPolicy,
+};
+use crate::error::{DecodeError, EncodeError};
+use crate::shadow::{LeafMeta, Source};
+use crate::wire::{cbor, each_field};
+
+impl<P: TelemetryPolicy, const Q: usize, const M: usize> Agent<P, Q, M> {
+    /// Reads back the state [`Agent::persist`] saved, if any.
+    pub(super) fn resume(&mut self, platform: &mut Platform<'_>) {
+        let mut buf = [0u8; STATE_RECORD_MAX];
+        match platform.storage.load(StorageSlot::AgentState, &mut buf) {
+            Ok(0) => {}
+            Ok(n) => {
+                // A record that does not decode is treated as none: the
+                // device registers again rather than bricking itself.
+                if self.restore(&buf[..n]).is_err() {
+                    self.state = LifecycleState::Unprovisioned;
+                }
+            }
+            Err(_) => self.stats.storage_failures += 1,
+        }
+    }
+
+    pub(super) fn persist(&mut self, platform: &mut Platform<'_>) {
+        if self.state == LifecycleState::Decommissioned {
+            return;
+        }
+        // Measured first, then streamed to the store: no record-sized
+        // buffer here (see `Storage::store_with`).
+        let mut len = 0;
+        let measured = self.write_state(&mut |b| {
+            len += b.len();
+            Ok(())
+        });
+        // Boot reads at most STATE_RECORD_MAX bytes back.
+        if measured.is_err() || len > STATE_RECORD_MAX {
+            self.stats.storage_failures += 1;
+            return;
+        }
+        let this = &*self;
+        let stored = platform
+            .storage
+            .store_with(StorageSlot::AgentState, len, &mut |sink| {
+                // The sink's own error is the one worth reporting; the
+                // encoder only learns that writing stopped.
+                let mut failed = StorageError::Io;
+                this.write_state(&mut |b| {
+                    sink(b).map_err(|e| {
+                        failed = e;
+                        EncodeError::BufferTooSmall { needed: 0 }
+                    })
+                })
+                .map_err(|_| failed)
+            });
+        if stored.is_err() {
+            self.stats.storage_failures += 1;
+            self.push_event(AgentEvent::StorageFailed);
+        }
+    }
+
+    /// The persisted record: `{0: state, 1: device id, 2: config, 3: boots,
+    /// 4: lifecycle seq, 5: [* [command id, status, reason, issued]], 6: reported
+    /// state}`.
+    fn write_state(
+        &self,
+        sink: &mut dyn FnMut(&[u8]) -> Result<(), EncodeError>,
+    ) -> Result<(), EncodeError> {
+        self.encode_state(&mut Encoder::new(cbor::FnWriter(sink)))
+            .map_err(cbor::enc_err)
+    }
+
+    fn encode_state(
+        &self,
+        e: &mut cbor::SinkEncoder<'_>,
+    ) -> Result<(), minicbor::encode::Error<EncodeError>> {
+        e.map(7)?;
+        e.u8(0)?.u8(self.state.code())?;
+        e.u8(1)?.str(&self.device_id)?;
+        e.u8(2)?;
+        self.config.encode_cbor(e)?;
+        e.u8(3)?.u64(self.boot_count)?;
+        e.u8(4)?.u64(self.lifecycle_seq)?;
+        e.u8(5)?.array(self.dedupe.len() as u64)?;
+        for r in self.dedupe.iter() {
+            e.array(4)?.str(&r.id)?.u8(r.status as u8)?;
+            match r.reason {
+                Some(x) => e.u64(x.code())?,
+                None => e.null()?,
+            };
+            e.u64(r.issued_ms)?;
+        }
+        e.u8(6)?;
+        self.reported.encode_cbor(e)?;
+        Ok(())
+    }
+
+    fn restore(&mut self, bytes: &[u8]) -> Result<(), DecodeError> {
+        let mut d = Decoder::new(bytes);
+        let mut state = None;
+        let mut config = self.config.clone();
+        let mut dedupe: heapless::Deque<Remembered, DEDUPE_WINDOW> = heapless::Deque::new();
+        // Decoded aside, so a record that fails halfway changes nothing.
+        let mut reported = core::mem::take(&mut self.scratch);
+        reported.clear();
+        let (mut boots, mut seq) = (0, 0);
+        each_field(&mut d, |k, d| {
+            let at = d.position();
+            match k {
+                0 => {
+                    state = Some(LifecycleState::from_code(cbor::read_u64(d)?).ok_or(
+                        DecodeError::Malformed {
+                            what: "a state code",
+                            at,
+                        },
+                    )?)
+                }
+                1 => {
+                    if d.str()? != self.device_id.as_str() {
+                        return Err(DecodeError::Malformed {
+                            what: "this device's id",
+                            at,
+                        });
+                    }
+                }
+                2 => config = self.config.decode_update(d)?,
+                3 => boots = cbor::read_u64(d)?,
+                4 => seq = cbor::read_u64(d)?,
+                6 => {
+                    reported.clear();
+                    reported.decode_cbor(d, LeafMeta::new(Source::Device, 0), false)?;
+                }
+                5 => cbor::each_tuple(
+                    d,
+                    4,
+                    "a definite array of remembered commands",
+                    "[command id, status, reason, issued]",
+                    |d| {
+                        let at = d.position();
+                        let mut id = heapless::String::new();
+                        id.push_str(d.str()?).map_err(|_| DecodeError::Malformed {
+                            what: "a command id",
+                            at,
+                        })?;
+                        let status = AckStatus::from_code(cbor::read_u64(d)?).ok_or(
+                            DecodeError::Malformed {
+                                what: "an ack status",
+                                at,
+                            },
+                        )?;
+                        let reason = if d.datatype()? == minicbor::data::Type::Null {
+                            d.null()?;
+                            None
+                        } else {
+                            Some(AckReason::from_code(cbor::read_u64(d)?))
+                        };
+                        let issued_ms = cbor::read_u64(d)?;
+                        if dedupe.is_full() {
+                            dedupe.pop_front();
+                        }
+                        let _ = dedupe.push_back(Remembered {
+                            id,
+                            status,
+                            reason,
+                            issued_ms,
+                        });
+                        Ok(())
+                    },
+                )?,
+                _ => cbor::skip_item(d, 0)?,
+            }
+            Ok(())
+        })?;
+        config.validate().map_err(|_| DecodeError::Malformed {
+            what: "a valid configuration",
+            at: 0,
+        })?;
+        self.state = state.ok_or(DecodeError::MissingField("state"))?;
+        self.config = config;
+        self.boot_count = boots;
+        self.lifecycle_seq = seq;
+        self.dedupe = dedupe;
+        core::mem::swap(&mut self.reported, &mut reported);
+        self.scratch = reported;
+        Ok(())
+    }
+}
