@@ -256,7 +256,9 @@ impl SimulatedSht3x {
 
     fn words(&self) -> [u8; 6] {
         // Triangle wave, period 120 s: 19 °C .. 23 °C.
-        let phase = ((self.now)() % 120_000) as f32 / 120_000.0;
+        // The clock's low 32 bits: the wave jumps once every 49.7 days, and
+        // a 64-bit remainder would link the software divider.
+        let phase = ((self.now)() as u32 % 120_000) as f32 / 120_000.0;
         let tri = if phase < 0.5 {
             phase * 2.0
         } else {
@@ -320,7 +322,9 @@ impl SimulatedBattery {
 
 impl BatteryVoltage for SimulatedBattery {
     fn millivolts(&mut self) -> Option<u16> {
-        let drained = ((self.now)() / 1_000).min(1_000) as u16;
+        // Clamped before dividing: u32 division is one instruction, u64
+        // division a library routine.
+        let drained = ((self.now)().min(1_000_000) as u32 / 1_000) as u16;
         Some(4_100 - drained)
     }
 }

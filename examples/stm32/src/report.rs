@@ -44,18 +44,28 @@ impl Line {
     /// Appends an unsigned number in decimal.
     pub fn n(self, value: impl Into<u64>) -> Self {
         let mut value: u64 = value.into();
-        // u64::MAX has 20 digits.
+        // Digits by subtracting powers of ten: a 64-bit division would link
+        // the 0.9 KB software divider. u64::MAX has 20 digits.
         let mut digits = [0u8; 20];
-        let mut start = digits.len();
-        loop {
-            start -= 1;
-            digits[start] = b'0' + (value % 10) as u8;
-            value /= 10;
-            if value == 0 {
-                break;
+        let mut len = 0;
+        let mut power = 1u64;
+        let mut powers = [0u64; 20];
+        for p in powers.iter_mut().rev() {
+            *p = power;
+            power = power.wrapping_mul(10);
+        }
+        for (i, &power) in powers.iter().enumerate() {
+            let mut digit = b'0';
+            while value >= power {
+                value -= power;
+                digit += 1;
+            }
+            if len > 0 || digit != b'0' || i == powers.len() - 1 {
+                digits[len] = digit;
+                len += 1;
             }
         }
-        self.bytes(&digits[start..])
+        self.bytes(&digits[..len])
     }
 
     /// Prints the line. Without a debugger attached there is nowhere to

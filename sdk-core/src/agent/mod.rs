@@ -687,7 +687,10 @@ impl<P: TelemetryPolicy, const Q: usize, const M: usize> Agent<P, Q, M> {
             .unwrap_or(MAX_REGISTER_BACKOFF_MS)
             .min(MAX_REGISTER_BACKOFF_MS);
         self.register_attempt = self.register_attempt.saturating_add(1);
-        let wait = base / 2 + self.next_random() % (base / 2 + 1);
+        // In u32 (base is at most a minute): a 64-bit remainder would
+        // bring the 0.9 KB software divider into a Cortex-M image.
+        let half = (base / 2) as u32;
+        let wait = u64::from(half + (self.next_random() as u32) % (half + 1));
         self.schedule(Timer::Register, now_ms + wait);
     }
 
