@@ -23,47 +23,54 @@ impl Write for Counter {
     }
 }
 
-/// Writes into a slice that has been checked to be large enough.
-pub(crate) struct SliceWriter<'a> {
+/// An encoder over a byte sink: what the agent's saved state is streamed
+/// through.
+pub(crate) type SinkEncoder<'a> = Encoder<FnWriter<'a>>;
+
+/// The writer [`encode_into`] encodes with: copies what fits into `buf` and
+/// counts everything. It cannot fail, so minicbor's calls carry no write
+/// error to check and convert after every item (2 KB less on a
+/// Cortex-M firmware); the caller compares the count with the buffer.
+pub(crate) struct BufWriter<'a> {
     buf: &'a mut [u8],
-    pos: usize,
+    len: usize,
 }
 
-impl Write for SliceWriter<'_> {
-    type Error = EncodeError;
-    fn write_all(&mut self, data: &[u8]) -> Result<(), EncodeError> {
-        let end = self.pos + data.len();
-        let dst = self
-            .buf
-            .get_mut(self.pos..end)
-            .ok_or(EncodeError::BufferTooSmall { needed: end })?;
-        dst.copy_from_slice(data);
-        self.pos = end;
+impl Write for BufWriter<'_> {
+    type Error = core::convert::Infallible;
+    fn write_all(&mut self, data: &[u8]) -> Result<(), Self::Error> {
+        let end = self.len.saturating_add(data.len());
+        if let Some(dst) = self.buf.get_mut(self.len..end) {
+            dst.copy_from_slice(data);
+        }
+        self.len = end;
         Ok(())
     }
 }
-
-/// An encoder over a byte sink, as [`encode_into`] hands to its closure.
-pub(crate) type SinkEncoder<'a> = Encoder<FnWriter<'a>>;
 
 /// Runs `write` twice: once to measure, then into `out` if it fits. A buffer
 /// that is too small is left untouched and the error names the size needed.
 pub(crate) fn encode_into(
     out: &mut [u8],
-    write: impl Fn(&mut SinkEncoder<'_>) -> Result<(), minicbor::encode::Error<EncodeError>>,
+    write: impl Fn(
+        &mut Encoder<BufWriter<'_>>,
+    ) -> Result<(), minicbor::encode::Error<core::convert::Infallible>>,
 ) -> Result<usize, EncodeError> {
-    let mut needed = 0usize;
-    let mut count = |b: &[u8]| {
-        needed += b.len();
-        Ok(())
-    };
-    write(&mut Encoder::new(FnWriter(&mut count))).map_err(enc_err)?;
+    // One writer type for both passes: one copy of each message's encoder.
+    let mut measure = Encoder::new(BufWriter {
+        buf: &mut [],
+        len: 0,
+    });
+    // minicbor's own errors (none for the calls we make) count as "needs
+    // more room", as in `enc_err`.
+    let too_small = |_| EncodeError::BufferTooSmall { needed: usize::MAX };
+    write(&mut measure).map_err(too_small)?;
+    let needed = measure.writer().len;
     if needed > out.len() {
         return Err(EncodeError::BufferTooSmall { needed });
     }
-    let mut w = SliceWriter { buf: out, pos: 0 };
-    let mut copy = |b: &[u8]| w.write_all(b);
-    write(&mut Encoder::new(FnWriter(&mut copy))).map_err(enc_err)?;
+    let mut e = Encoder::new(BufWriter { buf: out, len: 0 });
+    write(&mut e).map_err(too_small)?;
     Ok(needed)
 }
 
