@@ -79,12 +79,12 @@ impl<P: TelemetryPolicy, const Q: usize, const M: usize> Agent<P, Q, M> {
         sink: &mut dyn FnMut(&[u8]) -> Result<(), EncodeError>,
     ) -> Result<(), EncodeError> {
         self.encode_state(&mut Encoder::new(cbor::FnWriter(sink)))
-            .map_err(cbor::enc_err)
+            .map_err(enc_err)
     }
 
     fn encode_state(
         &self,
-        e: &mut cbor::SinkEncoder<'_>,
+        e: &mut SinkEncoder<'_>,
     ) -> Result<(), minicbor::encode::Error<EncodeError>> {
         e.map(7)?;
         e.u8(0)?.u8(self.state.code())?;
@@ -195,5 +195,18 @@ impl<P: TelemetryPolicy, const Q: usize, const M: usize> Agent<P, Q, M> {
         core::mem::swap(&mut self.reported, &mut reported);
         self.scratch = reported;
         Ok(())
+    }
+}
+
+/// An encoder over a byte sink: the state is streamed to storage.
+type SinkEncoder<'a> = Encoder<cbor::FnWriter<'a>>;
+
+/// Maps a minicbor encode error whose write error is already ours.
+fn enc_err(e: minicbor::encode::Error<EncodeError>) -> EncodeError {
+    // The only failures of our writers are write failures; minicbor's own
+    // messages (none for the calls we make) count as "needs more room".
+    match e.into_write() {
+        Some(w) => w,
+        None => EncodeError::BufferTooSmall { needed: usize::MAX },
     }
 }

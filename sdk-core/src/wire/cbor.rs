@@ -23,10 +23,6 @@ impl Write for Counter {
     }
 }
 
-/// An encoder over a byte sink: what the agent's saved state is streamed
-/// through.
-pub(crate) type SinkEncoder<'a> = Encoder<FnWriter<'a>>;
-
 /// The writer [`encode_into`] encodes with: copies what fits into `buf` and
 /// counts everything. It cannot fail, so minicbor's calls carry no write
 /// error to check and convert after every item (2 KB less on a
@@ -77,22 +73,14 @@ pub(crate) fn encode_into(
 /// Adapts a byte sink closure to minicbor's `Write`. Its error is the
 /// sink's: `EncodeError` for message buffers, `DecodeError` where a decoded
 /// value is re-encoded into a tree's pool.
+#[cfg(any(feature = "persistence", feature = "arrays"))]
 pub(crate) struct FnWriter<'a, E = EncodeError>(pub &'a mut dyn FnMut(&[u8]) -> Result<(), E>);
 
+#[cfg(any(feature = "persistence", feature = "arrays"))]
 impl<E> Write for FnWriter<'_, E> {
     type Error = E;
     fn write_all(&mut self, data: &[u8]) -> Result<(), E> {
         (self.0)(data)
-    }
-}
-
-/// Maps a minicbor encode error whose write error is already ours.
-pub(crate) fn enc_err(e: minicbor::encode::Error<EncodeError>) -> EncodeError {
-    // The only failures of our writers are write failures; minicbor's own
-    // messages (none for the calls we make) count as "needs more room".
-    match e.into_write() {
-        Some(w) => w,
-        None => EncodeError::BufferTooSmall { needed: usize::MAX },
     }
 }
 
