@@ -206,7 +206,8 @@ fn print_ram_use() {
 
 /// One line per agent event, for the test and the curious.
 fn report(at: u64, event: &AgentEvent) {
-    let line = Line::new().s("[").n(at).s("] ");
+    let mut line = Line::new();
+    let line = line.s("[").n(at).s("] ");
     match event {
         AgentEvent::StateChanged { from, to, .. } => {
             line.s("state ").s(from.name()).s(" -> ").s(to.name())

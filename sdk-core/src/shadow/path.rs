@@ -131,8 +131,11 @@ impl PathBuf {
     /// contain dots.
     pub fn from_dotted(dotted: &str) -> Result<Self, PathError> {
         let mut p = PathBuf::new();
-        for k in dotted.split('.') {
-            p.push(k)?;
+        // Split by bytes, not `split('.')`: its `char` searcher is 0.3 KB of
+        // flash on a microcontroller. Pieces of a str cut at ASCII dots are
+        // UTF-8, so `from_utf8` never fails here.
+        for k in dotted.as_bytes().split(|&b| b == b'.') {
+            p.push(core::str::from_utf8(k).map_err(|_| PathError::EmptyKey)?)?;
         }
         Ok(p)
     }
