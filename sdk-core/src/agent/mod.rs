@@ -397,21 +397,20 @@ impl<P: TelemetryPolicy, const Q: usize, const M: usize> Agent<P, Q, M> {
     /// The next message to publish, written into `buf`. A buffer too small
     /// leaves the message queued and says how much is needed.
     pub fn poll_transmit(&mut self, buf: &mut [u8]) -> Result<Option<Transmit>, EncodeError> {
-        let Some(front) = self.outbox.front() else {
+        let Some(m) = self.outbox.front() else {
             return Ok(None);
         };
-        if buf.len() < front.len {
-            return Err(EncodeError::BufferTooSmall { needed: front.len });
-        }
-        let Some(m) = self.outbox.pop_front() else {
-            return Ok(None);
+        let (Some(out), Some(bytes)) = (buf.get_mut(..m.len), m.bytes.get(..m.len)) else {
+            return Err(EncodeError::BufferTooSmall { needed: m.len });
         };
-        buf[..m.len].copy_from_slice(&m.bytes[..m.len]);
-        Ok(Some(Transmit {
+        out.copy_from_slice(bytes);
+        let t = Transmit {
             kind: m.kind,
             len: m.len,
             needs_ack: m.kind.needs_ack(),
-        }))
+        };
+        self.outbox.drop_front();
+        Ok(Some(t))
     }
 
     /// The next application event.

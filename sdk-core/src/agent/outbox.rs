@@ -40,13 +40,15 @@ fn drop_rank(kind: MessageKind) -> Option<u8> {
 }
 
 pub(crate) struct Outbox<const Q: usize, const M: usize> {
-    items: heapless::Vec<Queued<M>, Q>,
+    // A ring: sending the oldest message moves nothing, where a Vec would
+    // shift every queued message (up to Q x M bytes) down by one.
+    items: heapless::Deque<Queued<M>, Q>,
 }
 
 impl<const Q: usize, const M: usize> Outbox<Q, M> {
     pub const fn new() -> Self {
         Outbox {
-            items: heapless::Vec::new(),
+            items: heapless::Deque::new(),
         }
     }
 
@@ -76,7 +78,7 @@ impl<const Q: usize, const M: usize> Outbox<Q, M> {
             Err(Error::Encode(_)) | Err(_) => return Pushed::Refused,
         }
         if !self.items.is_full() {
-            let _ = self.items.push(q);
+            let _ = self.items.push_back(q);
             return Pushed::Queued;
         }
         // The oldest message of the lowest rank, if it ranks below the new.
@@ -89,8 +91,8 @@ impl<const Q: usize, const M: usize> Outbox<Q, M> {
         let new_rank = drop_rank(kind);
         match victim {
             Some((rank, i)) if new_rank.is_none_or(|n| rank <= n) => {
-                let dropped = self.items.remove(i).kind;
-                let _ = self.items.push(q);
+                let dropped = self.remove(i);
+                let _ = self.items.push_back(q);
                 Pushed::QueuedDropping(dropped)
             }
             _ if new_rank.is_some() => Pushed::DroppedNew,
@@ -98,12 +100,29 @@ impl<const Q: usize, const M: usize> Outbox<Q, M> {
         }
     }
 
-    pub fn front(&self) -> Option<&Queued<M>> {
-        self.items.first()
+    /// Takes the message at `i` out, keeping the others in order; returns
+    /// its kind. Only when the queue is full and something must give.
+    fn remove(&mut self, i: usize) -> MessageKind {
+        let mut kind = MessageKind::Telemetry;
+        for k in 0..self.items.len() {
+            if let Some(m) = self.items.pop_front() {
+                if k == i {
+                    kind = m.kind;
+                } else {
+                    let _ = self.items.push_back(m);
+                }
+            }
+        }
+        kind
     }
 
-    pub fn pop_front(&mut self) -> Option<Queued<M>> {
-        (!self.items.is_empty()).then(|| self.items.remove(0))
+    pub fn front(&self) -> Option<&Queued<M>> {
+        self.items.front()
+    }
+
+    /// Drops the oldest message (after the caller has copied it out).
+    pub fn drop_front(&mut self) {
+        self.items.pop_front();
     }
 
     pub fn free_pct(&self) -> u8 {
