@@ -657,12 +657,184 @@ mod reboots {
         drain(&mut rebooted, 50_000, &mut sent);
         assert_eq!(rebooted.state(), S::Maintenance);
         assert_eq!(rebooted.boot_count(), 2);
-        assert!(sent.iter().all(|s| s.kind != MessageKind::Register));
+        // It registers again (for the cloud's time) but keeps its state.
+        let again: Vec<Register> = sent
+            .iter()
+            .filter(|s| s.kind == MessageKind::Register)
+            .map(|s| Register::decode(&s.bytes).unwrap())
+            .collect();
+        assert_eq!(again.len(), 1);
+        assert_eq!(again[0].boot_count, 2);
+        assert!(sent.iter().all(|s| s.kind != MessageKind::Lifecycle));
+        accept(&mut rebooted, &mut sim, 50_100);
+        assert_eq!(rebooted.state(), S::Maintenance);
         assert_eq!(
-            send_cmd(&mut rebooted, &mut sim, 51_000, "x1", "reboot_modem", &[]).len(),
-            1
+            duplicate_acks(&mut rebooted, &mut sim, 51_000, "x1"),
+            vec![(AckStatus::Succeeded, Some("duplicate".to_string()))]
         );
         assert_eq!(sim.commands.runs, 1);
+    }
+
+    /// The acks (status, detail) a repeated `reboot_modem` gets.
+    fn duplicate_acks(
+        agent: &mut SimAgent,
+        sim: &mut Sim,
+        at: u64,
+        id: &str,
+    ) -> Vec<(AckStatus, Option<String>)> {
+        agent
+            .handle_inbound(
+                at,
+                MessageKind::Command,
+                &command(id, "reboot_modem", &[], at),
+                &mut sim.platform(),
+            )
+            .unwrap();
+        let mut sent = Vec::new();
+        drain(agent, at, &mut sent);
+        sent.iter()
+            .filter(|s| s.kind == MessageKind::Ack)
+            .map(|s| {
+                let a = Ack::decode(&s.bytes).unwrap();
+                (a.status, a.detail.map(str::to_string))
+            })
+            .collect()
+    }
+
+    #[test]
+    fn after_a_reboot_commands_wait_for_the_clouds_time() {
+        // A clock that counts from boot: 0 at each boot. The cloud's clock
+        // is CLOUD + the device's at the first registration.
+        const CLOUD: u64 = 1_700_000_000_000;
+        let mut sim = Sim::new(1_000_000);
+        let mut agent = new_agent();
+        agent.boot(0, &mut sim.platform()).unwrap();
+        let at_cloud = |ms: u64| CLOUD + ms;
+        // The cloud's answer to a registration, received at `device_ms`.
+        let answer = |device_ms: u64, cloud_ms: u64| {
+            let bytes = encode(&RegisterAccepted {
+                device_id: DEVICE_ID,
+                config: None,
+                time_ms: cloud_ms,
+            });
+            (device_ms, bytes)
+        };
+        let (t, b) = answer(100, at_cloud(100));
+        agent
+            .handle_inbound(t, MessageKind::RegisterAccepted, &b, &mut sim.platform())
+            .unwrap();
+        drain(&mut agent, 100, &mut Vec::new());
+        drop(agent);
+
+        // An hour later (cloud time) the device reboots; its clock reads 0.
+        let hour = 3_600_000;
+        let mut rebooted = new_agent();
+        rebooted.boot(0, &mut sim.platform()).unwrap();
+        drain(&mut rebooted, 0, &mut Vec::new());
+        assert_eq!(rebooted.cloud_offset_ms(), None);
+        // Issued a minute after the first boot, expired a minute later: long
+        // gone, though the device's own clock would call it fresh.
+        let old = encode(&Command {
+            id: "old",
+            name: "reboot_modem",
+            args: &[],
+            issued_ms: at_cloud(60_000),
+            expires_ms: at_cloud(120_000),
+        });
+        assert_eq!(
+            send_cmd_bytes(&mut rebooted, &mut sim, 200, &old),
+            vec![(AckStatus::Rejected, Some(AckReason::Busy))]
+        );
+        assert_eq!(sim.commands.runs, 0);
+        assert_eq!(rebooted.stats().refused_before_time, 1);
+
+        let (t, b) = answer(300, at_cloud(hour + 300));
+        rebooted
+            .handle_inbound(t, MessageKind::RegisterAccepted, &b, &mut sim.platform())
+            .unwrap();
+        assert_eq!(rebooted.cloud_offset_ms(), Some((CLOUD + hour) as i64));
+        // Now judged, not answered from memory: expired.
+        assert_eq!(
+            send_cmd_bytes(&mut rebooted, &mut sim, 400, &old),
+            vec![(AckStatus::Rejected, Some(AckReason::Expired))]
+        );
+        let fresh = encode(&Command {
+            id: "fresh",
+            name: "reboot_modem",
+            args: &[],
+            issued_ms: at_cloud(hour + 350),
+            expires_ms: at_cloud(hour + 30_000),
+        });
+        assert_eq!(
+            send_cmd_bytes(&mut rebooted, &mut sim, 500, &fresh).pop(),
+            Some((AckStatus::Succeeded, None))
+        );
+        assert_eq!(sim.commands.runs, 1);
+        // A second answer, not awaited, changes nothing.
+        let (t, b) = answer(600, at_cloud(5 * hour));
+        assert!(
+            rebooted
+                .handle_inbound(t, MessageKind::RegisterAccepted, &b, &mut sim.platform())
+                .is_err()
+        );
+        assert_eq!(rebooted.cloud_offset_ms(), Some((CLOUD + hour) as i64));
+    }
+
+    #[test]
+    fn registering_again_takes_only_a_newer_configuration() {
+        let mut sim = Sim::new(1_000_000);
+        let (mut agent, _) = registered(&mut sim);
+        let mut newer = DeviceConfig {
+            version: 5,
+            ..DeviceConfig::default()
+        };
+        newer.heartbeat_ms = 20_000;
+        agent
+            .handle_inbound(
+                1_000,
+                MessageKind::Config,
+                &config_bytes(&newer),
+                &mut sim.platform(),
+            )
+            .unwrap();
+        assert_eq!(agent.config().version, 5);
+        drop(agent);
+
+        let reboot_and_answer = |sim: &mut Sim, config: &DeviceConfig| {
+            let mut agent = new_agent();
+            agent.boot(0, &mut sim.platform()).unwrap();
+            let raw = config_bytes(config);
+            let bytes = encode(&RegisterAccepted {
+                device_id: DEVICE_ID,
+                config: Some(&raw),
+                time_ms: 100,
+            });
+            agent
+                .handle_inbound(
+                    100,
+                    MessageKind::RegisterAccepted,
+                    &bytes,
+                    &mut sim.platform(),
+                )
+                .unwrap();
+            agent
+        };
+        // The fleet's configuration, older than the one the device holds.
+        let fleet = DeviceConfig {
+            version: 2,
+            ..DeviceConfig::default()
+        };
+        let agent = reboot_and_answer(&mut sim, &fleet);
+        assert_eq!(agent.config().version, 5);
+        assert_eq!(agent.config().heartbeat_ms, 20_000);
+        drop(agent);
+        let later = DeviceConfig {
+            version: 6,
+            ..DeviceConfig::default()
+        };
+        let agent = reboot_and_answer(&mut sim, &later);
+        assert_eq!(agent.config().version, 6);
+        assert_eq!(agent.state(), S::Active);
     }
 
     #[test]
@@ -709,14 +881,15 @@ mod reboots {
         drop(agent);
         let mut rebooted = new_agent();
         rebooted.boot(60_000, &mut sim.platform()).unwrap();
+        accept(&mut rebooted, &mut sim, 60_100);
         assert_eq!(
             rebooted.reported().get_dotted("led.on").map(|e| e.value),
             Some(lanyard_core::shadow::Value::Bool(true))
         );
         for id in &ids {
             assert_eq!(
-                send_cmd(&mut rebooted, &mut sim, 61_000, id, "reboot_modem", &[]).len(),
-                1
+                duplicate_acks(&mut rebooted, &mut sim, 61_000, id),
+                vec![(AckStatus::Succeeded, Some("duplicate".to_string()))]
             );
         }
         assert_eq!(sim.commands.runs, lanyard_core::agent::DEDUPE_WINDOW as u32);

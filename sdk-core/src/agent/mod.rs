@@ -130,6 +130,9 @@ pub struct AgentStats {
     /// Commands refused because they were issued before every command the
     /// dedupe window remembers (they may have run already).
     pub stale_commands: u64,
+    /// Commands refused (as `Busy`, not remembered) because they arrived
+    /// after a resumed boot before the cloud's time was known again.
+    pub refused_before_time: u64,
     /// Registration requests sent.
     pub register_attempts: u64,
     /// Failed writes to storage.
@@ -429,6 +432,9 @@ impl<P: TelemetryPolicy, const Q: usize, const M: usize> Agent<P, Q, M> {
 
     /// Starts the agent: restores persisted state (a reboot resumes where it
     /// was), counts the boot, and starts registration or the periodic work.
+    /// A device resumed in service also registers again, to learn the
+    /// cloud's time; until the answer, commands that are not known
+    /// duplicates are refused as `Busy` (expiry cannot be judged).
     pub fn boot(&mut self, now_ms: u64, platform: &mut Platform<'_>) -> Result<(), InboundError> {
         self.boot_ms = now_ms;
         #[cfg(feature = "persistence")]
@@ -441,7 +447,15 @@ impl<P: TelemetryPolicy, const Q: usize, const M: usize> Agent<P, Q, M> {
             }
             LifecycleState::Provisioning => self.send_register(now_ms),
             LifecycleState::Decommissioned => {}
-            _ => self.start_periodic(now_ms),
+            _ => {
+                // Resumed in service: register again, for the cloud's time
+                // (a clock that counts from boot has lost it, and command
+                // expiry is judged on it) and any newer configuration.
+                // The state stays as it was.
+                self.start_periodic(now_ms);
+                #[cfg(feature = "persistence")]
+                self.send_register(now_ms);
+            }
         }
         self.persist(platform);
         Ok(())
@@ -506,7 +520,15 @@ impl<P: TelemetryPolicy, const Q: usize, const M: usize> Agent<P, Q, M> {
     pub fn handle_reconnect(&mut self, now_ms: u64) {
         match self.state {
             LifecycleState::Provisioning => self.schedule(Timer::Register, now_ms),
-            s if s.is_registered() => self.schedule(Timer::ShadowSync, now_ms),
+            s if s.is_registered() => {
+                self.schedule(Timer::ShadowSync, now_ms);
+                // Still waiting for the cloud's time after a reboot: ask
+                // again now rather than after the backoff.
+                #[cfg(feature = "persistence")]
+                if self.awaiting_registration() {
+                    self.schedule(Timer::Register, now_ms);
+                }
+            }
             _ => {}
         }
     }
@@ -558,6 +580,10 @@ impl<P: TelemetryPolicy, const Q: usize, const M: usize> Agent<P, Q, M> {
                 let m = RegisterAccepted::decode(bytes)?;
                 if m.device_id != self.device_id.as_str() {
                     return Err(InboundError::WrongDevice);
+                }
+                #[cfg(feature = "persistence")]
+                if self.state.is_registered() && self.awaiting_registration() {
+                    return self.reregistered(now_ms, &m, platform);
                 }
                 if self.state != LifecycleState::Provisioning {
                     return Err(InboundError::NotNow(self.state));
@@ -631,6 +657,36 @@ impl<P: TelemetryPolicy, const Q: usize, const M: usize> Agent<P, Q, M> {
         });
         // Report the change at once, as the seed asks.
         self.schedule(Timer::ShadowSync, now_ms);
+        Ok(())
+    }
+
+    /// A registration was sent and not answered yet.
+    #[cfg(feature = "persistence")]
+    fn awaiting_registration(&self) -> bool {
+        self.timers[Timer::Register as usize].is_some()
+    }
+
+    // Only a resumed boot registers again, and only with `persistence`
+    // does a boot resume.
+    #[cfg(feature = "persistence")]
+    /// The answer to registering again after a resumed boot: the cloud's
+    /// time, and its configuration if it is newer than the device's. The
+    /// lifecycle state does not change.
+    fn reregistered(
+        &mut self,
+        now_ms: u64,
+        m: &RegisterAccepted<'_>,
+        platform: &mut Platform<'_>,
+    ) -> Result<(), InboundError> {
+        let config = match m.config {
+            Some(raw) => Some(self.config.decode_update(&mut Decoder::new(raw))?),
+            None => None,
+        };
+        self.timers[Timer::Register as usize] = None;
+        self.cloud_offset_ms = Some((m.time_ms as i64).saturating_sub(now_ms as i64));
+        if let Some(c) = config.filter(|c| c.version > self.config.version) {
+            self.apply_config(now_ms, c, platform);
+        }
         Ok(())
     }
 
@@ -820,6 +876,25 @@ impl<P: TelemetryPolicy, const Q: usize, const M: usize> Agent<P, Q, M> {
                 AckStatus::Rejected,
                 Some(AckReason::Stale),
                 Some("issued before every remembered command"),
+                None,
+            );
+            return;
+        }
+        // Resumed after a reboot and not yet answered: the device does not
+        // know the cloud's time, so it cannot tell whether the command has
+        // expired (a clock counting from boot would call everything fresh).
+        // Refused for now and not remembered, so that a retry is judged.
+        // (Without `persistence` every boot registers from the start and
+        // learns the time before it is in service.)
+        #[cfg(feature = "persistence")]
+        if self.cloud_offset_ms.is_none() && self.state.is_registered() {
+            self.stats.refused_before_time += 1;
+            self.ack(
+                now_ms,
+                cmd.id,
+                AckStatus::Rejected,
+                Some(AckReason::Busy),
+                Some("the cloud's time is not known yet since boot"),
                 None,
             );
             return;
