@@ -25,8 +25,8 @@ impl Write for Counter {
 
 /// The writer [`encode_into`] encodes with: copies what fits into `buf` and
 /// counts everything. It cannot fail, so minicbor's calls carry no write
-/// error to check and convert after every item (2 KB less on a
-/// Cortex-M firmware); the caller compares the count with the buffer.
+/// error to check and convert after every item (1.6 KB less on the STM32
+/// firmware); the caller compares the count with the buffer.
 pub(crate) struct BufWriter<'a> {
     buf: &'a mut [u8],
     len: usize,
@@ -58,7 +58,7 @@ pub(crate) fn encode_into(
         len: 0,
     });
     // minicbor's own errors (none for the calls we make) count as "needs
-    // more room", as in `enc_err`.
+    // more room".
     let too_small = |_| EncodeError::BufferTooSmall { needed: usize::MAX };
     write(&mut measure).map_err(too_small)?;
     let needed = measure.writer().len;
@@ -67,6 +67,12 @@ pub(crate) fn encode_into(
     }
     let mut e = Encoder::new(BufWriter { buf: out, len: 0 });
     write(&mut e).map_err(too_small)?;
+    // The writer drops what does not fit rather than fail: a second pass
+    // longer than the first must not pass as a shorter message.
+    let written = e.writer().len;
+    if written != needed {
+        return Err(EncodeError::BufferTooSmall { needed: written });
+    }
     Ok(needed)
 }
 
@@ -440,6 +446,39 @@ pub(crate) fn read_path(d: &mut Decoder<'_>) -> Result<crate::shadow::PathBuf, D
 mod tests {
     use super::*;
     use proptest::prelude::*;
+
+    #[test]
+    fn encode_into_writes_what_it_measured_or_nothing() {
+        let mut out = [0xEEu8; 4];
+        let n = encode_into(&mut out, |e| {
+            e.array(2)?.u8(1)?.u8(2)?;
+            Ok(())
+        });
+        assert_eq!(n, Ok(3));
+        assert_eq!(out, [0x82, 0x01, 0x02, 0xEE]);
+
+        let mut small = [0xEEu8; 2];
+        let n = encode_into(&mut small, |e| {
+            e.array(2)?.u8(1)?.u8(2)?;
+            Ok(())
+        });
+        assert_eq!(n, Err(EncodeError::BufferTooSmall { needed: 3 }));
+        assert_eq!(small, [0xEE, 0xEE]);
+
+        // An encoder that writes more the second time is caught, not
+        // passed on cut to the measured length.
+        let passes = core::cell::Cell::new(0);
+        let mut out = [0u8; 8];
+        let n = encode_into(&mut out, |e| {
+            passes.set(passes.get() + 1);
+            e.u8(1)?;
+            if passes.get() == 2 {
+                e.u8(2)?;
+            }
+            Ok(())
+        });
+        assert_eq!(n, Err(EncodeError::BufferTooSmall { needed: 2 }));
+    }
 
     /// Skips the item at the start of `bytes`; returns where it ended.
     fn skip(bytes: &[u8]) -> Result<usize, DecodeError> {
