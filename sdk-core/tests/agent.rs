@@ -781,6 +781,35 @@ mod reboots {
     }
 
     #[test]
+    fn a_reconnection_while_waiting_for_the_time_asks_again_at_once() {
+        let mut sim = Sim::new(1_000_000);
+        let (agent, _) = registered(&mut sim);
+        drop(agent);
+        let mut rebooted = new_agent();
+        rebooted.boot(0, &mut sim.platform()).unwrap();
+        let registers = |agent: &mut SimAgent, at: u64| {
+            let mut sent = Vec::new();
+            drain(agent, at, &mut sent);
+            sent.iter()
+                .filter(|s| s.kind == MessageKind::Register)
+                .count()
+        };
+        assert_eq!(registers(&mut rebooted, 0), 1);
+        // The first retry is due after the backoff (at least 1 s)...
+        rebooted.handle_timeout(100, &mut sim.platform());
+        assert_eq!(registers(&mut rebooted, 100), 0);
+        // ...but a reconnection asks again at once.
+        rebooted.handle_reconnect(100);
+        rebooted.handle_timeout(100, &mut sim.platform());
+        assert_eq!(registers(&mut rebooted, 100), 1);
+        // Once answered, a reconnection does not register.
+        accept(&mut rebooted, &mut sim, 150);
+        rebooted.handle_reconnect(200);
+        rebooted.handle_timeout(200, &mut sim.platform());
+        assert_eq!(registers(&mut rebooted, 200), 0);
+    }
+
+    #[test]
     fn registering_again_takes_only_a_newer_configuration() {
         let mut sim = Sim::new(1_000_000);
         let (mut agent, _) = registered(&mut sim);
