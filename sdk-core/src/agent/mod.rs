@@ -666,12 +666,11 @@ impl<P: TelemetryPolicy, const Q: usize, const M: usize> Agent<P, Q, M> {
         self.timers[Timer::Register as usize].is_some()
     }
 
-    // Only a resumed boot registers again, and only with `persistence`
-    // does a boot resume.
-    #[cfg(feature = "persistence")]
     /// The answer to registering again after a resumed boot: the cloud's
     /// time, and its configuration if it is newer than the device's. The
-    /// lifecycle state does not change.
+    /// lifecycle state does not change. (Only a resumed boot registers
+    /// again, and only with `persistence` does a boot resume.)
+    #[cfg(feature = "persistence")]
     fn reregistered(
         &mut self,
         now_ms: u64,
