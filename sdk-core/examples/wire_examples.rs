@@ -78,9 +78,21 @@ fn main() -> Result<(), lanyard_core::Error> {
         config_version: 0,
         boot_count: 1,
         time_ms: t,
+        resumed: false,
     }
     .encode(&mut buf)?;
     print("register", n, &buf);
+    // The same device after a reboot that resumed it in service.
+    let n = Register {
+        device_id: id,
+        firmware: "1.0.0",
+        config_version: 1,
+        boot_count: 2,
+        time_ms: 600_000,
+        resumed: true,
+    }
+    .encode(&mut buf)?;
+    print("register-resumed", n, &buf);
     let mut cfg = [0u8; 128];
     let mut e = minicbor::Encoder::new(lanyard_core_cursor(&mut cfg));
     let config = DeviceConfig {

@@ -158,6 +158,12 @@ mod registration {
             .filter(|s| s.kind == MessageKind::Register)
             .map(|s| s.at)
             .collect();
+        // A first registration, not a resumed device's.
+        assert!(
+            sent.iter()
+                .filter(|s| s.kind == MessageKind::Register)
+                .all(|s| !Register::decode(&s.bytes).unwrap().resumed)
+        );
         let gaps: Vec<u64> = at.windows(2).map(|w| w[1] - w[0]).collect();
         // Window b doubles from 2 s to a 60 s cap; each wait is in [b/2, b].
         let windows = [
@@ -664,7 +670,7 @@ mod reboots {
             .map(|s| Register::decode(&s.bytes).unwrap())
             .collect();
         assert_eq!(again.len(), 1);
-        assert_eq!(again[0].boot_count, 2);
+        assert_eq!((again[0].boot_count, again[0].resumed), (2, true));
         assert!(sent.iter().all(|s| s.kind != MessageKind::Lifecycle));
         accept(&mut rebooted, &mut sim, 50_100);
         assert_eq!(rebooted.state(), S::Maintenance);

@@ -46,6 +46,7 @@ fn every_example_decodes_and_re_encodes_identically() {
             "shadow-delta",
             "shadow-document",
             "register",
+            "register-resumed",
             "register-accepted",
             "device-config",
             "config-ack",
@@ -79,7 +80,15 @@ fn every_example_decodes_and_re_encodes_identically() {
             }
             "register" => {
                 let m = Register::decode(bytes).unwrap();
-                assert_eq!((m.device_id, m.boot_count), ("ly-0a1b2c3d4e5f", 1));
+                assert_eq!(
+                    (m.device_id, m.boot_count, m.resumed),
+                    ("ly-0a1b2c3d4e5f", 1, false)
+                );
+                m.encode(&mut buf).unwrap()
+            }
+            "register-resumed" => {
+                let m = Register::decode(bytes).unwrap();
+                assert_eq!((m.boot_count, m.time_ms, m.resumed), (2, 600_000, true));
                 m.encode(&mut buf).unwrap()
             }
             "register-accepted" => {

@@ -85,7 +85,7 @@ fn one(bytes: &[u8], kind: MessageKind) -> Result<Json, String> {
     Ok(match kind {
         MessageKind::Register => {
             let m = Register::decode(bytes).map_err(e)?;
-            json!({"device_id": m.device_id, "firmware": m.firmware, "config_version": m.config_version, "boot_count": m.boot_count, "time_ms": m.time_ms})
+            json!({"device_id": m.device_id, "firmware": m.firmware, "config_version": m.config_version, "boot_count": m.boot_count, "time_ms": m.time_ms, "resumed": m.resumed})
         }
         MessageKind::RegisterAccepted => {
             let m = RegisterAccepted::decode(bytes).map_err(e)?;

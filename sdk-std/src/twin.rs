@@ -74,8 +74,11 @@ pub struct Publish {
 /// Counters of the host.
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
 pub struct TwinStats {
-    /// Registrations accepted.
+    /// Registrations accepted of devices not yet registered.
     pub registrations: u64,
+    /// Registrations again of devices that resumed their saved state in
+    /// service after a reboot (they ask for the cloud's time).
+    pub reregistrations: u64,
     /// Updates applied (device and app, CBOR and JSON).
     pub updates: u64,
     /// Updates refused (undecodable, version conflict, capacity).
@@ -211,6 +214,12 @@ impl TwinHost {
             "Registrations accepted",
             vec![],
             s.registrations as f64,
+        );
+        m.set_total(
+            "lanyard_twin_reregistrations_total",
+            "Registrations again after a device's resumed boot",
+            vec![],
+            s.reregistrations as f64,
         );
         m.set_total(
             "lanyard_twin_updates_total",
@@ -370,7 +379,11 @@ impl TwinHost {
             self.stats.rejected += 1;
             return Vec::new();
         }
-        self.stats.registrations += 1;
+        if reg.resumed {
+            self.stats.reregistrations += 1;
+        } else {
+            self.stats.registrations += 1;
+        }
         self.shadow_mut(key);
         self.persist(key);
         let mut cfg = minicbor::Encoder::new(Vec::new());

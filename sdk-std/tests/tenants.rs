@@ -173,6 +173,7 @@ async fn tenants_share_a_broker_without_reaching_into_each_other() {
             config_version: 0,
             boot_count: 1,
             time_ms: 1,
+            resumed: false,
         }
         .encode(&mut reg)
         .unwrap();

@@ -52,6 +52,7 @@ fn registration_is_answered_with_the_fleet_configuration() {
         config_version: 0,
         boot_count: 1,
         time_ms: 5,
+        resumed: false,
     }
     .encode(&mut buf)
     .unwrap();
@@ -70,11 +71,35 @@ fn registration_is_answered_with_the_fleet_configuration() {
         config_version: 0,
         boot_count: 1,
         time_ms: 5,
+        resumed: false,
     }
     .encode(&mut buf)
     .unwrap();
     assert!(host.handle(11, &t("register"), &buf[..n]).is_empty());
     assert_eq!(host.stats().rejected, 1);
+
+    // The device rebooted and resumed in service: answered with the time
+    // (what it asks for), counted apart from new devices.
+    let n = Register {
+        device_id: ID,
+        firmware: "1",
+        config_version: 7,
+        boot_count: 2,
+        time_ms: 600,
+        resumed: true,
+    }
+    .encode(&mut buf)
+    .unwrap();
+    let out = host.handle(5_000, &t("register"), &buf[..n]);
+    assert_eq!(out.len(), 1);
+    assert_eq!(
+        RegisterAccepted::decode(&out[0].payload).unwrap().time_ms,
+        5_000
+    );
+    assert_eq!(
+        (host.stats().registrations, host.stats().reregistrations),
+        (1, 1)
+    );
 }
 
 #[test]
@@ -244,6 +269,7 @@ fn register_bytes(device_id: &str) -> Vec<u8> {
         config_version: 0,
         boot_count: 1,
         time_ms: 5,
+        resumed: false,
     }
     .encode(&mut buf)
     .unwrap();

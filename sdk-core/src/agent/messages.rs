@@ -348,6 +348,10 @@ pub struct Register<'a> {
     pub boot_count: u64,
     /// Device clock, ms since the epoch.
     pub time_ms: u64,
+    /// The device resumed its saved state in service and registers again
+    /// only for the cloud's time (and any newer configuration); false for
+    /// a device that is not yet registered. Sent only when true.
+    pub resumed: bool,
 }
 
 impl Encodable for Register<'_> {
@@ -356,12 +360,15 @@ impl Encodable for Register<'_> {
         &self,
         e: &mut Encoder<W>,
     ) -> Result<(), minicbor::encode::Error<W::Error>> {
-        e.map(5)?;
+        e.map(if self.resumed { 6 } else { 5 })?;
         e.u8(0)?.str(self.device_id)?;
         e.u8(1)?.str(self.firmware)?;
         e.u8(2)?.u64(self.config_version)?;
         e.u8(3)?.u64(self.boot_count)?;
         e.u8(4)?.u64(self.time_ms)?;
+        if self.resumed {
+            e.u8(5)?.bool(true)?;
+        }
         Ok(())
     }
 }
@@ -371,6 +378,7 @@ impl<'a> Register<'a> {
     pub fn decode(bytes: &'a [u8]) -> Result<Self, Error> {
         whole(bytes, |d| {
             let (mut id, mut fw, mut cv, mut bc, mut t) = (None, None, None, None, None);
+            let mut resumed = false;
             each_field(d, |k, d| {
                 match k {
                     0 => id = Some(read_text(d, MAX_DEVICE_ID_LEN, "a device id")?),
@@ -378,6 +386,7 @@ impl<'a> Register<'a> {
                     2 => cv = Some(cbor::read_u64(d)?),
                     3 => bc = Some(cbor::read_u64(d)?),
                     4 => t = Some(cbor::read_u64(d)?),
+                    5 => resumed = d.bool()?,
                     _ => cbor::skip_item(d, 0)?,
                 }
                 Ok(())
@@ -388,6 +397,7 @@ impl<'a> Register<'a> {
                 config_version: req(cv, "config_version")?,
                 boot_count: req(bc, "boot_count")?,
                 time_ms: req(t, "time_ms")?,
+                resumed,
             })
         })
     }

@@ -839,8 +839,8 @@ async fn demo(
         "total"
     );
     println!(
-        "twin host: {} registrations, {} updates, {} deltas, {} refused",
-        stats.registrations, stats.updates, stats.deltas, stats.rejected
+        "twin host: {} registrations ({} again after a reboot), {} updates, {} deltas, {} refused",
+        stats.registrations, stats.reregistrations, stats.updates, stats.deltas, stats.rejected
     );
     println!("conflicts by policy:");
     for (p, n) in ConflictPolicy::ALL.iter().zip(stats.conflicts) {
