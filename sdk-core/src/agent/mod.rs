@@ -734,7 +734,9 @@ impl<P: TelemetryPolicy, const Q: usize, const M: usize> Agent<P, Q, M> {
             config_version: self.config.version,
             boot_count: self.boot_count,
             time_ms: now_ms,
-            resumed: self.state.is_registered(),
+            // Only a resumed boot registers while registered, and only
+            // with `persistence` does a boot resume.
+            resumed: cfg!(feature = "persistence") && self.state.is_registered(),
         });
         // Exponential backoff with equal jitter: wait in [b/2, b].
         let base = FIRST_REGISTER_BACKOFF_MS
