@@ -581,24 +581,31 @@ impl<P: TelemetryPolicy, const Q: usize, const M: usize> Agent<P, Q, M> {
                 if m.device_id != self.device_id.as_str() {
                     return Err(InboundError::WrongDevice);
                 }
-                #[cfg(feature = "persistence")]
-                if self.state.is_registered() && self.awaiting_registration() {
-                    return self.reregistered(now_ms, &m, platform);
-                }
-                if self.state != LifecycleState::Provisioning {
+                // A device resumed in service registers again only for the
+                // cloud's time and any newer configuration (and only with
+                // `persistence` does a boot resume).
+                let resumed = cfg!(feature = "persistence")
+                    && self.state.is_registered()
+                    && self.awaiting_registration();
+                if !resumed && self.state != LifecycleState::Provisioning {
                     return Err(InboundError::NotNow(self.state));
                 }
                 let config = match m.config {
-                    Some(raw) => {
-                        let c = self.config.decode_update(&mut Decoder::new(raw))?;
-                        c.validate().ok().map(|_| c)
-                    }
+                    Some(raw) => Some(self.config.decode_update(&mut Decoder::new(raw))?),
                     None => None,
                 };
                 self.timers[Timer::Register as usize] = None;
                 // The answer's time is the cloud's clock now (less the trip).
                 self.cloud_offset_ms = Some((m.time_ms as i64).saturating_sub(now_ms as i64));
-                if let Some(c) = config {
+                if resumed {
+                    // The state stays; the configuration goes through the
+                    // usual update, and only if newer than the device's.
+                    if let Some(c) = config.filter(|c| c.version > self.config.version) {
+                        self.apply_config(now_ms, c, platform);
+                    }
+                    return Ok(());
+                }
+                if let Some(c) = config.filter(|c| c.validate().is_ok()) {
                     self.push_event(AgentEvent::ConfigApplied(c.version));
                     self.config = c;
                 }
@@ -661,32 +668,8 @@ impl<P: TelemetryPolicy, const Q: usize, const M: usize> Agent<P, Q, M> {
     }
 
     /// A registration was sent and not answered yet.
-    #[cfg(feature = "persistence")]
     fn awaiting_registration(&self) -> bool {
         self.timers[Timer::Register as usize].is_some()
-    }
-
-    /// The answer to registering again after a resumed boot: the cloud's
-    /// time, and its configuration if it is newer than the device's. The
-    /// lifecycle state does not change. (Only a resumed boot registers
-    /// again, and only with `persistence` does a boot resume.)
-    #[cfg(feature = "persistence")]
-    fn reregistered(
-        &mut self,
-        now_ms: u64,
-        m: &RegisterAccepted<'_>,
-        platform: &mut Platform<'_>,
-    ) -> Result<(), InboundError> {
-        let config = match m.config {
-            Some(raw) => Some(self.config.decode_update(&mut Decoder::new(raw))?),
-            None => None,
-        };
-        self.timers[Timer::Register as usize] = None;
-        self.cloud_offset_ms = Some((m.time_ms as i64).saturating_sub(now_ms as i64));
-        if let Some(c) = config.filter(|c| c.version > self.config.version) {
-            self.apply_config(now_ms, c, platform);
-        }
-        Ok(())
     }
 
     fn require_registered(&self) -> Result<(), InboundError> {
@@ -872,15 +855,12 @@ impl<P: TelemetryPolicy, const Q: usize, const M: usize> Agent<P, Q, M> {
         // than refusing it. Retries must keep their original issue time.
         if self.dedupe.is_full() && self.dedupe.iter().all(|r| cmd.issued_ms < r.issued_ms) {
             self.stats.stale_commands += 1;
-            self.ack(
+            return self.refuse_unremembered(
                 now_ms,
                 cmd.id,
-                AckStatus::Rejected,
-                Some(AckReason::Stale),
-                Some("issued before every remembered command"),
-                None,
+                AckReason::Stale,
+                "issued before every remembered command",
             );
-            return;
         }
         // Resumed after a reboot and not yet answered: the device does not
         // know the cloud's time, so it cannot tell whether the command has
@@ -891,15 +871,12 @@ impl<P: TelemetryPolicy, const Q: usize, const M: usize> Agent<P, Q, M> {
         #[cfg(feature = "persistence")]
         if self.cloud_offset_ms.is_none() && self.state.is_registered() {
             self.stats.refused_before_time += 1;
-            self.ack(
+            return self.refuse_unremembered(
                 now_ms,
                 cmd.id,
-                AckStatus::Rejected,
-                Some(AckReason::Busy),
-                Some("the cloud's time is not known yet since boot"),
-                None,
+                AckReason::Busy,
+                "the cloud's time is not known yet since boot",
             );
-            return;
         }
         self.issued_ms = cmd.issued_ms;
         // Expiry is the cloud's time: compare on its clock.
@@ -1058,6 +1035,20 @@ impl<P: TelemetryPolicy, const Q: usize, const M: usize> Agent<P, Q, M> {
                 self.reported.clear();
             }
         }
+    }
+
+    /// Refuses a command without remembering it in the dedupe window, so a
+    /// retry of the same id is judged again: a stale one stays stale, one
+    /// refused before the cloud's time was known is judged once it is.
+    fn refuse_unremembered(&mut self, now_ms: u64, id: &str, reason: AckReason, detail: &str) {
+        self.ack(
+            now_ms,
+            id,
+            AckStatus::Rejected,
+            Some(reason),
+            Some(detail),
+            None,
+        );
     }
 
     fn reject(&mut self, now_ms: u64, id: &str, reason: AckReason, platform: &mut Platform<'_>) {
