@@ -24,7 +24,7 @@
 //!   `read_sensor` commands. Without them those names go to the
 //!   application's [`CommandHandler`](agent::platform::CommandHandler).
 //!
-//! On the STM32 reference firmware they cost 3.9, 2.3 and 0.7 KB of flash
+//! On the STM32 reference firmware they cost 3.7, 2.3 and 0.7 KB of flash
 //! (`examples/stm32/README.md`, "Size").
 //!
 //! ## Why these dependencies
