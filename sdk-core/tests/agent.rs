@@ -9,32 +9,6 @@ use lanyard_core::agent::config::DeviceConfig;
 use lanyard_core::agent::lifecycle::{LifecycleState as S, TRANSITIONS, Trigger, next_state};
 use lanyard_core::agent::messages::*;
 
-/// Boots and registers a device at t = 0 / 100; returns what it sent.
-fn registered(sim: &mut Sim) -> (SimAgent, Vec<Sent>) {
-    let mut agent = new_agent();
-    let mut sent = Vec::new();
-    agent.boot(0, &mut sim.platform()).unwrap();
-    accept(&mut agent, sim, 100);
-    drain(&mut agent, 100, &mut sent);
-    (agent, sent)
-}
-
-fn accept(agent: &mut SimAgent, sim: &mut Sim, at: u64) {
-    let bytes = encode(&RegisterAccepted {
-        device_id: DEVICE_ID,
-        config: None,
-        time_ms: at,
-    });
-    agent
-        .handle_inbound(
-            at,
-            MessageKind::RegisterAccepted,
-            &bytes,
-            &mut sim.platform(),
-        )
-        .unwrap();
-}
-
 fn send_cmd(
     agent: &mut SimAgent,
     sim: &mut Sim,
@@ -53,17 +27,9 @@ fn send_cmd_bytes(
     at: u64,
     bytes: &[u8],
 ) -> Vec<(AckStatus, Option<AckReason>)> {
-    agent
-        .handle_inbound(at, MessageKind::Command, bytes, &mut sim.platform())
-        .unwrap();
-    let mut sent = Vec::new();
-    drain(agent, at, &mut sent);
-    sent.iter()
-        .filter(|s| s.kind == MessageKind::Ack)
-        .map(|s| {
-            let a = Ack::decode(&s.bytes).unwrap();
-            (a.status, a.reason)
-        })
+    command_acks(agent, &mut sim.platform(), at, bytes)
+        .into_iter()
+        .map(|a| (a.status, a.reason))
         .collect()
 }
 
@@ -263,19 +229,7 @@ mod cloud_time {
         let mut sim = Sim::new(1_000_000);
         let mut agent = new_agent();
         agent.boot(0, &mut sim.platform()).unwrap();
-        let accepted = encode(&RegisterAccepted {
-            device_id: DEVICE_ID,
-            config: None,
-            time_ms: CLOUD + 100,
-        });
-        agent
-            .handle_inbound(
-                100,
-                MessageKind::RegisterAccepted,
-                &accepted,
-                &mut sim.platform(),
-            )
-            .unwrap();
+        answer_registration(&mut agent, &mut sim, 100, CLOUD + 100).unwrap();
         assert_eq!(agent.cloud_offset_ms(), Some(CLOUD as i64));
         let mut sent = Vec::new();
         drain(&mut agent, 100, &mut sent);
@@ -688,22 +642,10 @@ mod reboots {
         at: u64,
         id: &str,
     ) -> Vec<(AckStatus, Option<String>)> {
-        agent
-            .handle_inbound(
-                at,
-                MessageKind::Command,
-                &command(id, "reboot_modem", &[], at),
-                &mut sim.platform(),
-            )
-            .unwrap();
-        let mut sent = Vec::new();
-        drain(agent, at, &mut sent);
-        sent.iter()
-            .filter(|s| s.kind == MessageKind::Ack)
-            .map(|s| {
-                let a = Ack::decode(&s.bytes).unwrap();
-                (a.status, a.detail.map(str::to_string))
-            })
+        let bytes = command(id, "reboot_modem", &[], at);
+        command_acks(agent, &mut sim.platform(), at, &bytes)
+            .into_iter()
+            .map(|a| (a.status, a.detail))
             .collect()
     }
 
@@ -716,19 +658,7 @@ mod reboots {
         let mut agent = new_agent();
         agent.boot(0, &mut sim.platform()).unwrap();
         let at_cloud = |ms: u64| CLOUD + ms;
-        // The cloud's answer to a registration, received at `device_ms`.
-        let answer = |device_ms: u64, cloud_ms: u64| {
-            let bytes = encode(&RegisterAccepted {
-                device_id: DEVICE_ID,
-                config: None,
-                time_ms: cloud_ms,
-            });
-            (device_ms, bytes)
-        };
-        let (t, b) = answer(100, at_cloud(100));
-        agent
-            .handle_inbound(t, MessageKind::RegisterAccepted, &b, &mut sim.platform())
-            .unwrap();
+        answer_registration(&mut agent, &mut sim, 100, at_cloud(100)).unwrap();
         drain(&mut agent, 100, &mut Vec::new());
         drop(agent);
 
@@ -754,10 +684,7 @@ mod reboots {
         assert_eq!(sim.commands.runs, 0);
         assert_eq!(rebooted.stats().refused_before_time, 1);
 
-        let (t, b) = answer(300, at_cloud(hour + 300));
-        rebooted
-            .handle_inbound(t, MessageKind::RegisterAccepted, &b, &mut sim.platform())
-            .unwrap();
+        answer_registration(&mut rebooted, &mut sim, 300, at_cloud(hour + 300)).unwrap();
         assert_eq!(rebooted.cloud_offset_ms(), Some((CLOUD + hour) as i64));
         // Now judged, not answered from memory: expired.
         assert_eq!(
@@ -777,12 +704,7 @@ mod reboots {
         );
         assert_eq!(sim.commands.runs, 1);
         // A second answer, not awaited, changes nothing.
-        let (t, b) = answer(600, at_cloud(5 * hour));
-        assert!(
-            rebooted
-                .handle_inbound(t, MessageKind::RegisterAccepted, &b, &mut sim.platform())
-                .is_err()
-        );
+        assert!(answer_registration(&mut rebooted, &mut sim, 600, at_cloud(5 * hour)).is_err());
         assert_eq!(rebooted.cloud_offset_ms(), Some((CLOUD + hour) as i64));
     }
 

@@ -8,7 +8,7 @@ use lanyard_core::agent::config::DeviceConfig;
 use lanyard_core::agent::health::{HealthMetrics, SlowTelemetryOnLowBattery};
 use lanyard_core::agent::messages::*;
 use lanyard_core::agent::platform::*;
-use lanyard_core::agent::{Agent, Identity};
+use lanyard_core::agent::{Agent, Identity, InboundError};
 
 pub type SimAgent = Agent<SlowTelemetryOnLowBattery, 16, 512>;
 
@@ -212,4 +212,73 @@ pub fn blink_args(count: u64, period: u64) -> Vec<u8> {
     e.map(2).unwrap().str("count").unwrap().u64(count).unwrap();
     e.str("period_ms").unwrap().u64(period).unwrap();
     e.into_writer()
+}
+
+/// The cloud's answer to a registration, handed to the agent at `at` on
+/// its own clock, saying the cloud's clock reads `cloud_ms`.
+pub fn answer_registration(
+    agent: &mut SimAgent,
+    sim: &mut Sim,
+    at: u64,
+    cloud_ms: u64,
+) -> Result<(), InboundError> {
+    let bytes = encode(&RegisterAccepted {
+        device_id: DEVICE_ID,
+        config: None,
+        time_ms: cloud_ms,
+    });
+    agent.handle_inbound(
+        at,
+        MessageKind::RegisterAccepted,
+        &bytes,
+        &mut sim.platform(),
+    )
+}
+
+/// Accepts the registration at `at`, on a clock that is the cloud's.
+pub fn accept(agent: &mut SimAgent, sim: &mut Sim, at: u64) {
+    answer_registration(agent, sim, at, at).unwrap();
+}
+
+/// Boots and registers a device at t = 0 / 100; returns what it sent.
+pub fn registered(sim: &mut Sim) -> (SimAgent, Vec<Sent>) {
+    let mut agent = new_agent();
+    let mut sent = Vec::new();
+    agent.boot(0, &mut sim.platform()).unwrap();
+    accept(&mut agent, sim, 100);
+    drain(&mut agent, 100, &mut sent);
+    (agent, sent)
+}
+
+/// One acknowledgement the agent sent, owned.
+#[derive(Debug, Clone, PartialEq)]
+pub struct SentAck {
+    pub status: AckStatus,
+    pub reason: Option<AckReason>,
+    pub detail: Option<String>,
+}
+
+/// Hands the agent an encoded command at `at`; returns the acks it sent.
+pub fn command_acks(
+    agent: &mut SimAgent,
+    platform: &mut Platform<'_>,
+    at: u64,
+    bytes: &[u8],
+) -> Vec<SentAck> {
+    agent
+        .handle_inbound(at, MessageKind::Command, bytes, platform)
+        .unwrap();
+    let mut sent = Vec::new();
+    drain(agent, at, &mut sent);
+    sent.iter()
+        .filter(|s| s.kind == MessageKind::Ack)
+        .map(|s| {
+            let a = Ack::decode(&s.bytes).unwrap();
+            SentAck {
+                status: a.status,
+                reason: a.reason,
+                detail: a.detail.map(str::to_string),
+            }
+        })
+        .collect()
 }
