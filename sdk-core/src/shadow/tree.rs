@@ -791,10 +791,7 @@ impl<const L: usize, const P: usize> StateTree<L, P> {
 
     /// Length of [`StateTree::encode`]'s output.
     pub fn encoded_len(&self) -> usize {
-        let mut c = cbor::Counter::default();
-        let mut e = Encoder::new(&mut c);
-        let _ = self.encode_cbor(&mut e);
-        c.0
+        cbor::measure(|e| self.encode_cbor(e))
     }
 
     /// Writes the nested map with minicbor.

@@ -11,18 +11,6 @@ use crate::error::{DecodeError, EncodeError};
 /// stack use) on hostile input.
 pub const MAX_NESTING: usize = 16;
 
-/// A writer that only counts, for the first pass of "measure, check, write".
-#[derive(Default)]
-pub(crate) struct Counter(pub usize);
-
-impl Write for Counter {
-    type Error = core::convert::Infallible;
-    fn write_all(&mut self, buf: &[u8]) -> Result<(), Self::Error> {
-        self.0 += buf.len();
-        Ok(())
-    }
-}
-
 /// The writer [`encode_into`] encodes with: copies what fits into `buf` and
 /// counts everything. It cannot fail, so minicbor's calls carry no write
 /// error to check and convert after every item (1.6 KB less on the STM32
@@ -44,6 +32,23 @@ impl Write for BufWriter<'_> {
     }
 }
 
+/// The length of what `write` encodes, with the writer [`encode_into`]
+/// writes with (one copy of each encoder serves measuring and writing).
+/// minicbor's own errors (none for the calls we make) end the count early;
+/// `encode_into`'s writing pass reports them.
+pub(crate) fn measure(
+    write: impl Fn(
+        &mut Encoder<BufWriter<'_>>,
+    ) -> Result<(), minicbor::encode::Error<core::convert::Infallible>>,
+) -> usize {
+    let mut e = Encoder::new(BufWriter {
+        buf: &mut [],
+        len: 0,
+    });
+    let _ = write(&mut e);
+    e.writer().len
+}
+
 /// Runs `write` twice: once to measure, then into `out` if it fits. A buffer
 /// that is too small is left untouched and the error names the size needed.
 pub(crate) fn encode_into(
@@ -52,19 +57,13 @@ pub(crate) fn encode_into(
         &mut Encoder<BufWriter<'_>>,
     ) -> Result<(), minicbor::encode::Error<core::convert::Infallible>>,
 ) -> Result<usize, EncodeError> {
-    // One writer type for both passes: one copy of each message's encoder.
-    let mut measure = Encoder::new(BufWriter {
-        buf: &mut [],
-        len: 0,
-    });
-    // minicbor's own errors (none for the calls we make) count as "needs
-    // more room".
-    let too_small = |_| EncodeError::BufferTooSmall { needed: usize::MAX };
-    write(&mut measure).map_err(too_small)?;
-    let needed = measure.writer().len;
+    let needed = measure(&write);
     if needed > out.len() {
         return Err(EncodeError::BufferTooSmall { needed });
     }
+    // minicbor's own errors (none for the calls we make) count as "needs
+    // more room".
+    let too_small = |_| EncodeError::BufferTooSmall { needed: usize::MAX };
     let mut e = Encoder::new(BufWriter { buf: out, len: 0 });
     write(&mut e).map_err(too_small)?;
     // The writer drops what does not fit rather than fail: a second pass
