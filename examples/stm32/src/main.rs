@@ -18,6 +18,7 @@
 #![no_main]
 
 mod board;
+mod mem;
 mod report;
 
 use cortex_m_rt::entry;

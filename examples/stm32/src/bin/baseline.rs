@@ -14,6 +14,9 @@
 #[allow(dead_code)]
 #[path = "../board.rs"]
 mod board;
+// The small memcpy and friends, as in the firmware.
+#[path = "../mem.rs"]
+mod mem;
 #[allow(dead_code)]
 #[path = "../report.rs"]
 mod report;
