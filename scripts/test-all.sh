@@ -62,8 +62,9 @@ booted=$(timeout 30 qemu-system-arm -machine netduinoplus2 -nographic -monitor n
     -semihosting-config enable=on,target=native -serial null -kernel "$baseline")
 echo "$booted"
 grep -q "baseline: board up, led toggles=2" <<< "$booted"
-# The budget is reported, not enforced here: see the README's size section.
-python3 scripts/size-report.py "$firmware" --baseline "$baseline" --budget-flash 32 --budget-ram 16 || true
+# The issue's budget (32 KiB flash, 16 KiB static RAM): the report exits 1
+# past it, so a change that grows the firmware over it fails here.
+python3 scripts/size-report.py "$firmware" --baseline "$baseline" --budget-flash 32 --budget-ram 16
 # What the capabilities left out of it would cost (built, not run).
 (cd examples/stm32 && cargo build --release --features all-capabilities --target-dir target/all-capabilities)
 echo "with every capability (--features all-capabilities):"

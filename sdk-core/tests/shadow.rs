@@ -131,6 +131,54 @@ mod aws_semantics {
         }
     }
 
+    #[cfg(feature = "arrays")]
+    #[test]
+    fn every_kind_of_array_item_is_canonicalised() {
+        let loose = [
+            0x9f, // indefinite array
+            0xf4, 0xf5, 0xf6, // false, true, null
+            0xf9, 0x3e, 0x00, // 1.5 as a half
+            0xfa, 0x40, 0x20, 0x00, 0x00, // 2.5 as a single
+            0x38, 0x02, // -3 with a one-byte argument
+            0x78, 0x02, 0xc3, 0xa9, // "é" with a one-byte length
+            0x41, 0x01, // h'01'
+            0xbf, 0x61, b'k', 0x19, 0x00, 0x02, 0xff, // {_ "k": 2 (wide)}
+            0x9f, 0xff, // [_ ]
+            0xff,
+        ];
+        let mut e = minicbor::Encoder::new(Vec::new());
+        e.array(10).unwrap();
+        e.bool(false).unwrap().bool(true).unwrap().null().unwrap();
+        e.f64(1.5).unwrap().f64(2.5).unwrap().i64(-3).unwrap();
+        e.str("é").unwrap().bytes(&[1]).unwrap();
+        e.map(1).unwrap().str("k").unwrap().i64(2).unwrap();
+        e.array(0).unwrap();
+        let tight = e.into_writer();
+        let t = tree(&[("arr", Value::Array(RawArray::from_cbor(&loose)))]);
+        match t.get_dotted("arr").unwrap().value {
+            Value::Array(a) => assert_eq!(a.as_cbor(), &tight[..]),
+            v => panic!("not an array: {v:?}"),
+        }
+        // What has no canonical form here is refused and nothing stored:
+        // a tag, an indefinite string, undefined.
+        for odd in [
+            &[0x81, 0xc1, 0x01][..],
+            &[0x81, 0x7f, 0x61, b'a', 0xff],
+            &[0x81, 0xf7],
+        ] {
+            let mut t = Tree::new();
+            let err = t
+                .insert(&p("arr"), Value::Array(RawArray::from_cbor(odd)))
+                .unwrap_err();
+            assert_eq!(
+                err,
+                Error::Decode(DecodeError::Unsupported { at: 1 }),
+                "{odd:02x?}"
+            );
+            assert!(t.is_empty());
+        }
+    }
+
     #[test]
     fn floats_compare_by_bits_so_nan_never_keeps_a_delta_open() {
         let mut doc = Doc::new(ConflictPolicy::CloudWins);

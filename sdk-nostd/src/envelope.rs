@@ -8,7 +8,8 @@
 //! few messages a second.
 
 use lanyard_core::agent::messages::{MessageKind, topic};
-use minicbor::{Decoder, Encoder};
+use lanyard_core::wire::{encode_into, read_bytes, read_str};
+use minicbor::Decoder;
 
 /// The longest topic an envelope may carry (`lanyard/v1/` + a 64-byte id +
 /// the longest suffix fits).
@@ -104,25 +105,27 @@ pub fn encode_header(
     message_len: usize,
     out: &mut [u8],
 ) -> Result<usize, EnvelopeError> {
-    let total = out.len();
-    let mut rest: &mut [u8] = out;
-    let mut e = Encoder::new(&mut rest);
-    // The byte string's header alone, via the length-only form.
-    e.array(2)
-        .and_then(|e| e.str(topic))
-        .and_then(|e| e.bytes_len(message_len as u64))
-        .map_err(|_| EnvelopeError::BufferTooSmall)?;
-    Ok(total - rest.len())
+    // Through core's writer, so the firmware holds one instance of
+    // minicbor's encoder; the byte string's header alone, via the
+    // length-only form.
+    encode_into(out, |e| {
+        e.array(2)?.str(topic)?.bytes_len(message_len as u64)?;
+        Ok(())
+    })
+    .map_err(|_| EnvelopeError::BufferTooSmall)
 }
 
 /// Reads an envelope and checks its topic.
 pub fn decode_envelope(frame: &[u8]) -> Result<Envelope<'_>, EnvelopeError> {
-    let mut d = Decoder::new(frame);
-    if d.array().map_err(|_| EnvelopeError::Malformed)? != Some(2) {
+    // A two-item array, in the one-byte head every encoder writes for it
+    // (read as a byte: minicbor's array reader costs the firmware 0.5 KB).
+    if frame.first() != Some(&0x82) {
         return Err(EnvelopeError::Malformed);
     }
-    let topic = d.str().map_err(|_| EnvelopeError::Malformed)?;
-    let message = d.bytes().map_err(|_| EnvelopeError::Malformed)?;
+    let mut d = Decoder::new(frame);
+    d.set_position(1);
+    let topic = read_str(&mut d).map_err(|_| EnvelopeError::Malformed)?;
+    let message = read_bytes(&mut d).map_err(|_| EnvelopeError::Malformed)?;
     if d.position() != frame.len() {
         return Err(EnvelopeError::Malformed);
     }
@@ -168,6 +171,13 @@ mod tests {
             decode_envelope(&[0x82, 0x01, 0x40]),
             Err(EnvelopeError::Malformed)
         );
+        // The array head must be the one byte 0x82: a two-byte or an
+        // indefinite head around the same items is refused.
+        let items = &buf[1..n];
+        let wide = [&[0x98, 0x02][..], items].concat();
+        assert_eq!(decode_envelope(&wide), Err(EnvelopeError::Malformed));
+        let indefinite = [&[0x9f][..], items, &[0xff]].concat();
+        assert_eq!(decode_envelope(&indefinite), Err(EnvelopeError::Malformed));
         let n = encode_with_topic("other/dev-1/ack", &[], &mut buf).unwrap();
         assert_eq!(decode_envelope(&buf[..n]), Err(EnvelopeError::UnknownTopic));
         assert_eq!(

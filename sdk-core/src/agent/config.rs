@@ -223,11 +223,12 @@ impl DeviceConfig {
                         |d| {
                             let at = d.position();
                             let mut path = heapless::String::new();
-                            path.push_str(d.str()?)
-                                .map_err(|_| DecodeError::Malformed {
+                            path.push_str(cbor::read_str(d)?).map_err(|_| {
+                                DecodeError::Malformed {
                                     what: "a policy path of at most 64 bytes",
                                     at,
-                                })?;
+                                }
+                            })?;
                             let policy = policy_from_code(cbor::read_u64(d)?).ok_or(
                                 DecodeError::Malformed {
                                     what: "a conflict policy code 0..=3",

@@ -2,7 +2,6 @@
 //! integers; unknown keys are skipped, so fields can be added. The CDDL and
 //! a hex example of each are in `docs/wire-format.md`.
 
-use minicbor::data::Type;
 use minicbor::decode::Decoder;
 use minicbor::encode::{Encoder, Write};
 
@@ -259,10 +258,10 @@ fn read_text<'b>(
     what: &'static str,
 ) -> Result<&'b str, DecodeError> {
     let at = d.position();
-    if d.datatype()? != Type::String {
-        return Err(DecodeError::Malformed { what, at });
-    }
-    let s = d.str()?;
+    let s = cbor::read_str(d).map_err(|e| match e {
+        DecodeError::Malformed { .. } => DecodeError::Malformed { what, at },
+        e => e,
+    })?;
     if s.len() > max || s.is_empty() {
         return Err(DecodeError::Malformed { what, at });
     }
@@ -441,7 +440,7 @@ impl<'a> RegisterAccepted<'a> {
                     0 => id = Some(read_text(d, MAX_DEVICE_ID_LEN, "a device id")?),
                     1 => {
                         let at = d.position();
-                        if !matches!(d.datatype()?, Type::Map | Type::MapIndef) {
+                        if cbor::peek_major(d)? != 5 {
                             return Err(DecodeError::Malformed {
                                 what: "a configuration map",
                                 at,
@@ -651,14 +650,7 @@ impl Telemetry {
 }
 
 fn read_float(d: &mut Decoder<'_>) -> Result<f32, DecodeError> {
-    let at = d.position();
-    match d.datatype()? {
-        Type::F16 | Type::F32 | Type::F64 => Ok(d.f64()? as f32),
-        _ => Err(DecodeError::Malformed {
-            what: "a float",
-            at,
-        }),
-    }
+    cbor::read_float(d).map(|v| v as f32)
 }
 
 /// Device → cloud: the result of a health check.
@@ -800,7 +792,7 @@ impl<'a> Command<'a> {
                     }
                     2 => {
                         let at = d.position();
-                        if !matches!(d.datatype()?, Type::Map | Type::MapIndef) {
+                        if cbor::peek_major(d)? != 5 {
                             return Err(DecodeError::Malformed {
                                 what: "an argument map",
                                 at,

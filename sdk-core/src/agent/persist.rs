@@ -131,7 +131,7 @@ impl<P: TelemetryPolicy, const Q: usize, const M: usize> Agent<P, Q, M> {
                     )?)
                 }
                 1 => {
-                    if d.str()? != self.device_id.as_str() {
+                    if cbor::read_str(d)? != self.device_id.as_str() {
                         return Err(DecodeError::Malformed {
                             what: "this device's id",
                             at,
@@ -153,18 +153,19 @@ impl<P: TelemetryPolicy, const Q: usize, const M: usize> Agent<P, Q, M> {
                     |d| {
                         let at = d.position();
                         let mut id = heapless::String::new();
-                        id.push_str(d.str()?).map_err(|_| DecodeError::Malformed {
-                            what: "a command id",
-                            at,
-                        })?;
+                        id.push_str(cbor::read_str(d)?)
+                            .map_err(|_| DecodeError::Malformed {
+                                what: "a command id",
+                                at,
+                            })?;
                         let status = AckStatus::from_code(cbor::read_u64(d)?).ok_or(
                             DecodeError::Malformed {
                                 what: "an ack status",
                                 at,
                             },
                         )?;
-                        let reason = if d.datatype()? == minicbor::data::Type::Null {
-                            d.null()?;
+                        let reason = if cbor::peek(d)? == cbor::NULL {
+                            d.set_position(d.position() + 1);
                             None
                         } else {
                             Some(AckReason::from_code(cbor::read_u64(d)?))

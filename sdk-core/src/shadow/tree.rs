@@ -9,7 +9,6 @@
 
 use core::fmt;
 
-use minicbor::data::Type;
 use minicbor::decode::Decoder;
 use minicbor::encode::{Encoder, Write};
 
@@ -866,8 +865,8 @@ impl<const L: usize, const P: usize> StateTree<L, P> {
     ) -> Result<(), DecodeError> {
         let mut path = PathBuf::new();
         let at = d.position();
-        match d.datatype()? {
-            Type::Map | Type::MapIndef => self.decode_map(d, &mut path, meta, allow_null),
+        match cbor::peek_major(d)? {
+            5 => self.decode_map(d, &mut path, meta, allow_null),
             _ => Err(DecodeError::Malformed {
                 what: "a map of properties",
                 at,
@@ -889,8 +888,8 @@ impl<const L: usize, const P: usize> StateTree<L, P> {
                 return Err(DecodeError::DuplicateKey { at });
             }
             let vat = d.position();
-            match d.datatype()? {
-                Type::Map | Type::MapIndef => self.decode_map(d, path, meta, allow_null)?,
+            match cbor::peek_major(d)? {
+                5 => self.decode_map(d, path, meta, allow_null)?,
                 _ => {
                     // Arrays come back raw and are canonicalised on insert.
                     let value = read_leaf(d, allow_null)?;
@@ -967,38 +966,40 @@ impl<const L: usize, const P: usize> StateTree<L, P> {
 /// Reads one leaf value; arrays are returned raw and canonicalised on insert.
 fn read_leaf<'b>(d: &mut Decoder<'b>, allow_null: bool) -> Result<Value<'b>, DecodeError> {
     let at = d.position();
-    Ok(match d.datatype()? {
-        Type::Bool => Value::Bool(d.bool()?),
-        Type::Null => {
-            if !allow_null {
-                return Err(DecodeError::NullNotAllowed { at });
-            }
-            d.null()?;
-            Value::Null
-        }
-        Type::U8
-        | Type::U16
-        | Type::U32
-        | Type::U64
-        | Type::I8
-        | Type::I16
-        | Type::I32
-        | Type::I64
-        | Type::Int => Value::Int(read_i64(d)?),
-        Type::F16 | Type::F32 | Type::F64 => Value::Float(d.f64()?),
-        Type::String => Value::Text(d.str()?),
-        Type::Bytes => Value::Bytes(d.bytes()?),
-        #[cfg(feature = "arrays")]
-        Type::Array | Type::ArrayIndef => {
-            cbor::skip_item(d, 0)?;
-            Value::Array(super::value::RawArray(&d.input()[at..d.position()]))
-        }
-        Type::Break | Type::Unknown(_) => {
+    let first = cbor::peek(d)?;
+    let (major, info) = (first >> 5, first & 0x1f);
+    // Dispatched on the first byte, as the readers it calls read heads
+    // (see `wire::cbor`).
+    Ok(match (major, info) {
+        // Reserved additional information: not CBOR.
+        (0..=6, 28..=30) | (7, 28..=31) => {
             return Err(DecodeError::Malformed {
                 what: "a value",
                 at,
             });
         }
+        (0 | 1, _) => Value::Int(read_i64(d)?),
+        (2, 0..=27) => Value::Bytes(cbor::read_bytes(d)?),
+        (3, 0..=27) => Value::Text(cbor::read_str(d)?),
+        #[cfg(feature = "arrays")]
+        (4, _) => {
+            cbor::skip_item(d, 0)?;
+            Value::Array(super::value::RawArray(&d.input()[at..d.position()]))
+        }
+        (7, 20 | 21) => {
+            d.set_position(at + 1);
+            Value::Bool(info == 21)
+        }
+        (7, 22) => {
+            if !allow_null {
+                return Err(DecodeError::NullNotAllowed { at });
+            }
+            d.set_position(at + 1);
+            Value::Null
+        }
+        (7, 25..=27) => Value::Float(cbor::read_float(d)?),
+        // Indefinite strings, tags, undefined, other simple values (and
+        // arrays without the `arrays` feature).
         _ => return Err(DecodeError::Unsupported { at }),
     })
 }

@@ -187,7 +187,7 @@ impl<const L: usize, const P: usize> ShadowUpdate<L, P> {
                 }
                 5 => {
                     let at = d.position();
-                    let s = d.str()?;
+                    let s = cbor::read_str(d)?;
                     let mut t = heapless::String::new();
                     t.push_str(s).map_err(|_| DecodeError::Malformed {
                         what: "a client token of at most 64 bytes",
