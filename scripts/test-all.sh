@@ -74,7 +74,9 @@ LANYARD_STM32_ELF="$firmware" cargo test -p lanyard-std --test qemu_stm32 -- --i
 step "Python bindings: pip install ./bindings/python (maturin builds the extension), then their tests"
 (cd bindings/python && cargo fmt -- --check && cargo clippy -- -D warnings)
 python3 -m pip install -q --root-user-action=ignore ./bindings/python
-(cd bindings/python && python3 -m unittest discover -s tests -v)
+# The app client's tests run a `lanyard twin` and a `lanyard device`.
+cargo build -p lanyard-std --bin lanyard
+(cd bindings/python && LANYARD_BIN="$PWD/../../target/debug/lanyard" python3 -m unittest discover -s tests -v)
 
 step "Kotlin bindings: uniffi generates the sources, Maven compiles them and runs their tests (against mosquitto, lanyard twin and lanyard device)"
 bash scripts/test-kotlin.sh

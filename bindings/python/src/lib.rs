@@ -2,19 +2,37 @@
 //! extension; the `lanyard` package wraps it). They add no rules: message
 //! decoding is `lanyard_std::describe`, the framed serial link is
 //! `lanyard_nostd::frame` and `envelope`, the bridge is
-//! `lanyard_std::bridge`. Errors from bad input become `ValueError`, a
-//! failed link or broker `OSError`.
+//! `lanyard_std::bridge`, the app client `lanyard_std::app`. Shadow state
+//! crosses as JSON text in the AWS mapping (`lanyard_std::aws_json`), which
+//! the Python layer turns into dicts. Errors from bad input become
+//! `ValueError`, a failed link or broker `OSError`, no answer in time
+//! `TimeoutError`, a refusal by the twin host `lanyard.Rejected`.
 
-use std::time::Duration;
+use std::future::Future;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use lanyard_core::agent::messages::MessageKind;
 use lanyard_nostd::envelope::{decode_envelope, encode_with_topic};
 use lanyard_nostd::frame::{encode_frame as frame_bytes, max_frame_len};
+use lanyard_std::app::{AppClient, AppError, AppEvent};
+use lanyard_std::aws_json::{tree_from_json, tree_to_json};
 use lanyard_std::bridge::{Bridge as StdBridge, BridgeStats, MAX_FRAME, connect_tcp};
 use lanyard_std::mqtt::{MqttConfig, MqttTransport};
-use pyo3::exceptions::{PyOSError, PyValueError};
+use lanyard_std::twin::{TWIN_LEAVES, TWIN_POOL};
+use pyo3::create_exception;
+use pyo3::exceptions::{PyException, PyOSError, PyTimeoutError, PyValueError};
 use pyo3::prelude::*;
 use pyo3::types::{PyBytes, PyDict};
+use serde_json::{Value as Json, json};
+use tokio::runtime::Runtime;
+
+create_exception!(
+    lanyard,
+    Rejected,
+    PyException,
+    "The twin host refused the request (an unknown device, a malformed update)."
+);
 
 /// Decodes an SDK message; returns `(type name, JSON text)`. `kind` is a
 /// topic suffix (`"ack"`, `"shadow/delta"`); `None` tries every type.
@@ -137,13 +155,7 @@ impl Bridge {
     #[new]
     #[pyo3(signature = (broker, device_id=None, tenant=None))]
     fn new(broker: &str, device_id: Option<String>, tenant: Option<String>) -> PyResult<Self> {
-        let rest = broker.strip_prefix("mqtt://").ok_or_else(|| {
-            PyValueError::new_err(format!("{broker:?}: mqtt://host:port expected"))
-        })?;
-        let (host, port) = rest
-            .rsplit_once(':')
-            .and_then(|(h, p)| Some((h.to_owned(), p.parse::<u16>().ok()?)))
-            .ok_or_else(|| PyValueError::new_err(format!("{broker:?}: no port")))?;
+        let (host, port) = parse_broker(broker)?;
         if let Some(t) = &tenant
             && !lanyard_core::agent::messages::valid_tenant(t)
         {
@@ -167,11 +179,7 @@ impl Bridge {
         address: &str,
         seconds: Option<f64>,
     ) -> PyResult<Bound<'py, PyDict>> {
-        let rt = tokio::runtime::Builder::new_multi_thread()
-            .worker_threads(2)
-            .enable_all()
-            .build()
-            .map_err(|e| PyOSError::new_err(e.to_string()))?;
+        let rt = runtime(2)?;
         let client_id = self
             .device_id
             .clone()
@@ -182,7 +190,7 @@ impl Bridge {
         }
         let (device_id, tenant) = (self.device_id.clone(), self.tenant.clone());
         let address = address.to_owned();
-        let mut task = rt.spawn(async move {
+        let stats = block_on(py, &rt, async move {
             let mut bridge = StdBridge::new(MqttTransport::connect(config));
             if let Some(t) = &tenant {
                 bridge = bridge.with_tenant(t).map_err(PyValueError::new_err)?;
@@ -212,27 +220,252 @@ impl Bridge {
                 }
                 Err(e) => Err(PyOSError::new_err(e.to_string())),
             }
+        })?;
+        stats_dict(py, stats)
+    }
+}
+
+type Tree = lanyard_core::shadow::StateTree<TWIN_LEAVES, TWIN_POOL>;
+
+/// A command's final acknowledgement: status, reason, result (CBOR).
+type FinalAck<'py> = (&'static str, Option<String>, Option<Bound<'py, PyBytes>>);
+
+/// An app connected to a twin host: sets a device's desired state, reads
+/// its shadow, sends it commands and waits for their final
+/// acknowledgement, and watches deltas, reports and acknowledgements.
+/// Every call blocks (without the GIL) and can be interrupted with Ctrl-C;
+/// calls from several threads are served one at a time.
+#[pyclass]
+struct App {
+    rt: Runtime,
+    client: Arc<tokio::sync::Mutex<AppClient<MqttTransport>>>,
+}
+
+#[pymethods]
+impl App {
+    /// Connects to `broker` (`mqtt://host:port`) as `client_id` within
+    /// `timeout` seconds and subscribes to what an app watches. With
+    /// `tenants` the host serves tenant namespaces and devices are named
+    /// `"{tenant}/{device-id}"`.
+    #[new]
+    #[pyo3(signature = (broker, client_id=None, tenants=false, timeout=10.0))]
+    fn new(
+        py: Python<'_>,
+        broker: &str,
+        client_id: Option<String>,
+        tenants: bool,
+        timeout: f64,
+    ) -> PyResult<Self> {
+        let (host, port) = parse_broker(broker)?;
+        let timeout = seconds(timeout)?;
+        let client_id =
+            client_id.unwrap_or_else(|| format!("lanyard-py-app-{}", std::process::id()));
+        let rt = runtime(1)?;
+        let client = block_on(py, &rt, async move {
+            let config = MqttConfig::new(host, port, client_id);
+            let transport = MqttTransport::connect_and_wait(config, timeout)
+                .await
+                .map_err(|e| app_error(AppError::Transport(e)))?;
+            let client = if tenants {
+                AppClient::for_tenants(transport).await
+            } else {
+                AppClient::new(transport).await
+            };
+            client.map_err(app_error)
+        })?;
+        Ok(App {
+            rt,
+            client: Arc::new(tokio::sync::Mutex::new(client)),
+        })
+    }
+
+    /// Asks for `state_json` (a JSON object of properties, nested objects
+    /// for nested properties, `null` to delete) in `device`'s desired
+    /// state. Nothing is sent if it is not a state the shadow can hold.
+    fn set_desired(&self, py: Python<'_>, device: String, state_json: &str) -> PyResult<()> {
+        let tree = state_of(state_json, true)?;
+        let client = self.client.clone();
+        block_on(py, &self.rt, async move {
+            let mut client = client.lock().await;
+            client
+                .set_desired(&device, &tree, now_ms())
+                .await
+                .map_err(app_error)
+        })
+    }
+
+    /// The device's shadow as JSON text: `version`, `desired`, `reported`
+    /// (objects as in `set_desired`; bytes as base64 text, the AWS JSON
+    /// mapping) and `in_sync`.
+    fn get_shadow(&self, py: Python<'_>, device: String, timeout: f64) -> PyResult<String> {
+        let timeout = seconds(timeout)?;
+        let client = self.client.clone();
+        let shadow = block_on(py, &self.rt, async move {
+            let mut client = client.lock().await;
+            client.get_shadow(&device, timeout).await.map_err(app_error)
+        })?;
+        Ok(json!({
+            "version": shadow.version(),
+            "desired": tree_to_json(shadow.desired()),
+            "reported": tree_to_json(shadow.reported()),
+            "in_sync": shadow.in_sync(),
+        })
+        .to_string())
+    }
+
+    /// Sends `device` the command `name` with `args_json` (a JSON object,
+    /// as desired state without nulls) and waits up to `timeout` seconds
+    /// for its final acknowledgement; the command expires on the device
+    /// then too. Returns `(status, reason or None, result CBOR or None)`.
+    fn command<'py>(
+        &self,
+        py: Python<'py>,
+        device: String,
+        name: String,
+        args_json: &str,
+        timeout: f64,
+    ) -> PyResult<FinalAck<'py>> {
+        let timeout = seconds(timeout)?;
+        let args = state_of(args_json, false)?;
+        let args = if args.is_empty() {
+            Vec::new()
+        } else {
+            let mut buf = vec![0u8; args.encoded_len()];
+            let n = args
+                .encode(&mut buf)
+                .map_err(|e| PyValueError::new_err(e.to_string()))?;
+            buf.truncate(n);
+            buf
+        };
+        let client = self.client.clone();
+        let outcome = block_on(py, &self.rt, async move {
+            let mut client = client.lock().await;
+            client
+                .command(&device, &name, &args, now_ms(), timeout)
+                .await
+                .map_err(app_error)
+        })?;
+        Ok((
+            outcome.status.name(),
+            outcome.reason.map(|r| format!("{r:?}")),
+            outcome.result.map(|r| PyBytes::new(py, &r)),
+        ))
+    }
+
+    /// The next delta, report or acknowledgement as `(type, device, JSON
+    /// text)`, or `None` if none came within `timeout` seconds. Deltas and
+    /// reports carry the state; acknowledgements `command_id` and `status`.
+    fn next_event(
+        &self,
+        py: Python<'_>,
+        timeout: f64,
+    ) -> PyResult<Option<(&'static str, String, String)>> {
+        let timeout = seconds(timeout)?;
+        let client = self.client.clone();
+        let event = block_on(py, &self.rt, async move {
+            let mut client = client.lock().await;
+            match tokio::time::timeout(timeout, client.next_event()).await {
+                Err(_) => Ok(None),
+                Ok(r) => r.map(Some).map_err(app_error),
+            }
+        })?;
+        Ok(event.map(|e| match e {
+            AppEvent::Delta { device, state } => {
+                ("delta", device, tree_to_json(&*state).to_string())
+            }
+            AppEvent::Reported { device, state } => {
+                ("reported", device, tree_to_json(&*state).to_string())
+            }
+            AppEvent::Ack {
+                device,
+                command_id,
+                status,
+            } => (
+                "ack",
+                device,
+                json!({"command_id": command_id, "status": status.name()}).to_string(),
+            ),
+        }))
+    }
+}
+
+/// `mqtt://host:port` as host and port.
+fn parse_broker(broker: &str) -> PyResult<(String, u16)> {
+    let rest = broker
+        .strip_prefix("mqtt://")
+        .ok_or_else(|| PyValueError::new_err(format!("{broker:?}: mqtt://host:port expected")))?;
+    rest.rsplit_once(':')
+        .and_then(|(h, p)| Some((h.to_owned(), p.parse::<u16>().ok()?)))
+        .ok_or_else(|| PyValueError::new_err(format!("{broker:?}: no port")))
+}
+
+/// A timeout from Python's float seconds.
+fn seconds(s: f64) -> PyResult<Duration> {
+    Duration::try_from_secs_f64(s)
+        .map_err(|_| PyValueError::new_err(format!("timeout {s} s is not a duration")))
+}
+
+fn runtime(threads: usize) -> PyResult<Runtime> {
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(threads)
+        .enable_all()
+        .build()
+        .map_err(|e| PyOSError::new_err(e.to_string()))
+}
+
+/// Runs `work` on `rt` without holding the GIL, waking every 200 ms so
+/// that Ctrl-C still reaches Python (the work is abandoned then).
+fn block_on<T: Send + 'static>(
+    py: Python<'_>,
+    rt: &Runtime,
+    work: impl Future<Output = PyResult<T>> + Send + 'static,
+) -> PyResult<T> {
+    let mut task = rt.spawn(work);
+    loop {
+        let done = py.detach(|| {
+            rt.block_on(async {
+                tokio::select! {
+                    r = &mut task => Some(r),
+                    _ = tokio::time::sleep(Duration::from_millis(200)) => None,
+                }
+            })
         });
-        // Ctrl-C must still reach Python: wake every 200 ms to look.
-        loop {
-            let done = py.detach(|| {
-                rt.block_on(async {
-                    tokio::select! {
-                        r = &mut task => Some(r),
-                        _ = tokio::time::sleep(Duration::from_millis(200)) => None,
-                    }
-                })
-            });
-            if let Some(joined) = done {
-                let stats = joined.map_err(|e| PyOSError::new_err(e.to_string()))??;
-                return stats_dict(py, stats);
-            }
-            if let Err(e) = py.check_signals() {
-                task.abort();
-                return Err(e);
-            }
+        if let Some(joined) = done {
+            return joined.map_err(|e| PyOSError::new_err(e.to_string()))?;
+        }
+        if let Err(e) = py.check_signals() {
+            task.abort();
+            return Err(e);
         }
     }
+}
+
+fn app_error(e: AppError) -> PyErr {
+    match e {
+        AppError::Timeout => PyTimeoutError::new_err("no answer in time"),
+        AppError::Rejected(why) => Rejected::new_err(why),
+        AppError::Codec(why) => PyValueError::new_err(format!("bad message: {why}")),
+        AppError::Transport(t) => PyOSError::new_err(t.to_string()),
+    }
+}
+
+/// The tree of a JSON object of properties; refuses what a shadow cannot
+/// hold (`allow_null`: nulls delete, in desired state only).
+fn state_of(text: &str, allow_null: bool) -> PyResult<Box<Tree>> {
+    let bad = |e: &dyn std::fmt::Display| PyValueError::new_err(format!("state: {e}"));
+    let Json::Object(obj) = serde_json::from_str::<Json>(text).map_err(|e| bad(&e))? else {
+        return Err(bad(&"a JSON object of properties expected"));
+    };
+    tree_from_json(&obj, allow_null)
+        .map(Box::new)
+        .map_err(|e| bad(&e))
+}
+
+fn now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
 }
 
 /// The native part of the `lanyard` package.
@@ -242,5 +475,7 @@ fn _lanyard(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(encode_frame, m)?)?;
     m.add_class::<FrameDecoder>()?;
     m.add_class::<Bridge>()?;
+    m.add_class::<App>()?;
+    m.add("Rejected", m.py().get_type::<Rejected>())?;
     Ok(())
 }

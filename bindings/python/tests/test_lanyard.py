@@ -1,6 +1,8 @@
-"""The Python package against the Rust SDK: decoding, the framed link, and
-the bridge between a TCP "serial port" and a real mosquitto (started here;
-``mosquitto_sub``/``mosquitto_pub`` play the cloud)."""
+"""The Python package against the Rust SDK: decoding, the framed link, the
+bridge between a TCP "serial port" and a real mosquitto (started here;
+``mosquitto_sub``/``mosquitto_pub`` play the cloud), and the app client
+against a real ``lanyard twin`` and ``lanyard device`` (the binary named by
+``LANYARD_BIN``; scripts/test-all.sh builds it)."""
 
 import os
 import shutil
@@ -26,6 +28,33 @@ def free_port():
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
+
+
+def start_mosquitto(workdir):
+    """A mosquitto on a free port, once it accepts connections."""
+    port = free_port()
+    conf = os.path.join(workdir, "mosquitto.conf")
+    with open(conf, "w") as f:
+        f.write(f"listener {port} 127.0.0.1\nallow_anonymous true\n")
+    mosquitto = shutil.which("mosquitto") or "/usr/sbin/mosquitto"
+    broker = subprocess.Popen([mosquitto, "-c", conf], stderr=subprocess.DEVNULL)
+    eventually(lambda: socket.create_connection(("127.0.0.1", port)).close() or True,
+               "mosquitto did not start", seconds=10)
+    return broker, port
+
+
+def eventually(check, what, seconds=20):
+    """Retries ``check`` until it returns true (exceptions count as false)."""
+    deadline = time.time() + seconds
+    while True:
+        try:
+            if check():
+                return
+        except Exception:
+            pass
+        if time.time() > deadline:
+            raise AssertionError(f"{what} (within {seconds} s)")
+        time.sleep(0.1)
 
 
 class Decoding(unittest.TestCase):
@@ -67,20 +96,7 @@ class FramedLink(unittest.TestCase):
 class BridgeToMosquitto(unittest.TestCase):
     def setUp(self):
         self.dir = tempfile.TemporaryDirectory()
-        self.port = free_port()
-        conf = os.path.join(self.dir.name, "mosquitto.conf")
-        with open(conf, "w") as f:
-            f.write(f"listener {self.port} 127.0.0.1\nallow_anonymous true\n")
-        mosquitto = shutil.which("mosquitto") or "/usr/sbin/mosquitto"
-        self.broker = subprocess.Popen([mosquitto, "-c", conf], stderr=subprocess.DEVNULL)
-        deadline = time.time() + 10
-        while True:
-            try:
-                socket.create_connection(("127.0.0.1", self.port)).close()
-                break
-            except OSError:
-                self.assertLess(time.time(), deadline, "mosquitto did not start")
-                time.sleep(0.05)
+        self.broker, self.port = start_mosquitto(self.dir.name)
 
     def tearDown(self):
         self.broker.kill()
@@ -138,6 +154,104 @@ class BridgeToMosquitto(unittest.TestCase):
             lanyard.Bridge("http://example")
         with self.assertRaises(ValueError):
             lanyard.Bridge("mqtt://127.0.0.1:1883", tenant="Not/Valid")
+
+
+class AppOfATwinHost(unittest.TestCase):
+    """``lanyard.App`` against a mosquitto, a ``lanyard twin`` host and a
+    ``lanyard device`` (a simulated std device), each its own process."""
+
+    SIM = "ly-020000000001"  # lanyard device's default MAC
+
+    @classmethod
+    def setUpClass(cls):
+        binary = os.environ.get("LANYARD_BIN")
+        if not binary:
+            raise RuntimeError("set LANYARD_BIN to the lanyard binary (scripts/test-all.sh does)")
+        cls.dir = tempfile.TemporaryDirectory()
+        cls.procs, cls.logs = [], []
+        broker, cls.port = start_mosquitto(cls.dir.name)
+        cls.procs.append(broker)
+        cls.broker = f"mqtt://127.0.0.1:{cls.port}"
+        for role in ("twin", "device"):
+            log = open(os.path.join(cls.dir.name, f"{role}.log"), "w")
+            cls.logs.append(log)
+            cls.procs.append(subprocess.Popen(
+                [binary, role, "--broker", cls.broker,
+                 "--state-dir", os.path.join(cls.dir.name, role)],
+                stdout=log, stderr=subprocess.STDOUT,
+            ))
+        cls.app = lanyard.App(cls.broker, client_id="python-app")
+        # Registered once the twin host has a shadow for it.
+        eventually(lambda: cls.app.get_shadow(cls.SIM, timeout=2)["version"] >= 0,
+                   "the simulated device registered")
+
+    @classmethod
+    def tearDownClass(cls):
+        for p in reversed(cls.procs):
+            p.terminate()
+            p.wait()
+        for log in cls.logs:
+            log.close()
+        cls.dir.cleanup()
+
+    def test_desired_state_reaches_the_device_and_comes_back_reported(self):
+        self.app.set_desired(self.SIM, {"target_c": 22, "fan": {"speed": 0.5}})
+
+        def reported():
+            shadow = self.app.get_shadow(self.SIM, timeout=2)
+            return shadow["in_sync"] and shadow["reported"].get("target_c") == 22 \
+                and shadow["reported"].get("fan") == {"speed": 0.5}
+
+        eventually(reported, "the device reported the desired state")
+        shadow = self.app.get_shadow(self.SIM)
+        self.assertEqual(shadow["desired"]["target_c"], 22)
+        self.assertEqual(shadow["desired"]["fan"], {"speed": 0.5})
+        # None deletes a desired property.
+        self.app.set_desired(self.SIM, {"target_c": None})
+        eventually(lambda: "target_c" not in self.app.get_shadow(self.SIM, timeout=2)["desired"],
+                   "target_c was deleted from desired state")
+
+    def test_the_delta_and_the_report_can_be_watched(self):
+        self.app.set_desired(self.SIM, {"mode": "eco"})
+        seen = set()
+        deadline = time.time() + 20
+        while seen != {"delta", "reported"} and time.time() < deadline:
+            e = self.app.next_event(timeout=1)
+            if e and e["type"] in ("delta", "reported") and e["device"] == self.SIM \
+                    and e["state"].get("mode") == "eco":
+                seen.add(e["type"])
+        self.assertEqual(seen, {"delta", "reported"})
+
+    def test_commands_are_acknowledged_with_their_final_status(self):
+        blink = self.app.command(self.SIM, "blink_led", {"count": 2, "period_ms": 100})
+        self.assertEqual(blink["status"], "Succeeded")
+        unknown = self.app.command(self.SIM, "self_destruct")
+        self.assertEqual((unknown["status"], unknown["reason"]), ("Rejected", "UnknownCommand"))
+        bad = self.app.command(self.SIM, "blink_led", {"count": 0})
+        self.assertEqual(bad["reason"], "BadArguments")
+
+    def test_bad_input_is_refused_before_anything_is_sent(self):
+        for state in ({"": 1}, {"a": b"bytes"}, {"x": float("nan")}, ["not", "a", "dict"],
+                      {"k" * 200: 1}):
+            with self.assertRaises(ValueError, msg=repr(state)):
+                self.app.set_desired(self.SIM, state)
+        with self.assertRaises(ValueError):
+            self.app.command(self.SIM, "blink_led", {"count": None})  # no nulls in arguments
+        with self.assertRaises(ValueError):
+            self.app.get_shadow(self.SIM, timeout=-1)
+        with self.assertRaises(ValueError):
+            lanyard.App("mqtt://127.0.0.1:70000")
+        # Nothing of that reached the shadow.
+        desired = self.app.get_shadow(self.SIM)["desired"]
+        self.assertFalse({"", "a", "x", "k" * 200} & set(desired))
+
+    def test_no_broker_is_an_os_error(self):
+        with self.assertRaises(OSError):
+            lanyard.App(f"mqtt://127.0.0.1:{free_port()}", timeout=0.5)
+
+    def test_an_unknown_device_is_rejected(self):
+        with self.assertRaises(lanyard.Rejected):
+            self.app.get_shadow("ly-ffffffffffff", timeout=5)
 
 
 if __name__ == "__main__":
