@@ -32,8 +32,9 @@ pub enum DriverEvent {
         at_ms: u64,
         /// What it was.
         kind: MessageKind,
-        /// Its size.
-        bytes: usize,
+        /// Its bytes (a device acts on a delta's or a configuration's
+        /// content; the agent has already applied it).
+        payload: Vec<u8>,
     },
     /// A message arrived and the agent refused it.
     Refused {
@@ -103,8 +104,53 @@ pub struct DeviceDriver<T: Transport> {
 }
 
 /// A change of the device's own state (a button, a local setting), to be
-/// reported in its shadow: a dotted path and an integer value.
-pub type LocalChange = (String, i64);
+/// reported in its shadow: a dotted path and its new value.
+pub type LocalChange = (String, LocalValue);
+
+/// The value of a [`LocalChange`]: a scalar the shadow holds, owned so it
+/// can cross a channel.
+#[derive(Debug, Clone, PartialEq)]
+pub enum LocalValue {
+    /// A boolean.
+    Bool(bool),
+    /// An integer.
+    Int(i64),
+    /// A float.
+    Float(f64),
+    /// Text.
+    Text(String),
+}
+
+impl LocalValue {
+    /// As the shadow's value type.
+    pub fn as_value(&self) -> lanyard_core::shadow::Value<'_> {
+        use lanyard_core::shadow::Value;
+        match self {
+            LocalValue::Bool(b) => Value::Bool(*b),
+            LocalValue::Int(i) => Value::Int(*i),
+            LocalValue::Float(x) => Value::Float(*x),
+            LocalValue::Text(t) => Value::Text(t),
+        }
+    }
+}
+
+/// A MAC address written `02:00:00:00:00:bb` (the agent derives the
+/// device id from it).
+pub fn parse_mac(s: &str) -> Result<[u8; 6], String> {
+    let parts: Vec<&str> = s.split(':').collect();
+    if parts.len() != 6 {
+        return Err(format!("MAC address needs six bytes: {s}"));
+    }
+    let mut mac = [0u8; 6];
+    for (m, p) in mac.iter_mut().zip(parts) {
+        let hex = (1..=2).contains(&p.len()) && p.bytes().all(|b| b.is_ascii_hexdigit());
+        *m = u8::from_str_radix(p, 16)
+            .ok()
+            .filter(|_| hex)
+            .ok_or_else(|| format!("bad MAC byte {p:?} in {s}"))?;
+    }
+    Ok(mac)
+}
 
 /// The topics a device listens on.
 pub const DEVICE_INBOUND: [MessageKind; 4] = [
@@ -328,6 +374,17 @@ impl<T: Transport> DeviceDriver<T> {
         Ok(())
     }
 
+    /// Sends what the agent has queued and waits, at most `within`, until
+    /// the broker has every message: call it before dropping a driver
+    /// whose last messages matter (a decommissioned device's
+    /// acknowledgement and final lifecycle event).
+    pub async fn finish(&mut self, within: std::time::Duration) -> Result<(), TransportError> {
+        self.flush().await?;
+        self.transport.flush(within).await?;
+        self.prune_journal();
+        Ok(())
+    }
+
     /// Runs until `stop` completes or the transport closes.
     pub async fn run_until(
         &mut self,
@@ -352,7 +409,7 @@ impl<T: Transport> DeviceDriver<T> {
                     let now = self.clock.now_ms();
                     match lanyard_core::shadow::PathBuf::from_dotted(&path) {
                         Ok(p) => {
-                            match self.agent.set_reported(now, p.as_path(), lanyard_core::shadow::Value::Int(value)) {
+                            match self.agent.set_reported(now, p.as_path(), value.as_value()) {
                                 // The sync it asks for is due now: send it
                                 // before anything else can overwrite it.
                                 Ok(()) => self.agent.handle_timeout(now, &mut self.platform.lend()),
@@ -395,15 +452,41 @@ impl<T: Transport> DeviceDriver<T> {
             .agent
             .handle_inbound(now, kind, payload, &mut self.platform.lend())
         {
-            Ok(()) => self.emit(DriverEvent::Received {
-                at_ms: now,
-                kind,
-                bytes: payload.len(),
-            }),
+            Ok(()) => {
+                if self.events.is_some() {
+                    self.emit(DriverEvent::Received {
+                        at_ms: now,
+                        kind,
+                        payload: payload.to_vec(),
+                    });
+                }
+            }
             Err(e) => self.emit(DriverEvent::Refused {
                 at_ms: now,
                 why: e.to_string(),
             }),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::parse_mac;
+
+    #[test]
+    fn macs_parse_and_bad_ones_say_why() {
+        assert_eq!(
+            parse_mac("02:4c:59:0:0:FF"),
+            Ok([2, 0x4c, 0x59, 0, 0, 0xff])
+        );
+        for bad in [
+            "02:4c:59:00:00",
+            "02:4c:59:00:00:00:01",
+            "02:4c:59:00:00:+1",
+            "02:4c:59:00:00:100",
+            "02::59:00:00:01",
+        ] {
+            assert!(parse_mac(bad).is_err(), "{bad}");
         }
     }
 }

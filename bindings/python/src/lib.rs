@@ -26,6 +26,9 @@ use pyo3::prelude::*;
 use pyo3::types::{PyBytes, PyDict};
 use serde_json::{Value as Json, json};
 use tokio::runtime::Runtime;
+use tokio::sync::mpsc;
+
+mod device;
 
 create_exception!(
     lanyard,
@@ -227,8 +230,14 @@ impl Bridge {
 
 type Tree = lanyard_core::shadow::StateTree<TWIN_LEAVES, TWIN_POOL>;
 
-/// A command's final acknowledgement: status, reason, result (CBOR).
-type FinalAck<'py> = (&'static str, Option<String>, Option<Bound<'py, PyBytes>>);
+/// A command's final acknowledgement: status, reason, the result as JSON
+/// when it is a map of properties (as the shadow holds them), and as CBOR.
+type FinalAck<'py> = (
+    &'static str,
+    Option<String>,
+    Option<String>,
+    Option<Bound<'py, PyBytes>>,
+);
 
 /// An app connected to a twin host: sets a device's desired state, reads
 /// its shadow, sends it commands and waits for their final
@@ -316,7 +325,9 @@ impl App {
     /// Sends `device` the command `name` with `args_json` (a JSON object,
     /// as desired state without nulls) and waits up to `timeout` seconds
     /// for its final acknowledgement; the command expires on the device
-    /// then too. Returns `(status, reason or None, result CBOR or None)`.
+    /// then too. Returns `(status, reason, result JSON, result CBOR)`, the
+    /// last three `None` when absent (the JSON also when the result is not
+    /// a map of properties).
     fn command<'py>(
         &self,
         py: Python<'py>,
@@ -345,9 +356,15 @@ impl App {
                 .await
                 .map_err(app_error)
         })?;
+        let result_json = outcome
+            .result
+            .as_deref()
+            .and_then(|r| Tree::decode(r).ok())
+            .map(|t| tree_to_json(&t).to_string());
         Ok((
             outcome.status.name(),
             outcome.reason.map(|r| format!("{r:?}")),
+            result_json,
             outcome.result.map(|r| PyBytes::new(py, &r)),
         ))
     }
@@ -420,20 +437,64 @@ fn block_on<T: Send + 'static>(
     rt: &Runtime,
     work: impl Future<Output = PyResult<T>> + Send + 'static,
 ) -> PyResult<T> {
+    block_on_with::<T, ()>(py, rt, work, None)
+}
+
+/// Where [`block_on_with`] delivers what `work` reports while it runs, and
+/// the Python-side handler (called with the GIL, in the caller's thread).
+type Reports<'a, E> = (
+    &'a mut mpsc::UnboundedReceiver<E>,
+    &'a mut dyn FnMut(Python<'_>, E) -> PyResult<()>,
+);
+
+/// [`block_on`], handing each report of `work` to a handler as it comes;
+/// an error from the handler (or Ctrl-C) abandons the work.
+fn block_on_with<T: Send + 'static, E: Send>(
+    py: Python<'_>,
+    rt: &Runtime,
+    work: impl Future<Output = PyResult<T>> + Send + 'static,
+    reports: Option<Reports<'_, E>>,
+) -> PyResult<T> {
+    enum Woke<T, E> {
+        Done(Result<PyResult<T>, tokio::task::JoinError>),
+        Report(E),
+        Tick,
+    }
+    let (mut rx, mut handle) = match reports {
+        Some((rx, handle)) => (Some(rx), Some(handle)),
+        None => (None, None),
+    };
     let mut task = rt.spawn(work);
     loop {
-        let done = py.detach(|| {
+        let woke = py.detach(|| {
             rt.block_on(async {
+                let report = async {
+                    match rx.as_mut() {
+                        Some(rx) => rx.recv().await,
+                        None => std::future::pending().await,
+                    }
+                };
                 tokio::select! {
-                    r = &mut task => Some(r),
-                    _ = tokio::time::sleep(Duration::from_millis(200)) => None,
+                    r = &mut task => Woke::Done(r),
+                    Some(e) = report => Woke::Report(e),
+                    _ = tokio::time::sleep(Duration::from_millis(200)) => Woke::Tick,
                 }
             })
         });
-        if let Some(joined) = done {
-            return joined.map_err(|e| PyOSError::new_err(e.to_string()))?;
-        }
-        if let Err(e) = py.check_signals() {
+        let handled = match (woke, handle.as_mut()) {
+            (Woke::Done(joined), _) => {
+                // What the work reported before it ended still counts.
+                if let (Some(rx), Some(handle)) = (rx.as_mut(), handle.as_mut()) {
+                    while let Ok(e) = rx.try_recv() {
+                        handle(py, e)?;
+                    }
+                }
+                return joined.map_err(|e| PyOSError::new_err(e.to_string()))?;
+            }
+            (Woke::Report(e), Some(handle)) => handle(py, e),
+            _ => Ok(()),
+        };
+        if let Err(e) = handled.and_then(|()| py.check_signals()) {
             task.abort();
             return Err(e);
         }
@@ -476,6 +537,7 @@ fn _lanyard(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<FrameDecoder>()?;
     m.add_class::<Bridge>()?;
     m.add_class::<App>()?;
+    m.add_class::<device::Device>()?;
     m.add("Rejected", m.py().get_type::<Rejected>())?;
     Ok(())
 }

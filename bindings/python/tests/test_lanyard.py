@@ -254,5 +254,114 @@ class AppOfATwinHost(unittest.TestCase):
             self.app.get_shadow("ly-ffffffffffff", timeout=5)
 
 
+class DeviceOnATwinHost(unittest.TestCase):
+    """``lanyard.Device`` (this process as a device, its platform Python
+    callables) against a mosquitto and a ``lanyard twin``, driven by a
+    ``lanyard.App``."""
+
+    MAC = "02:00:00:00:00:cc"
+
+    def setUp(self):
+        binary = os.environ.get("LANYARD_BIN")
+        if not binary:
+            raise RuntimeError("set LANYARD_BIN to the lanyard binary (scripts/test-all.sh does)")
+        self.dir = tempfile.TemporaryDirectory()
+        self.addCleanup(self.dir.cleanup)
+        broker, port = start_mosquitto(self.dir.name)
+        self.addCleanup(lambda: (broker.kill(), broker.wait()))
+        self.broker = f"mqtt://127.0.0.1:{port}"
+        log = open(os.path.join(self.dir.name, "twin.log"), "w")
+        self.addCleanup(log.close)
+        twin = subprocess.Popen(
+            [binary, "twin", "--broker", self.broker,
+             "--state-dir", os.path.join(self.dir.name, "twin")],
+            stdout=log, stderr=subprocess.STDOUT,
+        )
+        self.addCleanup(lambda: (twin.terminate(), twin.wait()))
+        self.state_dir = os.path.join(self.dir.name, "device")
+
+    def start_device(self, **platform):
+        events = []
+        dev = lanyard.Device(self.broker, self.MAC, self.state_dir, **platform)
+        runner = threading.Thread(target=dev.run, kwargs={"seconds": 60, "on_event": events.append})
+        runner.start()
+        return dev, runner, events
+
+    def test_the_platform_is_python_and_the_cloud_sees_a_device(self):
+        def add(args):
+            return {"sum": args["a"] + args["b"]}
+
+        def fail(args):
+            raise RuntimeError("the service would not restart")
+
+        blinks = []
+        dev, runner, events = self.start_device(
+            commands={"add": add, "fail": fail},
+            sensors=lambda: (21.5, 40.0),
+            blink=lambda count, period_ms: blinks.append((count, period_ms)),
+        )
+        app = lanyard.App(self.broker, client_id="py-device-test")
+        dev_id = dev.device_id
+        self.assertEqual(dev_id, "ly-0200000000cc")
+        eventually(lambda: app.get_shadow(dev_id, timeout=2)["version"] >= 0,
+                   "the device registered")
+
+        added = app.command(dev_id, "add", {"a": 2, "b": 3})
+        self.assertEqual((added["status"], added["result"]), ("Succeeded", {"sum": 5}))
+        missing = app.command(dev_id, "add", {"a": 2})
+        self.assertEqual((missing["status"], missing["reason"]), ("Rejected", "BadArguments"))
+        with self.assertLogs("lanyard", level="ERROR") as logged:
+            failed = app.command(dev_id, "fail")
+        self.assertEqual((failed["status"], failed["reason"]), ("Failed", "ExecutionFailed"))
+        self.assertIn("the service would not restart", "\n".join(logged.output))
+        unknown = app.command(dev_id, "reboot")
+        self.assertEqual(unknown["reason"], "UnknownCommand")
+        self.assertEqual(app.command(dev_id, "blink_led", {"count": 2, "period_ms": 100})["status"],
+                         "Succeeded")
+        self.assertEqual(blinks, [(2, 100)])
+        reading = app.command(dev_id, "read_sensor")["result"]
+        self.assertEqual(reading, {"temperature_c": 21.5, "humidity_pct": 40.0})
+
+        # Desired state: applied and reported by the agent; the delta
+        # reaches Python decoded.
+        app.set_desired(dev_id, {"fan": {"speed": 3}})
+        eventually(lambda: app.get_shadow(dev_id, timeout=2)["reported"].get("fan") == {"speed": 3},
+                   "the device reported the desired fan speed")
+        deltas = [e for e in list(events)
+                  if e["type"] == "received" and e["kind"] == "shadow/delta"]
+        self.assertTrue(any(e["message"]["state"].get("fan") == {"speed": 3} for e in deltas), deltas)
+
+        # The host's own state, reported from Python.
+        dev.report("door.open", True)
+        dev.report("cpu_temp", 48.5)
+        dev.report("uplink", "lte")
+        with self.assertRaises(ValueError):
+            dev.report("bad..path", 1)
+        with self.assertRaises(ValueError):
+            dev.report("list", [1, 2])
+
+        def reported_own_state():
+            r = app.get_shadow(dev_id, timeout=2)["reported"]
+            return r.get("door") == {"open": True} and r.get("cpu_temp") == 48.5 \
+                and r.get("uplink") == "lte"
+
+        eventually(reported_own_state, "the device reported its own state")
+
+        # Decommissioning ends run().
+        self.assertEqual(app.command(dev_id, "decommission")["status"], "Succeeded")
+        runner.join(timeout=20)
+        self.assertFalse(runner.is_alive(), "run() returned once decommissioned")
+        states = [(e["from"], e["to"]) for e in events if e["type"] == "state"]
+        self.assertEqual(states[-1][1], "Decommissioned")
+        with self.assertRaises(RuntimeError):
+            dev.run(seconds=1)
+
+    def test_bad_arguments_to_the_device_are_value_errors(self):
+        with self.assertRaises(ValueError):
+            lanyard.Device(self.broker, "02:00:00:00:00", self.state_dir)
+        with self.assertRaises(ValueError):
+            lanyard.Device("tcp://127.0.0.1:1", self.MAC, self.state_dir)
+
+
 if __name__ == "__main__":
     unittest.main()

@@ -16,7 +16,7 @@ use lanyard_core::shadow::{ConflictPolicy, PathBuf as ShadowPath, StateTree, Val
 use lanyard_core::wire::ShadowUpdate;
 use lanyard_std::clock::Clock;
 use lanyard_std::describe::{describe, parse_hex};
-use lanyard_std::driver::{DeviceDriver, DriverEvent, StdPlatform};
+use lanyard_std::driver::{DeviceDriver, DriverEvent, LocalValue, StdPlatform, parse_mac};
 use lanyard_std::metrics::Metrics;
 use lanyard_std::mqtt::{MqttConfig, MqttTransport};
 use lanyard_std::sim::{CountingLed, SimulatedSensors};
@@ -191,18 +191,6 @@ enum Cmd {
         #[arg(long, value_delimiter = ',')]
         tenants: Vec<String>,
     },
-}
-
-fn parse_mac(s: &str) -> Result<[u8; 6], String> {
-    let parts: Vec<&str> = s.split(':').collect();
-    if parts.len() != 6 {
-        return Err(format!("MAC address needs six bytes: {s}"));
-    }
-    let mut mac = [0u8; 6];
-    for (m, p) in mac.iter_mut().zip(parts) {
-        *m = u8::from_str_radix(p, 16).map_err(|_| format!("bad MAC byte {p}"))?;
-    }
-    Ok(mac)
 }
 
 fn main() {
@@ -720,7 +708,7 @@ async fn demo(
                                 .await;
                         }
                         if !first && n % 2 == 0 {
-                            let _ = buttons[n].send(("hvac.setpoint".into(), 68));
+                            let _ = buttons[n].send(("hvac.setpoint".into(), LocalValue::Int(68)));
                         }
                     }
                     cmd => {

@@ -11,14 +11,21 @@ rules, only Python idioms (dicts instead of JSON text).
   link to an MQTT broker.
 - ``App``: an app of a twin host: desired state, shadows, commands and
   their acknowledgements, events.
+- ``Device``: this host as a Lanyard device, with commands, sensors,
+  battery and LED given as Python callables.
 """
 
 import json
+import logging
+import os
 
 from ._lanyard import App as _App
 from ._lanyard import Bridge, FrameDecoder, Rejected, describe, encode_frame
+from ._lanyard import Device as _Device
 
-__all__ = ["App", "Bridge", "FrameDecoder", "Rejected", "decode", "encode_frame"]
+__all__ = ["App", "Bridge", "Device", "FrameDecoder", "Rejected", "decode", "encode_frame"]
+
+_log = logging.getLogger("lanyard")
 
 
 def decode(data, kind=None):
@@ -57,8 +64,8 @@ class App:
 
     >>> app = App("mqtt://127.0.0.1:1883")                    # doctest: +SKIP
     >>> app.set_desired("ly-020000000001", {"led": {"on": True}})  # doctest: +SKIP
-    >>> app.command("ly-020000000001", "blink_led", {"count": 2})  # doctest: +SKIP
-    {'status': 'Succeeded', 'reason': None, 'result': None}
+    >>> app.command("ly-020000000001", "read_sensor")            # doctest: +SKIP
+    {'status': 'Succeeded', 'reason': None, 'result': {'humidity_pct': 45.0, ...}, ...}
     """
 
     def __init__(self, broker, client_id=None, tenants=False, timeout=10.0):
@@ -77,12 +84,14 @@ class App:
     def command(self, device, name, args=None, timeout=10.0):
         """Sends a command and waits for its final acknowledgement:
         ``{"status": "Succeeded" | "Failed" | "Rejected", "reason": ...,
-        "result": CBOR bytes or None}``. The command expires on the device
-        after ``timeout`` seconds too."""
-        status, reason, result = self._app.command(
+        "result": dict or None, "result_cbor": bytes or None}`` (``result``
+        when the device answered a map of properties, as devices do). The
+        command expires on the device after ``timeout`` seconds too."""
+        status, reason, result, cbor = self._app.command(
             device, name, _state_json(args or {}, "command arguments"), float(timeout)
         )
-        return {"status": status, "reason": reason, "result": result}
+        result = json.loads(result) if result is not None else None
+        return {"status": status, "reason": reason, "result": result, "result_cbor": cbor}
 
     def next_event(self, timeout=1.0):
         """The next event, or ``None`` after ``timeout`` seconds:
@@ -96,3 +105,87 @@ class App:
         if kind == "ack":
             return {"type": kind, "device": device, **body}
         return {"type": kind, "device": device, "state": body}
+
+
+class Device:
+    """This host as a Lanyard device: the SDK's agent (lifecycle,
+    registration, shadow, health, telemetry, commands with acknowledgements
+    and dedupe, configuration) over MQTT, its state kept in ``state_dir``
+    (resumed by the next ``Device`` on the same directory; messages the
+    broker has not acknowledged are journalled there and sent first).
+
+    - ``commands``: ``{name: handler}``; a handler gets the arguments as a
+      dict and returns a dict of properties (the result) or ``None``. It
+      raising ``ValueError``, ``TypeError`` or ``KeyError`` acknowledges the
+      command as Rejected (bad arguments), anything else as Failed (the
+      exception is logged to the ``lanyard`` logger). Other names are
+      Rejected as unknown; ``blink_led``, ``diagnostics`` and
+      ``read_sensor`` are the agent's own.
+    - ``sensors``: returns ``(temperature °C, humidity %)`` or ``None`` when
+      the read failed (telemetry, ``read_sensor``, health's data age).
+    - ``battery_mv``: returns the battery voltage in millivolts (a single
+      Li-ion cell, 3 300-4 150 mV) or ``None``; without it the host is on
+      mains and always full.
+    - ``blink``: called with ``(count, period_ms)`` by ``blink_led``.
+
+    Callables run in the SDK's threads, with the GIL, while ``run`` runs:
+    keep them short.
+
+    >>> dev = Device("mqtt://127.0.0.1:1883", "02:00:00:00:00:cc", "/var/lib/gw",
+    ...              commands={"restart_service": restart}, sensors=read_sht31)  # doctest: +SKIP
+    >>> dev.report("uplink", "lte")                                 # doctest: +SKIP
+    >>> dev.run(on_event=print)                                     # doctest: +SKIP
+    """
+
+    def __init__(self, broker, mac, state_dir, commands=None, sensors=None, battery_mv=None,
+                 blink=None, tenant=None):
+        handlers = dict(commands or {})
+
+        def dispatch(name, args_json):
+            handler = handlers.get(name)
+            if handler is None:
+                return ("unknown", None)
+            try:
+                result = handler(json.loads(args_json))
+            except (ValueError, TypeError, KeyError) as e:
+                _log.info("command %s refused: %r", name, e)
+                return ("bad_arguments", None)
+            except Exception:
+                _log.exception("command %s failed", name)
+                return ("failed", None)
+            if result is None:
+                return ("ok", None)
+            if not isinstance(result, dict):
+                _log.error("command %s returned %s, not a dict", name, type(result).__name__)
+                return ("failed", None)
+            try:
+                return ("ok", json.dumps(result, allow_nan=False))
+            except (TypeError, ValueError):
+                _log.exception("command %s returned what JSON cannot hold", name)
+                return ("failed", None)
+
+        self._device = _Device(broker, mac, os.fspath(state_dir), dispatch if handlers else None,
+                               sensors, battery_mv, blink, tenant)
+
+    @property
+    def device_id(self):
+        """The device id, derived from the MAC address (``ly-...``)."""
+        return self._device.device_id
+
+    def report(self, path, value):
+        """Reports ``value`` (bool, int, float or str) at the dotted
+        ``path`` of the shadow; from any thread, sent once ``run`` runs."""
+        self._device.report(path, value)
+
+    def run(self, seconds=None, on_event=None):
+        """Connects and runs until the device is decommissioned, ``seconds``
+        pass, or Ctrl-C. ``on_event`` gets a dict per event, in this
+        thread: ``{"type": "sent" | "received", "kind", "message"}`` (the
+        message decoded as by ``decode``), ``{"type": "state", "from",
+        "to"}``, ``"health"``, ``"config"``, ``"desired_applied"``,
+        ``"command"``, ``"refused"``, ``"reconnected"``. Runs once."""
+        callback = None
+        if on_event is not None:
+            def callback(kind, text):
+                on_event({"type": kind, **json.loads(text)})
+        self._device.run(None if seconds is None else float(seconds), callback)

@@ -1,0 +1,347 @@
+//! `lanyard.Device`: a gateway (or any Python host) as a Lanyard device.
+//! The agent and its rules are `lanyard_core`'s, the driver is
+//! `lanyard_std::driver`'s, its state is kept by `lanyard_std::store`; what
+//! this adds is the platform made of Python callables (commands, sensors,
+//! battery, LED) and events handed back to Python.
+
+use std::path::PathBuf;
+use std::sync::Mutex;
+
+use lanyard_core::agent::config::DeviceConfig;
+use lanyard_core::agent::health::SlowTelemetryOnLowBattery;
+use lanyard_core::agent::platform::{Actuators, CommandFailure, CommandHandler, SensorReading};
+use lanyard_core::agent::{Agent, AgentEvent, Identity};
+use lanyard_nostd::hal::{BatteryCurve, BatteryVoltage, BoardProbe};
+use lanyard_std::aws_json::{tree_from_json, tree_to_json};
+use lanyard_std::clock::Clock;
+use lanyard_std::driver::{
+    DeviceDriver, DriverEvent, LocalChange, LocalValue, StdPlatform, parse_mac,
+};
+use lanyard_std::mqtt::{MqttConfig, MqttTransport};
+use lanyard_std::store::FileStore;
+use pyo3::exceptions::{PyOSError, PyRuntimeError, PyValueError};
+use pyo3::prelude::*;
+use serde_json::{Value as Json, json};
+use tokio::sync::mpsc;
+
+use crate::{Tree, block_on_with, parse_broker, runtime};
+
+/// The Python layer's command dispatcher, called as `(name, args JSON)`
+/// and answering `(outcome, result JSON or None)`: outcome `"ok"`,
+/// `"unknown"`, `"bad_arguments"` or `"failed"`.
+struct PyCommands(Option<Py<PyAny>>);
+
+impl CommandHandler for PyCommands {
+    fn execute(
+        &mut self,
+        name: &str,
+        args: &[u8],
+        result: &mut [u8],
+    ) -> Option<Result<usize, CommandFailure>> {
+        let dispatch = self.0.as_ref()?;
+        // The agent has checked that `args` is a CBOR map; as state it
+        // crosses to Python in the same JSON form as desired state.
+        let args = if args.is_empty() {
+            Json::Object(Default::default())
+        } else {
+            match Tree::decode(args) {
+                Ok(t) => tree_to_json(&t),
+                Err(_) => return Some(Err(CommandFailure::BadArguments)),
+            }
+        };
+        let answer = Python::attach(|py| {
+            dispatch
+                .call1(py, (name, args.to_string()))
+                .and_then(|r| r.extract::<(String, Option<String>)>(py))
+                // The dispatcher turns the handler's exceptions into
+                // outcomes; an error here is the dispatcher's own.
+                .inspect_err(|e| e.print(py))
+                .ok()
+        });
+        match answer {
+            None => Some(Err(CommandFailure::Failed("the Python dispatcher failed"))),
+            Some((outcome, text)) => match (outcome.as_str(), text) {
+                ("unknown", _) => None,
+                ("bad_arguments", _) => Some(Err(CommandFailure::BadArguments)),
+                ("ok", None) => Some(Ok(0)),
+                ("ok", Some(text)) => Some(encode_result(&text, result)),
+                _ => Some(Err(CommandFailure::Failed("the Python handler raised"))),
+            },
+        }
+    }
+}
+
+/// A handler's result (a JSON object) as the CBOR map the ack carries.
+fn encode_result(text: &str, out: &mut [u8]) -> Result<usize, CommandFailure> {
+    let failed = CommandFailure::Failed("the result is not a state the shadow can hold");
+    let Ok(Json::Object(obj)) = serde_json::from_str::<Json>(text) else {
+        return Err(failed);
+    };
+    let tree: Box<Tree> = tree_from_json(&obj, false)
+        .map(Box::new)
+        .map_err(|_| failed)?;
+    tree.encode(out)
+        .map_err(|_| CommandFailure::Failed("the result is larger than an ack holds"))
+}
+
+/// The battery: a Python callable answering millivolts (or `None` when it
+/// cannot read them); without one the device is on mains, always full.
+struct PyBattery(Option<Py<PyAny>>);
+
+impl BatteryVoltage for PyBattery {
+    fn millivolts(&mut self) -> Option<u16> {
+        match &self.0 {
+            None => Some(BatteryCurve::default().full_mv),
+            Some(read) => Python::attach(|py| {
+                read.call0(py)
+                    .and_then(|v| v.extract::<Option<u16>>(py))
+                    .inspect_err(|e| e.print(py))
+                    .ok()
+                    .flatten()
+            }),
+        }
+    }
+}
+
+/// The sensors: a Python callable answering `(temperature °C, humidity %)`
+/// or `None` when the read failed.
+fn read_sensors(read: &Option<Py<PyAny>>) -> Option<SensorReading> {
+    let read = read.as_ref()?;
+    Python::attach(|py| {
+        let (t, h) = read
+            .call0(py)
+            .and_then(|v| v.extract::<Option<(f32, f32)>>(py))
+            .inspect_err(|e| e.print(py))
+            .ok()
+            .flatten()?;
+        Some(SensorReading {
+            temperature_c: t,
+            humidity_pct: h,
+        })
+    })
+}
+
+/// The LED of the built-in `blink_led` command: a Python callable given
+/// `(count, period_ms)`.
+struct PyLed(Option<Py<PyAny>>);
+
+impl Actuators for PyLed {
+    fn blink(&mut self, count: u32, period_ms: u32) {
+        if let Some(blink) = &self.0 {
+            Python::attach(|py| {
+                if let Err(e) = blink.call1(py, (count, period_ms)) {
+                    e.print(py);
+                }
+            });
+        }
+    }
+}
+
+/// A device agent run by the std driver over MQTT, with a platform of
+/// Python callables. See the `lanyard.Device` docstring.
+#[pyclass]
+pub(crate) struct Device {
+    device_id: String,
+    /// The MQTT client's tasks run here from construction.
+    rt: tokio::runtime::Runtime,
+    /// Taken by the one `run`.
+    driver: Mutex<Option<DeviceDriver<MqttTransport>>>,
+    local: mpsc::UnboundedSender<LocalChange>,
+}
+
+#[pymethods]
+impl Device {
+    #[new]
+    #[pyo3(signature = (broker, mac, state_dir, dispatch=None, sensors=None, battery=None, blink=None, tenant=None))]
+    #[allow(clippy::too_many_arguments)]
+    fn new(
+        broker: &str,
+        mac: &str,
+        state_dir: PathBuf,
+        dispatch: Option<Py<PyAny>>,
+        sensors: Option<Py<PyAny>>,
+        battery: Option<Py<PyAny>>,
+        blink: Option<Py<PyAny>>,
+        tenant: Option<String>,
+    ) -> PyResult<Self> {
+        let (host, port) = parse_broker(broker)?;
+        let mac = parse_mac(mac).map_err(PyValueError::new_err)?;
+        let clock = Clock::real();
+        let agent = Box::new(Agent::new(
+            Identity {
+                mac,
+                device_id: None,
+                firmware: env!("CARGO_PKG_VERSION"),
+            },
+            DeviceConfig::default(),
+            SlowTelemetryOnLowBattery::default(),
+        ));
+        let device_id = agent.device_id().to_owned();
+        let storage = FileStore::open(&state_dir)
+            .map_err(|e| PyOSError::new_err(format!("{}: {e}", state_dir.display())))?;
+        let probe = BoardProbe::new(
+            PyBattery(battery),
+            BatteryCurve::default(),
+            move || read_sensors(&sensors),
+            clock.now_ms(),
+        );
+        let platform = StdPlatform {
+            storage: Box::new(storage),
+            probe: Box::new(probe),
+            actuators: Box::new(PyLed(blink)),
+            commands: Box::new(PyCommands(dispatch)),
+        };
+        let mut config = MqttConfig::new(host, port, device_id.clone());
+        config.username = tenant.clone();
+        let rt = runtime(2)?;
+        // The MQTT client starts its tasks on the runtime it is made in.
+        let transport = {
+            let _in_runtime = rt.enter();
+            MqttTransport::connect(config)
+        };
+        let (local, local_rx) = mpsc::unbounded_channel();
+        let mut driver = DeviceDriver::new(agent, transport, platform, clock)
+            // Acknowledgements and lifecycle events survive a crash of
+            // this process until the broker has them.
+            .with_journal(&state_dir)
+            .map_err(|e| PyOSError::new_err(format!("{}: {e}", state_dir.display())))?
+            .with_local_changes(local_rx);
+        if let Some(t) = &tenant {
+            driver = driver.with_tenant(t).map_err(PyValueError::new_err)?;
+        }
+        Ok(Device {
+            device_id,
+            rt,
+            driver: Mutex::new(Some(driver)),
+            local,
+        })
+    }
+
+    /// The device id the agent derived from the MAC address.
+    #[getter]
+    fn device_id(&self) -> &str {
+        &self.device_id
+    }
+
+    /// Reports `value` (bool, int, float or str) at the dotted `path` of
+    /// the device's shadow. May be called from any thread, before or
+    /// while `run` runs; sent once it runs.
+    fn report(&self, path: &str, value: &Bound<'_, PyAny>) -> PyResult<()> {
+        lanyard_core::shadow::PathBuf::from_dotted(path)
+            .map_err(|e| PyValueError::new_err(format!("{path:?}: {e}")))?;
+        // bool first: Python's bool is an int.
+        let value = if let Ok(b) = value.extract::<bool>() {
+            LocalValue::Bool(b)
+        } else if let Ok(i) = value.extract::<i64>() {
+            LocalValue::Int(i)
+        } else if let Ok(x) = value.extract::<f64>() {
+            LocalValue::Float(x)
+        } else if let Ok(t) = value.extract::<String>() {
+            LocalValue::Text(t)
+        } else {
+            return Err(PyValueError::new_err(format!(
+                "{path:?}: a bool, int, float or str is reported, not {}",
+                value.get_type().name()?
+            )));
+        };
+        self.local
+            .send((path.to_owned(), value))
+            .map_err(|_| PyRuntimeError::new_err("the device has stopped"))
+    }
+
+    /// Connects, boots the agent (resuming what `state_dir` holds) and
+    /// runs it until it is decommissioned, `seconds` pass, or Ctrl-C.
+    /// `on_event` is called in this thread with `(type, JSON text)` for
+    /// each event. A device runs once; make a new one (same `state_dir`)
+    /// to run again.
+    #[pyo3(signature = (seconds=None, on_event=None))]
+    fn run(
+        &self,
+        py: Python<'_>,
+        seconds: Option<f64>,
+        on_event: Option<Py<PyAny>>,
+    ) -> PyResult<()> {
+        let limit = seconds.map(crate::seconds).transpose()?;
+        let mut driver = self
+            .driver
+            .lock()
+            .map_err(|_| PyRuntimeError::new_err("the device failed"))?
+            .take()
+            .ok_or_else(|| PyRuntimeError::new_err("the device has run; make a new one"))?;
+        let (tx, mut rx) = mpsc::unbounded_channel();
+        // The driver reports to `tx`; decommissioning is seen there too.
+        let (done_tx, mut done_rx) = tokio::sync::watch::channel(false);
+        driver = driver.with_events(tx);
+        let work = async move {
+            driver
+                .start()
+                .await
+                .map_err(|e| PyOSError::new_err(e.to_string()))?;
+            let stop = async {
+                let decommissioned = done_rx.wait_for(|d| *d);
+                match limit {
+                    Some(l) => {
+                        let _ = tokio::time::timeout(l, decommissioned).await;
+                    }
+                    None => {
+                        let _ = decommissioned.await;
+                    }
+                }
+            };
+            let os_error =
+                |e: lanyard_std::transport::TransportError| PyOSError::new_err(e.to_string());
+            driver.run_until(stop).await.map_err(os_error)?;
+            // The last messages (a decommissioned device's acknowledgement
+            // and final event) must reach the broker before the client
+            // goes; what does not in time stays journalled in `state_dir`.
+            driver
+                .finish(std::time::Duration::from_secs(5))
+                .await
+                .map_err(os_error)
+        };
+        let mut deliver = |py: Python<'_>, event: DriverEvent| -> PyResult<()> {
+            if let DriverEvent::Agent {
+                event: AgentEvent::StateChanged { to, .. },
+                ..
+            } = &event
+                && *to == lanyard_core::agent::lifecycle::LifecycleState::Decommissioned
+            {
+                let _ = done_tx.send(true);
+            }
+            if let Some(callback) = &on_event {
+                let (kind, body) = event_json(&event);
+                callback.call1(py, (kind, body.to_string()))?;
+            }
+            Ok(())
+        };
+        block_on_with(py, &self.rt, work, Some((&mut rx, &mut deliver)))
+    }
+}
+
+/// An event as `(type, JSON)` for Python.
+fn event_json(event: &DriverEvent) -> (&'static str, Json) {
+    let message = |kind: lanyard_core::agent::messages::MessageKind, payload: &[u8]| {
+        let decoded = lanyard_std::describe::describe(payload, Some(kind))
+            .map(|(_, j)| j)
+            .unwrap_or(Json::Null);
+        json!({"kind": kind.topic_suffix(), "message": decoded})
+    };
+    match event {
+        DriverEvent::Sent { kind, payload, .. } => ("sent", message(*kind, payload)),
+        DriverEvent::Received { kind, payload, .. } => ("received", message(*kind, payload)),
+        DriverEvent::Refused { why, .. } => ("refused", json!({ "why": why })),
+        DriverEvent::Reconnected { .. } => ("reconnected", json!({})),
+        DriverEvent::Agent { event, .. } => match event {
+            AgentEvent::StateChanged { from, to, .. } => {
+                ("state", json!({"from": from.name(), "to": to.name()}))
+            }
+            AgentEvent::HealthChanged(h) => ("health", json!({ "status": h.name() })),
+            AgentEvent::ConfigApplied(v) => ("config", json!({ "version": v })),
+            AgentEvent::ShadowUpdated { leaves } => {
+                ("desired_applied", json!({ "leaves": leaves }))
+            }
+            AgentEvent::CommandFinished(status) => ("command", json!({ "status": status.name() })),
+            AgentEvent::StorageFailed => ("storage_failed", json!({})),
+        },
+    }
+}
