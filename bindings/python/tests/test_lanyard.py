@@ -321,6 +321,9 @@ class DeviceOnATwinHost(unittest.TestCase):
         self.assertEqual(blinks, [(2, 100)])
         reading = app.command(dev_id, "read_sensor")["result"]
         self.assertEqual(reading, {"temperature_c": 21.5, "humidity_pct": 40.0})
+        # On mains (no battery callable): healthy.
+        diagnostics = app.command(dev_id, "diagnostics")["result_cbor"]
+        self.assertEqual(lanyard.decode(diagnostics, "health")[1]["status"], "Normal")
 
         # Desired state: applied and reported by the agent; the delta
         # reaches Python decoded.
@@ -355,6 +358,17 @@ class DeviceOnATwinHost(unittest.TestCase):
         self.assertEqual(states[-1][1], "Decommissioned")
         with self.assertRaises(RuntimeError):
             dev.run(seconds=1)
+
+    def test_the_battery_is_read_through_python(self):
+        dev, runner, events = self.start_device(battery_mv=lambda: 3350)  # 5 % of a Li-ion cell
+        app = lanyard.App(self.broker, client_id="py-battery-test")
+        eventually(lambda: app.get_shadow(dev.device_id, timeout=2)["version"] >= 0,
+                   "the device registered")
+        health = lanyard.decode(app.command(dev.device_id, "diagnostics")["result_cbor"], "health")[1]
+        self.assertEqual((health["battery_pct"], health["status"]), (5, "Critical"), health)
+        app.command(dev.device_id, "decommission")
+        runner.join(timeout=20)
+        self.assertFalse(runner.is_alive())
 
     def test_bad_arguments_to_the_device_are_value_errors(self):
         with self.assertRaises(ValueError):

@@ -183,7 +183,11 @@ class Device:
         thread: ``{"type": "sent" | "received", "kind", "message"}`` (the
         message decoded as by ``decode``), ``{"type": "state", "from",
         "to"}``, ``"health"``, ``"config"``, ``"desired_applied"``,
-        ``"command"``, ``"refused"``, ``"reconnected"``. Runs once."""
+        ``"command"``, ``"refused"``, ``"reconnected"``. An exception from
+        ``on_event`` (or Ctrl-C) stops the device and propagates; what it
+        had not sent stays journalled in ``state_dir``. A failed broker
+        connection raises ``OSError``. Runs once; a new ``Device`` on the
+        same ``state_dir`` resumes."""
         callback = None
         if on_event is not None:
             def callback(kind, text):
