@@ -18,7 +18,7 @@ if ! cargo fuzz --version >/dev/null 2>&1; then
     cargo install cargo-fuzz --locked
 fi
 
-step "Debian packages: mosquitto and its clients (MQTT tests), qemu-system-arm (STM32 firmware), binutils-arm-none-eabi (size report), Java and Maven (Kotlin bindings)"
+step "Debian packages: mosquitto and its clients (MQTT tests), qemu-system-arm (STM32 firmware), binutils-arm-none-eabi (size report), Java and Maven (Kotlin bindings), openssl (certificates for the Python bindings' TLS test)"
 missing=()
 if ! command -v mosquitto >/dev/null 2>&1 && [ ! -x /usr/sbin/mosquitto ]; then
     missing+=(mosquitto)
@@ -28,6 +28,7 @@ command -v arm-none-eabi-size >/dev/null 2>&1 || missing+=(binutils-arm-none-eab
 command -v mosquitto_sub >/dev/null 2>&1 || missing+=(mosquitto-clients)
 command -v java >/dev/null 2>&1 || missing+=(openjdk-17-jdk-headless)
 command -v mvn >/dev/null 2>&1 || missing+=(maven)
+command -v openssl >/dev/null 2>&1 || missing+=(openssl)
 if [ "${#missing[@]}" -gt 0 ]; then
     apt-get update -qq
     DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}" >/dev/null

@@ -58,6 +58,48 @@ impl MqttConfig {
             persistent_session: true,
         }
     }
+
+    /// A configuration from a broker URL, `mqtt://host:port` or
+    /// `mqtts://host:port`, and for `mqtts` the TLS files: the CA
+    /// certificate (PEM) that signed the broker's, and optionally the
+    /// client certificate and key for mutual TLS. The files are read and
+    /// checked here (see [`TlsFiles::load`](crate::tls::TlsFiles::load)),
+    /// so a bad one is a clear error before any connection.
+    pub fn from_url(
+        url: &str,
+        client_id: impl Into<String>,
+        ca: Option<&std::path::Path>,
+        client: Option<(&std::path::Path, &std::path::Path)>,
+    ) -> Result<Self, String> {
+        let (tls, rest) = match (url.strip_prefix("mqtt://"), url.strip_prefix("mqtts://")) {
+            (Some(r), _) => (false, r),
+            (_, Some(r)) => (true, r),
+            _ => {
+                return Err(format!(
+                    "broker must be mqtt://host:port or mqtts://host:port, got {url}"
+                ));
+            }
+        };
+        let (host, port) = rest
+            .rsplit_once(':')
+            .ok_or_else(|| format!("broker needs a port: {url}"))?;
+        let port = port.parse().map_err(|_| format!("bad port in {url}"))?;
+        let mut c = MqttConfig::new(host, port, client_id);
+        match (tls, ca) {
+            (true, Some(ca)) => {
+                let files = crate::tls::TlsFiles::load(ca, client).map_err(|e| e.to_string())?;
+                c.tls = Some(files.to_rumqttc());
+            }
+            (true, None) => return Err(format!("{url}: mqtts needs a CA certificate")),
+            (false, _) if ca.is_some() || client.is_some() => {
+                return Err(format!(
+                    "{url}: TLS files given for a plain connection (mqtts://?)"
+                ));
+            }
+            (false, _) => {}
+        }
+        Ok(c)
+    }
 }
 
 /// Counters of the connection.
@@ -299,5 +341,32 @@ impl Transport for MqttTransport {
             tokio::time::sleep(Duration::from_millis(5)).await;
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod url_tests {
+    use super::MqttConfig;
+    use std::path::Path;
+
+    #[test]
+    fn broker_urls_parse_and_bad_ones_say_why() {
+        let c = MqttConfig::from_url("mqtt://broker.local:1883", "dev", None, None).unwrap();
+        assert_eq!(
+            (c.host.as_str(), c.port, c.tls.is_none()),
+            ("broker.local", 1883, true)
+        );
+        let err =
+            |url: &str, ca: Option<&Path>| MqttConfig::from_url(url, "d", ca, None).unwrap_err();
+        assert!(err("http://x:1", None).contains("mqtt://host:port"));
+        assert!(err("mqtt://x", None).contains("needs a port"));
+        assert!(err("mqtt://x:99999", None).contains("bad port"));
+        assert!(err("mqtts://x:8883", None).contains("CA certificate"));
+        assert!(err("mqtt://x:1883", Some(Path::new("ca.pem"))).contains("plain connection"));
+        // A CA file that is not there is named in the error.
+        assert!(
+            err("mqtts://x:8883", Some(Path::new("/nonexistent/ca.pem")))
+                .contains("/nonexistent/ca.pem")
+        );
     }
 }

@@ -17,14 +17,14 @@ use lanyard_std::clock::Clock;
 use lanyard_std::driver::{
     DeviceDriver, DriverEvent, LocalChange, LocalValue, StdPlatform, parse_mac,
 };
-use lanyard_std::mqtt::{MqttConfig, MqttTransport};
+use lanyard_std::mqtt::MqttTransport;
 use lanyard_std::store::FileStore;
 use pyo3::exceptions::{PyOSError, PyRuntimeError, PyValueError};
 use pyo3::prelude::*;
 use serde_json::{Value as Json, json};
 use tokio::sync::mpsc;
 
-use crate::{Tree, block_on_with, parse_broker, runtime};
+use crate::{Tree, block_on_with, broker_config, runtime};
 
 /// The Python layer's command dispatcher, called as `(name, args JSON)`
 /// and answering `(outcome, result JSON or None)`: outcome `"ok"`,
@@ -152,7 +152,7 @@ pub(crate) struct Device {
 #[pymethods]
 impl Device {
     #[new]
-    #[pyo3(signature = (broker, mac, state_dir, dispatch=None, sensors=None, battery=None, blink=None, tenant=None))]
+    #[pyo3(signature = (broker, mac, state_dir, dispatch=None, sensors=None, battery=None, blink=None, tenant=None, ca=None, cert=None, key=None))]
     #[allow(clippy::too_many_arguments)]
     fn new(
         broker: &str,
@@ -163,8 +163,12 @@ impl Device {
         battery: Option<Py<PyAny>>,
         blink: Option<Py<PyAny>>,
         tenant: Option<String>,
+        ca: Option<PathBuf>,
+        cert: Option<PathBuf>,
+        key: Option<PathBuf>,
     ) -> PyResult<Self> {
-        let (host, port) = parse_broker(broker)?;
+        // Everything given is checked before anything is made on disk.
+        let mut config = broker_config(broker, String::new(), ca, cert, key)?;
         let mac = parse_mac(mac).map_err(PyValueError::new_err)?;
         let clock = Clock::real();
         let agent = Box::new(Agent::new(
@@ -191,7 +195,7 @@ impl Device {
             actuators: Box::new(PyLed(blink)),
             commands: Box::new(PyCommands(dispatch)),
         };
-        let mut config = MqttConfig::new(host, port, device_id.clone());
+        config.client_id = device_id.clone();
         config.username = tenant.clone();
         let rt = runtime(2)?;
         // The MQTT client starts its tasks on the runtime it is made in.

@@ -9,6 +9,7 @@
 //! `TimeoutError`, a refusal by the twin host `lanyard.Rejected`.
 
 use std::future::Future;
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -144,29 +145,36 @@ fn stats_dict<'py>(py: Python<'py>, s: BridgeStats) -> PyResult<Bound<'py, PyDic
 /// on one side, an MQTT broker on the other.
 #[pyclass]
 struct Bridge {
-    host: String,
-    port: u16,
+    /// The client id is set when it runs.
+    config: MqttConfig,
     device_id: Option<String>,
     tenant: Option<String>,
 }
 
 #[pymethods]
 impl Bridge {
-    /// `broker` is `mqtt://host:port`. With `device_id` the bridge
-    /// connects as that device (for a broker ACL); with `tenant` the
-    /// device's topics are put in the tenant's namespace.
+    /// `broker` is `mqtt://host:port`, or `mqtts://host:port` with `ca`
+    /// (and `cert` and `key` for mutual TLS; PEM files). With `device_id`
+    /// the bridge connects as that device (for a broker ACL); with
+    /// `tenant` the device's topics are put in the tenant's namespace.
     #[new]
-    #[pyo3(signature = (broker, device_id=None, tenant=None))]
-    fn new(broker: &str, device_id: Option<String>, tenant: Option<String>) -> PyResult<Self> {
-        let (host, port) = parse_broker(broker)?;
+    #[pyo3(signature = (broker, device_id=None, tenant=None, ca=None, cert=None, key=None))]
+    fn new(
+        broker: &str,
+        device_id: Option<String>,
+        tenant: Option<String>,
+        ca: Option<PathBuf>,
+        cert: Option<PathBuf>,
+        key: Option<PathBuf>,
+    ) -> PyResult<Self> {
+        let config = broker_config(broker, String::new(), ca, cert, key)?;
         if let Some(t) = &tenant
             && !lanyard_core::agent::messages::valid_tenant(t)
         {
             return Err(PyValueError::new_err(format!("tenant {t:?} is not valid")));
         }
         Ok(Bridge {
-            host,
-            port,
+            config,
             device_id,
             tenant,
         })
@@ -187,7 +195,8 @@ impl Bridge {
             .device_id
             .clone()
             .unwrap_or_else(|| format!("lanyard-py-bridge-{}", std::process::id()));
-        let mut config = MqttConfig::new(self.host.clone(), self.port, client_id);
+        let mut config = self.config.clone();
+        config.client_id = client_id;
         if self.tenant.is_some() {
             config.username = self.tenant.clone();
         }
@@ -252,26 +261,30 @@ struct App {
 
 #[pymethods]
 impl App {
-    /// Connects to `broker` (`mqtt://host:port`) as `client_id` within
-    /// `timeout` seconds and subscribes to what an app watches. With
-    /// `tenants` the host serves tenant namespaces and devices are named
-    /// `"{tenant}/{device-id}"`.
+    /// Connects to `broker` (`mqtt://host:port`, or `mqtts://host:port`
+    /// with `ca`, and `cert` and `key` for mutual TLS) as `client_id`
+    /// within `timeout` seconds and subscribes to what an app watches.
+    /// With `tenants` the host serves tenant namespaces and devices are
+    /// named `"{tenant}/{device-id}"`.
     #[new]
-    #[pyo3(signature = (broker, client_id=None, tenants=false, timeout=10.0))]
+    #[pyo3(signature = (broker, client_id=None, tenants=false, timeout=10.0, ca=None, cert=None, key=None))]
+    #[allow(clippy::too_many_arguments)]
     fn new(
         py: Python<'_>,
         broker: &str,
         client_id: Option<String>,
         tenants: bool,
         timeout: f64,
+        ca: Option<PathBuf>,
+        cert: Option<PathBuf>,
+        key: Option<PathBuf>,
     ) -> PyResult<Self> {
-        let (host, port) = parse_broker(broker)?;
         let timeout = seconds(timeout)?;
         let client_id =
             client_id.unwrap_or_else(|| format!("lanyard-py-app-{}", std::process::id()));
+        let config = broker_config(broker, client_id, ca, cert, key)?;
         let rt = runtime(1)?;
         let client = block_on(py, &rt, async move {
-            let config = MqttConfig::new(host, port, client_id);
             let transport = MqttTransport::connect_and_wait(config, timeout)
                 .await
                 .map_err(|e| app_error(AppError::Transport(e)))?;
@@ -406,14 +419,22 @@ impl App {
     }
 }
 
-/// `mqtt://host:port` as host and port.
-fn parse_broker(broker: &str) -> PyResult<(String, u16)> {
-    let rest = broker
-        .strip_prefix("mqtt://")
-        .ok_or_else(|| PyValueError::new_err(format!("{broker:?}: mqtt://host:port expected")))?;
-    rest.rsplit_once(':')
-        .and_then(|(h, p)| Some((h.to_owned(), p.parse::<u16>().ok()?)))
-        .ok_or_else(|| PyValueError::new_err(format!("{broker:?}: no port")))
+/// The MQTT configuration of a broker URL (`mqtt://` or `mqtts://`) and
+/// its TLS files, read and checked now: a bad one is a `ValueError` naming
+/// it, before any connection.
+fn broker_config(
+    broker: &str,
+    client_id: String,
+    ca: Option<PathBuf>,
+    cert: Option<PathBuf>,
+    key: Option<PathBuf>,
+) -> PyResult<MqttConfig> {
+    let client = match (&cert, &key) {
+        (Some(c), Some(k)) => Some((c.as_path(), k.as_path())),
+        (None, None) => None,
+        _ => return Err(PyValueError::new_err("cert and key go together")),
+    };
+    MqttConfig::from_url(broker, client_id, ca.as_deref(), client).map_err(PyValueError::new_err)
 }
 
 /// A timeout from Python's float seconds.

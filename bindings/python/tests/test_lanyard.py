@@ -377,5 +377,97 @@ class DeviceOnATwinHost(unittest.TestCase):
             lanyard.Device("tcp://127.0.0.1:1", self.MAC, self.state_dir)
 
 
+def make_pki(workdir):
+    """A CA, a broker certificate for localhost and a client certificate,
+    made with openssl (EC P-256, valid two days). Returns their paths."""
+    def run(*args):
+        subprocess.run(["openssl", *args], check=True, cwd=workdir, capture_output=True)
+
+    ec = ["-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256", "-nodes"]
+    run("req", "-x509", *ec, "-keyout", "ca.key", "-out", "ca.pem", "-days", "2",
+        "-subj", "/CN=lanyard test CA")
+    for name, san in (("broker", "subjectAltName=DNS:localhost,IP:127.0.0.1"),
+                      ("client", "subjectAltName=DNS:client")):
+        run("req", *ec, "-keyout", f"{name}.key", "-out", f"{name}.csr", "-subj", f"/CN={name}")
+        with open(os.path.join(workdir, f"{name}.ext"), "w") as f:
+            f.write(san + "\n")
+        run("x509", "-req", "-in", f"{name}.csr", "-CA", "ca.pem", "-CAkey", "ca.key",
+            "-CAcreateserial", "-out", f"{name}.pem", "-days", "2", "-extfile", f"{name}.ext")
+    # mosquitto started as root reads its certificates as its own
+    # unprivileged user: the directory (0700 from tempfile) and the key
+    # (0600 from openssl) must let it. Throwaway test files.
+    os.chmod(workdir, 0o755)
+    os.chmod(os.path.join(workdir, "broker.key"), 0o644)
+    return {n: os.path.join(workdir, n) for n in
+            ("ca.pem", "broker.pem", "broker.key", "client.pem", "client.key")}
+
+
+class MutualTls(unittest.TestCase):
+    """``App`` and ``Device`` over mqtts to a mosquitto that requires a
+    client certificate (real TLS, certificates made here)."""
+
+    def setUp(self):
+        self.dir = tempfile.TemporaryDirectory()
+        self.addCleanup(self.dir.cleanup)
+        self.pki = make_pki(self.dir.name)
+        port = free_port()
+        conf = os.path.join(self.dir.name, "mosquitto.conf")
+        with open(conf, "w") as f:
+            f.write(f"listener {port} 127.0.0.1\nallow_anonymous true\n"
+                    f"cafile {self.pki['ca.pem']}\ncertfile {self.pki['broker.pem']}\n"
+                    f"keyfile {self.pki['broker.key']}\nrequire_certificate true\n")
+        mosquitto = shutil.which("mosquitto") or "/usr/sbin/mosquitto"
+        broker = subprocess.Popen([mosquitto, "-c", conf], stderr=subprocess.DEVNULL)
+        self.addCleanup(lambda: (broker.kill(), broker.wait()))
+        eventually(lambda: socket.create_connection(("127.0.0.1", port)).close() or True,
+                   "mosquitto did not start", seconds=10)
+        self.url = f"mqtts://localhost:{port}"
+        self.tls = {"ca": self.pki["ca.pem"], "cert": self.pki["client.pem"],
+                    "key": self.pki["client.key"]}
+
+    def test_a_twin_host_a_device_and_an_app_over_mutual_tls(self):
+        binary = os.environ.get("LANYARD_BIN")
+        if not binary:
+            raise RuntimeError("set LANYARD_BIN to the lanyard binary (scripts/test-all.sh does)")
+        log = open(os.path.join(self.dir.name, "twin.log"), "w")
+        self.addCleanup(log.close)
+        twin = subprocess.Popen(
+            [binary, "twin", "--broker", self.url, "--state-dir", os.path.join(self.dir.name, "twin"),
+             "--ca", self.tls["ca"], "--cert", self.tls["cert"], "--key", self.tls["key"]],
+            stdout=log, stderr=subprocess.STDOUT,
+        )
+        self.addCleanup(lambda: (twin.terminate(), twin.wait()))
+        dev = lanyard.Device(self.url, "02:00:00:00:00:dd", os.path.join(self.dir.name, "dev"),
+                             commands={"ping": lambda args: {"pong": True}}, **self.tls)
+        runner = threading.Thread(target=dev.run, kwargs={"seconds": 60})
+        runner.start()
+        app = lanyard.App(self.url, client_id="tls-app", **self.tls)
+        eventually(lambda: app.get_shadow(dev.device_id, timeout=2)["version"] >= 0,
+                   "the device registered over TLS")
+        ack = app.command(dev.device_id, "ping")
+        self.assertEqual((ack["status"], ack["result"]), ("Succeeded", {"pong": True}))
+        app.command(dev.device_id, "decommission")
+        runner.join(timeout=20)
+        self.assertFalse(runner.is_alive())
+
+    def test_without_a_client_certificate_the_broker_refuses(self):
+        with self.assertRaises(OSError):
+            lanyard.App(self.url, ca=self.pki["ca.pem"], timeout=2)
+
+    def test_bad_tls_arguments_are_value_errors(self):
+        with self.assertRaises(ValueError):  # mqtts without a CA
+            lanyard.App(self.url)
+        with self.assertRaises(ValueError):  # a certificate without its key
+            lanyard.App(self.url, ca=self.pki["ca.pem"], cert=self.pki["client.pem"])
+        with self.assertRaises(ValueError):  # a key that is not the certificate's
+            lanyard.App(self.url, ca=self.pki["ca.pem"], cert=self.pki["client.pem"],
+                        key=self.pki["broker.key"])
+        with self.assertRaises(ValueError):  # no such file
+            lanyard.Device(self.url, "02:00:00:00:00:dd", self.dir.name,
+                           ca=os.path.join(self.dir.name, "missing.pem"))
+        with self.assertRaises(ValueError):  # TLS files for a plain connection
+            lanyard.Bridge("mqtt://localhost:1883", ca=self.pki["ca.pem"])
+
+
 if __name__ == "__main__":
     unittest.main()

@@ -21,7 +21,6 @@ use lanyard_std::metrics::Metrics;
 use lanyard_std::mqtt::{MqttConfig, MqttTransport};
 use lanyard_std::sim::{CountingLed, SimulatedSensors};
 use lanyard_std::store::FileStore;
-use lanyard_std::tls::TlsFiles;
 use lanyard_std::transport::{Qos, Transport};
 use lanyard_std::twin::{TwinHost, app_topics, run_twin};
 use tokio::sync::{mpsc, oneshot};
@@ -62,33 +61,12 @@ impl BrokerArgs {
     }
 
     fn mqtt(&self, client_id: &str) -> Result<MqttConfig, String> {
-        let url = self.url()?;
-        let (tls, rest) = match (url.strip_prefix("mqtt://"), url.strip_prefix("mqtts://")) {
-            (Some(r), _) => (false, r),
-            (_, Some(r)) => (true, r),
-            _ => {
-                return Err(format!(
-                    "broker must be mqtt://host:port or mqtts://host:port, got {url}"
-                ));
-            }
+        let client = match (&self.cert, &self.key) {
+            (Some(c), Some(k)) => Some((c.as_path(), k.as_path())),
+            (None, None) => None,
+            _ => return Err("--cert and --key go together".into()),
         };
-        let (host, port) = rest.rsplit_once(':').ok_or("broker needs a port")?;
-        let port = port.parse().map_err(|_| format!("bad port in {url}"))?;
-        let mut c = MqttConfig::new(host, port, client_id);
-        if tls {
-            let ca = self.ca.as_deref().ok_or("mqtts needs --ca")?;
-            let client = match (&self.cert, &self.key) {
-                (Some(c), Some(k)) => Some((c.as_path(), k.as_path())),
-                (None, None) => None,
-                _ => return Err("--cert and --key go together".into()),
-            };
-            c.tls = Some(
-                TlsFiles::load(ca, client)
-                    .map_err(|e| e.to_string())?
-                    .to_rumqttc(),
-            );
-        }
-        Ok(c)
+        MqttConfig::from_url(self.url()?, client_id, self.ca.as_deref(), client)
     }
 }
 

@@ -39,6 +39,10 @@ def decode(data, kind=None):
     return name, json.loads(text)
 
 
+def _path(p):
+    return None if p is None else os.fspath(p)
+
+
 def _state_json(state, what):
     if not isinstance(state, dict):
         raise ValueError(f"{what} must be a dict of properties, not {type(state).__name__}")
@@ -57,7 +61,10 @@ class App:
     property; lists are arrays. Values are what JSON holds: bytes a device
     reports come back as base64 text, as in the AWS JSON mapping.
 
-    Every call blocks (Ctrl-C interrupts it). Errors: ``ValueError`` for
+    ``broker`` is ``mqtt://host:port``, or ``mqtts://host:port`` with
+    ``ca`` (the PEM file of the CA that signed the broker's certificate)
+    and, for mutual TLS, ``cert`` and ``key``; the same for ``Device`` and
+    ``Bridge``. Every call blocks (Ctrl-C interrupts it). Errors: ``ValueError`` for
     input that cannot be sent (nothing is sent), ``TimeoutError`` when no
     answer comes in time, ``Rejected`` when the host refuses (an unknown
     device), ``OSError`` when the broker connection fails.
@@ -68,8 +75,10 @@ class App:
     {'status': 'Succeeded', 'reason': None, 'result': {'humidity_pct': 45.0, ...}, ...}
     """
 
-    def __init__(self, broker, client_id=None, tenants=False, timeout=10.0):
-        self._app = _App(broker, client_id, tenants, float(timeout))
+    def __init__(self, broker, client_id=None, tenants=False, timeout=10.0, ca=None, cert=None,
+                 key=None):
+        self._app = _App(broker, client_id, tenants, float(timeout), _path(ca), _path(cert),
+                         _path(key))
 
     def set_desired(self, device, state):
         """Asks for ``state`` in ``device``'s desired state; the host
@@ -138,7 +147,7 @@ class Device:
     """
 
     def __init__(self, broker, mac, state_dir, commands=None, sensors=None, battery_mv=None,
-                 blink=None, tenant=None):
+                 blink=None, tenant=None, ca=None, cert=None, key=None):
         handlers = dict(commands or {})
 
         def dispatch(name, args_json):
@@ -165,7 +174,8 @@ class Device:
                 return ("failed", None)
 
         self._device = _Device(broker, mac, os.fspath(state_dir), dispatch if handlers else None,
-                               sensors, battery_mv, blink, tenant)
+                               sensors, battery_mv, blink, tenant, _path(ca), _path(cert),
+                               _path(key))
 
     @property
     def device_id(self):
