@@ -179,6 +179,36 @@ mod aws_semantics {
         }
     }
 
+    #[cfg(feature = "arrays")]
+    #[test]
+    fn an_array_that_overflows_the_pool_is_refused_and_nothing_is_kept() {
+        let mut t: StateTree<4, 32> = StateTree::new();
+        t.insert(&p("a"), Value::Int(1)).unwrap();
+        // 40 integers written wide (9 bytes each): still 41 bytes once
+        // canonical, more than the 31 the pool has left.
+        let mut e = minicbor::Encoder::new(Vec::new());
+        e.begin_array().unwrap();
+        for i in 0..40u64 {
+            e.u64(i).unwrap();
+        }
+        e.end().unwrap();
+        let wide = e.into_writer();
+        let before = leaves(&t);
+        assert_eq!(
+            t.insert(&p("arr"), Value::Array(RawArray::from_cbor(&wide))),
+            Err(Error::Capacity(CapacityError::Pool { capacity: 32 }))
+        );
+        assert_eq!(leaves(&t), before);
+        // The pool holds nothing of the refused array: a small one fits.
+        let small = int_array(&[1, 2, 3]);
+        t.insert(&p("arr"), Value::Array(RawArray::from_cbor(&small)))
+            .unwrap();
+        match t.get_dotted("arr").unwrap().value {
+            Value::Array(a) => assert_eq!(a.as_cbor(), &small[..]),
+            v => panic!("not an array: {v:?}"),
+        }
+    }
+
     #[test]
     fn floats_compare_by_bits_so_nan_never_keeps_a_delta_open() {
         let mut doc = Doc::new(ConflictPolicy::CloudWins);

@@ -9,14 +9,14 @@
 use minicbor::decode::Decoder;
 use minicbor::encode::Encoder;
 
-use super::platform::{Platform, StorageError, StorageSlot};
+use super::platform::{Platform, StorageSlot};
 use super::{
     AckReason, AckStatus, Agent, AgentEvent, DEDUPE_WINDOW, LifecycleState, Remembered,
     STATE_RECORD_MAX, TelemetryPolicy,
 };
-use crate::error::{DecodeError, EncodeError};
+use crate::error::DecodeError;
 use crate::shadow::{LeafMeta, Source};
-use crate::wire::{cbor, each_field};
+use crate::wire::{CborWriter, cbor, each_field};
 
 impl<P: TelemetryPolicy, const Q: usize, const M: usize> Agent<P, Q, M> {
     /// Reads back the state [`Agent::persist`] saved, if any.
@@ -43,13 +43,9 @@ impl<P: TelemetryPolicy, const Q: usize, const M: usize> Agent<P, Q, M> {
         }
         // Measured first, then streamed to the store: no record-sized
         // buffer here (see `Storage::store_with`).
-        let mut len = 0;
-        let measured = self.write_state(&mut |b| {
-            len += b.len();
-            Ok(())
-        });
+        let len = cbor::measure(|e| self.encode_state(e));
         // Boot reads at most STATE_RECORD_MAX bytes back.
-        if measured.is_err() || len > STATE_RECORD_MAX {
+        if len > STATE_RECORD_MAX {
             self.stats.storage_failures += 1;
             return;
         }
@@ -57,16 +53,7 @@ impl<P: TelemetryPolicy, const Q: usize, const M: usize> Agent<P, Q, M> {
         let stored = platform
             .storage
             .store_with(StorageSlot::AgentState, len, &mut |sink| {
-                // The sink's own error is the one worth reporting; the
-                // encoder only learns that writing stopped.
-                let mut failed = StorageError::Io;
-                this.write_state(&mut |b| {
-                    sink(b).map_err(|e| {
-                        failed = e;
-                        EncodeError::BufferTooSmall { needed: 0 }
-                    })
-                })
-                .map_err(|_| failed)
+                cbor::stream(sink, |e| this.encode_state(e)).map(|_| ())
             });
         if stored.is_err() {
             self.stats.storage_failures += 1;
@@ -77,18 +64,7 @@ impl<P: TelemetryPolicy, const Q: usize, const M: usize> Agent<P, Q, M> {
     /// The persisted record: `{0: state, 1: device id, 2: config, 3: boots,
     /// 4: lifecycle seq, 5: [* [command id, status, reason, issued]], 6: reported
     /// state}`.
-    fn write_state(
-        &self,
-        sink: &mut dyn FnMut(&[u8]) -> Result<(), EncodeError>,
-    ) -> Result<(), EncodeError> {
-        self.encode_state(&mut Encoder::new(cbor::FnWriter(sink)))
-            .map_err(enc_err)
-    }
-
-    fn encode_state(
-        &self,
-        e: &mut SinkEncoder<'_>,
-    ) -> Result<(), minicbor::encode::Error<EncodeError>> {
+    fn encode_state(&self, e: &mut Encoder<CborWriter<'_>>) -> cbor::EncodeResult {
         e.map(7)?;
         e.u8(0)?.u8(self.state.code())?;
         e.u8(1)?.str(&self.device_id)?;
@@ -199,18 +175,5 @@ impl<P: TelemetryPolicy, const Q: usize, const M: usize> Agent<P, Q, M> {
         core::mem::swap(&mut self.reported, &mut reported);
         self.scratch = reported;
         Ok(())
-    }
-}
-
-/// An encoder over a byte sink: the state is streamed to storage.
-type SinkEncoder<'a> = Encoder<cbor::FnWriter<'a>>;
-
-/// Maps a minicbor encode error whose write error is already ours.
-fn enc_err(e: minicbor::encode::Error<EncodeError>) -> EncodeError {
-    // The only failures of our writers are write failures; minicbor's own
-    // messages (none for the calls we make) count as "needs more room".
-    match e.into_write() {
-        Some(w) => w,
-        None => EncodeError::BufferTooSmall { needed: usize::MAX },
     }
 }

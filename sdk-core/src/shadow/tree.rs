@@ -317,7 +317,12 @@ impl<const L: usize, const P: usize> StateTree<L, P> {
         if self.leaves.is_full() {
             return Err(CapacityError::Leaves { capacity: L }.into());
         }
-        let leaf = self.store(bytes, value, meta, false)?;
+        // A full pool is a capacity error here, as in the check above,
+        // whichever value ran out of room.
+        let leaf = self.store(bytes, value, meta, false).map_err(|e| match e {
+            DecodeError::Capacity(c) => Error::Capacity(c),
+            e => e.into(),
+        })?;
         // Capacity was checked above, so the insert cannot fail.
         let _ = self.leaves.insert(pos, leaf);
         self.indexed = false;

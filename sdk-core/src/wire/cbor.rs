@@ -18,28 +18,78 @@ use crate::error::{DecodeError, EncodeError};
 /// stack use) on hostile input.
 pub const MAX_NESTING: usize = 16;
 
-/// The writer [`encode_into`] encodes with: copies what fits into `buf` and
-/// counts everything. It cannot fail, so minicbor's calls carry no write
-/// error to check and convert after every item (1.6 KB less on the STM32
-/// firmware); the caller compares the count with the buffer.
+/// The one writer every encoder of the SDK writes through: into a
+/// caller's buffer (copying what fits, counting everything; the caller
+/// compares the count with the buffer) or to a byte sink (the agent's
+/// state streamed to storage, arrays re-encoded into a tree's pool).
 ///
-/// Public so that a driver encoding its own framing (lanyard-nostd's
-/// envelope) shares this one writer with the messages: every writer type
-/// instantiates minicbor's encoder again.
-pub struct SliceWriter<'a> {
-    buf: &'a mut [u8],
+/// It cannot fail, so minicbor's calls carry no write error to check and
+/// convert after every item (1.6 KB less on the STM32 firmware); a sink
+/// that can fail keeps its own error. One writer type means one copy of
+/// each of minicbor's encoding functions and of each of ours in a
+/// firmware image. Public so that a driver encoding its own framing
+/// (lanyard-nostd's envelope) shares it.
+pub struct CborWriter<'a> {
+    to: Target<'a>,
     len: usize,
 }
 
-impl Write for SliceWriter<'_> {
+enum Target<'a> {
+    Slice(&'a mut [u8]),
+    // Only the capabilities that stream need it; without them the writer
+    // has one branch.
+    #[cfg(any(feature = "persistence", feature = "arrays"))]
+    Sink(&'a mut dyn FnMut(&[u8])),
+}
+
+impl Write for CborWriter<'_> {
     type Error = core::convert::Infallible;
     fn write_all(&mut self, data: &[u8]) -> Result<(), Self::Error> {
         let end = self.len.saturating_add(data.len());
-        if let Some(dst) = self.buf.get_mut(self.len..end) {
-            dst.copy_from_slice(data);
+        match &mut self.to {
+            Target::Slice(buf) => {
+                if let Some(dst) = buf.get_mut(self.len..end) {
+                    dst.copy_from_slice(data);
+                }
+            }
+            #[cfg(any(feature = "persistence", feature = "arrays"))]
+            Target::Sink(sink) => sink(data),
         }
         self.len = end;
         Ok(())
+    }
+}
+
+/// What every encoding closure of the SDK is.
+pub(crate) type EncodeResult = Result<(), minicbor::encode::Error<core::convert::Infallible>>;
+
+/// Streams what `write` encodes to `sink`; returns its length. The sink
+/// may fail (a storage write, a full pool): from its first error on it is
+/// given nothing more, and that error is returned.
+#[cfg(any(feature = "persistence", feature = "arrays"))]
+pub(crate) fn stream<E>(
+    sink: &mut dyn FnMut(&[u8]) -> Result<(), E>,
+    write: impl FnOnce(&mut Encoder<CborWriter<'_>>) -> EncodeResult,
+) -> Result<usize, E> {
+    let mut failed = None;
+    let mut forward = |b: &[u8]| {
+        if failed.is_none()
+            && let Err(e) = sink(b)
+        {
+            failed = Some(e);
+        }
+    };
+    let mut e = Encoder::new(CborWriter {
+        to: Target::Sink(&mut forward),
+        len: 0,
+    });
+    // minicbor's own errors (none for the calls we make) end the stream;
+    // the caller's length check catches what is missing.
+    let _ = write(&mut e);
+    let len = e.writer().len;
+    match failed {
+        Some(err) => Err(err),
+        None => Ok(len),
     }
 }
 
@@ -47,13 +97,9 @@ impl Write for SliceWriter<'_> {
 /// writes with (one copy of each encoder serves measuring and writing).
 /// minicbor's own errors (none for the calls we make) end the count early;
 /// `encode_into`'s writing pass reports them.
-pub(crate) fn measure(
-    write: impl Fn(
-        &mut Encoder<SliceWriter<'_>>,
-    ) -> Result<(), minicbor::encode::Error<core::convert::Infallible>>,
-) -> usize {
-    let mut e = Encoder::new(SliceWriter {
-        buf: &mut [],
+pub(crate) fn measure(write: impl Fn(&mut Encoder<CborWriter<'_>>) -> EncodeResult) -> usize {
+    let mut e = Encoder::new(CborWriter {
+        to: Target::Slice(&mut []),
         len: 0,
     });
     let _ = write(&mut e);
@@ -79,7 +125,7 @@ pub(crate) fn measure(
 pub fn encode_into(
     out: &mut [u8],
     write: impl Fn(
-        &mut Encoder<SliceWriter<'_>>,
+        &mut Encoder<CborWriter<'_>>,
     ) -> Result<(), minicbor::encode::Error<core::convert::Infallible>>,
 ) -> Result<usize, EncodeError> {
     let needed = measure(&write);
@@ -89,7 +135,10 @@ pub fn encode_into(
     // minicbor's own errors (none for the calls we make) count as "needs
     // more room".
     let too_small = |_| EncodeError::BufferTooSmall { needed: usize::MAX };
-    let mut e = Encoder::new(SliceWriter { buf: out, len: 0 });
+    let mut e = Encoder::new(CborWriter {
+        to: Target::Slice(out),
+        len: 0,
+    });
     write(&mut e).map_err(too_small)?;
     // The writer drops what does not fit rather than fail: a second pass
     // longer than the first must not pass as a shorter message.
@@ -98,20 +147,6 @@ pub fn encode_into(
         return Err(EncodeError::BufferTooSmall { needed: written });
     }
     Ok(needed)
-}
-
-/// Adapts a byte sink closure to minicbor's `Write`. Its error is the
-/// sink's: `EncodeError` for message buffers, `DecodeError` where a decoded
-/// value is re-encoded into a tree's pool.
-#[cfg(any(feature = "persistence", feature = "arrays"))]
-pub(crate) struct FnWriter<'a, E = EncodeError>(pub &'a mut dyn FnMut(&[u8]) -> Result<(), E>);
-
-#[cfg(any(feature = "persistence", feature = "arrays"))]
-impl<E> Write for FnWriter<'_, E> {
-    type Error = E;
-    fn write_all(&mut self, data: &[u8]) -> Result<(), E> {
-        (self.0)(data)
-    }
 }
 
 fn malformed(what: &'static str, at: usize) -> DecodeError {
@@ -406,10 +441,15 @@ pub(crate) fn canonicalize_array(
     sink: &mut dyn FnMut(&[u8]) -> Result<(), DecodeError>,
     depth: usize,
 ) -> Result<(), DecodeError> {
-    match peek_major(d)? {
-        4 => canonicalize_item(d, &mut Encoder::new(FnWriter(sink)), depth),
-        _ => Err(malformed("an array", d.position())),
+    if peek_major(d)? != 4 {
+        return Err(malformed("an array", d.position()));
     }
+    let mut walked = Ok(());
+    stream(sink, |e| {
+        walked = canonicalize_item(d, e, depth);
+        Ok(())
+    })?;
+    walked
 }
 
 /// Without the `arrays` feature no array is ever stored: refused where it
@@ -424,19 +464,12 @@ pub(crate) fn canonicalize_array(
 }
 
 #[cfg(feature = "arrays")]
-fn put<W: Write>(
-    r: Result<&mut Encoder<W>, minicbor::encode::Error<W::Error>>,
-) -> Result<(), DecodeError>
-where
-    DecodeError: From<W::Error>,
-{
-    match r {
-        Ok(_) => Ok(()),
-        Err(e) => match e.into_write() {
-            Some(w) => Err(DecodeError::from(w)),
-            None => Err(malformed("encodable value", 0)),
-        },
-    }
+fn put(
+    r: Result<&mut Encoder<CborWriter<'_>>, minicbor::encode::Error<core::convert::Infallible>>,
+) -> Result<(), DecodeError> {
+    // The writer cannot fail; minicbor's own errors (none for the calls
+    // made here) would mean a value it cannot encode.
+    r.map(|_| ()).map_err(|_| malformed("encodable value", 0))
 }
 
 #[cfg(feature = "arrays")]
@@ -456,14 +489,11 @@ fn count_indef(d: &mut Decoder<'_>, per_entry: usize, depth: usize) -> Result<u6
 }
 
 #[cfg(feature = "arrays")]
-fn canonicalize_item<W: Write>(
+fn canonicalize_item(
     d: &mut Decoder<'_>,
-    e: &mut Encoder<W>,
+    e: &mut Encoder<CborWriter<'_>>,
     depth: usize,
-) -> Result<(), DecodeError>
-where
-    DecodeError: From<W::Error>,
-{
+) -> Result<(), DecodeError> {
     if depth > MAX_NESTING {
         return Err(malformed("shallower nesting", d.position()));
     }

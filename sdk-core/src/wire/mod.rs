@@ -5,6 +5,6 @@
 pub(crate) mod cbor;
 mod messages;
 
-pub use cbor::{MAX_NESTING, SliceWriter, encode_into, read_bytes, read_str};
+pub use cbor::{CborWriter, MAX_NESTING, encode_into, read_bytes, read_str};
 pub(crate) use messages::each_field;
 pub use messages::{MAX_CLIENT_TOKEN_LEN, ShadowDelta, ShadowUpdate, ShadowUpdateRef};
