@@ -21,6 +21,7 @@ use lanyard_std::mqtt::MqttTransport;
 use lanyard_std::store::FileStore;
 use pyo3::exceptions::{PyOSError, PyRuntimeError, PyValueError};
 use pyo3::prelude::*;
+use pyo3::types::{PyBool, PyInt};
 use serde_json::{Value as Json, json};
 use tokio::sync::mpsc;
 
@@ -233,11 +234,14 @@ impl Device {
     fn report(&self, path: &str, value: &Bound<'_, PyAny>) -> PyResult<()> {
         lanyard_core::shadow::PathBuf::from_dotted(path)
             .map_err(|e| PyValueError::new_err(format!("{path:?}: {e}")))?;
-        // bool first: Python's bool is an int.
-        let value = if let Ok(b) = value.extract::<bool>() {
-            LocalValue::Bool(b)
-        } else if let Ok(i) = value.extract::<i64>() {
-            LocalValue::Int(i)
+        // bool first: Python's bool is an int. An int past i64 is refused,
+        // not turned into a float.
+        let value = if let Ok(b) = value.cast::<PyBool>() {
+            LocalValue::Bool(b.is_true())
+        } else if value.is_instance_of::<PyInt>() {
+            LocalValue::Int(value.extract::<i64>().map_err(|_| {
+                PyValueError::new_err(format!("{path:?}: {value} does not fit in 64 bits"))
+            })?)
         } else if let Ok(x) = value.extract::<f64>() {
             LocalValue::Float(x)
         } else if let Ok(t) = value.extract::<String>() {

@@ -232,7 +232,7 @@ class AppOfATwinHost(unittest.TestCase):
 
     def test_bad_input_is_refused_before_anything_is_sent(self):
         for state in ({"": 1}, {"a": b"bytes"}, {"x": float("nan")}, ["not", "a", "dict"],
-                      {"k" * 200: 1}):
+                      {"k" * 200: 1}, {"big": 2 ** 64}, {"deep": {"list": [1, -(2 ** 63) - 1]}}):
             with self.assertRaises(ValueError, msg=repr(state)):
                 self.app.set_desired(self.SIM, state)
         with self.assertRaises(ValueError):
@@ -243,7 +243,7 @@ class AppOfATwinHost(unittest.TestCase):
             lanyard.App("mqtt://127.0.0.1:70000")
         # Nothing of that reached the shadow.
         desired = self.app.get_shadow(self.SIM)["desired"]
-        self.assertFalse({"", "a", "x", "k" * 200} & set(desired))
+        self.assertFalse({"", "a", "x", "k" * 200, "big", "deep"} & set(desired))
 
     def test_no_broker_is_an_os_error(self):
         with self.assertRaises(OSError):
@@ -342,6 +342,8 @@ class DeviceOnATwinHost(unittest.TestCase):
             dev.report("bad..path", 1)
         with self.assertRaises(ValueError):
             dev.report("list", [1, 2])
+        with self.assertRaises(ValueError):
+            dev.report("huge", 2 ** 70)  # not silently a float
 
         def reported_own_state():
             r = app.get_shadow(dev_id, timeout=2)["reported"]

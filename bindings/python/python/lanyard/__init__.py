@@ -43,9 +43,25 @@ def _path(p):
     return None if p is None else os.fspath(p)
 
 
+def _check_ints(value, what):
+    # JSON would carry an int past 64 bits, and the SDK would read it as a
+    # float: refused here instead.
+    if isinstance(value, bool):
+        return
+    if isinstance(value, int) and not -(2**63) <= value < 2**63:
+        raise ValueError(f"{what}: {value} does not fit in 64 bits")
+    if isinstance(value, dict):
+        for v in value.values():
+            _check_ints(v, what)
+    elif isinstance(value, (list, tuple)):
+        for v in value:
+            _check_ints(v, what)
+
+
 def _state_json(state, what):
     if not isinstance(state, dict):
         raise ValueError(f"{what} must be a dict of properties, not {type(state).__name__}")
+    _check_ints(state, what)
     try:
         return json.dumps(state, allow_nan=False)
     except (TypeError, ValueError) as e:
