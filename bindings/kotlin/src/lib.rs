@@ -11,6 +11,7 @@
 //! answers.
 
 use std::collections::HashMap;
+use std::path::Path;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -255,6 +256,53 @@ pub async fn connect_app(
         .ok_or_else(|| LanyardError::BadInput {
             detail: format!("port {port} is not 1..=65535"),
         })?;
+    connect(MqttConfig::new(host, port, client_id), tenants, timeout_ms).await
+}
+
+/// TLS files, PEM: the CA that signed the broker's certificate, and for
+/// mutual TLS the client certificate and its key.
+#[derive(Debug, Clone, PartialEq, uniffi::Record)]
+pub struct TlsPaths {
+    /// The CA certificate.
+    pub ca: String,
+    /// The client certificate, with `key`.
+    pub cert: Option<String>,
+    /// The client key, with `cert`.
+    pub key: Option<String>,
+}
+
+/// [`connect_app`] by URL: `mqtt://host:port`, or `mqtts://host:port` with
+/// `tls`. The files are read and checked before connecting: a missing
+/// one, or a key that is not the certificate's, is `BadInput`.
+#[uniffi::export]
+pub async fn connect_app_url(
+    url: String,
+    client_id: String,
+    tenants: bool,
+    timeout_ms: i64,
+    tls: Option<TlsPaths>,
+) -> Result<Arc<LanyardApp>, LanyardError> {
+    let bad = |detail: String| LanyardError::BadInput { detail };
+    let (ca, client) = match &tls {
+        None => (None, None),
+        Some(t) => {
+            let client = match (&t.cert, &t.key) {
+                (Some(c), Some(k)) => Some((Path::new(c.as_str()), Path::new(k.as_str()))),
+                (None, None) => None,
+                _ => return Err(bad("cert and key go together".into())),
+            };
+            (Some(Path::new(t.ca.as_str())), client)
+        }
+    };
+    let config = MqttConfig::from_url(&url, client_id, ca, client).map_err(bad)?;
+    connect(config, tenants, timeout_ms).await
+}
+
+async fn connect(
+    config: MqttConfig,
+    tenants: bool,
+    timeout_ms: i64,
+) -> Result<Arc<LanyardApp>, LanyardError> {
     let timeout = duration(timeout_ms)?;
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(1)
@@ -264,7 +312,6 @@ pub async fn connect_app(
             detail: e.to_string(),
         })?;
     let client = on(&runtime, async move {
-        let config = MqttConfig::new(host, port, client_id);
         let transport = MqttTransport::connect_and_wait(config, timeout).await?;
         Ok(if tenants {
             AppClient::for_tenants(transport).await?

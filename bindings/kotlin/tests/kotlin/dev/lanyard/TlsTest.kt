@@ -1,0 +1,133 @@
+package dev.lanyard
+
+import java.io.File
+import java.net.InetSocketAddress
+import java.net.ServerSocket
+import java.net.Socket
+import java.nio.file.Files
+import kotlinx.coroutines.delay
+import kotlinx.coroutines.runBlocking
+import org.junit.jupiter.api.AfterAll
+import org.junit.jupiter.api.BeforeAll
+import org.junit.jupiter.api.Test
+import org.junit.jupiter.api.TestInstance
+import kotlin.test.assertEquals
+import kotlin.test.assertFailsWith
+import kotlin.test.fail
+
+/**
+ * `connectAppUrl` over mutual TLS: a mosquitto that requires client
+ * certificates, a `lanyard twin` and a `lanyard device` over `mqtts://`,
+ * certificates made here with openssl (EC P-256, valid two days).
+ */
+@TestInstance(TestInstance.Lifecycle.PER_CLASS)
+class TlsTest {
+    private val device = "ly-020000000001" // lanyard device's default MAC
+    private val processes = mutableListOf<Process>()
+    private val dir = Files.createTempDirectory("lanyard-kotlin-tls").toFile()
+    private lateinit var url: String
+    private lateinit var tls: TlsPaths
+
+    private fun path(name: String) = File(dir, name).path
+
+    private fun openssl(vararg args: String) {
+        val p = ProcessBuilder("openssl", *args).directory(dir).redirectErrorStream(true).start()
+        val out = p.inputStream.bufferedReader().readText()
+        if (p.waitFor() != 0) fail("openssl ${args.joinToString(" ")}: $out")
+    }
+
+    private fun start(name: String, vararg command: String) {
+        processes += ProcessBuilder(*command)
+            .redirectErrorStream(true)
+            .redirectOutput(File(dir, "$name.log"))
+            .start()
+    }
+
+    private suspend fun eventually(ms: Long = 20_000, check: suspend () -> Boolean) {
+        val until = System.currentTimeMillis() + ms
+        while (System.currentTimeMillis() < until) {
+            if (runCatching { check() }.getOrDefault(false)) return
+            delay(100)
+        }
+        fail("not true within $ms ms (logs in $dir)")
+    }
+
+    @BeforeAll
+    fun startBrokerTwinHostAndDevice() = runBlocking {
+        val lanyard = System.getenv("LANYARD_BIN")
+            ?: error("set LANYARD_BIN to the lanyard binary (scripts/test-kotlin.sh does)")
+        val ec = arrayOf("-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256", "-nodes")
+        openssl("req", "-x509", *ec, "-keyout", "ca.key", "-out", "ca.pem", "-days", "2", "-subj", "/CN=lanyard test CA")
+        for ((name, san) in listOf("broker" to "DNS:localhost,IP:127.0.0.1", "client" to "DNS:client")) {
+            openssl("req", *ec, "-keyout", "$name.key", "-out", "$name.csr", "-subj", "/CN=$name")
+            File(dir, "$name.ext").writeText("subjectAltName=$san\n")
+            openssl(
+                "x509", "-req", "-in", "$name.csr", "-CA", "ca.pem", "-CAkey", "ca.key", "-CAcreateserial",
+                "-out", "$name.pem", "-days", "2", "-extfile", "$name.ext",
+            )
+        }
+        // mosquitto started as root reads its files as its own user.
+        dir.setReadable(true, false)
+        dir.setExecutable(true, false)
+        File(dir, "broker.key").setReadable(true, false)
+        val port = ServerSocket(0).use { it.localPort }
+        File(dir, "mosquitto.conf").writeText(
+            "listener $port 127.0.0.1\nallow_anonymous true\n" +
+                "cafile ${path("ca.pem")}\ncertfile ${path("broker.pem")}\nkeyfile ${path("broker.key")}\n" +
+                "require_certificate true\n",
+        )
+        start("mosquitto", System.getenv("MOSQUITTO_BIN") ?: "mosquitto", "-c", path("mosquitto.conf"))
+        eventually {
+            runCatching { Socket().use { it.connect(InetSocketAddress("127.0.0.1", port), 200) } }.isSuccess
+        }
+        url = "mqtts://localhost:$port"
+        tls = TlsPaths(path("ca.pem"), path("client.pem"), path("client.key"))
+        val certs = arrayOf("--ca", tls.ca, "--cert", tls.cert!!, "--key", tls.key!!)
+        start("twin", lanyard, "twin", "--broker", url, "--state-dir", path("twin"), *certs)
+        start("device", lanyard, "device", "--broker", url, "--state-dir", path("device"), *certs)
+    }
+
+    @AfterAll
+    fun stopEverything() {
+        processes.reversed().forEach { it.destroy(); it.waitFor() }
+    }
+
+    @Test
+    fun anAppWithACertificateReachesTheDeviceOverTls() = runBlocking {
+        val app = connectAppUrl(url, "kotlin-tls-app", false, 10_000, tls)
+        try {
+            eventually { app.getShadow(device, 2_000).version >= 0uL }
+            val blink = app.command(
+                device, "blink_led",
+                mapOf("count" to ShadowValue.Int(1), "period_ms" to ShadowValue.Int(100)), 10_000,
+            )
+            assertEquals(AckStatus.SUCCEEDED, blink.status)
+        } finally {
+            app.close()
+        }
+    }
+
+    @Test
+    fun withoutAClientCertificateTheBrokerRefuses() = runBlocking {
+        assertFailsWith<LanyardException.Transport> {
+            connectAppUrl(url, "kotlin-no-cert", false, 2_000, TlsPaths(tls.ca, null, null))
+        }
+        Unit
+    }
+
+    @Test
+    fun badTlsInputIsRefusedBeforeConnecting() = runBlocking {
+        assertFailsWith<LanyardException.BadInput> { connectAppUrl(url, "x", false, 1_000, null) }
+        assertFailsWith<LanyardException.BadInput> {
+            connectAppUrl(url, "x", false, 1_000, TlsPaths(path("missing.pem"), null, null))
+        }
+        assertFailsWith<LanyardException.BadInput> {
+            connectAppUrl(url, "x", false, 1_000, TlsPaths(tls.ca, tls.cert, null))
+        }
+        assertFailsWith<LanyardException.BadInput> {
+            // A key that is not the certificate's.
+            connectAppUrl(url, "x", false, 1_000, TlsPaths(tls.ca, tls.cert, path("broker.key")))
+        }
+        Unit
+    }
+}
