@@ -235,6 +235,10 @@ class AppOfATwinHost(unittest.TestCase):
                       {"k" * 200: 1}, {"big": 2 ** 64}, {"deep": {"list": [1, -(2 ** 63) - 1]}}):
             with self.assertRaises(ValueError, msg=repr(state)):
                 self.app.set_desired(self.SIM, state)
+        loop = {}
+        loop["self"] = loop
+        with self.assertRaises(ValueError):
+            self.app.set_desired(self.SIM, loop)
         with self.assertRaises(ValueError):
             self.app.command(self.SIM, "blink_led", {"count": None})  # no nulls in arguments
         with self.assertRaises(ValueError):

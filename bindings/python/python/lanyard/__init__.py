@@ -43,19 +43,22 @@ def _path(p):
     return None if p is None else os.fspath(p)
 
 
-def _check_ints(value, what):
+def _check_ints(value, what, depth=0):
     # JSON would carry an int past 64 bits, and the SDK would read it as a
-    # float: refused here instead.
+    # float: refused here instead. The depth bound (the SDK accepts 16
+    # levels) also stops a container that holds itself.
+    if depth > 32:
+        raise ValueError(f"{what}: nested too deep")
     if isinstance(value, bool):
         return
     if isinstance(value, int) and not -(2**63) <= value < 2**63:
         raise ValueError(f"{what}: {value} does not fit in 64 bits")
     if isinstance(value, dict):
         for v in value.values():
-            _check_ints(v, what)
+            _check_ints(v, what, depth + 1)
     elif isinstance(value, (list, tuple)):
         for v in value:
-            _check_ints(v, what)
+            _check_ints(v, what, depth + 1)
 
 
 def _state_json(state, what):
