@@ -218,6 +218,13 @@ impl<T: Transport> AppClient<T> {
         }
     }
 
+    /// Ends the app: waits up to `within` for what it published to reach
+    /// the broker, then drops the connection.
+    pub async fn close(mut self, within: Duration) -> Result<(), AppError> {
+        self.transport.flush(within).await?;
+        Ok(())
+    }
+
     /// The next delta, report or acknowledgement.
     pub async fn next_event(&mut self) -> Result<AppEvent, AppError> {
         loop {

@@ -22,7 +22,7 @@ use lanyard_std::bridge::{Bridge as StdBridge, BridgeStats, MAX_FRAME, connect_t
 use lanyard_std::mqtt::{MqttConfig, MqttTransport};
 use lanyard_std::twin::{TWIN_LEAVES, TWIN_POOL};
 use pyo3::create_exception;
-use pyo3::exceptions::{PyException, PyOSError, PyTimeoutError, PyValueError};
+use pyo3::exceptions::{PyException, PyOSError, PyRuntimeError, PyTimeoutError, PyValueError};
 use pyo3::prelude::*;
 use pyo3::types::{PyBytes, PyDict};
 use serde_json::{Value as Json, json};
@@ -256,7 +256,8 @@ type FinalAck<'py> = (
 #[pyclass]
 struct App {
     rt: Runtime,
-    client: Arc<tokio::sync::Mutex<AppClient<MqttTransport>>>,
+    /// `None` once closed.
+    client: Arc<tokio::sync::Mutex<Option<AppClient<MqttTransport>>>>,
 }
 
 #[pymethods]
@@ -297,7 +298,7 @@ impl App {
         })?;
         Ok(App {
             rt,
-            client: Arc::new(tokio::sync::Mutex::new(client)),
+            client: Arc::new(tokio::sync::Mutex::new(Some(client))),
         })
     }
 
@@ -309,6 +310,7 @@ impl App {
         let client = self.client.clone();
         block_on(py, &self.rt, async move {
             let mut client = client.lock().await;
+            let client = client.as_mut().ok_or_else(closed)?;
             client
                 .set_desired(&device, &tree, now_ms())
                 .await
@@ -324,6 +326,7 @@ impl App {
         let client = self.client.clone();
         let shadow = block_on(py, &self.rt, async move {
             let mut client = client.lock().await;
+            let client = client.as_mut().ok_or_else(closed)?;
             client.get_shadow(&device, timeout).await.map_err(app_error)
         })?;
         Ok(json!({
@@ -364,6 +367,7 @@ impl App {
         let client = self.client.clone();
         let outcome = block_on(py, &self.rt, async move {
             let mut client = client.lock().await;
+            let client = client.as_mut().ok_or_else(closed)?;
             client
                 .command(&device, &name, &args, now_ms(), timeout)
                 .await
@@ -382,6 +386,19 @@ impl App {
         ))
     }
 
+    /// Waits up to a second for what the app published to reach the
+    /// broker and disconnects. Later calls raise `RuntimeError`; closing
+    /// again does nothing.
+    fn close(&self, py: Python<'_>) -> PyResult<()> {
+        let client = self.client.clone();
+        block_on(py, &self.rt, async move {
+            if let Some(c) = client.lock().await.take() {
+                c.close(Duration::from_secs(1)).await.map_err(app_error)?;
+            }
+            Ok(())
+        })
+    }
+
     /// The next delta, report or acknowledgement as `(type, device, JSON
     /// text)`, or `None` if none came within `timeout` seconds. Deltas and
     /// reports carry the state; acknowledgements `command_id` and `status`.
@@ -394,6 +411,7 @@ impl App {
         let client = self.client.clone();
         let event = block_on(py, &self.rt, async move {
             let mut client = client.lock().await;
+            let client = client.as_mut().ok_or_else(closed)?;
             match tokio::time::timeout(timeout, client.next_event()).await {
                 Err(_) => Ok(None),
                 Ok(r) => r.map(Some).map_err(app_error),
@@ -417,6 +435,11 @@ impl App {
             ),
         }))
     }
+}
+
+/// What a call on a closed [`App`] raises.
+fn closed() -> PyErr {
+    PyRuntimeError::new_err("the app is closed")
 }
 
 /// The MQTT configuration of a broker URL (`mqtt://` or `mqtts://`) and

@@ -187,6 +187,7 @@ class AppOfATwinHost(unittest.TestCase):
 
     @classmethod
     def tearDownClass(cls):
+        cls.app.close()
         for p in reversed(cls.procs):
             p.terminate()
             p.wait()
@@ -252,6 +253,13 @@ class AppOfATwinHost(unittest.TestCase):
     def test_no_broker_is_an_os_error(self):
         with self.assertRaises(OSError):
             lanyard.App(f"mqtt://127.0.0.1:{free_port()}", timeout=0.5)
+
+    def test_a_closed_app_refuses_calls(self):
+        with lanyard.App(self.broker, client_id="python-app-closing") as app:
+            self.assertGreaterEqual(app.get_shadow(self.SIM)["version"], 0)
+        with self.assertRaises(RuntimeError):
+            app.get_shadow(self.SIM)
+        app.close()  # again: nothing
 
     def test_an_unknown_device_is_rejected(self):
         with self.assertRaises(lanyard.Rejected):

@@ -99,6 +99,18 @@ class App:
         self._app = _App(broker, client_id, tenants, float(timeout), _path(ca), _path(cert),
                          _path(key))
 
+    def close(self):
+        """Waits up to a second for what was sent to reach the broker and
+        disconnects; later calls raise ``RuntimeError``. ``with App(...) as
+        app:`` closes at the end of the block."""
+        self._app.close()
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
     def set_desired(self, device, state):
         """Asks for ``state`` in ``device``'s desired state; the host
         answers the device with a delta."""
