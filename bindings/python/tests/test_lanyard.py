@@ -8,6 +8,7 @@ import os
 import shutil
 import socket
 import subprocess
+import sys
 import tempfile
 import threading
 import time
@@ -372,6 +373,31 @@ class DeviceOnATwinHost(unittest.TestCase):
         self.assertEqual(states[-1][1], "Decommissioned")
         with self.assertRaises(RuntimeError):
             dev.run(seconds=1)
+
+    def test_the_gateway_example_runs(self):
+        example = os.path.join(os.path.dirname(os.path.abspath(__file__)),
+                               "..", "..", "..", "examples", "python", "gateway.py")
+        gateway = subprocess.Popen(
+            [sys.executable, example, "--broker", self.broker, "--state-dir", self.state_dir,
+             "--mac", "02:00:00:00:00:ee", "--seconds", "60"],
+            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+        )
+        self.addCleanup(lambda: (gateway.kill(), gateway.wait(), gateway.stdout.close()))
+        dev_id = "ly-0200000000ee"
+        with lanyard.App(self.broker, client_id="py-example-test") as app:
+            eventually(lambda: app.get_shadow(dev_id, timeout=2)["reported"]
+                       .get("host", {}).get("name") == socket.gethostname(),
+                       "the gateway reported its hostname")
+            ok = app.command(dev_id, "restart_service", {"unit": "mosquitto"})
+            self.assertEqual((ok["status"], ok["result"]),
+                             ("Succeeded", {"unit": "mosquitto", "restarted": True}))
+            refused = app.command(dev_id, "restart_service", {"unit": "sshd"})
+            self.assertEqual((refused["status"], refused["reason"]), ("Rejected", "BadArguments"))
+            app.command(dev_id, "decommission")
+        out, _ = gateway.communicate(timeout=30)
+        self.assertEqual(gateway.returncode, 0, out)
+        self.assertIn("restarting mosquitto (simulated)", out)
+        self.assertIn("state Active -> Decommissioned", out)
 
     def test_the_battery_is_read_through_python(self):
         dev, runner, events = self.start_device(battery_mv=lambda: 3350)  # 5 % of a Li-ion cell
