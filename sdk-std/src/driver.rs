@@ -14,6 +14,22 @@ use crate::transport::{Qos, Transport, TransportError, TransportEvent};
 /// The agent type the std driver runs: 64 queued messages of up to 1 KiB.
 pub type StdAgent = Agent<SlowTelemetryOnLowBattery, 64, 1024>;
 
+/// A std agent for the device with `mac` (its id derives from it),
+/// reporting `firmware` as its version, with the default configuration
+/// and telemetry policy until the cloud sends its own. Boxed: its fixed
+/// buffers are too large for a task's stack.
+pub fn std_agent(mac: [u8; 6], firmware: &'static str) -> Box<StdAgent> {
+    Box::new(Agent::new(
+        lanyard_core::agent::Identity {
+            mac,
+            device_id: None,
+            firmware,
+        },
+        lanyard_core::agent::config::DeviceConfig::default(),
+        SlowTelemetryOnLowBattery::default(),
+    ))
+}
+
 /// What the driver saw, for logs, timelines and metrics.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum DriverEvent {

@@ -7,13 +7,11 @@ use std::time::Duration;
 
 use common::Mosquitto;
 use lanyard_core::agent::config::DeviceConfig;
-use lanyard_core::agent::health::SlowTelemetryOnLowBattery;
 use lanyard_core::agent::lifecycle::LifecycleState;
 use lanyard_core::agent::messages::*;
 use lanyard_core::agent::platform::NoCommands;
-use lanyard_core::agent::{Agent, Identity};
 use lanyard_std::clock::Clock;
-use lanyard_std::driver::{DeviceDriver, StdPlatform};
+use lanyard_std::driver::{DeviceDriver, StdPlatform, std_agent};
 use lanyard_std::mqtt::{MqttConfig, MqttTransport};
 use lanyard_std::sim::{CountingLed, SimulatedSensors};
 use lanyard_std::store::FileStore;
@@ -37,15 +35,7 @@ fn fast_config(version: u64) -> Vec<u8> {
 
 fn device(port: u16, dir: &std::path::Path) -> DeviceDriver<MqttTransport> {
     let clock = Clock::real();
-    let agent = Box::new(Agent::new(
-        Identity {
-            mac: [0x0a, 0x1b, 0x2c, 0x3d, 0x4e, 0x5f],
-            device_id: None,
-            firmware: "test",
-        },
-        DeviceConfig::default(),
-        SlowTelemetryOnLowBattery::default(),
-    ));
+    let agent = std_agent([0x0a, 0x1b, 0x2c, 0x3d, 0x4e, 0x5f], "test");
     let transport = MqttTransport::connect(MqttConfig::new("127.0.0.1", port, ID));
     let platform = StdPlatform {
         storage: Box::new(FileStore::open(dir).unwrap()),

@@ -9,15 +9,14 @@ use std::time::Duration;
 
 use common::Mosquitto;
 use lanyard_core::agent::config::DeviceConfig;
-use lanyard_core::agent::health::SlowTelemetryOnLowBattery;
+use lanyard_core::agent::device_id_from_mac;
 use lanyard_core::agent::messages::*;
 use lanyard_core::agent::platform::NoCommands;
-use lanyard_core::agent::{Agent, Identity, device_id_from_mac};
 use lanyard_core::shadow::{PathBuf, StateTree, Value};
 use lanyard_core::wire::ShadowUpdate;
 use lanyard_std::app::AppClient;
 use lanyard_std::clock::Clock;
-use lanyard_std::driver::{DeviceDriver, StdPlatform};
+use lanyard_std::driver::{DeviceDriver, StdPlatform, std_agent};
 use lanyard_std::mqtt::{MqttConfig, MqttTransport};
 use lanyard_std::sim::{CountingLed, SimulatedSensors};
 use lanyard_std::store::FileStore;
@@ -84,15 +83,7 @@ async fn tenants_share_a_broker_without_reaching_into_each_other() {
     // acme's device: tenant as user name, device id as client id.
     let dir = tempfile::tempdir().unwrap();
     let clock = Clock::real();
-    let agent = Box::new(Agent::new(
-        Identity {
-            mac: MAC,
-            device_id: None,
-            firmware: "test",
-        },
-        DeviceConfig::default(),
-        SlowTelemetryOnLowBattery::default(),
-    ));
+    let agent = std_agent(MAC, "test");
     let platform = StdPlatform {
         storage: Box::new(FileStore::open(dir.path()).unwrap()),
         probe: Box::new(SimulatedSensors::new(clock.now_ms(), 600_000, 0)),

@@ -7,15 +7,13 @@
 use std::path::PathBuf;
 use std::sync::Mutex;
 
-use lanyard_core::agent::config::DeviceConfig;
-use lanyard_core::agent::health::SlowTelemetryOnLowBattery;
+use lanyard_core::agent::AgentEvent;
 use lanyard_core::agent::platform::{Actuators, CommandFailure, CommandHandler, SensorReading};
-use lanyard_core::agent::{Agent, AgentEvent, Identity};
 use lanyard_nostd::hal::{BatteryCurve, BatteryVoltage, BoardProbe};
 use lanyard_std::aws_json::{tree_from_json, tree_to_json};
 use lanyard_std::clock::Clock;
 use lanyard_std::driver::{
-    DeviceDriver, DriverEvent, LocalChange, LocalValue, StdPlatform, parse_mac,
+    DeviceDriver, DriverEvent, LocalChange, LocalValue, StdPlatform, parse_mac, std_agent,
 };
 use lanyard_std::mqtt::MqttTransport;
 use lanyard_std::store::FileStore;
@@ -172,15 +170,7 @@ impl Device {
         let mut config = broker_config(broker, String::new(), ca, cert, key)?;
         let mac = parse_mac(mac).map_err(PyValueError::new_err)?;
         let clock = Clock::real();
-        let agent = Box::new(Agent::new(
-            Identity {
-                mac,
-                device_id: None,
-                firmware: env!("CARGO_PKG_VERSION"),
-            },
-            DeviceConfig::default(),
-            SlowTelemetryOnLowBattery::default(),
-        ));
+        let agent = std_agent(mac, env!("CARGO_PKG_VERSION"));
         let device_id = agent.device_id().to_owned();
         let storage = FileStore::open(&state_dir)
             .map_err(|e| PyOSError::new_err(format!("{}: {e}", state_dir.display())))?;

@@ -6,17 +6,18 @@ use std::time::Duration;
 
 use clap::{Parser, Subcommand};
 use indicatif::{ProgressBar, ProgressStyle};
+use lanyard_core::agent::AgentEvent;
 use lanyard_core::agent::config::DeviceConfig;
-use lanyard_core::agent::health::SlowTelemetryOnLowBattery;
 use lanyard_core::agent::lifecycle::LifecycleState;
 use lanyard_core::agent::messages::*;
 use lanyard_core::agent::platform::NoCommands;
-use lanyard_core::agent::{Agent, AgentEvent, Identity};
 use lanyard_core::shadow::{ConflictPolicy, PathBuf as ShadowPath, StateTree, Value};
 use lanyard_core::wire::ShadowUpdate;
 use lanyard_std::clock::Clock;
 use lanyard_std::describe::{describe, parse_hex};
-use lanyard_std::driver::{DeviceDriver, DriverEvent, LocalValue, StdPlatform, parse_mac};
+use lanyard_std::driver::{
+    DeviceDriver, DriverEvent, LocalValue, StdPlatform, parse_mac, std_agent,
+};
 use lanyard_std::metrics::Metrics;
 use lanyard_std::mqtt::{MqttConfig, MqttTransport};
 use lanyard_std::sim::{CountingLed, SimulatedSensors};
@@ -275,15 +276,7 @@ fn make_device(
     drain_every_ms: u64,
     start_battery: u8,
 ) -> Result<DeviceDriver<MqttTransport>, String> {
-    let agent = Box::new(Agent::new(
-        Identity {
-            mac,
-            device_id: None,
-            firmware: env!("CARGO_PKG_VERSION"),
-        },
-        DeviceConfig::default(),
-        SlowTelemetryOnLowBattery::default(),
-    ));
+    let agent = std_agent(mac, env!("CARGO_PKG_VERSION"));
     let id = agent.device_id().to_owned();
     let mut sensors =
         SimulatedSensors::new(clock.now_ms(), drain_every_ms, u64::from(mac[5]) * 7_919);

@@ -4,11 +4,9 @@
 use std::net::TcpStream;
 
 use lanyard_core::agent::config::DeviceConfig;
-use lanyard_core::agent::health::SlowTelemetryOnLowBattery;
 use lanyard_core::agent::platform::{CommandHandler, NoCommands};
-use lanyard_core::agent::{Agent, Identity};
 use lanyard_std::clock::Clock;
-use lanyard_std::driver::{DeviceDriver, DriverEvent, StdPlatform};
+use lanyard_std::driver::{DeviceDriver, DriverEvent, StdPlatform, std_agent};
 use lanyard_std::mqtt::{MqttConfig, MqttTransport};
 use lanyard_std::sim::{CountingLed, SimulatedSensors};
 use lanyard_std::store::FileStore;
@@ -175,15 +173,7 @@ pub fn spawn_device_with(
     tokio::sync::mpsc::UnboundedReceiver<DriverEvent>,
 ) {
     let clock = Clock::real();
-    let agent = Box::new(Agent::new(
-        Identity {
-            mac,
-            device_id: None,
-            firmware: "test",
-        },
-        DeviceConfig::default(),
-        SlowTelemetryOnLowBattery::default(),
-    ));
+    let agent = std_agent(mac, "test");
     let id = agent.device_id().to_owned();
     let platform = StdPlatform {
         storage: Box::new(FileStore::open(dir).unwrap()),
