@@ -1,11 +1,5 @@
 package dev.lanyard
 
-import java.io.File
-import java.net.InetSocketAddress
-import java.net.ServerSocket
-import java.net.Socket
-import java.nio.file.Files
-import kotlinx.coroutines.delay
 import kotlinx.coroutines.runBlocking
 import org.junit.jupiter.api.AfterAll
 import org.junit.jupiter.api.BeforeAll
@@ -14,7 +8,6 @@ import org.junit.jupiter.api.TestInstance
 import kotlin.test.assertEquals
 import kotlin.test.assertFailsWith
 import kotlin.test.assertTrue
-import kotlin.test.fail
 
 /**
  * The bindings against real peers: a mosquitto broker, a `lanyard twin`
@@ -24,57 +17,33 @@ import kotlin.test.fail
 @TestInstance(TestInstance.Lifecycle.PER_CLASS)
 class AppTest {
     private val device = "ly-020000000001" // lanyard device's default MAC
-    private val processes = mutableListOf<Process>()
-    private val workDir = Files.createTempDirectory("lanyard-kotlin").toFile()
+    private val peers = Peers("lanyard-kotlin")
     private var port = 0
     private lateinit var app: LanyardApp
 
-    private fun freePort() = ServerSocket(0).use { it.localPort }
-
-    private fun start(name: String, vararg command: String) {
-        processes += ProcessBuilder(*command)
-            .redirectErrorStream(true)
-            .redirectOutput(File(workDir, "$name.log"))
-            .start()
-    }
-
-    /** Retries [check] until it holds, for at most [ms]. */
-    private suspend fun eventually(ms: Long = 20_000, check: suspend () -> Boolean) {
-        val until = System.currentTimeMillis() + ms
-        while (System.currentTimeMillis() < until) {
-            if (runCatching { check() }.getOrDefault(false)) return
-            delay(100)
-        }
-        fail("not true within $ms ms (logs in $workDir)")
-    }
-
     @BeforeAll
     fun startBrokerTwinHostAndDevice() = runBlocking {
-        val lanyard = System.getenv("LANYARD_BIN")
-            ?: error("set LANYARD_BIN to the lanyard binary (scripts/test-kotlin.sh does)")
-        port = freePort()
-        start("mosquitto", System.getenv("MOSQUITTO_BIN") ?: "mosquitto", "-p", "$port")
-        eventually {
-            runCatching { Socket().use { it.connect(InetSocketAddress("127.0.0.1", port), 200) } }.isSuccess
-        }
+        port = Peers.freePort()
+        peers.start("mosquitto", peers.mosquitto, "-p", "$port")
+        peers.awaitPort(port)
         val broker = "mqtt://127.0.0.1:$port"
-        start("twin", lanyard, "twin", "--broker", broker, "--state-dir", File(workDir, "twin").path)
-        start("device", lanyard, "device", "--broker", broker, "--state-dir", File(workDir, "device").path)
+        peers.start("twin", peers.lanyard, "twin", "--broker", broker, "--state-dir", peers.path("twin"))
+        peers.start("device", peers.lanyard, "device", "--broker", broker, "--state-dir", peers.path("device"))
         app = connectApp("127.0.0.1", port, "kotlin-app", false, 10_000)
         // Registered once the twin host has a shadow for it.
-        eventually { app.getShadow(device, 2_000).version >= 0uL }
+        peers.eventually { app.getShadow(device, 2_000).version >= 0uL }
     }
 
     @AfterAll
     fun stopEverything() {
         if (::app.isInitialized) app.close()
-        processes.reversed().forEach { it.destroy(); it.waitFor() }
+        peers.stopAll()
     }
 
     @Test
     fun desiredStateReachesTheDeviceAndComesBackReported() = runBlocking {
         app.setDesired(device, mapOf("target_c" to ShadowValue.Int(22), "fan.speed" to ShadowValue.Float(0.5)))
-        eventually {
+        peers.eventually {
             val shadow = app.getShadow(device, 2_000)
             shadow.inSync &&
                 shadow.reported["target_c"] == ShadowValue.Int(22) &&
@@ -138,7 +107,7 @@ class AppTest {
     @Test
     fun noBrokerIsATransportError() = runBlocking {
         assertFailsWith<LanyardException.Transport> {
-            connectApp("127.0.0.1", freePort(), "nobody", false, 500)
+            connectApp("127.0.0.1", Peers.freePort(), "nobody", false, 500)
         }
         Unit
     }

@@ -1,11 +1,6 @@
 package dev.lanyard
 
 import java.io.File
-import java.net.InetSocketAddress
-import java.net.ServerSocket
-import java.net.Socket
-import java.nio.file.Files
-import kotlinx.coroutines.delay
 import kotlinx.coroutines.runBlocking
 import org.junit.jupiter.api.AfterAll
 import org.junit.jupiter.api.BeforeAll
@@ -23,12 +18,12 @@ import kotlin.test.fail
 @TestInstance(TestInstance.Lifecycle.PER_CLASS)
 class TlsTest {
     private val device = "ly-020000000001" // lanyard device's default MAC
-    private val processes = mutableListOf<Process>()
-    private val dir = Files.createTempDirectory("lanyard-kotlin-tls").toFile()
+    private val peers = Peers("lanyard-kotlin-tls")
+    private val dir = peers.dir
     private lateinit var url: String
     private lateinit var tls: TlsPaths
 
-    private fun path(name: String) = File(dir, name).path
+    private fun path(name: String) = peers.path(name)
 
     private fun openssl(vararg args: String) {
         val p = ProcessBuilder("openssl", *args).directory(dir).redirectErrorStream(true).start()
@@ -36,26 +31,8 @@ class TlsTest {
         if (p.waitFor() != 0) fail("openssl ${args.joinToString(" ")}: $out")
     }
 
-    private fun start(name: String, vararg command: String) {
-        processes += ProcessBuilder(*command)
-            .redirectErrorStream(true)
-            .redirectOutput(File(dir, "$name.log"))
-            .start()
-    }
-
-    private suspend fun eventually(ms: Long = 20_000, check: suspend () -> Boolean) {
-        val until = System.currentTimeMillis() + ms
-        while (System.currentTimeMillis() < until) {
-            if (runCatching { check() }.getOrDefault(false)) return
-            delay(100)
-        }
-        fail("not true within $ms ms (logs in $dir)")
-    }
-
     @BeforeAll
     fun startBrokerTwinHostAndDevice() = runBlocking {
-        val lanyard = System.getenv("LANYARD_BIN")
-            ?: error("set LANYARD_BIN to the lanyard binary (scripts/test-kotlin.sh does)")
         val ec = arrayOf("-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256", "-nodes")
         openssl("req", "-x509", *ec, "-keyout", "ca.key", "-out", "ca.pem", "-days", "2", "-subj", "/CN=lanyard test CA")
         for ((name, san) in listOf("broker" to "DNS:localhost,IP:127.0.0.1", "client" to "DNS:client")) {
@@ -70,33 +47,31 @@ class TlsTest {
         dir.setReadable(true, false)
         dir.setExecutable(true, false)
         File(dir, "broker.key").setReadable(true, false)
-        val port = ServerSocket(0).use { it.localPort }
+        val port = Peers.freePort()
         File(dir, "mosquitto.conf").writeText(
             "listener $port 127.0.0.1\nallow_anonymous true\n" +
                 "cafile ${path("ca.pem")}\ncertfile ${path("broker.pem")}\nkeyfile ${path("broker.key")}\n" +
                 "require_certificate true\n",
         )
-        start("mosquitto", System.getenv("MOSQUITTO_BIN") ?: "mosquitto", "-c", path("mosquitto.conf"))
-        eventually {
-            runCatching { Socket().use { it.connect(InetSocketAddress("127.0.0.1", port), 200) } }.isSuccess
-        }
+        peers.start("mosquitto", peers.mosquitto, "-c", path("mosquitto.conf"))
+        peers.awaitPort(port)
         url = "mqtts://localhost:$port"
         tls = TlsPaths(path("ca.pem"), path("client.pem"), path("client.key"))
         val certs = arrayOf("--ca", tls.ca, "--cert", tls.cert!!, "--key", tls.key!!)
-        start("twin", lanyard, "twin", "--broker", url, "--state-dir", path("twin"), *certs)
-        start("device", lanyard, "device", "--broker", url, "--state-dir", path("device"), *certs)
+        peers.start("twin", peers.lanyard, "twin", "--broker", url, "--state-dir", path("twin"), *certs)
+        peers.start("device", peers.lanyard, "device", "--broker", url, "--state-dir", path("device"), *certs)
     }
 
     @AfterAll
     fun stopEverything() {
-        processes.reversed().forEach { it.destroy(); it.waitFor() }
+        peers.stopAll()
     }
 
     @Test
     fun anAppWithACertificateReachesTheDeviceOverTls() = runBlocking {
         val app = connectAppUrl(url, "kotlin-tls-app", false, 10_000, tls)
         try {
-            eventually { app.getShadow(device, 2_000).version >= 0uL }
+            peers.eventually { app.getShadow(device, 2_000).version >= 0uL }
             val blink = app.command(
                 device, "blink_led",
                 mapOf("count" to ShadowValue.Int(1), "period_ms" to ShadowValue.Int(100)), 10_000,
