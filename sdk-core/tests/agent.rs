@@ -798,28 +798,9 @@ mod reboots {
     fn reported_state_and_a_full_window_of_long_command_ids_survive_a_reboot() {
         let mut sim = Sim::new(1_000_000);
         let (mut agent, _) = registered(&mut sim);
-        let mut state: lanyard_core::shadow::StateTree<16, 512> =
-            lanyard_core::shadow::StateTree::new();
-        state
-            .insert(
-                &lanyard_core::shadow::PathBuf::from_dotted("led.on").unwrap(),
-                lanyard_core::shadow::Value::Bool(true),
-            )
-            .unwrap();
-        let delta = lanyard_core::wire::ShadowDelta {
-            version: 3,
-            timestamp_ms: 1,
-            state,
-        };
-        let mut buf = vec![0u8; 256];
-        let n = delta.encode(&mut buf).unwrap();
+        let delta = delta_bytes(3, 1, &[("led.on", lanyard_core::shadow::Value::Bool(true))]);
         agent
-            .handle_inbound(
-                2_000,
-                MessageKind::ShadowDelta,
-                &buf[..n],
-                &mut sim.platform(),
-            )
+            .handle_inbound(2_000, MessageKind::ShadowDelta, &delta, &mut sim.platform())
             .unwrap();
         let ids: Vec<String> = (0..lanyard_core::agent::DEDUPE_WINDOW)
             .map(|i| format!("{i:0>64}"))

@@ -90,11 +90,8 @@ proptest! {
                     (MessageKind::Config, config_bytes(&c))
                 }
                 Input::Delta(v) => {
-                    let mut state: lanyard_core::shadow::StateTree<16, 512> = lanyard_core::shadow::StateTree::new();
-                    state.insert(&lanyard_core::shadow::PathBuf::from_dotted("k").unwrap(), lanyard_core::shadow::Value::Int(i64::from(v))).unwrap();
-                    let d = lanyard_core::wire::ShadowDelta { version: 1, timestamp_ms: now, state };
-                    let n = d.encode(&mut out).unwrap();
-                    (MessageKind::ShadowDelta, out[..n].to_vec())
+                    let leaf = ("k", lanyard_core::shadow::Value::Int(i64::from(v)));
+                    (MessageKind::ShadowDelta, delta_bytes(1, now, &[leaf]))
                 }
                 Input::Garbage(k, b) => (MessageKind::ALL[k.index(MessageKind::ALL.len())], b),
                 Input::Mutated(n, edits) => {

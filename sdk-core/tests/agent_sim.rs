@@ -14,8 +14,8 @@ use common::sim::*;
 use lanyard_core::agent::config::DeviceConfig;
 use lanyard_core::agent::lifecycle::{LifecycleState as S, Trigger};
 use lanyard_core::agent::messages::*;
-use lanyard_core::shadow::{PathBuf, StateTree, Value};
-use lanyard_core::wire::{ShadowDelta, ShadowUpdate};
+use lanyard_core::shadow::Value;
+use lanyard_core::wire::ShadowUpdate;
 
 const END: u64 = 600_000;
 
@@ -50,21 +50,7 @@ fn script() -> Vec<(u64, Cloud)> {
             lanyard_core::shadow::ConflictPolicy::DeviceWins,
         ))
         .unwrap();
-    let delta = |key: &str, v: Value<'_>, at: u64| {
-        let mut state: StateTree<16, 512> = StateTree::new();
-        state
-            .insert(&PathBuf::from_dotted(key).unwrap(), v)
-            .unwrap();
-        let d = ShadowDelta {
-            version: 7,
-            timestamp_ms: at,
-            state,
-        };
-        let mut buf = vec![0u8; 512];
-        let n = d.encode(&mut buf).unwrap();
-        buf.truncate(n);
-        buf
-    };
+    let delta = |key: &str, v: Value<'_>, at: u64| delta_bytes(7, at, &[(key, v)]);
     use Cloud::Send;
     use MessageKind::{Command as Cmd, Config, ShadowDelta as Delta};
     vec![

@@ -91,21 +91,11 @@ fn without_arrays_an_array_is_refused_where_it_starts_and_nothing_changes() {
 fn without_arrays_a_delta_holding_one_is_refused_and_the_reported_state_kept() {
     let mut sim = Sim::new(1_000_000);
     let (mut agent, _) = registered(&mut sim);
-    let mut state: StateTree<16, 512> = StateTree::new();
-    state
-        .insert(&PathBuf::from_dotted("led.on").unwrap(), Value::Bool(true))
-        .unwrap();
-    state
-        .insert(&PathBuf::from_dotted("zone").unwrap(), Value::Int(7))
-        .unwrap();
-    let delta = lanyard_core::wire::ShadowDelta {
-        version: 3,
-        timestamp_ms: 1,
-        state,
-    };
-    let mut buf = vec![0u8; 256];
-    let n = delta.encode(&mut buf).unwrap();
-    let good = buf[..n].to_vec();
+    let good = delta_bytes(
+        3,
+        1,
+        &[("led.on", Value::Bool(true)), ("zone", Value::Int(7))],
+    );
     // The same delta with `zone` an array: "zone" then 7 becomes "zone" then [1, 2].
     let at = good
         .windows(6)

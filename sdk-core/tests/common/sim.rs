@@ -190,6 +190,34 @@ pub fn encode<T: Encodable>(m: &T) -> Vec<u8> {
     buf
 }
 
+/// A shadow delta of `leaves` (dotted path, value) at `version`, as the
+/// twin host sends it.
+pub fn delta_bytes(
+    version: u64,
+    timestamp_ms: u64,
+    leaves: &[(&str, lanyard_core::shadow::Value<'_>)],
+) -> Vec<u8> {
+    let mut state: lanyard_core::shadow::StateTree<16, 512> =
+        lanyard_core::shadow::StateTree::new();
+    for (path, v) in leaves {
+        state
+            .insert(
+                &lanyard_core::shadow::PathBuf::from_dotted(path).unwrap(),
+                *v,
+            )
+            .unwrap();
+    }
+    let d = lanyard_core::wire::ShadowDelta {
+        version,
+        timestamp_ms,
+        state,
+    };
+    let mut buf = vec![0u8; 2048];
+    let n = d.encode(&mut buf).unwrap();
+    buf.truncate(n);
+    buf
+}
+
 pub fn config_bytes(c: &DeviceConfig) -> Vec<u8> {
     let mut e = minicbor::Encoder::new(Vec::new());
     c.encode_cbor(&mut e).unwrap();
