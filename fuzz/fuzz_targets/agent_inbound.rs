@@ -51,9 +51,10 @@ fuzz_target!(|data: &[u8]| {
         probe: &mut probe,
         actuators: &mut led,
         commands: &mut cmds,
+        desired: &mut lanyard_core::agent::platform::MirrorDesired,
     };
     let mut agent = new_agent();
-    agent.boot(0, &mut p).unwrap();
+    agent.boot(0, &mut p);
     let mut buf = [0u8; 512];
     let accept = RegisterAccepted {
         device_id: "ly-010203040506",

@@ -25,11 +25,10 @@ fn boot(store: &mut FlashStore<Flash>) -> (LifecycleState, u64) {
         probe: &mut probe,
         actuators: &mut led,
         commands: &mut commands,
+        desired: &mut lanyard_core::agent::platform::MirrorDesired,
     };
     let mut agent = new_agent();
-    agent
-        .boot(0, &mut platform)
-        .expect("boot never fails on stored data");
+    agent.boot(0, &mut platform);
     (agent.state(), agent.boot_count())
 }
 

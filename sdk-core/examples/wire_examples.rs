@@ -68,6 +68,25 @@ fn main() -> Result<(), lanyard_core::Error> {
     let n = shadow.encode(&mut buf)?;
     println!("shadow-document {}", hex(&buf[..n]));
 
+    // A valve asked for position 150 refuses it as out of range (reason
+    // 1) and reports where it is; the document keeps the refusal.
+    let mut valve: Shadow<8, 256> = Shadow::new(ConflictPolicy::CloudWins);
+    let mut ask: StateTree<8, 256> = StateTree::new();
+    ask.insert(&p("position"), Value::Int(150))?;
+    valve.apply_desired(&ask, None, 1_700_000_000_000)?;
+    let mut at: StateTree<8, 256> = StateTree::new();
+    at.insert(&p("position"), Value::Int(40))?;
+    let mut refused: StateTree<8, 256> = StateTree::new();
+    refused.insert(&p("position"), Value::Int(1))?;
+    let mut up: ShadowUpdate<8, 256> = ShadowUpdate::new(1_700_000_001_000);
+    up.reported = Some(at);
+    up.rejected = Some(refused);
+    let n = up.encode(&mut buf)?;
+    println!("shadow-update-rejected {}", hex(&buf[..n]));
+    up.apply_to(&mut valve)?;
+    let n = valve.encode(&mut buf)?;
+    println!("shadow-document-rejected {}", hex(&buf[..n]));
+
     // The agent's messages.
     let t = 1_700_000_000_000;
     let id = "ly-0a1b2c3d4e5f";

@@ -110,7 +110,7 @@ mod registration {
         let mut sim = Sim::new(1_000_000);
         let mut agent = new_agent();
         let mut sent = Vec::new();
-        agent.boot(0, &mut sim.platform()).unwrap();
+        agent.boot(0, &mut sim.platform());
         drain(&mut agent, 0, &mut sent);
         while let Some(t) = agent.poll_timeout() {
             if t > 400_000 {
@@ -154,7 +154,7 @@ mod registration {
     fn an_acceptance_for_another_device_or_out_of_turn_changes_nothing() {
         let mut sim = Sim::new(1_000_000);
         let mut agent = new_agent();
-        agent.boot(0, &mut sim.platform()).unwrap();
+        agent.boot(0, &mut sim.platform());
         let other = encode(&RegisterAccepted {
             device_id: "ly-ffffffffffff",
             config: None,
@@ -191,7 +191,7 @@ mod registration {
     fn the_initial_configuration_is_applied_on_acceptance() {
         let mut sim = Sim::new(1_000_000);
         let mut agent = new_agent();
-        agent.boot(0, &mut sim.platform()).unwrap();
+        agent.boot(0, &mut sim.platform());
         let cfg = config_bytes(&DeviceConfig {
             version: 9,
             heartbeat_ms: 20_000,
@@ -228,7 +228,7 @@ mod cloud_time {
         const CLOUD: u64 = 1_700_000_000_000;
         let mut sim = Sim::new(1_000_000);
         let mut agent = new_agent();
-        agent.boot(0, &mut sim.platform()).unwrap();
+        agent.boot(0, &mut sim.platform());
         answer_registration(&mut agent, &mut sim, 100, CLOUD + 100).unwrap();
         assert_eq!(agent.cloud_offset_ms(), Some(CLOUD as i64));
         let mut sent = Vec::new();
@@ -612,7 +612,7 @@ mod reboots {
         send_cmd(&mut agent, &mut sim, 1_100, "m1", "enter_maintenance", &[]);
         drop(agent);
         let mut rebooted = new_agent();
-        rebooted.boot(50_000, &mut sim.platform()).unwrap();
+        rebooted.boot(50_000, &mut sim.platform());
         let mut sent = Vec::new();
         drain(&mut rebooted, 50_000, &mut sent);
         assert_eq!(rebooted.state(), S::Maintenance);
@@ -656,7 +656,7 @@ mod reboots {
         const CLOUD: u64 = 1_700_000_000_000;
         let mut sim = Sim::new(1_000_000);
         let mut agent = new_agent();
-        agent.boot(0, &mut sim.platform()).unwrap();
+        agent.boot(0, &mut sim.platform());
         let at_cloud = |ms: u64| CLOUD + ms;
         answer_registration(&mut agent, &mut sim, 100, at_cloud(100)).unwrap();
         drain(&mut agent, 100, &mut Vec::new());
@@ -665,7 +665,7 @@ mod reboots {
         // An hour later (cloud time) the device reboots; its clock reads 0.
         let hour = 3_600_000;
         let mut rebooted = new_agent();
-        rebooted.boot(0, &mut sim.platform()).unwrap();
+        rebooted.boot(0, &mut sim.platform());
         drain(&mut rebooted, 0, &mut Vec::new());
         assert_eq!(rebooted.cloud_offset_ms(), None);
         // Issued a minute after the first boot, expired a minute later: long
@@ -714,7 +714,7 @@ mod reboots {
         let (agent, _) = registered(&mut sim);
         drop(agent);
         let mut rebooted = new_agent();
-        rebooted.boot(0, &mut sim.platform()).unwrap();
+        rebooted.boot(0, &mut sim.platform());
         let registers = |agent: &mut SimAgent, at: u64| {
             let mut sent = Vec::new();
             drain(agent, at, &mut sent);
@@ -759,7 +759,7 @@ mod reboots {
 
         let reboot_and_answer = |sim: &mut Sim, config: &DeviceConfig| {
             let mut agent = new_agent();
-            agent.boot(0, &mut sim.platform()).unwrap();
+            agent.boot(0, &mut sim.platform());
             let raw = config_bytes(config);
             let bytes = encode(&RegisterAccepted {
                 device_id: DEVICE_ID,
@@ -818,7 +818,7 @@ mod reboots {
         assert_eq!(agent.stats().storage_failures, 0);
         drop(agent);
         let mut rebooted = new_agent();
-        rebooted.boot(60_000, &mut sim.platform()).unwrap();
+        rebooted.boot(60_000, &mut sim.platform());
         accept(&mut rebooted, &mut sim, 60_100);
         assert_eq!(
             rebooted.reported().get_dotted("led.on").map(|e| e.value),
@@ -838,7 +838,7 @@ mod reboots {
         let mut sim = Sim::new(1_000_000);
         sim.storage.slots.insert("state", vec![0xff, 0x00, 0x13]);
         let mut agent = new_agent();
-        agent.boot(0, &mut sim.platform()).unwrap();
+        agent.boot(0, &mut sim.platform());
         assert_eq!(agent.state(), S::Provisioning);
     }
 
@@ -847,7 +847,7 @@ mod reboots {
         let mut sim = Sim::new(1_000_000);
         sim.storage.fail = true;
         let mut agent = new_agent();
-        agent.boot(0, &mut sim.platform()).unwrap();
+        agent.boot(0, &mut sim.platform());
         assert!(agent.stats().storage_failures > 0);
         let mut saw = false;
         while let Some(e) = agent.poll_event() {
@@ -876,6 +876,9 @@ mod health {
             sim.probe.drain_every_ms = t / u64::from(100 - pct);
             assert_eq!(sim.probe.battery(t), pct);
             agent.handle_timeout(t, &mut sim.platform());
+            // Sent, as a connected device's are: a full outbox is a health
+            // reason of its own.
+            drain(&mut agent, t, &mut Vec::new());
             seen.push(agent.state());
         }
         use S::{Active as A, Degraded as D};

@@ -68,7 +68,7 @@ proptest! {
         let mut sim = Sim::new(2_000);
         let mut agent = new_agent();
         let mut now = 0u64;
-        agent.boot(now, &mut sim.platform()).unwrap();
+        agent.boot(now, &mut sim.platform());
         while agent.poll_event().is_some() {}
         let mut state = agent.state();
         // Command ids whose final result was "ran": must happen once per id.
@@ -121,7 +121,7 @@ proptest! {
                 }
                 Input::Reboot => {
                     agent = new_agent();
-                    agent.boot(now, &mut sim.platform()).unwrap();
+                    agent.boot(now, &mut sim.platform());
                     // A reboot resumes the persisted state (or starts over
                     // after a wipe); the checks go on from there.
                     while agent.poll_event().is_some() {}

@@ -53,7 +53,7 @@ fn without_persistence_nothing_is_stored_and_a_reboot_starts_over() {
 
     drop(agent);
     let mut rebooted = new_agent();
-    rebooted.boot(50_000, &mut sim.platform()).unwrap();
+    rebooted.boot(50_000, &mut sim.platform());
     assert_eq!(rebooted.state(), LifecycleState::Provisioning);
     assert_eq!(rebooted.boot_count(), 1);
     let mut sent = Vec::new();
@@ -161,6 +161,7 @@ fn diagnostic_command_names_go_to_the_agent_or_else_to_the_application() {
         probe: &mut sim.probe,
         actuators: &mut sim.led,
         commands: &mut own,
+        desired: &mut lanyard_core::agent::platform::MirrorDesired,
     };
     assert_eq!(
         final_ack(&mut agent, &mut platform, 1_000, "d1", "diagnostics"),

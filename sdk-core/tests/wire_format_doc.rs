@@ -5,8 +5,9 @@ use lanyard_core::agent::config::DeviceConfig;
 use lanyard_core::agent::health::HealthStatus;
 use lanyard_core::agent::lifecycle::{LifecycleState, Trigger};
 use lanyard_core::agent::messages::*;
+use lanyard_core::agent::platform::RejectReason;
 use lanyard_core::shadow::{ConflictPolicy, Shadow};
-use lanyard_core::wire::{ShadowDelta, ShadowUpdate};
+use lanyard_core::wire::{ShadowDelta, ShadowUpdate, reason_code};
 
 fn examples() -> Vec<(String, Vec<u8>)> {
     let path = concat!(env!("CARGO_MANIFEST_DIR"), "/../docs/wire-format.md");
@@ -43,8 +44,10 @@ fn every_example_decodes_and_re_encodes_identically() {
         names,
         [
             "shadow-update",
+            "shadow-update-rejected",
             "shadow-delta",
             "shadow-document",
+            "shadow-document-rejected",
             "register",
             "register-resumed",
             "register-accepted",
@@ -65,6 +68,26 @@ fn every_example_decodes_and_re_encodes_identically() {
                 let m: ShadowUpdate<8, 256> = ShadowUpdate::decode(bytes).unwrap();
                 assert_eq!(m.expected_version, Some(7));
                 assert_eq!(m.reported.as_ref().unwrap().len(), 3);
+                m.encode(&mut buf).unwrap()
+            }
+            "shadow-update-rejected" => {
+                let m: ShadowUpdate<8, 256> = ShadowUpdate::decode(bytes).unwrap();
+                let refused = m.rejected.as_ref().unwrap();
+                let code = refused.get_dotted("position").unwrap().value;
+                assert_eq!(
+                    reason_code(code).map(RejectReason::from_code),
+                    Some(RejectReason::OutOfRange)
+                );
+                m.encode(&mut buf).unwrap()
+            }
+            "shadow-document-rejected" => {
+                let m: Shadow<8, 256> = Shadow::decode(bytes, ConflictPolicy::CloudWins).unwrap();
+                let refused: Vec<(String, u32)> = m
+                    .rejected()
+                    .map(|(p, c)| (p.keys().collect::<Vec<_>>().join("."), c))
+                    .collect();
+                assert_eq!(refused, [("position".to_string(), 1)]);
+                assert!(!m.in_sync());
                 m.encode(&mut buf).unwrap()
             }
             "shadow-delta" => {

@@ -24,11 +24,12 @@
 //! # let (mut storage, mut probe, mut leds) = (NoStorage, Nothing, Nothing);
 //! let identity = Identity { mac: [2, 0, 0, 0, 0, 1], device_id: None, firmware: "1.0.0" };
 //! let agent: Agent<SlowTelemetryOnLowBattery, 8, 256> =
-//!     Agent::new(identity, DeviceConfig::default(), SlowTelemetryOnLowBattery::default());
+//!     Agent::new(identity, DeviceConfig::default(), SlowTelemetryOnLowBattery);
 //! // 8 messages of 256 bytes queued; 512-byte receive and transmit buffers.
 //! let mut driver: Driver<Port, _, 8, 256, 512, 512> = Driver::new(agent, Port);
 //! let mut platform = Platform {
 //!     storage: &mut storage, probe: &mut probe, actuators: &mut leds, commands: &mut NoCommands,
+//!     desired: &mut MirrorDesired,
 //! };
 //! driver.boot(0, &mut platform).unwrap();
 //! // A firmware calls this forever, sleeping (WFI) until the deadline.
@@ -39,10 +40,10 @@
 
 use embedded_io::{Read, ReadReady, Write};
 use lanyard_core::EncodeError;
+use lanyard_core::agent::Agent;
 use lanyard_core::agent::health::TelemetryPolicy;
 use lanyard_core::agent::messages::topic;
 use lanyard_core::agent::platform::Platform;
-use lanyard_core::agent::{Agent, InboundError};
 
 use crate::envelope::{MAX_HEADER_LEN, decode_envelope, encode_header};
 use crate::frame::{FramedLink, LinkError, max_frame_len};
@@ -71,8 +72,6 @@ pub enum DriverError<E> {
     /// The agent's message did not fit the driver's message buffer
     /// (configuration error: `M` of the driver is below the agent's).
     Encode(EncodeError),
-    /// The agent refused to boot.
-    Boot(InboundError),
 }
 
 /// What one [`Driver::poll`] left to do.
@@ -154,9 +153,7 @@ where
         now_ms: u64,
         platform: &mut Platform<'_>,
     ) -> Result<(), DriverError<IO::Error>> {
-        self.agent
-            .boot(now_ms, platform)
-            .map_err(DriverError::Boot)?;
+        self.agent.boot(now_ms, platform);
         self.flush()?;
         Ok(())
     }

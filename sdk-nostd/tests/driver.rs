@@ -100,11 +100,7 @@ impl Rig {
             device_id: None,
             firmware: "test",
         };
-        let agent = Agent::new(
-            identity,
-            DeviceConfig::default(),
-            SlowTelemetryOnLowBattery::default(),
-        );
+        let agent = Agent::new(identity, DeviceConfig::default(), SlowTelemetryOnLowBattery);
         Rig {
             driver: Driver::new(agent, port.clone()),
             port,
@@ -122,6 +118,7 @@ impl Rig {
             probe: &mut Board::default(),
             actuators: b,
             commands: &mut commands,
+            desired: &mut lanyard_core::agent::platform::MirrorDesired,
         };
         let step = self.driver.poll(now, &mut platform).unwrap();
         let bytes = std::mem::take(&mut *self.port.from_device.borrow_mut());
@@ -139,6 +136,7 @@ impl Rig {
             probe: &mut Board::default(),
             actuators: &mut self.board,
             commands: &mut NoCommands,
+            desired: &mut lanyard_core::agent::platform::MirrorDesired,
         };
         self.driver.boot(0, &mut platform).unwrap();
     }

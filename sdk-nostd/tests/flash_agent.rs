@@ -52,11 +52,11 @@ impl Device {
                     firmware: "1.0.0",
                 },
                 DeviceConfig::default(),
-                SlowTelemetryOnLowBattery::default(),
+                SlowTelemetryOnLowBattery,
             ),
             store: FlashStore::new(flash, 0, 1024),
         };
-        d.with_platform(|agent, p| agent.boot(now_ms, p)).unwrap();
+        d.with_platform(|agent, p| agent.boot(now_ms, p));
         d
     }
 
@@ -67,6 +67,7 @@ impl Device {
             probe: &mut board,
             actuators: &mut leds,
             commands: &mut commands,
+            desired: &mut lanyard_core::agent::platform::MirrorDesired,
         };
         f(&mut self.agent, &mut p)
     }

@@ -104,7 +104,7 @@ async fn run(devices: usize, samples: usize) -> Figures {
                 firmware: "bench",
             },
             DeviceConfig::default(),
-            SlowTelemetryOnLowBattery::default(),
+            SlowTelemetryOnLowBattery,
         ));
         let id = agent.device_id().to_owned();
         let platform = StdPlatform {
@@ -112,6 +112,7 @@ async fn run(devices: usize, samples: usize) -> Figures {
             probe: Box::new(SimulatedSensors::new(clock.now_ms(), 3_600_000, i as u64)),
             actuators: Box::new(CountingLed::default()),
             commands: Box::new(NoCommands),
+            desired: Box::new(lanyard_core::agent::platform::MirrorDesired),
         };
         let mut cfg = MqttConfig::new("127.0.0.1", port, id);
         cfg.persistent_session = false;

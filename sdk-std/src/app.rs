@@ -8,8 +8,9 @@ use std::time::Duration;
 use lanyard_core::agent::messages::{
     Ack, AckReason, AckStatus, Command, Encodable, MessageKind, TOPIC_PREFIX, topic,
 };
-use lanyard_core::shadow::{ConflictPolicy, StateTree};
-use lanyard_core::wire::{ShadowDelta, ShadowUpdate};
+use lanyard_core::agent::platform::RejectReason;
+use lanyard_core::shadow::{ConflictPolicy, Path, StateTree};
+use lanyard_core::wire::{ShadowDelta, ShadowUpdate, reason_code};
 
 use crate::transport::{Qos, Transport, TransportError, TransportEvent};
 use crate::twin::{TWIN_LEAVES, TWIN_POOL, TwinShadow, app_topics};
@@ -62,6 +63,9 @@ pub enum AppEvent {
         device: String,
         /// What it reported.
         state: Box<StateTree<TWIN_LEAVES, TWIN_POOL>>,
+        /// The desired properties it refuses, and why (empty when it
+        /// refuses none).
+        rejected: Vec<Rejection>,
     },
     /// A command acknowledgement.
     Ack {
@@ -72,6 +76,27 @@ pub enum AppEvent {
         /// Its status.
         status: AckStatus,
     },
+}
+
+/// A desired property a device refuses.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Rejection {
+    /// The property, dotted (`valve.position`).
+    pub path: String,
+    /// Why.
+    pub reason: RejectReason,
+}
+
+impl Rejection {
+    /// The rejections of a device's update, or of a shadow document.
+    pub fn all_of<'a>(rejected: impl Iterator<Item = (Path<'a>, u32)>) -> Vec<Rejection> {
+        rejected
+            .map(|(path, code)| Rejection {
+                path: path.keys().collect::<Vec<_>>().join("."),
+                reason: RejectReason::from_code(code),
+            })
+            .collect()
+    }
 }
 
 /// The final outcome of a command.
@@ -260,9 +285,16 @@ impl<T: Transport> AppClient<T> {
                     let Some(state) = up.reported.take() else {
                         continue;
                     };
+                    let rejected = up.rejected.as_ref().map_or_else(Vec::new, |t| {
+                        Rejection::all_of(
+                            t.iter()
+                                .filter_map(|l| Some((l.path, reason_code(l.value)?))),
+                        )
+                    });
                     AppEvent::Reported {
                         device,
                         state: Box::new(state),
+                        rejected,
                     }
                 }
                 MessageKind::Ack => {

@@ -4,7 +4,9 @@
 
 use lanyard_core::agent::health::SlowTelemetryOnLowBattery;
 use lanyard_core::agent::messages::{MessageKind, parse_topic_in, topic_in};
-use lanyard_core::agent::platform::{Actuators, CommandHandler, HealthProbe, Platform, Storage};
+use lanyard_core::agent::platform::{
+    Actuators, CommandHandler, DesiredState, HealthProbe, Platform, Storage,
+};
 use lanyard_core::agent::{Agent, AgentEvent};
 use tokio::sync::mpsc;
 
@@ -26,7 +28,7 @@ pub fn std_agent(mac: [u8; 6], firmware: &'static str) -> Box<StdAgent> {
             firmware,
         },
         lanyard_core::agent::config::DeviceConfig::default(),
-        SlowTelemetryOnLowBattery::default(),
+        SlowTelemetryOnLowBattery,
     ))
 }
 
@@ -83,6 +85,8 @@ pub struct StdPlatform {
     pub actuators: Box<dyn Actuators + Send>,
     /// Application commands.
     pub commands: Box<dyn CommandHandler + Send>,
+    /// What becomes of desired state ([`MirrorDesired`](lanyard_core::agent::platform::MirrorDesired) takes it as it is).
+    pub desired: Box<dyn DesiredState + Send>,
 }
 
 impl StdPlatform {
@@ -93,6 +97,7 @@ impl StdPlatform {
             probe: &mut *self.probe,
             actuators: &mut *self.actuators,
             commands: &mut *self.commands,
+            desired: &mut *self.desired,
         }
     }
 }
@@ -279,7 +284,7 @@ impl<T: Transport> DeviceDriver<T> {
             self.publish(kind, &bytes, true).await?;
         }
         let now = self.clock.now_ms();
-        let _ = self.agent.boot(now, &mut self.platform.lend());
+        self.agent.boot(now, &mut self.platform.lend());
         self.flush().await
     }
 
@@ -425,7 +430,7 @@ impl<T: Transport> DeviceDriver<T> {
                     let now = self.clock.now_ms();
                     match lanyard_core::shadow::PathBuf::from_dotted(&path) {
                         Ok(p) => {
-                            match self.agent.set_reported(now, p.as_path(), value.as_value()) {
+                            match self.agent.report(now, p.as_path(), value.as_value()) {
                                 // The sync it asks for is due now: send it
                                 // before anything else can overwrite it.
                                 Ok(()) => self.agent.handle_timeout(now, &mut self.platform.lend()),

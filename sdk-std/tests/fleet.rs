@@ -355,7 +355,7 @@ async fn an_app_sets_state_reads_shadows_watches_changes_and_awaits_command_acks
                 AppEvent::Delta { device, state } if device == id => {
                     saw_delta |= state.get_dotted("fan.speed").is_some();
                 }
-                AppEvent::Reported { device, state } if device == id => {
+                AppEvent::Reported { device, state, .. } if device == id => {
                     saw_report |= state
                         .get_dotted("fan.speed")
                         .is_some_and(|e| e.value == Value::Int(3));

@@ -42,6 +42,7 @@ fn device(port: u16, dir: &std::path::Path) -> DeviceDriver<MqttTransport> {
         probe: Box::new(SimulatedSensors::new(clock.now_ms(), 60_000, 0)),
         actuators: Box::new(CountingLed::default()),
         commands: Box::new(NoCommands),
+        desired: Box::new(lanyard_core::agent::platform::MirrorDesired),
     };
     DeviceDriver::new(agent, transport, platform, clock)
 }

@@ -194,7 +194,7 @@ async fn the_stm32_firmware_in_qemu_registers_reports_obeys_and_decommissions() 
     loop {
         let left = deadline.saturating_duration_since(Instant::now());
         match tokio::time::timeout(left, app.next_event()).await {
-            Ok(Ok(AppEvent::Reported { device, state }))
+            Ok(Ok(AppEvent::Reported { device, state, .. }))
                 if device == ID
                     && state.get(path.as_path()).map(|e| e.value) == Some(Value::Int(22)) =>
             {

@@ -89,6 +89,7 @@ async fn tenants_share_a_broker_without_reaching_into_each_other() {
         probe: Box::new(SimulatedSensors::new(clock.now_ms(), 600_000, 0)),
         actuators: Box::new(CountingLed::default()),
         commands: Box::new(NoCommands),
+        desired: Box::new(lanyard_core::agent::platform::MirrorDesired),
     };
     let mut driver = DeviceDriver::new(
         agent,

@@ -372,3 +372,95 @@ fn tenants_have_their_own_namespaces_and_other_tenants_are_refused() {
             .is_err()
     );
 }
+
+/// A device's update reporting `reported` and refusing `refused` (path,
+/// reason code).
+fn refusing(reported: &[(&str, i64)], refused: &[(&str, i64)], ts: u64) -> Vec<u8> {
+    let mut up: ShadowUpdate<16, 512> = ShadowUpdate::decode(&update(&[], reported, ts)).unwrap();
+    let mut t: StateTree<16, 512> = StateTree::new();
+    for (k, v) in refused {
+        t.insert(&PathBuf::from_dotted(k).unwrap(), Value::Int(*v))
+            .unwrap();
+    }
+    up.rejected = Some(t);
+    let mut buf = vec![0u8; 1024];
+    let n = up.encode(&mut buf).unwrap();
+    buf.truncate(n);
+    buf
+}
+
+#[test]
+fn refusals_are_kept_in_the_document_until_the_device_reports_without_them() {
+    let dir = tempfile::tempdir().unwrap();
+    let refused_in = |host: &TwinHost| -> Vec<(String, u32)> {
+        host.shadow(ID)
+            .unwrap()
+            .rejected()
+            .map(|(p, c)| (p.keys().collect::<Vec<_>>().join("."), c))
+            .collect()
+    };
+    {
+        let mut host = TwinHost::open(dir.path(), DeviceConfig::default()).unwrap();
+        host.handle(
+            100,
+            &t(app_topics::SET_DESIRED),
+            &update(&[("valve.position", 150)], &[], 100),
+        );
+        let out = host.handle(
+            200,
+            &t("shadow/update"),
+            &refusing(&[("valve.position", 40)], &[("valve.position", 1)], 200),
+        );
+        // Still out of step: the delta goes out again (the device answers
+        // it without a new report, see the agent's tests).
+        assert_eq!(out.len(), 1);
+        assert_eq!(refused_in(&host), [("valve.position".to_string(), 1)]);
+        // The app's GET sees it in the document.
+        let out = host.handle(210, &t(app_topics::GET), b"");
+        let doc = lanyard_std::twin::TwinShadow::decode(&out[0].payload, ConflictPolicy::CloudWins)
+            .unwrap();
+        assert_eq!(doc.rejected().count(), 1);
+        // An app's desired update does not withdraw it: only the device can.
+        host.handle(
+            300,
+            &t(app_topics::SET_DESIRED),
+            &update(&[("valve.position", 160)], &[], 300),
+        );
+        assert_eq!(refused_in(&host).len(), 1);
+        // A refusal that does not decode as reason codes is refused whole.
+        let v = host.shadow(ID).unwrap().version();
+        let mut up: ShadowUpdate<16, 512> =
+            ShadowUpdate::decode(&update(&[], &[("valve.position", 41)], 310)).unwrap();
+        let mut bad: StateTree<16, 512> = StateTree::new();
+        bad.insert(
+            &PathBuf::from_dotted("valve.position").unwrap(),
+            Value::Text("no"),
+        )
+        .unwrap();
+        up.rejected = Some(bad);
+        let mut buf = vec![0u8; 1024];
+        let n = up.encode(&mut buf).unwrap();
+        let out = host.handle(310, &t("shadow/update"), &buf[..n]);
+        assert_eq!(out[0].topic, t(app_topics::REJECTED));
+        assert_eq!(host.shadow(ID).unwrap().version(), v);
+        assert_eq!(
+            host.shadow(ID)
+                .unwrap()
+                .reported()
+                .get_dotted("valve.position")
+                .unwrap()
+                .value,
+            Value::Int(40)
+        );
+    }
+    // Kept across a restart of the host.
+    let mut host = TwinHost::open(dir.path(), DeviceConfig::default()).unwrap();
+    assert_eq!(refused_in(&host), [("valve.position".to_string(), 1)]);
+    // The device takes a later value and reports without the refusal.
+    host.handle(
+        400,
+        &t("shadow/update"),
+        &update(&[], &[("valve.position", 80)], 400),
+    );
+    assert!(refused_in(&host).is_empty());
+}

@@ -227,6 +227,9 @@ pub enum AppEvent {
         device: String,
         /// What it reported.
         state: HashMap<String, ShadowValue>,
+        /// The desired properties it refuses (dotted path) and why (the
+        /// reason's name, such as `out_of_range`).
+        rejected: HashMap<String, String>,
     },
     /// A command acknowledgement.
     Ack {
@@ -431,9 +434,17 @@ impl LanyardApp {
                 device,
                 state: map_of(&state),
             },
-            CoreAppEvent::Reported { device, state } => AppEvent::Reported {
+            CoreAppEvent::Reported {
+                device,
+                state,
+                rejected,
+            } => AppEvent::Reported {
                 device,
                 state: map_of(&state),
+                rejected: rejected
+                    .into_iter()
+                    .map(|r| (r.path, r.reason.name().to_string()))
+                    .collect(),
             },
             CoreAppEvent::Ack {
                 device,

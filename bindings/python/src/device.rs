@@ -185,6 +185,7 @@ impl Device {
             probe: Box::new(probe),
             actuators: Box::new(PyLed(blink)),
             commands: Box::new(PyCommands(dispatch)),
+            desired: Box::new(lanyard_core::agent::platform::MirrorDesired),
         };
         config.client_id = device_id.clone();
         config.username = tenant.clone();
@@ -335,9 +336,14 @@ fn event_json(event: &DriverEvent) -> (&'static str, Json) {
             }
             AgentEvent::HealthChanged(h) => ("health", json!({ "status": h.name() })),
             AgentEvent::ConfigApplied(v) => ("config", json!({ "version": v })),
-            AgentEvent::ShadowUpdated { leaves } => {
-                ("desired_applied", json!({ "leaves": leaves }))
-            }
+            AgentEvent::DesiredHandled {
+                reached,
+                rejected,
+                pending,
+            } => (
+                "desired_applied",
+                json!({ "reached": reached, "rejected": rejected, "pending": pending }),
+            ),
             AgentEvent::CommandFinished(status) => ("command", json!({ "status": status.name() })),
             AgentEvent::StorageFailed => ("storage_failed", json!({})),
         },

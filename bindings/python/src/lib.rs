@@ -421,8 +421,17 @@ impl App {
             AppEvent::Delta { device, state } => {
                 ("delta", device, tree_to_json(&*state).to_string())
             }
-            AppEvent::Reported { device, state } => {
-                ("reported", device, tree_to_json(&*state).to_string())
+            AppEvent::Reported {
+                device,
+                state,
+                rejected,
+            } => {
+                let rejected: serde_json::Map<String, serde_json::Value> = rejected
+                    .iter()
+                    .map(|r| (r.path.clone(), json!(r.reason.name())))
+                    .collect();
+                let body = json!({"state": tree_to_json(&*state), "rejected": rejected});
+                ("reported", device, body.to_string())
             }
             AppEvent::Ack {
                 device,

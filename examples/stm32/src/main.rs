@@ -79,6 +79,7 @@ fn main() -> ! {
         probe: &mut probe,
         actuators: &mut led,
         commands: &mut commands,
+        desired: &mut lanyard_core::agent::platform::MirrorDesired,
     };
 
     line()
@@ -164,7 +165,7 @@ fn place_driver(usart: Usart1) -> &'static mut FirmwareDriver {
             Agent::new(
                 identity,
                 DeviceConfig::default(),
-                SlowTelemetryOnLowBattery::default(),
+                SlowTelemetryOnLowBattery,
             ),
             usart,
         )
@@ -215,10 +216,18 @@ fn report(at: u64, event: &AgentEvent) {
         }
         AgentEvent::HealthChanged(h) => line.s("health ").s(h.name()),
         AgentEvent::ConfigApplied(v) => line.s("config ").n(*v).s(" applied"),
-        AgentEvent::ShadowUpdated { leaves } => line
+        AgentEvent::DesiredHandled {
+            reached,
+            rejected,
+            pending,
+        } => line
             .s("desired state applied (")
-            .n(*leaves as u64)
-            .s(" leaves)"),
+            .n(u64::from(*reached))
+            .s(" reached, ")
+            .n(u64::from(*rejected))
+            .s(" rejected, ")
+            .n(u64::from(*pending))
+            .s(" pending)"),
         AgentEvent::CommandFinished(status) => line.s("command ").s(status.name()),
         AgentEvent::StorageFailed => line.s("storage failed"),
     }

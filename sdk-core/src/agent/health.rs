@@ -1,10 +1,15 @@
 //! Health: metrics from a probe, a status with thresholds and hysteresis,
 //! and the telemetry-rate policy of degraded mode.
 
+use super::config::DeviceConfig;
 use super::lifecycle::LifecycleState;
 
 /// What a [`super::platform::HealthProbe`] reports.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+///
+/// The default is a healthy device on mains power: battery and link at
+/// 100 %, no sensor failures, fresh data, an empty buffer. A probe fills
+/// in what its board measures and leaves the rest.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct HealthMetrics {
     /// Battery charge, percent (0..=100).
     pub battery_pct: u8,
@@ -18,6 +23,19 @@ pub struct HealthMetrics {
     pub free_buffer_pct: u8,
     /// Time since boot, ms.
     pub uptime_ms: u64,
+}
+
+impl Default for HealthMetrics {
+    fn default() -> Self {
+        HealthMetrics {
+            battery_pct: 100,
+            link_quality_pct: 100,
+            sensor_failures: 0,
+            data_age_ms: 0,
+            free_buffer_pct: 100,
+            uptime_ms: 0,
+        }
+    }
 }
 
 /// Overall health.
@@ -195,47 +213,39 @@ impl HealthThresholds {
     }
 }
 
-/// Decides the telemetry interval from the configured one, the lifecycle
-/// state and the last health report. Users can supply their own.
+/// Decides the telemetry interval from the configuration in force, the
+/// lifecycle state and the last health report. Users can supply their own.
 pub trait TelemetryPolicy {
     /// The interval to use, in ms.
     fn telemetry_interval_ms(
         &self,
-        base_ms: u64,
+        config: &DeviceConfig,
         state: LifecycleState,
         health: &HealthReport,
-        thresholds: &HealthThresholds,
     ) -> u64;
 }
 
-/// The seed chapter's rule: in Degraded with the battery below the critical
-/// threshold, telemetry slows by `factor` (default 3); heartbeats are not
-/// affected.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct SlowTelemetryOnLowBattery {
-    /// How many times slower.
-    pub factor: u32,
-}
-
-impl Default for SlowTelemetryOnLowBattery {
-    fn default() -> Self {
-        SlowTelemetryOnLowBattery { factor: 3 }
-    }
-}
+/// The default rule: in Degraded with the battery below the critical
+/// threshold, telemetry slows by the configuration's
+/// `degraded_telemetry_factor` (3 unless the fleet says otherwise);
+/// heartbeats are not affected.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct SlowTelemetryOnLowBattery;
 
 impl TelemetryPolicy for SlowTelemetryOnLowBattery {
     fn telemetry_interval_ms(
         &self,
-        base_ms: u64,
+        config: &DeviceConfig,
         state: LifecycleState,
         health: &HealthReport,
-        thresholds: &HealthThresholds,
     ) -> u64 {
-        let low_battery = health.metrics.battery_pct < thresholds.battery_crit_pct;
+        let low_battery = health.metrics.battery_pct < config.thresholds.battery_crit_pct;
         if state == LifecycleState::Degraded && low_battery {
-            base_ms.saturating_mul(u64::from(self.factor.max(1)))
+            config
+                .telemetry_ms
+                .saturating_mul(u64::from(config.degraded_telemetry_factor.max(1)))
         } else {
-            base_ms
+            config.telemetry_ms
         }
     }
 }
@@ -301,9 +311,13 @@ mod tests {
     }
 
     #[test]
-    fn telemetry_slows_only_when_degraded_with_a_low_battery() {
-        let t = HealthThresholds::default();
-        let p = SlowTelemetryOnLowBattery::default();
+    fn telemetry_slows_by_the_configured_factor_only_when_degraded_with_a_low_battery() {
+        let mut config = DeviceConfig {
+            telemetry_ms: 30_000,
+            ..DeviceConfig::default()
+        };
+        let t = config.thresholds;
+        let p = SlowTelemetryOnLowBattery;
         let low = t.evaluate(
             &HealthMetrics {
                 battery_pct: 5,
@@ -313,16 +327,28 @@ mod tests {
         );
         let ok = t.evaluate(&healthy(), false);
         assert_eq!(
-            p.telemetry_interval_ms(30_000, LifecycleState::Degraded, &low, &t),
+            p.telemetry_interval_ms(&config, LifecycleState::Degraded, &low),
             90_000
         );
         assert_eq!(
-            p.telemetry_interval_ms(30_000, LifecycleState::Active, &low, &t),
+            p.telemetry_interval_ms(&config, LifecycleState::Active, &low),
             30_000
         );
         assert_eq!(
-            p.telemetry_interval_ms(30_000, LifecycleState::Degraded, &ok, &t),
+            p.telemetry_interval_ms(&config, LifecycleState::Degraded, &ok),
             30_000
         );
+        // The fleet's factor is the one used (it was always 3).
+        config.degraded_telemetry_factor = 5;
+        assert_eq!(
+            p.telemetry_interval_ms(&config, LifecycleState::Degraded, &low),
+            150_000
+        );
+    }
+
+    #[test]
+    fn the_default_metrics_are_a_healthy_mains_powered_device() {
+        let report = HealthThresholds::default().evaluate(&HealthMetrics::default(), false);
+        assert_eq!((report.status, report.reasons), (HealthStatus::Normal, 0));
     }
 }

@@ -33,9 +33,9 @@ use self::health::{
 use self::lifecycle::{LifecycleState, Trigger, next_state};
 use self::messages::*;
 use self::outbox::{Outbox, Pushed};
-use self::platform::{CommandFailure, Platform};
+use self::platform::{Applied, CommandFailure, Platform, RejectReason};
 use crate::error::{DecodeError, EncodeError, Error};
-use crate::shadow::{LeafMeta, Source, StateTree};
+use crate::shadow::{LeafMeta, Path, Source, StateTree, Value};
 use crate::wire::{ShadowDelta, ShadowUpdateRef};
 
 /// Leaves of the device-side shadow (reported state).
@@ -100,10 +100,16 @@ pub enum AgentEvent {
     HealthChanged(HealthStatus),
     /// A configuration version was applied.
     ConfigApplied(u64),
-    /// Desired shadow values were applied to the reported state.
-    ShadowUpdated {
-        /// Leaves applied.
-        leaves: usize,
+    /// A delta went through the application's
+    /// [`DesiredState`](platform::DesiredState): how many of its leaves it
+    /// reached, rejected, or left pending.
+    DesiredHandled {
+        /// Leaves the device reached (reported now).
+        reached: u16,
+        /// Leaves it refused (the cloud is told why).
+        rejected: u16,
+        /// Leaves it is still working on.
+        pending: u16,
     },
     /// A command finished (final acknowledgement queued).
     CommandFinished(AckStatus),
@@ -137,6 +143,9 @@ pub struct AgentStats {
     pub register_attempts: u64,
     /// Failed writes to storage.
     pub storage_failures: u64,
+    /// Refusals of desired values the agent could not keep to report
+    /// (more refused properties at once than the reported shadow holds).
+    pub refusals_unreported: u64,
 }
 
 fn kind_index(kind: MessageKind) -> usize {
@@ -267,7 +276,9 @@ pub struct Agent<
     /// Issue time of the command being handled, for the dedupe window.
     issued_ms: u64,
     reported: DeviceShadow,
-    scratch: DeviceShadow,
+    /// Desired properties the application refuses, each leaf a
+    /// [`RejectReason`] code; sent with every report.
+    rejected: DeviceShadow,
     last_sensor_ms: Option<u64>,
     /// The reported state changed since it was last persisted.
     reported_dirty: bool,
@@ -326,7 +337,7 @@ impl<P: TelemetryPolicy, const Q: usize, const M: usize> Agent<P, Q, M> {
             running: None,
             issued_ms: 0,
             reported: StateTree::new(),
-            scratch: StateTree::new(),
+            rejected: StateTree::new(),
             last_sensor_ms: None,
             reported_dirty: false,
             cloud_offset_ms: None,
@@ -390,6 +401,12 @@ impl<P: TelemetryPolicy, const Q: usize, const M: usize> Agent<P, Q, M> {
         &self.reported
     }
 
+    /// The desired properties the application refuses, each leaf the code
+    /// of its [`RejectReason`].
+    pub fn rejected(&self) -> &StateTree<SHADOW_LEAVES, SHADOW_POOL> {
+        &self.rejected
+    }
+
     /// Boots so far.
     pub fn boot_count(&self) -> u64 {
         self.boot_count
@@ -435,7 +452,7 @@ impl<P: TelemetryPolicy, const Q: usize, const M: usize> Agent<P, Q, M> {
     /// A device resumed in service also registers again, to learn the
     /// cloud's time; until the answer, commands that are not known
     /// duplicates are refused as `Busy` (expiry cannot be judged).
-    pub fn boot(&mut self, now_ms: u64, platform: &mut Platform<'_>) -> Result<(), InboundError> {
+    pub fn boot(&mut self, now_ms: u64, platform: &mut Platform<'_>) {
         self.boot_ms = now_ms;
         #[cfg(feature = "persistence")]
         self.resume(platform);
@@ -458,7 +475,6 @@ impl<P: TelemetryPolicy, const Q: usize, const M: usize> Agent<P, Q, M> {
             }
         }
         self.persist(platform);
-        Ok(())
     }
 
     /// Runs whatever is due at `now_ms`.
@@ -484,12 +500,9 @@ impl<P: TelemetryPolicy, const Q: usize, const M: usize> Agent<P, Q, M> {
                 }
                 Timer::Telemetry => {
                     self.send_telemetry(now_ms, platform);
-                    let every = self.policy.telemetry_interval_ms(
-                        self.config.telemetry_ms,
-                        self.state,
-                        &self.health,
-                        &self.config.thresholds,
-                    );
+                    let every =
+                        self.policy
+                            .telemetry_interval_ms(&self.config, self.state, &self.health);
                     self.schedule(Timer::Telemetry, now_ms + every);
                 }
                 Timer::Health => {
@@ -548,21 +561,51 @@ impl<P: TelemetryPolicy, const Q: usize, const M: usize> Agent<P, Q, M> {
         r
     }
 
-    /// Sets a reported shadow value; it is sent with the next sync, which is
-    /// brought forward to now.
-    pub fn set_reported(
+    /// Reports a value of the device's own state at `path` (a sensor's
+    /// reading, a setting changed on the device, the position a valve
+    /// reached after [`Applied::Pending`]). It is sent at once if the value
+    /// changed; a refusal of the desired value at `path` is withdrawn. On
+    /// error (the reported shadow is full, an unusable path) nothing
+    /// changed.
+    pub fn report(&mut self, now_ms: u64, path: Path<'_>, value: Value<'_>) -> Result<(), Error> {
+        let meta = LeafMeta::new(Source::Device, self.cloud_now(now_ms));
+        let mut changed = self.put_reported(path, value, meta)?;
+        changed |= self.rejected.remove(path);
+        if changed {
+            self.reported_changed(now_ms);
+        }
+        Ok(())
+    }
+
+    /// Sets a reported leaf, replacing a leaf above it or leaves below it
+    /// as a merge would (a map where a value was, or the reverse). Returns
+    /// whether anything changed.
+    fn put_reported(
         &mut self,
-        now_ms: u64,
-        path: crate::shadow::Path<'_>,
-        value: crate::shadow::Value<'_>,
-    ) -> Result<(), Error> {
-        self.reported
-            .insert_with_meta(path, value, LeafMeta::new(Source::Device, now_ms))?;
+        path: Path<'_>,
+        value: Value<'_>,
+        meta: LeafMeta,
+    ) -> Result<bool, Error> {
+        if self.reported.get(path).is_some_and(|e| e.value == value) {
+            return Ok(false);
+        }
+        match self.reported.insert_with_meta(path, value, meta) {
+            Err(Error::Path(crate::error::PathError::LeafMapClash)) => {
+                self.reported.remove_overlapping(path);
+                self.reported.insert_with_meta(path, value, meta)?;
+            }
+            r => r?,
+        }
+        Ok(true)
+    }
+
+    /// The reported state (or the refusals) changed: saved with the next
+    /// sync, which is brought forward to now.
+    fn reported_changed(&mut self, now_ms: u64) {
         self.reported_dirty = true;
         if self.state.is_registered() {
             self.schedule(Timer::ShadowSync, now_ms);
         }
-        Ok(())
     }
 
     fn inbound(
@@ -634,11 +677,17 @@ impl<P: TelemetryPolicy, const Q: usize, const M: usize> Agent<P, Q, M> {
         }
     }
 
-    /// Applies a delta to the reported state. Not inlined, here and in the
-    /// other large inbound paths: the decoded delta (a tree), a command's
-    /// result buffer and a decoded configuration would otherwise share one
-    /// stack frame with everything the caller keeps, several KiB on a
-    /// microcontroller, instead of each living only while it runs.
+    /// Hands each leaf of a delta to the application and reports what it
+    /// says the device reached. Not inlined, here and in the other large
+    /// inbound paths: the decoded delta (a tree), a command's result buffer
+    /// and a decoded configuration would otherwise share one stack frame
+    /// with everything the caller keeps, several KiB on a microcontroller,
+    /// instead of each living only while it runs.
+    ///
+    /// Only a change is reported: a delta that repeats a value the
+    /// application clamped, refused or is still working on sends nothing,
+    /// so a twin that answers every report with the outstanding delta
+    /// does not start a loop.
     #[inline(never)]
     fn apply_delta(
         &mut self,
@@ -649,22 +698,61 @@ impl<P: TelemetryPolicy, const Q: usize, const M: usize> Agent<P, Q, M> {
         let mut delta = ShadowDelta::<SHADOW_LEAVES, SHADOW_POOL>::empty();
         // Into this one tree: `decode` would build and move copies of it.
         delta.decode_into(bytes)?;
-        let meta = LeafMeta {
-            timestamp_ms: now_ms,
-            source: Source::Device,
-            version: 0,
-        };
-        self.reported
-            .merge_into(&delta.state, meta, &mut self.scratch)
-            .map_err(InboundError::Decode)?;
-        core::mem::swap(&mut self.reported, &mut self.scratch);
-        self.persist(platform);
-        self.push_event(AgentEvent::ShadowUpdated {
-            leaves: delta.state.len(),
+        let meta = LeafMeta::new(Source::Device, self.cloud_now(now_ms));
+        let (mut reached, mut rejected, mut pending) = (0u16, 0u16, 0u16);
+        let mut changed = false;
+        for leaf in delta.state.iter() {
+            let refusal = match platform.desired.apply(now_ms, leaf.path, leaf.value) {
+                Applied::Reached(v) => {
+                    reached += 1;
+                    match self.put_reported(leaf.path, v, meta) {
+                        Ok(c) => {
+                            changed |= c;
+                            None
+                        }
+                        Err(_) => Some(RejectReason::NoRoom),
+                    }
+                }
+                Applied::Rejected(r) => {
+                    rejected += 1;
+                    Some(r)
+                }
+                Applied::Pending => {
+                    pending += 1;
+                    None
+                }
+            };
+            changed |= self.set_refusal(leaf.path, refusal);
+        }
+        self.push_event(AgentEvent::DesiredHandled {
+            reached,
+            rejected,
+            pending,
         });
-        // Report the change at once, as the seed asks.
-        self.schedule(Timer::ShadowSync, now_ms);
+        if changed {
+            // Saved now, as a configuration is: the device acted on it.
+            self.persist(platform);
+            self.schedule(Timer::ShadowSync, now_ms);
+        }
         Ok(())
+    }
+
+    /// Records (or withdraws) the refusal of the desired value at `path`;
+    /// returns whether that changed anything.
+    fn set_refusal(&mut self, path: Path<'_>, refusal: Option<RejectReason>) -> bool {
+        let Some(reason) = refusal else {
+            return self.rejected.remove(path);
+        };
+        let code = Value::Int(i64::from(reason.code()));
+        if self.rejected.get(path).is_some_and(|e| e.value == code) {
+            return false;
+        }
+        let meta = LeafMeta::new(Source::Device, 0);
+        if self.rejected.insert_with_meta(path, code, meta).is_err() {
+            self.stats.refusals_unreported += 1;
+            return false;
+        }
+        true
     }
 
     /// A registration was sent and not answered yet.
@@ -782,7 +870,7 @@ impl<P: TelemetryPolicy, const Q: usize, const M: usize> Agent<P, Q, M> {
     }
 
     fn check_health(&mut self, now_ms: u64, platform: &mut Platform<'_>) {
-        let metrics = platform.probe.metrics(now_ms);
+        let metrics = self.metrics(now_ms, platform);
         let was_critical = self.state == LifecycleState::Degraded;
         let report = self.config.thresholds.evaluate(&metrics, was_critical);
         if report.status != self.health.status {
@@ -804,15 +892,27 @@ impl<P: TelemetryPolicy, const Q: usize, const M: usize> Agent<P, Q, M> {
         }
     }
 
+    /// The probe's metrics, with the outbox's free space: a platform's
+    /// buffers may be fuller, the agent's own queue is measured here.
+    fn metrics(&self, now_ms: u64, platform: &mut Platform<'_>) -> HealthMetrics {
+        let mut m = platform.probe.metrics(now_ms);
+        m.free_buffer_pct = m.free_buffer_pct.min(self.outbox.free_pct());
+        m
+    }
+
     fn send_shadow(&mut self, now_ms: u64) {
         // Encoded from the tree where it is: a copy would be a 3 KiB
         // `ShadowUpdate` on the stack.
+        // Stamped on the cloud's clock once the registration answer said
+        // what it is: a device without a real-time clock counts from boot,
+        // and LatestWins compares the two sides' times.
         let up = ShadowUpdateRef {
             desired: None,
             reported: Some(&self.reported),
             expected_version: None,
-            timestamp_ms: now_ms,
+            timestamp_ms: self.cloud_now(now_ms),
             client_token: None,
+            rejected: (!self.rejected.is_empty()).then_some(&self.rejected),
         };
         let pushed = self.outbox.push(&ShadowMessage(up));
         self.count_pushed(MessageKind::ShadowUpdate, pushed);
@@ -961,7 +1061,7 @@ impl<P: TelemetryPolicy, const Q: usize, const M: usize> Agent<P, Q, M> {
                 self.stats.commands_executed += 1;
                 self.ack(now_ms, cmd.id, AckStatus::Accepted, None, None, None);
                 let report = self.config.thresholds.evaluate(
-                    &platform.probe.metrics(now_ms),
+                    &self.metrics(now_ms, platform),
                     self.state == LifecycleState::Degraded,
                 );
                 let n = HealthMessage {
@@ -1033,6 +1133,7 @@ impl<P: TelemetryPolicy, const Q: usize, const M: usize> Agent<P, Q, M> {
                 self.running = None;
                 self.dedupe.clear();
                 self.reported.clear();
+                self.rejected.clear();
             }
         }
     }

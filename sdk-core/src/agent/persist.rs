@@ -92,8 +92,9 @@ impl<P: TelemetryPolicy, const Q: usize, const M: usize> Agent<P, Q, M> {
         let mut config = self.config.clone();
         let mut dedupe: heapless::Deque<Remembered, DEDUPE_WINDOW> = heapless::Deque::new();
         // Decoded aside, so a record that fails halfway changes nothing.
-        let mut reported = core::mem::take(&mut self.scratch);
-        reported.clear();
+        // On the stack while it lasts: the agent keeps no spare tree for
+        // the one time a boot needs it.
+        let mut reported = super::DeviceShadow::new();
         let (mut boots, mut seq) = (0, 0);
         each_field(&mut d, |k, d| {
             let at = d.position();
@@ -172,8 +173,7 @@ impl<P: TelemetryPolicy, const Q: usize, const M: usize> Agent<P, Q, M> {
         self.boot_count = boots;
         self.lifecycle_seq = seq;
         self.dedupe = dedupe;
-        core::mem::swap(&mut self.reported, &mut reported);
-        self.scratch = reported;
+        self.reported = reported;
         Ok(())
     }
 }

@@ -3,6 +3,7 @@
 //! is expected to block for long.
 
 use super::health::HealthMetrics;
+use crate::shadow::{Path, Value};
 
 /// What persistent state the agent stores, by slot.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -171,6 +172,142 @@ impl CommandHandler for NoCommands {
     }
 }
 
+/// Why the application refused a desired value. Sent to the cloud with the
+/// device's next report, where an app sees it (see `docs/wire-format.md`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RejectReason {
+    /// The value is outside what the device can do (a setpoint past its
+    /// limit).
+    OutOfRange,
+    /// The property is the device's to set, not the cloud's.
+    ReadOnly,
+    /// The device has no such property.
+    UnknownProperty,
+    /// The value has the wrong type for the property.
+    WrongType,
+    /// The device cannot act on it now (an actuator fault, a safety
+    /// interlock).
+    Unavailable,
+    /// The device's reported state has no room for it.
+    NoRoom,
+    /// An application's own reason; codes from 100 up are the
+    /// application's (lower ones read back as the named reasons, or as
+    /// `Other` when unknown to this version).
+    Other(u32),
+}
+
+impl RejectReason {
+    /// The code on the wire.
+    pub fn code(self) -> u32 {
+        match self {
+            RejectReason::OutOfRange => 1,
+            RejectReason::ReadOnly => 2,
+            RejectReason::UnknownProperty => 3,
+            RejectReason::WrongType => 4,
+            RejectReason::Unavailable => 5,
+            RejectReason::NoRoom => 6,
+            RejectReason::Other(c) => c,
+        }
+    }
+
+    /// The reason a wire code stands for.
+    pub fn from_code(code: u32) -> Self {
+        match code {
+            1 => RejectReason::OutOfRange,
+            2 => RejectReason::ReadOnly,
+            3 => RejectReason::UnknownProperty,
+            4 => RejectReason::WrongType,
+            5 => RejectReason::Unavailable,
+            6 => RejectReason::NoRoom,
+            c => RejectReason::Other(c),
+        }
+    }
+
+    /// A short name, for logs and JSON.
+    pub fn name(self) -> &'static str {
+        match self {
+            RejectReason::OutOfRange => "out_of_range",
+            RejectReason::ReadOnly => "read_only",
+            RejectReason::UnknownProperty => "unknown_property",
+            RejectReason::WrongType => "wrong_type",
+            RejectReason::Unavailable => "unavailable",
+            RejectReason::NoRoom => "no_room",
+            RejectReason::Other(_) => "other",
+        }
+    }
+}
+
+impl core::fmt::Display for RejectReason {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        match self {
+            RejectReason::Other(c) => write!(f, "application reason {c}"),
+            r => f.write_str(r.name()),
+        }
+    }
+}
+
+/// What the application did with one desired property.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum Applied<'v> {
+    /// The device now holds this value: the desired one, or what it could
+    /// reach (a clamped setpoint). The agent reports it.
+    Reached(Value<'v>),
+    /// The device will not take the value; the cloud is told why and the
+    /// reported value stays as it was.
+    Rejected(RejectReason),
+    /// The device is working on it (a valve still moving) and will report
+    /// the value it reaches with [`Agent::report`](super::Agent::report).
+    Pending,
+}
+
+/// The application's side of the shadow: it decides, property by property,
+/// what becomes of each desired value the cloud sends. The agent reports
+/// only what the application says the device reached, so reported state is
+/// what the device did, not what it was asked.
+///
+/// Called once per leaf of each delta, in path order. A delta repeats the
+/// desired values that still differ from reported, so an application may
+/// be asked again about a value it rejected or is still working on: it
+/// answers the same way, and the agent sends nothing new.
+///
+/// ```
+/// use lanyard_core::agent::platform::{Applied, DesiredState, RejectReason};
+/// use lanyard_core::shadow::{Path, Value};
+///
+/// /// A thermostat whose setpoint goes no higher than 30 °C.
+/// struct Thermostat { setpoint: i64 }
+///
+/// impl DesiredState for Thermostat {
+///     fn apply<'v>(&mut self, _now_ms: u64, path: Path<'_>, desired: Value<'v>) -> Applied<'v> {
+///         match (path.key(0), desired) {
+///             (Some("setpoint"), Value::Int(t)) if t > 40 => Applied::Rejected(RejectReason::OutOfRange),
+///             (Some("setpoint"), Value::Int(t)) => {
+///                 self.setpoint = t.min(30);
+///                 Applied::Reached(Value::Int(self.setpoint))
+///             }
+///             (Some("setpoint"), _) => Applied::Rejected(RejectReason::WrongType),
+///             _ => Applied::Rejected(RejectReason::UnknownProperty),
+///         }
+///     }
+/// }
+/// ```
+pub trait DesiredState {
+    /// Decides what becomes of `desired` at `path`.
+    fn apply<'v>(&mut self, now_ms: u64, path: Path<'_>, desired: Value<'v>) -> Applied<'v>;
+}
+
+/// Takes every desired value as it is: reported state mirrors desired.
+/// For a device with nothing to actuate (a demo, a simulator) or whose
+/// properties are settings it only stores.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct MirrorDesired;
+
+impl DesiredState for MirrorDesired {
+    fn apply<'v>(&mut self, _: u64, _: Path<'_>, desired: Value<'v>) -> Applied<'v> {
+        Applied::Reached(desired)
+    }
+}
+
 /// Everything the agent may call during one `handle_*` call.
 pub struct Platform<'a> {
     /// Persistent storage.
@@ -181,6 +318,8 @@ pub struct Platform<'a> {
     pub actuators: &'a mut dyn Actuators,
     /// Application commands.
     pub commands: &'a mut dyn CommandHandler,
+    /// What becomes of desired state.
+    pub desired: &'a mut dyn DesiredState,
 }
 
 #[cfg(test)]

@@ -56,6 +56,13 @@ pub const MAX_POLICIES: usize = 16;
 pub const MAX_PARKED: usize = 8;
 const POLICY_POOL: usize = 512;
 const PARKED_POOL: usize = 1024;
+/// Most desired properties a device may refuse at once (see
+/// [`Shadow::rejected`]).
+pub const MAX_REJECTED: usize = 32;
+const REJECTED_POOL: usize = 2048;
+
+/// The desired properties a device refuses, with their reason codes.
+pub(crate) type Rejections = PathTable<u32, MAX_REJECTED, REJECTED_POOL>;
 
 /// Tunables of the conflict rules.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -188,6 +195,8 @@ pub struct Shadow<const LEAVES: usize = DEFAULT_LEAVES, const POOL: usize = DEFA
     policies: PathTable<ConflictPolicy, MAX_POLICIES, POLICY_POOL>,
     /// Parked conflicts and when they were parked.
     parked: PathTable<u64, MAX_PARKED, PARKED_POOL>,
+    /// Desired properties the device refuses, by reason code.
+    rejected: Rejections,
     config: ShadowConfig,
     stats: ConflictStats,
     backoff_exp: u32,
@@ -204,6 +213,7 @@ impl<const L: usize, const P: usize> Shadow<L, P> {
             default_policy,
             policies: PathTable::new(),
             parked: PathTable::new(),
+            rejected: PathTable::new(),
             config: ShadowConfig {
                 skew_tolerance_ms: 1_000,
                 backoff_base_ms: 1_000,
@@ -270,6 +280,35 @@ impl<const L: usize, const P: usize> Shadow<L, P> {
     /// Earliest time at which [`Shadow::sync`] will run.
     pub fn sync_not_before_ms(&self) -> u64 {
         self.sync_not_before_ms
+    }
+
+    /// The desired properties the device refuses, each with its reason code
+    /// ([`RejectReason::code`](crate::agent::platform::RejectReason::code)),
+    /// as the device last reported them. A refusal stays until the device
+    /// reports without it (it took the value, or a later one).
+    pub fn rejected(&self) -> impl Iterator<Item = (Path<'_>, u32)> + '_ {
+        self.rejected.iter()
+    }
+
+    /// The rejections of a device's update as a table, checked before
+    /// anything is applied; `None` clears them.
+    pub(crate) fn rejections_of<const UL: usize, const UP: usize>(
+        tree: Option<&StateTree<UL, UP>>,
+    ) -> Result<Rejections, Error> {
+        let mut table = Rejections::new();
+        for leaf in tree.into_iter().flat_map(|t| t.iter()) {
+            let code = crate::wire::reason_code(leaf.value).ok_or(DecodeError::Malformed {
+                what: "rejections whose leaves are reason codes",
+                at: 0,
+            })?;
+            table.set(leaf.path.as_bytes(), code)?;
+        }
+        Ok(table)
+    }
+
+    /// Replaces the device's rejections (see [`Shadow::rejected`]).
+    pub(crate) fn set_rejected(&mut self, table: Rejections) {
+        self.rejected = table;
     }
 
     /// Conflicts waiting for an operator, with the time they were parked.
@@ -669,7 +708,7 @@ impl<const L: usize, const P: usize> Shadow<L, P> {
         &self,
         e: &mut Encoder<W>,
     ) -> Result<(), minicbor::encode::Error<W::Error>> {
-        e.map(8)?;
+        e.map(8 + u64::from(self.rejected.len() > 0))?;
         e.u8(1)?.u64(self.version)?;
         e.u8(2)?;
         self.trees.get(DESIRED).encode_cbor(e)?;
@@ -689,6 +728,16 @@ impl<const L: usize, const P: usize> Shadow<L, P> {
                 e.str(k)?;
             }
             e.u64(at)?;
+        }
+        if self.rejected.len() > 0 {
+            e.u8(9)?.array(self.rejected.len() as u64)?;
+            for (p, code) in self.rejected.iter() {
+                e.array(2)?.array(p.depth() as u64)?;
+                for k in p.keys() {
+                    e.str(k)?;
+                }
+                e.u32(code)?;
+            }
         }
         Ok(())
     }
@@ -717,7 +766,7 @@ impl<const L: usize, const P: usize> Shadow<L, P> {
         let meta = LeafMeta::new(Source::Cloud, 0);
         for _ in 0..n {
             let key = cbor::read_u64(d)?;
-            if (1..=8).contains(&key) {
+            if (1..=9).contains(&key) {
                 if seen & (1 << key) != 0 {
                     return Err(DecodeError::DuplicateKey { at: d.position() });
                 }
@@ -732,6 +781,7 @@ impl<const L: usize, const P: usize> Shadow<L, P> {
                 6 => self.last_sync_version = cbor::read_u64(d)?,
                 7 => self.trees.get_mut(SYNCED).decode_cbor(d, meta, false)?,
                 8 => self.decode_parked(d)?,
+                9 => self.decode_rejected(d)?,
                 4 | 5 => {
                     return Err(DecodeError::Malformed {
                         what: "metadata after its tree",
@@ -765,6 +815,28 @@ impl<const L: usize, const P: usize> Shadow<L, P> {
         Ok(())
     }
 
+    fn decode_rejected(&mut self, d: &mut Decoder<'_>) -> Result<(), DecodeError> {
+        let rejected = &mut self.rejected;
+        cbor::each_tuple(
+            d,
+            2,
+            "a definite array of rejections",
+            "[path, reason code]",
+            |d| {
+                let path = cbor::read_path(d)?;
+                let at = d.position();
+                let code =
+                    u32::try_from(cbor::read_u64(d)?).map_err(|_| DecodeError::Malformed {
+                        what: "a reason code of 32 bits",
+                        at,
+                    })?;
+                rejected
+                    .set(path.as_path().as_bytes(), code)
+                    .map_err(DecodeError::Capacity)
+            },
+        )
+    }
+
     fn decode_parked(&mut self, d: &mut Decoder<'_>) -> Result<(), DecodeError> {
         let parked = &mut self.parked;
         cbor::each_tuple(
@@ -792,6 +864,7 @@ impl<const L: usize, const P: usize> Clone for Shadow<L, P> {
             default_policy: self.default_policy,
             policies: self.policies.clone(),
             parked: self.parked.clone(),
+            rejected: self.rejected.clone(),
             config: self.config,
             stats: self.stats,
             backoff_exp: self.backoff_exp,

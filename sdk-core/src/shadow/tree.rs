@@ -471,6 +471,32 @@ impl<const L: usize, const P: usize> StateTree<L, P> {
         let Ok(i) = self.find(path.as_bytes()) else {
             return false;
         };
+        self.remove_index(i);
+        true
+    }
+
+    /// Removes the leaves that stand where a leaf at `path` would go: a
+    /// leaf at one of its prefixes (the path runs through it) and the
+    /// leaves under it (a map it would replace), as a merge replaces a
+    /// value with a map or the reverse. Returns how many were removed.
+    pub fn remove_overlapping(&mut self, path: Path<'_>) -> usize {
+        let mut removed = 0;
+        for depth in 1..path.depth() {
+            removed += usize::from(self.remove(path.prefix(depth)));
+        }
+        let bytes = path.as_bytes();
+        let from = match self.find(bytes) {
+            Ok(i) => i + 1,
+            Err(i) => i,
+        };
+        while from < self.leaves.len() && self.path_at(from).starts_with(bytes) {
+            self.remove_index(from);
+            removed += 1;
+        }
+        removed
+    }
+
+    fn remove_index(&mut self, i: usize) {
         let leaf = self.leaves.remove(i);
         self.indexed = false;
         let payload = match leaf.value {
@@ -489,7 +515,6 @@ impl<const L: usize, const P: usize> StateTree<L, P> {
             }
             None => self.cut(leaf.path),
         }
-        true
     }
 
     /// Removes a range of the pool and moves every later span down.

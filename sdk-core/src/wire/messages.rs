@@ -36,6 +36,10 @@ pub struct ShadowUpdate<const L: usize = DEFAULT_LEAVES, const P: usize = DEFAUL
     pub timestamp_ms: u64,
     /// Echoed back in responses so the writer can match them.
     pub client_token: Option<heapless::String<MAX_CLIENT_TOKEN_LEN>>,
+    /// From a device: the desired properties it refuses, each leaf the
+    /// code of a [`RejectReason`](crate::agent::platform::RejectReason).
+    /// The whole set the device refuses now; absent means none.
+    pub rejected: Option<StateTree<L, P>>,
 }
 
 /// A [`ShadowUpdate`] whose trees are borrowed: encodes an update from
@@ -54,6 +58,9 @@ pub struct ShadowUpdateRef<'a, const L: usize = DEFAULT_LEAVES, const P: usize =
     pub timestamp_ms: u64,
     /// Echoed back in responses so the writer can match them.
     pub client_token: Option<&'a str>,
+    /// From a device: the desired properties it refuses (see
+    /// [`ShadowUpdate::rejected`]).
+    pub rejected: Option<&'a StateTree<L, P>>,
 }
 
 impl<const L: usize, const P: usize> ShadowUpdateRef<'_, L, P> {
@@ -66,7 +73,8 @@ impl<const L: usize, const P: usize> ShadowUpdateRef<'_, L, P> {
             + u64::from(self.desired.is_some())
             + u64::from(self.reported.is_some())
             + u64::from(self.expected_version.is_some())
-            + u64::from(self.client_token.is_some());
+            + u64::from(self.client_token.is_some())
+            + u64::from(self.rejected.is_some());
         e.map(n)?;
         if let Some(t) = self.desired {
             e.u8(1)?;
@@ -83,6 +91,10 @@ impl<const L: usize, const P: usize> ShadowUpdateRef<'_, L, P> {
         if let Some(t) = self.client_token {
             e.u8(5)?.str(t)?;
         }
+        if let Some(t) = self.rejected {
+            e.u8(6)?;
+            t.encode_cbor(e)?;
+        }
         Ok(())
     }
 }
@@ -96,20 +108,32 @@ impl<const L: usize, const P: usize> ShadowUpdate<L, P> {
             expected_version: None,
             timestamp_ms,
             client_token: None,
+            rejected: None,
         }
     }
 
     /// Applies the update to `shadow`, atomically. Returns the new version.
+    ///
+    /// An update with a reported part is the device's: its `rejected` part
+    /// (none when absent) replaces the rejections the shadow keeps.
     pub fn apply_to<const SL: usize, const SP: usize>(
         &self,
         shadow: &mut Shadow<SL, SP>,
     ) -> Result<u64, Error> {
-        shadow.apply(
+        let rejections = match self.reported {
+            Some(_) => Some(Shadow::<SL, SP>::rejections_of(self.rejected.as_ref())?),
+            None => None,
+        };
+        let version = shadow.apply(
             self.desired.as_ref(),
             self.reported.as_ref(),
             self.expected_version,
             self.timestamp_ms,
-        )
+        )?;
+        if let Some(table) = rejections {
+            shadow.set_rejected(table);
+        }
+        Ok(version)
     }
 
     /// Encodes into `out`; returns the length. A buffer too small is left
@@ -134,6 +158,7 @@ impl<const L: usize, const P: usize> ShadowUpdate<L, P> {
             expected_version: self.expected_version,
             timestamp_ms: self.timestamp_ms,
             client_token: self.client_token.as_deref(),
+            rejected: self.rejected.as_ref(),
         }
     }
 
@@ -163,22 +188,29 @@ impl<const L: usize, const P: usize> ShadowUpdate<L, P> {
         let mut have_ts = false;
         let mut seen = 0u8;
         each_field(d, |key, d| {
-            if (1..=5).contains(&key) {
+            if (1..=6).contains(&key) {
                 if seen & (1 << key) != 0 {
                     return Err(DecodeError::DuplicateKey { at: d.position() });
                 }
                 seen |= 1 << key;
             }
             match key {
-                1 | 2 => {
-                    let (slot, source) = if key == 1 {
-                        (&mut self.desired, Source::Cloud)
-                    } else {
-                        (&mut self.reported, Source::Device)
+                1 | 2 | 6 => {
+                    let (slot, source) = match key {
+                        1 => (&mut self.desired, Source::Cloud),
+                        2 => (&mut self.reported, Source::Device),
+                        _ => (&mut self.rejected, Source::Device),
                     };
                     let t = slot.get_or_insert_with(StateTree::new);
                     t.clear();
-                    t.decode_cbor(d, LeafMeta::new(source, 0), true)?;
+                    let at = d.position();
+                    t.decode_cbor(d, LeafMeta::new(source, 0), key != 6)?;
+                    if key == 6 && !t.iter().all(|l| reason_code(l.value).is_some()) {
+                        return Err(DecodeError::Malformed {
+                            what: "rejections whose leaves are reason codes",
+                            at,
+                        });
+                    }
                 }
                 3 => self.expected_version = Some(cbor::read_u64(d)?),
                 4 => {
@@ -205,10 +237,21 @@ impl<const L: usize, const P: usize> ShadowUpdate<L, P> {
         if seen & (1 << 2) == 0 {
             self.reported = None;
         }
+        if seen & (1 << 6) == 0 {
+            self.rejected = None;
+        }
         if !have_ts {
             return Err(DecodeError::MissingField("timestamp"));
         }
         Ok(())
+    }
+}
+
+/// A rejection leaf's reason code: an unsigned integer that fits 32 bits.
+pub fn reason_code(v: crate::shadow::Value<'_>) -> Option<u32> {
+    match v {
+        crate::shadow::Value::Int(c) => u32::try_from(c).ok(),
+        _ => None,
     }
 }
 

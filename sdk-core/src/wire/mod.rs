@@ -7,4 +7,4 @@ mod messages;
 
 pub use cbor::{CborWriter, MAX_NESTING, encode_into, read_bytes, read_str};
 pub(crate) use messages::each_field;
-pub use messages::{MAX_CLIENT_TOKEN_LEN, ShadowDelta, ShadowUpdate, ShadowUpdateRef};
+pub use messages::{MAX_CLIENT_TOKEN_LEN, ShadowDelta, ShadowUpdate, ShadowUpdateRef, reason_code};

@@ -126,6 +126,8 @@ pub struct Sim {
     pub probe: SimProbe,
     pub led: SimLed,
     pub commands: SimCommands,
+    /// What becomes of desired state: mirrored unless a test sets its own.
+    pub desired: Box<dyn DesiredState>,
 }
 
 impl Sim {
@@ -138,6 +140,7 @@ impl Sim {
             },
             led: SimLed::default(),
             commands: SimCommands::default(),
+            desired: Box::new(MirrorDesired),
         }
     }
 
@@ -147,6 +150,7 @@ impl Sim {
             probe: &mut self.probe,
             actuators: &mut self.led,
             commands: &mut self.commands,
+            desired: &mut *self.desired,
         }
     }
 }
@@ -159,7 +163,7 @@ pub fn new_agent() -> SimAgent {
             firmware: "1.0.0",
         },
         DeviceConfig::default(),
-        SlowTelemetryOnLowBattery::default(),
+        SlowTelemetryOnLowBattery,
     )
 }
 
@@ -272,7 +276,7 @@ pub fn accept(agent: &mut SimAgent, sim: &mut Sim, at: u64) {
 pub fn registered(sim: &mut Sim) -> (SimAgent, Vec<Sent>) {
     let mut agent = new_agent();
     let mut sent = Vec::new();
-    agent.boot(0, &mut sim.platform()).unwrap();
+    agent.boot(0, &mut sim.platform());
     accept(&mut agent, sim, 100);
     drain(&mut agent, 100, &mut sent);
     (agent, sent)

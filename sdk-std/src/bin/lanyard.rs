@@ -288,6 +288,7 @@ fn make_device(
         probe: Box::new(sensors),
         actuators: Box::new(CountingLed::default()),
         commands: Box::new(NoCommands),
+        desired: Box::new(lanyard_core::agent::platform::MirrorDesired),
     };
     let transport = MqttTransport::connect(mqtt(&id)?);
     Ok(DeviceDriver::new(agent, transport, platform, clock))

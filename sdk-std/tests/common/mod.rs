@@ -180,6 +180,7 @@ pub fn spawn_device_with(
         probe: Box::new(SimulatedSensors::new(clock.now_ms(), 600_000, 0)),
         actuators: Box::new(CountingLed::default()),
         commands,
+        desired: Box::new(lanyard_core::agent::platform::MirrorDesired),
     };
     let (ev_tx, ev_rx) = tokio::sync::mpsc::unbounded_channel();
     let mut d = DeviceDriver::new(

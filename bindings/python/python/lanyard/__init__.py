@@ -135,14 +135,17 @@ class App:
 
     def next_event(self, timeout=1.0):
         """The next event, or ``None`` after ``timeout`` seconds:
-        ``{"type": "delta" | "reported", "device", "state"}`` or
+        ``{"type": "delta", "device", "state"}``,
+        ``{"type": "reported", "device", "state", "rejected"}`` (``rejected``
+        maps each desired property the device refuses, dotted, to the
+        reason's name, such as ``"out_of_range"``) or
         ``{"type": "ack", "device", "command_id", "status"}``."""
         event = self._app.next_event(float(timeout))
         if event is None:
             return None
         kind, device, text = event
         body = json.loads(text)
-        if kind == "ack":
+        if kind in ("ack", "reported"):
             return {"type": kind, "device": device, **body}
         return {"type": kind, "device": device, "state": body}
 
