@@ -76,8 +76,9 @@ step "Python bindings: pip install ./bindings/python (maturin builds the extensi
 (cd bindings/python && cargo fmt -- --check && cargo clippy -- -D warnings)
 python3 -m pip install -q --root-user-action=ignore ./bindings/python
 # The app client's tests run a `lanyard twin` and a `lanyard device`.
-cargo build -p lanyard-std --bin lanyard
-(cd bindings/python && LANYARD_BIN="$PWD/../../target/debug/lanyard" python3 -m unittest discover -s tests -v)
+cargo build -p lanyard-std --bin lanyard --example valve
+(cd bindings/python && LANYARD_BIN="$PWD/../../target/debug/lanyard" \
+    LANYARD_VALVE_BIN="$PWD/../../target/debug/examples/valve" python3 -m unittest discover -s tests -v)
 
 step "Kotlin bindings: uniffi generates the sources, Maven compiles them and runs their tests (against mosquitto, lanyard twin and lanyard device)"
 bash scripts/test-kotlin.sh

@@ -320,7 +320,8 @@ impl App {
 
     /// The device's shadow as JSON text: `version`, `desired`, `reported`
     /// (objects as in `set_desired`; bytes as base64 text, the AWS JSON
-    /// mapping) and `in_sync`.
+    /// mapping), `in_sync` and `rejected` (each desired property the
+    /// device refuses, dotted, to the reason's name).
     fn get_shadow(&self, py: Python<'_>, device: String, timeout: f64) -> PyResult<String> {
         let timeout = seconds(timeout)?;
         let client = self.client.clone();
@@ -329,11 +330,17 @@ impl App {
             let client = client.as_mut().ok_or_else(closed)?;
             client.get_shadow(&device, timeout).await.map_err(app_error)
         })?;
+        let rejected: serde_json::Map<String, serde_json::Value> =
+            lanyard_std::app::Rejection::all_of(shadow.rejected())
+                .into_iter()
+                .map(|r| (r.path, json!(r.reason.name())))
+                .collect();
         Ok(json!({
             "version": shadow.version(),
             "desired": tree_to_json(shadow.desired()),
             "reported": tree_to_json(shadow.reported()),
             "in_sync": shadow.in_sync(),
+            "rejected": rejected,
         })
         .to_string())
     }

@@ -157,6 +157,66 @@ class BridgeToMosquitto(unittest.TestCase):
             lanyard.Bridge("mqtt://127.0.0.1:1883", tenant="Not/Valid")
 
 
+class ValveDrivenFromPython(unittest.TestCase):
+    """The smart valve example (``sdk-std/examples/valve.rs``, built by
+    scripts/test-all.sh; ``LANYARD_VALVE_BIN``) with a ``lanyard twin``,
+    driven by ``lanyard.App``: the position it reaches is reported, one past
+    its limit is refused and the app sees why."""
+
+    VALVE = "ly-020000000a01"
+
+    def setUp(self):
+        binary, valve = os.environ.get("LANYARD_BIN"), os.environ.get("LANYARD_VALVE_BIN")
+        if not binary or not valve:
+            raise RuntimeError("set LANYARD_BIN and LANYARD_VALVE_BIN (scripts/test-all.sh does)")
+        self.dir = tempfile.TemporaryDirectory()
+        broker, port = start_mosquitto(self.dir.name)
+        self.procs = [broker]
+        self.broker = f"mqtt://127.0.0.1:{port}"
+        self.log = open(os.path.join(self.dir.name, "procs.log"), "w")
+        self.procs.append(subprocess.Popen(
+            [binary, "twin", "--broker", self.broker, "--state-dir", os.path.join(self.dir.name, "twin")],
+            stdout=self.log, stderr=subprocess.STDOUT))
+        self.procs.append(subprocess.Popen(
+            [valve, self.broker, os.path.join(self.dir.name, "valve")],
+            stdout=self.log, stderr=subprocess.STDOUT))
+        self.app = lanyard.App(self.broker, client_id="python-valve-app")
+
+    def tearDown(self):
+        self.app.close()
+        for p in reversed(self.procs):
+            p.terminate()
+            p.wait()
+        self.log.close()
+        self.dir.cleanup()
+
+    def test_a_reachable_position_is_reported_and_one_past_the_limit_refused(self):
+        eventually(lambda: self.app.get_shadow(self.VALVE, timeout=2)["version"] >= 0,
+                   "the valve registered")
+        self.app.set_desired(self.VALVE, {"position": 40})
+        eventually(lambda: self.app.get_shadow(self.VALVE, timeout=2)["reported"].get("position") == 40,
+                   "the valve reached 40")
+        self.app.set_desired(self.VALVE, {"position": 95})
+        refusal = None
+        deadline = time.time() + 20
+        while refusal is None and time.time() < deadline:
+            e = self.app.next_event(timeout=1)
+            if e and e["type"] == "reported" and e["device"] == self.VALVE and e["rejected"]:
+                refusal = e
+        self.assertIsNotNone(refusal, "no refusal reported")
+        self.assertEqual(refusal["rejected"], {"position": "out_of_range"})
+        self.assertEqual(refusal["state"]["position"], 40)
+        shadow = self.app.get_shadow(self.VALVE)
+        self.assertEqual(shadow["rejected"], {"position": "out_of_range"})
+        self.assertEqual(shadow["reported"]["position"], 40)
+        self.assertFalse(shadow["in_sync"])
+        # No loop over it: the version barely moves while the twin keeps
+        # desired at 95 and the valve keeps refusing.
+        before = shadow["version"]
+        time.sleep(2)
+        self.assertLessEqual(self.app.get_shadow(self.VALVE)["version"], before + 3)
+
+
 class AppOfATwinHost(unittest.TestCase):
     """``lanyard.App`` against a mosquitto, a ``lanyard twin`` host and a
     ``lanyard device`` (a simulated std device), each its own process."""

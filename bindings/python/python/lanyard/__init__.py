@@ -118,7 +118,8 @@ class App:
 
     def get_shadow(self, device, timeout=5.0):
         """The device's shadow: ``{"version", "desired", "reported",
-        "in_sync"}``."""
+        "in_sync", "rejected"}`` (``rejected``: each desired property the
+        device refuses, dotted, to the reason's name)."""
         return json.loads(self._app.get_shadow(device, float(timeout)))
 
     def command(self, device, name, args=None, timeout=10.0):
