@@ -5,7 +5,7 @@
 
 mod common;
 
-use common::{Led, Probe, new_agent};
+use common::{Commands, Probe, new_agent};
 use lanyard_core::agent::AgentEvent;
 use lanyard_core::agent::config::DeviceConfig;
 use lanyard_core::agent::lifecycle::TRANSITIONS;
@@ -38,18 +38,29 @@ fuzz_target!(|data: &[u8]| {
     };
     // The decoders on their own.
     let _ = RegisterAccepted::decode(rest);
-    let _ = Command::decode(rest).map(|c| c.arg_u64("count"));
+    let _ = Command::decode(rest).map(|c| {
+        let a = c.args();
+        (
+            a.u64("count"),
+            a.i64("n"),
+            a.f64("x"),
+            a.str("s"),
+            a.bool("b"),
+        )
+    });
     let _ = DeviceConfig::default().decode_update(&mut minicbor::Decoder::new(rest));
     let _ = lanyard_core::wire::ShadowDelta::<16, 512>::decode(rest);
     let _ = Ack::decode(rest);
     let _ = ConfigAck::decode(rest);
+    let _ = Telemetry::<16, 512>::decode(rest);
 
     // The agent, registered, fed the message.
-    let (mut storage, mut probe, mut led, mut cmds) = (Mem::default(), Probe, Led, NoCommands);
+    let (mut storage, mut probe, mut telemetry, mut cmds) =
+        (Mem::default(), Probe, Probe, Commands);
     let mut p = Platform {
         storage: &mut storage,
         probe: &mut probe,
-        actuators: &mut led,
+        telemetry: &mut telemetry,
         commands: &mut cmds,
         desired: &mut lanyard_core::agent::platform::MirrorDesired,
     };

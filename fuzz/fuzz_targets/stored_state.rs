@@ -7,7 +7,7 @@
 
 mod common;
 
-use common::{Led, Probe, new_agent};
+use common::{Commands, Probe, new_agent};
 use lanyard_core::agent::lifecycle::LifecycleState;
 use lanyard_core::agent::platform::*;
 use lanyard_nostd::flash::{FlashStore, RamFlash};
@@ -19,11 +19,11 @@ const SECTOR: u32 = 1024;
 
 /// Boots an agent on `store`; returns its state and boot count.
 fn boot(store: &mut FlashStore<Flash>) -> (LifecycleState, u64) {
-    let (mut probe, mut led, mut commands) = (Probe, Led, NoCommands);
+    let (mut probe, mut telemetry, mut commands) = (Probe, Probe, Commands);
     let mut platform = Platform {
         storage: store,
         probe: &mut probe,
-        actuators: &mut led,
+        telemetry: &mut telemetry,
         commands: &mut commands,
         desired: &mut lanyard_core::agent::platform::MirrorDesired,
     };

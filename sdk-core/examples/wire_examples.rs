@@ -98,6 +98,7 @@ fn main() -> Result<(), lanyard_core::Error> {
         boot_count: 1,
         time_ms: t,
         resumed: false,
+        capacity: None,
     }
     .encode(&mut buf)?;
     print("register", n, &buf);
@@ -109,6 +110,7 @@ fn main() -> Result<(), lanyard_core::Error> {
         boot_count: 2,
         time_ms: 600_000,
         resumed: true,
+        capacity: None,
     }
     .encode(&mut buf)?;
     print("register-resumed", n, &buf);
@@ -146,12 +148,13 @@ fn main() -> Result<(), lanyard_core::Error> {
     }
     .encode(&mut buf)?;
     print("heartbeat", n, &buf);
+    let mut readings: StateTree<8, 256> = StateTree::new();
+    readings.insert(&p("flow_lpm"), Value::Float(12.5))?;
+    readings.insert(&p("valve.position"), Value::Int(40))?;
     let n = Telemetry {
         seq: 1,
         time_ms: t + 30_500,
-        temperature_c: 21.5,
-        humidity_pct: 45.0,
-        battery_pct: 90,
+        readings,
     }
     .encode(&mut buf)?;
     print("telemetry", n, &buf);

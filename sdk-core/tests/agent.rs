@@ -265,9 +265,10 @@ mod configuration {
     use lanyard_core::shadow::{ConflictPolicy, PathBuf, Shadow};
 
     #[test]
-    fn telemetry_before_the_first_health_check_carries_the_battery_read_now() {
+    fn telemetry_carries_what_the_application_read_when_it_is_due() {
         // A fleet may set telemetry faster than health checks; the first
-        // telemetry then precedes every check and must not say 0 %.
+        // telemetry then precedes every check, and the application's
+        // readings are of the time it is sent.
         let mut sim = Sim::new(1_000);
         let (mut agent, _) = registered(&mut sim);
         let fast = DeviceConfig {
@@ -293,7 +294,12 @@ mod configuration {
             .find(|s| s.kind == MessageKind::Telemetry)
             .unwrap();
         let expected = 100 - (now / 1_000) as u8;
-        assert_eq!(Telemetry::decode(&t.bytes).unwrap().battery_pct, expected);
+        let t: Telemetry = Telemetry::decode(&t.bytes).unwrap();
+        assert_eq!(
+            t.readings.get_dotted("battery_pct").unwrap().value,
+            lanyard_core::shadow::Value::Int(i64::from(expected))
+        );
+        assert_eq!(t.time_ms, now, "on the cloud's clock, here the device's");
     }
 
     /// Sends a configuration; returns the ack's outcome, field, current version.
@@ -448,7 +454,7 @@ mod commands {
     }
 
     #[test]
-    fn a_second_blink_while_one_runs_is_busy() {
+    fn a_long_command_is_in_progress_until_the_application_completes_it() {
         let mut sim = Sim::new(1_000_000);
         let (mut agent, _) = registered(&mut sim);
         let first = send_cmd(
@@ -486,7 +492,64 @@ mod commands {
             ),
             vec![(AckStatus::InProgress, None)]
         );
-        assert_eq!(sim.led.blinks.len(), 1);
+        assert_eq!(sim.commands.blinks.len(), 1);
+        assert_eq!(agent.running_command(), Some("b1"));
+        // The board finishes it: the final acknowledgement, and it is
+        // remembered like any other.
+        agent
+            .complete_command(11_000, Ok(&[0xf5]), &mut sim.platform())
+            .unwrap();
+        let mut sent = Vec::new();
+        drain(&mut agent, 11_000, &mut sent);
+        let a = Ack::decode(&sent[0].bytes).unwrap();
+        assert_eq!(
+            (a.command_id, a.status, a.result),
+            ("b1", AckStatus::Succeeded, Some(&[0xf5][..]))
+        );
+        assert_eq!(
+            agent.complete_command(11_000, Ok(&[]), &mut sim.platform()),
+            Err(lanyard_core::agent::NothingRunning)
+        );
+        assert_eq!(
+            send_cmd(
+                &mut agent,
+                &mut sim,
+                12_000,
+                "b1",
+                "blink_led",
+                &blink_args(10, 1_000)
+            ),
+            vec![(AckStatus::Succeeded, None)]
+        );
+        // A long command that fails is acknowledged Failed with its reason.
+        send_cmd(
+            &mut agent,
+            &mut sim,
+            13_000,
+            "b3",
+            "blink_led",
+            &blink_args(2, 100),
+        );
+        agent
+            .complete_command(
+                13_200,
+                Err(lanyard_core::agent::platform::CommandFailure::Failed(
+                    "LED driver fault",
+                )),
+                &mut sim.platform(),
+            )
+            .unwrap();
+        let mut sent = Vec::new();
+        drain(&mut agent, 13_200, &mut sent);
+        let a = Ack::decode(&sent[0].bytes).unwrap();
+        assert_eq!(
+            (a.status, a.reason, a.detail),
+            (
+                AckStatus::Failed,
+                Some(AckReason::ExecutionFailed),
+                Some("LED driver fault")
+            )
+        );
     }
 
     #[test]

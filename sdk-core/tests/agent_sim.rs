@@ -136,10 +136,16 @@ fn run() -> (Vec<Sent>, SimAgent, Sim) {
         answered = sent.len();
         script.sort_by_key(|(t, _)| *t);
         let next_script = script.first().map(|(t, _)| *t);
-        let next = match (agent.poll_timeout(), next_script) {
-            (Some(a), Some(b)) => a.min(b),
-            (a, b) => a.or(b).unwrap(),
-        };
+        // The board finishes a blink when its time is up.
+        let next = [
+            agent.poll_timeout(),
+            next_script,
+            sim.commands.blink_ends_ms,
+        ]
+        .into_iter()
+        .flatten()
+        .min()
+        .unwrap();
         if next > END {
             break;
         }
@@ -150,6 +156,7 @@ fn run() -> (Vec<Sent>, SimAgent, Sim) {
                 .unwrap();
         }
         agent.handle_timeout(next, &mut sim.platform());
+        finish_blink(&mut agent, &mut sim, next);
         drain(&mut agent, next, &mut sent);
     }
     (sent, agent, sim)
@@ -249,7 +256,7 @@ fn telemetry_every_thirty_seconds_paused_in_maintenance_and_three_times_slower_w
     expected.extend([330_500, 420_500, 510_500]);
     assert_eq!(times(&sent, MessageKind::Telemetry), expected);
     assert_eq!(expected.len(), 11);
-    let last = Telemetry::decode(
+    let last: Telemetry = Telemetry::decode(
         &sent
             .iter()
             .rev()
@@ -258,7 +265,8 @@ fn telemetry_every_thirty_seconds_paused_in_maintenance_and_three_times_slower_w
             .bytes,
     )
     .unwrap();
-    assert_eq!((last.seq, last.battery_pct), (11, 0));
+    let battery = last.readings.get_dotted("battery_pct").unwrap().value;
+    assert_eq!((last.seq, battery), (11, Value::Int(0)));
 }
 
 #[test]
@@ -290,7 +298,7 @@ fn shadow_syncs_every_fifteen_seconds_and_at_once_on_change() {
     assert_eq!(agent.reported().len(), 2);
 }
 
-// The script runs the built-in diagnostics and read_sensor commands.
+// The script runs the built-in diagnostics command.
 #[cfg(feature = "diagnostic-commands")]
 #[test]
 fn commands_are_acknowledged_and_never_run_twice() {
@@ -331,7 +339,7 @@ fn commands_are_acknowledged_and_never_run_twice() {
     assert_eq!(acks, expected);
     assert_eq!(agent.stats().commands_executed, 8);
     assert_eq!(agent.stats().duplicate_commands, 1);
-    assert_eq!(sim.led.blinks, vec![(3, 500), (3, 500)]);
+    assert_eq!(sim.commands.blinks, vec![(3, 500), (3, 500)]);
     // The diagnostics result is a health report.
     let diag = sent
         .iter()
@@ -387,7 +395,7 @@ fn configuration_changes_are_versioned_and_validated() {
     );
 }
 
-// The script runs the built-in diagnostics and read_sensor commands.
+// The script runs the built-in diagnostics command.
 #[cfg(feature = "diagnostic-commands")]
 #[test]
 fn the_whole_run_in_counts() {

@@ -165,8 +165,9 @@ fn every_example_decodes_and_re_encodes_identically() {
                 m.encode(&mut buf).unwrap()
             }
             "telemetry" => {
-                let m = Telemetry::decode(bytes).unwrap();
-                assert_eq!((m.temperature_c, m.battery_pct), (21.5, 90));
+                let m: Telemetry<8, 256> = Telemetry::decode(bytes).unwrap();
+                let flow = m.readings.get_dotted("flow_lpm").unwrap().value;
+                assert_eq!((m.seq, flow), (1, lanyard_core::shadow::Value::Float(12.5)));
                 m.encode(&mut buf).unwrap()
             }
             "health-report" => {
@@ -177,7 +178,7 @@ fn every_example_decodes_and_re_encodes_identically() {
             "command" => {
                 let m = Command::decode(bytes).unwrap();
                 assert_eq!(
-                    (m.name, m.arg_u64("count").unwrap()),
+                    (m.name, m.args().u64("count").unwrap()),
                     ("blink_led", Some(3))
                 );
                 m.encode(&mut buf).unwrap()

@@ -12,23 +12,23 @@
 //! use lanyard_nostd::driver::{Driver, Step};
 //! # use lanyard_nostd::core::agent::{Agent, Identity, config::DeviceConfig, health::SlowTelemetryOnLowBattery};
 //! # use lanyard_nostd::core::agent::platform::*;
-//! # use lanyard_nostd::core::agent::health::HealthMetrics;
 //! # struct Port;
 //! # impl embedded_io::ErrorType for Port { type Error = core::convert::Infallible; }
 //! # impl embedded_io::Read for Port { fn read(&mut self, _: &mut [u8]) -> Result<usize, Self::Error> { Ok(0) } }
 //! # impl embedded_io::ReadReady for Port { fn read_ready(&mut self) -> Result<bool, Self::Error> { Ok(false) } }
 //! # impl embedded_io::Write for Port { fn write(&mut self, b: &[u8]) -> Result<usize, Self::Error> { Ok(b.len()) } fn flush(&mut self) -> Result<(), Self::Error> { Ok(()) } }
-//! # struct Nothing;
-//! # impl HealthProbe for Nothing { fn metrics(&mut self, _: u64) -> HealthMetrics { HealthMetrics::default() } fn read_sensors(&mut self, _: u64) -> Option<SensorReading> { None } }
-//! # impl Actuators for Nothing { fn blink(&mut self, _: u32, _: u32) {} }
-//! # let (mut storage, mut probe, mut leds) = (NoStorage, Nothing, Nothing);
 //! let identity = Identity { mac: [2, 0, 0, 0, 0, 1], device_id: None, firmware: "1.0.0" };
 //! let agent: Agent<SlowTelemetryOnLowBattery, 8, 256> =
 //!     Agent::new(identity, DeviceConfig::default(), SlowTelemetryOnLowBattery);
 //! // 8 messages of 256 bytes queued; 512-byte receive and transmit buffers.
 //! let mut driver: Driver<Port, _, 8, 256, 512, 512> = Driver::new(agent, Port);
+//! // A mains-powered device with no telemetry or commands of its own,
+//! // whose reported state mirrors desired state.
 //! let mut platform = Platform {
-//!     storage: &mut storage, probe: &mut probe, actuators: &mut leds, commands: &mut NoCommands,
+//!     storage: &mut NoStorage,
+//!     probe: &mut MainsPowered,
+//!     telemetry: &mut NoTelemetry,
+//!     commands: &mut NoCommands,
 //!     desired: &mut MirrorDesired,
 //! };
 //! driver.boot(0, &mut platform).unwrap();

@@ -1,13 +1,26 @@
-//! Adapters from embedded-hal 1.0 to the agent's platform traits: an LED on
-//! an `OutputPin` for the blink command, the Sensirion SHT3x
+//! Adapters from embedded-hal 1.0 for an example board, and to the agent's
+//! platform traits: an LED on an `OutputPin`, the Sensirion SHT3x
 //! temperature/humidity sensor on `I2c`, a battery gauge from an ADC
-//! reading, and a [`BoardProbe`] that turns them into health metrics.
+//! reading, and a [`BoardProbe`] that turns them into health metrics and
+//! telemetry. A board with other parts writes its own in the same way.
 
 use embedded_hal::delay::DelayNs;
 use embedded_hal::digital::OutputPin;
 use embedded_hal::i2c::I2c;
 use lanyard_core::agent::health::HealthMetrics;
-use lanyard_core::agent::platform::{Actuators, HealthProbe, SensorReading};
+use lanyard_core::agent::platform::{
+    Args, CommandFailure, CommandHandler, Completion, HealthProbe, Readings, TelemetrySource,
+};
+use lanyard_core::shadow::{PathBuf, Value};
+
+/// A temperature and humidity reading.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct SensorReading {
+    /// Temperature, °C.
+    pub temperature_c: f32,
+    /// Relative humidity, percent.
+    pub humidity_pct: f32,
+}
 
 /// An LED on a GPIO pin; blinks block for `count * period_ms`.
 pub struct Led<P, D> {
@@ -22,14 +35,70 @@ impl<P: OutputPin, D: DelayNs> Led<P, D> {
     }
 }
 
-impl<P: OutputPin, D: DelayNs> Actuators for Led<P, D> {
-    fn blink(&mut self, count: u32, period_ms: u32) {
+impl<P: OutputPin, D: DelayNs> Led<P, D> {
+    /// Blinks `count` times, `period_ms` per blink (on for half of it).
+    pub fn blink(&mut self, count: u32, period_ms: u32) {
         // A pin error leaves the LED as it is: blinking is best effort.
         for _ in 0..count {
             let _ = self.pin.set_high();
             self.delay.delay_ms(period_ms / 2);
             let _ = self.pin.set_low();
             self.delay.delay_ms(period_ms - period_ms / 2);
+        }
+    }
+}
+
+/// The example board's commands: `blink_led {count: 1..=100, period_ms:
+/// 50..=5000 (500)}` through `blink`, and `read_sensor` (result
+/// `{"temperature_c", "humidity_pct"}`) through `read`. Both finish before
+/// they return. Other names are not the board's.
+pub struct BoardCommands<B, R> {
+    /// Blinks the LED `count` times, `period_ms` each.
+    pub blink: B,
+    /// Reads the sensor at `now_ms`; `None` when the read failed.
+    pub read: R,
+}
+
+/// The arguments of `blink_led`: `(count, period_ms)`.
+pub fn blink_args(args: Args<'_>) -> Result<(u32, u32), CommandFailure> {
+    let count = args.u64("count")?.ok_or(CommandFailure::BadArguments)?;
+    let period = args.u64("period_ms")?.unwrap_or(500);
+    if !(1..=100).contains(&count) || !(50..=5_000).contains(&period) {
+        return Err(CommandFailure::BadArguments);
+    }
+    Ok((count as u32, period as u32))
+}
+
+impl<B: FnMut(u32, u32), R: FnMut(u64) -> Option<SensorReading>> CommandHandler
+    for BoardCommands<B, R>
+{
+    fn execute(
+        &mut self,
+        now_ms: u64,
+        name: &str,
+        args: Args<'_>,
+        result: &mut [u8],
+    ) -> Option<Result<Completion, CommandFailure>> {
+        match name {
+            "blink_led" => Some(blink_args(args).map(|(count, period)| {
+                (self.blink)(count, period);
+                Completion::Done(0)
+            })),
+            "read_sensor" => Some(match (self.read)(now_ms) {
+                // 31 bytes: always fits an acknowledgement's result.
+                Some(r) => lanyard_core::wire::encode_into(result, |e| {
+                    e.map(2)?
+                        .str("temperature_c")?
+                        .f32(r.temperature_c)?
+                        .str("humidity_pct")?
+                        .f32(r.humidity_pct)?;
+                    Ok(())
+                })
+                .map(Completion::Done)
+                .map_err(|_| CommandFailure::Failed("result too large")),
+                None => Err(CommandFailure::Failed("sensor read failed")),
+            }),
+            _ => None,
         }
     }
 }
@@ -145,9 +214,11 @@ impl BatteryCurve {
     }
 }
 
-/// The board's [`HealthProbe`]: battery from a gauge, sensors from a
-/// closure (an [`Sht3x`] or a model), failure counts and data age kept
-/// here. Link quality and free buffer come from the driver.
+/// The board's [`HealthProbe`] and [`TelemetrySource`]: battery from a
+/// gauge, sensors from a closure (an [`Sht3x`] or a model), failure counts
+/// and data age kept here; telemetry is `temperature_c`, `humidity_pct`
+/// and `battery_pct`. Link quality comes from the driver; the agent adds
+/// its outbox's free space to `free_buffer_pct`.
 pub struct BoardProbe<B, S> {
     battery: B,
     curve: BatteryCurve,
@@ -156,7 +227,7 @@ pub struct BoardProbe<B, S> {
     last_good_ms: Option<u64>,
     /// Link quality the driver last measured, percent.
     pub link_quality_pct: u8,
-    /// Free outbox space, percent (`Agent::outbox_free_pct`).
+    /// Free space of the platform's own buffers, percent.
     pub free_buffer_pct: u8,
     boot_ms: u64,
 }
@@ -192,8 +263,33 @@ impl<B: BatteryVoltage, S: FnMut() -> Option<SensorReading>> HealthProbe for Boa
             uptime_ms: now_ms.saturating_sub(self.boot_ms),
         }
     }
+}
 
-    fn read_sensors(&mut self, now_ms: u64) -> Option<SensorReading> {
+impl<B: BatteryVoltage, S: FnMut() -> Option<SensorReading>> TelemetrySource for BoardProbe<B, S> {
+    fn read(&mut self, now_ms: u64, readings: &mut Readings) -> bool {
+        let Some(r) = self.read_sensors(now_ms) else {
+            return false;
+        };
+        let battery = self.metrics(now_ms).battery_pct;
+        board_readings(readings, r, battery)
+    }
+}
+
+/// The example board's telemetry: `temperature_c`, `humidity_pct`,
+/// `battery_pct`. Returns whether all three fit.
+pub fn board_readings(readings: &mut Readings, r: SensorReading, battery_pct: u8) -> bool {
+    let mut put = |key: &str, v: Value<'_>| {
+        PathBuf::from_dotted(key).is_ok_and(|p| readings.insert(&p, v).is_ok())
+    };
+    put("temperature_c", Value::Float(f64::from(r.temperature_c)))
+        && put("humidity_pct", Value::Float(f64::from(r.humidity_pct)))
+        && put("battery_pct", Value::Int(i64::from(battery_pct)))
+}
+
+impl<B: BatteryVoltage, S: FnMut() -> Option<SensorReading>> BoardProbe<B, S> {
+    /// Reads the sensor, counting failures and the age of the last good
+    /// reading for health.
+    pub fn read_sensors(&mut self, now_ms: u64) -> Option<SensorReading> {
         match (self.sensor)() {
             Some(r) => {
                 self.failures = 0;

@@ -68,16 +68,30 @@ impl HealthProbe for Board {
             ..HealthMetrics::default()
         }
     }
-    fn read_sensors(&mut self, _: u64) -> Option<SensorReading> {
-        Some(SensorReading {
-            temperature_c: 21.5,
-            humidity_pct: 40.0,
-        })
+}
+impl TelemetrySource for Board {
+    fn read(&mut self, _: u64, readings: &mut Readings) -> bool {
+        let key = lanyard_core::shadow::PathBuf::from_dotted("temperature_c").unwrap();
+        readings
+            .insert(&key, lanyard_core::shadow::Value::Float(21.5))
+            .is_ok()
     }
 }
-impl Actuators for Board {
-    fn blink(&mut self, count: u32, period_ms: u32) {
-        self.blinks.push((count, period_ms));
+/// The board's one command: `blink_led`, finished when it returns.
+impl CommandHandler for Board {
+    fn execute(
+        &mut self,
+        _: u64,
+        name: &str,
+        args: Args<'_>,
+        _: &mut [u8],
+    ) -> Option<Result<Completion, CommandFailure>> {
+        (name == "blink_led").then(|| {
+            let count = args.u64("count")?.ok_or(CommandFailure::BadArguments)?;
+            let period = args.u64("period_ms")?.unwrap_or(500);
+            self.blinks.push((count as u32, period as u32));
+            Ok(Completion::Done(0))
+        })
     }
 }
 
@@ -111,13 +125,11 @@ impl Rig {
     }
 
     fn poll(&mut self, now: u64) -> Option<u64> {
-        let b = &mut self.board;
-        let mut commands = NoCommands;
         let mut platform = Platform {
             storage: &mut NoStorage,
             probe: &mut Board::default(),
-            actuators: b,
-            commands: &mut commands,
+            telemetry: &mut Board::default(),
+            commands: &mut self.board,
             desired: &mut lanyard_core::agent::platform::MirrorDesired,
         };
         let step = self.driver.poll(now, &mut platform).unwrap();
@@ -134,8 +146,8 @@ impl Rig {
         let mut platform = Platform {
             storage: &mut NoStorage,
             probe: &mut Board::default(),
-            actuators: &mut self.board,
-            commands: &mut NoCommands,
+            telemetry: &mut Board::default(),
+            commands: &mut self.board,
             desired: &mut lanyard_core::agent::platform::MirrorDesired,
         };
         self.driver.boot(0, &mut platform).unwrap();
@@ -228,7 +240,7 @@ fn a_device_registers_runs_a_command_and_reports_on_time_over_the_framed_link() 
         .filter(|s| s.1 == MessageKind::Ack)
         .map(|s| Ack::decode(&s.2).unwrap().status)
         .collect();
-    assert_eq!(acks, [AckStatus::Accepted, AckStatus::InProgress]);
+    assert_eq!(acks, [AckStatus::Accepted, AckStatus::Succeeded]);
     let link = rig.driver.link_mut().stats();
     // The noise happens to be valid COBS, so it fails the CRC too.
     assert_eq!((link.malformed, link.crc_errors), (0, 2));

@@ -26,12 +26,20 @@ impl HealthProbe for Board {
             ..HealthMetrics::default()
         }
     }
-    fn read_sensors(&mut self, _: u64) -> Option<SensorReading> {
-        None
-    }
 }
-impl Actuators for Board {
-    fn blink(&mut self, _: u32, _: u32) {}
+
+/// Knows `blink_led`, finished at once.
+struct FlashCommands;
+impl CommandHandler for FlashCommands {
+    fn execute(
+        &mut self,
+        _: u64,
+        name: &str,
+        _: Args<'_>,
+        _: &mut [u8],
+    ) -> Option<Result<Completion, CommandFailure>> {
+        (name == "blink_led").then_some(Ok(Completion::Done(0)))
+    }
 }
 
 /// A device: its agent and the flash it keeps its state in.
@@ -61,11 +69,11 @@ impl Device {
     }
 
     fn with_platform<T>(&mut self, f: impl FnOnce(&mut DeviceAgent, &mut Platform<'_>) -> T) -> T {
-        let (mut board, mut leds, mut commands) = (Board, Board, NoCommands);
+        let (mut board, mut commands) = (Board, FlashCommands);
         let mut p = Platform {
             storage: &mut self.store,
             probe: &mut board,
-            actuators: &mut leds,
+            telemetry: &mut NoTelemetry,
             commands: &mut commands,
             desired: &mut lanyard_core::agent::platform::MirrorDesired,
         };

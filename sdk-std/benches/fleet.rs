@@ -12,14 +12,13 @@ use std::time::{Duration, Instant};
 use lanyard_core::agent::config::DeviceConfig;
 use lanyard_core::agent::health::SlowTelemetryOnLowBattery;
 use lanyard_core::agent::messages::{MessageKind, TOPIC_PREFIX};
-use lanyard_core::agent::platform::NoCommands;
 use lanyard_core::agent::{Agent, Identity, device_id_from_mac};
 use lanyard_core::shadow::{PathBuf, StateTree, Value};
 use lanyard_core::wire::ShadowUpdate;
 use lanyard_std::clock::Clock;
 use lanyard_std::driver::{DeviceDriver, StdPlatform};
 use lanyard_std::mqtt::{MqttConfig, MqttTransport};
-use lanyard_std::sim::{CountingLed, SimulatedSensors};
+use lanyard_std::sim::SimulatedSensors;
 use lanyard_std::store::FileStore;
 use lanyard_std::transport::{Qos, Transport, TransportEvent};
 use lanyard_std::twin::{TwinHost, app_topics, run_twin};
@@ -110,8 +109,11 @@ async fn run(devices: usize, samples: usize) -> Figures {
         let platform = StdPlatform {
             storage: Box::new(FileStore::open(dir.path().join(&id)).unwrap()),
             probe: Box::new(SimulatedSensors::new(clock.now_ms(), 3_600_000, i as u64)),
-            actuators: Box::new(CountingLed::default()),
-            commands: Box::new(NoCommands),
+            telemetry: Box::new(SimulatedSensors::new(clock.now_ms(), 3_600_000, i as u64)),
+            commands: Box::new(lanyard_std::sim::simulated_board(
+                SimulatedSensors::new(clock.now_ms(), 3_600_000, i as u64),
+                Default::default(),
+            )),
             desired: Box::new(lanyard_core::agent::platform::MirrorDesired),
         };
         let mut cfg = MqttConfig::new("127.0.0.1", port, id);

@@ -8,7 +8,10 @@
 //!   range, and the app sees why in the device's report and the shadow
 //!   document; the reported position stays where the valve is;
 //! - other properties are rejected as unknown, a non-integer position as
-//!   the wrong type.
+//!   the wrong type;
+//! - its telemetry is its own: the flow through it (l/min) and where it is;
+//! - `calibrate` takes a while: acknowledged in progress at once, finished
+//!   by the motor task when the sweep is done (`{"travel_pct": ...}`).
 //!
 //! Run it against a broker and a twin host:
 //!
@@ -23,12 +26,16 @@
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use lanyard_core::agent::platform::{Applied, DesiredState, NoCommands, RejectReason};
-use lanyard_core::shadow::{Path, Value};
+use lanyard_core::agent::platform::{
+    Applied, Args, CommandFailure, CommandHandler, Completion, DesiredState, MainsPowered,
+    Readings, RejectReason, TelemetrySource,
+};
+use lanyard_core::shadow::{Path, PathBuf, Value};
 use lanyard_std::clock::Clock;
-use lanyard_std::driver::{DeviceDriver, LocalChange, LocalValue, StdPlatform, std_agent};
+use lanyard_std::driver::{
+    CommandResult, DeviceDriver, LocalChange, LocalValue, StdPlatform, std_agent,
+};
 use lanyard_std::mqtt::{MqttConfig, MqttTransport};
-use lanyard_std::sim::{CountingLed, SimulatedSensors};
 use lanyard_std::store::FileStore;
 use tokio::sync::mpsc;
 
@@ -39,6 +46,59 @@ pub struct Mechanism {
     pub position: i64,
     /// Where it was asked to go and has not reached yet.
     pub target: Option<i64>,
+    /// Ticks of calibration sweep left, while `calibrate` runs.
+    pub calibrating: Option<u32>,
+}
+
+/// The flow at a position: 0.4 l/min per percent open.
+pub fn flow_lpm(position: i64) -> f64 {
+    position as f64 * 0.4
+}
+
+/// The valve's telemetry: flow and position.
+pub struct ValveTelemetry(pub Arc<Mutex<Mechanism>>);
+
+impl TelemetrySource for ValveTelemetry {
+    fn read(&mut self, _now_ms: u64, readings: &mut Readings) -> bool {
+        let position = self.0.lock().unwrap_or_else(|e| e.into_inner()).position;
+        let (Ok(flow), Ok(pos)) = (
+            PathBuf::from_dotted("flow_lpm"),
+            PathBuf::from_dotted("position"),
+        ) else {
+            return false;
+        };
+        readings
+            .insert(&flow, Value::Float(flow_lpm(position)))
+            .is_ok()
+            && readings.insert(&pos, Value::Int(position)).is_ok()
+    }
+}
+
+/// The valve's commands: `calibrate {sweeps: 1..=5 (1)}`, which runs for
+/// a few motor ticks and is finished by the motor task.
+pub struct ValveCommands(pub Arc<Mutex<Mechanism>>);
+
+impl CommandHandler for ValveCommands {
+    fn execute(
+        &mut self,
+        _now_ms: u64,
+        name: &str,
+        args: Args<'_>,
+        _result: &mut [u8],
+    ) -> Option<Result<Completion, CommandFailure>> {
+        if name != "calibrate" {
+            return None;
+        }
+        Some((|| {
+            let sweeps = args.u64("sweeps")?.unwrap_or(1);
+            if !(1..=5).contains(&sweeps) {
+                return Err(CommandFailure::BadArguments);
+            }
+            let mut m = self.0.lock().unwrap_or_else(|e| e.into_inner());
+            m.calibrating = Some(sweeps as u32 * 5);
+            Ok(Completion::Later)
+        })())
+    }
 }
 
 /// The valve's answer to desired state.
@@ -72,18 +132,20 @@ impl DesiredState for ValveDesired {
 }
 
 /// Moves the valve `step` percent every `tick` towards its target and
-/// reports each position through `report`, until `report` is closed.
+/// reports each position through `report`; counts a calibration down and
+/// reports its result through `finished`. Ends when the driver is gone.
 pub async fn run_motor(
     mechanism: Arc<Mutex<Mechanism>>,
     step: i64,
     tick: Duration,
     report: mpsc::UnboundedSender<LocalChange>,
+    finished: mpsc::UnboundedSender<CommandResult>,
 ) {
     loop {
         tokio::time::sleep(tick).await;
-        let moved = {
+        let (moved, calibrated) = {
             let mut m = mechanism.lock().unwrap_or_else(|e| e.into_inner());
-            match m.target {
+            let moved = match m.target {
                 Some(t) if t != m.position => {
                     m.position += (t - m.position).clamp(-step, step);
                     if m.position == t {
@@ -92,13 +154,33 @@ pub async fn run_motor(
                     Some(m.position)
                 }
                 _ => None,
-            }
+            };
+            let calibrated = match m.calibrating {
+                Some(0) => {
+                    m.calibrating = None;
+                    true
+                }
+                Some(n) => {
+                    m.calibrating = Some(n - 1);
+                    false
+                }
+                None => false,
+            };
+            (moved, calibrated)
         };
         if let Some(p) = moved {
             if report
                 .send(("position".to_owned(), LocalValue::Int(p)))
                 .is_err()
             {
+                return;
+            }
+        }
+        if calibrated {
+            // {"travel_pct": 100}
+            let mut result = lanyard_core::minicbor::Encoder::new(Vec::new());
+            let _ = result.map(1).and_then(|e| e.str("travel_pct")?.u8(100));
+            if finished.send(Ok(result.into_writer())).is_err() {
                 return;
             }
         }
@@ -118,20 +200,23 @@ pub fn valve(
     let mechanism = Arc::new(Mutex::new(Mechanism::default()));
     let platform = StdPlatform {
         storage: Box::new(FileStore::open(state_dir)?),
-        probe: Box::new(SimulatedSensors::new(clock.now_ms(), 3_600_000, 0)),
-        actuators: Box::new(CountingLed::default()),
-        commands: Box::new(NoCommands),
+        // On mains: healthy unless the agent's own queue fills.
+        probe: Box::new(MainsPowered),
+        telemetry: Box::new(ValveTelemetry(mechanism.clone())),
+        commands: Box::new(ValveCommands(mechanism.clone())),
         desired: Box::new(ValveDesired {
             limit,
             mechanism: mechanism.clone(),
         }),
     };
     let (tx, rx) = mpsc::unbounded_channel();
+    let (done_tx, done_rx) = mpsc::unbounded_channel();
     tokio::spawn(run_motor(
         mechanism.clone(),
         10,
         Duration::from_millis(100),
         tx,
+        done_tx,
     ));
     let driver = DeviceDriver::new(
         std_agent(mac, "valve-1.0"),
@@ -139,7 +224,8 @@ pub fn valve(
         platform,
         clock,
     )
-    .with_local_changes(rx);
+    .with_local_changes(rx)
+    .with_command_results(done_rx);
     Ok((driver, mechanism))
 }
 

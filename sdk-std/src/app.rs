@@ -6,14 +6,14 @@ use std::collections::VecDeque;
 use std::time::Duration;
 
 use lanyard_core::agent::messages::{
-    Ack, AckReason, AckStatus, Command, Encodable, MessageKind, TOPIC_PREFIX, topic,
+    Ack, AckReason, AckStatus, Command, Encodable, MessageKind, TOPIC_PREFIX, Telemetry, topic,
 };
 use lanyard_core::agent::platform::RejectReason;
 use lanyard_core::shadow::{ConflictPolicy, Path, StateTree};
 use lanyard_core::wire::{ShadowDelta, ShadowUpdate, reason_code};
 
 use crate::transport::{Qos, Transport, TransportError, TransportEvent};
-use crate::twin::{TWIN_LEAVES, TWIN_POOL, TwinShadow, app_topics};
+use crate::twin::{DesiredAnswer, TWIN_LEAVES, TWIN_POOL, TwinShadow, app_topics};
 
 /// Why an app request failed.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -66,6 +66,17 @@ pub enum AppEvent {
         /// The desired properties it refuses, and why (empty when it
         /// refuses none).
         rejected: Vec<Rejection>,
+    },
+    /// A device's telemetry.
+    Telemetry {
+        /// The device.
+        device: String,
+        /// Its sequence number.
+        seq: u64,
+        /// When it was read (ms since the epoch).
+        time_ms: u64,
+        /// The readings.
+        readings: Box<StateTree<TWIN_LEAVES, TWIN_POOL>>,
     },
     /// A command acknowledgement.
     Ack {
@@ -139,8 +150,10 @@ impl<T: Transport> AppClient<T> {
             MessageKind::Ack.topic_suffix(),
             MessageKind::ShadowDelta.topic_suffix(),
             MessageKind::ShadowUpdate.topic_suffix(),
+            MessageKind::Telemetry.topic_suffix(),
             app_topics::DOCUMENT,
             app_topics::REJECTED,
+            app_topics::ANSWER,
         ] {
             transport
                 .subscribe(&format!("{TOPIC_PREFIX}{levels}/{suffix}"))
@@ -154,16 +167,39 @@ impl<T: Transport> AppClient<T> {
         })
     }
 
-    /// Asks for `desired` on `device` (null leaves delete). The host
-    /// answers the device with a delta.
+    /// Asks for `desired` on `device` (null leaves delete) and waits up to
+    /// ten seconds for the host's answer; see
+    /// [`AppClient::set_desired_within`].
     pub async fn set_desired<const L: usize, const P: usize>(
         &mut self,
         device: &str,
         desired: &StateTree<L, P>,
         now_ms: u64,
-    ) -> Result<(), AppError> {
+    ) -> Result<u64, AppError> {
+        self.set_desired_within(device, desired, now_ms, Duration::from_secs(10))
+            .await
+    }
+
+    /// Asks for `desired` on `device` (null leaves delete) and waits up to
+    /// `timeout` for the host to apply it: the document's new version, or
+    /// [`AppError::Rejected`] with the host's reason (more state than the
+    /// device said it holds, bad input). The host then sends the device
+    /// its delta.
+    pub async fn set_desired_within<const L: usize, const P: usize>(
+        &mut self,
+        device: &str,
+        desired: &StateTree<L, P>,
+        now_ms: u64,
+        timeout: Duration,
+    ) -> Result<u64, AppError> {
+        self.next_id += 1;
+        let token = format!("app-{now_ms}-{}", self.next_id);
         let mut up: Box<ShadowUpdate<L, P>> = Box::new(ShadowUpdate::new(now_ms));
         up.desired = Some(desired.clone());
+        up.client_token = Some(
+            heapless::String::try_from(token.as_str())
+                .map_err(|_| AppError::Codec("client token too long".into()))?,
+        );
         let mut buf = vec![0u8; 64 * 1024];
         let n = up
             .encode(&mut buf)
@@ -172,7 +208,17 @@ impl<T: Transport> AppClient<T> {
         self.transport
             .publish(&t, &buf[..n], Qos::AtLeastOnce)
             .await?;
-        Ok(())
+        let answers = format!("{TOPIC_PREFIX}{device}/{}", app_topics::ANSWER);
+        let deadline = tokio::time::Instant::now() + timeout;
+        loop {
+            let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+            let (_, payload) = self.wait_for(left, |t| t == answers).await?;
+            // Other apps' answers for the same device pass by.
+            match DesiredAnswer::decode(&payload) {
+                Some(a) if a.token == token => return a.outcome.map_err(AppError::Rejected),
+                _ => continue,
+            }
+        }
     }
 
     /// The device's whole shadow.
@@ -250,7 +296,7 @@ impl<T: Transport> AppClient<T> {
         Ok(())
     }
 
-    /// The next delta, report or acknowledgement.
+    /// The next delta, report, telemetry or acknowledgement.
     pub async fn next_event(&mut self) -> Result<AppEvent, AppError> {
         loop {
             let (t, payload) = match self.backlog.pop_front() {
@@ -295,6 +341,16 @@ impl<T: Transport> AppClient<T> {
                         device,
                         state: Box::new(state),
                         rejected,
+                    }
+                }
+                MessageKind::Telemetry => {
+                    let t: Box<Telemetry<TWIN_LEAVES, TWIN_POOL>> =
+                        Box::new(Telemetry::decode(&payload).map_err(codec)?);
+                    AppEvent::Telemetry {
+                        device,
+                        seq: t.seq,
+                        time_ms: t.time_ms,
+                        readings: Box::new(t.readings),
                     }
                 }
                 MessageKind::Ack => {

@@ -11,6 +11,8 @@ use crate::aws_json::tree_to_json;
 type Up = ShadowUpdate<256, 16384>;
 type Delta = ShadowDelta<256, 16384>;
 type Doc = Shadow<256, 16384>;
+/// Telemetry as large as a std device's agent sends it.
+pub type Readings = Telemetry<64, 4096>;
 
 fn config_json(c: &DeviceConfig) -> Json {
     let t = &c.thresholds;
@@ -108,8 +110,8 @@ fn one(bytes: &[u8], kind: MessageKind) -> Result<Json, String> {
             json!({"seq": m.seq, "time_ms": m.time_ms, "uptime_ms": m.uptime_ms, "state": m.state.name(), "health": format!("{:?}", m.health)})
         }
         MessageKind::Telemetry => {
-            let m = Telemetry::decode(bytes).map_err(e)?;
-            json!({"seq": m.seq, "time_ms": m.time_ms, "temperature_c": m.temperature_c, "humidity_pct": m.humidity_pct, "battery_pct": m.battery_pct})
+            let m: Box<Readings> = Box::new(Telemetry::decode(bytes).map_err(e)?);
+            json!({"seq": m.seq, "time_ms": m.time_ms, "readings": tree_to_json(&m.readings)})
         }
         MessageKind::Health => {
             let m = HealthMessage::decode(bytes).map_err(e)?;

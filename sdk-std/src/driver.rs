@@ -5,7 +5,7 @@
 use lanyard_core::agent::health::SlowTelemetryOnLowBattery;
 use lanyard_core::agent::messages::{MessageKind, parse_topic_in, topic_in};
 use lanyard_core::agent::platform::{
-    Actuators, CommandHandler, DesiredState, HealthProbe, Platform, Storage,
+    CommandHandler, DesiredState, HealthProbe, Platform, Storage, TelemetrySource,
 };
 use lanyard_core::agent::{Agent, AgentEvent};
 use tokio::sync::mpsc;
@@ -79,10 +79,10 @@ pub enum DriverEvent {
 pub struct StdPlatform {
     /// Persistent storage.
     pub storage: Box<dyn Storage + Send>,
-    /// Health metrics and sensors.
+    /// Health metrics.
     pub probe: Box<dyn HealthProbe + Send>,
-    /// LED and other outputs.
-    pub actuators: Box<dyn Actuators + Send>,
+    /// The application's telemetry.
+    pub telemetry: Box<dyn TelemetrySource + Send>,
     /// Application commands.
     pub commands: Box<dyn CommandHandler + Send>,
     /// What becomes of desired state ([`MirrorDesired`](lanyard_core::agent::platform::MirrorDesired) takes it as it is).
@@ -95,10 +95,68 @@ impl StdPlatform {
         Platform {
             storage: &mut *self.storage,
             probe: &mut *self.probe,
-            actuators: &mut *self.actuators,
+            telemetry: &mut *self.telemetry,
             commands: &mut *self.commands,
             desired: &mut *self.desired,
         }
+    }
+}
+
+/// One object lent as several platform parts (a board whose sensor feeds
+/// both its health and its telemetry, a device whose commands and desired
+/// state move the same motor), and reachable from other tasks. The agent
+/// never calls two parts at once, so the lock is never contended by it.
+pub struct Shared<T>(pub std::sync::Arc<std::sync::Mutex<T>>);
+
+impl<T> Shared<T> {
+    /// `value`, shared.
+    pub fn new(value: T) -> Self {
+        Shared(std::sync::Arc::new(std::sync::Mutex::new(value)))
+    }
+
+    /// The value, locked (a panic elsewhere while it was locked does not
+    /// make it unusable).
+    pub fn lock(&self) -> std::sync::MutexGuard<'_, T> {
+        self.0.lock().unwrap_or_else(|e| e.into_inner())
+    }
+}
+
+impl<T> Clone for Shared<T> {
+    fn clone(&self) -> Self {
+        Shared(self.0.clone())
+    }
+}
+
+impl<T: HealthProbe> HealthProbe for Shared<T> {
+    fn metrics(&mut self, now_ms: u64) -> lanyard_core::agent::health::HealthMetrics {
+        self.lock().metrics(now_ms)
+    }
+}
+
+impl<T: TelemetrySource> TelemetrySource for Shared<T> {
+    fn read(
+        &mut self,
+        now_ms: u64,
+        readings: &mut lanyard_core::agent::platform::Readings,
+    ) -> bool {
+        self.lock().read(now_ms, readings)
+    }
+}
+
+impl<T: CommandHandler> CommandHandler for Shared<T> {
+    fn execute(
+        &mut self,
+        now_ms: u64,
+        name: &str,
+        args: lanyard_core::agent::platform::Args<'_>,
+        result: &mut [u8],
+    ) -> Option<
+        Result<
+            lanyard_core::agent::platform::Completion,
+            lanyard_core::agent::platform::CommandFailure,
+        >,
+    > {
+        self.lock().execute(now_ms, name, args, result)
     }
 }
 
@@ -112,6 +170,7 @@ pub struct DeviceDriver<T: Transport> {
     clock: Clock,
     events: Option<mpsc::UnboundedSender<DriverEvent>>,
     local: Option<mpsc::UnboundedReceiver<LocalChange>>,
+    finished: Option<mpsc::UnboundedReceiver<CommandResult>>,
     metrics: Option<crate::metrics::Metrics>,
     buf: Vec<u8>,
     journal: Option<crate::store::OutboundJournal>,
@@ -127,6 +186,12 @@ pub struct DeviceDriver<T: Transport> {
 /// A change of the device's own state (a button, a local setting), to be
 /// reported in its shadow: a dotted path and its new value.
 pub type LocalChange = (String, LocalValue);
+
+/// How an application command that answered
+/// [`Completion::Later`](lanyard_core::agent::platform::Completion::Later)
+/// ended: its result (CBOR, empty for none) or why it failed. Sent to the
+/// driver given it by [`DeviceDriver::with_command_results`].
+pub type CommandResult = Result<Vec<u8>, lanyard_core::agent::platform::CommandFailure>;
 
 /// The value of a [`LocalChange`]: a scalar the shadow holds, owned so it
 /// can cross a channel.
@@ -191,6 +256,7 @@ impl<T: Transport> DeviceDriver<T> {
             clock,
             events: None,
             local: None,
+            finished: None,
             metrics: None,
             buf: vec![0; 4096],
             journal: None,
@@ -253,6 +319,13 @@ impl<T: Transport> DeviceDriver<T> {
     /// Takes local changes of the device's state from `rx`.
     pub fn with_local_changes(mut self, rx: mpsc::UnboundedReceiver<LocalChange>) -> Self {
         self.local = Some(rx);
+        self
+    }
+
+    /// Takes the outcomes of long-running commands from `rx`: each one
+    /// finishes the command running then (one runs at a time).
+    pub fn with_command_results(mut self, rx: mpsc::UnboundedReceiver<CommandResult>) -> Self {
+        self.finished = Some(rx);
         self
     }
 
@@ -424,8 +497,21 @@ impl<T: Transport> DeviceDriver<T> {
                     None => std::future::pending().await,
                 }
             };
+            let finished = async {
+                match self.finished.as_mut() {
+                    Some(rx) => rx.recv().await,
+                    None => std::future::pending().await,
+                }
+            };
             tokio::select! {
                 _ = &mut stop => return Ok(()),
+                Some(outcome) = finished => {
+                    let now = self.clock.now_ms();
+                    let outcome = outcome.as_deref().map_err(|e| *e);
+                    if let Err(e) = self.agent.complete_command(now, outcome, &mut self.platform.lend()) {
+                        self.emit(DriverEvent::Refused { at_ms: now, why: e.to_string() });
+                    }
+                }
                 Some((path, value)) = local => {
                     let now = self.clock.now_ms();
                     match lanyard_core::shadow::PathBuf::from_dotted(&path) {

@@ -1,9 +1,11 @@
 //! A simulated device: a battery that drains, a temperature that drifts, an
-//! LED that only counts. For the demo, benchmarks and tests; real devices
+//! LED that only counts, and the board's commands (`blink_led`,
+//! `read_sensor`). For the demo, benchmarks and tests; real devices
 //! implement the same traits on real hardware.
 
 use lanyard_core::agent::health::HealthMetrics;
-use lanyard_core::agent::platform::{Actuators, HealthProbe, SensorReading};
+use lanyard_core::agent::platform::{HealthProbe, Readings, TelemetrySource};
+use lanyard_nostd::hal::{BoardCommands, SensorReading, board_readings};
 
 /// Battery and sensors driven by a deterministic model of time.
 #[derive(Debug, Clone)]
@@ -48,15 +50,25 @@ impl HealthProbe for SimulatedSensors {
             uptime_ms: now_ms.saturating_sub(self.start_ms),
         }
     }
+}
 
-    fn read_sensors(&mut self, now_ms: u64) -> Option<SensorReading> {
+impl TelemetrySource for SimulatedSensors {
+    fn read(&mut self, now_ms: u64, readings: &mut Readings) -> bool {
+        let r = self.read_sensors(now_ms);
+        board_readings(readings, r, self.battery(now_ms))
+    }
+}
+
+impl SimulatedSensors {
+    /// The sensor reading at `now_ms`.
+    pub fn read_sensors(&self, now_ms: u64) -> SensorReading {
         // A slow triangle wave between 19 and 25 °C.
         let t = (now_ms + self.phase) / 1_000 % 600;
         let wave = if t < 300 { t } else { 600 - t } as f32 / 50.0;
-        Some(SensorReading {
+        SensorReading {
             temperature_c: 19.0 + wave,
             humidity_pct: 40.0 + wave,
-        })
+        }
     }
 }
 
@@ -67,8 +79,26 @@ pub struct CountingLed {
     pub blinks: Vec<(u32, u32)>,
 }
 
-impl Actuators for CountingLed {
-    fn blink(&mut self, count: u32, period_ms: u32) {
+impl CountingLed {
+    /// Records a blink.
+    pub fn blink(&mut self, count: u32, period_ms: u32) {
         self.blinks.push((count, period_ms));
+    }
+}
+
+/// The simulated board's commands, those of the example board
+/// ([`BoardCommands`]): `blink_led` blinks a [`CountingLed`], `read_sensor`
+/// reads the [`SimulatedSensors`].
+pub fn simulated_board(
+    sensors: SimulatedSensors,
+    led: std::sync::Arc<std::sync::Mutex<CountingLed>>,
+) -> BoardCommands<impl FnMut(u32, u32) + Send, impl FnMut(u64) -> Option<SensorReading> + Send> {
+    BoardCommands {
+        blink: move |count, period| {
+            led.lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .blink(count, period)
+        },
+        read: move |now_ms| Some(sensors.read_sensors(now_ms)),
     }
 }

@@ -11,7 +11,8 @@ use std::path::{Path, PathBuf};
 
 use lanyard_core::agent::config::DeviceConfig;
 use lanyard_core::agent::messages::{
-    Encodable, MessageKind, Register, RegisterAccepted, TOPIC_PREFIX, topic, valid_device_id,
+    Encodable, MessageKind, Register, RegisterAccepted, ShadowCapacity, TOPIC_PREFIX, topic,
+    valid_device_id,
 };
 use lanyard_core::shadow::{ConflictPolicy, Shadow};
 use lanyard_core::wire::{ShadowDelta, ShadowUpdate};
@@ -38,6 +39,49 @@ pub mod app_topics {
     pub const DOCUMENT: &str = "shadow/document";
     /// Host → app: the reason an update was refused (UTF-8 text).
     pub const REJECTED: &str = "shadow/rejected";
+    /// Host → app: the answer to a desired-state update that carried a
+    /// client token, a [`DesiredAnswer`](super::DesiredAnswer).
+    pub const ANSWER: &str = "shadow/desired/answer";
+}
+
+/// The host's answer to an app's desired-state update with a client token:
+/// CBOR `{1: token, 2: version}` when applied, `{1: token, 3: reason}` when
+/// refused (the device could not hold it, a version conflict, bad input).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DesiredAnswer {
+    /// The update's client token.
+    pub token: String,
+    /// The document's version after it, or why it was refused.
+    pub outcome: Result<u64, String>,
+}
+
+impl DesiredAnswer {
+    /// As CBOR.
+    pub fn encode(&self) -> Vec<u8> {
+        let mut e = minicbor::Encoder::new(Vec::new());
+        // Encoding into a Vec cannot fail.
+        let _ = e.map(2).and_then(|e| e.u8(1)?.str(&self.token));
+        let _ = match &self.outcome {
+            Ok(v) => e.u8(2).and_then(|e| e.u64(*v)),
+            Err(why) => e.u8(3).and_then(|e| e.str(why)),
+        };
+        e.into_writer()
+    }
+
+    /// From CBOR; `None` when it is not an answer.
+    pub fn decode(bytes: &[u8]) -> Option<Self> {
+        let mut d = minicbor::Decoder::new(bytes);
+        if d.map().ok()? != Some(2) || d.u8().ok()? != 1 {
+            return None;
+        }
+        let token = d.str().ok()?.to_owned();
+        let outcome = match d.u8().ok()? {
+            2 => Ok(d.u64().ok()?),
+            3 => Err(d.str().ok()?.to_owned()),
+            _ => return None,
+        };
+        (d.position() == bytes.len()).then_some(DesiredAnswer { token, outcome })
+    }
 }
 
 /// What the host subscribes to; `aws` adds the `$aws/things/...` topics
@@ -99,6 +143,9 @@ pub struct TwinHost {
     metrics: Option<crate::metrics::Metrics>,
     /// Tenants served, when topics are namespaced by tenant.
     tenants: Option<Vec<String>>,
+    /// What each device said it holds when it registered (not persisted:
+    /// learnt again at the next registration).
+    capacities: HashMap<String, ShadowCapacity>,
 }
 
 impl TwinHost {
@@ -112,6 +159,7 @@ impl TwinHost {
             rng: 0x2545_f491_4f6c_dd1d,
             metrics: None,
             tenants: None,
+            capacities: HashMap::new(),
         }
     }
 
@@ -348,9 +396,10 @@ impl TwinHost {
             s if s == MessageKind::Register.topic_suffix() => {
                 self.register(now_ms, key, id, payload)
             }
-            s if s == MessageKind::ShadowUpdate.topic_suffix() || s == app_topics::SET_DESIRED => {
-                self.cbor_update(now_ms, key, payload)
+            s if s == MessageKind::ShadowUpdate.topic_suffix() => {
+                self.cbor_update(now_ms, key, payload, false)
             }
+            app_topics::SET_DESIRED => self.cbor_update(now_ms, key, payload, true),
             app_topics::GET => match self.shadows.get(key) {
                 Some(s) => {
                     let mut buf = vec![0u8; 64 * 1024];
@@ -384,6 +433,9 @@ impl TwinHost {
         } else {
             self.stats.registrations += 1;
         }
+        if let Some(c) = reg.capacity {
+            self.capacities.insert(key.to_owned(), c);
+        }
         self.shadow_mut(key);
         self.persist(key);
         let mut cfg = minicbor::Encoder::new(Vec::new());
@@ -398,24 +450,81 @@ impl TwinHost {
         vec![encoded(key, MessageKind::RegisterAccepted, &accepted)]
     }
 
-    fn cbor_update(&mut self, now_ms: u64, id: &str, payload: &[u8]) -> Vec<Publish> {
+    /// A CBOR update from the device itself or, `from_app`, from an app.
+    fn cbor_update(
+        &mut self,
+        now_ms: u64,
+        id: &str,
+        payload: &[u8],
+        from_app: bool,
+    ) -> Vec<Publish> {
         let mut update: Box<TwinUpdate> = Box::new(ShadowUpdate::new(0));
         if let Err(e) = update.decode_into(payload) {
             self.stats.rejected += 1;
             return vec![rejected(id, &e.to_string())];
         }
+        let token = update.client_token.as_deref().map(str::to_owned);
+        let answer = |outcome: Result<u64, String>| {
+            token.as_ref().filter(|_| from_app).map(|t| Publish {
+                topic: format!("{TOPIC_PREFIX}{id}/{}", app_topics::ANSWER),
+                payload: DesiredAnswer {
+                    token: t.clone(),
+                    outcome,
+                }
+                .encode(),
+                qos: Qos::AtLeastOnce,
+            })
+        };
         // Time comes from the writer (for LatestWins), but never from the
         // future of this host's clock.
         update.timestamp_ms = update.timestamp_ms.min(now_ms);
+        // Kept to undo an update whose desired state the device could not
+        // hold.
+        let before = (update.desired.is_some() && self.capacities.contains_key(id))
+            .then(|| self.shadows.get(id).cloned())
+            .flatten();
         let shadow = self.shadow_mut(id);
-        if let Err(e) = update.apply_to(shadow) {
+        let refused = match update.apply_to(shadow) {
+            Err(e) => Some(e.to_string()),
+            Ok(_) => self.over_capacity(id),
+        };
+        if let Some(why) = refused {
             self.stats.rejected += 1;
-            return vec![rejected(id, &e.to_string())];
+            match before {
+                Some(b) => {
+                    self.shadows.insert(id.to_owned(), b);
+                }
+                // A shadow made by this update goes with it.
+                None if self.capacities.contains_key(id) && update.desired.is_some() => {
+                    self.shadows.remove(id);
+                }
+                None => {}
+            }
+            let mut out = vec![rejected(id, &why)];
+            out.extend(answer(Err(why)));
+            return out;
         }
         self.stats.updates += 1;
-        let out = self.sync_and_delta(now_ms, id);
+        let version = self.shadows.get(id).map_or(0, |s| s.version());
+        let mut out = self.sync_and_delta(now_ms, id);
+        out.extend(answer(Ok(version)));
         self.persist(id);
         out
+    }
+
+    /// Why device `id` could not hold its desired state, if it could not:
+    /// more leaves or bytes than it said it holds when it registered.
+    fn over_capacity(&self, id: &str) -> Option<String> {
+        let cap = self.capacities.get(id)?;
+        let desired = self.shadows.get(id)?.desired();
+        let (leaves, bytes) = (desired.len(), desired.pool_used());
+        (leaves > cap.leaves as usize || bytes > cap.pool_bytes as usize).then(|| {
+            format!(
+                "desired state of {leaves} leaves and {bytes} bytes is more than the device holds \
+                 ({} leaves, {} bytes)",
+                cap.leaves, cap.pool_bytes
+            )
+        })
     }
 
     /// Runs the conflict rules and, if the device is not in step, sends it
@@ -476,7 +585,19 @@ impl TwinHost {
                 let previous = self.shadows.get(thing).cloned();
                 let shadow = self.shadow_mut(thing);
                 let previous = previous.unwrap_or_else(|| Box::new(shadow.clone()));
-                match req.apply_to(shadow, now_ms) {
+                let applied = req.apply_to(shadow, now_ms);
+                if applied.is_ok() {
+                    if let Some(why) = self.over_capacity(thing) {
+                        self.stats.rejected += 1;
+                        self.shadows.insert(thing.to_owned(), previous);
+                        return vec![json(
+                            "update/rejected",
+                            serde_json::json!({"code": 413, "message": why, "timestamp": now_ms / 1000,
+                                               "clientToken": req.client_token}),
+                        )];
+                    }
+                }
+                match applied {
                     Err(e) => {
                         self.stats.rejected += 1;
                         vec![json(

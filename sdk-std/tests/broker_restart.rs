@@ -14,7 +14,7 @@ use std::time::{Duration, Instant};
 
 use common::{Mosquitto, spawn_device_with, spawn_twin};
 use lanyard_core::agent::messages::*;
-use lanyard_core::agent::platform::{CommandFailure, CommandHandler};
+use lanyard_core::agent::platform::{Args, CommandFailure, CommandHandler, Completion};
 use lanyard_std::clock::Clock;
 use lanyard_std::driver::DriverEvent;
 use lanyard_std::mqtt::{MqttConfig, MqttTransport};
@@ -34,26 +34,19 @@ struct Counter(Arc<Mutex<HashMap<u64, u32>>>);
 impl CommandHandler for Counter {
     fn execute(
         &mut self,
+        _: u64,
         name: &str,
-        args: &[u8],
+        args: Args<'_>,
         _: &mut [u8],
-    ) -> Option<Result<usize, CommandFailure>> {
+    ) -> Option<Result<Completion, CommandFailure>> {
         if name != "count" {
             return None;
         }
-        let c = Command {
-            id: "x",
-            name,
-            args,
-            issued_ms: 0,
-            expires_ms: 0,
-        };
-        let n = match c.arg_u64("n") {
-            Ok(Some(n)) => n,
-            _ => return Some(Err(CommandFailure::BadArguments)),
-        };
-        *self.0.lock().unwrap().entry(n).or_default() += 1;
-        Some(Ok(0))
+        Some(args.u64("n").and_then(|n| {
+            let n = n.ok_or(CommandFailure::BadArguments)?;
+            *self.0.lock().unwrap().entry(n).or_default() += 1;
+            Ok(Completion::Done(0))
+        }))
     }
 }
 

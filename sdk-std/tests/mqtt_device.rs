@@ -9,11 +9,10 @@ use common::Mosquitto;
 use lanyard_core::agent::config::DeviceConfig;
 use lanyard_core::agent::lifecycle::LifecycleState;
 use lanyard_core::agent::messages::*;
-use lanyard_core::agent::platform::NoCommands;
 use lanyard_std::clock::Clock;
 use lanyard_std::driver::{DeviceDriver, StdPlatform, std_agent};
 use lanyard_std::mqtt::{MqttConfig, MqttTransport};
-use lanyard_std::sim::{CountingLed, SimulatedSensors};
+use lanyard_std::sim::SimulatedSensors;
 use lanyard_std::store::FileStore;
 use lanyard_std::transport::{Qos, Transport, TransportEvent};
 
@@ -40,8 +39,11 @@ fn device(port: u16, dir: &std::path::Path) -> DeviceDriver<MqttTransport> {
     let platform = StdPlatform {
         storage: Box::new(FileStore::open(dir).unwrap()),
         probe: Box::new(SimulatedSensors::new(clock.now_ms(), 60_000, 0)),
-        actuators: Box::new(CountingLed::default()),
-        commands: Box::new(NoCommands),
+        telemetry: Box::new(SimulatedSensors::new(clock.now_ms(), 60_000, 0)),
+        commands: Box::new(lanyard_std::sim::simulated_board(
+            SimulatedSensors::new(clock.now_ms(), 60_000, 0),
+            Default::default(),
+        )),
         desired: Box::new(lanyard_core::agent::platform::MirrorDesired),
     };
     DeviceDriver::new(agent, transport, platform, clock)

@@ -11,14 +11,13 @@ use common::Mosquitto;
 use lanyard_core::agent::config::DeviceConfig;
 use lanyard_core::agent::device_id_from_mac;
 use lanyard_core::agent::messages::*;
-use lanyard_core::agent::platform::NoCommands;
 use lanyard_core::shadow::{PathBuf, StateTree, Value};
 use lanyard_core::wire::ShadowUpdate;
 use lanyard_std::app::AppClient;
 use lanyard_std::clock::Clock;
 use lanyard_std::driver::{DeviceDriver, StdPlatform, std_agent};
 use lanyard_std::mqtt::{MqttConfig, MqttTransport};
-use lanyard_std::sim::{CountingLed, SimulatedSensors};
+use lanyard_std::sim::SimulatedSensors;
 use lanyard_std::store::FileStore;
 use lanyard_std::transport::{Qos, Transport};
 use lanyard_std::twin::{TwinHost, run_twin};
@@ -87,8 +86,11 @@ async fn tenants_share_a_broker_without_reaching_into_each_other() {
     let platform = StdPlatform {
         storage: Box::new(FileStore::open(dir.path()).unwrap()),
         probe: Box::new(SimulatedSensors::new(clock.now_ms(), 600_000, 0)),
-        actuators: Box::new(CountingLed::default()),
-        commands: Box::new(NoCommands),
+        telemetry: Box::new(SimulatedSensors::new(clock.now_ms(), 600_000, 0)),
+        commands: Box::new(lanyard_std::sim::simulated_board(
+            SimulatedSensors::new(clock.now_ms(), 600_000, 0),
+            Default::default(),
+        )),
         desired: Box::new(lanyard_core::agent::platform::MirrorDesired),
     };
     let mut driver = DeviceDriver::new(
@@ -166,6 +168,7 @@ async fn tenants_share_a_broker_without_reaching_into_each_other() {
             boot_count: 1,
             time_ms: 1,
             resumed: false,
+            capacity: None,
         }
         .encode(&mut reg)
         .unwrap();

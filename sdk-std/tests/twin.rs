@@ -53,6 +53,7 @@ fn registration_is_answered_with_the_fleet_configuration() {
         boot_count: 1,
         time_ms: 5,
         resumed: false,
+        capacity: None,
     }
     .encode(&mut buf)
     .unwrap();
@@ -72,6 +73,7 @@ fn registration_is_answered_with_the_fleet_configuration() {
         boot_count: 1,
         time_ms: 5,
         resumed: false,
+        capacity: None,
     }
     .encode(&mut buf)
     .unwrap();
@@ -87,6 +89,7 @@ fn registration_is_answered_with_the_fleet_configuration() {
         boot_count: 2,
         time_ms: 600,
         resumed: true,
+        capacity: None,
     }
     .encode(&mut buf)
     .unwrap();
@@ -270,6 +273,7 @@ fn register_bytes(device_id: &str) -> Vec<u8> {
         boot_count: 1,
         time_ms: 5,
         resumed: false,
+        capacity: None,
     }
     .encode(&mut buf)
     .unwrap();
@@ -463,4 +467,126 @@ fn refusals_are_kept_in_the_document_until_the_device_reports_without_them() {
         &update(&[], &[("valve.position", 80)], 400),
     );
     assert!(refused_in(&host).is_empty());
+}
+
+#[test]
+fn desired_state_past_what_the_device_holds_is_refused_and_the_app_told_why() {
+    use lanyard_std::twin::DesiredAnswer;
+    let mut host = TwinHost::in_memory(DeviceConfig::default());
+    let mut buf = vec![0u8; 256];
+    let n = Register {
+        device_id: ID,
+        firmware: "1",
+        config_version: 0,
+        boot_count: 1,
+        time_ms: 5,
+        resumed: false,
+        capacity: Some(ShadowCapacity {
+            leaves: 4,
+            pool_bytes: 64,
+        }),
+    }
+    .encode(&mut buf)
+    .unwrap();
+    host.handle(10, &t("register"), &buf[..n]);
+    let with_token = |pairs: &[(&str, i64)], token: &str| {
+        let mut up: ShadowUpdate<16, 512> = ShadowUpdate::decode(&update(pairs, &[], 20)).unwrap();
+        up.client_token = Some(heapless::String::try_from(token).unwrap());
+        let mut b = vec![0u8; 1024];
+        let n = up.encode(&mut b).unwrap();
+        b.truncate(n);
+        b
+    };
+    let with_token_null = |gone: &str, (k, v): (&str, i64), token: &str| {
+        let mut d: StateTree<16, 512> = StateTree::new();
+        d.insert(&PathBuf::from_dotted(gone).unwrap(), Value::Null)
+            .unwrap();
+        d.insert(&PathBuf::from_dotted(k).unwrap(), Value::Int(v))
+            .unwrap();
+        let mut up: ShadowUpdate<16, 512> = ShadowUpdate::new(60);
+        up.desired = Some(d);
+        up.client_token = Some(heapless::String::try_from(token).unwrap());
+        let mut b = vec![0u8; 1024];
+        let n = up.encode(&mut b).unwrap();
+        b.truncate(n);
+        b
+    };
+    let answer_of = |out: &[lanyard_std::twin::Publish]| {
+        out.iter()
+            .find(|p| p.topic == t(app_topics::ANSWER))
+            .and_then(|p| DesiredAnswer::decode(&p.payload))
+            .expect("an answer")
+    };
+
+    // Three leaves fit: applied, answered with the version, the delta sent.
+    let out = host.handle(
+        20,
+        &t(app_topics::SET_DESIRED),
+        &with_token(&[("a", 1), ("b", 2), ("c", 3)], "t1"),
+    );
+    assert_eq!(
+        answer_of(&out),
+        DesiredAnswer {
+            token: "t1".into(),
+            outcome: Ok(1)
+        }
+    );
+    assert!(out.iter().any(|p| p.topic == t("shadow/delta")));
+
+    // Two more would make five: refused whole, the app told why, nothing
+    // sent to the device, the document as it was.
+    let out = host.handle(
+        30,
+        &t(app_topics::SET_DESIRED),
+        &with_token(&[("d", 4), ("e", 5)], "t2"),
+    );
+    let answer = answer_of(&out);
+    assert_eq!(answer.token, "t2");
+    let why = answer.outcome.unwrap_err();
+    assert!(
+        why.contains("5 leaves") && why.contains("4 leaves"),
+        "{why}"
+    );
+    assert!(out.iter().any(|p| p.topic == t(app_topics::REJECTED)));
+    assert!(!out.iter().any(|p| p.topic == t("shadow/delta")));
+    let s = host.shadow(ID).unwrap();
+    assert_eq!((s.version(), s.desired().len()), (1, 3));
+
+    // Bytes count as well as leaves.
+    let long = "x".repeat(60);
+    let out = host.handle(
+        40,
+        &t(app_topics::SET_DESIRED),
+        &with_token(&[(long.as_str(), 1)], "t3"),
+    );
+    assert!(answer_of(&out).outcome.is_err());
+    assert_eq!(host.shadow(ID).unwrap().desired().len(), 3);
+
+    // The same through the AWS topics: update/rejected, code 413.
+    let out = host.handle(
+        50,
+        &format!("$aws/things/{ID}/shadow/update"),
+        json!({"state": {"desired": {"f": 6, "g": 7}}, "clientToken": "aws1"})
+            .to_string()
+            .as_bytes(),
+    );
+    assert_eq!(out.len(), 1, "{out:?}");
+    assert_eq!(
+        out[0].topic,
+        format!("$aws/things/{ID}/shadow/update/rejected")
+    );
+    let doc: serde_json::Value = serde_json::from_slice(&out[0].payload).unwrap();
+    assert_eq!(
+        (doc["code"].as_u64(), doc["clientToken"].as_str()),
+        (Some(413), Some("aws1"))
+    );
+    assert_eq!(host.shadow(ID).unwrap().desired().len(), 3);
+
+    // Deleting one makes room for another.
+    let out = host.handle(
+        60,
+        &t(app_topics::SET_DESIRED),
+        &with_token_null("a", ("d", 4), "t4"),
+    );
+    assert!(answer_of(&out).outcome.is_ok());
 }

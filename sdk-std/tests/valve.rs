@@ -13,7 +13,7 @@ mod valve;
 use std::time::{Duration, Instant};
 
 use common::{Mosquitto, spawn_twin};
-use lanyard_core::agent::messages::MessageKind;
+use lanyard_core::agent::messages::{AckReason, AckStatus, MessageKind};
 use lanyard_core::agent::platform::RejectReason;
 use lanyard_core::shadow::{PathBuf, StateTree, Value};
 use lanyard_std::app::{AppClient, AppEvent, Rejection};
@@ -187,6 +187,96 @@ async fn the_valve_moves_reports_what_it_reached_and_refuses_past_its_limit() {
         }
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
+
+    // Its own telemetry reaches the app: the flow at its position.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let readings = loop {
+        assert!(Instant::now() < deadline, "no telemetry");
+        if let Ok(Ok(AppEvent::Telemetry {
+            device, readings, ..
+        })) = tokio::time::timeout(Duration::from_secs(1), app.next_event()).await
+        {
+            if device == id {
+                break readings;
+            }
+        }
+    };
+    let position = match readings.get_dotted("position").map(|e| e.value) {
+        Some(Value::Int(p)) => p,
+        other => panic!("position {other:?}"),
+    };
+    assert_eq!(
+        readings.get_dotted("flow_lpm").map(|e| e.value),
+        Some(Value::Float(valve::flow_lpm(position)))
+    );
+
+    // A command that takes a while: in progress, then its result.
+    let mut args = lanyard_core::minicbor::Encoder::new(Vec::new());
+    args.map(1).unwrap().str("sweeps").unwrap().u8(2).unwrap();
+    let started = Instant::now();
+    let outcome = app
+        .command(
+            &id,
+            "calibrate",
+            &args.into_writer(),
+            lanyard_std::clock::Clock::real().now_ms(),
+            Duration::from_secs(10),
+        )
+        .await
+        .unwrap();
+    assert_eq!(outcome.status, AckStatus::Succeeded, "{outcome:?}");
+    // {"travel_pct": 100}
+    assert_eq!(
+        outcome.result.as_deref(),
+        Some(
+            &[
+                0xa1, 0x6a, b't', b'r', b'a', b'v', b'e', b'l', b'_', b'p', b'c', b't', 0x18, 100
+            ][..]
+        )
+    );
+    assert!(
+        started.elapsed() >= Duration::from_millis(900),
+        "two sweeps take ten ticks"
+    );
+    let bad = app
+        .command(
+            &id,
+            "calibrate",
+            &[0xa1, 0x66, b's', b'w', b'e', b'e', b'p', b's', 0x09],
+            lanyard_std::clock::Clock::real().now_ms(),
+            Duration::from_secs(5),
+        )
+        .await
+        .unwrap();
+    assert_eq!(
+        (bad.status, bad.reason),
+        (AckStatus::Rejected, Some(AckReason::BadArguments))
+    );
+
+    // More desired state than the valve holds (16 leaves): refused by the
+    // twin host, the app told why, nothing reaches the device.
+    let mut many: StateTree<32, 1024> = StateTree::new();
+    for i in 0..17 {
+        many.insert(
+            &PathBuf::from_dotted(&format!("extra.k{i}")).unwrap(),
+            Value::Int(i),
+        )
+        .unwrap();
+    }
+    let version = app
+        .get_shadow(&id, Duration::from_secs(2))
+        .await
+        .unwrap()
+        .version();
+    match app.set_desired(&id, &many, 4).await {
+        Err(lanyard_std::app::AppError::Rejected(why)) => {
+            assert!(why.contains("16 leaves"), "{why}")
+        }
+        other => panic!("17 leaves on a 16-leaf device: {other:?}"),
+    }
+    let doc = app.get_shadow(&id, Duration::from_secs(2)).await.unwrap();
+    assert_eq!(doc.version(), version);
+    assert!(doc.desired().get_dotted("extra.k0").is_none());
 
     let _ = stop_dev.send(());
     device.await.unwrap();

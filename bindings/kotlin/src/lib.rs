@@ -231,6 +231,17 @@ pub enum AppEvent {
         /// reason's name, such as `out_of_range`).
         rejected: HashMap<String, String>,
     },
+    /// A device's telemetry.
+    Telemetry {
+        /// The device.
+        device: String,
+        /// Its sequence number.
+        seq: u64,
+        /// When it was read, ms since the epoch.
+        time_ms: u64,
+        /// The readings, by dotted path.
+        readings: HashMap<String, ShadowValue>,
+    },
     /// A command acknowledgement.
     Ack {
         /// The device.
@@ -340,12 +351,14 @@ pub struct LanyardApp {
 #[uniffi::export]
 impl LanyardApp {
     /// Asks for `values` (dotted path -> value; `Null` deletes) in
-    /// `device`'s desired state; the host answers the device with a delta.
+    /// `device`'s desired state; returns the shadow's version once the host
+    /// applied it (it then sends the device its delta). The host's refusal
+    /// (more than the device holds) is `LanyardError.Rejected`.
     pub async fn set_desired(
         &self,
         device: String,
         values: HashMap<String, ShadowValue>,
-    ) -> Result<(), LanyardError> {
+    ) -> Result<u64, LanyardError> {
         let tree = tree_of(&values)?;
         let client = self.client.clone();
         on(&self.runtime, async move {
@@ -445,6 +458,17 @@ impl LanyardApp {
                     .into_iter()
                     .map(|r| (r.path, r.reason.name().to_string()))
                     .collect(),
+            },
+            CoreAppEvent::Telemetry {
+                device,
+                seq,
+                time_ms,
+                readings,
+            } => AppEvent::Telemetry {
+                device,
+                seq,
+                time_ms,
+                readings: map_of(&readings),
             },
             CoreAppEvent::Ack {
                 device,

@@ -8,12 +8,12 @@ use std::path::PathBuf;
 use std::sync::Mutex;
 
 use lanyard_core::agent::AgentEvent;
-use lanyard_core::agent::platform::{Actuators, CommandFailure, CommandHandler, SensorReading};
-use lanyard_nostd::hal::{BatteryCurve, BatteryVoltage, BoardProbe};
+use lanyard_core::agent::platform::{Args, CommandFailure, CommandHandler, Completion};
+use lanyard_nostd::hal::{BatteryCurve, BatteryVoltage, BoardCommands, BoardProbe, SensorReading};
 use lanyard_std::aws_json::{tree_from_json, tree_to_json};
 use lanyard_std::clock::Clock;
 use lanyard_std::driver::{
-    DeviceDriver, DriverEvent, LocalChange, LocalValue, StdPlatform, parse_mac, std_agent,
+    DeviceDriver, DriverEvent, LocalChange, LocalValue, Shared, StdPlatform, parse_mac, std_agent,
 };
 use lanyard_std::mqtt::MqttTransport;
 use lanyard_std::store::FileStore;
@@ -27,23 +27,33 @@ use crate::{Tree, block_on_with, broker_config, runtime};
 
 /// The Python layer's command dispatcher, called as `(name, args JSON)`
 /// and answering `(outcome, result JSON or None)`: outcome `"ok"`,
-/// `"unknown"`, `"bad_arguments"` or `"failed"`.
-struct PyCommands(Option<Py<PyAny>>);
+/// `"unknown"`, `"bad_arguments"` or `"failed"`. The board's own commands
+/// (`blink_led` through the LED callable, `read_sensor` through the
+/// sensors) are answered first.
+struct PyCommands<B> {
+    dispatch: Option<Py<PyAny>>,
+    board: B,
+}
 
-impl CommandHandler for PyCommands {
+impl<B: CommandHandler> CommandHandler for PyCommands<B> {
     fn execute(
         &mut self,
+        now_ms: u64,
         name: &str,
-        args: &[u8],
+        args: Args<'_>,
         result: &mut [u8],
-    ) -> Option<Result<usize, CommandFailure>> {
-        let dispatch = self.0.as_ref()?;
-        // The agent has checked that `args` is a CBOR map; as state it
-        // crosses to Python in the same JSON form as desired state.
-        let args = if args.is_empty() {
+    ) -> Option<Result<Completion, CommandFailure>> {
+        if let Some(done) = self.board.execute(now_ms, name, args, result) {
+            return Some(done);
+        }
+        let dispatch = self.dispatch.as_ref()?;
+        // The agent has checked that the arguments are a CBOR map; as
+        // state they cross to Python in the same JSON form as desired
+        // state.
+        let args = if args.raw().is_empty() {
             Json::Object(Default::default())
         } else {
-            match Tree::decode(args) {
+            match Tree::decode(args.raw()) {
                 Ok(t) => tree_to_json(&t),
                 Err(_) => return Some(Err(CommandFailure::BadArguments)),
             }
@@ -62,8 +72,8 @@ impl CommandHandler for PyCommands {
             Some((outcome, text)) => match (outcome.as_str(), text) {
                 ("unknown", _) => None,
                 ("bad_arguments", _) => Some(Err(CommandFailure::BadArguments)),
-                ("ok", None) => Some(Ok(0)),
-                ("ok", Some(text)) => Some(encode_result(&text, result)),
+                ("ok", None) => Some(Ok(Completion::Done(0))),
+                ("ok", Some(text)) => Some(encode_result(&text, result).map(Completion::Done)),
                 _ => Some(Err(CommandFailure::Failed("the Python handler raised"))),
             },
         }
@@ -120,19 +130,15 @@ fn read_sensors(read: &Option<Py<PyAny>>) -> Option<SensorReading> {
     })
 }
 
-/// The LED of the built-in `blink_led` command: a Python callable given
+/// The LED of the board's `blink_led` command: a Python callable given
 /// `(count, period_ms)`.
-struct PyLed(Option<Py<PyAny>>);
-
-impl Actuators for PyLed {
-    fn blink(&mut self, count: u32, period_ms: u32) {
-        if let Some(blink) = &self.0 {
-            Python::attach(|py| {
-                if let Err(e) = blink.call1(py, (count, period_ms)) {
-                    e.print(py);
-                }
-            });
-        }
+fn blink(led: &Option<Py<PyAny>>, count: u32, period_ms: u32) {
+    if let Some(blink) = led {
+        Python::attach(|py| {
+            if let Err(e) = blink.call1(py, (count, period_ms)) {
+                e.print(py);
+            }
+        });
     }
 }
 
@@ -174,17 +180,24 @@ impl Device {
         let device_id = agent.device_id().to_owned();
         let storage = FileStore::open(&state_dir)
             .map_err(|e| PyOSError::new_err(format!("{}: {e}", state_dir.display())))?;
-        let probe = BoardProbe::new(
+        // One board: its sensor reads feed health, telemetry and
+        // `read_sensor` alike.
+        let probe = Shared::new(BoardProbe::new(
             PyBattery(battery),
             BatteryCurve::default(),
             move || read_sensors(&sensors),
             clock.now_ms(),
-        );
+        ));
+        let sensor = probe.clone();
+        let board = BoardCommands {
+            blink: move |count, period_ms| self::blink(&blink, count, period_ms),
+            read: move |now_ms| sensor.lock().read_sensors(now_ms),
+        };
         let platform = StdPlatform {
             storage: Box::new(storage),
-            probe: Box::new(probe),
-            actuators: Box::new(PyLed(blink)),
-            commands: Box::new(PyCommands(dispatch)),
+            probe: Box::new(probe.clone()),
+            telemetry: Box::new(probe),
+            commands: Box::new(PyCommands { dispatch, board }),
             desired: Box::new(lanyard_core::agent::platform::MirrorDesired),
         };
         config.client_id = device_id.clone();

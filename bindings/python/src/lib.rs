@@ -304,8 +304,10 @@ impl App {
 
     /// Asks for `state_json` (a JSON object of properties, nested objects
     /// for nested properties, `null` to delete) in `device`'s desired
-    /// state. Nothing is sent if it is not a state the shadow can hold.
-    fn set_desired(&self, py: Python<'_>, device: String, state_json: &str) -> PyResult<()> {
+    /// state and returns the document's version once the host applied it.
+    /// Nothing is sent if it is not a state the shadow can hold; the
+    /// host's refusal (more than the device holds) raises `Rejected`.
+    fn set_desired(&self, py: Python<'_>, device: String, state_json: &str) -> PyResult<u64> {
         let tree = state_of(state_json, true)?;
         let client = self.client.clone();
         block_on(py, &self.rt, async move {
@@ -440,6 +442,17 @@ impl App {
                 let body = json!({"state": tree_to_json(&*state), "rejected": rejected});
                 ("reported", device, body.to_string())
             }
+            AppEvent::Telemetry {
+                device,
+                seq,
+                time_ms,
+                readings,
+            } => (
+                "telemetry",
+                device,
+                json!({"seq": seq, "time_ms": time_ms, "readings": tree_to_json(&*readings)})
+                    .to_string(),
+            ),
             AppEvent::Ack {
                 device,
                 command_id,

@@ -175,7 +175,8 @@ class ValveDrivenFromPython(unittest.TestCase):
         self.broker = f"mqtt://127.0.0.1:{port}"
         self.log = open(os.path.join(self.dir.name, "procs.log"), "w")
         self.procs.append(subprocess.Popen(
-            [binary, "twin", "--broker", self.broker, "--state-dir", os.path.join(self.dir.name, "twin")],
+            [binary, "twin", "--broker", self.broker, "--state-dir", os.path.join(self.dir.name, "twin"),
+             "--telemetry-ms", "1000"],
             stdout=self.log, stderr=subprocess.STDOUT))
         self.procs.append(subprocess.Popen(
             [valve, self.broker, os.path.join(self.dir.name, "valve")],
@@ -193,9 +194,15 @@ class ValveDrivenFromPython(unittest.TestCase):
     def test_a_reachable_position_is_reported_and_one_past_the_limit_refused(self):
         eventually(lambda: self.app.get_shadow(self.VALVE, timeout=2)["version"] >= 0,
                    "the valve registered")
-        self.app.set_desired(self.VALVE, {"position": 40})
+        version = self.app.set_desired(self.VALVE, {"position": 40})
+        self.assertIsInstance(version, int)
         eventually(lambda: self.app.get_shadow(self.VALVE, timeout=2)["reported"].get("position") == 40,
                    "the valve reached 40")
+        # More than the valve holds (16 leaves): refused by the twin host.
+        with self.assertRaises(lanyard.Rejected) as refused:
+            self.app.set_desired(self.VALVE, {"extra": {f"k{i}": i for i in range(17)}})
+        self.assertIn("16 leaves", str(refused.exception))
+        self.assertNotIn("extra", self.app.get_shadow(self.VALVE)["desired"])
         self.app.set_desired(self.VALVE, {"position": 95})
         refusal = None
         deadline = time.time() + 20
@@ -215,6 +222,30 @@ class ValveDrivenFromPython(unittest.TestCase):
         before = shadow["version"]
         time.sleep(2)
         self.assertLessEqual(self.app.get_shadow(self.VALVE)["version"], before + 3)
+
+    def test_its_own_telemetry_and_a_command_that_finishes_later(self):
+        eventually(lambda: self.app.get_shadow(self.VALVE, timeout=2)["version"] >= 0,
+                   "the valve registered")
+        self.app.set_desired(self.VALVE, {"position": 50})
+        eventually(lambda: self.app.get_shadow(self.VALVE, timeout=2)["reported"].get("position") == 50,
+                   "the valve reached 50")
+        reading = None
+        deadline = time.time() + 20
+        while reading is None and time.time() < deadline:
+            e = self.app.next_event(timeout=1)
+            if e and e["type"] == "telemetry" and e["device"] == self.VALVE \
+                    and e["readings"].get("position") == 50:
+                reading = e
+        self.assertIsNotNone(reading, "no telemetry at position 50")
+        self.assertEqual(reading["readings"]["flow_lpm"], 20.0)
+        self.assertGreaterEqual(reading["seq"], 1)
+        started = time.time()
+        done = self.app.command(self.VALVE, "calibrate", {"sweeps": 1})
+        self.assertEqual(done["status"], "Succeeded")
+        self.assertEqual(done["result"], {"travel_pct": 100})
+        self.assertGreaterEqual(time.time() - started, 0.4)
+        bad = self.app.command(self.VALVE, "calibrate", {"sweeps": 9})
+        self.assertEqual((bad["status"], bad["reason"]), ("Rejected", "BadArguments"))
 
 
 class AppOfATwinHost(unittest.TestCase):

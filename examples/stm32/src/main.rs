@@ -26,10 +26,11 @@ use cortex_m_semihosting::debug;
 use lanyard_core::agent::config::DeviceConfig;
 use lanyard_core::agent::health::SlowTelemetryOnLowBattery;
 use lanyard_core::agent::lifecycle::LifecycleState;
-use lanyard_core::agent::platform::{NoCommands, NoStorage, Platform};
+use core::cell::RefCell;
+use lanyard_core::agent::platform::{MirrorDesired, NoStorage, Platform};
 use lanyard_core::agent::{Agent, AgentEvent, Identity};
 use lanyard_nostd::driver::{Driver, link_buffer_len};
-use lanyard_nostd::hal::{BatteryCurve, BoardProbe, Led, SHT3X_ADDRESS, Sht3x};
+use lanyard_nostd::hal::{BatteryCurve, BoardCommands, BoardProbe, Led, SHT3X_ADDRESS, Sht3x};
 use static_cell::StaticCell;
 use stm32f4::stm32f405 as pac;
 
@@ -63,23 +64,30 @@ fn main() -> ! {
     let driver = place_driver(usart);
 
     let mut sht = Sht3x::new(SimulatedSht3x::new(now_ms), Millis, SHT3X_ADDRESS);
-    let mut probe = BoardProbe::new(
+    // One board lent as the health probe, the telemetry source and the
+    // sensor of `read_sensor`: its failure count and data age follow
+    // every read.
+    let probe = RefCell::new(BoardProbe::new(
         SimulatedBattery::new(now_ms),
         BatteryCurve::default(),
         move || sht.measure().ok(),
         now_ms(),
-    );
+    ));
     let mut led = Led::new(led_pin, Millis);
     // qemu does not emulate the flash controller, so nothing is kept; on a
     // board, use `lanyard_nostd::flash::FlashStore` on the HAL's flash.
     let mut storage = NoStorage;
-    let mut commands = NoCommands;
+    let mut commands = BoardCommands {
+        blink: |count, period_ms| led.blink(count, period_ms),
+        read: |now| probe.try_borrow_mut().ok()?.read_sensors(now),
+    };
+    let (mut health, mut telemetry) = (&probe, &probe);
     let mut platform = Platform {
         storage: &mut storage,
-        probe: &mut probe,
-        actuators: &mut led,
+        probe: &mut health,
+        telemetry: &mut telemetry,
         commands: &mut commands,
-        desired: &mut lanyard_core::agent::platform::MirrorDesired,
+        desired: &mut MirrorDesired,
     };
 
     line()

@@ -18,7 +18,7 @@ pub fn new_agent() -> FuzzAgent {
             firmware: "fuzz",
         },
         DeviceConfig::default(),
-        SlowTelemetryOnLowBattery::default(),
+        SlowTelemetryOnLowBattery,
     )
 }
 
@@ -34,16 +34,34 @@ impl HealthProbe for Probe {
             ..HealthMetrics::default()
         }
     }
-    fn read_sensors(&mut self, _: u64) -> Option<SensorReading> {
-        Some(SensorReading {
-            temperature_c: 20.0,
-            humidity_pct: 40.0,
-        })
+}
+
+/// Telemetry that always reads a temperature.
+impl TelemetrySource for Probe {
+    fn read(&mut self, _: u64, readings: &mut Readings) -> bool {
+        let key = lanyard_core::shadow::PathBuf::from_dotted("temperature_c").unwrap();
+        readings
+            .insert(&key, lanyard_core::shadow::Value::Float(20.0))
+            .is_ok()
     }
 }
 
-/// An LED nobody looks at.
-pub struct Led;
-impl Actuators for Led {
-    fn blink(&mut self, _: u32, _: u32) {}
+/// Commands: `quick` finishes at once (reading an argument), `long` runs
+/// until completed (which no target does: it stays running), others are
+/// unknown.
+pub struct Commands;
+impl CommandHandler for Commands {
+    fn execute(
+        &mut self,
+        _: u64,
+        name: &str,
+        args: Args<'_>,
+        _: &mut [u8],
+    ) -> Option<Result<Completion, CommandFailure>> {
+        match name {
+            "quick" => Some(args.u64("n").map(|_| Completion::Done(0))),
+            "long" => Some(Ok(Completion::Later)),
+            _ => None,
+        }
+    }
 }

@@ -8,6 +8,7 @@ use minicbor::encode::{Encoder, Write};
 use super::health::{HealthMetrics, HealthReport, HealthStatus};
 use super::lifecycle::{LifecycleState, Trigger};
 use crate::error::{DecodeError, Error};
+use crate::shadow::{LeafMeta, Source, StateTree};
 use crate::wire::cbor;
 use crate::wire::each_field;
 
@@ -351,6 +352,19 @@ pub struct Register<'a> {
     /// only for the cloud's time (and any newer configuration); false for
     /// a device that is not yet registered. Sent only when true.
     pub resumed: bool,
+    /// How much shadow state the device holds; the cloud refuses desired
+    /// state past it. `None` from devices that do not say.
+    pub capacity: Option<ShadowCapacity>,
+}
+
+/// How much shadow state a device holds: the leaves and the bytes of keys
+/// and text of its reported tree (the agent's `L` and `B`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ShadowCapacity {
+    /// Leaves.
+    pub leaves: u32,
+    /// Bytes of keys, text, byte strings and arrays.
+    pub pool_bytes: u32,
 }
 
 impl Encodable for Register<'_> {
@@ -359,7 +373,7 @@ impl Encodable for Register<'_> {
         &self,
         e: &mut Encoder<W>,
     ) -> Result<(), minicbor::encode::Error<W::Error>> {
-        e.map(if self.resumed { 6 } else { 5 })?;
+        e.map(5 + u64::from(self.resumed) + u64::from(self.capacity.is_some()))?;
         e.u8(0)?.str(self.device_id)?;
         e.u8(1)?.str(self.firmware)?;
         e.u8(2)?.u64(self.config_version)?;
@@ -367,6 +381,9 @@ impl Encodable for Register<'_> {
         e.u8(4)?.u64(self.time_ms)?;
         if self.resumed {
             e.u8(5)?.bool(true)?;
+        }
+        if let Some(c) = self.capacity {
+            e.u8(6)?.array(2)?.u32(c.leaves)?.u32(c.pool_bytes)?;
         }
         Ok(())
     }
@@ -378,6 +395,7 @@ impl<'a> Register<'a> {
         whole(bytes, |d| {
             let (mut id, mut fw, mut cv, mut bc, mut t) = (None, None, None, None, None);
             let mut resumed = false;
+            let mut capacity = None;
             each_field(d, |k, d| {
                 match k {
                     0 => id = Some(read_text(d, MAX_DEVICE_ID_LEN, "a device id")?),
@@ -386,6 +404,17 @@ impl<'a> Register<'a> {
                     3 => bc = Some(cbor::read_u64(d)?),
                     4 => t = Some(cbor::read_u64(d)?),
                     5 => resumed = d.bool()?,
+                    6 => {
+                        const WHAT: &str = "a capacity [leaves, pool bytes]";
+                        let at = d.position();
+                        let bad = DecodeError::Malformed { what: WHAT, at };
+                        if cbor::read_container(d, 4, WHAT)? != Some(2) {
+                            return Err(bad);
+                        }
+                        let leaves = u32::try_from(cbor::read_u64(d)?).map_err(|_| bad)?;
+                        let pool_bytes = u32::try_from(cbor::read_u64(d)?).map_err(|_| bad)?;
+                        capacity = Some(ShadowCapacity { leaves, pool_bytes });
+                    }
                     _ => cbor::skip_item(d, 0)?,
                 }
                 Ok(())
@@ -397,6 +426,7 @@ impl<'a> Register<'a> {
                 boot_count: req(bc, "boot_count")?,
                 time_ms: req(t, "time_ms")?,
                 resumed,
+                capacity,
             })
         })
     }
@@ -584,73 +614,64 @@ impl Heartbeat {
     }
 }
 
-/// Device → cloud: sensor readings (the seed: temperature, humidity,
-/// battery).
-#[derive(Debug, Clone, Copy, PartialEq)]
-pub struct Telemetry {
+/// Device → cloud: the application's readings (see
+/// [`TelemetrySource`](super::platform::TelemetrySource)), any map.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Telemetry<
+    const L: usize = { super::SHADOW_LEAVES },
+    const P: usize = { super::SHADOW_POOL },
+> {
     /// Sequence number of telemetry messages, from 1.
     pub seq: u64,
-    /// Device clock, ms since the epoch.
+    /// When read: the cloud's clock once the device knows it, ms since
+    /// the epoch.
     pub time_ms: u64,
-    /// °C.
-    pub temperature_c: f32,
-    /// Percent.
-    pub humidity_pct: f32,
-    /// Percent.
-    pub battery_pct: u8,
+    /// What the application read.
+    pub readings: StateTree<L, P>,
 }
 
-impl Encodable for Telemetry {
+impl<const L: usize, const P: usize> Encodable for Telemetry<L, P> {
     const KIND: MessageKind = MessageKind::Telemetry;
     fn encode_cbor<W: Write>(
         &self,
         e: &mut Encoder<W>,
     ) -> Result<(), minicbor::encode::Error<W::Error>> {
-        e.map(5)?;
+        e.map(3)?;
         e.u8(0)?.u64(self.seq)?;
         e.u8(1)?.u64(self.time_ms)?;
-        e.u8(2)?.f32(self.temperature_c)?;
-        e.u8(3)?.f32(self.humidity_pct)?;
-        e.u8(4)?.u8(self.battery_pct)?;
-        Ok(())
+        e.u8(2)?;
+        self.readings.encode_cbor(e)
     }
 }
 
-impl Telemetry {
+impl<const L: usize, const P: usize> Telemetry<L, P> {
     /// Decodes one message; the whole input must be it.
     pub fn decode(bytes: &[u8]) -> Result<Self, Error> {
-        whole(bytes, |d| {
-            let (mut seq, mut t, mut temp, mut hum, mut bat) = (None, None, None, None, None);
+        let mut readings = StateTree::new();
+        let (seq, time_ms) = whole(bytes, |d| {
+            let (mut seq, mut t, mut have_readings) = (None, None, false);
             each_field(d, |k, d| {
-                let at = d.position();
                 match k {
                     0 => seq = Some(cbor::read_u64(d)?),
                     1 => t = Some(cbor::read_u64(d)?),
-                    2 => temp = Some(read_float(d)?),
-                    3 => hum = Some(read_float(d)?),
-                    4 => {
-                        bat = Some(
-                            u8::try_from(cbor::read_u64(d)?)
-                                .map_err(|_| DecodeError::IntegerOutOfRange { at })?,
-                        )
+                    2 => {
+                        readings.clear();
+                        readings.decode_cbor(d, LeafMeta::new(Source::Device, 0), false)?;
+                        have_readings = true;
                     }
                     _ => cbor::skip_item(d, 0)?,
                 }
                 Ok(())
             })?;
-            Ok(Telemetry {
-                seq: req(seq, "seq")?,
-                time_ms: req(t, "time_ms")?,
-                temperature_c: req(temp, "temperature_c")?,
-                humidity_pct: req(hum, "humidity_pct")?,
-                battery_pct: req(bat, "battery_pct")?,
-            })
+            req(have_readings.then_some(()), "readings")?;
+            Ok((req(seq, "seq")?, req(t, "time_ms")?))
+        })?;
+        Ok(Telemetry {
+            seq,
+            time_ms,
+            readings,
         })
     }
-}
-
-fn read_float(d: &mut Decoder<'_>) -> Result<f32, DecodeError> {
-    cbor::read_float(d).map(|v| v as f32)
 }
 
 /// Device → cloud: the result of a health check.
@@ -737,9 +758,9 @@ impl HealthMessage {
 pub struct Command<'a> {
     /// Unique id, for acknowledgements and deduplication.
     pub id: &'a str,
-    /// What to do: a built-in (`diagnostics`, `blink_led`, `read_sensor`,
-    /// `enter_maintenance`, `exit_maintenance`, `decommission`) or the
-    /// application's.
+    /// What to do: one of the lifecycle's (`enter_maintenance`,
+    /// `exit_maintenance`, `decommission`), `diagnostics` (with the
+    /// `diagnostic-commands` feature), or the application's.
     pub name: &'a str,
     /// Arguments: a CBOR map (raw), empty when there are none.
     pub args: &'a [u8],
@@ -822,22 +843,9 @@ impl<'a> Command<'a> {
         })
     }
 
-    /// An unsigned argument of the argument map, by text key.
-    pub fn arg_u64(&self, key: &str) -> Result<Option<u64>, DecodeError> {
-        if self.args.is_empty() {
-            return Ok(None);
-        }
-        let mut d = Decoder::new(self.args);
-        let mut found = None;
-        cbor::each_entry(&mut d, |d| {
-            if cbor::read_text_key(d)?.0 == key {
-                found = Some(cbor::read_u64(d)?);
-                Ok(())
-            } else {
-                cbor::skip_item(d, 0)
-            }
-        })?;
-        Ok(found)
+    /// The arguments, to read by key and type.
+    pub fn args(&self) -> super::platform::Args<'a> {
+        super::platform::Args::new(self.args)
     }
 }
 

@@ -33,14 +33,16 @@ use self::health::{
 use self::lifecycle::{LifecycleState, Trigger, next_state};
 use self::messages::*;
 use self::outbox::{Outbox, Pushed};
-use self::platform::{Applied, CommandFailure, Platform, RejectReason};
+use self::platform::{Applied, CommandFailure, Completion, Platform, RejectReason};
 use crate::error::{DecodeError, EncodeError, Error};
 use crate::shadow::{LeafMeta, Path, Source, StateTree, Value};
 use crate::wire::{ShadowDelta, ShadowUpdateRef};
 
-/// Leaves of the device-side shadow (reported state).
+/// Leaves of the device-side shadow (reported state) unless the agent's
+/// type says otherwise; also the capacity of telemetry readings.
 pub const SHADOW_LEAVES: usize = 16;
-/// Pool bytes of the device-side shadow.
+/// Pool bytes of the device-side shadow unless the agent's type says
+/// otherwise; also the pool of telemetry readings.
 pub const SHADOW_POOL: usize = 512;
 /// Commands remembered for deduplication.
 pub const DEDUPE_WINDOW: usize = 16;
@@ -53,8 +55,6 @@ pub const MAX_REGISTER_BACKOFF_MS: u64 = 60_000;
 pub const STATE_RECORD_MAX: usize = 4096;
 /// First registration retry interval.
 pub const FIRST_REGISTER_BACKOFF_MS: u64 = 2_000;
-
-type DeviceShadow = StateTree<SHADOW_LEAVES, SHADOW_POOL>;
 
 /// Who the device is.
 #[derive(Debug, Clone, Copy)]
@@ -222,16 +222,14 @@ enum Timer {
     Telemetry,
     Health,
     ShadowSync,
-    CommandDone,
 }
-const TIMERS: usize = 6;
+const TIMERS: usize = 5;
 const ALL_TIMERS: [Timer; TIMERS] = [
     Timer::Register,
     Timer::Heartbeat,
     Timer::Telemetry,
     Timer::Health,
     Timer::ShadowSync,
-    Timer::CommandDone,
 ];
 
 #[derive(Debug, Clone)]
@@ -242,6 +240,49 @@ struct Remembered {
     issued_ms: u64,
 }
 
+/// What [`Agent::admit`] decided for a command.
+enum Admission {
+    /// Seen before: acknowledged again with what it ended as.
+    Duplicate {
+        status: AckStatus,
+        reason: Option<AckReason>,
+    },
+    /// The command still running, sent again.
+    InProgress,
+    /// Issued before every command the dedupe window remembers.
+    Stale,
+    /// The cloud's time is not known since a resumed boot.
+    NeedsCloudTime,
+    /// Past its expiry, on the cloud's clock.
+    Expired,
+    /// Not allowed in the current lifecycle state.
+    NotAllowed,
+    /// An application command while another still runs.
+    Busy,
+    /// To run.
+    Run(CommandKind),
+}
+
+/// Who runs an admitted command.
+#[derive(Clone, Copy)]
+enum CommandKind {
+    Application,
+    #[cfg(feature = "diagnostic-commands")]
+    Diagnostics,
+    Lifecycle(Trigger),
+    Decommission,
+}
+
+/// [`Agent::complete_command`] was called with no command running.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct NothingRunning;
+
+impl core::fmt::Display for NothingRunning {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        f.write_str("no command is running")
+    }
+}
+
 #[derive(Debug, Clone)]
 struct Running {
     id: heapless::String<MAX_COMMAND_ID_LEN>,
@@ -249,11 +290,17 @@ struct Running {
 }
 
 /// The device agent. `Q` outbound messages of up to `M` bytes are kept while
-/// offline; `P` decides degraded-mode telemetry.
+/// offline; `P` decides degraded-mode telemetry; the device's shadow holds
+/// up to `L` leaves with `B` bytes of keys and text (a gateway may hold an
+/// 8 KB AWS-sized document, a microcontroller a small one). The device
+/// announces `L` and `B` when it registers, and the twin host refuses
+/// desired state that would not fit.
 pub struct Agent<
     P: TelemetryPolicy = SlowTelemetryOnLowBattery,
     const Q: usize = 16,
     const M: usize = 512,
+    const L: usize = SHADOW_LEAVES,
+    const B: usize = SHADOW_POOL,
 > {
     device_id: heapless::String<MAX_DEVICE_ID_LEN>,
     firmware: heapless::String<32>,
@@ -275,11 +322,10 @@ pub struct Agent<
     running: Option<Running>,
     /// Issue time of the command being handled, for the dedupe window.
     issued_ms: u64,
-    reported: DeviceShadow,
+    reported: StateTree<L, B>,
     /// Desired properties the application refuses, each leaf a
     /// [`RejectReason`] code; sent with every report.
-    rejected: DeviceShadow,
-    last_sensor_ms: Option<u64>,
+    rejected: StateTree<L, B>,
     /// The reported state changed since it was last persisted.
     reported_dirty: bool,
     /// The cloud's clock minus this device's, learnt from the registration
@@ -290,7 +336,9 @@ pub struct Agent<
     stats: AgentStats,
 }
 
-impl<P: TelemetryPolicy, const Q: usize, const M: usize> Agent<P, Q, M> {
+impl<P: TelemetryPolicy, const Q: usize, const M: usize, const L: usize, const B: usize>
+    Agent<P, Q, M, L, B>
+{
     /// A new agent, Unprovisioned, with `config` until the cloud sends one.
     /// Call [`Agent::boot`] next.
     pub fn new(identity: Identity<'_>, config: DeviceConfig, policy: P) -> Self {
@@ -338,7 +386,6 @@ impl<P: TelemetryPolicy, const Q: usize, const M: usize> Agent<P, Q, M> {
             issued_ms: 0,
             reported: StateTree::new(),
             rejected: StateTree::new(),
-            last_sensor_ms: None,
             reported_dirty: false,
             cloud_offset_ms: None,
             stats: AgentStats::default(),
@@ -397,13 +444,13 @@ impl<P: TelemetryPolicy, const Q: usize, const M: usize> Agent<P, Q, M> {
     }
 
     /// The device's reported shadow state.
-    pub fn reported(&self) -> &StateTree<SHADOW_LEAVES, SHADOW_POOL> {
+    pub fn reported(&self) -> &StateTree<L, B> {
         &self.reported
     }
 
     /// The desired properties the application refuses, each leaf the code
     /// of its [`RejectReason`].
-    pub fn rejected(&self) -> &StateTree<SHADOW_LEAVES, SHADOW_POOL> {
+    pub fn rejected(&self) -> &StateTree<L, B> {
         &self.rejected
     }
 
@@ -515,12 +562,6 @@ impl<P: TelemetryPolicy, const Q: usize, const M: usize> Agent<P, Q, M> {
                     }
                     self.send_shadow(now_ms);
                     self.schedule(Timer::ShadowSync, now_ms + self.config.shadow_sync_ms);
-                }
-                Timer::CommandDone => {
-                    if let Some(r) = self.running.take() {
-                        self.issued_ms = r.issued_ms;
-                        self.finish(now_ms, &r.id, AckStatus::Succeeded, None, None, platform);
-                    }
                 }
             }
         }
@@ -695,7 +736,7 @@ impl<P: TelemetryPolicy, const Q: usize, const M: usize> Agent<P, Q, M> {
         bytes: &[u8],
         platform: &mut Platform<'_>,
     ) -> Result<(), InboundError> {
-        let mut delta = ShadowDelta::<SHADOW_LEAVES, SHADOW_POOL>::empty();
+        let mut delta = ShadowDelta::<L, B>::empty();
         // Into this one tree: `decode` would build and move copies of it.
         delta.decode_into(bytes)?;
         let meta = LeafMeta::new(Source::Device, self.cloud_now(now_ms));
@@ -808,6 +849,10 @@ impl<P: TelemetryPolicy, const Q: usize, const M: usize> Agent<P, Q, M> {
             // Only a resumed boot registers while registered, and only
             // with `persistence` does a boot resume.
             resumed: cfg!(feature = "persistence") && self.state.is_registered(),
+            capacity: Some(ShadowCapacity {
+                leaves: L as u32,
+                pool_bytes: B as u32,
+            }),
         });
         // Exponential backoff with equal jitter: wait in [b/2, b].
         let base = FIRST_REGISTER_BACKOFF_MS
@@ -846,27 +891,23 @@ impl<P: TelemetryPolicy, const Q: usize, const M: usize> Agent<P, Q, M> {
 
     // ---- periodic work ----
 
+    // Not inlined: see `apply_delta` (the readings live only while it runs).
+    #[inline(never)]
     fn send_telemetry(&mut self, now_ms: u64, platform: &mut Platform<'_>) {
         // In maintenance the device is out of service: no telemetry.
         if self.state == LifecycleState::Maintenance {
             return;
         }
-        let Some(r) = platform.probe.read_sensors(now_ms) else {
-            return;
+        let mut t = Telemetry {
+            seq: self.telemetry_seq + 1,
+            time_ms: self.cloud_now(now_ms),
+            readings: StateTree::new(),
         };
-        self.last_sensor_ms = Some(now_ms);
+        if !platform.telemetry.read(now_ms, &mut t.readings) {
+            return;
+        }
         self.telemetry_seq += 1;
-        // Read now rather than from the last health check: the first
-        // telemetry may come before any check (a fleet can set telemetry
-        // faster than health), and 0 % would look like a dead battery.
-        let battery_pct = platform.probe.metrics(now_ms).battery_pct;
-        self.push(&Telemetry {
-            seq: self.telemetry_seq,
-            time_ms: now_ms,
-            temperature_c: r.temperature_c,
-            humidity_pct: r.humidity_pct,
-            battery_pct,
-        });
+        self.push(&t);
     }
 
     fn check_health(&mut self, now_ms: u64, platform: &mut Platform<'_>) {
@@ -920,146 +961,144 @@ impl<P: TelemetryPolicy, const Q: usize, const M: usize> Agent<P, Q, M> {
 
     // ---- commands ----
 
-    // Not inlined: see `apply_delta`.
-    #[inline(never)]
-    fn command(&mut self, now_ms: u64, cmd: &Command<'_>, platform: &mut Platform<'_>) {
-        if let Some(seen) = self
-            .dedupe
-            .iter()
-            .find(|r| r.id.as_str() == cmd.id)
-            .cloned()
-        {
-            // Seen before: acknowledge again, never run twice.
-            self.stats.duplicate_commands += 1;
-            self.push(&Ack {
-                command_id: cmd.id,
+    /// Decides what becomes of a command, before anything runs: every
+    /// rule of admission in one place, in the order they apply.
+    fn admit(&self, now_ms: u64, cmd: &Command<'_>) -> Admission {
+        if let Some(seen) = self.dedupe.iter().find(|r| r.id.as_str() == cmd.id) {
+            return Admission::Duplicate {
                 status: seen.status,
                 reason: seen.reason,
-                detail: Some("duplicate"),
-                result: None,
-                time_ms: now_ms,
-            });
-            return;
+            };
         }
         if self
             .running
             .as_ref()
             .is_some_and(|r| r.id.as_str() == cmd.id)
         {
-            self.stats.duplicate_commands += 1;
-            self.ack(now_ms, cmd.id, AckStatus::InProgress, None, None, None);
-            return;
+            return Admission::InProgress;
         }
         // Like a replay window: a command issued before every one still
         // remembered may have run already, and running it twice is worse
         // than refusing it. Retries must keep their original issue time.
         if self.dedupe.is_full() && self.dedupe.iter().all(|r| cmd.issued_ms < r.issued_ms) {
-            self.stats.stale_commands += 1;
-            return self.refuse_unremembered(
-                now_ms,
-                cmd.id,
-                AckReason::Stale,
-                "issued before every remembered command",
-            );
+            return Admission::Stale;
         }
         // Resumed after a reboot and not yet answered: the device does not
         // know the cloud's time, so it cannot tell whether the command has
         // expired (a clock counting from boot would call everything fresh).
-        // Refused for now and not remembered, so that a retry is judged.
         // (Without `persistence` every boot registers from the start and
         // learns the time before it is in service.)
-        #[cfg(feature = "persistence")]
-        if self.cloud_offset_ms.is_none() && self.state.is_registered() {
-            self.stats.refused_before_time += 1;
-            return self.refuse_unremembered(
-                now_ms,
-                cmd.id,
-                AckReason::Busy,
-                "the cloud's time is not known yet since boot",
-            );
+        if cfg!(feature = "persistence")
+            && self.cloud_offset_ms.is_none()
+            && self.state.is_registered()
+        {
+            return Admission::NeedsCloudTime;
         }
-        self.issued_ms = cmd.issued_ms;
         // Expiry is the cloud's time: compare on its clock.
         if self.cloud_now(now_ms) > cmd.expires_ms {
-            return self.reject(now_ms, cmd.id, AckReason::Expired, platform);
+            return Admission::Expired;
         }
-        let registered = self.state.is_registered();
-        let in_service = matches!(
-            self.state,
-            LifecycleState::Active | LifecycleState::Degraded
-        );
-        let (allowed, builtin) = match cmd.name {
+        let (allowed, kind) = match cmd.name {
             #[cfg(feature = "diagnostic-commands")]
-            "diagnostics" | "read_sensor" => (registered, true),
-            "blink_led" => (registered, true),
+            "diagnostics" => (self.state.is_registered(), CommandKind::Diagnostics),
             "enter_maintenance" => (
                 next_state(self.state, Trigger::EnterMaintenance).is_ok(),
-                true,
+                CommandKind::Lifecycle(Trigger::EnterMaintenance),
             ),
             "exit_maintenance" => (
                 next_state(self.state, Trigger::ExitMaintenance).is_ok(),
-                true,
+                CommandKind::Lifecycle(Trigger::ExitMaintenance),
             ),
-            "decommission" => (next_state(self.state, Trigger::Decommission).is_ok(), true),
-            _ => (in_service, false),
+            "decommission" => (
+                next_state(self.state, Trigger::Decommission).is_ok(),
+                CommandKind::Decommission,
+            ),
+            _ => (
+                matches!(
+                    self.state,
+                    LifecycleState::Active | LifecycleState::Degraded
+                ),
+                CommandKind::Application,
+            ),
         };
-        if !allowed {
-            return self.reject(now_ms, cmd.id, AckReason::NotAllowed, platform);
+        match (allowed, kind) {
+            (false, _) => Admission::NotAllowed,
+            // One long-running application command at a time.
+            (true, CommandKind::Application) if self.running.is_some() => Admission::Busy,
+            (true, kind) => Admission::Run(kind),
         }
-        let mut result = [0u8; MAX_COMMAND_ARGS_LEN];
-        if !builtin {
-            return match platform.commands.execute(cmd.name, cmd.args, &mut result) {
-                None => self.reject(now_ms, cmd.id, AckReason::UnknownCommand, platform),
-                Some(Err(CommandFailure::BadArguments)) => {
-                    self.reject(now_ms, cmd.id, AckReason::BadArguments, platform)
-                }
-                Some(Err(CommandFailure::Failed(why))) => {
-                    self.ack(now_ms, cmd.id, AckStatus::Accepted, None, None, None);
-                    self.finish(
-                        now_ms,
-                        cmd.id,
-                        AckStatus::Failed,
-                        Some(AckReason::ExecutionFailed),
-                        Some(why),
-                        platform,
-                    );
-                }
-                Some(Ok(n)) => {
-                    self.stats.commands_executed += 1;
-                    self.ack(now_ms, cmd.id, AckStatus::Accepted, None, None, None);
-                    let n = n.min(result.len());
-                    self.finish_with(now_ms, cmd.id, &result[..n], platform);
-                }
-            };
-        }
-        match cmd.name {
-            "blink_led" => {
-                let (count, period) = match (cmd.arg_u64("count"), cmd.arg_u64("period_ms")) {
-                    (Ok(Some(c)), Ok(p)) if (1..=100).contains(&c) => (c as u32, p.unwrap_or(500)),
-                    _ => return self.reject(now_ms, cmd.id, AckReason::BadArguments, platform),
-                };
-                if !(50..=5_000).contains(&period) {
-                    return self.reject(now_ms, cmd.id, AckReason::BadArguments, platform);
-                }
-                if self.running.is_some() {
-                    return self.reject(now_ms, cmd.id, AckReason::Busy, platform);
-                }
-                self.stats.commands_executed += 1;
-                self.ack(now_ms, cmd.id, AckStatus::Accepted, None, None, None);
-                platform.actuators.blink(count, period as u32);
-                self.ack(now_ms, cmd.id, AckStatus::InProgress, None, None, None);
-                let mut id = heapless::String::new();
-                let _ = id.push_str(cmd.id);
-                self.running = Some(Running {
-                    id,
-                    issued_ms: cmd.issued_ms,
+    }
+
+    // Not inlined: see `apply_delta`.
+    #[inline(never)]
+    fn command(&mut self, now_ms: u64, cmd: &Command<'_>, platform: &mut Platform<'_>) {
+        let kind = match self.admit(now_ms, cmd) {
+            Admission::Duplicate { status, reason } => {
+                // Seen before: acknowledge again, never run twice.
+                self.stats.duplicate_commands += 1;
+                self.push(&Ack {
+                    command_id: cmd.id,
+                    status,
+                    reason,
+                    detail: Some("duplicate"),
+                    result: None,
+                    time_ms: now_ms,
                 });
-                self.schedule(Timer::CommandDone, now_ms + u64::from(count) * period);
+                return;
             }
+            Admission::InProgress => {
+                self.stats.duplicate_commands += 1;
+                self.ack(now_ms, cmd.id, AckStatus::InProgress, None, None, None);
+                return;
+            }
+            Admission::Stale => {
+                self.stats.stale_commands += 1;
+                return self.refuse_unremembered(
+                    now_ms,
+                    cmd.id,
+                    AckReason::Stale,
+                    "issued before every remembered command",
+                );
+            }
+            // Refused for now and not remembered, so that a retry is
+            // judged once the time is known.
+            Admission::NeedsCloudTime => {
+                self.stats.refused_before_time += 1;
+                return self.refuse_unremembered(
+                    now_ms,
+                    cmd.id,
+                    AckReason::Busy,
+                    "the cloud's time is not known yet since boot",
+                );
+            }
+            Admission::Expired => {
+                self.issued_ms = cmd.issued_ms;
+                return self.reject(now_ms, cmd.id, AckReason::Expired, platform);
+            }
+            Admission::NotAllowed => {
+                self.issued_ms = cmd.issued_ms;
+                return self.reject(now_ms, cmd.id, AckReason::NotAllowed, platform);
+            }
+            // Not remembered: it did not run, and a retry may once the
+            // running command is done.
+            Admission::Busy => {
+                return self.refuse_unremembered(
+                    now_ms,
+                    cmd.id,
+                    AckReason::Busy,
+                    "another command is running",
+                );
+            }
+            Admission::Run(kind) => kind,
+        };
+        self.issued_ms = cmd.issued_ms;
+        match kind {
+            CommandKind::Application => self.run_application(now_ms, cmd, platform),
             #[cfg(feature = "diagnostic-commands")]
-            "diagnostics" => {
+            CommandKind::Diagnostics => {
                 self.stats.commands_executed += 1;
                 self.ack(now_ms, cmd.id, AckStatus::Accepted, None, None, None);
+                let mut result = [0u8; MAX_COMMAND_ARGS_LEN];
                 let report = self.config.thresholds.evaluate(
                     &self.metrics(now_ms, platform),
                     self.state == LifecycleState::Degraded,
@@ -1072,47 +1111,14 @@ impl<P: TelemetryPolicy, const Q: usize, const M: usize> Agent<P, Q, M> {
                 .unwrap_or(0);
                 self.finish_with(now_ms, cmd.id, &result[..n], platform);
             }
-            #[cfg(feature = "diagnostic-commands")]
-            "read_sensor" => {
-                self.ack(now_ms, cmd.id, AckStatus::Accepted, None, None, None);
-                match platform.probe.read_sensors(now_ms) {
-                    Some(r) => {
-                        self.stats.commands_executed += 1;
-                        // 31 bytes: always fits the result buffer.
-                        let n = crate::wire::cbor::encode_into(&mut result, |e| {
-                            e.map(2)?
-                                .str("temperature_c")?
-                                .f32(r.temperature_c)?
-                                .str("humidity_pct")?
-                                .f32(r.humidity_pct)?;
-                            Ok(())
-                        })
-                        .unwrap_or(0);
-                        self.finish_with(now_ms, cmd.id, &result[..n], platform);
-                    }
-                    None => self.finish(
-                        now_ms,
-                        cmd.id,
-                        AckStatus::Failed,
-                        Some(AckReason::ExecutionFailed),
-                        Some("sensor read failed"),
-                        platform,
-                    ),
-                }
-            }
-            "enter_maintenance" | "exit_maintenance" => {
+            CommandKind::Lifecycle(trigger) => {
                 self.stats.commands_executed += 1;
                 self.ack(now_ms, cmd.id, AckStatus::Accepted, None, None, None);
-                let trigger = if cmd.name == "enter_maintenance" {
-                    Trigger::EnterMaintenance
-                } else {
-                    Trigger::ExitMaintenance
-                };
                 self.transition(now_ms, trigger, platform);
                 self.finish(now_ms, cmd.id, AckStatus::Succeeded, None, None, platform);
             }
-            _ => {
-                // decommission: acknowledge, send the final audit event, wipe.
+            CommandKind::Decommission => {
+                // Acknowledge, send the final audit event, wipe.
                 self.stats.commands_executed += 1;
                 self.ack(now_ms, cmd.id, AckStatus::Accepted, None, None, None);
                 self.transition(now_ms, Trigger::Decommission, platform);
@@ -1136,6 +1142,94 @@ impl<P: TelemetryPolicy, const Q: usize, const M: usize> Agent<P, Q, M> {
                 self.rejected.clear();
             }
         }
+    }
+
+    /// Hands a command to the application's handler and acknowledges what
+    /// it says.
+    fn run_application(&mut self, now_ms: u64, cmd: &Command<'_>, platform: &mut Platform<'_>) {
+        let mut result = [0u8; MAX_COMMAND_ARGS_LEN];
+        match platform
+            .commands
+            .execute(now_ms, cmd.name, cmd.args(), &mut result)
+        {
+            None => self.reject(now_ms, cmd.id, AckReason::UnknownCommand, platform),
+            Some(Err(CommandFailure::BadArguments)) => {
+                self.reject(now_ms, cmd.id, AckReason::BadArguments, platform)
+            }
+            Some(Err(CommandFailure::Failed(why))) => {
+                self.ack(now_ms, cmd.id, AckStatus::Accepted, None, None, None);
+                self.finish(
+                    now_ms,
+                    cmd.id,
+                    AckStatus::Failed,
+                    Some(AckReason::ExecutionFailed),
+                    Some(why),
+                    platform,
+                );
+            }
+            Some(Ok(Completion::Done(n))) => {
+                self.stats.commands_executed += 1;
+                self.ack(now_ms, cmd.id, AckStatus::Accepted, None, None, None);
+                let n = n.min(result.len());
+                self.finish_with(now_ms, cmd.id, &result[..n], platform);
+            }
+            Some(Ok(Completion::Later)) => {
+                self.stats.commands_executed += 1;
+                self.ack(now_ms, cmd.id, AckStatus::Accepted, None, None, None);
+                self.ack(now_ms, cmd.id, AckStatus::InProgress, None, None, None);
+                let mut id = heapless::String::new();
+                let _ = id.push_str(cmd.id);
+                self.running = Some(Running {
+                    id,
+                    issued_ms: cmd.issued_ms,
+                });
+            }
+        }
+    }
+
+    /// Finishes the application command that answered
+    /// [`Completion::Later`](platform::Completion::Later): `Ok(result)` (CBOR,
+    /// empty for none) succeeds it, `Err` fails or rejects it. The final
+    /// acknowledgement is queued and the command remembered, so a retry of
+    /// it is answered without running it again.
+    pub fn complete_command(
+        &mut self,
+        now_ms: u64,
+        outcome: Result<&[u8], CommandFailure>,
+        platform: &mut Platform<'_>,
+    ) -> Result<(), NothingRunning> {
+        let r = self.running.take().ok_or(NothingRunning)?;
+        self.issued_ms = r.issued_ms;
+        match outcome {
+            Ok(result) if result.len() <= MAX_COMMAND_ARGS_LEN => {
+                self.finish_with(now_ms, &r.id, result, platform)
+            }
+            Ok(_) => self.finish(
+                now_ms,
+                &r.id,
+                AckStatus::Failed,
+                Some(AckReason::ExecutionFailed),
+                Some("result too large"),
+                platform,
+            ),
+            Err(CommandFailure::BadArguments) => {
+                self.reject(now_ms, &r.id, AckReason::BadArguments, platform)
+            }
+            Err(CommandFailure::Failed(why)) => self.finish(
+                now_ms,
+                &r.id,
+                AckStatus::Failed,
+                Some(AckReason::ExecutionFailed),
+                Some(why),
+                platform,
+            ),
+        }
+        Ok(())
+    }
+
+    /// The id of the application command still running, if one is.
+    pub fn running_command(&self) -> Option<&str> {
+        self.running.as_ref().map(|r| r.id.as_str())
     }
 
     /// Refuses a command without remembering it in the dedupe window, so a
@@ -1312,9 +1406,9 @@ impl<P: TelemetryPolicy, const Q: usize, const M: usize> Agent<P, Q, M> {
 }
 
 /// A shadow update sent by the agent.
-struct ShadowMessage<'a>(ShadowUpdateRef<'a, SHADOW_LEAVES, SHADOW_POOL>);
+struct ShadowMessage<'a, const L: usize, const B: usize>(ShadowUpdateRef<'a, L, B>);
 
-impl Encodable for ShadowMessage<'_> {
+impl<const L: usize, const B: usize> Encodable for ShadowMessage<'_, L, B> {
     const KIND: MessageKind = MessageKind::ShadowUpdate;
     fn encode_cbor<W: minicbor::encode::Write>(
         &self,

@@ -18,7 +18,9 @@ use crate::error::DecodeError;
 use crate::shadow::{LeafMeta, Source};
 use crate::wire::{CborWriter, cbor, each_field};
 
-impl<P: TelemetryPolicy, const Q: usize, const M: usize> Agent<P, Q, M> {
+impl<P: TelemetryPolicy, const Q: usize, const M: usize, const L: usize, const B: usize>
+    Agent<P, Q, M, L, B>
+{
     /// Reads back the state [`Agent::persist`] saved, if any.
     pub(super) fn resume(&mut self, platform: &mut Platform<'_>) {
         let mut buf = [0u8; STATE_RECORD_MAX];
@@ -94,7 +96,7 @@ impl<P: TelemetryPolicy, const Q: usize, const M: usize> Agent<P, Q, M> {
         // Decoded aside, so a record that fails halfway changes nothing.
         // On the stack while it lasts: the agent keeps no spare tree for
         // the one time a boot needs it.
-        let mut reported = super::DeviceShadow::new();
+        let mut reported = crate::shadow::StateTree::<L, B>::new();
         let (mut boots, mut seq) = (0, 0);
         each_field(&mut d, |k, d| {
             let at = d.position();

@@ -111,31 +111,89 @@ impl Storage for NoStorage {
     }
 }
 
-/// A sensor reading for telemetry.
-#[derive(Debug, Clone, Copy, PartialEq)]
-pub struct SensorReading {
-    /// Temperature, °C.
-    pub temperature_c: f32,
-    /// Relative humidity, percent.
-    pub humidity_pct: f32,
-}
-
-/// The device's own measurements.
+/// The device's own health measurements. Fill in what the board measures
+/// and leave the rest at [`HealthMetrics::default`] (a healthy device on
+/// mains power); the agent measures its own outbox.
 pub trait HealthProbe {
     /// Current health metrics.
     fn metrics(&mut self, now_ms: u64) -> HealthMetrics;
-    /// Reads the sensors; `None` when the read failed.
-    fn read_sensors(&mut self, now_ms: u64) -> Option<SensorReading>;
 }
 
-/// Things the built-in commands act on.
-pub trait Actuators {
-    /// Blinks the indicator LED `count` times, `period_ms` per blink. May
-    /// return at once and blink in the background.
-    fn blink(&mut self, count: u32, period_ms: u32);
+/// A device with nothing to measure: always the healthy defaults, the
+/// uptime excepted.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct MainsPowered;
+
+impl HealthProbe for MainsPowered {
+    fn metrics(&mut self, now_ms: u64) -> HealthMetrics {
+        HealthMetrics {
+            uptime_ms: now_ms,
+            ..HealthMetrics::default()
+        }
+    }
 }
 
-/// Why a user command failed.
+/// What a telemetry message carries: a map the application fills, with
+/// the shadow's value types (numbers, text, booleans, bytes, arrays,
+/// nested maps).
+pub type Readings = crate::shadow::StateTree<{ super::SHADOW_LEAVES }, { super::SHADOW_POOL }>;
+
+/// The application's telemetry. The agent decides when it is due (the
+/// configured interval, stretched in degraded mode, none in maintenance)
+/// and asks for the readings; the application decides what they are.
+///
+/// ```
+/// use lanyard_core::agent::platform::{Readings, TelemetrySource};
+/// use lanyard_core::shadow::{PathBuf, Value};
+///
+/// struct FlowMeter { litres_per_min: f64 }
+///
+/// impl TelemetrySource for FlowMeter {
+///     fn read(&mut self, _now_ms: u64, readings: &mut Readings) -> bool {
+///         let key = PathBuf::from_dotted("flow_lpm").expect("a valid key");
+///         readings.insert(&key, Value::Float(self.litres_per_min)).is_ok()
+///     }
+/// }
+/// ```
+pub trait TelemetrySource {
+    /// Telemetry is due: put this period's readings into `readings` (empty
+    /// when called). Returns whether to send them; `false` (a failed read)
+    /// sends nothing this time.
+    fn read(&mut self, now_ms: u64, readings: &mut Readings) -> bool;
+}
+
+/// One board lent as several platform parts: a probe whose health counts
+/// the sensor reads that telemetry makes, or commands that read the same
+/// sensor. Wrap it in a [`RefCell`](core::cell::RefCell) and lend `&cell`
+/// to each part. The agent never calls two parts at once; if one were
+/// borrowed, the probe reads as the healthy defaults and telemetry as a
+/// failed read rather than panicking.
+impl<T: HealthProbe> HealthProbe for &core::cell::RefCell<T> {
+    fn metrics(&mut self, now_ms: u64) -> HealthMetrics {
+        self.try_borrow_mut()
+            .map(|mut t| t.metrics(now_ms))
+            .unwrap_or_default()
+    }
+}
+
+impl<T: TelemetrySource> TelemetrySource for &core::cell::RefCell<T> {
+    fn read(&mut self, now_ms: u64, readings: &mut Readings) -> bool {
+        self.try_borrow_mut()
+            .is_ok_and(|mut t| t.read(now_ms, readings))
+    }
+}
+
+/// A device that sends no telemetry (heartbeats and health still go out).
+#[derive(Debug, Default, Clone, Copy)]
+pub struct NoTelemetry;
+
+impl TelemetrySource for NoTelemetry {
+    fn read(&mut self, _: u64, _: &mut Readings) -> bool {
+        false
+    }
+}
+
+/// Why a command failed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum CommandFailure {
     /// The arguments were not acceptable (acknowledged as Rejected).
@@ -144,17 +202,136 @@ pub enum CommandFailure {
     Failed(&'static str),
 }
 
-/// Application commands beyond the built-in ones.
+/// How far a command got when its handler returned.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Completion {
+    /// Finished: the first `n` bytes of the result buffer are its result
+    /// (CBOR; 0 for none).
+    Done(usize),
+    /// Started and still running (a calibration, a move): the agent
+    /// acknowledges it as in progress, and the application finishes it
+    /// with [`Agent::complete_command`](super::Agent::complete_command).
+    /// One such command runs at a time; until it finishes, other
+    /// application commands are refused as busy.
+    Later,
+}
+
+/// A command's arguments: a CBOR map with text keys, read by key and type.
+/// A value of another type than asked is [`CommandFailure::BadArguments`],
+/// as is an argument map that does not decode.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Args<'a>(&'a [u8]);
+
+impl<'a> Args<'a> {
+    /// The arguments of `raw` (a CBOR map; empty for none).
+    pub fn new(raw: &'a [u8]) -> Self {
+        Args(raw)
+    }
+
+    /// The map as CBOR, for a handler that decodes it itself.
+    pub fn raw(&self) -> &'a [u8] {
+        self.0
+    }
+
+    fn find<T>(
+        &self,
+        key: &str,
+        read: impl Fn(&mut minicbor::Decoder<'a>) -> Result<T, crate::DecodeError>,
+    ) -> Result<Option<T>, CommandFailure> {
+        use crate::wire::cbor;
+        if self.0.is_empty() {
+            return Ok(None);
+        }
+        let mut d = minicbor::Decoder::new(self.0);
+        let mut found = None;
+        cbor::each_entry(&mut d, |d| {
+            if found.is_none() && cbor::read_text_key(d)?.0 == key {
+                found = Some(read(d)?);
+                Ok(())
+            } else {
+                cbor::skip_item(d, 0)
+            }
+        })
+        .map_err(|_| CommandFailure::BadArguments)?;
+        Ok(found)
+    }
+
+    /// An unsigned integer argument.
+    pub fn u64(&self, key: &str) -> Result<Option<u64>, CommandFailure> {
+        self.find(key, crate::wire::cbor::read_u64)
+    }
+
+    /// A signed integer argument.
+    pub fn i64(&self, key: &str) -> Result<Option<i64>, CommandFailure> {
+        self.find(key, crate::wire::cbor::read_i64)
+    }
+
+    /// A number argument (an integer is taken as a float too).
+    pub fn f64(&self, key: &str) -> Result<Option<f64>, CommandFailure> {
+        self.find(key, |d| match crate::wire::cbor::peek_major(d)? {
+            0 | 1 => crate::wire::cbor::read_i64(d).map(|i| i as f64),
+            _ => crate::wire::cbor::read_float(d),
+        })
+    }
+
+    /// A text argument.
+    pub fn str(&self, key: &str) -> Result<Option<&'a str>, CommandFailure> {
+        self.find(key, crate::wire::cbor::read_str)
+    }
+
+    /// A boolean argument.
+    pub fn bool(&self, key: &str) -> Result<Option<bool>, CommandFailure> {
+        self.find(key, |d| {
+            let at = d.position();
+            let b = d.bool().map_err(|_| crate::DecodeError::Malformed {
+                what: "a boolean",
+                at,
+            })?;
+            Ok(b)
+        })
+    }
+}
+
+/// The application's commands. The agent handles deduplication, expiry,
+/// the lifecycle's own commands and the acknowledgements; the handler runs
+/// what it knows.
+///
+/// ```
+/// use lanyard_core::agent::platform::{Args, CommandFailure, CommandHandler, Completion};
+///
+/// struct Valve { position: u64 }
+///
+/// impl CommandHandler for Valve {
+///     fn execute(&mut self, _now_ms: u64, name: &str, args: Args<'_>, result: &mut [u8])
+///         -> Option<Result<Completion, CommandFailure>> {
+///         match name {
+///             "set_position" => Some((|| {
+///                 let p = args.u64("percent")?.ok_or(CommandFailure::BadArguments)?;
+///                 if p > 100 { return Err(CommandFailure::BadArguments); }
+///                 self.position = p;
+///                 // The result, a CBOR map: {"position": p}.
+///                 let n = lanyard_core::wire::encode_into(result, |e| {
+///                     e.map(1)?.str("position")?.u64(p)?;
+///                     Ok(())
+///                 }).map_err(|_| CommandFailure::Failed("result too large"))?;
+///                 Ok(Completion::Done(n))
+///             })()),
+///             _ => None,
+///         }
+///     }
+/// }
+/// ```
 pub trait CommandHandler {
-    /// Runs command `name` with `args` (a CBOR map). Writes a result (CBOR)
-    /// into `result` and returns its length. `None` means the handler does
-    /// not know the command (acknowledged as Rejected, unknown command).
+    /// Runs command `name` with `args`. Writes a result (CBOR) into
+    /// `result` and says how far it got. `None` means the handler does not
+    /// know the command (acknowledged as Rejected, unknown command).
     fn execute(
         &mut self,
+        now_ms: u64,
         name: &str,
-        args: &[u8],
+        args: Args<'_>,
         result: &mut [u8],
-    ) -> Option<Result<usize, CommandFailure>>;
+    ) -> Option<Result<Completion, CommandFailure>>;
 }
 
 /// A handler that knows no commands.
@@ -164,10 +341,11 @@ pub struct NoCommands;
 impl CommandHandler for NoCommands {
     fn execute(
         &mut self,
+        _: u64,
         _: &str,
-        _: &[u8],
+        _: Args<'_>,
         _: &mut [u8],
-    ) -> Option<Result<usize, CommandFailure>> {
+    ) -> Option<Result<Completion, CommandFailure>> {
         None
     }
 }
@@ -312,10 +490,10 @@ impl DesiredState for MirrorDesired {
 pub struct Platform<'a> {
     /// Persistent storage.
     pub storage: &'a mut dyn Storage,
-    /// Health metrics and sensors.
+    /// Health metrics.
     pub probe: &'a mut dyn HealthProbe,
-    /// LED and other outputs of built-in commands.
-    pub actuators: &'a mut dyn Actuators,
+    /// The application's telemetry.
+    pub telemetry: &'a mut dyn TelemetrySource,
     /// Application commands.
     pub commands: &'a mut dyn CommandHandler,
     /// What becomes of desired state.

@@ -59,6 +59,7 @@ impl SimStorage {
 }
 
 /// Battery drains 1 % every `drain_every_ms` from 100 %.
+#[derive(Clone)]
 pub struct SimProbe {
     pub drain_every_ms: u64,
     pub sensor_fails: bool,
@@ -67,6 +68,10 @@ pub struct SimProbe {
 impl SimProbe {
     pub fn battery(&self, now_ms: u64) -> u8 {
         100u64.saturating_sub(now_ms / self.drain_every_ms) as u8
+    }
+
+    pub fn temperature(now_ms: u64) -> f64 {
+        21.0 + (now_ms % 7_000) as f64 / 1_000.0
     }
 }
 
@@ -81,50 +86,97 @@ impl HealthProbe for SimProbe {
             uptime_ms: now_ms,
         }
     }
-    fn read_sensors(&mut self, now_ms: u64) -> Option<SensorReading> {
-        (!self.sensor_fails).then(|| SensorReading {
-            temperature_c: 21.0 + (now_ms % 7_000) as f32 / 1_000.0,
-            humidity_pct: 45.0,
-        })
+}
+
+/// The example board's telemetry: temperature, humidity and the battery
+/// read now (a copy of the probe, refreshed by `Sim::platform`).
+pub struct SimTelemetry(pub SimProbe);
+
+impl TelemetrySource for SimTelemetry {
+    fn read(&mut self, now_ms: u64, readings: &mut Readings) -> bool {
+        if self.0.sensor_fails {
+            return false;
+        }
+        let p = |k: &str| lanyard_core::shadow::PathBuf::from_dotted(k).unwrap();
+        use lanyard_core::shadow::Value;
+        readings
+            .insert(
+                &p("temperature_c"),
+                Value::Float(SimProbe::temperature(now_ms)),
+            )
+            .unwrap();
+        readings
+            .insert(&p("humidity_pct"), Value::Float(45.0))
+            .unwrap();
+        readings
+            .insert(
+                &p("battery_pct"),
+                Value::Int(i64::from(self.0.battery(now_ms))),
+            )
+            .unwrap();
+        true
     }
 }
 
-#[derive(Default)]
-pub struct SimLed {
-    pub blinks: Vec<(u32, u32)>,
-}
-
-impl Actuators for SimLed {
-    fn blink(&mut self, count: u32, period_ms: u32) {
-        self.blinks.push((count, period_ms));
-    }
-}
-
-/// Knows one application command, `reboot_modem`, and counts runs.
+/// The example board's commands: `reboot_modem` (counts runs, result
+/// `true`), `blink_led` (runs for count * period: finished later, by
+/// `Sim::finish_blink`), `read_sensor` (result `{temperature_c,
+/// humidity_pct}`).
 #[derive(Default)]
 pub struct SimCommands {
     pub runs: u32,
+    /// `(count, period_ms)` of every blink started.
+    pub blinks: Vec<(u32, u32)>,
+    /// When the running blink ends.
+    pub blink_ends_ms: Option<u64>,
 }
 
 impl CommandHandler for SimCommands {
     fn execute(
         &mut self,
+        now_ms: u64,
         name: &str,
-        _args: &[u8],
+        args: Args<'_>,
         result: &mut [u8],
-    ) -> Option<Result<usize, CommandFailure>> {
-        (name == "reboot_modem").then(|| {
-            self.runs += 1;
-            result[0] = 0xf5; // true
-            Ok(1)
-        })
+    ) -> Option<Result<Completion, CommandFailure>> {
+        match name {
+            "reboot_modem" => {
+                self.runs += 1;
+                result[0] = 0xf5; // true
+                Some(Ok(Completion::Done(1)))
+            }
+            "blink_led" => Some((|| {
+                let count = args.u64("count")?.ok_or(CommandFailure::BadArguments)?;
+                let period = args.u64("period_ms")?.unwrap_or(500);
+                if !(1..=100).contains(&count) || !(50..=5_000).contains(&period) {
+                    return Err(CommandFailure::BadArguments);
+                }
+                self.blinks.push((count as u32, period as u32));
+                self.blink_ends_ms = Some(now_ms + count * period);
+                Ok(Completion::Later)
+            })()),
+            "read_sensor" => {
+                let t = SimProbe::temperature(now_ms);
+                let n = lanyard_core::wire::encode_into(result, |e| {
+                    e.map(2)?
+                        .str("temperature_c")?
+                        .f64(t)?
+                        .str("humidity_pct")?
+                        .f64(45.0)?;
+                    Ok(())
+                })
+                .unwrap();
+                Some(Ok(Completion::Done(n)))
+            }
+            _ => None,
+        }
     }
 }
 
 pub struct Sim {
     pub storage: SimStorage,
     pub probe: SimProbe,
-    pub led: SimLed,
+    pub telemetry: SimTelemetry,
     pub commands: SimCommands,
     /// What becomes of desired state: mirrored unless a test sets its own.
     pub desired: Box<dyn DesiredState>,
@@ -138,20 +190,36 @@ impl Sim {
                 drain_every_ms,
                 sensor_fails: false,
             },
-            led: SimLed::default(),
+            telemetry: SimTelemetry(SimProbe {
+                drain_every_ms,
+                sensor_fails: false,
+            }),
             commands: SimCommands::default(),
             desired: Box::new(MirrorDesired),
         }
     }
 
     pub fn platform(&mut self) -> Platform<'_> {
+        // Telemetry reads the same model as the probe, as a board would.
+        self.telemetry.0 = self.probe.clone();
         Platform {
             storage: &mut self.storage,
             probe: &mut self.probe,
-            actuators: &mut self.led,
+            telemetry: &mut self.telemetry,
             commands: &mut self.commands,
             desired: &mut *self.desired,
         }
+    }
+}
+
+/// Finishes the running blink if it has ended by `now_ms`, as the board
+/// would (Succeeded).
+pub fn finish_blink(agent: &mut SimAgent, sim: &mut Sim, now_ms: u64) {
+    if sim.commands.blink_ends_ms.is_some_and(|end| end <= now_ms) {
+        sim.commands.blink_ends_ms = None;
+        agent
+            .complete_command(now_ms, Ok(&[]), &mut sim.platform())
+            .unwrap();
     }
 }
 

@@ -10,7 +10,6 @@ use lanyard_core::agent::AgentEvent;
 use lanyard_core::agent::config::DeviceConfig;
 use lanyard_core::agent::lifecycle::LifecycleState;
 use lanyard_core::agent::messages::*;
-use lanyard_core::agent::platform::NoCommands;
 use lanyard_core::shadow::{ConflictPolicy, PathBuf as ShadowPath, StateTree, Value};
 use lanyard_core::wire::ShadowUpdate;
 use lanyard_std::clock::Clock;
@@ -20,7 +19,7 @@ use lanyard_std::driver::{
 };
 use lanyard_std::metrics::Metrics;
 use lanyard_std::mqtt::{MqttConfig, MqttTransport};
-use lanyard_std::sim::{CountingLed, SimulatedSensors};
+use lanyard_std::sim::{SimulatedSensors, simulated_board};
 use lanyard_std::store::FileStore;
 use lanyard_std::transport::{Qos, Transport};
 use lanyard_std::twin::{TwinHost, app_topics, run_twin};
@@ -169,6 +168,10 @@ enum Cmd {
         /// shared one; messages for any other tenant are refused.
         #[arg(long, value_delimiter = ',')]
         tenants: Vec<String>,
+        /// The fleet's telemetry interval, ms, sent to devices when they
+        /// register (1000..=86400000).
+        #[arg(long, default_value_t = 30_000)]
+        telemetry_ms: u64,
     },
 }
 
@@ -217,7 +220,25 @@ fn main() {
                 state_dir,
                 metrics,
                 tenants,
-            } => twin(&broker, state_dir, tenants, metrics_on(metrics).await?).await,
+                telemetry_ms,
+            } => {
+                let fleet = DeviceConfig {
+                    version: 1,
+                    telemetry_ms,
+                    ..DeviceConfig::default()
+                };
+                fleet
+                    .validate()
+                    .map_err(|e| format!("--telemetry-ms: {}", e.reason))?;
+                twin(
+                    &broker,
+                    state_dir,
+                    tenants,
+                    fleet,
+                    metrics_on(metrics).await?,
+                )
+                .await
+            }
             Cmd::Demo {
                 devices,
                 speed,
@@ -285,9 +306,9 @@ fn make_device(
         storage: Box::new(
             FileStore::open(&state_dir).map_err(|e| format!("{}: {e}", state_dir.display()))?,
         ),
+        telemetry: Box::new(sensors.clone()),
+        commands: Box::new(simulated_board(sensors.clone(), Default::default())),
         probe: Box::new(sensors),
-        actuators: Box::new(CountingLed::default()),
-        commands: Box::new(NoCommands),
         desired: Box::new(lanyard_core::agent::platform::MirrorDesired),
     };
     let transport = MqttTransport::connect(mqtt(&id)?);
@@ -395,16 +416,11 @@ async fn twin(
     broker: &BrokerArgs,
     state_dir: PathBuf,
     tenants: Vec<String>,
+    fleet: DeviceConfig,
     metrics: Option<Metrics>,
 ) -> Result<(), String> {
-    let mut twin = TwinHost::open(
-        &state_dir,
-        DeviceConfig {
-            version: 1,
-            ..DeviceConfig::default()
-        },
-    )
-    .map_err(|e| format!("{}: {e}", state_dir.display()))?;
+    let mut twin =
+        TwinHost::open(&state_dir, fleet).map_err(|e| format!("{}: {e}", state_dir.display()))?;
     if let Some(m) = metrics {
         twin = twin.with_metrics(m);
     }
@@ -438,10 +454,12 @@ fn timeline_line(e: &DriverEvent) -> Option<String> {
                 )
             }
             MessageKind::Telemetry => {
-                let t = Telemetry::decode(payload).ok()?;
+                let t: Box<lanyard_std::describe::Readings> =
+                    Box::new(Telemetry::decode(payload).ok()?);
                 format!(
-                    "-> telemetry #{}: {:.1} °C, {:.0} % RH, battery {} %",
-                    t.seq, t.temperature_c, t.humidity_pct, t.battery_pct
+                    "-> telemetry #{}: {}",
+                    t.seq,
+                    lanyard_std::aws_json::tree_to_json(&t.readings)
                 )
             }
             MessageKind::Health => {

@@ -4,11 +4,11 @@
 use std::net::TcpStream;
 
 use lanyard_core::agent::config::DeviceConfig;
-use lanyard_core::agent::platform::{CommandHandler, NoCommands};
+use lanyard_core::agent::platform::CommandHandler;
 use lanyard_std::clock::Clock;
 use lanyard_std::driver::{DeviceDriver, DriverEvent, StdPlatform, std_agent};
 use lanyard_std::mqtt::{MqttConfig, MqttTransport};
-use lanyard_std::sim::{CountingLed, SimulatedSensors};
+use lanyard_std::sim::SimulatedSensors;
 use lanyard_std::store::FileStore;
 use lanyard_std::twin::{TwinHost, run_twin};
 use std::path::PathBuf;
@@ -157,7 +157,12 @@ pub fn spawn_device(
     dir: &std::path::Path,
     mac: [u8; 6],
 ) -> (oneshot::Sender<()>, tokio::task::JoinHandle<()>) {
-    let (stop, task, _) = spawn_device_with(port, dir, mac, Box::new(NoCommands));
+    // The example board's commands (`blink_led`, `read_sensor`).
+    let board = lanyard_std::sim::simulated_board(
+        SimulatedSensors::new(Clock::real().now_ms(), 600_000, 0),
+        Default::default(),
+    );
+    let (stop, task, _) = spawn_device_with(port, dir, mac, Box::new(board));
     (stop, task)
 }
 
@@ -178,7 +183,7 @@ pub fn spawn_device_with(
     let platform = StdPlatform {
         storage: Box::new(FileStore::open(dir).unwrap()),
         probe: Box::new(SimulatedSensors::new(clock.now_ms(), 600_000, 0)),
-        actuators: Box::new(CountingLed::default()),
+        telemetry: Box::new(SimulatedSensors::new(clock.now_ms(), 600_000, 0)),
         commands,
         desired: Box::new(lanyard_core::agent::platform::MirrorDesired),
     };

@@ -112,9 +112,11 @@ class App:
         self.close()
 
     def set_desired(self, device, state):
-        """Asks for ``state`` in ``device``'s desired state; the host
-        answers the device with a delta."""
-        self._app.set_desired(device, _state_json(state, "desired state"))
+        """Asks for ``state`` in ``device``'s desired state and returns the
+        shadow's version once the twin host has applied it (it then sends
+        the device its delta). Raises ``Rejected`` when the host refuses it,
+        for instance more state than the device said it can hold."""
+        return self._app.set_desired(device, _state_json(state, "desired state"))
 
     def get_shadow(self, device, timeout=5.0):
         """The device's shadow: ``{"version", "desired", "reported",
@@ -140,13 +142,15 @@ class App:
         ``{"type": "reported", "device", "state", "rejected"}`` (``rejected``
         maps each desired property the device refuses, dotted, to the
         reason's name, such as ``"out_of_range"``) or
+        ``{"type": "telemetry", "device", "seq", "time_ms", "readings"}``
+        (``readings``: what the device measured, as a dict) or
         ``{"type": "ack", "device", "command_id", "status"}``."""
         event = self._app.next_event(float(timeout))
         if event is None:
             return None
         kind, device, text = event
         body = json.loads(text)
-        if kind in ("ack", "reported"):
+        if kind in ("ack", "reported", "telemetry"):
             return {"type": kind, "device": device, **body}
         return {"type": kind, "device": device, "state": body}
 
@@ -163,8 +167,9 @@ class Device:
       raising ``ValueError``, ``TypeError`` or ``KeyError`` acknowledges the
       command as Rejected (bad arguments), anything else as Failed (the
       exception is logged to the ``lanyard`` logger). Other names are
-      Rejected as unknown; ``blink_led``, ``diagnostics`` and
-      ``read_sensor`` are the agent's own.
+      Rejected as unknown; ``blink_led`` and ``read_sensor`` are the
+      board's (through ``blink`` and ``sensors``), ``diagnostics`` and the
+      lifecycle's commands the agent's own.
     - ``sensors``: returns ``(temperature °C, humidity %)`` or ``None`` when
       the read failed (telemetry, ``read_sensor``, health's data age).
     - ``battery_mv``: returns the battery voltage in millivolts (a single
