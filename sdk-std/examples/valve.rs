@@ -27,17 +27,13 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use lanyard_core::agent::platform::{
-    Applied, Args, CommandFailure, CommandHandler, Completion, DesiredState, MainsPowered,
-    Readings, RejectReason, TelemetrySource,
+    Applied, Args, CommandFailure, CommandHandler, Completion, DesiredState, Readings,
+    RejectReason, TelemetrySource,
 };
 use lanyard_core::shadow::{Path, PathBuf, Value};
-use lanyard_std::clock::Clock;
-use lanyard_std::driver::{
-    CommandResult, DeviceDriver, LocalChange, LocalValue, StdPlatform, std_agent,
-};
+use lanyard_std::device::{BuildError, DeviceBuilder, DeviceHandle};
+use lanyard_std::driver::{DeviceDriver, LocalValue};
 use lanyard_std::mqtt::{MqttConfig, MqttTransport};
-use lanyard_std::store::FileStore;
-use tokio::sync::mpsc;
 
 /// The valve's mechanism: where it is and where it is going.
 #[derive(Debug, Default)]
@@ -132,14 +128,13 @@ impl DesiredState for ValveDesired {
 }
 
 /// Moves the valve `step` percent every `tick` towards its target and
-/// reports each position through `report`; counts a calibration down and
-/// reports its result through `finished`. Ends when the driver is gone.
+/// reports each position through the device's handle; counts a
+/// calibration down and finishes the command. Ends when the device does.
 pub async fn run_motor(
     mechanism: Arc<Mutex<Mechanism>>,
     step: i64,
     tick: Duration,
-    report: mpsc::UnboundedSender<LocalChange>,
-    finished: mpsc::UnboundedSender<CommandResult>,
+    device: DeviceHandle,
 ) {
     loop {
         tokio::time::sleep(tick).await;
@@ -169,10 +164,7 @@ pub async fn run_motor(
             (moved, calibrated)
         };
         if let Some(p) = moved {
-            if report
-                .send(("position".to_owned(), LocalValue::Int(p)))
-                .is_err()
-            {
+            if device.report("position", LocalValue::Int(p)).is_err() {
                 return;
             }
         }
@@ -180,7 +172,7 @@ pub async fn run_motor(
             // {"travel_pct": 100}
             let mut result = lanyard_core::minicbor::Encoder::new(Vec::new());
             let _ = result.map(1).and_then(|e| e.str("travel_pct")?.u8(100));
-            if finished.send(Ok(result.into_writer())).is_err() {
+            if device.complete_command(Ok(result.into_writer())).is_err() {
                 return;
             }
         }
@@ -195,37 +187,24 @@ pub fn valve(
     state_dir: &std::path::Path,
     mac: [u8; 6],
     limit: i64,
-) -> std::io::Result<(DeviceDriver<MqttTransport>, Arc<Mutex<Mechanism>>)> {
-    let clock = Clock::real();
+) -> Result<(DeviceDriver<MqttTransport>, Arc<Mutex<Mechanism>>), BuildError> {
     let mechanism = Arc::new(Mutex::new(Mechanism::default()));
-    let platform = StdPlatform {
-        storage: Box::new(FileStore::open(state_dir)?),
-        // On mains: healthy unless the agent's own queue fills.
-        probe: Box::new(MainsPowered),
-        telemetry: Box::new(ValveTelemetry(mechanism.clone())),
-        commands: Box::new(ValveCommands(mechanism.clone())),
-        desired: Box::new(ValveDesired {
+    let (driver, handle) = DeviceBuilder::new(mac, "valve-1.0", broker, state_dir)
+        // On mains (the default probe): healthy unless the agent's own
+        // queue fills.
+        .telemetry(ValveTelemetry(mechanism.clone()))
+        .commands(ValveCommands(mechanism.clone()))
+        .desired(ValveDesired {
             limit,
             mechanism: mechanism.clone(),
-        }),
-    };
-    let (tx, rx) = mpsc::unbounded_channel();
-    let (done_tx, done_rx) = mpsc::unbounded_channel();
+        })
+        .build()?;
     tokio::spawn(run_motor(
         mechanism.clone(),
         10,
         Duration::from_millis(100),
-        tx,
-        done_tx,
+        handle,
     ));
-    let driver = DeviceDriver::new(
-        std_agent(mac, "valve-1.0"),
-        MqttTransport::connect(broker),
-        platform,
-        clock,
-    )
-    .with_local_changes(rx)
-    .with_command_results(done_rx);
     Ok((driver, mechanism))
 }
 

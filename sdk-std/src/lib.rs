@@ -22,8 +22,16 @@
 //! - [`aws_json`]: the AWS IoT Device Shadow JSON codec; [`describe`]: any
 //!   message as JSON.
 //!
-//! The `runtime` feature (on by default) brings tokio and the network;
-//! without it only the codecs, the store and the simulation remain.
+//! Features: `runtime` brings tokio and the network (everything a device,
+//! gateway or service needs); `cli` (the default) adds the `lanyard`
+//! command and the demo's in-process broker. A device turns the defaults
+//! off and asks for `runtime` alone:
+//!
+//! ```toml
+//! lanyard-std = { path = "sdk-std", default-features = false, features = ["runtime"] }
+//! ```
+//!
+//! Without `runtime` only the codecs, the store and the simulation remain.
 //!
 //! ## Why these dependencies
 //!
@@ -34,10 +42,11 @@
 //! - `base64`: byte strings have no JSON form; they travel as base64 text.
 //! - `minicbor` (with `alloc`): arrays are kept as CBOR inside the core, and
 //!   are converted to and from JSON here.
-//! - `tokio`, `rumqttc`, `async-trait`, `rustls`, `x509-parser`, `rumqttd`,
-//!   `clap`, `indicatif`, `tracing`, `rand`: runtime, MQTT client, transport
-//!   trait, TLS and certificate checks, the demo's broker, the command line,
-//!   its progress bar, logs, backoff jitter.
+//! - `tokio`, `rumqttc`, `async-trait`, `rustls`, `x509-parser`, `tracing`,
+//!   `rand` (`runtime`): runtime, MQTT client, transport trait, TLS and
+//!   certificate checks, logs, backoff jitter.
+//! - `rumqttd`, `clap`, `indicatif`, `tracing-subscriber` (`cli`): the
+//!   demo's broker, the command line, its progress bar, log output.
 #![forbid(unsafe_code)]
 #![deny(missing_docs)]
 
@@ -47,11 +56,13 @@ pub mod app;
 pub mod aws_json;
 #[cfg(feature = "runtime")]
 pub mod bridge;
-#[cfg(feature = "runtime")]
+#[cfg(feature = "cli")]
 pub mod broker;
 #[cfg(feature = "runtime")]
 pub mod clock;
 pub mod describe;
+#[cfg(feature = "runtime")]
+pub mod device;
 #[cfg(feature = "runtime")]
 pub mod driver;
 #[cfg(feature = "runtime")]

@@ -12,11 +12,9 @@ use lanyard_core::agent::platform::{Args, CommandFailure, CommandHandler, Comple
 use lanyard_nostd::hal::{BatteryCurve, BatteryVoltage, BoardCommands, BoardProbe, SensorReading};
 use lanyard_std::aws_json::{tree_from_json, tree_to_json};
 use lanyard_std::clock::Clock;
-use lanyard_std::driver::{
-    DeviceDriver, DriverEvent, LocalChange, LocalValue, Shared, StdPlatform, parse_mac, std_agent,
-};
+use lanyard_std::device::{BuildError, DeviceBuilder, DeviceHandle};
+use lanyard_std::driver::{DeviceDriver, DriverEvent, LocalValue, Shared, parse_mac};
 use lanyard_std::mqtt::MqttTransport;
-use lanyard_std::store::FileStore;
 use pyo3::exceptions::{PyOSError, PyRuntimeError, PyValueError};
 use pyo3::prelude::*;
 use pyo3::types::{PyBool, PyInt};
@@ -151,7 +149,7 @@ pub(crate) struct Device {
     rt: tokio::runtime::Runtime,
     /// Taken by the one `run`.
     driver: Mutex<Option<DeviceDriver<MqttTransport>>>,
-    local: mpsc::UnboundedSender<LocalChange>,
+    handle: DeviceHandle,
 }
 
 #[pymethods]
@@ -173,13 +171,10 @@ impl Device {
         key: Option<PathBuf>,
     ) -> PyResult<Self> {
         // Everything given is checked before anything is made on disk.
-        let mut config = broker_config(broker, String::new(), ca, cert, key)?;
+        let config = broker_config(broker, String::new(), ca, cert, key)?;
         let mac = parse_mac(mac).map_err(PyValueError::new_err)?;
         let clock = Clock::real();
-        let agent = std_agent(mac, env!("CARGO_PKG_VERSION"));
-        let device_id = agent.device_id().to_owned();
-        let storage = FileStore::open(&state_dir)
-            .map_err(|e| PyOSError::new_err(format!("{}: {e}", state_dir.display())))?;
+        let device_id = lanyard_core::agent::device_id_from_mac(mac).to_string();
         // One board: its sensor reads feed health, telemetry and
         // `read_sensor` alike.
         let probe = Shared::new(BoardProbe::new(
@@ -193,36 +188,31 @@ impl Device {
             blink: move |count, period_ms| self::blink(&blink, count, period_ms),
             read: move |now_ms| sensor.lock().read_sensors(now_ms),
         };
-        let platform = StdPlatform {
-            storage: Box::new(storage),
-            probe: Box::new(probe.clone()),
-            telemetry: Box::new(probe),
-            commands: Box::new(PyCommands { dispatch, board }),
-            desired: Box::new(lanyard_core::agent::platform::MirrorDesired),
-        };
-        config.client_id = device_id.clone();
-        config.username = tenant.clone();
+        let mut device = DeviceBuilder::new(mac, env!("CARGO_PKG_VERSION"), config, &state_dir)
+            .clock(clock)
+            .probe(probe.clone())
+            .telemetry(probe)
+            .commands(PyCommands { dispatch, board });
+        if let Some(t) = &tenant {
+            device = device.tenant(t);
+        }
         let rt = runtime(2)?;
         // The MQTT client starts its tasks on the runtime it is made in.
-        let transport = {
+        // The builder keeps an outbound journal in the state directory:
+        // acknowledgements and lifecycle events survive a crash of this
+        // process until the broker has them.
+        let (driver, handle) = {
             let _in_runtime = rt.enter();
-            MqttTransport::connect(config)
+            device.build().map_err(|e| match e {
+                BuildError::Tenant(why) => PyValueError::new_err(why),
+                e => PyOSError::new_err(e.to_string()),
+            })?
         };
-        let (local, local_rx) = mpsc::unbounded_channel();
-        let mut driver = DeviceDriver::new(agent, transport, platform, clock)
-            // Acknowledgements and lifecycle events survive a crash of
-            // this process until the broker has them.
-            .with_journal(&state_dir)
-            .map_err(|e| PyOSError::new_err(format!("{}: {e}", state_dir.display())))?
-            .with_local_changes(local_rx);
-        if let Some(t) = &tenant {
-            driver = driver.with_tenant(t).map_err(PyValueError::new_err)?;
-        }
         Ok(Device {
             device_id,
             rt,
             driver: Mutex::new(Some(driver)),
-            local,
+            handle,
         })
     }
 
@@ -256,9 +246,9 @@ impl Device {
                 value.get_type().name()?
             )));
         };
-        self.local
-            .send((path.to_owned(), value))
-            .map_err(|_| PyRuntimeError::new_err("the device has stopped"))
+        self.handle
+            .report(path, value)
+            .map_err(|e| PyRuntimeError::new_err(e.to_string()))
     }
 
     /// Connects, boots the agent (resuming what `state_dir` holds) and

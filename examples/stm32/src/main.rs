@@ -21,12 +21,12 @@ mod board;
 mod mem;
 mod report;
 
+use core::cell::RefCell;
 use cortex_m_rt::entry;
 use cortex_m_semihosting::debug;
 use lanyard_core::agent::config::DeviceConfig;
 use lanyard_core::agent::health::SlowTelemetryOnLowBattery;
 use lanyard_core::agent::lifecycle::LifecycleState;
-use core::cell::RefCell;
 use lanyard_core::agent::platform::{MirrorDesired, NoStorage, Platform};
 use lanyard_core::agent::{Agent, AgentEvent, Identity};
 use lanyard_nostd::driver::{Driver, link_buffer_len};
@@ -170,11 +170,7 @@ fn place_driver(usart: Usart1) -> &'static mut FirmwareDriver {
     // A second call would panic (and exit); there is none.
     DRIVER.init_with(|| {
         Driver::new(
-            Agent::new(
-                identity,
-                DeviceConfig::default(),
-                SlowTelemetryOnLowBattery,
-            ),
+            Agent::new(identity, DeviceConfig::default(), SlowTelemetryOnLowBattery),
             usart,
         )
     })

@@ -14,13 +14,11 @@ use lanyard_core::shadow::{ConflictPolicy, PathBuf as ShadowPath, StateTree, Val
 use lanyard_core::wire::ShadowUpdate;
 use lanyard_std::clock::Clock;
 use lanyard_std::describe::{describe, parse_hex};
-use lanyard_std::driver::{
-    DeviceDriver, DriverEvent, LocalValue, StdPlatform, parse_mac, std_agent,
-};
+use lanyard_std::device::DeviceBuilder;
+use lanyard_std::driver::{DriverEvent, LocalValue, parse_mac};
 use lanyard_std::metrics::Metrics;
 use lanyard_std::mqtt::{MqttConfig, MqttTransport};
 use lanyard_std::sim::{SimulatedSensors, simulated_board};
-use lanyard_std::store::FileStore;
 use lanyard_std::transport::{Qos, Transport};
 use lanyard_std::twin::{TwinHost, app_topics, run_twin};
 use tokio::sync::{mpsc, oneshot};
@@ -289,30 +287,24 @@ fn decode(hex: Option<String>, file: Option<PathBuf>, kind: Option<String>) -> R
     Ok(())
 }
 
+/// A simulated device of the example board (battery, sensors, LED) with
+/// `lanyard_std::device::DeviceBuilder`.
 fn make_device(
     mac: [u8; 6],
-    mqtt: impl FnOnce(&str) -> Result<MqttConfig, String>,
+    broker: MqttConfig,
     state_dir: PathBuf,
     clock: Clock,
     drain_every_ms: u64,
     start_battery: u8,
-) -> Result<DeviceDriver<MqttTransport>, String> {
-    let agent = std_agent(mac, env!("CARGO_PKG_VERSION"));
-    let id = agent.device_id().to_owned();
+) -> DeviceBuilder {
     let mut sensors =
         SimulatedSensors::new(clock.now_ms(), drain_every_ms, u64::from(mac[5]) * 7_919);
     sensors.start_battery_pct = start_battery;
-    let platform = StdPlatform {
-        storage: Box::new(
-            FileStore::open(&state_dir).map_err(|e| format!("{}: {e}", state_dir.display()))?,
-        ),
-        telemetry: Box::new(sensors.clone()),
-        commands: Box::new(simulated_board(sensors.clone(), Default::default())),
-        probe: Box::new(sensors),
-        desired: Box::new(lanyard_core::agent::platform::MirrorDesired),
-    };
-    let transport = MqttTransport::connect(mqtt(&id)?);
-    Ok(DeviceDriver::new(agent, transport, platform, clock))
+    DeviceBuilder::new(mac, env!("CARGO_PKG_VERSION"), broker, state_dir)
+        .clock(clock)
+        .telemetry(sensors.clone())
+        .commands(simulated_board(sensors.clone(), Default::default()))
+        .probe(sensors)
 }
 
 async fn device(
@@ -324,23 +316,21 @@ async fn device(
 ) -> Result<(), String> {
     let clock = Clock::real();
     let (tx, mut rx) = mpsc::unbounded_channel();
-    let journal_dir = state_dir.clone();
-    let mqtt = |id: &str| {
-        let mut c = broker.mqtt(id)?;
-        if tenant.is_some() {
-            c.username = tenant.clone();
-        }
-        Ok(c)
-    };
-    // Acknowledgements and lifecycle events survive a crash of this
-    // process until the broker has them.
-    let mut driver = make_device(parse_mac(mac)?, mqtt, state_dir, clock, 60_000, 100)?
-        .with_journal(&journal_dir)
-        .map_err(|e| e.to_string())?
-        .with_events(tx);
+    let mut device = make_device(
+        parse_mac(mac)?,
+        broker.mqtt("")?,
+        state_dir,
+        clock,
+        60_000,
+        100,
+    );
     if let Some(t) = &tenant {
-        driver = driver.with_tenant(t)?;
+        device = device.tenant(t);
     }
+    // Acknowledgements and lifecycle events survive a crash of this
+    // process until the broker has them (the builder's journal).
+    let (driver, _handle) = device.build().map_err(|e| e.to_string())?;
+    let mut driver = driver.with_events(tx);
     if let Some(m) = metrics {
         driver = driver.with_metrics(m);
     }
@@ -582,18 +572,19 @@ async fn demo(
         // The battery starts at 40 % and loses 1 % every 10 to 14 s, so each
         // device crosses the critical 10 % a little after minute 5.
         let drain = 10_000 + (i as u64 % 5) * 1_000;
-        let (button_tx, button_rx) = mpsc::unbounded_channel();
-        buttons.push(button_tx);
-        let mut d = make_device(
+        let (d, button) = make_device(
             mac,
-            |id| broker.mqtt(id),
+            broker.mqtt("")?,
             tmp.path().join(format!("dev{i}")),
             clock,
             drain,
             40,
-        )?
-        .with_events(tx)
-        .with_local_changes(button_rx);
+        )
+        .without_journal()
+        .build()
+        .map_err(|e| e.to_string())?;
+        buttons.push(button);
+        let mut d = d.with_events(tx);
         if let Some(m) = &metrics {
             d = d.with_metrics(m.clone());
         }
@@ -698,7 +689,7 @@ async fn demo(
                                 .await;
                         }
                         if !first && n % 2 == 0 {
-                            let _ = buttons[n].send(("hvac.setpoint".into(), LocalValue::Int(68)));
+                            let _ = buttons[n].report("hvac.setpoint", LocalValue::Int(68));
                         }
                     }
                     cmd => {

@@ -1,0 +1,240 @@
+//! A Linux device in a few lines: [`DeviceBuilder`] puts the agent, the
+//! application's parts, an MQTT transport, the state directory and the
+//! outbound journal together, and hands back the driver to run and a
+//! [`DeviceHandle`] the application reports through from any task.
+//!
+//! ```no_run
+//! use lanyard_std::device::DeviceBuilder;
+//! use lanyard_std::driver::LocalValue;
+//! use lanyard_std::mqtt::MqttConfig;
+//! use lanyard_core::agent::platform::MirrorDesired;
+//!
+//! # async fn run() -> Result<(), Box<dyn std::error::Error>> {
+//! let broker = MqttConfig::from_url("mqtt://127.0.0.1:1883", "", None, None)?;
+//! let (mut driver, handle) = DeviceBuilder::new([2, 0, 0, 0, 0, 0x42], "1.0.0", broker, "/var/lib/my-device")
+//!     .desired(MirrorDesired)
+//!     .build()?;
+//! handle.report("uplink", LocalValue::Text("lte".into()))?;
+//! driver.start().await?;
+//! driver.run_until(async { let _ = tokio::signal::ctrl_c().await; }).await?;
+//! # Ok(())
+//! # }
+//! ```
+//!
+//! `docs/std-device.md` walks through a whole device.
+
+use std::path::PathBuf;
+
+use lanyard_core::agent::platform::{
+    CommandHandler, DesiredState, HealthProbe, MainsPowered, MirrorDesired, NoCommands,
+    NoTelemetry, TelemetrySource,
+};
+use tokio::sync::mpsc;
+
+use crate::clock::Clock;
+use crate::driver::{CommandResult, DeviceDriver, LocalChange, LocalValue, StdPlatform, std_agent};
+use crate::mqtt::{MqttConfig, MqttTransport};
+use crate::store::FileStore;
+
+/// Why a device could not be built.
+#[derive(Debug)]
+pub enum BuildError {
+    /// The state directory could not be opened or created.
+    StateDir {
+        /// The directory.
+        path: PathBuf,
+        /// Why.
+        error: std::io::Error,
+    },
+    /// The outbound journal in the state directory could not be opened (a
+    /// damaged journal is left for inspection).
+    Journal(std::io::Error),
+    /// The tenant name is not one the topics allow.
+    Tenant(String),
+}
+
+impl std::fmt::Display for BuildError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            BuildError::StateDir { path, error } => write!(f, "{}: {error}", path.display()),
+            BuildError::Journal(e) => write!(f, "outbound journal: {e}"),
+            BuildError::Tenant(why) => f.write_str(why),
+        }
+    }
+}
+
+impl std::error::Error for BuildError {}
+
+/// The device stopped: its driver is gone, so nothing more can reach it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct DeviceGone;
+
+impl std::fmt::Display for DeviceGone {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("the device's driver has stopped")
+    }
+}
+
+impl std::error::Error for DeviceGone {}
+
+/// What the application uses to talk to its running device from any task
+/// or thread: report its own state, finish a long-running command.
+/// Cheap to clone.
+#[derive(Debug, Clone)]
+pub struct DeviceHandle {
+    reports: mpsc::UnboundedSender<LocalChange>,
+    results: mpsc::UnboundedSender<CommandResult>,
+}
+
+impl DeviceHandle {
+    /// Reports `value` at the dotted `path` of the device's own state (see
+    /// [`Agent::report`](lanyard_core::agent::Agent::report)); a bad path
+    /// is reported by the driver as a `Refused` event.
+    pub fn report(&self, path: &str, value: LocalValue) -> Result<(), DeviceGone> {
+        self.reports
+            .send((path.to_owned(), value))
+            .map_err(|_| DeviceGone)
+    }
+
+    /// Finishes the command that answered
+    /// [`Completion::Later`](lanyard_core::agent::platform::Completion::Later).
+    pub fn complete_command(&self, outcome: CommandResult) -> Result<(), DeviceGone> {
+        self.results.send(outcome).map_err(|_| DeviceGone)
+    }
+}
+
+/// Puts a std device together. Everything but the identity, the broker
+/// and the state directory has a default: mains power
+/// ([`MainsPowered`]), no telemetry, no commands of its own, desired state
+/// taken as it is ([`MirrorDesired`]), an outbound journal in the state
+/// directory.
+pub struct DeviceBuilder {
+    mac: [u8; 6],
+    firmware: &'static str,
+    broker: MqttConfig,
+    state_dir: PathBuf,
+    tenant: Option<String>,
+    journal: bool,
+    platform: StdPlatformParts,
+    clock: Clock,
+}
+
+struct StdPlatformParts {
+    probe: Box<dyn HealthProbe + Send>,
+    telemetry: Box<dyn TelemetrySource + Send>,
+    commands: Box<dyn CommandHandler + Send>,
+    desired: Box<dyn DesiredState + Send>,
+}
+
+impl DeviceBuilder {
+    /// The device with network interface `mac` (its id derives from it),
+    /// running `firmware`, on `broker` (the client id is set to the device
+    /// id), keeping its state in `state_dir` (created if missing).
+    pub fn new(
+        mac: [u8; 6],
+        firmware: &'static str,
+        broker: MqttConfig,
+        state_dir: impl Into<PathBuf>,
+    ) -> Self {
+        DeviceBuilder {
+            mac,
+            firmware,
+            broker,
+            state_dir: state_dir.into(),
+            tenant: None,
+            journal: true,
+            platform: StdPlatformParts {
+                probe: Box::new(MainsPowered),
+                telemetry: Box::new(NoTelemetry),
+                commands: Box::new(NoCommands),
+                desired: Box::new(MirrorDesired),
+            },
+            clock: Clock::real(),
+        }
+    }
+
+    /// What becomes of desired state.
+    pub fn desired(mut self, desired: impl DesiredState + Send + 'static) -> Self {
+        self.platform.desired = Box::new(desired);
+        self
+    }
+
+    /// The device's telemetry.
+    pub fn telemetry(mut self, telemetry: impl TelemetrySource + Send + 'static) -> Self {
+        self.platform.telemetry = Box::new(telemetry);
+        self
+    }
+
+    /// The device's commands.
+    pub fn commands(mut self, commands: impl CommandHandler + Send + 'static) -> Self {
+        self.platform.commands = Box::new(commands);
+        self
+    }
+
+    /// The device's health measurements.
+    pub fn probe(mut self, probe: impl HealthProbe + Send + 'static) -> Self {
+        self.platform.probe = Box::new(probe);
+        self
+    }
+
+    /// Puts the device's topics in `tenant`'s namespace; the broker user
+    /// name is the tenant too (what `lanyard acl --tenants` expects).
+    pub fn tenant(mut self, tenant: &str) -> Self {
+        self.tenant = Some(tenant.to_owned());
+        self
+    }
+
+    /// Keeps no outbound journal: at-least-once messages not yet
+    /// acknowledged by the broker are lost if the process dies.
+    pub fn without_journal(mut self) -> Self {
+        self.journal = false;
+        self
+    }
+
+    /// Runs on `clock` (a compressed clock for simulations).
+    pub fn clock(mut self, clock: Clock) -> Self {
+        self.clock = clock;
+        self
+    }
+
+    /// The driver, ready for [`DeviceDriver::start`], and the handle.
+    /// Call from within a tokio runtime (the MQTT client starts its tasks
+    /// on it); the connection is made in the background.
+    pub fn build(self) -> Result<(DeviceDriver<MqttTransport>, DeviceHandle), BuildError> {
+        if let Some(t) = &self.tenant {
+            crate::check_tenant(t).map_err(BuildError::Tenant)?;
+        }
+        let storage = FileStore::open(&self.state_dir).map_err(|error| BuildError::StateDir {
+            path: self.state_dir.clone(),
+            error,
+        })?;
+        let agent = std_agent(self.mac, self.firmware);
+        let mut broker = self.broker;
+        broker.client_id = agent.device_id().to_owned();
+        if self.tenant.is_some() {
+            broker.username = self.tenant.clone();
+        }
+        let platform = StdPlatform {
+            storage: Box::new(storage),
+            probe: self.platform.probe,
+            telemetry: self.platform.telemetry,
+            commands: self.platform.commands,
+            desired: self.platform.desired,
+        };
+        let (reports, reports_rx) = mpsc::unbounded_channel();
+        let (results, results_rx) = mpsc::unbounded_channel();
+        let mut driver =
+            DeviceDriver::new(agent, MqttTransport::connect(broker), platform, self.clock)
+                .with_local_changes(reports_rx)
+                .with_command_results(results_rx);
+        if self.journal {
+            driver = driver
+                .with_journal(&self.state_dir)
+                .map_err(BuildError::Journal)?;
+        }
+        if let Some(t) = &self.tenant {
+            driver = driver.with_tenant(t).map_err(BuildError::Tenant)?;
+        }
+        Ok((driver, DeviceHandle { reports, results }))
+    }
+}
