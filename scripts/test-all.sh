@@ -71,6 +71,14 @@ python3 scripts/size-report.py "$firmware" --baseline "$baseline" --budget-flash
 echo "with every capability (--features all-capabilities):"
 python3 scripts/size-report.py examples/stm32/target/all-capabilities/thumbv7em-none-eabihf/release/lanyard-stm32 | sed -n 2,3p
 LANYARD_STM32_ELF="$firmware" cargo test -p lanyard-std --test qemu_stm32 -- --ignored --nocapture
+# The board's telemetry as a serde struct (lanyard-core's typed state): what
+# it costs, and that it runs the same scenario.
+(cd examples/stm32 && cargo clippy --release --features serde --target-dir target/serde -- -D warnings \
+    && cargo build --release --features serde --target-dir target/serde)
+typed="$PWD/examples/stm32/target/serde/thumbv7em-none-eabihf/release/lanyard-stm32"
+echo "with typed telemetry (--features serde):"
+python3 scripts/size-report.py "$typed" | sed -n 2,3p
+LANYARD_STM32_ELF="$typed" cargo test -p lanyard-std --test qemu_stm32 -- --ignored
 
 step "Python bindings: pip install ./bindings/python (maturin builds the extension), then their tests"
 (cd bindings/python && cargo fmt -- --check && cargo clippy -- -D warnings)

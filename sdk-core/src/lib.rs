@@ -24,6 +24,11 @@
 //!   health report). Without it the name goes to the application's
 //!   [`CommandHandler`](agent::platform::CommandHandler).
 //!
+//!
+//! And one off by default: `serde`, typed state ([`shadow::typed`]):
+//! any `Serialize` value becomes a state tree and a tree deserializes into
+//! a struct, without an allocator; [`agent::Agent::report_typed`].
+//!
 //! On the STM32 reference firmware they cost 2.2, 1.7 and 0.8 KB of flash
 //! (`examples/stm32/README.md`, "Size").
 //!
@@ -142,6 +147,8 @@
 //!   and tested against them).
 //! - [`heapless`]: fixed-capacity vectors, so every capacity is a compile-time
 //!   constant and an insert that does not fit fails instead of allocating.
+//! - `serde` (feature `serde`, without `std` or `alloc`): the data model every
+//!   Rust type already derives, so an application's structs are its state.
 //!
 //! ## Example
 //!

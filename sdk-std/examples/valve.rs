@@ -9,7 +9,8 @@
 //!   document; the reported position stays where the valve is;
 //! - other properties are rejected as unknown, a non-integer position as
 //!   the wrong type;
-//! - its telemetry is its own: the flow through it (l/min) and where it is;
+//! - its telemetry is its own, a serde struct: the flow through it (l/min)
+//!   and where it is;
 //! - `calibrate` takes a while: acknowledged in progress at once, finished
 //!   by the motor task when the sweep is done (`{"travel_pct": ...}`).
 //!
@@ -30,7 +31,7 @@ use lanyard_core::agent::platform::{
     Applied, Args, CommandFailure, CommandHandler, Completion, DesiredState, Readings,
     RejectReason, TelemetrySource,
 };
-use lanyard_core::shadow::{Path, PathBuf, Value};
+use lanyard_core::shadow::{Path, Value};
 use lanyard_std::device::{BuildError, DeviceBuilder, DeviceHandle};
 use lanyard_std::driver::{DeviceDriver, LocalValue};
 use lanyard_std::mqtt::{MqttConfig, MqttTransport};
@@ -51,22 +52,26 @@ pub fn flow_lpm(position: i64) -> f64 {
     position as f64 * 0.4
 }
 
+/// The valve's telemetry message, as a typed struct.
+#[derive(serde::Serialize)]
+pub struct ValveReadings {
+    /// Flow through the valve, l/min.
+    pub flow_lpm: f64,
+    /// Where it is, percent open.
+    pub position: i64,
+}
+
 /// The valve's telemetry: flow and position.
 pub struct ValveTelemetry(pub Arc<Mutex<Mechanism>>);
 
 impl TelemetrySource for ValveTelemetry {
     fn read(&mut self, _now_ms: u64, readings: &mut Readings) -> bool {
         let position = self.0.lock().unwrap_or_else(|e| e.into_inner()).position;
-        let (Ok(flow), Ok(pos)) = (
-            PathBuf::from_dotted("flow_lpm"),
-            PathBuf::from_dotted("position"),
-        ) else {
-            return false;
+        let r = ValveReadings {
+            flow_lpm: flow_lpm(position),
+            position,
         };
-        readings
-            .insert(&flow, Value::Float(flow_lpm(position)))
-            .is_ok()
-            && readings.insert(&pos, Value::Int(position)).is_ok()
+        lanyard_core::shadow::typed::to_tree(&r, readings).is_ok()
     }
 }
 

@@ -20,6 +20,8 @@
 mod board;
 mod mem;
 mod report;
+#[cfg(feature = "serde")]
+mod typed;
 
 use core::cell::RefCell;
 use cortex_m_rt::entry;
@@ -81,7 +83,16 @@ fn main() -> ! {
         blink: |count, period_ms| led.blink(count, period_ms),
         read: |now| probe.try_borrow_mut().ok()?.read_sensors(now),
     };
-    let (mut health, mut telemetry) = (&probe, &probe);
+    let mut health = &probe;
+    #[cfg(not(feature = "serde"))]
+    let mut telemetry = &probe;
+    #[cfg(feature = "serde")]
+    let mut telemetry = typed::TypedTelemetry(|now| {
+        use lanyard_core::agent::platform::HealthProbe;
+        let mut p = probe.try_borrow_mut().ok()?;
+        let r = p.read_sensors(now)?;
+        Some((r, p.metrics(now).battery_pct))
+    });
     let mut platform = Platform {
         storage: &mut storage,
         probe: &mut health,

@@ -618,6 +618,40 @@ impl<P: TelemetryPolicy, const Q: usize, const M: usize, const L: usize, const B
         Ok(())
     }
 
+    /// Reports a typed value of the device's own state: every property
+    /// `state` serializes to (see [`crate::shadow::typed`]; `None` fields
+    /// are left as they are), all or nothing. Sent at once if anything
+    /// changed.
+    #[cfg(feature = "serde")]
+    pub fn report_typed<T: serde::Serialize + ?Sized>(
+        &mut self,
+        now_ms: u64,
+        state: &T,
+    ) -> Result<(), crate::shadow::typed::TypedError> {
+        use crate::shadow::typed::TypedError;
+        let mut update = StateTree::<L, B>::new();
+        crate::shadow::typed::to_tree(state, &mut update)?;
+        // Applied to a copy first: a property that does not fit leaves
+        // the reported state as it was.
+        let before = (self.reported.clone(), self.rejected.clone());
+        let meta = LeafMeta::new(Source::Device, self.cloud_now(now_ms));
+        let mut changed = false;
+        for leaf in update.iter() {
+            match self.put_reported(leaf.path, leaf.value, meta) {
+                Ok(c) => changed |= c,
+                Err(e) => {
+                    (self.reported, self.rejected) = before;
+                    return Err(TypedError::tree(e).at(leaf.path));
+                }
+            }
+            changed |= self.rejected.remove(leaf.path);
+        }
+        if changed {
+            self.reported_changed(now_ms);
+        }
+        Ok(())
+    }
+
     /// Sets a reported leaf, replacing a leaf above it or leaves below it
     /// as a merge would (a map where a value was, or the reverse). Returns
     /// whether anything changed.
@@ -1188,7 +1222,7 @@ impl<P: TelemetryPolicy, const Q: usize, const M: usize, const L: usize, const B
     }
 
     /// Finishes the application command that answered
-    /// [`Completion::Later`](platform::Completion::Later): `Ok(result)` (CBOR,
+    /// [`Completion::Later`]: `Ok(result)` (CBOR,
     /// empty for none) succeeds it, `Err` fails or rejects it. The final
     /// acknowledgement is queued and the command remembered, so a retry of
     /// it is answered without running it again.

@@ -12,6 +12,8 @@ mod document;
 mod path;
 mod table;
 mod tree;
+#[cfg(feature = "serde")]
+pub mod typed;
 mod value;
 
 pub use document::{
