@@ -118,7 +118,8 @@ async fn run(devices: usize, samples: usize) -> Figures {
         };
         let mut cfg = MqttConfig::new("127.0.0.1", port, id);
         cfg.persistent_session = false;
-        let mut d = DeviceDriver::new(agent, MqttTransport::connect(cfg), platform, clock);
+        let mut d: DeviceDriver<_> =
+            DeviceDriver::new(agent, MqttTransport::connect(cfg), platform, clock);
         let (tx, rx) = oneshot::channel::<()>();
         stops.push(tx);
         tasks.push(tokio::spawn(async move {

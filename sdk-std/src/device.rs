@@ -32,7 +32,9 @@ use lanyard_core::agent::platform::{
 use tokio::sync::mpsc;
 
 use crate::clock::Clock;
-use crate::driver::{CommandResult, DeviceDriver, LocalChange, LocalValue, StdPlatform, std_agent};
+use crate::driver::{
+    CommandResult, DeviceDriver, LocalChange, LocalValue, StdPlatform, std_agent_with_capacity,
+};
 use crate::mqtt::{MqttConfig, MqttTransport};
 use crate::store::FileStore;
 
@@ -199,8 +201,21 @@ impl DeviceBuilder {
 
     /// The driver, ready for [`DeviceDriver::start`], and the handle.
     /// Call from within a tokio runtime (the MQTT client starts its tasks
-    /// on it); the connection is made in the background.
+    /// on it); the connection is made in the background. The device holds
+    /// 16 leaves and 512 bytes of shadow, in messages of up to 1 KiB.
     pub fn build(self) -> Result<(DeviceDriver<MqttTransport>, DeviceHandle), BuildError> {
+        self.build_with_capacity::<1024, { lanyard_core::agent::SHADOW_LEAVES }, { lanyard_core::agent::SHADOW_POOL }>()
+    }
+
+    /// [`DeviceBuilder::build`] for a device that holds `L` leaves and `B`
+    /// bytes of keys and text of shadow state, in messages of up to `M`
+    /// bytes (`M` must hold the encoded reported state: about `B` plus 9
+    /// bytes a leaf). The device announces `L` and `B` when it registers,
+    /// and the twin host refuses desired state past them. 64 messages of
+    /// `M` bytes are kept while offline.
+    pub fn build_with_capacity<const M: usize, const L: usize, const B: usize>(
+        self,
+    ) -> Result<(DeviceDriver<MqttTransport, M, L, B>, DeviceHandle), BuildError> {
         if let Some(t) = &self.tenant {
             crate::check_tenant(t).map_err(BuildError::Tenant)?;
         }
@@ -208,7 +223,7 @@ impl DeviceBuilder {
             path: self.state_dir.clone(),
             error,
         })?;
-        let agent = std_agent(self.mac, self.firmware);
+        let agent = std_agent_with_capacity::<M, L, B>(self.mac, self.firmware);
         let mut broker = self.broker;
         broker.client_id = agent.device_id().to_owned();
         if self.tenant.is_some() {

@@ -13,14 +13,54 @@ use tokio::sync::mpsc;
 use crate::clock::Clock;
 use crate::transport::{Qos, Transport, TransportError, TransportEvent};
 
-/// The agent type the std driver runs: 64 queued messages of up to 1 KiB.
-pub type StdAgent = Agent<SlowTelemetryOnLowBattery, 64, 1024>;
+/// The agent type the std driver runs: 64 queued messages of up to `M`
+/// bytes (1 KiB unless chosen), a shadow of `L` leaves and `B` bytes of
+/// keys and text (16 and 512 unless chosen). A gateway holding an 8 KB
+/// AWS-sized document picks larger ones, with `M` above the encoded
+/// reported state (see [`DeviceBuilder::build_with_capacity`]).
+///
+/// [`DeviceBuilder::build_with_capacity`]: crate::device::DeviceBuilder::build_with_capacity
+pub type StdAgent<
+    const M: usize = 1024,
+    const L: usize = { lanyard_core::agent::SHADOW_LEAVES },
+    const B: usize = { lanyard_core::agent::SHADOW_POOL },
+> = Agent<SlowTelemetryOnLowBattery, 64, M, L, B>;
 
 /// A std agent for the device with `mac` (its id derives from it),
 /// reporting `firmware` as its version, with the default configuration
 /// and telemetry policy until the cloud sends its own. Boxed: its fixed
 /// buffers are too large for a task's stack.
 pub fn std_agent(mac: [u8; 6], firmware: &'static str) -> Box<StdAgent> {
+    std_agent_with_capacity(mac, firmware)
+}
+
+/// [`std_agent`] with the capacities of its type: messages of up to `M`
+/// bytes, `L` leaves and `B` bytes of shadow.
+pub fn std_agent_with_capacity<const M: usize, const L: usize, const B: usize>(
+    mac: [u8; 6],
+    firmware: &'static str,
+) -> Box<StdAgent<M, L, B>> {
+    let size = std::mem::size_of::<StdAgent<M, L, B>>();
+    if size <= 128 * 1024 {
+        return new_std_agent(mac, firmware);
+    }
+    // A large agent (a gateway's outbox of big messages) is built as a
+    // value before it is boxed, which would overflow a task's stack: it is
+    // built on a thread whose stack has room for a few copies of it.
+    std::thread::Builder::new()
+        .name("lanyard-agent-init".into())
+        .stack_size(4 * size + (1 << 20))
+        .spawn(move || new_std_agent(mac, firmware))
+        .ok()
+        .and_then(|t| t.join().ok())
+        // Only if no thread could be made: try on this stack.
+        .unwrap_or_else(|| new_std_agent(mac, firmware))
+}
+
+fn new_std_agent<const M: usize, const L: usize, const B: usize>(
+    mac: [u8; 6],
+    firmware: &'static str,
+) -> Box<StdAgent<M, L, B>> {
     Box::new(Agent::new(
         lanyard_core::agent::Identity {
             mac,
@@ -161,10 +201,15 @@ impl<T: CommandHandler> CommandHandler for Shared<T> {
 }
 
 /// Runs one agent over one transport.
-pub struct DeviceDriver<T: Transport> {
+pub struct DeviceDriver<
+    T: Transport,
+    const M: usize = 1024,
+    const L: usize = { lanyard_core::agent::SHADOW_LEAVES },
+    const B: usize = { lanyard_core::agent::SHADOW_POOL },
+> {
     // Boxed: the agent's fixed buffers are too large to move around on a
     // task's stack.
-    agent: Box<StdAgent>,
+    agent: Box<StdAgent<M, L, B>>,
     transport: T,
     platform: StdPlatform,
     clock: Clock,
@@ -246,9 +291,14 @@ pub const DEVICE_INBOUND: [MessageKind; 4] = [
     MessageKind::Config,
 ];
 
-impl<T: Transport> DeviceDriver<T> {
+impl<T: Transport, const M: usize, const L: usize, const B: usize> DeviceDriver<T, M, L, B> {
     /// A driver; call [`DeviceDriver::start`] next.
-    pub fn new(agent: Box<StdAgent>, transport: T, platform: StdPlatform, clock: Clock) -> Self {
+    pub fn new(
+        agent: Box<StdAgent<M, L, B>>,
+        transport: T,
+        platform: StdPlatform,
+        clock: Clock,
+    ) -> Self {
         DeviceDriver {
             agent,
             transport,
@@ -258,7 +308,7 @@ impl<T: Transport> DeviceDriver<T> {
             local: None,
             finished: None,
             metrics: None,
-            buf: vec![0; 4096],
+            buf: vec![0; M],
             journal: None,
             leftovers: Vec::new(),
             qos1_published: 0,
@@ -330,7 +380,7 @@ impl<T: Transport> DeviceDriver<T> {
     }
 
     /// The agent.
-    pub fn agent(&self) -> &StdAgent {
+    pub fn agent(&self) -> &StdAgent<M, L, B> {
         &self.agent
     }
 
