@@ -180,6 +180,7 @@ extern crate std;
 pub mod agent;
 mod error;
 pub mod shadow;
+pub mod topic;
 pub mod wire;
 
 pub use error::{CapacityError, DecodeError, EncodeError, Error, PathError};

@@ -6,14 +6,15 @@ use std::collections::VecDeque;
 use std::time::Duration;
 
 use lanyard_core::agent::messages::{
-    Ack, AckReason, AckStatus, Command, Encodable, MessageKind, TOPIC_PREFIX, Telemetry, topic,
+    Ack, AckReason, AckStatus, Command, Encodable, MessageKind, Telemetry, topic,
 };
 use lanyard_core::agent::platform::RejectReason;
 use lanyard_core::shadow::{ConflictPolicy, Path, StateTree};
 use lanyard_core::wire::{ShadowDelta, ShadowUpdate, reason_code};
 
 use crate::transport::{Qos, Transport, TransportError, TransportEvent};
-use crate::twin::{DesiredAnswer, TWIN_LEAVES, TWIN_POOL, TwinShadow, app_topics};
+use crate::twin::{DesiredAnswer, TWIN_LEAVES, TWIN_POOL, TwinShadow};
+use lanyard_core::topic::{AppTopic, Topic, filter, topic_of_key, valid_device_id};
 
 /// Why an app request failed.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -23,9 +24,12 @@ pub enum AppError {
     /// The host refused the request; its reason.
     Rejected(String),
     /// A message could not be encoded or decoded.
-    Codec(String),
+    Codec(lanyard_core::Error),
     /// The transport failed.
     Transport(TransportError),
+    /// Not a device name a topic can carry (an id, or `{tenant}/{id}`);
+    /// nothing was sent.
+    BadDevice(String),
 }
 
 impl std::fmt::Display for AppError {
@@ -34,6 +38,7 @@ impl std::fmt::Display for AppError {
             AppError::Timeout => f.write_str("no answer in time"),
             AppError::Rejected(why) => write!(f, "rejected: {why}"),
             AppError::Codec(why) => write!(f, "bad message: {why}"),
+            AppError::BadDevice(name) => write!(f, "{name:?} is not a device name"),
             AppError::Transport(e) => write!(f, "{e}"),
         }
     }
@@ -121,6 +126,15 @@ pub struct CommandOutcome {
     pub result: Option<Vec<u8>>,
 }
 
+/// The app topic `t` of `device` (an id, or `{tenant}/{id}`); a name
+/// that cannot be in a topic is refused before anything is sent.
+fn app_topic(device: &str, t: AppTopic) -> Result<String, AppError> {
+    topic_of_key(device, Topic::App(t))
+        .filter(|_| device.split('/').all(valid_device_id))
+        .map(|s| s.to_string())
+        .ok_or_else(|| AppError::BadDevice(device.to_owned()))
+}
+
 /// An app connected to a twin host through a transport.
 pub struct AppClient<T: Transport> {
     transport: T,
@@ -144,20 +158,16 @@ impl<T: Transport> AppClient<T> {
     }
 
     async fn subscribed(mut transport: T, tenants: bool) -> Result<Self, AppError> {
-        // One level (the device) or two (tenant, device) before the suffix.
-        let levels = if tenants { "+/+" } else { "+" };
-        for suffix in [
-            MessageKind::Ack.topic_suffix(),
-            MessageKind::ShadowDelta.topic_suffix(),
-            MessageKind::ShadowUpdate.topic_suffix(),
-            MessageKind::Telemetry.topic_suffix(),
-            app_topics::DOCUMENT,
-            app_topics::REJECTED,
-            app_topics::ANSWER,
+        for t in [
+            Topic::Device(MessageKind::Ack),
+            Topic::Device(MessageKind::ShadowDelta),
+            Topic::Device(MessageKind::ShadowUpdate),
+            Topic::Device(MessageKind::Telemetry),
+            Topic::App(AppTopic::Document),
+            Topic::App(AppTopic::Rejected),
+            Topic::App(AppTopic::DesiredAnswer),
         ] {
-            transport
-                .subscribe(&format!("{TOPIC_PREFIX}{levels}/{suffix}"))
-                .await?;
+            transport.subscribe(&filter(tenants, t)).await?;
         }
         Ok(AppClient {
             transport,
@@ -196,19 +206,16 @@ impl<T: Transport> AppClient<T> {
         let token = format!("app-{now_ms}-{}", self.next_id);
         let mut up: Box<ShadowUpdate<L, P>> = Box::new(ShadowUpdate::new(now_ms));
         up.desired = Some(desired.clone());
-        up.client_token = Some(
-            heapless::String::try_from(token.as_str())
-                .map_err(|_| AppError::Codec("client token too long".into()))?,
-        );
+        // "app-", two numbers of at most 20 digits and a dash: always
+        // within a token's 64 bytes.
+        up.client_token = heapless::String::try_from(token.as_str()).ok();
         let mut buf = vec![0u8; 64 * 1024];
-        let n = up
-            .encode(&mut buf)
-            .map_err(|e| AppError::Codec(e.to_string()))?;
-        let t = format!("{TOPIC_PREFIX}{device}/{}", app_topics::SET_DESIRED);
+        let n = up.encode(&mut buf).map_err(AppError::Codec)?;
+        let t = app_topic(device, AppTopic::SetDesired)?;
         self.transport
             .publish(&t, &buf[..n], Qos::AtLeastOnce)
             .await?;
-        let answers = format!("{TOPIC_PREFIX}{device}/{}", app_topics::ANSWER);
+        let answers = app_topic(device, AppTopic::DesiredAnswer)?;
         let deadline = tokio::time::Instant::now() + timeout;
         loop {
             let left = deadline.saturating_duration_since(tokio::time::Instant::now());
@@ -227,10 +234,10 @@ impl<T: Transport> AppClient<T> {
         device: &str,
         timeout: Duration,
     ) -> Result<Box<TwinShadow>, AppError> {
-        let t = format!("{TOPIC_PREFIX}{device}/{}", app_topics::GET);
+        let t = app_topic(device, AppTopic::Get)?;
         self.transport.publish(&t, b"", Qos::AtLeastOnce).await?;
-        let doc = format!("{TOPIC_PREFIX}{device}/{}", app_topics::DOCUMENT);
-        let rejected = format!("{TOPIC_PREFIX}{device}/{}", app_topics::REJECTED);
+        let doc = app_topic(device, AppTopic::Document)?;
+        let rejected = app_topic(device, AppTopic::Rejected)?;
         let (topic, payload) = self
             .wait_for(timeout, |t| t == doc || t == rejected)
             .await?;
@@ -241,7 +248,7 @@ impl<T: Transport> AppClient<T> {
         }
         TwinShadow::decode(&payload, ConflictPolicy::CloudWins)
             .map(Box::new)
-            .map_err(|e| AppError::Codec(e.to_string()))
+            .map_err(AppError::Codec)
     }
 
     /// Sends a command and waits for its final acknowledgement.
@@ -263,9 +270,7 @@ impl<T: Transport> AppClient<T> {
             expires_ms: now_ms + timeout.as_millis() as u64,
         };
         let mut buf = vec![0u8; 1024];
-        let n = cmd
-            .encode(&mut buf)
-            .map_err(|e| AppError::Codec(e.to_string()))?;
+        let n = cmd.encode(&mut buf).map_err(AppError::Codec)?;
         self.transport
             .publish(
                 &topic(device, MessageKind::Command),
@@ -278,7 +283,7 @@ impl<T: Transport> AppClient<T> {
         loop {
             let left = deadline.saturating_duration_since(tokio::time::Instant::now());
             let (_, payload) = self.wait_for(left, |t| t == ack_topic).await?;
-            let ack = Ack::decode(&payload).map_err(|e| AppError::Codec(e.to_string()))?;
+            let ack = Ack::decode(&payload).map_err(AppError::Codec)?;
             if ack.command_id == id && ack.status.is_final() {
                 return Ok(CommandOutcome {
                     status: ack.status,
@@ -314,7 +319,7 @@ impl<T: Transport> AppClient<T> {
             let Some((device, kind)) = parsed else {
                 continue;
             };
-            let codec = |e: lanyard_core::Error| AppError::Codec(e.to_string());
+            let codec = AppError::Codec;
             return Ok(match kind {
                 MessageKind::ShadowDelta => {
                     let d: Box<ShadowDelta<TWIN_LEAVES, TWIN_POOL>> =

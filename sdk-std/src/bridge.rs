@@ -147,7 +147,7 @@ impl<T: Transport> Bridge<T> {
     /// under `lanyard/v1/{tenant}/{device-id}/...`, and only that
     /// tenant's topics for it are framed back. Call before
     /// [`Bridge::run`]; refuses an invalid name.
-    pub fn with_tenant(mut self, tenant: &str) -> Result<Self, String> {
+    pub fn with_tenant(mut self, tenant: &str) -> Result<Self, crate::InvalidTenant> {
         crate::check_tenant(tenant)?;
         self.tenant = Some(tenant.to_owned());
         Ok(self)

@@ -52,7 +52,7 @@ pub enum BuildError {
     /// damaged journal is left for inspection).
     Journal(std::io::Error),
     /// The tenant name is not one the topics allow.
-    Tenant(String),
+    Tenant(crate::InvalidTenant),
 }
 
 impl std::fmt::Display for BuildError {
@@ -60,7 +60,7 @@ impl std::fmt::Display for BuildError {
         match self {
             BuildError::StateDir { path, error } => write!(f, "{}: {error}", path.display()),
             BuildError::Journal(e) => write!(f, "outbound journal: {e}"),
-            BuildError::Tenant(why) => f.write_str(why),
+            BuildError::Tenant(e) => write!(f, "{e}"),
         }
     }
 }

@@ -94,12 +94,12 @@ pub enum DriverEvent {
         /// content; the agent has already applied it).
         payload: Vec<u8>,
     },
-    /// A message arrived and the agent refused it.
+    /// Something was refused or failed without stopping the device.
     Refused {
         /// Clock time, ms.
         at_ms: u64,
-        /// Why.
-        why: String,
+        /// What and why.
+        why: Refusal,
     },
     /// An event of the agent.
     Agent {
@@ -113,6 +113,38 @@ pub enum DriverEvent {
         /// Clock time, ms.
         at_ms: u64,
     },
+}
+
+/// What a [`DriverEvent::Refused`] says.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Refusal {
+    /// A message on a topic that is not the device's.
+    UnknownTopic(String),
+    /// The agent refused an inbound message of this kind; nothing changed.
+    Inbound(MessageKind, lanyard_core::agent::InboundError),
+    /// A local change was not reported: an unusable path or a full shadow.
+    Report(lanyard_core::Error),
+    /// A command outcome arrived with no command running.
+    NothingRunning,
+    /// The outbound journal could not record or prune a message (it is
+    /// still sent: only its survival of a crash is lost).
+    Journal(std::io::ErrorKind),
+    /// A message the agent queued did not fit the driver's buffer and was
+    /// not sent.
+    Unsendable(lanyard_core::EncodeError),
+}
+
+impl std::fmt::Display for Refusal {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Refusal::UnknownTopic(t) => write!(f, "unknown topic {t}"),
+            Refusal::Inbound(kind, e) => write!(f, "{}: {e}", kind.topic_suffix()),
+            Refusal::Report(e) => write!(f, "local change not reported: {e}"),
+            Refusal::NothingRunning => f.write_str("a command outcome with no command running"),
+            Refusal::Journal(e) => write!(f, "outbound journal: {e}"),
+            Refusal::Unsendable(e) => write!(f, "message not sent: {e}"),
+        }
+    }
 }
 
 /// The platform pieces a driver lends the agent.
@@ -320,7 +352,7 @@ impl<T: Transport, const M: usize, const L: usize, const B: usize> DeviceDriver<
     /// (`lanyard/v1/{tenant}/{device-id}/...`). Refuses a name that
     /// [`valid_tenant`](lanyard_core::agent::messages::valid_tenant)
     /// refuses.
-    pub fn with_tenant(mut self, tenant: &str) -> Result<Self, String> {
+    pub fn with_tenant(mut self, tenant: &str) -> Result<Self, crate::InvalidTenant> {
         crate::check_tenant(tenant)?;
         self.tenant = Some(tenant.to_owned());
         Ok(self)
@@ -431,7 +463,7 @@ impl<T: Transport, const M: usize, const L: usize, const B: usize> DeviceDriver<
                 // Still sent: only its survival of a crash is lost.
                 self.emit(DriverEvent::Refused {
                     at_ms: self.clock.now_ms(),
-                    why: format!("outbound journal: {e}"),
+                    why: Refusal::Journal(e.kind()),
                 });
             }
         }
@@ -447,7 +479,7 @@ impl<T: Transport, const M: usize, const L: usize, const B: usize> DeviceDriver<
         {
             self.emit(DriverEvent::Refused {
                 at_ms: self.clock.now_ms(),
-                why: format!("outbound journal: {e}"),
+                why: Refusal::Journal(e.kind()),
             });
         }
     }
@@ -455,11 +487,20 @@ impl<T: Transport, const M: usize, const L: usize, const B: usize> DeviceDriver<
     /// Publishes everything the agent has queued and reports its events.
     pub async fn flush(&mut self) -> Result<(), TransportError> {
         let now = self.clock.now_ms();
-        while let Some(t) = self
-            .agent
-            .poll_transmit(&mut self.buf)
-            .map_err(|e| TransportError::Failed(e.to_string()))?
-        {
+        loop {
+            let t = match self.agent.poll_transmit(&mut self.buf) {
+                Ok(Some(t)) => t,
+                Ok(None) => break,
+                // The buffer holds the agent's largest message; a message
+                // too large for it stays queued, so stop here.
+                Err(e) => {
+                    self.emit(DriverEvent::Refused {
+                        at_ms: now,
+                        why: Refusal::Unsendable(e),
+                    });
+                    break;
+                }
+            };
             // Lent out for the publish, which borrows the driver.
             let buf = std::mem::take(&mut self.buf);
             let sent = self.publish(t.kind, &buf[..t.len], t.needs_ack).await;
@@ -558,8 +599,8 @@ impl<T: Transport, const M: usize, const L: usize, const B: usize> DeviceDriver<
                 Some(outcome) = finished => {
                     let now = self.clock.now_ms();
                     let outcome = outcome.as_deref().map_err(|e| *e);
-                    if let Err(e) = self.agent.complete_command(now, outcome, &mut self.platform.lend()) {
-                        self.emit(DriverEvent::Refused { at_ms: now, why: e.to_string() });
+                    if self.agent.complete_command(now, outcome, &mut self.platform.lend()).is_err() {
+                        self.emit(DriverEvent::Refused { at_ms: now, why: Refusal::NothingRunning });
                     }
                 }
                 Some((path, value)) = local => {
@@ -570,10 +611,10 @@ impl<T: Transport, const M: usize, const L: usize, const B: usize> DeviceDriver<
                                 // The sync it asks for is due now: send it
                                 // before anything else can overwrite it.
                                 Ok(()) => self.agent.handle_timeout(now, &mut self.platform.lend()),
-                                Err(e) => self.emit(DriverEvent::Refused { at_ms: now, why: e.to_string() }),
+                                Err(e) => self.emit(DriverEvent::Refused { at_ms: now, why: Refusal::Report(e) }),
                             }
                         }
-                        Err(e) => self.emit(DriverEvent::Refused { at_ms: now, why: e.to_string() }),
+                        Err(e) => self.emit(DriverEvent::Refused { at_ms: now, why: Refusal::Report(e.into()) }),
                     }
                 }
                 ev = self.transport.recv() => {
@@ -598,7 +639,7 @@ impl<T: Transport, const M: usize, const L: usize, const B: usize> DeviceDriver<
         let Some((id, kind)) = parse_topic_in(self.tenant.as_deref(), topic) else {
             self.emit(DriverEvent::Refused {
                 at_ms: now,
-                why: format!("unknown topic {topic}"),
+                why: Refusal::UnknownTopic(topic.to_owned()),
             });
             return;
         };
@@ -620,7 +661,7 @@ impl<T: Transport, const M: usize, const L: usize, const B: usize> DeviceDriver<
             }
             Err(e) => self.emit(DriverEvent::Refused {
                 at_ms: now,
-                why: e.to_string(),
+                why: Refusal::Inbound(kind, e),
             }),
         }
     }

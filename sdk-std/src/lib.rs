@@ -78,15 +78,29 @@ pub mod transport;
 #[cfg(feature = "runtime")]
 pub mod twin;
 
-/// Checks a tenant name for the `with_tenant(s)` builders: the one error
-/// text for a name `valid_tenant` refuses.
+/// A tenant name the topics do not allow (1 to 32 of `a-z`, `0-9`, `-`,
+/// `_`), from the `with_tenant(s)` builders.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct InvalidTenant(pub String);
+
+impl std::fmt::Display for InvalidTenant {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "tenant {:?}: 1 to 32 of a-z, 0-9, '-' and '_' expected",
+            self.0
+        )
+    }
+}
+
+impl std::error::Error for InvalidTenant {}
+
+/// Checks a tenant name for the `with_tenant(s)` builders.
 #[cfg(feature = "runtime")]
-pub(crate) fn check_tenant(tenant: &str) -> Result<(), String> {
+pub(crate) fn check_tenant(tenant: &str) -> Result<(), InvalidTenant> {
     if lanyard_core::agent::messages::valid_tenant(tenant) {
         Ok(())
     } else {
-        Err(format!(
-            "tenant {tenant:?}: 1 to 32 of a-z, 0-9, '-' and '_' expected"
-        ))
+        Err(InvalidTenant(tenant.to_owned()))
     }
 }

@@ -252,12 +252,10 @@ impl MqttTransport {
     ) -> Result<Self, TransportError> {
         let mut t = Self::connect(config);
         let outcome = match tokio::time::timeout(timeout, t.first.wait_for(Option::is_some)).await {
-            Err(_) => Err(TransportError::Failed(
-                "no answer from the broker in time".into(),
-            )),
+            Err(_) => Err(TransportError::NoAnswer),
             Ok(Err(_)) => Err(TransportError::Closed),
             Ok(Ok(v)) => match v.clone() {
-                Some(Err(why)) => Err(TransportError::Failed(why)),
+                Some(Err(why)) => Err(TransportError::Refused(why)),
                 _ => Ok(()),
             },
         };
@@ -302,14 +300,14 @@ impl Transport for MqttTransport {
         self.client
             .subscribe(filter, QoS::AtLeastOnce)
             .await
-            .map_err(|e| TransportError::Failed(e.to_string()))
+            .map_err(|e| TransportError::Client(e.to_string()))
     }
 
     async fn publish(&mut self, topic: &str, payload: &[u8], q: Qos) -> Result<(), TransportError> {
         self.client
             .publish(topic, qos(q), false, payload.to_vec())
             .await
-            .map_err(|e| TransportError::Failed(e.to_string()))?;
+            .map_err(|e| TransportError::Client(e.to_string()))?;
         // Counted once queued (the event loop may even have sent it
         // already: `flush` compares with `>=`).
         match q {
@@ -334,9 +332,7 @@ impl Transport for MqttTransport {
         // once, at shutdown.
         while !self.delivery.done() {
             if tokio::time::Instant::now() >= deadline {
-                return Err(TransportError::Failed(
-                    "publishes not delivered in time".into(),
-                ));
+                return Err(TransportError::NotDelivered);
             }
             tokio::time::sleep(Duration::from_millis(5)).await;
         }

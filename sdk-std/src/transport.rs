@@ -38,15 +38,27 @@ pub enum TransportEvent {
 pub enum TransportError {
     /// The transport was shut down.
     Closed,
-    /// The peer refused or the network failed; the text says why.
-    Failed(String),
+    /// The broker did not answer a connection in time.
+    NoAnswer,
+    /// Publishes were not all delivered in the time given.
+    NotDelivered,
+    /// The broker or the network refused the connection (a refused
+    /// certificate, an unknown host, a closed port), as the MQTT client
+    /// describes it.
+    Refused(String),
+    /// The MQTT client could not take the request (its connection task is
+    /// gone), as it describes it.
+    Client(String),
 }
 
 impl std::fmt::Display for TransportError {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
             TransportError::Closed => f.write_str("transport closed"),
-            TransportError::Failed(why) => write!(f, "transport failed: {why}"),
+            TransportError::NoAnswer => f.write_str("no answer from the broker in time"),
+            TransportError::NotDelivered => f.write_str("publishes not delivered in time"),
+            TransportError::Refused(why) => write!(f, "connection refused: {why}"),
+            TransportError::Client(why) => write!(f, "MQTT client failed: {why}"),
         }
     }
 }

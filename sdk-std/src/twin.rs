@@ -15,6 +15,7 @@ use lanyard_core::agent::messages::{
     valid_device_id,
 };
 use lanyard_core::shadow::{ConflictPolicy, Shadow};
+use lanyard_core::topic::{AppTopic, Topic, filter, topic_of_key};
 use lanyard_core::wire::{ShadowDelta, ShadowUpdate};
 
 use crate::aws_json;
@@ -31,17 +32,18 @@ type TwinUpdate = ShadowUpdate<TWIN_LEAVES, TWIN_POOL>;
 
 /// Topic suffixes the host serves beyond the device protocol, for apps.
 pub mod app_topics {
+    use lanyard_core::topic::AppTopic;
     /// App → host: a `shadow-update` whose desired part the host applies.
-    pub const SET_DESIRED: &str = "shadow/desired";
+    pub const SET_DESIRED: &str = AppTopic::SetDesired.suffix();
     /// App → host: ask for the whole document.
-    pub const GET: &str = "shadow/get";
+    pub const GET: &str = AppTopic::Get.suffix();
     /// Host → app: the whole `shadow-document`.
-    pub const DOCUMENT: &str = "shadow/document";
+    pub const DOCUMENT: &str = AppTopic::Document.suffix();
     /// Host → app: the reason an update was refused (UTF-8 text).
-    pub const REJECTED: &str = "shadow/rejected";
+    pub const REJECTED: &str = AppTopic::Rejected.suffix();
     /// Host → app: the answer to a desired-state update that carried a
     /// client token, a [`DesiredAnswer`](super::DesiredAnswer).
-    pub const ANSWER: &str = "shadow/desired/answer";
+    pub const ANSWER: &str = AppTopic::DesiredAnswer.suffix();
 }
 
 /// The host's answer to an app's desired-state update with a client token:
@@ -84,18 +86,21 @@ impl DesiredAnswer {
     }
 }
 
+/// The topics a twin host acts on, of every device.
+const HOST_TOPICS: [Topic; 4] = [
+    Topic::Device(MessageKind::Register),
+    Topic::Device(MessageKind::ShadowUpdate),
+    Topic::App(AppTopic::SetDesired),
+    Topic::App(AppTopic::Get),
+];
+
 /// What the host subscribes to; `aws` adds the `$aws/things/...` topics
 /// (some brokers, rumqttd among them, refuse filters starting with `$`).
 pub fn subscriptions(aws: bool) -> Vec<String> {
-    let mut v: Vec<String> = [
-        MessageKind::Register.topic_suffix(),
-        MessageKind::ShadowUpdate.topic_suffix(),
-        app_topics::SET_DESIRED,
-        app_topics::GET,
-    ]
-    .iter()
-    .map(|s| format!("{TOPIC_PREFIX}+/{s}"))
-    .collect();
+    let mut v: Vec<String> = HOST_TOPICS
+        .iter()
+        .map(|t| filter(false, *t).to_string())
+        .collect();
     if aws {
         for op in ["update", "get", "delete"] {
             v.push(format!("$aws/things/+/shadow/{op}"));
@@ -169,7 +174,7 @@ impl TwinHost {
     /// then named `{tenant}/{device-id}` ([`TwinHost::shadow`], the app
     /// client) and its shadow is kept in a directory per tenant. The AWS
     /// IoT topics, which have no tenants, are not served.
-    pub fn with_tenants(mut self, tenants: &[&str]) -> Result<Self, String> {
+    pub fn with_tenants(mut self, tenants: &[&str]) -> Result<Self, crate::InvalidTenant> {
         for t in tenants {
             crate::check_tenant(t)?;
         }
@@ -182,15 +187,10 @@ impl TwinHost {
     pub fn subscriptions(&self, aws: bool) -> Vec<String> {
         match &self.tenants {
             None => subscriptions(aws),
-            Some(_) => [
-                MessageKind::Register.topic_suffix(),
-                MessageKind::ShadowUpdate.topic_suffix(),
-                app_topics::SET_DESIRED,
-                app_topics::GET,
-            ]
-            .iter()
-            .map(|s| format!("{TOPIC_PREFIX}+/+/{s}"))
-            .collect(),
+            Some(_) => HOST_TOPICS
+                .iter()
+                .map(|t| filter(true, *t).to_string())
+                .collect(),
         }
     }
 
@@ -405,7 +405,7 @@ impl TwinHost {
                     let mut buf = vec![0u8; 64 * 1024];
                     match s.encode(&mut buf) {
                         Ok(n) => vec![Publish {
-                            topic: format!("{TOPIC_PREFIX}{key}/{}", app_topics::DOCUMENT),
+                            topic: app_topic(key, AppTopic::Document),
                             payload: buf[..n].to_vec(),
                             qos: Qos::AtLeastOnce,
                         }],
@@ -466,7 +466,7 @@ impl TwinHost {
         let token = update.client_token.as_deref().map(str::to_owned);
         let answer = |outcome: Result<u64, String>| {
             token.as_ref().filter(|_| from_app).map(|t| Publish {
-                topic: format!("{TOPIC_PREFIX}{id}/{}", app_topics::ANSWER),
+                topic: app_topic(id, AppTopic::DesiredAnswer),
                 payload: DesiredAnswer {
                     token: t.clone(),
                     outcome,
@@ -673,9 +673,14 @@ impl TwinHost {
     }
 }
 
+/// The app topic `t` of the device known here as `key`.
+fn app_topic(key: &str, t: AppTopic) -> String {
+    topic_of_key(key, Topic::App(t)).map_or_else(String::new, |s| s.to_string())
+}
+
 fn rejected(id: &str, why: &str) -> Publish {
     Publish {
-        topic: format!("{TOPIC_PREFIX}{id}/{}", app_topics::REJECTED),
+        topic: app_topic(id, AppTopic::Rejected),
         payload: why.as_bytes().to_vec(),
         qos: Qos::AtLeastOnce,
     }

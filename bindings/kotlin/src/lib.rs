@@ -73,9 +73,14 @@ impl From<AppError> for LanyardError {
         match e {
             AppError::Timeout => LanyardError::Timeout,
             AppError::Rejected(reason) => LanyardError::Rejected { reason },
-            AppError::Codec(detail) => LanyardError::Codec { detail },
+            AppError::Codec(e) => LanyardError::Codec {
+                detail: e.to_string(),
+            },
             AppError::Transport(t) => LanyardError::Transport {
                 detail: t.to_string(),
+            },
+            e @ AppError::BadDevice(_) => LanyardError::BadInput {
+                detail: e.to_string(),
             },
         }
     }

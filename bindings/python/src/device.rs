@@ -204,7 +204,7 @@ impl Device {
         let (driver, handle) = {
             let _in_runtime = rt.enter();
             device.build().map_err(|e| match e {
-                BuildError::Tenant(why) => PyValueError::new_err(why),
+                BuildError::Tenant(why) => PyValueError::new_err(why.to_string()),
                 e => PyOSError::new_err(e.to_string()),
             })?
         };
@@ -331,7 +331,7 @@ fn event_json(event: &DriverEvent) -> (&'static str, Json) {
     match event {
         DriverEvent::Sent { kind, payload, .. } => ("sent", message(*kind, payload)),
         DriverEvent::Received { kind, payload, .. } => ("received", message(*kind, payload)),
-        DriverEvent::Refused { why, .. } => ("refused", json!({ "why": why })),
+        DriverEvent::Refused { why, .. } => ("refused", json!({ "why": why.to_string() })),
         DriverEvent::Reconnected { .. } => ("reconnected", json!({})),
         DriverEvent::Agent { event, .. } => match event {
             AgentEvent::StateChanged { from, to, .. } => {

@@ -205,7 +205,9 @@ impl Bridge {
         let stats = block_on(py, &rt, async move {
             let mut bridge = StdBridge::new(MqttTransport::connect(config));
             if let Some(t) = &tenant {
-                bridge = bridge.with_tenant(t).map_err(PyValueError::new_err)?;
+                bridge = bridge
+                    .with_tenant(t)
+                    .map_err(|e| PyValueError::new_err(e.to_string()))?;
             }
             if let Some(id) = &device_id {
                 bridge
@@ -580,6 +582,7 @@ fn app_error(e: AppError) -> PyErr {
         AppError::Rejected(why) => Rejected::new_err(why),
         AppError::Codec(why) => PyValueError::new_err(format!("bad message: {why}")),
         AppError::Transport(t) => PyOSError::new_err(t.to_string()),
+        e @ AppError::BadDevice(_) => PyValueError::new_err(e.to_string()),
     }
 }
 

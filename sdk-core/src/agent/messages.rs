@@ -144,113 +144,10 @@ impl MessageKind {
     }
 }
 
-/// Whether `id` can name a device in a topic: 1 to [`MAX_DEVICE_ID_LEN`]
-/// bytes, none of them a topic separator or wildcard (`/`, `+`, `#`).
-///
-/// ```
-/// use lanyard_core::agent::messages::valid_device_id;
-/// assert!(valid_device_id("ly-0a1b2c3d4e5f"));
-/// assert!(!valid_device_id("+") && !valid_device_id("a/b") && !valid_device_id(""));
-/// ```
-pub fn valid_device_id(id: &str) -> bool {
-    !id.is_empty() && id.len() <= MAX_DEVICE_ID_LEN && !id.contains(['/', '+', '#'])
-}
-
-/// Longest tenant name.
-pub const MAX_TENANT_LEN: usize = 32;
-
-/// Whether `name` can name a tenant: 1 to [`MAX_TENANT_LEN`] lowercase
-/// ASCII letters, digits, `-` and `_` (nothing that is special in a topic
-/// or a file name).
-pub fn valid_tenant(name: &str) -> bool {
-    (1..=MAX_TENANT_LEN).contains(&name.len())
-        && name
-            .bytes()
-            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-' || b == b'_')
-}
-
-/// The topic of `kind` for `device_id` of `tenant`:
-/// `lanyard/v1/{tenant}/{device-id}/{suffix}`. `None` when the tenant name
-/// is not valid.
-///
-/// ```
-/// use lanyard_core::agent::messages::{tenant_topic, MessageKind};
-/// assert_eq!(
-///     tenant_topic("acme", "ly-0a1b2c3d4e5f", MessageKind::Ack).unwrap().as_str(),
-///     "lanyard/v1/acme/ly-0a1b2c3d4e5f/ack"
-/// );
-/// ```
-pub fn tenant_topic(
-    tenant: &str,
-    device_id: &str,
-    kind: MessageKind,
-) -> Option<heapless::String<128>> {
-    if !valid_tenant(tenant) {
-        return None;
-    }
-    let mut s = heapless::String::new();
-    // 11 + 32 + 1 + 64 + 1 + 17 = 126 bytes at most: always fits.
-    let _ = s.push_str(TOPIC_PREFIX);
-    let _ = s.push_str(tenant);
-    let _ = s.push('/');
-    let _ = s.push_str(device_id);
-    let _ = s.push('/');
-    let _ = s.push_str(kind.topic_suffix());
-    Some(s)
-}
-
-/// Every topic starts with this.
-pub const TOPIC_PREFIX: &str = "lanyard/v1/";
-
-/// The topic of `kind` for `device_id`.
-///
-/// ```
-/// use lanyard_core::agent::messages::{topic, MessageKind};
-/// assert_eq!(topic("ly-0a1b2c3d4e5f", MessageKind::Ack).as_str(), "lanyard/v1/ly-0a1b2c3d4e5f/ack");
-/// ```
-pub fn topic(device_id: &str, kind: MessageKind) -> heapless::String<128> {
-    let mut s = heapless::String::new();
-    // 11 + 64 + 1 + 17 bytes at most: always fits.
-    let _ = s.push_str(TOPIC_PREFIX);
-    let _ = s.push_str(device_id);
-    let _ = s.push('/');
-    let _ = s.push_str(kind.topic_suffix());
-    s
-}
-
-/// The topic of `kind` for `device_id` in `tenant`'s namespace, or in the
-/// shared one when `tenant` is `None`: what every driver and the bridge
-/// publish and subscribe to. `None` when the tenant name is not valid.
-pub fn topic_in(
-    tenant: Option<&str>,
-    device_id: &str,
-    kind: MessageKind,
-) -> Option<heapless::String<128>> {
-    match tenant {
-        Some(t) => tenant_topic(t, device_id, kind),
-        None => Some(topic(device_id, kind)),
-    }
-}
-
-/// Parses a topic of `tenant`'s namespace (or of the shared one when
-/// `tenant` is `None`) into its device id and kind; a topic of any other
-/// namespace is `None`.
-///
-/// ```
-/// use lanyard_core::agent::messages::{parse_topic_in, MessageKind};
-/// let t = "lanyard/v1/acme/dev-1/cmd";
-/// assert_eq!(parse_topic_in(Some("acme"), t), Some(("dev-1", MessageKind::Command)));
-/// assert_eq!(parse_topic_in(Some("globex"), t), None);
-/// assert_eq!(parse_topic_in(None, "lanyard/v1/dev-1/cmd"), Some(("dev-1", MessageKind::Command)));
-/// ```
-pub fn parse_topic_in<'t>(tenant: Option<&str>, topic: &'t str) -> Option<(&'t str, MessageKind)> {
-    match tenant {
-        Some(want) => MessageKind::parse_tenant_topic(topic)
-            .filter(|(t, _, _)| *t == want)
-            .map(|(_, id, kind)| (id, kind)),
-        None => MessageKind::parse_topic(topic),
-    }
-}
+pub use crate::topic::{
+    MAX_TENANT_LEN, TOPIC_PREFIX, parse_topic_in, tenant_topic, topic, topic_in, valid_device_id,
+    valid_tenant,
+};
 
 /// Reads a text field of at most `max` bytes.
 fn read_text<'b>(
@@ -329,11 +226,7 @@ fn req<T>(v: Option<T>, name: &'static str) -> Result<T, DecodeError> {
 
 /// `s.split_once('/')` by bytes: the `char` searcher behind `split_once`
 /// is 0.3 KB of flash a firmware that parses topics does not need.
-fn split_at_slash(s: &str) -> Option<(&str, &str)> {
-    let at = s.bytes().position(|b| b == b'/')?;
-    let (head, tail) = s.split_at_checked(at)?;
-    Some((head, tail.get(1..)?))
-}
+use crate::topic::split_at_slash;
 
 /// Device → cloud: "this is me; please accept me".
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

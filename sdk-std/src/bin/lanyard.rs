@@ -370,7 +370,7 @@ async fn bridge(
     }
     let mut bridge = Bridge::new(MqttTransport::connect(config));
     if let Some(t) = &tenant {
-        bridge = bridge.with_tenant(t)?;
+        bridge = bridge.with_tenant(t).map_err(|e| e.to_string())?;
     }
     if let Some(id) = device_id.as_deref() {
         bridge.adopt_device(id).await.map_err(|e| e.to_string())?;
@@ -416,7 +416,7 @@ async fn twin(
     }
     if !tenants.is_empty() {
         let names: Vec<&str> = tenants.iter().map(String::as_str).collect();
-        twin = twin.with_tenants(&names)?;
+        twin = twin.with_tenants(&names).map_err(|e| e.to_string())?;
     }
     let mut transport = MqttTransport::connect(broker.mqtt("lanyard-twin")?);
     println!(
