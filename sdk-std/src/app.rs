@@ -294,6 +294,25 @@ impl<T: Transport> AppClient<T> {
         }
     }
 
+    /// Sends `device` a new configuration (it applies it if the version is
+    /// newer and every field valid, and answers with a config-ack).
+    pub async fn push_config(
+        &mut self,
+        device: &str,
+        config: &lanyard_core::agent::config::DeviceConfig,
+    ) -> Result<(), AppError> {
+        let t = topic_of_key(device, Topic::Device(MessageKind::Config))
+            .filter(|_| device.split('/').all(valid_device_id))
+            .ok_or_else(|| AppError::BadDevice(device.to_owned()))?;
+        let mut e = minicbor::Encoder::new(Vec::new());
+        // Encoding into a Vec cannot fail.
+        let _ = config.encode_cbor(&mut e);
+        self.transport
+            .publish(&t, &e.into_writer(), Qos::AtLeastOnce)
+            .await?;
+        Ok(())
+    }
+
     /// Ends the app: waits up to `within` for what it published to reach
     /// the broker, then drops the connection.
     pub async fn close(mut self, within: Duration) -> Result<(), AppError> {

@@ -1,0 +1,54 @@
+//! `lanyard bridge`: a serial (or TCP) device's framed link to MQTT.
+
+use super::*;
+
+pub(crate) async fn bridge(
+    broker: &BrokerArgs,
+    tcp: Option<String>,
+    serial: Option<PathBuf>,
+    device_id: Option<String>,
+    tenant: Option<String>,
+) -> Result<(), String> {
+    use lanyard_std::bridge::Bridge;
+    // Connected as the device when its id is known, so the broker's ACL
+    // treats the bridge as the device it carries.
+    let client_id = device_id
+        .clone()
+        .unwrap_or_else(|| format!("lanyard-bridge-{}", std::process::id()));
+    let mut config = broker.mqtt(&client_id)?;
+    if tenant.is_some() {
+        config.username = tenant.clone();
+    }
+    let mut bridge = Bridge::new(MqttTransport::connect(config));
+    if let Some(t) = &tenant {
+        bridge = bridge.with_tenant(t).map_err(|e| e.to_string())?;
+    }
+    if let Some(id) = device_id.as_deref() {
+        bridge.adopt_device(id).await.map_err(|e| e.to_string())?;
+    }
+    let stop = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    let stats = if let Some(addr) = tcp {
+        let stream = lanyard_std::bridge::connect_tcp(&addr, Duration::from_secs(30))
+            .await
+            .map_err(|e| format!("{addr}: {e}"))?;
+        println!("bridging {addr} to {}", broker.url()?);
+        bridge.run(stream, stop).await
+    } else if let Some(path) = serial {
+        let port = lanyard_std::bridge::open_serial(&path)
+            .map_err(|e| format!("{}: {e}", path.display()))?;
+        println!("bridging {} to {}", path.display(), broker.url()?);
+        bridge.run(port, stop).await
+    } else {
+        return Err("--tcp or --serial is required".into());
+    };
+    let stats = stats.map_err(|e| e.to_string())?;
+    println!(
+        "bridge stopped: {} to the cloud, {} to the device, {} bad frames",
+        stats.to_cloud,
+        stats.to_device,
+        stats.bad_envelopes + stats.misdirected
+    );
+    Ok(())
+}

@@ -1,0 +1,356 @@
+//! `lanyard demo`: a simulated fleet, a twin host and an operator on an
+//! embedded broker, with a live timeline and a summary.
+
+use super::*;
+use lanyard_std::app::{AppClient, AppError};
+use lanyard_std::device::DeviceHandle;
+
+/// What the demo's operator does at a step, in turn.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum OperatorStep {
+    Diagnostics,
+    PushConfig,
+    Blink,
+    ReadSensor,
+    Setpoint,
+    EnterMaintenance,
+    ExitMaintenance,
+}
+
+impl OperatorStep {
+    /// The action of step `step` (from 1): the seven in turn.
+    fn of(step: u64) -> Self {
+        use OperatorStep::*;
+        [
+            ExitMaintenance,
+            Diagnostics,
+            PushConfig,
+            Blink,
+            ReadSensor,
+            Setpoint,
+            EnterMaintenance,
+        ][(step % 7) as usize]
+    }
+
+    fn name(self) -> &'static str {
+        match self {
+            OperatorStep::Diagnostics => "diagnostics",
+            OperatorStep::PushConfig => "config",
+            OperatorStep::Blink => "blink_led",
+            OperatorStep::ReadSensor => "read_sensor",
+            OperatorStep::Setpoint => "setpoint",
+            OperatorStep::EnterMaintenance => "enter_maintenance",
+            OperatorStep::ExitMaintenance => "exit_maintenance",
+        }
+    }
+
+    /// Does this step to device `id` (the `n`th of the fleet).
+    #[allow(clippy::too_many_arguments)]
+    async fn run(
+        self,
+        app: &mut AppClient<MqttTransport>,
+        id: &str,
+        n: usize,
+        step: u64,
+        now: u64,
+        fleet: &DeviceConfig,
+        buttons: &[DeviceHandle],
+    ) -> Result<(), AppError> {
+        match self {
+            OperatorStep::PushConfig => {
+                let c = DeviceConfig {
+                    version: 1 + step,
+                    heartbeat_ms: 10_000,
+                    ..fleet.clone()
+                };
+                app.push_config(id, &c).await
+            }
+            OperatorStep::Setpoint => {
+                // First the app sets 70 and the devices follow; the next
+                // time it asks for 72 while users press the button for 68
+                // on every other device: a conflict, settled by LatestWins
+                // (the fleet's policy for hvac).
+                let first = step < 7;
+                let mut t: StateTree<8, 256> = StateTree::new();
+                let _ = t.insert(
+                    &ShadowPath::from_dotted("hvac.setpoint").unwrap_or_default(),
+                    Value::Int(if first { 70 } else { 72 }),
+                );
+                app.set_desired(id, &t, now).await?;
+                if !first && n.is_multiple_of(2) {
+                    let _ = buttons[n].report("hvac.setpoint", LocalValue::Int(68));
+                }
+                Ok(())
+            }
+            // Maintenance only for the first device: it shows in the
+            // timeline.
+            OperatorStep::EnterMaintenance | OperatorStep::ExitMaintenance if n != 0 => Ok(()),
+            cmd => {
+                let mut args = minicbor::Encoder::new(Vec::new());
+                if cmd == OperatorStep::Blink {
+                    // {"count": 3, "period_ms": 500}
+                    let _ = args
+                        .map(2)
+                        .and_then(|e| e.str("count")?.u8(3)?.str("period_ms")?.u16(500));
+                }
+                app.command(
+                    id,
+                    cmd.name(),
+                    &args.into_writer(),
+                    now,
+                    Duration::from_secs(5),
+                )
+                .await
+                .map(|_| ())
+            }
+        }
+    }
+}
+
+pub(crate) struct Totals {
+    messages: BTreeMap<&'static str, (u64, u64)>,
+}
+
+pub(crate) async fn demo(
+    devices: usize,
+    speed: f64,
+    minutes: u64,
+    broker: BrokerArgs,
+    metrics: Option<Metrics>,
+) -> Result<(), String> {
+    // rumqttd refuses `$aws/...` subscriptions: AWS topics only on an
+    // external broker.
+    let aws = broker.broker.is_some();
+    let broker = if aws {
+        broker
+    } else {
+        let port = lanyard_std::broker::free_port().map_err(|e| e.to_string())?;
+        lanyard_std::broker::start_embedded(port, devices + 4)?;
+        BrokerArgs {
+            broker: Some(format!("mqtt://127.0.0.1:{port}")),
+            ca: None,
+            cert: None,
+            key: None,
+        }
+    };
+    let url = broker.url()?.to_owned();
+    let clock = Clock::compressed(speed);
+    let start = clock.now_ms();
+    let end = start + minutes * 60_000;
+    let tmp = tempfile::tempdir().map_err(|e| e.to_string())?;
+    println!(
+        "lanyard demo: {devices} devices, twin host, broker {url}, {minutes} simulated minutes at {speed}x"
+    );
+
+    // The twin host, with the fleet's configuration and policies.
+    let mut fleet = DeviceConfig {
+        version: 1,
+        ..DeviceConfig::default()
+    };
+    let _ = fleet.policies.push((
+        "hvac".try_into().unwrap_or_default(),
+        ConflictPolicy::LatestWins,
+    ));
+    let mut twin_host = TwinHost::in_memory(fleet.clone());
+    if let Some(m) = &metrics {
+        twin_host = twin_host.with_metrics(m.clone());
+    }
+    let mut twin_transport = MqttTransport::connect(broker.mqtt("lanyard-twin")?);
+    let (twin_stop, twin_stop_rx) = oneshot::channel::<()>();
+    let twin_task = tokio::spawn(async move {
+        let r = run_twin(&mut twin_host, &mut twin_transport, clock, aws, async {
+            let _ = twin_stop_rx.await;
+        })
+        .await;
+        (twin_host, r)
+    });
+    tokio::time::sleep(Duration::from_millis(300)).await;
+
+    // The fleet.
+    let (ev_tx, mut ev_rx) = mpsc::unbounded_channel::<(usize, DriverEvent)>();
+    let mut stops = Vec::new();
+    let mut tasks = Vec::new();
+    let mut buttons = Vec::new();
+    for i in 0..devices {
+        let mac = [0x02, 0x00, 0x00, (i >> 16) as u8, (i >> 8) as u8, i as u8];
+        let (tx, mut rx) = mpsc::unbounded_channel();
+        let fwd = ev_tx.clone();
+        tokio::spawn(async move {
+            while let Some(e) = rx.recv().await {
+                if fwd.send((i, e)).is_err() {
+                    break;
+                }
+            }
+        });
+        // The battery starts at 40 % and loses 1 % every 10 to 14 s, so each
+        // device crosses the critical 10 % a little after minute 5.
+        let drain = 10_000 + (i as u64 % 5) * 1_000;
+        let (d, button) = make_device(
+            mac,
+            broker.mqtt("")?,
+            tmp.path().join(format!("dev{i}")),
+            clock,
+            drain,
+            40,
+        )
+        .without_journal()
+        .build()
+        .map_err(|e| e.to_string())?;
+        buttons.push(button);
+        let mut d = d.with_events(tx);
+        if let Some(m) = &metrics {
+            d = d.with_metrics(m.clone());
+        }
+        let (stop_tx, stop_rx) = oneshot::channel::<()>();
+        stops.push(stop_tx);
+        tasks.push(tokio::spawn(async move {
+            d.start().await?;
+            d.run_until(async {
+                let _ = stop_rx.await;
+            })
+            .await?;
+            Ok::<_, lanyard_std::transport::TransportError>(d)
+        }));
+    }
+    drop(ev_tx);
+
+    // The operator: a command or a configuration change about every 45 s,
+    // through the app client.
+    let mut operator = AppClient::new(MqttTransport::connect(broker.mqtt("lanyard-operator")?))
+        .await
+        .map_err(|e| e.to_string())?;
+    let ids: Vec<String> = (0..devices)
+        .map(|i| {
+            lanyard_core::agent::device_id_from_mac([
+                0x02,
+                0,
+                0,
+                (i >> 16) as u8,
+                (i >> 8) as u8,
+                i as u8,
+            ])
+            .to_string()
+        })
+        .collect();
+    let bar = ProgressBar::new(minutes * 60);
+    bar.set_style(
+        ProgressStyle::with_template("{bar:40} {pos}/{len} simulated s  {msg}")
+            .map_err(|e| e.to_string())?,
+    );
+    let mut totals = Totals {
+        messages: BTreeMap::new(),
+    };
+    let script_ids = ids.clone();
+    let bar2 = bar.clone();
+    let operator_task = tokio::spawn(async move {
+        let mut step = 0u64;
+        loop {
+            step += 1;
+            let at = start + step * 45_000;
+            if at > end {
+                break;
+            }
+            tokio::time::sleep(clock.real_wait_until(at)).await;
+            let now = clock.now_ms();
+            let action = OperatorStep::of(step);
+            bar2.set_message(format!("operator: {}", action.name()));
+            for (n, id) in script_ids.iter().enumerate() {
+                // Failures show in the devices' timelines and the summary;
+                // the operator carries on with the next device.
+                let _ = action
+                    .run(&mut operator, id, n, step, now, &fleet, &buttons)
+                    .await;
+            }
+        }
+        operator
+    });
+
+    // Collect events until the end; print the first device's timeline.
+    let timeline_id = ids.first().cloned().unwrap_or_default();
+    let deadline = tokio::time::sleep(clock.real_wait_until(end));
+    tokio::pin!(deadline);
+    let mut ticker = tokio::time::interval(Duration::from_millis(200));
+    loop {
+        tokio::select! {
+            _ = &mut deadline => break,
+            _ = ticker.tick() => bar.set_position(clock.now_ms().saturating_sub(start) / 1_000),
+            Some((i, e)) = ev_rx.recv() => {
+                if let DriverEvent::Sent { kind, payload, .. } = &e {
+                    let t = totals.messages.entry(kind.topic_suffix()).or_default();
+                    t.0 += 1;
+                    t.1 += payload.len() as u64;
+                }
+                if i == 0 {
+                    if let Some(line) = timeline_line(&e) {
+                        let at = match &e {
+                            DriverEvent::Sent { at_ms, .. } | DriverEvent::Received { at_ms, .. } | DriverEvent::Refused { at_ms, .. }
+                            | DriverEvent::Agent { at_ms, .. } | DriverEvent::Reconnected { at_ms } => *at_ms,
+                        };
+                        let s = at.saturating_sub(start) as f64 / 1_000.0;
+                        let text = format!("[{:02}:{:04.1}] {timeline_id} {line}", (s / 60.0) as u64, s % 60.0);
+                        if bar.is_hidden() {
+                            println!("{text}");
+                        } else {
+                            bar.println(text);
+                        }
+                    }
+                }
+            }
+        }
+    }
+    bar.finish_and_clear();
+
+    // Stop everything and gather the figures.
+    for s in stops {
+        let _ = s.send(());
+    }
+    let mut states: BTreeMap<String, usize> = BTreeMap::new();
+    let mut reconnects = 0;
+    let mut dropped = 0;
+    for t in tasks {
+        match t.await {
+            Ok(Ok(d)) => {
+                *states.entry(d.agent().state().to_string()).or_default() += 1;
+                reconnects += d.transport().stats().reconnects;
+                dropped += d.agent().stats().dropped.iter().sum::<u64>();
+            }
+            _ => *states.entry("failed".into()).or_default() += 1,
+        }
+    }
+    let _ = twin_stop.send(());
+    let (twin_host, _) = twin_task.await.map_err(|e| e.to_string())?;
+    let _ = operator_task.await;
+    let stats = twin_host.stats();
+
+    println!("\n== summary: {devices} devices, {minutes} simulated minutes ==");
+    println!("devices by state:");
+    for s in LifecycleState::ALL {
+        if let Some(n) = states.get(s.name()) {
+            println!("  {:<16} {n:>8}", s.name());
+        }
+    }
+    if let Some(n) = states.get("failed") {
+        println!("  {:<16} {n:>8}", "failed");
+    }
+    println!("messages sent by devices, by kind:");
+    let (mut all, mut bytes) = (0, 0);
+    for (k, (n, b)) in &totals.messages {
+        println!("  {k:<16} {n:>8} {b:>10} B");
+        all += n;
+        bytes += b;
+    }
+    println!(
+        "  {:<16} {all:>8} {bytes:>10} B on the wire (payloads)",
+        "total"
+    );
+    println!(
+        "twin host: {} registrations ({} again after a reboot), {} updates, {} deltas, {} refused",
+        stats.registrations, stats.reregistrations, stats.updates, stats.deltas, stats.rejected
+    );
+    println!("conflicts by policy:");
+    for (p, n) in ConflictPolicy::ALL.iter().zip(stats.conflicts) {
+        println!("  {:<16} {n:>8}", p.name());
+    }
+    println!("reconnects: {reconnects}; messages dropped from full outboxes: {dropped}");
+    Ok(())
+}

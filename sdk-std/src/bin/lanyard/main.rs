@@ -1,0 +1,276 @@
+//! `lanyard`: the demo, a message decoder, a device and a twin host.
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::{Parser, Subcommand};
+use indicatif::{ProgressBar, ProgressStyle};
+use lanyard_core::agent::AgentEvent;
+use lanyard_core::agent::config::DeviceConfig;
+use lanyard_core::agent::lifecycle::LifecycleState;
+use lanyard_core::agent::messages::*;
+use lanyard_core::shadow::{ConflictPolicy, PathBuf as ShadowPath, StateTree, Value};
+use lanyard_std::clock::Clock;
+use lanyard_std::describe::{describe, parse_hex};
+use lanyard_std::device::DeviceBuilder;
+use lanyard_std::driver::{DriverEvent, LocalValue, parse_mac};
+use lanyard_std::metrics::Metrics;
+use lanyard_std::mqtt::{MqttConfig, MqttTransport};
+use lanyard_std::sim::{SimulatedSensors, simulated_board};
+use lanyard_std::twin::{TwinHost, run_twin};
+use tokio::sync::{mpsc, oneshot};
+
+mod bridge;
+mod decode;
+mod demo;
+mod device;
+mod timeline;
+mod twin;
+
+use bridge::bridge;
+use decode::decode;
+use demo::demo;
+use device::{device, make_device};
+use timeline::timeline_line;
+use twin::twin;
+
+#[derive(Parser)]
+#[command(
+    name = "lanyard",
+    version,
+    about = "Lanyard IoT SDK: demo, decoder, device and twin host"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Cmd,
+}
+
+/// Where the broker is and how to prove who we are.
+#[derive(clap::Args, Clone)]
+struct BrokerArgs {
+    /// mqtt://host:port, or mqtts://host:port for TLS.
+    #[arg(long)]
+    broker: Option<String>,
+    /// CA certificate (PEM) that signed the broker's certificate (mqtts).
+    #[arg(long)]
+    ca: Option<PathBuf>,
+    /// Client certificate (PEM) for mutual TLS.
+    #[arg(long)]
+    cert: Option<PathBuf>,
+    /// Client private key (PEM) for mutual TLS.
+    #[arg(long)]
+    key: Option<PathBuf>,
+}
+
+impl BrokerArgs {
+    fn url(&self) -> Result<&str, String> {
+        self.broker
+            .as_deref()
+            .ok_or_else(|| "--broker is required".to_string())
+    }
+
+    fn mqtt(&self, client_id: &str) -> Result<MqttConfig, String> {
+        let client = match (&self.cert, &self.key) {
+            (Some(c), Some(k)) => Some((c.as_path(), k.as_path())),
+            (None, None) => None,
+            _ => return Err("--cert and --key go together".into()),
+        };
+        MqttConfig::from_url(self.url()?, client_id, self.ca.as_deref(), client)
+    }
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// A simulated fleet against a twin host on an embedded broker, the seed
+    /// chapter's scenario with time compressed.
+    Demo {
+        /// Devices in the fleet.
+        #[arg(long, default_value_t = 100)]
+        devices: usize,
+        /// How many times faster than real time.
+        #[arg(long, default_value_t = 20.0)]
+        speed: f64,
+        /// Simulated minutes.
+        #[arg(long, default_value_t = 10)]
+        minutes: u64,
+        /// An external broker instead of the embedded one (and its TLS files).
+        #[command(flatten)]
+        broker: BrokerArgs,
+        /// Serve Prometheus metrics on this address while it runs.
+        #[arg(long)]
+        metrics: Option<String>,
+    },
+    /// Prints any SDK message (hex, or a file of raw bytes) as JSON.
+    Decode {
+        /// The message in hex.
+        hex: Option<String>,
+        /// A file holding the raw message.
+        #[arg(long)]
+        file: Option<PathBuf>,
+        /// The message type (topic suffix, e.g. `ack`, `shadow/delta`); tried
+        /// in turn when absent.
+        #[arg(long)]
+        kind: Option<String>,
+    },
+    /// Runs one simulated device against a broker, its state in a directory.
+    Device {
+        #[command(flatten)]
+        broker: BrokerArgs,
+        /// Serve Prometheus metrics on this address (e.g. 127.0.0.1:9100).
+        #[arg(long)]
+        metrics: Option<String>,
+        /// Where the device keeps its state.
+        #[arg(long)]
+        state_dir: PathBuf,
+        /// MAC address, six hex bytes with colons.
+        #[arg(long, default_value = "02:00:00:00:00:01")]
+        mac: String,
+        /// Put the device's topics in this tenant's namespace (and connect
+        /// with the tenant as MQTT user name, as `lanyard acl --tenants`
+        /// expects).
+        #[arg(long)]
+        tenant: Option<String>,
+    },
+    /// Prints a mosquitto ACL file that keeps each device to its own topics.
+    Acl {
+        /// User names allowed everything (the twin host, operators).
+        #[arg(long, value_delimiter = ',', default_value = "lanyard-twin")]
+        trusted: Vec<String>,
+        /// For a broker shared by tenants: devices connect with their
+        /// tenant as user name and are kept to their tenant's namespace.
+        #[arg(long)]
+        tenants: bool,
+    },
+    /// Bridges a device on a framed serial link (a serial port, a
+    /// pseudo-terminal or a TCP socket, e.g. qemu's) to a broker.
+    Bridge {
+        #[command(flatten)]
+        broker: BrokerArgs,
+        /// Connect to this TCP address (host:port), retrying until it answers.
+        #[arg(long, conflicts_with = "serial", required_unless_present = "serial")]
+        tcp: Option<String>,
+        /// Open this serial port or pseudo-terminal (set it to raw mode and
+        /// its baud rate first, e.g. `stty -F PORT raw 115200`).
+        #[arg(long)]
+        serial: Option<PathBuf>,
+        /// The device's id; learnt from its first frame when absent. When
+        /// given, the bridge connects as the device (client id = device
+        /// id), as a broker ACL expects.
+        #[arg(long)]
+        device_id: Option<String>,
+        /// Publish the device's messages in this tenant's namespace (and
+        /// connect with the tenant as user name).
+        #[arg(long)]
+        tenant: Option<String>,
+    },
+    /// Runs a twin host against a broker, its shadows in a directory.
+    Twin {
+        #[command(flatten)]
+        broker: BrokerArgs,
+        /// Serve Prometheus metrics on this address (e.g. 127.0.0.1:9100).
+        #[arg(long)]
+        metrics: Option<String>,
+        /// Where the shadows are kept.
+        #[arg(long)]
+        state_dir: PathBuf,
+        /// Serve these tenants' namespaces (comma-separated) instead of the
+        /// shared one; messages for any other tenant are refused.
+        #[arg(long, value_delimiter = ',')]
+        tenants: Vec<String>,
+        /// The fleet's telemetry interval, ms, sent to devices when they
+        /// register (1000..=86400000).
+        #[arg(long, default_value_t = 30_000)]
+        telemetry_ms: u64,
+    },
+}
+
+fn main() {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn,rumqttd=off")),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let cli = Cli::parse();
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .thread_stack_size(8 * 1024 * 1024)
+        .build()
+        .expect("tokio runtime");
+    let result = rt.block_on(async {
+        match cli.command {
+            Cmd::Decode { hex, file, kind } => decode(hex, file, kind),
+            Cmd::Acl { trusted, tenants } => {
+                let trusted: Vec<&str> = trusted.iter().map(String::as_str).collect();
+                if tenants {
+                    print!("{}", lanyard_std::acl::mosquitto_tenant_acl(&trusted));
+                } else {
+                    print!("{}", lanyard_std::acl::mosquitto_acl(&trusted));
+                }
+                Ok(())
+            }
+            Cmd::Device {
+                broker,
+                state_dir,
+                mac,
+                metrics,
+                tenant,
+            } => device(&broker, state_dir, &mac, tenant, metrics_on(metrics).await?).await,
+            Cmd::Bridge {
+                broker,
+                tcp,
+                serial,
+                device_id,
+                tenant,
+            } => bridge(&broker, tcp, serial, device_id, tenant).await,
+            Cmd::Twin {
+                broker,
+                state_dir,
+                metrics,
+                tenants,
+                telemetry_ms,
+            } => {
+                let fleet = DeviceConfig {
+                    version: 1,
+                    telemetry_ms,
+                    ..DeviceConfig::default()
+                };
+                fleet
+                    .validate()
+                    .map_err(|e| format!("--telemetry-ms: {}", e.reason))?;
+                twin(
+                    &broker,
+                    state_dir,
+                    tenants,
+                    fleet,
+                    metrics_on(metrics).await?,
+                )
+                .await
+            }
+            Cmd::Demo {
+                devices,
+                speed,
+                minutes,
+                broker,
+                metrics,
+            } => demo(devices, speed, minutes, broker, metrics_on(metrics).await?).await,
+        }
+    });
+    if let Err(e) = result {
+        eprintln!("lanyard: {e}");
+        std::process::exit(1);
+    }
+}
+
+/// Starts the metrics endpoint when asked for.
+async fn metrics_on(addr: Option<String>) -> Result<Option<Metrics>, String> {
+    let Some(addr) = addr else { return Ok(None) };
+    let listener = tokio::net::TcpListener::bind(&addr)
+        .await
+        .map_err(|e| format!("metrics on {addr}: {e}"))?;
+    let m = Metrics::new();
+    tokio::spawn(m.clone().serve(listener));
+    Ok(Some(m))
+}
