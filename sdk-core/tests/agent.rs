@@ -262,7 +262,6 @@ mod cloud_time {
 
 mod configuration {
     use super::*;
-    use lanyard_core::shadow::{ConflictPolicy, PathBuf, Shadow};
 
     #[test]
     fn telemetry_carries_what_the_application_read_when_it_is_due() {
@@ -327,65 +326,35 @@ mod configuration {
     }
 
     #[test]
-    fn per_property_conflict_policies_travel_in_the_configuration() {
+    fn conflict_policies_an_older_host_sends_are_ignored_not_refused() {
+        // Conflict policies are the twin host's (`FleetPolicies`); older
+        // hosts sent them to devices as keys 11 and 12 of the configuration.
         let mut sim = Sim::new(1_000_000);
         let (mut agent, _) = registered(&mut sim);
-        let mut c = DeviceConfig {
+        let c = DeviceConfig {
             version: 2,
-            default_policy: ConflictPolicy::LatestWins,
+            heartbeat_ms: 20_000,
             ..DeviceConfig::default()
         };
-        c.policies
-            .push(("sensors".try_into().unwrap(), ConflictPolicy::DeviceWins))
+        let mut e = minicbor::Encoder::new(Vec::new());
+        e.map(4).unwrap();
+        e.u8(0).unwrap().u64(2).unwrap();
+        e.u8(1).unwrap().u64(20_000).unwrap();
+        e.u8(11).unwrap().u8(2).unwrap();
+        e.u8(12).unwrap().array(1).unwrap();
+        e.array(2).unwrap().str("sensors").unwrap().u8(1).unwrap();
+        let bytes = e.into_writer();
+        agent
+            .handle_inbound(5_000, MessageKind::Config, &bytes, &mut sim.platform())
             .unwrap();
-        c.policies
-            .push((
-                "safety.limits".try_into().unwrap(),
-                ConflictPolicy::ManualResolve,
-            ))
+        let mut sent = Vec::new();
+        drain(&mut agent, 5_000, &mut sent);
+        let ack = sent
+            .iter()
+            .find(|s| s.kind == MessageKind::ConfigAck)
+            .map(|s| ConfigAck::decode(&s.bytes).unwrap())
             .unwrap();
-        assert_eq!(
-            push_config(&mut agent, &mut sim, &c).0,
-            ConfigOutcome::Applied
-        );
-        assert_eq!(agent.config(), &c);
-        let mut shadow: Shadow<8, 256> = Shadow::new(ConflictPolicy::CloudWins);
-        agent.config().apply_policies(&mut shadow).unwrap();
-        let p = |s: &str| PathBuf::from_dotted(s).unwrap();
-        assert_eq!(
-            shadow.policy_for(p("sensors.temp").as_path()),
-            ConflictPolicy::DeviceWins
-        );
-        assert_eq!(
-            shadow.policy_for(p("safety.limits.max").as_path()),
-            ConflictPolicy::ManualResolve
-        );
-        assert_eq!(
-            shadow.policy_for(p("other").as_path()),
-            ConflictPolicy::LatestWins
-        );
-
-        // A bad path or a duplicate is refused whole, naming the field.
-        let mut bad = DeviceConfig {
-            version: 3,
-            ..c.clone()
-        };
-        bad.policies
-            .push(("sensors".try_into().unwrap(), ConflictPolicy::CloudWins))
-            .unwrap();
-        assert_eq!(
-            push_config(&mut agent, &mut sim, &bad),
-            (ConfigOutcome::Rejected, Some("policies".to_string()), 2)
-        );
-        let mut bad = DeviceConfig {
-            version: 3,
-            ..c.clone()
-        };
-        bad.policies[0].0 = "a..b".try_into().unwrap();
-        assert_eq!(
-            push_config(&mut agent, &mut sim, &bad).1.as_deref(),
-            Some("policies")
-        );
+        assert_eq!(ack.outcome, ConfigOutcome::Applied);
         assert_eq!(agent.config(), &c);
     }
 }

@@ -44,12 +44,6 @@ fn script() -> Vec<(u64, Cloud)> {
         ..v3.clone()
     };
     v4.thresholds.link_warn_pct = 35;
-    v4.policies
-        .push((
-            heapless::String::try_from("led").unwrap(),
-            lanyard_core::shadow::ConflictPolicy::DeviceWins,
-        ))
-        .unwrap();
     let delta = |key: &str, v: Value<'_>, at: u64| delta_bytes(7, at, &[(key, v)]);
     use Cloud::Send;
     use MessageKind::{Command as Cmd, Config, ShadowDelta as Delta};
@@ -212,7 +206,7 @@ fn registration_within_three_seconds_then_active() {
     );
     assert_eq!(agent.state(), S::Degraded);
     assert_eq!(agent.config().version, 4);
-    assert_eq!(agent.config().policies.len(), 1);
+    assert_eq!(agent.config().thresholds.link_warn_pct, 35);
 }
 
 #[test]

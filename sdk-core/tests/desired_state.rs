@@ -339,3 +339,38 @@ fn a_full_outbox_is_reported_as_a_health_reason() {
     }
     assert_eq!(agent.health().reasons & reason::BUFFER, 0);
 }
+
+#[test]
+fn a_tree_of_the_devices_own_state_is_reported_all_or_nothing() {
+    let mut sim = Sim::new(1_000_000);
+    let (mut agent, _) = registered(&mut sim);
+    let p = |d: &str| PathBuf::from_dotted(d).unwrap();
+    let mut state: lanyard_core::shadow::StateTree<32, 1024> =
+        lanyard_core::shadow::StateTree::new();
+    state.insert(&p("uplink"), Value::Text("lte")).unwrap();
+    state.insert(&p("fw.slot"), Value::Int(2)).unwrap();
+    agent.report_tree(1_000, &state).unwrap();
+    agent.handle_timeout(1_000, &mut sim.platform());
+    let mut sent = Vec::new();
+    drain(&mut agent, 1_000, &mut sent);
+    let ups = updates(&sent);
+    assert_eq!(ups.len(), 1);
+    assert_eq!(ups[0].reported.as_ref().unwrap().len(), 2);
+
+    // A null removes a property the device no longer has.
+    let mut gone: lanyard_core::shadow::StateTree<32, 1024> =
+        lanyard_core::shadow::StateTree::new();
+    gone.insert(&p("uplink"), Value::Null).unwrap();
+    agent.report_tree(2_000, &gone).unwrap();
+    assert!(agent.reported().get_dotted("uplink").is_none());
+
+    // More than the device's 16 leaves: refused, nothing of it kept.
+    let mut big: lanyard_core::shadow::StateTree<32, 1024> = lanyard_core::shadow::StateTree::new();
+    for i in 0..20 {
+        big.insert(&p(&format!("k{i:02}")), Value::Int(i)).unwrap();
+    }
+    let before = agent.reported().len();
+    let (at, _) = agent.report_tree(3_000, &big).unwrap_err();
+    assert_eq!(at.as_path().to_string_lossy().as_str(), "k15");
+    assert_eq!(agent.reported().len(), before);
+}

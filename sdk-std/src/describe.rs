@@ -28,8 +28,6 @@ fn config_json(c: &DeviceConfig) -> Json {
         "link_crit_pct": t.link_crit_pct,
         "hysteresis_pct": t.hysteresis_pct,
         "degraded_telemetry_factor": c.degraded_telemetry_factor,
-        "default_policy": c.default_policy.name(),
-        "policies": c.policies.iter().map(|(p, pol)| json!([p.as_str(), pol.name()])).collect::<Vec<_>>(),
     })
 }
 

@@ -14,7 +14,7 @@ use lanyard_core::agent::messages::{
     Encodable, MessageKind, Register, RegisterAccepted, ShadowCapacity, TOPIC_PREFIX, topic,
     valid_device_id,
 };
-use lanyard_core::shadow::{ConflictPolicy, Shadow};
+use lanyard_core::shadow::{ConflictPolicy, FleetPolicies, Shadow};
 use lanyard_core::topic::{AppTopic, Topic, filter, topic_of_key};
 use lanyard_core::wire::{ShadowDelta, ShadowUpdate};
 
@@ -148,6 +148,8 @@ pub struct TwinHost {
     metrics: Option<crate::metrics::Metrics>,
     /// Tenants served, when topics are namespaced by tenant.
     tenants: Option<Vec<String>>,
+    /// The fleet's conflict policies.
+    policies: FleetPolicies,
     /// What each device said it holds when it registered (not persisted:
     /// learnt again at the next registration).
     capacities: HashMap<String, ShadowCapacity>,
@@ -165,6 +167,7 @@ impl TwinHost {
             metrics: None,
             tenants: None,
             capacities: HashMap::new(),
+            policies: FleetPolicies::default(),
         }
     }
 
@@ -225,17 +228,16 @@ impl TwinHost {
                 None => stem.to_owned(),
             };
             let bytes = std::fs::read(&path)?;
-            let mut shadow = Box::new(
-                TwinShadow::decode(&bytes, host.fleet_config.default_policy).map_err(|e| {
+            let shadow = Box::new(TwinShadow::decode(&bytes, host.policies.default).map_err(
+                |e| {
                     io::Error::new(
                         io::ErrorKind::InvalidData,
                         format!("{}: {e}", path.display()),
                     )
-                })?,
-            );
-            host.fleet_config
-                .apply_policies(&mut shadow)
-                .map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e.to_string()))?;
+                },
+            )?);
+            // The fleet's policies are set on every shadow by
+            // `with_policies`, on those loaded here too.
             host.shadows.insert(key, shadow);
         }
         host.dir = Some(dir);
@@ -313,14 +315,24 @@ impl TwinHost {
     }
 
     fn shadow_mut(&mut self, id: &str) -> &mut TwinShadow {
-        let policy = self.fleet_config.default_policy;
-        let config = &self.fleet_config;
+        let policies = &self.policies;
         self.shadows.entry(id.to_owned()).or_insert_with(|| {
-            let mut s = Box::new(TwinShadow::new(policy));
-            // The configuration's policies were validated when it was made.
-            let _ = config.apply_policies(&mut s);
+            let mut s = Box::new(TwinShadow::new(policies.default));
+            // Each path was checked when the policy was set, and there are
+            // no more of them than a shadow holds.
+            let _ = policies.apply_to(&mut s);
             s
         })
+    }
+
+    /// Settles conflicts with `policies`, on the shadows it has and the
+    /// ones it makes (the default: the cloud wins everywhere).
+    pub fn with_policies(mut self, policies: FleetPolicies) -> Self {
+        for s in self.shadows.values_mut() {
+            let _ = policies.apply_to(s);
+        }
+        self.policies = policies;
+        self
     }
 
     fn persist(&self, id: &str) {

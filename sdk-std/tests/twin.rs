@@ -136,11 +136,9 @@ fn desired_changes_reach_the_device_as_a_delta_until_it_reports_them() {
 
 #[test]
 fn conflicts_are_settled_by_policy_and_counted() {
-    let cfg = DeviceConfig {
-        default_policy: ConflictPolicy::DeviceWins,
-        ..DeviceConfig::default()
-    };
-    let mut host = TwinHost::in_memory(cfg);
+    let mut host = TwinHost::in_memory(DeviceConfig::default()).with_policies(
+        lanyard_core::shadow::FleetPolicies::new(ConflictPolicy::DeviceWins),
+    );
     host.handle(
         0,
         &t(app_topics::SET_DESIRED),

@@ -1,22 +1,15 @@
-//! Versioned device configuration: intervals, health thresholds, the
-//! degraded-mode factor and the default conflict policy.
+//! Versioned device configuration: what the device runs with (intervals,
+//! health thresholds, the degraded-mode factor). The fleet's conflict
+//! policies are the twin host's, not the device's:
+//! [`FleetPolicies`](crate::shadow::FleetPolicies).
 
 use minicbor::decode::Decoder;
 use minicbor::encode::{Encoder, Write};
 
 use super::health::HealthThresholds;
 use crate::error::DecodeError;
-use crate::shadow::{ConflictPolicy, PathBuf, Shadow};
 use crate::wire::cbor;
 use crate::wire::each_field;
-
-/// Most per-property conflict policies a configuration carries.
-pub const MAX_CONFIG_POLICIES: usize = 4;
-/// Longest dotted property path of a per-property policy, bytes.
-pub const MAX_POLICY_PATH_LEN: usize = 64;
-
-/// A per-property conflict policy: a dotted path and its policy.
-pub type PropertyPolicy = (heapless::String<MAX_POLICY_PATH_LEN>, ConflictPolicy);
 
 /// The configuration the agent runs with. Defaults are the seed chapter's.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -35,11 +28,6 @@ pub struct DeviceConfig {
     pub thresholds: HealthThresholds,
     /// Telemetry slow-down in Degraded with a low battery (seed: 3x).
     pub degraded_telemetry_factor: u32,
-    /// Conflict policy for shadow properties without their own.
-    pub default_policy: ConflictPolicy,
-    /// Policies of particular properties (dotted paths), applied with
-    /// [`DeviceConfig::apply_policies`].
-    pub policies: heapless::Vec<PropertyPolicy, MAX_CONFIG_POLICIES>,
 }
 
 impl Default for DeviceConfig {
@@ -52,8 +40,6 @@ impl Default for DeviceConfig {
             shadow_sync_ms: 15_000,
             thresholds: HealthThresholds::default(),
             degraded_telemetry_factor: 3,
-            default_policy: ConflictPolicy::CloudWins,
-            policies: heapless::Vec::new(),
         }
     }
 }
@@ -120,32 +106,6 @@ impl DeviceConfig {
                 reason: "must be between 1 and 100",
             });
         }
-        for (i, (path, _)) in self.policies.iter().enumerate() {
-            if PathBuf::from_dotted(path).is_err() {
-                return Err(InvalidConfig {
-                    field: "policies",
-                    reason: "a path is not a valid dotted property path",
-                });
-            }
-            if self.policies[..i].iter().any(|(p, _)| p == path) {
-                return Err(InvalidConfig {
-                    field: "policies",
-                    reason: "a path appears twice",
-                });
-            }
-        }
-        Ok(())
-    }
-
-    /// Sets this configuration's conflict policies on a shadow.
-    pub fn apply_policies<const L: usize, const P: usize>(
-        &self,
-        shadow: &mut Shadow<L, P>,
-    ) -> Result<(), crate::Error> {
-        shadow.set_policy(&PathBuf::new(), self.default_policy)?;
-        for (path, policy) in &self.policies {
-            shadow.set_policy(&PathBuf::from_dotted(path)?, *policy)?;
-        }
         Ok(())
     }
 
@@ -155,7 +115,7 @@ impl DeviceConfig {
         e: &mut Encoder<W>,
     ) -> Result<(), minicbor::encode::Error<W::Error>> {
         let t = &self.thresholds;
-        e.map(12 + u64::from(!self.policies.is_empty()))?;
+        e.map(11)?;
         e.u8(0)?.u64(self.version)?;
         e.u8(1)?.u64(self.heartbeat_ms)?;
         e.u8(2)?.u64(self.telemetry_ms)?;
@@ -167,19 +127,14 @@ impl DeviceConfig {
         e.u8(8)?.u8(t.link_crit_pct)?;
         e.u8(9)?.u8(t.hysteresis_pct)?;
         e.u8(10)?.u32(self.degraded_telemetry_factor)?;
-        e.u8(11)?.u8(policy_code(self.default_policy))?;
-        if !self.policies.is_empty() {
-            e.u8(12)?.array(self.policies.len() as u64)?;
-            for (path, policy) in &self.policies {
-                e.array(2)?.str(path)?.u8(policy_code(*policy))?;
-            }
-        }
         Ok(())
     }
 
     /// Reads a `device-config` map as an update of `self`: the version is
-    /// required, absent fields keep their current value. The result is not
-    /// validated here; see [`DeviceConfig::validate`].
+    /// required, absent fields keep their current value, keys it does not
+    /// know are skipped (11 and 12, the conflict policies older hosts sent,
+    /// among them). The result is not validated here; see
+    /// [`DeviceConfig::validate`].
     pub fn decode_update(&self, d: &mut Decoder<'_>) -> Result<DeviceConfig, DecodeError> {
         let mut c = self.clone();
         let mut have_version = false;
@@ -206,44 +161,6 @@ impl DeviceConfig {
                     c.degraded_telemetry_factor = u32::try_from(cbor::read_u64(d)?)
                         .map_err(|_| DecodeError::IntegerOutOfRange { at })?
                 }
-                11 => {
-                    c.default_policy =
-                        policy_from_code(cbor::read_u64(d)?).ok_or(DecodeError::Malformed {
-                            what: "a conflict policy code 0..=3",
-                            at,
-                        })?
-                }
-                12 => {
-                    c.policies.clear();
-                    cbor::each_tuple(
-                        d,
-                        2,
-                        "a definite array of policies",
-                        "[path, policy]",
-                        |d| {
-                            let at = d.position();
-                            let mut path = heapless::String::new();
-                            path.push_str(cbor::read_str(d)?).map_err(|_| {
-                                DecodeError::Malformed {
-                                    what: "a policy path of at most 64 bytes",
-                                    at,
-                                }
-                            })?;
-                            let policy = policy_from_code(cbor::read_u64(d)?).ok_or(
-                                DecodeError::Malformed {
-                                    what: "a conflict policy code 0..=3",
-                                    at,
-                                },
-                            )?;
-                            c.policies
-                                .push((path, policy))
-                                .map_err(|_| DecodeError::Malformed {
-                                    what: "at most 4 policies",
-                                    at,
-                                })
-                        },
-                    )?;
-                }
                 _ => cbor::skip_item(d, 0)?,
             }
             Ok(())
@@ -253,21 +170,4 @@ impl DeviceConfig {
         }
         Ok(c)
     }
-}
-
-/// Wire code of a conflict policy.
-pub fn policy_code(p: ConflictPolicy) -> u8 {
-    match p {
-        ConflictPolicy::CloudWins => 0,
-        ConflictPolicy::DeviceWins => 1,
-        ConflictPolicy::LatestWins => 2,
-        ConflictPolicy::ManualResolve => 3,
-    }
-}
-
-/// A conflict policy from its wire code.
-pub fn policy_from_code(code: u64) -> Option<ConflictPolicy> {
-    ConflictPolicy::ALL
-        .get(usize::try_from(code).ok()?)
-        .copied()
 }

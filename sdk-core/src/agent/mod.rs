@@ -29,6 +29,7 @@ mod timers;
 
 pub use self::commands::NothingRunning;
 use self::commands::{Remembered, Running};
+use self::registration::Registration;
 use self::timers::{ALL_TIMERS, TIMERS, Timer};
 
 use minicbor::decode::Decoder;
@@ -249,7 +250,7 @@ pub struct Agent<
     telemetry_seq: u64,
     boot_ms: u64,
     boot_count: u64,
-    register_attempt: u32,
+    registration: Registration,
     rng: u64,
     dedupe: heapless::Deque<Remembered, DEDUPE_WINDOW>,
     running: Option<Running>,
@@ -312,7 +313,7 @@ impl<P: TelemetryPolicy, const Q: usize, const M: usize, const L: usize, const B
             telemetry_seq: 0,
             boot_ms: 0,
             boot_count: 0,
-            register_attempt: 0,
+            registration: Registration::NotSent,
             rng,
             dedupe: heapless::Deque::new(),
             running: None,

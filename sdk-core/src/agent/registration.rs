@@ -3,6 +3,28 @@
 
 use super::*;
 
+/// Where registration stands.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Registration {
+    /// Nothing sent since boot.
+    NotSent,
+    /// Sent `attempts` times and not answered; the next try is the
+    /// `Register` timer.
+    Waiting { attempts: u32 },
+    /// The cloud answered (this boot).
+    Answered,
+}
+
+impl Registration {
+    /// Requests sent and not answered, for the backoff.
+    fn attempts(self) -> u32 {
+        match self {
+            Registration::Waiting { attempts } => attempts,
+            _ => 0,
+        }
+    }
+}
+
 impl<P: TelemetryPolicy, const Q: usize, const M: usize, const L: usize, const B: usize>
     Agent<P, Q, M, L, B>
 {
@@ -26,10 +48,12 @@ impl<P: TelemetryPolicy, const Q: usize, const M: usize, const L: usize, const B
         });
         // Exponential backoff with equal jitter: wait in [b/2, b].
         let base = FIRST_REGISTER_BACKOFF_MS
-            .checked_shl(self.register_attempt)
+            .checked_shl(self.registration.attempts())
             .unwrap_or(MAX_REGISTER_BACKOFF_MS)
             .min(MAX_REGISTER_BACKOFF_MS);
-        self.register_attempt = self.register_attempt.saturating_add(1);
+        self.registration = Registration::Waiting {
+            attempts: self.registration.attempts().saturating_add(1),
+        };
         // In u32 (base is at most a minute): a 64-bit remainder would
         // bring the 0.9 KB software divider into a Cortex-M image.
         let half = (base / 2) as u32;
@@ -47,7 +71,7 @@ impl<P: TelemetryPolicy, const Q: usize, const M: usize, const L: usize, const B
 
     /// A registration was sent and not answered yet.
     pub(super) fn awaiting_registration(&self) -> bool {
-        self.timers[Timer::Register as usize].is_some()
+        matches!(self.registration, Registration::Waiting { .. })
     }
 
     /// The cloud's answer to a registration: the cloud's time, the fleet's
@@ -77,6 +101,7 @@ impl<P: TelemetryPolicy, const Q: usize, const M: usize, const L: usize, const B
             None => None,
         };
         self.timers[Timer::Register as usize] = None;
+        self.registration = Registration::Answered;
         // The answer's time is the cloud's clock now (less the trip).
         self.cloud_offset_ms = Some((m.time_ms as i64).saturating_sub(now_ms as i64));
         if resumed {

@@ -3,6 +3,7 @@
 //! device's own state reported when it changes.
 
 use super::*;
+use crate::shadow::PathBuf;
 
 /// A shadow update sent by the agent.
 struct ShadowMessage<'a, const L: usize, const B: usize>(ShadowUpdateRef<'a, L, B>);
@@ -36,10 +37,49 @@ impl<P: TelemetryPolicy, const Q: usize, const M: usize, const L: usize, const B
         Ok(())
     }
 
+    /// Reports several properties of the device's own state at once: every
+    /// leaf of `state` (a null leaf removes a property the device no longer
+    /// has), all or nothing. On error the reported state is as it
+    /// was and the error comes with the path that did not fit. Sent at
+    /// once if anything changed.
+    pub fn report_tree<const TL: usize, const TB: usize>(
+        &mut self,
+        now_ms: u64,
+        state: &StateTree<TL, TB>,
+    ) -> Result<(), (PathBuf, Error)> {
+        // Applied to a copy first: a property that does not fit leaves
+        // the reported state as it was.
+        let before = (self.reported.clone(), self.rejected.clone());
+        let meta = LeafMeta::new(Source::Device, self.cloud_now(now_ms));
+        let mut changed = false;
+        for leaf in state.iter() {
+            let put = match leaf.value {
+                Value::Null => Ok(self.reported.remove(leaf.path)),
+                v => self.put_reported(leaf.path, v, meta),
+            };
+            match put {
+                Ok(c) => changed |= c,
+                Err(e) => {
+                    (self.reported, self.rejected) = before;
+                    let mut at = PathBuf::new();
+                    for k in leaf.path.keys() {
+                        let _ = at.push(k);
+                    }
+                    return Err((at, e));
+                }
+            }
+            changed |= self.rejected.remove(leaf.path);
+        }
+        if changed {
+            self.reported_changed(now_ms);
+        }
+        Ok(())
+    }
+
     /// Reports a typed value of the device's own state: every property
     /// `state` serializes to (see [`crate::shadow::typed`]; `None` fields
-    /// are left as they are), all or nothing. Sent at once if anything
-    /// changed.
+    /// are left as they are), all or nothing, as
+    /// [`Agent::report_tree`] does.
     #[cfg(feature = "serde")]
     pub fn report_typed<T: serde::Serialize + ?Sized>(
         &mut self,
@@ -49,25 +89,8 @@ impl<P: TelemetryPolicy, const Q: usize, const M: usize, const L: usize, const B
         use crate::shadow::typed::TypedError;
         let mut update = StateTree::<L, B>::new();
         crate::shadow::typed::to_tree(state, &mut update)?;
-        // Applied to a copy first: a property that does not fit leaves
-        // the reported state as it was.
-        let before = (self.reported.clone(), self.rejected.clone());
-        let meta = LeafMeta::new(Source::Device, self.cloud_now(now_ms));
-        let mut changed = false;
-        for leaf in update.iter() {
-            match self.put_reported(leaf.path, leaf.value, meta) {
-                Ok(c) => changed |= c,
-                Err(e) => {
-                    (self.reported, self.rejected) = before;
-                    return Err(TypedError::tree(e).at(leaf.path));
-                }
-            }
-            changed |= self.rejected.remove(leaf.path);
-        }
-        if changed {
-            self.reported_changed(now_ms);
-        }
-        Ok(())
+        self.report_tree(now_ms, &update)
+            .map_err(|(path, e)| TypedError::tree(e).at(path.as_path()))
     }
 
     /// Sets a reported leaf, replacing a leaf above it or leaves below it

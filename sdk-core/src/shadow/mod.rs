@@ -10,6 +10,7 @@
 
 mod document;
 mod path;
+mod policies;
 mod table;
 mod tree;
 #[cfg(feature = "serde")]
@@ -21,5 +22,6 @@ pub use document::{
     SyncReport,
 };
 pub use path::{MAX_DEPTH, MAX_KEY_LEN, MAX_PATH_LEN, Path, PathBuf};
+pub use policies::{FleetPolicies, MAX_FLEET_POLICIES, MAX_POLICY_PATH_LEN, PropertyPolicy};
 pub use tree::{DEFAULT_LEAVES, DEFAULT_POOL, Entry, StateTree};
 pub use value::{LeafMeta, RawArray, Source, Value};

@@ -2,6 +2,7 @@
 //! embedded broker, with a live timeline and a summary.
 
 use super::*;
+use lanyard_core::shadow::FleetPolicies;
 use lanyard_std::app::{AppClient, AppError};
 use lanyard_std::device::DeviceHandle;
 
@@ -143,15 +144,15 @@ pub(crate) async fn demo(
     );
 
     // The twin host, with the fleet's configuration and policies.
-    let mut fleet = DeviceConfig {
+    let fleet = DeviceConfig {
         version: 1,
         ..DeviceConfig::default()
     };
-    let _ = fleet.policies.push((
-        "hvac".try_into().unwrap_or_default(),
-        ConflictPolicy::LatestWins,
-    ));
-    let mut twin_host = TwinHost::in_memory(fleet.clone());
+    let mut policies = FleetPolicies::new(ConflictPolicy::CloudWins);
+    policies
+        .set("hvac", ConflictPolicy::LatestWins)
+        .map_err(|e| e.to_string())?;
+    let mut twin_host = TwinHost::in_memory(fleet.clone()).with_policies(policies);
     if let Some(m) = &metrics {
         twin_host = twin_host.with_metrics(m.clone());
     }
