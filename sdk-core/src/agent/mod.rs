@@ -30,6 +30,7 @@ mod timers;
 pub use self::commands::NothingRunning;
 use self::commands::{Remembered, Running};
 use self::registration::Registration;
+pub use self::shadow_sync::ReportError;
 use self::timers::{ALL_TIMERS, TIMERS, Timer};
 
 use minicbor::decode::Decoder;

@@ -3,7 +3,6 @@
 //! device's own state reported when it changes.
 
 use super::*;
-use crate::shadow::PathBuf;
 
 /// A shadow update sent by the agent.
 struct ShadowMessage<'a, const L: usize, const B: usize>(ShadowUpdateRef<'a, L, B>);
@@ -15,6 +14,21 @@ impl<const L: usize, const B: usize> Encodable for ShadowMessage<'_, L, B> {
         e: &mut Encoder<W>,
     ) -> Result<(), minicbor::encode::Error<W::Error>> {
         self.0.encode_cbor(e)
+    }
+}
+
+/// Why [`Agent::report_tree`] reported nothing.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ReportError {
+    /// The leaf of the state that did not fit, by position in path order.
+    pub leaf: usize,
+    /// Why.
+    pub error: Error,
+}
+
+impl core::fmt::Display for ReportError {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        write!(f, "leaf {} not reported: {}", self.leaf, self.error)
     }
 }
 
@@ -40,32 +54,28 @@ impl<P: TelemetryPolicy, const Q: usize, const M: usize, const L: usize, const B
     /// Reports several properties of the device's own state at once: every
     /// leaf of `state` (a null leaf removes a property the device no longer
     /// has), all or nothing. On error the reported state is as it
-    /// was and the error comes with the path that did not fit. Sent at
-    /// once if anything changed.
+    /// was and the error says which leaf of `state` (its position in path
+    /// order) did not fit. Sent at once if anything changed.
     pub fn report_tree<const TL: usize, const TB: usize>(
         &mut self,
         now_ms: u64,
         state: &StateTree<TL, TB>,
-    ) -> Result<(), (PathBuf, Error)> {
+    ) -> Result<(), ReportError> {
         // Applied to a copy first: a property that does not fit leaves
         // the reported state as it was.
         let before = (self.reported.clone(), self.rejected.clone());
         let meta = LeafMeta::new(Source::Device, self.cloud_now(now_ms));
         let mut changed = false;
-        for leaf in state.iter() {
+        for (i, leaf) in state.iter().enumerate() {
             let put = match leaf.value {
                 Value::Null => Ok(self.reported.remove(leaf.path)),
                 v => self.put_reported(leaf.path, v, meta),
             };
             match put {
                 Ok(c) => changed |= c,
-                Err(e) => {
+                Err(error) => {
                     (self.reported, self.rejected) = before;
-                    let mut at = PathBuf::new();
-                    for k in leaf.path.keys() {
-                        let _ = at.push(k);
-                    }
-                    return Err((at, e));
+                    return Err(ReportError { leaf: i, error });
                 }
             }
             changed |= self.rejected.remove(leaf.path);
@@ -89,8 +99,13 @@ impl<P: TelemetryPolicy, const Q: usize, const M: usize, const L: usize, const B
         use crate::shadow::typed::TypedError;
         let mut update = StateTree::<L, B>::new();
         crate::shadow::typed::to_tree(state, &mut update)?;
-        self.report_tree(now_ms, &update)
-            .map_err(|(path, e)| TypedError::tree(e).at(path.as_path()))
+        self.report_tree(now_ms, &update).map_err(|e| {
+            let err = TypedError::tree(e.error);
+            match update.iter().nth(e.leaf) {
+                Some(leaf) => err.at(leaf.path),
+                None => err,
+            }
+        })
     }
 
     /// Sets a reported leaf, replacing a leaf above it or leaves below it
