@@ -11,8 +11,9 @@
 //!   the wrong type;
 //! - its telemetry is its own, a serde struct: the flow through it (l/min)
 //!   and where it is;
-//! - `calibrate` takes a while: acknowledged in progress at once, finished
-//!   by the motor task when the sweep is done (`{"travel_pct": ...}`).
+//! - `calibrate {sweeps}` (typed arguments, a serde struct) takes a while:
+//!   acknowledged in progress at once, finished by the motor task when the
+//!   sweeps are done (`{"travel_pct": ...}`).
 //!
 //! Run it against a broker and a twin host:
 //!
@@ -28,11 +29,10 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use lanyard_core::agent::platform::{
-    Applied, Args, CommandFailure, CommandHandler, Completion, DesiredState, Readings,
-    RejectReason, TelemetrySource,
+    Applied, CommandFailure, DesiredState, Readings, RejectReason, TelemetrySource,
 };
 use lanyard_core::shadow::{Path, Value};
-use lanyard_std::device::{BuildError, DeviceBuilder, DeviceHandle};
+use lanyard_std::device::{BuildError, Commands, DeviceBuilder, DeviceHandle, Reply};
 use lanyard_std::driver::{DeviceDriver, LocalValue};
 use lanyard_std::mqtt::{MqttConfig, MqttTransport};
 
@@ -75,31 +75,25 @@ impl TelemetrySource for ValveTelemetry {
     }
 }
 
-/// The valve's commands: `calibrate {sweeps: 1..=5 (1)}`, which runs for
-/// a few motor ticks and is finished by the motor task.
-pub struct ValveCommands(pub Arc<Mutex<Mechanism>>);
+/// `calibrate`'s arguments.
+#[derive(serde::Deserialize)]
+pub struct Calibrate {
+    /// Sweeps from closed to open and back, 1..=5 (1 when absent).
+    pub sweeps: Option<u8>,
+}
 
-impl CommandHandler for ValveCommands {
-    fn execute(
-        &mut self,
-        _now_ms: u64,
-        name: &str,
-        args: Args<'_>,
-        _result: &mut [u8],
-    ) -> Option<Result<Completion, CommandFailure>> {
-        if name != "calibrate" {
-            return None;
+/// The valve's commands: `calibrate`, which runs for a few motor ticks and
+/// is finished by the motor task.
+pub fn valve_commands(mechanism: Arc<Mutex<Mechanism>>) -> Commands {
+    Commands::new().on_typed("calibrate", move |c: Calibrate| {
+        let sweeps = c.sweeps.unwrap_or(1);
+        if !(1..=5).contains(&sweeps) {
+            return Err(CommandFailure::BadArguments);
         }
-        Some((|| {
-            let sweeps = args.u64("sweeps")?.unwrap_or(1);
-            if !(1..=5).contains(&sweeps) {
-                return Err(CommandFailure::BadArguments);
-            }
-            let mut m = self.0.lock().unwrap_or_else(|e| e.into_inner());
-            m.calibrating = Some(sweeps as u32 * 5);
-            Ok(Completion::Later)
-        })())
-    }
+        let mut m = mechanism.lock().unwrap_or_else(|e| e.into_inner());
+        m.calibrating = Some(u32::from(sweeps) * 5);
+        Ok(Reply::<()>::Later)
+    })
 }
 
 /// The valve's answer to desired state.
@@ -198,7 +192,7 @@ pub fn valve(
         // On mains (the default probe): healthy unless the agent's own
         // queue fills.
         .telemetry(ValveTelemetry(mechanism.clone()))
-        .commands(ValveCommands(mechanism.clone()))
+        .commands(valve_commands(mechanism.clone()))
         .desired(ValveDesired {
             limit,
             mechanism: mechanism.clone(),

@@ -26,9 +26,11 @@
 use std::path::PathBuf;
 
 use lanyard_core::agent::platform::{
-    CommandHandler, DesiredState, HealthProbe, MainsPowered, MirrorDesired, NoCommands,
-    NoTelemetry, TelemetrySource,
+    Args, CommandFailure, CommandHandler, Completion, DesiredState, HealthProbe, MainsPowered,
+    MirrorDesired, NoCommands, NoTelemetry, TelemetrySource,
 };
+use lanyard_core::shadow::StateTree;
+use lanyard_core::shadow::typed::{from_tree, to_tree};
 use tokio::sync::mpsc;
 
 use crate::clock::Clock;
@@ -102,6 +104,114 @@ impl DeviceHandle {
     /// [`Completion::Later`](lanyard_core::agent::platform::Completion::Later).
     pub fn complete_command(&self, outcome: CommandResult) -> Result<(), DeviceGone> {
         self.results.send(outcome).map_err(|_| DeviceGone)
+    }
+}
+
+/// How a typed command handler answered: finished with a result, or
+/// still running (finish it with [`DeviceHandle::complete_command`]).
+#[derive(Debug, Clone, PartialEq)]
+pub enum Reply<R> {
+    /// Done; the result goes in the acknowledgement.
+    Done(R),
+    /// Still running.
+    Later,
+}
+
+type Handler = Box<dyn FnMut(Args<'_>, &mut [u8]) -> Result<Completion, CommandFailure> + Send>;
+
+/// A device's commands by name, each with its own handler; a
+/// [`CommandHandler`] for [`DeviceBuilder::commands`].
+///
+/// ```
+/// use lanyard_std::device::{Commands, Reply};
+/// use lanyard_core::agent::platform::CommandFailure;
+///
+/// #[derive(serde::Deserialize)]
+/// struct Move { percent: u8 }
+/// #[derive(serde::Serialize)]
+/// struct Moved { from: u8, to: u8 }
+///
+/// let mut position = 0u8;
+/// let commands = Commands::new().on_typed("move", move |m: Move| {
+///     if m.percent > 100 {
+///         return Err(CommandFailure::BadArguments);
+///     }
+///     let from = std::mem::replace(&mut position, m.percent);
+///     Ok(Reply::Done(Moved { from, to: m.percent }))
+/// });
+/// ```
+#[derive(Default)]
+pub struct Commands {
+    handlers: Vec<(String, Handler)>,
+}
+
+/// Arguments and results of typed commands are read through a tree of
+/// this size.
+type CommandTree = StateTree<64, 4096>;
+
+impl Commands {
+    /// No commands yet.
+    pub fn new() -> Self {
+        Commands::default()
+    }
+
+    /// Runs `handler` for command `name`, with the arguments to read by
+    /// key and type and a buffer for a CBOR result. A later `on` of the
+    /// same name replaces it.
+    pub fn on(
+        mut self,
+        name: &str,
+        handler: impl FnMut(Args<'_>, &mut [u8]) -> Result<Completion, CommandFailure> + Send + 'static,
+    ) -> Self {
+        self.handlers.retain(|(n, _)| n != name);
+        self.handlers.push((name.to_owned(), Box::new(handler)));
+        self
+    }
+
+    /// Runs `handler` for command `name` with its arguments as an `A` and
+    /// its result as an `R` (serde types; see
+    /// [`lanyard_core::shadow::typed`]). Arguments that are not an `A` (a
+    /// field missing, of the wrong type) are refused as bad arguments
+    /// without calling it; a result that does not fit an acknowledgement
+    /// fails the command.
+    pub fn on_typed<A, R, F>(self, name: &str, mut handler: F) -> Self
+    where
+        A: serde::de::DeserializeOwned,
+        R: serde::Serialize,
+        F: FnMut(A) -> Result<Reply<R>, CommandFailure> + Send + 'static,
+    {
+        self.on(name, move |args, result| {
+            let tree: Box<CommandTree> = if args.raw().is_empty() {
+                Box::new(StateTree::new())
+            } else {
+                Box::new(CommandTree::decode(args.raw()).map_err(|_| CommandFailure::BadArguments)?)
+            };
+            let a: A = from_tree(&*tree).map_err(|_| CommandFailure::BadArguments)?;
+            match handler(a)? {
+                Reply::Later => Ok(Completion::Later),
+                Reply::Done(r) => {
+                    let mut out: Box<CommandTree> = Box::new(StateTree::new());
+                    to_tree(&r, &mut *out)
+                        .map_err(|_| CommandFailure::Failed("the result is not a state"))?;
+                    out.encode(result)
+                        .map(Completion::Done)
+                        .map_err(|_| CommandFailure::Failed("the result is too large"))
+                }
+            }
+        })
+    }
+}
+
+impl CommandHandler for Commands {
+    fn execute(
+        &mut self,
+        _now_ms: u64,
+        name: &str,
+        args: Args<'_>,
+        result: &mut [u8],
+    ) -> Option<Result<Completion, CommandFailure>> {
+        let (_, handler) = self.handlers.iter_mut().find(|(n, _)| n == name)?;
+        Some(handler(args, result))
     }
 }
 

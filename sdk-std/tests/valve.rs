@@ -252,6 +252,23 @@ async fn the_valve_moves_reports_what_it_reached_and_refuses_past_its_limit() {
         (bad.status, bad.reason),
         (AckStatus::Rejected, Some(AckReason::BadArguments))
     );
+    // Text where the typed arguments want a number: refused before the
+    // handler runs.
+    let wrong_type = app
+        .command(
+            &id,
+            "calibrate",
+            &[0xa1, 0x66, b's', b'w', b'e', b'e', b'p', b's', 0x61, b'x'],
+            lanyard_std::clock::Clock::real().now_ms(),
+            Duration::from_secs(5),
+        )
+        .await
+        .unwrap();
+    assert_eq!(
+        (wrong_type.status, wrong_type.reason),
+        (AckStatus::Rejected, Some(AckReason::BadArguments))
+    );
+    assert_eq!(mechanism.lock().unwrap().calibrating, None);
 
     // More desired state than the valve holds (16 leaves): refused by the
     // twin host, the app told why, nothing reaches the device.
