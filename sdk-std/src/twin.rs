@@ -128,6 +128,9 @@ pub struct TwinStats {
     /// Registrations again of devices that resumed their saved state in
     /// service after a reboot (they ask for the cloud's time).
     pub reregistrations: u64,
+    /// Repeats of a registration already answered (the device retried
+    /// before the answer reached it): answered again, not counted above.
+    pub registration_retries: u64,
     /// Updates applied (device and app, CBOR and JSON).
     pub updates: u64,
     /// Updates refused (undecodable, version conflict, capacity).
@@ -150,6 +153,9 @@ pub struct TwinHost {
     tenants: Option<Vec<String>>,
     /// The fleet's conflict policies.
     policies: FleetPolicies,
+    /// The boot count of each device's last registration, to tell a retry
+    /// from a new registration.
+    boots: HashMap<String, u64>,
     /// What each device said it holds when it registered (not persisted:
     /// learnt again at the next registration).
     capacities: HashMap<String, ShadowCapacity>,
@@ -168,6 +174,7 @@ impl TwinHost {
             tenants: None,
             capacities: HashMap::new(),
             policies: FleetPolicies::default(),
+            boots: HashMap::new(),
         }
     }
 
@@ -270,6 +277,12 @@ impl TwinHost {
             "Registrations again after a device's resumed boot",
             vec![],
             s.reregistrations as f64,
+        );
+        m.set_total(
+            "lanyard_twin_registration_retries_total",
+            "Registrations repeated before the answer reached the device",
+            vec![],
+            s.registration_retries as f64,
         );
         m.set_total(
             "lanyard_twin_updates_total",
@@ -440,7 +453,11 @@ impl TwinHost {
             self.stats.rejected += 1;
             return Vec::new();
         }
-        if reg.resumed {
+        // A device registers once per boot; the same boot again is a
+        // retry that crossed the answer (answered again, counted apart).
+        if self.boots.insert(key.to_owned(), reg.boot_count) == Some(reg.boot_count) {
+            self.stats.registration_retries += 1;
+        } else if reg.resumed {
             self.stats.reregistrations += 1;
         } else {
             self.stats.registrations += 1;

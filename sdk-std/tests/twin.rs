@@ -588,3 +588,45 @@ fn desired_state_past_what_the_device_holds_is_refused_and_the_app_told_why() {
     );
     assert!(answer_of(&out).outcome.is_ok());
 }
+
+#[test]
+fn a_registration_repeated_before_its_answer_arrived_is_answered_again_not_counted() {
+    let mut host = TwinHost::in_memory(DeviceConfig::default());
+    let reg = |boot_count: u64| {
+        let mut buf = vec![0u8; 256];
+        let n = Register {
+            device_id: ID,
+            firmware: "1",
+            config_version: 0,
+            boot_count,
+            time_ms: 5,
+            resumed: false,
+            capacity: None,
+        }
+        .encode(&mut buf)
+        .unwrap();
+        buf.truncate(n);
+        buf
+    };
+    for at in [10, 2_010, 6_010] {
+        let out = host.handle(at, &t("register"), &reg(1));
+        assert_eq!(out.len(), 1, "every try is answered");
+        assert_eq!(out[0].topic, t("register/accepted"));
+    }
+    assert_eq!(
+        (
+            host.stats().registrations,
+            host.stats().registration_retries
+        ),
+        (1, 2)
+    );
+    // The next boot registers anew.
+    host.handle(9_000, &t("register"), &reg(2));
+    assert_eq!(
+        (
+            host.stats().registrations,
+            host.stats().registration_retries
+        ),
+        (2, 2)
+    );
+}

@@ -345,8 +345,13 @@ pub(crate) async fn demo(
         "total"
     );
     println!(
-        "twin host: {} registrations ({} again after a reboot), {} updates, {} deltas, {} refused",
-        stats.registrations, stats.reregistrations, stats.updates, stats.deltas, stats.rejected
+        "twin host: {} registrations ({} again after a reboot, {} retries answered again), {} updates, {} deltas, {} refused",
+        stats.registrations,
+        stats.reregistrations,
+        stats.registration_retries,
+        stats.updates,
+        stats.deltas,
+        stats.rejected
     );
     println!("conflicts by policy:");
     for (p, n) in ConflictPolicy::ALL.iter().zip(stats.conflicts) {
