@@ -185,7 +185,19 @@ proptest! {
         let n = t.encode(&mut buf).unwrap();
         prop_assert_eq!(n, buf.len());
         let back = Tree::decode(&buf).unwrap();
-        prop_assert_eq!(back, t);
+        prop_assert_eq!(&back, &t);
+        // A buffer as large as the bound is written in one pass: the same
+        // bytes as the measured way, and never more than the bound.
+        prop_assert!(t.encoded_len_bound() >= n);
+        let mut big = vec![0u8; t.encoded_len_bound()];
+        let m = t.encode(&mut big).unwrap();
+        prop_assert_eq!(&big[..m], &buf[..]);
+        // One byte short of the size: refused, untouched.
+        if n > 0 {
+            let mut short = vec![0xaa; n - 1];
+            prop_assert!(t.encode(&mut short).is_err());
+            prop_assert!(short.iter().all(|b| *b == 0xaa));
+        }
     }
 
     #[test]

@@ -18,7 +18,7 @@ pub const MAX_KEY_LEN: usize = 64;
 /// Longest encoded path in bytes.
 pub const MAX_PATH_LEN: usize = MAX_DEPTH * (MAX_KEY_LEN + 1);
 
-const SEP: u8 = 0;
+pub(crate) const SEP: u8 = 0;
 
 /// A borrowed, validated path.
 #[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]

@@ -12,7 +12,7 @@ use core::fmt;
 use minicbor::decode::Decoder;
 use minicbor::encode::{Encoder, Write};
 
-use super::path::{Path, PathBuf};
+use super::path::{MAX_DEPTH, Path, PathBuf, SEP};
 use super::value::{LeafMeta, Source, Span, Stored, Value};
 use crate::error::{CapacityError, DecodeError, Error, PathError};
 use crate::wire::cbor::{self, read_i64};
@@ -815,7 +815,24 @@ impl<const L: usize, const P: usize> StateTree<L, P> {
     /// Encodes the tree as one nested CBOR map into `out`; returns the
     /// length. A buffer that is too small is left untouched.
     pub fn encode(&self, out: &mut [u8]) -> Result<usize, Error> {
-        Ok(cbor::encode_into(out, |e| self.encode_cbor(e))?)
+        Ok(cbor::encode_into_bounded(
+            out,
+            self.encoded_len_bound(),
+            |e| self.encode_cbor(e),
+        )?)
+    }
+
+    /// At most how many bytes [`StateTree::encode`] writes, without
+    /// encoding: the pool (every key, text, byte string and array once)
+    /// plus, per leaf, a map head and a key head at each level and a
+    /// value head, each at most 9 bytes. A buffer this large is written in
+    /// one pass.
+    pub fn encoded_len_bound(&self) -> usize {
+        const HEAD: usize = 9;
+        self.pool
+            .len()
+            .saturating_add(self.len().saturating_mul(MAX_DEPTH * 2 * HEAD + HEAD))
+            .saturating_add(HEAD)
     }
 
     /// Length of [`StateTree::encode`]'s output.
@@ -831,44 +848,63 @@ impl<const L: usize, const P: usize> StateTree<L, P> {
         self.encode_level(e, 0, self.len(), 0)
     }
 
-    fn key_at(&self, i: usize, level: usize) -> &str {
-        Path::from_encoded(self.path_at(i)).key(level).unwrap_or("")
+    /// The key of leaf `i` that starts at byte `off` of its encoded path,
+    /// with its separator: `(key bytes, bytes up to and with the
+    /// separator)`.
+    fn key_from(&self, i: usize, off: usize) -> (&[u8], &[u8]) {
+        let rest = self.path_at(i).get(off..).unwrap_or_default();
+        let end = rest.iter().position(|b| *b == SEP).unwrap_or(rest.len());
+        (
+            rest.get(..end).unwrap_or_default(),
+            rest.get(..end + 1).unwrap_or(rest),
+        )
     }
 
+    /// Writes the leaves `lo..hi`, which share the path bytes before `off`,
+    /// as a map of their keys at that offset. Works on the encoded paths'
+    /// bytes: the leaves are sorted, so a key's leaves are one run, and
+    /// the key is the bytes up to the next separator (no key is searched
+    /// for from the root, and none is decoded twice).
     fn encode_level<W: Write>(
         &self,
         e: &mut Encoder<W>,
         lo: usize,
         hi: usize,
-        level: usize,
+        off: usize,
     ) -> Result<(), minicbor::encode::Error<W::Error>> {
         let mut groups = 0u64;
         let mut i = lo;
         while i < hi {
-            i = self.group_end(i, hi, level);
+            i = self.group_end(i, hi, off);
             groups += 1;
         }
         e.map(groups)?;
         let mut i = lo;
         while i < hi {
-            let j = self.group_end(i, hi, level);
-            e.str(self.key_at(i, level))?;
-            let leaf = self.at(i);
-            if j == i + 1 && leaf.path.depth() == level + 1 {
-                encode_value(e, leaf.value)?;
+            let j = self.group_end(i, hi, off);
+            let (key, with_sep) = self.key_from(i, off);
+            // Keys were checked as UTF-8 when the path was built: their
+            // bytes go out as they are (a text head, then the key).
+            write_text_head(e, key.len())?;
+            e.writer_mut()
+                .write_all(key)
+                .map_err(minicbor::encode::Error::write)?;
+            let next = off + with_sep.len();
+            if j == i + 1 && self.path_at(i).len() == next {
+                encode_value(e, self.leaves[i].value.view(&self.pool))?;
             } else {
-                self.encode_level(e, i, j, level + 1)?;
+                self.encode_level(e, i, j, next)?;
             }
             i = j;
         }
         Ok(())
     }
 
-    /// End of the run of leaves sharing leaf `i`'s key at `level`.
-    fn group_end(&self, i: usize, hi: usize, level: usize) -> usize {
-        let prefix = Path::from_encoded(self.path_at(i)).prefix(level + 1);
+    /// End of the run of leaves sharing leaf `i`'s key at byte `off`.
+    fn group_end(&self, i: usize, hi: usize, off: usize) -> usize {
+        let (_, key) = self.key_from(i, off);
         let mut j = i + 1;
-        while j < hi && self.path_at(j).starts_with(prefix.as_bytes()) {
+        while j < hi && self.path_at(j).get(off..off + key.len()) == Some(key) {
             j += 1;
         }
         j
@@ -1068,6 +1104,22 @@ fn payload_len(v: Value<'_>) -> Result<usize, DecodeError> {
 }
 
 /// Writes one leaf value.
+/// The head of a CBOR text string of `len` bytes (keys are at most
+/// [`MAX_KEY_LEN`] bytes: one or two bytes of head).
+fn write_text_head<W: Write>(
+    e: &mut Encoder<W>,
+    len: usize,
+) -> Result<(), minicbor::encode::Error<W::Error>> {
+    let head: &[u8] = match u8::try_from(len) {
+        Ok(n) if n < 24 => &[0x60 | n],
+        Ok(n) => &[0x78, n],
+        Err(_) => &[0x79, (len >> 8) as u8, len as u8],
+    };
+    e.writer_mut()
+        .write_all(head)
+        .map_err(minicbor::encode::Error::write)
+}
+
 pub(crate) fn encode_value<W: Write>(
     e: &mut Encoder<W>,
     v: Value<'_>,

@@ -149,6 +149,31 @@ pub fn encode_into(
     Ok(needed)
 }
 
+/// [`encode_into`] for an encoding known to take at most `bound` bytes: a
+/// buffer that holds the bound is written in one pass (no measuring pass
+/// first, the cost of every large message); a smaller one is measured
+/// first as [`encode_into`] does, and left untouched if too small.
+pub(crate) fn encode_into_bounded(
+    out: &mut [u8],
+    bound: usize,
+    write: impl Fn(&mut Encoder<CborWriter<'_>>) -> EncodeResult,
+) -> Result<usize, EncodeError> {
+    if bound > out.len() {
+        return encode_into(out, write);
+    }
+    let mut e = Encoder::new(CborWriter {
+        to: Target::Slice(out),
+        len: 0,
+    });
+    write(&mut e).map_err(|_| EncodeError::BufferTooSmall { needed: usize::MAX })?;
+    let written = e.writer().len;
+    if written > bound {
+        // A bound that was not one: said as a size, never a cut message.
+        return Err(EncodeError::BufferTooSmall { needed: written });
+    }
+    Ok(written)
+}
+
 fn malformed(what: &'static str, at: usize) -> DecodeError {
     DecodeError::Malformed { what, at }
 }

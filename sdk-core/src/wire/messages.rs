@@ -139,7 +139,16 @@ impl<const L: usize, const P: usize> ShadowUpdate<L, P> {
     /// Encodes into `out`; returns the length. A buffer too small is left
     /// untouched.
     pub fn encode(&self, out: &mut [u8]) -> Result<usize, Error> {
-        Ok(cbor::encode_into(out, |e| self.encode_cbor(e))?)
+        let trees = [&self.desired, &self.reported, &self.rejected]
+            .into_iter()
+            .flatten()
+            .map(|t| t.encoded_len_bound())
+            .sum::<usize>();
+        // Three keyed integers, a token and the map's head.
+        let bound = trees + 48 + MAX_CLIENT_TOKEN_LEN;
+        Ok(cbor::encode_into_bounded(out, bound, |e| {
+            self.encode_cbor(e)
+        })?)
     }
 
     /// Writes the update with minicbor.
@@ -283,7 +292,11 @@ impl<const L: usize, const P: usize> ShadowDelta<L, P> {
 
     /// Encodes into `out`; returns the length.
     pub fn encode(&self, out: &mut [u8]) -> Result<usize, Error> {
-        Ok(cbor::encode_into(out, |e| self.encode_cbor(e))?)
+        // Two keyed integers and the map's head besides the state.
+        let bound = self.state.encoded_len_bound() + 24;
+        Ok(cbor::encode_into_bounded(out, bound, |e| {
+            self.encode_cbor(e)
+        })?)
     }
 
     /// Writes the delta with minicbor.
