@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 
 use criterion::Criterion;
 use lanyard_core::shadow::{ConflictPolicy, Shadow, StateTree};
-use lanyard_core::wire::ShadowUpdate;
+use lanyard_core::wire::{ShadowDelta, ShadowUpdate};
 use lanyard_std::aws_json;
 use serde_json::{Map, Value as Json, json};
 
@@ -155,6 +155,32 @@ fn lanyard_wire_step(
     delta.len()
 }
 
+/// The whole path a twin host pays for: update bytes in, decoded, applied,
+/// the delta computed and encoded for the device.
+fn lanyard_full_step(
+    doc: &mut Doc,
+    up: &mut ShadowUpdate,
+    wires: &[Vec<u8>; 2],
+    delta: &mut ShadowDelta,
+    out: &mut [u8],
+    i: usize,
+) -> usize {
+    up.decode_into(&wires[i % 2]).unwrap();
+    up.apply_to(doc).unwrap();
+    doc.delta_into(&mut delta.state).unwrap();
+    delta.version = doc.version();
+    delta.encode(out).unwrap()
+}
+
+fn json_full_step(s: &mut JsonShadow, wires: &[Vec<u8>; 2], i: usize) -> usize {
+    let up: Json = serde_json::from_slice(&wires[i % 2]).unwrap();
+    json_merge(&mut s.desired, &up["state"]["desired"]);
+    let delta = json_delta(&s.desired, &s.reported).unwrap_or(Json::Null);
+    serde_json::to_vec(&json!({"version": i, "state": delta}))
+        .unwrap()
+        .len()
+}
+
 fn json_wire_step(s: &mut JsonShadow, wires: &[Vec<u8>; 2], i: usize) -> usize {
     let up: Json = serde_json::from_slice(&wires[i % 2]).unwrap();
     json_merge(&mut s.desired, &up["state"]["desired"]);
@@ -270,6 +296,16 @@ fn main() {
     let ours_wire = ns_per_op(|i| lanyard_wire_step(&mut doc, &mut up, &wires, &mut delta, i));
     let theirs_wire = ns_per_op(|i| json_wire_step(&mut js, &json_wires, i));
 
+    let (mut doc, mut js) = (setup_lanyard(), setup_json());
+    let mut full_delta: Box<ShadowDelta> = Box::new(ShadowDelta::empty());
+    let mut out = vec![0u8; 64 * 1024];
+    let ours_full =
+        ns_per_op(|i| lanyard_full_step(&mut doc, &mut up, &wires, &mut full_delta, &mut out, i));
+    let delta_leaves = full_delta.state.len();
+    let theirs_full = ns_per_op(|i| json_full_step(&mut js, &json_wires, i));
+    let whole = tree(&document_json(0));
+    let encode_only = ns_per_op(|_| whole.encode(&mut out).unwrap());
+
     let doc = setup_lanyard();
     let mut buf = vec![0u8; 64 * 1024];
     let cbor_doc = doc.encode(&mut buf).unwrap();
@@ -294,6 +330,19 @@ fn main() {
     println!("  lanyard CBOR      {ours_wire:>10.0} ns/op");
     println!("  serde_json JSON   {theirs_wire:>10.0} ns/op");
     println!("  speed-up          {:>10.1}x", theirs_wire / ours_wire);
+    println!(
+        "update bytes in -> decode -> apply -> delta -> encoded delta out ({delta_leaves}-leaf delta):"
+    );
+    println!("  lanyard CBOR      {ours_full:>10.0} ns/op");
+    println!("  serde_json JSON   {theirs_full:>10.0} ns/op");
+    println!(
+        "  speed-up          {:>10.1}x   (target >= 10x)",
+        theirs_full / ours_full
+    );
+    println!(
+        "encode a {}-leaf tree: {encode_only:.0} ns (target < 1000 ns)",
+        whole.len()
+    );
     println!("encoded size of the document (desired + reported + metadata + version):");
     println!("  CBOR (lanyard document, incl. sync state) {cbor_doc:>6} B");
     println!("  AWS IoT JSON (get/accepted document)      {json_doc:>6} B");
