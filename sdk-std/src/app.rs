@@ -126,10 +126,10 @@ pub struct CommandOutcome {
     pub result: Option<Vec<u8>>,
 }
 
-/// The app topic `t` of `device` (an id, or `{tenant}/{id}`); a name
-/// that cannot be in a topic is refused before anything is sent.
-fn app_topic(device: &str, t: AppTopic) -> Result<String, AppError> {
-    topic_of_key(device, Topic::App(t))
+/// The topic `t` of `device` (an id, or `{tenant}/{id}`); a name that
+/// cannot be in a topic is refused before anything is sent.
+fn device_topic(device: &str, t: Topic) -> Result<String, AppError> {
+    topic_of_key(device, t)
         .filter(|_| device.split('/').all(valid_device_id))
         .map(|s| s.to_string())
         .ok_or_else(|| AppError::BadDevice(device.to_owned()))
@@ -211,11 +211,11 @@ impl<T: Transport> AppClient<T> {
         up.client_token = heapless::String::try_from(token.as_str()).ok();
         let mut buf = vec![0u8; 64 * 1024];
         let n = up.encode(&mut buf).map_err(AppError::Codec)?;
-        let t = app_topic(device, AppTopic::SetDesired)?;
+        let t = device_topic(device, Topic::App(AppTopic::SetDesired))?;
         self.transport
             .publish(&t, &buf[..n], Qos::AtLeastOnce)
             .await?;
-        let answers = app_topic(device, AppTopic::DesiredAnswer)?;
+        let answers = device_topic(device, Topic::App(AppTopic::DesiredAnswer))?;
         let deadline = tokio::time::Instant::now() + timeout;
         loop {
             let left = deadline.saturating_duration_since(tokio::time::Instant::now());
@@ -234,10 +234,10 @@ impl<T: Transport> AppClient<T> {
         device: &str,
         timeout: Duration,
     ) -> Result<Box<TwinShadow>, AppError> {
-        let t = app_topic(device, AppTopic::Get)?;
+        let t = device_topic(device, Topic::App(AppTopic::Get))?;
         self.transport.publish(&t, b"", Qos::AtLeastOnce).await?;
-        let doc = app_topic(device, AppTopic::Document)?;
-        let rejected = app_topic(device, AppTopic::Rejected)?;
+        let doc = device_topic(device, Topic::App(AppTopic::Document))?;
+        let rejected = device_topic(device, Topic::App(AppTopic::Rejected))?;
         let (topic, payload) = self
             .wait_for(timeout, |t| t == doc || t == rejected)
             .await?;
@@ -301,9 +301,7 @@ impl<T: Transport> AppClient<T> {
         device: &str,
         config: &lanyard_core::agent::config::DeviceConfig,
     ) -> Result<(), AppError> {
-        let t = topic_of_key(device, Topic::Device(MessageKind::Config))
-            .filter(|_| device.split('/').all(valid_device_id))
-            .ok_or_else(|| AppError::BadDevice(device.to_owned()))?;
+        let t = device_topic(device, Topic::Device(MessageKind::Config))?;
         let mut e = minicbor::Encoder::new(Vec::new());
         // Encoding into a Vec cannot fail.
         let _ = config.encode_cbor(&mut e);

@@ -508,23 +508,26 @@ impl TwinHost {
         // future of this host's clock.
         update.timestamp_ms = update.timestamp_ms.min(now_ms);
         // Kept to undo an update whose desired state the device could not
-        // hold.
-        let before = (update.desired.is_some() && self.capacities.contains_key(id))
-            .then(|| self.shadows.get(id).cloned())
-            .flatten();
+        // hold: only when it could (the common small update cannot, and the
+        // shadow is not copied for it). `Some(None)`: the update makes the
+        // shadow.
+        let before = self
+            .could_exceed_capacity(id, &update)
+            .then(|| self.shadows.get(id).cloned());
         let shadow = self.shadow_mut(id);
         let refused = match update.apply_to(shadow) {
             Err(e) => Some(e.to_string()),
-            Ok(_) => self.over_capacity(id),
+            Ok(_) if before.is_some() => self.over_capacity(id),
+            Ok(_) => None,
         };
         if let Some(why) = refused {
             self.stats.rejected += 1;
             match before {
-                Some(b) => {
+                Some(Some(b)) => {
                     self.shadows.insert(id.to_owned(), b);
                 }
                 // A shadow made by this update goes with it.
-                None if self.capacities.contains_key(id) && update.desired.is_some() => {
+                Some(None) => {
                     self.shadows.remove(id);
                 }
                 None => {}
@@ -539,6 +542,21 @@ impl TwinHost {
         out.extend(answer(Ok(version)));
         self.persist(id);
         out
+    }
+
+    /// Whether applying `update` could leave device `id` more desired state
+    /// than it holds: merged, the desired state has at most the leaves and
+    /// pool bytes of the current one and the update's together.
+    fn could_exceed_capacity(&self, id: &str, update: &TwinUpdate) -> bool {
+        let (Some(cap), Some(new)) = (self.capacities.get(id), update.desired.as_ref()) else {
+            return false;
+        };
+        let (leaves, bytes) = self
+            .shadows
+            .get(id)
+            .map_or((0, 0), |s| (s.desired().len(), s.desired().pool_used()));
+        leaves + new.len() > cap.leaves as usize
+            || bytes + new.pool_used() > cap.pool_bytes as usize
     }
 
     /// Why device `id` could not hold its desired state, if it could not:
