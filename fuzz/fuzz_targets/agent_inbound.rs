@@ -65,7 +65,7 @@ fuzz_target!(|data: &[u8]| {
         desired: &mut lanyard_core::agent::platform::MirrorDesired,
     };
     let mut agent = new_agent();
-    agent.boot(0, &mut p);
+    let _ = agent.boot(0, &mut p);
     let mut buf = [0u8; 512];
     let accept = RegisterAccepted {
         device_id: "ly-010203040506",

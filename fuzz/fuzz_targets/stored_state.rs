@@ -28,7 +28,7 @@ fn boot(store: &mut FlashStore<Flash>) -> (LifecycleState, u64) {
         desired: &mut lanyard_core::agent::platform::MirrorDesired,
     };
     let mut agent = new_agent();
-    agent.boot(0, &mut platform);
+    let _ = agent.boot(0, &mut platform);
     (agent.state(), agent.boot_count())
 }
 

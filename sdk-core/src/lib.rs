@@ -110,7 +110,7 @@
 //!
 //! // A driver's loop, with the cloud's answers written by hand here.
 //! let mut buf = [0u8; 512];
-//! agent.boot(0, &mut platform);
+//! agent.boot(0, &mut platform).expect("boot");
 //! let accepted = RegisterAccepted { device_id: agent.device_id(), config: None, time_ms: 1_000 };
 //! let n = accepted.encode(&mut buf)?;
 //! agent.handle_inbound(100, MessageKind::RegisterAccepted, &buf[..n], &mut platform)

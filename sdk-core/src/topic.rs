@@ -133,17 +133,39 @@ pub(crate) fn split_at_slash(s: &str) -> Option<(&str, &str)> {
     Some((head, tail.get(1..)?))
 }
 
-/// Whether `id` can name a device in a topic: 1 to [`MAX_DEVICE_ID_LEN`]
-/// bytes, none of them a topic separator or wildcard (`/`, `+`, `#`).
+/// Whether `id` can name a device: 1 to [`MAX_DEVICE_ID_LEN`] ASCII
+/// letters, digits, `-`, `_` and `:` (the characters of an AWS IoT thing
+/// name), not starting with `lanyard` in any case.
+///
+/// One syntax everywhere an id enters (the agent, the twin host, the app
+/// client, the CLI, the bindings), because an id becomes a topic level, a
+/// broker user name (the device certificate's subject) and a file name:
+/// nothing here is special in any of them (no `/`, `+`, `#`, `$`, `%`,
+/// `.` or `..`, spaces, control or bidirectional characters). Names
+/// starting with `lanyard` are kept for Lanyard's own services (the twin
+/// host's and operators' identities), so that no device can be issued one.
 ///
 /// ```
 /// use lanyard_core::topic::valid_device_id;
-/// assert!(valid_device_id("ly-0a1b2c3d4e5f"));
+/// assert!(valid_device_id("ly-0a1b2c3d4e5f") && valid_device_id("pump:7_B"));
 /// assert!(!valid_device_id("+") && !valid_device_id("a/b") && !valid_device_id(""));
+/// assert!(!valid_device_id("..") && !valid_device_id("%c") && !valid_device_id("$SYS"));
+/// assert!(!valid_device_id("a b") && !valid_device_id("a\u{200f}b"));
+/// assert!(!valid_device_id("lanyard-twin") && !valid_device_id("Lanyard"));
 /// ```
 pub fn valid_device_id(id: &str) -> bool {
-    !id.is_empty() && id.len() <= MAX_DEVICE_ID_LEN && !id.contains(['/', '+', '#'])
+    (1..=MAX_DEVICE_ID_LEN).contains(&id.len())
+        && id
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b':'))
+        && !id
+            .get(..RESERVED_PREFIX.len())
+            .is_some_and(|p| p.eq_ignore_ascii_case(RESERVED_PREFIX))
 }
+
+/// Ids starting with this (in any case) name Lanyard's own services, never
+/// a device.
+pub const RESERVED_PREFIX: &str = "lanyard";
 
 /// Longest tenant name.
 pub const MAX_TENANT_LEN: usize = 32;

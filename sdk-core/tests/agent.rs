@@ -110,7 +110,7 @@ mod registration {
         let mut sim = Sim::new(1_000_000);
         let mut agent = new_agent();
         let mut sent = Vec::new();
-        agent.boot(0, &mut sim.platform());
+        agent.boot(0, &mut sim.platform()).expect("boot");
         drain(&mut agent, 0, &mut sent);
         while let Some(t) = agent.poll_timeout() {
             if t > 400_000 {
@@ -154,7 +154,7 @@ mod registration {
     fn an_acceptance_for_another_device_or_out_of_turn_changes_nothing() {
         let mut sim = Sim::new(1_000_000);
         let mut agent = new_agent();
-        agent.boot(0, &mut sim.platform());
+        agent.boot(0, &mut sim.platform()).expect("boot");
         let other = encode(&RegisterAccepted {
             device_id: "ly-ffffffffffff",
             config: None,
@@ -191,7 +191,7 @@ mod registration {
     fn the_initial_configuration_is_applied_on_acceptance() {
         let mut sim = Sim::new(1_000_000);
         let mut agent = new_agent();
-        agent.boot(0, &mut sim.platform());
+        agent.boot(0, &mut sim.platform()).expect("boot");
         let cfg = config_bytes(&DeviceConfig {
             version: 9,
             heartbeat_ms: 20_000,
@@ -228,7 +228,7 @@ mod cloud_time {
         const CLOUD: u64 = 1_700_000_000_000;
         let mut sim = Sim::new(1_000_000);
         let mut agent = new_agent();
-        agent.boot(0, &mut sim.platform());
+        agent.boot(0, &mut sim.platform()).expect("boot");
         answer_registration(&mut agent, &mut sim, 100, CLOUD + 100).unwrap();
         assert_eq!(agent.cloud_offset_ms(), Some(CLOUD as i64));
         let mut sent = Vec::new();
@@ -522,10 +522,11 @@ mod commands {
     }
 
     #[test]
-    fn a_command_older_than_the_whole_window_is_refused_as_stale_not_run() {
+    fn a_command_issued_before_one_the_window_let_go_of_is_refused_as_stale_not_run() {
         let mut sim = Sim::new(1_000_000);
         let (mut agent, _) = registered(&mut sim);
-        for i in 0..lanyard_core::agent::DEDUPE_WINDOW as u64 {
+        // w0 .. w16: w0 (issued at 10 000) falls out of the window.
+        for i in 0..=lanyard_core::agent::DEDUPE_WINDOW as u64 {
             send_cmd(
                 &mut agent,
                 &mut sim,
@@ -536,26 +537,107 @@ mod commands {
             );
         }
         let runs = sim.commands.runs;
-        // A late copy of a command issued before all of them: refused.
-        let old = command("late", "reboot_modem", &[], 9_000);
-        agent
-            .handle_inbound(20_000, MessageKind::Command, &old, &mut sim.platform())
-            .unwrap();
-        let mut sent = Vec::new();
-        drain(&mut agent, 20_000, &mut sent);
-        let a = Ack::decode(&sent[0].bytes).unwrap();
-        assert_eq!(
-            (a.status, a.reason),
-            (AckStatus::Rejected, Some(AckReason::Stale))
-        );
+        // A replay of w0 with its original issue time, and a late command
+        // issued before it: both refused, neither runs.
+        for (id, issued) in [("w0", 10_000), ("late", 9_000)] {
+            let old = command(id, "reboot_modem", &[], issued);
+            agent
+                .handle_inbound(20_000, MessageKind::Command, &old, &mut sim.platform())
+                .unwrap();
+            let mut sent = Vec::new();
+            drain(&mut agent, 20_000, &mut sent);
+            let a = Ack::decode(&sent[0].bytes).unwrap();
+            assert_eq!(
+                (a.status, a.reason),
+                (AckStatus::Rejected, Some(AckReason::Stale))
+            );
+        }
         assert_eq!(sim.commands.runs, runs);
-        assert_eq!(agent.stats().stale_commands, 1);
+        assert_eq!(agent.stats().stale_commands, 2);
         // A new one runs.
         assert_eq!(
             send_cmd(&mut agent, &mut sim, 20_001, "new", "reboot_modem", &[]).len(),
             2
         );
         assert_eq!(sim.commands.runs, runs + 1);
+    }
+
+    #[test]
+    fn a_replay_pushed_out_by_earlier_issued_commands_does_not_run_again_even_after_a_reboot() {
+        let mut sim = Sim::new(1_000_000);
+        let (mut agent, _) = registered(&mut sim);
+        // The newest command arrives first; then a window's worth of
+        // commands issued before it (delivered late) push it out.
+        send_cmd(&mut agent, &mut sim, 50_000, "first", "reboot_modem", &[]);
+        for i in 0..lanyard_core::agent::DEDUPE_WINDOW as u64 {
+            send_cmd(
+                &mut agent,
+                &mut sim,
+                20_000 + i,
+                &format!("e{i}"),
+                "reboot_modem",
+                &[],
+            );
+        }
+        let runs = sim.commands.runs;
+        drop(agent);
+        let mut rebooted = new_agent();
+        rebooted.boot(60_000, &mut sim.platform()).expect("boot");
+        accept(&mut rebooted, &mut sim, 60_100);
+        drain(&mut rebooted, 60_100, &mut Vec::new());
+        let replay = command("first", "reboot_modem", &[], 50_000);
+        assert_eq!(
+            send_cmd_bytes(&mut rebooted, &mut sim, 60_200, &replay),
+            vec![(AckStatus::Rejected, Some(AckReason::Stale))]
+        );
+        assert_eq!(sim.commands.runs, runs);
+    }
+
+    #[test]
+    fn a_command_running_when_the_device_died_is_answered_interrupted_and_never_rerun() {
+        let mut sim = Sim::new(1_000_000);
+        let (mut agent, _) = registered(&mut sim);
+        let mut buf = [0u8; 64];
+        let n = lanyard_core::wire::encode_into(&mut buf, |e| {
+            e.map(1)?.str("count")?.u8(3)?;
+            Ok(())
+        })
+        .unwrap();
+        let blink = command("b1", "blink_led", &buf[..n], 5_000);
+        assert_eq!(
+            send_cmd_bytes(&mut agent, &mut sim, 5_000, &blink),
+            vec![(AckStatus::Accepted, None), (AckStatus::InProgress, None)]
+        );
+        assert_eq!(sim.commands.blinks.len(), 1);
+        // Killed while it blinks.
+        drop(agent);
+        let mut rebooted = new_agent();
+        rebooted.boot(6_000, &mut sim.platform()).expect("boot");
+        let mut sent = Vec::new();
+        drain(&mut rebooted, 6_000, &mut sent);
+        let acks: Vec<_> = sent
+            .iter()
+            .filter(|s| s.kind == MessageKind::Ack)
+            .map(|s| Ack::decode(&s.bytes).unwrap())
+            .map(|a| (a.command_id.to_owned(), a.status, a.reason))
+            .collect();
+        assert_eq!(
+            acks,
+            vec![(
+                "b1".to_owned(),
+                AckStatus::Failed,
+                Some(AckReason::Interrupted)
+            )]
+        );
+        accept(&mut rebooted, &mut sim, 6_100);
+        drain(&mut rebooted, 6_100, &mut Vec::new());
+        // Redelivered by the broker: answered from the window, not run.
+        let again = send_cmd_bytes(&mut rebooted, &mut sim, 6_200, &blink);
+        assert_eq!(
+            again,
+            vec![(AckStatus::Failed, Some(AckReason::Interrupted))]
+        );
+        assert_eq!(sim.commands.blinks.len(), 1);
     }
 
     #[test]
@@ -611,7 +693,11 @@ mod decommissioning {
             (audit.from, audit.to, audit.cause),
             (S::Active, S::Decommissioned, Trigger::Decommission)
         );
-        assert!(sim.storage.slots.is_empty(), "state and credentials wiped");
+        assert_eq!(
+            sim.storage.slots.keys().collect::<Vec<_>>(),
+            vec![&"state"],
+            "credentials wiped, the state record is the decommissioned fact"
+        );
         assert_eq!(agent.state(), S::Decommissioned);
         assert_eq!(agent.poll_timeout(), None);
         for kind in [
@@ -627,6 +713,17 @@ mod decommissioning {
         }
         agent.handle_timeout(100_000, &mut sim.platform());
         assert_eq!(agent.queued(), 0);
+        // Only the fact is kept, and a restart does not bring it back.
+        assert!(!sim.storage.slots.contains_key("credentials"));
+        drop(agent);
+        let mut restarted = new_agent();
+        assert_eq!(
+            restarted.boot(200_000, &mut sim.platform()),
+            Err(lanyard_core::agent::BootError::Decommissioned)
+        );
+        assert_eq!(restarted.state(), S::Decommissioned);
+        assert_eq!(restarted.queued(), 0);
+        assert_eq!(restarted.poll_timeout(), None);
     }
 }
 
@@ -644,7 +741,7 @@ mod reboots {
         send_cmd(&mut agent, &mut sim, 1_100, "m1", "enter_maintenance", &[]);
         drop(agent);
         let mut rebooted = new_agent();
-        rebooted.boot(50_000, &mut sim.platform());
+        rebooted.boot(50_000, &mut sim.platform()).expect("boot");
         let mut sent = Vec::new();
         drain(&mut rebooted, 50_000, &mut sent);
         assert_eq!(rebooted.state(), S::Maintenance);
@@ -688,7 +785,7 @@ mod reboots {
         const CLOUD: u64 = 1_700_000_000_000;
         let mut sim = Sim::new(1_000_000);
         let mut agent = new_agent();
-        agent.boot(0, &mut sim.platform());
+        agent.boot(0, &mut sim.platform()).expect("boot");
         let at_cloud = |ms: u64| CLOUD + ms;
         answer_registration(&mut agent, &mut sim, 100, at_cloud(100)).unwrap();
         drain(&mut agent, 100, &mut Vec::new());
@@ -697,7 +794,7 @@ mod reboots {
         // An hour later (cloud time) the device reboots; its clock reads 0.
         let hour = 3_600_000;
         let mut rebooted = new_agent();
-        rebooted.boot(0, &mut sim.platform());
+        rebooted.boot(0, &mut sim.platform()).expect("boot");
         drain(&mut rebooted, 0, &mut Vec::new());
         assert_eq!(rebooted.cloud_offset_ms(), None);
         // Issued a minute after the first boot, expired a minute later: long
@@ -746,7 +843,7 @@ mod reboots {
         let (agent, _) = registered(&mut sim);
         drop(agent);
         let mut rebooted = new_agent();
-        rebooted.boot(0, &mut sim.platform());
+        rebooted.boot(0, &mut sim.platform()).expect("boot");
         let registers = |agent: &mut SimAgent, at: u64| {
             let mut sent = Vec::new();
             drain(agent, at, &mut sent);
@@ -791,7 +888,7 @@ mod reboots {
 
         let reboot_and_answer = |sim: &mut Sim, config: &DeviceConfig| {
             let mut agent = new_agent();
-            agent.boot(0, &mut sim.platform());
+            agent.boot(0, &mut sim.platform()).expect("boot");
             let raw = config_bytes(config);
             let bytes = encode(&RegisterAccepted {
                 device_id: DEVICE_ID,
@@ -850,7 +947,7 @@ mod reboots {
         assert_eq!(agent.stats().storage_failures, 0);
         drop(agent);
         let mut rebooted = new_agent();
-        rebooted.boot(60_000, &mut sim.platform());
+        rebooted.boot(60_000, &mut sim.platform()).expect("boot");
         accept(&mut rebooted, &mut sim, 60_100);
         assert_eq!(
             rebooted.reported().get_dotted("led.on").map(|e| e.value),
@@ -866,31 +963,43 @@ mod reboots {
     }
 
     #[test]
-    fn a_corrupt_record_makes_the_device_register_again() {
+    fn a_record_that_is_not_this_devices_state_stops_the_boot_instead_of_starting_over() {
         let mut sim = Sim::new(1_000_000);
         sim.storage.slots.insert("state", vec![0xff, 0x00, 0x13]);
         let mut agent = new_agent();
-        agent.boot(0, &mut sim.platform());
-        assert_eq!(agent.state(), S::Provisioning);
+        assert!(matches!(
+            agent.boot(0, &mut sim.platform()),
+            Err(lanyard_core::agent::BootError::Unreadable(_))
+        ));
+        assert_eq!(agent.state(), S::Unprovisioned);
+        assert_eq!(agent.poll_timeout(), None);
+        assert_eq!(agent.queued(), 0);
+        // Nothing was overwritten: the record is there to inspect.
+        assert_eq!(sim.storage.slots["state"], vec![0xff, 0x00, 0x13]);
     }
 
     #[test]
     fn storage_failures_are_counted_and_reported() {
         let mut sim = Sim::new(1_000_000);
+        let (mut agent, _) = registered(&mut sim);
         sim.storage.fail = true;
-        let mut agent = new_agent();
-        agent.boot(0, &mut sim.platform());
+        let delta = delta_bytes(3, 1, &[("led.on", lanyard_core::shadow::Value::Bool(true))]);
+        agent
+            .handle_inbound(2_000, MessageKind::ShadowDelta, &delta, &mut sim.platform())
+            .unwrap();
         assert!(agent.stats().storage_failures > 0);
         let mut saw = false;
         while let Some(e) = agent.poll_event() {
             saw |= e == lanyard_core::agent::AgentEvent::StorageFailed;
         }
         assert!(saw);
-        assert!(
-            sim.storage
-                .load_len(lanyard_core::agent::platform::StorageSlot::AgentState)
-                == 0
+        // The device keeps working from memory.
+        let failures = agent.stats().storage_failures;
+        assert_eq!(
+            send_cmd(&mut agent, &mut sim, 3_000, "c", "reboot_modem", &[]).len(),
+            2
         );
+        assert!(agent.stats().storage_failures > failures);
     }
 }
 

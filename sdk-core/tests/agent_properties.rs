@@ -68,7 +68,7 @@ proptest! {
         let mut sim = Sim::new(2_000);
         let mut agent = new_agent();
         let mut now = 0u64;
-        agent.boot(now, &mut sim.platform());
+        agent.boot(now, &mut sim.platform()).expect("boot");
         while agent.poll_event().is_some() {}
         let mut state = agent.state();
         // Command ids whose final result was "ran": must happen once per id.
@@ -121,9 +121,14 @@ proptest! {
                 }
                 Input::Reboot => {
                     agent = new_agent();
-                    agent.boot(now, &mut sim.platform());
-                    // A reboot resumes the persisted state (or starts over
-                    // after a wipe); the checks go on from there.
+                    let booted = agent.boot(now, &mut sim.platform());
+                    // A reboot resumes the persisted state; a
+                    // decommissioned device (with persistence) stays so and
+                    // refuses to start. The checks go on from there.
+                    prop_assert_eq!(
+                        booted.is_err(),
+                        cfg!(feature = "persistence") && state == lanyard_core::agent::lifecycle::LifecycleState::Decommissioned
+                    );
                     while agent.poll_event().is_some() {}
                     state = agent.state();
                     // Without persistence a reboot forgets the commands

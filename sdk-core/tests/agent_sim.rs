@@ -106,7 +106,7 @@ fn run() -> (Vec<Sent>, SimAgent, Sim) {
     let mut agent = new_agent();
     let mut sent = Vec::new();
     let mut script = script();
-    agent.boot(0, &mut sim.platform());
+    agent.boot(0, &mut sim.platform()).expect("boot");
     drain(&mut agent, 0, &mut sent);
     let mut answered = 0;
     loop {

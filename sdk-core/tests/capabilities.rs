@@ -53,7 +53,7 @@ fn without_persistence_nothing_is_stored_and_a_reboot_starts_over() {
 
     drop(agent);
     let mut rebooted = new_agent();
-    rebooted.boot(50_000, &mut sim.platform());
+    rebooted.boot(50_000, &mut sim.platform()).expect("boot");
     assert_eq!(rebooted.state(), LifecycleState::Provisioning);
     assert_eq!(rebooted.boot_count(), 1);
     let mut sent = Vec::new();

@@ -281,7 +281,7 @@ fn a_map_replaces_a_value_and_a_value_a_map_as_a_merge_would() {
 fn reports_are_stamped_on_the_clouds_clock_once_it_is_known() {
     let mut sim = Sim::new(1_000_000);
     let mut agent = new_agent();
-    agent.boot(0, &mut sim.platform());
+    agent.boot(0, &mut sim.platform()).expect("boot");
     // The device's clock counts from boot; the cloud's reads 1.7e12.
     const CLOUD: u64 = 1_700_000_000_000;
     answer_registration(&mut agent, &mut sim, 100, CLOUD).unwrap();

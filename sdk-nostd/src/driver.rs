@@ -72,6 +72,9 @@ pub enum DriverError<E> {
     /// The agent's message did not fit the driver's message buffer
     /// (configuration error: `M` of the driver is below the agent's).
     Encode(EncodeError),
+    /// The agent refused to start: the device is decommissioned or its
+    /// saved state cannot be read.
+    Boot(lanyard_core::agent::BootError),
 }
 
 /// What one [`Driver::poll`] left to do.
@@ -153,7 +156,9 @@ where
         now_ms: u64,
         platform: &mut Platform<'_>,
     ) -> Result<(), DriverError<IO::Error>> {
-        self.agent.boot(now_ms, platform);
+        self.agent
+            .boot(now_ms, platform)
+            .map_err(DriverError::Boot)?;
         self.flush()?;
         Ok(())
     }

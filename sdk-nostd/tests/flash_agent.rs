@@ -64,7 +64,8 @@ impl Device {
             ),
             store: FlashStore::new(flash, 0, 1024),
         };
-        d.with_platform(|agent, p| agent.boot(now_ms, p));
+        d.with_platform(|agent, p| agent.boot(now_ms, p))
+            .expect("boot");
         d
     }
 

@@ -147,6 +147,33 @@ impl std::fmt::Display for Refusal {
     }
 }
 
+/// Why [`DeviceDriver::start`] failed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum StartError {
+    /// The transport could not subscribe or deliver.
+    Transport(TransportError),
+    /// The agent refused to start (decommissioned, or saved state that
+    /// cannot be read).
+    Boot(lanyard_core::agent::BootError),
+}
+
+impl From<TransportError> for StartError {
+    fn from(e: TransportError) -> Self {
+        StartError::Transport(e)
+    }
+}
+
+impl std::fmt::Display for StartError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            StartError::Transport(e) => e.fmt(f),
+            StartError::Boot(e) => e.fmt(f),
+        }
+    }
+}
+
+impl std::error::Error for StartError {}
+
 /// The platform pieces a driver lends the agent.
 pub struct StdPlatform {
     /// Persistent storage.
@@ -428,8 +455,10 @@ impl<T: Transport, const M: usize, const L: usize, const B: usize> DeviceDriver<
     }
 
     /// Subscribes to the device's inbound topics and boots the agent
-    /// (restoring its persisted state).
-    pub async fn start(&mut self) -> Result<(), TransportError> {
+    /// (restoring its persisted state). Refused when the device is
+    /// decommissioned or its saved state cannot be read
+    /// ([`StartError::Boot`]): it never starts again from scratch on its own.
+    pub async fn start(&mut self) -> Result<(), StartError> {
         for kind in DEVICE_INBOUND {
             self.transport.subscribe(&self.topic_of(kind)).await?;
         }
@@ -439,8 +468,10 @@ impl<T: Transport, const M: usize, const L: usize, const B: usize> DeviceDriver<
             self.publish(kind, &bytes, true).await?;
         }
         let now = self.clock.now_ms();
-        self.agent.boot(now, &mut self.platform.lend());
-        self.flush().await
+        self.agent
+            .boot(now, &mut self.platform.lend())
+            .map_err(StartError::Boot)?;
+        Ok(self.flush().await?)
     }
 
     /// Publishes one message; an at-least-once one is journalled first.

@@ -22,7 +22,8 @@ pub(super) enum Admission {
     },
     /// The command still running, sent again.
     InProgress,
-    /// Issued before every command the dedupe window remembers.
+    /// Not remembered, and issued no later than the newest command the
+    /// dedupe window has let go of.
     Stale,
     /// The cloud's time is not known since a resumed boot.
     NeedsCloudTime,
@@ -81,10 +82,12 @@ impl<P: TelemetryPolicy, const Q: usize, const M: usize, const L: usize, const B
         {
             return Admission::InProgress;
         }
-        // Like a replay window: a command issued before every one still
-        // remembered may have run already, and running it twice is worse
-        // than refusing it. Retries must keep their original issue time.
-        if self.dedupe.is_full() && self.dedupe.iter().all(|r| cmd.issued_ms < r.issued_ms) {
+        // Like a replay window: a command not remembered but issued no
+        // later than the newest one the window has let go of may have run
+        // already, and running it twice is worse than refusing it. The
+        // watermark is persisted with the window, so this holds across
+        // restarts. Retries must keep their original issue time.
+        if self.forgotten_ms.is_some_and(|w| cmd.issued_ms <= w) {
             return Admission::Stale;
         }
         // Resumed after a reboot and not yet answered: the device does not
@@ -161,7 +164,7 @@ impl<P: TelemetryPolicy, const Q: usize, const M: usize, const L: usize, const B
                     now_ms,
                     cmd.id,
                     AckReason::Stale,
-                    "issued before every remembered command",
+                    "issued before the commands the device remembers",
                 );
             }
             // Refused for now and not remembered, so that a retry is
@@ -222,7 +225,8 @@ impl<P: TelemetryPolicy, const Q: usize, const M: usize, const L: usize, const B
                 self.finish(now_ms, cmd.id, AckStatus::Succeeded, None, None, platform);
             }
             CommandKind::Decommission => {
-                // Acknowledge, send the final audit event, wipe.
+                // Acknowledge, send the final audit event, wipe, and keep
+                // only the fact that the device is decommissioned.
                 self.stats.commands_executed += 1;
                 self.ack(now_ms, cmd.id, AckStatus::Accepted, None, None, None);
                 self.transition(now_ms, Trigger::Decommission, platform);
@@ -242,8 +246,12 @@ impl<P: TelemetryPolicy, const Q: usize, const M: usize, const L: usize, const B
                 self.timers = [None; TIMERS];
                 self.running = None;
                 self.dedupe.clear();
+                self.forgotten_ms = None;
                 self.reported.clear();
                 self.rejected.clear();
+                // What is left after the wipe: that the device is
+                // decommissioned, so that no restart brings it back.
+                self.persist(platform);
             }
         }
     }
@@ -256,11 +264,24 @@ impl<P: TelemetryPolicy, const Q: usize, const M: usize, const L: usize, const B
         cmd: &Command<'_>,
         platform: &mut Platform<'_>,
     ) {
+        // Saved as started before it runs: if the device dies while it
+        // runs, the next boot answers it as interrupted instead of running
+        // it again (at most once, across crashes).
+        let mut id = heapless::String::new();
+        let _ = id.push_str(cmd.id);
+        self.running = Some(Running {
+            id,
+            issued_ms: cmd.issued_ms,
+        });
+        self.persist(platform);
         let mut result = [0u8; MAX_COMMAND_ARGS_LEN];
-        match platform
+        let outcome = platform
             .commands
-            .execute(now_ms, cmd.name, cmd.args(), &mut result)
-        {
+            .execute(now_ms, cmd.name, cmd.args(), &mut result);
+        if !matches!(outcome, Some(Ok(Completion::Later))) {
+            self.running = None;
+        }
+        match outcome {
             None => self.reject(now_ms, cmd.id, AckReason::UnknownCommand, platform),
             Some(Err(CommandFailure::BadArguments)) => {
                 self.reject(now_ms, cmd.id, AckReason::BadArguments, platform)
@@ -286,12 +307,6 @@ impl<P: TelemetryPolicy, const Q: usize, const M: usize, const L: usize, const B
                 self.stats.commands_executed += 1;
                 self.ack(now_ms, cmd.id, AckStatus::Accepted, None, None, None);
                 self.ack(now_ms, cmd.id, AckStatus::InProgress, None, None, None);
-                let mut id = heapless::String::new();
-                let _ = id.push_str(cmd.id);
-                self.running = Some(Running {
-                    id,
-                    issued_ms: cmd.issued_ms,
-                });
             }
         }
     }
@@ -414,7 +429,9 @@ impl<P: TelemetryPolicy, const Q: usize, const M: usize, const L: usize, const B
         let mut s = heapless::String::new();
         let _ = s.push_str(id);
         if self.dedupe.is_full() {
-            self.dedupe.pop_front();
+            if let Some(gone) = self.dedupe.pop_front() {
+                self.forgotten_ms = Some(self.forgotten_ms.unwrap_or(0).max(gone.issued_ms));
+            }
         }
         let _ = self.dedupe.push_back(Remembered {
             id: s,

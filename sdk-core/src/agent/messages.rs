@@ -806,9 +806,13 @@ pub enum AckReason {
     Busy,
     /// Ran and failed (see the detail text).
     ExecutionFailed,
-    /// Issued before every command the device still remembers: it may have
-    /// run already, so it is refused rather than risk running twice.
+    /// Issued no later than a command the device no longer remembers: it
+    /// may have run already, so it is refused rather than risk running
+    /// twice.
     Stale,
+    /// It was running when the device restarted: it may have done part of
+    /// its work, and it is not run again.
+    Interrupted,
     /// A code this version does not know (sent by a newer peer).
     Other(u64),
 }
@@ -824,6 +828,7 @@ impl AckReason {
             AckReason::Busy => 4,
             AckReason::ExecutionFailed => 5,
             AckReason::Stale => 6,
+            AckReason::Interrupted => 7,
             AckReason::Other(c) => c,
         }
     }
@@ -838,6 +843,7 @@ impl AckReason {
             4 => AckReason::Busy,
             5 => AckReason::ExecutionFailed,
             6 => AckReason::Stale,
+            7 => AckReason::Interrupted,
             c => AckReason::Other(c),
         }
     }

@@ -71,7 +71,9 @@ pub const FIRST_REGISTER_BACKOFF_MS: u64 = 2_000;
 pub struct Identity<'a> {
     /// The network interface's MAC address.
     pub mac: [u8; 6],
-    /// A configured id; `None` derives one from the MAC address.
+    /// A configured id; `None`, or an id that is not
+    /// [`valid_device_id`](crate::topic::valid_device_id), derives one from
+    /// the MAC address (drivers refuse an invalid id before this).
     pub device_id: Option<&'a str>,
     /// Firmware version text (at most 32 bytes are kept).
     pub firmware: &'a str,
@@ -206,6 +208,34 @@ impl core::fmt::Display for InboundError {
     }
 }
 
+/// Why [`Agent::boot`] refused to start the device. The agent stays inert
+/// (it sends nothing and accepts nothing): starting from scratch would
+/// register the device again as new, with its commands' history lost.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BootError {
+    /// The device was decommissioned. It stays so until an operator
+    /// re-provisions it (erases its storage and lets the cloud accept it
+    /// again).
+    Decommissioned,
+    /// The saved state could not be read: the storage failed or holds a
+    /// damaged record.
+    Storage(platform::StorageError),
+    /// The saved state was read but is not a state record of this device.
+    Unreadable(DecodeError),
+}
+
+impl core::fmt::Display for BootError {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        match self {
+            BootError::Decommissioned => {
+                f.write_str("the device is decommissioned; an operator must re-provision it")
+            }
+            BootError::Storage(e) => write!(f, "saved state unavailable: {e}"),
+            BootError::Unreadable(e) => write!(f, "saved state unreadable: {e}"),
+        }
+    }
+}
+
 impl From<Error> for InboundError {
     fn from(e: Error) -> Self {
         match e {
@@ -255,6 +285,9 @@ pub struct Agent<
     rng: u64,
     dedupe: heapless::Deque<Remembered, DEDUPE_WINDOW>,
     running: Option<Running>,
+    /// The newest issue time of a command the dedupe window let go of: a
+    /// command not remembered and issued no later is refused as stale.
+    forgotten_ms: Option<u64>,
     /// Issue time of the command being handled, for the dedupe window.
     issued_ms: u64,
     reported: StateTree<L, B>,
@@ -278,7 +311,7 @@ impl<P: TelemetryPolicy, const Q: usize, const M: usize, const L: usize, const B
     /// Call [`Agent::boot`] next.
     pub fn new(identity: Identity<'_>, config: DeviceConfig, policy: P) -> Self {
         let device_id = match identity.device_id {
-            Some(id) if !id.is_empty() && id.len() <= MAX_DEVICE_ID_LEN => {
+            Some(id) if crate::topic::valid_device_id(id) => {
                 let mut s = heapless::String::new();
                 let _ = s.push_str(id);
                 s
@@ -318,6 +351,7 @@ impl<P: TelemetryPolicy, const Q: usize, const M: usize, const L: usize, const B
             rng,
             dedupe: heapless::Deque::new(),
             running: None,
+            forgotten_ms: None,
             issued_ms: 0,
             reported: StateTree::new(),
             rejected: StateTree::new(),
@@ -433,11 +467,17 @@ impl<P: TelemetryPolicy, const Q: usize, const M: usize, const L: usize, const B
     /// was), counts the boot, and starts registration or the periodic work.
     /// A device resumed in service also registers again, to learn the
     /// cloud's time; until the answer, commands that are not known
-    /// duplicates are refused as `Busy` (expiry cannot be judged).
-    pub fn boot(&mut self, now_ms: u64, platform: &mut Platform<'_>) {
+    /// duplicates are refused as `Busy` (expiry cannot be judged). A
+    /// command that was running when the device went down is answered as
+    /// [`AckReason::Interrupted`], never run again.
+    ///
+    /// Refused, with the agent left inert, when the device is
+    /// decommissioned or its saved state cannot be read: a device never
+    /// starts again from scratch on its own.
+    pub fn boot(&mut self, now_ms: u64, platform: &mut Platform<'_>) -> Result<(), BootError> {
         self.boot_ms = now_ms;
         #[cfg(feature = "persistence")]
-        self.resume(platform);
+        self.resume(now_ms, platform)?;
         self.boot_count += 1;
         match self.state {
             LifecycleState::Unprovisioned => {
@@ -445,7 +485,7 @@ impl<P: TelemetryPolicy, const Q: usize, const M: usize, const L: usize, const B
                 self.send_register(now_ms);
             }
             LifecycleState::Provisioning => self.send_register(now_ms),
-            LifecycleState::Decommissioned => {}
+            LifecycleState::Decommissioned => return Err(BootError::Decommissioned),
             _ => {
                 // Resumed in service: register again, for the cloud's time
                 // (a clock that counts from boot has lost it, and command
@@ -457,6 +497,7 @@ impl<P: TelemetryPolicy, const Q: usize, const M: usize, const L: usize, const B
             }
         }
         self.persist(platform);
+        Ok(())
     }
 
     /// Runs whatever is due at `now_ms`.

@@ -9,9 +9,10 @@
 use minicbor::decode::Decoder;
 use minicbor::encode::Encoder;
 
+use super::commands::Running;
 use super::platform::{Platform, StorageSlot};
 use super::{
-    AckReason, AckStatus, Agent, AgentEvent, DEDUPE_WINDOW, LifecycleState, Remembered,
+    AckReason, AckStatus, Agent, AgentEvent, BootError, DEDUPE_WINDOW, LifecycleState, Remembered,
     STATE_RECORD_MAX, TelemetryPolicy,
 };
 use crate::error::DecodeError;
@@ -21,28 +22,44 @@ use crate::wire::{CborWriter, cbor, each_field};
 impl<P: TelemetryPolicy, const Q: usize, const M: usize, const L: usize, const B: usize>
     Agent<P, Q, M, L, B>
 {
-    /// Reads back the state [`Agent::persist`] saved, if any.
-    pub(super) fn resume(&mut self, platform: &mut Platform<'_>) {
+    /// Reads back the state [`Agent::persist`] saved, if any. A record that
+    /// cannot be read stops the boot (see [`BootError`]); a command that was
+    /// running when the device went down is remembered and answered as
+    /// interrupted.
+    pub(super) fn resume(
+        &mut self,
+        now_ms: u64,
+        platform: &mut Platform<'_>,
+    ) -> Result<(), BootError> {
         let mut buf = [0u8; STATE_RECORD_MAX];
-        match platform.storage.load(StorageSlot::AgentState, &mut buf) {
-            Ok(0) => {}
-            Ok(n) => {
-                // A record that does not decode is treated as none: the
-                // device registers again rather than bricking itself.
-                if self.restore(&buf[..n]).is_err() {
-                    self.state = LifecycleState::Unprovisioned;
-                }
-            }
-            Err(_) => self.stats.storage_failures += 1,
+        let n = platform
+            .storage
+            .load(StorageSlot::AgentState, &mut buf)
+            .map_err(|e| {
+                self.stats.storage_failures += 1;
+                BootError::Storage(e)
+            })?;
+        if n == 0 {
+            return Ok(());
         }
+        let interrupted = self.restore(&buf[..n]).map_err(BootError::Unreadable)?;
+        if let Some(r) = interrupted {
+            self.issued_ms = r.issued_ms;
+            self.finish(
+                now_ms,
+                &r.id,
+                AckStatus::Failed,
+                Some(AckReason::Interrupted),
+                Some("the device restarted while it ran"),
+                platform,
+            );
+        }
+        Ok(())
     }
 
     /// Saves the agent's state; called after every change to it. A failed
     /// save is counted and reported as an event, never fatal.
     pub(super) fn persist(&mut self, platform: &mut Platform<'_>) {
-        if self.state == LifecycleState::Decommissioned {
-            return;
-        }
         // Measured first, then streamed to the store: no record-sized
         // buffer here (see `Storage::store_with`).
         let len = cbor::measure(|e| self.encode_state(e));
@@ -65,9 +82,10 @@ impl<P: TelemetryPolicy, const Q: usize, const M: usize, const L: usize, const B
 
     /// The persisted record: `{0: state, 1: device id, 2: config, 3: boots,
     /// 4: lifecycle seq, 5: [* [command id, status, reason, issued]], 6: reported
-    /// state}`.
+    /// state, ? 7: newest issue time let go of by the window, ? 8: [[command
+    /// id, issued]] of the command started and not finished}`.
     fn encode_state(&self, e: &mut Encoder<CborWriter<'_>>) -> cbor::EncodeResult {
-        e.map(7)?;
+        e.map(7 + u64::from(self.forgotten_ms.is_some()) + u64::from(self.running.is_some()))?;
         e.u8(0)?.u8(self.state.code())?;
         e.u8(1)?.str(&self.device_id)?;
         e.u8(2)?;
@@ -85,10 +103,18 @@ impl<P: TelemetryPolicy, const Q: usize, const M: usize, const L: usize, const B
         }
         e.u8(6)?;
         self.reported.encode_cbor(e)?;
+        if let Some(w) = self.forgotten_ms {
+            e.u8(7)?.u64(w)?;
+        }
+        if let Some(r) = &self.running {
+            e.u8(8)?.array(1)?.array(2)?.str(&r.id)?.u64(r.issued_ms)?;
+        }
         Ok(())
     }
 
-    fn restore(&mut self, bytes: &[u8]) -> Result<(), DecodeError> {
+    /// Restores the record; returns the command that was running when it
+    /// was saved, if one was.
+    fn restore(&mut self, bytes: &[u8]) -> Result<Option<Running>, DecodeError> {
         let mut d = Decoder::new(bytes);
         let mut state = None;
         let mut config = self.config.clone();
@@ -98,6 +124,7 @@ impl<P: TelemetryPolicy, const Q: usize, const M: usize, const L: usize, const B
         // the one time a boot needs it.
         let mut reported = crate::shadow::StateTree::<L, B>::new();
         let (mut boots, mut seq) = (0, 0);
+        let (mut forgotten, mut running) = (None, None);
         each_field(&mut d, |k, d| {
             let at = d.position();
             match k {
@@ -162,6 +189,27 @@ impl<P: TelemetryPolicy, const Q: usize, const M: usize, const L: usize, const B
                         Ok(())
                     },
                 )?,
+                7 => forgotten = Some(cbor::read_u64(d)?),
+                8 => cbor::each_tuple(
+                    d,
+                    2,
+                    "a list of the started command",
+                    "[command id, issued]",
+                    |d| {
+                        let at = d.position();
+                        let mut id = heapless::String::new();
+                        id.push_str(cbor::read_str(d)?)
+                            .map_err(|_| DecodeError::Malformed {
+                                what: "a command id",
+                                at,
+                            })?;
+                        running = Some(Running {
+                            id,
+                            issued_ms: cbor::read_u64(d)?,
+                        });
+                        Ok(())
+                    },
+                )?,
                 _ => cbor::skip_item(d, 0)?,
             }
             Ok(())
@@ -175,7 +223,8 @@ impl<P: TelemetryPolicy, const Q: usize, const M: usize, const L: usize, const B
         self.boot_count = boots;
         self.lifecycle_seq = seq;
         self.dedupe = dedupe;
+        self.forgotten_ms = forgotten;
         self.reported = reported;
-        Ok(())
+        Ok(running)
     }
 }

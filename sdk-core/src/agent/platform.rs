@@ -22,6 +22,10 @@ pub enum StorageError {
     Io,
     /// The record does not fit the buffer given or the medium.
     TooLarge,
+    /// The record is there but damaged (its checksum does not match) and
+    /// no earlier good record is left: the store keeps it aside for
+    /// inspection rather than hand back nothing.
+    Corrupt,
 }
 
 impl core::fmt::Display for StorageError {
@@ -29,6 +33,7 @@ impl core::fmt::Display for StorageError {
         f.write_str(match self {
             StorageError::Io => "storage I/O failure",
             StorageError::TooLarge => "record too large for storage",
+            StorageError::Corrupt => "stored record damaged (checksum mismatch)",
         })
     }
 }

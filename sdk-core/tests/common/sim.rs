@@ -344,7 +344,7 @@ pub fn accept(agent: &mut SimAgent, sim: &mut Sim, at: u64) {
 pub fn registered(sim: &mut Sim) -> (SimAgent, Vec<Sent>) {
     let mut agent = new_agent();
     let mut sent = Vec::new();
-    agent.boot(0, &mut sim.platform());
+    agent.boot(0, &mut sim.platform()).expect("boot");
     accept(&mut agent, sim, 100);
     drain(&mut agent, 100, &mut sent);
     (agent, sent)

@@ -210,7 +210,7 @@ pub(crate) async fn demo(
                 let _ = stop_rx.await;
             })
             .await?;
-            Ok::<_, lanyard_std::transport::TransportError>(d)
+            Ok::<_, lanyard_std::driver::StartError>(d)
         }));
     }
     drop(ev_tx);
