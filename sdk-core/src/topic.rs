@@ -28,16 +28,20 @@ pub enum AppTopic {
     Document,
     /// Host → app: the reason an update was refused (UTF-8 text).
     Rejected,
+    /// Operator → host: accept a decommissioned device again (a client
+    /// token as CBOR text; answered on [`AppTopic::DesiredAnswer`]).
+    Reprovision,
 }
 
 impl AppTopic {
     /// Every app topic.
-    pub const ALL: [AppTopic; 5] = [
+    pub const ALL: [AppTopic; 6] = [
         AppTopic::SetDesired,
         AppTopic::DesiredAnswer,
         AppTopic::Get,
         AppTopic::Document,
         AppTopic::Rejected,
+        AppTopic::Reprovision,
     ];
 
     /// The last levels of its topic.
@@ -48,6 +52,7 @@ impl AppTopic {
             AppTopic::Get => "shadow/get",
             AppTopic::Document => "shadow/document",
             AppTopic::Rejected => "shadow/rejected",
+            AppTopic::Reprovision => "operator/reprovision",
         }
     }
 }

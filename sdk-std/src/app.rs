@@ -6,7 +6,7 @@ use std::collections::VecDeque;
 use std::time::Duration;
 
 use lanyard_core::agent::messages::{
-    Ack, AckReason, AckStatus, Command, Encodable, MessageKind, Telemetry, topic,
+    Ack, AckReason, AckStatus, Command, Encodable, MessageKind, Telemetry,
 };
 use lanyard_core::agent::platform::RejectReason;
 use lanyard_core::shadow::{ConflictPolicy, Path, StateTree};
@@ -251,6 +251,34 @@ impl<T: Transport> AppClient<T> {
             .map_err(AppError::Codec)
     }
 
+    /// Accepts decommissioned `device` again (an operator's act: the
+    /// broker's ACL lets only operator identities write the topic), so
+    /// that it may register anew. Waits up to `timeout` for the host's
+    /// answer; [`AppError::Rejected`] when the device is not decommissioned.
+    pub async fn reprovision(&mut self, device: &str, timeout: Duration) -> Result<(), AppError> {
+        self.next_id += 1;
+        let token = format!("op-{}", self.next_id);
+        let t = device_topic(device, Topic::App(AppTopic::Reprovision))?;
+        let mut payload = Vec::new();
+        // Encoding into a Vec cannot fail.
+        let _ = minicbor::encode(token.as_str(), &mut payload);
+        self.transport
+            .publish(&t, &payload, Qos::AtLeastOnce)
+            .await?;
+        let answers = device_topic(device, Topic::App(AppTopic::DesiredAnswer))?;
+        let deadline = tokio::time::Instant::now() + timeout;
+        loop {
+            let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+            let (_, payload) = self.wait_for(left, |t| t == answers).await?;
+            match DesiredAnswer::decode(&payload) {
+                Some(a) if a.token == token => {
+                    return a.outcome.map(|_| ()).map_err(AppError::Rejected);
+                }
+                _ => continue,
+            }
+        }
+    }
+
     /// Sends a command and waits for its final acknowledgement.
     pub async fn command(
         &mut self,
@@ -271,14 +299,11 @@ impl<T: Transport> AppClient<T> {
         };
         let mut buf = vec![0u8; 1024];
         let n = cmd.encode(&mut buf).map_err(AppError::Codec)?;
+        let cmd_topic = device_topic(device, Topic::Device(MessageKind::Command))?;
         self.transport
-            .publish(
-                &topic(device, MessageKind::Command),
-                &buf[..n],
-                Qos::AtLeastOnce,
-            )
+            .publish(&cmd_topic, &buf[..n], Qos::AtLeastOnce)
             .await?;
-        let ack_topic = topic(device, MessageKind::Ack).to_string();
+        let ack_topic = device_topic(device, Topic::Device(MessageKind::Ack))?;
         let deadline = tokio::time::Instant::now() + timeout;
         loop {
             let left = deadline.saturating_duration_since(tokio::time::Instant::now());

@@ -154,12 +154,23 @@ fn one(bytes: &[u8], kind: MessageKind) -> Result<Json, String> {
 
 /// Parses hex text (spaces and newlines allowed).
 pub fn parse_hex(text: &str) -> Result<Vec<u8>, String> {
-    let digits: String = text.chars().filter(|c| !c.is_whitespace()).collect();
+    let digits: Vec<(usize, char)> = text
+        .chars()
+        .enumerate()
+        .filter(|(_, c)| !c.is_whitespace())
+        .collect();
+    if let Some((at, c)) = digits.iter().find(|(_, c)| !c.is_ascii_hexdigit()) {
+        return Err(format!("not a hex digit at character {at}: {c:?}"));
+    }
     if !digits.len().is_multiple_of(2) {
         return Err("odd number of hex digits".into());
     }
-    (0..digits.len())
-        .step_by(2)
-        .map(|i| u8::from_str_radix(&digits[i..i + 2], 16).map_err(|_| format!("not hex at {i}")))
-        .collect()
+    Ok(digits
+        .chunks(2)
+        .map(|pair| {
+            // Both are ASCII hex digits, checked above.
+            let nibble = |c: char| c.to_digit(16).unwrap_or(0) as u8;
+            nibble(pair[0].1) << 4 | nibble(pair[1].1)
+        })
+        .collect())
 }

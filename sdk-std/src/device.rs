@@ -336,9 +336,14 @@ impl DeviceBuilder {
         let agent = std_agent_with_capacity::<M, L, B>(self.mac, self.firmware);
         let mut broker = self.broker;
         broker.client_id = agent.device_id().to_owned();
-        if self.tenant.is_some() {
-            broker.username = self.tenant.clone();
-        }
+        // The device's identity, as the ACL knows it: a broker that takes
+        // the user name from the certificate (`lanyard broker-config`)
+        // replaces it with the certificate's common name, which must be the
+        // same.
+        broker.username = Some(match &self.tenant {
+            Some(t) => format!("{t}/{}", agent.device_id()),
+            None => agent.device_id().to_owned(),
+        });
         let platform = StdPlatform {
             storage: Box::new(storage),
             probe: self.platform.probe,

@@ -601,13 +601,21 @@ impl<T: Transport, const M: usize, const L: usize, const B: usize> DeviceDriver<
         Ok(())
     }
 
-    /// Runs until `stop` completes or the transport closes.
+    /// Runs until `stop` completes, the transport closes, or the device
+    /// is decommissioned (then its final acknowledgement and lifecycle
+    /// event are delivered, for up to five seconds, before it returns: a
+    /// decommissioned device has nothing more to do, and does not start
+    /// again).
     pub async fn run_until(
         &mut self,
         stop: impl std::future::Future<Output = ()>,
     ) -> Result<(), TransportError> {
         tokio::pin!(stop);
         loop {
+            if self.agent.state() == lanyard_core::agent::lifecycle::LifecycleState::Decommissioned
+            {
+                return self.finish(std::time::Duration::from_secs(5)).await;
+            }
             self.flush().await?;
             let wait = match self.agent.poll_timeout() {
                 Some(at) => self.clock.real_wait_until(at),

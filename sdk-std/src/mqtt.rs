@@ -102,6 +102,18 @@ impl MqttConfig {
     }
 }
 
+/// The largest message payload Lanyard carries (bytes). Larger ones are
+/// dropped on receipt, acknowledged and counted
+/// ([`MqttStats::oversize_dropped`]), and the broker configuration Lanyard
+/// generates ([`crate::acl::mosquitto_conf`]) refuses them at the broker.
+pub const MAX_PAYLOAD: usize = 256 * 1024;
+
+/// The largest MQTT packet the client reads before it must drop the
+/// connection: well above [`MAX_PAYLOAD`], so that a message a broker
+/// without Lanyard's limit accepts is still read and dropped rather than
+/// cutting the connection (and coming back, redelivered, for ever).
+const MAX_INCOMING_PACKET: usize = 16 * 1024 * 1024;
+
 /// Counters of the connection.
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
 pub struct MqttStats {
@@ -109,6 +121,17 @@ pub struct MqttStats {
     pub reconnects: u64,
     /// Connection attempts that failed.
     pub failed_attempts: u64,
+    /// Messages over [`MAX_PAYLOAD`] dropped on receipt.
+    pub oversize_dropped: u64,
+}
+
+/// A received QoS 1 message not yet acknowledged to the broker, and the
+/// connection it came on: an acknowledgement belongs to that connection
+/// only (after a reconnection the broker sends the message again, and its
+/// packet id may name another message by then).
+struct Unacked {
+    publish: rumqttc::Publish,
+    connection: u64,
 }
 
 /// An MQTT connection.
@@ -117,7 +140,13 @@ pub struct MqttTransport {
     /// `None` until the first connection attempt ends; then whether it
     /// succeeded (or why not). Later losses are retried silently.
     first: watch::Receiver<Option<Result<(), String>>>,
-    rx: mpsc::UnboundedReceiver<TransportEvent>,
+    rx: mpsc::UnboundedReceiver<(TransportEvent, Option<Unacked>)>,
+    /// The message last handed out by `recv`, acknowledged when `recv` is
+    /// called again (the caller has handled it by then).
+    unacked: Option<Unacked>,
+    /// Counts connections: an acknowledgement is sent only on the
+    /// connection its message came on.
+    connection: Arc<AtomicU64>,
     filters: Arc<Mutex<Vec<String>>>,
     stats: Arc<Mutex<MqttStats>>,
     delivery: Arc<Delivery>,
@@ -154,7 +183,10 @@ impl MqttTransport {
         if let Some(user) = &config.username {
             opts.set_credentials(user.clone(), "");
         }
-        opts.set_max_packet_size(256 * 1024, 256 * 1024);
+        opts.set_max_packet_size(MAX_INCOMING_PACKET, MAX_PAYLOAD + 1024);
+        // A message is acknowledged to the broker only once handled (see
+        // `recv`): a process killed before that gets it again.
+        opts.set_manual_acks(true);
         if let Some(tls) = config.tls.clone() {
             opts.set_transport(rumqttc::Transport::Tls(tls));
         }
@@ -169,24 +201,38 @@ impl MqttTransport {
         let filters: Arc<Mutex<Vec<String>>> = Arc::default();
         let stats: Arc<Mutex<MqttStats>> = Arc::default();
         let delivery: Arc<Delivery> = Arc::default();
+        let connection: Arc<AtomicU64> = Arc::default();
         let task = {
             let (client, filters, stats) = (client.clone(), filters.clone(), stats.clone());
-            let delivery = delivery.clone();
+            let (delivery, connection) = (delivery.clone(), connection.clone());
             tokio::spawn(async move {
                 let mut connected_before = false;
                 let mut attempt: u32 = 0;
                 loop {
                     match eventloop.poll().await {
                         Ok(Event::Incoming(Packet::Publish(p))) => {
+                            if p.payload.len() > MAX_PAYLOAD {
+                                // Dropped for good: acknowledged, so the
+                                // broker does not send it again.
+                                stats.lock().expect("stats").oversize_dropped += 1;
+                                tracing::warn!(topic = %p.topic, bytes = p.payload.len(), "oversize message dropped");
+                                let _ = client.try_ack(&p);
+                                continue;
+                            }
                             let ev = TransportEvent::Message {
-                                topic: p.topic,
+                                topic: p.topic.clone(),
                                 payload: p.payload.to_vec(),
                             };
-                            if tx.send(ev).is_err() {
+                            let unacked = (p.qos != QoS::AtMostOnce).then(|| Unacked {
+                                publish: p,
+                                connection: connection.load(Ordering::Acquire),
+                            });
+                            if tx.send((ev, unacked)).is_err() {
                                 return;
                             }
                         }
                         Ok(Event::Incoming(Packet::ConnAck(_))) => {
+                            connection.fetch_add(1, Ordering::AcqRel);
                             attempt = 0;
                             first_tx.send_replace(Some(Ok(())));
                             // Restore subscriptions (the broker may have lost
@@ -196,7 +242,7 @@ impl MqttTransport {
                             }
                             if connected_before {
                                 stats.lock().expect("stats").reconnects += 1;
-                                if tx.send(TransportEvent::Reconnected).is_err() {
+                                if tx.send((TransportEvent::Reconnected, None)).is_err() {
                                     return;
                                 }
                             }
@@ -236,6 +282,8 @@ impl MqttTransport {
             client,
             first,
             rx,
+            unacked: None,
+            connection,
             filters,
             stats,
             delivery,
@@ -268,9 +316,21 @@ impl MqttTransport {
         *self.stats.lock().expect("stats")
     }
 
+    /// Acknowledges the message `recv` handed out last, if it came on the
+    /// current connection (the caller is done with it).
+    fn ack_handled(&mut self) {
+        if let Some(u) = self.unacked.take() {
+            if u.connection == self.connection.load(Ordering::Acquire) {
+                let _ = self.client.try_ack(&u.publish);
+            }
+        }
+    }
+
     /// Disconnects cleanly, after waiting up to a second for what was
-    /// published to be delivered.
+    /// published to be delivered (and acknowledging the last message
+    /// received: it has been handled).
     pub async fn disconnect(mut self) {
+        self.ack_handled();
         let _ = self.flush(Duration::from_secs(1)).await;
         let _ = self.client.disconnect().await;
         self.task.abort();
@@ -318,8 +378,16 @@ impl Transport for MqttTransport {
         Ok(())
     }
 
+    /// The next event. A QoS 1 message is acknowledged to the broker when
+    /// `recv` is called again, not when it arrives: what the caller was
+    /// handling when it died is sent again by the broker (at least once
+    /// across crashes). A message is safe to receive twice: updates carry
+    /// versions and timestamps, commands ids.
     async fn recv(&mut self) -> Result<TransportEvent, TransportError> {
-        self.rx.recv().await.ok_or(TransportError::Closed)
+        self.ack_handled();
+        let (ev, unacked) = self.rx.recv().await.ok_or(TransportError::Closed)?;
+        self.unacked = unacked;
+        Ok(ev)
     }
 
     fn acknowledged(&self) -> u64 {

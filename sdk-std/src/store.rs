@@ -4,12 +4,58 @@
 //! the disk (`fsync`), then renamed over the old file, and the directory is
 //! flushed so the rename itself survives a power cut. A reader therefore
 //! sees the old record or the new one, never a mix.
+//!
+//! Every record is [sealed](seal) with a CRC-32, so that damage done
+//! outside Lanyard (a disk error, a truncated copy, a flipped bit) is found
+//! when the record is read instead of being taken for state.
 
 use std::fs;
 use std::io::{self, Write};
 use std::path::{Path, PathBuf};
 
 use lanyard_core::agent::platform::{Storage, StorageError, StorageSlot};
+
+const SEAL_MAGIC: &[u8; 4] = b"LYR1";
+
+/// `data` with a header that lets [`unseal`] find damage: `LYR1`, the
+/// CRC-32 (ISO-HDLC, little-endian) of `data`, then `data`.
+pub fn seal(data: &[u8]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(data.len() + 8);
+    out.extend_from_slice(SEAL_MAGIC);
+    out.extend_from_slice(&CRC32.checksum(data).to_le_bytes());
+    out.extend_from_slice(data);
+    out
+}
+
+const CRC32: crc::Crc<u32> = crc::Crc::<u32>::new(&crc::CRC_32_ISO_HDLC);
+
+/// A stored record whose checksum does not match its bytes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Damaged;
+
+impl std::fmt::Display for Damaged {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("damaged record (checksum mismatch)")
+    }
+}
+
+impl std::error::Error for Damaged {}
+
+/// The record [`seal`] made, checked. A record without the header (written
+/// before records were sealed) is returned as it is: it is sealed the next
+/// time it is written, and its own decoding is its only check until then.
+pub fn unseal(bytes: &[u8]) -> Result<&[u8], Damaged> {
+    let Some(rest) = bytes.strip_prefix(SEAL_MAGIC) else {
+        return Ok(bytes);
+    };
+    let (crc, data) = rest.split_at_checked(4).ok_or(Damaged)?;
+    let crc = u32::from_le_bytes(crc.try_into().map_err(|_| Damaged)?);
+    if CRC32.checksum(data) == crc {
+        Ok(data)
+    } else {
+        Err(Damaged)
+    }
+}
 
 /// Writes `data` to `path` atomically (temporary file, fsync, rename,
 /// directory fsync).
@@ -64,7 +110,8 @@ impl FileStore {
         &self.dir
     }
 
-    fn path(&self, slot: StorageSlot) -> PathBuf {
+    /// The file of `slot`.
+    pub fn path(&self, slot: StorageSlot) -> PathBuf {
         self.dir.join(match slot {
             StorageSlot::AgentState => "agent-state.cbor",
             StorageSlot::Credentials => "credentials.bin",
@@ -72,21 +119,31 @@ impl FileStore {
     }
 }
 
+/// The file store's records are sealed ([`seal`]). A damaged record is
+/// left where it is and reported ([`StorageError::Corrupt`], logged with
+/// its path): the agent then refuses to start rather than start over, and
+/// the file is there to inspect. Removing it (or `lanyard device
+/// --reprovision`) starts the device as new.
 impl Storage for FileStore {
     fn load(&mut self, slot: StorageSlot, buf: &mut [u8]) -> Result<usize, StorageError> {
-        match fs::read(self.path(slot)) {
-            Ok(data) if data.len() > buf.len() => Err(StorageError::TooLarge),
-            Ok(data) => {
-                buf[..data.len()].copy_from_slice(&data);
-                Ok(data.len())
-            }
-            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(0),
-            Err(_) => Err(StorageError::Io),
-        }
+        let path = self.path(slot);
+        let bytes = match fs::read(&path) {
+            Ok(bytes) => bytes,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(0),
+            Err(_) => return Err(StorageError::Io),
+        };
+        let data = unseal(&bytes).map_err(|_| {
+            #[cfg(feature = "runtime")]
+            tracing::error!(file = %path.display(), "stored record damaged (checksum mismatch); left in place for inspection");
+            StorageError::Corrupt
+        })?;
+        let to = buf.get_mut(..data.len()).ok_or(StorageError::TooLarge)?;
+        to.copy_from_slice(data);
+        Ok(data.len())
     }
 
     fn store(&mut self, slot: StorageSlot, data: &[u8]) -> Result<(), StorageError> {
-        write_atomic(&self.path(slot), data).map_err(|_| StorageError::Io)
+        write_atomic(&self.path(slot), &seal(data)).map_err(|_| StorageError::Io)
     }
 
     fn wipe(&mut self) -> Result<(), StorageError> {

@@ -49,6 +49,10 @@ pub enum TransportError {
     /// The MQTT client could not take the request (its connection task is
     /// gone), as it describes it.
     Client(String),
+    /// The broker takes this client's subscriptions but delivers nothing on
+    /// them (what a broker does when its ACL does not let the client's user
+    /// name read them): the topics that stayed silent.
+    NotDelivering(String),
 }
 
 impl std::fmt::Display for TransportError {
@@ -59,6 +63,12 @@ impl std::fmt::Display for TransportError {
             TransportError::NotDelivered => f.write_str("publishes not delivered in time"),
             TransportError::Refused(why) => write!(f, "connection refused: {why}"),
             TransportError::Client(why) => write!(f, "MQTT client failed: {why}"),
+            TransportError::NotDelivering(topics) => write!(
+                f,
+                "the broker accepted the subscriptions but delivered nothing on {topics}: \
+                 its ACL must let this client's user name read and write them \
+                 (see `lanyard acl`: the user names given there as trusted)"
+            ),
         }
     }
 }

@@ -5,21 +5,22 @@
 //! too. [`TwinHost::handle`] is message in, publishes out, so it runs over
 //! any transport ([`run_twin`] drives it over one) and tests need no broker.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::io;
 use std::path::{Path, PathBuf};
 
 use lanyard_core::agent::config::DeviceConfig;
+use lanyard_core::agent::lifecycle::LifecycleState;
 use lanyard_core::agent::messages::{
-    Encodable, MessageKind, Register, RegisterAccepted, ShadowCapacity, TOPIC_PREFIX, topic,
-    valid_device_id,
+    Encodable, LifecycleEvent, MessageKind, Register, RegisterAccepted, ShadowCapacity,
+    TOPIC_PREFIX, topic, valid_device_id,
 };
 use lanyard_core::shadow::{ConflictPolicy, FleetPolicies, Shadow};
 use lanyard_core::topic::{AppTopic, Topic, filter, topic_of_key};
 use lanyard_core::wire::{ShadowDelta, ShadowUpdate};
 
 use crate::aws_json;
-use crate::store::write_atomic;
+use crate::store::{seal, unseal, write_atomic};
 use crate::transport::{Qos, Transport, TransportError, TransportEvent};
 
 /// Leaves per tree of a hosted shadow.
@@ -87,12 +88,57 @@ impl DesiredAnswer {
 }
 
 /// The topics a twin host acts on, of every device.
-const HOST_TOPICS: [Topic; 4] = [
+const HOST_TOPICS: [Topic; 6] = [
     Topic::Device(MessageKind::Register),
     Topic::Device(MessageKind::ShadowUpdate),
+    // Only to learn that a device decommissioned itself.
+    Topic::Device(MessageKind::Lifecycle),
     Topic::App(AppTopic::SetDesired),
     Topic::App(AppTopic::Get),
+    Topic::App(AppTopic::Reprovision),
 ];
+
+/// Limits that keep one misbehaving device (or a flood of made-up ones)
+/// from exhausting the host. What goes over a limit is refused, counted
+/// ([`TwinStats`], and the metrics) and logged; nothing is created for it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct TwinLimits {
+    /// Devices registered at most (a shadow each, about 40 KB of memory).
+    pub max_devices: usize,
+    /// Devices registered at most per tenant (hosts that serve tenants).
+    pub max_devices_per_tenant: usize,
+    /// Messages per second a device may send the host (registrations and
+    /// shadow updates), sustained.
+    pub device_messages_per_s: u32,
+    /// Messages a device may send at once above that rate.
+    pub device_burst: u32,
+    /// Largest message the host reads (bytes); the largest shadow document
+    /// it writes is 64 KiB.
+    pub max_message: usize,
+}
+
+impl Default for TwinLimits {
+    fn default() -> Self {
+        TwinLimits {
+            max_devices: 100_000,
+            max_devices_per_tenant: 100_000,
+            device_messages_per_s: 20,
+            device_burst: 40,
+            max_message: 64 * 1024,
+        }
+    }
+}
+
+/// A device's allowance of messages (a token bucket).
+#[derive(Debug, Clone, Copy)]
+struct Allowance {
+    tokens: f64,
+    at_ms: u64,
+}
+
+/// A client token of an AWS request may be at most this long (the AWS IoT
+/// limit); a longer one is refused, not echoed.
+const MAX_CLIENT_TOKEN: usize = 64;
 
 /// What the host subscribes to; `aws` adds the `$aws/things/...` topics
 /// (some brokers, rumqttd among them, refuse filters starting with `$`).
@@ -139,6 +185,25 @@ pub struct TwinStats {
     pub deltas: u64,
     /// Conflicts, by policy (`ConflictPolicy::ALL` order).
     pub conflicts: [u64; 4],
+    /// Writes on the wrong side: desired state from a device's own topic,
+    /// reported state from an app's.
+    pub wrong_direction: u64,
+    /// Messages about devices that never registered (nothing is created
+    /// for them).
+    pub unregistered: u64,
+    /// Registrations refused over [`TwinLimits::max_devices`] or
+    /// [`TwinLimits::max_devices_per_tenant`].
+    pub over_device_limit: u64,
+    /// Device messages dropped over the device's rate.
+    pub rate_limited: u64,
+    /// Messages over [`TwinLimits::max_message`] dropped.
+    pub oversize: u64,
+    /// Messages from or about decommissioned devices refused.
+    pub decommissioned_refused: u64,
+    /// Devices decommissioned.
+    pub decommissioned: u64,
+    /// Stored shadows found damaged at start and set aside.
+    pub damaged_records: u64,
 }
 
 /// The shadows of a fleet.
@@ -159,6 +224,12 @@ pub struct TwinHost {
     /// What each device said it holds when it registered (not persisted:
     /// learnt again at the next registration).
     capacities: HashMap<String, ShadowCapacity>,
+    limits: TwinLimits,
+    /// Each registered device's message allowance.
+    allowances: HashMap<String, Allowance>,
+    /// Devices decommissioned (persisted as a marker file each): nothing
+    /// of theirs is accepted until an operator re-provisions them.
+    decommissioned: HashSet<String>,
 }
 
 impl TwinHost {
@@ -175,7 +246,16 @@ impl TwinHost {
             capacities: HashMap::new(),
             policies: FleetPolicies::default(),
             boots: HashMap::new(),
+            limits: TwinLimits::default(),
+            allowances: HashMap::new(),
+            decommissioned: HashSet::new(),
         }
+    }
+
+    /// Enforces `limits` instead of the defaults.
+    pub fn with_limits(mut self, limits: TwinLimits) -> Self {
+        self.limits = limits;
+        self
     }
 
     /// Serves tenants' namespaces (`lanyard/v1/{tenant}/{device-id}/...`)
@@ -205,7 +285,12 @@ impl TwinHost {
     }
 
     /// A host that persists every shadow in `dir` (one file per device,
-    /// written atomically) and loads those already there.
+    /// written atomically and sealed with a checksum) and loads those
+    /// already there. A damaged file does not stop the host: it is moved to
+    /// `{dir}/.damaged/`, logged as an error and counted, and its device
+    /// keeps its registration with an empty shadow (the device's next
+    /// report fills the reported side again; desired state set before is
+    /// lost and must be set again).
     pub fn open(dir: impl Into<PathBuf>, fleet_config: DeviceConfig) -> io::Result<Self> {
         let dir = dir.into();
         std::fs::create_dir_all(&dir)?;
@@ -224,25 +309,45 @@ impl TwinHost {
             }
         }
         for (tenant, path) in files {
-            let (Some(stem), Some("cbor")) = (
+            let (Some(stem), Some(ext)) = (
                 path.file_stem().and_then(|s| s.to_str()),
                 path.extension().and_then(|s| s.to_str()),
             ) else {
                 continue;
             };
+            if !valid_device_id(stem) {
+                continue;
+            }
             let key = match tenant {
                 Some(t) => format!("{t}/{stem}"),
                 None => stem.to_owned(),
             };
+            match ext {
+                "cbor" => {}
+                "decommissioned" => {
+                    host.decommissioned.insert(key);
+                    continue;
+                }
+                _ => continue,
+            }
             let bytes = std::fs::read(&path)?;
-            let shadow = Box::new(TwinShadow::decode(&bytes, host.policies.default).map_err(
-                |e| {
-                    io::Error::new(
-                        io::ErrorKind::InvalidData,
-                        format!("{}: {e}", path.display()),
-                    )
-                },
-            )?);
+            let decoded = unseal(&bytes).map_err(|e| e.to_string()).and_then(|b| {
+                TwinShadow::decode(b, host.policies.default).map_err(|e| e.to_string())
+            });
+            let shadow = match decoded {
+                Ok(s) => Box::new(s),
+                Err(why) => {
+                    host.stats.damaged_records += 1;
+                    let aside = set_aside(&dir, &path)?;
+                    tracing::error!(
+                        file = %path.display(),
+                        moved_to = %aside.display(),
+                        error = %why,
+                        "damaged shadow set aside; the device keeps its registration with an empty shadow"
+                    );
+                    Box::new(TwinShadow::new(host.policies.default))
+                }
+            };
             // The fleet's policies are set on every shadow by
             // `with_policies`, on those loaded here too.
             host.shadows.insert(key, shadow);
@@ -257,7 +362,9 @@ impl TwinHost {
         self
     }
 
-    fn export(&self) {
+    /// Writes the counters to the metrics given to
+    /// [`TwinHost::with_metrics`] ([`run_twin`] does after every message).
+    pub fn export(&self) {
         let Some(m) = &self.metrics else { return };
         let s = self.stats;
         m.set(
@@ -302,6 +409,33 @@ impl TwinHost {
             vec![],
             s.deltas as f64,
         );
+        for (reason, n) in [
+            ("wrong_direction", s.wrong_direction),
+            ("unregistered", s.unregistered),
+            ("over_device_limit", s.over_device_limit),
+            ("rate_limited", s.rate_limited),
+            ("oversize", s.oversize),
+            ("decommissioned", s.decommissioned_refused),
+        ] {
+            m.set_total(
+                "lanyard_twin_refused_total",
+                "Messages refused, by reason",
+                vec![("reason", reason.into())],
+                n as f64,
+            );
+        }
+        m.set_total(
+            "lanyard_twin_decommissioned_total",
+            "Devices decommissioned",
+            vec![],
+            s.decommissioned as f64,
+        );
+        m.set_total(
+            "lanyard_twin_damaged_records_total",
+            "Stored shadows found damaged and set aside",
+            vec![],
+            s.damaged_records as f64,
+        );
         for (p, n) in ConflictPolicy::ALL.iter().zip(s.conflicts) {
             m.set_total(
                 "lanyard_twin_conflicts_total",
@@ -327,6 +461,8 @@ impl TwinHost {
         self.shadows.keys().map(String::as_str)
     }
 
+    /// The shadow of a registered device. Shadows are made by registration
+    /// only ([`TwinHost::register`]); every other way in checks first.
     fn shadow_mut(&mut self, id: &str) -> &mut TwinShadow {
         let policies = &self.policies;
         self.shadows.entry(id.to_owned()).or_insert_with(|| {
@@ -336,6 +472,73 @@ impl TwinHost {
             let _ = policies.apply_to(&mut s);
             s
         })
+    }
+
+    /// Whether device `key` is decommissioned (nothing of it is accepted
+    /// until [`TwinHost::reprovision`]).
+    pub fn is_decommissioned(&self, key: &str) -> bool {
+        self.decommissioned.contains(key)
+    }
+
+    /// Accepts decommissioned device `key` again: it may register anew
+    /// (with a new shadow). `false` when it was not decommissioned.
+    pub fn reprovision(&mut self, key: &str) -> bool {
+        if !self.decommissioned.remove(key) {
+            return false;
+        }
+        if let Some(dir) = &self.dir {
+            let _ = std::fs::remove_file(marker_file(dir, key));
+        }
+        tracing::info!(device = key, "device re-provisioned");
+        true
+    }
+
+    /// Device `key` decommissioned itself: its shadow and everything known
+    /// of it go; a marker keeps the fact across restarts.
+    fn retire(&mut self, now_ms: u64, key: &str) {
+        self.shadows.remove(key);
+        self.capacities.remove(key);
+        self.boots.remove(key);
+        self.allowances.remove(key);
+        self.decommissioned.insert(key.to_owned());
+        self.stats.decommissioned += 1;
+        if let Some(dir) = &self.dir {
+            let _ = std::fs::remove_file(shadow_file(dir, key));
+            let marker = marker_file(dir, key);
+            let written = match marker.parent() {
+                Some(parent) => std::fs::create_dir_all(parent),
+                None => Ok(()),
+            }
+            .and_then(|()| write_atomic(&marker, now_ms.to_string().as_bytes()));
+            if let Err(e) = written {
+                tracing::error!(device = key, error = %e, "could not record decommissioning");
+            }
+        }
+        tracing::info!(device = key, "device decommissioned");
+    }
+
+    /// Takes one message from device `key`'s allowance; `false` (counted)
+    /// when it has none left. Devices not registered have no allowance
+    /// kept for them (their messages are refused or bounded otherwise).
+    fn allow(&mut self, now_ms: u64, key: &str) -> bool {
+        let (rate, burst) = (
+            f64::from(self.limits.device_messages_per_s),
+            f64::from(self.limits.device_burst.max(1)),
+        );
+        let Some(a) = self.allowances.get_mut(key) else {
+            return true;
+        };
+        let elapsed = now_ms.saturating_sub(a.at_ms) as f64 / 1000.0;
+        a.tokens = (a.tokens + elapsed * rate).min(burst);
+        a.at_ms = now_ms;
+        if a.tokens >= 1.0 {
+            a.tokens -= 1.0;
+            true
+        } else {
+            self.stats.rate_limited += 1;
+            tracing::debug!(device = key, "message over the device's rate dropped");
+            false
+        }
     }
 
     /// Settles conflicts with `policies`, on the shadows it has and the
@@ -360,7 +563,7 @@ impl TwinHost {
                     Some(parent) => std::fs::create_dir_all(parent),
                     None => Ok(()),
                 }
-                .and_then(|()| write_atomic(&path, &buf[..n]));
+                .and_then(|()| write_atomic(&path, &seal(&buf[..n])));
                 if let Err(e) = written {
                     tracing::error!(device = id, error = %e, "could not persist shadow");
                 }
@@ -378,6 +581,15 @@ impl TwinHost {
 
     /// Handles one message; returns what to publish.
     pub fn handle(&mut self, now_ms: u64, topic_name: &str, payload: &[u8]) -> Vec<Publish> {
+        if payload.len() > self.limits.max_message {
+            self.stats.oversize += 1;
+            tracing::warn!(
+                topic = topic_name,
+                bytes = payload.len(),
+                "oversize message dropped"
+            );
+            return Vec::new();
+        }
         if let Some(rest) = topic_name.strip_prefix("$aws/things/") {
             if self.tenants.is_some() {
                 return Vec::new();
@@ -413,19 +625,50 @@ impl TwinHost {
                 (format!("{tenant}/{id}"), id, suffix)
             }
         };
+        // Also what keeps the host's own start-up probes (a reserved id)
+        // from being acted on.
         if !valid_device_id(id) {
             return Vec::new();
         }
+        let Some(t) = Topic::from_suffix(suffix) else {
+            return Vec::new();
+        };
         let key = key.as_str();
-        match suffix {
-            s if s == MessageKind::Register.topic_suffix() => {
-                self.register(now_ms, key, id, payload)
-            }
-            s if s == MessageKind::ShadowUpdate.topic_suffix() => {
+        if t == Topic::App(AppTopic::Reprovision) {
+            return self.reprovision_request(key, payload);
+        }
+        if self.decommissioned.contains(key) {
+            self.stats.decommissioned_refused += 1;
+            tracing::debug!(
+                device = key,
+                topic = topic_name,
+                "decommissioned device: refused"
+            );
+            return match t {
+                Topic::App(AppTopic::SetDesired | AppTopic::Get) => {
+                    vec![rejected(key, "the device is decommissioned")]
+                }
+                _ => Vec::new(),
+            };
+        }
+        if matches!(t, Topic::Device(_)) && !self.allow(now_ms, key) {
+            return Vec::new();
+        }
+        match t {
+            Topic::Device(MessageKind::Register) => self.register(now_ms, key, id, payload),
+            Topic::Device(MessageKind::ShadowUpdate) => {
                 self.cbor_update(now_ms, key, payload, false)
             }
-            app_topics::SET_DESIRED => self.cbor_update(now_ms, key, payload, true),
-            app_topics::GET => match self.shadows.get(key) {
+            Topic::Device(MessageKind::Lifecycle) => {
+                if let Ok(ev) = LifecycleEvent::decode(payload) {
+                    if ev.to == LifecycleState::Decommissioned && self.shadows.contains_key(key) {
+                        self.retire(now_ms, key);
+                    }
+                }
+                Vec::new()
+            }
+            Topic::App(AppTopic::SetDesired) => self.cbor_update(now_ms, key, payload, true),
+            Topic::App(AppTopic::Get) => match self.shadows.get(key) {
                 Some(s) => {
                     let mut buf = vec![0u8; 64 * 1024];
                     match s.encode(&mut buf) {
@@ -443,7 +686,34 @@ impl TwinHost {
         }
     }
 
-    /// A registration of device `id`, known here as `key`.
+    /// An operator's request to accept decommissioned device `key` again:
+    /// the payload is a client token (CBOR text), answered on the answer
+    /// topic.
+    fn reprovision_request(&mut self, key: &str, payload: &[u8]) -> Vec<Publish> {
+        let Ok(token) = minicbor::decode::<&str>(payload) else {
+            return vec![rejected(
+                key,
+                "a re-provisioning request is a client token (CBOR text)",
+            )];
+        };
+        let outcome = if self.reprovision(key) {
+            Ok(0)
+        } else {
+            Err("the device is not decommissioned".to_owned())
+        };
+        vec![Publish {
+            topic: app_topic(key, AppTopic::DesiredAnswer),
+            payload: DesiredAnswer {
+                token: token.to_owned(),
+                outcome,
+            }
+            .encode(),
+            qos: Qos::AtLeastOnce,
+        }]
+    }
+
+    /// A registration of device `id`, known here as `key`: the only way a
+    /// shadow is made, within the device limits.
     fn register(&mut self, now_ms: u64, key: &str, id: &str, payload: &[u8]) -> Vec<Publish> {
         let Ok(reg) = Register::decode(payload) else {
             self.stats.rejected += 1;
@@ -452,6 +722,20 @@ impl TwinHost {
         if reg.device_id != id {
             self.stats.rejected += 1;
             return Vec::new();
+        }
+        if !self.shadows.contains_key(key) {
+            if let Some(why) = self.over_device_limit(key) {
+                self.stats.over_device_limit += 1;
+                tracing::warn!(device = key, "registration refused: {why}");
+                return Vec::new();
+            }
+            self.allowances.insert(
+                key.to_owned(),
+                Allowance {
+                    tokens: f64::from(self.limits.device_burst),
+                    at_ms: now_ms,
+                },
+            );
         }
         // A device registers once per boot; the same boot again is a
         // retry that crossed the answer (answered again, counted apart).
@@ -479,6 +763,31 @@ impl TwinHost {
         vec![encoded(key, MessageKind::RegisterAccepted, &accepted)]
     }
 
+    /// Why a new device `key` may not register, if a limit says so.
+    fn over_device_limit(&self, key: &str) -> Option<String> {
+        if self.shadows.len() >= self.limits.max_devices {
+            return Some(format!(
+                "the host serves its limit of {} devices",
+                self.limits.max_devices
+            ));
+        }
+        let (tenant, _) = key.split_once('/')?;
+        let prefix = format!("{tenant}/");
+        // Counted when a new device asks, not kept: registrations of new
+        // devices are rare next to their messages.
+        let n = self
+            .shadows
+            .keys()
+            .filter(|k| k.starts_with(&prefix))
+            .count();
+        (n >= self.limits.max_devices_per_tenant).then(|| {
+            format!(
+                "tenant {tenant} has its limit of {} devices",
+                self.limits.max_devices_per_tenant
+            )
+        })
+    }
+
     /// A CBOR update from the device itself or, `from_app`, from an app.
     fn cbor_update(
         &mut self,
@@ -487,6 +796,19 @@ impl TwinHost {
         payload: &[u8],
         from_app: bool,
     ) -> Vec<Publish> {
+        if !self.shadows.contains_key(id) {
+            // Nothing is made for a device that never registered.
+            self.stats.unregistered += 1;
+            tracing::debug!(
+                device = id,
+                "update for a device that has not registered: refused"
+            );
+            return if from_app {
+                vec![rejected(id, "unknown device: it has not registered")]
+            } else {
+                Vec::new()
+            };
+        }
         let mut update: Box<TwinUpdate> = Box::new(ShadowUpdate::new(0));
         if let Err(e) = update.decode_into(payload) {
             self.stats.rejected += 1;
@@ -504,16 +826,39 @@ impl TwinHost {
                 qos: Qos::AtLeastOnce,
             })
         };
+        // Each side writes its own half: a device its reported state (and
+        // its refusals), an app its desired state. Anything else is refused
+        // whole, so that neither can set what the other one owns.
+        let wrong = if from_app {
+            (update.reported.is_some() || update.rejected.is_some())
+                .then_some("an app writes desired state only")
+        } else {
+            update
+                .desired
+                .is_some()
+                .then_some("a device writes reported state only")
+        };
+        if let Some(why) = wrong {
+            self.stats.wrong_direction += 1;
+            tracing::warn!(device = id, from_app, "update refused: {why}");
+            return if from_app {
+                let mut out = vec![rejected(id, why)];
+                out.extend(answer(Err(why.to_owned())));
+                out
+            } else {
+                Vec::new()
+            };
+        }
         // Time comes from the writer (for LatestWins), but never from the
         // future of this host's clock.
         update.timestamp_ms = update.timestamp_ms.min(now_ms);
         // Kept to undo an update whose desired state the device could not
         // hold: only when it could (the common small update cannot, and the
-        // shadow is not copied for it). `Some(None)`: the update makes the
-        // shadow.
+        // shadow is not copied for it).
         let before = self
             .could_exceed_capacity(id, &update)
-            .then(|| self.shadows.get(id).cloned());
+            .then(|| self.shadows.get(id).cloned())
+            .flatten();
         let shadow = self.shadow_mut(id);
         let refused = match update.apply_to(shadow) {
             Err(e) => Some(e.to_string()),
@@ -522,15 +867,8 @@ impl TwinHost {
         };
         if let Some(why) = refused {
             self.stats.rejected += 1;
-            match before {
-                Some(Some(b)) => {
-                    self.shadows.insert(id.to_owned(), b);
-                }
-                // A shadow made by this update goes with it.
-                Some(None) => {
-                    self.shadows.remove(id);
-                }
-                None => {}
+            if let Some(b) = before {
+                self.shadows.insert(id.to_owned(), b);
             }
             let mut out = vec![rejected(id, &why)];
             out.extend(answer(Err(why)));
@@ -617,6 +955,25 @@ impl TwinHost {
             payload: serde_json::to_vec(&doc).unwrap_or_default(),
             qos: Qos::AtLeastOnce,
         };
+        let refuse = |code: u16, message: String| serde_json::json!({"code": code, "message": message, "timestamp": now_ms / 1000});
+        if self.decommissioned.contains(thing) {
+            self.stats.decommissioned_refused += 1;
+            return match op {
+                "update" | "get" | "delete" => vec![json(
+                    &format!("{op}/rejected"),
+                    refuse(403, format!("Thing '{thing}' is decommissioned")),
+                )],
+                _ => Vec::new(),
+            };
+        }
+        if !self.shadows.contains_key(thing) && matches!(op, "update" | "get" | "delete") {
+            // Only registered devices have shadows, whichever way in.
+            self.stats.unregistered += 1;
+            return vec![json(
+                &format!("{op}/rejected"),
+                refuse(404, format!("No shadow exists with name: '{thing}'")),
+            )];
+        }
         match op {
             "update" => {
                 let req = match aws_json::parse_update::<TWIN_LEAVES, TWIN_POOL>(payload) {
@@ -686,6 +1043,17 @@ impl TwinHost {
                             .and_then(|t| t.as_str())
                             .map(String::from)
                     });
+                // Echoed back in the answer: bounded as `update` bounds it.
+                if token.as_ref().is_some_and(|t| t.len() > MAX_CLIENT_TOKEN) {
+                    self.stats.rejected += 1;
+                    return vec![json(
+                        "get/rejected",
+                        refuse(
+                            400,
+                            format!("clientToken longer than {MAX_CLIENT_TOKEN} bytes"),
+                        ),
+                    )];
+                }
                 match self.shadows.get(thing) {
                     Some(s) => match aws_json::get_document(s, now_ms, token.as_deref()) {
                         Ok(doc) => vec![json("get/accepted", doc)],
@@ -700,11 +1068,11 @@ impl TwinHost {
                     )],
                 }
             }
+            // The document is emptied; the device stays registered.
             "delete" => match self.shadows.remove(thing) {
                 Some(s) => {
-                    if let Some(dir) = &self.dir {
-                        let _ = std::fs::remove_file(shadow_file(dir, thing));
-                    }
+                    self.shadow_mut(thing);
+                    self.persist(thing);
                     vec![json(
                         "delete/accepted",
                         serde_json::json!({"version": s.version(), "timestamp": now_ms / 1000}),
@@ -743,8 +1111,18 @@ fn encoded<T: Encodable>(id: &str, kind: MessageKind, m: &T) -> Publish {
     }
 }
 
+/// How long [`run_twin`] waits for its start-up probes to come back.
+pub const PROBE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(5);
+
 /// Runs a host over a transport until the transport closes or `stop`
 /// completes; `aws` serves the AWS IoT topics too.
+///
+/// At start the host publishes a probe on each topic it subscribes to
+/// (under a reserved id no device can have) and fails with
+/// [`TransportError::NotDelivering`] if they have not all come back within
+/// [`PROBE_TIMEOUT`]: a broker whose ACL does not let this client read
+/// those topics accepts the subscription all the same and then delivers
+/// nothing, and devices would retry their registration for ever.
 pub async fn run_twin<T: Transport>(
     host: &mut TwinHost,
     transport: &mut T,
@@ -752,15 +1130,38 @@ pub async fn run_twin<T: Transport>(
     aws: bool,
     stop: impl std::future::Future<Output = ()>,
 ) -> Result<(), TransportError> {
-    for f in host.subscriptions(aws) {
-        transport.subscribe(&f).await?;
+    let filters = host.subscriptions(aws);
+    for f in &filters {
+        transport.subscribe(f).await?;
     }
+    let probe_id = format!(
+        "{}-probe-{}",
+        lanyard_core::topic::RESERVED_PREFIX,
+        clock.now_ms()
+    );
+    let mut probes: HashSet<String> = filters.iter().map(|f| f.replace('+', &probe_id)).collect();
+    for p in &probes {
+        transport.publish(p, b"", Qos::AtLeastOnce).await?;
+    }
+    let probe_deadline = tokio::time::sleep(PROBE_TIMEOUT);
     tokio::pin!(stop);
+    tokio::pin!(probe_deadline);
     loop {
         tokio::select! {
             _ = &mut stop => return Ok(()),
+            _ = &mut probe_deadline, if !probes.is_empty() => {
+                let mut silent: Vec<String> = probes.into_iter().collect();
+                silent.sort();
+                return Err(TransportError::NotDelivering(silent.join(", ")));
+            }
             ev = transport.recv() => {
                 if let TransportEvent::Message { topic, payload } = ev? {
+                    if probes.remove(&topic) {
+                        if probes.is_empty() {
+                            tracing::info!("twin host: the broker delivers all its subscriptions");
+                        }
+                        continue;
+                    }
                     for p in host.handle(clock.now_ms(), &topic, &payload) {
                         transport.publish(&p.topic, &p.payload, p.qos).await?;
                     }
@@ -769,6 +1170,30 @@ pub async fn run_twin<T: Transport>(
             }
         }
     }
+}
+
+/// Where a host records that a device is decommissioned:
+/// `{dir}/{device-id}.decommissioned` (or under its tenant's directory).
+pub fn marker_file(dir: &Path, device: &str) -> PathBuf {
+    dir.join(format!("{device}.decommissioned"))
+}
+
+/// Moves a damaged file to `{dir}/.damaged/`, named after it and the time;
+/// returns where it went.
+fn set_aside(dir: &Path, file: &Path) -> io::Result<PathBuf> {
+    let aside = dir.join(".damaged");
+    std::fs::create_dir_all(&aside)?;
+    let stamp = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis());
+    let name = file
+        .strip_prefix(dir)
+        .unwrap_or(file)
+        .to_string_lossy()
+        .replace('/', "_");
+    let to = aside.join(format!("{name}.{stamp}"));
+    std::fs::rename(file, &to)?;
+    Ok(to)
 }
 
 /// Where a host keeps a device's shadow (the one place that says so):

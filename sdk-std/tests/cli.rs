@@ -27,6 +27,20 @@ fn decode_prints_any_message_as_json_and_refuses_garbage_clearly() {
     let (ok, _, err) = lanyard(&["decode", "abc"]);
     assert!(!ok);
     assert!(err.contains("odd number of hex digits"), "{err}");
+    // A character that is not a hex digit (here one of two bytes in UTF-8)
+    // is a clear error, not a crash.
+    for bad in ["aé0", "é", "a\u{200f}b0", "zz"] {
+        let out = Command::new(env!("CARGO_BIN_EXE_lanyard"))
+            .args(["decode", bad])
+            .output()
+            .unwrap();
+        assert_eq!(out.status.code(), Some(1), "{bad:?}");
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            err.contains("not a hex digit at character"),
+            "{bad:?}: {err}"
+        );
+    }
 }
 
 #[test]
@@ -86,9 +100,26 @@ async fn the_twin_command_serves_prometheus_metrics() {
         Ok::<_, std::io::Error>(body)
     };
     let mut app = MqttTransport::connect(MqttConfig::new("127.0.0.1", broker.port, "app"));
+    let mut register = vec![0u8; 256];
+    let n = lanyard_core::agent::messages::Register {
+        device_id: "t1",
+        firmware: "1",
+        config_version: 0,
+        boot_count: 1,
+        time_ms: 5,
+        resumed: false,
+        capacity: None,
+    }
+    .encode(&mut register)
+    .unwrap();
+    use lanyard_core::agent::messages::Encodable;
     let check = async {
         loop {
-            // Keep sending until the twin is subscribed and has counted it.
+            // Keep sending until the twin is subscribed and has counted it
+            // (only a registered device has a shadow to update).
+            app.publish("lanyard/v1/t1/register", &register[..n], Qos::AtLeastOnce)
+                .await
+                .unwrap();
             app.publish(
                 "$aws/things/t1/shadow/update",
                 br#"{"state":{"desired":{"x":1}}}"#,

@@ -197,9 +197,11 @@ impl Bridge {
             .unwrap_or_else(|| format!("lanyard-py-bridge-{}", std::process::id()));
         let mut config = self.config.clone();
         config.client_id = client_id;
-        if self.tenant.is_some() {
-            config.username = self.tenant.clone();
-        }
+        // The device's identity, as the ACL knows it (`{tenant}/{id}` or `{id}`).
+        config.username = self.device_id.as_ref().map(|d| match &self.tenant {
+            Some(t) => format!("{t}/{d}"),
+            None => d.clone(),
+        });
         let (device_id, tenant) = (self.device_id.clone(), self.tenant.clone());
         let address = address.to_owned();
         let stats = block_on(py, &rt, async move {

@@ -71,6 +71,11 @@ class Decoding(unittest.TestCase):
         with self.assertRaises(ValueError):
             lanyard.decode(ACK, "no-such-type")
 
+    def test_an_int_is_a_type_error_not_that_many_zero_bytes(self):
+        for wrong in (5, 2**40, "a0", None):
+            with self.assertRaises(TypeError):
+                lanyard.decode(wrong)
+
 
 class FramedLink(unittest.TestCase):
     def test_the_documented_frame_is_produced_and_read_back(self):

@@ -71,16 +71,31 @@ impl Mosquitto {
         m
     }
 
+    /// Starts a broker whose whole configuration `conf` writes, given its
+    /// directory and port (a configuration Lanyard generates, say).
+    pub fn start_with_conf(conf: impl FnOnce(&std::path::Path, u16) -> String) -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        let port = free_port();
+        let whole = conf(dir.path(), port);
+        let mut m = Mosquitto {
+            child: None,
+            port,
+            dir,
+        };
+        m.launch(&whole);
+        m
+    }
+
     fn spawn(&mut self, extra: &str) {
+        self.launch(&format!(
+            "listener {} 127.0.0.1\nallow_anonymous true\nmax_queued_messages 100000\nset_tcp_nodelay true\n{extra}\n",
+            self.port
+        ));
+    }
+
+    fn launch(&mut self, whole: &str) {
         let conf = self.dir.path().join("mosquitto.conf");
-        std::fs::write(
-            &conf,
-            format!(
-                "listener {} 127.0.0.1\nallow_anonymous true\nmax_queued_messages 100000\nset_tcp_nodelay true\n{extra}\n",
-                self.port
-            ),
-        )
-        .unwrap();
+        std::fs::write(&conf, whole).unwrap();
         let child = Command::new(binary())
             .arg("-c")
             .arg(&conf)
@@ -108,10 +123,16 @@ impl Mosquitto {
         }
     }
 
-    /// Starts it again on the same port.
+    /// Starts it again on the same port, with the same configuration.
     pub fn restart(&mut self) {
         self.kill();
-        self.spawn("");
+        let whole = std::fs::read_to_string(self.dir.path().join("mosquitto.conf")).unwrap();
+        self.launch(&whole);
+    }
+
+    /// The broker's directory.
+    pub fn dir(&self) -> &std::path::Path {
+        self.dir.path()
     }
 }
 
@@ -207,4 +228,99 @@ pub fn spawn_device_with(
         drop(d);
     });
     (tx, task, ev_rx)
+}
+
+/// A fleet CA made at test time (rcgen), issuing certificates whose common
+/// name is the first of their names.
+pub struct Pki {
+    pub ca_pem: String,
+    issuer: rcgen::Issuer<'static, rcgen::KeyPair>,
+}
+
+impl Pki {
+    pub fn new() -> Self {
+        use rcgen::{BasicConstraints, CertificateParams, DistinguishedName, DnType, IsCa};
+        let mut params = CertificateParams::new(Vec::<String>::new()).unwrap();
+        params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+        params.distinguished_name = DistinguishedName::new();
+        params
+            .distinguished_name
+            .push(DnType::CommonName, "Lanyard test CA");
+        let key = rcgen::KeyPair::generate().unwrap();
+        let ca_pem = params.self_signed(&key).unwrap().pem();
+        Pki {
+            ca_pem,
+            issuer: rcgen::Issuer::new(params, key),
+        }
+    }
+
+    /// A certificate for `names` (the first is its common name), valid from
+    /// `from` to `to` (years): certificate and key, PEM.
+    pub fn issue(&self, names: &[&str], years: (i32, i32)) -> (String, String) {
+        use rcgen::{CertificateParams, DistinguishedName, DnType};
+        // Names a DNS SAN cannot hold (`acme/dev`) go in the subject only.
+        let sans: Vec<String> = names
+            .iter()
+            .filter(|n| !n.contains('/'))
+            .map(|s| s.to_string())
+            .collect();
+        let mut params = CertificateParams::new(sans).unwrap();
+        // A subject of its own: OpenSSL takes subject == issuer for self-signed.
+        params.distinguished_name = DistinguishedName::new();
+        params.distinguished_name.push(DnType::CommonName, names[0]);
+        params.not_before = rcgen::date_time_ymd(years.0, 1, 1);
+        params.not_after = rcgen::date_time_ymd(years.1, 1, 1);
+        let key = rcgen::KeyPair::generate().unwrap();
+        let cert = params.signed_by(&key, &self.issuer).unwrap();
+        (cert.pem(), key.serialize_pem())
+    }
+
+    /// A client's TLS files for identity `cn`.
+    pub fn client(&self, cn: &str) -> lanyard_std::tls::TlsFiles {
+        let (cert, key) = self.issue(&[cn], (2020, 2100));
+        lanyard_std::tls::TlsFiles::from_pem(
+            self.ca_pem.clone().into(),
+            Some((cert.into(), key.into())),
+        )
+        .unwrap()
+    }
+
+    /// An MQTT configuration over TLS to `localhost:port` as `cn`, with
+    /// client id `client_id`.
+    pub fn mqtt(&self, port: u16, cn: &str, client_id: &str) -> MqttConfig {
+        let mut c = MqttConfig::new("localhost", port, client_id);
+        c.tls = Some(self.client(cn).to_rumqttc());
+        c.persistent_session = false;
+        c
+    }
+}
+
+/// A mosquitto configured the way Lanyard generates it
+/// (`lanyard broker-config` and `lanyard acl`): mutual TLS with
+/// certificates from `pki`, identity from the certificate, the ACL
+/// trusting `trusted`; `tenants` for the tenant ACL.
+pub fn fleet_broker(pki: &Pki, trusted: &[&str], tenants: bool) -> Mosquitto {
+    let (cert, key) = pki.issue(&["localhost", "127.0.0.1"], (2020, 2100));
+    let ca = pki.ca_pem.clone();
+    let acl = if tenants {
+        lanyard_std::acl::mosquitto_tenant_acl(trusted)
+    } else {
+        lanyard_std::acl::mosquitto_acl(trusted)
+    }
+    .unwrap();
+    Mosquitto::start_with_conf(move |dir, port| {
+        std::fs::write(dir.join("ca.pem"), ca).unwrap();
+        std::fs::write(dir.join("server.pem"), cert).unwrap();
+        std::fs::write(dir.join("server.key"), key).unwrap();
+        std::fs::write(dir.join("acl"), acl).unwrap();
+        let conf = lanyard_std::acl::mosquitto_conf(&lanyard_std::acl::BrokerFiles {
+            bind: "127.0.0.1",
+            port,
+            ca: &dir.join("ca.pem"),
+            cert: &dir.join("server.pem"),
+            key: &dir.join("server.key"),
+            acl: &dir.join("acl"),
+        });
+        format!("{conf}max_queued_messages 100000\n")
+    })
 }

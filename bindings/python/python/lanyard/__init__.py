@@ -33,8 +33,11 @@ def decode(data, kind=None):
 
     ``kind`` is a topic suffix (``"ack"``, ``"shadow/delta"``); without it
     every message type is tried. Raises ``ValueError`` when the bytes are no
-    such message.
+    such message, ``TypeError`` when ``data`` is not bytes-like (an int
+    would otherwise be taken as a count of zero bytes).
     """
+    if not isinstance(data, (bytes, bytearray, memoryview)):
+        raise TypeError(f"decode() takes bytes, bytearray or memoryview, not {type(data).__name__}")
     name, text = describe(bytes(data), kind)
     return name, json.loads(text)
 

@@ -16,9 +16,11 @@ pub(crate) async fn bridge(
         .clone()
         .unwrap_or_else(|| format!("lanyard-bridge-{}", std::process::id()));
     let mut config = broker.mqtt(&client_id)?;
-    if tenant.is_some() {
-        config.username = tenant.clone();
-    }
+    // The device's identity, as the ACL knows it (`{tenant}/{id}` or `{id}`).
+    config.username = device_id.as_ref().map(|d| match &tenant {
+        Some(t) => format!("{t}/{d}"),
+        None => d.clone(),
+    });
     let mut bridge = Bridge::new(MqttTransport::connect(config));
     if let Some(t) = &tenant {
         bridge = bridge.with_tenant(t).map_err(|e| e.to_string())?;

@@ -1,6 +1,10 @@
 //! `lanyard device`: a simulated device of the example board on a broker.
 
 use super::*;
+use lanyard_core::agent::BootError;
+use lanyard_core::agent::lifecycle::LifecycleState;
+use lanyard_core::agent::platform::StorageError;
+use lanyard_std::driver::StartError;
 
 /// A simulated device of the example board (battery, sensors, LED) with
 /// `lanyard_std::device::DeviceBuilder`.
@@ -27,9 +31,21 @@ pub(crate) async fn device(
     state_dir: PathBuf,
     mac: &str,
     tenant: Option<String>,
+    reprovision: bool,
     metrics: Option<Metrics>,
 ) -> Result<(), String> {
     let clock = Clock::real();
+    let state_file = state_dir.join("agent-state.cbor");
+    if reprovision {
+        // The operator's act on the device's side: everything it saved goes
+        // (its state, its credentials, its unsent messages), and it
+        // registers as new.
+        match std::fs::remove_dir_all(&state_dir) {
+            Ok(()) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => return Err(format!("--reprovision: {}: {e}", state_dir.display())),
+        }
+    }
     let (tx, mut rx) = mpsc::unbounded_channel();
     let mut device = make_device(
         parse_mac(mac)?,
@@ -50,18 +66,37 @@ pub(crate) async fn device(
         driver = driver.with_metrics(m);
     }
     let id = driver.agent().device_id().to_owned();
+    let printer_id = id.clone();
     tokio::spawn(async move {
+        let id = printer_id;
         while let Some(e) = rx.recv().await {
             if let Some(line) = timeline_line(&e) {
                 println!("{id} {line}");
             }
         }
     });
-    driver.start().await.map_err(|e| e.to_string())?;
+    driver.start().await.map_err(|e| match e {
+        StartError::Boot(BootError::Decommissioned) => format!(
+            "device {id} is decommissioned and does not start again; to put it back in \
+             service an operator re-provisions it (on the twin host, and here with \
+             --reprovision, which erases its saved state)"
+        ),
+        StartError::Boot(BootError::Storage(StorageError::Corrupt)) => format!(
+            "device {id}: its saved state in {} is damaged (checksum mismatch) and the \
+             device will not start from scratch on its own; inspect the file, then remove \
+             it or run with --reprovision to start as a new device",
+            state_file.display()
+        ),
+        e => format!("device {id}: {e}"),
+    })?;
     driver
         .run_until(async {
             let _ = tokio::signal::ctrl_c().await;
         })
         .await
-        .map_err(|e| e.to_string())
+        .map_err(|e| e.to_string())?;
+    if driver.agent().state() == LifecycleState::Decommissioned {
+        println!("{id} decommissioned: stopped");
+    }
+    Ok(())
 }

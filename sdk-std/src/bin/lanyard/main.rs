@@ -18,7 +18,7 @@ use lanyard_std::driver::{DriverEvent, LocalValue, parse_mac};
 use lanyard_std::metrics::Metrics;
 use lanyard_std::mqtt::{MqttConfig, MqttTransport};
 use lanyard_std::sim::{SimulatedSensors, simulated_board};
-use lanyard_std::twin::{TwinHost, run_twin};
+use lanyard_std::twin::{TwinHost, TwinLimits, run_twin};
 use tokio::sync::{mpsc, oneshot};
 
 mod bridge;
@@ -126,21 +126,53 @@ enum Cmd {
         /// MAC address, six hex bytes with colons.
         #[arg(long, default_value = "02:00:00:00:00:01")]
         mac: String,
-        /// Put the device's topics in this tenant's namespace (and connect
-        /// with the tenant as MQTT user name, as `lanyard acl --tenants`
-        /// expects).
+        /// Put the device's topics in this tenant's namespace (its identity,
+        /// and so its certificate's common name, is then
+        /// `{tenant}/{device-id}`, as `lanyard acl --tenants` expects).
         #[arg(long)]
         tenant: Option<String>,
+        /// Erase everything the device saved (state, credentials, unsent
+        /// messages) and start it as new: how an operator puts a
+        /// decommissioned device back in service, or one whose saved state
+        /// is damaged.
+        #[arg(long)]
+        reprovision: bool,
     },
-    /// Prints a mosquitto ACL file that keeps each device to its own topics.
+    /// Prints a mosquitto ACL file that keeps each device to its own topics
+    /// (keyed on the certificate's common name: see `lanyard broker-config`).
     Acl {
-        /// User names allowed everything (the twin host, operators).
+        /// Identities allowed everything (the twin host, operators); each
+        /// starts with `lanyard`, which no device id may.
         #[arg(long, value_delimiter = ',', default_value = "lanyard-twin")]
         trusted: Vec<String>,
-        /// For a broker shared by tenants: devices connect with their
-        /// tenant as user name and are kept to their tenant's namespace.
+        /// For a broker shared by tenants: device certificates name
+        /// `{tenant}/{device-id}`, and each device is kept to its own
+        /// topics in its tenant's namespace.
         #[arg(long)]
         tenants: bool,
+    },
+    /// Prints a mosquitto configuration for a fleet: mutual TLS only, the
+    /// certificate's common name as user name and client id, the ACL file,
+    /// and the message size limit.
+    BrokerConfig {
+        /// Port to listen on.
+        #[arg(long, default_value_t = 8883)]
+        port: u16,
+        /// Address to listen on.
+        #[arg(long, default_value = "0.0.0.0")]
+        bind: String,
+        /// The fleet CA certificate (PEM).
+        #[arg(long)]
+        ca: PathBuf,
+        /// The broker's certificate (PEM).
+        #[arg(long)]
+        cert: PathBuf,
+        /// The broker's key (PEM).
+        #[arg(long)]
+        key: PathBuf,
+        /// The ACL file (`lanyard acl > acl`).
+        #[arg(long)]
+        acl: PathBuf,
     },
     /// Bridges a device on a framed serial link (a serial port, a
     /// pseudo-terminal or a TCP socket, e.g. qemu's) to a broker.
@@ -182,6 +214,21 @@ enum Cmd {
         /// register (1000..=86400000).
         #[arg(long, default_value_t = 30_000)]
         telemetry_ms: u64,
+        /// Devices registered at most; registrations past it are refused
+        /// and counted.
+        #[arg(long, default_value_t = TwinLimits::default().max_devices)]
+        max_devices: usize,
+        /// Devices registered at most per tenant.
+        #[arg(long, default_value_t = TwinLimits::default().max_devices_per_tenant)]
+        max_devices_per_tenant: usize,
+        /// Messages per second each device may send the host (sustained);
+        /// more are dropped and counted. A backlog the broker kept while
+        /// the host was down counts too: keep the burst above it.
+        #[arg(long, default_value_t = TwinLimits::default().device_messages_per_s)]
+        device_rate: u32,
+        /// Messages a device may send at once above its rate.
+        #[arg(long, default_value_t = TwinLimits::default().device_burst)]
+        device_burst: u32,
     },
 }
 
@@ -204,11 +251,33 @@ fn main() {
             Cmd::Decode { hex, file, kind } => decode(hex, file, kind),
             Cmd::Acl { trusted, tenants } => {
                 let trusted: Vec<&str> = trusted.iter().map(String::as_str).collect();
-                if tenants {
-                    print!("{}", lanyard_std::acl::mosquitto_tenant_acl(&trusted));
+                let acl = if tenants {
+                    lanyard_std::acl::mosquitto_tenant_acl(&trusted)
                 } else {
-                    print!("{}", lanyard_std::acl::mosquitto_acl(&trusted));
-                }
+                    lanyard_std::acl::mosquitto_acl(&trusted)
+                };
+                print!("{}", acl.map_err(|e| format!("--trusted: {e}"))?);
+                Ok(())
+            }
+            Cmd::BrokerConfig {
+                port,
+                bind,
+                ca,
+                cert,
+                key,
+                acl,
+            } => {
+                print!(
+                    "{}",
+                    lanyard_std::acl::mosquitto_conf(&lanyard_std::acl::BrokerFiles {
+                        bind: &bind,
+                        port,
+                        ca: &ca,
+                        cert: &cert,
+                        key: &key,
+                        acl: &acl,
+                    })
+                );
                 Ok(())
             }
             Cmd::Device {
@@ -217,7 +286,18 @@ fn main() {
                 mac,
                 metrics,
                 tenant,
-            } => device(&broker, state_dir, &mac, tenant, metrics_on(metrics).await?).await,
+                reprovision,
+            } => {
+                device(
+                    &broker,
+                    state_dir,
+                    &mac,
+                    tenant,
+                    reprovision,
+                    metrics_on(metrics).await?,
+                )
+                .await
+            }
             Cmd::Bridge {
                 broker,
                 tcp,
@@ -231,7 +311,18 @@ fn main() {
                 metrics,
                 tenants,
                 telemetry_ms,
+                max_devices,
+                max_devices_per_tenant,
+                device_rate,
+                device_burst,
             } => {
+                let limits = TwinLimits {
+                    max_devices,
+                    max_devices_per_tenant,
+                    device_messages_per_s: device_rate,
+                    device_burst,
+                    ..TwinLimits::default()
+                };
                 let fleet = DeviceConfig {
                     version: 1,
                     telemetry_ms,
@@ -245,6 +336,7 @@ fn main() {
                     state_dir,
                     tenants,
                     fleet,
+                    limits,
                     metrics_on(metrics).await?,
                 )
                 .await

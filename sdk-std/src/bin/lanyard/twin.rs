@@ -7,10 +7,12 @@ pub(crate) async fn twin(
     state_dir: PathBuf,
     tenants: Vec<String>,
     fleet: DeviceConfig,
+    limits: TwinLimits,
     metrics: Option<Metrics>,
 ) -> Result<(), String> {
-    let mut twin =
-        TwinHost::open(&state_dir, fleet).map_err(|e| format!("{}: {e}", state_dir.display()))?;
+    let mut twin = TwinHost::open(&state_dir, fleet)
+        .map_err(|e| format!("{}: {e}", state_dir.display()))?
+        .with_limits(limits);
     if let Some(m) = metrics {
         twin = twin.with_metrics(m);
     }
