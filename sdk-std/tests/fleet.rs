@@ -79,6 +79,18 @@ async fn desired_state_reaches_the_device_and_a_delta_sent_while_it_was_offline_
 
     let script = async {
         let (stop, dev) = spawn_device(broker.port, dev_dir.path(), mac);
+        // Desired state is for registered devices only: asked for the
+        // document until the device has one.
+        let get = format!("{TOPIC_PREFIX}{id}/{}", app_topics::GET);
+        loop {
+            app.publish(&get, b"", Qos::AtLeastOnce).await.unwrap();
+            if tokio::time::timeout(Duration::from_millis(300), app.recv())
+                .await
+                .is_ok()
+            {
+                break;
+            }
+        }
         let topic = format!("{TOPIC_PREFIX}{id}/{}", app_topics::SET_DESIRED);
         app.publish(&topic, &set_desired("led.on", 1), Qos::AtLeastOnce)
             .await

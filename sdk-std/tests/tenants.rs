@@ -44,7 +44,7 @@ async fn tenants_share_a_broker_without_reaching_into_each_other() {
     let broker = Mosquitto::start_configured(|dir: &Path| {
         std::fs::write(
             dir.join("acl"),
-            lanyard_std::acl::mosquitto_tenant_acl(&["twin", "app"]),
+            lanyard_std::acl::mosquitto_tenant_acl(&["lanyard-twin", "lanyard-app"]).unwrap(),
         )
         .unwrap();
         format!("acl_file {}\n", dir.join("acl").display())
@@ -67,10 +67,12 @@ async fn tenants_share_a_broker_without_reaching_into_each_other() {
         .unwrap();
     let (stop_twin, stop_rx) = tokio::sync::oneshot::channel::<()>();
     let twin = tokio::spawn(async move {
-        let mut t =
-            MqttTransport::connect_and_wait(client(port, "twin", "twin"), Duration::from_secs(5))
-                .await
-                .unwrap();
+        let mut t = MqttTransport::connect_and_wait(
+            client(port, "lanyard-twin", "lanyard-twin"),
+            Duration::from_secs(5),
+        )
+        .await
+        .unwrap();
         run_twin(&mut host, &mut t, Clock::real(), false, async {
             let _ = stop_rx.await;
         })
@@ -95,7 +97,7 @@ async fn tenants_share_a_broker_without_reaching_into_each_other() {
     };
     let mut driver = DeviceDriver::new(
         agent,
-        MqttTransport::connect(client(port, &id, "acme")),
+        MqttTransport::connect(client(port, &id, &format!("acme/{id}"))),
         platform,
         clock,
     )
@@ -113,9 +115,12 @@ async fn tenants_share_a_broker_without_reaching_into_each_other() {
     });
 
     let mut app = AppClient::for_tenants(
-        MqttTransport::connect_and_wait(client(port, "app", "app"), Duration::from_secs(5))
-            .await
-            .unwrap(),
+        MqttTransport::connect_and_wait(
+            client(port, "lanyard-app", "lanyard-app"),
+            Duration::from_secs(5),
+        )
+        .await
+        .unwrap(),
     )
     .await
     .unwrap();
@@ -123,10 +128,12 @@ async fn tenants_share_a_broker_without_reaching_into_each_other() {
     // A globex client (its own id) tries to forge acme's device state and
     // to listen to its commands.
     let rogue_id = "ly-0000000000ee";
-    let mut rogue =
-        MqttTransport::connect_and_wait(client(port, rogue_id, "globex"), Duration::from_secs(5))
-            .await
-            .unwrap();
+    let mut rogue = MqttTransport::connect_and_wait(
+        client(port, rogue_id, &format!("globex/{rogue_id}")),
+        Duration::from_secs(5),
+    )
+    .await
+    .unwrap();
     rogue
         .subscribe(&tenant_topic("acme", &id, MessageKind::Command).unwrap())
         .await
