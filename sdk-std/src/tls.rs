@@ -92,6 +92,18 @@ impl TlsFiles {
         Ok(TlsFiles { ca_pem, client })
     }
 
+    /// The common name in the client certificate's subject: the identity a
+    /// broker configured by [`crate::acl::mosquitto_conf`] knows this
+    /// client by (a device's id, or `{tenant}/{device-id}`). `None`
+    /// without a client certificate or a common name.
+    pub fn client_identity(&self) -> Option<String> {
+        let (cert, _) = self.client.as_ref()?;
+        let (_, pem) = x509_parser::pem::parse_x509_pem(cert).ok()?;
+        let cert = pem.parse_x509().ok()?;
+        let cn = cert.subject().iter_common_name().next()?;
+        cn.as_str().ok().map(str::to_owned)
+    }
+
     /// The rumqttc configuration.
     pub fn to_rumqttc(&self) -> rumqttc::TlsConfiguration {
         rumqttc::TlsConfiguration::Simple {

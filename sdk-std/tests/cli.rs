@@ -144,3 +144,40 @@ async fn the_twin_command_serves_prometheus_metrics() {
     let _ = twin.wait();
     r.expect("metrics served in time");
 }
+
+#[test]
+fn a_device_with_another_identitys_certificate_is_refused_before_connecting() {
+    let pki = common::Pki::new();
+    let dir = tempfile::tempdir().unwrap();
+    let (cert, key) = pki.issue(&["ly-0000000000bb"], (2020, 2100));
+    std::fs::write(dir.path().join("ca.pem"), &pki.ca_pem).unwrap();
+    std::fs::write(dir.path().join("dev.pem"), cert).unwrap();
+    std::fs::write(dir.path().join("dev.key"), key).unwrap();
+    assert_eq!(
+        pki.client("ly-0000000000bb").client_identity().as_deref(),
+        Some("ly-0000000000bb")
+    );
+    let p = |f: &str| dir.path().join(f).display().to_string();
+    let state = p("state");
+    let (ok, _, err) = lanyard(&[
+        "device",
+        "--broker",
+        "mqtts://127.0.0.1:1",
+        "--ca",
+        &p("ca.pem"),
+        "--cert",
+        &p("dev.pem"),
+        "--key",
+        &p("dev.key"),
+        "--mac",
+        "02:00:00:00:00:aa",
+        "--state-dir",
+        &state,
+    ]);
+    assert!(!ok);
+    assert!(
+        err.contains("certificate is for \"ly-0000000000bb\"")
+            && err.contains("this device is \"ly-0200000000aa\""),
+        "{err}"
+    );
+}

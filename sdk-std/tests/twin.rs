@@ -37,6 +37,18 @@ fn t(suffix: &str) -> String {
     format!("lanyard/v1/{ID}/{suffix}")
 }
 
+/// A host on which `ids` have registered (only they get shadows).
+fn host_with(mut host: TwinHost, ids: &[&str]) -> TwinHost {
+    for id in ids {
+        assert_eq!(
+            host.handle(1, &format!("lanyard/v1/{id}/register"), &register_bytes(id))
+                .len(),
+            1
+        );
+    }
+    host
+}
+
 #[test]
 fn registration_is_answered_with_the_fleet_configuration() {
     let cfg = DeviceConfig {
@@ -107,7 +119,7 @@ fn registration_is_answered_with_the_fleet_configuration() {
 
 #[test]
 fn desired_changes_reach_the_device_as_a_delta_until_it_reports_them() {
-    let mut host = TwinHost::in_memory(DeviceConfig::default());
+    let mut host = host_with(TwinHost::in_memory(DeviceConfig::default()), &[ID]);
     let out = host.handle(
         100,
         &t(app_topics::SET_DESIRED),
@@ -136,14 +148,18 @@ fn desired_changes_reach_the_device_as_a_delta_until_it_reports_them() {
 
 #[test]
 fn conflicts_are_settled_by_policy_and_counted() {
-    let mut host = TwinHost::in_memory(DeviceConfig::default()).with_policies(
-        lanyard_core::shadow::FleetPolicies::new(ConflictPolicy::DeviceWins),
+    let mut host = host_with(
+        TwinHost::in_memory(DeviceConfig::default()).with_policies(
+            lanyard_core::shadow::FleetPolicies::new(ConflictPolicy::DeviceWins),
+        ),
+        &[ID],
     );
     host.handle(
         0,
         &t(app_topics::SET_DESIRED),
-        &update(&[("temp", 70)], &[("temp", 70)], 0),
+        &update(&[("temp", 70)], &[], 0),
     );
+    host.handle(0, &t("shadow/update"), &update(&[], &[("temp", 70)], 0));
     host.handle(
         10_000,
         &t(app_topics::SET_DESIRED),
@@ -170,7 +186,10 @@ fn conflicts_are_settled_by_policy_and_counted() {
 
 #[test]
 fn aws_iot_topics_and_documents() {
-    let mut host = TwinHost::in_memory(DeviceConfig::default());
+    let mut host = host_with(
+        TwinHost::in_memory(DeviceConfig::default()),
+        &["thermostat-1"],
+    );
     let base = "$aws/things/thermostat-1/shadow";
     let req = json!({"state": {"desired": {"color": "RED"}}, "clientToken": "t1"});
     let out = host.handle(
@@ -217,10 +236,23 @@ fn aws_iot_topics_and_documents() {
     assert_eq!(doc["state"]["delta"], json!({"color": "RED"}));
     assert_eq!(doc["clientToken"], json!("g"));
 
+    // Deleting empties the document; the device stays registered.
     let out = host.handle(1_700_000_004_000, &format!("{base}/delete"), b"{}");
     assert_eq!(out[0].topic, format!("{base}/delete/accepted"));
     let out = host.handle(1_700_000_005_000, &format!("{base}/get"), b"{}");
-    assert_eq!(out[0].topic, format!("{base}/get/rejected"));
+    assert_eq!(out[0].topic, format!("{base}/get/accepted"));
+    let doc: serde_json::Value = serde_json::from_slice(&out[0].payload).unwrap();
+    assert_eq!(doc["state"], json!({}));
+    // A thing that never registered has no shadow to update.
+    let out = host.handle(
+        1_700_000_006_000,
+        "$aws/things/never-registered/shadow/update",
+        &serde_json::to_vec(&req).unwrap(),
+    );
+    assert_eq!(
+        out[0].topic,
+        "$aws/things/never-registered/shadow/update/rejected"
+    );
 }
 
 #[test]
@@ -242,24 +274,28 @@ fn topics_that_are_not_ours_or_name_wildcards_are_ignored() {
 fn shadows_survive_a_restart_of_the_host() {
     let dir = tempfile::tempdir().unwrap();
     {
-        let mut host = TwinHost::open(dir.path(), DeviceConfig::default()).unwrap();
+        let mut host = host_with(
+            TwinHost::open(dir.path(), DeviceConfig::default()).unwrap(),
+            &[ID],
+        );
         host.handle(
             100,
             &t(app_topics::SET_DESIRED),
-            &update(&[("a", 1)], &[("b", 2)], 100),
+            &update(&[("a", 1)], &[], 100),
         );
+        host.handle(110, &t("shadow/update"), &update(&[], &[("b", 2)], 110));
     }
     let host = TwinHost::open(dir.path(), DeviceConfig::default()).unwrap();
     let s = host.shadow(ID).unwrap();
-    assert_eq!(s.version(), 1);
+    assert_eq!(s.version(), 2);
     assert_eq!(s.desired().get_dotted("a").unwrap().value, Value::Int(1));
     assert_eq!(s.reported().get_dotted("b").unwrap().value, Value::Int(2));
-    // A corrupt file is a clear error, not a silent empty shadow.
+    // A damaged file does not stop the host: set aside, loudly.
     std::fs::write(dir.path().join("ly-bad.cbor"), b"\xff").unwrap();
-    let err = TwinHost::open(dir.path(), DeviceConfig::default())
-        .err()
-        .unwrap();
-    assert!(err.to_string().contains("ly-bad.cbor"));
+    let host = TwinHost::open(dir.path(), DeviceConfig::default()).unwrap();
+    assert_eq!(host.stats().damaged_records, 1);
+    assert!(host.shadow("ly-bad").unwrap().reported().is_empty());
+    assert!(!dir.path().join("ly-bad.cbor").exists());
 }
 
 fn register_bytes(device_id: &str) -> Vec<u8> {
@@ -402,7 +438,10 @@ fn refusals_are_kept_in_the_document_until_the_device_reports_without_them() {
             .collect()
     };
     {
-        let mut host = TwinHost::open(dir.path(), DeviceConfig::default()).unwrap();
+        let mut host = host_with(
+            TwinHost::open(dir.path(), DeviceConfig::default()).unwrap(),
+            &[ID],
+        );
         host.handle(
             100,
             &t(app_topics::SET_DESIRED),

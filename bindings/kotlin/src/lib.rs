@@ -180,9 +180,11 @@ pub enum AckReason {
     Busy,
     /// Ran and failed.
     ExecutionFailed,
-    /// Issued before every command the device remembers: refused rather
-    /// than risk running twice.
+    /// Issued no later than a command the device no longer remembers:
+    /// refused rather than risk running twice.
     Stale,
+    /// It was running when the device restarted; not run again.
+    Interrupted,
     /// A code this version does not know (from a newer device).
     Other {
         /// The wire code.
@@ -200,6 +202,7 @@ impl From<CoreAckReason> for AckReason {
             CoreAckReason::Busy => AckReason::Busy,
             CoreAckReason::ExecutionFailed => AckReason::ExecutionFailed,
             CoreAckReason::Stale => AckReason::Stale,
+            CoreAckReason::Interrupted => AckReason::Interrupted,
             CoreAckReason::Other(code) => AckReason::Other { code },
         }
     }

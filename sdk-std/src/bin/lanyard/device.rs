@@ -66,6 +66,21 @@ pub(crate) async fn device(
         driver = driver.with_metrics(m);
     }
     let id = driver.agent().device_id().to_owned();
+    // The broker knows the device by its certificate: one for another
+    // identity would be refused every topic, silently.
+    let identity = match &tenant {
+        Some(t) => format!("{t}/{id}"),
+        None => id.clone(),
+    };
+    if let Some(cn) = broker.identity()? {
+        if cn != identity {
+            return Err(format!(
+                "the client certificate is for {cn:?}, but this device is {identity:?}: \
+                 a broker configured by `lanyard broker-config` knows a device by its \
+                 certificate's common name"
+            ));
+        }
+    }
     let printer_id = id.clone();
     tokio::spawn(async move {
         let id = printer_id;

@@ -78,6 +78,17 @@ impl BrokerArgs {
         };
         MqttConfig::from_url(self.url()?, client_id, self.ca.as_deref(), client)
     }
+
+    /// The identity the client certificate gives (its common name), if one
+    /// is given.
+    fn identity(&self) -> Result<Option<String>, String> {
+        let (Some(ca), Some(cert), Some(key)) = (&self.ca, &self.cert, &self.key) else {
+            return Ok(None);
+        };
+        let files = lanyard_std::tls::TlsFiles::load(ca, Some((cert.as_path(), key.as_path())))
+            .map_err(|e| e.to_string())?;
+        Ok(files.client_identity())
+    }
 }
 
 #[derive(Subcommand)]
