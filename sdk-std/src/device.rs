@@ -101,7 +101,7 @@ impl DeviceHandle {
     }
 
     /// Finishes the command that answered
-    /// [`Completion::Later`](lanyard_core::agent::platform::Completion::Later).
+    /// [`Completion::Later`](lanyard_core::agent::platform::Completion).
     pub fn complete_command(&self, outcome: CommandResult) -> Result<(), DeviceGone> {
         self.results.send(outcome).map_err(|_| DeviceGone)
     }

@@ -95,6 +95,12 @@ impl std::fmt::Display for InvalidTenant {
 
 impl std::error::Error for InvalidTenant {}
 
+/// The largest message payload Lanyard carries (bytes). The MQTT transport
+/// drops larger ones on receipt (acknowledged and counted in
+/// `MqttStats::oversize_dropped`), and the broker configuration Lanyard
+/// generates ([`acl::mosquitto_conf`]) refuses them at the broker.
+pub const MAX_PAYLOAD: usize = 256 * 1024;
+
 /// Checks a tenant name for the `with_tenant(s)` builders.
 #[cfg(feature = "runtime")]
 pub(crate) fn check_tenant(tenant: &str) -> Result<(), InvalidTenant> {

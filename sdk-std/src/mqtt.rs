@@ -102,11 +102,7 @@ impl MqttConfig {
     }
 }
 
-/// The largest message payload Lanyard carries (bytes). Larger ones are
-/// dropped on receipt, acknowledged and counted
-/// ([`MqttStats::oversize_dropped`]), and the broker configuration Lanyard
-/// generates ([`crate::acl::mosquitto_conf`]) refuses them at the broker.
-pub const MAX_PAYLOAD: usize = 256 * 1024;
+pub use crate::MAX_PAYLOAD;
 
 /// The largest MQTT packet the client reads before it must drop the
 /// connection: well above [`MAX_PAYLOAD`], so that a message a broker
