@@ -99,8 +99,12 @@ step "fuzz smoke: ${FUZZ_SECONDS}s per target"
         # New inputs go to a scratch corpus; the committed seeds stay as they are.
         scratch="$(mktemp -d)"
         log="$scratch/log"
+        # Inputs up to the largest message Lanyard accepts (256 KiB), tried
+        # at every length from the start (-len_control=0) rather than grown
+        # slowly from libFuzzer's default 4 KiB.
         if ! cargo fuzz run "$target" "$scratch" "seeds/$target" -- \
-            -max_total_time="$FUZZ_SECONDS" -rss_limit_mb=2048 >"$log" 2>&1; then
+            -max_total_time="$FUZZ_SECONDS" -rss_limit_mb=2048 \
+            -max_len=262144 -len_control=0 >"$log" 2>&1; then
             tail -n 60 "$log" >&2
             echo "fuzz target $target failed: see fuzz/artifacts/$target" >&2
             exit 1
