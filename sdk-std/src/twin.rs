@@ -230,6 +230,9 @@ pub struct TwinHost {
     /// Devices decommissioned (persisted as a marker file each): nothing
     /// of theirs is accepted until an operator re-provisions them.
     decommissioned: HashSet<String>,
+    /// The AWS IoT shadow topics are served: changes made through the
+    /// Lanyard topics are published on them too.
+    aws: bool,
 }
 
 impl TwinHost {
@@ -249,7 +252,17 @@ impl TwinHost {
             limits: TwinLimits::default(),
             allowances: HashMap::new(),
             decommissioned: HashSet::new(),
+            aws: false,
         }
+    }
+
+    /// Publishes every change on the AWS IoT shadow topics too
+    /// (`update/delta`, `update/documents`), as [`run_twin`] does when it
+    /// serves them, so that a subscriber of either format sees every
+    /// change, whichever format made it.
+    pub fn with_aws_topics(mut self, on: bool) -> Self {
+        self.aws = on;
+        self
     }
 
     /// Enforces `limits` instead of the defaults.
@@ -853,16 +866,17 @@ impl TwinHost {
         // future of this host's clock.
         update.timestamp_ms = update.timestamp_ms.min(now_ms);
         // Kept to undo an update whose desired state the device could not
-        // hold: only when it could (the common small update cannot, and the
-        // shadow is not copied for it).
-        let before = self
-            .could_exceed_capacity(id, &update)
+        // hold, only when it could (the common small update cannot, and the
+        // shadow is not copied for it); and for the AWS `update/documents`
+        // topic, which shows the document before and after.
+        let could_exceed = self.could_exceed_capacity(id, &update);
+        let before = (could_exceed || self.aws_topics())
             .then(|| self.shadows.get(id).cloned())
             .flatten();
         let shadow = self.shadow_mut(id);
         let refused = match update.apply_to(shadow) {
             Err(e) => Some(e.to_string()),
-            Ok(_) if before.is_some() => self.over_capacity(id),
+            Ok(_) if could_exceed => self.over_capacity(id),
             Ok(_) => None,
         };
         if let Some(why) = refused {
@@ -876,7 +890,7 @@ impl TwinHost {
         }
         self.stats.updates += 1;
         let version = self.shadows.get(id).map_or(0, |s| s.version());
-        let mut out = self.sync_and_delta(now_ms, id);
+        let mut out = self.settle(now_ms, id, before.as_deref(), token.as_deref());
         out.extend(answer(Ok(version)));
         self.persist(id);
         out
@@ -912,9 +926,24 @@ impl TwinHost {
         })
     }
 
-    /// Runs the conflict rules and, if the device is not in step, sends it
-    /// the delta.
-    fn sync_and_delta(&mut self, now_ms: u64, id: &str) -> Vec<Publish> {
+    /// Whether the AWS IoT shadow topics are served (by [`run_twin`] when
+    /// asked, never to tenants).
+    fn aws_topics(&self) -> bool {
+        self.aws && self.tenants.is_none()
+    }
+
+    /// What every applied update leads to, whichever way it came in (the
+    /// device's or an app's CBOR topic, or the AWS topics): the conflict
+    /// rules run (and are counted), and if the device is not in step it is
+    /// sent the delta as CBOR; subscribers of the AWS topics get
+    /// `update/delta` and, given the document before, `update/documents`.
+    fn settle(
+        &mut self,
+        now_ms: u64,
+        id: &str,
+        before: Option<&TwinShadow>,
+        token: Option<&str>,
+    ) -> Vec<Publish> {
         let jitter = self.jitter();
         let mut conflicts = [0u64; 4];
         let shadow = self.shadow_mut(id);
@@ -923,29 +952,47 @@ impl TwinHost {
             conflicts[i] += 1;
             tracing::info!(device = id, path = %c.path, policy = c.policy.name(), winner = ?c.winner, "conflict");
         });
-        let delta = if shadow.in_sync() {
-            None
-        } else {
-            ShadowDelta::<TWIN_LEAVES, TWIN_POOL>::of(shadow, now_ms).ok()
-        };
         for (a, b) in self.stats.conflicts.iter_mut().zip(conflicts) {
             *a += b;
         }
-        match delta {
-            Some(d) => {
-                self.stats.deltas += 1;
+        let mut out = Vec::new();
+        let Some(shadow) = self.shadows.get(id).map(|b| &**b) else {
+            return out;
+        };
+        if !shadow.in_sync() {
+            if let Ok(d) = ShadowDelta::<TWIN_LEAVES, TWIN_POOL>::of(shadow, now_ms) {
                 let mut buf = vec![0u8; 64 * 1024];
-                match d.encode(&mut buf) {
-                    Ok(n) => vec![Publish {
+                if let Ok(n) = d.encode(&mut buf) {
+                    out.push(Publish {
                         topic: topic(id, MessageKind::ShadowDelta).to_string(),
                         payload: buf[..n].to_vec(),
                         qos: Qos::AtLeastOnce,
-                    }],
-                    Err(_) => Vec::new(),
+                    });
                 }
             }
-            None => Vec::new(),
         }
+        if self.aws_topics() {
+            let json = |suffix: &str, doc: serde_json::Value| Publish {
+                topic: format!("$aws/things/{id}/shadow/{suffix}"),
+                payload: serde_json::to_vec(&doc).unwrap_or_default(),
+                qos: Qos::AtLeastOnce,
+            };
+            if !shadow.in_sync() {
+                if let Ok(d) = aws_json::delta_document(shadow, now_ms, token) {
+                    out.push(json("update/delta", d));
+                }
+            }
+            if let Some(before) = before {
+                out.push(json(
+                    "update/documents",
+                    aws_json::documents_document(before, shadow, now_ms, token),
+                ));
+            }
+        }
+        if !shadow.in_sync() {
+            self.stats.deltas += 1;
+        }
+        out
     }
 
     fn aws(&mut self, now_ms: u64, thing: &str, op: &str, payload: &[u8]) -> Vec<Publish> {
@@ -1011,25 +1058,20 @@ impl TwinHost {
                     }
                     Ok(version) => {
                         self.stats.updates += 1;
-                        let token = req.client_token.as_deref();
                         let mut out = vec![json(
                             "update/accepted",
                             aws_json::accepted_document(&req, version, now_ms),
                         )];
-                        let jitter = self.jitter();
-                        let shadow = self.shadow_mut(thing);
-                        let _ = shadow.sync(now_ms, jitter, |_| {});
-                        let shadow = &*self.shadows[thing];
-                        if !shadow.in_sync() {
-                            if let Ok(d) = aws_json::delta_document(shadow, now_ms, token) {
-                                self.stats.deltas += 1;
-                                out.push(json("update/delta", d));
-                            }
-                        }
-                        out.push(json(
-                            "update/documents",
-                            aws_json::documents_document(&previous, shadow, now_ms, token),
+                        // Served on the AWS topics whatever `run_twin` was
+                        // told: the request came on one.
+                        let aws = std::mem::replace(&mut self.aws, true);
+                        out.extend(self.settle(
+                            now_ms,
+                            thing,
+                            Some(&previous),
+                            req.client_token.as_deref(),
                         ));
+                        self.aws = aws;
                         self.persist(thing);
                         out
                     }
@@ -1130,6 +1172,7 @@ pub async fn run_twin<T: Transport>(
     aws: bool,
     stop: impl std::future::Future<Output = ()>,
 ) -> Result<(), TransportError> {
+    host.aws = aws;
     let filters = host.subscriptions(aws);
     for f in &filters {
         transport.subscribe(f).await?;

@@ -202,11 +202,18 @@ fn aws_iot_topics_and_documents() {
         topics,
         vec![
             format!("{base}/update/accepted"),
+            // The device itself hears of it, in its own format.
+            "lanyard/v1/thermostat-1/shadow/delta".to_string(),
             format!("{base}/update/delta"),
             format!("{base}/update/documents")
         ]
     );
-    let delta: serde_json::Value = serde_json::from_slice(&out[1].payload).unwrap();
+    let cbor: ShadowDelta<16, 512> = ShadowDelta::decode(&out[1].payload).unwrap();
+    assert_eq!(
+        cbor.state.get_dotted("color").unwrap().value,
+        Value::Text("RED")
+    );
+    let delta: serde_json::Value = serde_json::from_slice(&out[2].payload).unwrap();
     assert_eq!(delta["state"], json!({"color": "RED"}));
     assert_eq!(delta["clientToken"], json!("t1"));
 
@@ -668,4 +675,79 @@ fn a_registration_repeated_before_its_answer_arrived_is_answered_again_not_count
         ),
         (2, 2)
     );
+}
+
+#[test]
+fn every_way_in_has_the_same_effects_on_devices_and_on_subscribers_of_the_other_format() {
+    let mut host = host_with(
+        TwinHost::in_memory(DeviceConfig::default()).with_aws_topics(true),
+        &[ID],
+    );
+    let aws = |suffix: &str| format!("$aws/things/{ID}/shadow/{suffix}");
+    let topics = |out: &[lanyard_std::twin::Publish]| -> Vec<String> {
+        out.iter().map(|p| p.topic.clone()).collect()
+    };
+    // An app's desired state (CBOR): the device's delta, and the AWS
+    // subscribers' delta and documents.
+    let out = host.handle(
+        10,
+        &t(app_topics::SET_DESIRED),
+        &update(&[("a", 1)], &[], 10),
+    );
+    assert_eq!(
+        topics(&out),
+        [
+            t("shadow/delta"),
+            aws("update/delta"),
+            aws("update/documents")
+        ]
+    );
+    let docs: serde_json::Value = serde_json::from_slice(&out[2].payload).unwrap();
+    assert_eq!(docs["current"]["state"]["desired"], json!({"a": 1}));
+    // Desired state through AWS: the same for the device (the CBOR delta).
+    let out = host.handle(20, &aws("update"), br#"{"state":{"desired":{"b":2}}}"#);
+    assert_eq!(
+        topics(&out),
+        [
+            aws("update/accepted"),
+            t("shadow/delta"),
+            aws("update/delta"),
+            aws("update/documents")
+        ]
+    );
+    let d: ShadowDelta<16, 512> = ShadowDelta::decode(&out[1].payload).unwrap();
+    assert_eq!(d.state.get_dotted("b").unwrap().value, Value::Int(2));
+    // The device reports both (CBOR): in step, no delta anywhere; AWS
+    // subscribers see the reported side change.
+    let out = host.handle(
+        30,
+        &t("shadow/update"),
+        &update(&[], &[("a", 1), ("b", 2)], 30),
+    );
+    assert_eq!(topics(&out), [aws("update/documents")]);
+    let docs: serde_json::Value = serde_json::from_slice(&out[0].payload).unwrap();
+    assert_eq!(
+        docs["current"]["state"]["reported"],
+        json!({"a": 1, "b": 2})
+    );
+    // Reported through AWS while desired differs: the device hears the delta.
+    host.handle(
+        40,
+        &t(app_topics::SET_DESIRED),
+        &update(&[("a", 5)], &[], 40),
+    );
+    let out = host.handle(50, &aws("update"), br#"{"state":{"reported":{"b":3}}}"#);
+    assert!(
+        topics(&out).contains(&t("shadow/delta")),
+        "{:?}",
+        topics(&out)
+    );
+    // Without the AWS topics, nothing is published on them.
+    let mut plain = host_with(TwinHost::in_memory(DeviceConfig::default()), &[ID]);
+    let out = plain.handle(
+        10,
+        &t(app_topics::SET_DESIRED),
+        &update(&[("a", 1)], &[], 10),
+    );
+    assert_eq!(topics(&out), [t("shadow/delta")]);
 }
