@@ -1,0 +1,13 @@
+#!/usr/bin/env bash
+# The twin host throughput benchmark: updates per second through
+# TwinHost::handle in process, then end to end through mosquitto on
+# loopback at rising load until latency bends. Prints figures; not part of
+# the test command. LANYARD_TWIN_BENCH_DEVICES (200) and
+# LANYARD_TWIN_BENCH_RATES (500,1000,...,16000) change the run.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+if ! command -v mosquitto >/dev/null 2>&1 && [ ! -x /usr/sbin/mosquitto ]; then
+    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq mosquitto >/dev/null
+fi
+ulimit -n "$(ulimit -Hn)"
+cargo bench -p lanyard-std --bench twin
