@@ -3,7 +3,8 @@
 # TwinHost::handle in process, then end to end through mosquitto on
 # loopback at rising load until latency bends. Prints figures; not part of
 # the test command. LANYARD_TWIN_BENCH_DEVICES (200) and
-# LANYARD_TWIN_BENCH_RATES (500,1000,...,16000) change the run.
+# LANYARD_TWIN_BENCH_RATES (1000,4000,...,32000) change the run; with
+# LANYARD_TWIN_BENCH_STORE=dir the host keeps files instead of SQLite.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 if ! command -v mosquitto >/dev/null 2>&1 && [ ! -x /usr/sbin/mosquitto ]; then

@@ -25,7 +25,7 @@ use lanyard_core::wire::ShadowUpdate;
 use lanyard_std::clock::Clock;
 use lanyard_std::mqtt::{MqttConfig, MqttTransport};
 use lanyard_std::transport::{Qos, Transport, TransportEvent};
-use lanyard_std::twin::{TwinHost, TwinLimits};
+use lanyard_std::twin::{TwinHost, TwinLimits, run_twin};
 
 fn register(id: &str) -> Vec<u8> {
     let mut buf = vec![0u8; 256];
@@ -77,12 +77,27 @@ fn no_limits() -> TwinLimits {
     }
 }
 
+/// Where the in-process host keeps its shadows.
+enum Kept<'a> {
+    Memory,
+    Dir(&'a std::path::Path),
+    /// SQLite, written once per batch of this many updates.
+    Sqlite(&'a std::path::Path, usize),
+}
+
 /// (a): updates per second through `handle`, for a host in memory or on
 /// disk.
-fn in_process(dir: Option<&std::path::Path>, devices: usize, updates: usize) -> f64 {
-    let mut host = match dir {
-        Some(d) => TwinHost::open(d, DeviceConfig::default()).unwrap(),
-        None => TwinHost::in_memory(DeviceConfig::default()),
+fn in_process(kept: Kept<'_>, devices: usize, updates: usize) -> f64 {
+    let batch = match kept {
+        Kept::Sqlite(_, n) => n,
+        _ => 1,
+    };
+    let mut host = match kept {
+        Kept::Dir(d) => TwinHost::open(d, DeviceConfig::default()).unwrap(),
+        Kept::Sqlite(d, _) => {
+            TwinHost::open_sqlite(d.join("twin.db"), DeviceConfig::default()).unwrap()
+        }
+        Kept::Memory => TwinHost::in_memory(DeviceConfig::default()),
     }
     .with_limits(no_limits());
     let ids = ids(devices);
@@ -94,6 +109,7 @@ fn in_process(dir: Option<&std::path::Path>, devices: usize, updates: usize) -> 
         .map(|id| topic(id, MessageKind::ShadowUpdate).to_string())
         .collect();
     let payloads: Vec<Vec<u8>> = (0..64).map(|s| report(s, s * 1000)).collect();
+    host.batching(batch > 1);
     let started = Instant::now();
     for i in 0..updates {
         host.handle(
@@ -101,7 +117,11 @@ fn in_process(dir: Option<&std::path::Path>, devices: usize, updates: usize) -> 
             &topics[i % devices],
             &payloads[i % payloads.len()],
         );
+        if (i + 1) % batch == 0 {
+            host.flush().unwrap();
+        }
     }
+    host.flush().unwrap();
     let rate = updates as f64 / started.elapsed().as_secs_f64();
     assert_eq!(host.stats().updates as usize, updates);
     rate
@@ -136,7 +156,13 @@ fn mosquitto(port: u16, dir: &std::path::Path) -> std::process::Child {
 
 /// CPU time (user + system) of a process so far, from /proc.
 fn cpu_seconds(pid: u32) -> f64 {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    cpu_of(&format!("/proc/{pid}/stat"))
+}
+
+/// CPU time (user + system) so far of the process or thread whose `stat`
+/// file this is.
+fn cpu_of(stat_file: &str) -> f64 {
+    let stat = std::fs::read_to_string(stat_file).unwrap_or_default();
     // Fields after the command name (which may hold spaces) in parentheses.
     let after = stat.rsplit_once(')').map_or("", |(_, rest)| rest);
     let f: Vec<&str> = after.split_whitespace().collect();
@@ -159,11 +185,9 @@ fn percentile(sorted: &[f64], p: f64) -> f64 {
 /// What a load step drives and watches.
 struct Rig {
     broker_pid: u32,
+    /// The twin host's thread.
+    twin_tid: u64,
     devices: Vec<(String, MqttTransport)>,
-    /// Nanoseconds the twin host spent handling messages.
-    busy: Arc<AtomicU64>,
-    /// Device reports the twin host handled.
-    handled: Arc<AtomicU64>,
     app: MqttTransport,
     epoch: Instant,
 }
@@ -173,18 +197,15 @@ struct Rig {
 async fn step(rig: &mut Rig, rate: u64, seconds: f64) -> (f64, f64, f64, f64, f64) {
     let Rig {
         broker_pid,
+        twin_tid,
         devices,
-        busy,
-        handled,
         app,
         epoch,
     } = rig;
     let (broker_pid, epoch) = (*broker_pid, *epoch);
-    let (busy0, handled0) = (
-        busy.load(Ordering::Relaxed),
-        handled.load(Ordering::Relaxed),
-    );
-    let cpu0 = cpu_seconds(broker_pid);
+    let twin_stat = format!("/proc/self/task/{twin_tid}/stat");
+    let (host0, cpu0) = (cpu_of(&twin_stat), cpu_seconds(broker_pid));
+    let mut seen = 0u64;
     let started = Instant::now();
     let total = (rate as f64 * seconds) as u64;
     let mut lat = Vec::new();
@@ -210,15 +231,16 @@ async fn step(rig: &mut Rig, rate: u64, seconds: f64) -> (f64, f64, f64, f64, f6
             tokio::time::timeout(Duration::from_micros(200), app.recv()).await
         {
             if let Some(t) = sent_time(&payload) {
+                seen += 1;
                 lat.push((now_us(epoch).saturating_sub(t)) as f64 / 1000.0);
             }
         }
     }
     let wall = started.elapsed().as_secs_f64();
     // What is still in flight is counted in the next step's rate, not this
-    // one's: the rate is what the host finished within the step.
-    let achieved = (handled.load(Ordering::Relaxed) - handled0) as f64 / wall;
-    let host_busy = (busy.load(Ordering::Relaxed) - busy0) as f64 / 1e9 / wall;
+    // one's: the rate is what came back through the host within the step.
+    let achieved = seen as f64 / wall;
+    let host_busy = (cpu_of(&twin_stat) - host0) / wall;
     let broker_busy = (cpu_seconds(broker_pid) - cpu0) / wall;
     lat.sort_by(|a, b| a.total_cmp(b));
     (
@@ -236,57 +258,50 @@ fn sent_time(doc: &[u8]) -> Option<u64> {
     v["current"]["state"]["reported"]["sensors"]["t"].as_u64()
 }
 
-async fn end_to_end(devices: usize, rates: &[u64], seconds: f64) {
+async fn end_to_end(devices: usize, rates: &[u64], seconds: f64, store_files: bool) {
     let dir = tempfile::tempdir().unwrap();
     let port = lanyard_std::broker::free_port().unwrap();
     let mut broker = mosquitto(port, dir.path());
     let broker_pid = broker.id();
     let epoch = Instant::now();
 
-    // The twin host on a thread of its own, timing its own work.
-    let busy = Arc::new(AtomicU64::new(0));
-    let handled = Arc::new(AtomicU64::new(0));
-    let (stop_tx, mut stop_rx) = tokio::sync::oneshot::channel::<()>();
+    // The twin host (`run_twin`, SQLite or files) on a thread of its own,
+    // whose CPU time is read from /proc.
+    let tid = Arc::new(AtomicU64::new(0));
+    let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
     let twin = {
-        let (busy, handled) = (busy.clone(), handled.clone());
+        let tid = tid.clone();
         let state = dir.path().join("twin");
         std::thread::spawn(move || {
+            let me = std::fs::read_link("/proc/thread-self")
+                .ok()
+                .and_then(|p| p.file_name()?.to_str()?.parse().ok())
+                .unwrap_or(0);
+            tid.store(me, Ordering::Relaxed);
             let rt = tokio::runtime::Builder::new_current_thread()
                 .enable_all()
                 .build()
                 .unwrap();
             rt.block_on(async move {
-                let mut host = TwinHost::open(&state, DeviceConfig::default())
-                    .unwrap()
-                    .with_limits(no_limits())
-                    .with_aws_topics(true);
+                let host = if store_files {
+                    TwinHost::open(&state, DeviceConfig::default())
+                } else {
+                    TwinHost::open_sqlite(state.join("twin.db"), DeviceConfig::default())
+                };
+                let mut host = host.unwrap().with_limits(no_limits());
                 let mut t =
                     MqttTransport::connect(MqttConfig::new("127.0.0.1", port, "lanyard-twin"));
-                for f in host.subscriptions(false) {
-                    t.subscribe(&f).await.unwrap();
-                }
-                let clock = Clock::real();
-                loop {
-                    tokio::select! {
-                        _ = &mut stop_rx => return,
-                        ev = t.recv() => {
-                            let Ok(TransportEvent::Message { topic, payload }) = ev else { continue };
-                            let began = Instant::now();
-                            let out = host.handle(clock.now_ms(), &topic, &payload);
-                            for p in out {
-                                let _ = t.publish(&p.topic, &p.payload, p.qos).await;
-                            }
-                            busy.fetch_add(began.elapsed().as_nanos() as u64, Ordering::Relaxed);
-                            if topic.ends_with("/shadow/update") {
-                                handled.fetch_add(1, Ordering::Relaxed);
-                            }
-                        }
-                    }
-                }
+                let _ = run_twin(&mut host, &mut t, Clock::real(), true, async {
+                    let _ = stop_rx.await;
+                })
+                .await;
             })
         })
     };
-
+    while tid.load(Ordering::Relaxed) == 0 {
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    let twin_tid = tid.load(Ordering::Relaxed);
     let mut app = MqttTransport::connect(MqttConfig::new("127.0.0.1", port, "bench-app"));
     app.subscribe("$aws/things/+/shadow/update/documents")
         .await
@@ -317,9 +332,8 @@ async fn end_to_end(devices: usize, rates: &[u64], seconds: f64) {
 
     let mut rig = Rig {
         broker_pid,
+        twin_tid,
         devices: conns,
-        busy,
-        handled,
         app,
         epoch,
     };
@@ -360,19 +374,26 @@ fn main() {
         .and_then(|v| v.parse().ok())
         .unwrap_or(200);
     println!("(a) in process, TwinHost::handle, one core, {devices} devices, 3-leaf reports");
-    let mem = in_process(None, devices, 200_000);
-    println!("  shadows in memory:             {mem:>10.0} updates/s");
+    let mem = in_process(Kept::Memory, devices, 200_000);
+    println!("  shadows in memory:                       {mem:>10.0} updates/s");
     let dir = tempfile::tempdir().unwrap();
-    let disk = in_process(Some(dir.path()), devices, 5_000);
-    println!("  shadows on disk (fsync each):  {disk:>10.0} updates/s");
+    let disk = in_process(Kept::Dir(dir.path()), devices, 5_000);
+    println!("  files (fsync each update):               {disk:>10.0} updates/s");
+    for batch in [1, 16, 256] {
+        let dir = tempfile::tempdir().unwrap();
+        let n = if batch == 1 { 5_000 } else { 50_000 };
+        let db = in_process(Kept::Sqlite(dir.path(), batch), devices, n);
+        println!("  SQLite, one transaction per {batch:>3} updates: {db:>10.0} updates/s");
+    }
     let rates: Vec<u64> = std::env::var("LANYARD_TWIN_BENCH_RATES")
         .ok()
         .map(|v| v.split(',').filter_map(|r| r.parse().ok()).collect())
-        .unwrap_or_else(|| vec![500, 1_000, 2_000, 4_000, 8_000, 16_000]);
+        .unwrap_or_else(|| vec![1_000, 4_000, 8_000, 16_000, 24_000, 32_000]);
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
         .build()
         .unwrap();
-    rt.block_on(end_to_end(devices, &rates, 3.0));
+    let files = std::env::var("LANYARD_TWIN_BENCH_STORE").is_ok_and(|v| v == "dir");
+    rt.block_on(end_to_end(devices, &rates, 3.0, files));
 }

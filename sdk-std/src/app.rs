@@ -142,6 +142,8 @@ pub struct AppClient<T: Transport> {
     next_id: u64,
     /// Topics carry a tenant level; devices are named `{tenant}/{id}`.
     tenants: bool,
+    /// Messages `next_event` skipped because they did not decode.
+    undecodable: u64,
 }
 
 impl<T: Transport> AppClient<T> {
@@ -174,6 +176,7 @@ impl<T: Transport> AppClient<T> {
             backlog: VecDeque::new(),
             next_id: 0,
             tenants,
+            undecodable: 0,
         })
     }
 
@@ -343,7 +346,16 @@ impl<T: Transport> AppClient<T> {
         Ok(())
     }
 
-    /// The next delta, report, telemetry or acknowledgement.
+    /// Messages [`AppClient::next_event`] skipped because they did not
+    /// decode (a misbehaving device's, say), each also logged.
+    pub fn undecodable(&self) -> u64 {
+        self.undecodable
+    }
+
+    /// The next delta, report, telemetry or acknowledgement. A message that
+    /// does not decode, or whose topic names no valid device (the twin
+    /// host's start-up probes use a reserved id), is skipped: one device's
+    /// bad message does not stop an app from hearing the others.
     pub async fn next_event(&mut self) -> Result<AppEvent, AppError> {
         loop {
             let (t, payload) = match self.backlog.pop_front() {
@@ -361,56 +373,76 @@ impl<T: Transport> AppClient<T> {
             let Some((device, kind)) = parsed else {
                 continue;
             };
-            let codec = AppError::Codec;
-            return Ok(match kind {
-                MessageKind::ShadowDelta => {
-                    let d: Box<ShadowDelta<TWIN_LEAVES, TWIN_POOL>> =
-                        Box::new(ShadowDelta::decode(&payload).map_err(codec)?);
-                    AppEvent::Delta {
-                        device,
-                        state: Box::new(d.state),
-                    }
+            if !device.split('/').all(valid_device_id) {
+                continue;
+            }
+            match self.event(device, kind, &payload) {
+                Ok(Some(ev)) => return Ok(ev),
+                Ok(None) => continue,
+                Err(e) => {
+                    self.undecodable += 1;
+                    tracing::warn!(topic = %t, error = %e, "undecodable message skipped");
                 }
-                MessageKind::ShadowUpdate => {
-                    let mut up: Box<ShadowUpdate<TWIN_LEAVES, TWIN_POOL>> =
-                        Box::new(ShadowUpdate::new(0));
-                    up.decode_into(&payload).map_err(codec)?;
-                    let Some(state) = up.reported.take() else {
-                        continue;
-                    };
-                    let rejected = up.rejected.as_ref().map_or_else(Vec::new, |t| {
-                        Rejection::all_of(
-                            t.iter()
-                                .filter_map(|l| Some((l.path, reason_code(l.value)?))),
-                        )
-                    });
-                    AppEvent::Reported {
-                        device,
-                        state: Box::new(state),
-                        rejected,
-                    }
-                }
-                MessageKind::Telemetry => {
-                    let t: Box<Telemetry<TWIN_LEAVES, TWIN_POOL>> =
-                        Box::new(Telemetry::decode(&payload).map_err(codec)?);
-                    AppEvent::Telemetry {
-                        device,
-                        seq: t.seq,
-                        time_ms: t.time_ms,
-                        readings: Box::new(t.readings),
-                    }
-                }
-                MessageKind::Ack => {
-                    let a = Ack::decode(&payload).map_err(codec)?;
-                    AppEvent::Ack {
-                        device,
-                        command_id: a.command_id.to_owned(),
-                        status: a.status,
-                    }
-                }
-                _ => continue,
-            });
+            }
         }
+    }
+
+    /// The event a message of `kind` from `device` makes, if any.
+    fn event(
+        &self,
+        device: String,
+        kind: MessageKind,
+        payload: &[u8],
+    ) -> Result<Option<AppEvent>, AppError> {
+        let codec = AppError::Codec;
+        Ok(Some(match kind {
+            MessageKind::ShadowDelta => {
+                let d: Box<ShadowDelta<TWIN_LEAVES, TWIN_POOL>> =
+                    Box::new(ShadowDelta::decode(payload).map_err(codec)?);
+                AppEvent::Delta {
+                    device,
+                    state: Box::new(d.state),
+                }
+            }
+            MessageKind::ShadowUpdate => {
+                let mut up: Box<ShadowUpdate<TWIN_LEAVES, TWIN_POOL>> =
+                    Box::new(ShadowUpdate::new(0));
+                up.decode_into(payload).map_err(codec)?;
+                let Some(state) = up.reported.take() else {
+                    return Ok(None);
+                };
+                let rejected = up.rejected.as_ref().map_or_else(Vec::new, |t| {
+                    Rejection::all_of(
+                        t.iter()
+                            .filter_map(|l| Some((l.path, reason_code(l.value)?))),
+                    )
+                });
+                AppEvent::Reported {
+                    device,
+                    state: Box::new(state),
+                    rejected,
+                }
+            }
+            MessageKind::Telemetry => {
+                let t: Box<Telemetry<TWIN_LEAVES, TWIN_POOL>> =
+                    Box::new(Telemetry::decode(payload).map_err(codec)?);
+                AppEvent::Telemetry {
+                    device,
+                    seq: t.seq,
+                    time_ms: t.time_ms,
+                    readings: Box::new(t.readings),
+                }
+            }
+            MessageKind::Ack => {
+                let a = Ack::decode(payload).map_err(codec)?;
+                AppEvent::Ack {
+                    device,
+                    command_id: a.command_id.to_owned(),
+                    status: a.status,
+                }
+            }
+            _ => return Ok(None),
+        }))
     }
 
     /// Waits for a message whose topic `wanted` accepts, keeping the others

@@ -137,9 +137,12 @@ pub struct MqttTransport {
     /// succeeded (or why not). Later losses are retried silently.
     first: watch::Receiver<Option<Result<(), String>>>,
     rx: mpsc::UnboundedReceiver<(TransportEvent, Option<Unacked>)>,
-    /// The message last handed out by `recv`, acknowledged when `recv` is
-    /// called again (the caller has handled it by then).
-    unacked: Option<Unacked>,
+    /// The messages handed out by `recv` and not acknowledged yet: the last
+    /// one, acknowledged when `recv` is called again (the caller has
+    /// handled it by then), or with `hold_acks`, all of them until
+    /// `ack_handled`.
+    unacked: Vec<Unacked>,
+    held: bool,
     /// Counts connections: an acknowledgement is sent only on the
     /// connection its message came on.
     connection: Arc<AtomicU64>,
@@ -278,7 +281,8 @@ impl MqttTransport {
             client,
             first,
             rx,
-            unacked: None,
+            unacked: Vec::new(),
+            held: false,
             connection,
             filters,
             stats,
@@ -312,11 +316,12 @@ impl MqttTransport {
         *self.stats.lock().expect("stats")
     }
 
-    /// Acknowledges the message `recv` handed out last, if it came on the
-    /// current connection (the caller is done with it).
-    fn ack_handled(&mut self) {
-        if let Some(u) = self.unacked.take() {
-            if u.connection == self.connection.load(Ordering::Acquire) {
+    /// Acknowledges the messages handed out that came on the current
+    /// connection (the caller is done with them).
+    fn ack_all(&mut self) {
+        let now = self.connection.load(Ordering::Acquire);
+        for u in self.unacked.drain(..) {
+            if u.connection == now {
                 let _ = self.client.try_ack(&u.publish);
             }
         }
@@ -326,7 +331,7 @@ impl MqttTransport {
     /// published to be delivered (and acknowledging the last message
     /// received: it has been handled).
     pub async fn disconnect(mut self) {
-        self.ack_handled();
+        self.ack_all();
         let _ = self.flush(Duration::from_secs(1)).await;
         let _ = self.client.disconnect().await;
         self.task.abort();
@@ -380,10 +385,29 @@ impl Transport for MqttTransport {
     /// across crashes). A message is safe to receive twice: updates carry
     /// versions and timestamps, commands ids.
     async fn recv(&mut self) -> Result<TransportEvent, TransportError> {
-        self.ack_handled();
+        if !self.held {
+            self.ack_all();
+        }
         let (ev, unacked) = self.rx.recv().await.ok_or(TransportError::Closed)?;
-        self.unacked = unacked;
+        self.unacked.extend(unacked);
         Ok(ev)
+    }
+
+    fn try_recv(&mut self) -> Option<TransportEvent> {
+        if !self.held {
+            self.ack_all();
+        }
+        let (ev, unacked) = self.rx.try_recv().ok()?;
+        self.unacked.extend(unacked);
+        Some(ev)
+    }
+
+    fn hold_acks(&mut self) {
+        self.held = true;
+    }
+
+    fn ack_handled(&mut self) {
+        self.ack_all();
     }
 
     fn acknowledged(&self) -> u64 {

@@ -90,6 +90,20 @@ pub trait Transport: Send {
     ) -> Result<(), TransportError>;
     /// The next event.
     async fn recv(&mut self) -> Result<TransportEvent, TransportError>;
+    /// The next event if one is already waiting (to take a batch of them at
+    /// once). The default has none.
+    fn try_recv(&mut self) -> Option<TransportEvent> {
+        None
+    }
+    /// From now on, messages are acknowledged to the peer only by
+    /// [`Transport::ack_handled`] (not when `recv` is called again): for a
+    /// consumer that handles a batch and makes it durable before
+    /// acknowledging it. The default, for a transport without
+    /// acknowledgements, does nothing.
+    fn hold_acks(&mut self) {}
+    /// Acknowledges every message received so far (with
+    /// [`Transport::hold_acks`]).
+    fn ack_handled(&mut self) {}
     /// Waits until everything published so far has left (QoS 0) or been
     /// acknowledged (QoS 1), for at most `within`: call it before dropping
     /// a transport whose last messages matter. The default has nothing to

@@ -50,6 +50,25 @@ fn twin(port: u16, dir: &Path) -> Child {
     )
 }
 
+/// A twin host keeping its shadows in an SQLite database in `dir`.
+fn twin_db(port: u16, dir: &Path) -> Child {
+    let db = dir.join("twin.db");
+    lanyard(
+        &[
+            "twin",
+            "--broker",
+            &format!("mqtt://127.0.0.1:{port}"),
+            "--device-rate",
+            "100000",
+            "--device-burst",
+            "100000",
+            "--db",
+            db.to_str().unwrap(),
+        ],
+        None,
+    )
+}
+
 fn device(port: u16, dir: &Path, extra: &[&str]) -> Child {
     let mut args = vec!["device", "--broker"];
     let url = format!("mqtt://127.0.0.1:{port}");
@@ -367,6 +386,15 @@ async fn a_command_running_when_the_device_is_killed_is_never_run_again() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_twin_host_killed_under_load_loses_no_acknowledged_update() {
+    killed_under_load(twin).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_twin_host_on_sqlite_killed_under_load_loses_no_acknowledged_update() {
+    killed_under_load(twin_db).await;
+}
+
+async fn killed_under_load(twin: fn(u16, &Path) -> Child) {
     const DEVICES: usize = 20;
     const UPDATES: usize = 60;
     let broker = Mosquitto::start();

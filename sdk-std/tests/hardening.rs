@@ -17,7 +17,7 @@ use lanyard_std::app::{AppClient, AppError};
 use lanyard_std::clock::Clock;
 use lanyard_std::mqtt::{MqttConfig, MqttTransport};
 use lanyard_std::transport::{Qos, Transport, TransportError, TransportEvent};
-use lanyard_std::twin::{TwinHost, TwinLimits, run_twin};
+use lanyard_std::twin::{RunError, TwinHost, TwinLimits, run_twin};
 
 const A: &str = "ly-00000000000a";
 const B: &str = "ly-00000000000b";
@@ -578,7 +578,7 @@ async fn a_twin_host_the_acl_does_not_trust_says_so_at_start() {
     )
     .await;
     match r {
-        Err(TransportError::NotDelivering(topics)) => {
+        Err(RunError::Transport(TransportError::NotDelivering(topics))) => {
             assert!(topics.contains("/register"), "{topics}");
         }
         other => panic!("expected NotDelivering, got {other:?}"),

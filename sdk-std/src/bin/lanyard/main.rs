@@ -33,7 +33,7 @@ use decode::decode;
 use demo::demo;
 use device::{device, make_device};
 use timeline::timeline_line;
-use twin::twin;
+use twin::{TwinStore, twin};
 
 #[derive(Parser)]
 #[command(
@@ -214,9 +214,18 @@ enum Cmd {
         /// Serve Prometheus metrics on this address (e.g. 127.0.0.1:9100).
         #[arg(long)]
         metrics: Option<String>,
-        /// Where the shadows are kept.
+        /// Keep the shadows in this directory, one file each (for small
+        /// gateways: one fsync per update).
+        #[arg(long, conflicts_with = "db", required_unless_present = "db")]
+        state_dir: Option<PathBuf>,
+        /// Keep the shadows in this SQLite database (created if needed):
+        /// one durable transaction per batch of messages.
         #[arg(long)]
-        state_dir: PathBuf,
+        db: Option<PathBuf>,
+        /// Copy the shadows a `--state-dir` directory holds into the
+        /// `--db` database first (those already in it are kept).
+        #[arg(long, requires = "db")]
+        import_dir: Option<PathBuf>,
         /// Serve these tenants' namespaces (comma-separated) instead of the
         /// shared one; messages for any other tenant are refused.
         #[arg(long, value_delimiter = ',')]
@@ -319,6 +328,8 @@ fn main() {
             Cmd::Twin {
                 broker,
                 state_dir,
+                db,
+                import_dir,
                 metrics,
                 tenants,
                 telemetry_ms,
@@ -342,9 +353,14 @@ fn main() {
                 fleet
                     .validate()
                     .map_err(|e| format!("--telemetry-ms: {}", e.reason))?;
+                let store = match (state_dir, db) {
+                    (Some(dir), _) => TwinStore::Dir(dir),
+                    (None, Some(db)) => TwinStore::Sqlite { db, import_dir },
+                    (None, None) => return Err("--state-dir or --db is required".into()),
+                };
                 twin(
                     &broker,
-                    state_dir,
+                    store,
                     tenants,
                     fleet,
                     limits,

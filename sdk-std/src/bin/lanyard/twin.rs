@@ -4,15 +4,30 @@ use super::*;
 
 pub(crate) async fn twin(
     broker: &BrokerArgs,
-    state_dir: PathBuf,
+    store: TwinStore,
     tenants: Vec<String>,
     fleet: DeviceConfig,
     limits: TwinLimits,
     metrics: Option<Metrics>,
 ) -> Result<(), String> {
-    let mut twin = TwinHost::open(&state_dir, fleet)
-        .map_err(|e| format!("{}: {e}", state_dir.display()))?
-        .with_limits(limits);
+    let mut twin = match store {
+        TwinStore::Dir(dir) => {
+            TwinHost::open(&dir, fleet).map_err(|e| format!("{}: {e}", dir.display()))?
+        }
+        TwinStore::Sqlite { db, import_dir } => {
+            let mut store = lanyard_std::twin::SqliteStore::open(&db)
+                .map_err(|e| format!("{}: {e}", db.display()))?;
+            if let Some(dir) = import_dir {
+                let n = store
+                    .import_dir(&dir)
+                    .map_err(|e| format!("--import-dir {}: {e}", dir.display()))?;
+                println!("imported {n} shadows from {}", dir.display());
+            }
+            TwinHost::with_store(Box::new(store), fleet)
+                .map_err(|e| format!("{}: {e}", db.display()))?
+        }
+    }
+    .with_limits(limits);
     if let Some(m) = metrics {
         twin = twin.with_metrics(m);
     }
@@ -31,4 +46,15 @@ pub(crate) async fn twin(
     })
     .await
     .map_err(|e| e.to_string())
+}
+
+/// Where `lanyard twin` keeps its shadows.
+pub(crate) enum TwinStore {
+    /// A directory of files.
+    Dir(PathBuf),
+    /// An SQLite database, first filled from a directory if given.
+    Sqlite {
+        db: PathBuf,
+        import_dir: Option<PathBuf>,
+    },
 }

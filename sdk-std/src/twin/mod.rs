@@ -20,8 +20,10 @@ use lanyard_core::topic::{AppTopic, Topic, filter, topic_of_key};
 use lanyard_core::wire::{ShadowDelta, ShadowUpdate};
 
 use crate::aws_json;
-use crate::store::{seal, unseal, write_atomic};
+
+mod store;
 use crate::transport::{Qos, Transport, TransportError, TransportEvent};
+pub use store::{Batch, DirStore, Loaded, Put, ShadowStore, SqliteStore, marker_file, shadow_file};
 
 /// Leaves per tree of a hosted shadow.
 pub const TWIN_LEAVES: usize = 64;
@@ -209,7 +211,20 @@ pub struct TwinStats {
 /// The shadows of a fleet.
 pub struct TwinHost {
     shadows: HashMap<String, Box<TwinShadow>>,
-    dir: Option<PathBuf>,
+    /// Where shadows are kept; `None` in memory only.
+    store: Option<Box<dyn ShadowStore>>,
+    /// What the messages handled since the last [`TwinHost::flush`]
+    /// changed: the devices whose shadow to write, those decommissioned
+    /// and re-provisioned.
+    dirty: HashSet<String>,
+    retired: Vec<(String, u64)>,
+    reinstated: Vec<String>,
+    /// Each shadow's version as stored (the compare-and-set of the next
+    /// write).
+    stored: HashMap<String, u64>,
+    /// Writes wait for [`TwinHost::flush`] ([`run_twin`] flushes once per
+    /// batch of messages) instead of being made after every message.
+    batching: bool,
     fleet_config: DeviceConfig,
     stats: TwinStats,
     rng: u64,
@@ -240,7 +255,12 @@ impl TwinHost {
     pub fn in_memory(fleet_config: DeviceConfig) -> Self {
         TwinHost {
             shadows: HashMap::new(),
-            dir: None,
+            store: None,
+            dirty: HashSet::new(),
+            retired: Vec::new(),
+            reinstated: Vec::new(),
+            stored: HashMap::new(),
+            batching: false,
             fleet_config,
             stats: TwinStats::default(),
             rng: 0x2545_f491_4f6c_dd1d,
@@ -297,67 +317,51 @@ impl TwinHost {
         }
     }
 
-    /// A host that persists every shadow in `dir` (one file per device,
-    /// written atomically and sealed with a checksum) and loads those
-    /// already there. A damaged file does not stop the host: it is moved to
-    /// `{dir}/.damaged/`, logged as an error and counted, and its device
-    /// keeps its registration with an empty shadow (the device's next
-    /// report fills the reported side again; desired state set before is
-    /// lost and must be set again).
+    /// A host that persists every shadow in `dir` ([`DirStore`]: one file
+    /// per device, written atomically and sealed with a checksum) and loads
+    /// those already there. See [`TwinHost::with_store`].
     pub fn open(dir: impl Into<PathBuf>, fleet_config: DeviceConfig) -> io::Result<Self> {
-        let dir = dir.into();
-        std::fs::create_dir_all(&dir)?;
+        Self::with_store(Box::new(DirStore::open(dir)?), fleet_config)
+    }
+
+    /// A host that keeps its shadows in an SQLite database at `path`
+    /// ([`SqliteStore`]). See [`TwinHost::with_store`].
+    pub fn open_sqlite(path: impl AsRef<Path>, fleet_config: DeviceConfig) -> io::Result<Self> {
+        Self::with_store(Box::new(SqliteStore::open(path)?), fleet_config)
+    }
+
+    /// A host that keeps its shadows in `store` and loads those already
+    /// there. A damaged record does not stop the host: the store sets it
+    /// aside, it is logged as an error and counted, and its device keeps
+    /// its registration with an empty shadow (the device's next report
+    /// fills the reported side again; desired state set before is lost and
+    /// must be set again).
+    pub fn with_store(
+        mut store: Box<dyn ShadowStore>,
+        fleet_config: DeviceConfig,
+    ) -> io::Result<Self> {
         let mut host = Self::in_memory(fleet_config);
-        // Shared-namespace shadows at the top, tenants' in a directory each.
-        let mut files = Vec::new();
-        for entry in std::fs::read_dir(&dir)? {
-            let path = entry?.path();
-            let tenant = path.file_name().and_then(|s| s.to_str()).unwrap_or("");
-            if path.is_dir() && lanyard_core::agent::messages::valid_tenant(tenant) {
-                for inner in std::fs::read_dir(&path)? {
-                    files.push((Some(tenant.to_owned()), inner?.path()));
-                }
-            } else {
-                files.push((None, path));
-            }
+        let loaded = store.load()?;
+        for key in loaded.decommissioned {
+            host.decommissioned.insert(key);
         }
-        for (tenant, path) in files {
-            let (Some(stem), Some(ext)) = (
-                path.file_stem().and_then(|s| s.to_str()),
-                path.extension().and_then(|s| s.to_str()),
-            ) else {
-                continue;
-            };
-            if !valid_device_id(stem) {
-                continue;
-            }
-            let key = match tenant {
-                Some(t) => format!("{t}/{stem}"),
-                None => stem.to_owned(),
-            };
-            match ext {
-                "cbor" => {}
-                "decommissioned" => {
-                    host.decommissioned.insert(key);
-                    continue;
-                }
-                _ => continue,
-            }
-            let bytes = std::fs::read(&path)?;
-            let decoded = unseal(&bytes).map_err(|e| e.to_string()).and_then(|b| {
-                TwinShadow::decode(b, host.policies.default).map_err(|e| e.to_string())
+        for (key, read) in loaded.shadows {
+            let decoded = read.and_then(|b| {
+                TwinShadow::decode(&b, host.policies.default).map_err(|e| e.to_string())
             });
             let shadow = match decoded {
-                Ok(s) => Box::new(s),
+                Ok(s) => {
+                    host.stored.insert(key.clone(), s.version());
+                    Box::new(s)
+                }
                 Err(why) => {
                     host.stats.damaged_records += 1;
-                    let aside = set_aside(&dir, &path)?;
                     tracing::error!(
-                        file = %path.display(),
-                        moved_to = %aside.display(),
+                        device = %key,
                         error = %why,
                         "damaged shadow set aside; the device keeps its registration with an empty shadow"
                     );
+                    host.dirty.insert(key.clone());
                     Box::new(TwinShadow::new(host.policies.default))
                 }
             };
@@ -365,8 +369,96 @@ impl TwinHost {
             // `with_policies`, on those loaded here too.
             host.shadows.insert(key, shadow);
         }
-        host.dir = Some(dir);
+        host.store = Some(store);
+        // The empty shadows of damaged records, written now.
+        host.flush()?;
         Ok(host)
+    }
+
+    /// Writes what the messages handled since the last flush changed, in
+    /// one step of the store. Without [`TwinHost::batching`] every message
+    /// is flushed as it is handled. A write made from a stale copy (another
+    /// host changed the shadow meanwhile) is refused by the store; the
+    /// host then reads the stored shadow again and returns its key, so
+    /// that the caller handles that device's messages again on the fresh
+    /// copy ([`run_twin`] does, and drops the answers it had made).
+    pub fn flush(&mut self) -> io::Result<Vec<String>> {
+        let Some(store) = self.store.as_mut() else {
+            self.dirty.clear();
+            self.retired.clear();
+            self.reinstated.clear();
+            return Ok(Vec::new());
+        };
+        let mut batch = Batch::default();
+        let mut buf = vec![0u8; 64 * 1024];
+        for key in self.dirty.drain() {
+            let Some(shadow) = self.shadows.get(&key) else {
+                continue;
+            };
+            match shadow.encode(&mut buf) {
+                Ok(n) => batch.puts.push(Put {
+                    replaces: self.stored.get(&key).copied(),
+                    version: shadow.version(),
+                    bytes: buf[..n].to_vec(),
+                    key,
+                }),
+                Err(e) => tracing::error!(device = %key, error = %e, "could not encode shadow"),
+            }
+        }
+        batch.decommissioned = std::mem::take(&mut self.retired);
+        batch.reprovisioned = std::mem::take(&mut self.reinstated);
+        if batch.is_empty() {
+            return Ok(Vec::new());
+        }
+        let conflicts = store.commit(&batch)?;
+        for p in &batch.puts {
+            if !conflicts.contains(&p.key) {
+                self.stored.insert(p.key.clone(), p.version);
+            }
+        }
+        for (key, _) in &batch.decommissioned {
+            self.stored.remove(key);
+        }
+        for key in &conflicts {
+            let key = key.clone();
+            tracing::warn!(device = %key, "shadow changed by another host meanwhile: read again");
+            match store.reload(&key)? {
+                Some((version, bytes)) => {
+                    if let Ok(s) = TwinShadow::decode(&bytes, self.policies.default) {
+                        let mut s = Box::new(s);
+                        let _ = self.policies.apply_to(&mut s);
+                        self.shadows.insert(key.clone(), s);
+                        self.stored.insert(key, version);
+                    }
+                }
+                None => {
+                    self.shadows.remove(&key);
+                    self.stored.remove(&key);
+                }
+            }
+        }
+        Ok(conflicts)
+    }
+
+    /// The device a topic is about, as this host names it (its id, or
+    /// `{tenant}/{id}`), whichever way in; `None` for a topic it does not
+    /// serve.
+    pub fn key_of(&self, topic_name: &str) -> Option<String> {
+        if let Some(rest) = topic_name.strip_prefix("$aws/things/") {
+            return Some(rest.split_once("/shadow/")?.0.to_owned());
+        }
+        let rest = topic_name.strip_prefix(TOPIC_PREFIX)?;
+        let levels = if self.tenants.is_some() { 2 } else { 1 };
+        let mut parts = rest.splitn(levels + 1, '/');
+        let key: Vec<&str> = parts.by_ref().take(levels).collect();
+        (key.len() == levels && parts.next().is_some()).then(|| key.join("/"))
+    }
+
+    /// Writes wait for [`TwinHost::flush`] when `on` (what [`run_twin`]
+    /// does: one write of the store per batch of messages, before any of
+    /// them is acknowledged or answered).
+    pub fn batching(&mut self, on: bool) {
+        self.batching = on;
     }
 
     /// Exports the counters to `metrics` after every message.
@@ -499,9 +591,8 @@ impl TwinHost {
         if !self.decommissioned.remove(key) {
             return false;
         }
-        if let Some(dir) = &self.dir {
-            let _ = std::fs::remove_file(marker_file(dir, key));
-        }
+        self.reinstated.push(key.to_owned());
+        self.written();
         tracing::info!(device = key, "device re-provisioned");
         true
     }
@@ -515,18 +606,9 @@ impl TwinHost {
         self.allowances.remove(key);
         self.decommissioned.insert(key.to_owned());
         self.stats.decommissioned += 1;
-        if let Some(dir) = &self.dir {
-            let _ = std::fs::remove_file(shadow_file(dir, key));
-            let marker = marker_file(dir, key);
-            let written = match marker.parent() {
-                Some(parent) => std::fs::create_dir_all(parent),
-                None => Ok(()),
-            }
-            .and_then(|()| write_atomic(&marker, now_ms.to_string().as_bytes()));
-            if let Err(e) = written {
-                tracing::error!(device = key, error = %e, "could not record decommissioning");
-            }
-        }
+        self.dirty.remove(key);
+        self.retired.push((key.to_owned(), now_ms));
+        self.written();
         tracing::info!(device = key, "device decommissioned");
     }
 
@@ -564,24 +646,18 @@ impl TwinHost {
         self
     }
 
-    fn persist(&self, id: &str) {
-        let (Some(dir), Some(shadow)) = (&self.dir, self.shadows.get(id)) else {
-            return;
-        };
-        let mut buf = vec![0u8; 64 * 1024];
-        match shadow.encode(&mut buf) {
-            Ok(n) => {
-                let path = shadow_file(dir, id);
-                let written = match path.parent() {
-                    Some(parent) => std::fs::create_dir_all(parent),
-                    None => Ok(()),
-                }
-                .and_then(|()| write_atomic(&path, &seal(&buf[..n])));
-                if let Err(e) = written {
-                    tracing::error!(device = id, error = %e, "could not persist shadow");
-                }
+    /// Device `id`'s shadow changed: written at the next flush.
+    fn persist(&mut self, id: &str) {
+        self.dirty.insert(id.to_owned());
+        self.written();
+    }
+
+    /// Flushes now unless batching.
+    fn written(&mut self) {
+        if !self.batching {
+            if let Err(e) = self.flush() {
+                tracing::error!(error = %e, "could not write shadows");
             }
-            Err(e) => tracing::error!(device = id, error = %e, "could not encode shadow"),
         }
     }
 
@@ -1156,8 +1232,45 @@ fn encoded<T: Encodable>(id: &str, kind: MessageKind, m: &T) -> Publish {
 /// How long [`run_twin`] waits for its start-up probes to come back.
 pub const PROBE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(5);
 
+/// Most messages [`run_twin`] handles in one batch (one write of the store).
+pub const MAX_BATCH: usize = 256;
+
+/// Why [`run_twin`] stopped.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum RunError {
+    /// The transport failed, or the broker does not deliver the host's
+    /// subscriptions ([`TransportError::NotDelivering`]).
+    Transport(TransportError),
+    /// The store could not write a batch. Nothing of it was acknowledged:
+    /// the broker sends it again to the next host to connect.
+    Store(String),
+}
+
+impl From<TransportError> for RunError {
+    fn from(e: TransportError) -> Self {
+        RunError::Transport(e)
+    }
+}
+
+impl std::fmt::Display for RunError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            RunError::Transport(e) => e.fmt(f),
+            RunError::Store(e) => write!(f, "could not write shadows: {e}"),
+        }
+    }
+}
+
+impl std::error::Error for RunError {}
+
 /// Runs a host over a transport until the transport closes or `stop`
 /// completes; `aws` serves the AWS IoT topics too.
+///
+/// Messages are handled in batches (what has arrived, up to
+/// [`MAX_BATCH`]): the batch is written to the store in one step, then its
+/// answers are published and its messages acknowledged to the broker. A
+/// host killed at any point loses nothing the broker will not send again,
+/// and a busy host pays one durable write per batch, not per message.
 ///
 /// At start the host publishes a probe on each topic it subscribes to
 /// (under a reserved id no device can have) and fails with
@@ -1171,8 +1284,10 @@ pub async fn run_twin<T: Transport>(
     clock: crate::clock::Clock,
     aws: bool,
     stop: impl std::future::Future<Output = ()>,
-) -> Result<(), TransportError> {
+) -> Result<(), RunError> {
     host.aws = aws;
+    host.batching = true;
+    transport.hold_acks();
     let filters = host.subscriptions(aws);
     for f in &filters {
         transport.subscribe(f).await?;
@@ -1189,59 +1304,58 @@ pub async fn run_twin<T: Transport>(
     let probe_deadline = tokio::time::sleep(PROBE_TIMEOUT);
     tokio::pin!(stop);
     tokio::pin!(probe_deadline);
+    let mut out = Vec::new();
+    let mut batch: Vec<(String, Vec<u8>, Vec<Publish>)> = Vec::new();
     loop {
         tokio::select! {
             _ = &mut stop => return Ok(()),
             _ = &mut probe_deadline, if !probes.is_empty() => {
                 let mut silent: Vec<String> = probes.into_iter().collect();
                 silent.sort();
-                return Err(TransportError::NotDelivering(silent.join(", ")));
+                return Err(TransportError::NotDelivering(silent.join(", ")).into());
             }
             ev = transport.recv() => {
-                if let TransportEvent::Message { topic, payload } = ev? {
-                    if probes.remove(&topic) {
-                        if probes.is_empty() {
-                            tracing::info!("twin host: the broker delivers all its subscriptions");
+                let mut next = Some(ev?);
+                let mut taken = 0;
+                while let Some(ev) = next.take() {
+                    taken += 1;
+                    if let TransportEvent::Message { topic, payload } = ev {
+                        if probes.remove(&topic) {
+                            if probes.is_empty() {
+                                tracing::info!("twin host: the broker delivers all its subscriptions");
+                            }
+                        } else {
+                            let answers = host.handle(clock.now_ms(), &topic, &payload);
+                            batch.push((topic, payload, answers));
                         }
-                        continue;
                     }
-                    for p in host.handle(clock.now_ms(), &topic, &payload) {
-                        transport.publish(&p.topic, &p.payload, p.qos).await?;
+                    if taken < MAX_BATCH {
+                        next = transport.try_recv();
                     }
-                    host.export();
                 }
+                // Durable first; then answered and acknowledged. A device
+                // another host changed meanwhile has its messages handled
+                // again on the fresh copy, their first answers dropped.
+                for _ in 0..8 {
+                    let stale = host.flush().map_err(|e| RunError::Store(e.to_string()))?;
+                    if stale.is_empty() {
+                        break;
+                    }
+                    for (topic, payload, answers) in &mut batch {
+                        if host.key_of(topic).is_some_and(|k| stale.contains(&k)) {
+                            *answers = host.handle(clock.now_ms(), topic, payload);
+                        }
+                    }
+                }
+                for (_, _, answers) in batch.drain(..) {
+                    out.extend(answers);
+                }
+                for p in out.drain(..) {
+                    transport.publish(&p.topic, &p.payload, p.qos).await?;
+                }
+                transport.ack_handled();
+                host.export();
             }
         }
     }
-}
-
-/// Where a host records that a device is decommissioned:
-/// `{dir}/{device-id}.decommissioned` (or under its tenant's directory).
-pub fn marker_file(dir: &Path, device: &str) -> PathBuf {
-    dir.join(format!("{device}.decommissioned"))
-}
-
-/// Moves a damaged file to `{dir}/.damaged/`, named after it and the time;
-/// returns where it went.
-fn set_aside(dir: &Path, file: &Path) -> io::Result<PathBuf> {
-    let aside = dir.join(".damaged");
-    std::fs::create_dir_all(&aside)?;
-    let stamp = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis());
-    let name = file
-        .strip_prefix(dir)
-        .unwrap_or(file)
-        .to_string_lossy()
-        .replace('/', "_");
-    let to = aside.join(format!("{name}.{stamp}"));
-    std::fs::rename(file, &to)?;
-    Ok(to)
-}
-
-/// Where a host keeps a device's shadow (the one place that says so):
-/// `{dir}/{device-id}.cbor`, or `{dir}/{tenant}/{device-id}.cbor` for a
-/// device named `{tenant}/{device-id}`.
-pub fn shadow_file(dir: &Path, device: &str) -> PathBuf {
-    dir.join(format!("{device}.cbor"))
 }

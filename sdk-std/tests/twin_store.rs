@@ -1,0 +1,203 @@
+//! The twin host's stores: the SQLite database keeps shadows and
+//! decommissioned devices across restarts, refuses a write made from a
+//! stale copy (two hosts on one database never lose each other's update),
+//! sets a damaged record aside, and takes in what a state directory held.
+
+use lanyard_core::agent::config::DeviceConfig;
+use lanyard_core::agent::lifecycle::{LifecycleState, Trigger};
+use lanyard_core::agent::messages::*;
+use lanyard_core::shadow::{PathBuf, StateTree, Value};
+use lanyard_core::wire::ShadowUpdate;
+use lanyard_std::twin::{SqliteStore, TwinHost, app_topics};
+
+const ID: &str = "ly-0000000005a1";
+
+fn register(id: &str) -> Vec<u8> {
+    let mut buf = vec![0u8; 256];
+    let n = Register {
+        device_id: id,
+        firmware: "1",
+        config_version: 0,
+        boot_count: 1,
+        time_ms: 5,
+        resumed: false,
+        capacity: None,
+    }
+    .encode(&mut buf)
+    .unwrap();
+    buf.truncate(n);
+    buf
+}
+
+fn update(desired: bool, key: &str, v: i64, ts: u64) -> Vec<u8> {
+    let mut t: StateTree<16, 512> = StateTree::new();
+    t.insert(&PathBuf::from_dotted(key).unwrap(), Value::Int(v))
+        .unwrap();
+    let mut up: ShadowUpdate<16, 512> = ShadowUpdate::new(ts);
+    if desired {
+        up.desired = Some(t);
+    } else {
+        up.reported = Some(t);
+    }
+    let mut buf = vec![0u8; 1024];
+    let n = up.encode(&mut buf).unwrap();
+    buf.truncate(n);
+    buf
+}
+
+fn t(id: &str, suffix: &str) -> String {
+    format!("lanyard/v1/{id}/{suffix}")
+}
+
+fn decommission_event() -> Vec<u8> {
+    let mut buf = vec![0u8; 64];
+    let n = LifecycleEvent {
+        from: LifecycleState::Active,
+        to: LifecycleState::Decommissioned,
+        cause: Trigger::Decommission,
+        time_ms: 9,
+        seq: 3,
+    }
+    .encode(&mut buf)
+    .unwrap();
+    buf.truncate(n);
+    buf
+}
+
+#[test]
+fn shadows_and_decommissioned_devices_survive_a_restart_on_sqlite() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("twin.db");
+    let gone = "ly-0000000005a2";
+    {
+        let mut h = TwinHost::open_sqlite(&db, DeviceConfig::default()).unwrap();
+        h.handle(1, &t(ID, "register"), &register(ID));
+        h.handle(1, &t(gone, "register"), &register(gone));
+        h.handle(2, &t(ID, app_topics::SET_DESIRED), &update(true, "a", 1, 2));
+        h.handle(3, &t(ID, "shadow/update"), &update(false, "b", 2, 3));
+        h.handle(4, &t(gone, "lifecycle"), &decommission_event());
+    }
+    let mut h = TwinHost::open_sqlite(&db, DeviceConfig::default()).unwrap();
+    let s = h.shadow(ID).unwrap();
+    assert_eq!(s.version(), 2);
+    assert_eq!(s.desired().get_dotted("a").unwrap().value, Value::Int(1));
+    assert_eq!(s.reported().get_dotted("b").unwrap().value, Value::Int(2));
+    assert!(h.shadow(gone).is_none());
+    assert!(h.is_decommissioned(gone));
+    assert!(
+        h.handle(5, &t(gone, "register"), &register(gone))
+            .is_empty()
+    );
+    assert!(h.reprovision(gone));
+    drop(h);
+    let mut h = TwinHost::open_sqlite(&db, DeviceConfig::default()).unwrap();
+    assert!(!h.is_decommissioned(gone));
+    assert_eq!(h.handle(6, &t(gone, "register"), &register(gone)).len(), 1);
+}
+
+#[test]
+fn two_hosts_on_one_database_never_lose_each_others_update() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("twin.db");
+    let mut a = TwinHost::open_sqlite(&db, DeviceConfig::default()).unwrap();
+    a.handle(1, &t(ID, "register"), &register(ID));
+    // B starts with the same shadow, version 0.
+    let mut b = TwinHost::open_sqlite(&db, DeviceConfig::default()).unwrap();
+    assert_eq!(b.shadow(ID).unwrap().version(), 0);
+    // A applies the device's report: version 1 in the database.
+    a.handle(2, &t(ID, "shadow/update"), &update(false, "x", 1, 2));
+    // B, from its stale copy, applies an app's desired state: the store
+    // refuses the write, and B reads the shadow again.
+    b.handle(3, &t(ID, app_topics::SET_DESIRED), &update(true, "y", 7, 3));
+    let s = b.shadow(ID).unwrap();
+    assert_eq!(s.reported().get_dotted("x").unwrap().value, Value::Int(1));
+    assert_eq!(s.version(), 1);
+    // Neither host's write overwrote the other's: a third reads A's.
+    let c = TwinHost::open_sqlite(&db, DeviceConfig::default()).unwrap();
+    assert_eq!(
+        c.shadow(ID)
+            .unwrap()
+            .reported()
+            .get_dotted("x")
+            .unwrap()
+            .value,
+        Value::Int(1)
+    );
+    // B, now current, writes on top: version 2, both updates there.
+    b.handle(4, &t(ID, app_topics::SET_DESIRED), &update(true, "y", 7, 4));
+    let c = TwinHost::open_sqlite(&db, DeviceConfig::default()).unwrap();
+    let s = c.shadow(ID).unwrap();
+    assert_eq!(s.version(), 2);
+    assert_eq!(s.desired().get_dotted("y").unwrap().value, Value::Int(7));
+    assert_eq!(s.reported().get_dotted("x").unwrap().value, Value::Int(1));
+}
+
+#[test]
+fn a_damaged_row_is_set_aside_and_the_rest_load() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("twin.db");
+    let other = "ly-0000000005a3";
+    {
+        let mut h = TwinHost::open_sqlite(&db, DeviceConfig::default()).unwrap();
+        for id in [ID, other] {
+            h.handle(1, &t(id, "register"), &register(id));
+            h.handle(2, &t(id, "shadow/update"), &update(false, "x", 5, 2));
+        }
+    }
+    // A byte flipped inside one document.
+    let conn = rusqlite::Connection::open(&db).unwrap();
+    let mut doc: Vec<u8> = conn
+        .query_row("SELECT doc FROM shadows WHERE device = ?1", [ID], |r| {
+            r.get(0)
+        })
+        .unwrap();
+    let last = doc.len() - 2;
+    doc[last] ^= 0x01;
+    conn.execute(
+        "UPDATE shadows SET doc = ?1 WHERE device = ?2",
+        rusqlite::params![doc, ID],
+    )
+    .unwrap();
+    drop(conn);
+    let h = TwinHost::open_sqlite(&db, DeviceConfig::default()).unwrap();
+    assert_eq!(h.stats().damaged_records, 1);
+    assert!(h.shadow(ID).unwrap().reported().is_empty());
+    assert_eq!(
+        h.shadow(other)
+            .unwrap()
+            .reported()
+            .get_dotted("x")
+            .unwrap()
+            .value,
+        Value::Int(5)
+    );
+    let conn = rusqlite::Connection::open(&db).unwrap();
+    let kept: i64 = conn
+        .query_row(
+            "SELECT count(*) FROM damaged WHERE device = ?1",
+            [ID],
+            |r| r.get(0),
+        )
+        .unwrap();
+    assert_eq!(kept, 1);
+}
+
+#[test]
+fn a_state_directory_is_imported_into_the_database() {
+    let dir = tempfile::tempdir().unwrap();
+    let state = dir.path().join("state");
+    {
+        let mut h = TwinHost::open(&state, DeviceConfig::default()).unwrap();
+        h.handle(1, &t(ID, "register"), &register(ID));
+        h.handle(2, &t(ID, "shadow/update"), &update(false, "x", 3, 2));
+    }
+    let db = dir.path().join("twin.db");
+    let mut store = SqliteStore::open(&db).unwrap();
+    assert_eq!(store.import_dir(&state).unwrap(), 1);
+    // Again: nothing new, nothing overwritten.
+    assert_eq!(store.import_dir(&state).unwrap(), 0);
+    let h = TwinHost::with_store(Box::new(store), DeviceConfig::default()).unwrap();
+    let s = h.shadow(ID).unwrap();
+    assert_eq!(s.version(), 1);
+    assert_eq!(s.reported().get_dotted("x").unwrap().value, Value::Int(3));
+}
