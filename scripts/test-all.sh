@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Runs every test of the project, installing what the tests need when it is
 # missing (Rust components, the Cortex-M target, cargo-fuzz, mosquitto,
-# qemu-system-arm, the ARM binutils, Java and Maven). `.ci/run` calls
+# qemu-system-arm, the ARM binutils, Java and Maven, PostgreSQL). `.ci/run` calls
 # exactly this. Set LANYARD_FUZZ_SECONDS to change the fuzz smoke time.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -18,7 +18,7 @@ if ! cargo fuzz --version >/dev/null 2>&1; then
     cargo install cargo-fuzz --locked
 fi
 
-step "Debian packages: mosquitto and its clients (MQTT tests), qemu-system-arm (STM32 firmware), binutils-arm-none-eabi (size report), Java and Maven (Kotlin bindings), openssl (certificates for the Python bindings' TLS test)"
+step "Debian packages: mosquitto and its clients (MQTT tests), qemu-system-arm (STM32 firmware), binutils-arm-none-eabi (size report), Java and Maven (Kotlin bindings), openssl (certificates for the Python bindings' TLS test), PostgreSQL (twin hosts on one database)"
 missing=()
 if ! command -v mosquitto >/dev/null 2>&1 && [ ! -x /usr/sbin/mosquitto ]; then
     missing+=(mosquitto)
@@ -29,6 +29,9 @@ command -v mosquitto_sub >/dev/null 2>&1 || missing+=(mosquitto-clients)
 command -v java >/dev/null 2>&1 || missing+=(openjdk-17-jdk-headless)
 command -v mvn >/dev/null 2>&1 || missing+=(maven)
 command -v openssl >/dev/null 2>&1 || missing+=(openssl)
+# PostgreSQL for the twin hosts sharing one database (each test starts a
+# server of its own from these binaries).
+compgen -G "/usr/lib/postgresql/*/bin/initdb" >/dev/null || missing+=(postgresql)
 if [ "${#missing[@]}" -gt 0 ]; then
     apt-get update -qq
     DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}" >/dev/null

@@ -23,7 +23,10 @@ use crate::aws_json;
 
 mod store;
 use crate::transport::{Qos, Transport, TransportError, TransportEvent};
-pub use store::{Batch, DirStore, Loaded, Put, ShadowStore, SqliteStore, marker_file, shadow_file};
+pub use store::{
+    Batch, DirStore, Loaded, PgStore, Put, ShadowStore, SqliteStore, Stored, marker_file,
+    shadow_file,
+};
 
 /// Leaves per tree of a hosted shadow.
 pub const TWIN_LEAVES: usize = 64;
@@ -248,6 +251,9 @@ pub struct TwinHost {
     /// The AWS IoT shadow topics are served: changes made through the
     /// Lanyard topics are published on them too.
     aws: bool,
+    /// Subscriptions shared with the other hosts of this group
+    /// (`$share/{group}/...`): each message goes to one of them.
+    share_group: Option<String>,
 }
 
 impl TwinHost {
@@ -273,6 +279,7 @@ impl TwinHost {
             allowances: HashMap::new(),
             decommissioned: HashSet::new(),
             aws: false,
+            share_group: None,
         }
     }
 
@@ -283,6 +290,17 @@ impl TwinHost {
     pub fn with_aws_topics(mut self, on: bool) -> Self {
         self.aws = on;
         self
+    }
+
+    /// Shares the host's subscriptions with the other hosts of `group`
+    /// (`$share/{group}/...`, which mosquitto supports): the broker gives
+    /// each message to one of them. Use it with a store they all write
+    /// ([`PgStore`]), so that each host reads what the others changed.
+    pub fn with_share_group(mut self, group: &str) -> Result<Self, crate::InvalidTenant> {
+        // The same rule as a tenant name: one topic level, nothing special.
+        crate::check_tenant(group)?;
+        self.share_group = Some(group.to_owned());
+        Ok(self)
     }
 
     /// Enforces `limits` instead of the defaults.
@@ -306,13 +324,21 @@ impl TwinHost {
     }
 
     /// The topic filters this host needs; `aws` adds the AWS IoT topics
-    /// (not served to tenants).
+    /// (not served to tenants); with a share group, each is
+    /// `$share/{group}/{filter}`.
     pub fn subscriptions(&self, aws: bool) -> Vec<String> {
-        match &self.tenants {
+        let plain = match &self.tenants {
             None => subscriptions(aws),
             Some(_) => HOST_TOPICS
                 .iter()
                 .map(|t| filter(true, *t).to_string())
+                .collect(),
+        };
+        match &self.share_group {
+            None => plain,
+            Some(g) => plain
+                .into_iter()
+                .map(|f| format!("$share/{g}/{f}"))
                 .collect(),
         }
     }
@@ -328,6 +354,12 @@ impl TwinHost {
     /// ([`SqliteStore`]). See [`TwinHost::with_store`].
     pub fn open_sqlite(path: impl AsRef<Path>, fleet_config: DeviceConfig) -> io::Result<Self> {
         Self::with_store(Box::new(SqliteStore::open(path)?), fleet_config)
+    }
+
+    /// A host that keeps its shadows in the PostgreSQL database at `url`,
+    /// shared with other hosts ([`PgStore`]). See [`TwinHost::with_store`].
+    pub fn open_postgres(url: &str, fleet_config: DeviceConfig) -> io::Result<Self> {
+        Self::with_store(Box::new(PgStore::connect(url)?), fleet_config)
     }
 
     /// A host that keeps its shadows in `store` and loads those already
@@ -419,25 +451,53 @@ impl TwinHost {
         for (key, _) in &batch.decommissioned {
             self.stored.remove(key);
         }
+        let mut fresh = Vec::with_capacity(conflicts.len());
         for key in &conflicts {
-            let key = key.clone();
             tracing::warn!(device = %key, "shadow changed by another host meanwhile: read again");
-            match store.reload(&key)? {
-                Some((version, bytes)) => {
-                    if let Ok(s) = TwinShadow::decode(&bytes, self.policies.default) {
-                        let mut s = Box::new(s);
-                        let _ = self.policies.apply_to(&mut s);
-                        self.shadows.insert(key.clone(), s);
-                        self.stored.insert(key, version);
-                    }
-                }
-                None => {
-                    self.shadows.remove(&key);
-                    self.stored.remove(&key);
-                }
-            }
+            fresh.push(store.reload(key)?);
+        }
+        for (key, stored) in conflicts.iter().zip(fresh) {
+            self.take_stored(key, stored);
         }
         Ok(conflicts)
+    }
+
+    /// Makes what the store holds for `key` this host's copy.
+    fn take_stored(&mut self, key: &str, stored: Stored) {
+        self.shadows.remove(key);
+        self.stored.remove(key);
+        self.decommissioned.remove(key);
+        match stored {
+            Stored::Shadow(version, bytes) => {
+                if let Ok(s) = TwinShadow::decode(&bytes, self.policies.default) {
+                    let mut s = Box::new(s);
+                    let _ = self.policies.apply_to(&mut s);
+                    self.shadows.insert(key.to_owned(), s);
+                    self.stored.insert(key.to_owned(), version);
+                }
+            }
+            Stored::Decommissioned => {
+                self.decommissioned.insert(key.to_owned());
+            }
+            Stored::Absent => {}
+        }
+    }
+
+    /// With a store other hosts write too: reads `key` from it when this
+    /// host does not know the device, or knows it as decommissioned (it
+    /// may have been registered, or re-provisioned, through another host),
+    /// or is about to answer a `get` (another host may have changed it).
+    fn refresh(&mut self, key: &str, for_get: bool) {
+        let Some(store) = self.store.as_mut().filter(|s| s.shared()) else {
+            return;
+        };
+        if !for_get && self.shadows.contains_key(key) && !self.decommissioned.contains(key) {
+            return;
+        }
+        match store.reload(key) {
+            Ok(stored) => self.take_stored(key, stored),
+            Err(e) => tracing::error!(device = key, error = %e, "could not read the store"),
+        }
     }
 
     /// The device a topic is about, as this host names it (its id, or
@@ -684,7 +744,10 @@ impl TwinHost {
                 return Vec::new();
             }
             return match rest.split_once("/shadow/") {
-                Some((thing, op)) if valid_device_id(thing) => self.aws(now_ms, thing, op, payload),
+                Some((thing, op)) if valid_device_id(thing) => {
+                    self.refresh(thing, op == "get");
+                    self.aws(now_ms, thing, op, payload)
+                }
                 _ => Vec::new(),
             };
         }
@@ -723,6 +786,7 @@ impl TwinHost {
             return Vec::new();
         };
         let key = key.as_str();
+        self.refresh(key, t == Topic::App(AppTopic::Get));
         if t == Topic::App(AppTopic::Reprovision) {
             return self.reprovision_request(key, payload);
         }
@@ -1297,7 +1361,23 @@ pub async fn run_twin<T: Transport>(
         lanyard_core::topic::RESERVED_PREFIX,
         clock.now_ms()
     );
-    let mut probes: HashSet<String> = filters.iter().map(|f| f.replace('+', &probe_id)).collect();
+    let mut probes: HashSet<String> = filters
+        .iter()
+        .map(|f| {
+            // A shared subscription would hand the probe to another host
+            // of the group: each probe topic is also subscribed as itself.
+            let plain = match &host.share_group {
+                Some(g) => f.trim_start_matches(&format!("$share/{g}/")).to_owned(),
+                None => f.clone(),
+            };
+            plain.replace('+', &probe_id)
+        })
+        .collect();
+    if host.share_group.is_some() {
+        for p in &probes {
+            transport.subscribe(p).await?;
+        }
+    }
     for p in &probes {
         transport.publish(p, b"", Qos::AtLeastOnce).await?;
     }

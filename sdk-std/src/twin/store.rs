@@ -58,6 +58,17 @@ pub struct Loaded {
     pub decommissioned: Vec<String>,
 }
 
+/// What a store holds for one device, read again.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Stored {
+    /// Its shadow: version and bytes.
+    Shadow(u64, Vec<u8>),
+    /// It is decommissioned.
+    Decommissioned,
+    /// Nothing: it never registered (or was re-provisioned).
+    Absent,
+}
+
 /// A twin host's storage.
 pub trait ShadowStore: Send {
     /// Everything stored.
@@ -67,9 +78,17 @@ pub trait ShadowStore: Send {
     /// host wrote them meanwhile): those puts are not written, the rest
     /// are.
     fn commit(&mut self, batch: &Batch) -> io::Result<Vec<String>>;
-    /// The stored shadow of `key` and its version, read again (after a
-    /// conflict).
-    fn reload(&mut self, key: &str) -> io::Result<Option<(u64, Vec<u8>)>>;
+    /// What is stored for `key`, read again: after a conflict, and, when
+    /// the store is [shared](ShadowStore::shared), for a device the host
+    /// has not seen.
+    fn reload(&mut self, key: &str) -> io::Result<Stored>;
+    /// Whether other hosts write this store too: the host then reads a
+    /// device it does not know (or knows as decommissioned) from the store
+    /// before it refuses it, and reads a shadow again before it answers a
+    /// `get` with it.
+    fn shared(&self) -> bool {
+        false
+    }
 }
 
 /// One file per device in a directory (`{dir}/{id}.cbor`, or
@@ -158,10 +177,11 @@ impl ShadowStore for DirStore {
         Ok(Vec::new())
     }
 
-    fn reload(&mut self, key: &str) -> io::Result<Option<(u64, Vec<u8>)>> {
-        // Never asked: this store reports no conflicts.
+    fn reload(&mut self, key: &str) -> io::Result<Stored> {
+        // One writer: the host's memory is the truth, and this store
+        // reports no conflicts.
         let _ = key;
-        Ok(None)
+        Ok(Stored::Absent)
     }
 }
 
@@ -375,7 +395,7 @@ impl ShadowStore for SqliteStore {
         Ok(conflicts)
     }
 
-    fn reload(&mut self, key: &str) -> io::Result<Option<(u64, Vec<u8>)>> {
+    fn reload(&mut self, key: &str) -> io::Result<Stored> {
         let row = self
             .db
             .query_row(
@@ -388,13 +408,224 @@ impl ShadowStore for SqliteStore {
                 rusqlite::Error::QueryReturnedNoRows => Ok(None),
                 e => Err(sql(e)),
             })?;
-        match row {
-            None => Ok(None),
-            Some((v, doc)) => {
-                let bytes = unseal(&doc)
-                    .map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e.to_string()))?;
-                Ok(Some((v as u64, bytes.to_vec())))
+        if let Some((v, doc)) = row {
+            let bytes =
+                readable(&doc).map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e))?;
+            return Ok(Stored::Shadow(v as u64, bytes.to_vec()));
+        }
+        let gone: i64 = self
+            .db
+            .query_row(
+                "SELECT count(*) FROM decommissioned WHERE device = ?1",
+                [key],
+                |r| r.get(0),
+            )
+            .map_err(sql)?;
+        Ok(if gone > 0 {
+            Stored::Decommissioned
+        } else {
+            Stored::Absent
+        })
+    }
+}
+
+/// Shadows in a PostgreSQL database, shared by several twin hosts: every
+/// write is a compare-and-set on the shadow's version (a host writing from
+/// a stale copy is refused and reads it again), a batch is one
+/// transaction, and a host reads from the database a device it has not
+/// seen. The connection runs on a thread of its own (the `postgres`
+/// client blocks, and must not block inside the host's async runtime's
+/// own machinery).
+pub struct PgStore {
+    requests: std::sync::mpsc::Sender<PgRequest>,
+}
+
+enum PgRequest {
+    Load(std::sync::mpsc::Sender<io::Result<Loaded>>),
+    Commit(Batch, std::sync::mpsc::Sender<io::Result<Vec<String>>>),
+    Reload(String, std::sync::mpsc::Sender<io::Result<Stored>>),
+}
+
+fn pg(e: postgres::Error) -> io::Error {
+    io::Error::other(format!("postgres: {e}"))
+}
+
+impl PgStore {
+    /// Connects to `url` (`postgres://user@host:port/db`, or the
+    /// `host=... port=...` form) and creates the tables if needed.
+    pub fn connect(url: &str) -> io::Result<Self> {
+        let (requests, inbox) = std::sync::mpsc::channel::<PgRequest>();
+        let (ready_tx, ready) = std::sync::mpsc::channel::<io::Result<()>>();
+        let url = url.to_owned();
+        std::thread::Builder::new()
+            .name("lanyard-pg".into())
+            .spawn(move || {
+                let mut db = match postgres::Client::connect(&url, postgres::NoTls) {
+                    Ok(db) => db,
+                    Err(e) => {
+                        let _ = ready_tx.send(Err(pg(e)));
+                        return;
+                    }
+                };
+                let made = db.batch_execute(
+                    "CREATE TABLE IF NOT EXISTS shadows (
+                         device TEXT PRIMARY KEY, version BIGINT NOT NULL, doc BYTEA NOT NULL);
+                     CREATE TABLE IF NOT EXISTS decommissioned (
+                         device TEXT PRIMARY KEY, at_ms BIGINT NOT NULL);
+                     CREATE TABLE IF NOT EXISTS damaged (
+                         device TEXT NOT NULL, at_ms BIGINT NOT NULL, doc BYTEA NOT NULL);",
+                );
+                let _ = ready_tx.send(made.map_err(pg));
+                for request in inbox {
+                    match request {
+                        PgRequest::Load(reply) => {
+                            let _ = reply.send(pg_load(&mut db));
+                        }
+                        PgRequest::Commit(batch, reply) => {
+                            let _ = reply.send(pg_commit(&mut db, &batch));
+                        }
+                        PgRequest::Reload(key, reply) => {
+                            let _ = reply.send(pg_reload(&mut db, &key));
+                        }
+                    }
+                }
+            })?;
+        ready
+            .recv()
+            .map_err(|_| io::Error::other("postgres: connection thread ended"))??;
+        Ok(PgStore { requests })
+    }
+
+    fn ask<T>(
+        &self,
+        make: impl FnOnce(std::sync::mpsc::Sender<io::Result<T>>) -> PgRequest,
+    ) -> io::Result<T> {
+        let (tx, rx) = std::sync::mpsc::channel();
+        self.requests
+            .send(make(tx))
+            .map_err(|_| io::Error::other("postgres: connection thread ended"))?;
+        rx.recv()
+            .map_err(|_| io::Error::other("postgres: connection thread ended"))?
+    }
+}
+
+fn pg_load(db: &mut postgres::Client) -> io::Result<Loaded> {
+    let mut loaded = Loaded::default();
+    for row in db
+        .query("SELECT device, doc FROM shadows", &[])
+        .map_err(pg)?
+    {
+        let (key, doc): (String, Vec<u8>) = (row.get(0), row.get(1));
+        match readable(&doc) {
+            Ok(b) => loaded.shadows.push((key, Ok(b.to_vec()))),
+            Err(why) => {
+                let mut tx = db.transaction().map_err(pg)?;
+                tx.execute(
+                    "INSERT INTO damaged (device, at_ms, doc) VALUES ($1, $2, $3)",
+                    &[&key, &(unix_ms() as i64), &doc],
+                )
+                .map_err(pg)?;
+                tx.execute("DELETE FROM shadows WHERE device = $1", &[&key])
+                    .map_err(pg)?;
+                tx.commit().map_err(pg)?;
+                loaded
+                    .shadows
+                    .push((key, Err(format!("{why}; moved to the damaged table"))));
             }
         }
+    }
+    for row in db
+        .query("SELECT device FROM decommissioned", &[])
+        .map_err(pg)?
+    {
+        loaded.decommissioned.push(row.get(0));
+    }
+    Ok(loaded)
+}
+
+fn pg_commit(db: &mut postgres::Client, batch: &Batch) -> io::Result<Vec<String>> {
+    let mut tx = db.transaction().map_err(pg)?;
+    let mut conflicts = Vec::new();
+    // In one order on every host: two hosts' transactions never wait on
+    // each other's rows in a cycle.
+    let mut puts: Vec<&Put> = batch.puts.iter().collect();
+    puts.sort_by(|a, b| a.key.cmp(&b.key));
+    for p in puts {
+        let doc = seal(&p.bytes);
+        let version = p.version as i64;
+        let written = match p.replaces {
+            None => tx.execute(
+                "INSERT INTO shadows (device, version, doc) VALUES ($1, $2, $3)
+                 ON CONFLICT (device) DO NOTHING",
+                &[&p.key, &version, &doc],
+            ),
+            Some(v) => tx.execute(
+                "UPDATE shadows SET version = $2, doc = $3 WHERE device = $1 AND version = $4",
+                &[&p.key, &version, &doc, &(v as i64)],
+            ),
+        }
+        .map_err(pg)?;
+        if written == 0 {
+            conflicts.push(p.key.clone());
+        }
+    }
+    for (key, at_ms) in &batch.decommissioned {
+        tx.execute("DELETE FROM shadows WHERE device = $1", &[key])
+            .map_err(pg)?;
+        tx.execute(
+            "INSERT INTO decommissioned (device, at_ms) VALUES ($1, $2)
+             ON CONFLICT (device) DO UPDATE SET at_ms = excluded.at_ms",
+            &[key, &(*at_ms as i64)],
+        )
+        .map_err(pg)?;
+    }
+    for key in &batch.reprovisioned {
+        tx.execute("DELETE FROM decommissioned WHERE device = $1", &[key])
+            .map_err(pg)?;
+    }
+    tx.commit().map_err(pg)?;
+    Ok(conflicts)
+}
+
+fn pg_reload(db: &mut postgres::Client, key: &str) -> io::Result<Stored> {
+    if let Some(row) = db
+        .query_opt(
+            "SELECT version, doc FROM shadows WHERE device = $1",
+            &[&key],
+        )
+        .map_err(pg)?
+    {
+        let (v, doc): (i64, Vec<u8>) = (row.get(0), row.get(1));
+        let bytes = readable(&doc).map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e))?;
+        return Ok(Stored::Shadow(v as u64, bytes.to_vec()));
+    }
+    let gone = db
+        .query_opt("SELECT 1 FROM decommissioned WHERE device = $1", &[&key])
+        .map_err(pg)?
+        .is_some();
+    Ok(if gone {
+        Stored::Decommissioned
+    } else {
+        Stored::Absent
+    })
+}
+
+impl ShadowStore for PgStore {
+    fn load(&mut self) -> io::Result<Loaded> {
+        self.ask(PgRequest::Load)
+    }
+
+    fn commit(&mut self, batch: &Batch) -> io::Result<Vec<String>> {
+        let batch = batch.clone();
+        self.ask(|reply| PgRequest::Commit(batch, reply))
+    }
+
+    fn reload(&mut self, key: &str) -> io::Result<Stored> {
+        let key = key.to_owned();
+        self.ask(|reply| PgRequest::Reload(key, reply))
+    }
+
+    fn shared(&self) -> bool {
+        true
     }
 }

@@ -324,3 +324,107 @@ pub fn fleet_broker(pki: &Pki, trusted: &[&str], tenants: bool) -> Mosquitto {
         format!("{conf}max_queued_messages 100000\n")
     })
 }
+
+/// A PostgreSQL server of its own for a test (Debian's `postgresql`, which
+/// the test script installs), on a free port, with trust authentication;
+/// killed on drop.
+pub struct Postgres {
+    child: Option<Child>,
+    pub port: u16,
+    _dir: tempfile::TempDir,
+}
+
+impl Postgres {
+    pub fn start() -> Self {
+        let bin = std::fs::read_dir("/usr/lib/postgresql")
+            .ok()
+            .and_then(|d| {
+                d.filter_map(|e| e.ok()?.file_name().into_string().ok())
+                    .filter_map(|v| v.parse::<u32>().ok())
+                    .max()
+            })
+            .map(|v| PathBuf::from(format!("/usr/lib/postgresql/{v}/bin")))
+            .expect(
+                "PostgreSQL is not installed: run `bash scripts/test-all.sh`, which installs it",
+            );
+        let dir = tempfile::tempdir().unwrap();
+        let root = Command::new("id")
+            .arg("-u")
+            .output()
+            .is_ok_and(|o| o.stdout.starts_with(b"0\n"));
+        // PostgreSQL refuses to run as root: as the `postgres` user then.
+        let as_pg = |program: PathBuf| {
+            if root {
+                let mut c = Command::new("runuser");
+                c.args(["-u", "postgres", "--"]).arg(program);
+                c
+            } else {
+                Command::new(program)
+            }
+        };
+        if root {
+            let owned = Command::new("chown")
+                .args(["-R", "postgres:postgres"])
+                .arg(dir.path())
+                .status()
+                .unwrap();
+            assert!(owned.success());
+        }
+        let data = dir.path().join("data");
+        let init = as_pg(bin.join("initdb"))
+            .args(["-A", "trust", "-U", "postgres", "--no-sync", "-D"])
+            .arg(&data)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status()
+            .unwrap();
+        assert!(init.success(), "initdb failed");
+        let port = free_port();
+        let child = as_pg(bin.join("postgres"))
+            .arg("-D")
+            .arg(&data)
+            .args(["-p", &port.to_string(), "-c", "listen_addresses=127.0.0.1"])
+            .arg("-k")
+            .arg(dir.path())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        let pg = Postgres {
+            child: Some(child),
+            port,
+            _dir: dir,
+        };
+        let deadline = Instant::now() + Duration::from_secs(30);
+        let ready = || {
+            Command::new(bin.join("pg_isready"))
+                .args(["-h", "127.0.0.1", "-p", &port.to_string()])
+                .stdout(Stdio::null())
+                .status()
+                .is_ok_and(|s| s.success())
+        };
+        while !ready() {
+            assert!(Instant::now() < deadline, "PostgreSQL did not start");
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        pg
+    }
+
+    pub fn url(&self) -> String {
+        format!(
+            "host=127.0.0.1 port={} user=postgres dbname=postgres",
+            self.port
+        )
+    }
+}
+
+impl Drop for Postgres {
+    fn drop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            // Its child processes go with the postmaster on SIGKILL of the
+            // group; a plain kill of the postmaster is enough for a test.
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}

@@ -33,7 +33,7 @@ use decode::decode;
 use demo::demo;
 use device::{device, make_device};
 use timeline::timeline_line;
-use twin::{TwinStore, twin};
+use twin::{TwinSetup, TwinStore, twin};
 
 #[derive(Parser)]
 #[command(
@@ -216,7 +216,7 @@ enum Cmd {
         metrics: Option<String>,
         /// Keep the shadows in this directory, one file each (for small
         /// gateways: one fsync per update).
-        #[arg(long, conflicts_with = "db", required_unless_present = "db")]
+        #[arg(long, conflicts_with_all = ["db", "postgres"], required_unless_present_any = ["db", "postgres"])]
         state_dir: Option<PathBuf>,
         /// Keep the shadows in this SQLite database (created if needed):
         /// one durable transaction per batch of messages.
@@ -226,6 +226,20 @@ enum Cmd {
         /// `--db` database first (those already in it are kept).
         #[arg(long, requires = "db")]
         import_dir: Option<PathBuf>,
+        /// Keep the shadows in this PostgreSQL database
+        /// (`host=... port=... user=... dbname=...` or a postgres:// URL),
+        /// shared with other twin hosts (see --share-group).
+        #[arg(long, conflicts_with = "db")]
+        postgres: Option<String>,
+        /// Share the subscriptions with the other twin hosts of this group
+        /// (`$share/{group}/...`): each message goes to one of them. Give
+        /// each host its own --client-id.
+        #[arg(long)]
+        share_group: Option<String>,
+        /// The MQTT client id (and so the broker session: a host restarted
+        /// with the same id gets what its predecessor had not finished).
+        #[arg(long, default_value = "lanyard-twin")]
+        client_id: String,
         /// Serve these tenants' namespaces (comma-separated) instead of the
         /// shared one; messages for any other tenant are refused.
         #[arg(long, value_delimiter = ',')]
@@ -330,6 +344,9 @@ fn main() {
                 state_dir,
                 db,
                 import_dir,
+                postgres,
+                share_group,
+                client_id,
                 metrics,
                 tenants,
                 telemetry_ms,
@@ -353,20 +370,23 @@ fn main() {
                 fleet
                     .validate()
                     .map_err(|e| format!("--telemetry-ms: {}", e.reason))?;
-                let store = match (state_dir, db) {
-                    (Some(dir), _) => TwinStore::Dir(dir),
-                    (None, Some(db)) => TwinStore::Sqlite { db, import_dir },
-                    (None, None) => return Err("--state-dir or --db is required".into()),
+                let store = match (state_dir, db, postgres) {
+                    (Some(dir), _, _) => TwinStore::Dir(dir),
+                    (None, Some(db), _) => TwinStore::Sqlite { db, import_dir },
+                    (None, None, Some(url)) => TwinStore::Postgres(url),
+                    (None, None, None) => {
+                        return Err("--state-dir, --db or --postgres is required".into());
+                    }
                 };
-                twin(
-                    &broker,
+                let setup = TwinSetup {
                     store,
+                    share_group,
+                    client_id,
                     tenants,
                     fleet,
                     limits,
-                    metrics_on(metrics).await?,
-                )
-                .await
+                };
+                twin(&broker, setup, metrics_on(metrics).await?).await
             }
             Cmd::Demo {
                 devices,

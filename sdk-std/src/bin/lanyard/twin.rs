@@ -2,14 +2,29 @@
 
 use super::*;
 
+/// What `lanyard twin` was asked to run.
+pub(crate) struct TwinSetup {
+    pub(crate) store: TwinStore,
+    pub(crate) share_group: Option<String>,
+    pub(crate) client_id: String,
+    pub(crate) tenants: Vec<String>,
+    pub(crate) fleet: DeviceConfig,
+    pub(crate) limits: TwinLimits,
+}
+
 pub(crate) async fn twin(
     broker: &BrokerArgs,
-    store: TwinStore,
-    tenants: Vec<String>,
-    fleet: DeviceConfig,
-    limits: TwinLimits,
+    setup: TwinSetup,
     metrics: Option<Metrics>,
 ) -> Result<(), String> {
+    let TwinSetup {
+        store,
+        share_group,
+        client_id,
+        tenants,
+        fleet,
+        limits,
+    } = setup;
     let mut twin = match store {
         TwinStore::Dir(dir) => {
             TwinHost::open(&dir, fleet).map_err(|e| format!("{}: {e}", dir.display()))?
@@ -26,6 +41,9 @@ pub(crate) async fn twin(
             TwinHost::with_store(Box::new(store), fleet)
                 .map_err(|e| format!("{}: {e}", db.display()))?
         }
+        TwinStore::Postgres(url) => {
+            TwinHost::open_postgres(&url, fleet).map_err(|e| format!("--postgres: {e}"))?
+        }
     }
     .with_limits(limits);
     if let Some(m) = metrics {
@@ -35,7 +53,12 @@ pub(crate) async fn twin(
         let names: Vec<&str> = tenants.iter().map(String::as_str).collect();
         twin = twin.with_tenants(&names).map_err(|e| e.to_string())?;
     }
-    let mut transport = MqttTransport::connect(broker.mqtt("lanyard-twin")?);
+    if let Some(g) = &share_group {
+        twin = twin
+            .with_share_group(g)
+            .map_err(|e| format!("--share-group: {e}"))?;
+    }
+    let mut transport = MqttTransport::connect(broker.mqtt(&client_id)?);
     println!(
         "twin host on {}, {} shadows loaded",
         broker.url()?,
@@ -57,4 +80,6 @@ pub(crate) enum TwinStore {
         db: PathBuf,
         import_dir: Option<PathBuf>,
     },
+    /// A PostgreSQL database, shared with other hosts.
+    Postgres(String),
 }
