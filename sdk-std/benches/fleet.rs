@@ -54,44 +54,27 @@ fn percentile(sorted: &[f64], p: f64) -> f64 {
 
 struct Figures {
     devices: usize,
+    hosts: usize,
     connect_s: f64,
     msgs_per_s: f64,
     p50_ms: f64,
     p99_ms: f64,
+    /// After every device was stopped and started again at once (a power
+    /// cut): seconds until each had its registration answered, the
+    /// registrations sent per device, the busiest second's messages.
+    reboot_s: f64,
+    reboot_registrations_per_device: f64,
+    reboot_peak_msgs_per_s: f64,
 }
 
-async fn run(devices: usize, samples: usize) -> Figures {
-    let dir = tempfile::tempdir().unwrap();
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
-    let mut broker = mosquitto(port, dir.path());
-    let clock = Clock::real();
-
-    let mut host = TwinHost::in_memory(DeviceConfig {
-        version: 1,
-        ..DeviceConfig::default()
-    });
-    let (twin_stop, twin_rx) = oneshot::channel::<()>();
-    let twin = tokio::spawn(async move {
-        let mut t = MqttTransport::connect(MqttConfig::new("127.0.0.1", port, "twin"));
-        let _ = run_twin(&mut host, &mut t, clock, false, async {
-            let _ = twin_rx.await;
-        })
-        .await;
-        host
-    });
-
-    let mut app = MqttTransport::connect(MqttConfig::new("127.0.0.1", port, "bench-app"));
-    app.subscribe(&format!("{TOPIC_PREFIX}+/+")).await.unwrap();
-    app.subscribe(&format!("{TOPIC_PREFIX}+/shadow/update"))
-        .await
-        .unwrap();
-    tokio::time::sleep(Duration::from_millis(300)).await;
-
-    let started = Instant::now();
+/// Starts the fleet's devices (their state in `dir`, kept across a
+/// restart); their stop senders and tasks.
+fn start_devices(
+    devices: usize,
+    port: u16,
+    dir: &std::path::Path,
+    clock: Clock,
+) -> (Vec<oneshot::Sender<()>>, Vec<tokio::task::JoinHandle<()>>) {
     let mut stops = Vec::new();
     let mut tasks = Vec::new();
     for i in 0..devices {
@@ -107,7 +90,7 @@ async fn run(devices: usize, samples: usize) -> Figures {
         ));
         let id = agent.device_id().to_owned();
         let platform = StdPlatform {
-            storage: Box::new(FileStore::open(dir.path().join(&id)).unwrap()),
+            storage: Box::new(FileStore::open(dir.join(&id)).unwrap()),
             probe: Box::new(SimulatedSensors::new(clock.now_ms(), 3_600_000, i as u64)),
             telemetry: Box::new(SimulatedSensors::new(clock.now_ms(), 3_600_000, i as u64)),
             commands: Box::new(lanyard_std::sim::simulated_board(
@@ -131,6 +114,78 @@ async fn run(devices: usize, samples: usize) -> Figures {
                 .await;
         }));
     }
+    (stops, tasks)
+}
+
+/// Twin hosts: one in memory, or several sharing the subscription and a
+/// PostgreSQL database (`LANYARD_FLEET_PG`).
+fn start_hosts(
+    hosts: usize,
+    port: u16,
+    clock: Clock,
+) -> Vec<(oneshot::Sender<()>, tokio::task::JoinHandle<TwinHost>)> {
+    let fleet = DeviceConfig {
+        version: 1,
+        ..DeviceConfig::default()
+    };
+    (0..hosts)
+        .map(|n| {
+            let mut host = if hosts == 1 {
+                TwinHost::in_memory(fleet.clone())
+            } else {
+                let url = std::env::var("LANYARD_FLEET_PG")
+                    .expect("LANYARD_FLEET_PG (scripts/fleet-bench.sh sets it)");
+                TwinHost::open_postgres(&url, fleet.clone())
+                    .unwrap()
+                    .with_share_group("bench")
+                    .unwrap()
+            }
+            .with_limits(lanyard_std::twin::TwinLimits {
+                device_messages_per_s: 1_000,
+                device_burst: 1_000,
+                ..Default::default()
+            });
+            let (stop, rx) = oneshot::channel::<()>();
+            let task = tokio::spawn(async move {
+                let mut t = MqttTransport::connect(MqttConfig::new(
+                    "127.0.0.1",
+                    port,
+                    format!("lanyard-twin-{n}"),
+                ));
+                let _ = run_twin(&mut host, &mut t, clock, false, async {
+                    let _ = rx.await;
+                })
+                .await;
+                host
+            });
+            (stop, task)
+        })
+        .collect()
+}
+
+async fn run(devices: usize, hosts: usize, samples: usize) -> Figures {
+    let dir = tempfile::tempdir().unwrap();
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let mut broker = mosquitto(port, dir.path());
+    let clock = Clock::real();
+
+    let twins = start_hosts(hosts, port, clock);
+    let mut app = MqttTransport::connect(MqttConfig::new("127.0.0.1", port, "bench-app"));
+    app.subscribe(&format!("{TOPIC_PREFIX}+/+")).await.unwrap();
+    app.subscribe(&format!("{TOPIC_PREFIX}+/shadow/update"))
+        .await
+        .unwrap();
+    app.subscribe(&format!("{TOPIC_PREFIX}+/register/accepted"))
+        .await
+        .unwrap();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+
+    let started = Instant::now();
+    let (stops, tasks) = start_devices(devices, port, dir.path(), clock);
     // Registered: two lifecycle events per device (to Provisioning, to Active).
     let mut lifecycle = 0;
     while lifecycle < 2 * devices {
@@ -205,19 +260,64 @@ async fn run(devices: usize, samples: usize) -> Figures {
     }
     lat.sort_by(|a, b| a.partial_cmp(b).unwrap());
 
+    // A power cut: every device stopped, then all started again at once
+    // from their saved state (each registers again, for the cloud's time).
     for s in stops {
         let _ = s.send(());
     }
     for t in tasks {
         let _ = t.await;
     }
-    let _ = twin_stop.send(());
-    let _ = twin.await;
+    while tokio::time::timeout(Duration::from_millis(500), app.recv())
+        .await
+        .is_ok()
+    {}
+    let rebooted = Instant::now();
+    let (stops, tasks) = start_devices(devices, port, dir.path(), clock);
+    let mut answered = std::collections::HashSet::new();
+    let (mut registrations, mut per_second, mut peak) = (0u64, 0u64, 0u64);
+    let mut second = Instant::now();
+    while answered.len() < devices && rebooted.elapsed() < Duration::from_secs(120) {
+        if second.elapsed() >= Duration::from_secs(1) {
+            peak = peak.max(per_second);
+            per_second = 0;
+            second = Instant::now();
+        }
+        if let Ok(Ok(TransportEvent::Message { topic, .. })) =
+            tokio::time::timeout(Duration::from_millis(100), app.recv()).await
+        {
+            per_second += 1;
+            if let Some(id) = topic
+                .strip_prefix(TOPIC_PREFIX)
+                .and_then(|t| t.strip_suffix("/register/accepted"))
+            {
+                answered.insert(id.to_owned());
+            } else if topic.ends_with("/register") {
+                registrations += 1;
+            }
+        }
+    }
+    let reboot_s = rebooted.elapsed().as_secs_f64();
+    let peak = peak.max(per_second);
+    for s in stops {
+        let _ = s.send(());
+    }
+    for t in tasks {
+        let _ = t.await;
+    }
+    for (stop, task) in twins {
+        let _ = stop.send(());
+        let _ = task.await;
+    }
     let _ = broker.kill();
     let _ = broker.wait();
     Figures {
         devices,
+        hosts,
         connect_s,
+        reboot_s,
+        reboot_registrations_per_device: registrations as f64 / devices as f64,
+        reboot_peak_msgs_per_s: peak as f64,
         msgs_per_s,
         p50_ms: if lat.is_empty() {
             f64::NAN
@@ -244,22 +344,40 @@ fn main() {
         .build()
         .unwrap();
     let mut figures = Vec::new();
-    for n in sizes {
+    for &n in &sizes {
         eprintln!("fleet of {n} ...");
-        figures.push(rt.block_on(run(n, 200)));
+        figures.push(rt.block_on(run(n, 1, 200)));
+    }
+    // The largest fleet again on two twin hosts sharing a database.
+    if let (Some(&n), Ok(_)) = (sizes.last(), std::env::var("LANYARD_FLEET_PG")) {
+        eprintln!("fleet of {n} on two twin hosts ...");
+        figures.push(rt.block_on(run(n, 2, 200)));
     }
     println!("\n== lanyard fleet benchmark (mosquitto on loopback, this run) ==");
     println!(
-        "{:>8} {:>12} {:>14} {:>12} {:>12}",
-        "devices", "connect s", "msgs/s seen", "p50 ms", "p99 ms"
+        "{:>8} {:>6} {:>10} {:>12} {:>9} {:>9} {:>10} {:>13} {:>11}",
+        "devices", "hosts", "connect s", "msgs/s seen", "p50 ms", "p99 ms", "reboot s", "reg./device", "peak msg/s"
     );
     for f in &figures {
         println!(
-            "{:>8} {:>12.1} {:>14.0} {:>12.2} {:>12.2}",
-            f.devices, f.connect_s, f.msgs_per_s, f.p50_ms, f.p99_ms
+            "{:>8} {:>6} {:>10.1} {:>12.0} {:>9.2} {:>9.2} {:>10.1} {:>13.2} {:>11.0}",
+            f.devices,
+            f.hosts,
+            f.connect_s,
+            f.msgs_per_s,
+            f.p50_ms,
+            f.p99_ms,
+            f.reboot_s,
+            f.reboot_registrations_per_device,
+            f.reboot_peak_msgs_per_s
         );
     }
-    if let (Some(a), Some(b)) = (figures.first(), figures.last()) {
+    println!(
+        "(reboot: every device stopped and started again at once from its saved state; \
+         seconds until each had its registration answered, registrations sent per device, \
+         the busiest second's messages)"
+    );
+    if let (Some(a), Some(b)) = (figures.first(), figures.iter().rfind(|f| f.hosts == 1)) {
         if a.devices != b.devices {
             println!(
                 "ratio {}x devices: msgs/s {:.1}x, p50 {:.1}x, p99 {:.1}x",
