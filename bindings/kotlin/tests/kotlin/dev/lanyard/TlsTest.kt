@@ -35,8 +35,15 @@ class TlsTest {
     fun startBrokerTwinHostAndDevice() = runBlocking {
         val ec = arrayOf("-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256", "-nodes")
         openssl("req", "-x509", *ec, "-keyout", "ca.key", "-out", "ca.pem", "-days", "2", "-subj", "/CN=lanyard test CA")
-        for ((name, san) in listOf("broker" to "DNS:localhost,IP:127.0.0.1", "client" to "DNS:client")) {
-            openssl("req", *ec, "-keyout", "$name.key", "-out", "$name.csr", "-subj", "/CN=$name")
+        // The device's certificate names it: `lanyard device` refuses one
+        // that names another identity.
+        val names = listOf(
+            Triple("broker", "broker", "DNS:localhost,IP:127.0.0.1"),
+            Triple("client", "client", "DNS:client"),
+            Triple("device", device, "DNS:$device"),
+        )
+        for ((name, cn, san) in names) {
+            openssl("req", *ec, "-keyout", "$name.key", "-out", "$name.csr", "-subj", "/CN=$cn")
             File(dir, "$name.ext").writeText("subjectAltName=$san\n")
             openssl(
                 "x509", "-req", "-in", "$name.csr", "-CA", "ca.pem", "-CAkey", "ca.key", "-CAcreateserial",
@@ -59,7 +66,8 @@ class TlsTest {
         tls = TlsPaths(path("ca.pem"), path("client.pem"), path("client.key"))
         val certs = arrayOf("--ca", tls.ca, "--cert", tls.cert!!, "--key", tls.key!!)
         peers.start("twin", peers.lanyard, "twin", "--broker", url, "--state-dir", path("twin"), *certs)
-        peers.start("device", peers.lanyard, "device", "--broker", url, "--state-dir", path("device"), *certs)
+        val deviceCerts = arrayOf("--ca", tls.ca, "--cert", path("device.pem"), "--key", path("device.key"))
+        peers.start("device", peers.lanyard, "device", "--broker", url, "--state-dir", path("device"), *deviceCerts)
     }
 
     @AfterAll
