@@ -356,7 +356,15 @@ fn main() {
     println!("\n== lanyard fleet benchmark (mosquitto on loopback, this run) ==");
     println!(
         "{:>8} {:>6} {:>10} {:>12} {:>9} {:>9} {:>10} {:>13} {:>11}",
-        "devices", "hosts", "connect s", "msgs/s seen", "p50 ms", "p99 ms", "reboot s", "reg./device", "peak msg/s"
+        "devices",
+        "hosts",
+        "connect s",
+        "msgs/s seen",
+        "p50 ms",
+        "p99 ms",
+        "reboot s",
+        "reg./device",
+        "peak msg/s"
     );
     for f in &figures {
         println!(

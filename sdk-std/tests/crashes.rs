@@ -35,6 +35,7 @@ fn lanyard(args: &[&str], dir: Option<&Path>) -> Child {
         .unwrap()
 }
 
+/// A twin host keeping its shadows in `dir` (SQLite there, the default).
 fn twin(port: u16, dir: &Path) -> Child {
     lanyard(
         &[
@@ -45,6 +46,23 @@ fn twin(port: u16, dir: &Path) -> Child {
             "100000",
             "--device-burst",
             "100000",
+        ],
+        Some(dir),
+    )
+}
+
+/// A twin host keeping a file per device in `dir`.
+fn twin_files(port: u16, dir: &Path) -> Child {
+    lanyard(
+        &[
+            "twin",
+            "--broker",
+            &format!("mqtt://127.0.0.1:{port}"),
+            "--device-rate",
+            "100000",
+            "--device-burst",
+            "100000",
+            "--files",
         ],
         Some(dir),
     )
@@ -386,7 +404,7 @@ async fn a_command_running_when_the_device_is_killed_is_never_run_again() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_twin_host_killed_under_load_loses_no_acknowledged_update() {
-    killed_under_load(twin).await;
+    killed_under_load(twin_files).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -585,4 +603,30 @@ async fn a_device_with_damaged_saved_state_refuses_to_start_instead_of_starting_
     // Left in place for inspection.
     assert_eq!(std::fs::read(&state).unwrap(), bytes);
     kill(&mut host);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_state_directory_of_files_is_taken_into_the_database_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let id = "ly-000000000401";
+    {
+        let mut h = TwinHost::open(dir.path(), DeviceConfig::default()).unwrap();
+        h.handle(1, &topic(id, MessageKind::Register), &register_bytes(id));
+    }
+    let broker = Mosquitto::start();
+    let mut host = twin(broker.port, dir.path());
+    let mut app = app(broker.port, "lanyard-app-import").await;
+    // Served from the database: the device is known at once.
+    registered(&mut app, id, Duration::from_secs(20)).await;
+    kill(&mut host);
+    assert!(dir.path().join("twin.db").exists());
+    assert!(!dir.path().join(format!("{id}.cbor")).exists());
+    assert!(
+        dir.path()
+            .join("imported-files")
+            .join(format!("{id}.cbor"))
+            .exists()
+    );
+    let h = TwinHost::open_sqlite(dir.path().join("twin.db"), DeviceConfig::default()).unwrap();
+    assert!(h.shadow(id).is_some());
 }

@@ -214,10 +214,17 @@ enum Cmd {
         /// Serve Prometheus metrics on this address (e.g. 127.0.0.1:9100).
         #[arg(long)]
         metrics: Option<String>,
-        /// Keep the shadows in this directory, one file each (for small
-        /// gateways: one fsync per update).
+        /// Keep the shadows in this directory: in an SQLite database
+        /// there (`twin.db`, one durable transaction per batch of
+        /// messages), or with --files one file per device. Shadow files an
+        /// earlier version kept there are imported into the database the
+        /// first time, and moved to `imported-files/`.
         #[arg(long, conflicts_with_all = ["db", "postgres"], required_unless_present_any = ["db", "postgres"])]
         state_dir: Option<PathBuf>,
+        /// With --state-dir: one file per device instead of the database
+        /// (for the smallest gateways: one fsync per update).
+        #[arg(long, requires = "state_dir")]
+        files: bool,
         /// Keep the shadows in this SQLite database (created if needed):
         /// one durable transaction per batch of messages.
         #[arg(long)]
@@ -342,6 +349,7 @@ fn main() {
             Cmd::Twin {
                 broker,
                 state_dir,
+                files,
                 db,
                 import_dir,
                 postgres,
@@ -371,7 +379,8 @@ fn main() {
                     .validate()
                     .map_err(|e| format!("--telemetry-ms: {}", e.reason))?;
                 let store = match (state_dir, db, postgres) {
-                    (Some(dir), _, _) => TwinStore::Dir(dir),
+                    (Some(dir), _, _) if files => TwinStore::Dir(dir),
+                    (Some(dir), _, _) => TwinStore::StateDir(dir),
                     (None, Some(db), _) => TwinStore::Sqlite { db, import_dir },
                     (None, None, Some(url)) => TwinStore::Postgres(url),
                     (None, None, None) => {

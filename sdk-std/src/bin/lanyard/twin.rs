@@ -1,6 +1,7 @@
 //! `lanyard twin`: the twin host on a broker.
 
 use super::*;
+use std::path::Path;
 
 /// What `lanyard twin` was asked to run.
 pub(crate) struct TwinSetup {
@@ -41,6 +42,23 @@ pub(crate) async fn twin(
             TwinHost::with_store(Box::new(store), fleet)
                 .map_err(|e| format!("{}: {e}", db.display()))?
         }
+        TwinStore::StateDir(dir) => {
+            let db = dir.join("twin.db");
+            let first = !db.exists();
+            let mut store = lanyard_std::twin::SqliteStore::open(&db)
+                .map_err(|e| format!("{}: {e}", db.display()))?;
+            if first {
+                let n = import_files(&mut store, &dir)?;
+                if n > 0 {
+                    println!(
+                        "imported {n} shadows from the files in {} (moved to imported-files/)",
+                        dir.display()
+                    );
+                }
+            }
+            TwinHost::with_store(Box::new(store), fleet)
+                .map_err(|e| format!("{}: {e}", db.display()))?
+        }
         TwinStore::Postgres(url) => {
             TwinHost::open_postgres(&url, fleet).map_err(|e| format!("--postgres: {e}"))?
         }
@@ -71,8 +89,38 @@ pub(crate) async fn twin(
     .map_err(|e| e.to_string())
 }
 
+/// Takes the shadow files an earlier version kept in `dir` into the
+/// database, once (when the database is new), and moves them out of the
+/// way, so that a later start cannot take them in again.
+fn import_files(store: &mut lanyard_std::twin::SqliteStore, dir: &Path) -> Result<usize, String> {
+    let n = store
+        .import_dir(dir)
+        .map_err(|e| format!("importing {}: {e}", dir.display()))?;
+    let moved = dir.join("imported-files");
+    let entries = std::fs::read_dir(dir).map_err(|e| format!("{}: {e}", dir.display()))?;
+    for entry in entries.flatten() {
+        let path = entry.path();
+        let name = entry.file_name();
+        let ours = path
+            .extension()
+            .is_some_and(|e| e == "cbor" || e == "decommissioned")
+            || (path.is_dir()
+                && name
+                    .to_str()
+                    .is_some_and(lanyard_core::agent::messages::valid_tenant));
+        if ours && name != "imported-files" {
+            std::fs::create_dir_all(&moved).map_err(|e| format!("{}: {e}", moved.display()))?;
+            std::fs::rename(&path, moved.join(&name))
+                .map_err(|e| format!("{}: {e}", path.display()))?;
+        }
+    }
+    Ok(n)
+}
+
 /// Where `lanyard twin` keeps its shadows.
 pub(crate) enum TwinStore {
+    /// An SQLite database in a directory (the default).
+    StateDir(PathBuf),
     /// A directory of files.
     Dir(PathBuf),
     /// An SQLite database, first filled from a directory if given.
