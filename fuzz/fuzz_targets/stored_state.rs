@@ -1,8 +1,10 @@
 //! The device's persisted state as it comes back from flash after a reboot:
 //! arbitrary flash images (the store's record headers) and arbitrary
 //! records inside well-formed headers (the agent's state decoder).
-//! Nothing panics, the agent boots into a state of the lifecycle, and
-//! whatever it then writes, a second boot reads back to the same state.
+//! Nothing panics; the agent boots into a state of the lifecycle, and
+//! whatever it then writes, a second boot reads back to the same state; or
+//! it refuses to boot (a record it cannot read, a decommissioned device),
+//! writes nothing, and a second boot refuses the same way.
 #![no_main]
 
 mod common;
@@ -17,8 +19,9 @@ use libfuzzer_sys::fuzz_target;
 type Flash = RamFlash<4096>;
 const SECTOR: u32 = 1024;
 
-/// Boots an agent on `store`; returns its state and boot count.
-fn boot(store: &mut FlashStore<Flash>) -> (LifecycleState, u64) {
+/// Boots an agent on `store`; returns its state, boot count and whether it
+/// booted.
+fn boot(store: &mut FlashStore<Flash>) -> (LifecycleState, u64, bool) {
     let (mut probe, mut telemetry, mut commands) = (Probe, Probe, Commands);
     let mut platform = Platform {
         storage: store,
@@ -28,8 +31,8 @@ fn boot(store: &mut FlashStore<Flash>) -> (LifecycleState, u64) {
         desired: &mut lanyard_core::agent::platform::MirrorDesired,
     };
     let mut agent = new_agent();
-    let _ = agent.boot(0, &mut platform);
-    (agent.state(), agent.boot_count())
+    let booted = agent.boot(0, &mut platform).is_ok();
+    (agent.state(), agent.boot_count(), booted)
 }
 
 fuzz_target!(|data: &[u8]| {
@@ -49,11 +52,14 @@ fuzz_target!(|data: &[u8]| {
             return;
         }
     }
-    let (first, boots) = boot(&mut store);
-    let (second, boots_after) = boot(&mut store);
+    let (first, boots, booted) = boot(&mut store);
+    let (second, boots_after, booted_again) = boot(&mut store);
     assert_eq!(second, first, "a second boot resumes where the first was");
-    if first != LifecycleState::Decommissioned {
-        // Decommissioned devices keep nothing; others count their boots.
+    assert_eq!(booted_again, booted, "a refused boot is refused again");
+    if booted {
         assert_eq!(boots_after, boots + 1);
+    } else {
+        // Refused: nothing was written.
+        assert_eq!(boots_after, boots);
     }
 });
