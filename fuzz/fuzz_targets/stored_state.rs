@@ -57,7 +57,7 @@ fuzz_target!(|data: &[u8]| {
     assert_eq!(second, first, "a second boot resumes where the first was");
     assert_eq!(booted_again, booted, "a refused boot is refused again");
     if booted {
-        assert_eq!(boots_after, boots + 1);
+        assert_eq!(boots_after, boots.wrapping_add(1));
     } else {
         // Refused: nothing was written.
         assert_eq!(boots_after, boots);

@@ -478,7 +478,8 @@ impl<P: TelemetryPolicy, const Q: usize, const M: usize, const L: usize, const B
         self.boot_ms = now_ms;
         #[cfg(feature = "persistence")]
         self.resume(now_ms, platform)?;
-        self.boot_count += 1;
+        // Restored from storage: never past the top, whatever a record said.
+        self.boot_count = self.boot_count.wrapping_add(1);
         match self.state {
             LifecycleState::Unprovisioned => {
                 self.transition(now_ms, Trigger::Register, platform);
@@ -628,7 +629,8 @@ impl<P: TelemetryPolicy, const Q: usize, const M: usize, const L: usize, const B
         };
         let from = self.state;
         self.state = to;
-        self.lifecycle_seq += 1;
+        // Restored from storage: never past the top, whatever a record said.
+        self.lifecycle_seq = self.lifecycle_seq.wrapping_add(1);
         self.push(&LifecycleEvent {
             from,
             to,
