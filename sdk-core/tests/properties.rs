@@ -175,6 +175,79 @@ fn play(op: &Op, doc: &mut Doc, dev: &mut Device, now: u64) -> u64 {
     now
 }
 
+/// A nested map of the reference encoder.
+#[derive(Default)]
+struct Node(BTreeMap<String, Either>);
+enum Either {
+    Leaf(V),
+    Map(Node),
+}
+
+/// The tree's encoding written the plain way: a nested map built from the
+/// leaves, encoded item by item with minicbor.
+fn reference_encoding(t: &Tree) -> Vec<u8> {
+    let mut root = Node::default();
+    for e in t.iter() {
+        let keys = keys_of(e.path);
+        let mut at = &mut root;
+        for k in &keys[..keys.len() - 1] {
+            let next =
+                at.0.entry(k.clone())
+                    .or_insert_with(|| Either::Map(Node::default()));
+            let Either::Map(n) = next else {
+                unreachable!("a leaf where a map is")
+            };
+            at = n;
+        }
+        let leaf = match e.value {
+            Value::Null => V::Null,
+            Value::Bool(b) => V::Bool(b),
+            Value::Int(i) => V::Int(i),
+            Value::Float(x) => V::Float(x),
+            Value::Text(s) => V::Text(s.into()),
+            Value::Bytes(b) => V::Bytes(b.into()),
+            Value::Array(a) => V::Arr(a.as_cbor().into()),
+        };
+        at.0.insert(keys[keys.len() - 1].clone(), Either::Leaf(leaf));
+    }
+    fn write(e: &mut minicbor::Encoder<&mut Vec<u8>>, n: &Node) {
+        e.map(n.0.len() as u64).unwrap();
+        for (k, v) in &n.0 {
+            e.str(k).unwrap();
+            match v {
+                Either::Map(m) => write(e, m),
+                Either::Leaf(V::Null) => drop(e.null().unwrap()),
+                Either::Leaf(V::Bool(b)) => drop(e.bool(*b).unwrap()),
+                Either::Leaf(V::Int(i)) => drop(e.i64(*i).unwrap()),
+                Either::Leaf(V::Float(x)) => drop(e.f64(*x).unwrap()),
+                Either::Leaf(V::Text(s)) => drop(e.str(s).unwrap()),
+                Either::Leaf(V::Bytes(b)) => drop(e.bytes(b).unwrap()),
+                Either::Leaf(V::Arr(a)) => e.writer_mut().extend_from_slice(a),
+            }
+        }
+    }
+    let mut out = Vec::new();
+    write(&mut minicbor::Encoder::new(&mut out), &root);
+    out
+}
+
+/// Wide and deep trees: maps of more than 23 entries, keys and texts whose
+/// heads take 2 or 3 bytes, payloads larger than the encoder's buffer.
+fn wide_entries() -> impl Strategy<Value = Vec<(Key, V)>> {
+    let key = prop_oneof![
+        3 => "[a-z]{1,2}",
+        1 => Just("a_key_longer_than_twenty_three_bytes".to_string()),
+        1 => Just("é".to_string()),
+    ];
+    let value = prop_oneof![
+        4 => value(false),
+        1 => "[a-z]{20,300}".prop_map(V::Text),
+        1 => proptest::collection::vec(any::<u8>(), 250..600).prop_map(V::Bytes),
+        1 => proptest::collection::vec(any::<i64>(), 0..40).prop_map(|v| V::Arr(int_array(&v))),
+    ];
+    proptest::collection::vec((proptest::collection::vec(key, 1..=5), value), 0..80)
+}
+
 proptest! {
     #![proptest_config(ProptestConfig { cases: 256, ..ProptestConfig::default() })]
 
@@ -198,6 +271,15 @@ proptest! {
             prop_assert!(t.encode(&mut short).is_err());
             prop_assert!(short.iter().all(|b| *b == 0xaa));
         }
+    }
+
+    #[test]
+    fn encoding_matches_a_plain_nested_encoder(e in wide_entries()) {
+        let t = build(&e);
+        let mut buf = vec![0u8; t.encoded_len()];
+        let n = t.encode(&mut buf).unwrap();
+        prop_assert_eq!(&buf[..n], &reference_encoding(&t)[..]);
+        prop_assert_eq!(&Tree::decode(&buf).unwrap(), &t);
     }
 
     #[test]

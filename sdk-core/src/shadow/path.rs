@@ -143,7 +143,9 @@ impl PathBuf {
     /// Appends a key; on error the path is unchanged.
     pub fn push(&mut self, key: &str) -> Result<(), PathError> {
         check_key(key)?;
-        if self.as_path().depth() >= MAX_DEPTH {
+        // Keys are not empty, so a path of MAX_DEPTH keys has at least
+        // twice as many bytes: shorter ones need no count.
+        if self.bytes.len() >= 2 * MAX_DEPTH && self.as_path().depth() >= MAX_DEPTH {
             return Err(PathError::TooDeep);
         }
         // Capacity is MAX_DEPTH * (MAX_KEY_LEN + 1), so both always fit here.

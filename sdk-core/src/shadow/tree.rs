@@ -50,6 +50,9 @@ struct Leaf {
 // A leaf fits one cache line of 64 bytes; keep it so.
 const _: () = assert!(core::mem::size_of::<Leaf>() <= 64);
 
+// The encoder finds separators as zero bytes, 8 at a time.
+const _: () = assert!(SEP == 0);
+
 const NO_TWIN: u32 = 0x7fff_ffff;
 const DIFFERS: u32 = 0x8000_0000;
 
@@ -267,6 +270,11 @@ impl<const L: usize, const P: usize> StateTree<L, P> {
 
     /// True when some leaf lies inside `path` (or is `path`).
     pub(crate) fn has_within(&self, path: &[u8]) -> bool {
+        // Decoding a sorted map appends: a path after the last leaf holds
+        // none (a leaf inside it would sort at or after it).
+        if self.sorts_after_last(path) {
+            return false;
+        }
         let pos = match self.find(path) {
             Ok(_) => return true,
             Err(pos) => pos,
@@ -292,28 +300,21 @@ impl<const L: usize, const P: usize> StateTree<L, P> {
         if bytes.is_empty() {
             return Err(PathError::LeafMapClash.into());
         }
-        let pos = match self.find(bytes) {
-            Ok(i) => {
-                // Replace: check the new value fits once the old one is gone,
-                // so that the remove below is never left half done.
-                let old = stored_len(&self.at(i));
-                let new = bytes.len() + payload_len(value)?;
-                if (self.pool.len() - old).saturating_add(new) > P {
-                    return Err(CapacityError::Pool { capacity: P }.into());
-                }
-                self.remove(path);
-                return self.insert_with_meta(path, value, meta);
-            }
-            Err(pos) => pos,
+        // The usual case when decoding a sorted map: the path sorts after
+        // every leaf and does not run through the last one. Then no leaf is
+        // its ancestor either (an ancestor is a prefix of the path, and
+        // every path between the two in order starts with it, the last
+        // leaf included), so it is appended without searching.
+        let appends = self.sorts_after_last(bytes)
+            && !self
+                .leaves
+                .last()
+                .is_some_and(|l| bytes.starts_with(l.path.slice(&self.pool)));
+        let pos = if appends {
+            self.leaves.len()
+        } else {
+            self.insert_position(path, value)?
         };
-        if pos < self.leaves.len() && self.path_at(pos).starts_with(bytes) {
-            return Err(PathError::LeafMapClash.into());
-        }
-        for d in 1..path.depth() {
-            if self.find(path.prefix(d).as_bytes()).is_ok() {
-                return Err(PathError::LeafMapClash.into());
-            }
-        }
         if self.leaves.is_full() {
             return Err(CapacityError::Leaves { capacity: L }.into());
         }
@@ -327,6 +328,44 @@ impl<const L: usize, const P: usize> StateTree<L, P> {
         let _ = self.leaves.insert(pos, leaf);
         self.indexed = false;
         Ok(())
+    }
+
+    /// Where a leaf at `path` goes when it is not simply appended: after
+    /// checking it runs through no leaf and onto no map. A leaf already at
+    /// `path` is replaced: removed here, and its index returned.
+    fn insert_position(&mut self, path: Path<'_>, value: Value<'_>) -> Result<usize, Error> {
+        let bytes = path.as_bytes();
+        let pos = match self.find(bytes) {
+            Ok(i) => {
+                // Replace: check the new value fits once the old one is gone,
+                // so that the remove below is never left half done.
+                let old = stored_len(&self.at(i));
+                let new = bytes.len() + payload_len(value)?;
+                if (self.pool.len() - old).saturating_add(new) > P {
+                    return Err(CapacityError::Pool { capacity: P }.into());
+                }
+                self.remove(path);
+                return Ok(i);
+            }
+            Err(pos) => pos,
+        };
+        if pos < self.leaves.len() && self.path_at(pos).starts_with(bytes) {
+            return Err(PathError::LeafMapClash.into());
+        }
+        for d in 1..path.depth() {
+            if self.find(path.prefix(d).as_bytes()).is_ok() {
+                return Err(PathError::LeafMapClash.into());
+            }
+        }
+        Ok(pos)
+    }
+
+    /// True when `path` sorts after every leaf (or there is none).
+    fn sorts_after_last(&self, path: &[u8]) -> bool {
+        self.leaves.last().is_none_or(|l| {
+            let (k, p) = (order_key(path), l.path.slice(&self.pool));
+            k > l.key || (k == l.key && cmp_after_key(path, p).is_gt())
+        })
     }
 
     /// Appends a leaf that sorts after every existing one. Values that come
@@ -840,74 +879,62 @@ impl<const L: usize, const P: usize> StateTree<L, P> {
         cbor::measure(|e| self.encode_cbor(e))
     }
 
-    /// Writes the nested map with minicbor.
+    /// Writes the nested map through minicbor's writer.
+    ///
+    /// One pass over the sorted leaves: each leaf's path shares its first
+    /// keys with the previous leaf's (those maps are open already), and
+    /// each of its remaining keys but the last opens a map. A map's head
+    /// needs its entry count first, read off a table of where each leaf's
+    /// own keys start, built once: no path is compared twice, and none is
+    /// searched from the root. Bytes are gathered in a small buffer on the
+    /// stack and written a few hundred at a time, as a per-item write
+    /// costs more than the item.
     pub fn encode_cbor<W: Write>(
         &self,
         e: &mut Encoder<W>,
     ) -> Result<(), minicbor::encode::Error<W::Error>> {
-        self.encode_level(e, 0, self.len(), 0)
-    }
-
-    /// The key of leaf `i` that starts at byte `off` of its encoded path,
-    /// with its separator: `(key bytes, bytes up to and with the
-    /// separator)`.
-    fn key_from(&self, i: usize, off: usize) -> (&[u8], &[u8]) {
-        let rest = self.path_at(i).get(off..).unwrap_or_default();
-        let end = rest.iter().position(|b| *b == SEP).unwrap_or(rest.len());
-        (
-            rest.get(..end).unwrap_or_default(),
-            rest.get(..end + 1).unwrap_or(rest),
-        )
-    }
-
-    /// Writes the leaves `lo..hi`, which share the path bytes before `off`,
-    /// as a map of their keys at that offset. Works on the encoded paths'
-    /// bytes: the leaves are sorted, so a key's leaves are one run, and
-    /// the key is the bytes up to the next separator (no key is searched
-    /// for from the root, and none is decoded twice).
-    fn encode_level<W: Write>(
-        &self,
-        e: &mut Encoder<W>,
-        lo: usize,
-        hi: usize,
-        off: usize,
-    ) -> Result<(), minicbor::encode::Error<W::Error>> {
-        let mut groups = 0u64;
-        let mut i = lo;
-        while i < hi {
-            i = self.group_end(i, hi, off);
-            groups += 1;
+        let n = self.leaves.len();
+        // Per leaf, the byte offset in its path where its first key of its
+        // own starts: after the keys it shares with the leaf before. A later
+        // leaf starting at the same offset is another entry of the map that
+        // offset is in; one starting before it has left that map.
+        let mut starts = [0u16; L];
+        for (j, start) in starts.iter_mut().enumerate().take(n).skip(1) {
+            let (a, b) = (self.path_at(j - 1), self.path_at(j));
+            let p = common_prefix(a, b);
+            *start = b[..p].iter().rposition(|c| *c == SEP).map_or(0, |i| i + 1) as u16;
         }
-        e.map(groups)?;
-        let mut i = lo;
-        while i < hi {
-            let j = self.group_end(i, hi, off);
-            let (key, with_sep) = self.key_from(i, off);
-            // Keys were checked as UTF-8 when the path was built: their
-            // bytes go out as they are (a text head, then the key).
-            write_text_head(e, key.len())?;
-            e.writer_mut()
-                .write_all(key)
-                .map_err(minicbor::encode::Error::write)?;
-            let next = off + with_sep.len();
-            if j == i + 1 && self.path_at(i).len() == next {
-                encode_value(e, self.leaves[i].value.view(&self.pool))?;
-            } else {
-                self.encode_level(e, i, j, next)?;
+        let entries = |j: usize, off: u16| -> u64 {
+            let mut c = 1;
+            for &s in starts.iter().take(n).skip(j + 1) {
+                if s < off {
+                    break;
+                }
+                c += u64::from(s == off);
             }
-            i = j;
+            c
+        };
+        let mut out = Staged::new(e);
+        out.head(MAJOR_MAP, if n == 0 { 0 } else { entries(0, 0) })?;
+        for (j, leaf) in self.leaves.iter().enumerate() {
+            let path = leaf.path.slice(&self.pool);
+            let mut off = usize::from(starts[j]);
+            loop {
+                let rest = &path[off..];
+                let end = key_len(rest);
+                // Keys were checked as UTF-8 when the path was built: their
+                // bytes go out as they are.
+                out.head(MAJOR_TEXT, end as u64)?;
+                out.put(&rest[..end])?;
+                off += end + 1;
+                if off >= path.len() {
+                    break;
+                }
+                out.head(MAJOR_MAP, entries(j, off as u16))?;
+            }
+            out.value(leaf.value, &self.pool)?;
         }
-        Ok(())
-    }
-
-    /// End of the run of leaves sharing leaf `i`'s key at byte `off`.
-    fn group_end(&self, i: usize, hi: usize, off: usize) -> usize {
-        let (_, key) = self.key_from(i, off);
-        let mut j = i + 1;
-        while j < hi && self.path_at(j).get(off..off + key.len()) == Some(key) {
-            j += 1;
-        }
-        j
+        out.flush()
     }
 
     /// Decodes a tree from one CBOR map holding no `null`s.
@@ -1103,42 +1130,145 @@ fn payload_len(v: Value<'_>) -> Result<usize, DecodeError> {
     })
 }
 
-/// Writes one leaf value.
-/// The head of a CBOR text string of `len` bytes (keys are at most
-/// [`MAX_KEY_LEN`] bytes: one or two bytes of head).
-fn write_text_head<W: Write>(
-    e: &mut Encoder<W>,
+const MAJOR_BYTES: u8 = 2 << 5;
+const MAJOR_TEXT: u8 = 3 << 5;
+const MAJOR_MAP: u8 = 5 << 5;
+
+/// Gathers small writes on the stack and hands them to the encoder's
+/// writer in few large ones.
+struct Staged<'e, W: Write> {
+    e: &'e mut Encoder<W>,
+    buf: [u8; 256],
     len: usize,
-) -> Result<(), minicbor::encode::Error<W::Error>> {
-    let head: &[u8] = match u8::try_from(len) {
-        Ok(n) if n < 24 => &[0x60 | n],
-        Ok(n) => &[0x78, n],
-        Err(_) => &[0x79, (len >> 8) as u8, len as u8],
-    };
-    e.writer_mut()
-        .write_all(head)
-        .map_err(minicbor::encode::Error::write)
 }
 
-pub(crate) fn encode_value<W: Write>(
-    e: &mut Encoder<W>,
-    v: Value<'_>,
-) -> Result<(), minicbor::encode::Error<W::Error>> {
-    match v {
-        Value::Null => e.null()?,
-        Value::Bool(b) => e.bool(b)?,
-        Value::Int(i) => e.i64(i)?,
-        Value::Float(x) => e.f64(x)?,
-        Value::Text(s) => e.str(s)?,
-        Value::Bytes(b) => e.bytes(b)?,
-        Value::Array(a) => {
-            e.writer_mut()
-                .write_all(a.0)
-                .map_err(minicbor::encode::Error::write)?;
-            e
+impl<'e, W: Write> Staged<'e, W> {
+    fn new(e: &'e mut Encoder<W>) -> Self {
+        Staged {
+            e,
+            buf: [0; 256],
+            len: 0,
         }
-    };
-    Ok(())
+    }
+
+    fn flush(&mut self) -> Result<(), minicbor::encode::Error<W::Error>> {
+        let len = core::mem::take(&mut self.len);
+        self.e
+            .writer_mut()
+            .write_all(&self.buf[..len])
+            .map_err(minicbor::encode::Error::write)
+    }
+
+    #[inline]
+    fn put(&mut self, bytes: &[u8]) -> Result<(), minicbor::encode::Error<W::Error>> {
+        if let Some(dst) = self.buf.get_mut(self.len..self.len + bytes.len()) {
+            dst.copy_from_slice(bytes);
+            self.len += bytes.len();
+            return Ok(());
+        }
+        self.flush()?;
+        if bytes.len() > self.buf.len() / 2 {
+            return self
+                .e
+                .writer_mut()
+                .write_all(bytes)
+                .map_err(minicbor::encode::Error::write);
+        }
+        self.buf[..bytes.len()].copy_from_slice(bytes);
+        self.len = bytes.len();
+        Ok(())
+    }
+
+    /// A CBOR head (major type and length or value) in its shortest form,
+    /// as minicbor writes it.
+    #[inline]
+    fn head(&mut self, major: u8, n: u64) -> Result<(), minicbor::encode::Error<W::Error>> {
+        // The value follows the head in 0, 1, 2, 4 or 8 bytes.
+        let (info, extra) = match n {
+            0..24 => (n as u8, 0),
+            24..=0xff => (24, 1),
+            0x100..=0xffff => (25, 2),
+            0x1_0000..=0xffff_ffff => (26, 4),
+            _ => (27, 8),
+        };
+        // The value's bytes, big-endian, at the front of 8 (written whole,
+        // a fixed-size store, then only `extra` of them kept).
+        let value = n
+            .checked_shl(8 * (8 - extra) as u32)
+            .unwrap_or(0)
+            .to_be_bytes();
+        if let Some(dst) = self.buf.get_mut(self.len..self.len + 9) {
+            dst[0] = major | info;
+            dst[1..].copy_from_slice(&value);
+            self.len += 1 + extra;
+            return Ok(());
+        }
+        let mut h = [0u8; 9];
+        h[0] = major | info;
+        h[1..].copy_from_slice(&value);
+        self.put(&h[..=extra])
+    }
+
+    /// A stored leaf value (texts go out as their bytes: they were UTF-8
+    /// when stored).
+    fn value(&mut self, v: Stored, pool: &[u8]) -> Result<(), minicbor::encode::Error<W::Error>> {
+        match v {
+            Stored::Null => self.put(&[0xf6]),
+            Stored::Bool(b) => self.put(&[if b { 0xf5 } else { 0xf4 }]),
+            Stored::Int(i) if i >= 0 => self.head(0, i as u64),
+            Stored::Int(i) => self.head(1 << 5, (-1 - i) as u64),
+            Stored::Float(bits) => {
+                let mut f = [0xfb, 0, 0, 0, 0, 0, 0, 0, 0];
+                f[1..].copy_from_slice(&bits.to_be_bytes());
+                self.put(&f)
+            }
+            Stored::Text(s) => {
+                self.head(MAJOR_TEXT, u64::from(s.len))?;
+                self.put(s.slice(pool))
+            }
+            Stored::Bytes(s) => {
+                self.head(MAJOR_BYTES, u64::from(s.len))?;
+                self.put(s.slice(pool))
+            }
+            Stored::Array(s) => self.put(s.slice(pool)),
+        }
+    }
+}
+
+/// Length of the first key of `path` (up to its separator), found 8 bytes
+/// at a time.
+fn key_len(path: &[u8]) -> usize {
+    const LOW7: u64 = 0x7f7f_7f7f_7f7f_7f7f;
+    let mut chunks = path.chunks_exact(8);
+    let mut at = 0;
+    for c in &mut chunks {
+        let w = word(c);
+        // The top bit of each zero byte, exactly (no borrow between bytes).
+        let zero = !(((w & LOW7) + LOW7) | w | LOW7);
+        if zero != 0 {
+            return at + (zero.leading_zeros() / 8) as usize;
+        }
+        at += 8;
+    }
+    let tail = chunks.remainder();
+    at + tail.iter().position(|c| *c == SEP).unwrap_or(tail.len())
+}
+
+/// Length of the common prefix of two paths, compared 8 bytes at a time.
+fn common_prefix(a: &[u8], b: &[u8]) -> usize {
+    let max = a.len().min(b.len());
+    let mut i = 0;
+    while i + 8 <= max {
+        let x = word(&a[i..i + 8]) ^ word(&b[i..i + 8]);
+        if x != 0 {
+            return i + (x.leading_zeros() / 8) as usize;
+        }
+        i += 8;
+    }
+    while i < max && a[i] == b[i] {
+        i += 1;
+    }
+    i
 }
 
 impl<const L: usize, const P: usize> PartialEq for StateTree<L, P> {

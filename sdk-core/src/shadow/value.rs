@@ -156,6 +156,7 @@ pub(crate) struct Span {
 }
 
 impl Span {
+    #[inline]
     pub fn slice(self, pool: &[u8]) -> &[u8] {
         &pool[self.start as usize..(self.start + self.len) as usize]
     }
