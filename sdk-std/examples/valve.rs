@@ -32,9 +32,11 @@ use lanyard_core::agent::platform::{
     Applied, CommandFailure, DesiredState, Readings, RejectReason, TelemetrySource,
 };
 use lanyard_core::shadow::{Path, Value};
-use lanyard_std::device::{BuildError, Commands, DeviceBuilder, DeviceHandle, Reply};
+use lanyard_std::device::{
+    BuildError, Commands, DeviceBuilder, DeviceHandle, DeviceTransport, Reply,
+};
 use lanyard_std::driver::{DeviceDriver, LocalValue};
-use lanyard_std::mqtt::{MqttConfig, MqttTransport};
+use lanyard_std::mqtt::MqttConfig;
 
 /// The valve's mechanism: where it is and where it is going.
 #[derive(Debug, Default)]
@@ -186,7 +188,7 @@ pub fn valve(
     state_dir: &std::path::Path,
     mac: [u8; 6],
     limit: i64,
-) -> Result<(DeviceDriver<MqttTransport>, Arc<Mutex<Mechanism>>), BuildError> {
+) -> Result<(DeviceDriver<DeviceTransport>, Arc<Mutex<Mechanism>>), BuildError> {
     let mechanism = Arc::new(Mutex::new(Mechanism::default()));
     let (driver, handle) = DeviceBuilder::new(mac, "valve-1.0", broker, state_dir)
         // On mains (the default probe): healthy unless the agent's own

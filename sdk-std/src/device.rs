@@ -29,16 +29,21 @@ use lanyard_core::agent::platform::{
     Args, CommandFailure, CommandHandler, Completion, DesiredState, HealthProbe, MainsPowered,
     MirrorDesired, NoCommands, NoTelemetry, TelemetrySource,
 };
-use lanyard_core::shadow::StateTree;
 use lanyard_core::shadow::typed::{from_tree, to_tree};
+use lanyard_core::shadow::{FleetPolicies, StateTree};
 use tokio::sync::mpsc;
 
+use crate::aws_device::{AwsShadowName, AwsShadowTransport};
 use crate::clock::Clock;
 use crate::driver::{
     CommandResult, DeviceDriver, LocalChange, LocalValue, StdPlatform, std_agent_with_capacity,
 };
 use crate::mqtt::{MqttConfig, MqttTransport};
 use crate::store::FileStore;
+
+/// The transport of a built device: MQTT on Lanyard's topics, or wrapped
+/// for AWS IoT's shadow ([`DeviceBuilder::aws_shadow`]).
+pub type DeviceTransport = Box<dyn crate::transport::Transport>;
 
 /// Why a device could not be built.
 #[derive(Debug)]
@@ -55,6 +60,9 @@ pub enum BuildError {
     Journal(std::io::Error),
     /// The tenant name is not one the topics allow.
     Tenant(crate::InvalidTenant),
+    /// A tenant and an AWS IoT shadow were both asked for: AWS things have
+    /// one namespace.
+    AwsWithTenant,
 }
 
 impl std::fmt::Display for BuildError {
@@ -63,6 +71,9 @@ impl std::fmt::Display for BuildError {
             BuildError::StateDir { path, error } => write!(f, "{}: {error}", path.display()),
             BuildError::Journal(e) => write!(f, "outbound journal: {e}"),
             BuildError::Tenant(e) => write!(f, "{e}"),
+            BuildError::AwsWithTenant => {
+                f.write_str("a device keeping its shadow in AWS IoT has no tenant")
+            }
         }
     }
 }
@@ -229,6 +240,9 @@ pub struct DeviceBuilder {
     journal: bool,
     platform: StdPlatformParts,
     clock: Clock,
+    /// The AWS IoT shadow kept instead of a Lanyard twin host's: a named
+    /// shadow (or the classic one), and the fleet's policies.
+    aws: Option<(Option<String>, FleetPolicies)>,
 }
 
 struct StdPlatformParts {
@@ -262,6 +276,7 @@ impl DeviceBuilder {
                 desired: Box::new(MirrorDesired),
             },
             clock: Clock::real(),
+            aws: None,
         }
     }
 
@@ -303,6 +318,16 @@ impl DeviceBuilder {
         self
     }
 
+    /// Keeps the device's shadow in AWS IoT Core's shadow service (the
+    /// thing's classic shadow, or its named shadow `shadow`) rather than
+    /// in a Lanyard twin host, with the fleet's conflict `policies`
+    /// applied on the device; see [`crate::aws_device`]. The thing's name
+    /// is the device id. Not with a tenant (refused by `build`).
+    pub fn aws_shadow(mut self, shadow: Option<&str>, policies: FleetPolicies) -> Self {
+        self.aws = Some((shadow.map(str::to_owned), policies));
+        self
+    }
+
     /// Runs on `clock` (a compressed clock for simulations).
     pub fn clock(mut self, clock: Clock) -> Self {
         self.clock = clock;
@@ -313,7 +338,7 @@ impl DeviceBuilder {
     /// Call from within a tokio runtime (the MQTT client starts its tasks
     /// on it); the connection is made in the background. The device holds
     /// 16 leaves and 512 bytes of shadow, in messages of up to 1 KiB.
-    pub fn build(self) -> Result<(DeviceDriver<MqttTransport>, DeviceHandle), BuildError> {
+    pub fn build(self) -> Result<(DeviceDriver<DeviceTransport>, DeviceHandle), BuildError> {
         self.build_with_capacity::<1024, { lanyard_core::agent::SHADOW_LEAVES }, { lanyard_core::agent::SHADOW_POOL }>()
     }
 
@@ -325,9 +350,12 @@ impl DeviceBuilder {
     /// `M` bytes are kept while offline.
     pub fn build_with_capacity<const M: usize, const L: usize, const B: usize>(
         self,
-    ) -> Result<(DeviceDriver<MqttTransport, M, L, B>, DeviceHandle), BuildError> {
+    ) -> Result<(DeviceDriver<DeviceTransport, M, L, B>, DeviceHandle), BuildError> {
         if let Some(t) = &self.tenant {
             crate::check_tenant(t).map_err(BuildError::Tenant)?;
+            if self.aws.is_some() {
+                return Err(BuildError::AwsWithTenant);
+            }
         }
         let storage = FileStore::open(&self.state_dir).map_err(|error| BuildError::StateDir {
             path: self.state_dir.clone(),
@@ -353,10 +381,21 @@ impl DeviceBuilder {
         };
         let (reports, reports_rx) = mpsc::unbounded_channel();
         let (results, results_rx) = mpsc::unbounded_channel();
-        let mut driver =
-            DeviceDriver::new(agent, MqttTransport::connect(broker), platform, self.clock)
-                .with_local_changes(reports_rx)
-                .with_command_results(results_rx);
+        let mqtt = MqttTransport::connect(broker);
+        let transport: DeviceTransport = match self.aws {
+            None => Box::new(mqtt),
+            Some((shadow, policies)) => {
+                let id = agent.device_id().to_owned();
+                let name = match shadow {
+                    Some(s) => AwsShadowName::named(&id, &s),
+                    None => AwsShadowName::classic(&id),
+                };
+                Box::new(AwsShadowTransport::new(mqtt, &id, name, &policies))
+            }
+        };
+        let mut driver = DeviceDriver::new(agent, transport, platform, self.clock)
+            .with_local_changes(reports_rx)
+            .with_command_results(results_rx);
         if self.journal {
             driver = driver
                 .with_journal(&self.state_dir)

@@ -53,6 +53,8 @@
 pub mod acl;
 #[cfg(feature = "runtime")]
 pub mod app;
+#[cfg(feature = "runtime")]
+pub mod aws_device;
 pub mod aws_json;
 #[cfg(feature = "runtime")]
 pub mod bridge;

@@ -414,6 +414,10 @@ impl Transport for MqttTransport {
         self.delivery.acked_qos1.load(Ordering::Acquire)
     }
 
+    fn reconnects(&self) -> u64 {
+        self.stats().reconnects
+    }
+
     async fn flush(&mut self, within: Duration) -> Result<(), TransportError> {
         let deadline = tokio::time::Instant::now() + within;
         // Polled: the counters move at network speed, and a flush happens

@@ -112,6 +112,11 @@ pub trait Transport: Send {
         let _ = within;
         Ok(())
     }
+    /// Connections made again after a loss, for a transport that has
+    /// connections; the default has none.
+    fn reconnects(&self) -> u64 {
+        0
+    }
     /// How many of this transport's at-least-once publishes the peer has
     /// acknowledged, counted in publish order (MQTT acknowledges QoS 1 in
     /// order). The default, for a transport that delivers within
@@ -220,6 +225,45 @@ impl Drop for MemoryTransport {
             st.clients.remove(&self.id);
             st.subscriptions.retain(|(_, id)| *id != self.id);
         }
+    }
+}
+
+/// A boxed transport is one: a driver can be given either kind (Lanyard's
+/// topics, or AWS IoT's shadow through [`crate::aws_device`]) behind one
+/// type.
+#[async_trait]
+impl<T: Transport + ?Sized> Transport for Box<T> {
+    async fn subscribe(&mut self, filter: &str) -> Result<(), TransportError> {
+        (**self).subscribe(filter).await
+    }
+    async fn publish(
+        &mut self,
+        topic: &str,
+        payload: &[u8],
+        qos: Qos,
+    ) -> Result<(), TransportError> {
+        (**self).publish(topic, payload, qos).await
+    }
+    async fn recv(&mut self) -> Result<TransportEvent, TransportError> {
+        (**self).recv().await
+    }
+    fn try_recv(&mut self) -> Option<TransportEvent> {
+        (**self).try_recv()
+    }
+    fn hold_acks(&mut self) {
+        (**self).hold_acks()
+    }
+    fn ack_handled(&mut self) {
+        (**self).ack_handled()
+    }
+    async fn flush(&mut self, within: std::time::Duration) -> Result<(), TransportError> {
+        (**self).flush(within).await
+    }
+    fn acknowledged(&self) -> u64 {
+        (**self).acknowledged()
+    }
+    fn reconnects(&self) -> u64 {
+        (**self).reconnects()
     }
 }
 

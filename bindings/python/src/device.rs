@@ -12,9 +12,8 @@ use lanyard_core::agent::platform::{Args, CommandFailure, CommandHandler, Comple
 use lanyard_nostd::hal::{BatteryCurve, BatteryVoltage, BoardCommands, BoardProbe, SensorReading};
 use lanyard_std::aws_json::{tree_from_json, tree_to_json};
 use lanyard_std::clock::Clock;
-use lanyard_std::device::{BuildError, DeviceBuilder, DeviceHandle};
+use lanyard_std::device::{BuildError, DeviceBuilder, DeviceHandle, DeviceTransport};
 use lanyard_std::driver::{DeviceDriver, DriverEvent, LocalValue, Shared, parse_mac};
-use lanyard_std::mqtt::MqttTransport;
 use pyo3::exceptions::{PyOSError, PyRuntimeError, PyValueError};
 use pyo3::prelude::*;
 use pyo3::types::{PyBool, PyInt};
@@ -148,14 +147,14 @@ pub(crate) struct Device {
     /// The MQTT client's tasks run here from construction.
     rt: tokio::runtime::Runtime,
     /// Taken by the one `run`.
-    driver: Mutex<Option<DeviceDriver<MqttTransport>>>,
+    driver: Mutex<Option<DeviceDriver<DeviceTransport>>>,
     handle: DeviceHandle,
 }
 
 #[pymethods]
 impl Device {
     #[new]
-    #[pyo3(signature = (broker, mac, state_dir, dispatch=None, sensors=None, battery=None, blink=None, tenant=None, ca=None, cert=None, key=None))]
+    #[pyo3(signature = (broker, mac, state_dir, dispatch=None, sensors=None, battery=None, blink=None, tenant=None, ca=None, cert=None, key=None, aws=false, shadow_name=None, policies=None))]
     #[allow(clippy::too_many_arguments)]
     fn new(
         broker: &str,
@@ -169,9 +168,23 @@ impl Device {
         ca: Option<PathBuf>,
         cert: Option<PathBuf>,
         key: Option<PathBuf>,
+        aws: bool,
+        shadow_name: Option<String>,
+        policies: Option<std::collections::HashMap<String, String>>,
     ) -> PyResult<Self> {
         // Everything given is checked before anything is made on disk.
         let config = broker_config(broker, String::new(), ca, cert, key)?;
+        let fleet_policies = fleet_policies(policies.unwrap_or_default())?;
+        if !aws && shadow_name.is_some() {
+            return Err(PyValueError::new_err(
+                "shadow_name names an AWS IoT shadow: give aws=True too",
+            ));
+        }
+        if aws && tenant.is_some() {
+            return Err(PyValueError::new_err(
+                "a device keeping its shadow in AWS IoT has no tenant",
+            ));
+        }
         let mac = parse_mac(mac).map_err(PyValueError::new_err)?;
         let clock = Clock::real();
         let device_id = lanyard_core::agent::device_id_from_mac(mac).to_string();
@@ -195,6 +208,9 @@ impl Device {
             .commands(PyCommands { dispatch, board });
         if let Some(t) = &tenant {
             device = device.tenant(t);
+        }
+        if aws {
+            device = device.aws_shadow(shadow_name.as_deref(), fleet_policies);
         }
         let rt = runtime(2)?;
         // The MQTT client starts its tasks on the runtime it is made in.
@@ -351,4 +367,34 @@ fn event_json(event: &DriverEvent) -> (&'static str, Json) {
             AgentEvent::StorageFailed => ("storage_failed", json!({})),
         },
     }
+}
+
+/// The fleet's conflict policies from `{dotted path: policy name}`; the
+/// key `"*"` sets the policy of every other property (cloud wins if not
+/// given). Names are `ConflictPolicy::name`'s.
+fn fleet_policies(
+    given: std::collections::HashMap<String, String>,
+) -> PyResult<lanyard_core::shadow::FleetPolicies> {
+    use lanyard_core::shadow::{ConflictPolicy, FleetPolicies};
+    let parse = |name: &str| {
+        ConflictPolicy::from_name(name).ok_or_else(|| {
+            let names: Vec<&str> = ConflictPolicy::ALL.iter().map(|p| p.name()).collect();
+            PyValueError::new_err(format!(
+                "unknown conflict policy {name:?}: one of {}",
+                names.join(", ")
+            ))
+        })
+    };
+    let mut fleet = FleetPolicies::new(match given.get("*") {
+        Some(name) => parse(name)?,
+        None => ConflictPolicy::CloudWins,
+    });
+    for (path, name) in &given {
+        if path != "*" {
+            fleet
+                .set(path, parse(name)?)
+                .map_err(|e| PyValueError::new_err(format!("policy for {path:?}: {e}")))?;
+        }
+    }
+    Ok(fleet)
 }

@@ -506,11 +506,60 @@ class DeviceOnATwinHost(unittest.TestCase):
         runner.join(timeout=20)
         self.assertFalse(runner.is_alive())
 
+    def test_the_shadow_can_live_in_aws_iot(self):
+        # Registered through the twin host first (the thing exists), then
+        # the same device keeps its shadow on the AWS topics the host
+        # serves as AWS IoT Core would.
+        dev = lanyard.Device(self.broker, self.MAC, self.state_dir)
+        runner = threading.Thread(target=dev.run, kwargs={"seconds": 5})
+        runner.start()
+        app = lanyard.App(self.broker, client_id="py-aws-test")
+        dev_id = dev.device_id
+        eventually(lambda: app.get_shadow(dev_id, timeout=2)["version"] >= 0,
+                   "the device registered")
+        runner.join(timeout=20)  # one connection per device id at a time
+        dev = lanyard.Device(self.broker, self.MAC, self.state_dir + "-aws", aws=True,
+                             policies={"mode": "device_wins", "*": "cloud_wins"})
+        events = []
+        aws_runner = threading.Thread(target=dev.run,
+                                      kwargs={"seconds": 60, "on_event": events.append})
+        aws_runner.start()
+        app.set_desired(dev_id, {"fan": {"speed": 3}, "mode": "eco"})
+
+        def reached():
+            s = app.get_shadow(dev_id, timeout=2)
+            return s["reported"].get("fan") == {"speed": 3} and s["reported"].get("mode") == "eco"
+
+        eventually(reached, "the AWS-shadow device reported the desired state")
+        # The device's own change of a property it wins becomes desired.
+        dev.report("mode", "manual")
+
+        def device_won():
+            s = app.get_shadow(dev_id, timeout=2)
+            return s["desired"].get("mode") == "manual" and s["reported"].get("mode") == "manual"
+
+        eventually(device_won, "the device's mode written back as desired")
+        deltas = [e for e in list(events)
+                  if e["type"] == "received" and e["kind"] == "shadow/delta"]
+        self.assertTrue(any(e["message"]["state"].get("fan") == {"speed": 3} for e in deltas),
+                        deltas)
+        # Commands still travel on Lanyard's topics.
+        app.command(dev_id, "decommission")
+        aws_runner.join(timeout=20)
+        self.assertFalse(aws_runner.is_alive())
+
     def test_bad_arguments_to_the_device_are_value_errors(self):
         with self.assertRaises(ValueError):
             lanyard.Device(self.broker, "02:00:00:00:00", self.state_dir)
         with self.assertRaises(ValueError):
             lanyard.Device("tcp://127.0.0.1:1", self.MAC, self.state_dir)
+        with self.assertRaises(ValueError):
+            lanyard.Device(self.broker, self.MAC, self.state_dir, aws=True,
+                           policies={"mode": "whoever_shouts"})
+        with self.assertRaises(ValueError):
+            lanyard.Device(self.broker, self.MAC, self.state_dir, shadow_name="config")
+        with self.assertRaises(ValueError):
+            lanyard.Device(self.broker, self.MAC, self.state_dir, aws=True, tenant="acme")
 
 
 def make_pki(workdir):

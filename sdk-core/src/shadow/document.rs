@@ -48,6 +48,17 @@ impl ConflictPolicy {
             ConflictPolicy::ManualResolve => "manual_resolve",
         }
     }
+
+    /// The policy a [`ConflictPolicy::name`] names.
+    ///
+    /// ```
+    /// use lanyard_core::shadow::ConflictPolicy;
+    /// assert_eq!(ConflictPolicy::from_name("device_wins"), Some(ConflictPolicy::DeviceWins));
+    /// assert_eq!(ConflictPolicy::from_name("DeviceWins"), None);
+    /// ```
+    pub fn from_name(name: &str) -> Option<Self> {
+        Self::ALL.into_iter().find(|p| p.name() == name)
+    }
 }
 
 /// Most per-path policies a document holds.

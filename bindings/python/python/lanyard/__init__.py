@@ -179,6 +179,14 @@ class Device:
       Li-ion cell, 3 300-4 150 mV) or ``None``; without it the host is on
       mains and always full.
     - ``blink``: called with ``(count, period_ms)`` by ``blink_led``.
+    - ``aws=True``: the shadow lives in AWS IoT Core's shadow service
+      (``$aws/things/{device id}/shadow/...``, JSON documents; the named
+      shadow ``shadow_name`` if given) instead of a Lanyard twin host. With
+      no twin host to apply the fleet's conflict policies, they are applied
+      here: ``policies`` maps dotted property paths to ``"cloud_wins"``,
+      ``"device_wins"``, ``"latest_wins"`` or ``"manual_resolve"`` (the key
+      ``"*"`` for every other property; cloud wins if not given). A
+      property the device wins has its value written back as desired.
 
     Callables run in the SDK's threads, with the GIL, while ``run`` runs:
     keep them short.
@@ -190,7 +198,8 @@ class Device:
     """
 
     def __init__(self, broker, mac, state_dir, commands=None, sensors=None, battery_mv=None,
-                 blink=None, tenant=None, ca=None, cert=None, key=None):
+                 blink=None, tenant=None, ca=None, cert=None, key=None, aws=False,
+                 shadow_name=None, policies=None):
         handlers = dict(commands or {})
 
         def dispatch(name, args_json):
@@ -218,7 +227,7 @@ class Device:
 
         self._device = _Device(broker, mac, os.fspath(state_dir), dispatch if handlers else None,
                                sensors, battery_mv, blink, tenant, _path(ca), _path(cert),
-                               _path(key))
+                               _path(key), aws, shadow_name, policies)
 
     @property
     def device_id(self):

@@ -312,7 +312,7 @@ pub(crate) async fn demo(
         match t.await {
             Ok(Ok(d)) => {
                 *states.entry(d.agent().state().to_string()).or_default() += 1;
-                reconnects += d.transport().stats().reconnects;
+                reconnects += d.transport().reconnects();
                 dropped += d.agent().stats().dropped.iter().sum::<u64>();
             }
             _ => *states.entry("failed".into()).or_default() += 1,
