@@ -141,23 +141,6 @@ fn now() -> u64 {
     lanyard_std::clock::Clock::real().now_ms()
 }
 
-fn register_bytes(id: &str) -> Vec<u8> {
-    let mut buf = vec![0u8; 256];
-    let n = Register {
-        device_id: id,
-        firmware: "1",
-        config_version: 0,
-        boot_count: 1,
-        time_ms: 5,
-        resumed: false,
-        capacity: None,
-    }
-    .encode(&mut buf)
-    .unwrap();
-    buf.truncate(n);
-    buf
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_decommissioned_device_stays_decommissioned_on_both_sides_until_reprovisioned() {
     let broker = Mosquitto::start();
@@ -204,7 +187,7 @@ async fn a_decommissioned_device_stays_decommissioned_on_both_sides_until_reprov
     forger
         .publish(
             &topic(&id, MessageKind::Register),
-            &register_bytes(&id),
+            &common::register_bytes(&id),
             Qos::AtLeastOnce,
         )
         .await
@@ -436,7 +419,7 @@ async fn killed_under_load(twin: fn(u16, &Path) -> Child) {
         loop {
             t.publish(
                 &topic(id, MessageKind::Register),
-                &register_bytes(id),
+                &common::register_bytes(id),
                 Qos::AtLeastOnce,
             )
             .await
@@ -518,7 +501,7 @@ fn damaged_shadow_files_are_set_aside_and_the_rest_keep_working() {
     {
         let mut h = TwinHost::open(dir.path(), DeviceConfig::default()).unwrap();
         for id in ids {
-            h.handle(1, &topic(id, MessageKind::Register), &register_bytes(id));
+            h.handle(1, &topic(id, MessageKind::Register), &common::register_bytes(id));
             let mut up = ShadowUpdate::<16, 512>::new(2);
             let mut tree = StateTree::<16, 512>::new();
             tree.insert(
@@ -611,7 +594,7 @@ async fn a_state_directory_of_files_is_taken_into_the_database_once() {
     let id = "ly-000000000401";
     {
         let mut h = TwinHost::open(dir.path(), DeviceConfig::default()).unwrap();
-        h.handle(1, &topic(id, MessageKind::Register), &register_bytes(id));
+        h.handle(1, &topic(id, MessageKind::Register), &common::register_bytes(id));
     }
     let broker = Mosquitto::start();
     let mut host = twin(broker.port, dir.path());

@@ -22,23 +22,6 @@ use lanyard_std::twin::{RunError, TwinHost, TwinLimits, run_twin};
 const A: &str = "ly-00000000000a";
 const B: &str = "ly-00000000000b";
 
-fn register_bytes(id: &str, boot: u64) -> Vec<u8> {
-    let mut buf = vec![0u8; 256];
-    let n = Register {
-        device_id: id,
-        firmware: "1",
-        config_version: 0,
-        boot_count: boot,
-        time_ms: 5,
-        resumed: false,
-        capacity: None,
-    }
-    .encode(&mut buf)
-    .unwrap();
-    buf.truncate(n);
-    buf
-}
-
 /// A `shadow-update` with `desired` and/or `reported` leaves.
 fn update_bytes(desired: &[(&str, Value)], reported: &[(&str, Value)]) -> Vec<u8> {
     let tree = |leaves: &[(&str, Value)]| {
@@ -225,7 +208,7 @@ async fn a_device_cannot_set_desired_state_and_an_app_cannot_set_reported_state(
     loop {
         dev.publish(
             &topic(A, MessageKind::Register),
-            &register_bytes(A, 1),
+            &common::register_bytes_at_boot(A, 1),
             Qos::AtLeastOnce,
         )
         .await
@@ -285,7 +268,7 @@ async fn a_device_cannot_set_desired_state_and_an_app_cannot_set_reported_state(
 #[test]
 fn wrong_side_writes_are_refused_counted_and_answered_to_the_app() {
     let mut h = host();
-    h.handle(1, &topic(A, MessageKind::Register), &register_bytes(A, 1));
+    h.handle(1, &topic(A, MessageKind::Register), &common::register_bytes_at_boot(A, 1));
     // An app's update carrying reported state, with a client token.
     let mut up = ShadowUpdate::<16, 512>::new(10);
     let mut t = StateTree::<16, 512>::new();
@@ -341,7 +324,7 @@ fn only_registered_devices_have_shadows_within_the_limits() {
     .iter()
     .enumerate()
     {
-        let out = h.handle(1, &topic(id, MessageKind::Register), &register_bytes(id, 1));
+        let out = h.handle(1, &topic(id, MessageKind::Register), &common::register_bytes_at_boot(id, 1));
         assert_eq!(out.len(), usize::from(i < 3), "{id}");
     }
     assert_eq!(h.devices().count(), 3);
@@ -396,7 +379,7 @@ fn a_tenant_is_held_to_its_own_device_limit() {
         let out = h.handle(
             1,
             &format!("lanyard/v1/{tenant}/{id}/register"),
-            &register_bytes(id, 1),
+            &common::register_bytes_at_boot(id, 1),
         );
         assert_eq!(!out.is_empty(), answered, "{tenant}/{id}");
     }
@@ -424,7 +407,7 @@ fn odd_device_ids_are_refused_everywhere_an_id_enters() {
             format!("lanyard/v1/{id}/register"),
             format!("$aws/things/{id}/shadow/update"),
         ] {
-            assert!(h.handle(1, &t, &register_bytes(id, 1)).is_empty(), "{id:?}");
+            assert!(h.handle(1, &t, &common::register_bytes_at_boot(id, 1)).is_empty(), "{id:?}");
         }
         assert!(!lanyard_core::topic::valid_device_id(id), "{id:?}");
     }
@@ -510,7 +493,7 @@ async fn oversize_messages_are_dropped_and_counted_without_losing_the_connection
         loop {
             dev.publish(
                 &topic(A, MessageKind::Register),
-                &register_bytes(A, 1),
+                &common::register_bytes_at_boot(A, 1),
                 Qos::AtLeastOnce,
             )
             .await
@@ -540,7 +523,7 @@ async fn oversize_messages_are_dropped_and_counted_without_losing_the_connection
 #[test]
 fn an_aws_get_with_a_long_client_token_is_refused_not_echoed() {
     let mut h = host();
-    h.handle(1, &topic(A, MessageKind::Register), &register_bytes(A, 1));
+    h.handle(1, &topic(A, MessageKind::Register), &common::register_bytes_at_boot(A, 1));
     let token = "t".repeat(65);
     let out = h.handle(
         2,

@@ -45,23 +45,6 @@ fn host(port: u16, pg: &str, n: usize) -> Child {
         .unwrap()
 }
 
-fn register_bytes(id: &str) -> Vec<u8> {
-    let mut buf = vec![0u8; 256];
-    let n = Register {
-        device_id: id,
-        firmware: "1",
-        config_version: 0,
-        boot_count: 1,
-        time_ms: 5,
-        resumed: false,
-        capacity: None,
-    }
-    .encode(&mut buf)
-    .unwrap();
-    buf.truncate(n);
-    buf
-}
-
 /// An update setting one leaf of its own on one side.
 fn leaf_update(desired: bool, leaf: &str, v: i64, ts: u64) -> Vec<u8> {
     let mut t: StateTree<4, 64> = StateTree::new();
@@ -138,7 +121,7 @@ async fn three_hosts_on_postgres_share_a_fleet_and_a_killed_one_loses_nothing() 
                 conns[i % 10]
                     .publish(
                         &topic(id, MessageKind::Register),
-                        &register_bytes(id),
+                        &common::register_bytes(id),
                         Qos::AtLeastOnce,
                     )
                     .await

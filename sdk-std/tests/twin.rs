@@ -2,6 +2,8 @@
 //! updates from devices and apps, conflicts, the AWS IoT topics, and
 //! persistence across a restart.
 
+mod common;
+
 use lanyard_core::agent::config::DeviceConfig;
 use lanyard_core::agent::messages::*;
 use lanyard_core::shadow::{ConflictPolicy, PathBuf, StateTree, Value};
@@ -41,7 +43,7 @@ fn t(suffix: &str) -> String {
 fn host_with(mut host: TwinHost, ids: &[&str]) -> TwinHost {
     for id in ids {
         assert_eq!(
-            host.handle(1, &format!("lanyard/v1/{id}/register"), &register_bytes(id))
+            host.handle(1, &format!("lanyard/v1/{id}/register"), &common::register_bytes(id))
                 .len(),
             1
         );
@@ -310,23 +312,6 @@ fn shadows_survive_a_restart_of_the_host() {
     );
 }
 
-fn register_bytes(device_id: &str) -> Vec<u8> {
-    let mut buf = vec![0u8; 256];
-    let n = Register {
-        device_id,
-        firmware: "1",
-        config_version: 0,
-        boot_count: 1,
-        time_ms: 5,
-        resumed: false,
-        capacity: None,
-    }
-    .encode(&mut buf)
-    .unwrap();
-    buf.truncate(n);
-    buf
-}
-
 #[test]
 fn tenants_have_their_own_namespaces_and_other_tenants_are_refused() {
     let dir = tempfile::tempdir().unwrap();
@@ -344,7 +329,7 @@ fn tenants_have_their_own_namespaces_and_other_tenants_are_refused() {
 
     // The same device id registers in two tenants: two shadows.
     for tenant in ["acme", "globex"] {
-        let out = host.handle(10, &tt(tenant, "register"), &register_bytes(ID));
+        let out = host.handle(10, &tt(tenant, "register"), &common::register_bytes(ID));
         assert_eq!(out.len(), 1);
         assert_eq!(out[0].topic, tt(tenant, "register/accepted"));
         assert_eq!(
@@ -385,7 +370,7 @@ fn tenants_have_their_own_namespaces_and_other_tenants_are_refused() {
     // nothing created.
     let before = host.stats().rejected;
     assert!(
-        host.handle(30, &tt("initech", "register"), &register_bytes(ID))
+        host.handle(30, &tt("initech", "register"), &common::register_bytes(ID))
             .is_empty()
     );
     assert!(
@@ -398,7 +383,7 @@ fn tenants_have_their_own_namespaces_and_other_tenants_are_refused() {
     );
     assert_eq!(host.stats().rejected, before + 2);
     assert!(
-        host.handle(30, &t("register"), &register_bytes(ID))
+        host.handle(30, &t("register"), &common::register_bytes(ID))
             .is_empty()
     );
     assert_eq!(host.devices().count(), 2);

@@ -3,6 +3,8 @@
 //! stale copy (two hosts on one database never lose each other's update),
 //! sets a damaged record aside, and takes in what a state directory held.
 
+mod common;
+
 use lanyard_core::agent::config::DeviceConfig;
 use lanyard_core::agent::lifecycle::{LifecycleState, Trigger};
 use lanyard_core::agent::messages::*;
@@ -11,23 +13,6 @@ use lanyard_core::wire::ShadowUpdate;
 use lanyard_std::twin::{SqliteStore, TwinHost, app_topics};
 
 const ID: &str = "ly-0000000005a1";
-
-fn register(id: &str) -> Vec<u8> {
-    let mut buf = vec![0u8; 256];
-    let n = Register {
-        device_id: id,
-        firmware: "1",
-        config_version: 0,
-        boot_count: 1,
-        time_ms: 5,
-        resumed: false,
-        capacity: None,
-    }
-    .encode(&mut buf)
-    .unwrap();
-    buf.truncate(n);
-    buf
-}
 
 fn update(desired: bool, key: &str, v: i64, ts: u64) -> Vec<u8> {
     let mut t: StateTree<16, 512> = StateTree::new();
@@ -71,8 +56,8 @@ fn shadows_and_decommissioned_devices_survive_a_restart_on_sqlite() {
     let gone = "ly-0000000005a2";
     {
         let mut h = TwinHost::open_sqlite(&db, DeviceConfig::default()).unwrap();
-        h.handle(1, &t(ID, "register"), &register(ID));
-        h.handle(1, &t(gone, "register"), &register(gone));
+        h.handle(1, &t(ID, "register"), &common::register_bytes(ID));
+        h.handle(1, &t(gone, "register"), &common::register_bytes(gone));
         h.handle(2, &t(ID, app_topics::SET_DESIRED), &update(true, "a", 1, 2));
         h.handle(3, &t(ID, "shadow/update"), &update(false, "b", 2, 3));
         h.handle(4, &t(gone, "lifecycle"), &decommission_event());
@@ -85,14 +70,14 @@ fn shadows_and_decommissioned_devices_survive_a_restart_on_sqlite() {
     assert!(h.shadow(gone).is_none());
     assert!(h.is_decommissioned(gone));
     assert!(
-        h.handle(5, &t(gone, "register"), &register(gone))
+        h.handle(5, &t(gone, "register"), &common::register_bytes(gone))
             .is_empty()
     );
     assert!(h.reprovision(gone));
     drop(h);
     let mut h = TwinHost::open_sqlite(&db, DeviceConfig::default()).unwrap();
     assert!(!h.is_decommissioned(gone));
-    assert_eq!(h.handle(6, &t(gone, "register"), &register(gone)).len(), 1);
+    assert_eq!(h.handle(6, &t(gone, "register"), &common::register_bytes(gone)).len(), 1);
 }
 
 #[test]
@@ -100,7 +85,7 @@ fn two_hosts_on_one_database_never_lose_each_others_update() {
     let dir = tempfile::tempdir().unwrap();
     let db = dir.path().join("twin.db");
     let mut a = TwinHost::open_sqlite(&db, DeviceConfig::default()).unwrap();
-    a.handle(1, &t(ID, "register"), &register(ID));
+    a.handle(1, &t(ID, "register"), &common::register_bytes(ID));
     // B starts with the same shadow, version 0.
     let mut b = TwinHost::open_sqlite(&db, DeviceConfig::default()).unwrap();
     assert_eq!(b.shadow(ID).unwrap().version(), 0);
@@ -140,7 +125,7 @@ fn a_damaged_row_is_set_aside_and_the_rest_load() {
     {
         let mut h = TwinHost::open_sqlite(&db, DeviceConfig::default()).unwrap();
         for id in [ID, other] {
-            h.handle(1, &t(id, "register"), &register(id));
+            h.handle(1, &t(id, "register"), &common::register_bytes(id));
             h.handle(2, &t(id, "shadow/update"), &update(false, "x", 5, 2));
         }
     }
@@ -188,7 +173,7 @@ fn a_state_directory_is_imported_into_the_database() {
     let state = dir.path().join("state");
     {
         let mut h = TwinHost::open(&state, DeviceConfig::default()).unwrap();
-        h.handle(1, &t(ID, "register"), &register(ID));
+        h.handle(1, &t(ID, "register"), &common::register_bytes(ID));
         h.handle(2, &t(ID, "shadow/update"), &update(false, "x", 3, 2));
     }
     let db = dir.path().join("twin.db");

@@ -432,13 +432,18 @@ impl Drop for Postgres {
 /// A device's `Register` message, as a device booting for the first time
 /// sends it.
 pub fn register_bytes(device_id: &str) -> Vec<u8> {
+    register_bytes_at_boot(device_id, 1)
+}
+
+/// A device's `Register` message at its `boot`-th boot.
+pub fn register_bytes_at_boot(device_id: &str, boot: u64) -> Vec<u8> {
     use lanyard_core::agent::messages::Encodable;
     let mut buf = vec![0u8; 256];
     let n = lanyard_core::agent::messages::Register {
         device_id,
         firmware: "1",
         config_version: 0,
-        boot_count: 1,
+        boot_count: boot,
         time_ms: 5,
         resumed: false,
         capacity: None,
