@@ -62,6 +62,7 @@ pub mod bridge;
 pub mod broker;
 #[cfg(feature = "runtime")]
 pub mod clock;
+pub mod cost;
 pub mod describe;
 #[cfg(feature = "runtime")]
 pub mod device;

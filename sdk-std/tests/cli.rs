@@ -181,3 +181,43 @@ fn a_device_with_another_identitys_certificate_is_refused_before_connecting() {
         "{err}"
     );
 }
+
+#[test]
+fn cost_prints_the_reference_fleet_and_reads_a_fleet_file() {
+    let (ok, out, _) = lanyard(&["cost"]);
+    assert!(ok);
+    assert!(
+        out.contains("275.76 M messages and 41.4 GB a month"),
+        "{out}"
+    );
+    assert!(out.contains("$666.49"), "{out}");
+    assert!(out.contains("0.067"), "{out}");
+    let (ok, out, _) = lanyard(&["cost", "--json"]);
+    assert!(ok);
+    let v: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(v["total_usd"], 666.49);
+    assert_eq!(v["messages_per_month"], 275_760_000u64);
+
+    // A fleet of its own: 80 % aggregated by its gateways.
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("fleet.json");
+    std::fs::write(
+        &file,
+        r#"{"classes": [{"name": "valves", "devices": 2000, "every_s": 60, "bytes": 100}],
+            "operations": {"aggregation": 0.8}}"#,
+    )
+    .unwrap();
+    let (ok, out, _) = lanyard(&["cost", "--json", "--fleet", file.to_str().unwrap()]);
+    assert!(ok);
+    let v: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(v["devices"], 2000);
+    assert_eq!(v["messages_per_month"], 2000u64 * 1440 * 30 / 5);
+
+    std::fs::write(&file, r#"{"classes": [{"devices": 1, "every_s": 60}]}"#).unwrap();
+    let (ok, _, err) = lanyard(&["cost", "--fleet", file.to_str().unwrap()]);
+    assert!(!ok);
+    assert!(err.contains("classes[0].bytes: missing"), "{err}");
+    let (ok, _, err) = lanyard(&["cost", "--fleet", "/nonexistent/fleet.json"]);
+    assert!(!ok);
+    assert!(err.contains("/nonexistent/fleet.json"), "{err}");
+}

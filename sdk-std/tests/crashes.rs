@@ -501,7 +501,11 @@ fn damaged_shadow_files_are_set_aside_and_the_rest_keep_working() {
     {
         let mut h = TwinHost::open(dir.path(), DeviceConfig::default()).unwrap();
         for id in ids {
-            h.handle(1, &topic(id, MessageKind::Register), &common::register_bytes(id));
+            h.handle(
+                1,
+                &topic(id, MessageKind::Register),
+                &common::register_bytes(id),
+            );
             let mut up = ShadowUpdate::<16, 512>::new(2);
             let mut tree = StateTree::<16, 512>::new();
             tree.insert(
@@ -594,7 +598,11 @@ async fn a_state_directory_of_files_is_taken_into_the_database_once() {
     let id = "ly-000000000401";
     {
         let mut h = TwinHost::open(dir.path(), DeviceConfig::default()).unwrap();
-        h.handle(1, &topic(id, MessageKind::Register), &common::register_bytes(id));
+        h.handle(
+            1,
+            &topic(id, MessageKind::Register),
+            &common::register_bytes(id),
+        );
     }
     let broker = Mosquitto::start();
     let mut host = twin(broker.port, dir.path());

@@ -268,7 +268,11 @@ async fn a_device_cannot_set_desired_state_and_an_app_cannot_set_reported_state(
 #[test]
 fn wrong_side_writes_are_refused_counted_and_answered_to_the_app() {
     let mut h = host();
-    h.handle(1, &topic(A, MessageKind::Register), &common::register_bytes_at_boot(A, 1));
+    h.handle(
+        1,
+        &topic(A, MessageKind::Register),
+        &common::register_bytes_at_boot(A, 1),
+    );
     // An app's update carrying reported state, with a client token.
     let mut up = ShadowUpdate::<16, 512>::new(10);
     let mut t = StateTree::<16, 512>::new();
@@ -324,7 +328,11 @@ fn only_registered_devices_have_shadows_within_the_limits() {
     .iter()
     .enumerate()
     {
-        let out = h.handle(1, &topic(id, MessageKind::Register), &common::register_bytes_at_boot(id, 1));
+        let out = h.handle(
+            1,
+            &topic(id, MessageKind::Register),
+            &common::register_bytes_at_boot(id, 1),
+        );
         assert_eq!(out.len(), usize::from(i < 3), "{id}");
     }
     assert_eq!(h.devices().count(), 3);
@@ -407,7 +415,11 @@ fn odd_device_ids_are_refused_everywhere_an_id_enters() {
             format!("lanyard/v1/{id}/register"),
             format!("$aws/things/{id}/shadow/update"),
         ] {
-            assert!(h.handle(1, &t, &common::register_bytes_at_boot(id, 1)).is_empty(), "{id:?}");
+            assert!(
+                h.handle(1, &t, &common::register_bytes_at_boot(id, 1))
+                    .is_empty(),
+                "{id:?}"
+            );
         }
         assert!(!lanyard_core::topic::valid_device_id(id), "{id:?}");
     }
@@ -523,7 +535,11 @@ async fn oversize_messages_are_dropped_and_counted_without_losing_the_connection
 #[test]
 fn an_aws_get_with_a_long_client_token_is_refused_not_echoed() {
     let mut h = host();
-    h.handle(1, &topic(A, MessageKind::Register), &common::register_bytes_at_boot(A, 1));
+    h.handle(
+        1,
+        &topic(A, MessageKind::Register),
+        &common::register_bytes_at_boot(A, 1),
+    );
     let token = "t".repeat(65);
     let out = h.handle(
         2,

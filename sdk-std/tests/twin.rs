@@ -43,8 +43,12 @@ fn t(suffix: &str) -> String {
 fn host_with(mut host: TwinHost, ids: &[&str]) -> TwinHost {
     for id in ids {
         assert_eq!(
-            host.handle(1, &format!("lanyard/v1/{id}/register"), &common::register_bytes(id))
-                .len(),
+            host.handle(
+                1,
+                &format!("lanyard/v1/{id}/register"),
+                &common::register_bytes(id)
+            )
+            .len(),
             1
         );
     }

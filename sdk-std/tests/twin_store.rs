@@ -77,7 +77,11 @@ fn shadows_and_decommissioned_devices_survive_a_restart_on_sqlite() {
     drop(h);
     let mut h = TwinHost::open_sqlite(&db, DeviceConfig::default()).unwrap();
     assert!(!h.is_decommissioned(gone));
-    assert_eq!(h.handle(6, &t(gone, "register"), &common::register_bytes(gone)).len(), 1);
+    assert_eq!(
+        h.handle(6, &t(gone, "register"), &common::register_bytes(gone))
+            .len(),
+        1
+    );
 }
 
 #[test]

@@ -124,6 +124,19 @@ enum Cmd {
         #[arg(long)]
         kind: Option<String>,
     },
+    /// What a fleet costs in the cloud each month (messages, data, storage,
+    /// gateways, serverless, database). Without --fleet: the reference
+    /// fleet of 10,000 building sensors.
+    Cost {
+        /// A JSON file describing the fleet: device classes (devices,
+        /// every_s, bytes), prices, operations (gateways, aggregation...),
+        /// rounding; what it leaves out is the reference fleet's.
+        #[arg(long)]
+        fleet: Option<PathBuf>,
+        /// JSON for scripts instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
     /// Runs one simulated device against a broker, its state in a directory.
     Device {
         #[command(flatten)]
@@ -290,6 +303,7 @@ fn main() {
     let result = rt.block_on(async {
         match cli.command {
             Cmd::Decode { hex, file, kind } => decode(hex, file, kind),
+            Cmd::Cost { fleet, json } => cost(fleet, json),
             Cmd::Acl { trusted, tenants } => {
                 let trusted: Vec<&str> = trusted.iter().map(String::as_str).collect();
                 let acl = if tenants {
@@ -421,4 +435,41 @@ async fn metrics_on(addr: Option<String>) -> Result<Option<Metrics>, String> {
     let m = Metrics::new();
     tokio::spawn(m.clone().serve(listener));
     Ok(Some(m))
+}
+
+/// `lanyard cost`.
+fn cost(fleet: Option<PathBuf>, json: bool) -> Result<(), String> {
+    use lanyard_std::cost::FleetCost;
+    let model = match &fleet {
+        None => FleetCost::worked_example(),
+        Some(path) => {
+            let text = std::fs::read_to_string(path)
+                .map_err(|e| format!("--fleet {}: {e}", path.display()))?;
+            FleetCost::from_json(&text).map_err(|e| format!("--fleet {}: {e}", path.display()))?
+        }
+    };
+    let report = model.report();
+    if json {
+        println!("{}", report.to_json());
+        return Ok(());
+    }
+    print!("{}", report.table());
+    if fleet.is_none() {
+        let mut listed = model.clone();
+        listed.prices.per_gb_second = FleetCost::LIST_PER_GB_SECOND;
+        let listed = listed.report();
+        let compute = listed
+            .lines
+            .iter()
+            .find(|l| l.category == "cloud compute (serverless)")
+            .map_or(0, |l| l.cents);
+        println!(
+            "\nThe reference fleet (50 buildings of 200 sensors, 2024 us-east-1 prices). Its \
+             serverless compute is priced as the published example did, at $0.0000166667 per \
+             thousand GB-seconds; at the list price per GB-second it is ${:.2} and the month ${:.2}.",
+            compute as f64 / 100.0,
+            listed.total_cents as f64 / 100.0
+        );
+    }
+    Ok(())
 }
