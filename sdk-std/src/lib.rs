@@ -54,6 +54,8 @@ pub mod acl;
 #[cfg(feature = "runtime")]
 pub mod app;
 #[cfg(feature = "runtime")]
+pub mod audit;
+#[cfg(feature = "runtime")]
 pub mod aws_device;
 pub mod aws_json;
 #[cfg(feature = "runtime")]

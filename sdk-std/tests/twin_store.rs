@@ -190,3 +190,95 @@ fn a_state_directory_is_imported_into_the_database() {
     assert_eq!(s.version(), 1);
     assert_eq!(s.reported().get_dotted("x").unwrap().value, Value::Int(3));
 }
+
+/// The twin host's audit log: what happened to which device, in order,
+/// chained; `lanyard audit verify` finds an edited entry.
+#[test]
+fn the_audit_log_records_the_fleet_and_an_edit_is_found() {
+    let dir = tempfile::tempdir().unwrap();
+    let log = dir.path().join("audit.log");
+    let gone = "ly-0000000005a2";
+    {
+        let mut h = TwinHost::open_sqlite(&dir.path().join("twin.db"), DeviceConfig::default())
+            .unwrap()
+            .with_audit(&log)
+            .unwrap();
+        h.handle(1, &t(ID, "register"), &common::register_bytes(ID));
+        h.handle(1, &t(gone, "register"), &common::register_bytes(gone));
+        // A retry of the same boot is not a second registration.
+        h.handle(1, &t(ID, "register"), &common::register_bytes(ID));
+        h.handle(2, &t(ID, app_topics::SET_DESIRED), &update(true, "a", 1, 2));
+        // A device's report is not audited.
+        h.handle(3, &t(ID, "shadow/update"), &update(false, "b", 2, 3));
+        h.handle(4, &t(gone, "lifecycle"), &decommission_event());
+        let mut token = Vec::new();
+        minicbor::encode("t1", &mut token).unwrap();
+        h.handle(5, &t(gone, "operator/reprovision"), &token);
+    }
+    let text = std::fs::read_to_string(&log).unwrap();
+    let entries: Vec<serde_json::Value> = text
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    let seen: Vec<(&str, &str, &str)> = entries
+        .iter()
+        .map(|e| {
+            (
+                e["action"].as_str().unwrap(),
+                e["device"].as_str().unwrap(),
+                e["actor"].as_str().unwrap(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        seen,
+        [
+            ("registered", ID, ID),
+            ("registered", gone, gone),
+            ("desired_set", ID, "app"),
+            ("decommissioned", gone, gone),
+            ("reprovisioned", gone, "operator"),
+        ]
+    );
+    assert_eq!(entries[2]["detail"]["version"], 1);
+
+    let lanyard = |args: &[&str]| {
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_lanyard"))
+            .args(args)
+            .output()
+            .unwrap();
+        (
+            out.status.success(),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    };
+    let path = log.to_str().unwrap();
+    let (ok, out, _) = lanyard(&["audit", "verify", path]);
+    assert!(ok, "{out}");
+    assert!(out.contains("5 entries, chained"), "{out}");
+    let head = out.trim().rsplit(' ').next().unwrap().to_owned();
+    let (ok, out, _) = lanyard(&["audit", "show", path, "--device", gone]);
+    assert!(ok);
+    assert_eq!(out.lines().count(), 3);
+
+    // The last entry cut off: the chain holds, the kept head does not.
+    let cut: String = text.lines().take(4).map(|l| format!("{l}\n")).collect();
+    std::fs::write(&log, &cut).unwrap();
+    let (ok, _, err) = lanyard(&["audit", "verify", path, "--head", &head]);
+    assert!(!ok);
+    assert!(err.contains("cut from its end"), "{err}");
+
+    // An entry edited: found, and where.
+    std::fs::write(&log, text.replacen("\"version\":1", "\"version\":7", 1)).unwrap();
+    let (ok, _, err) = lanyard(&["audit", "verify", path]);
+    assert!(!ok);
+    assert!(err.contains("line 4"), "{err}");
+    // A host will not append to it.
+    assert!(
+        TwinHost::open(dir.path(), DeviceConfig::default())
+            .unwrap()
+            .with_audit(&log)
+            .is_err()
+    );
+}

@@ -214,6 +214,8 @@ pub struct TwinStats {
 /// The shadows of a fleet.
 pub struct TwinHost {
     shadows: HashMap<String, Box<TwinShadow>>,
+    /// The fleet's audit log, committed with each flush.
+    audit: Option<crate::audit::AuditLog>,
     /// Where shadows are kept; `None` in memory only.
     store: Option<Box<dyn ShadowStore>>,
     /// What the messages handled since the last [`TwinHost::flush`]
@@ -279,6 +281,7 @@ impl TwinHost {
             allowances: HashMap::new(),
             decommissioned: HashSet::new(),
             aws: false,
+            audit: None,
             share_group: None,
         }
     }
@@ -290,6 +293,28 @@ impl TwinHost {
     pub fn with_aws_topics(mut self, on: bool) -> Self {
         self.aws = on;
         self
+    }
+
+    /// Records registrations, decommissionings, re-provisionings and
+    /// desired-state writes in the audit log at `path` (see
+    /// [`crate::audit`]), each batch's entries made durable by the same
+    /// [`TwinHost::flush`] as its shadows. A broken log is refused.
+    pub fn with_audit(mut self, path: &std::path::Path) -> Result<Self, crate::audit::AuditError> {
+        self.audit = Some(crate::audit::AuditLog::open(path)?);
+        Ok(self)
+    }
+
+    fn audit(
+        &mut self,
+        now_ms: u64,
+        actor: &str,
+        action: crate::audit::AuditAction,
+        key: &str,
+        detail: serde_json::Value,
+    ) {
+        if let Some(log) = &mut self.audit {
+            log.record(now_ms, actor, action, Some(key), detail);
+        }
     }
 
     /// Shares the host's subscriptions with the other hosts of `group`
@@ -415,6 +440,9 @@ impl TwinHost {
     /// that the caller handles that device's messages again on the fresh
     /// copy ([`run_twin`] does, and drops the answers it had made).
     pub fn flush(&mut self) -> io::Result<Vec<String>> {
+        if let Some(log) = &mut self.audit {
+            log.commit()?;
+        }
         let Some(store) = self.store.as_mut() else {
             self.dirty.clear();
             self.retired.clear();
@@ -668,6 +696,13 @@ impl TwinHost {
         self.stats.decommissioned += 1;
         self.dirty.remove(key);
         self.retired.push((key.to_owned(), now_ms));
+        self.audit(
+            now_ms,
+            key,
+            crate::audit::AuditAction::Decommissioned,
+            key,
+            serde_json::json!({"shadow": "archived"}),
+        );
         self.written();
         tracing::info!(device = key, "device decommissioned");
     }
@@ -788,7 +823,7 @@ impl TwinHost {
         let key = key.as_str();
         self.refresh(key, t == Topic::App(AppTopic::Get));
         if t == Topic::App(AppTopic::Reprovision) {
-            return self.reprovision_request(key, payload);
+            return self.reprovision_request(now_ms, key, payload);
         }
         if self.decommissioned.contains(key) {
             self.stats.decommissioned_refused += 1;
@@ -842,7 +877,7 @@ impl TwinHost {
     /// An operator's request to accept decommissioned device `key` again:
     /// the payload is a client token (CBOR text), answered on the answer
     /// topic.
-    fn reprovision_request(&mut self, key: &str, payload: &[u8]) -> Vec<Publish> {
+    fn reprovision_request(&mut self, now_ms: u64, key: &str, payload: &[u8]) -> Vec<Publish> {
         let Ok(token) = minicbor::decode::<&str>(payload) else {
             return vec![rejected(
                 key,
@@ -850,6 +885,14 @@ impl TwinHost {
             )];
         };
         let outcome = if self.reprovision(key) {
+            self.audit(
+                now_ms,
+                "operator",
+                crate::audit::AuditAction::Reprovisioned,
+                key,
+                serde_json::json!({}),
+            );
+            self.written();
             Ok(0)
         } else {
             Err("the device is not decommissioned".to_owned())
@@ -898,6 +941,13 @@ impl TwinHost {
             self.stats.reregistrations += 1;
         } else {
             self.stats.registrations += 1;
+            self.audit(
+                now_ms,
+                key,
+                crate::audit::AuditAction::Registered,
+                key,
+                serde_json::json!({"boot": reg.boot_count, "firmware": reg.firmware}),
+            );
         }
         if let Some(c) = reg.capacity {
             self.capacities.insert(key.to_owned(), c);
@@ -1030,6 +1080,15 @@ impl TwinHost {
         }
         self.stats.updates += 1;
         let version = self.shadows.get(id).map_or(0, |s| s.version());
+        if from_app {
+            self.audit(
+                now_ms,
+                "app",
+                crate::audit::AuditAction::DesiredSet,
+                id,
+                serde_json::json!({"version": version}),
+            );
+        }
         let mut out = self.settle(now_ms, id, before.as_deref(), token.as_deref());
         out.extend(answer(Ok(version)));
         self.persist(id);
@@ -1198,6 +1257,15 @@ impl TwinHost {
                     }
                     Ok(version) => {
                         self.stats.updates += 1;
+                        if !matches!(req.desired, aws_json::Part::Absent) {
+                            self.audit(
+                                now_ms,
+                                "aws",
+                                crate::audit::AuditAction::DesiredSet,
+                                thing,
+                                serde_json::json!({"version": version}),
+                            );
+                        }
                         let mut out = vec![json(
                             "update/accepted",
                             aws_json::accepted_document(&req, version, now_ms),

@@ -92,6 +92,27 @@ impl BrokerArgs {
 }
 
 #[derive(Subcommand)]
+enum AuditCmd {
+    /// Verifies the chain; prints the entries and the head hash to keep.
+    Verify {
+        /// The log (`audit.log` in the twin host's state directory).
+        file: PathBuf,
+        /// The head hash kept from an earlier verify: also finds entries
+        /// cut from the end since.
+        #[arg(long)]
+        head: Option<String>,
+    },
+    /// Prints the entries, one a line (the log is JSON lines already).
+    Show {
+        /// The log.
+        file: PathBuf,
+        /// Only this device's entries.
+        #[arg(long)]
+        device: Option<String>,
+    },
+}
+
+#[derive(Subcommand)]
 enum Cmd {
     /// A simulated fleet against a twin host on an embedded broker, the seed
     /// chapter's scenario with time compressed.
@@ -123,6 +144,12 @@ enum Cmd {
         /// in turn when absent.
         #[arg(long)]
         kind: Option<String>,
+    },
+    /// Checks the twin host's audit log: every entry chained to the one
+    /// before (an entry edited or removed is found, and where).
+    Audit {
+        #[command(subcommand)]
+        what: AuditCmd,
     },
     /// What a fleet costs in the cloud each month (messages, data, storage,
     /// gateways, serverless, database). Without --fleet: the reference
@@ -260,6 +287,12 @@ enum Cmd {
         /// with the same id gets what its predecessor had not finished).
         #[arg(long, default_value = "lanyard-twin")]
         client_id: String,
+        /// Keep the fleet's audit log (registrations, decommissionings,
+        /// re-provisionings, desired-state writes; hash-chained, see
+        /// `lanyard audit verify`) in this file. Default with --state-dir:
+        /// `audit.log` there.
+        #[arg(long)]
+        audit: Option<PathBuf>,
         /// Serve these tenants' namespaces (comma-separated) instead of the
         /// shared one; messages for any other tenant are refused.
         #[arg(long, value_delimiter = ',')]
@@ -304,6 +337,7 @@ fn main() {
         match cli.command {
             Cmd::Decode { hex, file, kind } => decode(hex, file, kind),
             Cmd::Cost { fleet, json } => cost(fleet, json),
+            Cmd::Audit { what } => audit(what),
             Cmd::Acl { trusted, tenants } => {
                 let trusted: Vec<&str> = trusted.iter().map(String::as_str).collect();
                 let acl = if tenants {
@@ -369,6 +403,7 @@ fn main() {
                 postgres,
                 share_group,
                 client_id,
+                audit,
                 metrics,
                 tenants,
                 telemetry_ms,
@@ -392,6 +427,7 @@ fn main() {
                 fleet
                     .validate()
                     .map_err(|e| format!("--telemetry-ms: {}", e.reason))?;
+                let audit = audit.or_else(|| state_dir.as_ref().map(|d| d.join("audit.log")));
                 let store = match (state_dir, db, postgres) {
                     (Some(dir), _, _) if files => TwinStore::Dir(dir),
                     (Some(dir), _, _) => TwinStore::StateDir(dir),
@@ -403,6 +439,7 @@ fn main() {
                 };
                 let setup = TwinSetup {
                     store,
+                    audit,
                     share_group,
                     client_id,
                     tenants,
@@ -472,4 +509,58 @@ fn cost(fleet: Option<PathBuf>, json: bool) -> Result<(), String> {
         );
     }
     Ok(())
+}
+
+/// `lanyard audit`.
+fn audit(what: AuditCmd) -> Result<(), String> {
+    use lanyard_std::audit::{AuditError, verify};
+    match what {
+        AuditCmd::Verify { file, head } => {
+            let checked = verify(&file).map_err(|e| format!("{}: {e}", file.display()))?;
+            if let Some(kept) = head {
+                // The kept head must be the end, or an entry on the way.
+                if kept != checked.head && !chain_passes(&file, &kept)? {
+                    return Err(format!(
+                        "{}: {}",
+                        file.display(),
+                        AuditError::Head {
+                            found: checked.head.clone()
+                        }
+                    ));
+                }
+            }
+            if checked.torn_tail > 0 {
+                println!(
+                    "an unfinished last line of {} bytes (a write cut off by a crash, never \
+                     committed): the twin host removes it when it opens the log",
+                    checked.torn_tail
+                );
+            }
+            println!(
+                "{} entries, chained; head {}",
+                checked.entries, checked.head
+            );
+            Ok(())
+        }
+        AuditCmd::Show { file, device } => {
+            verify(&file).map_err(|e| format!("{}: {e}", file.display()))?;
+            let text =
+                std::fs::read_to_string(&file).map_err(|e| format!("{}: {e}", file.display()))?;
+            for line in text.lines() {
+                let entry: serde_json::Value = serde_json::from_str(line).unwrap_or_default();
+                if device.as_deref().is_none_or(|d| entry["device"] == d) {
+                    println!("{line}");
+                }
+            }
+            Ok(())
+        }
+    }
+}
+
+/// Whether an entry of the log at `file` hashes to `head`: a head kept
+/// earlier is still in the log when entries were added after it.
+fn chain_passes(file: &std::path::Path, head: &str) -> Result<bool, String> {
+    use lanyard_std::audit::line_hash;
+    let text = std::fs::read_to_string(file).map_err(|e| format!("{}: {e}", file.display()))?;
+    Ok(text.lines().any(|l| line_hash(l.as_bytes()) == head))
 }

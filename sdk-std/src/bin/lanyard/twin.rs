@@ -6,6 +6,7 @@ use std::path::Path;
 /// What `lanyard twin` was asked to run.
 pub(crate) struct TwinSetup {
     pub(crate) store: TwinStore,
+    pub(crate) audit: Option<PathBuf>,
     pub(crate) share_group: Option<String>,
     pub(crate) client_id: String,
     pub(crate) tenants: Vec<String>,
@@ -20,6 +21,7 @@ pub(crate) async fn twin(
 ) -> Result<(), String> {
     let TwinSetup {
         store,
+        audit,
         share_group,
         client_id,
         tenants,
@@ -64,6 +66,11 @@ pub(crate) async fn twin(
         }
     }
     .with_limits(limits);
+    if let Some(path) = &audit {
+        twin = twin
+            .with_audit(path)
+            .map_err(|e| format!("audit log {}: {e}", path.display()))?;
+    }
     if let Some(m) = metrics {
         twin = twin.with_metrics(m);
     }
