@@ -199,7 +199,7 @@ fn the_audit_log_records_the_fleet_and_an_edit_is_found() {
     let log = dir.path().join("audit.log");
     let gone = "ly-0000000005a2";
     {
-        let mut h = TwinHost::open_sqlite(&dir.path().join("twin.db"), DeviceConfig::default())
+        let mut h = TwinHost::open_sqlite(dir.path().join("twin.db"), DeviceConfig::default())
             .unwrap()
             .with_audit(&log)
             .unwrap();
