@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Runs every test of the project, installing what the tests need when it is
 # missing (Rust components, the Cortex-M target, cargo-fuzz, mosquitto,
-# qemu-system-arm, the ARM binutils, Java and Maven, PostgreSQL). `.ci/run` calls
+# qemu-system-arm, the ARM binutils, Java and Maven, PostgreSQL, promtool). `.ci/run` calls
 # exactly this. Set LANYARD_FUZZ_SECONDS to change the fuzz smoke time.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -36,6 +36,12 @@ if [ "${#missing[@]}" -gt 0 ]; then
     apt-get update -qq
     DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}" >/dev/null
 fi
+# promtool (checks the shipped alert rules) comes with Debian's prometheus;
+# its recommends (exporters, a web UI) are not needed.
+if ! command -v promtool >/dev/null 2>&1; then
+    apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends prometheus >/dev/null
+fi
 
 step "rustfmt"
 cargo fmt --all -- --check
@@ -49,6 +55,10 @@ cargo clippy -p lanyard-core -p lanyard-nostd --no-default-features --all-target
 
 step "no_std, no allocator: lanyard-core and lanyard-nostd for thumbv7em-none-eabihf"
 cargo build -p lanyard-core -p lanyard-nostd --target thumbv7em-none-eabihf
+
+step "Prometheus alert rules (deploy/prometheus): promtool check and unit tests"
+promtool check rules deploy/prometheus/lanyard-alerts.yml
+(cd deploy/prometheus && promtool test rules lanyard-alerts.test.yml)
 
 step "unit, integration, property and doc tests (incl. the hex examples of docs/wire-format.md)"
 cargo test --workspace

@@ -31,17 +31,21 @@ pub enum AppTopic {
     /// Operator → host: accept a decommissioned device again (a client
     /// token as CBOR text; answered on [`AppTopic::DesiredAnswer`]).
     Reprovision,
+    /// Host → app: something the host noticed about the device (online,
+    /// offline, a lifecycle or health change): a CBOR map with text keys.
+    Event,
 }
 
 impl AppTopic {
     /// Every app topic.
-    pub const ALL: [AppTopic; 6] = [
+    pub const ALL: [AppTopic; 7] = [
         AppTopic::SetDesired,
         AppTopic::DesiredAnswer,
         AppTopic::Get,
         AppTopic::Document,
         AppTopic::Rejected,
         AppTopic::Reprovision,
+        AppTopic::Event,
     ];
 
     /// The last levels of its topic.
@@ -53,6 +57,7 @@ impl AppTopic {
             AppTopic::Document => "shadow/document",
             AppTopic::Rejected => "shadow/rejected",
             AppTopic::Reprovision => "operator/reprovision",
+            AppTopic::Event => "fleet/event",
         }
     }
 }

@@ -83,6 +83,14 @@ pub enum AppEvent {
         /// The readings.
         readings: Box<StateTree<TWIN_LEAVES, TWIN_POOL>>,
     },
+    /// Something the twin host noticed about a device: online, offline, a
+    /// lifecycle or health change.
+    Fleet {
+        /// The device.
+        device: String,
+        /// What.
+        event: crate::twin::FleetEvent,
+    },
     /// A command acknowledgement.
     Ack {
         /// The device.
@@ -168,6 +176,7 @@ impl<T: Transport> AppClient<T> {
             Topic::App(AppTopic::Document),
             Topic::App(AppTopic::Rejected),
             Topic::App(AppTopic::DesiredAnswer),
+            Topic::App(AppTopic::Event),
         ] {
             transport.subscribe(&filter(tenants, t)).await?;
         }
@@ -365,6 +374,9 @@ impl<T: Transport> AppClient<T> {
                     TransportEvent::Reconnected => continue,
                 },
             };
+            if let Some(ev) = self.fleet_event(&t, &payload) {
+                return Ok(ev);
+            }
             let parsed = if self.tenants {
                 MessageKind::parse_tenant_topic(&t).map(|(tn, id, k)| (format!("{tn}/{id}"), k))
             } else {
@@ -383,6 +395,29 @@ impl<T: Transport> AppClient<T> {
                     self.undecodable += 1;
                     tracing::warn!(topic = %t, error = %e, "undecodable message skipped");
                 }
+            }
+        }
+    }
+
+    /// The host's event about a device, if `topic` is one's.
+    fn fleet_event(&mut self, topic: &str, payload: &[u8]) -> Option<AppEvent> {
+        let rest = topic
+            .strip_prefix(lanyard_core::agent::messages::TOPIC_PREFIX)?
+            .strip_suffix(AppTopic::Event.suffix())?
+            .strip_suffix('/')?;
+        let levels = rest.split('/').count();
+        if levels != 1 + usize::from(self.tenants) || !rest.split('/').all(valid_device_id) {
+            return None;
+        }
+        match crate::twin::FleetEvent::decode(payload) {
+            Some(event) => Some(AppEvent::Fleet {
+                device: rest.to_owned(),
+                event,
+            }),
+            None => {
+                self.undecodable += 1;
+                tracing::warn!(topic, "undecodable fleet event skipped");
+                None
             }
         }
     }

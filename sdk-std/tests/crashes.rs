@@ -621,3 +621,74 @@ async fn a_state_directory_of_files_is_taken_into_the_database_once() {
     let h = TwinHost::open_sqlite(dir.path().join("twin.db"), DeviceConfig::default()).unwrap();
     assert!(h.shadow(id).is_some());
 }
+
+/// Liveness with real processes: a device SIGKILLed is offline for the
+/// twin host after 3 missed heartbeats (1 s each here), and online again
+/// when it is restarted; apps hear both as events.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_killed_device_goes_offline_and_comes_back_online() {
+    use lanyard_std::twin::FleetEvent;
+
+    let broker = Mosquitto::start();
+    let port = broker.port;
+    let dir = tempfile::tempdir().unwrap();
+    let mut host = lanyard(
+        &[
+            "twin",
+            "--broker",
+            &format!("mqtt://127.0.0.1:{port}"),
+            "--heartbeat-ms",
+            "1000",
+        ],
+        Some(&dir.path().join("twin")),
+    );
+    let id = "ly-020000000001";
+    let dev_dir = dir.path().join("dev");
+    let mut dev = device(port, &dev_dir, &[]);
+    let mut app = app(port, "lanyard-liveness-app").await;
+    registered(&mut app, id, Duration::from_secs(20)).await;
+    // A heartbeat at the fleet's 1 s once registered.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+
+    let killed = Instant::now();
+    kill(&mut dev);
+    let offline = fleet_event(&mut app, id, "offline").await;
+    let after = killed.elapsed();
+    assert!(
+        after >= Duration::from_millis(1_900) && after < Duration::from_secs(8),
+        "offline {after:?} after the kill"
+    );
+    let FleetEvent::Offline {
+        at_ms,
+        last_seen_ms,
+    } = offline
+    else {
+        unreachable!()
+    };
+    assert!(at_ms - last_seen_ms > 3_000, "{offline:?}");
+
+    let mut dev = device(port, &dev_dir, &[]);
+    fleet_event(&mut app, id, "online").await;
+    kill(&mut dev);
+    kill(&mut host);
+}
+
+/// The next fleet event of `kind` about `id`, within 15 s.
+async fn fleet_event(
+    app: &mut AppClient<MqttTransport>,
+    id: &str,
+    kind: &str,
+) -> lanyard_std::twin::FleetEvent {
+    use lanyard_std::app::AppEvent;
+    let deadline = Instant::now() + Duration::from_secs(15);
+    loop {
+        assert!(Instant::now() < deadline, "no {kind} event");
+        if let Ok(Ok(AppEvent::Fleet { device, event })) =
+            tokio::time::timeout(Duration::from_millis(500), app.next_event()).await
+            && device == id
+            && event.kind() == kind
+        {
+            return event;
+        }
+    }
+}

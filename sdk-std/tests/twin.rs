@@ -745,3 +745,141 @@ fn every_way_in_has_the_same_effects_on_devices_and_on_subscribers_of_the_other_
     );
     assert_eq!(topics(&out), [t("shadow/delta")]);
 }
+
+fn heartbeat(
+    seq: u64,
+    state: lanyard_core::agent::lifecycle::LifecycleState,
+    health: lanyard_core::agent::health::HealthStatus,
+) -> Vec<u8> {
+    let mut buf = vec![0u8; 64];
+    let n = Heartbeat {
+        seq,
+        time_ms: seq,
+        uptime_ms: seq,
+        state,
+        health,
+    }
+    .encode(&mut buf)
+    .unwrap();
+    buf.truncate(n);
+    buf
+}
+
+/// Liveness: a device silent for 3 heartbeat intervals is offline (one
+/// event), online again at its next message; state and health changes are
+/// events too, and the metrics count devices by state, health and
+/// liveness.
+#[test]
+fn a_silent_device_goes_offline_and_its_changes_are_events() {
+    use lanyard_core::agent::health::HealthStatus;
+    use lanyard_core::agent::lifecycle::LifecycleState;
+    use lanyard_std::twin::FleetEvent;
+
+    let fleet = DeviceConfig {
+        heartbeat_ms: 1_000,
+        ..DeviceConfig::default()
+    };
+    let metrics = lanyard_std::metrics::Metrics::new();
+    let mut host = host_with(TwinHost::in_memory(fleet), &[ID]).with_metrics(metrics.clone());
+    let events = |out: Vec<lanyard_std::twin::Publish>| -> Vec<FleetEvent> {
+        out.iter()
+            .filter(|p| p.topic == t("fleet/event"))
+            .map(|p| FleetEvent::decode(&p.payload).unwrap())
+            .collect()
+    };
+    let hb = |seq, state| heartbeat(seq, state, HealthStatus::Normal);
+    assert!(
+        events(host.handle(10_000, &t("heartbeat"), &hb(1, LifecycleState::Active))).is_empty()
+    );
+    assert!(
+        host.check_liveness(13_000).is_empty(),
+        "3 intervals: not yet"
+    );
+    let gone = events(host.check_liveness(13_001));
+    assert_eq!(
+        gone,
+        [FleetEvent::Offline {
+            at_ms: 13_001,
+            last_seen_ms: 10_000
+        }]
+    );
+    assert!(host.is_offline(ID));
+    assert!(host.check_liveness(20_000).is_empty(), "said once");
+    host.export();
+    assert!(metrics.render().contains("lanyard_twin_devices_offline 1"));
+
+    // Back, degraded and critical: three events in one message.
+    let back = events(host.handle(
+        21_000,
+        &t("heartbeat"),
+        &heartbeat(2, LifecycleState::Degraded, HealthStatus::Critical),
+    ));
+    assert_eq!(
+        back,
+        [
+            FleetEvent::Online { at_ms: 21_000 },
+            FleetEvent::Lifecycle {
+                at_ms: 21_000,
+                from: LifecycleState::Active,
+                to: LifecycleState::Degraded
+            },
+            FleetEvent::Health {
+                at_ms: 21_000,
+                status: HealthStatus::Critical
+            },
+        ]
+    );
+    assert!(!host.is_offline(ID));
+    assert_eq!(host.last_seen(ID), Some(21_000));
+    host.export();
+    let text = metrics.render();
+    assert!(text.contains("lanyard_twin_devices_offline 0"), "{text}");
+    assert!(
+        text.contains("lanyard_twin_devices{state=\"Degraded\"} 1"),
+        "{text}"
+    );
+    assert!(
+        text.contains("lanyard_twin_devices{state=\"Active\"} 0"),
+        "{text}"
+    );
+    assert!(
+        text.contains("lanyard_twin_devices_by_health{status=\"Critical\"} 1"),
+        "{text}"
+    );
+
+    // A device that never registered is not watched.
+    let other = "lanyard/v1/ly-0000000000ff/heartbeat";
+    assert!(
+        host.handle(21_000, other, &hb(1, LifecycleState::Active))
+            .is_empty()
+    );
+    assert!(!host.is_offline("ly-0000000000ff"));
+    assert_eq!(host.last_seen("ly-0000000000ff"), None);
+}
+
+/// The shipped alert rules name only metrics a twin host exports.
+#[test]
+fn the_alert_rules_use_the_hosts_metrics() {
+    let rules = std::fs::read_to_string(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../deploy/prometheus/lanyard-alerts.yml"
+    ))
+    .unwrap();
+    let metrics = lanyard_std::metrics::Metrics::new();
+    let host = TwinHost::in_memory(DeviceConfig::default()).with_metrics(metrics.clone());
+    host.export();
+    let exported = metrics.render();
+    let mut named = 0;
+    for (i, _) in rules.match_indices("lanyard_twin_") {
+        let name: String = rules[i..]
+            .chars()
+            .take_while(|c| c.is_ascii_alphanumeric() || *c == '_')
+            .collect();
+        assert!(
+            exported.contains(&format!("# TYPE {name} ")),
+            "{name} is not exported"
+        );
+        named += 1;
+    }
+    assert!(named >= 7, "{named}");
+}

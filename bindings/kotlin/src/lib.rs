@@ -250,6 +250,16 @@ pub enum AppEvent {
         /// The readings, by dotted path.
         readings: HashMap<String, ShadowValue>,
     },
+    /// Something the twin host noticed about a device.
+    Fleet {
+        /// The device.
+        device: String,
+        /// `online`, `offline`, `lifecycle` or `health`.
+        kind: String,
+        /// The event as JSON (`at_ms`, and `last_seen_ms`, `from` and
+        /// `to`, or `status`).
+        detail: String,
+    },
     /// A command acknowledgement.
     Ack {
         /// The device.
@@ -477,6 +487,11 @@ impl LanyardApp {
                 seq,
                 time_ms,
                 readings: map_of(&readings),
+            },
+            CoreAppEvent::Fleet { device, event } => AppEvent::Fleet {
+                device,
+                kind: event.kind().to_string(),
+                detail: event.to_json().to_string(),
             },
             CoreAppEvent::Ack {
                 device,

@@ -457,6 +457,7 @@ impl App {
                 json!({"seq": seq, "time_ms": time_ms, "readings": tree_to_json(&*readings)})
                     .to_string(),
             ),
+            AppEvent::Fleet { device, event } => ("fleet", device, event.to_json().to_string()),
             AppEvent::Ack {
                 device,
                 command_id,

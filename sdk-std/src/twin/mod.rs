@@ -12,8 +12,8 @@ use std::path::{Path, PathBuf};
 use lanyard_core::agent::config::DeviceConfig;
 use lanyard_core::agent::lifecycle::LifecycleState;
 use lanyard_core::agent::messages::{
-    Encodable, LifecycleEvent, MessageKind, Register, RegisterAccepted, ShadowCapacity,
-    TOPIC_PREFIX, topic, valid_device_id,
+    Encodable, HealthMessage, Heartbeat, LifecycleEvent, MessageKind, Register, RegisterAccepted,
+    ShadowCapacity, TOPIC_PREFIX, topic, valid_device_id,
 };
 use lanyard_core::shadow::{ConflictPolicy, FleetPolicies, Shadow};
 use lanyard_core::topic::{AppTopic, Topic, filter, topic_of_key};
@@ -21,8 +21,11 @@ use lanyard_core::wire::{ShadowDelta, ShadowUpdate};
 
 use crate::aws_json;
 
+mod liveness;
 mod store;
+
 use crate::transport::{Qos, Transport, TransportError, TransportEvent};
+pub use liveness::{DEFAULT_MISSED_HEARTBEATS, FleetEvent};
 pub use store::{
     Batch, DirStore, Loaded, PgStore, Put, ShadowStore, SqliteStore, Stored, marker_file,
     shadow_file,
@@ -93,11 +96,14 @@ impl DesiredAnswer {
 }
 
 /// The topics a twin host acts on, of every device.
-const HOST_TOPICS: [Topic; 6] = [
+const HOST_TOPICS: [Topic; 8] = [
     Topic::Device(MessageKind::Register),
     Topic::Device(MessageKind::ShadowUpdate),
-    // Only to learn that a device decommissioned itself.
+    // Its state: that it decommissioned itself, and for liveness.
     Topic::Device(MessageKind::Lifecycle),
+    // Liveness: alive, its state and health.
+    Topic::Device(MessageKind::Heartbeat),
+    Topic::Device(MessageKind::Health),
     Topic::App(AppTopic::SetDesired),
     Topic::App(AppTopic::Get),
     Topic::App(AppTopic::Reprovision),
@@ -207,6 +213,8 @@ pub struct TwinStats {
     pub decommissioned_refused: u64,
     /// Devices decommissioned.
     pub decommissioned: u64,
+    /// Times a device was marked offline (it missed its heartbeats).
+    pub went_offline: u64,
     /// Stored shadows found damaged at start and set aside.
     pub damaged_records: u64,
 }
@@ -214,6 +222,10 @@ pub struct TwinStats {
 /// The shadows of a fleet.
 pub struct TwinHost {
     shadows: HashMap<String, Box<TwinShadow>>,
+    /// Who is alive, in what state and health.
+    liveness: liveness::Liveness,
+    /// Heartbeat intervals a device may miss before it is offline.
+    missed_heartbeats: u32,
     /// The fleet's audit log, committed with each flush.
     audit: Option<crate::audit::AuditLog>,
     /// Where shadows are kept; `None` in memory only.
@@ -282,6 +294,8 @@ impl TwinHost {
             decommissioned: HashSet::new(),
             aws: false,
             audit: None,
+            liveness: liveness::Liveness::default(),
+            missed_heartbeats: liveness::DEFAULT_MISSED_HEARTBEATS,
             share_group: None,
         }
     }
@@ -302,6 +316,72 @@ impl TwinHost {
     pub fn with_audit(mut self, path: &std::path::Path) -> Result<Self, crate::audit::AuditError> {
         self.audit = Some(crate::audit::AuditLog::open(path)?);
         Ok(self)
+    }
+
+    /// Marks a device offline once it has missed `n` of the fleet's
+    /// heartbeat intervals (3 by default).
+    pub fn with_missed_heartbeats(mut self, n: u32) -> Self {
+        self.missed_heartbeats = n.max(1);
+        self
+    }
+
+    /// Marks offline the devices silent for too long; returns the events
+    /// to publish. [`run_twin`] calls it every second.
+    pub fn check_liveness(&mut self, now_ms: u64) -> Vec<Publish> {
+        let window = self
+            .fleet_config
+            .heartbeat_ms
+            .saturating_mul(u64::from(self.missed_heartbeats));
+        let gone = self.liveness.sweep(now_ms, window);
+        for (key, _) in &gone {
+            tracing::info!(device = key.as_str(), "device offline");
+        }
+        self.stats.went_offline += gone.len() as u64;
+        gone.into_iter()
+            .map(|(key, ev)| fleet_event(&key, ev))
+            .collect()
+    }
+
+    /// Whether the host has marked device `key` offline.
+    pub fn is_offline(&self, key: &str) -> bool {
+        self.liveness.is_offline(key)
+    }
+
+    /// When device `key` was last heard from (host clock, ms).
+    pub fn last_seen(&self, key: &str) -> Option<u64> {
+        self.liveness.last_seen(key)
+    }
+
+    /// What a registered device's message says of its liveness, state and
+    /// health: the events to publish.
+    fn watch(
+        &mut self,
+        now_ms: u64,
+        key: &str,
+        kind: MessageKind,
+        payload: &[u8],
+    ) -> Vec<FleetEvent> {
+        let mut events: Vec<FleetEvent> = self.liveness.seen(now_ms, key).into_iter().collect();
+        match kind {
+            MessageKind::Heartbeat => {
+                if let Ok(hb) = Heartbeat::decode(payload) {
+                    events.extend(self.liveness.state(now_ms, key, hb.state));
+                    events.extend(self.liveness.health(now_ms, key, hb.health));
+                }
+            }
+            MessageKind::Health => {
+                if let Ok(h) = HealthMessage::decode(payload) {
+                    events.extend(self.liveness.health(now_ms, key, h.report.status));
+                }
+            }
+            MessageKind::Lifecycle => {
+                if let Ok(ev) = LifecycleEvent::decode(payload) {
+                    events.extend(self.liveness.state(now_ms, key, ev.to));
+                }
+            }
+            _ => {}
+        }
+        events
     }
 
     fn audit(
@@ -566,6 +646,38 @@ impl TwinHost {
             vec![],
             self.shadows.len() as f64,
         );
+        let live = self.liveness.counts();
+        m.set(
+            "lanyard_twin_devices_offline",
+            "Registered devices that missed their heartbeats",
+            vec![],
+            live.offline as f64,
+        );
+        m.set_total(
+            "lanyard_twin_went_offline_total",
+            "Times a device was marked offline",
+            vec![],
+            s.went_offline as f64,
+        );
+        // Every state and status, so that one that empties reads 0.
+        for state in (0..16).filter_map(LifecycleState::from_code) {
+            let n = live.by_state.get(state.name()).copied().unwrap_or(0);
+            m.set(
+                "lanyard_twin_devices",
+                "Registered devices by lifecycle state (from their heartbeats)",
+                vec![("state", state.name().into())],
+                n as f64,
+            );
+        }
+        for status in (0..3).filter_map(lanyard_core::agent::health::HealthStatus::from_code) {
+            let n = live.by_health.get(status.name()).copied().unwrap_or(0);
+            m.set(
+                "lanyard_twin_devices_by_health",
+                "Registered devices by health status",
+                vec![("status", status.name().into())],
+                n as f64,
+            );
+        }
         m.set_total(
             "lanyard_twin_registrations_total",
             "Registrations accepted",
@@ -692,6 +804,7 @@ impl TwinHost {
         self.capacities.remove(key);
         self.boots.remove(key);
         self.allowances.remove(key);
+        self.liveness.forget(key);
         self.decommissioned.insert(key.to_owned());
         self.stats.decommissioned += 1;
         self.dirty.remove(key);
@@ -842,7 +955,13 @@ impl TwinHost {
         if matches!(t, Topic::Device(_)) && !self.allow(now_ms, key) {
             return Vec::new();
         }
-        match t {
+        let events = match t {
+            Topic::Device(kind) if self.shadows.contains_key(key) => {
+                self.watch(now_ms, key, kind, payload)
+            }
+            _ => Vec::new(),
+        };
+        let mut out = match t {
             Topic::Device(MessageKind::Register) => self.register(now_ms, key, id, payload),
             Topic::Device(MessageKind::ShadowUpdate) => {
                 self.cbor_update(now_ms, key, payload, false)
@@ -871,7 +990,13 @@ impl TwinHost {
                 None => vec![rejected(key, "no shadow for this device")],
             },
             _ => Vec::new(),
+        };
+        if self.shadows.contains_key(key) {
+            // A device registered by this message is watched from now.
+            self.liveness.known(now_ms, key);
         }
+        out.extend(events.into_iter().map(|e| fleet_event(key, e)));
+        out
     }
 
     /// An operator's request to accept decommissioned device `key` again:
@@ -1343,6 +1468,14 @@ fn app_topic(key: &str, t: AppTopic) -> String {
     topic_of_key(key, Topic::App(t)).map_or_else(String::new, |s| s.to_string())
 }
 
+fn fleet_event(key: &str, ev: FleetEvent) -> Publish {
+    Publish {
+        topic: app_topic(key, AppTopic::Event),
+        payload: ev.encode(),
+        qos: Qos::AtLeastOnce,
+    }
+}
+
 fn rejected(id: &str, why: &str) -> Publish {
     Publish {
         topic: app_topic(id, AppTopic::Rejected),
@@ -1452,11 +1585,26 @@ pub async fn run_twin<T: Transport>(
     let probe_deadline = tokio::time::sleep(PROBE_TIMEOUT);
     tokio::pin!(stop);
     tokio::pin!(probe_deadline);
+    // Every device known is watched from now: silent ones go offline
+    // after the grace period.
+    let now = clock.now_ms();
+    let keys: Vec<String> = host.shadows.keys().cloned().collect();
+    for key in keys {
+        host.liveness.known(now, &key);
+    }
+    let mut liveness_tick = tokio::time::interval(std::time::Duration::from_secs(1));
+    liveness_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut out = Vec::new();
     let mut batch: Vec<(String, Vec<u8>, Vec<Publish>)> = Vec::new();
     loop {
         tokio::select! {
             _ = &mut stop => return Ok(()),
+            _ = liveness_tick.tick() => {
+                for p in host.check_liveness(clock.now_ms()) {
+                    transport.publish(&p.topic, &p.payload, p.qos).await?;
+                }
+                host.export();
+            }
             _ = &mut probe_deadline, if !probes.is_empty() => {
                 let mut silent: Vec<String> = probes.into_iter().collect();
                 silent.sort();

@@ -147,13 +147,17 @@ class App:
         reason's name, such as ``"out_of_range"``) or
         ``{"type": "telemetry", "device", "seq", "time_ms", "readings"}``
         (``readings``: what the device measured, as a dict) or
-        ``{"type": "ack", "device", "command_id", "status"}``."""
+        ``{"type": "ack", "device", "command_id", "status"}`` or
+        ``{"type": "fleet", "device", "kind", "at_ms", ...}`` (what the twin
+        host noticed: ``kind`` ``"online"``, ``"offline"`` with
+        ``last_seen_ms``, ``"lifecycle"`` with ``from`` and ``to``, or
+        ``"health"`` with ``status``)."""
         event = self._app.next_event(float(timeout))
         if event is None:
             return None
         kind, device, text = event
         body = json.loads(text)
-        if kind in ("ack", "reported", "telemetry"):
+        if kind in ("ack", "reported", "telemetry", "fleet"):
             return {"type": kind, "device": device, **body}
         return {"type": kind, "device": device, "state": body}
 

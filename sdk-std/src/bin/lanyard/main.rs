@@ -301,6 +301,14 @@ enum Cmd {
         /// register (1000..=86400000).
         #[arg(long, default_value_t = 30_000)]
         telemetry_ms: u64,
+        /// The fleet's heartbeat interval, ms, sent to devices when they
+        /// register (1000..=86400000).
+        #[arg(long, default_value_t = DeviceConfig::default().heartbeat_ms)]
+        heartbeat_ms: u64,
+        /// Heartbeat intervals a device may miss before the host marks it
+        /// offline (an event for apps, and the metrics).
+        #[arg(long, default_value_t = lanyard_std::twin::DEFAULT_MISSED_HEARTBEATS)]
+        missed_heartbeats: u32,
         /// Devices registered at most; registrations past it are refused
         /// and counted.
         #[arg(long, default_value_t = TwinLimits::default().max_devices)]
@@ -407,6 +415,8 @@ fn main() {
                 metrics,
                 tenants,
                 telemetry_ms,
+                heartbeat_ms,
+                missed_heartbeats,
                 max_devices,
                 max_devices_per_tenant,
                 device_rate,
@@ -422,11 +432,12 @@ fn main() {
                 let fleet = DeviceConfig {
                     version: 1,
                     telemetry_ms,
+                    heartbeat_ms,
                     ..DeviceConfig::default()
                 };
                 fleet
                     .validate()
-                    .map_err(|e| format!("--telemetry-ms: {}", e.reason))?;
+                    .map_err(|e| format!("--telemetry-ms / --heartbeat-ms: {}", e.reason))?;
                 let audit = audit.or_else(|| state_dir.as_ref().map(|d| d.join("audit.log")));
                 let store = match (state_dir, db, postgres) {
                     (Some(dir), _, _) if files => TwinStore::Dir(dir),
@@ -440,6 +451,7 @@ fn main() {
                 let setup = TwinSetup {
                     store,
                     audit,
+                    missed_heartbeats,
                     share_group,
                     client_id,
                     tenants,

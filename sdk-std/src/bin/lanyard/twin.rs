@@ -7,6 +7,7 @@ use std::path::Path;
 pub(crate) struct TwinSetup {
     pub(crate) store: TwinStore,
     pub(crate) audit: Option<PathBuf>,
+    pub(crate) missed_heartbeats: u32,
     pub(crate) share_group: Option<String>,
     pub(crate) client_id: String,
     pub(crate) tenants: Vec<String>,
@@ -22,6 +23,7 @@ pub(crate) async fn twin(
     let TwinSetup {
         store,
         audit,
+        missed_heartbeats,
         share_group,
         client_id,
         tenants,
@@ -65,7 +67,8 @@ pub(crate) async fn twin(
             TwinHost::open_postgres(&url, fleet).map_err(|e| format!("--postgres: {e}"))?
         }
     }
-    .with_limits(limits);
+    .with_limits(limits)
+    .with_missed_heartbeats(missed_heartbeats);
     if let Some(path) = &audit {
         twin = twin
             .with_audit(path)

@@ -1,0 +1,369 @@
+//! Which devices are alive, in what state and health: the host's view of
+//! the fleet from their heartbeats, health reports and lifecycle events,
+//! and the events it tells apps about (on [`AppTopic::Event`]).
+//!
+//! A device is offline once it has missed `missed_heartbeats` (3 by
+//! default) of the fleet's heartbeat intervals, and online again at its
+//! next message. A host that starts gives every device it knows one full
+//! grace period from then.
+//!
+//! [`AppTopic::Event`]: lanyard_core::topic::AppTopic::Event
+
+use std::collections::{HashMap, HashSet};
+
+use lanyard_core::agent::health::HealthStatus;
+use lanyard_core::agent::lifecycle::LifecycleState;
+use minicbor::Encoder;
+
+/// Heartbeat intervals a device may miss before it is offline.
+pub const DEFAULT_MISSED_HEARTBEATS: u32 = 3;
+
+/// The host's view of each device.
+#[derive(Debug, Default)]
+pub(super) struct Liveness {
+    last_seen: HashMap<String, u64>,
+    offline: HashSet<String>,
+    state: HashMap<String, LifecycleState>,
+    health: HashMap<String, HealthStatus>,
+}
+
+/// Something the host noticed about a device, published for apps.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FleetEvent {
+    /// It was offline and sent something.
+    Online {
+        /// When, host clock (ms since the epoch).
+        at_ms: u64,
+    },
+    /// It missed its heartbeats.
+    Offline {
+        /// When it was marked offline.
+        at_ms: u64,
+        /// When it was last heard from.
+        last_seen_ms: u64,
+    },
+    /// Its lifecycle state changed.
+    Lifecycle {
+        /// When the host heard of it.
+        at_ms: u64,
+        /// From.
+        from: LifecycleState,
+        /// To.
+        to: LifecycleState,
+    },
+    /// Its health status changed.
+    Health {
+        /// When the host heard of it.
+        at_ms: u64,
+        /// The new status.
+        status: HealthStatus,
+    },
+}
+
+impl FleetEvent {
+    /// Its kind, as the payload names it.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            FleetEvent::Online { .. } => "online",
+            FleetEvent::Offline { .. } => "offline",
+            FleetEvent::Lifecycle { .. } => "lifecycle",
+            FleetEvent::Health { .. } => "health",
+        }
+    }
+
+    /// The payload: a CBOR map with text keys (`kind`, `at_ms`, and
+    /// `last_seen_ms`, `from` and `to`, or `status` by kind; states and
+    /// statuses by name).
+    pub fn encode(&self) -> Vec<u8> {
+        let mut e = Encoder::new(Vec::new());
+        let write = |e: &mut Encoder<Vec<u8>>| -> Result<(), minicbor::encode::Error<_>> {
+            match *self {
+                FleetEvent::Online { at_ms } => {
+                    e.map(2)?
+                        .str("kind")?
+                        .str(self.kind())?
+                        .str("at_ms")?
+                        .u64(at_ms)?;
+                }
+                FleetEvent::Offline {
+                    at_ms,
+                    last_seen_ms,
+                } => {
+                    e.map(3)?
+                        .str("kind")?
+                        .str(self.kind())?
+                        .str("at_ms")?
+                        .u64(at_ms)?;
+                    e.str("last_seen_ms")?.u64(last_seen_ms)?;
+                }
+                FleetEvent::Lifecycle { at_ms, from, to } => {
+                    e.map(4)?
+                        .str("kind")?
+                        .str(self.kind())?
+                        .str("at_ms")?
+                        .u64(at_ms)?;
+                    e.str("from")?.str(from.name())?.str("to")?.str(to.name())?;
+                }
+                FleetEvent::Health { at_ms, status } => {
+                    e.map(3)?
+                        .str("kind")?
+                        .str(self.kind())?
+                        .str("at_ms")?
+                        .u64(at_ms)?;
+                    e.str("status")?.str(status.name())?;
+                }
+            }
+            Ok(())
+        };
+        // Writing to a Vec cannot fail.
+        let _ = write(&mut e);
+        e.into_writer()
+    }
+
+    /// As JSON, with the keys of [`FleetEvent::encode`] (for the
+    /// bindings and logs).
+    pub fn to_json(&self) -> serde_json::Value {
+        let mut v = serde_json::json!({"kind": self.kind()});
+        match *self {
+            FleetEvent::Online { at_ms } => v["at_ms"] = at_ms.into(),
+            FleetEvent::Offline {
+                at_ms,
+                last_seen_ms,
+            } => {
+                v["at_ms"] = at_ms.into();
+                v["last_seen_ms"] = last_seen_ms.into();
+            }
+            FleetEvent::Lifecycle { at_ms, from, to } => {
+                v["at_ms"] = at_ms.into();
+                v["from"] = from.name().into();
+                v["to"] = to.name().into();
+            }
+            FleetEvent::Health { at_ms, status } => {
+                v["at_ms"] = at_ms.into();
+                v["status"] = status.name().into();
+            }
+        }
+        v
+    }
+
+    /// Reads what [`FleetEvent::encode`] wrote; `None` for anything else.
+    pub fn decode(bytes: &[u8]) -> Option<Self> {
+        let mut d = minicbor::Decoder::new(bytes);
+        let n = d.map().ok()??;
+        let (mut kind, mut at_ms, mut last_seen_ms) = (None, None, None);
+        let (mut from, mut to, mut status) = (None, None, None);
+        for _ in 0..n {
+            match d.str().ok()? {
+                "kind" => kind = Some(d.str().ok()?.to_owned()),
+                "at_ms" => at_ms = Some(d.u64().ok()?),
+                "last_seen_ms" => last_seen_ms = Some(d.u64().ok()?),
+                "from" => from = state_named(d.str().ok()?),
+                "to" => to = state_named(d.str().ok()?),
+                "status" => status = health_named(d.str().ok()?),
+                _ => d.skip().ok()?,
+            }
+        }
+        if d.position() != bytes.len() {
+            return None;
+        }
+        let at_ms = at_ms?;
+        Some(match kind?.as_str() {
+            "online" => FleetEvent::Online { at_ms },
+            "offline" => FleetEvent::Offline {
+                at_ms,
+                last_seen_ms: last_seen_ms?,
+            },
+            "lifecycle" => FleetEvent::Lifecycle {
+                at_ms,
+                from: from?,
+                to: to?,
+            },
+            "health" => FleetEvent::Health {
+                at_ms,
+                status: status?,
+            },
+            _ => return None,
+        })
+    }
+}
+
+fn state_named(name: &str) -> Option<LifecycleState> {
+    (0..16)
+        .filter_map(LifecycleState::from_code)
+        .find(|s| s.name() == name)
+}
+
+fn health_named(name: &str) -> Option<HealthStatus> {
+    (0..3)
+        .filter_map(HealthStatus::from_code)
+        .find(|s| s.name() == name)
+}
+
+impl Liveness {
+    /// Device `key` was heard from: online again if it was offline.
+    pub(super) fn seen(&mut self, now_ms: u64, key: &str) -> Option<FleetEvent> {
+        match self.last_seen.get_mut(key) {
+            Some(t) => *t = now_ms,
+            None => {
+                self.last_seen.insert(key.to_owned(), now_ms);
+            }
+        }
+        self.offline
+            .remove(key)
+            .then_some(FleetEvent::Online { at_ms: now_ms })
+    }
+
+    /// Starts watching a device the host knows but has not heard from
+    /// since it started (its grace period counts from now).
+    pub(super) fn known(&mut self, now_ms: u64, key: &str) {
+        self.last_seen.entry(key.to_owned()).or_insert(now_ms);
+    }
+
+    /// Its lifecycle state is `to` (a heartbeat or a lifecycle event says
+    /// so); an event when it changed.
+    pub(super) fn state(
+        &mut self,
+        now_ms: u64,
+        key: &str,
+        to: LifecycleState,
+    ) -> Option<FleetEvent> {
+        let from = self.state.insert(key.to_owned(), to)?;
+        (from != to).then_some(FleetEvent::Lifecycle {
+            at_ms: now_ms,
+            from,
+            to,
+        })
+    }
+
+    /// Its health is `status`; an event when it changed (or is first known
+    /// and not normal).
+    pub(super) fn health(
+        &mut self,
+        now_ms: u64,
+        key: &str,
+        status: HealthStatus,
+    ) -> Option<FleetEvent> {
+        let was = self.health.insert(key.to_owned(), status);
+        (was.unwrap_or(HealthStatus::Normal) != status).then_some(FleetEvent::Health {
+            at_ms: now_ms,
+            status,
+        })
+    }
+
+    /// Forgets a device (decommissioned): no longer watched or counted.
+    pub(super) fn forget(&mut self, key: &str) {
+        self.last_seen.remove(key);
+        self.offline.remove(key);
+        self.state.remove(key);
+        self.health.remove(key);
+    }
+
+    /// Devices silent for longer than `window_ms`, now marked offline.
+    pub(super) fn sweep(&mut self, now_ms: u64, window_ms: u64) -> Vec<(String, FleetEvent)> {
+        let mut out = Vec::new();
+        for (key, &seen) in &self.last_seen {
+            if now_ms.saturating_sub(seen) > window_ms && !self.offline.contains(key) {
+                out.push((
+                    key.clone(),
+                    FleetEvent::Offline {
+                        at_ms: now_ms,
+                        last_seen_ms: seen,
+                    },
+                ));
+            }
+        }
+        for (key, _) in &out {
+            self.offline.insert(key.clone());
+        }
+        out.sort_by(|a, b| a.0.cmp(&b.0));
+        out
+    }
+
+    /// Whether `key` is offline.
+    pub(super) fn is_offline(&self, key: &str) -> bool {
+        self.offline.contains(key)
+    }
+
+    /// When `key` was last heard from.
+    pub(super) fn last_seen(&self, key: &str) -> Option<u64> {
+        self.last_seen.get(key).copied()
+    }
+
+    /// Devices watched, offline, by lifecycle state and by health (for the
+    /// metrics).
+    pub(super) fn counts(&self) -> LivenessCounts {
+        let mut c = LivenessCounts {
+            watched: self.last_seen.len(),
+            offline: self.offline.len(),
+            ..LivenessCounts::default()
+        };
+        for s in self.state.values() {
+            *c.by_state.entry(s.name()).or_default() += 1;
+        }
+        for h in self.health.values() {
+            *c.by_health.entry(h.name()).or_default() += 1;
+        }
+        c
+    }
+}
+
+/// What [`Liveness::counts`] counts.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub(super) struct LivenessCounts {
+    pub(super) watched: usize,
+    pub(super) offline: usize,
+    pub(super) by_state: HashMap<&'static str, usize>,
+    pub(super) by_health: HashMap<&'static str, usize>,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn events_round_trip_and_anything_else_is_refused() {
+        for ev in [
+            FleetEvent::Online { at_ms: 5 },
+            FleetEvent::Offline {
+                at_ms: 9,
+                last_seen_ms: 2,
+            },
+            FleetEvent::Lifecycle {
+                at_ms: 3,
+                from: LifecycleState::Active,
+                to: LifecycleState::Degraded,
+            },
+            FleetEvent::Health {
+                at_ms: 4,
+                status: HealthStatus::Critical,
+            },
+        ] {
+            assert_eq!(FleetEvent::decode(&ev.encode()), Some(ev));
+        }
+        assert_eq!(FleetEvent::decode(b"\xa0"), None);
+        assert_eq!(FleetEvent::decode(b"\xff"), None);
+        let mut bytes = FleetEvent::Online { at_ms: 1 }.encode();
+        bytes.push(0);
+        assert_eq!(FleetEvent::decode(&bytes), None);
+    }
+
+    #[test]
+    fn a_silent_device_goes_offline_once_and_comes_back() {
+        let mut l = Liveness::default();
+        l.known(0, "a");
+        assert_eq!(l.seen(1_000, "b"), None);
+        assert!(l.sweep(3_000, 3_000).is_empty());
+        let gone = l.sweep(3_001, 3_000);
+        assert_eq!(gone.len(), 1);
+        assert_eq!(gone[0].0, "a");
+        assert!(l.sweep(9_000, 3_000).iter().all(|(k, _)| k == "b"));
+        assert!(l.is_offline("a"));
+        assert_eq!(
+            l.seen(9_500, "a"),
+            Some(FleetEvent::Online { at_ms: 9_500 })
+        );
+        assert!(!l.is_offline("a"));
+        l.forget("b");
+        assert_eq!(l.counts().watched, 1);
+    }
+}
