@@ -96,6 +96,9 @@ pub struct BridgeStats {
     pub bytes_in: u64,
     /// Bytes written to the device.
     pub bytes_out: u64,
+    /// Telemetry summarised by the fog tier ([`Bridge::with_fog`]) instead
+    /// of published as it came.
+    pub fog: crate::fog::FogStats,
 }
 
 /// Why the bridge stopped.
@@ -127,6 +130,8 @@ pub struct Bridge<T: Transport> {
     /// The tenant whose namespace the device's MQTT topics are in; the
     /// device itself never knows it.
     tenant: Option<String>,
+    /// Telemetry summarised over windows, when asked.
+    fog: Option<crate::fog::Aggregator>,
 }
 
 impl<T: Transport> Bridge<T> {
@@ -139,7 +144,35 @@ impl<T: Transport> Bridge<T> {
             decoder: Box::new(FrameDecoder::new()),
             stats: BridgeStats::default(),
             tenant: None,
+            fog: None,
         }
+    }
+
+    /// Summarises the device's telemetry over windows (see
+    /// [`crate::fog`]): one summary a window instead of every reading;
+    /// everything else passes at once.
+    pub fn with_fog(mut self, config: crate::fog::FogConfig) -> Self {
+        self.fog = Some(crate::fog::Aggregator::new(config));
+        self
+    }
+
+    /// Publishes the summaries of the windows ended by `now_ms` (all of
+    /// them when `all`).
+    async fn publish_summaries(&mut self, now_ms: u64, all: bool) -> Result<(), BridgeError> {
+        let Some(fog) = self.fog.as_mut() else {
+            return Ok(());
+        };
+        let due = if all { fog.drain() } else { fog.due(now_ms) };
+        self.stats.fog = fog.stats();
+        for (device, summary) in due {
+            let t = self.mqtt_topic(&device, MessageKind::Telemetry);
+            self.transport
+                .publish(&t, &summary, Qos::AtMostOnce)
+                .await
+                .map_err(BridgeError::Transport)?;
+            self.stats.to_cloud += 1;
+        }
+        Ok(())
     }
 
     /// Puts the device in `tenant`'s namespace on the MQTT side: its frames
@@ -208,12 +241,20 @@ impl<T: Transport> Bridge<T> {
         let (mut rx, mut tx) = tokio::io::split(serial);
         let mut chunk = vec![0u8; 1024];
         tokio::pin!(stop);
+        let mut fog_tick = tokio::time::interval(std::time::Duration::from_millis(250));
         loop {
             tokio::select! {
-                _ = &mut stop => return Ok(self.stats),
+                _ = &mut stop => {
+                    self.publish_summaries(now_ms(), true).await?;
+                    return Ok(self.stats);
+                }
+                _ = fog_tick.tick(), if self.fog.is_some() => {
+                    self.publish_summaries(now_ms(), false).await?;
+                }
                 n = rx.read(&mut chunk) => {
                     let n = n.map_err(BridgeError::Serial)?;
                     if n == 0 {
+                        self.publish_summaries(now_ms(), true).await?;
                         // What the device said last (a decommissioning
                         // device's final acknowledgement) must still go out.
                         self.transport
@@ -281,6 +322,14 @@ impl<T: Transport> Bridge<T> {
         } else {
             Qos::AtMostOnce
         };
+        if e.kind == MessageKind::Telemetry
+            && let Some(fog) = self.fog.as_mut()
+        {
+            // Unreadable telemetry is counted by the aggregator and dropped.
+            let _ = fog.take(now_ms(), e.device_id, e.message);
+            self.stats.fog = fog.stats();
+            return Ok(());
+        }
         let t = self.mqtt_topic(e.device_id, e.kind);
         self.transport
             .publish(&t, e.message, qos)
@@ -309,4 +358,11 @@ impl<T: Transport> Bridge<T> {
         frame.truncate(m);
         Some(frame)
     }
+}
+
+/// The gateway's clock, ms since the epoch (fog windows).
+fn now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
 }

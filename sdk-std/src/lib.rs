@@ -70,6 +70,7 @@ pub mod describe;
 pub mod device;
 #[cfg(feature = "runtime")]
 pub mod driver;
+pub mod fog;
 #[cfg(feature = "runtime")]
 pub mod metrics;
 #[cfg(feature = "runtime")]

@@ -131,6 +131,7 @@ async fn the_bridge_carries_one_devices_messages_both_ways_and_drops_the_rest() 
             misdirected: 2,
             bytes_in: 0,
             bytes_out: 0,
+            fog: Default::default(),
         }
     );
 }
@@ -206,4 +207,78 @@ async fn a_bridge_puts_its_device_in_a_tenants_namespace_without_telling_the_dev
     stop.send(()).unwrap();
     let stats = task.await.unwrap();
     assert_eq!((stats.to_cloud, stats.to_device), (1, 1));
+}
+
+fn telemetry(seq: u64, temp: f64) -> Vec<u8> {
+    use lanyard_core::agent::messages::{Encodable, Telemetry};
+    use lanyard_core::shadow::{PathBuf, StateTree, Value};
+    let mut readings: StateTree<16, 512> = StateTree::new();
+    readings
+        .insert(
+            &PathBuf::from_dotted("temperature_c").unwrap(),
+            Value::Float(temp),
+        )
+        .unwrap();
+    let mut buf = vec![0u8; 128];
+    let n = Telemetry::<16, 512> {
+        seq,
+        time_ms: seq,
+        readings,
+    }
+    .encode(&mut buf)
+    .unwrap();
+    buf.truncate(n);
+    buf
+}
+
+/// With the fog tier on, the device's telemetry goes up as one summary a
+/// window; its health report is not held back.
+#[tokio::test]
+async fn the_fog_tier_sends_one_summary_a_window_and_alerts_at_once() {
+    use lanyard_std::fog::FogConfig;
+    let broker = MemoryBroker::new();
+    let mut cloud = broker.connect();
+    cloud.subscribe("lanyard/v1/#").await.unwrap();
+    let (device_end, bridge_end) = tokio::io::duplex(64 * 1024);
+    let (_dev_rx, mut dev_tx) = tokio::io::split(device_end);
+    let (stop, stop_rx) = tokio::sync::oneshot::channel::<()>();
+    let mut bridge = Bridge::new(broker.connect()).with_fog(FogConfig {
+        window_ms: 1_500,
+        dead_band: 0.0,
+    });
+    let task = tokio::spawn(async move {
+        bridge
+            .run(bridge_end, async {
+                let _ = stop_rx.await;
+            })
+            .await
+            .unwrap()
+    });
+    let mut frames = Vec::new();
+    for seq in 1..=20 {
+        frames.extend(frame(
+            ID,
+            MessageKind::Telemetry,
+            &telemetry(seq, 20.0 + seq as f64),
+        ));
+    }
+    frames.extend(frame(ID, MessageKind::Health, &[0xa1, 0x00, 0x02]));
+    dev_tx.write_all(&frames).await.unwrap();
+    // The health report first, at once; then one summary of the 20.
+    let (t, p) = next_message(&mut cloud).await;
+    assert_eq!(t, topic(ID, MessageKind::Health).as_str());
+    assert_eq!(p, [0xa1, 0x00, 0x02]);
+    let (t, p) = next_message(&mut cloud).await;
+    assert_eq!(t, topic(ID, MessageKind::Telemetry).as_str());
+    let summary = lanyard_core::agent::messages::Telemetry::<64, 4096>::decode(&p).unwrap();
+    let json = lanyard_std::aws_json::tree_to_json(&summary.readings);
+    assert_eq!(
+        json["temperature_c"],
+        serde_json::json!({"count": 20, "min": 21.0, "max": 40.0, "mean": 30.5, "last": 40.0})
+    );
+    let _ = stop.send(());
+    let stats = task.await.unwrap();
+    assert_eq!((stats.fog.readings, stats.fog.summaries), (20, 1));
+    assert_eq!(stats.to_cloud, 2);
+    assert!(stats.fog.byte_reduction() > 0.8, "{:?}", stats.fog);
 }

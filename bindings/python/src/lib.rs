@@ -138,6 +138,8 @@ fn stats_dict<'py>(py: Python<'py>, s: BridgeStats) -> PyResult<Bound<'py, PyDic
     d.set_item("misdirected", s.misdirected)?;
     d.set_item("bytes_in", s.bytes_in)?;
     d.set_item("bytes_out", s.bytes_out)?;
+    d.set_item("fog_readings", s.fog.readings)?;
+    d.set_item("fog_summaries", s.fog.summaries)?;
     Ok(d)
 }
 
@@ -149,6 +151,7 @@ struct Bridge {
     config: MqttConfig,
     device_id: Option<String>,
     tenant: Option<String>,
+    fog: Option<lanyard_std::fog::FogConfig>,
 }
 
 #[pymethods]
@@ -157,8 +160,12 @@ impl Bridge {
     /// (and `cert` and `key` for mutual TLS; PEM files). With `device_id`
     /// the bridge connects as that device (for a broker ACL); with
     /// `tenant` the device's topics are put in the tenant's namespace.
+    /// With `fog_window_s` the device's telemetry goes up as one summary a
+    /// window (count, min, max, mean, last of each reading; `dead_band`
+    /// leaves out readings that moved less), everything else at once.
     #[new]
-    #[pyo3(signature = (broker, device_id=None, tenant=None, ca=None, cert=None, key=None))]
+    #[pyo3(signature = (broker, device_id=None, tenant=None, ca=None, cert=None, key=None, fog_window_s=None, dead_band=0.0))]
+    #[allow(clippy::too_many_arguments)]
     fn new(
         broker: &str,
         device_id: Option<String>,
@@ -166,7 +173,23 @@ impl Bridge {
         ca: Option<PathBuf>,
         cert: Option<PathBuf>,
         key: Option<PathBuf>,
+        fog_window_s: Option<f64>,
+        dead_band: f64,
     ) -> PyResult<Self> {
+        let fog = match fog_window_s {
+            None => None,
+            Some(s) if s.is_finite() && s > 0.0 && dead_band.is_finite() && dead_band >= 0.0 => {
+                Some(lanyard_std::fog::FogConfig {
+                    window_ms: (s * 1000.0) as u64,
+                    dead_band,
+                })
+            }
+            Some(_) => {
+                return Err(PyValueError::new_err(
+                    "fog_window_s: more than 0 seconds, and dead_band >= 0",
+                ));
+            }
+        };
         let config = broker_config(broker, String::new(), ca, cert, key)?;
         if let Some(t) = &tenant
             && !lanyard_core::agent::messages::valid_tenant(t)
@@ -177,6 +200,7 @@ impl Bridge {
             config,
             device_id,
             tenant,
+            fog,
         })
     }
 
@@ -204,8 +228,12 @@ impl Bridge {
         });
         let (device_id, tenant) = (self.device_id.clone(), self.tenant.clone());
         let address = address.to_owned();
+        let fog = self.fog;
         let stats = block_on(py, &rt, async move {
             let mut bridge = StdBridge::new(MqttTransport::connect(config));
+            if let Some(f) = fog {
+                bridge = bridge.with_fog(f);
+            }
             if let Some(t) = &tenant {
                 bridge = bridge
                     .with_tenant(t)

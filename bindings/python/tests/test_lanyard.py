@@ -155,6 +155,39 @@ class BridgeToMosquitto(unittest.TestCase):
         self.assertEqual(result["stats"]["to_cloud"], 1)
         self.assertGreaterEqual(result["stats"]["to_device"], 1)
 
+    def test_the_fog_tier_sends_one_summary_of_the_readings(self):
+        uart = socket.create_server(("127.0.0.1", 0))
+        self.addCleanup(uart.close)
+        uart_addr = "127.0.0.1:%d" % uart.getsockname()[1]
+        sub = subprocess.Popen(
+            ["mosquitto_sub", "-p", str(self.port), "-C", "1", "-W", "20",
+             "-t", f"lanyard/v1/{DEVICE}/telemetry", "-F", "%x"],
+            stdout=subprocess.PIPE, text=True,
+        )
+        time.sleep(0.3)
+        bridge = lanyard.Bridge(f"mqtt://127.0.0.1:{self.port}", device_id=DEVICE,
+                                fog_window_s=1.0)
+        result = {}
+        runner = threading.Thread(
+            target=lambda: result.update(stats=bridge.run_tcp(uart_addr, seconds=20))
+        )
+        runner.start()
+        device, _ = uart.accept()
+        for seq in range(1, 11):
+            # {0: seq, 1: time, 2: {"t": seq}}, CBOR
+            reading = bytes([0xa3, 0x00, seq, 0x01, seq, 0x02, 0xa1, 0x61, ord("t"), seq])
+            device.sendall(lanyard.encode_frame(f"lanyard/v1/{DEVICE}/telemetry", reading))
+        out, _ = sub.communicate(timeout=25)
+        summary = lanyard.decode(bytes.fromhex(out.strip()), "telemetry")[1]
+        self.assertEqual(summary["readings"]["t"],
+                         {"count": 10, "min": 1, "max": 10, "mean": 5.5, "last": 10})
+        device.close()
+        runner.join(timeout=30)
+        self.assertEqual((result["stats"]["fog_readings"], result["stats"]["fog_summaries"]),
+                         (10, 1))
+        with self.assertRaises(ValueError):
+            lanyard.Bridge(f"mqtt://127.0.0.1:{self.port}", fog_window_s=0)
+
     def test_a_bad_broker_address_is_a_value_error(self):
         with self.assertRaises(ValueError):
             lanyard.Bridge("http://example")

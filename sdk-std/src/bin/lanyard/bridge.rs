@@ -8,6 +8,7 @@ pub(crate) async fn bridge(
     serial: Option<PathBuf>,
     device_id: Option<String>,
     tenant: Option<String>,
+    fog: Option<lanyard_std::fog::FogConfig>,
 ) -> Result<(), String> {
     use lanyard_std::bridge::Bridge;
     // Connected as the device when its id is known, so the broker's ACL
@@ -24,6 +25,9 @@ pub(crate) async fn bridge(
     let mut bridge = Bridge::new(MqttTransport::connect(config));
     if let Some(t) = &tenant {
         bridge = bridge.with_tenant(t).map_err(|e| e.to_string())?;
+    }
+    if let Some(f) = fog {
+        bridge = bridge.with_fog(f);
     }
     if let Some(id) = device_id.as_deref() {
         bridge.adopt_device(id).await.map_err(|e| e.to_string())?;
@@ -52,5 +56,18 @@ pub(crate) async fn bridge(
         stats.to_device,
         stats.bad_envelopes + stats.misdirected
     );
+    if fog.is_some() {
+        let f = stats.fog;
+        println!(
+            "fog tier: {} readings ({} B) sent as {} summaries ({} B): {:.0} % fewer messages, \
+             {:.0} % fewer bytes",
+            f.readings,
+            f.bytes_in,
+            f.summaries,
+            f.bytes_out,
+            f.message_reduction() * 100.0,
+            f.byte_reduction() * 100.0
+        );
+    }
     Ok(())
 }

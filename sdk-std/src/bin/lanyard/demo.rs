@@ -241,6 +241,19 @@ pub(crate) async fn demo(
     let mut totals = Totals {
         messages: BTreeMap::new(),
     };
+    // What a fog tier would send instead of this telemetry: the same
+    // readings through gateways summarising over 1- and 5-minute windows
+    // (simulated time), as `lanyard bridge --fog-window-s` does.
+    let mut fogs: Vec<(u64, lanyard_std::fog::Aggregator)> = [60u64, 300]
+        .into_iter()
+        .map(|s| {
+            let config = lanyard_std::fog::FogConfig {
+                window_ms: s * 1_000,
+                dead_band: 0.0,
+            };
+            (s, lanyard_std::fog::Aggregator::new(config))
+        })
+        .collect();
     let script_ids = ids.clone();
     let bar2 = bar.clone();
     let operator_task = tokio::spawn(async move {
@@ -276,10 +289,16 @@ pub(crate) async fn demo(
             _ = &mut deadline => break,
             _ = ticker.tick() => bar.set_position(clock.now_ms().saturating_sub(start) / 1_000),
             Some((i, e)) = ev_rx.recv() => {
-                if let DriverEvent::Sent { kind, payload, .. } = &e {
+                if let DriverEvent::Sent { kind, payload, at_ms } = &e {
                     let t = totals.messages.entry(kind.topic_suffix()).or_default();
                     t.0 += 1;
                     t.1 += payload.len() as u64;
+                    if *kind == MessageKind::Telemetry {
+                        for (_, fog) in &mut fogs {
+                            let _ = fog.take(*at_ms, &ids[i], payload);
+                            fog.due(*at_ms);
+                        }
+                    }
                 }
                 if i == 0 {
                     if let Some(line) = timeline_line(&e) {
@@ -356,6 +375,35 @@ pub(crate) async fn demo(
     println!("conflicts by policy:");
     for (p, n) in ConflictPolicy::ALL.iter().zip(stats.conflicts) {
         println!("  {:<16} {n:>8}", p.name());
+    }
+    println!("fog tier: the same telemetry summarised by gateways (count, min, max, mean, last):");
+    for (window_s, fog) in &mut fogs {
+        fog.drain();
+        let f = fog.stats();
+        let (after_n, after_b) = (
+            all - f.readings + f.summaries,
+            bytes - f.bytes_in + f.bytes_out,
+        );
+        let change = |before: u64, after: u64| {
+            let pct = 100.0 * (after as f64 / before.max(1) as f64 - 1.0);
+            if pct <= 0.0 {
+                format!("{:.0} % fewer", -pct)
+            } else {
+                format!("{pct:.0} % more")
+            }
+        };
+        println!(
+            "  {window_s:>3} s windows: telemetry {} -> {} messages ({}), {} -> {} B ({}); \
+             everything upstream {all} -> {after_n} messages ({}), {bytes} -> {after_b} B ({})",
+            f.readings,
+            f.summaries,
+            change(f.readings, f.summaries),
+            f.bytes_in,
+            f.bytes_out,
+            change(f.bytes_in, f.bytes_out),
+            change(all, after_n),
+            change(bytes, after_b),
+        );
     }
     println!("reconnects: {reconnects}; messages dropped from full outboxes: {dropped}");
     Ok(())

@@ -246,6 +246,16 @@ enum Cmd {
         /// connect with the tenant as user name).
         #[arg(long)]
         tenant: Option<String>,
+        /// Fog tier: summarise the device's telemetry over windows of this
+        /// many seconds (count, min, max, mean, last of each reading)
+        /// instead of passing every reading; health, lifecycle and the
+        /// rest pass at once.
+        #[arg(long)]
+        fog_window_s: Option<f64>,
+        /// With --fog-window-s: leave out a reading whose mean and last
+        /// value moved by at most this since the last summary.
+        #[arg(long, default_value_t = 0.0, requires = "fog_window_s")]
+        dead_band: f64,
     },
     /// Runs a twin host against a broker, its shadows in a directory.
     Twin {
@@ -401,7 +411,25 @@ fn main() {
                 serial,
                 device_id,
                 tenant,
-            } => bridge(&broker, tcp, serial, device_id, tenant).await,
+                fog_window_s,
+                dead_band,
+            } => {
+                let fog = match fog_window_s {
+                    Some(s) if s.is_finite() && s > 0.0 && dead_band >= 0.0 => {
+                        Some(lanyard_std::fog::FogConfig {
+                            window_ms: (s * 1000.0) as u64,
+                            dead_band,
+                        })
+                    }
+                    Some(_) => {
+                        return Err(
+                            "--fog-window-s: more than 0 seconds (and --dead-band >= 0)".into()
+                        );
+                    }
+                    None => None,
+                };
+                bridge(&broker, tcp, serial, device_id, tenant, fog).await
+            }
             Cmd::Twin {
                 broker,
                 state_dir,
