@@ -40,6 +40,14 @@ fn report(leaves: &[(&str, Value<'_>)]) -> Vec<u8> {
     buf
 }
 
+/// The scripted service (or a cloud) publishes `payload` on `topic`.
+async fn say(service: &mut MemoryTransport, topic: &str, payload: &[u8]) {
+    service
+        .publish(topic, payload, Qos::AtLeastOnce)
+        .await
+        .unwrap();
+}
+
 /// The next message the scripted service sees, as (topic, JSON).
 async fn service_gets(service: &mut MemoryTransport) -> (String, Json) {
     let ev = tokio::time::timeout(Duration::from_secs(5), service.recv())
@@ -119,14 +127,12 @@ async fn the_services_documents_become_the_agents_messages_and_policies_decide_o
         "timestamp": 1_700_000_100,
         "clientToken": token,
     });
-    service
-        .publish(
-            &name.topic("get/accepted"),
-            doc.to_string().as_bytes(),
-            Qos::AtLeastOnce,
-        )
-        .await
-        .unwrap();
+    say(
+        &mut service,
+        &name.topic("get/accepted"),
+        doc.to_string().as_bytes(),
+    )
+    .await;
     let (topic, payload) = device_gets(&mut device).await;
     assert_eq!(topic, lanyard(MessageKind::RegisterAccepted));
     let accepted = RegisterAccepted::decode(&payload).unwrap();
@@ -144,14 +150,12 @@ async fn the_services_documents_become_the_agents_messages_and_policies_decide_o
         "state": {"lights": {"on": false}},
         "metadata": {"lights": {"on": {"timestamp": 1_700_000_200}}},
     });
-    service
-        .publish(
-            &name.topic("update/delta"),
-            delta.to_string().as_bytes(),
-            Qos::AtLeastOnce,
-        )
-        .await
-        .unwrap();
+    say(
+        &mut service,
+        &name.topic("update/delta"),
+        delta.to_string().as_bytes(),
+    )
+    .await;
     let (_, payload) = device_gets(&mut device).await;
     assert_eq!(
         delta_json(&payload),
@@ -187,14 +191,12 @@ async fn the_services_documents_become_the_agents_messages_and_policies_decide_o
     // lights' `on`, which only the cloud changed.
     let delta = json!({"version": 9, "timestamp": 1_700_000_300,
                        "state": {"color": "blue", "lights": {"on": true, "level": 90}}});
-    service
-        .publish(
-            &name.topic("update/delta"),
-            delta.to_string().as_bytes(),
-            Qos::AtLeastOnce,
-        )
-        .await
-        .unwrap();
+    say(
+        &mut service,
+        &name.topic("update/delta"),
+        delta.to_string().as_bytes(),
+    )
+    .await;
     let (_, payload) = device_gets(&mut device).await;
     assert_eq!(
         delta_json(&payload).1,
@@ -238,46 +240,34 @@ async fn the_services_documents_become_the_agents_messages_and_policies_decide_o
     // A delta older than what the device has (the service's deltas can
     // arrive out of order) is dropped.
     let old = json!({"version": 8, "state": {"color": "purple"}});
-    service
-        .publish(
-            &name.topic("update/delta"),
-            old.to_string().as_bytes(),
-            Qos::AtLeastOnce,
-        )
-        .await
-        .unwrap();
+    say(
+        &mut service,
+        &name.topic("update/delta"),
+        old.to_string().as_bytes(),
+    )
+    .await;
 
     // The service's refusals are counted with what it said; unreadable
     // documents are dropped and change nothing.
-    service
-        .publish(
-            &name.topic("update/rejected"),
-            br#"{"code": 400, "message": "Missing required node: state", "timestamp": 1700000400}"#,
-            Qos::AtLeastOnce,
-        )
-        .await
-        .unwrap();
-    service
-        .publish(&name.topic("update/delta"), b"{not json", Qos::AtLeastOnce)
-        .await
-        .unwrap();
-    service
-        .publish(
-            &name.topic("update/delta"),
-            br#"{"version": 10, "state": "not a map"}"#,
-            Qos::AtLeastOnce,
-        )
-        .await
-        .unwrap();
+    say(
+        &mut service,
+        &name.topic("update/rejected"),
+        br#"{"code": 400, "message": "Missing required node: state", "timestamp": 1700000400}"#,
+    )
+    .await;
+    say(&mut service, &name.topic("update/delta"), b"{not json").await;
+    say(
+        &mut service,
+        &name.topic("update/delta"),
+        br#"{"version": 10, "state": "not a map"}"#,
+    )
+    .await;
     // A message that is not the shadow's passes through untouched.
     device
         .subscribe(&lanyard(MessageKind::Command))
         .await
         .unwrap();
-    service
-        .publish(&lanyard(MessageKind::Command), b"\xa0", Qos::AtLeastOnce)
-        .await
-        .unwrap();
+    say(&mut service, &lanyard(MessageKind::Command), b"\xa0").await;
     let (topic, payload) = device_gets(&mut device).await;
     assert_eq!(
         (topic.as_str(), payload.as_slice()),
@@ -321,22 +311,18 @@ async fn a_thing_without_a_shadow_registers_and_a_classic_shadow_uses_the_classi
     let (topic, _) = service_gets(&mut service).await;
     assert_eq!(topic, "$aws/things/lamp-0a1b2c/shadow/get");
     // Any other refusal is not a registration.
-    service
-        .publish(
-            &name.topic("get/rejected"),
-            br#"{"code": 403, "message": "Forbidden"}"#,
-            Qos::AtLeastOnce,
-        )
-        .await
-        .unwrap();
-    service
-        .publish(
-            &name.topic("get/rejected"),
-            br#"{"code": 404, "message": "No shadow exists with name: 'lamp-0a1b2c'"}"#,
-            Qos::AtLeastOnce,
-        )
-        .await
-        .unwrap();
+    say(
+        &mut service,
+        &name.topic("get/rejected"),
+        br#"{"code": 403, "message": "Forbidden"}"#,
+    )
+    .await;
+    say(
+        &mut service,
+        &name.topic("get/rejected"),
+        br#"{"code": 404, "message": "No shadow exists with name: 'lamp-0a1b2c'"}"#,
+    )
+    .await;
     let (topic, payload) = device_gets(&mut device).await;
     assert_eq!(topic, lanyard(MessageKind::RegisterAccepted));
     assert_eq!(RegisterAccepted::decode(&payload).unwrap().device_id, ID);

@@ -242,17 +242,7 @@ fn the_audit_log_records_the_fleet_and_an_edit_is_found() {
     );
     assert_eq!(entries[2]["detail"]["version"], 1);
 
-    let lanyard = |args: &[&str]| {
-        let out = std::process::Command::new(env!("CARGO_BIN_EXE_lanyard"))
-            .args(args)
-            .output()
-            .unwrap();
-        (
-            out.status.success(),
-            String::from_utf8_lossy(&out.stdout).into_owned(),
-            String::from_utf8_lossy(&out.stderr).into_owned(),
-        )
-    };
+    let lanyard = common::lanyard_cli;
     let path = log.to_str().unwrap();
     let (ok, out, _) = lanyard(&["audit", "verify", path]);
     assert!(ok, "{out}");

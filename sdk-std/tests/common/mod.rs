@@ -453,3 +453,16 @@ pub fn register_bytes_at_boot(device_id: &str, boot: u64) -> Vec<u8> {
     buf.truncate(n);
     buf
 }
+
+/// Runs the `lanyard` command; whether it succeeded, its stdout and stderr.
+pub fn lanyard_cli(args: &[&str]) -> (bool, String, String) {
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_lanyard"))
+        .args(args)
+        .output()
+        .unwrap();
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
