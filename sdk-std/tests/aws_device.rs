@@ -40,6 +40,14 @@ fn report(leaves: &[(&str, Value<'_>)]) -> Vec<u8> {
     buf
 }
 
+/// The agent's side publishes `payload` on `topic` through the wrapper.
+async fn sends(device: &mut AwsShadowTransport<MemoryTransport>, topic: &str, payload: &[u8]) {
+    device
+        .publish(topic, payload, Qos::AtLeastOnce)
+        .await
+        .unwrap();
+}
+
 /// The scripted service (or a cloud) publishes `payload` on `topic`.
 async fn say(service: &mut MemoryTransport, topic: &str, payload: &[u8]) {
     service
@@ -97,14 +105,7 @@ async fn the_services_documents_become_the_agents_messages_and_policies_decide_o
         .unwrap();
 
     // Registering reads the named shadow.
-    device
-        .publish(
-            &lanyard(MessageKind::Register),
-            &register(),
-            Qos::AtLeastOnce,
-        )
-        .await
-        .unwrap();
+    sends(&mut device, &lanyard(MessageKind::Register), &register()).await;
     let (topic, get) = service_gets(&mut service).await;
     assert_eq!(topic, "$aws/things/lamp-0a1b2c/shadow/name/lamp/get");
     let token = get["clientToken"].as_str().unwrap().to_owned();
@@ -164,17 +165,15 @@ async fn the_services_documents_become_the_agents_messages_and_policies_decide_o
 
     // The device reports: the service gets an update request of the
     // guide's shape.
-    device
-        .publish(
-            &lanyard(MessageKind::ShadowUpdate),
-            &report(&[
-                ("color", Value::Text("red")),
-                ("lights.on", Value::Bool(false)),
-            ]),
-            Qos::AtLeastOnce,
-        )
-        .await
-        .unwrap();
+    sends(
+        &mut device,
+        &lanyard(MessageKind::ShadowUpdate),
+        &report(&[
+            ("color", Value::Text("red")),
+            ("lights.on", Value::Bool(false)),
+        ]),
+    )
+    .await;
     let (topic, update) = service_gets(&mut service).await;
     assert_eq!(topic, "$aws/things/lamp-0a1b2c/shadow/name/lamp/update");
     assert_eq!(
@@ -202,17 +201,15 @@ async fn the_services_documents_become_the_agents_messages_and_policies_decide_o
         delta_json(&payload).1,
         json!({"color": "blue", "lights": {"on": true, "level": 90}})
     );
-    device
-        .publish(
-            &lanyard(MessageKind::ShadowUpdate),
-            &report(&[
-                ("color", Value::Text("yellow")),
-                ("lights.level", Value::Int(20)),
-            ]),
-            Qos::AtLeastOnce,
-        )
-        .await
-        .unwrap();
+    sends(
+        &mut device,
+        &lanyard(MessageKind::ShadowUpdate),
+        &report(&[
+            ("color", Value::Text("yellow")),
+            ("lights.level", Value::Int(20)),
+        ]),
+    )
+    .await;
     // One update: the report and the level the device won, together, so
     // the service never holds the report without the win (it would send
     // a delta undoing it).
@@ -300,14 +297,7 @@ async fn a_thing_without_a_shadow_registers_and_a_classic_shadow_uses_the_classi
         .subscribe(&lanyard(MessageKind::ShadowDelta))
         .await
         .unwrap();
-    device
-        .publish(
-            &lanyard(MessageKind::Register),
-            &register(),
-            Qos::AtLeastOnce,
-        )
-        .await
-        .unwrap();
+    sends(&mut device, &lanyard(MessageKind::Register), &register()).await;
     let (topic, _) = service_gets(&mut service).await;
     assert_eq!(topic, "$aws/things/lamp-0a1b2c/shadow/get");
     // Any other refusal is not a registration.
