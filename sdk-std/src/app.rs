@@ -269,7 +269,13 @@ impl<T: Transport> AppClient<T> {
     /// answer; [`AppError::Rejected`] when the device is not decommissioned.
     pub async fn reprovision(&mut self, device: &str, timeout: Duration) -> Result<(), AppError> {
         self.next_id += 1;
-        let token = format!("op-{}", self.next_id);
+        // Unique across processes too: an operator's next run with the same
+        // client id may be handed answers its predecessor never read.
+        let token = format!(
+            "op-{}-{}",
+            crate::clock::Clock::real().now_ms(),
+            self.next_id
+        );
         let t = device_topic(device, Topic::App(AppTopic::Reprovision))?;
         let mut payload = Vec::new();
         // Encoding into a Vec cannot fail.
@@ -351,6 +357,9 @@ impl<T: Transport> AppClient<T> {
     /// Ends the app: waits up to `within` for what it published to reach
     /// the broker, then drops the connection.
     pub async fn close(mut self, within: Duration) -> Result<(), AppError> {
+        // What was read is done with: not handed again to the next client
+        // with this id.
+        self.transport.ack_handled();
         self.transport.flush(within).await?;
         Ok(())
     }

@@ -25,6 +25,7 @@ mod bridge;
 mod decode;
 mod demo;
 mod device;
+mod fleet;
 mod timeline;
 mod twin;
 
@@ -144,6 +145,19 @@ enum Cmd {
         /// in turn when absent.
         #[arg(long)]
         kind: Option<String>,
+    },
+    /// An operator's commands over a running twin host: show a device's
+    /// shadow, set desired state, send commands, decommission and
+    /// re-provision devices, watch the fleet.
+    Fleet {
+        #[command(flatten)]
+        broker: BrokerArgs,
+        /// The MQTT client id (an operator identity the broker's ACL
+        /// trusts, with mutual TLS).
+        #[arg(long, default_value = "lanyard-operator")]
+        client_id: String,
+        #[command(subcommand)]
+        what: fleet::FleetCmd,
     },
     /// Checks the twin host's audit log: every entry chained to the one
     /// before (an entry edited or removed is found, and where).
@@ -356,6 +370,11 @@ fn main() {
             Cmd::Decode { hex, file, kind } => decode(hex, file, kind),
             Cmd::Cost { fleet, json } => cost(fleet, json),
             Cmd::Audit { what } => audit(what),
+            Cmd::Fleet {
+                broker,
+                client_id,
+                what,
+            } => fleet::fleet(&broker, &client_id, what).await,
             Cmd::Acl { trusted, tenants } => {
                 let trusted: Vec<&str> = trusted.iter().map(String::as_str).collect();
                 let acl = if tenants {
