@@ -186,9 +186,12 @@ async fn run(devices: usize, hosts: usize, samples: usize) -> Figures {
 
     let started = Instant::now();
     let (stops, tasks) = start_devices(devices, port, dir.path(), clock);
-    // Registered: two lifecycle events per device (to Provisioning, to Active).
+    // Registered: two lifecycle events per device (to Provisioning, to
+    // Active). Bounded as a whole: the fleet's heartbeats keep the app busy
+    // even when some lifecycle events never come (said below).
     let mut lifecycle = 0;
-    while lifecycle < 2 * devices {
+    let limit = Duration::from_secs(300);
+    while lifecycle < 2 * devices && started.elapsed() < limit {
         match tokio::time::timeout(Duration::from_secs(60), app.recv()).await {
             Ok(Ok(TransportEvent::Message { topic, .. })) if topic.ends_with("/lifecycle") => {
                 lifecycle += 1
@@ -198,6 +201,12 @@ async fn run(devices: usize, hosts: usize, samples: usize) -> Figures {
         }
     }
     let connect_s = started.elapsed().as_secs_f64();
+    if lifecycle < 2 * devices {
+        println!(
+            "  {devices} devices: {lifecycle} of {} lifecycle events seen in {connect_s:.0} s",
+            2 * devices
+        );
+    }
 
     // Message rate over 10 s of steady state.
     let window = Instant::now();
