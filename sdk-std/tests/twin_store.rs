@@ -241,6 +241,9 @@ fn the_audit_log_records_the_fleet_and_an_edit_is_found() {
         ]
     );
     assert_eq!(entries[2]["detail"]["version"], 1);
+    // The decommissioned device's last document is kept in its entry.
+    assert_eq!(entries[3]["detail"]["final_shadow"]["version"], 0);
+    assert!(entries[3]["detail"]["final_shadow"]["state"].is_object());
 
     let lanyard = common::lanyard_cli;
     let path = log.to_str().unwrap();

@@ -800,7 +800,13 @@ impl TwinHost {
     /// Device `key` decommissioned itself: its shadow and everything known
     /// of it go; a marker keeps the fact across restarts.
     fn retire(&mut self, now_ms: u64, key: &str) {
-        self.shadows.remove(key);
+        // Its last document goes into the audit entry: the shadow leaves
+        // the store, its final state stays on record.
+        let last = self.shadows.remove(key).and_then(|s| {
+            self.audit
+                .as_ref()
+                .and_then(|_| aws_json::get_document(&s, now_ms, None).ok())
+        });
         self.capacities.remove(key);
         self.boots.remove(key);
         self.allowances.remove(key);
@@ -814,7 +820,7 @@ impl TwinHost {
             key,
             crate::audit::AuditAction::Decommissioned,
             key,
-            serde_json::json!({"shadow": "archived"}),
+            serde_json::json!({"final_shadow": last}),
         );
         self.written();
         tracing::info!(device = key, "device decommissioned");
