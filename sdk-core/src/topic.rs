@@ -34,11 +34,20 @@ pub enum AppTopic {
     /// Host → app: something the host noticed about the device (online,
     /// offline, a lifecycle or health change): a CBOR map with text keys.
     Event,
+    /// Operator → host: settle a conflict parked for an operator (a
+    /// resolve-request; answered on [`AppTopic::DesiredAnswer`]).
+    Resolve,
+    /// Operator → host, addressed to [`FLEET_KEY`]: list the fleet's
+    /// devices (a client token as CBOR text).
+    List,
+    /// Host → operator, on [`FLEET_KEY`]'s address: the fleet's devices
+    /// (a listing).
+    Listing,
 }
 
 impl AppTopic {
     /// Every app topic.
-    pub const ALL: [AppTopic; 7] = [
+    pub const ALL: [AppTopic; 10] = [
         AppTopic::SetDesired,
         AppTopic::DesiredAnswer,
         AppTopic::Get,
@@ -46,6 +55,9 @@ impl AppTopic {
         AppTopic::Rejected,
         AppTopic::Reprovision,
         AppTopic::Event,
+        AppTopic::Resolve,
+        AppTopic::List,
+        AppTopic::Listing,
     ];
 
     /// The last levels of its topic.
@@ -58,6 +70,9 @@ impl AppTopic {
             AppTopic::Rejected => "shadow/rejected",
             AppTopic::Reprovision => "operator/reprovision",
             AppTopic::Event => "fleet/event",
+            AppTopic::Resolve => "operator/resolve",
+            AppTopic::List => "operator/list",
+            AppTopic::Listing => "operator/list/answer",
         }
     }
 }
@@ -176,6 +191,11 @@ pub fn valid_device_id(id: &str) -> bool {
 /// Ids starting with this (in any case) name Lanyard's own services, never
 /// a device.
 pub const RESERVED_PREFIX: &str = "lanyard";
+
+/// The address of requests about the whole fleet (or, in a tenant's
+/// namespace, the whole tenant): `lanyard/v1/lanyard-fleet/operator/list`.
+/// It starts with [`RESERVED_PREFIX`], so no device can have it.
+pub const FLEET_KEY: &str = "lanyard-fleet";
 
 /// Longest tenant name.
 pub const MAX_TENANT_LEN: usize = 32;

@@ -38,6 +38,9 @@ pub enum AuditAction {
     /// An app or operator set desired state (the new version in the
     /// detail).
     DesiredSet,
+    /// An operator settled a conflict parked for one (the path, the
+    /// winner and the new version in the detail).
+    ConflictResolved,
 }
 
 impl AuditAction {
@@ -48,6 +51,7 @@ impl AuditAction {
             AuditAction::Decommissioned => "decommissioned",
             AuditAction::Reprovisioned => "reprovisioned",
             AuditAction::DesiredSet => "desired_set",
+            AuditAction::ConflictResolved => "conflict_resolved",
         }
     }
 }

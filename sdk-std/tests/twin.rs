@@ -171,13 +171,24 @@ fn conflicts_are_settled_by_policy_and_counted() {
         &t(app_topics::SET_DESIRED),
         &update(&[("temp", 72)], &[], 10_000),
     );
-    // The device was offline and changed it too: device wins, no delta.
+    // The device was offline and changed it too: device wins, no delta;
+    // apps are told of the conflict.
     let out = host.handle(
         20_000,
         &t("shadow/update"),
         &update(&[], &[("temp", 68)], 10_500),
     );
-    assert!(out.is_empty());
+    assert_eq!(out.len(), 1, "only the event, no delta");
+    assert_eq!(out[0].topic, t("fleet/event"));
+    assert_eq!(
+        lanyard_std::twin::FleetEvent::decode(&out[0].payload),
+        Some(lanyard_std::twin::FleetEvent::Conflict {
+            at_ms: 20_000,
+            path: "temp".into(),
+            policy: ConflictPolicy::DeviceWins,
+            winner: Some(lanyard_core::shadow::Source::Device),
+        })
+    );
     assert_eq!(host.stats().conflicts, [0, 1, 0, 0]);
     assert_eq!(
         host.shadow(ID)
@@ -882,4 +893,151 @@ fn the_alert_rules_use_the_hosts_metrics() {
         named += 1;
     }
     assert!(named >= 7, "{named}");
+}
+
+/// A conflict under MANUAL_RESOLVE is parked, told to apps, listed, and
+/// settled by an operator with either winner: the cloud's value goes to
+/// the device as a delta, the device's becomes the desired value. Requests
+/// that name no parked conflict are answered with why.
+#[test]
+fn an_operator_settles_a_parked_conflict_with_either_winner() {
+    use lanyard_core::shadow::{FleetPolicies, Source};
+    use lanyard_std::twin::{FleetEvent, ListRequest, Listing, ResolveRequest};
+
+    let mut policies = FleetPolicies::new(ConflictPolicy::CloudWins);
+    policies
+        .set("setpoint", ConflictPolicy::ManualResolve)
+        .unwrap();
+    policies.set("mode", ConflictPolicy::ManualResolve).unwrap();
+    let mut host = host_with(
+        TwinHost::in_memory(DeviceConfig::default()).with_policies(policies),
+        &[ID, "ly-0a1b2c3d4e60"],
+    );
+    // Both sides agree, then both change while the device is away.
+    host.handle(
+        0,
+        &t(app_topics::SET_DESIRED),
+        &update(&[("setpoint", 20), ("mode", 1)], &[], 0),
+    );
+    host.handle(
+        0,
+        &t("shadow/update"),
+        &update(&[], &[("setpoint", 20), ("mode", 1)], 0),
+    );
+    host.handle(
+        1_000,
+        &t(app_topics::SET_DESIRED),
+        &update(&[("setpoint", 22), ("mode", 2)], &[], 1_000),
+    );
+    let out = host.handle(
+        2_000,
+        &t("shadow/update"),
+        &update(&[], &[("setpoint", 18), ("mode", 3)], 1_500),
+    );
+    let parked: Vec<FleetEvent> = out
+        .iter()
+        .filter(|p| p.topic == t("fleet/event"))
+        .filter_map(|p| FleetEvent::decode(&p.payload))
+        .collect();
+    assert_eq!(parked.len(), 2, "{parked:?}");
+    assert!(parked.iter().all(|e| matches!(
+        e,
+        FleetEvent::Conflict {
+            policy: ConflictPolicy::ManualResolve,
+            winner: None,
+            ..
+        }
+    )));
+    assert_eq!(host.shadow(ID).unwrap().parked().count(), 2);
+
+    // The fleet's inventory shows them waiting.
+    let list = |host: &mut TwinHost, after: Option<&str>, limit| {
+        let out = host.handle(
+            3_000,
+            "lanyard/v1/lanyard-fleet/operator/list",
+            &ListRequest {
+                token: "l".into(),
+                after: after.map(str::to_owned),
+                limit,
+            }
+            .encode(),
+        );
+        assert_eq!(out.len(), 1);
+        assert_eq!(
+            out[0].topic,
+            "lanyard/v1/lanyard-fleet/operator/list/answer"
+        );
+        Listing::decode(&out[0].payload).unwrap()
+    };
+    let page = list(&mut host, None, 1);
+    assert_eq!(page.devices.len(), 1);
+    assert_eq!(page.devices[0].device, ID);
+    assert_eq!(page.devices[0].parked, 2);
+    assert_eq!(
+        page.devices[0].firmware.as_deref(),
+        Some("1"),
+        "as it registered"
+    );
+    assert_eq!(page.next.as_deref(), Some(ID));
+    let rest = list(&mut host, page.next.as_deref(), 10);
+    assert_eq!(rest.devices.len(), 1);
+    assert_eq!(rest.devices[0].device, "ly-0a1b2c3d4e60");
+    assert_eq!(rest.next, None);
+
+    let resolve = |host: &mut TwinHost, path: &str, winner| {
+        host.handle(
+            4_000,
+            &t("operator/resolve"),
+            &ResolveRequest {
+                token: format!("r-{path}"),
+                path: path.into(),
+                winner,
+            }
+            .encode(),
+        )
+    };
+    let answer = |out: &[lanyard_std::twin::Publish]| {
+        let a = out
+            .iter()
+            .find(|p| p.topic == t("shadow/desired/answer"))
+            .expect("answered");
+        lanyard_std::twin::DesiredAnswer::decode(&a.payload)
+            .unwrap()
+            .outcome
+    };
+    // The device's value stands: it becomes desired.
+    let out = resolve(&mut host, "mode", Source::Device);
+    assert!(answer(&out).is_ok(), "{:?}", answer(&out));
+    let s = host.shadow(ID).unwrap();
+    assert_eq!(s.desired().get_dotted("mode").unwrap().value, Value::Int(3));
+    assert_eq!(s.parked().count(), 1);
+    // The cloud's value stands: the device is sent it.
+    let out = resolve(&mut host, "setpoint", Source::Cloud);
+    assert!(answer(&out).is_ok());
+    let delta = out
+        .iter()
+        .find(|p| p.topic == t("shadow/delta"))
+        .expect("the device is sent the cloud's value");
+    let d: ShadowDelta<16, 512> = ShadowDelta::decode(&delta.payload).unwrap();
+    assert_eq!(
+        d.state.get_dotted("setpoint").unwrap().value,
+        Value::Int(22)
+    );
+    assert_eq!(d.state.get_dotted("mode"), None, "settled for the device");
+    assert_eq!(host.shadow(ID).unwrap().parked().count(), 0);
+    // The device takes it: in sync.
+    host.handle(
+        5_000,
+        &t("shadow/update"),
+        &update(&[], &[("setpoint", 22)], 5_000),
+    );
+    assert!(host.shadow(ID).unwrap().in_sync());
+
+    // Nothing parked there (any more), a bad path, garbage: told why.
+    let again = answer(&resolve(&mut host, "setpoint", Source::Cloud)).unwrap_err();
+    assert!(again.contains("no conflict is waiting"), "{again}");
+    let bad = answer(&resolve(&mut host, "a..b", Source::Cloud)).unwrap_err();
+    assert!(bad.contains("a..b"), "{bad}");
+    let out = host.handle(6_000, &t("operator/resolve"), b"\x01");
+    assert_eq!(out[0].topic, t("shadow/rejected"));
 }

@@ -13,6 +13,7 @@ use std::collections::{HashMap, HashSet};
 
 use lanyard_core::agent::health::HealthStatus;
 use lanyard_core::agent::lifecycle::LifecycleState;
+use lanyard_core::shadow::{ConflictPolicy, Source};
 use minicbor::Encoder;
 
 /// Heartbeat intervals a device may miss before it is offline.
@@ -28,7 +29,7 @@ pub(super) struct Liveness {
 }
 
 /// Something the host noticed about a device, published for apps.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub enum FleetEvent {
     /// It was offline and sent something.
     Online {
@@ -58,6 +59,29 @@ pub enum FleetEvent {
         /// The new status.
         status: HealthStatus,
     },
+    /// A property changed on both sides since they last agreed.
+    Conflict {
+        /// When the host settled (or parked) it.
+        at_ms: u64,
+        /// The property, dotted.
+        path: String,
+        /// The policy that applied.
+        policy: ConflictPolicy,
+        /// Whose value stands; `None` when parked for an operator
+        /// (`lanyard fleet resolve`).
+        winner: Option<Source>,
+    },
+    /// The host refused what the device or an app sent for it (a
+    /// decommissioned device, desired state past its capacity, an update
+    /// that does not apply).
+    Refused {
+        /// When.
+        at_ms: u64,
+        /// Who sent it: `"device"` or `"app"`.
+        from: &'static str,
+        /// Why, as the refusal said.
+        reason: String,
+    },
 }
 
 impl FleetEvent {
@@ -68,50 +92,30 @@ impl FleetEvent {
             FleetEvent::Offline { .. } => "offline",
             FleetEvent::Lifecycle { .. } => "lifecycle",
             FleetEvent::Health { .. } => "health",
+            FleetEvent::Conflict { .. } => "conflict",
+            FleetEvent::Refused { .. } => "refused",
         }
     }
 
-    /// The payload: a CBOR map with text keys (`kind`, `at_ms`, and
-    /// `last_seen_ms`, `from` and `to`, or `status` by kind; states and
-    /// statuses by name).
+    /// The payload: a CBOR map with text keys (`kind`, `at_ms`, and by
+    /// kind `last_seen_ms`; `from` and `to`; `status`; `path`, `policy`
+    /// and `winner` (absent when parked); `from` and `reason`). States,
+    /// statuses and policies by name.
     pub fn encode(&self) -> Vec<u8> {
+        let fields = self.fields();
         let mut e = Encoder::new(Vec::new());
         let write = |e: &mut Encoder<Vec<u8>>| -> Result<(), minicbor::encode::Error<_>> {
-            match *self {
-                FleetEvent::Online { at_ms } => {
-                    e.map(2)?
-                        .str("kind")?
-                        .str(self.kind())?
-                        .str("at_ms")?
-                        .u64(at_ms)?;
-                }
-                FleetEvent::Offline {
-                    at_ms,
-                    last_seen_ms,
-                } => {
-                    e.map(3)?
-                        .str("kind")?
-                        .str(self.kind())?
-                        .str("at_ms")?
-                        .u64(at_ms)?;
-                    e.str("last_seen_ms")?.u64(last_seen_ms)?;
-                }
-                FleetEvent::Lifecycle { at_ms, from, to } => {
-                    e.map(4)?
-                        .str("kind")?
-                        .str(self.kind())?
-                        .str("at_ms")?
-                        .u64(at_ms)?;
-                    e.str("from")?.str(from.name())?.str("to")?.str(to.name())?;
-                }
-                FleetEvent::Health { at_ms, status } => {
-                    e.map(3)?
-                        .str("kind")?
-                        .str(self.kind())?
-                        .str("at_ms")?
-                        .u64(at_ms)?;
-                    e.str("status")?.str(status.name())?;
-                }
+            e.map(2 + fields.len() as u64)?
+                .str("kind")?
+                .str(self.kind())?
+                .str("at_ms")?
+                .u64(self.at_ms())?;
+            for (k, v) in &fields {
+                e.str(k)?;
+                match v {
+                    Field::Ms(n) => e.u64(*n)?,
+                    Field::Text(t) => e.str(t)?,
+                };
             }
             Ok(())
         };
@@ -120,28 +124,60 @@ impl FleetEvent {
         e.into_writer()
     }
 
+    /// When the host noticed it (ms since the epoch, host clock).
+    pub fn at_ms(&self) -> u64 {
+        match *self {
+            FleetEvent::Online { at_ms }
+            | FleetEvent::Offline { at_ms, .. }
+            | FleetEvent::Lifecycle { at_ms, .. }
+            | FleetEvent::Health { at_ms, .. }
+            | FleetEvent::Conflict { at_ms, .. }
+            | FleetEvent::Refused { at_ms, .. } => at_ms,
+        }
+    }
+
+    /// Its fields besides `kind` and `at_ms`, in the payload's order.
+    fn fields(&self) -> Vec<(&'static str, Field<'_>)> {
+        match self {
+            FleetEvent::Online { .. } => vec![],
+            FleetEvent::Offline { last_seen_ms, .. } => {
+                vec![("last_seen_ms", Field::Ms(*last_seen_ms))]
+            }
+            FleetEvent::Lifecycle { from, to, .. } => vec![
+                ("from", Field::Text(from.name())),
+                ("to", Field::Text(to.name())),
+            ],
+            FleetEvent::Health { status, .. } => vec![("status", Field::Text(status.name()))],
+            FleetEvent::Conflict {
+                path,
+                policy,
+                winner,
+                ..
+            } => {
+                let mut v = vec![
+                    ("path", Field::Text(path)),
+                    ("policy", Field::Text(policy.name())),
+                ];
+                if let Some(w) = winner {
+                    v.push(("winner", Field::Text(super::operator::winner_name(*w))));
+                }
+                v
+            }
+            FleetEvent::Refused { from, reason, .. } => {
+                vec![("from", Field::Text(from)), ("reason", Field::Text(reason))]
+            }
+        }
+    }
+
     /// As JSON, with the keys of [`FleetEvent::encode`] (for the
     /// bindings and logs).
     pub fn to_json(&self) -> serde_json::Value {
-        let mut v = serde_json::json!({"kind": self.kind()});
-        match *self {
-            FleetEvent::Online { at_ms } => v["at_ms"] = at_ms.into(),
-            FleetEvent::Offline {
-                at_ms,
-                last_seen_ms,
-            } => {
-                v["at_ms"] = at_ms.into();
-                v["last_seen_ms"] = last_seen_ms.into();
-            }
-            FleetEvent::Lifecycle { at_ms, from, to } => {
-                v["at_ms"] = at_ms.into();
-                v["from"] = from.name().into();
-                v["to"] = to.name().into();
-            }
-            FleetEvent::Health { at_ms, status } => {
-                v["at_ms"] = at_ms.into();
-                v["status"] = status.name().into();
-            }
+        let mut v = serde_json::json!({"kind": self.kind(), "at_ms": self.at_ms()});
+        for (k, f) in self.fields() {
+            v[k] = match f {
+                Field::Ms(n) => n.into(),
+                Field::Text(t) => t.into(),
+            };
         }
         v
     }
@@ -152,14 +188,19 @@ impl FleetEvent {
         let n = d.map().ok()??;
         let (mut kind, mut at_ms, mut last_seen_ms) = (None, None, None);
         let (mut from, mut to, mut status) = (None, None, None);
+        let (mut path, mut policy, mut winner, mut reason) = (None, None, None, None);
         for _ in 0..n {
             match d.str().ok()? {
                 "kind" => kind = Some(d.str().ok()?.to_owned()),
                 "at_ms" => at_ms = Some(d.u64().ok()?),
                 "last_seen_ms" => last_seen_ms = Some(d.u64().ok()?),
-                "from" => from = state_named(d.str().ok()?),
+                "from" => from = Some(d.str().ok()?),
                 "to" => to = state_named(d.str().ok()?),
                 "status" => status = health_named(d.str().ok()?),
+                "path" => path = Some(d.str().ok()?.to_owned()),
+                "policy" => policy = ConflictPolicy::from_name(d.str().ok()?),
+                "winner" => winner = Some(super::operator::winner_named(d.str().ok()?)?),
+                "reason" => reason = Some(d.str().ok()?.to_owned()),
                 _ => d.skip().ok()?,
             }
         }
@@ -175,8 +216,23 @@ impl FleetEvent {
             },
             "lifecycle" => FleetEvent::Lifecycle {
                 at_ms,
-                from: from?,
+                from: state_named(from?)?,
                 to: to?,
+            },
+            "conflict" => FleetEvent::Conflict {
+                at_ms,
+                path: path?,
+                policy: policy?,
+                winner,
+            },
+            "refused" => FleetEvent::Refused {
+                at_ms,
+                from: match from? {
+                    "device" => "device",
+                    "app" => "app",
+                    _ => return None,
+                },
+                reason: reason?,
             },
             "health" => FleetEvent::Health {
                 at_ms,
@@ -187,13 +243,19 @@ impl FleetEvent {
     }
 }
 
-fn state_named(name: &str) -> Option<LifecycleState> {
+/// A field's value in an event's payload.
+enum Field<'a> {
+    Ms(u64),
+    Text(&'a str),
+}
+
+pub(super) fn state_named(name: &str) -> Option<LifecycleState> {
     (0..16)
         .filter_map(LifecycleState::from_code)
         .find(|s| s.name() == name)
 }
 
-fn health_named(name: &str) -> Option<HealthStatus> {
+pub(super) fn health_named(name: &str) -> Option<HealthStatus> {
     (0..3)
         .filter_map(HealthStatus::from_code)
         .find(|s| s.name() == name)
@@ -284,6 +346,11 @@ impl Liveness {
         self.offline.contains(key)
     }
 
+    /// Its lifecycle state and health, as far as the host knows.
+    pub(super) fn condition(&self, key: &str) -> (Option<LifecycleState>, Option<HealthStatus>) {
+        (self.state.get(key).copied(), self.health.get(key).copied())
+    }
+
     /// When `key` was last heard from.
     pub(super) fn last_seen(&self, key: &str) -> Option<u64> {
         self.last_seen.get(key).copied()
@@ -337,8 +404,26 @@ mod tests {
                 at_ms: 4,
                 status: HealthStatus::Critical,
             },
+            FleetEvent::Conflict {
+                at_ms: 6,
+                path: "hvac.setpoint".into(),
+                policy: ConflictPolicy::ManualResolve,
+                winner: None,
+            },
+            FleetEvent::Conflict {
+                at_ms: 7,
+                path: "mode".into(),
+                policy: ConflictPolicy::LatestWins,
+                winner: Some(Source::Device),
+            },
+            FleetEvent::Refused {
+                at_ms: 8,
+                from: "app",
+                reason: "the device is decommissioned".into(),
+            },
         ] {
-            assert_eq!(FleetEvent::decode(&ev.encode()), Some(ev));
+            assert_eq!(FleetEvent::decode(&ev.encode()), Some(ev.clone()));
+            assert_eq!(ev.to_json()["kind"], ev.kind());
         }
         assert_eq!(FleetEvent::decode(b"\xa0"), None);
         assert_eq!(FleetEvent::decode(b"\xff"), None);

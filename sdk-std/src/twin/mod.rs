@@ -22,10 +22,15 @@ use lanyard_core::wire::{ShadowDelta, ShadowUpdate};
 use crate::aws_json;
 
 mod liveness;
+mod operator;
 mod store;
 
 use crate::transport::{Qos, Transport, TransportError, TransportEvent};
 pub use liveness::{DEFAULT_MISSED_HEARTBEATS, FleetEvent};
+pub use operator::{
+    DeviceSummary, ListRequest, Listing, MAX_LISTING_PAGE, ResolveRequest, winner_name,
+    winner_named,
+};
 pub use store::{
     Batch, DirStore, Loaded, PgStore, Put, ShadowStore, SqliteStore, Stored, marker_file,
     shadow_file,
@@ -96,7 +101,7 @@ impl DesiredAnswer {
 }
 
 /// The topics a twin host acts on, of every device.
-const HOST_TOPICS: [Topic; 8] = [
+const HOST_TOPICS: [Topic; 10] = [
     Topic::Device(MessageKind::Register),
     Topic::Device(MessageKind::ShadowUpdate),
     // Its state: that it decommissioned itself, and for liveness.
@@ -107,6 +112,9 @@ const HOST_TOPICS: [Topic; 8] = [
     Topic::App(AppTopic::SetDesired),
     Topic::App(AppTopic::Get),
     Topic::App(AppTopic::Reprovision),
+    Topic::App(AppTopic::Resolve),
+    // Addressed to `FLEET_KEY`: the fleet's inventory.
+    Topic::App(AppTopic::List),
 ];
 
 /// Limits that keep one misbehaving device (or a flood of made-up ones)
@@ -256,6 +264,9 @@ pub struct TwinHost {
     /// What each device said it holds when it registered (not persisted:
     /// learnt again at the next registration).
     capacities: HashMap<String, ShadowCapacity>,
+    /// The firmware each device's last registration named (not persisted:
+    /// learnt again at the next registration).
+    firmware: HashMap<String, String>,
     limits: TwinLimits,
     /// Each registered device's message allowance.
     allowances: HashMap<String, Allowance>,
@@ -287,6 +298,7 @@ impl TwinHost {
             metrics: None,
             tenants: None,
             capacities: HashMap::new(),
+            firmware: HashMap::new(),
             policies: FleetPolicies::default(),
             boots: HashMap::new(),
             limits: TwinLimits::default(),
@@ -808,6 +820,7 @@ impl TwinHost {
                 .and_then(|_| aws_json::get_document(&s, now_ms, None).ok())
         });
         self.capacities.remove(key);
+        self.firmware.remove(key);
         self.boots.remove(key);
         self.allowances.remove(key);
         self.liveness.forget(key);
@@ -931,6 +944,10 @@ impl TwinHost {
                 (format!("{tenant}/{id}"), id, suffix)
             }
         };
+        if id == lanyard_core::topic::FLEET_KEY && suffix == AppTopic::List.suffix() {
+            let tenant = key.strip_suffix(id).unwrap_or("");
+            return self.list_request(now_ms, tenant, payload);
+        }
         // Also what keeps the host's own start-up probes (a reserved id)
         // from being acted on.
         if !valid_device_id(id) {
@@ -951,12 +968,23 @@ impl TwinHost {
                 topic = topic_name,
                 "decommissioned device: refused"
             );
-            return match t {
-                Topic::App(AppTopic::SetDesired | AppTopic::Get) => {
-                    vec![rejected(key, "the device is decommissioned")]
-                }
-                _ => Vec::new(),
+            const WHY: &str = "the device is decommissioned";
+            let from = match t {
+                Topic::App(_) => "app",
+                Topic::Device(_) => "device",
             };
+            let mut out = vec![fleet_event(
+                key,
+                FleetEvent::Refused {
+                    at_ms: now_ms,
+                    from,
+                    reason: WHY.to_owned(),
+                },
+            )];
+            if let Topic::App(AppTopic::SetDesired | AppTopic::Get | AppTopic::Resolve) = t {
+                out.push(rejected(key, WHY));
+            }
+            return out;
         }
         if matches!(t, Topic::Device(_)) && !self.allow(now_ms, key) {
             return Vec::new();
@@ -981,6 +1009,7 @@ impl TwinHost {
                 Vec::new()
             }
             Topic::App(AppTopic::SetDesired) => self.cbor_update(now_ms, key, payload, true),
+            Topic::App(AppTopic::Resolve) => self.resolve_request(now_ms, key, payload),
             Topic::App(AppTopic::Get) => match self.shadows.get(key) {
                 Some(s) => {
                     let mut buf = vec![0u8; 64 * 1024];
@@ -1039,6 +1068,117 @@ impl TwinHost {
         }]
     }
 
+    /// An operator's decision on a conflict parked for one (a
+    /// [`ResolveRequest`]), answered on the answer topic with the
+    /// document's version or why not; the device is sent the delta when
+    /// the cloud's value stands.
+    fn resolve_request(&mut self, now_ms: u64, key: &str, payload: &[u8]) -> Vec<Publish> {
+        let Some(req) = ResolveRequest::decode(payload) else {
+            return vec![rejected(
+                key,
+                "a resolve request is a CBOR map of token, path and winner (\"cloud\" or \"device\")",
+            )];
+        };
+        let answer = |outcome: Result<u64, String>| Publish {
+            topic: app_topic(key, AppTopic::DesiredAnswer),
+            payload: DesiredAnswer {
+                token: req.token.clone(),
+                outcome,
+            }
+            .encode(),
+            qos: Qos::AtLeastOnce,
+        };
+        let path = match lanyard_core::shadow::PathBuf::from_dotted(&req.path) {
+            Ok(p) => p,
+            Err(e) => return vec![answer(Err(format!("{:?}: {e}", req.path)))],
+        };
+        let Some(shadow) = self.shadows.get_mut(key) else {
+            return vec![answer(Err(
+                "unknown device: it has not registered".to_owned()
+            ))];
+        };
+        let version = match shadow.resolve(path.as_path(), req.winner, now_ms) {
+            Ok(v) => v,
+            Err(lanyard_core::Error::NotParked) => {
+                return vec![answer(Err(format!(
+                    "no conflict is waiting for an operator at {}",
+                    req.path
+                )))];
+            }
+            Err(e) => return vec![answer(Err(e.to_string()))],
+        };
+        self.audit(
+            now_ms,
+            "operator",
+            crate::audit::AuditAction::ConflictResolved,
+            key,
+            serde_json::json!({"path": req.path, "winner": winner_name(req.winner), "version": version}),
+        );
+        let mut out = self.settle(now_ms, key, None, None);
+        out.push(answer(Ok(version)));
+        self.persist(key);
+        out
+    }
+
+    /// A page of the fleet's inventory (a [`ListRequest`]) for the
+    /// operator, of the devices whose key starts with `tenant` (empty, or
+    /// `{tenant}/` on a host that serves tenants).
+    fn list_request(&mut self, now_ms: u64, tenant: &str, payload: &[u8]) -> Vec<Publish> {
+        let at = format!("{tenant}{}", lanyard_core::topic::FLEET_KEY);
+        let Some(req) = ListRequest::decode(payload) else {
+            return vec![rejected(
+                &at,
+                "a list request is a CBOR map of token, limit and optionally after",
+            )];
+        };
+        let _ = now_ms;
+        let after = req.after.as_deref().map(|a| format!("{tenant}{a}"));
+        let mut keys: Vec<&String> = self
+            .shadows
+            .keys()
+            .chain(self.decommissioned.iter())
+            .filter(|k| k.starts_with(tenant) && after.as_ref().is_none_or(|a| *k > a))
+            .collect();
+        keys.sort();
+        keys.dedup();
+        let more = keys.len() > req.limit;
+        keys.truncate(req.limit);
+        let devices: Vec<DeviceSummary> = keys.iter().map(|k| self.summary(k, tenant)).collect();
+        let next = more
+            .then(|| devices.last().map(|d| d.device.clone()))
+            .flatten();
+        vec![Publish {
+            topic: app_topic(&at, AppTopic::Listing),
+            payload: Listing {
+                token: req.token,
+                devices,
+                next,
+            }
+            .encode(),
+            qos: Qos::AtLeastOnce,
+        }]
+    }
+
+    /// What the host knows of device `key`, named without `tenant`.
+    pub fn summary(&self, key: &str, tenant: &str) -> DeviceSummary {
+        let shadow = self.shadows.get(key);
+        let decommissioned = self.decommissioned.contains(key);
+        let (state, health) = self.liveness.condition(key);
+        DeviceSummary {
+            device: key.strip_prefix(tenant).unwrap_or(key).to_owned(),
+            version: shadow.map_or(0, |s| s.version()),
+            in_sync: shadow.is_none_or(|s| s.in_sync()),
+            parked: shadow.map_or(0, |s| s.parked().count() as u32),
+            refused: shadow.map_or(0, |s| s.rejected().count() as u32),
+            online: !decommissioned && !self.liveness.is_offline(key),
+            last_seen_ms: self.liveness.last_seen(key),
+            state,
+            health,
+            firmware: self.firmware.get(key).cloned(),
+            decommissioned,
+        }
+    }
+
     /// A registration of device `id`, known here as `key`: the only way a
     /// shadow is made, within the device limits.
     fn register(&mut self, now_ms: u64, key: &str, id: &str, payload: &[u8]) -> Vec<Publish> {
@@ -1083,6 +1223,8 @@ impl TwinHost {
         if let Some(c) = reg.capacity {
             self.capacities.insert(key.to_owned(), c);
         }
+        self.firmware
+            .insert(key.to_owned(), reg.firmware.to_owned());
         self.shadow_mut(key);
         self.persist(key);
         let mut cfg = minicbor::Encoder::new(Vec::new());
@@ -1146,7 +1288,8 @@ impl TwinHost {
         let mut update: Box<TwinUpdate> = Box::new(ShadowUpdate::new(0));
         if let Err(e) = update.decode_into(payload) {
             self.stats.rejected += 1;
-            return vec![rejected(id, &e.to_string())];
+            let why = e.to_string();
+            return vec![rejected(id, &why), refusal(now_ms, id, from_app, why)];
         }
         let token = update.client_token.as_deref().map(str::to_owned);
         let answer = |outcome: Result<u64, String>| {
@@ -1175,13 +1318,12 @@ impl TwinHost {
         if let Some(why) = wrong {
             self.stats.wrong_direction += 1;
             tracing::warn!(device = id, from_app, "update refused: {why}");
-            return if from_app {
-                let mut out = vec![rejected(id, why)];
+            let mut out = vec![refusal(now_ms, id, from_app, why.to_owned())];
+            if from_app {
+                out.push(rejected(id, why));
                 out.extend(answer(Err(why.to_owned())));
-                out
-            } else {
-                Vec::new()
-            };
+            }
+            return out;
         }
         // Time comes from the writer (for LatestWins), but never from the
         // future of this host's clock.
@@ -1205,7 +1347,10 @@ impl TwinHost {
             if let Some(b) = before {
                 self.shadows.insert(id.to_owned(), b);
             }
-            let mut out = vec![rejected(id, &why)];
+            let mut out = vec![
+                rejected(id, &why),
+                refusal(now_ms, id, from_app, why.clone()),
+            ];
             out.extend(answer(Err(why)));
             return out;
         }
@@ -1276,16 +1421,23 @@ impl TwinHost {
     ) -> Vec<Publish> {
         let jitter = self.jitter();
         let mut conflicts = [0u64; 4];
+        let mut events = Vec::new();
         let shadow = self.shadow_mut(id);
         let _ = shadow.sync(now_ms, jitter, |c| {
             let i = ConflictPolicy::ALL.iter().position(|p| *p == c.policy).unwrap_or(0);
             conflicts[i] += 1;
             tracing::info!(device = id, path = %c.path, policy = c.policy.name(), winner = ?c.winner, "conflict");
+            events.push(FleetEvent::Conflict {
+                at_ms: now_ms,
+                path: c.path.to_string_lossy().as_str().to_owned(),
+                policy: c.policy,
+                winner: c.winner,
+            });
         });
         for (a, b) in self.stats.conflicts.iter_mut().zip(conflicts) {
             *a += b;
         }
-        let mut out = Vec::new();
+        let mut out: Vec<Publish> = events.into_iter().map(|e| fleet_event(id, e)).collect();
         let Some(shadow) = self.shadows.get(id).map(|b| &**b) else {
             return out;
         };
@@ -1480,6 +1632,19 @@ fn fleet_event(key: &str, ev: FleetEvent) -> Publish {
         payload: ev.encode(),
         qos: Qos::AtLeastOnce,
     }
+}
+
+/// The event telling apps that the host refused what the device (or, when
+/// `from_app`, an app) sent for `key`.
+fn refusal(now_ms: u64, key: &str, from_app: bool, reason: String) -> Publish {
+    fleet_event(
+        key,
+        FleetEvent::Refused {
+            at_ms: now_ms,
+            from: if from_app { "app" } else { "device" },
+            reason,
+        },
+    )
 }
 
 fn rejected(id: &str, why: &str) -> Publish {
