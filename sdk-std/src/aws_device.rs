@@ -140,6 +140,10 @@ pub struct AwsShadowTransport<T: Transport> {
     registering: bool,
     queued: VecDeque<TransportEvent>,
     tokens: u64,
+    /// Starts each client token of this wrapper: the service publishes the
+    /// answers to every client's requests on the same topics, and only
+    /// answers to this wrapper's own requests are acted on.
+    token_prefix: String,
     stats: Arc<Mutex<AwsShadowStats>>,
     /// At-least-once publishes made on the inner transport.
     inner_sent: u64,
@@ -193,6 +197,7 @@ impl<T: Transport> AwsShadowTransport<T> {
             registering: false,
             queued: VecDeque::new(),
             tokens: 0,
+            token_prefix: format!("ly{:08x}-", rand::random::<u32>()),
             stats: Arc::default(),
             inner_sent: 0,
             marks: VecDeque::new(),
@@ -214,7 +219,7 @@ impl<T: Transport> AwsShadowTransport<T> {
 
     fn token(&mut self) -> String {
         self.tokens += 1;
-        format!("{}-{}", self.device_id, self.tokens)
+        format!("{}{}", self.token_prefix, self.tokens)
     }
 
     fn now_ms() -> u64 {
@@ -279,17 +284,19 @@ impl<T: Transport> AwsShadowTransport<T> {
     /// device won, as JSON, if any.
     fn decide(&mut self, now: u64) -> Option<Json> {
         let mut conflicts = 0u64;
+        let before = self.mirror.version();
         let synced = self.mirror.sync(now, rand::random(), |_| conflicts += 1);
         self.count(|s| s.conflicts += conflicts);
-        // What the sync took from the device is the device's now, at the
-        // document's new version.
+        // What this sync took from the device is the device's now, at a
+        // version past the one before it. (Not "at the current version": a
+        // sync that changes something without a new version, a cloud win,
+        // would write back what an earlier sync gave the device.)
         self.written.clear();
         if let Ok(report) = synced
             && report.changed
         {
-            let version = self.mirror.version();
             for leaf in self.mirror.desired().iter() {
-                if leaf.meta.source == Source::Device && leaf.meta.version == version {
+                if leaf.meta.source == Source::Device && leaf.meta.version > before {
                     let _ = self
                         .written
                         .insert_with_meta(leaf.path, leaf.value, leaf.meta);
@@ -363,6 +370,15 @@ impl<T: Transport> AwsShadowTransport<T> {
             .and_then(Json::as_u64)
             .map_or(now, |s| s * 1000);
         let version = doc.get("version").and_then(Json::as_u64);
+        let ours = doc
+            .get("clientToken")
+            .and_then(Json::as_str)
+            .is_some_and(|t| t.starts_with(&self.token_prefix));
+        if matches!(op, "get/accepted" | "get/rejected" | "update/rejected") && !ours {
+            // Another client's answer (an app reading the shadow, say):
+            // not this device's to act on.
+            return Some(Ok(()));
+        }
         if op == "update/delta" && version.is_some_and(|v| v <= self.version) {
             // Older than (or the same as) the document already mirrored:
             // the service's deltas can arrive out of order.

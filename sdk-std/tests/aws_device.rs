@@ -244,12 +244,22 @@ async fn the_services_documents_become_the_agents_messages_and_policies_decide_o
     )
     .await;
 
-    // The service's refusals are counted with what it said; unreadable
+    // The service's refusals of the device's requests are counted with
+    // what it said (another client's are not the device's); unreadable
     // documents are dropped and change nothing.
+    let refused = json!({"code": 400, "message": "Missing required node: state",
+                         "timestamp": 1700000400, "clientToken": update["clientToken"]});
     say(
         &mut service,
         &name.topic("update/rejected"),
-        br#"{"code": 400, "message": "Missing required node: state", "timestamp": 1700000400}"#,
+        refused.to_string().as_bytes(),
+    )
+    .await;
+    let not_ours = json!({"code": 400, "message": "someone else's", "clientToken": "app-1"});
+    say(
+        &mut service,
+        &name.topic("update/rejected"),
+        not_ours.to_string().as_bytes(),
     )
     .await;
     say(&mut service, &name.topic("update/delta"), b"{not json").await;
@@ -298,19 +308,36 @@ async fn a_thing_without_a_shadow_registers_and_a_classic_shadow_uses_the_classi
         .await
         .unwrap();
     sends(&mut device, &lanyard(MessageKind::Register), &register()).await;
-    let (topic, _) = service_gets(&mut service).await;
+    let (topic, get) = service_gets(&mut service).await;
     assert_eq!(topic, "$aws/things/lamp-0a1b2c/shadow/get");
-    // Any other refusal is not a registration.
+    let token = &get["clientToken"];
+    // Any other refusal is not a registration; another client's 404 is
+    // not the device's answer.
+    let answer = |code: u16, message: &str| {
+        json!({"code": code, "message": message, "clientToken": token}).to_string()
+    };
     say(
         &mut service,
         &name.topic("get/rejected"),
-        br#"{"code": 403, "message": "Forbidden"}"#,
+        answer(403, "Forbidden").as_bytes(),
     )
     .await;
     say(
         &mut service,
         &name.topic("get/rejected"),
-        br#"{"code": 404, "message": "No shadow exists with name: 'lamp-0a1b2c'"}"#,
+        br#"{"code": 404, "message": "No shadow", "clientToken": "app-7"}"#,
+    )
+    .await;
+    assert!(
+        tokio::time::timeout(Duration::from_millis(300), device.recv())
+            .await
+            .is_err(),
+        "another client's answer registered the device"
+    );
+    say(
+        &mut service,
+        &name.topic("get/rejected"),
+        answer(404, "No shadow exists with name: 'lamp-0a1b2c'").as_bytes(),
     )
     .await;
     let (topic, payload) = device_gets(&mut device).await;
