@@ -134,6 +134,27 @@ pub struct CommandOutcome {
     pub result: Option<Vec<u8>>,
 }
 
+/// What became of a configuration pushed to many devices
+/// ([`AppClient::push_config_to`]): each device in one list.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ConfigPushReport {
+    /// Applied whole.
+    pub applied: Vec<String>,
+    /// Not newer than what the device runs (its version with it).
+    pub ignored: Vec<(String, u64)>,
+    /// A field the device refused (`field: why`); nothing changed.
+    pub rejected: Vec<(String, String)>,
+    /// No answer in time (offline, or not a device of this fleet).
+    pub unanswered: Vec<String>,
+}
+
+impl ConfigPushReport {
+    /// Whether every device applied it.
+    pub fn all_applied(&self) -> bool {
+        self.ignored.is_empty() && self.rejected.is_empty() && self.unanswered.is_empty()
+    }
+}
+
 /// The topic `t` of `device` (an id, or `{tenant}/{id}`); a name that
 /// cannot be in a topic is refused before anything is sent.
 fn device_topic(device: &str, t: Topic) -> Result<String, AppError> {
@@ -177,6 +198,8 @@ impl<T: Transport> AppClient<T> {
             Topic::App(AppTopic::Rejected),
             Topic::App(AppTopic::DesiredAnswer),
             Topic::App(AppTopic::Event),
+            Topic::App(AppTopic::Listing),
+            Topic::Device(MessageKind::ConfigAck),
         ] {
             transport.subscribe(&filter(tenants, t)).await?;
         }
@@ -268,30 +291,203 @@ impl<T: Transport> AppClient<T> {
     /// that it may register anew. Waits up to `timeout` for the host's
     /// answer; [`AppError::Rejected`] when the device is not decommissioned.
     pub async fn reprovision(&mut self, device: &str, timeout: Duration) -> Result<(), AppError> {
-        self.next_id += 1;
-        // Unique across processes too: an operator's next run with the same
-        // client id may be handed answers its predecessor never read.
-        let token = format!(
-            "op-{}-{}",
-            crate::clock::Clock::real().now_ms(),
-            self.next_id
-        );
-        let t = device_topic(device, Topic::App(AppTopic::Reprovision))?;
+        let token = self.operator_token();
         let mut payload = Vec::new();
         // Encoding into a Vec cannot fail.
         let _ = minicbor::encode(token.as_str(), &mut payload);
-        self.transport
-            .publish(&t, &payload, Qos::AtLeastOnce)
-            .await?;
+        self.ask(device, AppTopic::Reprovision, &payload, &token, timeout)
+            .await
+            .map(|_| ())
+    }
+
+    /// Settles the conflict parked for an operator at `path` (dotted) on
+    /// `device`: [`Source::Cloud`](lanyard_core::shadow::Source::Cloud)
+    /// keeps the desired value (the device is sent it), `Source::Device`
+    /// makes the reported value the desired one. Returns the document's
+    /// version; [`AppError::Rejected`] with the host's reason (nothing
+    /// parked there, an unknown device).
+    pub async fn resolve(
+        &mut self,
+        device: &str,
+        path: &str,
+        winner: lanyard_core::shadow::Source,
+        timeout: Duration,
+    ) -> Result<u64, AppError> {
+        lanyard_core::shadow::PathBuf::from_dotted(path)
+            .map_err(|e| AppError::Rejected(format!("{path:?}: {e}")))?;
+        let token = self.operator_token();
+        let request = crate::twin::ResolveRequest {
+            token: token.clone(),
+            path: path.to_owned(),
+            winner,
+        };
+        self.ask(
+            device,
+            AppTopic::Resolve,
+            &request.encode(),
+            &token,
+            timeout,
+        )
+        .await
+    }
+
+    /// Every device of the fleet (of `tenant`, on a host that serves
+    /// tenants: pass `Some(tenant)`), in the order of their names, read a
+    /// page at a time; each page waits up to `timeout`.
+    pub async fn list(
+        &mut self,
+        tenant: Option<&str>,
+        timeout: Duration,
+    ) -> Result<Vec<crate::twin::DeviceSummary>, AppError> {
+        let at = match tenant {
+            Some(t) => format!("{t}/{}", lanyard_core::topic::FLEET_KEY),
+            None => lanyard_core::topic::FLEET_KEY.to_owned(),
+        };
+        let (Some(ask), Some(answers)) = (
+            topic_of_key(&at, Topic::App(AppTopic::List)),
+            topic_of_key(&at, Topic::App(AppTopic::Listing)),
+        ) else {
+            return Err(AppError::BadDevice(at));
+        };
+        let mut all = Vec::new();
+        let mut after = None;
+        loop {
+            let token = self.operator_token();
+            let request = crate::twin::ListRequest {
+                token: token.clone(),
+                after: after.take(),
+                limit: crate::twin::MAX_LISTING_PAGE,
+            };
+            self.transport
+                .publish(&ask, &request.encode(), Qos::AtLeastOnce)
+                .await?;
+            let deadline = tokio::time::Instant::now() + timeout;
+            let page = loop {
+                let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+                let (_, payload) = self.wait_for(left, |t| t == answers.as_str()).await?;
+                match crate::twin::Listing::decode(&payload) {
+                    Some(page) if page.token == token => break page,
+                    _ => continue,
+                }
+            };
+            all.extend(page.devices);
+            match page.next {
+                Some(n) => after = Some(n),
+                None => return Ok(all),
+            }
+        }
+    }
+
+    /// Pushes the configuration change `patch` to each of `devices` and
+    /// waits up to `timeout` for their acknowledgements: which applied
+    /// it, which ignored it (not newer than theirs), which refused a
+    /// field, and which did not answer.
+    pub async fn push_config_to(
+        &mut self,
+        devices: &[String],
+        patch: &lanyard_core::agent::config::ConfigPatch,
+        timeout: Duration,
+    ) -> Result<ConfigPushReport, AppError> {
+        use lanyard_core::agent::messages::{ConfigAck, ConfigOutcome};
+        let mut e = minicbor::Encoder::new(Vec::new());
+        // Encoding into a Vec cannot fail.
+        let _ = patch.encode_cbor(&mut e);
+        let payload = e.into_writer();
+        let mut waiting = std::collections::HashMap::new();
+        for d in devices {
+            let ack = device_topic(d, Topic::Device(MessageKind::ConfigAck))?;
+            waiting.insert(ack, d.clone());
+        }
+        for d in devices {
+            let t = device_topic(d, Topic::Device(MessageKind::Config))?;
+            self.transport
+                .publish(&t, &payload, Qos::AtLeastOnce)
+                .await?;
+        }
+        let mut report = ConfigPushReport::default();
+        let deadline = tokio::time::Instant::now() + timeout;
+        while !waiting.is_empty() {
+            let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+            let (topic, bytes) = match self.wait_for(left, |t| waiting.contains_key(t)).await {
+                Ok(m) => m,
+                Err(AppError::Timeout) => break,
+                Err(e) => return Err(e),
+            };
+            let Ok(ack) = ConfigAck::decode(&bytes) else {
+                self.undecodable += 1;
+                continue;
+            };
+            if ack.version != patch.version {
+                // An answer to an earlier push.
+                continue;
+            }
+            let Some(device) = waiting.remove(&topic) else {
+                continue;
+            };
+            match ack.outcome {
+                ConfigOutcome::Applied => report.applied.push(device),
+                ConfigOutcome::Ignored => report.ignored.push((device, ack.current_version)),
+                ConfigOutcome::Rejected => report.rejected.push((
+                    device,
+                    format!(
+                        "{}: {}",
+                        ack.field.unwrap_or("?"),
+                        ack.reason.unwrap_or("refused")
+                    ),
+                )),
+            }
+        }
+        report.unanswered = waiting.into_values().collect();
+        report.unanswered.sort();
+        Ok(report)
+    }
+
+    /// A client token unique across processes too: an operator's next run
+    /// with the same client id may be handed answers its predecessor never
+    /// read.
+    fn operator_token(&mut self) -> String {
+        self.next_id += 1;
+        format!(
+            "op-{}-{}",
+            crate::clock::Clock::real().now_ms(),
+            self.next_id
+        )
+    }
+
+    /// Sends an operator's request `payload` on `device`'s topic `t` and
+    /// waits up to `timeout` for the host's answer that names `token`.
+    async fn ask(
+        &mut self,
+        device: &str,
+        t: AppTopic,
+        payload: &[u8],
+        token: &str,
+        timeout: Duration,
+    ) -> Result<u64, AppError> {
+        let topic = device_topic(device, Topic::App(t))?;
         let answers = device_topic(device, Topic::App(AppTopic::DesiredAnswer))?;
+        let rejected = device_topic(device, Topic::App(AppTopic::Rejected))?;
+        self.transport
+            .publish(&topic, payload, Qos::AtLeastOnce)
+            .await?;
         let deadline = tokio::time::Instant::now() + timeout;
         loop {
             let left = deadline.saturating_duration_since(tokio::time::Instant::now());
-            let (_, payload) = self.wait_for(left, |t| t == answers).await?;
-            match DesiredAnswer::decode(&payload) {
-                Some(a) if a.token == token => {
-                    return a.outcome.map(|_| ()).map_err(AppError::Rejected);
+            let (at, payload) = self
+                .wait_for(left, |t| t == answers || t == rejected)
+                .await?;
+            if at == rejected {
+                // Refused before it was read (a decommissioned device):
+                // the host cannot name the token then.
+                if t != AppTopic::Reprovision {
+                    return Err(AppError::Rejected(
+                        String::from_utf8_lossy(&payload).into_owned(),
+                    ));
                 }
+                continue;
+            }
+            match DesiredAnswer::decode(&payload) {
+                Some(a) if a.token == token => return a.outcome.map_err(AppError::Rejected),
                 _ => continue,
             }
         }

@@ -1041,3 +1041,49 @@ fn an_operator_settles_a_parked_conflict_with_either_winner() {
     let out = host.handle(6_000, &t("operator/resolve"), b"\x01");
     assert_eq!(out[0].topic, t("shadow/rejected"));
 }
+
+/// After a conflict the core holds the next sync back a while (a jittered
+/// backoff); changes arriving meanwhile are settled when the wait is over,
+/// without waiting for the device's next message.
+#[test]
+fn a_sync_held_back_after_a_conflict_is_settled_when_its_wait_is_over() {
+    let mut host = host_with(TwinHost::in_memory(DeviceConfig::default()), &[ID]);
+    let base = 1_790_000_000_000u64;
+    let set = |host: &mut TwinHost, at: u64, v: i64| {
+        host.handle(
+            at,
+            &t(app_topics::SET_DESIRED),
+            &update(&[("temp", v)], &[], at),
+        )
+    };
+    let report = |host: &mut TwinHost, at: u64, v: i64| {
+        host.handle(at, &t("shadow/update"), &update(&[], &[("temp", v)], at))
+    };
+    set(&mut host, base, 20);
+    report(&mut host, base + 100, 20);
+    // A conflict (cloud wins): the next sync waits up to a second.
+    set(&mut host, base + 1_000, 22);
+    report(&mut host, base + 1_100, 18);
+    assert_eq!(host.stats().conflicts, [1, 0, 0, 0]);
+    assert!(
+        host.settle_deferred(base + 1_100).is_empty(),
+        "nothing held"
+    );
+    // Both sides change again at once: held back, not yet decided.
+    set(&mut host, base + 1_100, 25);
+    report(&mut host, base + 1_100, 15);
+    assert_eq!(host.stats().conflicts, [1, 0, 0, 0], "held back");
+    let out = host.settle_deferred(base + 3_000);
+    assert_eq!(
+        host.stats().conflicts,
+        [2, 0, 0, 0],
+        "decided once the wait was over"
+    );
+    let delta = out
+        .iter()
+        .find(|p| p.topic == t("shadow/delta"))
+        .expect("the cloud's value sent");
+    let d: ShadowDelta<16, 512> = ShadowDelta::decode(&delta.payload).unwrap();
+    assert_eq!(d.state.get_dotted("temp").unwrap().value, Value::Int(25));
+    assert!(host.settle_deferred(base + 9_000).is_empty(), "once");
+}

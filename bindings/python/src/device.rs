@@ -371,30 +371,15 @@ fn event_json(event: &DriverEvent) -> (&'static str, Json) {
 
 /// The fleet's conflict policies from `{dotted path: policy name}`; the
 /// key `"*"` sets the policy of every other property (cloud wins if not
-/// given). Names are `ConflictPolicy::name`'s.
+/// given). Read by the one parser the CLI uses too.
 fn fleet_policies(
     given: std::collections::HashMap<String, String>,
 ) -> PyResult<lanyard_core::shadow::FleetPolicies> {
-    use lanyard_core::shadow::{ConflictPolicy, FleetPolicies};
-    let parse = |name: &str| {
-        ConflictPolicy::from_name(name).ok_or_else(|| {
-            let names: Vec<&str> = ConflictPolicy::ALL.iter().map(|p| p.name()).collect();
-            PyValueError::new_err(format!(
-                "unknown conflict policy {name:?}: one of {}",
-                names.join(", ")
-            ))
-        })
-    };
-    let mut fleet = FleetPolicies::new(match given.get("*") {
-        Some(name) => parse(name)?,
-        None => ConflictPolicy::CloudWins,
-    });
-    for (path, name) in &given {
-        if path != "*" {
-            fleet
-                .set(path, parse(name)?)
-                .map_err(|e| PyValueError::new_err(format!("policy for {path:?}: {e}")))?;
-        }
-    }
-    Ok(fleet)
+    let json = serde_json::Value::Object(
+        given
+            .into_iter()
+            .map(|(k, v)| (k, serde_json::Value::String(v)))
+            .collect(),
+    );
+    lanyard_std::twin::fleet_policies_from_json(&json).map_err(PyValueError::new_err)
 }

@@ -171,3 +171,170 @@ impl DeviceConfig {
         Ok(c)
     }
 }
+
+/// One field of [`DeviceConfig`], by its key in the `device-config` map;
+/// what a [`ConfigPatch`] changes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ConfigField {
+    /// `heartbeat_ms`.
+    HeartbeatMs = 1,
+    /// `telemetry_ms`.
+    TelemetryMs = 2,
+    /// `health_ms`.
+    HealthMs = 3,
+    /// `shadow_sync_ms`.
+    ShadowSyncMs = 4,
+    /// `battery_warn_pct`.
+    BatteryWarnPct = 5,
+    /// `battery_crit_pct`.
+    BatteryCritPct = 6,
+    /// `link_warn_pct`.
+    LinkWarnPct = 7,
+    /// `link_crit_pct`.
+    LinkCritPct = 8,
+    /// `hysteresis_pct`.
+    HysteresisPct = 9,
+    /// `degraded_telemetry_factor`.
+    DegradedTelemetryFactor = 10,
+}
+
+impl ConfigField {
+    /// Every field, in key order.
+    pub const ALL: [ConfigField; 10] = [
+        ConfigField::HeartbeatMs,
+        ConfigField::TelemetryMs,
+        ConfigField::HealthMs,
+        ConfigField::ShadowSyncMs,
+        ConfigField::BatteryWarnPct,
+        ConfigField::BatteryCritPct,
+        ConfigField::LinkWarnPct,
+        ConfigField::LinkCritPct,
+        ConfigField::HysteresisPct,
+        ConfigField::DegradedTelemetryFactor,
+    ];
+
+    /// Its name, as [`InvalidConfig::field`] and the CLI spell it.
+    pub const fn name(self) -> &'static str {
+        match self {
+            ConfigField::HeartbeatMs => "heartbeat_ms",
+            ConfigField::TelemetryMs => "telemetry_ms",
+            ConfigField::HealthMs => "health_ms",
+            ConfigField::ShadowSyncMs => "shadow_sync_ms",
+            ConfigField::BatteryWarnPct => "battery_warn_pct",
+            ConfigField::BatteryCritPct => "battery_crit_pct",
+            ConfigField::LinkWarnPct => "link_warn_pct",
+            ConfigField::LinkCritPct => "link_crit_pct",
+            ConfigField::HysteresisPct => "hysteresis_pct",
+            ConfigField::DegradedTelemetryFactor => "degraded_telemetry_factor",
+        }
+    }
+
+    /// The field `name` names.
+    ///
+    /// ```
+    /// use lanyard_core::agent::config::ConfigField;
+    /// assert_eq!(ConfigField::from_name("telemetry_ms"), Some(ConfigField::TelemetryMs));
+    /// assert_eq!(ConfigField::from_name("telemetry"), None);
+    /// ```
+    pub fn from_name(name: &str) -> Option<Self> {
+        Self::ALL.into_iter().find(|f| f.name() == name)
+    }
+
+    /// `config` with this field set to `value`; `None` when `value` does
+    /// not fit the field's type (a percentage over 255, say).
+    pub fn set(self, config: &DeviceConfig, value: u64) -> Option<DeviceConfig> {
+        let mut c = config.clone();
+        let t = &mut c.thresholds;
+        let pct = || u8::try_from(value).ok();
+        match self {
+            ConfigField::HeartbeatMs => c.heartbeat_ms = value,
+            ConfigField::TelemetryMs => c.telemetry_ms = value,
+            ConfigField::HealthMs => c.health_ms = value,
+            ConfigField::ShadowSyncMs => c.shadow_sync_ms = value,
+            ConfigField::BatteryWarnPct => t.battery_warn_pct = pct()?,
+            ConfigField::BatteryCritPct => t.battery_crit_pct = pct()?,
+            ConfigField::LinkWarnPct => t.link_warn_pct = pct()?,
+            ConfigField::LinkCritPct => t.link_crit_pct = pct()?,
+            ConfigField::HysteresisPct => t.hysteresis_pct = pct()?,
+            ConfigField::DegradedTelemetryFactor => {
+                c.degraded_telemetry_factor = u32::try_from(value).ok()?
+            }
+        }
+        Some(c)
+    }
+}
+
+/// A configuration update that changes some fields and keeps the others
+/// (a device applies a `device-config` map's absent fields as unchanged):
+/// what an operator pushes to many devices that may differ elsewhere.
+///
+/// ```
+/// use lanyard_core::agent::config::{ConfigField, ConfigPatch, DeviceConfig};
+/// let mut patch = ConfigPatch::new(7);
+/// patch.set(ConfigField::TelemetryMs, 60_000)?;
+/// let mut e = minicbor::Encoder::new(Vec::new());
+/// patch.encode_cbor(&mut e).unwrap();
+/// let bytes = e.into_writer();
+/// let now = DeviceConfig::default();
+/// let next = now.decode_update(&mut minicbor::Decoder::new(&bytes)).unwrap();
+/// assert_eq!((next.version, next.telemetry_ms, next.heartbeat_ms), (7, 60_000, now.heartbeat_ms));
+/// # Ok::<(), lanyard_core::agent::config::InvalidConfig>(())
+/// ```
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConfigPatch {
+    /// The version it brings; a device takes it only if newer.
+    pub version: u64,
+    fields: heapless::Vec<(ConfigField, u64), 10>,
+}
+
+impl ConfigPatch {
+    /// A patch to `version` that changes nothing yet.
+    pub const fn new(version: u64) -> Self {
+        ConfigPatch {
+            version,
+            fields: heapless::Vec::new(),
+        }
+    }
+
+    /// Sets `field` to `value` (replacing a value it had), refused when
+    /// the value is out of the field's range on a default configuration.
+    pub fn set(&mut self, field: ConfigField, value: u64) -> Result<(), InvalidConfig> {
+        let out_of_range = InvalidConfig {
+            field: field.name(),
+            reason: "out of range",
+        };
+        field
+            .set(&DeviceConfig::default(), value)
+            .ok_or(out_of_range)?
+            .validate()
+            .map_err(|e| {
+                if e.field == field.name() {
+                    e
+                } else {
+                    out_of_range
+                }
+            })?;
+        self.fields.retain(|(f, _)| *f != field);
+        // At most one entry per field, and there are ten: it fits.
+        let _ = self.fields.push((field, value));
+        Ok(())
+    }
+
+    /// The fields it changes.
+    pub fn fields(&self) -> &[(ConfigField, u64)] {
+        &self.fields
+    }
+
+    /// Writes it as a `device-config` map with only its fields.
+    pub fn encode_cbor<W: Write>(
+        &self,
+        e: &mut Encoder<W>,
+    ) -> Result<(), minicbor::encode::Error<W::Error>> {
+        e.map(1 + self.fields.len() as u64)?;
+        e.u8(0)?.u64(self.version)?;
+        for (f, v) in &self.fields {
+            e.u8(*f as u8)?.u64(*v)?;
+        }
+        Ok(())
+    }
+}

@@ -28,8 +28,8 @@ mod store;
 use crate::transport::{Qos, Transport, TransportError, TransportEvent};
 pub use liveness::{DEFAULT_MISSED_HEARTBEATS, FleetEvent};
 pub use operator::{
-    DeviceSummary, ListRequest, Listing, MAX_LISTING_PAGE, ResolveRequest, winner_name,
-    winner_named,
+    DeviceSummary, ListRequest, Listing, MAX_LISTING_PAGE, ResolveRequest,
+    fleet_policies_from_json, winner_name, winner_named,
 };
 pub use store::{
     Batch, DirStore, Loaded, PgStore, Put, ShadowStore, SqliteStore, Stored, marker_file,
@@ -267,6 +267,9 @@ pub struct TwinHost {
     /// The firmware each device's last registration named (not persisted:
     /// learnt again at the next registration).
     firmware: HashMap<String, String>,
+    /// Shadows whose sync the core held back after a conflict, and until
+    /// when ([`TwinHost::settle_deferred`]).
+    deferred: HashMap<String, u64>,
     limits: TwinLimits,
     /// Each registered device's message allowance.
     allowances: HashMap<String, Allowance>,
@@ -299,6 +302,7 @@ impl TwinHost {
             tenants: None,
             capacities: HashMap::new(),
             firmware: HashMap::new(),
+            deferred: HashMap::new(),
             policies: FleetPolicies::default(),
             boots: HashMap::new(),
             limits: TwinLimits::default(),
@@ -352,6 +356,28 @@ impl TwinHost {
         gone.into_iter()
             .map(|(key, ev)| fleet_event(&key, ev))
             .collect()
+    }
+
+    /// Settles the shadows whose sync was held back after a conflict (the
+    /// core's backoff) and whose wait is over: a device changed again
+    /// meanwhile is not left without its delta until its next message.
+    /// Returns what to publish; [`run_twin`] calls it every second.
+    pub fn settle_deferred(&mut self, now_ms: u64) -> Vec<Publish> {
+        let due: Vec<String> = self
+            .deferred
+            .iter()
+            .filter(|(_, until)| **until <= now_ms)
+            .map(|(k, _)| k.clone())
+            .collect();
+        let mut out = Vec::new();
+        for key in due {
+            self.deferred.remove(&key);
+            if self.shadows.contains_key(&key) {
+                out.extend(self.settle(now_ms, &key, None, None));
+                self.persist(&key);
+            }
+        }
+        out
     }
 
     /// Whether the host has marked device `key` offline.
@@ -821,6 +847,7 @@ impl TwinHost {
         });
         self.capacities.remove(key);
         self.firmware.remove(key);
+        self.deferred.remove(key);
         self.boots.remove(key);
         self.allowances.remove(key);
         self.liveness.forget(key);
@@ -1423,7 +1450,7 @@ impl TwinHost {
         let mut conflicts = [0u64; 4];
         let mut events = Vec::new();
         let shadow = self.shadow_mut(id);
-        let _ = shadow.sync(now_ms, jitter, |c| {
+        let synced = shadow.sync(now_ms, jitter, |c| {
             let i = ConflictPolicy::ALL.iter().position(|p| *p == c.policy).unwrap_or(0);
             conflicts[i] += 1;
             tracing::info!(device = id, path = %c.path, policy = c.policy.name(), winner = ?c.winner, "conflict");
@@ -1436,6 +1463,10 @@ impl TwinHost {
         });
         for (a, b) in self.stats.conflicts.iter_mut().zip(conflicts) {
             *a += b;
+        }
+        if let Err(lanyard_core::Error::BackingOff { until_ms }) = synced {
+            // Held back after a conflict: settled when the wait is over.
+            self.deferred.insert(id.to_owned(), until_ms);
         }
         let mut out: Vec<Publish> = events.into_iter().map(|e| fleet_event(id, e)).collect();
         let Some(shadow) = self.shadows.get(id).map(|b| &**b) else {
@@ -1771,7 +1802,14 @@ pub async fn run_twin<T: Transport>(
         tokio::select! {
             _ = &mut stop => return Ok(()),
             _ = liveness_tick.tick() => {
-                for p in host.check_liveness(clock.now_ms()) {
+                let mut due = host.check_liveness(clock.now_ms());
+                let settled = host.settle_deferred(clock.now_ms());
+                if !settled.is_empty() {
+                    // Durable before the device is told.
+                    host.flush().map_err(|e| RunError::Store(e.to_string()))?;
+                    due.extend(settled);
+                }
+                for p in due {
                     transport.publish(&p.topic, &p.payload, p.qos).await?;
                 }
                 host.export();

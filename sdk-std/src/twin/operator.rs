@@ -306,6 +306,51 @@ impl Listing {
     }
 }
 
+/// The fleet's conflict policies from a JSON object of `{dotted path:
+/// policy name}` (names as [`ConflictPolicy::name`] spells them:
+/// `cloud_wins`, `device_wins`, `latest_wins`, `manual_resolve`); the key
+/// `"*"` sets the policy of every other property (cloud wins if absent).
+/// What `lanyard twin --policies` reads and the bindings take.
+///
+/// ```
+/// use lanyard_core::shadow::ConflictPolicy;
+/// let json = serde_json::json!({"*": "cloud_wins", "sensors": "device_wins"});
+/// let fleet = lanyard_std::twin::fleet_policies_from_json(&json).unwrap();
+/// assert_eq!(fleet.default, ConflictPolicy::CloudWins);
+/// assert_eq!(fleet.properties()[0].1, ConflictPolicy::DeviceWins);
+/// assert!(lanyard_std::twin::fleet_policies_from_json(&serde_json::json!({"a": "maybe"})).is_err());
+/// ```
+///
+/// [`ConflictPolicy::name`]: lanyard_core::shadow::ConflictPolicy::name
+pub fn fleet_policies_from_json(
+    json: &serde_json::Value,
+) -> Result<lanyard_core::shadow::FleetPolicies, String> {
+    use lanyard_core::shadow::{ConflictPolicy, FleetPolicies};
+    let map = json
+        .as_object()
+        .ok_or("the policies are a JSON object of {\"dotted.path\": \"policy\"}")?;
+    let parse = |path: &str, v: &serde_json::Value| {
+        v.as_str()
+            .and_then(ConflictPolicy::from_name)
+            .ok_or_else(|| {
+                let names: Vec<&str> = ConflictPolicy::ALL.iter().map(|p| p.name()).collect();
+                format!("{path:?}: {v} is not a policy: one of {}", names.join(", "))
+            })
+    };
+    let mut fleet = FleetPolicies::new(match map.get("*") {
+        Some(v) => parse("*", v)?,
+        None => ConflictPolicy::CloudWins,
+    });
+    for (path, v) in map {
+        if path != "*" {
+            fleet
+                .set(path, parse(path, v)?)
+                .map_err(|e| format!("{path:?}: {e}"))?;
+        }
+    }
+    Ok(fleet)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

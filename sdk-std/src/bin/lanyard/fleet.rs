@@ -9,6 +9,57 @@ use serde_json::{Value as Json, json};
 /// What `lanyard fleet` does.
 #[derive(Subcommand)]
 pub(crate) enum FleetCmd {
+    /// The fleet's devices: online or offline, lifecycle state, health,
+    /// firmware, last seen, shadow version, conflicts waiting.
+    List {
+        /// Only the devices with conflicts waiting for an operator.
+        #[arg(long)]
+        conflicts: bool,
+        /// The tenant whose devices to list (hosts that serve tenants).
+        #[arg(long)]
+        tenant: Option<String>,
+        /// JSON for scripts instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Settles a conflict waiting for an operator (a property under the
+    /// manual_resolve policy that both sides changed): the cloud's value
+    /// is sent to the device, or the device's becomes the desired value.
+    Resolve {
+        /// The device id.
+        device: String,
+        /// The property, dotted (`hvac.setpoint`).
+        path: String,
+        /// Whose value stands.
+        #[arg(long, value_parser = ["cloud", "device"])]
+        winner: String,
+    },
+    /// Pushes a configuration change (`field=value`, e.g.
+    /// `telemetry_ms=60000`; fields not given are kept) to devices, or
+    /// the whole fleet with --all, and counts their acknowledgements.
+    Config {
+        /// The configuration's version: devices take it only if newer
+        /// than theirs.
+        #[arg(long)]
+        version: u64,
+        /// `field=value`: heartbeat_ms, telemetry_ms, health_ms,
+        /// shadow_sync_ms, battery_warn_pct, battery_crit_pct,
+        /// link_warn_pct, link_crit_pct, hysteresis_pct,
+        /// degraded_telemetry_factor.
+        #[arg(long = "set", required = true)]
+        fields: Vec<String>,
+        /// The devices (ids).
+        devices: Vec<String>,
+        /// Every device the twin host lists that is not decommissioned.
+        #[arg(long, conflicts_with = "devices")]
+        all: bool,
+        /// Seconds to wait for the acknowledgements.
+        #[arg(long, default_value_t = 30.0)]
+        timeout_s: f64,
+        /// JSON for scripts instead of counts.
+        #[arg(long)]
+        json: bool,
+    },
     /// A device's shadow: desired and reported values, who wrote each and
     /// when, refusals and conflicts waiting for an operator.
     Show {
@@ -74,6 +125,47 @@ pub(crate) async fn fleet(
     let mut app = AppClient::new(transport).await.map_err(|e| e.to_string())?;
     let timeout = Duration::from_secs(10);
     let result = match what {
+        FleetCmd::List {
+            conflicts,
+            tenant,
+            json,
+        } => list(&mut app, tenant.as_deref(), conflicts, json, timeout).await,
+        FleetCmd::Resolve {
+            device,
+            path,
+            winner,
+        } => {
+            let side =
+                lanyard_std::twin::winner_named(&winner).ok_or("--winner: cloud or device")?;
+            app.resolve(&device, &path, side, timeout)
+                .await
+                .map(|v| {
+                    println!("{device}: {path} settled, the {winner}'s value stands (version {v})")
+                })
+                .map_err(|e| format!("{device}: {path}: {e}"))
+        }
+        FleetCmd::Config {
+            version,
+            fields,
+            devices,
+            all,
+            timeout_s,
+            json,
+        } => {
+            if !(timeout_s.is_finite() && timeout_s > 0.0) {
+                return Err("--timeout-s: more than 0".into());
+            }
+            push_config(
+                &mut app,
+                version,
+                &fields,
+                devices,
+                all,
+                Duration::from_secs_f64(timeout_s),
+                json,
+            )
+            .await
+        }
         FleetCmd::Show { device, json } => show(&mut app, &device, json, timeout).await,
         FleetCmd::Set { device, values } => set(&mut app, &device, &values, timeout).await,
         FleetCmd::Command {
@@ -113,6 +205,147 @@ pub(crate) async fn fleet(
     };
     let _ = app.close(Duration::from_secs(2)).await;
     result
+}
+
+async fn list(
+    app: &mut AppClient<MqttTransport>,
+    tenant: Option<&str>,
+    conflicts_only: bool,
+    as_json: bool,
+    timeout: Duration,
+) -> Result<(), String> {
+    let devices = app.list(tenant, timeout).await.map_err(|e| e.to_string())?;
+    let shown = devices.iter().filter(|d| !conflicts_only || d.parked > 0);
+    if as_json {
+        let all: Vec<Json> = shown.map(|d| d.to_json()).collect();
+        println!("{}", Json::Array(all));
+        return Ok(());
+    }
+    let now = Clock::real().now_ms();
+    println!(
+        "{:<24} {:<8} {:<14} {:<9} {:<10} {:>8} {:>7} {:>9} {:>10}",
+        "device",
+        "online",
+        "state",
+        "health",
+        "firmware",
+        "version",
+        "sync",
+        "conflicts",
+        "last seen"
+    );
+    let mut n = 0;
+    for d in shown {
+        n += 1;
+        let seen = d.last_seen_ms.map_or("-".into(), |t| {
+            format!("{}s ago", now.saturating_sub(t) / 1000)
+        });
+        println!(
+            "{:<24} {:<8} {:<14} {:<9} {:<10} {:>8} {:>7} {:>9} {:>10}",
+            d.device,
+            if d.decommissioned {
+                "retired"
+            } else if d.online {
+                "yes"
+            } else {
+                "NO"
+            },
+            d.state.map_or("-", |s| s.name()),
+            d.health.map_or("-", |h| h.name()),
+            d.firmware.as_deref().unwrap_or("-"),
+            d.version,
+            if d.in_sync { "yes" } else { "delta" },
+            d.parked,
+            seen
+        );
+    }
+    println!("{n} devices");
+    Ok(())
+}
+
+async fn push_config(
+    app: &mut AppClient<MqttTransport>,
+    version: u64,
+    fields: &[String],
+    devices: Vec<String>,
+    all: bool,
+    timeout: Duration,
+    as_json: bool,
+) -> Result<(), String> {
+    use lanyard_core::agent::config::{ConfigField, ConfigPatch};
+    let mut patch = ConfigPatch::new(version);
+    for f in fields {
+        let (name, value) = f
+            .split_once('=')
+            .ok_or_else(|| format!("--set {f:?}: field=value"))?;
+        let field = ConfigField::from_name(name).ok_or_else(|| {
+            let names: Vec<&str> = ConfigField::ALL.iter().map(|f| f.name()).collect();
+            format!("--set {name:?}: not a field: one of {}", names.join(", "))
+        })?;
+        let value: u64 = value
+            .parse()
+            .map_err(|_| format!("--set {name}: {value:?} is not a whole number"))?;
+        patch
+            .set(field, value)
+            .map_err(|e| format!("--set {name}={value}: {}", e.reason))?;
+    }
+    let devices = if all {
+        app.list(None, Duration::from_secs(10))
+            .await
+            .map_err(|e| e.to_string())?
+            .into_iter()
+            .filter(|d| !d.decommissioned)
+            .map(|d| d.device)
+            .collect()
+    } else if devices.is_empty() {
+        return Err("name the devices, or --all".into());
+    } else {
+        devices
+    };
+    let report = app
+        .push_config_to(&devices, &patch, timeout)
+        .await
+        .map_err(|e| e.to_string())?;
+    if as_json {
+        println!(
+            "{}",
+            json!({
+                "version": version,
+                "devices": devices.len(),
+                "applied": report.applied,
+                "ignored": report.ignored.iter().map(|(d, v)| json!({"device": d, "current_version": v})).collect::<Vec<_>>(),
+                "rejected": report.rejected.iter().map(|(d, why)| json!({"device": d, "reason": why})).collect::<Vec<_>>(),
+                "unanswered": report.unanswered,
+            })
+        );
+    } else {
+        println!(
+            "configuration version {version} to {} devices: {} applied, {} ignored (not newer), {} rejected, {} unanswered",
+            devices.len(),
+            report.applied.len(),
+            report.ignored.len(),
+            report.rejected.len(),
+            report.unanswered.len()
+        );
+        for (d, v) in &report.ignored {
+            println!("  {d}: ignored, it runs version {v}");
+        }
+        for (d, why) in &report.rejected {
+            println!("  {d}: rejected: {why}");
+        }
+        for d in &report.unanswered {
+            println!("  {d}: no answer");
+        }
+    }
+    if report.all_applied() {
+        Ok(())
+    } else {
+        Err(format!(
+            "{} of {} devices did not apply version {version}",
+            devices.len() - report.applied.len(),
+            devices.len()
+        ))
+    }
 }
 
 async fn show(

@@ -348,6 +348,12 @@ enum Cmd {
         /// Messages a device may send at once above its rate.
         #[arg(long, default_value_t = TwinLimits::default().device_burst)]
         device_burst: u32,
+        /// The fleet's conflict policies, a JSON file of
+        /// `{"dotted.path": "policy"}` (`cloud_wins`, `device_wins`,
+        /// `latest_wins`, `manual_resolve`; `"*"` for every other
+        /// property). Default: the cloud wins everywhere.
+        #[arg(long)]
+        policies: Option<PathBuf>,
     },
 }
 
@@ -468,7 +474,19 @@ fn main() {
                 max_devices_per_tenant,
                 device_rate,
                 device_burst,
+                policies,
             } => {
+                let policies = match policies {
+                    None => lanyard_core::shadow::FleetPolicies::default(),
+                    Some(path) => {
+                        let text = std::fs::read_to_string(&path)
+                            .map_err(|e| format!("--policies {}: {e}", path.display()))?;
+                        let json: serde_json::Value = serde_json::from_str(&text)
+                            .map_err(|e| format!("--policies {}: not JSON: {e}", path.display()))?;
+                        lanyard_std::twin::fleet_policies_from_json(&json)
+                            .map_err(|e| format!("--policies {}: {e}", path.display()))?
+                    }
+                };
                 let limits = TwinLimits {
                     max_devices,
                     max_devices_per_tenant,
@@ -504,6 +522,7 @@ fn main() {
                     tenants,
                     fleet,
                     limits,
+                    policies,
                 };
                 twin(&broker, setup, metrics_on(metrics).await?).await
             }

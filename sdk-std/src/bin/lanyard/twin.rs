@@ -13,6 +13,7 @@ pub(crate) struct TwinSetup {
     pub(crate) tenants: Vec<String>,
     pub(crate) fleet: DeviceConfig,
     pub(crate) limits: TwinLimits,
+    pub(crate) policies: lanyard_core::shadow::FleetPolicies,
 }
 
 pub(crate) async fn twin(
@@ -29,6 +30,7 @@ pub(crate) async fn twin(
         tenants,
         fleet,
         limits,
+        policies,
     } = setup;
     let mut twin = match store {
         TwinStore::Dir(dir) => {
@@ -68,6 +70,7 @@ pub(crate) async fn twin(
         }
     }
     .with_limits(limits)
+    .with_policies(policies)
     .with_missed_heartbeats(missed_heartbeats);
     if let Some(path) = &audit {
         twin = twin
