@@ -379,6 +379,102 @@ impl App {
         .to_string())
     }
 
+    /// The fleet's devices (of `tenant` on a host that serves tenants) as
+    /// JSON text: a list of objects with `device`, `online`, `state`,
+    /// `health`, `firmware`, `last_seen_ms`, `version`, `in_sync`,
+    /// `parked`, `refused` and `decommissioned`.
+    #[pyo3(signature = (tenant=None, timeout=10.0))]
+    fn list_devices(
+        &self,
+        py: Python<'_>,
+        tenant: Option<String>,
+        timeout: f64,
+    ) -> PyResult<String> {
+        let timeout = seconds(timeout)?;
+        let client = self.client.clone();
+        let devices = block_on(py, &self.rt, async move {
+            let mut client = client.lock().await;
+            let client = client.as_mut().ok_or_else(closed)?;
+            client
+                .list(tenant.as_deref(), timeout)
+                .await
+                .map_err(app_error)
+        })?;
+        Ok(serde_json::Value::Array(devices.iter().map(|d| d.to_json()).collect()).to_string())
+    }
+
+    /// Settles the conflict parked for an operator at `path` (dotted) on
+    /// `device` with `winner`'s value (`"cloud"` or `"device"`); returns the
+    /// shadow's version. The host's refusal (nothing parked there) raises
+    /// `Rejected`.
+    #[pyo3(signature = (device, path, winner, timeout=10.0))]
+    fn resolve(
+        &self,
+        py: Python<'_>,
+        device: String,
+        path: String,
+        winner: &str,
+        timeout: f64,
+    ) -> PyResult<u64> {
+        let timeout = seconds(timeout)?;
+        let side = lanyard_std::twin::winner_named(winner).ok_or_else(|| {
+            PyValueError::new_err(format!("winner {winner:?}: \"cloud\" or \"device\""))
+        })?;
+        let client = self.client.clone();
+        block_on(py, &self.rt, async move {
+            let mut client = client.lock().await;
+            let client = client.as_mut().ok_or_else(closed)?;
+            client
+                .resolve(&device, &path, side, timeout)
+                .await
+                .map_err(app_error)
+        })
+    }
+
+    /// Pushes configuration `version` changing `fields` (`{name: value}`,
+    /// e.g. `{"telemetry_ms": 60000}`; others kept) to `devices` and waits
+    /// up to `timeout` for their acknowledgements. Returns JSON text:
+    /// `applied` (devices), `ignored` (`[device, version it runs]`),
+    /// `rejected` (`[device, why]`), `unanswered` (devices). A bad field
+    /// or value raises `ValueError` before anything is sent.
+    #[pyo3(signature = (devices, version, fields, timeout=30.0))]
+    fn push_config(
+        &self,
+        py: Python<'_>,
+        devices: Vec<String>,
+        version: u64,
+        fields: std::collections::HashMap<String, u64>,
+        timeout: f64,
+    ) -> PyResult<String> {
+        use lanyard_core::agent::config::{ConfigField, ConfigPatch};
+        let timeout = seconds(timeout)?;
+        let mut patch = ConfigPatch::new(version);
+        for (name, value) in &fields {
+            let field = ConfigField::from_name(name).ok_or_else(|| {
+                PyValueError::new_err(format!("{name:?} is not a configuration field"))
+            })?;
+            patch
+                .set(field, *value)
+                .map_err(|e| PyValueError::new_err(format!("{name}={value}: {}", e.reason)))?;
+        }
+        let client = self.client.clone();
+        let report = block_on(py, &self.rt, async move {
+            let mut client = client.lock().await;
+            let client = client.as_mut().ok_or_else(closed)?;
+            client
+                .push_config_to(&devices, &patch, timeout)
+                .await
+                .map_err(app_error)
+        })?;
+        Ok(json!({
+            "applied": report.applied,
+            "ignored": report.ignored,
+            "rejected": report.rejected,
+            "unanswered": report.unanswered,
+        })
+        .to_string())
+    }
+
     /// Sends `device` the command `name` with `args_json` (a JSON object,
     /// as desired state without nulls) and waits up to `timeout` seconds
     /// for its final acknowledgement; the command expires on the device

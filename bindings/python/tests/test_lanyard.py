@@ -353,6 +353,26 @@ class AppOfATwinHost(unittest.TestCase):
                 seen.add(e["type"])
         self.assertEqual(seen, {"delta", "reported"})
 
+    def test_the_operator_lists_pushes_a_configuration_and_is_told_of_refusals(self):
+        devices = self.app.list_devices()
+        sim = [d for d in devices if d["device"] == self.SIM]
+        self.assertEqual(len(sim), 1, devices)
+        self.assertTrue(sim[0]["online"])
+        self.assertFalse(sim[0]["decommissioned"])
+        version = int(time.time())
+        report = self.app.push_config([self.SIM], version, {"telemetry_ms": 45000})
+        self.assertEqual(report["applied"], [self.SIM], report)
+        again = self.app.push_config([self.SIM], version, {"telemetry_ms": 45000})
+        self.assertEqual(again["ignored"], [[self.SIM, version]], again)
+        with self.assertRaises(ValueError):
+            self.app.push_config([self.SIM], version + 1, {"telemetry_ms": 5})
+        with self.assertRaises(ValueError):
+            self.app.push_config([self.SIM], version + 1, {"speed": 5})
+        with self.assertRaises(lanyard.Rejected):
+            self.app.resolve(self.SIM, "target_c", "cloud")
+        with self.assertRaises(ValueError):
+            self.app.resolve(self.SIM, "target_c", "nobody")
+
     def test_commands_are_acknowledged_with_their_final_status(self):
         blink = self.app.command(self.SIM, "blink_led", {"count": 2, "period_ms": 100})
         self.assertEqual(blink["status"], "Succeeded")

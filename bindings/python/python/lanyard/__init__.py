@@ -127,6 +127,30 @@ class App:
         device refuses, dotted, to the reason's name)."""
         return json.loads(self._app.get_shadow(device, float(timeout)))
 
+    def list_devices(self, tenant=None, timeout=10.0):
+        """The fleet's devices, as the twin host knows them: a list of
+        ``{"device", "online", "state", "health", "firmware",
+        "last_seen_ms", "version", "in_sync", "parked", "refused",
+        "decommissioned"}`` in the order of their names (``parked``:
+        conflicts waiting for an operator)."""
+        return json.loads(self._app.list_devices(tenant, float(timeout)))
+
+    def resolve(self, device, path, winner, timeout=10.0):
+        """Settles the conflict parked for an operator at ``path``
+        (dotted) with the ``"cloud"``'s or the ``"device"``'s value;
+        returns the shadow's version. Raises ``Rejected`` when nothing is
+        parked there."""
+        return self._app.resolve(device, path, winner, float(timeout))
+
+    def push_config(self, devices, version, fields, timeout=30.0):
+        """Pushes configuration ``version`` changing ``fields`` (e.g.
+        ``{"telemetry_ms": 60000}``; the others are kept) to ``devices``
+        and counts their acknowledgements: ``{"applied": [...],
+        "ignored": [[device, version it runs], ...], "rejected": [[device,
+        why], ...], "unanswered": [...]}``."""
+        return json.loads(self._app.push_config(list(devices), int(version), dict(fields),
+                                                float(timeout)))
+
     def command(self, device, name, args=None, timeout=10.0):
         """Sends a command and waits for its final acknowledgement:
         ``{"status": "Succeeded" | "Failed" | "Rejected", "reason": ...,
