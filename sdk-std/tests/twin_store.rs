@@ -69,10 +69,14 @@ fn shadows_and_decommissioned_devices_survive_a_restart_on_sqlite() {
     assert_eq!(s.reported().get_dotted("b").unwrap().value, Value::Int(2));
     assert!(h.shadow(gone).is_none());
     assert!(h.is_decommissioned(gone));
-    assert!(
-        h.handle(5, &t(gone, "register"), &common::register_bytes(gone))
-            .is_empty()
-    );
+    // Refused: apps are told, the device is not answered.
+    let out = h.handle(5, &t(gone, "register"), &common::register_bytes(gone));
+    assert_eq!(out.len(), 1);
+    assert_eq!(out[0].topic, t(gone, "fleet/event"));
+    assert!(matches!(
+        lanyard_std::twin::FleetEvent::decode(&out[0].payload),
+        Some(lanyard_std::twin::FleetEvent::Refused { from: "device", .. })
+    ));
     assert!(h.reprovision(gone));
     drop(h);
     let mut h = TwinHost::open_sqlite(&db, DeviceConfig::default()).unwrap();
