@@ -358,6 +358,45 @@ async fn connect(
     }))
 }
 
+/// What the twin host knows of one device ([`LanyardApp::list_devices`]).
+#[derive(Debug, Clone, PartialEq, uniffi::Record)]
+pub struct DeviceSummary {
+    /// Its id (`{tenant}/{id}` on a host that serves tenants).
+    pub device: String,
+    /// Heard from within its heartbeat window.
+    pub online: bool,
+    /// Its lifecycle state's name, once known.
+    pub state: Option<String>,
+    /// Its health's name, once known.
+    pub health: Option<String>,
+    /// The firmware its last registration named.
+    pub firmware: Option<String>,
+    /// When it was last heard from (ms since the epoch, host clock).
+    pub last_seen_ms: Option<u64>,
+    /// Its shadow's version.
+    pub version: u64,
+    /// Whether its reported state matches its desired state.
+    pub in_sync: bool,
+    /// Conflicts waiting for an operator.
+    pub parked: u32,
+    /// Retired: its messages are refused.
+    pub decommissioned: bool,
+}
+
+/// What became of a configuration pushed to devices
+/// ([`LanyardApp::push_config`]).
+#[derive(Debug, Clone, PartialEq, uniffi::Record)]
+pub struct ConfigPushReport {
+    /// Applied whole.
+    pub applied: Vec<String>,
+    /// Not newer than what they run.
+    pub ignored: Vec<String>,
+    /// A field refused: `device: field: why`.
+    pub rejected: Vec<String>,
+    /// No answer in time.
+    pub unanswered: Vec<String>,
+}
+
 /// An app connected to a twin host. Calls may come from any coroutine;
 /// they are served one at a time.
 #[derive(uniffi::Object)]
@@ -444,6 +483,108 @@ impl LanyardApp {
             status: outcome.status.into(),
             reason: outcome.reason.map(AckReason::from),
             result_cbor: outcome.result,
+        })
+    }
+
+    /// The fleet's devices (of `tenant` on a host that serves tenants), in
+    /// the order of their ids.
+    pub async fn list_devices(
+        &self,
+        tenant: Option<String>,
+        timeout_ms: i64,
+    ) -> Result<Vec<DeviceSummary>, LanyardError> {
+        let timeout = duration(timeout_ms)?;
+        let client = self.client.clone();
+        let devices = on(&self.runtime, async move {
+            client.lock().await.list(tenant.as_deref(), timeout).await
+        })
+        .await?;
+        Ok(devices
+            .into_iter()
+            .map(|d| DeviceSummary {
+                device: d.device,
+                online: d.online,
+                state: d.state.map(|s| s.name().to_owned()),
+                health: d.health.map(|h| h.name().to_owned()),
+                firmware: d.firmware,
+                last_seen_ms: d.last_seen_ms,
+                version: d.version,
+                in_sync: d.in_sync,
+                parked: d.parked,
+                decommissioned: d.decommissioned,
+            })
+            .collect())
+    }
+
+    /// Settles the conflict parked for an operator at `path` (dotted) with
+    /// the cloud's value (`cloudWins`) or the device's; returns the
+    /// shadow's version. Nothing parked there is `LanyardError.Rejected`.
+    pub async fn resolve(
+        &self,
+        device: String,
+        path: String,
+        cloud_wins: bool,
+        timeout_ms: i64,
+    ) -> Result<u64, LanyardError> {
+        let timeout = duration(timeout_ms)?;
+        let winner = if cloud_wins {
+            lanyard_core::shadow::Source::Cloud
+        } else {
+            lanyard_core::shadow::Source::Device
+        };
+        let client = self.client.clone();
+        on(&self.runtime, async move {
+            client
+                .lock()
+                .await
+                .resolve(&device, &path, winner, timeout)
+                .await
+        })
+        .await
+    }
+
+    /// Pushes configuration `version` changing `fields` (name -> value,
+    /// e.g. `"telemetry_ms" to 60000`; the others are kept) to `devices`
+    /// and counts their acknowledgements. A bad field or value is
+    /// `LanyardError.BadInput` and sends nothing.
+    pub async fn push_config(
+        &self,
+        devices: Vec<String>,
+        version: u64,
+        fields: HashMap<String, u64>,
+        timeout_ms: i64,
+    ) -> Result<ConfigPushReport, LanyardError> {
+        use lanyard_core::agent::config::{ConfigField, ConfigPatch};
+        let timeout = duration(timeout_ms)?;
+        let mut patch = ConfigPatch::new(version);
+        for (name, value) in &fields {
+            let field = ConfigField::from_name(name).ok_or_else(|| LanyardError::BadInput {
+                detail: format!("{name:?} is not a configuration field"),
+            })?;
+            patch
+                .set(field, *value)
+                .map_err(|e| LanyardError::BadInput {
+                    detail: format!("{name}={value}: {}", e.reason),
+                })?;
+        }
+        let client = self.client.clone();
+        let r = on(&self.runtime, async move {
+            client
+                .lock()
+                .await
+                .push_config_to(&devices, &patch, timeout)
+                .await
+        })
+        .await?;
+        Ok(ConfigPushReport {
+            applied: r.applied,
+            ignored: r.ignored.into_iter().map(|(d, _)| d).collect(),
+            rejected: r
+                .rejected
+                .into_iter()
+                .map(|(d, why)| format!("{d}: {why}"))
+                .collect(),
+            unanswered: r.unanswered,
         })
     }
 

@@ -73,6 +73,23 @@ class AppTest {
     }
 
     @Test
+    fun theOperatorListsPushesAConfigurationAndIsToldOfRefusals() = runBlocking {
+        val listed = app.listDevices(null, 10_000).filter { it.device == device }
+        assertEquals(1, listed.size)
+        assertTrue(listed[0].online)
+        val version = System.currentTimeMillis().toULong()
+        val report = app.pushConfig(listOf(device), version, mapOf("telemetry_ms" to 45_000uL), 30_000)
+        assertEquals(listOf(device), report.applied)
+        val again = app.pushConfig(listOf(device), version, mapOf("telemetry_ms" to 45_000uL), 30_000)
+        assertEquals(listOf(device), again.ignored)
+        assertFailsWith<LanyardException.BadInput> {
+            app.pushConfig(listOf(device), version + 1uL, mapOf("telemetry_ms" to 5uL), 30_000)
+        }
+        assertFailsWith<LanyardException.Rejected> { app.resolve(device, "target_c", true, 10_000) }
+        Unit
+    }
+
+    @Test
     fun commandsAreAcknowledgedWithTheirFinalStatus() = runBlocking {
         val blink = app.command(
             device, "blink_led",
