@@ -41,6 +41,11 @@ pub enum AuditAction {
     /// An operator settled a conflict parked for one (the path, the
     /// winner and the new version in the detail).
     ConflictResolved,
+    /// An operator pushed a configuration to a device (the version and
+    /// the fields it changes in the detail).
+    ConfigPushed,
+    /// A device answered a configuration: applied, ignored or rejected.
+    ConfigAcknowledged,
 }
 
 impl AuditAction {
@@ -52,6 +57,8 @@ impl AuditAction {
             AuditAction::Reprovisioned => "reprovisioned",
             AuditAction::DesiredSet => "desired_set",
             AuditAction::ConflictResolved => "conflict_resolved",
+            AuditAction::ConfigPushed => "config_pushed",
+            AuditAction::ConfigAcknowledged => "config_acknowledged",
         }
     }
 }

@@ -279,3 +279,83 @@ fn the_audit_log_records_the_fleet_and_an_edit_is_found() {
             .is_err()
     );
 }
+
+/// Configuration pushes (with the fields they change) and the devices'
+/// answers are in the audit log, and so is an operator's settling of a
+/// conflict; a push to a device the host does not know is not.
+#[test]
+fn configuration_pushes_their_answers_and_resolutions_are_audited() {
+    use lanyard_core::agent::config::{ConfigField, ConfigPatch};
+    use lanyard_core::agent::messages::{ConfigAck, ConfigOutcome, Encodable};
+    let dir = tempfile::tempdir().unwrap();
+    let log = dir.path().join("audit.log");
+    {
+        let mut policies = lanyard_core::shadow::FleetPolicies::default();
+        policies
+            .set("a", lanyard_core::shadow::ConflictPolicy::ManualResolve)
+            .unwrap();
+        let mut h = TwinHost::in_memory(DeviceConfig::default())
+            .with_policies(policies)
+            .with_audit(&log)
+            .unwrap();
+        h.handle(1, &t(ID, "register"), &common::register_bytes(ID));
+        let mut patch = ConfigPatch::new(4);
+        patch.set(ConfigField::TelemetryMs, 60_000).unwrap();
+        let mut e = minicbor::Encoder::new(Vec::new());
+        patch.encode_cbor(&mut e).unwrap();
+        let push = e.into_writer();
+        assert!(h.handle(2, &t(ID, "config"), &push).is_empty());
+        h.handle(2, &t("ly-00000000ffff", "config"), &push);
+        let mut buf = vec![0u8; 128];
+        let n = ConfigAck {
+            version: 4,
+            outcome: ConfigOutcome::Applied,
+            current_version: 4,
+            field: None,
+            reason: None,
+            time_ms: 3,
+        }
+        .encode(&mut buf)
+        .unwrap();
+        h.handle(3, &t(ID, "config/ack"), &buf[..n]);
+        // A conflict parked for an operator, then settled.
+        h.handle(4, &t(ID, app_topics::SET_DESIRED), &update(true, "a", 1, 4));
+        h.handle(5, &t(ID, "shadow/update"), &update(false, "a", 1, 5));
+        h.handle(6, &t(ID, app_topics::SET_DESIRED), &update(true, "a", 2, 6));
+        h.handle(7, &t(ID, "shadow/update"), &update(false, "a", 3, 7));
+        assert_eq!(h.shadow(ID).unwrap().parked().count(), 1);
+        let resolve = lanyard_std::twin::ResolveRequest {
+            token: "r".into(),
+            path: "a".into(),
+            winner: lanyard_core::shadow::Source::Device,
+        };
+        h.handle(8, &t(ID, "operator/resolve"), &resolve.encode());
+    }
+    let entries: Vec<serde_json::Value> = std::fs::read_to_string(&log)
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    let actions: Vec<(&str, &str)> = entries
+        .iter()
+        .map(|e| (e["action"].as_str().unwrap(), e["actor"].as_str().unwrap()))
+        .collect();
+    assert_eq!(
+        actions,
+        [
+            ("registered", ID),
+            ("config_pushed", "operator"),
+            ("config_acknowledged", ID),
+            ("desired_set", "app"),
+            ("desired_set", "app"),
+            ("conflict_resolved", "operator"),
+        ]
+    );
+    assert_eq!(entries[1]["detail"]["version"], 4);
+    assert_eq!(entries[1]["detail"]["fields"]["telemetry_ms"], 60_000);
+    assert_eq!(entries[2]["detail"]["outcome"], "applied");
+    assert_eq!(entries[5]["detail"]["path"], "a");
+    assert_eq!(entries[5]["detail"]["winner"], "device");
+    let (ok, out, _) = common::lanyard_cli(&["audit", "verify", log.to_str().unwrap()]);
+    assert!(ok, "{out}");
+}

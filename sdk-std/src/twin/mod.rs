@@ -101,7 +101,7 @@ impl DesiredAnswer {
 }
 
 /// The topics a twin host acts on, of every device.
-const HOST_TOPICS: [Topic; 10] = [
+const HOST_TOPICS: [Topic; 12] = [
     Topic::Device(MessageKind::Register),
     Topic::Device(MessageKind::ShadowUpdate),
     // Its state: that it decommissioned itself, and for liveness.
@@ -115,6 +115,10 @@ const HOST_TOPICS: [Topic; 10] = [
     Topic::App(AppTopic::Resolve),
     // Addressed to `FLEET_KEY`: the fleet's inventory.
     Topic::App(AppTopic::List),
+    // For the audit log: configurations operators push to devices, and
+    // the devices' answers.
+    Topic::Device(MessageKind::Config),
+    Topic::Device(MessageKind::ConfigAck),
 ];
 
 /// Limits that keep one misbehaving device (or a flood of made-up ones)
@@ -988,6 +992,12 @@ impl TwinHost {
         if t == Topic::App(AppTopic::Reprovision) {
             return self.reprovision_request(now_ms, key, payload);
         }
+        if t == Topic::Device(MessageKind::Config) {
+            // An operator's push, on its way to the device: recorded, not
+            // a sign of the device's life nor a use of its allowance.
+            self.config_pushed(now_ms, key, payload);
+            return Vec::new();
+        }
         if self.decommissioned.contains(key) {
             self.stats.decommissioned_refused += 1;
             tracing::debug!(
@@ -1033,6 +1043,10 @@ impl TwinHost {
                         self.retire(now_ms, key);
                     }
                 }
+                Vec::new()
+            }
+            Topic::Device(MessageKind::ConfigAck) if self.shadows.contains_key(key) => {
+                self.config_acknowledged(now_ms, key, payload);
                 Vec::new()
             }
             Topic::App(AppTopic::SetDesired) => self.cbor_update(now_ms, key, payload, true),
@@ -1145,6 +1159,58 @@ impl TwinHost {
         out.push(answer(Ok(version)));
         self.persist(key);
         out
+    }
+
+    /// Records a configuration an operator pushed to device `key` (the
+    /// version and the fields it changes), if the host knows the device
+    /// and the push reads as a `device-config` map.
+    fn config_pushed(&mut self, now_ms: u64, key: &str, payload: &[u8]) {
+        if self.audit.is_none() || !self.shadows.contains_key(key) {
+            return;
+        }
+        let Some((version, fields)) = config_fields(payload) else {
+            tracing::debug!(device = key, "unreadable configuration push not recorded");
+            return;
+        };
+        self.audit(
+            now_ms,
+            "operator",
+            crate::audit::AuditAction::ConfigPushed,
+            key,
+            serde_json::json!({"version": version, "fields": fields}),
+        );
+        self.written();
+    }
+
+    /// Records device `key`'s answer to a configuration: applied, ignored
+    /// or rejected (with the field and why).
+    fn config_acknowledged(&mut self, now_ms: u64, key: &str, payload: &[u8]) {
+        use lanyard_core::agent::messages::{ConfigAck, ConfigOutcome};
+        if self.audit.is_none() {
+            return;
+        }
+        let Ok(ack) = ConfigAck::decode(payload) else {
+            return;
+        };
+        let outcome = match ack.outcome {
+            ConfigOutcome::Applied => "applied",
+            ConfigOutcome::Ignored => "ignored",
+            ConfigOutcome::Rejected => "rejected",
+        };
+        self.audit(
+            now_ms,
+            key,
+            crate::audit::AuditAction::ConfigAcknowledged,
+            key,
+            serde_json::json!({
+                "version": ack.version,
+                "outcome": outcome,
+                "running": ack.current_version,
+                "field": ack.field,
+                "reason": ack.reason,
+            }),
+        );
+        self.written();
     }
 
     /// A page of the fleet's inventory (a [`ListRequest`]) for the
@@ -1663,6 +1729,26 @@ fn fleet_event(key: &str, ev: FleetEvent) -> Publish {
         payload: ev.encode(),
         qos: Qos::AtLeastOnce,
     }
+}
+
+/// A `device-config` map's version and fields by name (what an operator's
+/// push changes); `None` when it is not one.
+fn config_fields(payload: &[u8]) -> Option<(u64, serde_json::Map<String, serde_json::Value>)> {
+    use lanyard_core::agent::config::ConfigField;
+    let mut d = minicbor::Decoder::new(payload);
+    let (mut version, mut fields) = (None, serde_json::Map::new());
+    for _ in 0..d.map().ok()?? {
+        let k = d.u8().ok()?;
+        if k == 0 {
+            version = Some(d.u64().ok()?);
+        } else if let Some(f) = ConfigField::ALL.into_iter().find(|f| *f as u8 == k) {
+            fields.insert(f.name().to_owned(), d.u64().ok()?.into());
+        } else {
+            d.skip().ok()?;
+        }
+    }
+    (d.position() == payload.len()).then_some(())?;
+    Some((version?, fields))
 }
 
 /// The event telling apps that the host refused what the device (or, when
