@@ -312,7 +312,8 @@ enum Cmd {
         #[arg(long, default_value = "lanyard-twin")]
         client_id: String,
         /// Keep the fleet's audit log (registrations, decommissionings,
-        /// re-provisionings, desired-state writes; hash-chained, see
+        /// re-provisionings, desired-state writes, conflict resolutions,
+        /// configuration pushes and their answers; hash-chained, see
         /// `lanyard audit verify`) in this file. Default with --state-dir:
         /// `audit.log` there.
         #[arg(long)]
