@@ -45,7 +45,8 @@ fn decode_prints_any_message_as_json_and_refuses_garbage_clearly() {
 
 #[test]
 fn the_demo_runs_a_small_fleet_to_its_summary() {
-    let (ok, out, err) = lanyard(&["demo", "--devices", "5", "--speed", "60", "--minutes", "2"]);
+    // Three minutes: the operator's third step pushes a configuration.
+    let (ok, out, err) = lanyard(&["demo", "--devices", "5", "--speed", "60", "--minutes", "3"]);
     assert!(ok, "{err}");
     assert!(out.contains("-> register"), "no timeline:\n{out}");
     assert!(out.contains("state Provisioning -> Active"), "{out}");
@@ -66,6 +67,14 @@ fn the_demo_runs_a_small_fleet_to_its_summary() {
     assert_eq!(devices, 5);
     assert!(summary.contains("heartbeat"));
     assert!(summary.contains("conflicts by policy"));
+    assert!(
+        summary.contains("configuration pushed to the fleet: 5 applied, 0 ignored"),
+        "{summary}"
+    );
+    assert!(
+        summary.contains("liveness: 5 of 5 devices online"),
+        "{summary}"
+    );
 }
 
 mod common;

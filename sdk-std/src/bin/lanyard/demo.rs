@@ -46,7 +46,6 @@ impl OperatorStep {
     }
 
     /// Does this step to device `id` (the `n`th of the fleet).
-    #[allow(clippy::too_many_arguments)]
     async fn run(
         self,
         app: &mut AppClient<MqttTransport>,
@@ -54,34 +53,40 @@ impl OperatorStep {
         n: usize,
         step: u64,
         now: u64,
-        fleet: &DeviceConfig,
         buttons: &[DeviceHandle],
     ) -> Result<(), AppError> {
         match self {
-            OperatorStep::PushConfig => {
-                let c = DeviceConfig {
-                    version: 1 + step,
-                    heartbeat_ms: 10_000,
-                    ..fleet.clone()
-                };
-                app.push_config(id, &c).await
-            }
+            // Pushed to the whole fleet at once by `push_to_fleet`.
+            OperatorStep::PushConfig => Ok(()),
             OperatorStep::Setpoint => {
                 // First the app sets 70 and the devices follow; the next
                 // time it asks for 72 while users press the button for 68
                 // on every other device: a conflict, settled by LatestWins
                 // (the fleet's policy for hvac).
+                // The mode is manual_resolve: when both sides change it,
+                // it waits for the operator (`settle_conflicts`).
                 let first = step < 7;
                 let mut t: StateTree<8, 256> = StateTree::new();
                 let _ = t.insert(
                     &ShadowPath::from_dotted("hvac.setpoint").unwrap_or_default(),
                     Value::Int(if first { 70 } else { 72 }),
                 );
-                app.set_desired(id, &t, now).await?;
-                if !first && n.is_multiple_of(2) {
+                let _ = t.insert(
+                    &ShadowPath::from_dotted("hvac.mode").unwrap_or_default(),
+                    Value::Text(if first { "auto" } else { "cool" }),
+                );
+                // Users press first, on every other device: the device's
+                // report and the app's change cross on their way. Half of
+                // them change the setpoint (latest_wins settles it), the
+                // other half the mode (manual_resolve: it waits for the
+                // operator). One change each: after a conflict the host
+                // holds the device's next sync back a moment.
+                if !first && n.is_multiple_of(4) {
                     let _ = buttons[n].report("hvac.setpoint", LocalValue::Int(68));
+                } else if !first && n % 4 == 2 {
+                    let _ = buttons[n].report("hvac.mode", LocalValue::Text("heat".into()));
                 }
-                Ok(())
+                app.set_desired(id, &t, now).await.map(|_| ())
             }
             // Maintenance only for the first device: it shows in the
             // timeline.
@@ -103,6 +108,76 @@ impl OperatorStep {
                 )
                 .await
                 .map(|_| ())
+            }
+        }
+    }
+}
+
+/// What the demo's operator did through the operator's calls.
+#[derive(Debug, Default)]
+struct OperatorTally {
+    /// Configuration pushes: devices that applied, ignored, rejected, did
+    /// not answer.
+    config: [usize; 4],
+    /// Conflicts parked for an operator that it settled.
+    settled: usize,
+}
+
+/// Pushes configuration `version` (the fleet's heartbeat interval) to
+/// every device at once and counts the answers.
+async fn push_to_fleet(
+    app: &mut AppClient<MqttTransport>,
+    ids: &[String],
+    version: u64,
+    wait: Duration,
+    tally: &std::sync::Mutex<OperatorTally>,
+) {
+    use lanyard_core::agent::config::{ConfigField, ConfigPatch};
+    let mut patch = ConfigPatch::new(version);
+    // The default interval: always valid.
+    let _ = patch.set(ConfigField::HeartbeatMs, 10_000);
+    if let Ok(r) = app.push_config_to(ids, &patch, wait).await {
+        let mut tally = tally.lock().unwrap_or_else(|p| p.into_inner());
+        for (slot, n) in tally.config.iter_mut().zip([
+            r.applied.len(),
+            r.ignored.len(),
+            r.rejected.len(),
+            r.unanswered.len(),
+        ]) {
+            *slot += n;
+        }
+    }
+}
+
+/// Lists the fleet and settles every conflict parked for an operator with
+/// the cloud's value (the demo's operator's rule: the schedule wins).
+async fn settle_conflicts(
+    app: &mut AppClient<MqttTransport>,
+    tally: &std::sync::Mutex<OperatorTally>,
+) {
+    let devices = match app.list(None, Duration::from_secs(5)).await {
+        Ok(d) => d,
+        Err(e) => {
+            tracing::warn!("operator: the fleet could not be listed: {e}");
+            return;
+        }
+    };
+    for d in devices.iter().filter(|d| d.parked > 0) {
+        let Ok(shadow) = app.get_shadow(&d.device, Duration::from_secs(5)).await else {
+            continue;
+        };
+        let paths: Vec<String> = shadow
+            .parked()
+            .map(|(p, _)| p.to_string_lossy().as_str().to_owned())
+            .collect();
+        for path in paths {
+            let winner = lanyard_core::shadow::Source::Cloud;
+            match app
+                .resolve(&d.device, &path, winner, Duration::from_secs(5))
+                .await
+            {
+                Ok(_) => tally.lock().unwrap_or_else(|p| p.into_inner()).settled += 1,
+                Err(e) => tracing::warn!(device = d.device, path, "operator: not settled: {e}"),
             }
         }
     }
@@ -151,6 +226,9 @@ pub(crate) async fn demo(
     let mut policies = FleetPolicies::new(ConflictPolicy::CloudWins);
     policies
         .set("hvac", ConflictPolicy::LatestWins)
+        .map_err(|e| e.to_string())?;
+    policies
+        .set("hvac.mode", ConflictPolicy::ManualResolve)
         .map_err(|e| e.to_string())?;
     let mut twin_host = TwinHost::in_memory(fleet.clone()).with_policies(policies);
     if let Some(m) = &metrics {
@@ -256,7 +334,11 @@ pub(crate) async fn demo(
         .collect();
     let script_ids = ids.clone();
     let bar2 = bar.clone();
+    // Shared, so that the operator can be stopped mid-step at the end.
+    let tally = std::sync::Arc::new(std::sync::Mutex::new(OperatorTally::default()));
+    let operator_tally = tally.clone();
     let operator_task = tokio::spawn(async move {
+        let tally = operator_tally;
         let mut step = 0u64;
         loop {
             step += 1;
@@ -268,13 +350,26 @@ pub(crate) async fn demo(
             let now = clock.now_ms();
             let action = OperatorStep::of(step);
             bar2.set_message(format!("operator: {}", action.name()));
+            if action == OperatorStep::PushConfig {
+                // Answers are waited for up to 10 simulated seconds.
+                let wait = clock
+                    .real_wait_until(clock.now_ms() + 10_000)
+                    .max(Duration::from_millis(500));
+                push_to_fleet(
+                    &mut operator,
+                    &script_ids,
+                    fleet.version + step,
+                    wait,
+                    &tally,
+                )
+                .await;
+            }
             for (n, id) in script_ids.iter().enumerate() {
                 // Failures show in the devices' timelines and the summary;
                 // the operator carries on with the next device.
-                let _ = action
-                    .run(&mut operator, id, n, step, now, &fleet, &buttons)
-                    .await;
+                let _ = action.run(&mut operator, id, n, step, now, &buttons).await;
             }
+            settle_conflicts(&mut operator, &tally).await;
         }
         operator
     });
@@ -319,6 +414,9 @@ pub(crate) async fn demo(
         }
     }
     bar.finish_and_clear();
+    // The operator stops with the scenario: nothing it would still ask
+    // could be answered once the fleet and the host stop.
+    operator_task.abort();
 
     // Stop everything and gather the figures.
     for s in stops {
@@ -340,7 +438,12 @@ pub(crate) async fn demo(
     let _ = twin_stop.send(());
     let (twin_host, _) = twin_task.await.map_err(|e| e.to_string())?;
     let _ = operator_task.await;
+    let tally = std::mem::take(&mut *tally.lock().unwrap_or_else(|p| p.into_inner()));
     let stats = twin_host.stats();
+    let offline = twin_host
+        .devices()
+        .filter(|d| twin_host.is_offline(d))
+        .count();
 
     println!("\n== summary: {devices} devices, {minutes} simulated minutes ==");
     println!("devices by state:");
@@ -376,6 +479,18 @@ pub(crate) async fn demo(
     for (p, n) in ConflictPolicy::ALL.iter().zip(stats.conflicts) {
         println!("  {:<16} {n:>8}", p.name());
     }
+    println!(
+        "operator: {} conflicts parked for it settled with the cloud's value (a parked conflict \
+         also ends when the device takes the cloud's value by itself); configuration pushed to \
+         the fleet: {} applied, {} ignored, {} rejected, {} unanswered",
+        tally.settled, tally.config[0], tally.config[1], tally.config[2], tally.config[3]
+    );
+    println!(
+        "liveness: {} of {} devices online at the end, {} times a device went offline",
+        twin_host.devices().count() - offline,
+        twin_host.devices().count(),
+        stats.went_offline
+    );
     println!("fog tier: the same telemetry summarised by gateways (count, min, max, mean, last):");
     for (window_s, fog) in &mut fogs {
         fog.drain();
