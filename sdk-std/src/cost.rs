@@ -36,6 +36,43 @@ pub struct DeviceClass {
     pub bytes: u64,
 }
 
+impl DeviceClass {
+    /// `fleet_devices` devices that each send what `devices` devices sent
+    /// in `seconds`: `messages` messages of `bytes` bytes in all (a run's
+    /// counts, as `lanyard demo --cost-fleet` takes them). `None` when the
+    /// run saw nothing to go by.
+    ///
+    /// ```
+    /// use lanyard_std::cost::DeviceClass;
+    /// // 20 devices sent 2,400 messages (120,000 bytes) in 10 minutes.
+    /// let c = DeviceClass::observed("demo", 10_000, 20, 600.0, 2_400, 120_000).unwrap();
+    /// assert_eq!((c.every_s, c.bytes), (5.0, 50));
+    /// ```
+    pub fn observed(
+        name: &str,
+        fleet_devices: u64,
+        devices: u64,
+        seconds: f64,
+        messages: u64,
+        bytes: u64,
+    ) -> Option<DeviceClass> {
+        if devices == 0 || messages == 0 || !(seconds.is_finite() && seconds > 0.0) {
+            return None;
+        }
+        Some(DeviceClass {
+            name: name.to_owned(),
+            devices: fleet_devices,
+            every_s: seconds * devices as f64 / messages as f64,
+            bytes: (bytes as f64 / messages as f64).round() as u64,
+        })
+    }
+
+    /// As a class of a fleet file ([`FleetCost::from_json`]).
+    pub fn to_json(&self) -> Json {
+        json!({"name": self.name, "devices": self.devices, "every_s": self.every_s, "bytes": self.bytes})
+    }
+}
+
 /// Unit prices, US dollars.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Prices {

@@ -46,7 +46,19 @@ fn decode_prints_any_message_as_json_and_refuses_garbage_clearly() {
 #[test]
 fn the_demo_runs_a_small_fleet_to_its_summary() {
     // Three minutes: the operator's third step pushes a configuration.
-    let (ok, out, err) = lanyard(&["demo", "--devices", "5", "--speed", "60", "--minutes", "3"]);
+    let dir = tempfile::tempdir().unwrap();
+    let fleet_file = dir.path().join("fleet.json");
+    let (ok, out, err) = lanyard(&[
+        "demo",
+        "--devices",
+        "5",
+        "--speed",
+        "60",
+        "--minutes",
+        "3",
+        "--cost-fleet",
+        fleet_file.to_str().unwrap(),
+    ]);
     assert!(ok, "{err}");
     assert!(out.contains("-> register"), "no timeline:\n{out}");
     assert!(out.contains("state Provisioning -> Active"), "{out}");
@@ -75,6 +87,24 @@ fn the_demo_runs_a_small_fleet_to_its_summary() {
         summary.contains("liveness: 5 of 5 devices online"),
         "{summary}"
     );
+
+    // The demo's traffic, priced for 10,000 such devices: the month's
+    // messages are the demo's, scaled.
+    let total: f64 = summary
+        .lines()
+        .find(|l| l.trim_start().starts_with("total "))
+        .and_then(|l| l.split_whitespace().nth(1))
+        .unwrap()
+        .parse()
+        .unwrap();
+    let (ok, out, err) = lanyard(&["cost", "--fleet", fleet_file.to_str().unwrap(), "--json"]);
+    assert!(ok, "{err}");
+    let report: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(report["devices"], 10_000);
+    let expected = total / 5.0 * 10_000.0 * (30.0 * 86_400.0 / 180.0);
+    let got = report["messages_per_month"].as_f64().unwrap();
+    assert!((got / expected - 1.0).abs() < 1e-6, "{got} vs {expected}");
+    assert!(report["total_usd"].as_f64().unwrap() > 0.0);
 }
 
 mod common;

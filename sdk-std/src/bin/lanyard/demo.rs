@@ -193,6 +193,7 @@ pub(crate) async fn demo(
     minutes: u64,
     broker: BrokerArgs,
     metrics: Option<Metrics>,
+    cost_fleet: Option<(PathBuf, u64)>,
 ) -> Result<(), String> {
     // rumqttd refuses `$aws/...` subscriptions: AWS topics only on an
     // external broker.
@@ -466,6 +467,32 @@ pub(crate) async fn demo(
         "  {:<16} {all:>8} {bytes:>10} B on the wire (payloads)",
         "total"
     );
+    // The same traffic for a month (30 days), per device.
+    let month = 30.0 * 86_400.0 / (minutes as f64 * 60.0) / devices.max(1) as f64;
+    println!(
+        "  scaled to a 30-day month: {:.0} messages and {:.1} MB a device",
+        all as f64 * month,
+        bytes as f64 * month / 1e6
+    );
+    if let Some((path, fleet_devices)) = &cost_fleet {
+        let class = lanyard_std::cost::DeviceClass::observed(
+            "demo devices",
+            *fleet_devices,
+            devices as u64,
+            minutes as f64 * 60.0,
+            all,
+            bytes,
+        )
+        .ok_or("--cost-fleet: the demo's devices sent nothing to go by")?;
+        let file = serde_json::json!({"classes": [class.to_json()]});
+        std::fs::write(path, format!("{file:#}\n"))
+            .map_err(|e| format!("--cost-fleet {}: {e}", path.display()))?;
+        println!(
+            "  written to {} for {fleet_devices} such devices: `lanyard cost --fleet {}` prices them",
+            path.display(),
+            path.display()
+        );
+    }
     println!(
         "twin host: {} registrations ({} again after a reboot, {} retries answered again), {} updates, {} deltas, {} refused",
         stats.registrations,

@@ -133,6 +133,14 @@ enum Cmd {
         /// Serve Prometheus metrics on this address while it runs.
         #[arg(long)]
         metrics: Option<String>,
+        /// At the end, write a fleet file for `lanyard cost --fleet`: a
+        /// fleet of --cost-devices devices each sending what the demo's
+        /// devices sent (messages and bytes, scaled to the month).
+        #[arg(long)]
+        cost_fleet: Option<PathBuf>,
+        /// The fleet size of --cost-fleet.
+        #[arg(long, default_value_t = 10_000, requires = "cost_fleet")]
+        cost_devices: u64,
     },
     /// Prints any SDK message (hex, or a file of raw bytes) as JSON.
     Decode {
@@ -533,7 +541,20 @@ fn main() {
                 minutes,
                 broker,
                 metrics,
-            } => demo(devices, speed, minutes, broker, metrics_on(metrics).await?).await,
+                cost_fleet,
+                cost_devices,
+            } => {
+                let cost = cost_fleet.map(|path| (path, cost_devices));
+                demo(
+                    devices,
+                    speed,
+                    minutes,
+                    broker,
+                    metrics_on(metrics).await?,
+                    cost,
+                )
+                .await
+            }
         }
     });
     if let Err(e) = result {
