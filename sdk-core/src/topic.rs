@@ -43,11 +43,15 @@ pub enum AppTopic {
     /// Host → operator, on [`FLEET_KEY`]'s address: the fleet's devices
     /// (a listing).
     Listing,
+    /// App → the device's gateway: pass its telemetry on unsummarised for
+    /// a while (seconds, a CBOR unsigned integer), bypassing the fog
+    /// tier's aggregation.
+    RawReadings,
 }
 
 impl AppTopic {
     /// Every app topic.
-    pub const ALL: [AppTopic; 10] = [
+    pub const ALL: [AppTopic; 11] = [
         AppTopic::SetDesired,
         AppTopic::DesiredAnswer,
         AppTopic::Get,
@@ -58,6 +62,7 @@ impl AppTopic {
         AppTopic::Resolve,
         AppTopic::List,
         AppTopic::Listing,
+        AppTopic::RawReadings,
     ];
 
     /// The last levels of its topic.
@@ -73,6 +78,7 @@ impl AppTopic {
             AppTopic::Resolve => "operator/resolve",
             AppTopic::List => "operator/list",
             AppTopic::Listing => "operator/list/answer",
+            AppTopic::RawReadings => "fog/raw",
         }
     }
 }

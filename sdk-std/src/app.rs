@@ -442,6 +442,22 @@ impl<T: Transport> AppClient<T> {
         Ok(report)
     }
 
+    /// Asks `device`'s gateway to pass its telemetry on unsummarised for
+    /// `for_secs` seconds (at most an hour; 0 ends it), bypassing the fog
+    /// tier's aggregation ([`crate::fog`]). Nothing answers: the readings
+    /// come as telemetry events. A device without a fog tier in front of
+    /// it sends raw readings anyway.
+    pub async fn raw_readings(&mut self, device: &str, for_secs: u64) -> Result<(), AppError> {
+        let t = device_topic(device, Topic::App(AppTopic::RawReadings))?;
+        let mut payload = Vec::new();
+        // Encoding into a Vec cannot fail.
+        let _ = minicbor::encode(for_secs, &mut payload);
+        self.transport
+            .publish(&t, &payload, Qos::AtLeastOnce)
+            .await?;
+        Ok(())
+    }
+
     /// A client token unique across processes too: an operator's next run
     /// with the same client id may be handed answers its predecessor never
     /// read.

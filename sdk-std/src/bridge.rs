@@ -194,6 +194,20 @@ impl<T: Transport> Bridge<T> {
             .unwrap_or_default()
     }
 
+    /// Where apps ask for the device's raw readings.
+    fn raw_topic(&self, device_id: &str) -> String {
+        let key = match &self.tenant {
+            Some(t) => format!("{t}/{device_id}"),
+            None => device_id.to_owned(),
+        };
+        lanyard_core::topic::topic_of_key(
+            &key,
+            lanyard_core::topic::Topic::App(lanyard_core::topic::AppTopic::RawReadings),
+        )
+        .map(|s| s.to_string())
+        .unwrap_or_default()
+    }
+
     /// Binds the link to `device_id` now and subscribes to its topics, so
     /// messages for the device reach it even before it says anything
     /// (otherwise the first frame names the device).
@@ -221,6 +235,12 @@ impl<T: Transport> Bridge<T> {
             let t = self.mqtt_topic(device_id, kind);
             self.transport
                 .subscribe(&t)
+                .await
+                .map_err(BridgeError::Transport)?;
+        }
+        if self.fog.is_some() {
+            self.transport
+                .subscribe(&self.raw_topic(device_id))
                 .await
                 .map_err(BridgeError::Transport)?;
         }
@@ -275,6 +295,11 @@ impl<T: Transport> Bridge<T> {
                 }
                 ev = self.transport.recv() => {
                     match ev.map_err(BridgeError::Transport)? {
+                        TransportEvent::Message { topic, payload }
+                            if self.device_id.as_deref().is_some_and(|d| topic == self.raw_topic(d)) =>
+                        {
+                            self.raw_asked(&payload);
+                        }
                         TransportEvent::Message { topic, payload } => {
                             if let Some(frame) = self.frame_for_device(&topic, &payload) {
                                 tx.write_all(&frame).await.map_err(BridgeError::Serial)?;
@@ -291,6 +316,23 @@ impl<T: Transport> Bridge<T> {
                 }
             }
         }
+    }
+
+    /// An app's request for the device's raw readings: seconds, a CBOR
+    /// unsigned integer (0 ends it). Anything else is counted and ignored.
+    fn raw_asked(&mut self, payload: &[u8]) {
+        let (Some(fog), Some(device)) = (self.fog.as_mut(), self.device_id.as_deref()) else {
+            return;
+        };
+        let mut d = minicbor::Decoder::new(payload);
+        match d.u64() {
+            Ok(s) if d.position() == payload.len() => {
+                fog.raw_for(now_ms(), device, s.saturating_mul(1000));
+                tracing::info!(device, seconds = s, "raw readings asked for");
+            }
+            _ => self.stats.misdirected += 1,
+        }
+        self.stats.fog = fog.stats();
     }
 
     /// Publishes one frame from the device, if the link may carry it.
@@ -324,6 +366,7 @@ impl<T: Transport> Bridge<T> {
         };
         if e.kind == MessageKind::Telemetry
             && let Some(fog) = self.fog.as_mut()
+            && !fog.passes_raw(now_ms(), e.device_id)
         {
             // Unreadable telemetry is counted by the aggregator and dropped.
             let _ = fog.take(now_ms(), e.device_id, e.message);

@@ -63,6 +63,9 @@ pub struct FogStats {
     pub suppressed: u64,
     /// Telemetry messages that could not be read (dropped).
     pub unreadable: u64,
+    /// Readings passed on unsummarised because raw readings were asked
+    /// for ([`Aggregator::raw_for`]).
+    pub raw: u64,
 }
 
 impl FogStats {
@@ -124,11 +127,16 @@ struct Sent {
 #[derive(Debug)]
 pub struct Aggregator {
     config: FogConfig,
+    /// Devices whose readings pass unsummarised, until when.
+    raw_until: HashMap<String, u64>,
     windows: BTreeMap<String, Window>,
     sent: HashMap<(String, String), Sent>,
     seq: HashMap<String, u64>,
     stats: FogStats,
 }
+
+/// Longest period of raw readings one request gives: an hour.
+pub const MAX_RAW_MS: u64 = 3_600_000;
 
 /// Largest telemetry the aggregator reads: a gateway's devices may carry
 /// more readings than the default device.
@@ -139,6 +147,7 @@ impl Aggregator {
     pub fn new(config: FogConfig) -> Self {
         Aggregator {
             config,
+            raw_until: HashMap::new(),
             windows: BTreeMap::new(),
             sent: HashMap::new(),
             seq: HashMap::new(),
@@ -149,6 +158,34 @@ impl Aggregator {
     /// The counters.
     pub fn stats(&self) -> FogStats {
         self.stats
+    }
+
+    /// Passes `device`'s readings on unsummarised for `for_ms` from
+    /// `now_ms` (at most [`MAX_RAW_MS`]; 0 ends it): an operator looking
+    /// closely at one device. Its open window is still summarised when due.
+    pub fn raw_for(&mut self, now_ms: u64, device: &str, for_ms: u64) {
+        if for_ms == 0 {
+            self.raw_until.remove(device);
+        } else {
+            self.raw_until
+                .insert(device.to_owned(), now_ms + for_ms.min(MAX_RAW_MS));
+        }
+    }
+
+    /// Whether `device`'s reading at `now_ms` passes unsummarised (then it
+    /// is counted as such, and the caller sends it on as it is).
+    pub fn passes_raw(&mut self, now_ms: u64, device: &str) -> bool {
+        match self.raw_until.get(device) {
+            Some(&until) if now_ms < until => {
+                self.stats.raw += 1;
+                true
+            }
+            Some(_) => {
+                self.raw_until.remove(device);
+                false
+            }
+            None => false,
+        }
     }
 
     /// Takes one telemetry message of `device` (its CBOR), at `now_ms`

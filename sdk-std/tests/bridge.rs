@@ -282,3 +282,78 @@ async fn the_fog_tier_sends_one_summary_a_window_and_alerts_at_once() {
     assert_eq!(stats.to_cloud, 2);
     assert!(stats.fog.byte_reduction() > 0.8, "{:?}", stats.fog);
 }
+
+/// An app asks for a device's raw readings (`fog/raw`, seconds): they pass
+/// the fog tier unsummarised until then; asking for 0 seconds ends it, and
+/// a request that is not a number changes nothing.
+#[tokio::test]
+async fn raw_readings_pass_the_fog_tier_on_demand() {
+    use lanyard_std::fog::FogConfig;
+    let broker = MemoryBroker::new();
+    let mut cloud = broker.connect();
+    cloud
+        .subscribe(&topic(ID, MessageKind::Telemetry))
+        .await
+        .unwrap();
+    let (device_end, bridge_end) = tokio::io::duplex(64 * 1024);
+    let (_dev_rx, mut dev_tx) = tokio::io::split(device_end);
+    let (stop, stop_rx) = tokio::sync::oneshot::channel::<()>();
+    let mut bridge = Bridge::new(broker.connect()).with_fog(FogConfig {
+        window_ms: 60_000,
+        dead_band: 0.0,
+    });
+    bridge.adopt_device(ID).await.unwrap();
+    let task = tokio::spawn(async move {
+        bridge
+            .run(bridge_end, async {
+                let _ = stop_rx.await;
+            })
+            .await
+            .unwrap()
+    });
+    let raw_topic = format!("lanyard/v1/{ID}/fog/raw");
+    let mut app = lanyard_std::app::AppClient::new(broker.connect())
+        .await
+        .unwrap();
+    // Summarised: nothing comes before the window ends.
+    dev_tx
+        .write_all(&frame(ID, MessageKind::Telemetry, &telemetry(1, 20.0)))
+        .await
+        .unwrap();
+    assert!(
+        tokio::time::timeout(Duration::from_millis(300), cloud.recv())
+            .await
+            .is_err()
+    );
+    cloud
+        .publish(&raw_topic, b"\x61x", Qos::AtLeastOnce)
+        .await
+        .unwrap();
+    app.raw_readings(ID, 60).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let reading = telemetry(2, 21.5);
+    dev_tx
+        .write_all(&frame(ID, MessageKind::Telemetry, &reading))
+        .await
+        .unwrap();
+    let (t, p) = next_message(&mut cloud).await;
+    assert_eq!(t, topic(ID, MessageKind::Telemetry).as_str());
+    assert_eq!(p, reading, "as the device sent it");
+    // Ended: summarised again.
+    app.raw_readings(ID, 0).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    dev_tx
+        .write_all(&frame(ID, MessageKind::Telemetry, &telemetry(3, 22.0)))
+        .await
+        .unwrap();
+    assert!(
+        tokio::time::timeout(Duration::from_millis(300), cloud.recv())
+            .await
+            .is_err()
+    );
+    let _ = stop.send(());
+    let stats = task.await.unwrap();
+    assert_eq!(stats.fog.raw, 1);
+    assert_eq!(stats.fog.readings, 2, "the others were summarised");
+    assert_eq!(stats.misdirected, 1, "the request that was not a number");
+}

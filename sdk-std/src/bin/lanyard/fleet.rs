@@ -79,6 +79,16 @@ pub(crate) enum FleetCmd {
         #[arg(required = true)]
         values: Vec<String>,
     },
+    /// Asks a device's gateway for its raw readings: its telemetry passes
+    /// the fog tier unsummarised for a while (`lanyard fleet watch` shows
+    /// it).
+    Raw {
+        /// The device id.
+        device: String,
+        /// For how long (at most 3600; 0 ends it).
+        #[arg(long, default_value_t = 300)]
+        seconds: u64,
+    },
     /// Sends a command and waits for its final acknowledgement.
     Command {
         /// The device id.
@@ -130,6 +140,11 @@ pub(crate) async fn fleet(
             tenant,
             json,
         } => list(&mut app, tenant.as_deref(), conflicts, json, timeout).await,
+        FleetCmd::Raw { device, seconds } => app
+            .raw_readings(&device, seconds)
+            .await
+            .map(|()| println!("{device}: raw readings asked for {seconds} s"))
+            .map_err(|e| format!("{device}: {e}")),
         FleetCmd::Resolve {
             device,
             path,
