@@ -358,6 +358,11 @@ fn main() {
         .split(',')
         .filter_map(|s| s.trim().parse().ok())
         .collect();
+    // Latency samples per fleet (each waits up to 10 s for its answer).
+    let samples: usize = std::env::var("LANYARD_FLEET_SAMPLES")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(200);
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .thread_stack_size(8 << 20)
@@ -366,12 +371,12 @@ fn main() {
     let mut figures = Vec::new();
     for &n in &sizes {
         eprintln!("fleet of {n} ...");
-        figures.push(rt.block_on(run(n, 1, 200)));
+        figures.push(rt.block_on(run(n, 1, samples)));
     }
     // The largest fleet again on two twin hosts sharing a database.
     if let (Some(&n), Ok(_)) = (sizes.last(), std::env::var("LANYARD_FLEET_PG")) {
         eprintln!("fleet of {n} on two twin hosts ...");
-        figures.push(rt.block_on(run(n, 2, 200)));
+        figures.push(rt.block_on(run(n, 2, samples)));
     }
     println!("\n== lanyard fleet benchmark (mosquitto on loopback, this run) ==");
     println!(

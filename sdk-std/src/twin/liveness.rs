@@ -1,5 +1,5 @@
 //! Which devices are alive, in what state and health: the host's view of
-//! the fleet from their heartbeats, health reports and lifecycle events,
+//! the fleet from their heartbeats (state and health) and lifecycle events,
 //! and the events it tells apps about (on [`AppTopic::Event`]).
 //!
 //! A device is offline once it has missed `missed_heartbeats` (3 by
