@@ -38,7 +38,9 @@ def start_mosquitto(workdir):
     with open(conf, "w") as f:
         f.write(f"listener {port} 127.0.0.1\nallow_anonymous true\n")
     mosquitto = shutil.which("mosquitto") or "/usr/sbin/mosquitto"
-    broker = subprocess.Popen([mosquitto, "-c", conf], stderr=subprocess.DEVNULL)
+    # Its log (on stderr) tells when a client took another's id.
+    with open(os.path.join(workdir, "mosquitto.log"), "w") as log:
+        broker = subprocess.Popen([mosquitto, "-c", conf], stderr=log)
     eventually(lambda: socket.create_connection(("127.0.0.1", port)).close() or True,
                "mosquitto did not start", seconds=10)
     return broker, port
@@ -372,6 +374,17 @@ class AppOfATwinHost(unittest.TestCase):
             self.app.resolve(self.SIM, "target_c", "cloud")
         with self.assertRaises(ValueError):
             self.app.resolve(self.SIM, "target_c", "nobody")
+
+    def test_two_apps_in_one_process_each_keep_their_connection(self):
+        # Without a client id each App gets its own: the broker never
+        # closes one because the other took its id.
+        with lanyard.App(self.broker) as a, lanyard.App(self.broker) as b:
+            for _ in range(3):
+                self.assertGreaterEqual(a.get_shadow(self.SIM, timeout=5)["version"], 0)
+                self.assertGreaterEqual(b.get_shadow(self.SIM, timeout=5)["version"], 0)
+        with open(os.path.join(self.dir.name, "mosquitto.log")) as log:
+            taken = [line for line in log if "already connected" in line]
+        self.assertEqual(taken, [])
 
     def test_commands_are_acknowledged_with_their_final_status(self):
         blink = self.app.command(self.SIM, "blink_led", {"count": 2, "period_ms": 100})
