@@ -982,7 +982,7 @@ impl TwinHost {
         };
         if id == lanyard_core::topic::FLEET_KEY && suffix == AppTopic::List.suffix() {
             let tenant = key.strip_suffix(id).unwrap_or("");
-            return self.list_request(now_ms, tenant, payload);
+            return self.list_request(tenant, payload);
         }
         // Also what keeps the host's own start-up probes (a reserved id)
         // from being acted on.
@@ -1011,18 +1011,8 @@ impl TwinHost {
                 "decommissioned device: refused"
             );
             const WHY: &str = "the device is decommissioned";
-            let from = match t {
-                Topic::App(_) => "app",
-                Topic::Device(_) => "device",
-            };
-            let mut out = vec![fleet_event(
-                key,
-                FleetEvent::Refused {
-                    at_ms: now_ms,
-                    from,
-                    reason: WHY.to_owned(),
-                },
-            )];
+            let from_app = matches!(t, Topic::App(_));
+            let mut out = vec![refusal(now_ms, key, from_app, WHY.to_owned())];
             if let Topic::App(AppTopic::SetDesired | AppTopic::Get | AppTopic::Resolve) = t {
                 out.push(rejected(key, WHY));
             }
@@ -1103,15 +1093,7 @@ impl TwinHost {
         } else {
             Err("the device is not decommissioned".to_owned())
         };
-        vec![Publish {
-            topic: app_topic(key, AppTopic::DesiredAnswer),
-            payload: DesiredAnswer {
-                token: token.to_owned(),
-                outcome,
-            }
-            .encode(),
-            qos: Qos::AtLeastOnce,
-        }]
+        vec![answer_to(key, token, outcome)]
     }
 
     /// An operator's decision on a conflict parked for one (a
@@ -1125,15 +1107,7 @@ impl TwinHost {
                 "a resolve request is a CBOR map of token, path and winner (\"cloud\" or \"device\")",
             )];
         };
-        let answer = |outcome: Result<u64, String>| Publish {
-            topic: app_topic(key, AppTopic::DesiredAnswer),
-            payload: DesiredAnswer {
-                token: req.token.clone(),
-                outcome,
-            }
-            .encode(),
-            qos: Qos::AtLeastOnce,
-        };
+        let answer = |outcome| answer_to(key, &req.token, outcome);
         let path = match lanyard_core::shadow::PathBuf::from_dotted(&req.path) {
             Ok(p) => p,
             Err(e) => return vec![answer(Err(format!("{:?}: {e}", req.path)))],
@@ -1221,7 +1195,7 @@ impl TwinHost {
     /// A page of the fleet's inventory (a [`ListRequest`]) for the
     /// operator, of the devices whose key starts with `tenant` (empty, or
     /// `{tenant}/` on a host that serves tenants).
-    fn list_request(&mut self, now_ms: u64, tenant: &str, payload: &[u8]) -> Vec<Publish> {
+    fn list_request(&self, tenant: &str, payload: &[u8]) -> Vec<Publish> {
         let at = format!("{tenant}{}", lanyard_core::topic::FLEET_KEY);
         let Some(req) = ListRequest::decode(payload) else {
             return vec![rejected(
@@ -1229,7 +1203,6 @@ impl TwinHost {
                 "a list request is a CBOR map of token, limit and optionally after",
             )];
         };
-        let _ = now_ms;
         let after = req.after.as_deref().map(|a| format!("{tenant}{a}"));
         let mut keys: Vec<&String> = self
             .shadows
@@ -1258,7 +1231,7 @@ impl TwinHost {
     }
 
     /// What the host knows of device `key`, named without `tenant`.
-    pub fn summary(&self, key: &str, tenant: &str) -> DeviceSummary {
+    fn summary(&self, key: &str, tenant: &str) -> DeviceSummary {
         let shadow = self.shadows.get(key);
         let decommissioned = self.decommissioned.contains(key);
         let (state, health) = self.liveness.condition(key);
@@ -1390,16 +1363,11 @@ impl TwinHost {
             return vec![rejected(id, &why), refusal(now_ms, id, from_app, why)];
         }
         let token = update.client_token.as_deref().map(str::to_owned);
-        let answer = |outcome: Result<u64, String>| {
-            token.as_ref().filter(|_| from_app).map(|t| Publish {
-                topic: app_topic(id, AppTopic::DesiredAnswer),
-                payload: DesiredAnswer {
-                    token: t.clone(),
-                    outcome,
-                }
-                .encode(),
-                qos: Qos::AtLeastOnce,
-            })
+        let answer = |outcome| {
+            token
+                .as_deref()
+                .filter(|_| from_app)
+                .map(|t| answer_to(id, t, outcome))
         };
         // Each side writes its own half: a device its reported state (and
         // its refusals), an app its desired state. Anything else is refused
@@ -1754,6 +1722,20 @@ fn config_fields(payload: &[u8]) -> Option<(u64, serde_json::Map<String, serde_j
     }
     (d.position() == payload.len()).then_some(())?;
     Some((version?, fields))
+}
+
+/// The answer to the request that carried `token` (desired state,
+/// re-provisioning, a conflict's settling): the version, or why not.
+fn answer_to(key: &str, token: &str, outcome: Result<u64, String>) -> Publish {
+    Publish {
+        topic: app_topic(key, AppTopic::DesiredAnswer),
+        payload: DesiredAnswer {
+            token: token.to_owned(),
+            outcome,
+        }
+        .encode(),
+        qos: Qos::AtLeastOnce,
+    }
 }
 
 /// The event telling apps that the host refused what the device (or, when
