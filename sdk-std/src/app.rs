@@ -155,6 +155,36 @@ impl ConfigPushReport {
     }
 }
 
+/// The configuration change to `version` that sets each named field
+/// (`telemetry_ms`, ...; [`ConfigField`](lanyard_core::agent::config::ConfigField)'s
+/// names) and keeps the others, for [`AppClient::push_config_to`]; the
+/// first unknown field or out-of-range value is refused, named, with the
+/// fields there are.
+///
+/// ```
+/// let patch = lanyard_std::app::config_patch(7, [("telemetry_ms", 60_000)])?;
+/// assert_eq!(patch.fields().len(), 1);
+/// assert!(lanyard_std::app::config_patch(7, [("speed", 5)]).unwrap_err().contains("not a field"));
+/// # Ok::<(), String>(())
+/// ```
+pub fn config_patch<'a>(
+    version: u64,
+    fields: impl IntoIterator<Item = (&'a str, u64)>,
+) -> Result<lanyard_core::agent::config::ConfigPatch, String> {
+    use lanyard_core::agent::config::{ConfigField, ConfigPatch};
+    let mut patch = ConfigPatch::new(version);
+    for (name, value) in fields {
+        let field = ConfigField::from_name(name).ok_or_else(|| {
+            let names: Vec<&str> = ConfigField::ALL.iter().map(|f| f.name()).collect();
+            format!("{name:?} is not a field: one of {}", names.join(", "))
+        })?;
+        patch
+            .set(field, value)
+            .map_err(|e| format!("{name}={value}: {}", e.reason))?;
+    }
+    Ok(patch)
+}
+
 /// The topic `t` of `device` (an id, or `{tenant}/{id}`); a name that
 /// cannot be in a topic is refused before anything is sent.
 fn device_topic(device: &str, t: Topic) -> Result<String, AppError> {

@@ -554,19 +554,12 @@ impl LanyardApp {
         fields: HashMap<String, u64>,
         timeout_ms: i64,
     ) -> Result<ConfigPushReport, LanyardError> {
-        use lanyard_core::agent::config::{ConfigField, ConfigPatch};
         let timeout = duration(timeout_ms)?;
-        let mut patch = ConfigPatch::new(version);
-        for (name, value) in &fields {
-            let field = ConfigField::from_name(name).ok_or_else(|| LanyardError::BadInput {
-                detail: format!("{name:?} is not a configuration field"),
-            })?;
-            patch
-                .set(field, *value)
-                .map_err(|e| LanyardError::BadInput {
-                    detail: format!("{name}={value}: {}", e.reason),
-                })?;
-        }
+        let patch = lanyard_std::app::config_patch(
+            version,
+            fields.iter().map(|(name, value)| (name.as_str(), *value)),
+        )
+        .map_err(|detail| LanyardError::BadInput { detail })?;
         let client = self.client.clone();
         let r = on(&self.runtime, async move {
             client

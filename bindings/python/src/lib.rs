@@ -445,17 +445,12 @@ impl App {
         fields: std::collections::HashMap<String, u64>,
         timeout: f64,
     ) -> PyResult<String> {
-        use lanyard_core::agent::config::{ConfigField, ConfigPatch};
         let timeout = seconds(timeout)?;
-        let mut patch = ConfigPatch::new(version);
-        for (name, value) in &fields {
-            let field = ConfigField::from_name(name).ok_or_else(|| {
-                PyValueError::new_err(format!("{name:?} is not a configuration field"))
-            })?;
-            patch
-                .set(field, *value)
-                .map_err(|e| PyValueError::new_err(format!("{name}={value}: {}", e.reason)))?;
-        }
+        let patch = lanyard_std::app::config_patch(
+            version,
+            fields.iter().map(|(name, value)| (name.as_str(), *value)),
+        )
+        .map_err(PyValueError::new_err)?;
         let client = self.client.clone();
         let report = block_on(py, &self.rt, async move {
             let mut client = client.lock().await;

@@ -287,23 +287,17 @@ async fn push_config(
     timeout: Duration,
     as_json: bool,
 ) -> Result<(), String> {
-    use lanyard_core::agent::config::{ConfigField, ConfigPatch};
-    let mut patch = ConfigPatch::new(version);
+    let mut given = Vec::new();
     for f in fields {
         let (name, value) = f
             .split_once('=')
             .ok_or_else(|| format!("--set {f:?}: field=value"))?;
-        let field = ConfigField::from_name(name).ok_or_else(|| {
-            let names: Vec<&str> = ConfigField::ALL.iter().map(|f| f.name()).collect();
-            format!("--set {name:?}: not a field: one of {}", names.join(", "))
-        })?;
         let value: u64 = value
             .parse()
             .map_err(|_| format!("--set {name}: {value:?} is not a whole number"))?;
-        patch
-            .set(field, value)
-            .map_err(|e| format!("--set {name}={value}: {}", e.reason))?;
+        given.push((name, value));
     }
+    let patch = lanyard_std::app::config_patch(version, given).map_err(|e| format!("--set {e}"))?;
     let devices = if all {
         app.list(None, Duration::from_secs(10))
             .await
