@@ -276,21 +276,16 @@ impl<T: Transport> AppClient<T> {
         up.client_token = heapless::String::try_from(token.as_str()).ok();
         let mut buf = vec![0u8; 64 * 1024];
         let n = up.encode(&mut buf).map_err(AppError::Codec)?;
-        let t = device_topic(device, Topic::App(AppTopic::SetDesired))?;
-        self.transport
-            .publish(&t, &buf[..n], Qos::AtLeastOnce)
-            .await?;
-        let answers = device_topic(device, Topic::App(AppTopic::DesiredAnswer))?;
-        let deadline = tokio::time::Instant::now() + timeout;
-        loop {
-            let left = deadline.saturating_duration_since(tokio::time::Instant::now());
-            let (_, payload) = self.wait_for(left, |t| t == answers).await?;
-            // Other apps' answers for the same device pass by.
-            match DesiredAnswer::decode(&payload) {
-                Some(a) if a.token == token => return a.outcome.map_err(AppError::Rejected),
-                _ => continue,
-            }
-        }
+        // A refused update is answered with its token too.
+        self.ask(
+            device,
+            AppTopic::SetDesired,
+            &buf[..n],
+            &token,
+            false,
+            timeout,
+        )
+        .await
     }
 
     /// The device's whole shadow.
@@ -325,9 +320,18 @@ impl<T: Transport> AppClient<T> {
         let mut payload = Vec::new();
         // Encoding into a Vec cannot fail.
         let _ = minicbor::encode(token.as_str(), &mut payload);
-        self.ask(device, AppTopic::Reprovision, &payload, &token, timeout)
-            .await
-            .map(|_| ())
+        // Not `shadow/rejected`: the device is decommissioned, so other
+        // apps' writes are refused there meanwhile.
+        self.ask(
+            device,
+            AppTopic::Reprovision,
+            &payload,
+            &token,
+            false,
+            timeout,
+        )
+        .await
+        .map(|_| ())
     }
 
     /// Settles the conflict parked for an operator at `path` (dotted) on
@@ -351,11 +355,13 @@ impl<T: Transport> AppClient<T> {
             path: path.to_owned(),
             winner,
         };
+        // A decommissioned device's refusal names no token.
         self.ask(
             device,
             AppTopic::Resolve,
             &request.encode(),
             &token,
+            true,
             timeout,
         )
         .await
@@ -500,14 +506,17 @@ impl<T: Transport> AppClient<T> {
         )
     }
 
-    /// Sends an operator's request `payload` on `device`'s topic `t` and
-    /// waits up to `timeout` for the host's answer that names `token`.
+    /// Sends request `payload` on `device`'s topic `t` and waits up to
+    /// `timeout` for the host's answer that names `token`; with
+    /// `untokened_refusals`, a refusal on `shadow/rejected` (which names no
+    /// token) ends the wait too. Other apps' answers pass by.
     async fn ask(
         &mut self,
         device: &str,
         t: AppTopic,
         payload: &[u8],
         token: &str,
+        untokened_refusals: bool,
         timeout: Duration,
     ) -> Result<u64, AppError> {
         let topic = device_topic(device, Topic::App(t))?;
@@ -520,17 +529,14 @@ impl<T: Transport> AppClient<T> {
         loop {
             let left = deadline.saturating_duration_since(tokio::time::Instant::now());
             let (at, payload) = self
-                .wait_for(left, |t| t == answers || t == rejected)
+                .wait_for(left, |t| {
+                    t == answers || (untokened_refusals && t == rejected)
+                })
                 .await?;
             if at == rejected {
-                // Refused before it was read (a decommissioned device):
-                // the host cannot name the token then.
-                if t != AppTopic::Reprovision {
-                    return Err(AppError::Rejected(
-                        String::from_utf8_lossy(&payload).into_owned(),
-                    ));
-                }
-                continue;
+                return Err(AppError::Rejected(
+                    String::from_utf8_lossy(&payload).into_owned(),
+                ));
             }
             match DesiredAnswer::decode(&payload) {
                 Some(a) if a.token == token => return a.outcome.map_err(AppError::Rejected),
