@@ -184,13 +184,11 @@ impl FleetEvent {
 
     /// Reads what [`FleetEvent::encode`] wrote; `None` for anything else.
     pub fn decode(bytes: &[u8]) -> Option<Self> {
-        let mut d = minicbor::Decoder::new(bytes);
-        let n = d.map().ok()??;
         let (mut kind, mut at_ms, mut last_seen_ms) = (None, None, None);
         let (mut from, mut to, mut status) = (None, None, None);
         let (mut path, mut policy, mut winner, mut reason) = (None, None, None, None);
-        for _ in 0..n {
-            match d.str().ok()? {
+        super::operator::read_text_map(bytes, |key, d| {
+            match key {
                 "kind" => kind = Some(d.str().ok()?.to_owned()),
                 "at_ms" => at_ms = Some(d.u64().ok()?),
                 "last_seen_ms" => last_seen_ms = Some(d.u64().ok()?),
@@ -201,12 +199,10 @@ impl FleetEvent {
                 "policy" => policy = ConflictPolicy::from_name(d.str().ok()?),
                 "winner" => winner = Some(super::operator::winner_named(d.str().ok()?)?),
                 "reason" => reason = Some(d.str().ok()?.to_owned()),
-                _ => d.skip().ok()?,
+                _ => return Some(false),
             }
-        }
-        if d.position() != bytes.len() {
-            return None;
-        }
+            Some(true)
+        })?;
         let at_ms = at_ms?;
         Some(match kind?.as_str() {
             "online" => FleetEvent::Online { at_ms },

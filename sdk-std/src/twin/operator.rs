@@ -9,6 +9,34 @@ use lanyard_core::agent::lifecycle::LifecycleState;
 use lanyard_core::shadow::Source;
 use minicbor::{Decoder, Encoder};
 
+/// Reads one CBOR map with text keys at `d`, handing each key and the
+/// decoder at its value to `field`: it reads the value and says
+/// `Some(true)`, or `Some(false)` for a key it does not know (skipped).
+/// `None` when anything does not read. The operator's messages and the
+/// fleet events are such maps.
+pub(super) fn each_text_key<'b>(
+    d: &mut Decoder<'b>,
+    mut field: impl FnMut(&'b str, &mut Decoder<'b>) -> Option<bool>,
+) -> Option<()> {
+    for _ in 0..d.map().ok()?? {
+        let key = d.str().ok()?;
+        if !field(key, d)? {
+            d.skip().ok()?;
+        }
+    }
+    Some(())
+}
+
+/// [`each_text_key`] over the whole of `bytes`: nothing may follow the map.
+pub(super) fn read_text_map<'b>(
+    bytes: &'b [u8],
+    field: impl FnMut(&'b str, &mut Decoder<'b>) -> Option<bool>,
+) -> Option<()> {
+    let mut d = Decoder::new(bytes);
+    each_text_key(&mut d, field)?;
+    (d.position() == bytes.len()).then_some(())
+}
+
 /// Devices in one page of a listing at most: a page stays far below the
 /// largest message (each summary is about 150 bytes).
 pub const MAX_LISTING_PAGE: usize = 200;
@@ -43,17 +71,16 @@ impl ResolveRequest {
     /// Reads what [`ResolveRequest::encode`] wrote; `None` for anything
     /// else (a missing field, an unknown winner, bytes after it).
     pub fn decode(bytes: &[u8]) -> Option<Self> {
-        let mut d = Decoder::new(bytes);
         let (mut token, mut path, mut winner) = (None, None, None);
-        for _ in 0..d.map().ok()?? {
-            match d.str().ok()? {
+        read_text_map(bytes, |key, d| {
+            match key {
                 "token" => token = Some(d.str().ok()?.to_owned()),
                 "path" => path = Some(d.str().ok()?.to_owned()),
                 "winner" => winner = winner_named(d.str().ok()?),
-                _ => d.skip().ok()?,
+                _ => return Some(false),
             }
-        }
-        (d.position() == bytes.len()).then_some(())?;
+            Some(true)
+        })?;
         Some(ResolveRequest {
             token: token?,
             path: path?,
@@ -108,17 +135,16 @@ impl ListRequest {
 
     /// Reads what [`ListRequest::encode`] wrote; `None` for anything else.
     pub fn decode(bytes: &[u8]) -> Option<Self> {
-        let mut d = Decoder::new(bytes);
         let (mut token, mut after, mut limit) = (None, None, None);
-        for _ in 0..d.map().ok()?? {
-            match d.str().ok()? {
+        read_text_map(bytes, |key, d| {
+            match key {
                 "token" => token = Some(d.str().ok()?.to_owned()),
                 "after" => after = Some(d.str().ok()?.to_owned()),
                 "limit" => limit = Some(d.u64().ok()?),
-                _ => d.skip().ok()?,
+                _ => return Some(false),
             }
-        }
-        (d.position() == bytes.len()).then_some(())?;
+            Some(true)
+        })?;
         Some(ListRequest {
             token: token?,
             after,
@@ -202,8 +228,8 @@ impl DeviceSummary {
             decommissioned: false,
         };
         let mut named = false;
-        for _ in 0..d.map().ok()?? {
-            match d.str().ok()? {
+        each_text_key(d, |key, d| {
+            match key {
                 "device" => {
                     s.device = d.str().ok()?.to_owned();
                     named = true;
@@ -218,9 +244,10 @@ impl DeviceSummary {
                 "state" => s.state = Some(super::liveness::state_named(d.str().ok()?)?),
                 "health" => s.health = Some(super::liveness::health_named(d.str().ok()?)?),
                 "firmware" => s.firmware = Some(d.str().ok()?.to_owned()),
-                _ => d.skip().ok()?,
+                _ => return Some(false),
             }
-        }
+            Some(true)
+        })?;
         named.then_some(s)
     }
 
@@ -279,10 +306,9 @@ impl Listing {
 
     /// Reads what [`Listing::encode`] wrote; `None` for anything else.
     pub fn decode(bytes: &[u8]) -> Option<Self> {
-        let mut d = Decoder::new(bytes);
         let (mut token, mut devices, mut next) = (None, Vec::new(), None);
-        for _ in 0..d.map().ok()?? {
-            match d.str().ok()? {
+        read_text_map(bytes, |key, d| {
+            match key {
                 "token" => token = Some(d.str().ok()?.to_owned()),
                 "next" => next = Some(d.str().ok()?.to_owned()),
                 "devices" => {
@@ -291,13 +317,13 @@ impl Listing {
                         return None;
                     }
                     for _ in 0..n {
-                        devices.push(DeviceSummary::decode_cbor(&mut d)?);
+                        devices.push(DeviceSummary::decode_cbor(d)?);
                     }
                 }
-                _ => d.skip().ok()?,
+                _ => return Some(false),
             }
-        }
-        (d.position() == bytes.len()).then_some(())?;
+            Some(true)
+        })?;
         Some(Listing {
             token: token?,
             devices,
