@@ -338,3 +338,27 @@ impl ConfigPatch {
         Ok(())
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// `ConfigField`'s keys and the `device-config` reader's are one table
+    /// written twice (the reader is the firmware's, kept small): each
+    /// field's key must land in that field.
+    #[test]
+    fn each_config_field_is_read_back_into_its_own_field() {
+        let now = DeviceConfig::default();
+        for field in ConfigField::ALL {
+            let mut e = Encoder::new(std::vec::Vec::new());
+            e.map(2).unwrap();
+            e.u8(0).unwrap().u64(9).unwrap();
+            e.u8(field as u8).unwrap().u64(7).unwrap();
+            let bytes = e.into_writer();
+            let read = now.decode_update(&mut Decoder::new(&bytes)).unwrap();
+            let mut expected = field.set(&now, 7).unwrap();
+            expected.version = 9;
+            assert_eq!(read, expected, "{}", field.name());
+        }
+    }
+}
