@@ -132,6 +132,9 @@ pub struct Bridge<T: Transport> {
     tenant: Option<String>,
     /// Telemetry summarised over windows, when asked.
     fog: Option<crate::fog::Aggregator>,
+    /// Where apps ask for the device's raw readings, once the link has a
+    /// device and a fog tier.
+    raw_topic: Option<String>,
 }
 
 impl<T: Transport> Bridge<T> {
@@ -145,6 +148,7 @@ impl<T: Transport> Bridge<T> {
             stats: BridgeStats::default(),
             tenant: None,
             fog: None,
+            raw_topic: None,
         }
     }
 
@@ -194,20 +198,6 @@ impl<T: Transport> Bridge<T> {
             .unwrap_or_default()
     }
 
-    /// Where apps ask for the device's raw readings.
-    fn raw_topic(&self, device_id: &str) -> String {
-        let key = match &self.tenant {
-            Some(t) => format!("{t}/{device_id}"),
-            None => device_id.to_owned(),
-        };
-        lanyard_core::topic::topic_of_key(
-            &key,
-            lanyard_core::topic::Topic::App(lanyard_core::topic::AppTopic::RawReadings),
-        )
-        .map(|s| s.to_string())
-        .unwrap_or_default()
-    }
-
     /// Binds the link to `device_id` now and subscribes to its topics, so
     /// messages for the device reach it even before it says anything
     /// (otherwise the first frame names the device).
@@ -239,10 +229,21 @@ impl<T: Transport> Bridge<T> {
                 .map_err(BridgeError::Transport)?;
         }
         if self.fog.is_some() {
+            let key = match &self.tenant {
+                Some(t) => format!("{t}/{device_id}"),
+                None => device_id.to_owned(),
+            };
+            let raw = lanyard_core::topic::topic_of_key(
+                &key,
+                lanyard_core::topic::Topic::App(lanyard_core::topic::AppTopic::RawReadings),
+            )
+            .map(|s| s.to_string())
+            .unwrap_or_default();
             self.transport
-                .subscribe(&self.raw_topic(device_id))
+                .subscribe(&raw)
                 .await
                 .map_err(BridgeError::Transport)?;
+            self.raw_topic = Some(raw);
         }
         self.device_id = Some(device_id.to_owned());
         Ok(())
@@ -296,7 +297,7 @@ impl<T: Transport> Bridge<T> {
                 ev = self.transport.recv() => {
                     match ev.map_err(BridgeError::Transport)? {
                         TransportEvent::Message { topic, payload }
-                            if self.device_id.as_deref().is_some_and(|d| topic == self.raw_topic(d)) =>
+                            if self.raw_topic.as_deref() == Some(topic.as_str()) =>
                         {
                             self.raw_asked(&payload);
                         }
