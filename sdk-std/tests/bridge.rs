@@ -231,21 +231,28 @@ fn telemetry(seq: u64, temp: f64) -> Vec<u8> {
     buf
 }
 
-/// With the fog tier on, the device's telemetry goes up as one summary a
-/// window; its health report is not held back.
-#[tokio::test]
-async fn the_fog_tier_sends_one_summary_a_window_and_alerts_at_once() {
-    use lanyard_std::fog::FogConfig;
-    let broker = MemoryBroker::new();
-    let mut cloud = broker.connect();
-    cloud.subscribe("lanyard/v1/#").await.unwrap();
+/// A bridge with the fog tier on (`window_ms` windows), running on one end
+/// of an in-memory link (bound to the device first when `adopt`): the
+/// device's writing half, the stop, and the task that returns the counters.
+async fn fog_bridge(
+    broker: &MemoryBroker,
+    window_ms: u64,
+    adopt: bool,
+) -> (
+    tokio::io::WriteHalf<tokio::io::DuplexStream>,
+    tokio::sync::oneshot::Sender<()>,
+    tokio::task::JoinHandle<BridgeStats>,
+) {
     let (device_end, bridge_end) = tokio::io::duplex(64 * 1024);
-    let (_dev_rx, mut dev_tx) = tokio::io::split(device_end);
+    let (_, dev_tx) = tokio::io::split(device_end);
     let (stop, stop_rx) = tokio::sync::oneshot::channel::<()>();
-    let mut bridge = Bridge::new(broker.connect()).with_fog(FogConfig {
-        window_ms: 1_500,
+    let mut bridge = Bridge::new(broker.connect()).with_fog(lanyard_std::fog::FogConfig {
+        window_ms,
         dead_band: 0.0,
     });
+    if adopt {
+        bridge.adopt_device(ID).await.unwrap();
+    }
     let task = tokio::spawn(async move {
         bridge
             .run(bridge_end, async {
@@ -254,6 +261,17 @@ async fn the_fog_tier_sends_one_summary_a_window_and_alerts_at_once() {
             .await
             .unwrap()
     });
+    (dev_tx, stop, task)
+}
+
+/// With the fog tier on, the device's telemetry goes up as one summary a
+/// window; its health report is not held back.
+#[tokio::test]
+async fn the_fog_tier_sends_one_summary_a_window_and_alerts_at_once() {
+    let broker = MemoryBroker::new();
+    let mut cloud = broker.connect();
+    cloud.subscribe("lanyard/v1/#").await.unwrap();
+    let (mut dev_tx, stop, task) = fog_bridge(&broker, 1_500, false).await;
     let mut frames = Vec::new();
     for seq in 1..=20 {
         frames.extend(frame(
@@ -288,29 +306,13 @@ async fn the_fog_tier_sends_one_summary_a_window_and_alerts_at_once() {
 /// a request that is not a number changes nothing.
 #[tokio::test]
 async fn raw_readings_pass_the_fog_tier_on_demand() {
-    use lanyard_std::fog::FogConfig;
     let broker = MemoryBroker::new();
     let mut cloud = broker.connect();
     cloud
         .subscribe(&topic(ID, MessageKind::Telemetry))
         .await
         .unwrap();
-    let (device_end, bridge_end) = tokio::io::duplex(64 * 1024);
-    let (_dev_rx, mut dev_tx) = tokio::io::split(device_end);
-    let (stop, stop_rx) = tokio::sync::oneshot::channel::<()>();
-    let mut bridge = Bridge::new(broker.connect()).with_fog(FogConfig {
-        window_ms: 60_000,
-        dead_band: 0.0,
-    });
-    bridge.adopt_device(ID).await.unwrap();
-    let task = tokio::spawn(async move {
-        bridge
-            .run(bridge_end, async {
-                let _ = stop_rx.await;
-            })
-            .await
-            .unwrap()
-    });
+    let (mut dev_tx, stop, task) = fog_bridge(&broker, 60_000, true).await;
     let raw_topic = format!("lanyard/v1/{ID}/fog/raw");
     let mut app = lanyard_std::app::AppClient::new(broker.connect())
         .await
