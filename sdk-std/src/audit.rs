@@ -46,6 +46,11 @@ pub enum AuditAction {
     ConfigPushed,
     /// A device answered a configuration: applied, ignored or rejected.
     ConfigAcknowledged,
+    /// The provisioning service issued a device a certificate (its serial,
+    /// expiry, and whether by claim or renewal in the detail).
+    CertificateIssued,
+    /// A certificate was revoked (its serial and why in the detail).
+    CertificateRevoked,
 }
 
 impl AuditAction {
@@ -59,6 +64,8 @@ impl AuditAction {
             AuditAction::ConflictResolved => "conflict_resolved",
             AuditAction::ConfigPushed => "config_pushed",
             AuditAction::ConfigAcknowledged => "config_acknowledged",
+            AuditAction::CertificateIssued => "certificate_issued",
+            AuditAction::CertificateRevoked => "certificate_revoked",
         }
     }
 }

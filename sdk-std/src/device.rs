@@ -99,6 +99,7 @@ impl std::error::Error for DeviceGone {}
 pub struct DeviceHandle {
     reports: mpsc::UnboundedSender<LocalChange>,
     results: mpsc::UnboundedSender<CommandResult>,
+    credentials: crate::mqtt::CredentialSwitch,
 }
 
 impl DeviceHandle {
@@ -115,6 +116,12 @@ impl DeviceHandle {
     /// [`Completion::Later`](lanyard_core::agent::platform::Completion).
     pub fn complete_command(&self, outcome: CommandResult) -> Result<(), DeviceGone> {
         self.results.send(outcome).map_err(|_| DeviceGone)
+    }
+
+    /// Changes the device's client certificate while it runs (see
+    /// [`crate::credentials::Renewal`]).
+    pub fn credential_switch(&self) -> crate::mqtt::CredentialSwitch {
+        self.credentials.clone()
     }
 }
 
@@ -382,6 +389,7 @@ impl DeviceBuilder {
         let (reports, reports_rx) = mpsc::unbounded_channel();
         let (results, results_rx) = mpsc::unbounded_channel();
         let mqtt = MqttTransport::connect(broker);
+        let credentials = mqtt.credential_switch();
         let transport: DeviceTransport = match self.aws {
             None => Box::new(mqtt),
             Some((shadow, policies)) => {
@@ -404,6 +412,13 @@ impl DeviceBuilder {
         if let Some(t) = &self.tenant {
             driver = driver.with_tenant(t).map_err(BuildError::Tenant)?;
         }
-        Ok((driver, DeviceHandle { reports, results }))
+        Ok((
+            driver,
+            DeviceHandle {
+                reports,
+                results,
+                credentials,
+            },
+        ))
     }
 }

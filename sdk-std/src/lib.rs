@@ -65,6 +65,8 @@ pub mod broker;
 #[cfg(feature = "runtime")]
 pub mod clock;
 pub mod cost;
+#[cfg(feature = "runtime")]
+pub mod credentials;
 pub mod describe;
 #[cfg(feature = "runtime")]
 pub mod device;
@@ -75,8 +77,11 @@ pub mod fog;
 pub mod metrics;
 #[cfg(feature = "runtime")]
 pub mod mqtt;
+#[cfg(feature = "runtime")]
+pub mod provision;
 pub mod sim;
 pub mod store;
+mod text_map;
 #[cfg(feature = "runtime")]
 pub mod tls;
 #[cfg(feature = "runtime")]

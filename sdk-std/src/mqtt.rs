@@ -110,6 +110,41 @@ pub use crate::MAX_PAYLOAD;
 /// cutting the connection (and coming back, redelivered, for ever).
 const MAX_INCOMING_PACKET: usize = 16 * 1024 * 1024;
 
+/// A connection failure in words an operator can act on: the TLS alerts a
+/// broker sends about this client's certificate are named first, then the
+/// client's own text.
+///
+/// ```
+/// let why = lanyard_std::mqtt::describe_failure("IO: received fatal alert: CertificateRevoked");
+/// assert!(why.starts_with("the broker refused this client's certificate: it is revoked"));
+/// ```
+pub fn describe_failure(error: &str) -> String {
+    const ALERTS: [(&str, &str); 4] = [
+        (
+            "CertificateRevoked",
+            "the broker refused this client's certificate: it is revoked (the device was \
+             decommissioned, its key reported compromised, or a renewal replaced it)",
+        ),
+        (
+            "CertificateExpired",
+            "the broker refused this client's certificate: it has expired (renew it, or \
+             provision the device again by claim if the fleet allows it)",
+        ),
+        (
+            "UnknownCA",
+            "the broker does not trust the CA that signed this client's certificate",
+        ),
+        (
+            "BadCertificate",
+            "the broker refused this client's certificate",
+        ),
+    ];
+    match ALERTS.iter().find(|(alert, _)| error.contains(alert)) {
+        Some((_, why)) => format!("{why} ({error})"),
+        None => error.to_owned(),
+    }
+}
+
 /// Counters of the connection.
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
 pub struct MqttStats {
@@ -149,7 +184,42 @@ pub struct MqttTransport {
     filters: Arc<Mutex<Vec<String>>>,
     stats: Arc<Mutex<MqttStats>>,
     delivery: Arc<Delivery>,
+    switch: CredentialSwitch,
     task: JoinHandle<()>,
+}
+
+/// Changes the client certificate of a running [`MqttTransport`] (a
+/// renewed one): the connection is made again with it, the session (same
+/// client id) resumes, and what was in flight is sent again. Cheap to
+/// clone; from any task.
+#[derive(Debug, Clone)]
+pub struct CredentialSwitch {
+    tx: mpsc::UnboundedSender<rumqttc::TlsConfiguration>,
+    connection: Arc<AtomicU64>,
+}
+
+impl CredentialSwitch {
+    /// Reconnects with `tls` and waits up to `within` for the broker to
+    /// take it. `false` if it did not in time (the transport keeps trying
+    /// with `tls`; switch back to keep the old certificate) or the
+    /// transport is gone.
+    pub async fn switch(&self, tls: rumqttc::TlsConfiguration, within: Duration) -> bool {
+        let before = self.connection.load(Ordering::Acquire);
+        if self.tx.send(tls).is_err() {
+            return false;
+        }
+        let deadline = tokio::time::Instant::now() + within;
+        while tokio::time::Instant::now() < deadline {
+            if self.connection.load(Ordering::Acquire) > before {
+                return true;
+            }
+            if self.tx.is_closed() {
+                return false;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        false
+    }
 }
 
 /// What [`Transport::flush`] waits for: every publish handed to rumqttc
@@ -201,6 +271,11 @@ impl MqttTransport {
         let stats: Arc<Mutex<MqttStats>> = Arc::default();
         let delivery: Arc<Delivery> = Arc::default();
         let connection: Arc<AtomicU64> = Arc::default();
+        let (switch_tx, mut switch_rx) = mpsc::unbounded_channel::<rumqttc::TlsConfiguration>();
+        let switch = CredentialSwitch {
+            tx: switch_tx,
+            connection: connection.clone(),
+        };
         let task = {
             let (client, filters, stats) = (client.clone(), filters.clone(), stats.clone());
             let (delivery, connection) = (delivery.clone(), connection.clone());
@@ -208,7 +283,19 @@ impl MqttTransport {
                 let mut connected_before = false;
                 let mut attempt: u32 = 0;
                 loop {
-                    match eventloop.poll().await {
+                    let polled = tokio::select! {
+                        biased;
+                        Some(tls) = switch_rx.recv() => {
+                            // New credentials: drop the connection (in-flight
+                            // publishes are kept and sent again) and make the
+                            // next one with them.
+                            eventloop.mqtt_options.set_transport(rumqttc::Transport::Tls(tls));
+                            eventloop.clean();
+                            continue;
+                        }
+                        polled = eventloop.poll() => polled,
+                    };
+                    match polled {
                         Ok(Event::Incoming(Packet::Publish(p))) => {
                             if p.payload.len() > MAX_PAYLOAD {
                                 // Dropped for good: acknowledged, so the
@@ -261,7 +348,7 @@ impl MqttTransport {
                             }
                             stats.lock().expect("stats").failed_attempts += 1;
                             if !connected_before {
-                                first_tx.send_replace(Some(Err(e.to_string())));
+                                first_tx.send_replace(Some(Err(describe_failure(&e.to_string()))));
                             }
                             tracing::debug!(error = %e, attempt, "mqtt connection lost");
                             // Full jitter: a random wait in [0, window].
@@ -287,8 +374,14 @@ impl MqttTransport {
             filters,
             stats,
             delivery,
+            switch,
             task,
         }
+    }
+
+    /// A handle that changes this connection's client certificate.
+    pub fn credential_switch(&self) -> CredentialSwitch {
+        self.switch.clone()
     }
 
     /// Connects and waits for the broker's answer: the first failure (a

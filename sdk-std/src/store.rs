@@ -60,6 +60,17 @@ pub fn unseal(bytes: &[u8]) -> Result<&[u8], Damaged> {
 /// Writes `data` to `path` atomically (temporary file, fsync, rename,
 /// directory fsync).
 pub fn write_atomic(path: &Path, data: &[u8]) -> io::Result<()> {
+    write_atomic_mode(path, data, None)
+}
+
+/// [`write_atomic`] for secrets (private keys, data keys): the file is
+/// readable and writable by its owner only (mode 0600 on Unix) from the
+/// moment it exists.
+pub fn write_private(path: &Path, data: &[u8]) -> io::Result<()> {
+    write_atomic_mode(path, data, Some(0o600))
+}
+
+fn write_atomic_mode(path: &Path, data: &[u8], mode: Option<u32>) -> io::Result<()> {
     let dir = path.parent().unwrap_or(Path::new("."));
     let name = path
         .file_name()
@@ -68,7 +79,18 @@ pub fn write_atomic(path: &Path, data: &[u8]) -> io::Result<()> {
     tmp_name.push(".tmp");
     let tmp = dir.join(tmp_name);
     {
-        let mut f = fs::File::create(&tmp)?;
+        // A leftover from an interrupted write keeps its old mode: start anew.
+        let _ = fs::remove_file(&tmp);
+        let mut options = fs::OpenOptions::new();
+        options.write(true).create(true).truncate(true);
+        #[cfg(unix)]
+        if let Some(mode) = mode {
+            use std::os::unix::fs::OpenOptionsExt;
+            options.mode(mode);
+        }
+        #[cfg(not(unix))]
+        let _ = mode;
+        let mut f = options.open(&tmp)?;
         f.write_all(data)?;
         f.sync_all()?;
     }

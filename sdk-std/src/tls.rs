@@ -98,10 +98,7 @@ impl TlsFiles {
     /// without a client certificate or a common name.
     pub fn client_identity(&self) -> Option<String> {
         let (cert, _) = self.client.as_ref()?;
-        let (_, pem) = x509_parser::pem::parse_x509_pem(cert).ok()?;
-        let cert = pem.parse_x509().ok()?;
-        let cn = cert.subject().iter_common_name().next()?;
-        cn.as_str().ok().map(str::to_owned)
+        common_name(cert)
     }
 
     /// The rumqttc configuration.
@@ -112,6 +109,20 @@ impl TlsFiles {
             client_auth: self.client.clone(),
         }
     }
+}
+
+fn common_name(cert_pem: &[u8]) -> Option<String> {
+    let (_, pem) = x509_parser::pem::parse_x509_pem(cert_pem).ok()?;
+    let cert = pem.parse_x509().ok()?;
+    let cn = cert.subject().iter_common_name().next()?;
+    cn.as_str().ok().map(str::to_owned)
+}
+
+/// Checks a client certificate and key as [`TlsFiles::from_pem`] does
+/// (valid now, the key its own) and returns the common name it gives.
+pub fn check_pair(cert_pem: &[u8], key_pem: &[u8]) -> Result<Option<String>, TlsError> {
+    check_client(cert_pem, key_pem)?;
+    Ok(common_name(cert_pem))
 }
 
 fn check_client(cert_pem: &[u8], key_pem: &[u8]) -> Result<(), TlsError> {

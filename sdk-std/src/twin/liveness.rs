@@ -187,7 +187,7 @@ impl FleetEvent {
         let (mut kind, mut at_ms, mut last_seen_ms) = (None, None, None);
         let (mut from, mut to, mut status) = (None, None, None);
         let (mut path, mut policy, mut winner, mut reason) = (None, None, None, None);
-        super::operator::read_text_map(bytes, |key, d| {
+        crate::text_map::read_text_map(bytes, |key, d| {
             match key {
                 "kind" => kind = Some(d.str().ok()?.to_owned()),
                 "at_ms" => at_ms = Some(d.u64().ok()?),

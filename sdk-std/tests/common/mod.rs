@@ -96,11 +96,13 @@ impl Mosquitto {
     fn launch(&mut self, whole: &str) {
         let conf = self.dir.path().join("mosquitto.conf");
         std::fs::write(&conf, whole).unwrap();
+        // Its own log, to say why when it does not start.
+        let log = self.dir.path().join("mosquitto.log");
         let child = Command::new(binary())
             .arg("-c")
             .arg(&conf)
             .stdout(Stdio::null())
-            .stderr(Stdio::null())
+            .stderr(std::fs::File::create(&log).expect("mosquitto log"))
             .spawn()
             .expect("start mosquitto");
         self.child = Some(child);
@@ -108,8 +110,9 @@ impl Mosquitto {
         while TcpStream::connect(("127.0.0.1", self.port)).is_err() {
             assert!(
                 Instant::now() < deadline,
-                "mosquitto did not open port {}",
-                self.port
+                "mosquitto did not open port {}: {}",
+                self.port,
+                std::fs::read_to_string(&log).unwrap_or_default()
             );
             std::thread::sleep(Duration::from_millis(20));
         }
@@ -320,6 +323,9 @@ pub fn fleet_broker(pki: &Pki, trusted: &[&str], tenants: bool) -> Mosquitto {
             cert: &dir.join("server.pem"),
             key: &dir.join("server.key"),
             acl: &dir.join("acl"),
+            provision_port: None,
+            crl: None,
+            pid_file: None,
         });
         format!("{conf}max_queued_messages 100000\n")
     })

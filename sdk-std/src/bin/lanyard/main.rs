@@ -246,6 +246,18 @@ enum Cmd {
         /// The ACL file (`lanyard acl > acl`).
         #[arg(long)]
         acl: PathBuf,
+        /// Also listen here for provisioning by claim and certificate
+        /// renewal (clients keep their own client id there).
+        #[arg(long)]
+        provision_port: Option<u16>,
+        /// The fleet's revocation list (`crl.pem` in the CA directory, kept
+        /// by `lanyard provision`).
+        #[arg(long)]
+        crl: Option<PathBuf>,
+        /// Where mosquitto writes its process id (for `lanyard provision
+        /// --broker-pid-file`).
+        #[arg(long)]
+        pid_file: Option<PathBuf>,
     },
     /// Bridges a device on a framed serial link (a serial port, a
     /// pseudo-terminal or a TCP socket, e.g. qemu's) to a broker.
@@ -407,6 +419,9 @@ fn main() {
                 cert,
                 key,
                 acl,
+                provision_port,
+                crl,
+                pid_file,
             } => {
                 print!(
                     "{}",
@@ -417,6 +432,9 @@ fn main() {
                         cert: &cert,
                         key: &key,
                         acl: &acl,
+                        provision_port,
+                        crl: crl.as_deref(),
+                        pid_file: pid_file.as_deref(),
                     })
                 );
                 Ok(())

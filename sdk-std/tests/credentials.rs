@@ -1,0 +1,614 @@
+//! Credentials over a device's life, against mosquitto configured the way
+//! Lanyard generates it (mutual TLS, a provisioning listener, the fleet's
+//! revocation list) with a CA made here: provisioning by claim and what it
+//! refuses, revocation at the broker, and renewal while a device runs.
+
+mod common;
+
+use std::time::Duration;
+
+use common::{Mosquitto, free_port};
+use lanyard_std::clock::Clock;
+use lanyard_std::credentials::{
+    CredentialError, CredentialStore, Credentials, ProvisionEndpoint, Renewal, RenewalEvent, claim,
+};
+use lanyard_std::mqtt::{MqttConfig, MqttTransport};
+use lanyard_std::provision::authority::Authority;
+use lanyard_std::provision::messages::{
+    Channel, CsrAccepted, CsrRequest, Outcome, Refusal, RegisterRequest, Rejected, Step,
+};
+use lanyard_std::provision::service::CertState;
+use lanyard_std::provision::{
+    AllowList, BrokerReload, ProvisionPolicy, Provisioner, run_provision,
+};
+use lanyard_std::tls::{TlsError, TlsFiles};
+use lanyard_std::transport::{Qos, Transport, TransportError, TransportEvent};
+use tokio::sync::oneshot;
+
+const WAIT: Duration = Duration::from_secs(10);
+const CLAIM: &str = "lanyard-claim-test";
+
+/// A CA, a broker with a provisioning listener and the CA's revocation
+/// list, and the certificates of the services.
+struct Fleet {
+    dir: tempfile::TempDir,
+    broker: Mosquitto,
+    provision_port: u16,
+    ca_pem: String,
+    claim: TlsFiles,
+    services: std::collections::HashMap<&'static str, TlsFiles>,
+}
+
+fn tls_of(ca: &Authority, cn: &str, lifetime: u64) -> TlsFiles {
+    let issued = ca.issue_with_key(cn, &[], lifetime).unwrap();
+    TlsFiles::from_pem(
+        ca.ca_pem().as_bytes().to_vec(),
+        Some((issued.cert.pem.into_bytes(), issued.key_pem.into_bytes())),
+    )
+    .unwrap()
+}
+
+impl Fleet {
+    fn new() -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        let ca = Authority::create(&dir.path().join("ca"), "Test fleet CA", 1).unwrap();
+        let server = ca
+            .issue_with_key("localhost", &["localhost", "127.0.0.1"], 86_400)
+            .unwrap();
+        let mut services = std::collections::HashMap::new();
+        for cn in ["lanyard-twin", "lanyard-ops", "lanyard-provision"] {
+            services.insert(cn, tls_of(&ca, cn, 86_400));
+        }
+        let claim = tls_of(&ca, CLAIM, 86_400);
+        let ca_pem = ca.ca_pem().to_owned();
+        // The service writes the list before the broker reads it.
+        drop(
+            Provisioner::open(
+                ca,
+                policy(),
+                &dir.path().join("provision"),
+                &dir.path().join("crl.pem"),
+            )
+            .unwrap(),
+        );
+        let acl =
+            lanyard_std::acl::mosquitto_acl(&["lanyard-twin", "lanyard-ops", "lanyard-provision"])
+                .unwrap();
+        // Mosquitto writes its process id after it stops being root.
+        let run = dir.path().join("run");
+        std::fs::create_dir(&run).unwrap();
+        std::fs::set_permissions(&run, std::os::unix::fs::PermissionsExt::from_mode(0o777))
+            .unwrap();
+        let provision_port = free_port();
+        let (state, ca_copy) = (dir.path().to_owned(), ca_pem.clone());
+        let broker = Mosquitto::start_with_conf(move |bdir, port| {
+            std::fs::write(bdir.join("ca.pem"), ca_copy).unwrap();
+            std::fs::write(bdir.join("server.pem"), server.cert.pem).unwrap();
+            std::fs::write(bdir.join("server.key"), server.key_pem).unwrap();
+            std::fs::write(bdir.join("acl"), acl).unwrap();
+            let conf = lanyard_std::acl::mosquitto_conf(&lanyard_std::acl::BrokerFiles {
+                bind: "127.0.0.1",
+                port,
+                ca: &bdir.join("ca.pem"),
+                cert: &bdir.join("server.pem"),
+                key: &bdir.join("server.key"),
+                acl: &bdir.join("acl"),
+                provision_port: Some(provision_port),
+                crl: Some(&state.join("crl.pem")),
+                pid_file: Some(&state.join("run/mosquitto.pid")),
+            });
+            format!("{conf}max_queued_messages 100000\n")
+        });
+        // Both listeners up.
+        let deadline = std::time::Instant::now() + WAIT;
+        while std::net::TcpStream::connect(("127.0.0.1", provision_port)).is_err() {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "no provisioning listener"
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        Fleet {
+            dir,
+            broker,
+            provision_port,
+            ca_pem,
+            claim,
+            services,
+        }
+    }
+
+    fn path(&self, name: &str) -> std::path::PathBuf {
+        self.dir.path().join(name)
+    }
+
+    fn endpoint(&self) -> ProvisionEndpoint {
+        ProvisionEndpoint {
+            host: "localhost".into(),
+            port: self.provision_port,
+            ca_pem: self.ca_pem.clone().into_bytes(),
+            timeout: WAIT,
+        }
+    }
+
+    /// A connection to the main listener as `tls`'s holder.
+    fn mqtt(&self, tls: &TlsFiles, client_id: &str) -> MqttConfig {
+        let mut c = MqttConfig::new("localhost", self.broker.port, client_id);
+        c.tls = Some(tls.to_rumqttc());
+        c.persistent_session = false;
+        c
+    }
+
+    fn reload(&self) -> BrokerReload {
+        BrokerReload::PidFile(self.path("run/mosquitto.pid"))
+    }
+
+    /// The provisioning service on its own connection, with `policy`;
+    /// handed back when the sender is dropped or fired.
+    async fn serve(
+        &self,
+        policy: ProvisionPolicy,
+    ) -> (oneshot::Sender<()>, tokio::task::JoinHandle<Provisioner>) {
+        let ca = Authority::open(&self.path("ca")).unwrap();
+        let mut service =
+            Provisioner::open(ca, policy, &self.path("provision"), &self.path("crl.pem")).unwrap();
+        let config = self.mqtt(&self.services["lanyard-provision"], "lanyard-provision");
+        let reload = self.reload();
+        let (tx, rx) = oneshot::channel::<()>();
+        let (ready_tx, ready) = oneshot::channel::<()>();
+        let task = tokio::spawn(async move {
+            let mut t = MqttTransport::connect_and_wait(config, WAIT).await.unwrap();
+            run_provision(&mut service, &mut t, &reload, Some(ready_tx), async {
+                let _ = rx.await;
+            })
+            .await
+            .unwrap();
+            service
+        });
+        // Serving before anyone asks.
+        tokio::time::timeout(WAIT, ready).await.unwrap().unwrap();
+        (tx, task)
+    }
+}
+
+fn policy() -> ProvisionPolicy {
+    let allow = (1..=8)
+        .map(|i| format!("0a:0b:0c:0d:0e:{i:02x}\n"))
+        .collect::<String>();
+    ProvisionPolicy::new(AllowList::parse(&allow).unwrap())
+}
+
+fn id(i: u8) -> String {
+    format!("ly-0a0b0c0d0e{i:02x}")
+}
+
+fn mac(i: u8) -> String {
+    format!("0a:0b:0c:0d:0e:{i:02x}")
+}
+
+fn refused_with(r: Result<Credentials, CredentialError>) -> Refusal {
+    match r {
+        Err(CredentialError::Refused(_, rejected)) => rejected.reason,
+        other => panic!("expected a refusal, got {other:?}"),
+    }
+}
+
+/// One step by hand on the claim channel: the answer's outcome and payload.
+async fn raw_step(
+    t: &mut MqttTransport,
+    channel: &Channel<'_>,
+    step: Step,
+    payload: &[u8],
+) -> (Outcome, Vec<u8>) {
+    let answers = [Outcome::Accepted, Outcome::Rejected].map(|o| (o, channel.answer(step, o)));
+    for (_, topic) in &answers {
+        t.subscribe(topic).await.unwrap();
+    }
+    t.publish(&channel.request(step), payload, Qos::AtLeastOnce)
+        .await
+        .unwrap();
+    loop {
+        match tokio::time::timeout(WAIT, t.recv())
+            .await
+            .expect("an answer")
+        {
+            Ok(TransportEvent::Message { topic, payload }) => {
+                if let Some((o, _)) = answers.iter().find(|(_, a)| *a == topic) {
+                    return (*o, payload);
+                }
+            }
+            Ok(_) => {}
+            Err(e) => panic!("{e}"),
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_claim_gives_an_allowed_device_its_own_certificate_and_nothing_else_is_issued() {
+    let fleet = Fleet::new();
+    let (stop, service) = fleet.serve(policy()).await;
+    let endpoint = fleet.endpoint();
+
+    // An allowed device gets a certificate for its own new key, and the
+    // main listener takes it as that device.
+    let creds = claim(&endpoint, &fleet.claim, &id(1), &mac(1))
+        .await
+        .unwrap();
+    assert_eq!(creds.device, id(1));
+    let tls = creds.tls(fleet.ca_pem.as_bytes()).unwrap();
+    assert_eq!(tls.client_identity(), Some(id(1)));
+    let mut dev = MqttTransport::connect_and_wait(fleet.mqtt(&tls, &id(1)), WAIT)
+        .await
+        .unwrap();
+    let mut twin = MqttTransport::connect_and_wait(
+        fleet.mqtt(&fleet.services["lanyard-twin"], "lanyard-twin"),
+        WAIT,
+    )
+    .await
+    .unwrap();
+    twin.subscribe("lanyard/v1/+/heartbeat").await.unwrap();
+    dev.publish(
+        &format!("lanyard/v1/{}/heartbeat", id(1)),
+        b"hb",
+        Qos::AtLeastOnce,
+    )
+    .await
+    .unwrap();
+    match tokio::time::timeout(WAIT, twin.recv())
+        .await
+        .unwrap()
+        .unwrap()
+    {
+        TransportEvent::Message { topic, .. } => {
+            assert_eq!(topic, format!("lanyard/v1/{}/heartbeat", id(1)))
+        }
+        other => panic!("{other:?}"),
+    }
+
+    // Not on the allow-list; a name the allow-list gives other hardware;
+    // a second claim for a device that has a certificate.
+    assert_eq!(
+        refused_with(
+            claim(
+                &endpoint,
+                &fleet.claim,
+                "ly-0a0b0c0d0e99",
+                "0a:0b:0c:0d:0e:99"
+            )
+            .await
+        ),
+        Refusal::NotAllowed
+    );
+    assert_eq!(
+        refused_with(claim(&endpoint, &fleet.claim, &id(2), &mac(3)).await),
+        Refusal::WrongName
+    );
+    assert_eq!(
+        refused_with(claim(&endpoint, &fleet.claim, &id(1), &mac(1)).await),
+        Refusal::AlreadyProvisioned
+    );
+
+    // By hand: a message that does not read, a signing request that does
+    // not parse, a replayed token and an unknown one.
+    let session = "s-raw";
+    let mut t = MqttTransport::connect_and_wait(
+        {
+            let mut c = MqttConfig::new("localhost", fleet.provision_port, session);
+            c.tls = Some(fleet.claim.to_rumqttc());
+            c.persistent_session = false;
+            c
+        },
+        WAIT,
+    )
+    .await
+    .unwrap();
+    let channel = Channel::Claim {
+        identity: CLAIM,
+        session,
+    };
+    let reason = |(o, p): (Outcome, Vec<u8>)| {
+        assert_eq!(o, Outcome::Rejected);
+        Rejected::decode(&p).unwrap().reason
+    };
+    assert_eq!(
+        reason(raw_step(&mut t, &channel, Step::Csr, b"\xff\x00").await),
+        Refusal::Malformed
+    );
+    let junk = CsrRequest {
+        csr: b"not a CSR".to_vec(),
+    }
+    .encode();
+    assert_eq!(
+        reason(raw_step(&mut t, &channel, Step::Csr, &junk).await),
+        Refusal::BadCsr
+    );
+    let key = rcgen::KeyPair::generate().unwrap();
+    let mut params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+    params.distinguished_name = rcgen::DistinguishedName::new();
+    params
+        .distinguished_name
+        .push(rcgen::DnType::CommonName, id(4));
+    let csr = params.serialize_request(&key).unwrap().der().to_vec();
+    let (o, p) = raw_step(&mut t, &channel, Step::Csr, &CsrRequest { csr }.encode()).await;
+    assert_eq!(o, Outcome::Accepted);
+    let token = CsrAccepted::decode(&p).unwrap().token;
+    let register = RegisterRequest {
+        token: token.clone(),
+        hardware: mac(4),
+    }
+    .encode();
+    assert_eq!(
+        raw_step(&mut t, &channel, Step::Register, &register)
+            .await
+            .0,
+        Outcome::Accepted
+    );
+    assert_eq!(
+        reason(raw_step(&mut t, &channel, Step::Register, &register).await),
+        Refusal::TokenUsed
+    );
+    let unknown = RegisterRequest {
+        token: "00".repeat(16),
+        hardware: mac(4),
+    }
+    .encode();
+    assert_eq!(
+        reason(raw_step(&mut t, &channel, Step::Register, &unknown).await),
+        Refusal::UnknownToken
+    );
+    // A token from this session is no one else's.
+    let other = Channel::Claim {
+        identity: CLAIM,
+        session: "s-other",
+    };
+    let mut t2 = MqttTransport::connect_and_wait(
+        {
+            let mut c = MqttConfig::new("localhost", fleet.provision_port, "s-other");
+            c.tls = Some(fleet.claim.to_rumqttc());
+            c.persistent_session = false;
+            c
+        },
+        WAIT,
+    )
+    .await
+    .unwrap();
+    assert_eq!(
+        reason(raw_step(&mut t2, &other, Step::Register, &register).await),
+        Refusal::UnknownToken
+    );
+
+    // A claim certificate past its expiry is refused on the device before
+    // anything is sent.
+    let ca = Authority::open(&fleet.path("ca")).unwrap();
+    let expired = ca.issue_with_key(CLAIM, &[], 0).unwrap();
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    let e = TlsFiles::from_pem(
+        fleet.ca_pem.clone().into_bytes(),
+        Some((expired.cert.pem.into_bytes(), expired.key_pem.into_bytes())),
+    )
+    .unwrap_err();
+    assert!(matches!(e, TlsError::Expired { .. }), "{e}");
+
+    let _ = stop.send(());
+    let service = service.await.unwrap();
+    let refusals = service.refusals().unwrap();
+    for r in [
+        Refusal::NotAllowed,
+        Refusal::WrongName,
+        Refusal::AlreadyProvisioned,
+        Refusal::Malformed,
+        Refusal::BadCsr,
+        Refusal::TokenUsed,
+    ] {
+        assert_eq!(refusals.get(&r), Some(&1), "{r}: {refusals:?}");
+    }
+    assert_eq!(refusals.get(&Refusal::UnknownToken), Some(&2));
+    // Certificates went to devices 1 and 4 only.
+    for i in [2, 3, 0x99] {
+        assert!(service.certificates(&id(i)).unwrap().is_empty());
+    }
+    assert_eq!(service.certificates(&id(1)).unwrap().len(), 1);
+    assert_eq!(service.certificates(&id(4)).unwrap().len(), 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_revoked_device_is_refused_by_the_broker_and_gets_no_new_certificate() {
+    let fleet = Fleet::new();
+    let (stop, service) = fleet.serve(policy()).await;
+    let creds = claim(&fleet.endpoint(), &fleet.claim, &id(5), &mac(5))
+        .await
+        .unwrap();
+    let tls = creds.tls(fleet.ca_pem.as_bytes()).unwrap();
+    let dev = MqttTransport::connect_and_wait(fleet.mqtt(&tls, &id(5)), WAIT)
+        .await
+        .unwrap();
+    dev.disconnect().await;
+    let _ = stop.send(());
+    let mut service = service.await.unwrap();
+
+    // Decommissioned: every certificate revoked, the broker told.
+    assert_eq!(
+        service
+            .revoke_device(&id(5), "decommissioned", true, unix_now())
+            .unwrap(),
+        1
+    );
+    fleet.reload().reload().unwrap();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let err = MqttTransport::connect_and_wait(fleet.mqtt(&tls, &id(5)), WAIT)
+        .await
+        .err()
+        .expect("a revoked certificate is refused");
+    let text = err.to_string();
+    assert!(matches!(err, TransportError::Refused(_)), "{text}");
+    assert!(text.contains("revoked"), "{text}");
+    assert_eq!(
+        service.certificates(&id(5)).unwrap()[0].state,
+        CertState::Revoked
+    );
+    drop(service);
+
+    // It cannot come back through the claim path either.
+    let (stop, service) = fleet
+        .serve(ProvisionPolicy {
+            reclaim: true,
+            ..policy()
+        })
+        .await;
+    assert_eq!(
+        refused_with(claim(&fleet.endpoint(), &fleet.claim, &id(5), &mac(5)).await),
+        Refusal::Decommissioned
+    );
+    let _ = stop.send(());
+    service.await.unwrap();
+}
+
+fn unix_now() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_running_device_renews_its_certificate_several_times_without_losing_a_command() {
+    let fleet = Fleet::new();
+    // Four-second certificates renewed at half their life.
+    let (stop_service, service) = fleet
+        .serve(ProvisionPolicy {
+            lifetime_secs: 4,
+            renew_at_percent: 50,
+            ..policy()
+        })
+        .await;
+    let endpoint = fleet.endpoint();
+    let state = fleet.path("device");
+    let store = CredentialStore::open(&state).unwrap();
+    let creds = claim(&endpoint, &fleet.claim, &id(6), &mac(6))
+        .await
+        .unwrap();
+    store.save_current(&creds).unwrap();
+    let first_serial = creds.serial.clone();
+
+    // The twin host.
+    let twin_dir = fleet.path("twin");
+    let twin_config = fleet.mqtt(&fleet.services["lanyard-twin"], "lanyard-twin");
+    let (stop_twin, twin_rx) = oneshot::channel::<()>();
+    let twin = tokio::spawn(async move {
+        let mut host = lanyard_std::twin::TwinHost::open(&twin_dir, Default::default()).unwrap();
+        let mut t = MqttTransport::connect(twin_config);
+        lanyard_std::twin::run_twin(&mut host, &mut t, Clock::real(), false, async {
+            let _ = twin_rx.await;
+        })
+        .await
+        .unwrap();
+    });
+
+    // The device, with its credentials, and its renewal.
+    let mut config = MqttConfig::new("localhost", fleet.broker.port, "");
+    config.tls = Some(creds.tls(fleet.ca_pem.as_bytes()).unwrap().to_rumqttc());
+    let board = lanyard_std::sim::simulated_board(
+        lanyard_std::sim::SimulatedSensors::new(Clock::real().now_ms(), 600_000, 0),
+        Default::default(),
+    );
+    let (mut driver, handle) = lanyard_std::device::DeviceBuilder::new(
+        [0x0a, 0x0b, 0x0c, 0x0d, 0x0e, 6],
+        "test",
+        config,
+        state.join("agent"),
+    )
+    .commands(board)
+    .build()
+    .unwrap();
+    let (stop_dev, dev_rx) = oneshot::channel::<()>();
+    let device = tokio::spawn(async move {
+        driver.start().await.unwrap();
+        driver
+            .run_until(async {
+                let _ = dev_rx.await;
+            })
+            .await
+            .unwrap();
+    });
+    let (events_tx, mut events) = tokio::sync::mpsc::unbounded_channel();
+    let (stop_renewal, renewal_rx) = oneshot::channel::<()>();
+    let renewal = Renewal {
+        endpoint: endpoint.clone(),
+        store: store.clone(),
+        switch: handle.credential_switch(),
+        retry: Duration::from_millis(500),
+    };
+    let renewing = tokio::spawn(renewal.run(events_tx, async {
+        let _ = renewal_rx.await;
+    }));
+
+    // An operator sends commands all along: each one is answered.
+    let mut app = lanyard_std::app::AppClient::new(MqttTransport::connect(
+        fleet.mqtt(&fleet.services["lanyard-ops"], "lanyard-ops"),
+    ))
+    .await
+    .unwrap();
+    // Registered (its shadow exists) before the first command.
+    let deadline = std::time::Instant::now() + WAIT;
+    while app
+        .get_shadow(&id(6), Duration::from_millis(500))
+        .await
+        .is_err()
+    {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the device never registered"
+        );
+    }
+    let mut renewed = Vec::new();
+    let mut answered = 0;
+    let started = std::time::Instant::now();
+    while renewed.len() < 3 {
+        assert!(
+            started.elapsed() < Duration::from_secs(40),
+            "renewed {renewed:?}"
+        );
+        let out = app
+            .command(
+                &id(6),
+                "blink_led",
+                b"\xa1\x65times\x01",
+                Clock::real().now_ms(),
+                WAIT,
+            )
+            .await
+            .unwrap_or_else(|e| panic!("command {answered} after {renewed:?}: {e}"));
+        assert!(out.status.is_final());
+        answered += 1;
+        while let Ok(ev) = events.try_recv() {
+            match ev {
+                RenewalEvent::Renewed(serial) => renewed.push(serial),
+                RenewalEvent::Failed(why) => panic!("renewal failed: {why}"),
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(answered >= 10, "{answered} commands");
+
+    let _ = stop_renewal.send(());
+    renewing.await.unwrap();
+    let _ = stop_dev.send(());
+    device.await.unwrap();
+    let _ = stop_twin.send(());
+    twin.await.unwrap();
+    let _ = stop_service.send(());
+    let service = service.await.unwrap();
+
+    // Each renewal superseded the one before: only the newest stands.
+    let certs = service.certificates(&id(6)).unwrap();
+    assert!(certs.len() >= 4, "{certs:?}");
+    assert_eq!(certs[0].serial, first_serial);
+    let (newest, older) = certs.split_last().unwrap();
+    assert_eq!(newest.state, CertState::InUse);
+    assert!(
+        older.iter().all(|c| c.state == CertState::Revoked),
+        "{certs:?}"
+    );
+    assert_eq!(store.current().unwrap().unwrap().serial, newest.serial);
+    assert!(store.pending().unwrap().is_none());
+}
