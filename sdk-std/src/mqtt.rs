@@ -119,6 +119,16 @@ const MAX_INCOMING_PACKET: usize = 16 * 1024 * 1024;
 /// assert!(why.starts_with("the broker refused this client's certificate: it is revoked"));
 /// ```
 pub fn describe_failure(error: &str) -> String {
+    match certificate_refusal(error) {
+        Some(why) => format!("{why} ({error})"),
+        None => error.to_owned(),
+    }
+}
+
+/// What a connection failure says about this client's certificate, if it
+/// was the broker refusing it (a TLS alert): such a failure does not go
+/// away by trying again.
+pub fn certificate_refusal(error: &str) -> Option<&'static str> {
     const ALERTS: [(&str, &str); 4] = [
         (
             "CertificateRevoked",
@@ -139,10 +149,10 @@ pub fn describe_failure(error: &str) -> String {
             "the broker refused this client's certificate",
         ),
     ];
-    match ALERTS.iter().find(|(alert, _)| error.contains(alert)) {
-        Some((_, why)) => format!("{why} ({error})"),
-        None => error.to_owned(),
-    }
+    ALERTS
+        .iter()
+        .find(|(alert, _)| error.contains(alert))
+        .map(|(_, why)| *why)
 }
 
 /// Counters of the connection.

@@ -32,6 +32,7 @@ pub(crate) async fn device(
     mac: &str,
     tenant: Option<String>,
     reprovision: bool,
+    claim: super::ClaimArgs,
     metrics: Option<Metrics>,
 ) -> Result<(), String> {
     let clock = Clock::real();
@@ -46,21 +47,79 @@ pub(crate) async fn device(
             Err(e) => return Err(format!("--reprovision: {}: {e}", state_dir.display())),
         }
     }
+    let mac_bytes = parse_mac(mac)?;
+    let mut mqtt = broker.mqtt("")?;
+    // By claim: its own certificate, made on first start and renewed while
+    // it runs.
+    let mut renewal = None;
+    if let (Some(cert), Some(key), Some(port)) =
+        (&claim.claim_cert, &claim.claim_key, claim.provision_port)
+    {
+        if tenant.is_some() {
+            return Err("provisioning by claim is for devices in the shared namespace".into());
+        }
+        let ca = broker
+            .ca
+            .as_ref()
+            .ok_or("--claim-cert needs --ca and an mqtts:// broker")?;
+        let endpoint = lanyard_std::credentials::ProvisionEndpoint {
+            host: mqtt.host.clone(),
+            port,
+            ca_pem: std::fs::read(ca).map_err(|e| format!("{}: {e}", ca.display()))?,
+            timeout: std::time::Duration::from_secs(10),
+        };
+        let id = lanyard_core::agent::device_id_from_mac(mac_bytes);
+        let hardware = claim.hardware.clone().unwrap_or_else(|| mac.to_owned());
+        let (store, creds) = super::credentials::credentials_by_claim(
+            &endpoint,
+            cert,
+            key,
+            &state_dir.join("credentials"),
+            id.as_str(),
+            &hardware,
+        )
+        .await?;
+        let tls = creds.tls(&endpoint.ca_pem).map_err(|e| e.to_string())?;
+        mqtt.tls = Some(tls.to_rumqttc());
+        renewal = Some((endpoint, store));
+    }
+    if mqtt.tls.is_some() {
+        check_certificate(
+            &mqtt,
+            lanyard_core::agent::device_id_from_mac(mac_bytes).as_str(),
+        )
+        .await?;
+    }
     let (tx, mut rx) = mpsc::unbounded_channel();
-    let mut device = make_device(
-        parse_mac(mac)?,
-        broker.mqtt("")?,
-        state_dir,
-        clock,
-        60_000,
-        100,
-    );
+    let mut device = make_device(mac_bytes, mqtt, state_dir, clock, 60_000, 100);
     if let Some(t) = &tenant {
         device = device.tenant(t);
     }
     // Acknowledgements and lifecycle events survive a crash of this
     // process until the broker has them (the builder's journal).
-    let (driver, _handle) = device.build().map_err(|e| e.to_string())?;
+    let (driver, handle) = device.build().map_err(|e| e.to_string())?;
+    if let Some((endpoint, store)) = renewal {
+        let renewal = lanyard_std::credentials::Renewal {
+            endpoint,
+            store,
+            switch: handle.credential_switch(),
+            retry: std::time::Duration::from_secs(60),
+        };
+        let (events, mut renewed) = mpsc::unbounded_channel();
+        tokio::spawn(renewal.run(events, std::future::pending()));
+        tokio::spawn(async move {
+            while let Some(e) = renewed.recv().await {
+                match e {
+                    lanyard_std::credentials::RenewalEvent::Renewed(serial) => {
+                        println!("certificate renewed: {serial}");
+                    }
+                    lanyard_std::credentials::RenewalEvent::Failed(why) => {
+                        eprintln!("certificate renewal failed (tried again in a minute): {why}");
+                    }
+                }
+            }
+        });
+    }
     let mut driver = driver.with_events(tx);
     if let Some(m) = metrics {
         driver = driver.with_metrics(m);
@@ -114,4 +173,24 @@ pub(crate) async fn device(
         println!("{id} decommissioned: stopped");
     }
     Ok(())
+}
+
+/// Stops a device whose certificate the broker refuses (revoked, expired,
+/// not the fleet's) with why, rather than retrying for ever. A broker that
+/// cannot be reached yet is not an error: the device keeps trying.
+async fn check_certificate(mqtt: &MqttConfig, id: &str) -> Result<(), String> {
+    let mut probe = mqtt.clone();
+    probe.client_id = id.to_owned();
+    match MqttTransport::connect_and_wait(probe, std::time::Duration::from_secs(10)).await {
+        Ok(t) => {
+            t.disconnect().await;
+            Ok(())
+        }
+        Err(lanyard_std::transport::TransportError::Refused(why))
+            if lanyard_std::mqtt::certificate_refusal(&why).is_some() =>
+        {
+            Err(format!("device {id}: {why}"))
+        }
+        Err(_) => Ok(()),
+    }
 }

@@ -22,6 +22,7 @@ use lanyard_std::twin::{TwinHost, TwinLimits, run_twin};
 use tokio::sync::{mpsc, oneshot};
 
 mod bridge;
+mod credentials;
 mod decode;
 mod demo;
 mod device;
@@ -90,6 +91,25 @@ impl BrokerArgs {
             .map_err(|e| e.to_string())?;
         Ok(files.client_identity())
     }
+}
+
+/// Provisioning by claim, for a device made without its own certificate.
+#[derive(clap::Args, Default)]
+pub(crate) struct ClaimArgs {
+    /// The fleet's claim certificate (PEM): the device gets its own
+    /// certificate with it on first start, keeps it in its state
+    /// directory, and renews it before it expires.
+    #[arg(long, requires_all = ["claim_key", "provision_port"], conflicts_with_all = ["cert", "key"])]
+    pub(crate) claim_cert: Option<PathBuf>,
+    /// The claim certificate's key.
+    #[arg(long)]
+    pub(crate) claim_key: Option<PathBuf>,
+    /// The broker's provisioning listener (same host as --broker).
+    #[arg(long)]
+    pub(crate) provision_port: Option<u16>,
+    /// The hardware id the fleet's allow-list names (default: the MAC).
+    #[arg(long)]
+    pub(crate) hardware: Option<String>,
 }
 
 #[derive(Subcommand)]
@@ -210,6 +230,19 @@ enum Cmd {
         /// is damaged.
         #[arg(long)]
         reprovision: bool,
+        #[command(flatten)]
+        claim: ClaimArgs,
+    },
+    /// The fleet's certificate authority.
+    Ca {
+        #[command(subcommand)]
+        what: credentials::CaCmd,
+    },
+    /// The provisioning service (provisioning by claim, renewal,
+    /// revocation) and its records.
+    Provision {
+        #[command(subcommand)]
+        what: credentials::ProvisionCmd,
     },
     /// Prints a mosquitto ACL file that keeps each device to its own topics
     /// (keyed on the certificate's common name: see `lanyard broker-config`).
@@ -446,6 +479,7 @@ fn main() {
                 metrics,
                 tenant,
                 reprovision,
+                claim,
             } => {
                 device(
                     &broker,
@@ -453,10 +487,13 @@ fn main() {
                     &mac,
                     tenant,
                     reprovision,
+                    claim,
                     metrics_on(metrics).await?,
                 )
                 .await
             }
+            Cmd::Ca { what } => credentials::ca(what),
+            Cmd::Provision { what } => credentials::provision(what).await,
             Cmd::Bridge {
                 broker,
                 tcp,

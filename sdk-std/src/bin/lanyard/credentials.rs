@@ -1,0 +1,371 @@
+//! `lanyard ca ...` and `lanyard provision ...`: the fleet's CA and the
+//! provisioning service, and the device's side of provisioning by claim.
+
+use std::path::{Path, PathBuf};
+
+use clap::Subcommand;
+use lanyard_std::credentials::{CredentialStore, Credentials, ProvisionEndpoint, claim};
+use lanyard_std::provision::authority::{Authority, CA_CERT_FILE};
+use lanyard_std::provision::messages::Refusal;
+use lanyard_std::provision::{
+    AllowList, BrokerReload, ProvisionPolicy, Provisioner, run_provision,
+};
+
+use super::BrokerArgs;
+
+/// The fleet's CA.
+#[derive(Subcommand)]
+pub(crate) enum CaCmd {
+    /// Makes the fleet's CA in a directory: `ca.pem` (give it to the broker
+    /// and every client), `ca.key` (mode 0600: keep it there), and an empty
+    /// revocation list `crl.pem` for the broker's `crlfile`.
+    Init {
+        /// The CA directory.
+        #[arg(long)]
+        dir: PathBuf,
+        /// The CA's name.
+        #[arg(long, default_value = "Lanyard fleet CA")]
+        name: String,
+        /// How long the CA is valid, in years.
+        #[arg(long, default_value_t = 10)]
+        years: u32,
+    },
+    /// Issues a certificate and a new key: for the broker (its host names
+    /// with --san), a service (`lanyard-twin`, `lanyard-provision`, an
+    /// operator), the claim certificate (`lanyard-claim-...`), or a device
+    /// made with its certificate installed (its device id; recorded so that
+    /// it can be revoked and renews like the others).
+    Issue {
+        /// The CA directory.
+        #[arg(long)]
+        dir: PathBuf,
+        /// The certificate's common name.
+        #[arg(long)]
+        name: String,
+        /// Alternative names (host names, addresses), for a broker.
+        #[arg(long, value_delimiter = ',')]
+        san: Vec<String>,
+        /// How long it is valid, in days.
+        #[arg(long, default_value_t = 90)]
+        days: u64,
+        /// Writes OUT.pem and OUT.key (mode 0600).
+        #[arg(long)]
+        out: PathBuf,
+    },
+}
+
+/// The provisioning service and what it issued.
+#[derive(Subcommand)]
+pub(crate) enum ProvisionCmd {
+    /// Serves provisioning by claim and renewal on the broker, as the
+    /// trusted identity its certificate gives (`lanyard-provision`).
+    Serve {
+        #[command(flatten)]
+        broker: BrokerArgs,
+        /// The CA directory (`lanyard ca init`); the service keeps its
+        /// records in its `provision` directory and the revocation list in
+        /// its `crl.pem`.
+        #[arg(long)]
+        ca_dir: PathBuf,
+        /// The allow-list: one `hardware [device-id]` a line (a MAC alone
+        /// gives the device id the agent derives from it).
+        #[arg(long)]
+        allow: PathBuf,
+        /// Certificate lifetime, in seconds (90 days by default).
+        #[arg(long, default_value_t = 90 * 86_400)]
+        lifetime_secs: u64,
+        /// When in its life a certificate is renewed, in percent.
+        #[arg(long, default_value_t = 67)]
+        renew_at: u8,
+        /// How long an ownership token stands, in seconds.
+        #[arg(long, default_value_t = 300)]
+        token_secs: u64,
+        /// Let a device with a certificate already get a new one by claim
+        /// (one that was offline past its expiry recovers this way).
+        #[arg(long)]
+        reclaim: bool,
+        /// Mosquitto's pid file: it is sent SIGHUP after a revocation, to
+        /// read the revocation list again.
+        #[arg(long)]
+        broker_pid_file: Option<PathBuf>,
+    },
+    /// Revokes every certificate of a device (compromise, decommissioning)
+    /// and has the broker refuse them.
+    Revoke {
+        /// The CA directory.
+        #[arg(long)]
+        ca_dir: PathBuf,
+        /// The device.
+        device: String,
+        /// Why, for the audit log.
+        #[arg(long, default_value = "compromised")]
+        reason: String,
+        /// Also refuse it any new certificate (decommissioning).
+        #[arg(long)]
+        decommission: bool,
+        /// Mosquitto's pid file (SIGHUP to read the list again).
+        #[arg(long)]
+        broker_pid_file: Option<PathBuf>,
+    },
+    /// Lists a device's certificates, or the refusals counted.
+    Show {
+        /// The CA directory.
+        #[arg(long)]
+        ca_dir: PathBuf,
+        /// The device (without: the refusals by reason).
+        device: Option<String>,
+        /// JSON instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+fn unix_now() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
+}
+
+fn crl_path(ca: &Path) -> PathBuf {
+    ca.join("crl.pem")
+}
+
+fn open_service(ca: &Path, policy: ProvisionPolicy) -> Result<Provisioner, String> {
+    let authority = Authority::open(ca).map_err(|e| e.to_string())?;
+    Provisioner::open(authority, policy, &ca.join("provision"), &crl_path(ca))
+        .map_err(|e| e.to_string())
+}
+
+fn reload_of(pid_file: Option<PathBuf>) -> BrokerReload {
+    pid_file.map_or(BrokerReload::Manual, BrokerReload::PidFile)
+}
+
+pub(crate) fn ca(what: CaCmd) -> Result<(), String> {
+    match what {
+        CaCmd::Init { dir, name, years } => {
+            let authority = Authority::create(&dir, &name, years).map_err(|e| e.to_string())?;
+            // The broker reads a list from the start; the service keeps it.
+            drop(open_service(
+                &dir,
+                ProvisionPolicy::new(AllowList::default()),
+            )?);
+            drop(authority);
+            println!(
+                "CA {name:?} in {}: {CA_CERT_FILE} (trust it everywhere), ca.key (keep it \
+                 here), crl.pem (the broker's crlfile)",
+                dir.display()
+            );
+            Ok(())
+        }
+        CaCmd::Issue {
+            dir,
+            name,
+            san,
+            days,
+            out,
+        } => {
+            let authority = Authority::open(&dir).map_err(|e| e.to_string())?;
+            let names: Vec<&str> = san.iter().map(String::as_str).collect();
+            let issued = authority
+                .issue_with_key(&name, &names, days.saturating_mul(86_400))
+                .map_err(|e| e.to_string())?;
+            let with = |ext: &str| {
+                let mut p = out.clone().into_os_string();
+                p.push(ext);
+                PathBuf::from(p)
+            };
+            lanyard_std::store::write_private(&with(".key"), issued.key_pem.as_bytes())
+                .map_err(|e| format!("{}: {e}", with(".key").display()))?;
+            lanyard_std::store::write_atomic(&with(".pem"), issued.cert.pem.as_bytes())
+                .map_err(|e| format!("{}: {e}", with(".pem").display()))?;
+            if lanyard_core::topic::valid_device_id(&name) {
+                let mut service = open_service(&dir, ProvisionPolicy::new(AllowList::default()))?;
+                service
+                    .record_issued(
+                        &name,
+                        &issued.cert.serial,
+                        issued.cert.not_after,
+                        unix_now(),
+                    )
+                    .map_err(|e| e.to_string())?;
+            }
+            println!(
+                "{name}: {} and {} (serial {}, valid {days} days)",
+                with(".pem").display(),
+                with(".key").display(),
+                issued.cert.serial
+            );
+            Ok(())
+        }
+    }
+}
+
+pub(crate) async fn provision(what: ProvisionCmd) -> Result<(), String> {
+    match what {
+        ProvisionCmd::Serve {
+            broker,
+            ca_dir: ca,
+            allow,
+            lifetime_secs,
+            renew_at,
+            token_secs,
+            reclaim,
+            broker_pid_file,
+        } => {
+            let text =
+                std::fs::read_to_string(&allow).map_err(|e| format!("{}: {e}", allow.display()))?;
+            let allow = AllowList::parse(&text).map_err(|e| format!("{}: {e}", allow.display()))?;
+            if renew_at == 0 || renew_at > 100 {
+                return Err("--renew-at is a percentage of the lifetime, 1 to 100".into());
+            }
+            let allowed = allow.len();
+            let policy = ProvisionPolicy {
+                allow,
+                lifetime_secs,
+                renew_at_percent: renew_at,
+                token_secs,
+                reclaim,
+            };
+            let mut service = open_service(&ca, policy)?;
+            let identity = broker
+                .identity()?
+                .unwrap_or_else(|| "lanyard-provision".into());
+            let config = broker.mqtt(&identity)?;
+            let mut transport =
+                MqttTransport::connect_and_wait(config, std::time::Duration::from_secs(10))
+                    .await
+                    .map_err(|e| format!("provisioning service: {e}"))?;
+            let (ready_tx, ready) = tokio::sync::oneshot::channel();
+            tokio::spawn(async move {
+                if ready.await.is_ok() {
+                    println!("provisioning service ready: {allowed} devices on the allow-list");
+                }
+            });
+            let reload = reload_of(broker_pid_file);
+            run_provision(
+                &mut service,
+                &mut transport,
+                &reload,
+                Some(ready_tx),
+                async {
+                    let _ = tokio::signal::ctrl_c().await;
+                },
+            )
+            .await
+            .map_err(|e| e.to_string())
+        }
+        ProvisionCmd::Revoke {
+            ca_dir: ca,
+            device,
+            reason,
+            decommission,
+            broker_pid_file,
+        } => {
+            let mut service = open_service(&ca, ProvisionPolicy::new(AllowList::default()))?;
+            let n = service
+                .revoke_device(&device, &reason, decommission, unix_now())
+                .map_err(|e| e.to_string())?;
+            reload_of(broker_pid_file.clone())
+                .reload()
+                .map_err(|e| format!("revoked, but the broker was not told: {e}"))?;
+            let told = if broker_pid_file.is_some() {
+                "the broker reloaded its list"
+            } else {
+                "reload the broker (SIGHUP) to refuse them"
+            };
+            println!("{device}: {n} certificate(s) revoked; {told}");
+            Ok(())
+        }
+        ProvisionCmd::Show {
+            ca_dir: ca,
+            device,
+            json,
+        } => {
+            let service = open_service(&ca, ProvisionPolicy::new(AllowList::default()))?;
+            match device {
+                Some(d) => {
+                    let certs = service.certificates(&d).map_err(|e| e.to_string())?;
+                    if json {
+                        let rows: Vec<_> = certs
+                            .iter()
+                            .map(|c| {
+                                serde_json::json!({"serial": c.serial, "issued_at": c.issued_at,
+                                    "not_after": c.not_after, "state": c.state.name()})
+                            })
+                            .collect();
+                        println!("{}", serde_json::Value::Array(rows));
+                    } else {
+                        println!("{:<34} {:>12} {:>12}  STATE", "SERIAL", "ISSUED", "EXPIRES");
+                        for c in certs {
+                            println!(
+                                "{:<34} {:>12} {:>12}  {}",
+                                c.serial,
+                                c.issued_at,
+                                c.not_after,
+                                c.state.name()
+                            );
+                        }
+                    }
+                }
+                None => {
+                    let counts = service.refusals().map_err(|e| e.to_string())?;
+                    if json {
+                        let map: serde_json::Map<_, _> = Refusal::ALL
+                            .iter()
+                            .map(|r| {
+                                (
+                                    r.code().to_owned(),
+                                    counts.get(r).copied().unwrap_or(0).into(),
+                                )
+                            })
+                            .collect();
+                        println!("{}", serde_json::Value::Object(map));
+                    } else {
+                        for r in Refusal::ALL {
+                            println!("{:<22} {}", r.code(), counts.get(&r).copied().unwrap_or(0));
+                        }
+                    }
+                }
+            }
+            Ok(())
+        }
+    }
+}
+
+/// A device's credentials by claim: those kept in `state_dir` if any,
+/// else new ones from the provisioning service, kept there.
+pub(crate) async fn credentials_by_claim(
+    endpoint: &ProvisionEndpoint,
+    claim_cert: &Path,
+    claim_key: &Path,
+    state_dir: &Path,
+    device: &str,
+    hardware: &str,
+) -> Result<(CredentialStore, Credentials), String> {
+    let store = CredentialStore::open(state_dir).map_err(|e| e.to_string())?;
+    if let Some(c) = store.current().map_err(|e| e.to_string())? {
+        if c.not_after > unix_now() {
+            return Ok((store, c));
+        }
+        println!("{device}: its certificate expired; provisioning by claim again");
+    }
+    let files = lanyard_std::tls::TlsFiles::from_pem(
+        endpoint.ca_pem.clone(),
+        Some((
+            std::fs::read(claim_cert).map_err(|e| format!("{}: {e}", claim_cert.display()))?,
+            std::fs::read(claim_key).map_err(|e| format!("{}: {e}", claim_key.display()))?,
+        )),
+    )
+    .map_err(|e| format!("claim certificate: {e}"))?;
+    let creds = claim(endpoint, &files, device, hardware)
+        .await
+        .map_err(|e| format!("{device}: {e}"))?;
+    store.save_current(&creds).map_err(|e| e.to_string())?;
+    println!(
+        "{device} provisioned by claim: certificate {}",
+        creds.serial
+    );
+    Ok((store, creds))
+}
+
+use lanyard_std::mqtt::MqttTransport;

@@ -1,0 +1,286 @@
+//! A new fleet set up with the `lanyard` command alone, as
+//! `docs/provisioning.md` walks it: a CA, the broker's configuration,
+//! the provisioning service, a twin host, and a device made with only the
+//! claim certificate, each its own process; then the device revoked.
+
+mod common;
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command};
+use std::time::{Duration, Instant};
+
+use common::{Mosquitto, free_port, lanyard_cli};
+
+struct Killed(Child);
+
+impl Drop for Killed {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// `lanyard args...` in the background, its output in `log`.
+fn spawn(args: &[&str], log: &Path) -> Killed {
+    let out = std::fs::File::create(log).unwrap();
+    Killed(
+        Command::new(env!("CARGO_BIN_EXE_lanyard"))
+            .args(args)
+            .stdout(out.try_clone().unwrap())
+            .stderr(out)
+            .spawn()
+            .unwrap(),
+    )
+}
+
+fn ok(args: &[&str]) -> String {
+    let (ok, out, err) = lanyard_cli(args);
+    assert!(ok, "lanyard {args:?}: {err}");
+    out
+}
+
+fn until(what: &str, within: Duration, f: &mut dyn FnMut() -> bool) {
+    let deadline = Instant::now() + within;
+    while !f() {
+        assert!(Instant::now() < deadline, "never: {what}");
+        std::thread::sleep(Duration::from_millis(300));
+    }
+}
+
+fn s(p: &Path) -> &str {
+    p.to_str().unwrap()
+}
+
+#[test]
+fn a_device_made_with_the_claim_certificate_provisions_itself_and_is_refused_once_revoked() {
+    let dir = tempfile::tempdir().unwrap();
+    let p = |name: &str| -> PathBuf { dir.path().join(name) };
+    let ca = p("ca");
+    ok(&["ca", "init", "--dir", s(&ca), "--name", "Test fleet"]);
+    ok(&[
+        "ca",
+        "issue",
+        "--dir",
+        s(&ca),
+        "--name",
+        "localhost",
+        "--san",
+        "localhost,127.0.0.1",
+        "--out",
+        s(&p("broker")),
+    ]);
+    for name in [
+        "lanyard-twin",
+        "lanyard-provision",
+        "lanyard-ops",
+        "lanyard-claim-acme",
+    ] {
+        ok(&[
+            "ca",
+            "issue",
+            "--dir",
+            s(&ca),
+            "--name",
+            name,
+            "--out",
+            s(&p(name)),
+        ]);
+    }
+    // Mosquitto reads its key after it stops being root (in a real
+    // deployment: `chown mosquitto broker.key`), and writes its process id
+    // as itself.
+    std::fs::set_permissions(
+        p("broker.key"),
+        std::os::unix::fs::PermissionsExt::from_mode(0o644),
+    )
+    .unwrap();
+    let run = p("run");
+    std::fs::create_dir(&run).unwrap();
+    std::fs::set_permissions(&run, std::os::unix::fs::PermissionsExt::from_mode(0o777)).unwrap();
+    let acl = ok(&[
+        "acl",
+        "--trusted",
+        "lanyard-twin,lanyard-provision,lanyard-ops",
+    ]);
+    std::fs::write(p("acl"), acl).unwrap();
+    let provision_port = free_port();
+    let pid_file = run.join("mosquitto.pid");
+    let conf_args = |port: u16| {
+        ok(&[
+            "broker-config",
+            "--port",
+            &port.to_string(),
+            "--bind",
+            "127.0.0.1",
+            "--ca",
+            s(&ca.join("ca.pem")),
+            "--cert",
+            s(&p("broker.pem")),
+            "--key",
+            s(&p("broker.key")),
+            "--acl",
+            s(&p("acl")),
+            "--provision-port",
+            &provision_port.to_string(),
+            "--crl",
+            s(&ca.join("crl.pem")),
+            "--pid-file",
+            s(&pid_file),
+        ])
+    };
+    let broker = Mosquitto::start_with_conf(|_, port| conf_args(port));
+    let url = format!("mqtts://localhost:{}", broker.port);
+    let tls = |who: &str| {
+        vec![
+            "--broker".to_owned(),
+            url.clone(),
+            "--ca".to_owned(),
+            s(&ca.join("ca.pem")).to_owned(),
+            "--cert".to_owned(),
+            s(&p(&format!("{who}.pem"))).to_owned(),
+            "--key".to_owned(),
+            s(&p(&format!("{who}.key"))).to_owned(),
+        ]
+    };
+    let args = |head: &[&str], tail: &[String]| -> Vec<String> {
+        head.iter()
+            .map(|a| a.to_string())
+            .chain(tail.iter().cloned())
+            .collect()
+    };
+
+    std::fs::write(p("allow"), "02:00:00:00:00:07\n").unwrap();
+    let mut serve = args(&["provision", "serve"], &tls("lanyard-provision"));
+    serve.extend(
+        [
+            "--ca-dir",
+            s(&ca),
+            "--allow",
+            s(&p("allow")),
+            "--broker-pid-file",
+            s(&pid_file),
+        ]
+        .map(String::from),
+    );
+    let _service = spawn(
+        &serve.iter().map(String::as_str).collect::<Vec<_>>(),
+        &p("provision.log"),
+    );
+    until(
+        "the provisioning service is ready",
+        Duration::from_secs(20),
+        &mut || {
+            std::fs::read_to_string(p("provision.log"))
+                .unwrap_or_default()
+                .contains("ready")
+        },
+    );
+    let mut twin = args(&["twin"], &tls("lanyard-twin"));
+    twin.extend(["--state-dir", s(&p("twin"))].map(String::from));
+    let _twin = spawn(
+        &twin.iter().map(String::as_str).collect::<Vec<_>>(),
+        &p("twin.log"),
+    );
+
+    // The device has the CA and the claim certificate, nothing of its own.
+    let device = |mac: &str, state: &str| -> Vec<String> {
+        vec![
+            "device",
+            "--broker",
+            &url,
+            "--ca",
+            s(&ca.join("ca.pem")),
+            "--claim-cert",
+            s(&p("lanyard-claim-acme.pem")),
+            "--claim-key",
+            s(&p("lanyard-claim-acme.key")),
+            "--provision-port",
+            &provision_port.to_string(),
+            "--mac",
+            mac,
+            "--state-dir",
+            s(&p(state)),
+        ]
+        .into_iter()
+        .map(String::from)
+        .collect()
+    };
+    let dev_args = device("02:00:00:00:00:07", "dev");
+    let dev_refs: Vec<&str> = dev_args.iter().map(String::as_str).collect();
+    let id = "ly-020000000007";
+    let mut show = args(&["fleet"], &tls("lanyard-ops"));
+    show.extend(["show", id, "--json"].map(String::from));
+    let show_refs: Vec<&str> = show.iter().map(String::as_str).collect();
+    {
+        let _dev = spawn(&dev_refs, &p("dev.log"));
+        until(
+            "the device registered",
+            Duration::from_secs(30),
+            &mut || lanyard_cli(&show_refs).0,
+        );
+        let log = std::fs::read_to_string(p("dev.log")).unwrap();
+        assert!(log.contains(&format!("{id} provisioned by claim")), "{log}");
+    }
+    let certs = ok(&["provision", "show", "--ca-dir", s(&ca), id, "--json"]);
+    let certs: serde_json::Value = serde_json::from_str(&certs).unwrap();
+    assert_eq!(certs.as_array().unwrap().len(), 1, "{certs}");
+
+    // Started again, it uses the certificate it kept.
+    {
+        let _dev = spawn(&dev_refs, &p("dev2.log"));
+        let mut seen = false;
+        until("the device came back", Duration::from_secs(30), &mut || {
+            seen = std::fs::read_to_string(p("dev2.log"))
+                .unwrap_or_default()
+                .contains(id);
+            seen
+        });
+        std::thread::sleep(Duration::from_secs(1));
+        let log = std::fs::read_to_string(p("dev2.log")).unwrap();
+        assert!(!log.contains("provisioned by claim"), "{log}");
+    }
+    assert_eq!(
+        serde_json::from_str::<serde_json::Value>(&ok(&[
+            "provision",
+            "show",
+            "--ca-dir",
+            s(&ca),
+            id,
+            "--json"
+        ]))
+        .unwrap()
+        .as_array()
+        .unwrap()
+        .len(),
+        1
+    );
+
+    // Hardware not on the allow-list gets nothing, and says why.
+    let stranger = device("02:00:00:00:00:08", "stranger");
+    let (ok_, _, err) = lanyard_cli(&stranger.iter().map(String::as_str).collect::<Vec<_>>());
+    assert!(!ok_);
+    assert!(
+        err.contains("not_allowed") && err.contains("allow-list"),
+        "{err}"
+    );
+
+    // Revoked: the broker refuses it, and the device says so and stops.
+    let out = ok(&[
+        "provision",
+        "revoke",
+        "--ca-dir",
+        s(&ca),
+        id,
+        "--decommission",
+        "--broker-pid-file",
+        s(&pid_file),
+    ]);
+    assert!(out.contains("1 certificate(s) revoked"), "{out}");
+    std::thread::sleep(Duration::from_millis(500));
+    let (ok_, _, err) = lanyard_cli(&dev_refs);
+    assert!(!ok_);
+    assert!(err.contains("revoked"), "{err}");
+    let refusals: serde_json::Value =
+        serde_json::from_str(&ok(&["provision", "show", "--ca-dir", s(&ca), "--json"])).unwrap();
+    assert_eq!(refusals["not_allowed"], 1, "{refusals}");
+}
