@@ -215,11 +215,28 @@ impl<F: NorFlash> Storage for FlashStore<F> {
         self.flash.write(at, &h).map_err(|_| StorageError::Io)
     }
 
+    /// Erases the store's sectors, credentials included, then reads them
+    /// back: a sector that still holds anything but erased bytes (a flash
+    /// that failed without saying so) is an error, so that a device never
+    /// takes its keys for gone when they are not.
     fn wipe(&mut self) -> Result<(), StorageError> {
         let end = self.base + 4 * self.sector_size;
         self.flash
             .erase(self.base, end)
-            .map_err(|_| StorageError::Io)
+            .map_err(|_| StorageError::Io)?;
+        let mut chunk = [0u8; 32];
+        let mut at = self.base;
+        while at < end {
+            let n = chunk.len().min((end - at) as usize);
+            self.flash
+                .read(at, &mut chunk[..n])
+                .map_err(|_| StorageError::Io)?;
+            if chunk[..n].iter().any(|b| *b != 0xff) {
+                return Err(StorageError::Io);
+            }
+            at += n as u32;
+        }
+        Ok(())
     }
 }
 
@@ -383,6 +400,45 @@ mod tests {
         let mut buf = [0u8; 1024];
         let n = s.load(slot, &mut buf).unwrap();
         buf[..n].to_vec()
+    }
+
+    /// A flash whose erase reports success and does nothing.
+    struct StuckFlash(Flash);
+
+    impl embedded_storage::nor_flash::ErrorType for StuckFlash {
+        type Error = <Flash as embedded_storage::nor_flash::ErrorType>::Error;
+    }
+
+    impl embedded_storage::nor_flash::ReadNorFlash for StuckFlash {
+        const READ_SIZE: usize = 1;
+        fn read(&mut self, offset: u32, bytes: &mut [u8]) -> Result<(), Self::Error> {
+            self.0.read(offset, bytes)
+        }
+        fn capacity(&self) -> usize {
+            self.0.capacity()
+        }
+    }
+
+    impl NorFlash for StuckFlash {
+        const WRITE_SIZE: usize = Flash::WRITE_SIZE;
+        const ERASE_SIZE: usize = Flash::ERASE_SIZE;
+        fn erase(&mut self, _from: u32, _to: u32) -> Result<(), Self::Error> {
+            Ok(())
+        }
+        fn write(&mut self, offset: u32, bytes: &[u8]) -> Result<(), Self::Error> {
+            self.0.write(offset, bytes)
+        }
+    }
+
+    #[test]
+    fn a_wipe_is_read_back_and_a_flash_that_kept_the_keys_is_an_error() {
+        let mut s = store();
+        s.store(StorageSlot::Credentials, b"private key").unwrap();
+        s.wipe().unwrap();
+        assert_eq!(load(&mut s, StorageSlot::Credentials), b"");
+        let mut stuck = FlashStore::new(StuckFlash(Flash::new()), 0, 1024);
+        stuck.store(StorageSlot::Credentials, b"private key").unwrap();
+        assert_eq!(stuck.wipe(), Err(StorageError::Io));
     }
 
     #[test]
