@@ -437,7 +437,9 @@ mod tests {
         s.wipe().unwrap();
         assert_eq!(load(&mut s, StorageSlot::Credentials), b"");
         let mut stuck = FlashStore::new(StuckFlash(Flash::new()), 0, 1024);
-        stuck.store(StorageSlot::Credentials, b"private key").unwrap();
+        stuck
+            .store(StorageSlot::Credentials, b"private key")
+            .unwrap();
         assert_eq!(stuck.wipe(), Err(StorageError::Io));
     }
 

@@ -19,20 +19,18 @@ use minicbor::Encoder;
 use rand::RngCore;
 use rcgen::{CertificateParams, DistinguishedName, DnType, KeyPair};
 
+use lanyard_core::agent::platform::{StorageError, StorageSlot};
+
+use crate::data_key::DataKey;
 use crate::mqtt::{CredentialSwitch, MqttConfig, MqttTransport};
 use crate::provision::messages::{
     Channel, ConfirmRequest, CsrAccepted, CsrRequest, Outcome, RegisterAccepted, RegisterRequest,
     Rejected, Step,
 };
+use crate::store::{FileStore, PENDING_CREDENTIALS_FILE};
 use crate::text_map::read_text_map;
 use crate::tls::{TlsError, TlsFiles};
 use crate::transport::{Qos, Transport, TransportError, TransportEvent};
-
-/// The file holding a device's own key and certificate in its state
-/// directory (mode 0600).
-pub const CREDENTIALS_FILE: &str = "credentials.cbor";
-/// A renewed key and certificate not confirmed in use yet.
-pub const PENDING_FILE: &str = "credentials.pending.cbor";
 
 /// Why credentials could not be obtained, renewed or read.
 #[derive(Debug)]
@@ -162,71 +160,85 @@ impl Credentials {
     }
 }
 
-/// Where a device keeps its credentials: its state directory. Each file is
-/// written whole (a crash leaves the old one or the new one) and readable
-/// by its owner only; a damaged file is an error, never silently replaced.
+/// Where a device keeps its credentials: the credentials slot of its
+/// state directory's [`FileStore`], encrypted under its data key (so that
+/// decommissioning, which destroys the key, leaves them unreadable), and a
+/// second file for renewed ones not confirmed yet. Each file is written
+/// whole (a crash leaves the old one or the new one) and readable by its
+/// owner only; a damaged one is an error, never silently replaced.
 #[derive(Debug, Clone)]
 pub struct CredentialStore {
-    dir: PathBuf,
+    files: FileStore,
+}
+
+fn stored(path: &Path) -> impl Fn(StorageError) -> CredentialError + '_ {
+    move |e| {
+        let why = match e {
+            StorageError::Corrupt => "damaged, or sealed by a data key that is gone",
+            _ => "cannot be read or written",
+        };
+        CredentialError::Store(path.to_owned(), std::io::Error::other(why))
+    }
 }
 
 impl CredentialStore {
-    /// Uses `dir` (created if missing).
-    pub fn open(dir: &Path) -> Result<Self, CredentialError> {
-        std::fs::create_dir_all(dir).map_err(|e| CredentialError::Store(dir.to_owned(), e))?;
-        Ok(CredentialStore {
-            dir: dir.to_owned(),
-        })
+    /// Uses the state directory `dir` (created if missing) and `key`.
+    pub fn open(dir: &Path, key: DataKey) -> Result<Self, CredentialError> {
+        let files = FileStore::encrypted(dir, key)
+            .map_err(|e| CredentialError::Store(dir.to_owned(), e))?;
+        Ok(CredentialStore { files })
     }
 
-    fn read(&self, name: &str) -> Result<Option<Credentials>, CredentialError> {
-        let path = self.dir.join(name);
-        let bytes = match std::fs::read(&path) {
-            Ok(b) => b,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
-            Err(e) => return Err(CredentialError::Store(path, e)),
+    fn current_path(&self) -> PathBuf {
+        self.files.path(StorageSlot::Credentials)
+    }
+
+    fn pending_path(&self) -> PathBuf {
+        self.files.dir().join(PENDING_CREDENTIALS_FILE)
+    }
+
+    fn read(&self, path: &Path) -> Result<Option<Credentials>, CredentialError> {
+        let Some(bytes) = self.files.read_record(path).map_err(stored(path))? else {
+            return Ok(None);
         };
-        let body = crate::store::unseal(&bytes).map_err(|_| {
+        Credentials::decode(&bytes).map(Some).ok_or_else(|| {
             CredentialError::Store(
-                path.clone(),
-                std::io::Error::other("damaged (checksum mismatch)"),
+                path.to_owned(),
+                std::io::Error::other("not a credentials record"),
             )
-        })?;
-        Credentials::decode(body).map(Some).ok_or_else(|| {
-            CredentialError::Store(path, std::io::Error::other("not a credentials file"))
         })
     }
 
-    fn write(&self, name: &str, c: &Credentials) -> Result<(), CredentialError> {
-        let path = self.dir.join(name);
-        crate::store::write_private(&path, &crate::store::seal(&c.encode()))
-            .map_err(|e| CredentialError::Store(path, e))
+    fn write(&self, path: &Path, c: &Credentials) -> Result<(), CredentialError> {
+        self.files
+            .write_record(path, &c.encode())
+            .map_err(stored(path))
     }
 
     /// The credentials in use, if any.
     pub fn current(&self) -> Result<Option<Credentials>, CredentialError> {
-        self.read(CREDENTIALS_FILE)
+        self.read(&self.current_path())
     }
 
     /// Renewed credentials not confirmed yet, if any.
     pub fn pending(&self) -> Result<Option<Credentials>, CredentialError> {
-        self.read(PENDING_FILE)
+        self.read(&self.pending_path())
     }
 
     /// Keeps `c` as the credentials in use (after provisioning by claim).
     pub fn save_current(&self, c: &Credentials) -> Result<(), CredentialError> {
-        self.write(CREDENTIALS_FILE, c)?;
+        self.write(&self.current_path(), c)?;
         self.drop_pending()
     }
 
     /// Keeps renewed credentials until they are confirmed.
     pub fn save_pending(&self, c: &Credentials) -> Result<(), CredentialError> {
-        self.write(PENDING_FILE, c)
+        self.write(&self.pending_path(), c)
     }
 
     /// Forgets renewed credentials that did not work.
     pub fn drop_pending(&self) -> Result<(), CredentialError> {
-        let path = self.dir.join(PENDING_FILE);
+        let path = self.pending_path();
         match std::fs::remove_file(&path) {
             Ok(()) => Ok(()),
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
@@ -237,7 +249,7 @@ impl CredentialStore {
     /// The renewed credentials become the ones in use (one rename: a crash
     /// leaves one or the other).
     pub fn promote(&self) -> Result<(), CredentialError> {
-        let (from, to) = (self.dir.join(PENDING_FILE), self.dir.join(CREDENTIALS_FILE));
+        let (from, to) = (self.pending_path(), self.current_path());
         std::fs::rename(&from, &to).map_err(|e| CredentialError::Store(from, e))
     }
 }
@@ -486,7 +498,7 @@ impl Renewal {
     pub async fn renew_now(&self) -> Result<Credentials, CredentialError> {
         let current = self.store.current()?.ok_or_else(|| {
             CredentialError::Store(
-                self.store.dir.join(CREDENTIALS_FILE),
+                self.store.current_path(),
                 std::io::Error::other("no credentials to renew"),
             )
         })?;

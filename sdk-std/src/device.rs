@@ -250,6 +250,7 @@ pub struct DeviceBuilder {
     /// The AWS IoT shadow kept instead of a Lanyard twin host's: a named
     /// shadow (or the classic one), and the fleet's policies.
     aws: Option<(Option<String>, FleetPolicies)>,
+    data_key: Option<crate::data_key::DataKey>,
 }
 
 struct StdPlatformParts {
@@ -284,7 +285,20 @@ impl DeviceBuilder {
             },
             clock: Clock::real(),
             aws: None,
+            data_key: None,
         }
+    }
+
+    /// The key the device's saved state is encrypted under (by default
+    /// `data.key` in the state directory, mode 0600). Keep it apart from the
+    /// state (another partition, a secrets mount) with
+    /// [`DataKey::at`](crate::data_key::DataKey::at); decommissioning
+    /// destroys it before anything else, so that what stays on disk is
+    /// unreadable. Give the same key to the device's
+    /// [`CredentialStore`](crate::credentials::CredentialStore).
+    pub fn data_key(mut self, key: crate::data_key::DataKey) -> Self {
+        self.data_key = Some(key);
+        self
     }
 
     /// What becomes of desired state.
@@ -364,10 +378,14 @@ impl DeviceBuilder {
                 return Err(BuildError::AwsWithTenant);
             }
         }
-        let storage = FileStore::open(&self.state_dir).map_err(|error| BuildError::StateDir {
-            path: self.state_dir.clone(),
-            error,
-        })?;
+        let key = self.data_key.clone().unwrap_or_else(|| {
+            crate::data_key::DataKey::at(crate::data_key::default_path(&self.state_dir))
+        });
+        let storage =
+            FileStore::encrypted(&self.state_dir, key).map_err(|error| BuildError::StateDir {
+                path: self.state_dir.clone(),
+                error,
+            })?;
         let agent = std_agent_with_capacity::<M, L, B>(self.mac, self.firmware);
         let mut broker = self.broker;
         broker.client_id = agent.device_id().to_owned();

@@ -67,6 +67,7 @@ pub mod clock;
 pub mod cost;
 #[cfg(feature = "runtime")]
 pub mod credentials;
+pub mod data_key;
 pub mod describe;
 #[cfg(feature = "runtime")]
 pub mod device;

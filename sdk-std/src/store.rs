@@ -106,10 +106,18 @@ fn sync_dir(dir: &Path) -> io::Result<()> {
     }
 }
 
-/// One file per storage slot in a directory.
+/// The file of renewed credentials not confirmed yet (see
+/// `credentials::CredentialStore`), wiped with the slots.
+pub const PENDING_CREDENTIALS_FILE: &str = "credentials.pending.bin";
+
+/// One file per storage slot in a directory, each record sealed against
+/// damage ([`seal`]) and, with a [`DataKey`](crate::data_key::DataKey),
+/// encrypted: then [`Storage::wipe`] destroys the key before it deletes
+/// the files (crypto-erase).
 #[derive(Debug, Clone)]
 pub struct FileStore {
     dir: PathBuf,
+    key: Option<crate::data_key::DataKey>,
 }
 
 impl FileStore {
@@ -124,7 +132,50 @@ impl FileStore {
                 fs::remove_file(&path)?;
             }
         }
-        Ok(FileStore { dir })
+        Ok(FileStore { dir, key: None })
+    }
+
+    /// [`FileStore::open`], with every record encrypted under `key`.
+    /// Records written before without a key are still read (and encrypted
+    /// when next written).
+    pub fn encrypted(dir: impl Into<PathBuf>, key: crate::data_key::DataKey) -> io::Result<Self> {
+        let mut store = Self::open(dir)?;
+        store.key = Some(key);
+        Ok(store)
+    }
+
+    /// The record in the file at `path` (a slot's, or another file of this
+    /// store's), opened; `None` when there is none.
+    pub fn read_record(&self, path: &Path) -> Result<Option<Vec<u8>>, StorageError> {
+        let bytes = match fs::read(path) {
+            Ok(bytes) => bytes,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
+            Err(_) => return Err(StorageError::Io),
+        };
+        let data = unseal(&bytes).map_err(|_| {
+            #[cfg(feature = "runtime")]
+            tracing::error!(file = %path.display(), "stored record damaged (checksum mismatch); left in place for inspection");
+            StorageError::Corrupt
+        })?;
+        if !crate::data_key::DataKey::is_sealed(data) {
+            return Ok(Some(data.to_vec()));
+        }
+        let key = self.key.as_ref().ok_or(StorageError::Corrupt)?;
+        key.open(data).map(Some).map_err(|_| {
+            #[cfg(feature = "runtime")]
+            tracing::error!(file = %path.display(), "stored record does not open with this device's data key");
+            StorageError::Corrupt
+        })
+    }
+
+    /// Writes `data` as the record in the file at `path`, atomically,
+    /// encrypted if the store has a key; mode 0600.
+    pub fn write_record(&self, path: &Path, data: &[u8]) -> Result<(), StorageError> {
+        let sealed = match &self.key {
+            Some(k) => seal(&k.seal(data).map_err(|_| StorageError::Io)?),
+            None => seal(data),
+        };
+        write_private(path, &sealed).map_err(|_| StorageError::Io)
     }
 
     /// The directory.
@@ -148,29 +199,31 @@ impl FileStore {
 /// --reprovision`) starts the device as new.
 impl Storage for FileStore {
     fn load(&mut self, slot: StorageSlot, buf: &mut [u8]) -> Result<usize, StorageError> {
-        let path = self.path(slot);
-        let bytes = match fs::read(&path) {
-            Ok(bytes) => bytes,
-            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(0),
-            Err(_) => return Err(StorageError::Io),
+        let Some(data) = self.read_record(&self.path(slot))? else {
+            return Ok(0);
         };
-        let data = unseal(&bytes).map_err(|_| {
-            #[cfg(feature = "runtime")]
-            tracing::error!(file = %path.display(), "stored record damaged (checksum mismatch); left in place for inspection");
-            StorageError::Corrupt
-        })?;
         let to = buf.get_mut(..data.len()).ok_or(StorageError::TooLarge)?;
-        to.copy_from_slice(data);
+        to.copy_from_slice(&data);
         Ok(data.len())
     }
 
     fn store(&mut self, slot: StorageSlot, data: &[u8]) -> Result<(), StorageError> {
-        write_atomic(&self.path(slot), &seal(data)).map_err(|_| StorageError::Io)
+        self.write_record(&self.path(slot), data)
     }
 
+    /// The key goes first: once it is destroyed, the records are noise
+    /// whatever happens to the files after.
     fn wipe(&mut self) -> Result<(), StorageError> {
-        for slot in [StorageSlot::AgentState, StorageSlot::Credentials] {
-            match fs::remove_file(self.path(slot)) {
+        if let Some(k) = &self.key {
+            k.destroy().map_err(|_| StorageError::Io)?;
+        }
+        let pending = self.dir.join(PENDING_CREDENTIALS_FILE);
+        for path in [
+            self.path(StorageSlot::AgentState),
+            self.path(StorageSlot::Credentials),
+            pending,
+        ] {
+            match fs::remove_file(path) {
                 Ok(()) => {}
                 Err(e) if e.kind() == io::ErrorKind::NotFound => {}
                 Err(_) => return Err(StorageError::Io),

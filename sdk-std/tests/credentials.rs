@@ -12,6 +12,7 @@ use lanyard_std::clock::Clock;
 use lanyard_std::credentials::{
     CredentialError, CredentialStore, Credentials, ProvisionEndpoint, Renewal, RenewalEvent, claim,
 };
+use lanyard_std::data_key::{DataKey, default_path};
 use lanyard_std::mqtt::{MqttConfig, MqttTransport};
 use lanyard_std::provision::authority::Authority;
 use lanyard_std::provision::messages::{
@@ -169,6 +170,86 @@ impl Fleet {
         tokio::time::timeout(WAIT, ready).await.unwrap().unwrap();
         (tx, task)
     }
+    /// A twin host on its own connection.
+    fn twin(&self) -> (oneshot::Sender<()>, tokio::task::JoinHandle<()>) {
+        let twin_dir = self.path("twin");
+        let config = self.mqtt(&self.services["lanyard-twin"], "lanyard-twin");
+        let (stop, rx) = oneshot::channel::<()>();
+        let task = tokio::spawn(async move {
+            let mut host =
+                lanyard_std::twin::TwinHost::open(&twin_dir, Default::default()).unwrap();
+            let mut t = MqttTransport::connect(config);
+            lanyard_std::twin::run_twin(&mut host, &mut t, Clock::real(), false, async {
+                let _ = rx.await;
+            })
+            .await
+            .unwrap();
+        });
+        (stop, task)
+    }
+
+    /// Device `i` of the example board with `creds`, its state in `state`
+    /// under `key`.
+    fn device(
+        &self,
+        i: u8,
+        creds: &Credentials,
+        state: &std::path::Path,
+        key: DataKey,
+    ) -> (
+        lanyard_std::device::DeviceHandle,
+        oneshot::Sender<()>,
+        tokio::task::JoinHandle<()>,
+    ) {
+        let mut config = MqttConfig::new("localhost", self.broker.port, "");
+        config.tls = Some(creds.tls(self.ca_pem.as_bytes()).unwrap().to_rumqttc());
+        let board = lanyard_std::sim::simulated_board(
+            lanyard_std::sim::SimulatedSensors::new(Clock::real().now_ms(), 600_000, 0),
+            Default::default(),
+        );
+        let (mut driver, handle) = lanyard_std::device::DeviceBuilder::new(
+            [0x0a, 0x0b, 0x0c, 0x0d, 0x0e, i],
+            "test",
+            config,
+            state,
+        )
+        .data_key(key)
+        .commands(board)
+        .build()
+        .unwrap();
+        let (stop, rx) = oneshot::channel::<()>();
+        let task = tokio::spawn(async move {
+            driver.start().await.unwrap();
+            driver
+                .run_until(async {
+                    let _ = rx.await;
+                })
+                .await
+                .unwrap();
+        });
+        (handle, stop, task)
+    }
+
+    /// An operator's app, once `device` has registered.
+    async fn app(&self, device: &str) -> lanyard_std::app::AppClient<MqttTransport> {
+        let mut app = lanyard_std::app::AppClient::new(MqttTransport::connect(
+            self.mqtt(&self.services["lanyard-ops"], "lanyard-ops"),
+        ))
+        .await
+        .unwrap();
+        let deadline = std::time::Instant::now() + WAIT;
+        while app
+            .get_shadow(device, Duration::from_millis(500))
+            .await
+            .is_err()
+        {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "{device} never registered"
+            );
+        }
+        app
+    }
 }
 
 fn policy() -> ProvisionPolicy {
@@ -247,23 +328,22 @@ async fn a_claim_gives_an_allowed_device_its_own_certificate_and_nothing_else_is
     .await
     .unwrap();
     twin.subscribe("lanyard/v1/+/heartbeat").await.unwrap();
-    dev.publish(
-        &format!("lanyard/v1/{}/heartbeat", id(1)),
-        b"hb",
-        Qos::AtLeastOnce,
-    )
-    .await
-    .unwrap();
-    match tokio::time::timeout(WAIT, twin.recv())
-        .await
-        .unwrap()
-        .unwrap()
-    {
-        TransportEvent::Message { topic, .. } => {
-            assert_eq!(topic, format!("lanyard/v1/{}/heartbeat", id(1)))
+    // Sent until the subscription (on another connection) is in place.
+    let heartbeat = format!("lanyard/v1/{}/heartbeat", id(1));
+    let mut heard = false;
+    for _ in 0..20 {
+        dev.publish(&heartbeat, b"hb", Qos::AtLeastOnce)
+            .await
+            .unwrap();
+        if let Ok(Ok(TransportEvent::Message { topic, .. })) =
+            tokio::time::timeout(Duration::from_millis(500), twin.recv()).await
+        {
+            assert_eq!(topic, heartbeat);
+            heard = true;
+            break;
         }
-        other => panic!("{other:?}"),
     }
+    assert!(heard, "the device's heartbeat never arrived");
 
     // Not on the allow-list; a name the allow-list gives other hardware;
     // a second claim for a device that has a certificate.
@@ -483,53 +563,17 @@ async fn a_running_device_renews_its_certificate_several_times_without_losing_a_
         .await;
     let endpoint = fleet.endpoint();
     let state = fleet.path("device");
-    let store = CredentialStore::open(&state).unwrap();
+    let key = DataKey::at(default_path(&state));
+    let store = CredentialStore::open(&state, key.clone()).unwrap();
     let creds = claim(&endpoint, &fleet.claim, &id(6), &mac(6))
         .await
         .unwrap();
     store.save_current(&creds).unwrap();
     let first_serial = creds.serial.clone();
 
-    // The twin host.
-    let twin_dir = fleet.path("twin");
-    let twin_config = fleet.mqtt(&fleet.services["lanyard-twin"], "lanyard-twin");
-    let (stop_twin, twin_rx) = oneshot::channel::<()>();
-    let twin = tokio::spawn(async move {
-        let mut host = lanyard_std::twin::TwinHost::open(&twin_dir, Default::default()).unwrap();
-        let mut t = MqttTransport::connect(twin_config);
-        lanyard_std::twin::run_twin(&mut host, &mut t, Clock::real(), false, async {
-            let _ = twin_rx.await;
-        })
-        .await
-        .unwrap();
-    });
-
-    // The device, with its credentials, and its renewal.
-    let mut config = MqttConfig::new("localhost", fleet.broker.port, "");
-    config.tls = Some(creds.tls(fleet.ca_pem.as_bytes()).unwrap().to_rumqttc());
-    let board = lanyard_std::sim::simulated_board(
-        lanyard_std::sim::SimulatedSensors::new(Clock::real().now_ms(), 600_000, 0),
-        Default::default(),
-    );
-    let (mut driver, handle) = lanyard_std::device::DeviceBuilder::new(
-        [0x0a, 0x0b, 0x0c, 0x0d, 0x0e, 6],
-        "test",
-        config,
-        state.join("agent"),
-    )
-    .commands(board)
-    .build()
-    .unwrap();
-    let (stop_dev, dev_rx) = oneshot::channel::<()>();
-    let device = tokio::spawn(async move {
-        driver.start().await.unwrap();
-        driver
-            .run_until(async {
-                let _ = dev_rx.await;
-            })
-            .await
-            .unwrap();
-    });
+    let (stop_twin, twin) = fleet.twin();
+    let (handle, stop_dev, device) = fleet.device(6, &creds, &state, key);
+    let mut app = fleet.app(&id(6)).await;
     let (events_tx, mut events) = tokio::sync::mpsc::unbounded_channel();
     let (stop_renewal, renewal_rx) = oneshot::channel::<()>();
     let renewal = Renewal {
@@ -543,23 +587,6 @@ async fn a_running_device_renews_its_certificate_several_times_without_losing_a_
     }));
 
     // An operator sends commands all along: each one is answered.
-    let mut app = lanyard_std::app::AppClient::new(MqttTransport::connect(
-        fleet.mqtt(&fleet.services["lanyard-ops"], "lanyard-ops"),
-    ))
-    .await
-    .unwrap();
-    // Registered (its shadow exists) before the first command.
-    let deadline = std::time::Instant::now() + WAIT;
-    while app
-        .get_shadow(&id(6), Duration::from_millis(500))
-        .await
-        .is_err()
-    {
-        assert!(
-            std::time::Instant::now() < deadline,
-            "the device never registered"
-        );
-    }
     let mut renewed = Vec::new();
     let mut answered = 0;
     let started = std::time::Instant::now();
@@ -611,4 +638,102 @@ async fn a_running_device_renews_its_certificate_several_times_without_losing_a_
     );
     assert_eq!(store.current().unwrap().unwrap().serial, newest.serial);
     assert!(store.pending().unwrap().is_none());
+}
+
+/// Every file under `dir`, by name.
+fn files(dir: &std::path::Path) -> std::collections::BTreeMap<String, Vec<u8>> {
+    std::fs::read_dir(dir)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.is_file())
+        .map(|p| {
+            (
+                p.file_name().unwrap().to_string_lossy().into_owned(),
+                std::fs::read(&p).unwrap(),
+            )
+        })
+        .collect()
+}
+
+fn contains(hay: &[u8], needle: &[u8]) -> bool {
+    hay.windows(needle.len()).any(|w| w == needle)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_decommissioned_device_leaves_nothing_readable_in_its_state_directory() {
+    let fleet = Fleet::new();
+    let (stop_service, service) = fleet.serve(policy()).await;
+    let state = fleet.path("device");
+    let key = DataKey::at(default_path(&state));
+    let store = CredentialStore::open(&state, key.clone()).unwrap();
+    let creds = claim(&fleet.endpoint(), &fleet.claim, &id(7), &mac(7))
+        .await
+        .unwrap();
+    store.save_current(&creds).unwrap();
+    let (stop_twin, twin) = fleet.twin();
+    let (_handle, _stop_dev, device) = fleet.device(7, &creds, &state, key.clone());
+    let mut app = fleet.app(&id(7)).await;
+
+    // While it runs, nothing it saved is readable without the key.
+    let before = files(&state);
+    let key_bytes = before["data.key"].clone();
+    assert_eq!(key_bytes.len(), 32);
+    let sealed_creds = before["credentials.bin"].clone();
+    for (name, bytes) in &before {
+        assert!(
+            !contains(bytes, b"PRIVATE KEY"),
+            "{name} holds the key in clear"
+        );
+        // The outbound journal holds messages on their way out (topics name
+        // the device); everything else is sealed.
+        if name != "outbound.journal" {
+            assert!(
+                !contains(bytes, id(7).as_bytes()),
+                "{name} names the device in clear"
+            );
+        }
+    }
+    assert_eq!(
+        key.open(lanyard_std::store::unseal(&sealed_creds).unwrap())
+            .map(|_| ()),
+        Ok(())
+    );
+
+    let out = app
+        .command(&id(7), "decommission", b"", Clock::real().now_ms(), WAIT)
+        .await
+        .unwrap();
+    assert_eq!(
+        out.status,
+        lanyard_core::agent::messages::AckStatus::Succeeded
+    );
+    tokio::time::timeout(WAIT, device)
+        .await
+        .expect("a decommissioned device stops")
+        .unwrap();
+
+    // The key that sealed everything is gone from the disk; what is there
+    // (the fact that the device is decommissioned) is under a new one, and
+    // a copy of the old credentials does not open with it.
+    let after = files(&state);
+    assert!(!after.contains_key("credentials.bin"), "{:?}", after.keys());
+    for (name, bytes) in &after {
+        assert!(!contains(bytes, &key_bytes), "{name} holds the old key");
+        assert!(
+            !contains(bytes, b"PRIVATE KEY"),
+            "{name} holds a private key"
+        );
+    }
+    let fresh = DataKey::at(default_path(&state));
+    assert!(
+        fresh
+            .open(lanyard_std::store::unseal(&sealed_creds).unwrap())
+            .is_err()
+    );
+    assert!(store.current().unwrap().is_none());
+
+    let _ = stop_twin.send(());
+    twin.await.unwrap();
+    let _ = stop_service.send(());
+    service.await.unwrap();
 }

@@ -339,10 +339,11 @@ pub(crate) async fn credentials_by_claim(
     claim_cert: &Path,
     claim_key: &Path,
     state_dir: &Path,
+    key: lanyard_std::data_key::DataKey,
     device: &str,
     hardware: &str,
 ) -> Result<(CredentialStore, Credentials), String> {
-    let store = CredentialStore::open(state_dir).map_err(|e| e.to_string())?;
+    let store = CredentialStore::open(state_dir, key).map_err(|e| e.to_string())?;
     if let Some(c) = store.current().map_err(|e| e.to_string())? {
         if c.not_after > unix_now() {
             return Ok((store, c));

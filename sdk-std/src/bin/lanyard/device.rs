@@ -48,6 +48,10 @@ pub(crate) async fn device(
         }
     }
     let mac_bytes = parse_mac(mac)?;
+    // One key for the agent's state and the credentials: decommissioning
+    // destroys it.
+    let data_key =
+        lanyard_std::data_key::DataKey::at(lanyard_std::data_key::default_path(&state_dir));
     let mut mqtt = broker.mqtt("")?;
     // By claim: its own certificate, made on first start and renewed while
     // it runs.
@@ -74,7 +78,8 @@ pub(crate) async fn device(
             &endpoint,
             cert,
             key,
-            &state_dir.join("credentials"),
+            &state_dir,
+            data_key.clone(),
             id.as_str(),
             &hardware,
         )
@@ -91,7 +96,7 @@ pub(crate) async fn device(
         .await?;
     }
     let (tx, mut rx) = mpsc::unbounded_channel();
-    let mut device = make_device(mac_bytes, mqtt, state_dir, clock, 60_000, 100);
+    let mut device = make_device(mac_bytes, mqtt, state_dir, clock, 60_000, 100).data_key(data_key);
     if let Some(t) = &tenant {
         device = device.tenant(t);
     }
