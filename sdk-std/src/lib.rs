@@ -82,6 +82,7 @@ pub mod mqtt;
 pub mod provision;
 pub mod sim;
 pub mod store;
+#[cfg(feature = "runtime")]
 mod text_map;
 #[cfg(feature = "runtime")]
 pub mod tls;

@@ -510,6 +510,20 @@ mod tests {
     }
 
     #[test]
+    fn the_refusal_in_the_wire_format_document_is_what_is_sent() {
+        let r = Rejected {
+            reason: Refusal::TokenUsed,
+            message: "this ownership token was used already".into(),
+        };
+        let hex: String = r.encode().iter().map(|b| format!("{b:02x}")).collect();
+        assert_eq!(
+            hex,
+            "a266726561736f6e6a746f6b656e5f75736564676d657373616765782574686973206f776e6572\
+             7368697020746f6b656e20776173207573656420616c7265616479"
+        );
+    }
+
+    #[test]
     fn topics_parse_back_and_others_do_not() {
         let claim = Channel::Claim {
             identity: "lanyard-claim-acme",
