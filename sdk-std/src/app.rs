@@ -497,6 +497,48 @@ impl<T: Transport> AppClient<T> {
     /// A client token unique across processes too: an operator's next run
     /// with the same client id may be handed answers its predecessor never
     /// read.
+    /// Revokes every certificate of `device` (compromise, or with
+    /// `decommission` for good: it gets no new one) through the
+    /// provisioning service, which has the broker refuse them; waits up to
+    /// `timeout` for its answer: how many were revoked, or
+    /// [`AppError::Rejected`] with why not (no certificate was issued to
+    /// that device). Only operator identities may ask (the broker's ACL).
+    pub async fn revoke(
+        &mut self,
+        device: &str,
+        reason: &str,
+        decommission: bool,
+        timeout: Duration,
+    ) -> Result<u64, AppError> {
+        use crate::provision::messages::{
+            RevokeAnswer, RevokeRequest, revoke_answer_topic, revoke_topic,
+        };
+        if self.tenants || !lanyard_core::topic::valid_device_id(device) {
+            // Certificates are issued in the shared namespace only.
+            return Err(AppError::BadDevice(device.to_owned()));
+        }
+        let answer_topic = revoke_answer_topic(device);
+        self.transport.subscribe(&answer_topic).await?;
+        let token = self.operator_token();
+        let request = RevokeRequest {
+            token: token.clone(),
+            reason: reason.to_owned(),
+            decommission,
+        };
+        self.transport
+            .publish(&revoke_topic(device), &request.encode(), Qos::AtLeastOnce)
+            .await?;
+        let deadline = tokio::time::Instant::now() + timeout;
+        loop {
+            let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+            let (_, payload) = self.wait_for(left, |t| t == answer_topic).await?;
+            match RevokeAnswer::decode(&payload) {
+                Some(a) if a.token == token => return a.outcome.map_err(AppError::Rejected),
+                _ => continue,
+            }
+        }
+    }
+
     fn operator_token(&mut self) -> String {
         self.next_id += 1;
         format!(

@@ -503,17 +503,31 @@ async fn a_revoked_device_is_refused_by_the_broker_and_gets_no_new_certificate()
         .await
         .unwrap();
     dev.disconnect().await;
-    let _ = stop.send(());
-    let mut service = service.await.unwrap();
 
-    // Decommissioned: every certificate revoked, the broker told.
+    // An operator decommissions it through the service: every certificate
+    // revoked, the broker told. A device never issued one is an answer too.
+    let mut ops = lanyard_std::app::AppClient::new(MqttTransport::connect(
+        fleet.mqtt(&fleet.services["lanyard-ops"], "lanyard-ops"),
+    ))
+    .await
+    .unwrap();
     assert_eq!(
-        service
-            .revoke_device(&id(5), "decommissioned", true, unix_now())
+        ops.revoke(&id(5), "decommissioned", true, WAIT)
+            .await
             .unwrap(),
         1
     );
-    fleet.reload().reload().unwrap();
+    match ops
+        .revoke("ly-0a0b0c0d0e55", "compromised", false, WAIT)
+        .await
+    {
+        Err(lanyard_std::app::AppError::Rejected(why)) => {
+            assert!(why.contains("no certificate was issued"), "{why}")
+        }
+        other => panic!("{other:?}"),
+    }
+    let _ = stop.send(());
+    let service = service.await.unwrap();
     tokio::time::sleep(Duration::from_millis(300)).await;
     let err = MqttTransport::connect_and_wait(fleet.mqtt(&tls, &id(5)), WAIT)
         .await
@@ -734,6 +748,24 @@ async fn a_decommissioned_device_leaves_nothing_readable_in_its_state_directory(
 
     let _ = stop_twin.send(());
     twin.await.unwrap();
+    // The service saw it decommission itself and revoked its certificate.
+    let deadline = std::time::Instant::now() + WAIT;
+    loop {
+        let certs = lanyard_std::provision::Provisioner::open(
+            Authority::open(&fleet.path("ca")).unwrap(),
+            policy(),
+            &fleet.path("provision"),
+            &fleet.path("crl-check.pem"),
+        )
+        .unwrap()
+        .certificates(&id(7))
+        .unwrap();
+        if certs.iter().all(|c| c.state == CertState::Revoked) {
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "{certs:?}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
     let _ = stop_service.send(());
     service.await.unwrap();
 }

@@ -142,14 +142,131 @@ pub fn parse_request(topic: &str) -> Option<(Channel<'_>, Step)> {
     }
 }
 
-/// The subscriptions a provisioning service needs.
+/// Where an operator asks for a device's certificates to be revoked
+/// (only trusted identities may write it: the ACL gives devices no such
+/// topic).
+pub fn revoke_topic(device: &str) -> String {
+    format!("{TOPIC_PREFIX}{device}/cert/revoke")
+}
+
+/// Where the service answers a revocation.
+pub fn revoke_answer_topic(device: &str) -> String {
+    format!("{TOPIC_PREFIX}{device}/cert/revoke/answer")
+}
+
+/// The device a revocation request's topic names.
+pub fn parse_revoke(topic: &str) -> Option<&str> {
+    let id = topic
+        .strip_prefix(TOPIC_PREFIX)?
+        .strip_suffix("/cert/revoke")?;
+    valid_device_id(id).then_some(id)
+}
+
+/// The subscriptions a provisioning service needs: the exchange on both
+/// channels, operators' revocations, and devices' lifecycle events (a
+/// device that decommissions itself has its certificates revoked).
 pub fn service_filters() -> Vec<String> {
     let mut out = Vec::new();
     for step in Step::ALL {
         out.push(format!("{TOPIC_PREFIX}{PROVISION_KEY}/+/+/{}", step.name()));
         out.push(format!("{TOPIC_PREFIX}+/cert/{}", step.name()));
     }
+    out.push(format!("{TOPIC_PREFIX}+/cert/revoke"));
+    out.push(format!(
+        "{TOPIC_PREFIX}+/{}",
+        lanyard_core::agent::messages::MessageKind::Lifecycle.topic_suffix()
+    ));
     out
+}
+
+/// An operator's revocation: `{"token": tstr, "reason": tstr,
+/// "decommission": bool}`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RevokeRequest {
+    /// Names the answer.
+    pub token: String,
+    /// Why, for the audit log (`compromised`, `decommissioned`...).
+    pub reason: String,
+    /// Also refuse the device any new certificate.
+    pub decommission: bool,
+}
+
+impl RevokeRequest {
+    /// The CBOR map.
+    pub fn encode(&self) -> Vec<u8> {
+        encode(3, |e| {
+            e.str("token")?.str(&self.token)?;
+            e.str("reason")?.str(&self.reason)?;
+            e.str("decommission")?.bool(self.decommission)?;
+            Ok(())
+        })
+    }
+
+    /// Reads what [`RevokeRequest::encode`] wrote.
+    pub fn decode(bytes: &[u8]) -> Option<Self> {
+        let (mut token, mut reason, mut decommission) = (None, None, None);
+        read_text_map(bytes, |key, d| {
+            match key {
+                "token" => token = Some(d.str().ok()?.to_owned()),
+                "reason" => reason = Some(d.str().ok()?.to_owned()),
+                "decommission" => decommission = Some(d.bool().ok()?),
+                _ => return Some(false),
+            }
+            Some(true)
+        })?;
+        Some(RevokeRequest {
+            token: token?,
+            reason: reason?,
+            decommission: decommission?,
+        })
+    }
+}
+
+/// The answer to a [`RevokeRequest`]: `{"token": tstr, ? "revoked": uint,
+/// ? "refused": tstr}` (exactly one of the two).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RevokeAnswer {
+    /// The request's token.
+    pub token: String,
+    /// How many certificates were revoked, or why none could be.
+    pub outcome: Result<u64, String>,
+}
+
+impl RevokeAnswer {
+    /// The CBOR map.
+    pub fn encode(&self) -> Vec<u8> {
+        encode(2, |e| {
+            e.str("token")?.str(&self.token)?;
+            match &self.outcome {
+                Ok(n) => e.str("revoked")?.u64(*n)?,
+                Err(why) => e.str("refused")?.str(why)?,
+            };
+            Ok(())
+        })
+    }
+
+    /// Reads what [`RevokeAnswer::encode`] wrote.
+    pub fn decode(bytes: &[u8]) -> Option<Self> {
+        let (mut token, mut revoked, mut refused) = (None, None, None);
+        read_text_map(bytes, |key, d| {
+            match key {
+                "token" => token = Some(d.str().ok()?.to_owned()),
+                "revoked" => revoked = Some(d.u64().ok()?),
+                "refused" => refused = Some(d.str().ok()?.to_owned()),
+                _ => return Some(false),
+            }
+            Some(true)
+        })?;
+        let outcome = match (revoked, refused) {
+            (Some(n), None) => Ok(n),
+            (None, Some(why)) => Err(why),
+            _ => return None,
+        };
+        Some(RevokeAnswer {
+            token: token?,
+            outcome,
+        })
+    }
 }
 
 /// Why a step was refused. Each is counted by the service.

@@ -16,9 +16,13 @@ use rusqlite::{Connection, OptionalExtension, params};
 use serde_json::json;
 
 use super::authority::{Authority, AuthorityError};
+use lanyard_core::agent::lifecycle::LifecycleState;
+use lanyard_core::agent::messages::{LifecycleEvent, MessageKind};
+
 use super::messages::{
     Channel, ConfirmRequest, CsrAccepted, CsrRequest, Outcome, Refusal, RegisterAccepted,
-    RegisterRequest, Rejected, Step, parse_request,
+    RegisterRequest, Rejected, RevokeAnswer, RevokeRequest, Step, parse_request,
+    revoke_answer_topic,
 };
 use crate::audit::{AuditAction, AuditLog};
 use crate::transport::{Qos, Transport, TransportError, TransportEvent};
@@ -354,6 +358,14 @@ impl Provisioner {
         payload: &[u8],
         now: u64,
     ) -> Result<Handled, ServiceError> {
+        if let Some(device) = super::messages::parse_revoke(topic) {
+            return self.operator_revoke(device, payload, now);
+        }
+        if let Some((device, MessageKind::Lifecycle)) =
+            lanyard_core::topic::parse_topic_in(None, topic)
+        {
+            return self.lifecycle(device, payload, now);
+        }
         let Some((channel, step)) = parse_request(topic) else {
             return Ok(Handled::default());
         };
@@ -372,11 +384,7 @@ impl Provisioner {
         let answer = match outcome {
             Ok(bytes) => (channel.answer(step, Outcome::Accepted), bytes),
             Err(rejected) => {
-                self.db.execute(
-                    "INSERT INTO refusals(code, count) VALUES (?1, 1)
-                     ON CONFLICT(code) DO UPDATE SET count = count + 1",
-                    params![rejected.reason.code()],
-                )?;
+                self.count(rejected.reason)?;
                 (channel.answer(step, Outcome::Rejected), rejected.encode())
             }
         };
@@ -387,6 +395,68 @@ impl Provisioner {
             answers: vec![answer],
             revoked,
         })
+    }
+
+    /// An operator's revocation (the broker lets only trusted identities
+    /// write its topic).
+    fn operator_revoke(
+        &mut self,
+        device: &str,
+        payload: &[u8],
+        now: u64,
+    ) -> Result<Handled, ServiceError> {
+        let Some(req) = RevokeRequest::decode(payload) else {
+            self.count(Refusal::Malformed)?;
+            return Ok(Handled::default());
+        };
+        let outcome = match self.revoke_device(device, &req.reason, req.decommission, now) {
+            Ok(n) => Ok(n as u64),
+            Err(ServiceError::UnknownDevice(d)) => Err(format!("no certificate was issued to {d}")),
+            Err(e) => return Err(e),
+        };
+        let revoked = matches!(outcome, Ok(n) if n > 0);
+        let answer = RevokeAnswer {
+            token: req.token,
+            outcome,
+        };
+        Ok(Handled {
+            answers: vec![(revoke_answer_topic(device), answer.encode())],
+            revoked,
+        })
+    }
+
+    /// A device that decommissions itself (an operator's command) has its
+    /// certificates revoked and gets no new one.
+    fn lifecycle(
+        &mut self,
+        device: &str,
+        payload: &[u8],
+        now: u64,
+    ) -> Result<Handled, ServiceError> {
+        let decommissioned =
+            LifecycleEvent::decode(payload).is_ok_and(|e| e.to == LifecycleState::Decommissioned);
+        if !decommissioned || self.decommissioned(device)? {
+            return Ok(Handled::default());
+        }
+        let revoked = match self.revoke_device(device, "decommissioned", true, now) {
+            Ok(n) => n > 0,
+            // Not one of ours (made outside the service and not recorded).
+            Err(ServiceError::UnknownDevice(_)) => false,
+            Err(e) => return Err(e),
+        };
+        Ok(Handled {
+            answers: Vec::new(),
+            revoked,
+        })
+    }
+
+    fn count(&self, r: Refusal) -> Result<(), ServiceError> {
+        self.db.execute(
+            "INSERT INTO refusals(code, count) VALUES (?1, 1)
+             ON CONFLICT(code) DO UPDATE SET count = count + 1",
+            params![r.code()],
+        )?;
+        Ok(())
     }
 
     fn decommissioned(&self, device: &str) -> Result<bool, ServiceError> {
