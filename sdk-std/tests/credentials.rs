@@ -557,13 +557,6 @@ async fn a_revoked_device_is_refused_by_the_broker_and_gets_no_new_certificate()
     service.await.unwrap();
 }
 
-fn unix_now() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap()
-        .as_secs()
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_running_device_renews_its_certificate_several_times_without_losing_a_command() {
     let fleet = Fleet::new();
