@@ -425,6 +425,35 @@ pub async fn claim(
     out
 }
 
+/// Whether credentials came from the store or were just obtained.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Origin {
+    /// Kept from before.
+    Kept,
+    /// Provisioned by claim now (none were kept, or they had expired).
+    Claimed,
+}
+
+/// A device's credentials at start: those kept in `store` while they are
+/// valid, else new ones by claim (kept in `store` before they are
+/// returned).
+pub async fn load_or_claim(
+    endpoint: &ProvisionEndpoint,
+    claim_files: &TlsFiles,
+    store: &CredentialStore,
+    device: &str,
+    hardware: &str,
+) -> Result<(Credentials, Origin), CredentialError> {
+    if let Some(c) = store.current()? {
+        if c.not_after > now_secs() && c.device == device {
+            return Ok((c, Origin::Kept));
+        }
+    }
+    let creds = claim(endpoint, claim_files, device, hardware).await?;
+    store.save_current(&creds)?;
+    Ok((creds, Origin::Claimed))
+}
+
 /// Renews `current` before it expires: a new key pair and certificate by
 /// the same steps, on the device's own channel, over a short connection
 /// with the current certificate. The old one stays valid until

@@ -12,9 +12,17 @@ use lanyard_core::agent::platform::{Args, CommandFailure, CommandHandler, Comple
 use lanyard_nostd::hal::{BatteryCurve, BatteryVoltage, BoardCommands, BoardProbe, SensorReading};
 use lanyard_std::aws_json::{tree_from_json, tree_to_json};
 use lanyard_std::clock::Clock;
+use lanyard_std::credentials::{
+    CredentialError, CredentialStore, Credentials, ProvisionEndpoint, Renewal, RenewalEvent,
+    load_or_claim,
+};
+use lanyard_std::data_key::{DataKey, default_path};
 use lanyard_std::device::{BuildError, DeviceBuilder, DeviceHandle, DeviceTransport};
 use lanyard_std::driver::{DeviceDriver, DriverEvent, LocalValue, Shared, parse_mac};
-use pyo3::exceptions::{PyOSError, PyRuntimeError, PyValueError};
+use lanyard_std::tls::TlsFiles;
+use pyo3::exceptions::{
+    PyConnectionError, PyOSError, PyPermissionError, PyRuntimeError, PyValueError,
+};
 use pyo3::prelude::*;
 use pyo3::types::{PyBool, PyInt};
 use serde_json::{Value as Json, json};
@@ -149,14 +157,68 @@ pub(crate) struct Device {
     /// Taken by the one `run`.
     driver: Mutex<Option<DeviceDriver<DeviceTransport>>>,
     handle: DeviceHandle,
+    /// A device provisioned by claim: where its credentials are kept.
+    credentials: Option<CredentialStore>,
+}
+
+/// Claim-certificate provisioning as the Python `Device` is given it.
+struct Claim {
+    cert: PathBuf,
+    key: PathBuf,
+    provision_port: u16,
+    hardware: String,
+}
+
+/// A device's credentials by claim (kept ones while valid), and what keeps
+/// them fresh; errors as Python exceptions.
+fn claimed_credentials(
+    py: Python<'_>,
+    rt: &tokio::runtime::Runtime,
+    config: &lanyard_std::mqtt::MqttConfig,
+    ca: Option<&std::path::Path>,
+    claim: Claim,
+    store: CredentialStore,
+    device_id: &str,
+) -> PyResult<(Credentials, ProvisionEndpoint, CredentialStore)> {
+    let ca =
+        ca.ok_or_else(|| PyValueError::new_err("claim_cert needs ca and an mqtts:// broker"))?;
+    let read = |p: &std::path::Path| {
+        std::fs::read(p).map_err(|e| PyOSError::new_err(format!("{}: {e}", p.display())))
+    };
+    let ca_pem = read(ca)?;
+    let files = TlsFiles::from_pem(
+        ca_pem.clone(),
+        Some((read(&claim.cert)?, read(&claim.key)?)),
+    )
+    .map_err(|e| PyValueError::new_err(format!("claim certificate: {e}")))?;
+    let endpoint = ProvisionEndpoint {
+        host: config.host.clone(),
+        port: claim.provision_port,
+        ca_pem,
+        timeout: std::time::Duration::from_secs(10),
+    };
+    let (ep, st, id) = (endpoint.clone(), store.clone(), device_id.to_owned());
+    let (creds, _) = crate::block_on(py, rt, async move {
+        load_or_claim(&ep, &files, &st, &id, &claim.hardware)
+            .await
+            .map_err(|e| match e {
+                CredentialError::Refused(..) => PyPermissionError::new_err(e.to_string()),
+                CredentialError::Connect(_) | CredentialError::NoAnswer(_) => {
+                    PyConnectionError::new_err(e.to_string())
+                }
+                e => PyOSError::new_err(e.to_string()),
+            })
+    })?;
+    Ok((creds, endpoint, store))
 }
 
 #[pymethods]
 impl Device {
     #[new]
-    #[pyo3(signature = (broker, mac, state_dir, dispatch=None, sensors=None, battery=None, blink=None, tenant=None, ca=None, cert=None, key=None, aws=false, shadow_name=None, policies=None))]
+    #[pyo3(signature = (broker, mac, state_dir, dispatch=None, sensors=None, battery=None, blink=None, tenant=None, ca=None, cert=None, key=None, aws=false, shadow_name=None, policies=None, claim_cert=None, claim_key=None, provision_port=None, hardware=None))]
     #[allow(clippy::too_many_arguments)]
     fn new(
+        py: Python<'_>,
         broker: &str,
         mac: &str,
         state_dir: PathBuf,
@@ -171,9 +233,34 @@ impl Device {
         aws: bool,
         shadow_name: Option<String>,
         policies: Option<std::collections::HashMap<String, String>>,
+        claim_cert: Option<PathBuf>,
+        claim_key: Option<PathBuf>,
+        provision_port: Option<u16>,
+        hardware: Option<String>,
     ) -> PyResult<Self> {
+        let claim = match (claim_cert, claim_key, provision_port) {
+            (None, None, None) => None,
+            (Some(cert), Some(key), Some(port)) => Some(Claim {
+                cert,
+                key,
+                provision_port: port,
+                hardware: hardware.clone().unwrap_or_else(|| mac.to_owned()),
+            }),
+            _ => {
+                return Err(PyValueError::new_err(
+                    "claim_cert, claim_key and provision_port go together",
+                ));
+            }
+        };
+        if claim.is_some() && (cert.is_some() || key.is_some() || tenant.is_some() || aws) {
+            return Err(PyValueError::new_err(
+                "a device provisioned by claim gets its own certificate (no cert or key), \
+                 in the shared namespace (no tenant), on a Lanyard twin host (not aws)",
+            ));
+        }
+        let ca_path = ca.clone();
         // Everything given is checked before anything is made on disk.
-        let config = broker_config(broker, String::new(), ca, cert, key)?;
+        let mut config = broker_config(broker, String::new(), ca, cert, key)?;
         let fleet_policies = fleet_policies(policies.unwrap_or_default())?;
         if !aws && shadow_name.is_some() {
             return Err(PyValueError::new_err(
@@ -201,7 +288,31 @@ impl Device {
             blink: move |count, period_ms| self::blink(&blink, count, period_ms),
             read: move |now_ms| sensor.lock().read_sensors(now_ms),
         };
+        let rt = runtime(2)?;
+        // One key for the agent's state and the credentials: decommissioning
+        // destroys it.
+        let data_key = DataKey::at(default_path(&state_dir));
+        let mut renewal = None;
+        if let Some(claim) = claim {
+            let store = CredentialStore::open(&state_dir, data_key.clone())
+                .map_err(|e| PyOSError::new_err(e.to_string()))?;
+            let (creds, endpoint, store) = claimed_credentials(
+                py,
+                &rt,
+                &config,
+                ca_path.as_deref(),
+                claim,
+                store,
+                &device_id,
+            )?;
+            let tls = creds
+                .tls(&endpoint.ca_pem)
+                .map_err(|e| PyValueError::new_err(e.to_string()))?;
+            config.tls = Some(tls.to_rumqttc());
+            renewal = Some((endpoint, store));
+        }
         let mut device = DeviceBuilder::new(mac, env!("CARGO_PKG_VERSION"), config, &state_dir)
+            .data_key(data_key)
             .clock(clock)
             .probe(probe.clone())
             .telemetry(probe)
@@ -212,7 +323,6 @@ impl Device {
         if aws {
             device = device.aws_shadow(shadow_name.as_deref(), fleet_policies);
         }
-        let rt = runtime(2)?;
         // The MQTT client starts its tasks on the runtime it is made in.
         // The builder keeps an outbound journal in the state directory:
         // acknowledgements and lifecycle events survive a crash of this
@@ -224,11 +334,32 @@ impl Device {
                 e => PyOSError::new_err(e.to_string()),
             })?
         };
+        let credentials = renewal.map(|(endpoint, store)| {
+            let renewal = Renewal {
+                endpoint,
+                store: store.clone(),
+                switch: handle.credential_switch(),
+                retry: std::time::Duration::from_secs(60),
+            };
+            let (events, mut renewed) = mpsc::unbounded_channel();
+            rt.spawn(renewal.run(events, std::future::pending()));
+            rt.spawn(async move {
+                while let Some(e) = renewed.recv().await {
+                    if let RenewalEvent::Failed(why) = e {
+                        eprintln!(
+                            "lanyard: certificate renewal failed (tried again in a minute): {why}"
+                        );
+                    }
+                }
+            });
+            store
+        });
         Ok(Device {
             device_id,
             rt,
             driver: Mutex::new(Some(driver)),
             handle,
+            credentials,
         })
     }
 
@@ -236,6 +367,20 @@ impl Device {
     #[getter]
     fn device_id(&self) -> &str {
         &self.device_id
+    }
+
+    /// For a device provisioned by claim: the serial number of the
+    /// certificate it uses now (it changes as the device renews it), and
+    /// when it expires (Unix seconds). `None` otherwise.
+    #[getter]
+    fn certificate(&self) -> PyResult<Option<(String, u64)>> {
+        let Some(store) = &self.credentials else {
+            return Ok(None);
+        };
+        let current = store
+            .current()
+            .map_err(|e| PyOSError::new_err(e.to_string()))?;
+        Ok(current.map(|c| (c.serial, c.not_after)))
     }
 
     /// Reports `value` (bool, int, float or str) at the dotted `path` of

@@ -430,6 +430,30 @@ impl App {
         })
     }
 
+    /// Revokes every certificate of `device` through the provisioning
+    /// service (with `decommission`, for good); the number revoked. A
+    /// device never issued one raises `Rejected`.
+    #[pyo3(signature = (device, reason, decommission, timeout=10.0))]
+    fn revoke(
+        &self,
+        py: Python<'_>,
+        device: String,
+        reason: String,
+        decommission: bool,
+        timeout: f64,
+    ) -> PyResult<u64> {
+        let timeout = seconds(timeout)?;
+        let client = self.client.clone();
+        block_on(py, &self.rt, async move {
+            let mut client = client.lock().await;
+            let client = client.as_mut().ok_or_else(closed)?;
+            client
+                .revoke(&device, &reason, decommission, timeout)
+                .await
+                .map_err(app_error)
+        })
+    }
+
     /// Pushes configuration `version` changing `fields` (`{name: value}`,
     /// e.g. `{"telemetry_ms": 60000}`; others kept) to `devices` and waits
     /// up to `timeout` for their acknowledgements. Returns JSON text:

@@ -4,6 +4,7 @@ bridge between a TCP "serial port" and a real mosquitto (started here;
 against a real ``lanyard twin`` and ``lanyard device`` (the binary named by
 ``LANYARD_BIN``; scripts/test-all.sh builds it)."""
 
+import json
 import os
 import shutil
 import socket
@@ -718,6 +719,123 @@ class MutualTls(unittest.TestCase):
                            ca=os.path.join(self.dir.name, "missing.pem"))
         with self.assertRaises(ValueError):  # TLS files for a plain connection
             lanyard.Bridge("mqtt://localhost:1883", ca=self.pki["ca.pem"])
+
+
+class ProvisioningByClaim(unittest.TestCase):
+    """A ``Device`` made with only the fleet's claim certificate gets its
+    own from ``lanyard provision serve`` and renews it; an ``App`` revokes
+    it. The CA, the broker's configuration and the services come from the
+    ``lanyard`` command, as ``docs/provisioning.md`` walks it."""
+
+    def setUp(self):
+        binary = os.environ.get("LANYARD_BIN")
+        if not binary:
+            raise RuntimeError("set LANYARD_BIN to the lanyard binary (scripts/test-all.sh does)")
+        self.dir = tempfile.TemporaryDirectory()
+        self.addCleanup(self.dir.cleanup)
+        d = self.dir.name
+        os.chmod(d, 0o755)  # mosquitto reads its files as its own user
+
+        def lanyard_cmd(*args):
+            return subprocess.run([binary, *args], check=True, capture_output=True,
+                                  text=True).stdout
+
+        self.lanyard = lanyard_cmd
+        ca = os.path.join(d, "ca")
+        self.ca_dir = ca
+        lanyard_cmd("ca", "init", "--dir", ca)
+        lanyard_cmd("ca", "issue", "--dir", ca, "--name", "localhost", "--san",
+                    "localhost,127.0.0.1", "--out", os.path.join(d, "broker"))
+        for name in ("lanyard-twin", "lanyard-provision", "lanyard-ops", "lanyard-claim-py"):
+            lanyard_cmd("ca", "issue", "--dir", ca, "--name", name, "--out", os.path.join(d, name))
+        os.chmod(os.path.join(d, "broker.key"), 0o644)
+        run = os.path.join(d, "run")
+        os.mkdir(run)
+        os.chmod(run, 0o777)
+        with open(os.path.join(d, "acl"), "w") as f:
+            f.write(lanyard_cmd("acl", "--trusted", "lanyard-twin,lanyard-provision,lanyard-ops"))
+        port, self.provision_port = free_port(), free_port()
+        pid_file = os.path.join(run, "mosquitto.pid")
+        conf = os.path.join(d, "mosquitto.conf")
+        with open(conf, "w") as f:
+            f.write(lanyard_cmd(
+                "broker-config", "--port", str(port), "--bind", "127.0.0.1",
+                "--ca", os.path.join(ca, "ca.pem"), "--cert", os.path.join(d, "broker.pem"),
+                "--key", os.path.join(d, "broker.key"), "--acl", os.path.join(d, "acl"),
+                "--provision-port", str(self.provision_port), "--crl", os.path.join(ca, "crl.pem"),
+                "--pid-file", pid_file))
+        mosquitto = shutil.which("mosquitto") or "/usr/sbin/mosquitto"
+        broker = subprocess.Popen([mosquitto, "-c", conf], stderr=subprocess.DEVNULL)
+        self.addCleanup(lambda: (broker.kill(), broker.wait()))
+        for p in (port, self.provision_port):
+            eventually(lambda p=p: socket.create_connection(("127.0.0.1", p)).close() or True,
+                       "mosquitto did not start", seconds=10)
+        self.url = f"mqtts://localhost:{port}"
+        self.ca_pem = os.path.join(ca, "ca.pem")
+
+        def tls(who):
+            return ["--broker", self.url, "--ca", self.ca_pem,
+                    "--cert", os.path.join(d, f"{who}.pem"), "--key", os.path.join(d, f"{who}.key")]
+
+        with open(os.path.join(d, "allow"), "w") as f:
+            f.write("02:00:00:00:00:e1\n")
+        log = open(os.path.join(d, "provision.log"), "w")
+        self.addCleanup(log.close)
+        # Six-second certificates, renewed at half their life.
+        service = subprocess.Popen(
+            [binary, "provision", "serve", *tls("lanyard-provision"), "--ca-dir", ca,
+             "--allow", os.path.join(d, "allow"), "--lifetime-secs", "6", "--renew-at", "50",
+             "--broker-pid-file", pid_file],
+            stdout=log, stderr=subprocess.STDOUT)
+        self.addCleanup(lambda: (service.terminate(), service.wait()))
+        def ready():
+            with open(os.path.join(d, "provision.log")) as f:
+                return "ready" in f.read()
+
+        eventually(ready, "the provisioning service started")
+        twin = subprocess.Popen([binary, "twin", *tls("lanyard-twin"), "--state-dir",
+                                 os.path.join(d, "twin")],
+                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        self.addCleanup(lambda: (twin.terminate(), twin.wait()))
+        self.claim = {"ca": self.ca_pem, "claim_cert": os.path.join(d, "lanyard-claim-py.pem"),
+                      "claim_key": os.path.join(d, "lanyard-claim-py.key"),
+                      "provision_port": self.provision_port}
+        self.ops = {"ca": self.ca_pem, "cert": os.path.join(d, "lanyard-ops.pem"),
+                    "key": os.path.join(d, "lanyard-ops.key")}
+
+    def test_a_device_provisions_itself_renews_and_is_revoked(self):
+        dev = lanyard.Device(self.url, "02:00:00:00:00:e1", os.path.join(self.dir.name, "dev"),
+                             **self.claim)
+        first, not_after = dev.certificate
+        self.assertGreater(not_after, time.time())
+        runner = threading.Thread(target=dev.run, kwargs={"seconds": 30})
+        runner.start()
+        app = lanyard.App(self.url, client_id="lanyard-ops", **self.ops)
+        eventually(lambda: app.get_shadow(dev.device_id, timeout=2)["version"] >= 0,
+                   "the device registered with its own certificate")
+        eventually(lambda: dev.certificate[0] != first, "the device renewed its certificate",
+                   seconds=20)
+        ack = app.command(dev.device_id, "diagnostics")
+        self.assertEqual(ack["status"], "Succeeded")
+        self.assertGreaterEqual(app.revoke(dev.device_id, decommission=True), 1)
+        certs = json.loads(self.lanyard("provision", "show", "--ca-dir", self.ca_dir,
+                                        dev.device_id, "--json"))
+        self.assertGreaterEqual(len(certs), 2)
+        self.assertTrue(all(c["state"] == "revoked" for c in certs), certs)
+        with self.assertRaises(lanyard.Rejected):
+            app.revoke("ly-0200000000ff")
+        app.command(dev.device_id, "decommission")
+        runner.join(timeout=30)
+        self.assertFalse(runner.is_alive())
+
+    def test_hardware_not_on_the_allow_list_is_refused_with_the_reason(self):
+        with self.assertRaises(PermissionError) as refused:
+            lanyard.Device(self.url, "02:00:00:00:00:e2", os.path.join(self.dir.name, "other"),
+                           **self.claim)
+        self.assertIn("not_allowed", str(refused.exception))
+        with self.assertRaises(ValueError):  # its own certificate and a claim
+            lanyard.Device(self.url, "02:00:00:00:00:e2", self.dir.name, cert=self.ops["cert"],
+                           key=self.ops["key"], **self.claim)
 
 
 if __name__ == "__main__":

@@ -142,6 +142,13 @@ class App:
         parked there."""
         return self._app.resolve(device, path, winner, float(timeout))
 
+    def revoke(self, device, reason="compromised", decommission=False, timeout=10.0):
+        """Revokes every certificate of ``device`` through the provisioning
+        service, which has the broker refuse them (``decommission=True``:
+        the device gets no new one either); returns how many were revoked.
+        Raises ``Rejected`` for a device that was never issued one."""
+        return self._app.revoke(device, reason, bool(decommission), float(timeout))
+
     def push_config(self, devices, version, fields, timeout=30.0):
         """Pushes configuration ``version`` changing ``fields`` (e.g.
         ``{"telemetry_ms": 60000}``; the others are kept) to ``devices``
@@ -215,6 +222,16 @@ class Device:
       ``"device_wins"``, ``"latest_wins"`` or ``"manual_resolve"`` (the key
       ``"*"`` for every other property; cloud wins if not given). A
       property the device wins has its value written back as desired.
+    - ``claim_cert``, ``claim_key``, ``provision_port``: provisioning by
+      claim (``docs/provisioning.md``). The device makes its own key pair
+      and gets its own certificate from the fleet's provisioning service
+      on the broker's provisioning listener (``provision_port``), with
+      ``hardware`` (default: the MAC) as the allow-list names it; it keeps
+      them in ``state_dir`` (encrypted), uses them on later starts, and
+      renews the certificate while it runs (``certificate`` says which it
+      uses). Needs ``ca`` and an ``mqtts://`` broker. A refusal raises
+      ``PermissionError`` with the reason, an unreachable service
+      ``ConnectionError``.
 
     Callables run in the SDK's threads, with the GIL, while ``run`` runs:
     keep them short.
@@ -227,7 +244,8 @@ class Device:
 
     def __init__(self, broker, mac, state_dir, commands=None, sensors=None, battery_mv=None,
                  blink=None, tenant=None, ca=None, cert=None, key=None, aws=False,
-                 shadow_name=None, policies=None):
+                 shadow_name=None, policies=None, claim_cert=None, claim_key=None,
+                 provision_port=None, hardware=None):
         handlers = dict(commands or {})
 
         def dispatch(name, args_json):
@@ -255,12 +273,20 @@ class Device:
 
         self._device = _Device(broker, mac, os.fspath(state_dir), dispatch if handlers else None,
                                sensors, battery_mv, blink, tenant, _path(ca), _path(cert),
-                               _path(key), aws, shadow_name, policies)
+                               _path(key), aws, shadow_name, policies, _path(claim_cert),
+                               _path(claim_key), provision_port, hardware)
 
     @property
     def device_id(self):
         """The device id, derived from the MAC address (``ly-...``)."""
         return self._device.device_id
+
+    @property
+    def certificate(self):
+        """For a device provisioned by claim, ``(serial, not_after)`` of
+        the certificate it uses now (it changes as the device renews it);
+        ``None`` otherwise."""
+        return self._device.certificate
 
     def report(self, path, value):
         """Reports ``value`` (bool, int, float or str) at the dotted

@@ -4,7 +4,9 @@
 use std::path::{Path, PathBuf};
 
 use clap::Subcommand;
-use lanyard_std::credentials::{CredentialStore, Credentials, ProvisionEndpoint, claim};
+use lanyard_std::credentials::{
+    CredentialStore, Credentials, Origin, ProvisionEndpoint, load_or_claim,
+};
 use lanyard_std::provision::authority::{Authority, CA_CERT_FILE};
 use lanyard_std::provision::messages::Refusal;
 use lanyard_std::provision::{
@@ -332,8 +334,8 @@ pub(crate) async fn provision(what: ProvisionCmd) -> Result<(), String> {
     }
 }
 
-/// A device's credentials by claim: those kept in `state_dir` if any,
-/// else new ones from the provisioning service, kept there.
+/// A device's credentials by claim: those kept in `state_dir` while
+/// valid, else new ones from the provisioning service, kept there.
 pub(crate) async fn credentials_by_claim(
     endpoint: &ProvisionEndpoint,
     claim_cert: &Path,
@@ -344,28 +346,21 @@ pub(crate) async fn credentials_by_claim(
     hardware: &str,
 ) -> Result<(CredentialStore, Credentials), String> {
     let store = CredentialStore::open(state_dir, key).map_err(|e| e.to_string())?;
-    if let Some(c) = store.current().map_err(|e| e.to_string())? {
-        if c.not_after > unix_now() {
-            return Ok((store, c));
-        }
-        println!("{device}: its certificate expired; provisioning by claim again");
-    }
+    let read = |p: &Path| std::fs::read(p).map_err(|e| format!("{}: {e}", p.display()));
     let files = lanyard_std::tls::TlsFiles::from_pem(
         endpoint.ca_pem.clone(),
-        Some((
-            std::fs::read(claim_cert).map_err(|e| format!("{}: {e}", claim_cert.display()))?,
-            std::fs::read(claim_key).map_err(|e| format!("{}: {e}", claim_key.display()))?,
-        )),
+        Some((read(claim_cert)?, read(claim_key)?)),
     )
     .map_err(|e| format!("claim certificate: {e}"))?;
-    let creds = claim(endpoint, &files, device, hardware)
+    let (creds, origin) = load_or_claim(endpoint, &files, &store, device, hardware)
         .await
         .map_err(|e| format!("{device}: {e}"))?;
-    store.save_current(&creds).map_err(|e| e.to_string())?;
-    println!(
-        "{device} provisioned by claim: certificate {}",
-        creds.serial
-    );
+    if origin == Origin::Claimed {
+        println!(
+            "{device} provisioned by claim: certificate {}",
+            creds.serial
+        );
+    }
     Ok((store, creds))
 }
 
