@@ -543,6 +543,29 @@ impl LanyardApp {
         .await
     }
 
+    /// Revokes every certificate of `device` through the provisioning
+    /// service, which has the broker refuse them (with `decommission`, the
+    /// device gets no new one); the number revoked. A device never issued
+    /// one is `Rejected`.
+    pub async fn revoke(
+        &self,
+        device: String,
+        reason: String,
+        decommission: bool,
+        timeout_ms: i64,
+    ) -> Result<u64, LanyardError> {
+        let timeout = duration(timeout_ms)?;
+        let client = self.client.clone();
+        on(&self.runtime, async move {
+            client
+                .lock()
+                .await
+                .revoke(&device, &reason, decommission, timeout)
+                .await
+        })
+        .await
+    }
+
     /// Pushes configuration `version` changing `fields` (name -> value,
     /// e.g. `"telemetry_ms" to 60000`; the others are kept) to `devices`
     /// and counts their acknowledgements. A bad field or value is
