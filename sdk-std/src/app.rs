@@ -185,6 +185,31 @@ pub fn config_patch<'a>(
     Ok(patch)
 }
 
+/// [`config_patch`] from `field=value` texts (the CLI's `--set`).
+///
+/// ```
+/// let patch = lanyard_std::app::config_patch_from_text(3, &["telemetry_ms=60000".into()])?;
+/// assert_eq!(patch.fields().len(), 1);
+/// assert!(lanyard_std::app::config_patch_from_text(3, &["telemetry_ms".into()]).is_err());
+/// # Ok::<(), String>(())
+/// ```
+pub fn config_patch_from_text(
+    version: u64,
+    sets: &[String],
+) -> Result<lanyard_core::agent::config::ConfigPatch, String> {
+    let mut given = Vec::new();
+    for f in sets {
+        let (name, value) = f
+            .split_once('=')
+            .ok_or_else(|| format!("{f:?}: field=value"))?;
+        let value: u64 = value
+            .parse()
+            .map_err(|_| format!("{name}: {value:?} is not a whole number"))?;
+        given.push((name, value));
+    }
+    config_patch(version, given)
+}
+
 /// The topic `t` of `device` (an id, or `{tenant}/{id}`); a name that
 /// cannot be in a topic is refused before anything is sent.
 fn device_topic(device: &str, t: Topic) -> Result<String, AppError> {

@@ -57,7 +57,12 @@ impl Fleet {
             .issue_with_key("localhost", &["localhost", "127.0.0.1"], 86_400)
             .unwrap();
         let mut services = std::collections::HashMap::new();
-        for cn in ["lanyard-twin", "lanyard-ops", "lanyard-provision"] {
+        for cn in [
+            "lanyard-twin",
+            "lanyard-ops",
+            "lanyard-provision",
+            "lanyard-watch",
+        ] {
             services.insert(cn, tls_of(&ca, cn, 86_400));
         }
         let claim = tls_of(&ca, CLAIM, 86_400);
@@ -72,9 +77,13 @@ impl Fleet {
             )
             .unwrap(),
         );
-        let acl =
-            lanyard_std::acl::mosquitto_acl(&["lanyard-twin", "lanyard-ops", "lanyard-provision"])
-                .unwrap();
+        let acl = lanyard_std::acl::mosquitto_acl(&[
+            "lanyard-twin",
+            "lanyard-ops",
+            "lanyard-provision",
+            "lanyard-watch",
+        ])
+        .unwrap();
         // Mosquitto writes its process id after it stops being root.
         let run = dir.path().join("run");
         std::fs::create_dir(&run).unwrap();
@@ -669,7 +678,24 @@ fn contains(hay: &[u8], needle: &[u8]) -> bool {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_decommissioned_device_leaves_nothing_readable_in_its_state_directory() {
     let fleet = Fleet::new();
-    let (stop_service, service) = fleet.serve(policy()).await;
+    // The fleet's initial configuration, sent once the device registers.
+    let (stop_service, service) = fleet
+        .serve(ProvisionPolicy {
+            initial_config: Some(
+                lanyard_std::app::config_patch(5, [("telemetry_ms", 45_000)]).unwrap(),
+            ),
+            ..policy()
+        })
+        .await;
+    let mut acks = MqttTransport::connect_and_wait(
+        fleet.mqtt(&fleet.services["lanyard-watch"], "lanyard-watch"),
+        WAIT,
+    )
+    .await
+    .unwrap();
+    acks.subscribe(&format!("lanyard/v1/{}/config/ack", id(7)))
+        .await
+        .unwrap();
     let state = fleet.path("device");
     let key = DataKey::at(default_path(&state));
     let store = CredentialStore::open(&state, key.clone()).unwrap();
@@ -680,6 +706,17 @@ async fn a_decommissioned_device_leaves_nothing_readable_in_its_state_directory(
     let (stop_twin, twin) = fleet.twin();
     let (_handle, _stop_dev, device) = fleet.device(7, &creds, &state, key.clone());
     let mut app = fleet.app(&id(7)).await;
+    match tokio::time::timeout(WAIT, acks.recv())
+        .await
+        .unwrap()
+        .unwrap()
+    {
+        TransportEvent::Message { payload, .. } => {
+            let ack = lanyard_core::agent::messages::ConfigAck::decode(&payload).unwrap();
+            assert_eq!((ack.version, ack.current_version), (5, 5), "{ack:?}");
+        }
+        other => panic!("{other:?}"),
+    }
 
     // While it runs, nothing it saved is readable without the key.
     let before = files(&state);

@@ -163,8 +163,10 @@ pub fn parse_revoke(topic: &str) -> Option<&str> {
 }
 
 /// The subscriptions a provisioning service needs: the exchange on both
-/// channels, operators' revocations, and devices' lifecycle events (a
-/// device that decommissions itself has its certificates revoked).
+/// channels, operators' revocations, devices' lifecycle events (a device
+/// that decommissions itself has its certificates revoked) and the twin
+/// host's acceptances of registrations (when a device provisioned by
+/// claim gets its initial configuration).
 pub fn service_filters() -> Vec<String> {
     let mut out = Vec::new();
     for step in Step::ALL {
@@ -172,10 +174,10 @@ pub fn service_filters() -> Vec<String> {
         out.push(format!("{TOPIC_PREFIX}+/cert/{}", step.name()));
     }
     out.push(format!("{TOPIC_PREFIX}+/cert/revoke"));
-    out.push(format!(
-        "{TOPIC_PREFIX}+/{}",
-        lanyard_core::agent::messages::MessageKind::Lifecycle.topic_suffix()
-    ));
+    use lanyard_core::agent::messages::MessageKind;
+    for kind in [MessageKind::Lifecycle, MessageKind::RegisterAccepted] {
+        out.push(format!("{TOPIC_PREFIX}+/{}", kind.topic_suffix()));
+    }
     out
 }
 

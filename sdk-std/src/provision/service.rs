@@ -145,6 +145,10 @@ pub struct ProvisionPolicy {
     /// through the claim path (one offline past its certificate's expiry
     /// recovers this way).
     pub reclaim: bool,
+    /// The configuration a device provisioned by claim starts with: sent
+    /// once, when the twin host first accepts its registration (its
+    /// version must be newer than the device's own, 1 for the defaults).
+    pub initial_config: Option<lanyard_core::agent::config::ConfigPatch>,
 }
 
 impl ProvisionPolicy {
@@ -157,6 +161,7 @@ impl ProvisionPolicy {
             renew_at_percent: 67,
             token_secs: 300,
             reclaim: false,
+            initial_config: None,
         }
     }
 }
@@ -334,6 +339,7 @@ impl Provisioner {
                 token TEXT PRIMARY KEY, channel TEXT NOT NULL, device TEXT NOT NULL,
                 csr BLOB NOT NULL, expires INTEGER NOT NULL, used INTEGER NOT NULL DEFAULT 0);
              CREATE TABLE IF NOT EXISTS refusals(code TEXT PRIMARY KEY, count INTEGER NOT NULL);
+             CREATE TABLE IF NOT EXISTS pending_config(device TEXT PRIMARY KEY);
              CREATE TABLE IF NOT EXISTS meta(key TEXT PRIMARY KEY, value INTEGER NOT NULL);",
         )?;
         let audit_path = state_dir.join("audit.log");
@@ -361,10 +367,10 @@ impl Provisioner {
         if let Some(device) = super::messages::parse_revoke(topic) {
             return self.operator_revoke(device, payload, now);
         }
-        if let Some((device, MessageKind::Lifecycle)) =
-            lanyard_core::topic::parse_topic_in(None, topic)
-        {
-            return self.lifecycle(device, payload, now);
+        match lanyard_core::topic::parse_topic_in(None, topic) {
+            Some((device, MessageKind::Lifecycle)) => return self.lifecycle(device, payload, now),
+            Some((device, MessageKind::RegisterAccepted)) => return self.registered(device),
+            _ => {}
         }
         let Some((channel, step)) = parse_request(topic) else {
             return Ok(Handled::default());
@@ -447,6 +453,30 @@ impl Provisioner {
         Ok(Handled {
             answers: Vec::new(),
             revoked,
+        })
+    }
+
+    /// The twin host accepted a device's registration: one provisioned by
+    /// claim gets the fleet's initial configuration now (before, it would
+    /// refuse it as unregistered).
+    fn registered(&mut self, device: &str) -> Result<Handled, ServiceError> {
+        let Some(patch) = &self.policy.initial_config else {
+            return Ok(Handled::default());
+        };
+        let taken = self.db.execute(
+            "DELETE FROM pending_config WHERE device = ?1",
+            params![device],
+        )?;
+        if taken == 0 {
+            return Ok(Handled::default());
+        }
+        let mut e = minicbor::Encoder::new(Vec::new());
+        // Encoding into a Vec cannot fail.
+        let _ = patch.encode_cbor(&mut e);
+        let topic = lanyard_core::topic::topic(device, MessageKind::Config).to_string();
+        Ok(Handled {
+            answers: vec![(topic, e.into_writer())],
+            revoked: false,
         })
     }
 
@@ -655,6 +685,12 @@ impl Provisioner {
              ON CONFLICT(device) DO UPDATE SET hardware = CASE WHEN ?2 = '' THEN hardware ELSE ?2 END",
             params![name, hardware, now as i64],
         )?;
+        if matches!(channel, Channel::Claim { .. }) && self.policy.initial_config.is_some() {
+            tx.execute(
+                "INSERT OR IGNORE INTO pending_config(device) VALUES (?1)",
+                params![name],
+            )?;
+        }
         tx.commit()?;
         let channel_name = match channel {
             Channel::Claim { .. } => "claim",

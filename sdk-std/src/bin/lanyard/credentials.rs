@@ -90,6 +90,14 @@ pub(crate) enum ProvisionCmd {
         /// read the revocation list again.
         #[arg(long)]
         broker_pid_file: Option<PathBuf>,
+        /// The initial configuration's version (newer than the devices'
+        /// own: 1 for the defaults), with --set.
+        #[arg(long, requires = "set")]
+        config_version: Option<u64>,
+        /// A field of the initial configuration a device provisioned by
+        /// claim is sent once it has registered (`telemetry_ms=60000`).
+        #[arg(long, requires = "config_version")]
+        set: Vec<String>,
     },
     /// Revokes every certificate of a device (compromise, decommissioning)
     /// and has the broker refuse them.
@@ -213,7 +221,13 @@ pub(crate) async fn provision(what: ProvisionCmd) -> Result<(), String> {
             token_secs,
             reclaim,
             broker_pid_file,
+            config_version,
+            set,
         } => {
+            let initial_config = config_version
+                .map(|v| lanyard_std::app::config_patch_from_text(v, &set))
+                .transpose()
+                .map_err(|e| format!("--set {e}"))?;
             let text =
                 std::fs::read_to_string(&allow).map_err(|e| format!("{}: {e}", allow.display()))?;
             let allow = AllowList::parse(&text).map_err(|e| format!("{}: {e}", allow.display()))?;
@@ -227,6 +241,7 @@ pub(crate) async fn provision(what: ProvisionCmd) -> Result<(), String> {
                 renew_at_percent: renew_at,
                 token_secs,
                 reclaim,
+                initial_config,
             };
             let mut service = open_service(&ca, policy)?;
             let identity = broker

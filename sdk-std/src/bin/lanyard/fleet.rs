@@ -287,17 +287,8 @@ async fn push_config(
     timeout: Duration,
     as_json: bool,
 ) -> Result<(), String> {
-    let mut given = Vec::new();
-    for f in fields {
-        let (name, value) = f
-            .split_once('=')
-            .ok_or_else(|| format!("--set {f:?}: field=value"))?;
-        let value: u64 = value
-            .parse()
-            .map_err(|_| format!("--set {name}: {value:?} is not a whole number"))?;
-        given.push((name, value));
-    }
-    let patch = lanyard_std::app::config_patch(version, given).map_err(|e| format!("--set {e}"))?;
+    let patch = lanyard_std::app::config_patch_from_text(version, fields)
+        .map_err(|e| format!("--set {e}"))?;
     let devices = if all {
         app.list(None, Duration::from_secs(10))
             .await
