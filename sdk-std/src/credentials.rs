@@ -451,6 +451,10 @@ pub async fn load_or_claim(
     }
     let creds = claim(endpoint, claim_files, device, hardware).await?;
     store.save_current(&creds)?;
+    // Connecting with it shows it works; the service records it in use. A
+    // failure here is not the device's: it has its certificate, and the
+    // first renewal confirms the next one.
+    let _ = confirm(endpoint, &creds).await;
     Ok((creds, Origin::Claimed))
 }
 

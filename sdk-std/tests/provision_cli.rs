@@ -149,7 +149,8 @@ fn a_device_made_with_the_claim_certificate_provisions_itself_and_is_refused_onc
             .collect()
     };
 
-    std::fs::write(p("allow"), "02:00:00:00:00:07\n").unwrap();
+    // A device on its own, and one behind a gateway (its serial number).
+    std::fs::write(p("allow"), "02:00:00:00:00:07\nSN-0009 ly-gw-node-9\n").unwrap();
     let mut serve = args(&["provision", "serve"], &tls("lanyard-provision"));
     serve.extend(
         [
@@ -254,6 +255,60 @@ fn a_device_made_with_the_claim_certificate_provisions_itself_and_is_refused_onc
         .len(),
         1
     );
+
+    // A device behind a gateway: the bridge provisions it by claim and
+    // holds its key, then carries its link.
+    let link = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let link_addr = link.local_addr().unwrap().to_string();
+    let held = std::thread::spawn(move || link.accept().map(|(s, _)| s));
+    {
+        let _bridge = spawn(
+            &[
+                "bridge",
+                "--broker",
+                &url,
+                "--ca",
+                s(&ca.join("ca.pem")),
+                "--claim-cert",
+                s(&p("lanyard-claim-acme.pem")),
+                "--claim-key",
+                s(&p("lanyard-claim-acme.key")),
+                "--provision-port",
+                &provision_port.to_string(),
+                "--hardware",
+                "SN-0009",
+                "--device-id",
+                "ly-gw-node-9",
+                "--state-dir",
+                s(&p("gateway")),
+                "--tcp",
+                &link_addr,
+            ],
+            &p("bridge.log"),
+        );
+        until(
+            "the gateway bridges its device",
+            Duration::from_secs(30),
+            &mut || {
+                std::fs::read_to_string(p("bridge.log"))
+                    .unwrap_or_default()
+                    .contains("bridging")
+            },
+        );
+        let log = std::fs::read_to_string(p("bridge.log")).unwrap();
+        assert!(log.contains("ly-gw-node-9 provisioned by claim"), "{log}");
+    }
+    let _link = held.join().unwrap().unwrap();
+    let certs: serde_json::Value = serde_json::from_str(&ok(&[
+        "provision",
+        "show",
+        "--ca-dir",
+        s(&ca),
+        "ly-gw-node-9",
+        "--json",
+    ]))
+    .unwrap();
+    assert_eq!(certs[0]["state"], "in_use", "{certs}");
 
     // Hardware not on the allow-list gets nothing, and says why.
     let stranger = device("02:00:00:00:00:08", "stranger");

@@ -9,6 +9,8 @@ pub(crate) async fn bridge(
     device_id: Option<String>,
     tenant: Option<String>,
     fog: Option<lanyard_std::fog::FogConfig>,
+    state_dir: Option<PathBuf>,
+    claim: ClaimArgs,
 ) -> Result<(), String> {
     use lanyard_std::bridge::Bridge;
     // Connected as the device when its id is known, so the broker's ACL
@@ -22,7 +24,26 @@ pub(crate) async fn bridge(
         Some(t) => format!("{t}/{d}"),
         None => d.clone(),
     });
-    let mut bridge = Bridge::new(MqttTransport::connect(config));
+    // By claim: the gateway holds the device's key and certificate for it
+    // (the device on the link has no TLS of its own), gets them the way a
+    // device does, and renews them.
+    let mut renewal = None;
+    if claim.claim_cert.is_some() {
+        let (Some(id), Some(dir)) = (device_id.as_deref(), state_dir.as_deref()) else {
+            return Err("--claim-cert on a bridge needs --device-id and --state-dir".into());
+        };
+        if tenant.is_some() {
+            return Err("provisioning by claim is for devices in the shared namespace".into());
+        }
+        let key = lanyard_std::data_key::DataKey::at(lanyard_std::data_key::default_path(dir));
+        renewal =
+            super::credentials::by_claim(broker, &claim, &mut config, dir, key, id, id).await?;
+    }
+    let transport = MqttTransport::connect(config);
+    if let Some(r) = renewal {
+        super::credentials::keep_renewed(r, transport.credential_switch());
+    }
+    let mut bridge = Bridge::new(transport);
     if let Some(t) = &tenant {
         bridge = bridge.with_tenant(t).map_err(|e| e.to_string())?;
     }

@@ -349,9 +349,73 @@ pub(crate) async fn provision(what: ProvisionCmd) -> Result<(), String> {
     }
 }
 
+/// What keeps a device's certificate fresh once it runs.
+pub(crate) struct Renewing {
+    endpoint: ProvisionEndpoint,
+    store: CredentialStore,
+}
+
+/// With `--claim-cert`: the device's own credentials (kept in `state_dir`
+/// while valid, else obtained by claim), put in `mqtt`; and what renews
+/// them. `None` without `--claim-cert`.
+pub(crate) async fn by_claim(
+    broker: &BrokerArgs,
+    claim: &super::ClaimArgs,
+    mqtt: &mut lanyard_std::mqtt::MqttConfig,
+    state_dir: &Path,
+    key: lanyard_std::data_key::DataKey,
+    device: &str,
+    default_hardware: &str,
+) -> Result<Option<Renewing>, String> {
+    let (Some(cert), Some(claim_key), Some(port)) =
+        (&claim.claim_cert, &claim.claim_key, claim.provision_port)
+    else {
+        return Ok(None);
+    };
+    let ca = broker
+        .ca
+        .as_ref()
+        .ok_or("--claim-cert needs --ca and an mqtts:// broker")?;
+    let endpoint = ProvisionEndpoint {
+        host: mqtt.host.clone(),
+        port,
+        ca_pem: std::fs::read(ca).map_err(|e| format!("{}: {e}", ca.display()))?,
+        timeout: std::time::Duration::from_secs(10),
+    };
+    let hardware = claim.hardware.as_deref().unwrap_or(default_hardware);
+    let (store, creds) =
+        credentials_by_claim(&endpoint, cert, claim_key, state_dir, key, device, hardware).await?;
+    let tls = creds.tls(&endpoint.ca_pem).map_err(|e| e.to_string())?;
+    mqtt.tls = Some(tls.to_rumqttc());
+    Ok(Some(Renewing { endpoint, store }))
+}
+
+/// Renews the certificate on `switch`'s connection whenever due, saying so.
+pub(crate) fn keep_renewed(renewing: Renewing, switch: lanyard_std::mqtt::CredentialSwitch) {
+    use lanyard_std::credentials::{Renewal, RenewalEvent};
+    let renewal = Renewal {
+        endpoint: renewing.endpoint,
+        store: renewing.store,
+        switch,
+        retry: std::time::Duration::from_secs(60),
+    };
+    let (events, mut renewed) = tokio::sync::mpsc::unbounded_channel();
+    tokio::spawn(renewal.run(events, std::future::pending()));
+    tokio::spawn(async move {
+        while let Some(e) = renewed.recv().await {
+            match e {
+                RenewalEvent::Renewed(serial) => println!("certificate renewed: {serial}"),
+                RenewalEvent::Failed(why) => {
+                    eprintln!("certificate renewal failed (tried again in a minute): {why}")
+                }
+            }
+        }
+    });
+}
+
 /// A device's credentials by claim: those kept in `state_dir` while
 /// valid, else new ones from the provisioning service, kept there.
-pub(crate) async fn credentials_by_claim(
+async fn credentials_by_claim(
     endpoint: &ProvisionEndpoint,
     claim_cert: &Path,
     claim_key: &Path,

@@ -55,39 +55,20 @@ pub(crate) async fn device(
     let mut mqtt = broker.mqtt("")?;
     // By claim: its own certificate, made on first start and renewed while
     // it runs.
-    let mut renewal = None;
-    if let (Some(cert), Some(key), Some(port)) =
-        (&claim.claim_cert, &claim.claim_key, claim.provision_port)
-    {
-        if tenant.is_some() {
-            return Err("provisioning by claim is for devices in the shared namespace".into());
-        }
-        let ca = broker
-            .ca
-            .as_ref()
-            .ok_or("--claim-cert needs --ca and an mqtts:// broker")?;
-        let endpoint = lanyard_std::credentials::ProvisionEndpoint {
-            host: mqtt.host.clone(),
-            port,
-            ca_pem: std::fs::read(ca).map_err(|e| format!("{}: {e}", ca.display()))?,
-            timeout: std::time::Duration::from_secs(10),
-        };
-        let id = lanyard_core::agent::device_id_from_mac(mac_bytes);
-        let hardware = claim.hardware.clone().unwrap_or_else(|| mac.to_owned());
-        let (store, creds) = super::credentials::credentials_by_claim(
-            &endpoint,
-            cert,
-            key,
-            &state_dir,
-            data_key.clone(),
-            id.as_str(),
-            &hardware,
-        )
-        .await?;
-        let tls = creds.tls(&endpoint.ca_pem).map_err(|e| e.to_string())?;
-        mqtt.tls = Some(tls.to_rumqttc());
-        renewal = Some((endpoint, store));
+    if claim.claim_cert.is_some() && tenant.is_some() {
+        return Err("provisioning by claim is for devices in the shared namespace".into());
     }
+    let id = lanyard_core::agent::device_id_from_mac(mac_bytes);
+    let renewal = super::credentials::by_claim(
+        broker,
+        &claim,
+        &mut mqtt,
+        &state_dir,
+        data_key.clone(),
+        id.as_str(),
+        mac,
+    )
+    .await?;
     if mqtt.tls.is_some() {
         check_certificate(
             &mqtt,
@@ -103,27 +84,8 @@ pub(crate) async fn device(
     // Acknowledgements and lifecycle events survive a crash of this
     // process until the broker has them (the builder's journal).
     let (driver, handle) = device.build().map_err(|e| e.to_string())?;
-    if let Some((endpoint, store)) = renewal {
-        let renewal = lanyard_std::credentials::Renewal {
-            endpoint,
-            store,
-            switch: handle.credential_switch(),
-            retry: std::time::Duration::from_secs(60),
-        };
-        let (events, mut renewed) = mpsc::unbounded_channel();
-        tokio::spawn(renewal.run(events, std::future::pending()));
-        tokio::spawn(async move {
-            while let Some(e) = renewed.recv().await {
-                match e {
-                    lanyard_std::credentials::RenewalEvent::Renewed(serial) => {
-                        println!("certificate renewed: {serial}");
-                    }
-                    lanyard_std::credentials::RenewalEvent::Failed(why) => {
-                        eprintln!("certificate renewal failed (tried again in a minute): {why}");
-                    }
-                }
-            }
-        });
+    if let Some(renewal) = renewal {
+        super::credentials::keep_renewed(renewal, handle.credential_switch());
     }
     let mut driver = driver.with_events(tx);
     if let Some(m) = metrics {

@@ -107,7 +107,8 @@ pub(crate) struct ClaimArgs {
     /// The broker's provisioning listener (same host as --broker).
     #[arg(long)]
     pub(crate) provision_port: Option<u16>,
-    /// The hardware id the fleet's allow-list names (default: the MAC).
+    /// The hardware id the fleet's allow-list names (default: the MAC; for
+    /// a bridge, the device id).
     #[arg(long)]
     pub(crate) hardware: Option<String>,
 }
@@ -323,6 +324,12 @@ enum Cmd {
         /// value moved by at most this since the last summary.
         #[arg(long, default_value_t = 0.0, requires = "fog_window_s")]
         dead_band: f64,
+        /// With --claim-cert: where the gateway keeps the device's key and
+        /// certificate (encrypted), which it holds for the device.
+        #[arg(long, requires = "device_id")]
+        state_dir: Option<PathBuf>,
+        #[command(flatten)]
+        claim: ClaimArgs,
     },
     /// Runs a twin host against a broker, its shadows in a directory.
     Twin {
@@ -502,6 +509,8 @@ fn main() {
                 tenant,
                 fog_window_s,
                 dead_band,
+                state_dir,
+                claim,
             } => {
                 let fog = match fog_window_s {
                     Some(s) if s.is_finite() && s > 0.0 && dead_band >= 0.0 => {
@@ -517,7 +526,10 @@ fn main() {
                     }
                     None => None,
                 };
-                bridge(&broker, tcp, serial, device_id, tenant, fog).await
+                bridge(
+                    &broker, tcp, serial, device_id, tenant, fog, state_dir, claim,
+                )
+                .await
             }
             Cmd::Twin {
                 broker,
