@@ -9,8 +9,7 @@ pub(crate) async fn bridge(
     device_id: Option<String>,
     tenant: Option<String>,
     fog: Option<lanyard_std::fog::FogConfig>,
-    state_dir: Option<PathBuf>,
-    claim: ClaimArgs,
+    BridgeClaim { state_dir, claim }: BridgeClaim,
 ) -> Result<(), String> {
     use lanyard_std::bridge::Bridge;
     // Connected as the device when its id is known, so the broker's ACL

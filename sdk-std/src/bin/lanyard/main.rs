@@ -113,6 +113,17 @@ pub(crate) struct ClaimArgs {
     pub(crate) hardware: Option<String>,
 }
 
+/// Provisioning by claim for the device on a bridge's link.
+#[derive(clap::Args)]
+pub(crate) struct BridgeClaim {
+    /// With --claim-cert: where the gateway keeps the device's key and
+    /// certificate (encrypted), which it holds for the device.
+    #[arg(long, requires = "device_id")]
+    pub(crate) state_dir: Option<PathBuf>,
+    #[command(flatten)]
+    pub(crate) claim: ClaimArgs,
+}
+
 #[derive(Subcommand)]
 enum AuditCmd {
     /// Verifies the chain; prints the entries and the head hash to keep.
@@ -324,12 +335,8 @@ enum Cmd {
         /// value moved by at most this since the last summary.
         #[arg(long, default_value_t = 0.0, requires = "fog_window_s")]
         dead_band: f64,
-        /// With --claim-cert: where the gateway keeps the device's key and
-        /// certificate (encrypted), which it holds for the device.
-        #[arg(long, requires = "device_id")]
-        state_dir: Option<PathBuf>,
         #[command(flatten)]
-        claim: ClaimArgs,
+        claim: BridgeClaim,
     },
     /// Runs a twin host against a broker, its shadows in a directory.
     Twin {
@@ -509,7 +516,6 @@ fn main() {
                 tenant,
                 fog_window_s,
                 dead_band,
-                state_dir,
                 claim,
             } => {
                 let fog = match fog_window_s {
