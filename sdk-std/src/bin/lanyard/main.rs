@@ -532,10 +532,7 @@ fn main() {
                     }
                     None => None,
                 };
-                bridge(
-                    &broker, tcp, serial, device_id, tenant, fog, state_dir, claim,
-                )
-                .await
+                bridge(&broker, tcp, serial, device_id, tenant, fog, claim).await
             }
             Cmd::Twin {
                 broker,
