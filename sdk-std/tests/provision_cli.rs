@@ -51,8 +51,17 @@ fn s(p: &Path) -> &str {
     p.to_str().unwrap()
 }
 
-#[test]
-fn a_device_made_with_the_claim_certificate_provisions_itself_and_is_refused_once_revoked() {
+/// A new fleet: its CA, certificates for the broker, the services and the
+/// claim, the ACL and the broker's configuration, all by the `lanyard`
+/// command, and mosquitto started with them.
+struct Setup {
+    dir: tempfile::TempDir,
+    broker: Mosquitto,
+    provision_port: u16,
+    pid_file: PathBuf,
+}
+
+fn setup() -> Setup {
     let dir = tempfile::tempdir().unwrap();
     let p = |name: &str| -> PathBuf { dir.path().join(name) };
     let ca = p("ca");
@@ -100,7 +109,7 @@ fn a_device_made_with_the_claim_certificate_provisions_itself_and_is_refused_onc
     let acl = ok(&[
         "acl",
         "--trusted",
-        "lanyard-twin,lanyard-provision,lanyard-ops",
+        "lanyard-twin,lanyard-provision,lanyard-ops,lanyard-operator",
     ]);
     std::fs::write(p("acl"), acl).unwrap();
     let provision_port = free_port();
@@ -129,6 +138,30 @@ fn a_device_made_with_the_claim_certificate_provisions_itself_and_is_refused_onc
         ])
     };
     let broker = Mosquitto::start_with_conf(|_, port| conf_args(port));
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while std::net::TcpStream::connect(("127.0.0.1", provision_port)).is_err() {
+        assert!(Instant::now() < deadline, "no provisioning listener");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    Setup {
+        dir,
+        broker,
+        provision_port,
+        pid_file,
+    }
+}
+
+#[test]
+fn a_device_made_with_the_claim_certificate_provisions_itself_and_is_refused_once_revoked() {
+    let Setup {
+        dir,
+        broker,
+        provision_port,
+        pid_file,
+    } = setup();
+    let p = |name: &str| -> PathBuf { dir.path().join(name) };
+    let ca = p("ca");
+
     let url = format!("mqtts://localhost:{}", broker.port);
     let tls = |who: &str| {
         vec![
@@ -338,4 +371,37 @@ fn a_device_made_with_the_claim_certificate_provisions_itself_and_is_refused_onc
     let refusals: serde_json::Value =
         serde_json::from_str(&ok(&["provision", "show", "--ca-dir", s(&ca), "--json"])).unwrap();
     assert_eq!(refusals["not_allowed"], 1, "{refusals}");
+}
+
+#[test]
+fn the_demo_provisions_its_fleet_by_claim_on_a_broker_that_knows_devices_by_certificate() {
+    let Setup {
+        dir,
+        broker,
+        provision_port,
+        ..
+    } = setup();
+    let url = format!("mqtts://localhost:{}", broker.port);
+    let (ok_, out, err) = lanyard_cli(&[
+        "demo",
+        "--devices",
+        "5",
+        "--speed",
+        "60",
+        "--minutes",
+        "2",
+        "--broker",
+        &url,
+        "--provision-by-claim",
+        s(&dir.path().join("ca")),
+        "--provision-port",
+        &provision_port.to_string(),
+    ]);
+    assert!(ok_, "{err}\n{out}");
+    assert!(out.contains("provisioned 5 devices by claim"), "{out}");
+    let summary = out.split("== summary").nth(1).expect("a summary");
+    assert!(
+        summary.contains("liveness: 5 of 5 devices online"),
+        "{summary}"
+    );
 }

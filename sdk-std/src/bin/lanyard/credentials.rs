@@ -443,4 +443,160 @@ async fn credentials_by_claim(
     Ok((store, creds))
 }
 
-use lanyard_std::mqtt::MqttTransport;
+use lanyard_std::mqtt::{MqttConfig, MqttTransport};
+
+/// The demo's fleet on a broker configured for provisioning: certificates
+/// for its services from the fleet's CA, the provisioning service in
+/// process (its records and revocation list in the demo's scratch
+/// directory, never the CA's), and every device's own certificate by
+/// claim.
+pub(crate) struct DemoFleet {
+    url: String,
+    ca_pem: Vec<u8>,
+    services: std::collections::HashMap<String, lanyard_std::tls::TlsFiles>,
+    devices: Vec<Credentials>,
+    _service: tokio::sync::oneshot::Sender<()>,
+}
+
+/// The demo's services' names (the broker's ACL must trust them).
+const DEMO_SERVICES: [&str; 3] = ["lanyard-twin", "lanyard-operator", "lanyard-provision"];
+
+impl DemoFleet {
+    pub(crate) async fn start(
+        url: &str,
+        ca_dir: &Path,
+        provision_port: u16,
+        macs: &[[u8; 6]],
+        scratch: &Path,
+    ) -> Result<Self, String> {
+        if !url.starts_with("mqtts://") {
+            return Err("--provision-by-claim needs an mqtts:// broker".into());
+        }
+        let authority = Authority::open(ca_dir).map_err(|e| e.to_string())?;
+        let ca_pem = authority.ca_pem().as_bytes().to_vec();
+        let issue = |cn: &str| -> Result<lanyard_std::tls::TlsFiles, String> {
+            let issued = authority
+                .issue_with_key(cn, &[], 86_400)
+                .map_err(|e| e.to_string())?;
+            lanyard_std::tls::TlsFiles::from_pem(
+                ca_pem.clone(),
+                Some((issued.cert.pem.into_bytes(), issued.key_pem.into_bytes())),
+            )
+            .map_err(|e| e.to_string())
+        };
+        let mut services = std::collections::HashMap::new();
+        for who in DEMO_SERVICES {
+            services.insert(who.to_owned(), issue(who)?);
+        }
+        let claim_files = issue("lanyard-claim-demo")?;
+        let allow: String = macs
+            .iter()
+            .map(|m| {
+                let hex: Vec<String> = m.iter().map(|b| format!("{b:02x}")).collect();
+                hex.join(":") + "\n"
+            })
+            .collect();
+        let policy = ProvisionPolicy::new(AllowList::parse(&allow).map_err(|e| e.to_string())?);
+        let mut service = Provisioner::open(
+            authority,
+            policy,
+            &scratch.join("provision"),
+            &scratch.join("crl.pem"),
+        )
+        .map_err(|e| e.to_string())?;
+        let mut fleet = DemoFleet {
+            url: url.to_owned(),
+            ca_pem: ca_pem.clone(),
+            services,
+            devices: Vec::new(),
+            _service: tokio::sync::oneshot::channel().0,
+        };
+        let mut transport = MqttTransport::connect_and_wait(
+            fleet.service("lanyard-provision")?,
+            std::time::Duration::from_secs(10),
+        )
+        .await
+        .map_err(|e| format!("provisioning service: {e}"))?;
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        let (ready_tx, ready) = tokio::sync::oneshot::channel();
+        tokio::spawn(async move {
+            let run = run_provision(
+                &mut service,
+                &mut transport,
+                &BrokerReload::Manual,
+                Some(ready_tx),
+                async {
+                    let _ = stopped.await;
+                },
+            );
+            if let Err(e) = run.await {
+                eprintln!("provisioning service: {e}");
+            }
+        });
+        fleet._service = stop;
+        tokio::time::timeout(std::time::Duration::from_secs(10), ready)
+            .await
+            .map_err(|_| "the provisioning service got no message through the broker: does its ACL trust lanyard-provision?")?
+            .map_err(|_| "the provisioning service stopped")?;
+        let host = fleet.service("lanyard-provision")?.host;
+        let endpoint = ProvisionEndpoint {
+            host,
+            port: provision_port,
+            ca_pem,
+            timeout: std::time::Duration::from_secs(10),
+        };
+        let began = std::time::Instant::now();
+        let mut claims = tokio::task::JoinSet::new();
+        for (i, mac) in macs.iter().enumerate() {
+            let (endpoint, files) = (endpoint.clone(), claim_files.clone());
+            let id = lanyard_core::agent::device_id_from_mac(*mac).to_string();
+            let hardware: Vec<String> = mac.iter().map(|b| format!("{b:02x}")).collect();
+            claims.spawn(async move {
+                let creds =
+                    lanyard_std::credentials::claim(&endpoint, &files, &id, &hardware.join(":"))
+                        .await;
+                (i, id, creds)
+            });
+        }
+        let mut devices: Vec<Option<Credentials>> = vec![None; macs.len()];
+        while let Some(joined) = claims.join_next().await {
+            let (i, id, creds) = joined.map_err(|e| e.to_string())?;
+            devices[i] = Some(creds.map_err(|e| format!("{id}: {e}"))?);
+        }
+        fleet.devices = devices.into_iter().flatten().collect();
+        println!(
+            "provisioned {} devices by claim in {:.1} s (each made its key pair and got its certificate)",
+            fleet.devices.len(),
+            began.elapsed().as_secs_f64()
+        );
+        Ok(fleet)
+    }
+
+    fn config(
+        &self,
+        client_id: &str,
+        tls: &lanyard_std::tls::TlsFiles,
+    ) -> Result<MqttConfig, String> {
+        // Host and port from the URL; the TLS is this identity's.
+        let plain = self.url.replacen("mqtts://", "mqtt://", 1);
+        let mut c = MqttConfig::from_url(&plain, client_id, None, None)?;
+        c.tls = Some(tls.to_rumqttc());
+        Ok(c)
+    }
+
+    /// A demo service's connection, as itself.
+    pub(crate) fn service(&self, who: &str) -> Result<MqttConfig, String> {
+        let tls = self
+            .services
+            .get(who)
+            .ok_or_else(|| format!("no certificate for {who}"))?;
+        self.config(who, tls)
+    }
+
+    /// Device `i`'s connection, with its own certificate.
+    pub(crate) fn device(&self, i: usize) -> Result<MqttConfig, String> {
+        let creds = self.devices.get(i).ok_or("no such device")?;
+        let tls = creds.tls(&self.ca_pem).map_err(|e| e.to_string())?;
+        self.config("", &tls)
+    }
+}

@@ -194,6 +194,7 @@ pub(crate) async fn demo(
     broker: BrokerArgs,
     metrics: Option<Metrics>,
     cost_fleet: Option<(PathBuf, u64)>,
+    claim: Option<(PathBuf, u16)>,
 ) -> Result<(), String> {
     // rumqttd refuses `$aws/...` subscriptions: AWS topics only on an
     // external broker.
@@ -215,6 +216,23 @@ pub(crate) async fn demo(
     let start = clock.now_ms();
     let end = start + minutes * 60_000;
     let tmp = tempfile::tempdir().map_err(|e| e.to_string())?;
+    let macs: Vec<[u8; 6]> = (0..devices)
+        .map(|i| [0x02, 0x00, 0x00, (i >> 16) as u8, (i >> 8) as u8, i as u8])
+        .collect();
+    // Who connects as what: each its own identity when the demo provisions
+    // by claim, else the broker's flags for everyone.
+    let identities = match &claim {
+        Some((ca_dir, port)) => Some(
+            super::credentials::DemoFleet::start(&url, ca_dir, *port, &macs, tmp.path()).await?,
+        ),
+        None => None,
+    };
+    let connect_as = |who: &str| -> Result<MqttConfig, String> {
+        match &identities {
+            Some(fleet) => fleet.service(who),
+            None => broker.mqtt(who),
+        }
+    };
     println!(
         "lanyard demo: {devices} devices, twin host, broker {url}, {minutes} simulated minutes at {speed}x"
     );
@@ -235,7 +253,7 @@ pub(crate) async fn demo(
     if let Some(m) = &metrics {
         twin_host = twin_host.with_metrics(m.clone());
     }
-    let mut twin_transport = MqttTransport::connect(broker.mqtt("lanyard-twin")?);
+    let mut twin_transport = MqttTransport::connect(connect_as("lanyard-twin")?);
     let (twin_stop, twin_stop_rx) = oneshot::channel::<()>();
     let twin_task = tokio::spawn(async move {
         let r = run_twin(&mut twin_host, &mut twin_transport, clock, aws, async {
@@ -251,8 +269,7 @@ pub(crate) async fn demo(
     let mut stops = Vec::new();
     let mut tasks = Vec::new();
     let mut buttons = Vec::new();
-    for i in 0..devices {
-        let mac = [0x02, 0x00, 0x00, (i >> 16) as u8, (i >> 8) as u8, i as u8];
+    for (i, &mac) in macs.iter().enumerate() {
         let (tx, mut rx) = mpsc::unbounded_channel();
         let fwd = ev_tx.clone();
         tokio::spawn(async move {
@@ -265,9 +282,13 @@ pub(crate) async fn demo(
         // The battery starts at 40 % and loses 1 % every 10 to 14 s, so each
         // device crosses the critical 10 % a little after minute 5.
         let drain = 10_000 + (i as u64 % 5) * 1_000;
+        let device_broker = match &identities {
+            Some(fleet) => fleet.device(i)?,
+            None => broker.mqtt("")?,
+        };
         let (d, button) = make_device(
             mac,
-            broker.mqtt("")?,
+            device_broker,
             tmp.path().join(format!("dev{i}")),
             clock,
             drain,
@@ -296,21 +317,12 @@ pub(crate) async fn demo(
 
     // The operator: a command or a configuration change about every 45 s,
     // through the app client.
-    let mut operator = AppClient::new(MqttTransport::connect(broker.mqtt("lanyard-operator")?))
+    let mut operator = AppClient::new(MqttTransport::connect(connect_as("lanyard-operator")?))
         .await
         .map_err(|e| e.to_string())?;
-    let ids: Vec<String> = (0..devices)
-        .map(|i| {
-            lanyard_core::agent::device_id_from_mac([
-                0x02,
-                0,
-                0,
-                (i >> 16) as u8,
-                (i >> 8) as u8,
-                i as u8,
-            ])
-            .to_string()
-        })
+    let ids: Vec<String> = macs
+        .iter()
+        .map(|mac| lanyard_core::agent::device_id_from_mac(*mac).to_string())
         .collect();
     let bar = ProgressBar::new(minutes * 60);
     bar.set_style(

@@ -173,6 +173,16 @@ enum Cmd {
         /// The fleet size of --cost-fleet.
         #[arg(long, default_value_t = 10_000, requires = "cost_fleet")]
         cost_devices: u64,
+        /// On an external broker configured for provisioning
+        /// (`docs/provisioning.md`): the fleet's CA directory. The demo
+        /// issues its twin host, operator and provisioning service their
+        /// certificates with it, runs the provisioning service, and every
+        /// device provisions itself by claim before it starts.
+        #[arg(long, requires_all = ["provision_port", "broker"], conflicts_with_all = ["cert", "key"])]
+        provision_by_claim: Option<PathBuf>,
+        /// The broker's provisioning listener, with --provision-by-claim.
+        #[arg(long)]
+        provision_port: Option<u16>,
     },
     /// Prints any SDK message (hex, or a file of raw bytes) as JSON.
     Decode {
@@ -613,8 +623,11 @@ fn main() {
                 metrics,
                 cost_fleet,
                 cost_devices,
+                provision_by_claim,
+                provision_port,
             } => {
                 let cost = cost_fleet.map(|path| (path, cost_devices));
+                let claim = provision_by_claim.zip(provision_port);
                 demo(
                     devices,
                     speed,
@@ -622,6 +635,7 @@ fn main() {
                     broker,
                     metrics_on(metrics).await?,
                     cost,
+                    claim,
                 )
                 .await
             }
