@@ -799,3 +799,52 @@ async fn a_decommissioned_device_leaves_nothing_readable_in_its_state_directory(
     let _ = stop_service.send(());
     service.await.unwrap();
 }
+
+/// A thousand devices provisioned by claim, 50 at a time; prints how long
+/// it took. Not in the test command (`scripts/provision-bench.sh` runs it).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore]
+async fn a_thousand_devices_provision_by_claim() {
+    let fleet = Fleet::new();
+    let n: usize = std::env::var("LANYARD_PROVISION_DEVICES")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(1000);
+    let allow: String = (0..n)
+        .map(|i| format!("02:00:00:00:{:02x}:{:02x}\n", i / 256, i % 256))
+        .collect();
+    let (stop, service) = fleet
+        .serve(ProvisionPolicy::new(AllowList::parse(&allow).unwrap()))
+        .await;
+    let endpoint = fleet.endpoint();
+    let began = std::time::Instant::now();
+    let mut times = Vec::with_capacity(n);
+    for chunk in (0..n).collect::<Vec<_>>().chunks(50) {
+        let mut set = tokio::task::JoinSet::new();
+        for &i in chunk {
+            let (endpoint, files) = (endpoint.clone(), fleet.claim.clone());
+            set.spawn(async move {
+                let mac = format!("02:00:00:00:{:02x}:{:02x}", i / 256, i % 256);
+                let id = format!("ly-02000000{:02x}{:02x}", i / 256, i % 256);
+                let t = std::time::Instant::now();
+                claim(&endpoint, &files, &id, &mac).await.unwrap();
+                t.elapsed()
+            });
+        }
+        while let Some(t) = set.join_next().await {
+            times.push(t.unwrap());
+        }
+    }
+    let total = began.elapsed();
+    times.sort();
+    println!(
+        "{n} devices provisioned by claim in {:.1} s ({:.0} a second), each {:.0} ms at the median, {:.0} ms at p99",
+        total.as_secs_f64(),
+        n as f64 / total.as_secs_f64(),
+        times[n / 2].as_secs_f64() * 1e3,
+        times[n * 99 / 100].as_secs_f64() * 1e3
+    );
+    let _ = stop.send(());
+    let service = service.await.unwrap();
+    assert_eq!(service.refusals().unwrap().values().sum::<u64>(), 0);
+}
