@@ -656,6 +656,65 @@ async fn a_running_device_renews_its_certificate_several_times_without_losing_a_
     assert!(store.pending().unwrap().is_none());
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_device_offline_past_its_expiry_comes_back_by_claim_only_where_the_fleet_allows_it() {
+    use lanyard_std::credentials::{Origin, load_or_claim};
+    let fleet = Fleet::new();
+    let short = ProvisionPolicy {
+        lifetime_secs: 1,
+        ..policy()
+    };
+    let (stop, service) = fleet.serve(short.clone()).await;
+    let state = fleet.path("device");
+    let store = CredentialStore::open(&state, DataKey::at(default_path(&state))).unwrap();
+    let endpoint = fleet.endpoint();
+    let (first, origin) = load_or_claim(&endpoint, &fleet.claim, &store, &id(8), &mac(8))
+        .await
+        .unwrap();
+    assert_eq!(origin, Origin::Claimed);
+    // Kept while valid.
+    let (again, origin) = load_or_claim(&endpoint, &fleet.claim, &store, &id(8), &mac(8))
+        .await
+        .unwrap();
+    assert_eq!(
+        (origin, again.serial.as_str()),
+        (Origin::Kept, first.serial.as_str())
+    );
+    // Offline past its expiry: this fleet does not let it claim again.
+    tokio::time::sleep(Duration::from_millis(2100)).await;
+    match load_or_claim(&endpoint, &fleet.claim, &store, &id(8), &mac(8)).await {
+        Err(CredentialError::Refused(_, r)) => {
+            assert_eq!(r.reason, Refusal::AlreadyProvisioned);
+            assert!(r.message.contains("--reclaim"), "{}", r.message);
+        }
+        other => panic!("{other:?}"),
+    }
+    let _ = stop.send(());
+    service.await.unwrap();
+
+    // One that does: a new certificate, confirmed, the old one revoked.
+    let (stop, service) = fleet
+        .serve(ProvisionPolicy {
+            reclaim: true,
+            lifetime_secs: 3600,
+            ..short
+        })
+        .await;
+    let (back, origin) = load_or_claim(&endpoint, &fleet.claim, &store, &id(8), &mac(8))
+        .await
+        .unwrap();
+    assert_eq!(origin, Origin::Claimed);
+    assert_ne!(back.serial, first.serial);
+    let _ = stop.send(());
+    let service = service.await.unwrap();
+    let certs = service.certificates(&id(8)).unwrap();
+    assert_eq!(
+        certs.iter().map(|c| c.state).collect::<Vec<_>>(),
+        [CertState::Revoked, CertState::InUse],
+        "{certs:?}"
+    );
+}
+
 /// Every file under `dir`, by name.
 fn files(dir: &std::path::Path) -> std::collections::BTreeMap<String, Vec<u8>> {
     std::fs::read_dir(dir)

@@ -640,18 +640,28 @@ impl Provisioner {
                         ),
                     )));
                 }
-                let active: i64 = self.db.query_row(
-                    "SELECT COUNT(*) FROM certificates WHERE device = ?1 AND state != 'revoked' AND not_after > ?2",
+                // Once a device has had a certificate, the claim path is
+                // closed to it unless the fleet reopens it (`reclaim`): a
+                // valid one renews on its own channel, and one that
+                // expired while offline comes back only if allowed.
+                let (issued, valid): (i64, i64) = self.db.query_row(
+                    "SELECT COUNT(*), COALESCE(SUM(state != 'revoked' AND not_after > ?2), 0)
+                     FROM certificates WHERE device = ?1",
                     params![name, now as i64],
-                    |r| r.get(0),
+                    |r| Ok((r.get(0)?, r.get(1)?)),
                 )?;
-                if active > 0 && !self.policy.reclaim {
-                    return Ok(Err(refusal(
-                        Refusal::AlreadyProvisioned,
+                if issued > 0 && !self.policy.reclaim {
+                    let why = if valid > 0 {
                         format!(
                             "{name} has a valid certificate already; it renews it on its own channel"
-                        ),
-                    )));
+                        )
+                    } else {
+                        format!(
+                            "{name} was provisioned before and the fleet does not let it claim again \
+                             (the provisioning service's --reclaim)"
+                        )
+                    };
+                    return Ok(Err(refusal(Refusal::AlreadyProvisioned, why)));
                 }
                 req.hardware.clone()
             }
