@@ -120,43 +120,50 @@ impl Credentials {
         )
     }
 
+    /// What the service issued, as it sent it.
+    fn issued(&self) -> RegisterAccepted {
+        RegisterAccepted {
+            device: self.device.clone(),
+            certificate: self.cert_pem.clone(),
+            serial: self.serial.clone(),
+            not_after: self.not_after,
+            renew_at: self.renew_at,
+        }
+    }
+
+    fn with_key(issued: RegisterAccepted, key_pem: String) -> Self {
+        Credentials {
+            device: issued.device,
+            cert_pem: issued.certificate,
+            key_pem,
+            serial: issued.serial,
+            not_after: issued.not_after,
+            renew_at: issued.renew_at,
+        }
+    }
+
+    /// The stored record: `{"issued": register-accepted, "key": tstr}`.
     fn encode(&self) -> Vec<u8> {
         let mut e = Encoder::new(Vec::new());
         // Writing to a Vec cannot fail.
         let _ = e
-            .map(6)
-            .and_then(|e| e.str("device")?.str(&self.device))
-            .and_then(|e| e.str("cert")?.str(&self.cert_pem))
-            .and_then(|e| e.str("key")?.str(&self.key_pem))
-            .and_then(|e| e.str("serial")?.str(&self.serial))
-            .and_then(|e| e.str("not_after")?.u64(self.not_after))
-            .and_then(|e| e.str("renew_at")?.u64(self.renew_at));
+            .map(2)
+            .and_then(|e| e.str("issued")?.bytes(&self.issued().encode()))
+            .and_then(|e| e.str("key")?.str(&self.key_pem));
         e.into_writer()
     }
 
     fn decode(bytes: &[u8]) -> Option<Self> {
-        let (mut device, mut cert_pem, mut key_pem, mut serial) = (None, None, None, None);
-        let (mut not_after, mut renew_at) = (None, None);
+        let (mut issued, mut key_pem) = (None, None);
         read_text_map(bytes, |key, d| {
             match key {
-                "device" => device = Some(d.str().ok()?.to_owned()),
-                "cert" => cert_pem = Some(d.str().ok()?.to_owned()),
+                "issued" => issued = Some(RegisterAccepted::decode(d.bytes().ok()?)?),
                 "key" => key_pem = Some(d.str().ok()?.to_owned()),
-                "serial" => serial = Some(d.str().ok()?.to_owned()),
-                "not_after" => not_after = Some(d.u64().ok()?),
-                "renew_at" => renew_at = Some(d.u64().ok()?),
                 _ => return Some(false),
             }
             Some(true)
         })?;
-        Some(Credentials {
-            device: device?,
-            cert_pem: cert_pem?,
-            key_pem: key_pem?,
-            serial: serial?,
-            not_after: not_after?,
-            renew_at: renew_at?,
-        })
+        Some(Credentials::with_key(issued?, key_pem?))
     }
 }
 
@@ -378,14 +385,7 @@ async fn obtain<T: Transport>(
     .await?;
     let issued = RegisterAccepted::decode(&answer)
         .ok_or_else(|| CredentialError::BadAnswer("register/accepted does not read".into()))?;
-    let creds = Credentials {
-        device: issued.device,
-        cert_pem: issued.certificate,
-        key_pem: key.serialize_pem(),
-        serial: issued.serial,
-        not_after: issued.not_after,
-        renew_at: issued.renew_at,
-    };
+    let creds = Credentials::with_key(issued, key.serialize_pem());
     // The certificate must be for this key (else TLS fails later, less
     // clearly) and this device.
     let named = crate::tls::check_pair(creds.cert_pem.as_bytes(), creds.key_pem.as_bytes())

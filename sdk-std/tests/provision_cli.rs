@@ -33,6 +33,22 @@ fn spawn(args: &[&str], log: &Path) -> Killed {
     )
 }
 
+/// [`spawn`], then waits until its log says `needle`.
+fn spawn_until(args: &[String], log: &Path, needle: &str) -> Killed {
+    let refs: Vec<&str> = args.iter().map(String::as_str).collect();
+    let child = spawn(&refs, log);
+    until(
+        &format!("lanyard {} says {needle:?}", args[0]),
+        Duration::from_secs(30),
+        &mut || {
+            std::fs::read_to_string(log)
+                .unwrap_or_default()
+                .contains(needle)
+        },
+    );
+    child
+}
+
 fn ok(args: &[&str]) -> String {
     let (ok, out, err) = lanyard_cli(args);
     assert!(ok, "lanyard {args:?}: {err}");
@@ -196,19 +212,7 @@ fn a_device_made_with_the_claim_certificate_provisions_itself_and_is_refused_onc
         ]
         .map(String::from),
     );
-    let _service = spawn(
-        &serve.iter().map(String::as_str).collect::<Vec<_>>(),
-        &p("provision.log"),
-    );
-    until(
-        "the provisioning service is ready",
-        Duration::from_secs(20),
-        &mut || {
-            std::fs::read_to_string(p("provision.log"))
-                .unwrap_or_default()
-                .contains("ready")
-        },
-    );
+    let _service = spawn_until(&serve, &p("provision.log"), "ready");
     let mut twin = args(&["twin"], &tls("lanyard-twin"));
     twin.extend(["--state-dir", s(&p("twin"))].map(String::from));
     let _twin = spawn(
@@ -216,29 +220,30 @@ fn a_device_made_with_the_claim_certificate_provisions_itself_and_is_refused_onc
         &p("twin.log"),
     );
 
-    // The device has the CA and the claim certificate, nothing of its own.
-    let device = |mac: &str, state: &str| -> Vec<String> {
-        vec![
-            "device",
+    // A device (or a gateway for one) has the CA and the claim
+    // certificate, nothing of its own.
+    let by_claim = |command: &str, rest: &[&str]| -> Vec<String> {
+        let port = provision_port.to_string();
+        let claim_cert = p("lanyard-claim-acme.pem");
+        let claim_key = p("lanyard-claim-acme.key");
+        let ca_pem = ca.join("ca.pem");
+        let head = [
+            command,
             "--broker",
             &url,
             "--ca",
-            s(&ca.join("ca.pem")),
+            s(&ca_pem),
             "--claim-cert",
-            s(&p("lanyard-claim-acme.pem")),
+            s(&claim_cert),
             "--claim-key",
-            s(&p("lanyard-claim-acme.key")),
+            s(&claim_key),
             "--provision-port",
-            &provision_port.to_string(),
-            "--mac",
-            mac,
-            "--state-dir",
-            s(&p(state)),
-        ]
-        .into_iter()
-        .map(String::from)
-        .collect()
+            &port,
+        ];
+        head.iter().chain(rest).map(|a| a.to_string()).collect()
     };
+    let device =
+        |mac: &str, state: &str| by_claim("device", &["--mac", mac, "--state-dir", s(&p(state))]);
     let dev_args = device("02:00:00:00:00:07", "dev");
     let dev_refs: Vec<&str> = dev_args.iter().map(String::as_str).collect();
     let id = "ly-020000000007";
@@ -295,39 +300,21 @@ fn a_device_made_with_the_claim_certificate_provisions_itself_and_is_refused_onc
     let link_addr = link.local_addr().unwrap().to_string();
     let held = std::thread::spawn(move || link.accept().map(|(s, _)| s));
     {
-        let _bridge = spawn(
+        let gateway = p("gateway");
+        let bridge_args = by_claim(
+            "bridge",
             &[
-                "bridge",
-                "--broker",
-                &url,
-                "--ca",
-                s(&ca.join("ca.pem")),
-                "--claim-cert",
-                s(&p("lanyard-claim-acme.pem")),
-                "--claim-key",
-                s(&p("lanyard-claim-acme.key")),
-                "--provision-port",
-                &provision_port.to_string(),
                 "--hardware",
                 "SN-0009",
                 "--device-id",
                 "ly-gw-node-9",
                 "--state-dir",
-                s(&p("gateway")),
+                s(&gateway),
                 "--tcp",
                 &link_addr,
             ],
-            &p("bridge.log"),
         );
-        until(
-            "the gateway bridges its device",
-            Duration::from_secs(30),
-            &mut || {
-                std::fs::read_to_string(p("bridge.log"))
-                    .unwrap_or_default()
-                    .contains("bridging")
-            },
-        );
+        let _bridge = spawn_until(&bridge_args, &p("bridge.log"), "bridging");
         let log = std::fs::read_to_string(p("bridge.log")).unwrap();
         assert!(log.contains("ly-gw-node-9 provisioned by claim"), "{log}");
     }
