@@ -25,9 +25,12 @@
 //!   [`CommandHandler`](agent::platform::CommandHandler).
 //!
 //!
-//! And one off by default: `serde`, typed state ([`shadow::typed`]):
+//! And two off by default: `serde`, typed state ([`shadow::typed`]):
 //! any `Serialize` value becomes a state tree and a tree deserializes into
-//! a struct, without an allocator; [`agent::Agent::report_typed`].
+//! a struct, without an allocator; [`agent::Agent::report_typed`]. And
+//! `update`, firmware updates (`update`): signed images downloaded in
+//! blocks, resumable across reboots, verified, booted on trial and
+//! confirmed or rolled back.
 //!
 //! On the STM32 reference firmware they cost 2.2, 1.7 and 0.8 KB of flash
 //! (`examples/stm32/README.md`, "Size").
@@ -181,6 +184,8 @@ pub mod agent;
 mod error;
 pub mod shadow;
 pub mod topic;
+#[cfg(feature = "update")]
+pub mod update;
 pub mod wire;
 
 pub use error::{CapacityError, DecodeError, EncodeError, Error, PathError};

@@ -150,7 +150,7 @@ pub use crate::topic::{
 };
 
 /// Reads a text field of at most `max` bytes.
-fn read_text<'b>(
+pub(crate) fn read_text<'b>(
     d: &mut Decoder<'b>,
     max: usize,
     what: &'static str,
@@ -173,7 +173,7 @@ fn read_raw<'b>(d: &mut Decoder<'b>) -> Result<&'b [u8], DecodeError> {
     Ok(&d.input()[start..d.position()])
 }
 
-fn read_code<T>(
+pub(crate) fn read_code<T>(
     d: &mut Decoder<'_>,
     from: impl Fn(u64) -> Option<T>,
     what: &'static str,
@@ -207,7 +207,7 @@ pub trait Encodable {
     }
 }
 
-fn whole<'b, T>(
+pub(crate) fn whole<'b, T>(
     bytes: &'b [u8],
     f: impl FnOnce(&mut Decoder<'b>) -> Result<T, DecodeError>,
 ) -> Result<T, Error> {
@@ -220,7 +220,7 @@ fn whole<'b, T>(
 }
 
 /// A field that must be present.
-fn req<T>(v: Option<T>, name: &'static str) -> Result<T, DecodeError> {
+pub(crate) fn req<T>(v: Option<T>, name: &'static str) -> Result<T, DecodeError> {
     v.ok_or(DecodeError::MissingField(name))
 }
 
