@@ -78,11 +78,9 @@ pub mod fog;
 pub mod metrics;
 #[cfg(feature = "runtime")]
 pub mod mqtt;
-#[cfg(feature = "runtime")]
 pub mod provision;
 pub mod sim;
 pub mod store;
-#[cfg(feature = "runtime")]
 mod text_map;
 #[cfg(feature = "runtime")]
 pub mod tls;

@@ -13,9 +13,17 @@
 //! reads. The device's side is [`crate::credentials`]; the whole flow is in
 //! `docs/provisioning.md`.
 
+//!
+//! The messages are here without the `runtime` feature (for fuzzing); the
+//! authority and the service need it.
+
+#[cfg(feature = "runtime")]
 pub mod authority;
 pub mod messages;
+#[cfg(feature = "runtime")]
 pub mod service;
 
+#[cfg(feature = "runtime")]
 pub use authority::{Authority, AuthorityError};
+#[cfg(feature = "runtime")]
 pub use service::{AllowList, BrokerReload, ProvisionPolicy, Provisioner, run_provision};
