@@ -469,3 +469,28 @@ impl<'a> UpdateReport<'a> {
         })
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_report_in_the_wire_format_document_is_what_is_sent() {
+        let r = UpdateReport {
+            job_id: "job-1",
+            state: UpdateState::Downloading,
+            received: 3,
+            total: 10,
+            reason: None,
+            time_ms: 1000,
+        };
+        let mut out = [0u8; 32];
+        let n = r.encode(&mut out).unwrap();
+        let hex: heapless::String<64> =
+            out[..n].iter().fold(heapless::String::new(), |mut s, b| {
+                let _ = core::fmt::Write::write_fmt(&mut s, format_args!("{b:02x}"));
+                s
+            });
+        assert_eq!(hex.as_str(), "a500656a6f622d3101010203030a051903e8");
+    }
+}
