@@ -53,11 +53,11 @@ cargo clippy --workspace --all-targets -- -D warnings
 # diagnostic commands), as the STM32 reference firmware builds it.
 cargo clippy -p lanyard-core -p lanyard-nostd --no-default-features --all-targets -- -D warnings
 # With firmware updates (off by default).
-cargo clippy -p lanyard-core --features update --all-targets -- -D warnings
+cargo clippy -p lanyard-core -p lanyard-nostd --features update --all-targets -- -D warnings
 
 step "no_std, no allocator: lanyard-core and lanyard-nostd for thumbv7em-none-eabihf"
 cargo build -p lanyard-core -p lanyard-nostd --target thumbv7em-none-eabihf
-cargo build -p lanyard-core --no-default-features --features update --target thumbv7em-none-eabihf
+cargo build -p lanyard-core -p lanyard-nostd --no-default-features --features update --target thumbv7em-none-eabihf
 
 step "Prometheus alert rules (deploy/prometheus): promtool check and unit tests"
 promtool check rules deploy/prometheus/lanyard-alerts.yml
@@ -68,8 +68,9 @@ cargo test --workspace
 # lanyard-core without its optional capabilities: what the agent does
 # instead (tests/capabilities.rs), and everything that does not need them.
 cargo test -p lanyard-core --no-default-features
-# Firmware updates on the device (tests/update.rs and the module's own).
-cargo test -p lanyard-core --features update
+# Firmware updates on the device (the core's tests/update.rs, the flash
+# slot's power cuts in lanyard-nostd's tests/update_slot.rs).
+cargo test -p lanyard-core -p lanyard-nostd --features update
 
 step "STM32 reference firmware (examples/stm32): build, size report, end to end in qemu"
 (cd examples/stm32 && cargo fmt -- --check && cargo clippy --release -- -D warnings && cargo build --release)

@@ -38,5 +38,7 @@ pub mod envelope;
 pub mod flash;
 pub mod frame;
 pub mod hal;
+#[cfg(feature = "update")]
+pub mod update_slot;
 
 pub use lanyard_core as core;
