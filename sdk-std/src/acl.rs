@@ -72,6 +72,15 @@ fn device_patterns(out: &mut String, provisioning: bool) {
             kind.topic_suffix()
         ));
     }
+    // Firmware updates: the device asks for blocks and reports; the
+    // cloud offers jobs, sends blocks, cancels.
+    for t in lanyard_core::update::messages::UpdateTopic::ALL {
+        let access = if t.from_device() { "write" } else { "read" };
+        out.push_str(&format!(
+            "pattern {access} {TOPIC_PREFIX}%u/{}\n",
+            t.suffix()
+        ));
+    }
     #[cfg(not(feature = "runtime"))]
     let _ = provisioning;
     #[cfg(feature = "runtime")]

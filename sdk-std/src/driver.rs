@@ -285,6 +285,10 @@ pub struct DeviceDriver<
     qos1_published: u64,
     /// The tenant whose namespace the device's topics are in, if any.
     tenant: Option<String>,
+    /// Firmware updates, if the device takes them, and what they have to
+    /// send.
+    updates: Option<crate::update::DeviceUpdates>,
+    update_out: Vec<crate::update::Outgoing>,
 }
 
 /// A change of the device's own state (a button, a local setting), to be
@@ -372,6 +376,8 @@ impl<T: Transport, const M: usize, const L: usize, const B: usize> DeviceDriver<
             leftovers: Vec::new(),
             qos1_published: 0,
             tenant: None,
+            updates: None,
+            update_out: Vec::new(),
         }
     }
 
@@ -387,6 +393,19 @@ impl<T: Transport, const M: usize, const L: usize, const B: usize> DeviceDriver<
 
     /// The device's topic for `kind`, in its tenant's namespace if it has
     /// one.
+    /// Takes firmware updates (see [`crate::update`]): the driver
+    /// subscribes to the device's update topics, hands them `updates`, and
+    /// sends what it answers. In the shared namespace only.
+    pub fn with_updates(mut self, updates: crate::update::DeviceUpdates) -> Self {
+        self.updates = Some(updates);
+        self
+    }
+
+    /// The firmware updates, if any.
+    pub fn updates(&self) -> Option<&crate::update::DeviceUpdates> {
+        self.updates.as_ref()
+    }
+
     fn topic_of(&self, kind: MessageKind) -> String {
         // The tenant name was checked by `with_tenant`.
         topic_in(self.tenant.as_deref(), self.agent.device_id(), kind)
@@ -462,6 +481,14 @@ impl<T: Transport, const M: usize, const L: usize, const B: usize> DeviceDriver<
         for kind in DEVICE_INBOUND {
             self.transport.subscribe(&self.topic_of(kind)).await?;
         }
+        if self.updates.is_some() && self.tenant.is_none() {
+            use lanyard_core::update::messages::UpdateTopic;
+            for t in UpdateTopic::ALL.into_iter().filter(|t| !t.from_device()) {
+                self.transport
+                    .subscribe(&t.topic(self.agent.device_id()))
+                    .await?;
+            }
+        }
         // What a killed predecessor never got acknowledged goes first, in
         // its original order.
         for (kind, bytes) in std::mem::take(&mut self.leftovers) {
@@ -471,6 +498,10 @@ impl<T: Transport, const M: usize, const L: usize, const B: usize> DeviceDriver<
         self.agent
             .boot(now, &mut self.platform.lend())
             .map_err(StartError::Boot)?;
+        if let Some(u) = self.updates.as_mut() {
+            let out = u.boot(now);
+            self.update_out.extend(out);
+        }
         Ok(self.flush().await?)
     }
 
@@ -548,6 +579,20 @@ impl<T: Transport, const M: usize, const L: usize, const B: usize> DeviceDriver<
         while let Some(event) = self.agent.poll_event() {
             self.emit(DriverEvent::Agent { at_ms: now, event });
         }
+        for (t, bytes) in std::mem::take(&mut self.update_out) {
+            let topic = t.topic(self.agent.device_id());
+            self.transport
+                .publish(&topic, &bytes, Qos::AtLeastOnce)
+                .await?;
+        }
+        if let Some(u) = self.updates.as_mut() {
+            if u.restart_if_due() {
+                // Everything said before the restart.
+                self.transport
+                    .flush(std::time::Duration::from_secs(5))
+                    .await?;
+            }
+        }
         self.prune_journal();
         if let Some(m) = &self.metrics {
             let id = self.agent.device_id().to_owned();
@@ -617,9 +662,12 @@ impl<T: Transport, const M: usize, const L: usize, const B: usize> DeviceDriver<
                 return self.finish(std::time::Duration::from_secs(5)).await;
             }
             self.flush().await?;
-            let wait = match self.agent.poll_timeout() {
-                Some(at) => self.clock.real_wait_until(at),
-                None => std::time::Duration::from_secs(3_600),
+            let now = self.clock.now_ms();
+            let next_update = self.updates.as_ref().and_then(|u| u.next_tick(now));
+            let wait = match (self.agent.poll_timeout(), next_update) {
+                (Some(a), Some(b)) => self.clock.real_wait_until(a.min(b)),
+                (Some(at), None) | (None, Some(at)) => self.clock.real_wait_until(at),
+                (None, None) => std::time::Duration::from_secs(3_600),
             };
             let local = async {
                 match self.local.as_mut() {
@@ -669,12 +717,27 @@ impl<T: Transport, const M: usize, const L: usize, const B: usize> DeviceDriver<
                 _ = tokio::time::sleep(wait) => {
                     let now = self.clock.now_ms();
                     self.agent.handle_timeout(now, &mut self.platform.lend());
+                    if let Some(u) = self.updates.as_mut() {
+                        let out = u.tick(now);
+                        self.update_out.extend(out);
+                    }
                 }
             }
         }
     }
 
     fn inbound(&mut self, now: u64, topic: &str, payload: &[u8]) {
+        if let Some(u) = self.updates.as_mut() {
+            if let Some((id, t)) = lanyard_core::update::messages::UpdateTopic::parse(topic) {
+                if id == self.agent.device_id() && self.tenant.is_none() {
+                    let degraded = self.agent.state()
+                        == lanyard_core::agent::lifecycle::LifecycleState::Degraded;
+                    let out = u.inbound(now, t, payload, degraded);
+                    self.update_out.extend(out);
+                }
+                return;
+            }
+        }
         let Some((id, kind)) = parse_topic_in(self.tenant.as_deref(), topic) else {
             self.emit(DriverEvent::Refused {
                 at_ms: now,

@@ -78,6 +78,8 @@ pub mod fog;
 pub mod metrics;
 #[cfg(feature = "runtime")]
 pub mod mqtt;
+#[cfg(feature = "runtime")]
+pub mod ota;
 pub mod provision;
 pub mod sim;
 pub mod store;
@@ -88,6 +90,8 @@ pub mod tls;
 pub mod transport;
 #[cfg(feature = "runtime")]
 pub mod twin;
+#[cfg(feature = "runtime")]
+pub mod update;
 
 /// A tenant name the topics do not allow (1 to 32 of `a-z`, `0-9`, `-`,
 /// `_`), from the `with_tenant(s)` builders.

@@ -8,6 +8,69 @@ use crate::agent::messages::{read_code, read_text, req, whole};
 use crate::error::{DecodeError, Error};
 use crate::wire::{cbor, each_field};
 
+/// The firmware update's topics, under a device's address
+/// (`lanyard/v1/{device-id}/update/...`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum UpdateTopic {
+    /// Cloud → device: an [`UpdateJob`].
+    Job,
+    /// Device → cloud: a [`BlockRequest`].
+    Request,
+    /// Cloud → device: a [`Block`].
+    Block,
+    /// Device → cloud: an [`UpdateReport`].
+    Report,
+    /// Cloud → device: stop the job named (its id, CBOR text).
+    Cancel,
+}
+
+impl UpdateTopic {
+    /// Every topic.
+    pub const ALL: [UpdateTopic; 5] = [
+        UpdateTopic::Job,
+        UpdateTopic::Request,
+        UpdateTopic::Block,
+        UpdateTopic::Report,
+        UpdateTopic::Cancel,
+    ];
+
+    /// Its suffix after the device's address.
+    pub const fn suffix(self) -> &'static str {
+        match self {
+            UpdateTopic::Job => "update/job",
+            UpdateTopic::Request => "update/request",
+            UpdateTopic::Block => "update/block",
+            UpdateTopic::Report => "update/report",
+            UpdateTopic::Cancel => "update/cancel",
+        }
+    }
+
+    /// Whether the device sends it (else the cloud does).
+    pub const fn from_device(self) -> bool {
+        matches!(self, UpdateTopic::Request | UpdateTopic::Report)
+    }
+
+    /// The topic for `device_id` (in the shared namespace).
+    pub fn topic(self, device_id: &str) -> heapless::String<128> {
+        let mut s = heapless::String::new();
+        // 11 + 64 + 1 + 14 bytes at most: always fits.
+        let _ = s.push_str(crate::topic::TOPIC_PREFIX);
+        let _ = s.push_str(device_id);
+        let _ = s.push('/');
+        let _ = s.push_str(self.suffix());
+        s
+    }
+
+    /// The device and update topic `topic` names, if it is one.
+    pub fn parse(topic: &str) -> Option<(&str, UpdateTopic)> {
+        let rest = topic.strip_prefix(crate::topic::TOPIC_PREFIX)?;
+        UpdateTopic::ALL.into_iter().find_map(|t| {
+            let id = rest.strip_suffix(t.suffix())?.strip_suffix('/')?;
+            crate::topic::valid_device_id(id).then_some((id, t))
+        })
+    }
+}
+
 /// The longest job id.
 pub const MAX_JOB_ID: usize = 32;
 /// The longest version text.
@@ -473,6 +536,18 @@ impl<'a> UpdateReport<'a> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn update_topics_parse_back() {
+        for t in UpdateTopic::ALL {
+            assert_eq!(
+                UpdateTopic::parse(&t.topic("ly-0a0b0c0d0e0f")),
+                Some(("ly-0a0b0c0d0e0f", t))
+            );
+        }
+        assert_eq!(UpdateTopic::parse("lanyard/v1/a/b/update/job"), None);
+        assert_eq!(UpdateTopic::parse("lanyard/v1/ly-1/update/jobs"), None);
+    }
 
     #[test]
     fn the_report_in_the_wire_format_document_is_what_is_sent() {
