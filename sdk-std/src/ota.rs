@@ -4,8 +4,11 @@
 //! their block requests and keeps each device's progress from its reports.
 //! The server never holds the signing key: a release reaches it signed.
 //!
-//! Staged rollouts over the server (stages, abort criteria, pause and
-//! resume) are not built yet.
+//! A [`Rollout`] decides, from the devices' progress, which devices are
+//! offered a release next: stage by stage (1 %, 10 %, 50 %, 100 % by
+//! default, or growing by a factor), each stage opening when enough of the
+//! last succeeded, and stopping by itself when its abort criteria are met,
+//! leaving the rest of the fleet on the old version.
 
 use std::collections::HashMap;
 
@@ -301,5 +304,347 @@ pub async fn run_firmware_server<T: Transport>(
                 }
             }
         }
+    }
+}
+
+/// When a rollout stops by itself.
+#[derive(Debug, Clone, PartialEq)]
+pub struct AbortCriteria {
+    /// Devices that must have finished (accepted, or failed) before the
+    /// failure rate counts.
+    pub min_finished: usize,
+    /// The share of finished devices that may fail (0.0 to 1.0); past it,
+    /// the rollout aborts.
+    pub max_failure_rate: f64,
+    /// Failures that abort at once, whatever the rate (a bad signature
+    /// means the release itself is wrong).
+    pub abort_on: Vec<UpdateReason>,
+}
+
+/// How a release reaches a fleet.
+#[derive(Debug, Clone, PartialEq)]
+pub struct RolloutPlan {
+    /// The share of the target devices offered by the end of each stage,
+    /// growing, the last 1.0.
+    pub stages: Vec<f64>,
+    /// The share of a stage's devices that must have accepted the release
+    /// before the next stage opens.
+    pub advance_when: f64,
+    /// When it stops by itself.
+    pub abort: AbortCriteria,
+    /// How long a device may take from its offer to accepting; past it,
+    /// it counts as failed.
+    pub device_timeout_ms: u64,
+}
+
+impl RolloutPlan {
+    /// 1 %, 10 %, 50 %, 100 %; a stage opens when 90 % of the last one
+    /// accepted; it aborts when more than 10 % of at least one finished
+    /// device failed, or at once on a bad signature or digest; an hour per
+    /// device.
+    pub fn staged() -> Self {
+        RolloutPlan {
+            stages: vec![0.01, 0.10, 0.50, 1.0],
+            advance_when: 0.9,
+            abort: AbortCriteria {
+                min_finished: 1,
+                max_failure_rate: 0.10,
+                abort_on: vec![UpdateReason::BadSignature, UpdateReason::DigestMismatch],
+            },
+            device_timeout_ms: 3_600_000,
+        }
+    }
+
+    /// Stages growing by `factor` from `first` (a share) up to the whole
+    /// target: an exponential rate.
+    pub fn exponential(first: f64, factor: f64) -> Self {
+        let mut stages = Vec::new();
+        let mut share = first.clamp(f64::MIN_POSITIVE, 1.0);
+        while share < 1.0 && stages.len() < 64 {
+            stages.push(share);
+            share *= factor.max(1.01);
+        }
+        stages.push(1.0);
+        RolloutPlan {
+            stages,
+            ..Self::staged()
+        }
+    }
+}
+
+/// Where a rollout stands.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum RolloutState {
+    /// Offering stage `n` (from 0).
+    Running(usize),
+    /// Stopped by an operator; resumed where it was.
+    Paused(usize),
+    /// Every target device accepted, or finished.
+    Completed,
+    /// Stopped by its abort criteria: why.
+    Aborted(String),
+    /// Stopped by an operator for good.
+    Cancelled,
+}
+
+/// Devices of a rollout by where they stand.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct RolloutView {
+    /// Not offered yet.
+    pub waiting: usize,
+    /// Offered, not finished.
+    pub in_progress: usize,
+    /// Accepted the release.
+    pub succeeded: usize,
+    /// Refused, rolled back, aborted or timed out.
+    pub failed: usize,
+}
+
+/// A release rolled out to a list of devices. See the [module](self).
+#[derive(Debug, Clone)]
+pub struct Rollout {
+    job_id: String,
+    plan: RolloutPlan,
+    devices: Vec<String>,
+    offered: HashMap<String, u64>,
+    state: RolloutState,
+}
+
+fn finished_ok(p: Option<&DeviceProgress>, job: &str) -> Option<bool> {
+    let p = p.filter(|p| p.job_id == job)?;
+    match p.state {
+        UpdateState::Accepted => Some(true),
+        UpdateState::Rejected | UpdateState::Aborted => Some(false),
+        _ => None,
+    }
+}
+
+impl Rollout {
+    /// A rollout of `job_id` to `devices`, in that order, by `plan`.
+    pub fn new(job_id: &str, devices: Vec<String>, plan: RolloutPlan) -> Self {
+        Rollout {
+            job_id: job_id.to_owned(),
+            plan,
+            devices,
+            offered: HashMap::new(),
+            state: RolloutState::Running(0),
+        }
+    }
+
+    /// Where it stands.
+    pub fn state(&self) -> &RolloutState {
+        &self.state
+    }
+
+    /// The devices by where they stand, `progress` giving each one's.
+    pub fn view<'a>(
+        &self,
+        now_ms: u64,
+        progress: impl Fn(&str) -> Option<&'a DeviceProgress>,
+    ) -> RolloutView {
+        let mut v = RolloutView::default();
+        for d in &self.devices {
+            match self.offered.get(d) {
+                None => v.waiting += 1,
+                Some(at) => match finished_ok(progress(d), &self.job_id) {
+                    Some(true) => v.succeeded += 1,
+                    Some(false) => v.failed += 1,
+                    None if now_ms.saturating_sub(*at) > self.plan.device_timeout_ms => {
+                        v.failed += 1
+                    }
+                    None => v.in_progress += 1,
+                },
+            }
+        }
+        v
+    }
+
+    /// Moves the rollout on at `now_ms`: aborts it if its criteria say so,
+    /// opens the next stage when the last one did well enough, and returns
+    /// the devices to offer the release now.
+    pub fn step<'a>(
+        &mut self,
+        now_ms: u64,
+        progress: impl Fn(&str) -> Option<&'a DeviceProgress>,
+    ) -> Vec<String> {
+        let RolloutState::Running(mut stage) = self.state else {
+            return Vec::new();
+        };
+        let v = self.view(now_ms, &progress);
+        let finished = v.succeeded + v.failed;
+        let abort_now = self.offered.keys().find_map(|d| {
+            let p = progress(d).filter(|p| p.job_id == self.job_id)?;
+            p.reason.filter(|r| self.plan.abort.abort_on.contains(r))
+        });
+        if let Some(r) = abort_now {
+            self.state =
+                RolloutState::Aborted(format!("a device refused the release: {}", r.name()));
+            return Vec::new();
+        }
+        if finished >= self.plan.abort.min_finished.max(1)
+            && v.failed as f64 / finished as f64 > self.plan.abort.max_failure_rate
+        {
+            self.state = RolloutState::Aborted(format!(
+                "{} of {} finished devices failed (more than {:.0} %)",
+                v.failed,
+                finished,
+                self.plan.abort.max_failure_rate * 100.0
+            ));
+            return Vec::new();
+        }
+        let n = self.devices.len();
+        let target = |stage: usize| -> usize {
+            let share = self.plan.stages.get(stage).copied().unwrap_or(1.0);
+            ((share * n as f64).ceil() as usize).clamp(1, n)
+        };
+        // The stage's devices are all offered and enough accepted: the
+        // next one opens.
+        while self.offered.len() >= target(stage)
+            && v.succeeded as f64 >= self.plan.advance_when * target(stage) as f64
+            && stage + 1 < self.plan.stages.len()
+        {
+            stage += 1;
+        }
+        if v.waiting == 0 && v.in_progress == 0 {
+            self.state = RolloutState::Completed;
+            return Vec::new();
+        }
+        self.state = RolloutState::Running(stage);
+        let want = target(stage).saturating_sub(self.offered.len());
+        let next: Vec<String> = self
+            .devices
+            .iter()
+            .filter(|d| !self.offered.contains_key(*d))
+            .take(want)
+            .cloned()
+            .collect();
+        for d in &next {
+            self.offered.insert(d.clone(), now_ms);
+        }
+        next
+    }
+
+    /// Stops offering (devices under way go on).
+    pub fn pause(&mut self) {
+        if let RolloutState::Running(s) = self.state {
+            self.state = RolloutState::Paused(s);
+        }
+    }
+
+    /// Goes on where it was paused.
+    pub fn resume(&mut self) {
+        if let RolloutState::Paused(s) = self.state {
+            self.state = RolloutState::Running(s);
+        }
+    }
+
+    /// Stops for good; the devices offered and not finished are to be
+    /// sent a cancellation ([`FirmwareServer::cancel`]): returned.
+    pub fn cancel<'a>(
+        &mut self,
+        progress: impl Fn(&str) -> Option<&'a DeviceProgress>,
+    ) -> Vec<String> {
+        self.state = RolloutState::Cancelled;
+        self.offered
+            .keys()
+            .filter(|d| finished_ok(progress(d), &self.job_id).is_none())
+            .cloned()
+            .collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn fleet(n: usize) -> Vec<String> {
+        (0..n).map(|i| format!("ly-0200000000{i:02x}")).collect()
+    }
+
+    /// Runs `rollout` with devices that end in `outcome` one step after
+    /// their offer; returns how many were offered at each step.
+    fn drive(rollout: &mut Rollout, outcome: impl Fn(&str) -> DeviceProgress) -> Vec<usize> {
+        let mut progress: HashMap<String, DeviceProgress> = HashMap::new();
+        let mut waves = Vec::new();
+        for step in 0..50u64 {
+            let offered = rollout.step(step, |d| progress.get(d));
+            waves.push(offered.len());
+            for d in offered {
+                progress.insert(d.clone(), outcome(&d));
+            }
+            if !matches!(rollout.state(), RolloutState::Running(_)) {
+                break;
+            }
+        }
+        waves.retain(|n| *n > 0);
+        waves
+    }
+
+    fn ends(state: UpdateState, reason: Option<UpdateReason>) -> impl Fn(&str) -> DeviceProgress {
+        move |_| DeviceProgress {
+            job_id: "job".into(),
+            state,
+            received: 1,
+            total: 1,
+            reason,
+        }
+    }
+
+    #[test]
+    fn a_good_release_opens_1_10_50_100_percent_in_turn() {
+        let mut r = Rollout::new("job", fleet(100), RolloutPlan::staged());
+        let waves = drive(&mut r, ends(UpdateState::Accepted, None));
+        assert_eq!(waves, [1, 9, 40, 50]);
+        assert_eq!(r.state(), &RolloutState::Completed);
+    }
+
+    #[test]
+    fn a_release_that_fails_its_self_test_stops_after_the_first_stage() {
+        let mut r = Rollout::new("job", fleet(100), RolloutPlan::staged());
+        let waves = drive(
+            &mut r,
+            ends(UpdateState::Rejected, Some(UpdateReason::SelfTestFailed)),
+        );
+        assert_eq!(waves, [1]);
+        assert!(
+            matches!(r.state(), RolloutState::Aborted(why) if why.contains("1 of 1")),
+            "{:?}",
+            r.state()
+        );
+        let v = r.view(100, |_| None);
+        assert_eq!(v.waiting, 99);
+    }
+
+    #[test]
+    fn a_bad_signature_aborts_at_once_and_an_exponential_plan_grows_by_its_factor() {
+        let mut plan = RolloutPlan::staged();
+        plan.abort.min_finished = 10;
+        let mut r = Rollout::new("job", fleet(100), plan);
+        drive(
+            &mut r,
+            ends(UpdateState::Rejected, Some(UpdateReason::BadSignature)),
+        );
+        assert!(matches!(r.state(), RolloutState::Aborted(why) if why.contains("bad_signature")));
+
+        let plan = RolloutPlan::exponential(0.02, 2.0);
+        assert_eq!(plan.stages, [0.02, 0.04, 0.08, 0.16, 0.32, 0.64, 1.0]);
+        let mut r = Rollout::new("job", fleet(100), plan);
+        let waves = drive(&mut r, ends(UpdateState::Accepted, None));
+        assert_eq!(waves.iter().sum::<usize>(), 100);
+        assert_eq!(waves[0], 2);
+    }
+
+    #[test]
+    fn a_paused_rollout_offers_nothing_until_resumed_and_silent_devices_time_out() {
+        let mut r = Rollout::new("job", fleet(10), RolloutPlan::staged());
+        assert_eq!(r.step(0, |_| None).len(), 1);
+        r.pause();
+        assert!(r.step(1, |_| None).is_empty());
+        r.resume();
+        // The first device never answers: after its timeout it has failed,
+        // and 1 of 1 failed aborts.
+        let late = RolloutPlan::staged().device_timeout_ms + 1;
+        assert!(r.step(late, |_| None).is_empty());
+        assert!(matches!(r.state(), RolloutState::Aborted(_)));
     }
 }
