@@ -301,6 +301,12 @@ impl DeviceBuilder {
         self
     }
 
+    /// The firmware version it reports (and updates compare against).
+    pub fn firmware(mut self, firmware: &'static str) -> Self {
+        self.firmware = firmware;
+        self
+    }
+
     /// What becomes of desired state.
     pub fn desired(mut self, desired: impl DesiredState + Send + 'static) -> Self {
         self.platform.desired = Box::new(desired);

@@ -112,6 +112,45 @@ impl Release {
         Ok(release)
     }
 
+    /// Writes it to `dir`: `job.cbor` (the signed job) and `image.bin`.
+    pub fn save(&self, dir: &std::path::Path) -> std::io::Result<()> {
+        std::fs::create_dir_all(dir)?;
+        let mut job = vec![0u8; 256];
+        let n = self
+            .job()
+            .encode(&mut job)
+            .map_err(|e| std::io::Error::other(e.to_string()))?;
+        crate::store::write_atomic(&dir.join("image.bin"), &self.image)?;
+        crate::store::write_atomic(&dir.join("job.cbor"), &job[..n])
+    }
+
+    /// Reads what [`Release::save`] wrote; the image must have the job's
+    /// size and SHA-256 (the signature is the devices' to check).
+    pub fn load(dir: &std::path::Path) -> Result<Self, BadRelease> {
+        let read = |name: &str| {
+            std::fs::read(dir.join(name))
+                .map_err(|e| BadRelease(format!("{}: {e}", dir.join(name).display())))
+        };
+        let (job_bytes, image) = (read("job.cbor")?, read("image.bin")?);
+        let job =
+            UpdateJob::decode(&job_bytes).map_err(|e| BadRelease(format!("job.cbor: {e}")))?;
+        if job.size as usize != image.len() || lanyard_core::update::sha256(&image) != job.sha256 {
+            return Err(BadRelease(
+                "image.bin is not the image job.cbor describes".into(),
+            ));
+        }
+        Ok(Release {
+            job_id: job.job_id.to_owned(),
+            version: job.version.to_owned(),
+            sha256: job.sha256,
+            signature: job.signature,
+            block_size: job.block_size,
+            allow_downgrade: job.allow_downgrade,
+            force: job.force,
+            image,
+        })
+    }
+
     /// Its job.
     pub fn job(&self) -> UpdateJob<'_> {
         UpdateJob {

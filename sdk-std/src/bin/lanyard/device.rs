@@ -32,7 +32,7 @@ pub(crate) async fn device(
     mac: &str,
     tenant: Option<String>,
     reprovision: bool,
-    claim: super::ClaimArgs,
+    (claim, update): (super::ClaimArgs, super::UpdateArgs),
     metrics: Option<Metrics>,
 ) -> Result<(), String> {
     let clock = Clock::real();
@@ -77,7 +77,16 @@ pub(crate) async fn device(
         .await?;
     }
     let (tx, mut rx) = mpsc::unbounded_channel();
-    let mut device = make_device(mac_bytes, mqtt, state_dir, clock, 60_000, 100).data_key(data_key);
+    let update_dir = state_dir.clone();
+    let mut device =
+        make_device(mac_bytes, mqtt, state_dir, clock, 60_000, 100).data_key(data_key.clone());
+    // A version given for this run (a build that knows its own would not
+    // need it): the process keeps it to its end.
+    let firmware: &'static str = match update.firmware_version {
+        Some(v) => Box::leak(v.into_boxed_str()),
+        None => env!("CARGO_PKG_VERSION"),
+    };
+    device = device.firmware(firmware);
     if let Some(t) = &tenant {
         device = device.tenant(t);
     }
@@ -88,6 +97,30 @@ pub(crate) async fn device(
         super::credentials::keep_renewed(renewal, handle.credential_switch());
     }
     let mut driver = driver.with_events(tx);
+    let (restart_tx, mut restart) = mpsc::unbounded_channel::<()>();
+    if let Some(key) = &update.update_key {
+        let key = super::ota::public_key(key)?;
+        let slot = lanyard_std::update::FileSlot::new(
+            lanyard_std::update::default_slot_dir(&update_dir),
+            64 << 20,
+        )
+        .map_err(|e| format!("update slot: {e}"))?;
+        let store = lanyard_std::store::FileStore::encrypted(&update_dir, data_key)
+            .map_err(|e| format!("{}: {e}", update_dir.display()))?;
+        let self_test = update.self_test.clone();
+        let updates = lanyard_std::update::DeviceUpdates::new(key, slot, store, firmware)
+            .on_self_test(move || match &self_test {
+                Some(cmd) => std::process::Command::new("sh")
+                    .args(["-c", cmd])
+                    .status()
+                    .is_ok_and(|s| s.success()),
+                None => true,
+            })
+            .on_restart(move || {
+                let _ = restart_tx.send(());
+            });
+        driver = driver.with_updates(updates);
+    }
     if let Some(m) = metrics {
         driver = driver.with_metrics(m);
     }
@@ -130,12 +163,24 @@ pub(crate) async fn device(
         ),
         e => format!("device {id}: {e}"),
     })?;
+    let mut restarting = false;
     driver
         .run_until(async {
-            let _ = tokio::signal::ctrl_c().await;
+            tokio::select! {
+                _ = tokio::signal::ctrl_c() => {}
+                Some(()) = restart.recv() => restarting = true,
+            }
         })
         .await
         .map_err(|e| e.to_string())?;
+    if restarting {
+        // What the device said before it goes (its report) is delivered.
+        let _ = driver.finish(std::time::Duration::from_secs(5)).await;
+        println!("{id} restarting into the other image (exit status 75)");
+        use std::io::Write;
+        let _ = std::io::stdout().flush();
+        std::process::exit(75);
+    }
     if driver.agent().state() == LifecycleState::Decommissioned {
         println!("{id} decommissioned: stopped");
     }

@@ -27,6 +27,7 @@ mod decode;
 mod demo;
 mod device;
 mod fleet;
+mod ota;
 mod timeline;
 mod twin;
 
@@ -111,6 +112,26 @@ pub(crate) struct ClaimArgs {
     /// a bridge, the device id).
     #[arg(long)]
     pub(crate) hardware: Option<String>,
+}
+
+/// Firmware updates on `lanyard device`.
+#[derive(clap::Args, Default)]
+pub(crate) struct UpdateArgs {
+    /// Take firmware updates signed with this key (`lanyard ota keygen`'s
+    /// .pub file, or its hex). The image goes to `slot/` in the state
+    /// directory; once verified (and after a failed self-test) the device
+    /// exits with status 75: its supervisor starts it again, on the image
+    /// `slot/boot` names.
+    #[arg(long)]
+    pub(crate) update_key: Option<String>,
+    /// The version this build reports and updates compare against
+    /// (default: the lanyard version).
+    #[arg(long)]
+    pub(crate) firmware_version: Option<String>,
+    /// The new image's self-test, run when it boots on trial: a command
+    /// whose exit status 0 confirms it (default: it passes).
+    #[arg(long, requires = "update_key")]
+    pub(crate) self_test: Option<String>,
 }
 
 /// Provisioning by claim for the device on a bridge's link.
@@ -254,6 +275,13 @@ enum Cmd {
         reprovision: bool,
         #[command(flatten)]
         claim: ClaimArgs,
+        #[command(flatten)]
+        update: UpdateArgs,
+    },
+    /// Firmware updates: the signing key, signed releases, staged rollouts.
+    Ota {
+        #[command(subcommand)]
+        what: ota::OtaCmd,
     },
     /// The fleet's certificate authority.
     Ca {
@@ -504,6 +532,7 @@ fn main() {
                 tenant,
                 reprovision,
                 claim,
+                update,
             } => {
                 device(
                     &broker,
@@ -511,11 +540,12 @@ fn main() {
                     &mac,
                     tenant,
                     reprovision,
-                    claim,
+                    (claim, update),
                     metrics_on(metrics).await?,
                 )
                 .await
             }
+            Cmd::Ota { what } => ota::ota(what).await,
             Cmd::Ca { what } => credentials::ca(what),
             Cmd::Provision { what } => credentials::provision(what).await,
             Cmd::Bridge {

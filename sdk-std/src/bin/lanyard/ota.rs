@@ -1,0 +1,265 @@
+//! `lanyard ota ...`: the fleet's update signing key, signed releases, and
+//! rolling a release out to devices in stages.
+
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+
+use clap::Subcommand;
+use lanyard_std::ota::{
+    FirmwareServer, Release, Rollout, RolloutPlan, RolloutState, run_firmware_server,
+};
+
+use super::BrokerArgs;
+
+/// Firmware updates.
+#[derive(Subcommand)]
+pub(crate) enum OtaCmd {
+    /// Makes the fleet's update signing key: OUT.key (secret, mode 0600:
+    /// keep it on the operator's side) and OUT.pub (give it to devices,
+    /// `lanyard device --update-key`).
+    Keygen {
+        /// Writes OUT.key and OUT.pub.
+        #[arg(long)]
+        out: PathBuf,
+    },
+    /// Signs an image as a release (a directory: job.cbor and image.bin).
+    Sign {
+        /// The signing key (`lanyard ota keygen`).
+        #[arg(long)]
+        key: PathBuf,
+        /// The image.
+        #[arg(long)]
+        image: PathBuf,
+        /// Its version (newer than what devices run).
+        #[arg(long)]
+        version: String,
+        /// The job's id.
+        #[arg(long)]
+        job: String,
+        /// Block size in bytes (1 to 4096).
+        #[arg(long, default_value_t = 1024)]
+        block_size: u16,
+        /// The release directory to write.
+        #[arg(long)]
+        out: PathBuf,
+    },
+    /// Rolls a release out to devices in stages, serving its blocks, until
+    /// every device accepted it or the rollout aborts by its criteria (then
+    /// the exit status is 1 and the rest of the fleet stays on its version).
+    Rollout {
+        #[command(flatten)]
+        broker: BrokerArgs,
+        /// The release (`lanyard ota sign`).
+        #[arg(long)]
+        release: PathBuf,
+        /// The devices, in the order they are offered it.
+        #[arg(long, value_delimiter = ',', required = true)]
+        devices: Vec<String>,
+        /// The share of devices offered by the end of each stage, percent.
+        #[arg(long, value_delimiter = ',', default_value = "1,10,50,100")]
+        stages: Vec<f64>,
+        /// Abort when more than this share of finished devices failed,
+        /// percent.
+        #[arg(long, default_value_t = 10.0)]
+        max_failure_pct: f64,
+        /// Devices that must have finished before the failure share counts.
+        #[arg(long, default_value_t = 1)]
+        min_finished: usize,
+        /// A device that has not accepted this long after its offer failed.
+        #[arg(long, default_value_t = 3600)]
+        device_timeout_secs: u64,
+    },
+}
+
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// Hex text (a key file) as bytes.
+pub(crate) fn unhex(text: &str, what: &str) -> Result<Vec<u8>, String> {
+    let t = text.trim();
+    if t.len() % 2 != 0 || !t.bytes().all(|b| b.is_ascii_hexdigit()) {
+        return Err(format!("{what}: not hex"));
+    }
+    (0..t.len())
+        .step_by(2)
+        .map(|i| u8::from_str_radix(&t[i..i + 2], 16).map_err(|e| format!("{what}: {e}")))
+        .collect()
+}
+
+/// The fleet's update verification key from a `.pub` file or hex.
+pub(crate) fn public_key(given: &str) -> Result<[u8; 32], String> {
+    let text = if Path::new(given).exists() {
+        std::fs::read_to_string(given).map_err(|e| format!("{given}: {e}"))?
+    } else {
+        given.to_owned()
+    };
+    unhex(&text, "--update-key")?
+        .try_into()
+        .map_err(|_| "--update-key: 32 bytes (64 hex digits) expected".to_owned())
+}
+
+fn with_ext(out: &Path, ext: &str) -> PathBuf {
+    let mut p = out.to_path_buf().into_os_string();
+    p.push(ext);
+    PathBuf::from(p)
+}
+
+pub(crate) async fn ota(what: OtaCmd) -> Result<(), String> {
+    match what {
+        OtaCmd::Keygen { out } => {
+            let pair = ed25519_compact::KeyPair::generate();
+            let (key, public) = (with_ext(&out, ".key"), with_ext(&out, ".pub"));
+            if key.exists() {
+                return Err(format!(
+                    "{} exists: a signing key is made once",
+                    key.display()
+                ));
+            }
+            lanyard_std::store::write_private(&key, hex(&pair.sk[..]).as_bytes())
+                .map_err(|e| format!("{}: {e}", key.display()))?;
+            lanyard_std::store::write_atomic(&public, hex(&pair.pk[..]).as_bytes())
+                .map_err(|e| format!("{}: {e}", public.display()))?;
+            println!(
+                "{} (keep it here) and {} (for devices)",
+                key.display(),
+                public.display()
+            );
+            Ok(())
+        }
+        OtaCmd::Sign {
+            key,
+            image,
+            version,
+            job,
+            block_size,
+            out,
+        } => {
+            let text =
+                std::fs::read_to_string(&key).map_err(|e| format!("{}: {e}", key.display()))?;
+            let sk = ed25519_compact::SecretKey::from_slice(&unhex(&text, "--key")?)
+                .map_err(|e| format!("--key: {e}"))?;
+            let bytes = std::fs::read(&image).map_err(|e| format!("{}: {e}", image.display()))?;
+            let release =
+                Release::sign(&job, &version, bytes, block_size, &sk).map_err(|e| e.to_string())?;
+            release
+                .save(&out)
+                .map_err(|e| format!("{}: {e}", out.display()))?;
+            println!(
+                "release {job}: version {version}, {} bytes in {} blocks, sha256 {}, in {}",
+                release.image.len(),
+                release.job().blocks(),
+                hex(&release.sha256),
+                out.display()
+            );
+            Ok(())
+        }
+        OtaCmd::Rollout {
+            broker,
+            release,
+            devices,
+            stages,
+            max_failure_pct,
+            min_finished,
+            device_timeout_secs,
+        } => {
+            let release = Release::load(&release).map_err(|e| e.to_string())?;
+            if stages.is_empty()
+                || stages.windows(2).any(|w| w[1] <= w[0])
+                || stages.iter().any(|s| !(*s > 0.0 && *s <= 100.0))
+                || stages.last() != Some(&100.0)
+            {
+                return Err("--stages: growing percentages ending at 100".into());
+            }
+            for d in &devices {
+                if !lanyard_core::topic::valid_device_id(d) {
+                    return Err(format!("--devices: {d:?} is not a device id"));
+                }
+            }
+            let mut plan = RolloutPlan::staged();
+            plan.stages = stages.iter().map(|s| s / 100.0).collect();
+            plan.abort.max_failure_rate = max_failure_pct / 100.0;
+            plan.abort.min_finished = min_finished;
+            plan.device_timeout_ms = device_timeout_secs.saturating_mul(1000);
+            let job_id = release.job_id.clone();
+            let server = Arc::new(Mutex::new(FirmwareServer::new()));
+            server.lock().expect("server").add(release);
+            let mut transport = lanyard_std::mqtt::MqttTransport::connect_and_wait(
+                broker.mqtt("lanyard-ota")?,
+                std::time::Duration::from_secs(10),
+            )
+            .await
+            .map_err(|e| format!("firmware server: {e}"))?;
+            let (offers, offers_rx) = tokio::sync::mpsc::unbounded_channel();
+            let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+            let s = server.clone();
+            let serving = tokio::spawn(async move {
+                run_firmware_server(s, &mut transport, offers_rx, async {
+                    let _ = stopped.await;
+                })
+                .await
+            });
+            let mut rollout = Rollout::new(&job_id, devices, plan);
+            let started = std::time::Instant::now();
+            let mut last = String::new();
+            let outcome = loop {
+                let now = started.elapsed().as_millis() as u64;
+                let offered = {
+                    let s = server.lock().expect("server");
+                    let offered = rollout.step(now, |d| s.progress(d));
+                    let mut msgs = Vec::new();
+                    for d in &offered {
+                        if let Some(m) = s.offer(d, &job_id) {
+                            msgs.push(m);
+                        }
+                    }
+                    let v = rollout.view(now, |d| s.progress(d));
+                    let line = format!(
+                        "{:?}: {} waiting, {} in progress, {} succeeded, {} failed",
+                        rollout.state(),
+                        v.waiting,
+                        v.in_progress,
+                        v.succeeded,
+                        v.failed
+                    );
+                    if line != last {
+                        println!("{job_id} {line}");
+                        last = line;
+                    }
+                    msgs
+                };
+                for m in offered {
+                    let _ = offers.send(m);
+                }
+                match rollout.state() {
+                    RolloutState::Completed => break Ok(()),
+                    RolloutState::Aborted(why) => {
+                        break Err(format!("rollout {job_id} aborted: {why}"));
+                    }
+                    RolloutState::Cancelled => break Err(format!("rollout {job_id} cancelled")),
+                    _ => {}
+                }
+                if serving.is_finished() {
+                    break Err("the firmware server stopped".into());
+                }
+                tokio::select! {
+                    _ = tokio::time::sleep(std::time::Duration::from_millis(500)) => {}
+                    _ = tokio::signal::ctrl_c() => {
+                        let cancelled = {
+                            let s = server.lock().expect("server");
+                            rollout.cancel(|d| s.progress(d)).into_iter().map(|d| s.cancel(&d, &job_id)).collect::<Vec<_>>()
+                        };
+                        for m in cancelled {
+                            let _ = offers.send(m);
+                        }
+                        tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+                        break Err(format!("rollout {job_id} cancelled"));
+                    }
+                }
+            };
+            let _ = stop.send(());
+            let _ = serving.await;
+            outcome
+        }
+    }
+}

@@ -1,0 +1,262 @@
+//! `lanyard ota` as an operator runs it: a signing key, a signed release,
+//! and a staged rollout to `lanyard device` processes over mosquitto. The
+//! test plays the devices' supervisor: a device that exits with status 75
+//! is started again on the image its slot names. A good release reaches
+//! every device; one whose self-test fails stops after the first stage and
+//! the others never download it.
+
+mod common;
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command};
+use std::time::{Duration, Instant};
+
+use common::{Mosquitto, lanyard_cli};
+
+fn s(p: &Path) -> &str {
+    p.to_str().unwrap()
+}
+
+fn ok(args: &[&str]) -> String {
+    let (ok, out, err) = lanyard_cli(args);
+    assert!(ok, "lanyard {args:?}: {err}");
+    out
+}
+
+struct Device {
+    mac: String,
+    dir: PathBuf,
+    child: Child,
+    version: &'static str,
+    restarts: u32,
+}
+
+impl Drop for Device {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn start(url: &str, mac: &str, dir: &Path, key: &Path, version: &str, self_test: &str) -> Child {
+    let log = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(dir.with_extension("log"))
+        .unwrap();
+    Command::new(env!("CARGO_BIN_EXE_lanyard"))
+        .args([
+            "device",
+            "--broker",
+            url,
+            "--mac",
+            mac,
+            "--state-dir",
+            s(dir),
+            "--update-key",
+            s(key),
+            "--firmware-version",
+            version,
+            "--self-test",
+            self_test,
+        ])
+        .stdout(log.try_clone().unwrap())
+        .stderr(log)
+        .spawn()
+        .unwrap()
+}
+
+/// Runs a rollout of `release` to `devices` to its end, restarting each
+/// device that asks (on `new_version`); the rollout's success and output.
+fn roll_out(
+    url: &str,
+    release: &Path,
+    devices: &mut [Device],
+    key: &Path,
+    new_version: &'static str,
+    self_test: &str,
+    work: &Path,
+) -> (bool, String) {
+    let ids: Vec<String> = devices
+        .iter()
+        .map(|d| format!("ly-{}", d.mac.replace(':', "")))
+        .collect();
+    let log = work.join(format!(
+        "rollout-{}.log",
+        release.file_name().unwrap().to_str().unwrap()
+    ));
+    let mut rollout = Command::new(env!("CARGO_BIN_EXE_lanyard"))
+        .args([
+            "ota",
+            "rollout",
+            "--broker",
+            url,
+            "--release",
+            s(release),
+            "--devices",
+            &ids.join(","),
+            "--stages",
+            "20,100",
+        ])
+        .stdout(std::fs::File::create(&log).unwrap())
+        .stderr(std::fs::File::create(log.with_extension("err")).unwrap())
+        .spawn()
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(120);
+    let status = loop {
+        if let Some(status) = rollout.try_wait().unwrap() {
+            break status;
+        }
+        assert!(Instant::now() < deadline, "the rollout did not end");
+        for d in devices.iter_mut() {
+            if let Some(st) = d.child.try_wait().unwrap() {
+                assert_eq!(st.code(), Some(75), "{} exited: {st}", d.mac);
+                // The supervisor: the image the slot names.
+                d.version = match std::fs::read_to_string(d.dir.join("slot/boot"))
+                    .unwrap_or_default()
+                    .trim()
+                {
+                    "trial" | "confirmed" => new_version,
+                    _ => "1.0.0",
+                };
+                d.restarts += 1;
+                d.child = start(url, &d.mac, &d.dir, key, d.version, self_test);
+            }
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    let out = std::fs::read_to_string(&log).unwrap()
+        + &std::fs::read_to_string(log.with_extension("err")).unwrap();
+    (status.success(), out)
+}
+
+#[test]
+fn a_release_rolls_out_in_stages_and_a_failing_one_stops_after_the_first() {
+    let broker = Mosquitto::start();
+    let url = format!("mqtt://127.0.0.1:{}", broker.port);
+    let work = tempfile::tempdir().unwrap();
+    let p = |n: &str| work.path().join(n);
+    ok(&["ota", "keygen", "--out", s(&p("fleet"))]);
+    let image: Vec<u8> = (0..30_000u32).map(|i| (i * 17 % 251) as u8).collect();
+    std::fs::write(p("image.bin"), &image).unwrap();
+    let out = ok(&[
+        "ota",
+        "sign",
+        "--key",
+        s(&p("fleet.key")),
+        "--image",
+        s(&p("image.bin")),
+        "--version",
+        "2.0.0",
+        "--job",
+        "fw-2",
+        "--out",
+        s(&p("fw-2")),
+    ]);
+    assert!(out.contains("30000 bytes in 30 blocks"), "{out}");
+
+    // A good release: both stages, every device on 2.0.0.
+    let key = p("fleet.pub");
+    let mut devices: Vec<Device> = (1..=3)
+        .map(|i| {
+            let mac = format!("02:00:00:00:0b:0{i}");
+            let dir = p(&format!("dev{i}"));
+            let child = start(&url, &mac, &dir, &key, "1.0.0", "true");
+            Device {
+                mac,
+                dir,
+                child,
+                version: "1.0.0",
+                restarts: 0,
+            }
+        })
+        .collect();
+    std::thread::sleep(Duration::from_secs(1));
+    let (ok_, out) = roll_out(
+        &url,
+        &p("fw-2"),
+        &mut devices,
+        &key,
+        "2.0.0",
+        "true",
+        work.path(),
+    );
+    assert!(ok_, "{out}");
+    assert!(out.contains("Completed"), "{out}");
+    assert!(
+        out.contains("Running(0)") && out.contains("Running(1)"),
+        "{out}"
+    );
+    for d in &devices {
+        assert_eq!(d.version, "2.0.0", "{}", d.mac);
+        assert_eq!(std::fs::read(d.dir.join("slot/image.bin")).unwrap(), image);
+        assert_eq!(
+            std::fs::read_to_string(d.dir.join("slot/boot")).unwrap(),
+            "confirmed"
+        );
+    }
+    drop(devices);
+
+    // A release whose self-test fails: the first device rolls back, the
+    // rollout aborts, the other two never take it.
+    let bad: Vec<u8> = image.iter().map(|b| b ^ 0x55).collect();
+    std::fs::write(p("bad.bin"), &bad).unwrap();
+    ok(&[
+        "ota",
+        "sign",
+        "--key",
+        s(&p("fleet.key")),
+        "--image",
+        s(&p("bad.bin")),
+        "--version",
+        "3.0.0",
+        "--job",
+        "fw-3",
+        "--out",
+        s(&p("fw-3")),
+    ]);
+    let mut devices: Vec<Device> = (4..=6)
+        .map(|i| {
+            let mac = format!("02:00:00:00:0b:0{i}");
+            let dir = p(&format!("dev{i}"));
+            let child = start(&url, &mac, &dir, &key, "1.0.0", "false");
+            Device {
+                mac,
+                dir,
+                child,
+                version: "1.0.0",
+                restarts: 0,
+            }
+        })
+        .collect();
+    std::thread::sleep(Duration::from_secs(1));
+    let (ok_, out) = roll_out(
+        &url,
+        &p("fw-3"),
+        &mut devices,
+        &key,
+        "3.0.0",
+        "false",
+        work.path(),
+    );
+    assert!(!ok_, "{out}");
+    assert!(
+        out.contains("aborted") && out.contains("1 of 1 finished devices failed"),
+        "{out}"
+    );
+    let first = &devices[0];
+    assert_eq!(first.version, "1.0.0");
+    assert_eq!(first.restarts, 2, "to the trial and back");
+    assert_eq!(
+        std::fs::read_to_string(first.dir.join("slot/boot")).unwrap(),
+        "reverted"
+    );
+    for d in &devices[1..] {
+        assert_eq!(d.restarts, 0);
+        assert!(
+            !d.dir.join("slot/image.bin").exists(),
+            "{} downloaded it",
+            d.mac
+        );
+    }
+}
