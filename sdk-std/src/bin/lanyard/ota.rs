@@ -78,7 +78,7 @@ fn hex(bytes: &[u8]) -> String {
 /// Hex text (a key file) as bytes.
 pub(crate) fn unhex(text: &str, what: &str) -> Result<Vec<u8>, String> {
     let t = text.trim();
-    if t.len() % 2 != 0 || !t.bytes().all(|b| b.is_ascii_hexdigit()) {
+    if !t.len().is_multiple_of(2) || !t.bytes().all(|b| b.is_ascii_hexdigit()) {
         return Err(format!("{what}: not hex"));
     }
     (0..t.len())
