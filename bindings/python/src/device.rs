@@ -215,7 +215,7 @@ fn claimed_credentials(
 #[pymethods]
 impl Device {
     #[new]
-    #[pyo3(signature = (broker, mac, state_dir, dispatch=None, sensors=None, battery=None, blink=None, tenant=None, ca=None, cert=None, key=None, aws=false, shadow_name=None, policies=None, claim_cert=None, claim_key=None, provision_port=None, hardware=None))]
+    #[pyo3(signature = (broker, mac, state_dir, dispatch=None, sensors=None, battery=None, blink=None, tenant=None, ca=None, cert=None, key=None, aws=false, shadow_name=None, policies=None, claim_cert=None, claim_key=None, provision_port=None, hardware=None, update_key=None, firmware_version=None, on_update=None, self_test=None))]
     #[allow(clippy::too_many_arguments)]
     fn new(
         py: Python<'_>,
@@ -237,7 +237,33 @@ impl Device {
         claim_key: Option<PathBuf>,
         provision_port: Option<u16>,
         hardware: Option<String>,
+        update_key: Option<Vec<u8>>,
+        firmware_version: Option<String>,
+        on_update: Option<Py<PyAny>>,
+        self_test: Option<Py<PyAny>>,
     ) -> PyResult<Self> {
+        let update_key: Option<[u8; 32]> = update_key
+            .map(|k| {
+                k.try_into().map_err(|_| {
+                    PyValueError::new_err("update_key: the fleet's 32-byte public key")
+                })
+            })
+            .transpose()?;
+        if update_key.is_none() && (on_update.is_some() || self_test.is_some()) {
+            return Err(PyValueError::new_err(
+                "on_update and self_test go with update_key",
+            ));
+        }
+        // The device keeps its version for the life of the process.
+        let firmware: &'static str = match firmware_version {
+            Some(v) if !v.is_empty() && v.len() <= lanyard_core::update::messages::MAX_VERSION => {
+                Box::leak(v.into_boxed_str())
+            }
+            Some(_) => {
+                return Err(PyValueError::new_err("firmware_version: 1 to 24 bytes"));
+            }
+            None => env!("CARGO_PKG_VERSION"),
+        };
         let claim = match (claim_cert, claim_key, provision_port) {
             (None, None, None) => None,
             (Some(cert), Some(key), Some(port)) => Some(Claim {
@@ -311,7 +337,9 @@ impl Device {
             config.tls = Some(tls.to_rumqttc());
             renewal = Some((endpoint, store));
         }
-        let mut device = DeviceBuilder::new(mac, env!("CARGO_PKG_VERSION"), config, &state_dir)
+        let update_store = lanyard_std::store::FileStore::encrypted(&state_dir, data_key.clone())
+            .map_err(|e| PyOSError::new_err(e.to_string()))?;
+        let mut device = DeviceBuilder::new(mac, firmware, config, &state_dir)
             .data_key(data_key)
             .clock(clock)
             .probe(probe.clone())
@@ -327,13 +355,48 @@ impl Device {
         // The builder keeps an outbound journal in the state directory:
         // acknowledgements and lifecycle events survive a crash of this
         // process until the broker has them.
-        let (driver, handle) = {
+        let (mut driver, handle) = {
             let _in_runtime = rt.enter();
             device.build().map_err(|e| match e {
                 BuildError::Tenant(why) => PyValueError::new_err(why.to_string()),
                 e => PyOSError::new_err(e.to_string()),
             })?
         };
+        if let Some(key) = update_key {
+            let slot_dir = lanyard_std::update::default_slot_dir(&state_dir);
+            let slot = lanyard_std::update::FileSlot::new(&slot_dir, 64 << 20)
+                .map_err(|e| PyOSError::new_err(e.to_string()))?;
+            let image = slot.image();
+            let watched = slot.clone();
+            let updates =
+                lanyard_std::update::DeviceUpdates::new(key, slot, update_store, firmware)
+                    .on_self_test(move || match &self_test {
+                        Some(test) => Python::attach(|py| {
+                            test.call0(py)
+                                .and_then(|v| v.is_truthy(py))
+                                .inspect_err(|e| e.print(py))
+                                .unwrap_or(false)
+                        }),
+                        None => true,
+                    })
+                    .on_restart(move || {
+                        let request = match watched.boot_request() {
+                            lanyard_std::update::BootRequest::Trial => "trial",
+                            lanyard_std::update::BootRequest::Reverted => "reverted",
+                            lanyard_std::update::BootRequest::Confirmed => "confirmed",
+                            lanyard_std::update::BootRequest::None => "none",
+                        };
+                        if let Some(cb) = &on_update {
+                            let path = image.display().to_string();
+                            Python::attach(|py| {
+                                if let Err(e) = cb.call1(py, (path, request)) {
+                                    e.print(py);
+                                }
+                            });
+                        }
+                    });
+            driver = driver.with_updates(updates);
+        }
         let credentials = renewal.map(|(endpoint, store)| {
             let renewal = Renewal {
                 endpoint,

@@ -838,5 +838,64 @@ class ProvisioningByClaim(unittest.TestCase):
                            key=self.ops["key"], **self.claim)
 
 
+class FirmwareUpdate(unittest.TestCase):
+    """A Python ``Device`` takes a signed release rolled out by ``lanyard
+    ota rollout``: the callback gets the verified image, and the device
+    started again on it confirms it by its self-test."""
+
+    def test_a_verified_image_is_handed_to_the_application_and_confirmed(self):
+        binary = os.environ.get("LANYARD_BIN")
+        if not binary:
+            raise RuntimeError("set LANYARD_BIN to the lanyard binary (scripts/test-all.sh does)")
+        d = tempfile.TemporaryDirectory()
+        self.addCleanup(d.cleanup)
+        broker, port = start_mosquitto(d.name)
+        self.addCleanup(lambda: (broker.kill(), broker.wait()))
+        url = f"mqtt://127.0.0.1:{port}"
+        run = lambda *a: subprocess.run([binary, *a], check=True, capture_output=True, text=True)
+        run("ota", "keygen", "--out", os.path.join(d.name, "fleet"))
+        image = bytes((i * 7) % 251 for i in range(20_000))
+        with open(os.path.join(d.name, "app.bin"), "wb") as f:
+            f.write(image)
+        run("ota", "sign", "--key", os.path.join(d.name, "fleet.key"), "--image",
+            os.path.join(d.name, "app.bin"), "--version", "2.0.0", "--job", "py-2",
+            "--out", os.path.join(d.name, "rel"))
+        state = os.path.join(d.name, "dev")
+        got = []
+
+        def on_update(path, request):
+            with open(path, "rb") as f:
+                got.append((f.read(20_000), request))
+
+        def stop_once_updated(event):
+            if got:
+                raise KeyboardInterrupt  # the application restarts on the image
+
+        dev = lanyard.Device(url, "02:00:00:00:00:e5", state, firmware_version="1.0.0",
+                             update_key=os.path.join(d.name, "fleet.pub"), on_update=on_update)
+        rollout = subprocess.Popen(
+            [binary, "ota", "rollout", "--broker", url, "--release", os.path.join(d.name, "rel"),
+             "--devices", dev.device_id, "--stages", "100"],
+            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+        self.addCleanup(lambda: rollout.poll() is None and (rollout.kill(), rollout.wait()))
+        with self.assertRaises(KeyboardInterrupt):
+            dev.run(seconds=30, on_event=stop_once_updated)
+        self.assertEqual(got, [(image, "trial")])
+        # Started again on the new image: its self-test confirms it.
+        tested = []
+        dev = lanyard.Device(url, "02:00:00:00:00:e5", state, firmware_version="2.0.0",
+                             update_key=os.path.join(d.name, "fleet.pub"),
+                             self_test=lambda: tested.append(1) or True)
+        runner = threading.Thread(target=dev.run, kwargs={"seconds": 10})
+        runner.start()
+        out, _ = rollout.communicate(timeout=60)
+        runner.join()
+        self.assertEqual(rollout.returncode, 0, out)
+        self.assertIn("Completed", out)
+        self.assertEqual(tested, [1])
+        with self.assertRaises(ValueError):
+            lanyard.Device(url, "02:00:00:00:00:e6", state, update_key="not hex")
+
+
 if __name__ == "__main__":
     unittest.main()

@@ -193,6 +193,20 @@ class App:
         return {"type": kind, "device": device, "state": body}
 
 
+def _update_key(key):
+    """The fleet's update key as bytes: from a ``.pub`` file, hex, or bytes."""
+    if key is None or isinstance(key, (bytes, bytearray)):
+        return None if key is None else bytes(key)
+    text = os.fspath(key)
+    if os.path.exists(text):
+        with open(text) as f:
+            text = f.read()
+    try:
+        return bytes.fromhex(text.strip())
+    except ValueError:
+        raise ValueError("update_key: a .pub file, 64 hex digits or 32 bytes") from None
+
+
 class Device:
     """This host as a Lanyard device: the SDK's agent (lifecycle,
     registration, shadow, health, telemetry, commands with acknowledgements
@@ -232,6 +246,14 @@ class Device:
       uses). Needs ``ca`` and an ``mqtts://`` broker. A refusal raises
       ``PermissionError`` with the reason, an unreachable service
       ``ConnectionError``.
+    - ``update_key``: take firmware updates signed with the fleet's key
+      (``lanyard ota keygen``'s ``.pub`` file, its hex, or 32 bytes;
+      ``docs/ota.md``). ``firmware_version`` is the version this build
+      reports and updates compare against. A verified image is written to
+      ``slot/image.bin`` in ``state_dir`` and ``on_update(path, "trial")``
+      is called: restart the process on it. There, ``self_test()`` (default:
+      passes) confirms it; if it returns false, ``on_update(path,
+      "reverted")`` says to go back to the old image.
 
     Callables run in the SDK's threads, with the GIL, while ``run`` runs:
     keep them short.
@@ -245,7 +267,8 @@ class Device:
     def __init__(self, broker, mac, state_dir, commands=None, sensors=None, battery_mv=None,
                  blink=None, tenant=None, ca=None, cert=None, key=None, aws=False,
                  shadow_name=None, policies=None, claim_cert=None, claim_key=None,
-                 provision_port=None, hardware=None):
+                 provision_port=None, hardware=None, update_key=None, firmware_version=None,
+                 on_update=None, self_test=None):
         handlers = dict(commands or {})
 
         def dispatch(name, args_json):
@@ -274,7 +297,8 @@ class Device:
         self._device = _Device(broker, mac, os.fspath(state_dir), dispatch if handlers else None,
                                sensors, battery_mv, blink, tenant, _path(ca), _path(cert),
                                _path(key), aws, shadow_name, policies, _path(claim_cert),
-                               _path(claim_key), provision_port, hardware)
+                               _path(claim_key), provision_port, hardware,
+                               _update_key(update_key), firmware_version, on_update, self_test)
 
     @property
     def device_id(self):
