@@ -269,3 +269,83 @@ async fn a_device_stopped_mid_download_resumes_without_the_blocks_it_had() {
         "{twice} blocks sent again: {served:?}"
     );
 }
+
+/// How long a 256 KiB image takes to move through mosquitto as an update
+/// (requests, blocks, the record saved after each, verification), against
+/// the same bytes published raw in the same block size between two
+/// clients, at QoS 1. Not in the test command (`scripts/ota-bench.sh`).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore]
+async fn update_throughput_against_the_raw_link() {
+    use lanyard_std::transport::{Qos, Transport, TransportEvent};
+    let broker = Mosquitto::start();
+    let size = 256 * 1024;
+    for block_size in [1024u16, 4096] {
+        // Raw: one client publishes, another receives every message.
+        let mut rx = MqttTransport::connect_and_wait(
+            MqttConfig::new("127.0.0.1", broker.port, "raw-rx"),
+            Duration::from_secs(10),
+        )
+        .await
+        .unwrap();
+        rx.subscribe("bench/raw").await.unwrap();
+        let mut tx = MqttTransport::connect_and_wait(
+            MqttConfig::new("127.0.0.1", broker.port, "raw-tx"),
+            Duration::from_secs(10),
+        )
+        .await
+        .unwrap();
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        let chunk = vec![0x5au8; usize::from(block_size)];
+        let n = size / usize::from(block_size);
+        let began = Instant::now();
+        for _ in 0..n {
+            tx.publish("bench/raw", &chunk, Qos::AtLeastOnce)
+                .await
+                .unwrap();
+        }
+        let mut got = 0;
+        while got < n {
+            if let TransportEvent::Message { .. } = rx.recv().await.unwrap() {
+                got += 1;
+            }
+        }
+        let raw = began.elapsed();
+        drop((rx, tx));
+
+        // The update.
+        let key = ed25519_compact::KeyPair::from_seed(ed25519_compact::Seed::new([21; 32]));
+        let image: Vec<u8> = (0..size as u32).map(|i| (i * 13 % 251) as u8).collect();
+        let release = Release::sign(
+            &format!("bench-{block_size}"),
+            "9.0.0",
+            image,
+            block_size,
+            &key.sk,
+        )
+        .unwrap();
+        let server = server(broker.port, release).await;
+        let dir = tempfile::tempdir().unwrap();
+        let (stop, task, _restart) = device(broker.port, dir.path(), *key.pk, "1.0.0", true);
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        let began = Instant::now();
+        server.offer(&format!("bench-{block_size}"));
+        server
+            .until("verified", |s, _| s == UpdateState::Verified)
+            .await;
+        let update = began.elapsed();
+        let _ = stop.send(());
+        task.await.unwrap();
+        println!(
+            "256 KiB in {block_size}-byte blocks through mosquitto: raw {:.0} ms ({:.0} KiB/s), \
+             as an update {:.0} ms ({:.0} KiB/s, {:.1}x the raw time; one block in flight per \
+             request, {} in the window, the record synced after each block)",
+            raw.as_secs_f64() * 1e3,
+            256.0 / raw.as_secs_f64(),
+            update.as_secs_f64() * 1e3,
+            256.0 / update.as_secs_f64(),
+            update.as_secs_f64() / raw.as_secs_f64(),
+            lanyard_core::update::WINDOW
+        );
+    }
+}
