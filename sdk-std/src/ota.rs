@@ -470,6 +470,11 @@ impl Rollout {
         }
     }
 
+    /// The release's job id.
+    pub fn job_id(&self) -> &str {
+        &self.job_id
+    }
+
     /// Where it stands.
     pub fn state(&self) -> &RolloutState {
         &self.state

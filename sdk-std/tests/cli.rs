@@ -260,3 +260,24 @@ fn cost_prints_the_reference_fleet_and_reads_a_fleet_file() {
     assert!(!ok);
     assert!(err.contains("/nonexistent/fleet.json"), "{err}");
 }
+
+#[test]
+fn the_ota_demo_rolls_a_good_release_out_and_stops_a_bad_one_after_its_first_stage() {
+    let (ok, out, err) = lanyard(&["demo", "--ota", "--devices", "20"]);
+    assert!(ok, "{err}\n{out}");
+    // 1 %, 10 %, 50 %, 100 % of 20 devices: 1, 2, 10, 20 offered.
+    for stage in ["Running(0)", "Running(1)", "Running(2)", "Running(3)"] {
+        assert!(out.contains(&format!("fw-2.0.0 {stage}")), "{out}");
+    }
+    let summary = out.split("== summary").nth(1).expect("a summary");
+    assert!(summary.contains("rollout fw-2.0.0 completed"), "{summary}");
+    assert!(
+        summary.contains("rollout fw-3.0.0 aborted: 1 of 1 finished devices failed"),
+        "{summary}"
+    );
+    assert!(summary.contains("  2.0.0      20"), "{summary}");
+    assert!(
+        summary.contains("rejected (self_test_failed)      1"),
+        "{summary}"
+    );
+}

@@ -28,6 +28,7 @@ mod demo;
 mod device;
 mod fleet;
 mod ota;
+mod ota_demo;
 mod timeline;
 mod twin;
 
@@ -204,6 +205,11 @@ enum Cmd {
         /// The broker's provisioning listener, with --provision-by-claim.
         #[arg(long)]
         provision_port: Option<u16>,
+        /// Firmware updates instead: the fleet takes a good release in
+        /// stages (1, 10, 50, 100 %), then a bad one (its self-test fails)
+        /// that rolls back on the first stage and aborts.
+        #[arg(long, conflicts_with_all = ["broker", "provision_by_claim"])]
+        ota: bool,
     },
     /// Prints any SDK message (hex, or a file of raw bytes) as JSON.
     Decode {
@@ -655,7 +661,11 @@ fn main() {
                 cost_devices,
                 provision_by_claim,
                 provision_port,
+                ota,
             } => {
+                if ota {
+                    return ota_demo::ota_demo(devices).await;
+                }
                 let cost = cost_fleet.map(|path| (path, cost_devices));
                 let claim = provision_by_claim.zip(provision_port);
                 demo(

@@ -199,67 +199,77 @@ pub(crate) async fn ota(what: OtaCmd) -> Result<(), String> {
                 })
                 .await
             });
-            let mut rollout = Rollout::new(&job_id, devices, plan);
-            let started = std::time::Instant::now();
-            let mut last = String::new();
-            let outcome = loop {
-                let now = started.elapsed().as_millis() as u64;
-                let offered = {
-                    let s = server.lock().expect("server");
-                    let offered = rollout.step(now, |d| s.progress(d));
-                    let mut msgs = Vec::new();
-                    for d in &offered {
-                        if let Some(m) = s.offer(d, &job_id) {
-                            msgs.push(m);
-                        }
-                    }
-                    let v = rollout.view(now, |d| s.progress(d));
-                    let line = format!(
-                        "{:?}: {} waiting, {} in progress, {} succeeded, {} failed",
-                        rollout.state(),
-                        v.waiting,
-                        v.in_progress,
-                        v.succeeded,
-                        v.failed
-                    );
-                    if line != last {
-                        println!("{job_id} {line}");
-                        last = line;
-                    }
-                    msgs
-                };
-                for m in offered {
-                    let _ = offers.send(m);
-                }
-                match rollout.state() {
-                    RolloutState::Completed => break Ok(()),
-                    RolloutState::Aborted(why) => {
-                        break Err(format!("rollout {job_id} aborted: {why}"));
-                    }
-                    RolloutState::Cancelled => break Err(format!("rollout {job_id} cancelled")),
-                    _ => {}
-                }
-                if serving.is_finished() {
-                    break Err("the firmware server stopped".into());
-                }
-                tokio::select! {
-                    _ = tokio::time::sleep(std::time::Duration::from_millis(500)) => {}
-                    _ = tokio::signal::ctrl_c() => {
-                        let cancelled = {
-                            let s = server.lock().expect("server");
-                            rollout.cancel(|d| s.progress(d)).into_iter().map(|d| s.cancel(&d, &job_id)).collect::<Vec<_>>()
-                        };
-                        for m in cancelled {
-                            let _ = offers.send(m);
-                        }
-                        tokio::time::sleep(std::time::Duration::from_millis(500)).await;
-                        break Err(format!("rollout {job_id} cancelled"));
-                    }
-                }
-            };
+            let rollout = Rollout::new(&job_id, devices, plan);
+            let outcome = drive(&server, &offers, rollout, || serving.is_finished()).await;
             let _ = stop.send(());
             let _ = serving.await;
             outcome
+        }
+    }
+}
+
+/// Runs `rollout` over `server` until it completes, aborts or is cancelled
+/// (Ctrl-C), printing the devices by state as they change; `Err` says why
+/// it did not complete.
+pub(crate) async fn drive(
+    server: &Arc<Mutex<FirmwareServer>>,
+    offers: &tokio::sync::mpsc::UnboundedSender<lanyard_std::ota::Publish>,
+    mut rollout: Rollout,
+    server_gone: impl Fn() -> bool,
+) -> Result<(), String> {
+    let job_id = rollout.job_id().to_owned();
+    let started = std::time::Instant::now();
+    let mut last = String::new();
+    loop {
+        let now = started.elapsed().as_millis() as u64;
+        let offered = {
+            let s = server.lock().expect("server");
+            let offered = rollout.step(now, |d| s.progress(d));
+            let msgs: Vec<_> = offered.iter().filter_map(|d| s.offer(d, &job_id)).collect();
+            let v = rollout.view(now, |d| s.progress(d));
+            let line = format!(
+                "{:?}: {} waiting, {} in progress, {} succeeded, {} failed",
+                rollout.state(),
+                v.waiting,
+                v.in_progress,
+                v.succeeded,
+                v.failed
+            );
+            if line != last {
+                println!("{job_id} {line}");
+                last = line;
+            }
+            msgs
+        };
+        for m in offered {
+            let _ = offers.send(m);
+        }
+        match rollout.state() {
+            RolloutState::Completed => return Ok(()),
+            RolloutState::Aborted(why) => return Err(format!("rollout {job_id} aborted: {why}")),
+            RolloutState::Cancelled => return Err(format!("rollout {job_id} cancelled")),
+            _ => {}
+        }
+        if server_gone() {
+            return Err("the firmware server stopped".into());
+        }
+        tokio::select! {
+            _ = tokio::time::sleep(std::time::Duration::from_millis(200)) => {}
+            _ = tokio::signal::ctrl_c() => {
+                let cancelled = {
+                    let s = server.lock().expect("server");
+                    rollout
+                        .cancel(|d| s.progress(d))
+                        .into_iter()
+                        .map(|d| s.cancel(&d, &job_id))
+                        .collect::<Vec<_>>()
+                };
+                for m in cancelled {
+                    let _ = offers.send(m);
+                }
+                tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+                return Err(format!("rollout {job_id} cancelled"));
+            }
         }
     }
 }
