@@ -207,15 +207,17 @@ pub(crate) async fn ota_demo(devices: usize) -> Result<(), String> {
     for (v, n) in &by_version {
         println!("  {v:<10} {n}");
     }
-    let s = server.lock().expect("server");
     let mut by_state: BTreeMap<(String, String), usize> = BTreeMap::new();
-    for id in &ids {
-        if let Some(p) = s.progress(id) {
-            let state = match p.reason {
-                Some(r) => format!("{} ({})", p.state.name(), r.name()),
-                None => p.state.name().to_owned(),
-            };
-            *by_state.entry((p.job_id.clone(), state)).or_default() += 1;
+    {
+        let s = server.lock().expect("server");
+        for id in &ids {
+            if let Some(p) = s.progress(id) {
+                let state = match p.reason {
+                    Some(r) => format!("{} ({})", p.state.name(), r.name()),
+                    None => p.state.name().to_owned(),
+                };
+                *by_state.entry((p.job_id.clone(), state)).or_default() += 1;
+            }
         }
     }
     println!("last report by job and state:");
@@ -223,7 +225,6 @@ pub(crate) async fn ota_demo(devices: usize) -> Result<(), String> {
         println!("  {job:<10} {state:<32} {n}");
     }
     println!("restarts: {restarted}");
-    drop(s);
     for r in fleet.into_iter().flatten() {
         let _ = r.stop.send(());
         let _ = r.task.await;
