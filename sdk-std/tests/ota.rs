@@ -121,6 +121,23 @@ fn device(
     (stop, task, restart)
 }
 
+/// Runs `device` until it asks to restart (a verified download, a failed
+/// self-test), then stops it.
+async fn until_restart(
+    (stop, task, mut restart): (
+        oneshot::Sender<()>,
+        tokio::task::JoinHandle<()>,
+        mpsc::UnboundedReceiver<()>,
+    ),
+) {
+    tokio::time::timeout(Duration::from_secs(30), restart.recv())
+        .await
+        .expect("a restart asked for")
+        .unwrap();
+    let _ = stop.send(());
+    task.await.unwrap();
+}
+
 fn release(key: &ed25519_compact::KeyPair, version: &str) -> (Release, Vec<u8>) {
     let image: Vec<u8> = (0..40_000u32).map(|i| (i * 13 % 251) as u8).collect();
     (
@@ -137,18 +154,13 @@ async fn a_device_downloads_verifies_boots_on_trial_and_confirms_a_signed_image(
     let server = server(broker.port, release).await;
     let dir = tempfile::tempdir().unwrap();
 
-    let (stop, task, mut restart) = device(broker.port, dir.path(), *key.pk, "1.0.0", true);
+    let running = device(broker.port, dir.path(), *key.pk, "1.0.0", true);
     tokio::time::sleep(Duration::from_millis(500)).await;
     server.offer("job-2");
     server
         .until("verified", |s, _| s == UpdateState::Verified)
         .await;
-    tokio::time::timeout(Duration::from_secs(10), restart.recv())
-        .await
-        .unwrap()
-        .unwrap();
-    let _ = stop.send(());
-    task.await.unwrap();
+    until_restart(running).await;
     // The slot holds the image, asked for a trial boot.
     assert_eq!(
         std::fs::read(default_slot_dir(dir.path()).join("image.bin")).unwrap(),
@@ -247,16 +259,11 @@ async fn a_device_stopped_mid_download_resumes_without_the_blocks_it_had() {
     task.abort();
     let _ = task.await;
     drop(stop);
-    let (stop, task, mut restart) = device(broker.port, dir.path(), *key.pk, "1.0.0", true);
+    let running = device(broker.port, dir.path(), *key.pk, "1.0.0", true);
     server
         .until("verified", |s, _| s == UpdateState::Verified)
         .await;
-    tokio::time::timeout(Duration::from_secs(10), restart.recv())
-        .await
-        .unwrap()
-        .unwrap();
-    let _ = stop.send(());
-    task.await.unwrap();
+    until_restart(running).await;
     assert_eq!(
         std::fs::read(default_slot_dir(dir.path()).join("image.bin")).unwrap(),
         image

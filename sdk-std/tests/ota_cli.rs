@@ -130,6 +130,30 @@ fn roll_out(
     (status.success(), out)
 }
 
+/// Devices `range` on 1.0.0, taking updates signed with `key`.
+fn fleet(
+    url: &str,
+    work: &Path,
+    key: &Path,
+    range: std::ops::RangeInclusive<u8>,
+    self_test: &str,
+) -> Vec<Device> {
+    range
+        .map(|i| {
+            let mac = format!("02:00:00:00:0b:0{i}");
+            let dir = work.join(format!("dev{i}"));
+            let child = start(url, &mac, &dir, key, "1.0.0", self_test);
+            Device {
+                mac,
+                dir,
+                child,
+                version: "1.0.0",
+                restarts: 0,
+            }
+        })
+        .collect()
+}
+
 #[test]
 fn a_release_rolls_out_in_stages_and_a_failing_one_stops_after_the_first() {
     let broker = Mosquitto::start();
@@ -157,20 +181,7 @@ fn a_release_rolls_out_in_stages_and_a_failing_one_stops_after_the_first() {
 
     // A good release: both stages, every device on 2.0.0.
     let key = p("fleet.pub");
-    let mut devices: Vec<Device> = (1..=3)
-        .map(|i| {
-            let mac = format!("02:00:00:00:0b:0{i}");
-            let dir = p(&format!("dev{i}"));
-            let child = start(&url, &mac, &dir, &key, "1.0.0", "true");
-            Device {
-                mac,
-                dir,
-                child,
-                version: "1.0.0",
-                restarts: 0,
-            }
-        })
-        .collect();
+    let mut devices = fleet(&url, work.path(), &key, 1..=3, "true");
     std::thread::sleep(Duration::from_secs(1));
     let (ok_, out) = roll_out(
         &url,
@@ -215,20 +226,7 @@ fn a_release_rolls_out_in_stages_and_a_failing_one_stops_after_the_first() {
         "--out",
         s(&p("fw-3")),
     ]);
-    let mut devices: Vec<Device> = (4..=6)
-        .map(|i| {
-            let mac = format!("02:00:00:00:0b:0{i}");
-            let dir = p(&format!("dev{i}"));
-            let child = start(&url, &mac, &dir, &key, "1.0.0", "false");
-            Device {
-                mac,
-                dir,
-                child,
-                version: "1.0.0",
-                restarts: 0,
-            }
-        })
-        .collect();
+    let mut devices = fleet(&url, work.path(), &key, 4..=6, "false");
     std::thread::sleep(Duration::from_secs(1));
     let (ok_, out) = roll_out(
         &url,
