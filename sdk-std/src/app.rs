@@ -380,13 +380,14 @@ impl<T: Transport> AppClient<T> {
             path: path.to_owned(),
             winner,
         };
-        // A decommissioned device's refusal names no token.
+        // The host answers every resolve with its token, a decommissioned
+        // device's too: another app's refusal never ends this wait.
         self.ask(
             device,
             AppTopic::Resolve,
             &request.encode(),
             &token,
-            true,
+            false,
             timeout,
         )
         .await

@@ -1040,6 +1040,37 @@ fn an_operator_settles_a_parked_conflict_with_either_winner() {
     assert!(bad.contains("a..b"), "{bad}");
     let out = host.handle(6_000, &t("operator/resolve"), b"\x01");
     assert_eq!(out[0].topic, t("shadow/rejected"));
+
+    // Decommissioned: the operator waiting is answered with its own token
+    // (not with a refusal any app's wait could take for its own).
+    let mut event = vec![0u8; 64];
+    let n = LifecycleEvent {
+        from: lanyard_core::agent::lifecycle::LifecycleState::Active,
+        to: lanyard_core::agent::lifecycle::LifecycleState::Decommissioned,
+        cause: lanyard_core::agent::lifecycle::Trigger::Decommission,
+        time_ms: 7_000,
+        seq: 9,
+    }
+    .encode(&mut event)
+    .unwrap();
+    host.handle(7_000, &t("lifecycle"), &event[..n]);
+    let out = resolve(&mut host, "mode", Source::Cloud);
+    assert!(
+        out.iter().all(|p| p.topic != t("shadow/rejected")),
+        "{out:?}"
+    );
+    let why = answer(&out).unwrap_err();
+    assert!(why.contains("decommissioned"), "{why}");
+    let a = out
+        .iter()
+        .find(|p| p.topic == t("shadow/desired/answer"))
+        .unwrap();
+    assert_eq!(
+        lanyard_std::twin::DesiredAnswer::decode(&a.payload)
+            .unwrap()
+            .token,
+        "r-mode"
+    );
 }
 
 /// After a conflict the core holds the next sync back a while (a jittered

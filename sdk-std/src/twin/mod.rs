@@ -1013,8 +1013,16 @@ impl TwinHost {
             const WHY: &str = "the device is decommissioned";
             let from_app = matches!(t, Topic::App(_));
             let mut out = vec![refusal(now_ms, key, from_app, WHY.to_owned())];
-            if let Topic::App(AppTopic::SetDesired | AppTopic::Get | AppTopic::Resolve) = t {
-                out.push(rejected(key, WHY));
+            match (t, ResolveRequest::decode(payload)) {
+                // A resolve names its answer: the operator waiting for it
+                // is told, and no other app's wait ends on it.
+                (Topic::App(AppTopic::Resolve), Some(req)) => {
+                    out.push(answer_to(key, &req.token, Err(WHY.to_owned())));
+                }
+                (Topic::App(AppTopic::SetDesired | AppTopic::Get | AppTopic::Resolve), _) => {
+                    out.push(rejected(key, WHY));
+                }
+                _ => {}
             }
             return out;
         }
