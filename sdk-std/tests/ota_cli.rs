@@ -76,11 +76,19 @@ fn roll_out(
     new_version: &'static str,
     self_test: &str,
     work: &Path,
+    all: bool,
 ) -> (bool, String) {
     let ids: Vec<String> = devices
         .iter()
         .map(|d| format!("ly-{}", d.mac.replace(':', "")))
         .collect();
+    let ids = ids.join(",");
+    // Every device the twin host knows, or these.
+    let target = if all {
+        vec!["--all"]
+    } else {
+        vec!["--devices", &ids]
+    };
     let log = work.join(format!(
         "rollout-{}.log",
         release.file_name().unwrap().to_str().unwrap()
@@ -93,11 +101,10 @@ fn roll_out(
             url,
             "--release",
             s(release),
-            "--devices",
-            &ids.join(","),
             "--stages",
             "20,100",
         ])
+        .args(&target)
         .stdout(std::fs::File::create(&log).unwrap())
         .stderr(std::fs::File::create(log.with_extension("err")).unwrap())
         .spawn()
@@ -179,10 +186,29 @@ fn a_release_rolls_out_in_stages_and_a_failing_one_stops_after_the_first() {
     ]);
     assert!(out.contains("30000 bytes in 30 blocks"), "{out}");
 
+    // A twin host: the first rollout targets every device it knows.
+    let mut twin = Command::new(env!("CARGO_BIN_EXE_lanyard"))
+        .args(["twin", "--broker", &url, "--state-dir", s(&p("twin"))])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+
     // A good release: both stages, every device on 2.0.0.
     let key = p("fleet.pub");
     let mut devices = fleet(&url, work.path(), &key, 1..=3, "true");
-    std::thread::sleep(Duration::from_secs(1));
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let (ok_, out, _) = lanyard_cli(&["fleet", "--broker", &url, "list", "--json"]);
+        if ok_ && out.matches("\"device\"").count() == 3 {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the devices never registered: {out}"
+        );
+        std::thread::sleep(Duration::from_millis(300));
+    }
     let (ok_, out) = roll_out(
         &url,
         &p("fw-2"),
@@ -191,6 +217,7 @@ fn a_release_rolls_out_in_stages_and_a_failing_one_stops_after_the_first() {
         "2.0.0",
         "true",
         work.path(),
+        true,
     );
     assert!(ok_, "{out}");
     assert!(out.contains("Completed"), "{out}");
@@ -236,6 +263,7 @@ fn a_release_rolls_out_in_stages_and_a_failing_one_stops_after_the_first() {
         "3.0.0",
         "false",
         work.path(),
+        false,
     );
     assert!(!ok_, "{out}");
     assert!(
@@ -257,4 +285,6 @@ fn a_release_rolls_out_in_stages_and_a_failing_one_stops_after_the_first() {
             d.mac
         );
     }
+    let _ = twin.kill();
+    let _ = twin.wait();
 }

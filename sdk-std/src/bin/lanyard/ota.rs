@@ -53,8 +53,12 @@ pub(crate) enum OtaCmd {
         #[arg(long)]
         release: PathBuf,
         /// The devices, in the order they are offered it.
-        #[arg(long, value_delimiter = ',', required = true)]
+        #[arg(long, value_delimiter = ',', required_unless_present = "all")]
         devices: Vec<String>,
+        /// Every device the twin host knows (not decommissioned), in the
+        /// order of their names.
+        #[arg(long, conflicts_with = "devices")]
+        all: bool,
         /// The share of devices offered by the end of each stage, percent.
         #[arg(long, value_delimiter = ',', default_value = "1,10,50,100")]
         stages: Vec<f64>,
@@ -157,7 +161,8 @@ pub(crate) async fn ota(what: OtaCmd) -> Result<(), String> {
         OtaCmd::Rollout {
             broker,
             release,
-            devices,
+            mut devices,
+            all,
             stages,
             max_failure_pct,
             min_finished,
@@ -170,6 +175,29 @@ pub(crate) async fn ota(what: OtaCmd) -> Result<(), String> {
                 || stages.last() != Some(&100.0)
             {
                 return Err("--stages: growing percentages ending at 100".into());
+            }
+            if all {
+                let mut app = lanyard_std::app::AppClient::new(
+                    lanyard_std::mqtt::MqttTransport::connect_and_wait(
+                        broker.mqtt("lanyard-ota-list")?,
+                        std::time::Duration::from_secs(10),
+                    )
+                    .await
+                    .map_err(|e| format!("fleet listing: {e}"))?,
+                )
+                .await
+                .map_err(|e| e.to_string())?;
+                devices = app
+                    .list(None, std::time::Duration::from_secs(10))
+                    .await
+                    .map_err(|e| format!("fleet listing (is a twin host running?): {e}"))?
+                    .into_iter()
+                    .filter(|d| !d.decommissioned)
+                    .map(|d| d.device)
+                    .collect();
+                if devices.is_empty() {
+                    return Err("the twin host knows no device".into());
+                }
             }
             for d in &devices {
                 if !lanyard_core::topic::valid_device_id(d) {
