@@ -75,9 +75,9 @@ fn roll_out(
     key: &Path,
     new_version: &'static str,
     self_test: &str,
-    work: &Path,
     all: bool,
 ) -> (bool, String) {
+    let work = release.parent().unwrap();
     let ids: Vec<String> = devices
         .iter()
         .map(|d| format!("ly-{}", d.mac.replace(':', "")))
@@ -209,16 +209,7 @@ fn a_release_rolls_out_in_stages_and_a_failing_one_stops_after_the_first() {
         );
         std::thread::sleep(Duration::from_millis(300));
     }
-    let (ok_, out) = roll_out(
-        &url,
-        &p("fw-2"),
-        &mut devices,
-        &key,
-        "2.0.0",
-        "true",
-        work.path(),
-        true,
-    );
+    let (ok_, out) = roll_out(&url, &p("fw-2"), &mut devices, &key, "2.0.0", "true", true);
     assert!(ok_, "{out}");
     assert!(out.contains("Completed"), "{out}");
     assert!(
@@ -262,7 +253,6 @@ fn a_release_rolls_out_in_stages_and_a_failing_one_stops_after_the_first() {
         &key,
         "3.0.0",
         "false",
-        work.path(),
         false,
     );
     assert!(!ok_, "{out}");
