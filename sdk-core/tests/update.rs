@@ -55,6 +55,13 @@ fn key(seed: u8) -> ed25519_compact::KeyPair {
     ed25519_compact::KeyPair::from_seed(ed25519_compact::Seed::new([seed; 32]))
 }
 
+fn hex(s: &str) -> Vec<u8> {
+    (0..s.len())
+        .step_by(2)
+        .map(|i| u8::from_str_radix(&s[i..i + 2], 16).unwrap())
+        .collect()
+}
+
 fn image(len: usize) -> Vec<u8> {
     (0..len).map(|i| (i * 31 % 251) as u8).collect()
 }
@@ -473,6 +480,17 @@ fn records_and_messages_that_do_not_read_change_nothing() {
         let mut other = Updater::new(*fleet.pk);
         let _ = other.resume(&damaged);
     }
+    // Found by the fuzzer: a record whose block size makes more blocks
+    // than the bitmap holds (61,047 bytes in blocks of 5).
+    let mut other = Updater::new(*fleet.pk);
+    let found = hex(concat!(
+        "a900656a6f622d310165312e352e300219ee7703582000000000000000000000000000000000",
+        "000000000000feff00000000000000000458400000000000000000000000000080000000000000",
+        "656a6f629dffffff312e352e300219138803000000000000000000000000000000000005190200",
+        "050505050505050642450007020801"
+    ));
+    assert!(other.resume(&found).is_err());
+    assert_eq!(other.state(), None);
     assert!(UpdateJob::decode(&[0xa0]).is_err());
     assert!(Block::decode(&[0xa1, 0x00, 0x61, 0x6a]).is_err());
     let mut wire = [0u8; 256];

@@ -563,14 +563,20 @@ impl Updater {
             };
             // The counts must agree with the bitmap, and no bit past the
             // image's last block may be set.
+            // More blocks than the bitmap holds (a small block size for
+            // the size) is refused before the bitmap is looked at.
             let total = job.total();
+            let bad = DecodeError::Malformed {
+                what: "an update record",
+                at: 0,
+            };
+            if total > MAX_BLOCKS || job.size == 0 {
+                return Err(bad);
+            }
             let counted: u32 = job.have.iter().map(|b| b.count_ones()).sum();
             let inside = (0..total).filter(|&i| job.has(i)).count() as u32;
-            if total > MAX_BLOCKS || counted != job.received || inside != counted || job.size == 0 {
-                return Err(DecodeError::Malformed {
-                    what: "an update record",
-                    at: 0,
-                });
+            if counted != job.received || inside != counted {
+                return Err(bad);
             }
             Ok(job)
         })?;
