@@ -236,6 +236,10 @@ pub(crate) async fn ota(what: OtaCmd) -> Result<(), String> {
     }
 }
 
+/// How long a device offered a job may stay silent about it before it is
+/// offered it again.
+const REOFFER_AFTER: std::time::Duration = std::time::Duration::from_secs(2);
+
 /// Runs `rollout` over `server` until it completes, aborts or is cancelled
 /// (Ctrl-C), printing the devices by state as they change; `Err` says why
 /// it did not complete.
@@ -248,11 +252,28 @@ pub(crate) async fn drive(
     let job_id = rollout.job_id().to_owned();
     let started = std::time::Instant::now();
     let mut last = String::new();
+    // When each device was last offered the job: one that has said nothing
+    // of it since (offline, or not subscribed yet: the offer was lost) is
+    // offered it again. A device takes the same job again as it stands.
+    let mut offered_at: std::collections::HashMap<String, std::time::Instant> =
+        std::collections::HashMap::new();
     loop {
         let now = started.elapsed().as_millis() as u64;
         let offered = {
             let s = server.lock().expect("server");
-            let offered = rollout.step(now, |d| s.progress(d));
+            let mut offered = rollout.step(now, |d| s.progress(d));
+            let silent: Vec<String> = offered_at
+                .iter()
+                .filter(|(d, at)| {
+                    at.elapsed() >= REOFFER_AFTER
+                        && s.progress(d).is_none_or(|p| p.job_id != job_id)
+                })
+                .map(|(d, _)| d.clone())
+                .collect();
+            offered.extend(silent);
+            for d in &offered {
+                offered_at.insert(d.clone(), std::time::Instant::now());
+            }
             let msgs: Vec<_> = offered.iter().filter_map(|d| s.offer(d, &job_id)).collect();
             let v = rollout.view(now, |d| s.progress(d));
             let line = format!(
