@@ -7,7 +7,8 @@ use lanyard_core::update::messages::{
     Block, BlockRequest, MANIFEST_MAX, UpdateJob, UpdateReason, UpdateReport, UpdateState,
 };
 use lanyard_core::update::{
-    Offer, RECORD_MAX, SlotError, Stored, UpdateSlot, Updater, WINDOW, sha256,
+    Offer, RECORD_MAX, Running, SlotError, Stored, Taken, UpdateSession, UpdateSlot, Updater,
+    WINDOW, sha256,
 };
 
 /// An inactive slot in RAM with a bootloader's flags.
@@ -198,7 +199,7 @@ fn a_reboot_mid_download_resumes_without_asking_again_for_what_it_has() {
     let mut up = Updater::new(*fleet.pk);
     up.resume(&record[..saved]).unwrap();
     assert_eq!(up.state(), Some(UpdateState::Downloading));
-    up.offer(&job, RUNNING).unwrap(); // the same job again: kept as it stands
+    assert_eq!(up.offer(&job, RUNNING), Ok(Taken::Resumed)); // kept as it stands
     let mut t = 10_000;
     loop {
         let n = up.wanted(t, &mut want);
@@ -375,7 +376,7 @@ fn tampered_unsigned_foreign_truncated_and_older_images_are_refused_and_nothing_
     );
     let mut allowed = job(&img, "1.3.9", &fleet);
     allowed.allow_downgrade = true;
-    assert_eq!(up.offer(&allowed, RUNNING), Ok(()));
+    assert_eq!(up.offer(&allowed, RUNNING), Ok(Taken::Started));
 
     // Too large for the slot, or degraded without force.
     let mut up = Updater::new(*fleet.pk);
@@ -397,7 +398,7 @@ fn tampered_unsigned_foreign_truncated_and_older_images_are_refused_and_nothing_
     );
     let mut forced = job(&img, "1.5.0", &fleet);
     forced.force = true;
-    assert_eq!(up.offer(&forced, degraded), Ok(()));
+    assert_eq!(up.offer(&forced, degraded), Ok(Taken::Started));
     // One job at a time.
     let mut other = job(&img, "1.6.0", &fleet);
     other.job_id = "job-9";
@@ -496,4 +497,176 @@ fn records_and_messages_that_do_not_read_change_nothing() {
     let mut wire = [0u8; 256];
     let n = job.encode(&mut wire).unwrap();
     assert!(UpdateJob::decode(&wire[..n - 1]).is_err());
+}
+
+/// Everything the session has to send at `now`, and the records it asked
+/// to save on the way (the last one kept in `saved`).
+fn drain(
+    s: &mut UpdateSession<RamSlot>,
+    now: u64,
+    saved: &mut Vec<u8>,
+) -> Vec<(lanyard_core::update::messages::UpdateTopic, Vec<u8>)> {
+    let mut out = Vec::new();
+    let mut buf = [0u8; RECORD_MAX];
+    loop {
+        if let Some(n) = s.take_record(&mut buf) {
+            *saved = buf[..n.unwrap()].to_vec();
+        }
+        match s.poll_transmit(now, &mut buf).unwrap() {
+            Some((t, n)) => out.push((t, buf[..n].to_vec())),
+            None => return out,
+        }
+    }
+}
+
+#[test]
+fn a_session_answers_a_job_with_requests_and_a_restart_resumes_the_download() {
+    use lanyard_core::update::messages::UpdateTopic;
+    let fleet = key(4);
+    let img = image(4_000); // 8 blocks of 512
+    let job = job(&img, "1.5.0", &fleet);
+    let mut wire = [0u8; 1024];
+    let n = job.encode(&mut wire).unwrap();
+    let running = Running {
+        version: "1.4.2",
+        degraded: false,
+    };
+    let mut saved = Vec::new();
+    let mut s = UpdateSession::new(*fleet.pk, RamSlot::default());
+    s.handle(UpdateTopic::Job, &wire[..n], running).unwrap();
+    let sent = drain(&mut s, 1_000, &mut saved);
+    // The report (downloading), then a window of requests.
+    assert_eq!(sent[0].0, UpdateTopic::Report);
+    let report = UpdateReport::decode(&sent[0].1).unwrap();
+    assert_eq!(
+        (report.state, report.received, report.total),
+        (UpdateState::Downloading, 0, 8)
+    );
+    let asked: Vec<u32> = sent[1..]
+        .iter()
+        .map(|(t, b)| {
+            assert_eq!(*t, UpdateTopic::Request);
+            BlockRequest::decode(b).unwrap().first
+        })
+        .collect();
+    assert_eq!(asked.len(), WINDOW);
+    assert!(
+        !saved.is_empty(),
+        "the record is saved once the job is taken"
+    );
+    assert_eq!(s.poll_timeout(), Some(1_000 + 5_000));
+
+    // Two blocks arrive; the device restarts.
+    for &i in &asked[..2] {
+        let b = Block {
+            job_id: "job-7",
+            index: i,
+            data: blocks_of(&img)[i as usize],
+        };
+        let m = b.encode(&mut wire).unwrap();
+        s.handle(UpdateTopic::Block, &wire[..m], running).unwrap();
+    }
+    drain(&mut s, 1_100, &mut saved);
+    let slot = std::mem::take(s.slot_mut());
+    let mut s = UpdateSession::new(*fleet.pk, slot);
+    s.resume(&saved).unwrap();
+    s.boot(false, || unreachable!("not on trial"));
+    let sent = drain(&mut s, 2_000, &mut saved);
+    let report = UpdateReport::decode(&sent[0].1).unwrap();
+    assert_eq!(
+        (report.state, report.received),
+        (UpdateState::Downloading, 2)
+    );
+    // What it asks now are blocks it does not have.
+    let mut have: Vec<u32> = asked[..2].to_vec();
+    let mut pending: Vec<u32> = sent[1..]
+        .iter()
+        .map(|(_, b)| BlockRequest::decode(b).unwrap().first)
+        .collect();
+    assert!(pending.iter().all(|i| !have.contains(i)));
+    // Serve every request until the image is in; nothing is asked twice.
+    let mut restart = false;
+    let mut reports = Vec::new();
+    while let Some(i) = pending.pop() {
+        assert!(!have.contains(&i), "block {i} asked twice");
+        have.push(i);
+        let b = Block {
+            job_id: "job-7",
+            index: i,
+            data: blocks_of(&img)[i as usize],
+        };
+        let m = b.encode(&mut wire).unwrap();
+        s.handle(UpdateTopic::Block, &wire[..m], running).unwrap();
+        for (t, bytes) in drain(&mut s, 2_100, &mut saved) {
+            match t {
+                UpdateTopic::Request => pending.push(BlockRequest::decode(&bytes).unwrap().first),
+                _ => reports.push(UpdateReport::decode(&bytes).unwrap().state),
+            }
+        }
+        restart |= s.take_restart();
+    }
+    assert_eq!(have.len(), 8);
+    assert_eq!(reports, [UpdateState::Verifying, UpdateState::Verified]);
+    assert!(restart, "a verified image asks for the restart");
+    assert!(s.slot_mut().trial);
+
+    // The trial boot: the self-test fails, the slot is reverted, and a
+    // restart back to the old image is due.
+    let slot = std::mem::take(s.slot_mut());
+    let mut s = UpdateSession::new(*fleet.pk, slot);
+    s.resume(&saved).unwrap();
+    s.boot(true, || false);
+    let sent = drain(&mut s, 3_000, &mut saved);
+    let report = UpdateReport::decode(&sent[0].1).unwrap();
+    assert_eq!(
+        (report.state, report.reason),
+        (UpdateState::Rejected, Some(UpdateReason::SelfTestFailed))
+    );
+    assert!(s.take_restart());
+    assert!(s.slot_mut().reverted);
+}
+
+#[test]
+fn a_session_reports_a_refused_job_and_refuses_what_does_not_read() {
+    use lanyard_core::update::messages::UpdateTopic;
+    let fleet = key(5);
+    let img = image(1_000);
+    let job = job(&img, "1.0.0", &fleet); // older than the running one
+    let mut wire = [0u8; 512];
+    let n = job.encode(&mut wire).unwrap();
+    let running = Running {
+        version: "1.4.2",
+        degraded: false,
+    };
+    let mut saved = Vec::new();
+    let mut s = UpdateSession::new(*fleet.pk, RamSlot::default());
+    s.handle(UpdateTopic::Job, &wire[..n], running).unwrap();
+    let sent = drain(&mut s, 1, &mut saved);
+    assert_eq!(sent.len(), 1);
+    let report = UpdateReport::decode(&sent[0].1).unwrap();
+    assert_eq!(
+        (report.job_id, report.state, report.reason),
+        (
+            "job-7",
+            UpdateState::Rejected,
+            Some(UpdateReason::Downgrade)
+        )
+    );
+    assert!(saved.is_empty(), "a refused job keeps no record");
+    // Blocks larger than the device's link carries: refused as such.
+    let newer = self::job(&img, "2.0.0", &fleet);
+    let n = newer.encode(&mut wire).unwrap();
+    let mut small = UpdateSession::new(*fleet.pk, RamSlot::default()).with_max_block_size(256);
+    small.handle(UpdateTopic::Job, &wire[..n], running).unwrap();
+    let sent = drain(&mut small, 1, &mut saved);
+    assert_eq!(
+        UpdateReport::decode(&sent[0].1).unwrap().reason,
+        Some(UpdateReason::BadBlock)
+    );
+    assert_eq!(s.slot_mut().bytes.len(), 0, "nor touches the slot");
+    // Bytes that are no job, and a topic only devices send.
+    assert!(s.handle(UpdateTopic::Job, &[0xff, 0x00], running).is_err());
+    assert!(s.handle(UpdateTopic::Report, &[0xa0], running).is_err());
+    assert!(drain(&mut s, 2, &mut saved).is_empty());
+    assert!(s.updater().state().is_none());
 }

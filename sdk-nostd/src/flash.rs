@@ -20,18 +20,22 @@ pub const HEADER_LEN: usize = 16;
 const STAGE: usize = 64;
 
 /// A [`Storage`] on NOR flash: `sector_size` bytes per sector, two sectors
-/// per slot, from `base` on (AgentState at `base`, Credentials after it).
-/// Records may be up to `sector_size - HEADER_LEN` bytes.
+/// per slot, from `base` on (AgentState at `base`, Credentials after it,
+/// and the firmware update's record after those if
+/// [asked for](FlashStore::with_update_record)). Records may be up to
+/// `sector_size - HEADER_LEN` bytes.
 pub struct FlashStore<F> {
     flash: F,
     base: u32,
     sector_size: u32,
+    slots: u32,
 }
 
 fn slot_index(slot: StorageSlot) -> u32 {
     match slot {
         StorageSlot::AgentState => 0,
         StorageSlot::Credentials => 1,
+        StorageSlot::UpdateRecord => 2,
     }
 }
 
@@ -49,7 +53,20 @@ impl<F: NorFlash> FlashStore<F> {
             flash,
             base,
             sector_size,
+            slots: 2,
         }
+    }
+
+    /// Keeps the firmware update's download record too, in two more
+    /// sectors (six in all). Without it, that record is not kept (a
+    /// restart starts a download over) and the store spans four sectors.
+    pub fn with_update_record(mut self) -> Self {
+        self.slots = 3;
+        self
+    }
+
+    fn holds(&self, slot: StorageSlot) -> bool {
+        slot_index(slot) < self.slots
     }
 
     /// The flash back.
@@ -123,6 +140,9 @@ impl<F: NorFlash> FlashStore<F> {
 
 impl<F: NorFlash> Storage for FlashStore<F> {
     fn load(&mut self, slot: StorageSlot, buf: &mut [u8]) -> Result<usize, StorageError> {
+        if !self.holds(slot) {
+            return Ok(0);
+        }
         match self.newest(slot) {
             Some((half, h)) => {
                 let len = h.len as usize;
@@ -148,7 +168,7 @@ impl<F: NorFlash> Storage for FlashStore<F> {
         len: usize,
         write: &mut RecordWriter<'_>,
     ) -> Result<(), StorageError> {
-        if len > self.max_record_len() {
+        if len > self.max_record_len() || !self.holds(slot) {
             return Err(StorageError::TooLarge);
         }
         // Pieces are gathered into whole write units; flashes whose unit
@@ -220,7 +240,7 @@ impl<F: NorFlash> Storage for FlashStore<F> {
     /// that failed without saying so) is an error, so that a device never
     /// takes its keys for gone when they are not.
     fn wipe(&mut self) -> Result<(), StorageError> {
-        let end = self.base + 4 * self.sector_size;
+        let end = self.base + 2 * self.slots * self.sector_size;
         self.flash
             .erase(self.base, end)
             .map_err(|_| StorageError::Io)?;
@@ -391,6 +411,38 @@ mod tests {
     use std::vec::Vec;
 
     type Flash = RamFlash<{ 8 * 1024 }>;
+
+    #[test]
+    fn the_update_record_is_kept_only_when_asked_for_and_wiped_with_the_rest() {
+        let mut plain = store();
+        assert_eq!(
+            plain.store(StorageSlot::UpdateRecord, b"blocks"),
+            Err(StorageError::TooLarge)
+        );
+        assert_eq!(plain.load(StorageSlot::UpdateRecord, &mut [0u8; 16]), Ok(0));
+        // Sectors past the four of a plain store are not its to erase.
+        let mut flash = plain.into_inner();
+        flash.write(5 * 1024, &[0x11; 4]).unwrap();
+        let mut plain = FlashStore::new(flash, 0, 1024);
+        plain.wipe().unwrap();
+        assert_eq!(plain.into_inner().bytes()[5 * 1024], 0x11);
+
+        let mut s = FlashStore::new(Flash::new(), 0, 1024).with_update_record();
+        s.store(StorageSlot::AgentState, b"state").unwrap();
+        s.store(StorageSlot::UpdateRecord, b"blocks").unwrap();
+        s.store(StorageSlot::UpdateRecord, b"more blocks").unwrap();
+        let mut buf = [0u8; 32];
+        assert_eq!(s.load(StorageSlot::UpdateRecord, &mut buf), Ok(11));
+        assert_eq!(&buf[..11], b"more blocks");
+        assert_eq!(s.load(StorageSlot::AgentState, &mut buf), Ok(5));
+        s.wipe().unwrap();
+        assert_eq!(s.load(StorageSlot::UpdateRecord, &mut buf), Ok(0));
+        assert!(
+            s.into_inner().bytes()[..6 * 1024]
+                .iter()
+                .all(|b| *b == 0xff)
+        );
+    }
 
     fn store() -> FlashStore<Flash> {
         FlashStore::new(Flash::new(), 0, 1024)

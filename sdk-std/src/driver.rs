@@ -662,8 +662,7 @@ impl<T: Transport, const M: usize, const L: usize, const B: usize> DeviceDriver<
                 return self.finish(std::time::Duration::from_secs(5)).await;
             }
             self.flush().await?;
-            let now = self.clock.now_ms();
-            let next_update = self.updates.as_ref().and_then(|u| u.next_tick(now));
+            let next_update = self.updates.as_ref().and_then(|u| u.next_tick());
             let wait = match (self.agent.poll_timeout(), next_update) {
                 (Some(a), Some(b)) => self.clock.real_wait_until(a.min(b)),
                 (Some(at), None) | (None, Some(at)) => self.clock.real_wait_until(at),

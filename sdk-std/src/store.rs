@@ -188,6 +188,7 @@ impl FileStore {
         self.dir.join(match slot {
             StorageSlot::AgentState => "agent-state.cbor",
             StorageSlot::Credentials => "credentials.bin",
+            StorageSlot::UpdateRecord => "update.record",
         })
     }
 }
@@ -221,6 +222,7 @@ impl Storage for FileStore {
         for path in [
             self.path(StorageSlot::AgentState),
             self.path(StorageSlot::Credentials),
+            self.path(StorageSlot::UpdateRecord),
             pending,
         ] {
             match fs::remove_file(path) {

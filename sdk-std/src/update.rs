@@ -15,8 +15,9 @@
 use std::io::{Read, Seek, SeekFrom, Write};
 use std::path::{Path, PathBuf};
 
-use lanyard_core::update::messages::{Block, UpdateJob, UpdateTopic};
-use lanyard_core::update::{Offer, RECORD_MAX, SlotError, Stored, UpdateSlot, Updater, WINDOW};
+use lanyard_core::agent::platform::{Storage, StorageSlot};
+use lanyard_core::update::messages::UpdateTopic;
+use lanyard_core::update::{RECORD_MAX, Running, SlotError, UpdateSession, UpdateSlot, Updater};
 pub use lanyard_nostd::update_slot::BootRequest;
 
 use crate::store::FileStore;
@@ -146,12 +147,12 @@ impl UpdateSlot for FileSlot {
 /// A message the updater sends: its topic and bytes.
 pub type Outgoing = (UpdateTopic, Vec<u8>);
 
-/// A device's firmware updates, for its driver. See the [module](self).
+/// A device's firmware updates, for its driver: the core's
+/// [`UpdateSession`] on a [`FileSlot`], its record in the device's state
+/// directory. See the [module](self).
 pub struct DeviceUpdates {
-    updater: Updater,
-    slot: FileSlot,
+    session: UpdateSession<FileSlot>,
     store: FileStore,
-    record: PathBuf,
     running_version: String,
     self_test: Box<dyn FnMut() -> bool + Send>,
     restart: Box<dyn FnMut() + Send>,
@@ -161,7 +162,7 @@ pub struct DeviceUpdates {
 impl std::fmt::Debug for DeviceUpdates {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("DeviceUpdates")
-            .field("state", &self.updater.state())
+            .field("state", &self.session.updater().state())
             .field("running_version", &self.running_version)
             .finish_non_exhaustive()
     }
@@ -169,6 +170,9 @@ impl std::fmt::Debug for DeviceUpdates {
 
 /// The file of the download record in the device's state directory.
 pub const RECORD_FILE: &str = "update.record";
+
+/// Bytes read at a time when the image is verified.
+const VERIFY_CHUNK: usize = 64 * 1024;
 
 impl DeviceUpdates {
     /// Updates trusting images signed with the fleet's Ed25519 `key`,
@@ -178,18 +182,16 @@ impl DeviceUpdates {
     /// back; one that does not read is set aside (renamed `.damaged`) and
     /// the job starts over when offered again.
     pub fn new(key: [u8; 32], slot: FileSlot, store: FileStore, running_version: &str) -> Self {
-        let record = store.dir().join(RECORD_FILE);
-        let mut updater = Updater::new(key);
+        let record = store.path(StorageSlot::UpdateRecord);
+        let mut session = UpdateSession::new(key, slot);
         if let Ok(Some(bytes)) = store.read_record(&record) {
-            if updater.resume(&bytes).is_err() {
+            if session.resume(&bytes).is_err() {
                 let _ = std::fs::rename(&record, record.with_extension("damaged"));
             }
         }
         DeviceUpdates {
-            updater,
-            slot,
+            session,
             store,
-            record,
             running_version: running_version.to_owned(),
             self_test: Box::new(|| true),
             restart: Box::new(|| {}),
@@ -212,71 +214,58 @@ impl DeviceUpdates {
 
     /// The updater's state.
     pub fn updater(&self) -> &Updater {
-        &self.updater
+        self.session.updater()
     }
 
-    fn save(&mut self) {
-        let mut out = vec![0u8; RECORD_MAX];
-        if let Ok(n) = self.updater.save(&mut out) {
-            if n > 0 && self.store.write_record(&self.record, &out[..n]).is_err() {
-                #[cfg(feature = "runtime")]
-                tracing::error!(file = %self.record.display(), "update record not saved");
+    /// What the session has to send, each record saved before the
+    /// messages after it.
+    fn drain(&mut self, now: u64) -> Vec<Outgoing> {
+        let mut out = Vec::new();
+        let mut buf = vec![0u8; VERIFY_CHUNK.max(RECORD_MAX)];
+        loop {
+            self.save(&mut buf);
+            match self.session.poll_transmit(now, &mut buf) {
+                Ok(Some((topic, n))) => out.push((topic, buf[..n].to_vec())),
+                Ok(None) => break,
+                // A report always fits the buffer: nothing to send.
+                Err(_) => break,
             }
         }
-    }
-
-    fn report(&self, now: u64, out: &mut Vec<Outgoing>) {
-        if let Some(r) = self.updater.report(now) {
-            let mut buf = [0u8; 128];
-            if let Ok(n) = r.encode(&mut buf) {
-                out.push((UpdateTopic::Report, buf[..n].to_vec()));
-            }
+        self.save(&mut buf);
+        if self.session.take_restart() {
+            self.restart_pending = true;
         }
+        out
     }
 
-    fn requests(&mut self, now: u64, out: &mut Vec<Outgoing>) {
-        let mut want = [0u32; WINDOW];
-        let n = self.updater.wanted(now, &mut want);
-        let Some(report) = self.updater.report(now) else {
-            return;
-        };
-        let job_id = report.job_id.to_owned();
-        for &first in &want[..n] {
-            let req = lanyard_core::update::messages::BlockRequest {
-                job_id: &job_id,
-                first,
-                count: 1,
-            };
-            let mut buf = [0u8; 64];
-            if let Ok(len) = req.encode(&mut buf) {
-                out.push((UpdateTopic::Request, buf[..len].to_vec()));
-            }
+    fn save(&mut self, buf: &mut [u8]) {
+        if let Some(Ok(n)) = self.session.take_record(buf)
+            && n > 0
+            && self
+                .store
+                .store(StorageSlot::UpdateRecord, &buf[..n])
+                .is_err()
+        {
+            #[cfg(feature = "runtime")]
+            tracing::error!(
+                file = %self.store.path(StorageSlot::UpdateRecord).display(),
+                "update record not saved"
+            );
         }
     }
 
     /// At start: the restart's outcome (on trial, the self-test decides;
     /// rolled back), reported, and a download under way asked for again.
     pub fn boot(&mut self, now: u64) -> Vec<Outgoing> {
-        let mut out = Vec::new();
-        if self.updater.state().is_none() {
-            return out;
-        }
-        let running_trial = self.slot.boot().unwrap_or(false);
-        self.updater.booted(running_trial);
-        if self.updater.state() == Some(lanyard_core::update::messages::UpdateState::Testing) {
-            let passed = (self.self_test)();
-            if self.updater.self_test(passed, &mut self.slot).is_ok() && !passed {
-                self.restart_pending = true;
-            }
-        }
-        self.save();
-        self.report(now, &mut out);
-        self.requests(now, &mut out);
-        out
+        let running_trial = self.session.updater().state().is_some()
+            && self.session.slot_mut().boot().unwrap_or(false);
+        self.session.boot(running_trial, &mut self.self_test);
+        self.drain(now)
     }
 
     /// A message on one of the update topics, and whether the device is
-    /// in degraded mode: what to send back.
+    /// in degraded mode: what to send back. One that does not read
+    /// changes nothing.
     pub fn inbound(
         &mut self,
         now: u64,
@@ -284,91 +273,22 @@ impl DeviceUpdates {
         payload: &[u8],
         degraded: bool,
     ) -> Vec<Outgoing> {
-        let mut out = Vec::new();
-        match topic {
-            UpdateTopic::Job => {
-                let Ok(job) = UpdateJob::decode(payload) else {
-                    return out;
-                };
-                let offer = Offer {
-                    running_version: &self.running_version,
-                    slot_capacity: self.slot.capacity(),
-                    degraded,
-                };
-                let was = self.updater.state();
-                match self.updater.offer(&job, offer) {
-                    Ok(()) => {
-                        let fresh = was.is_none_or(|s| s.is_final())
-                            || self.updater.report(now).is_some_and(|r| r.received == 0);
-                        if fresh && self.slot.erase().is_err() {
-                            self.updater.cancel(job.job_id);
-                        }
-                        self.save();
-                        self.report(now, &mut out);
-                        self.requests(now, &mut out);
-                    }
-                    Err(reason) => {
-                        let r = lanyard_core::update::messages::UpdateReport {
-                            job_id: job.job_id,
-                            state: lanyard_core::update::messages::UpdateState::Rejected,
-                            received: 0,
-                            total: job.blocks(),
-                            reason: Some(reason),
-                            time_ms: now,
-                        };
-                        let mut buf = [0u8; 128];
-                        if let Ok(n) = r.encode(&mut buf) {
-                            out.push((UpdateTopic::Report, buf[..n].to_vec()));
-                        }
-                    }
-                }
-            }
-            UpdateTopic::Block => {
-                let Ok(block) = Block::decode(payload) else {
-                    return out;
-                };
-                match self.updater.block(&block, &mut self.slot) {
-                    Ok(Stored::Progress { .. }) => {
-                        self.save();
-                        self.requests(now, &mut out);
-                    }
-                    Ok(Stored::Complete) => {
-                        self.save();
-                        self.report(now, &mut out);
-                        let mut buf = vec![0u8; 64 * 1024];
-                        let verified = self.updater.verify(&mut self.slot, &mut buf).is_ok();
-                        self.save();
-                        self.report(now, &mut out);
-                        if verified {
-                            self.restart_pending = true;
-                        }
-                    }
-                    Ok(_) | Err(_) => {}
-                }
-            }
-            UpdateTopic::Cancel => {
-                if let Ok(id) = minicbor::decode::<&str>(payload) {
-                    self.updater.cancel(id);
-                    self.save();
-                    self.report(now, &mut out);
-                }
-            }
-            UpdateTopic::Request | UpdateTopic::Report => {}
-        }
-        out
+        let running = Running {
+            version: &self.running_version,
+            degraded,
+        };
+        let _ = self.session.handle(topic, payload, running);
+        self.drain(now)
     }
 
     /// Blocks asked for that did not come, asked again when due.
     pub fn tick(&mut self, now: u64) -> Vec<Outgoing> {
-        let mut out = Vec::new();
-        self.requests(now, &mut out);
-        out
+        self.drain(now)
     }
 
-    /// When [`DeviceUpdates::tick`] should run next (a download under way).
-    pub fn next_tick(&self, now: u64) -> Option<u64> {
-        (self.updater.state() == Some(lanyard_core::update::messages::UpdateState::Downloading))
-            .then_some(now + 1_000)
+    /// When [`DeviceUpdates::tick`] should run next (a block awaited).
+    pub fn next_tick(&self) -> Option<u64> {
+        self.session.poll_timeout()
     }
 
     /// Restarts into the other image if one is due (a verified download,

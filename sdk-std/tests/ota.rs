@@ -247,16 +247,26 @@ async fn a_device_stopped_mid_download_resumes_without_the_blocks_it_had() {
     let (stop, task, _restart) = device(broker.port, dir.path(), *key.pk, "1.0.0", true);
     tokio::time::sleep(Duration::from_millis(500)).await;
     server.offer("job-2");
-    server
-        .until("a third downloaded", |s, _| s == UpdateState::Downloading)
-        .await;
+    // Stopped once 12 of its 40 blocks were served: the server is held
+    // (its lock taken) from that moment until the device is gone, so the
+    // download cannot finish first however fast the machine.
     let deadline = Instant::now() + Duration::from_secs(30);
-    while server.shared.lock().unwrap().served(DEVICE).len() < 12 {
-        assert!(Instant::now() < deadline);
-        tokio::time::sleep(Duration::from_millis(5)).await;
+    loop {
+        let stopped = {
+            let held = server.shared.lock().unwrap();
+            let enough = held.served(DEVICE).len() >= 12;
+            if enough {
+                // Gone, as a power cut would take it.
+                task.abort();
+            }
+            enough
+        };
+        if stopped {
+            break;
+        }
+        assert!(Instant::now() < deadline, "the download did not start");
+        tokio::time::sleep(Duration::from_millis(1)).await;
     }
-    // Gone, as a power cut would take it.
-    task.abort();
     let _ = task.await;
     drop(stop);
     let running = device(broker.port, dir.path(), *key.pk, "1.0.0", true);

@@ -13,6 +13,9 @@ pub enum StorageSlot {
     /// Device credentials (certificates, keys), opaque to the agent; only
     /// ever wiped by it, at decommissioning.
     Credentials,
+    /// The download record of a firmware update (which blocks are in),
+    /// saved by the update driver after every block; wiped with the rest.
+    UpdateRecord,
 }
 
 /// A storage failure, reported by the platform.

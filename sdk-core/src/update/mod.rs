@@ -60,6 +60,7 @@
 //! ```
 
 pub mod messages;
+pub mod session;
 
 use heapless::String;
 use minicbor::Encoder;
@@ -68,6 +69,8 @@ use sha2::{Digest, Sha256};
 use crate::agent::messages::{read_code, req, whole};
 use crate::error::{DecodeError, Error};
 use crate::wire::{cbor, each_field};
+pub use session::{Running, UpdateSession};
+
 use messages::{
     Block, MANIFEST_MAX, MAX_BLOCK_SIZE, MAX_JOB_ID, MAX_VERSION, UpdateJob, UpdateReason,
     UpdateReport, UpdateState,
@@ -120,6 +123,15 @@ pub struct Offer<'a> {
     pub slot_capacity: u32,
     /// Whether the device is in degraded mode (low battery, bad health).
     pub degraded: bool,
+}
+
+/// How an offered job was taken.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Taken {
+    /// A new job: erase the slot, then save the record.
+    Started,
+    /// The job under way, offered again: its blocks are kept.
+    Resumed,
 }
 
 /// What a block did.
@@ -225,12 +237,13 @@ impl Updater {
     }
 
     /// Takes `job` or says why not. A job already under way with the same
-    /// id is taken again as it stands (its blocks kept). Once taken, the
-    /// platform erases the slot and saves the [record](Updater::save).
-    pub fn offer(&mut self, job: &UpdateJob<'_>, at: Offer<'_>) -> Result<(), UpdateReason> {
+    /// id is taken again as it stands (its blocks kept). A job
+    /// [started](Taken::Started) needs its slot erased before the
+    /// [record](Updater::save) is saved.
+    pub fn offer(&mut self, job: &UpdateJob<'_>, at: Offer<'_>) -> Result<Taken, UpdateReason> {
         if let Some(current) = &self.job {
             if current.id.as_str() == job.job_id && !current.state.is_final() {
-                return Ok(());
+                return Ok(Taken::Resumed);
             }
             if !current.state.is_final() {
                 return Err(UpdateReason::Busy);
@@ -265,7 +278,29 @@ impl Updater {
             reason: None,
         });
         self.asked = [None; WINDOW];
-        Ok(())
+        Ok(Taken::Started)
+    }
+
+    /// When a block asked for will be due to be asked again, if any is
+    /// awaited.
+    pub fn next_ask(&self) -> Option<u64> {
+        if self.state() != Some(UpdateState::Downloading) {
+            return None;
+        }
+        self.asked
+            .iter()
+            .flatten()
+            .map(|(_, at)| at + BLOCK_TIMEOUT_MS)
+            .min()
+    }
+
+    /// The job under way fails on the device's side (its slot cannot be
+    /// erased): aborted with `reason`.
+    pub fn abort(&mut self, reason: UpdateReason) {
+        if let Some(job) = self.job.as_mut().filter(|j| !j.state.is_final()) {
+            job.state = UpdateState::Aborted;
+            job.reason = Some(reason);
+        }
     }
 
     /// The blocks to ask for now (at most [`WINDOW`] in flight; one not

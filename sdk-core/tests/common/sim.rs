@@ -25,6 +25,7 @@ fn slot_name(s: StorageSlot) -> &'static str {
     match s {
         StorageSlot::AgentState => "state",
         StorageSlot::Credentials => "credentials",
+        StorageSlot::UpdateRecord => "update",
     }
 }
 
