@@ -2,10 +2,11 @@
 //! and whatever it passes on is a payload whose frame decodes to itself.
 //! Each payload also goes through the envelope decoder (the bridge's and
 //! the device driver's next step): no panic, and an accepted envelope
-//! re-encodes to one with the same topic and message.
+//! re-encodes to one with the same topic and message; the same for the
+//! firmware update topics' envelopes.
 #![no_main]
 
-use lanyard_nostd::envelope::{decode_envelope, encode_with_topic};
+use lanyard_nostd::envelope::{decode_envelope, decode_update_envelope, encode_with_topic};
 use lanyard_nostd::frame::{FrameDecoder, encode_frame, max_frame_len};
 use libfuzzer_sys::fuzz_target;
 
@@ -23,6 +24,15 @@ fuzz_target!(|data: &[u8]| {
             assert_eq!(
                 (again.topic, again.kind, again.message),
                 (e.topic, e.kind, e.message)
+            );
+        }
+        if let Ok(u) = decode_update_envelope(&p) {
+            let mut buf = vec![0u8; p.len() + 16];
+            let n = encode_with_topic(&u.topic.topic(u.device_id), u.message, &mut buf).unwrap();
+            assert_eq!(decode_update_envelope(&buf[..n]).unwrap(), u);
+            assert!(
+                decode_envelope(&p).is_err(),
+                "an update topic is no agent topic"
             );
         }
         let mut buf = vec![0u8; max_frame_len(p.len())];

@@ -33,7 +33,7 @@
 //! };
 //! driver.boot(0, &mut platform).unwrap();
 //! // A firmware calls this forever, sleeping (WFI) until the deadline.
-//! let Step { next_deadline_ms } = driver.poll(0, &mut platform).unwrap();
+//! let Step { next_deadline_ms, .. } = driver.poll(0, &mut platform).unwrap();
 //! assert!(next_deadline_ms.is_some()); // the registration retry
 //! assert_eq!(driver.stats().frames_out, 2); // lifecycle event and registration
 //! ```
@@ -83,6 +83,10 @@ pub struct Step {
     /// When to poll again at the latest (ms, the clock passed to `poll`);
     /// `None` when only an inbound frame can give the agent work.
     pub next_deadline_ms: Option<u64>,
+    /// A firmware update asks for a restart now (into a verified image on
+    /// trial, or back to the old one): everything it had to say was sent.
+    /// Always `false` from [`Driver::poll`].
+    pub restart_due: bool,
 }
 
 /// The agent on a framed serial link. `Q` and `M` are the agent's outbox
@@ -175,16 +179,68 @@ where
         now_ms: u64,
         platform: &mut Platform<'_>,
     ) -> Result<Step, DriverError<IO::Error>> {
+        self.turn(now_ms, platform, None)
+    }
+
+    /// [`Driver::poll`] for a device that takes firmware updates: frames
+    /// on the update topics go to `updates` (the device runs
+    /// `running_version`), and what it has to say is sent after the
+    /// agent's. Its download record is saved in the platform's storage
+    /// ([`StorageSlot::UpdateRecord`](lanyard_core::agent::platform::StorageSlot))
+    /// before anything more is sent. When [`Step::restart_due`] says so,
+    /// the firmware resets into the image its bootloader picks.
+    #[cfg(feature = "update")]
+    #[inline(never)]
+    pub fn poll_updating<S: lanyard_core::update::UpdateSlot>(
+        &mut self,
+        now_ms: u64,
+        platform: &mut Platform<'_>,
+        updates: &mut lanyard_core::update::UpdateSession<S>,
+        running_version: &str,
+    ) -> Result<Step, DriverError<IO::Error>> {
+        let mut hook = updating::Hook {
+            session: updates,
+            running_version,
+        };
+        self.turn(now_ms, platform, Some(&mut hook))
+    }
+
+    fn turn(
+        &mut self,
+        now_ms: u64,
+        platform: &mut Platform<'_>,
+        mut updates: Option<&mut dyn Updating>,
+    ) -> Result<Step, DriverError<IO::Error>> {
         loop {
             let Driver {
                 agent, link, stats, ..
             } = self;
             let got = link
-                .try_receive(|frame| deliver(agent, stats, now_ms, frame, platform))
+                .try_receive(|frame| {
+                    if let Some(u) = updates.as_deref_mut() {
+                        let degraded = agent.state()
+                            == lanyard_core::agent::lifecycle::LifecycleState::Degraded;
+                        match u.inbound(agent.device_id(), frame, degraded) {
+                            Taken::Yes => {
+                                stats.frames_in += 1;
+                                return;
+                            }
+                            Taken::Refused => {
+                                stats.refused += 1;
+                                return;
+                            }
+                            Taken::NotAnUpdate => {}
+                        }
+                    }
+                    deliver(agent, stats, now_ms, frame, platform)
+                })
                 .map_err(DriverError::Link)?;
             // Send between reads, so a burst of commands cannot overflow
             // the outbox with acknowledgements.
             self.flush()?;
+            if let Some(u) = updates.as_deref_mut() {
+                self.flush_updates(now_ms, u, platform)?;
+            }
             if !got {
                 break;
             }
@@ -193,9 +249,59 @@ where
             self.agent.handle_timeout(now_ms, platform);
             self.flush()?;
         }
-        Ok(Step {
+        let mut step = Step {
             next_deadline_ms: self.agent.poll_timeout(),
-        })
+            restart_due: false,
+        };
+        if let Some(u) = updates {
+            if u.timeout().is_some_and(|at| at <= now_ms) {
+                self.flush_updates(now_ms, u, platform)?;
+            }
+            step.restart_due = u.take_restart();
+            step.next_deadline_ms = match (step.next_deadline_ms, u.timeout()) {
+                (Some(a), Some(b)) => Some(a.min(b)),
+                (a, b) => a.or(b),
+            };
+        }
+        Ok(step)
+    }
+
+    /// Sends what the updates have to say, saving their record first.
+    fn flush_updates(
+        &mut self,
+        now_ms: u64,
+        updates: &mut dyn Updating,
+        platform: &mut Platform<'_>,
+    ) -> Result<(), DriverError<IO::Error>> {
+        let Driver {
+            agent,
+            link,
+            stats,
+            message,
+        } = self;
+        let mut failed = None;
+        updates.flush(
+            now_ms,
+            agent.device_id(),
+            message,
+            platform,
+            &mut |topic, bytes| {
+                let mut header = [0u8; MAX_HEADER_LEN];
+                // The header buffer holds the longest topic: cannot fail.
+                let h = encode_header(topic, bytes.len(), &mut header).unwrap_or(0);
+                match link.send_parts(&[&header[..h], bytes]) {
+                    Ok(()) => {
+                        stats.frames_out += 1;
+                        true
+                    }
+                    Err(e) => {
+                        failed = Some(e);
+                        false
+                    }
+                }
+            },
+        );
+        failed.map_or(Ok(()), |e| Err(DriverError::Link(e)))
     }
 
     /// Runs the loop until `stop` says so: `now` reads the clock (ms),
@@ -238,6 +344,37 @@ where
     }
 }
 
+/// What became of a frame offered to the updates.
+// Built only by the update hook (the `update` feature).
+#[cfg_attr(not(feature = "update"), allow(dead_code))]
+enum Taken {
+    /// An update message for this device, handled.
+    Yes,
+    /// An update message that was refused (for another device, of a
+    /// topic only devices send, or unreadable).
+    Refused,
+    /// Not on an update topic: the agent's.
+    NotAnUpdate,
+}
+
+/// A device's firmware updates as the driver's loop sees them (an object,
+/// so that one loop serves devices with and without updates).
+trait Updating {
+    fn inbound(&mut self, device_id: &str, frame: &[u8], degraded: bool) -> Taken;
+    /// Sends (through `send`, false once the link failed) what is due,
+    /// `buf` being the message buffer.
+    fn flush(
+        &mut self,
+        now_ms: u64,
+        device_id: &str,
+        buf: &mut [u8],
+        platform: &mut Platform<'_>,
+        send: &mut dyn FnMut(&str, &[u8]) -> bool,
+    );
+    fn timeout(&self) -> Option<u64>;
+    fn take_restart(&mut self) -> bool;
+}
+
 /// Hands one received frame to the agent, if it is for this device.
 fn deliver<P: TelemetryPolicy, const Q: usize, const M: usize>(
     agent: &mut Agent<P, Q, M>,
@@ -261,4 +398,103 @@ fn deliver<P: TelemetryPolicy, const Q: usize, const M: usize>(
     {
         stats.refused += 1;
     }
+}
+
+#[cfg(feature = "update")]
+mod updating {
+    use lanyard_core::agent::platform::{Platform, StorageSlot};
+    use lanyard_core::update::messages::UpdateTopic;
+    use lanyard_core::update::{RECORD_MAX, Running, UpdateSession, UpdateSlot};
+
+    use super::{Taken, Updating};
+    use crate::envelope::decode_update_envelope;
+
+    /// The session and what the device runs, for one turn of the loop.
+    pub(super) struct Hook<'a, 'v, S> {
+        pub(super) session: &'a mut UpdateSession<S>,
+        pub(super) running_version: &'v str,
+    }
+
+    impl<S: UpdateSlot> Updating for Hook<'_, '_, S> {
+        fn inbound(&mut self, device_id: &str, frame: &[u8], degraded: bool) -> Taken {
+            let Ok(e) = decode_update_envelope(frame) else {
+                return Taken::NotAnUpdate;
+            };
+            if e.device_id != device_id || e.topic.from_device() {
+                return Taken::Refused;
+            }
+            let running = Running {
+                version: self.running_version,
+                degraded,
+            };
+            match self.session.handle(e.topic, e.message, running) {
+                Ok(()) => Taken::Yes,
+                Err(_) => Taken::Refused,
+            }
+        }
+
+        fn flush(
+            &mut self,
+            now_ms: u64,
+            device_id: &str,
+            buf: &mut [u8],
+            platform: &mut Platform<'_>,
+            send: &mut dyn FnMut(&str, &[u8]) -> bool,
+        ) {
+            loop {
+                save(self.session, platform);
+                let Ok(Some((topic, n))) = self.session.poll_transmit(now_ms, buf) else {
+                    break;
+                };
+                let topic: heapless::String<128> = UpdateTopic::topic(topic, device_id);
+                if !send(&topic, &buf[..n]) {
+                    return;
+                }
+            }
+            save(self.session, platform);
+        }
+
+        fn timeout(&self) -> Option<u64> {
+            self.session.poll_timeout()
+        }
+
+        fn take_restart(&mut self) -> bool {
+            self.session.take_restart()
+        }
+    }
+
+    /// Saves the download record if it changed. A failed save is not
+    /// fatal: a restart then asks again for the blocks it lost.
+    fn save<S: UpdateSlot>(session: &mut UpdateSession<S>, platform: &mut Platform<'_>) {
+        let mut record = [0u8; RECORD_MAX];
+        if let Some(Ok(n)) = session.take_record(&mut record) {
+            let _ = platform
+                .storage
+                .store(StorageSlot::UpdateRecord, &record[..n]);
+        }
+    }
+}
+
+/// At boot, before the first [`Driver::poll_updating`]: takes back the
+/// download record `storage` kept (one that does not read is dropped and
+/// the job starts over when offered), and tells the session whether this
+/// boot runs the new image on trial (the bootloader's word): a verified
+/// image on trial runs `self_test`, and the outcome goes out with the
+/// next poll.
+#[cfg(feature = "update")]
+pub fn boot_updates<S: lanyard_core::update::UpdateSlot>(
+    session: &mut lanyard_core::update::UpdateSession<S>,
+    storage: &mut dyn lanyard_core::agent::platform::Storage,
+    running_trial: bool,
+    self_test: impl FnOnce() -> bool,
+) {
+    use lanyard_core::agent::platform::StorageSlot;
+    let mut record = [0u8; lanyard_core::update::RECORD_MAX];
+    if let Ok(n) = storage.load(StorageSlot::UpdateRecord, &mut record)
+        && n > 0
+        && session.resume(&record[..n]).is_err()
+    {
+        let _ = storage.store(StorageSlot::UpdateRecord, &[]);
+    }
+    session.boot(running_trial, self_test);
 }

@@ -115,8 +115,8 @@ pub fn encode_header(
     .map_err(|_| EnvelopeError::BufferTooSmall)
 }
 
-/// Reads an envelope and checks its topic.
-pub fn decode_envelope(frame: &[u8]) -> Result<Envelope<'_>, EnvelopeError> {
+/// Reads an envelope's two items: its topic and its message.
+fn split(frame: &[u8]) -> Result<(&str, &[u8]), EnvelopeError> {
     // A two-item array, in the one-byte head every encoder writes for it
     // (read as a byte: minicbor's array reader costs the firmware 0.5 KB).
     if frame.first() != Some(&0x82) {
@@ -132,11 +132,42 @@ pub fn decode_envelope(frame: &[u8]) -> Result<Envelope<'_>, EnvelopeError> {
     if topic.len() > MAX_TOPIC_LEN {
         return Err(EnvelopeError::UnknownTopic);
     }
+    Ok((topic, message))
+}
+
+/// Reads an envelope and checks its topic.
+pub fn decode_envelope(frame: &[u8]) -> Result<Envelope<'_>, EnvelopeError> {
+    let (topic, message) = split(frame)?;
     let (device_id, kind) = MessageKind::parse_topic(topic).ok_or(EnvelopeError::UnknownTopic)?;
     Ok(Envelope {
         topic,
         device_id,
         kind,
+        message,
+    })
+}
+
+/// A decoded envelope of a firmware update message, borrowing the frame.
+#[cfg(feature = "update")]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct UpdateEnvelope<'a> {
+    /// The device the topic names.
+    pub device_id: &'a str,
+    /// The update topic.
+    pub topic: lanyard_core::update::messages::UpdateTopic,
+    /// The message bytes.
+    pub message: &'a [u8],
+}
+
+/// Reads an envelope on one of the firmware update topics.
+#[cfg(feature = "update")]
+pub fn decode_update_envelope(frame: &[u8]) -> Result<UpdateEnvelope<'_>, EnvelopeError> {
+    let (topic, message) = split(frame)?;
+    let (device_id, topic) = lanyard_core::update::messages::UpdateTopic::parse(topic)
+        .ok_or(EnvelopeError::UnknownTopic)?;
+    Ok(UpdateEnvelope {
+        device_id,
+        topic,
         message,
     })
 }

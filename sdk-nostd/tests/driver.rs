@@ -280,3 +280,139 @@ fn acks_final(rig: &Rig) -> Option<AckStatus> {
         .map(|s| Ack::decode(&s.2).unwrap().status)
         .next_back()
 }
+
+/// The driver carries firmware updates beside the agent: a job and its
+/// blocks arrive as frames on the update topics; the device asks for the
+/// blocks, keeps its record in the platform's storage, verifies the image
+/// and asks for the restart; frames for another device are refused.
+#[cfg(feature = "update")]
+#[test]
+fn the_driver_carries_a_firmware_update_to_its_verified_end() {
+    use lanyard_core::update::UpdateSession;
+    use lanyard_core::update::messages::{
+        Block, BlockRequest, MANIFEST_MAX, UpdateJob, UpdateReport, UpdateState, UpdateTopic,
+    };
+    use lanyard_nostd::driver::boot_updates;
+    use lanyard_nostd::envelope::decode_update_envelope;
+    use lanyard_nostd::flash::{FlashStore, RamFlash};
+    use lanyard_nostd::update_slot::{BootRequest, FlashSlot};
+
+    let pair = ed25519_compact::KeyPair::from_seed(ed25519_compact::Seed::new([3; 32]));
+    let image: Vec<u8> = (0..3000u32).map(|i| (i * 7 % 253) as u8).collect();
+    let mut job = UpdateJob {
+        job_id: "fw-9",
+        version: "2.0.0",
+        size: image.len() as u32,
+        sha256: lanyard_core::update::sha256(&image),
+        signature: [0; 64],
+        block_size: 128,
+        allow_downgrade: false,
+        force: false,
+    };
+    let mut m = [0u8; MANIFEST_MAX];
+    let n = job.manifest(&mut m).unwrap();
+    job.signature = *pair.sk.sign(&m[..n], None);
+
+    let mut rig = Rig::new();
+    rig.boot();
+    let mut store = FlashStore::new(RamFlash::<{ 6 * 1024 }>::new(), 0, 1024).with_update_record();
+    let slot = FlashSlot::new(RamFlash::<{ 5 * 1024 }>::new(), 0, 4 * 1024, 1024);
+    let mut session = UpdateSession::new(*pair.pk, slot);
+    boot_updates(&mut session, &mut store, false, || unreachable!());
+
+    let frame_of = |topic: UpdateTopic, id: &str, msg: &[u8]| {
+        let mut env = vec![0u8; 600];
+        let e = encode_with_topic(&topic.topic(id), msg, &mut env).unwrap();
+        env.truncate(e);
+        env
+    };
+    let poll = |rig: &mut Rig,
+                session: &mut UpdateSession<_>,
+                store: &mut FlashStore<_>,
+                now: u64|
+     -> (Vec<(UpdateTopic, Vec<u8>)>, bool) {
+        let mut platform = Platform {
+            storage: store,
+            probe: &mut Board::default(),
+            telemetry: &mut Board::default(),
+            commands: &mut rig.board,
+            desired: &mut lanyard_core::agent::platform::MirrorDesired,
+        };
+        let step = rig
+            .driver
+            .poll_updating(now, &mut platform, session, "1.0.0")
+            .unwrap();
+        let bytes = std::mem::take(&mut *rig.port.from_device.borrow_mut());
+        let mut out = Vec::new();
+        rig.cloud_rx.feed(&bytes, |frame| {
+            if let Ok(u) = decode_update_envelope(frame) {
+                assert_eq!(u.device_id, ID);
+                out.push((u.topic, u.message.to_vec()));
+            }
+        });
+        (out, step.restart_due)
+    };
+
+    let mut wire = [0u8; 512];
+    let n = job.encode(&mut wire).unwrap();
+    // Another device's job, and a topic only devices send: refused.
+    let refused_before = rig.driver.stats().refused;
+    let other = frame_of(UpdateTopic::Job, "ly-020000000009", &wire[..n]);
+    rig.send_raw(&other);
+    let report_topic = frame_of(UpdateTopic::Report, ID, &wire[..n]);
+    rig.send_raw(&report_topic);
+    let (out, _) = poll(&mut rig, &mut session, &mut store, 1_000);
+    assert!(out.is_empty());
+    assert_eq!(rig.driver.stats().refused, refused_before + 2);
+
+    let mine = frame_of(UpdateTopic::Job, ID, &wire[..n]);
+    rig.send_raw(&mine);
+    let (mut out, _) = poll(&mut rig, &mut session, &mut store, 1_100);
+    let (_, first) = out.remove(0);
+    assert_eq!(
+        UpdateReport::decode(&first).unwrap().state,
+        UpdateState::Downloading
+    );
+    let mut record = [0u8; 600];
+    assert!(
+        store.load(StorageSlot::UpdateRecord, &mut record).unwrap() > 0,
+        "the record is in the platform's storage"
+    );
+    let mut pending: Vec<u32> = out
+        .iter()
+        .map(|(t, b)| {
+            assert_eq!(*t, UpdateTopic::Request);
+            BlockRequest::decode(b).unwrap().first
+        })
+        .collect();
+    let mut sent = 0;
+    let mut states = Vec::new();
+    let mut restart = false;
+    while let Some(i) = pending.pop() {
+        sent += 1;
+        let data = image.chunks(128).nth(i as usize).unwrap();
+        let b = Block {
+            job_id: "fw-9",
+            index: i,
+            data,
+        };
+        let k = b.encode(&mut wire).unwrap();
+        rig.send_raw(&frame_of(UpdateTopic::Block, ID, &wire[..k]));
+        let (out, r) = poll(&mut rig, &mut session, &mut store, 1_200);
+        restart |= r;
+        for (t, bytes) in out {
+            match t {
+                UpdateTopic::Request => pending.push(BlockRequest::decode(&bytes).unwrap().first),
+                _ => states.push(UpdateReport::decode(&bytes).unwrap().state),
+            }
+        }
+    }
+    assert_eq!(sent, image.len().div_ceil(128), "each block asked once");
+    assert_eq!(states, [UpdateState::Verifying, UpdateState::Verified]);
+    assert!(restart, "a verified image asks for the restart");
+    assert_eq!(
+        session.slot_mut().boot_request(),
+        Ok(BootRequest::Trial),
+        "the bootloader is asked for a trial boot"
+    );
+}

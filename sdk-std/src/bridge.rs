@@ -12,7 +12,10 @@
 use std::future::Future;
 
 use lanyard_core::agent::messages::{MessageKind, parse_topic_in, topic, topic_in};
-use lanyard_nostd::envelope::{decode_envelope, encode_with_topic};
+use lanyard_core::update::messages::UpdateTopic;
+use lanyard_nostd::envelope::{
+    UpdateEnvelope, decode_envelope, decode_update_envelope, encode_with_topic,
+};
 use lanyard_nostd::frame::{FrameDecoder, LinkStats, encode_frame, max_frame_len};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 
@@ -228,6 +231,16 @@ impl<T: Transport> Bridge<T> {
                 .await
                 .map_err(BridgeError::Transport)?;
         }
+        // Firmware updates live in the shared namespace only (the std
+        // device takes them there too).
+        if self.tenant.is_none() {
+            for t in UpdateTopic::ALL.into_iter().filter(|t| !t.from_device()) {
+                self.transport
+                    .subscribe(&t.topic(device_id))
+                    .await
+                    .map_err(BridgeError::Transport)?;
+            }
+        }
         if self.fog.is_some() {
             let key = match &self.tenant {
                 Some(t) => format!("{t}/{device_id}"),
@@ -338,6 +351,9 @@ impl<T: Transport> Bridge<T> {
 
     /// Publishes one frame from the device, if the link may carry it.
     async fn publish_frame(&mut self, frame: &[u8]) -> Result<(), BridgeError> {
+        if let Ok(u) = decode_update_envelope(frame) {
+            return self.publish_update(u).await;
+        }
         // An id that is not a plain topic level (a wildcard, a separator)
         // would make the bridge subscribe to others' topics or publish to
         // an invalid one.
@@ -383,18 +399,46 @@ impl<T: Transport> Bridge<T> {
         Ok(())
     }
 
+    /// Publishes a firmware update message from the device (a block
+    /// request, a report), if it speaks for the link's device.
+    async fn publish_update(&mut self, u: UpdateEnvelope<'_>) -> Result<(), BridgeError> {
+        let mine = self.device_id.as_deref() == Some(u.device_id);
+        if !mine || !u.topic.from_device() || self.tenant.is_some() {
+            self.stats.misdirected += 1;
+            return Ok(());
+        }
+        self.transport
+            .publish(&u.topic.topic(u.device_id), u.message, Qos::AtLeastOnce)
+            .await
+            .map_err(BridgeError::Transport)?;
+        self.stats.to_cloud += 1;
+        Ok(())
+    }
+
     /// The frame for one inbound MQTT message, if it is for the device.
     fn frame_for_device(&mut self, mqtt_topic: &str, payload: &[u8]) -> Option<Vec<u8>> {
-        let parsed = parse_topic_in(self.tenant.as_deref(), mqtt_topic);
-        let kind = match (parsed, self.device_id.as_deref()) {
-            (Some((id, kind)), Some(mine)) if id == mine && !kind.from_device() => kind,
+        let device_topic = match UpdateTopic::parse(mqtt_topic) {
+            Some((id, t))
+                if self.tenant.is_none()
+                    && self.device_id.as_deref() == Some(id)
+                    && !t.from_device() =>
+            {
+                t.topic(id)
+            }
             _ => {
-                self.stats.misdirected += 1;
-                return None;
+                let parsed = parse_topic_in(self.tenant.as_deref(), mqtt_topic);
+                let kind = match (parsed, self.device_id.as_deref()) {
+                    (Some((id, kind)), Some(mine)) if id == mine && !kind.from_device() => kind,
+                    _ => {
+                        self.stats.misdirected += 1;
+                        return None;
+                    }
+                };
+                // The device speaks the shared namespace whatever its
+                // tenant.
+                topic(self.device_id.as_deref()?, kind)
             }
         };
-        // The device speaks the shared namespace whatever its tenant.
-        let device_topic = topic(self.device_id.as_deref()?, kind);
         let mut envelope = vec![0u8; device_topic.len() + payload.len() + 16];
         let n = encode_with_topic(&device_topic, payload, &mut envelope).ok()?;
         let mut frame = vec![0u8; max_frame_len(n)];
