@@ -8,8 +8,11 @@ constants (string literals, tables) cannot be attributed: they are listed
 as "unattributed". With --baseline, the same figures of a firmware built
 in the same run without Lanyard (examples/stm32's `baseline` binary: the
 same board code) and the difference: what the agent firmware adds, exactly.
-Usage: size-report.py ELF [--baseline ELF] [--budget-flash KiB]
-[--budget-ram KiB]; exits 1 if a budget is exceeded."""
+With --without, the difference to the same firmware built without a
+feature (what the feature costs), against --goal-added (printed, not
+enforced). Usage: size-report.py ELF [--baseline ELF] [--without ELF
+[--goal-added KiB]] [--budget-flash KiB] [--budget-ram KiB]; exits 1 if a
+budget is exceeded."""
 
 import argparse
 import re
@@ -88,6 +91,9 @@ def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("elf")
     ap.add_argument("--baseline", help="ELF of the same board without Lanyard")
+    ap.add_argument("--without", help="ELF of the same firmware without the feature measured")
+    ap.add_argument("--goal-added", type=float,
+                    help="KiB the feature should add at most (reported, not enforced)")
     ap.add_argument("--budget-flash", type=float, help="KiB")
     ap.add_argument("--budget-ram", type=float, help="KiB")
     a = ap.parse_args()
@@ -106,6 +112,14 @@ def main():
         print(f"  flash: {base_flash:>7} B = {base_flash / 1024:5.1f} KiB   RAM: {base_ram:>7} B")
         print(f"  the agent firmware adds {flash - base_flash} B of flash "
               f"({flash / max(base_flash, 1):.1f}x the baseline) and {ram - base_ram} B of static RAM")
+    if a.without:
+        _, w_flash, w_ram = flash_and_ram(a.without)
+        added = flash - w_flash
+        print(f"  against {a.without}: the feature adds {added} B = {added / 1024:.1f} KiB of flash "
+              f"and {ram - w_ram} B of static RAM")
+        if a.goal_added is not None:
+            verdict = "within" if added <= a.goal_added * 1024 else "OVER"
+            print(f"  goal for the feature {a.goal_added:g} KiB: {verdict} ({added / (a.goal_added * 1024):.2f} of it)")
     failed = False
     if a.budget_flash is not None:
         ok = flash <= a.budget_flash * 1024

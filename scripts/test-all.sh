@@ -98,6 +98,28 @@ typed="$PWD/examples/stm32/target/serde/thumbv7em-none-eabihf/release/lanyard-st
 echo "with typed telemetry (--features serde):"
 python3 scripts/size-report.py "$typed" | sed -n 2,3p
 LANYARD_STM32_ELF="$typed" cargo test -p lanyard-std --test qemu_stm32 -- --ignored
+# Firmware updates (--features update): three builds signed for a fleet key
+# made here (0.1.0 runs first; 0.2.0 is a good update; 0.3.0 fails its
+# self-test), as raw images, and the update and rollback in qemu.
+updates="$PWD/target/stm32-update"
+rm -rf "$updates" && mkdir -p "$updates"
+cargo run -q -p lanyard-std --bin lanyard -- ota keygen --out "$updates/fleet"
+export LANYARD_FLEET_KEY
+LANYARD_FLEET_KEY=$(cat "$updates/fleet.pub")
+(cd examples/stm32 && cargo clippy --release --features update --target-dir target/update -- -D warnings)
+for build in 0.1.0 0.2.0 0.3.0-bad; do
+    version=${build%-bad}
+    self_test=pass
+    [ "$build" != "$version" ] && self_test=fail
+    (cd examples/stm32 && LANYARD_FIRMWARE_VERSION=$version LANYARD_SELF_TEST=$self_test \
+        cargo build --release --features update --target-dir target/update)
+    arm-none-eabi-objcopy -O binary \
+        examples/stm32/target/update/thumbv7em-none-eabihf/release/lanyard-stm32 "$updates/$build.bin"
+done
+echo "with firmware updates (--features update), against the firmware without them:"
+python3 scripts/size-report.py examples/stm32/target/update/thumbv7em-none-eabihf/release/lanyard-stm32 \
+    --without "$firmware" --goal-added 12 | grep -E "^  (flash|RAM):|against|goal"
+LANYARD_STM32_UPDATE="$updates" cargo test -p lanyard-std --test qemu_stm32_update -- --ignored --nocapture
 
 step "Python bindings: pip install ./bindings/python (maturin builds the extension), then their tests"
 (cd bindings/python && cargo fmt -- --check && cargo clippy -- -D warnings)

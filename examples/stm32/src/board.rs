@@ -63,8 +63,12 @@ fn panic(_: &core::panic::PanicInfo<'_>) -> ! {
 }
 
 /// Bytes received but not yet read by the driver. 512 bytes hold more than
-/// one whole frame of the largest inbound message.
+/// one whole frame of the largest inbound message; with updates, 1 KiB
+/// holds the blocks in flight (four frames of a 128-byte block).
+#[cfg(not(feature = "update"))]
 pub const RX_QUEUE: usize = 512;
+#[cfg(feature = "update")]
+pub const RX_QUEUE: usize = 1024;
 
 static RX: Mutex<RefCell<heapless::Deque<u8, RX_QUEUE>>> =
     Mutex::new(RefCell::new(heapless::Deque::new()));

@@ -22,6 +22,8 @@ mod mem;
 mod report;
 #[cfg(feature = "serde")]
 mod typed;
+#[cfg(feature = "update")]
+mod updates;
 
 use core::cell::RefCell;
 use cortex_m_rt::entry;
@@ -29,7 +31,9 @@ use cortex_m_semihosting::debug;
 use lanyard_core::agent::config::DeviceConfig;
 use lanyard_core::agent::health::SlowTelemetryOnLowBattery;
 use lanyard_core::agent::lifecycle::LifecycleState;
-use lanyard_core::agent::platform::{MirrorDesired, NoStorage, Platform};
+#[cfg(not(feature = "update"))]
+use lanyard_core::agent::platform::NoStorage;
+use lanyard_core::agent::platform::{MirrorDesired, Platform};
 use lanyard_core::agent::{Agent, AgentEvent, Identity};
 use lanyard_nostd::driver::{Driver, link_buffer_len};
 use lanyard_nostd::hal::{BatteryCurve, BoardCommands, BoardProbe, Led, SHT3X_ADDRESS, Sht3x};
@@ -50,6 +54,13 @@ type FirmwareDriver = Driver<Usart1, SlowTelemetryOnLowBattery, QUEUE, MESSAGE, 
 /// A locally administered MAC: the device id is `ly-024c59000001`. A real
 /// board would take it from its network interface or the chip's unique id.
 const MAC: [u8; 6] = [0x02, 0x4c, 0x59, 0x00, 0x00, 0x01];
+
+/// The version this image reports (`LANYARD_FIRMWARE_VERSION` at build
+/// time, else the crate's).
+const VERSION: &str = match option_env!("LANYARD_FIRMWARE_VERSION") {
+    Some(v) => v,
+    None => env!("CARGO_PKG_VERSION"),
+};
 
 #[entry]
 fn main() -> ! {
@@ -78,7 +89,13 @@ fn main() -> ! {
     let mut led = Led::new(led_pin, Millis);
     // qemu does not emulate the flash controller, so nothing is kept; on a
     // board, use `lanyard_nostd::flash::FlashStore` on the HAL's flash.
+    #[cfg(not(feature = "update"))]
     let mut storage = NoStorage;
+    // With updates, the download record is kept on the "flash" of
+    // updates.rs (the agent's own state still is not, without the
+    // `persistence` feature).
+    #[cfg(feature = "update")]
+    let mut storage = updates::store();
     let mut commands = BoardCommands {
         blink: |count, period_ms| led.blink(count, period_ms),
         read: |now| probe.try_borrow_mut().ok()?.read_sensors(now),
@@ -104,14 +121,33 @@ fn main() -> ! {
     line()
         .s("booting as ")
         .s(driver.agent().device_id())
+        .s(" version ")
+        .s(VERSION)
         .print();
     print_ram_use();
     boot(driver, &mut platform);
+    #[cfg(feature = "update")]
+    let mut session = {
+        let mut session = updates::session();
+        let trial = updates::running_trial(&mut session);
+        let read = || probe.try_borrow_mut().ok()?.read_sensors(now_ms());
+        lanyard_nostd::driver::boot_updates(&mut session, platform.storage, trial, || {
+            let passed = updates::self_test(read);
+            say(if passed {
+                "self-test passed"
+            } else {
+                "self-test failed"
+            });
+            passed
+        });
+        session
+    };
     // Booting reads the saved state into a 4 KiB buffer: measured apart
     // from the running loop, which paints afresh.
     let boot_stack = board::stack::peak();
     board::stack::paint();
 
+    #[cfg(not(feature = "update"))]
     let result = driver.run(
         &mut platform,
         now_ms,
@@ -124,6 +160,8 @@ fn main() -> ! {
             agent.state() == LifecycleState::Decommissioned
         },
     );
+    #[cfg(feature = "update")]
+    let result = run_updating(driver, &mut platform, &mut session);
     let link = driver.link_mut().stats();
     let stats = driver.stats();
     let agent = driver.agent().stats();
@@ -164,6 +202,43 @@ fn main() -> ! {
     }
 }
 
+/// The loop of a firmware that takes updates: the driver's, with the
+/// update session beside the agent, its states printed, and a reset when
+/// the session asks for one.
+#[cfg(feature = "update")]
+fn run_updating(
+    driver: &mut FirmwareDriver,
+    platform: &mut Platform<'_>,
+    session: &mut lanyard_core::update::UpdateSession<updates::Slot>,
+) -> Result<(), lanyard_nostd::driver::DriverError<core::convert::Infallible>> {
+    let mut last = None;
+    loop {
+        let step = driver.poll_updating(now_ms(), platform, session, VERSION)?;
+        while let Some(event) = driver.agent_mut().poll_event() {
+            report(now_ms(), &event);
+        }
+        if let Some(r) = session.updater().report(now_ms())
+            && last != Some(r.state)
+        {
+            last = Some(r.state);
+            let mut l = Line::new();
+            let l = l.s("[").n(now_ms()).s("] update ").s(r.state.name());
+            if let Some(why) = r.reason {
+                l.s(" (").s(why.name()).s(")");
+            }
+            l.print();
+        }
+        if step.restart_due {
+            say("restarting");
+            updates::restart();
+        }
+        if driver.agent().state() == LifecycleState::Decommissioned {
+            return Ok(());
+        }
+        cortex_m::asm::wfi();
+    }
+}
+
 /// Builds the agent and its driver in static RAM, so the size report
 /// counts them. Not inlined: the agent is built on this function's stack
 /// frame before it moves to its static, and that frame must be gone before
@@ -173,7 +248,7 @@ fn place_driver(usart: Usart1) -> &'static mut FirmwareDriver {
     let identity = Identity {
         mac: MAC,
         device_id: None,
-        firmware: env!("CARGO_PKG_VERSION"),
+        firmware: VERSION,
     };
     static DRIVER: StaticCell<FirmwareDriver> = StaticCell::new();
     // Built by a closure, which lets the compiler construct it in its
