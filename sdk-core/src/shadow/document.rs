@@ -562,6 +562,9 @@ impl<const L: usize, const P: usize> Shadow<L, P> {
         }
         self.trees.commit(SYNCED);
         self.refresh_differences();
+        // The next sync looks every desired leaf up in it.
+        let [_, _, synced, _] = self.trees.split();
+        synced.build_index();
 
         // Parked conflicts end when their leaf is gone or agreed.
         let (desired, reported) = (self.trees.get(DESIRED), self.trees.get(REPORTED));
