@@ -30,11 +30,19 @@ use tokio::runtime::Runtime;
 use tokio::sync::mpsc;
 
 mod device;
+mod shadow;
+
+create_exception!(
+    lanyard,
+    LanyardError,
+    PyException,
+    "The base of the errors Lanyard raises beyond Python's own (ValueError, TimeoutError, OSError)."
+);
 
 create_exception!(
     lanyard,
     Rejected,
-    PyException,
+    LanyardError,
     "The twin host refused the request (an unknown device, a malformed update)."
 );
 
@@ -768,6 +776,8 @@ fn _lanyard(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<Bridge>()?;
     m.add_class::<App>()?;
     m.add_class::<device::Device>()?;
+    m.add_class::<shadow::Shadow>()?;
+    m.add("LanyardError", m.py().get_type::<LanyardError>())?;
     m.add("Rejected", m.py().get_type::<Rejected>())?;
     Ok(())
 }

@@ -13,6 +13,9 @@ rules, only Python idioms (dicts instead of JSON text).
   their acknowledgements, events.
 - ``Device``: this host as a Lanyard device, with commands, sensors,
   battery and LED given as Python callables.
+- ``Shadow``: the shadow engine itself, in this process: desired,
+  reported, delta, versions, conflict policies per property, and the AWS
+  IoT view of its documents (``update(request)``, ``get()``).
 """
 
 import json
@@ -20,10 +23,12 @@ import logging
 import os
 
 from ._lanyard import App as _App
-from ._lanyard import Bridge, FrameDecoder, Rejected, describe, encode_frame
+from ._lanyard import Bridge, FrameDecoder, LanyardError, Rejected, describe, encode_frame
 from ._lanyard import Device as _Device
+from ._lanyard import Shadow as _Shadow
 
-__all__ = ["App", "Bridge", "Device", "FrameDecoder", "Rejected", "decode", "encode_frame"]
+__all__ = ["App", "Bridge", "Device", "FrameDecoder", "LanyardError", "Rejected", "Shadow",
+           "ShadowRejected", "VersionConflict", "decode", "encode_frame"]
 
 _log = logging.getLogger("lanyard")
 
@@ -333,3 +338,157 @@ class Device:
             def callback(kind, text):
                 on_event({"type": kind, **json.loads(text)})
         self._device.run(None if seconds is None else float(seconds), callback)
+
+
+class ShadowRejected(Rejected):
+    """A shadow update or read refused as AWS IoT refuses it: ``code``
+    (400 malformed, 404 no such shadow, 409 version conflict, 413 too
+    large), ``message`` (AWS IoT's words) and ``document`` (what AWS IoT
+    publishes on ``/rejected``). Nothing changed."""
+
+    def __init__(self, code, message, document=None):
+        super().__init__(f"{code}: {message}")
+        self.code = code
+        self.message = message
+        self.document = document if document is not None else {"code": code, "message": message}
+
+
+class VersionConflict(ShadowRejected):
+    """The update named a version that is not the shadow's (code 409)."""
+
+
+def _shadow_refusal(code, message, document=None):
+    cls = VersionConflict if code == 409 else ShadowRejected
+    return cls(code, message, document)
+
+
+class Shadow:
+    """A shadow document kept in this process, by the same engine the twin
+    host runs: desired and reported state, the delta between them, a
+    version that every write increases, and conflict policies per property
+    path, for gateways and services that keep shadows themselves.
+
+    State is a dict of properties as in ``App``: nested dicts are nested
+    properties, ``None`` deletes, lists are arrays replaced whole.
+
+    ``policies`` maps dotted property paths to ``"cloud_wins"``,
+    ``"device_wins"``, ``"latest_wins"`` or ``"manual_resolve"`` (the
+    longest matching path decides; ``default_policy`` covers the rest).
+    A conflict is a property both sides changed, to different values,
+    since they last agreed; each write settles the ones it made:
+    ``cloud_wins`` keeps desired (the delta asks the device again),
+    ``device_wins`` takes the reported value into desired,
+    ``latest_wins`` takes the later write (the cloud's within
+    ``skew_tolerance_ms``), ``manual_resolve`` parks it for ``resolve``
+    (the delta leaves it out meanwhile). ``last_conflicts`` lists what the
+    last write settled. With ``cloud_wins`` everywhere (the default)
+    desired state is only ever what was written to it, and ``update`` and
+    ``get`` behave as AWS IoT's shadow service does.
+
+    >>> s = Shadow()
+    >>> s.update({"state": {"desired": {"color": "red"}}})["version"]
+    1
+    >>> s.update({"state": {"reported": {"color": "blue"}}})["version"]
+    2
+    >>> s.get()["state"]["delta"]
+    {'color': 'red'}
+    >>> s.update({"state": {"desired": {"color": None}}, "version": 1})
+    Traceback (most recent call last):
+    ...
+    lanyard.VersionConflict: 409: Version conflict
+    """
+
+    def __init__(self, policies=None, default_policy="cloud_wins", skew_tolerance_ms=1000):
+        if policies is not None and not isinstance(policies, dict):
+            raise TypeError("policies must be a dict of dotted path -> policy name")
+        self._s = _Shadow(list((policies or {}).items()), default_policy, int(skew_tolerance_ms))
+        self.last_conflicts = []
+
+    @property
+    def version(self):
+        """The document's version: 0 before the first write."""
+        return self._s.version
+
+    def update(self, request):
+        """Applies an AWS IoT shadow update request (``{"state":
+        {"desired": {...}, "reported": {...}}, "version": N, "clientToken":
+        "..."}``) and returns what AWS IoT publishes on
+        ``/update/accepted``. Refused (nothing changes), raises
+        ``VersionConflict`` or ``ShadowRejected`` with the code and message
+        AWS IoT publishes on ``/update/rejected``."""
+        if not isinstance(request, dict):
+            raise TypeError(f"an update request is a dict, not {type(request).__name__}")
+        _check_ints(request, "request")
+        try:
+            text = json.dumps(request, allow_nan=False)
+        except (TypeError, ValueError) as e:
+            raise ValueError(f"request: {e}") from None
+        ok, doc, conflicts = self._s.update_aws(text)
+        doc = json.loads(doc)
+        if not ok:
+            raise _shadow_refusal(doc.get("code"), doc.get("message"), doc)
+        self.last_conflicts = json.loads(conflicts)
+        return doc
+
+    def get(self, client_token=None):
+        """What AWS IoT publishes on ``/get/accepted``: ``state`` (desired,
+        reported, delta), ``metadata`` (a timestamp per property),
+        ``version``, ``timestamp``. Before the first write there is no
+        shadow: ``ShadowRejected`` with code 404, as AWS IoT answers."""
+        text = self._s.get_aws(client_token)
+        if text is None:
+            raise ShadowRejected(404, "No shadow exists")
+        return json.loads(text)
+
+    def _write(self, method, state, version, what):
+        ok, n, text = method(_state_json(state, what), version)
+        if not ok:
+            raise _shadow_refusal(n, text)
+        self.last_conflicts = json.loads(text)
+        return n
+
+    def update_desired(self, state, version=None):
+        """Writes desired state, as the cloud; with ``version``, only if it
+        is the shadow's. Returns the new version."""
+        return self._write(self._s.update_desired, state, version, "desired state")
+
+    def update_reported(self, state, version=None):
+        """Writes reported state, as the device. See ``update_desired``."""
+        return self._write(self._s.update_reported, state, version, "reported state")
+
+    @property
+    def desired(self):
+        """Desired state, a dict."""
+        return json.loads(self._s.desired_json())
+
+    @property
+    def reported(self):
+        """Reported state, a dict."""
+        return json.loads(self._s.reported_json())
+
+    @property
+    def delta(self):
+        """The desired properties whose reported value differs or is
+        missing, less the conflicts parked for an operator."""
+        return json.loads(self._s.delta_json())
+
+    def parked(self):
+        """Conflicts waiting for ``resolve``: a list of ``(dotted path,
+        parked at ms)``."""
+        return self._s.parked()
+
+    def resolve(self, path, winner):
+        """Settles the conflict parked at ``path``: ``winner`` is
+        ``"cloud"`` (desired stands; the delta asks the device for it) or
+        ``"device"`` (the reported value becomes desired). Returns the
+        version. ``KeyError`` when nothing is parked there."""
+        return self._s.resolve(path, winner)
+
+    def conflict_counts(self):
+        """Conflicts settled so far: by policy, and how many each side
+        won."""
+        return dict(self._s.conflict_counts())
+
+    def policy_for(self, path):
+        """The policy that applies to a dotted path."""
+        return self._s.policy_for(path)
