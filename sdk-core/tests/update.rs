@@ -519,22 +519,45 @@ fn drain(
     }
 }
 
+/// The running version the session tests offer jobs to.
+const RUNNING_SESSION: Running<'static> = Running {
+    version: "1.4.2",
+    degraded: false,
+};
+
+/// A new session on a RAM slot offered `job`: the session, what it sent
+/// and the record it saved.
+#[allow(clippy::type_complexity)]
+fn offered(
+    fleet: &ed25519_compact::KeyPair,
+    job: &UpdateJob<'_>,
+) -> (
+    UpdateSession<RamSlot>,
+    Vec<(lanyard_core::update::messages::UpdateTopic, Vec<u8>)>,
+    Vec<u8>,
+) {
+    let mut wire = [0u8; 1024];
+    let n = job.encode(&mut wire).unwrap();
+    let mut saved = Vec::new();
+    let mut s = UpdateSession::new(*fleet.pk, RamSlot::default());
+    s.handle(
+        lanyard_core::update::messages::UpdateTopic::Job,
+        &wire[..n],
+        RUNNING_SESSION,
+    )
+    .unwrap();
+    let sent = drain(&mut s, 1_000, &mut saved);
+    (s, sent, saved)
+}
+
 #[test]
 fn a_session_answers_a_job_with_requests_and_a_restart_resumes_the_download() {
     use lanyard_core::update::messages::UpdateTopic;
     let fleet = key(4);
     let img = image(4_000); // 8 blocks of 512
     let job = job(&img, "1.5.0", &fleet);
-    let mut wire = [0u8; 1024];
-    let n = job.encode(&mut wire).unwrap();
-    let running = Running {
-        version: "1.4.2",
-        degraded: false,
-    };
-    let mut saved = Vec::new();
-    let mut s = UpdateSession::new(*fleet.pk, RamSlot::default());
-    s.handle(UpdateTopic::Job, &wire[..n], running).unwrap();
-    let sent = drain(&mut s, 1_000, &mut saved);
+    let running = RUNNING_SESSION;
+    let (mut s, sent, mut saved) = offered(&fleet, &job);
     // The report (downloading), then a window of requests.
     assert_eq!(sent[0].0, UpdateTopic::Report);
     let report = UpdateReport::decode(&sent[0].1).unwrap();
@@ -557,7 +580,8 @@ fn a_session_answers_a_job_with_requests_and_a_restart_resumes_the_download() {
     assert_eq!(s.poll_timeout(), Some(1_000 + 5_000));
 
     // Two blocks arrive; the device restarts.
-    for &i in &asked[..2] {
+    let send_block = |s: &mut UpdateSession<RamSlot>, i: u32| {
+        let mut wire = [0u8; 1024];
         let b = Block {
             job_id: "job-7",
             index: i,
@@ -565,6 +589,9 @@ fn a_session_answers_a_job_with_requests_and_a_restart_resumes_the_download() {
         };
         let m = b.encode(&mut wire).unwrap();
         s.handle(UpdateTopic::Block, &wire[..m], running).unwrap();
+    };
+    for &i in &asked[..2] {
+        send_block(&mut s, i);
     }
     drain(&mut s, 1_100, &mut saved);
     let slot = std::mem::take(s.slot_mut());
@@ -590,13 +617,7 @@ fn a_session_answers_a_job_with_requests_and_a_restart_resumes_the_download() {
     while let Some(i) = pending.pop() {
         assert!(!have.contains(&i), "block {i} asked twice");
         have.push(i);
-        let b = Block {
-            job_id: "job-7",
-            index: i,
-            data: blocks_of(&img)[i as usize],
-        };
-        let m = b.encode(&mut wire).unwrap();
-        s.handle(UpdateTopic::Block, &wire[..m], running).unwrap();
+        send_block(&mut s, i);
         for (t, bytes) in drain(&mut s, 2_100, &mut saved) {
             match t {
                 UpdateTopic::Request => pending.push(BlockRequest::decode(&bytes).unwrap().first),
@@ -633,15 +654,8 @@ fn a_session_reports_a_refused_job_and_refuses_what_does_not_read() {
     let img = image(1_000);
     let job = job(&img, "1.0.0", &fleet); // older than the running one
     let mut wire = [0u8; 512];
-    let n = job.encode(&mut wire).unwrap();
-    let running = Running {
-        version: "1.4.2",
-        degraded: false,
-    };
-    let mut saved = Vec::new();
-    let mut s = UpdateSession::new(*fleet.pk, RamSlot::default());
-    s.handle(UpdateTopic::Job, &wire[..n], running).unwrap();
-    let sent = drain(&mut s, 1, &mut saved);
+    let running = RUNNING_SESSION;
+    let (mut s, sent, mut saved) = offered(&fleet, &job);
     assert_eq!(sent.len(), 1);
     let report = UpdateReport::decode(&sent[0].1).unwrap();
     assert_eq!(
