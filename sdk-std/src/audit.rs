@@ -76,10 +76,7 @@ const GENESIS: &str = "000000000000000000000000000000000000000000000000000000000
 /// The hash of one entry's line (without its newline), as the next entry
 /// names it and [`verify`] returns the last one.
 pub fn line_hash(line: &[u8]) -> String {
-    Sha256::digest(line)
-        .iter()
-        .map(|b| format!("{b:02x}"))
-        .collect()
+    crate::hex::to_hex(&Sha256::digest(line))
 }
 
 /// Why a log did not verify.

@@ -16,7 +16,6 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use minicbor::Encoder;
-use rand::RngCore;
 use rcgen::{CertificateParams, DistinguishedName, DnType, KeyPair};
 
 use lanyard_core::agent::platform::{StorageError, StorageSlot};
@@ -275,10 +274,7 @@ pub struct ProvisionEndpoint {
 }
 
 fn session_id(prefix: &str) -> String {
-    let mut raw = [0u8; 8];
-    rand::rng().fill_bytes(&mut raw);
-    let hex: String = raw.iter().map(|b| format!("{b:02x}")).collect();
-    format!("{prefix}-{hex}")
+    format!("{prefix}-{}", crate::hex::random_hex(8))
 }
 
 fn now_secs() -> u64 {

@@ -45,9 +45,7 @@ fn cbor_json(raw: &[u8]) -> Json {
     .unwrap_or_else(|| Json::String(hex(raw)))
 }
 
-fn hex(b: &[u8]) -> String {
-    b.iter().map(|x| format!("{x:02x}")).collect()
-}
+use crate::hex::to_hex as hex;
 
 /// Decodes `bytes` as `kind`, or tries every message type when `kind` is
 /// `None`. Returns the type name and the message as JSON.
@@ -152,25 +150,4 @@ fn one(bytes: &[u8], kind: MessageKind) -> Result<Json, String> {
     })
 }
 
-/// Parses hex text (spaces and newlines allowed).
-pub fn parse_hex(text: &str) -> Result<Vec<u8>, String> {
-    let digits: Vec<(usize, char)> = text
-        .chars()
-        .enumerate()
-        .filter(|(_, c)| !c.is_whitespace())
-        .collect();
-    if let Some((at, c)) = digits.iter().find(|(_, c)| !c.is_ascii_hexdigit()) {
-        return Err(format!("not a hex digit at character {at}: {c:?}"));
-    }
-    if !digits.len().is_multiple_of(2) {
-        return Err("odd number of hex digits".into());
-    }
-    Ok(digits
-        .chunks(2)
-        .map(|pair| {
-            // Both are ASCII hex digits, checked above.
-            let nibble = |c: char| c.to_digit(16).unwrap_or(0) as u8;
-            nibble(pair[0].1) << 4 | nibble(pair[1].1)
-        })
-        .collect())
-}
+pub use crate::hex::parse_hex;

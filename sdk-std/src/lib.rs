@@ -74,6 +74,7 @@ pub mod device;
 #[cfg(feature = "runtime")]
 pub mod driver;
 pub mod fog;
+pub mod hex;
 #[cfg(feature = "runtime")]
 pub mod metrics;
 #[cfg(feature = "runtime")]

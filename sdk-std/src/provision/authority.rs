@@ -105,18 +105,11 @@ fn new_serial() -> (SerialNumber, String) {
     rand::rng().fill_bytes(&mut bytes);
     // Positive, and no leading zero byte to be trimmed away.
     bytes[0] = (bytes[0] & 0x7f) | 0x10;
-    let hex = bytes.iter().map(|b| format!("{b:02x}")).collect();
-    (SerialNumber::from_slice(&bytes), hex)
+    (SerialNumber::from_slice(&bytes), crate::hex::to_hex(&bytes))
 }
 
 fn serial_bytes(hex: &str) -> Option<Vec<u8>> {
-    if !hex.len().is_multiple_of(2) || hex.is_empty() {
-        return None;
-    }
-    (0..hex.len())
-        .step_by(2)
-        .map(|i| u8::from_str_radix(hex.get(i..i + 2)?, 16).ok())
-        .collect()
+    crate::hex::parse_hex(hex).ok().filter(|b| !b.is_empty())
 }
 
 /// The parameters of a leaf certificate named `cn`: its common name, and

@@ -10,7 +10,6 @@ use std::fmt;
 use std::path::{Path, PathBuf};
 
 use lanyard_core::topic::valid_device_id;
-use rand::RngCore;
 use rcgen::{CertificateSigningRequestParams, DnType, DnValue};
 use rusqlite::{Connection, OptionalExtension, params};
 use serde_json::json;
@@ -555,9 +554,7 @@ impl Provisioner {
                 "too many provisioning requests in progress: try again later",
             )));
         }
-        let mut raw = [0u8; 16];
-        rand::rng().fill_bytes(&mut raw);
-        let token: String = raw.iter().map(|b| format!("{b:02x}")).collect();
+        let token = crate::hex::random_hex(16);
         let expires = now.saturating_add(self.policy.token_secs);
         self.db.execute(
             "INSERT INTO tokens(token, channel, device, csr, expires) VALUES (?1, ?2, ?3, ?4, ?5)",
@@ -1009,11 +1006,9 @@ pub async fn run_provision<T: Transport>(
     }
     // A claim channel no device can use (the broker puts a claim
     // certificate's name there, and none is this).
-    let mut raw = [0u8; 8];
-    rand::rng().fill_bytes(&mut raw);
     let probe = Channel::Claim {
         identity: &format!("{}-probe", super::messages::CLAIM_PREFIX),
-        session: &raw.iter().map(|b| format!("{b:02x}")).collect::<String>(),
+        session: &crate::hex::random_hex(8),
     }
     .request(Step::Confirm);
     transport

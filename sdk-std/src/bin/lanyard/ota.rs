@@ -75,20 +75,11 @@ pub(crate) enum OtaCmd {
     },
 }
 
-fn hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
-}
+use lanyard_std::hex::to_hex as hex;
 
 /// Hex text (a key file) as bytes.
 pub(crate) fn unhex(text: &str, what: &str) -> Result<Vec<u8>, String> {
-    let t = text.trim();
-    if !t.len().is_multiple_of(2) || !t.bytes().all(|b| b.is_ascii_hexdigit()) {
-        return Err(format!("{what}: not hex"));
-    }
-    (0..t.len())
-        .step_by(2)
-        .map(|i| u8::from_str_radix(&t[i..i + 2], 16).map_err(|e| format!("{what}: {e}")))
-        .collect()
+    lanyard_std::hex::parse_hex(text).map_err(|e| format!("{what}: not hex ({e})"))
 }
 
 /// The fleet's update verification key from a `.pub` file or hex.
