@@ -597,6 +597,104 @@ impl Rollout {
     }
 }
 
+/// What an operator tells a rollout under way.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RolloutControl {
+    /// Stop offering the release (devices under way go on).
+    Pause,
+    /// Go on offering it.
+    Resume,
+    /// Stop for good: devices offered and not finished are told to drop
+    /// the job (those past verification finish their trial).
+    Cancel,
+}
+
+/// How long a device offered a job may stay silent about it before it is
+/// offered it again (offline, or not subscribed yet: the offer was lost).
+/// A device takes the same job again as it stands.
+pub const REOFFER_AFTER_MS: u64 = 2_000;
+
+/// Runs `rollout` against `server` (served by [`run_firmware_server`],
+/// whose offers channel is `offers`) until it completes, aborts by its
+/// criteria, or is cancelled through `control`; `progress` sees it after
+/// every step (every 200 ms). Returns how it ended; `Err` when the
+/// firmware server stopped first.
+pub async fn drive_rollout(
+    server: &std::sync::Arc<std::sync::Mutex<FirmwareServer>>,
+    offers: &tokio::sync::mpsc::UnboundedSender<Publish>,
+    mut rollout: Rollout,
+    control: &mut tokio::sync::mpsc::UnboundedReceiver<RolloutControl>,
+    mut progress: impl FnMut(&Rollout, &RolloutView),
+) -> Result<RolloutState, String> {
+    let job_id = rollout.job_id().to_owned();
+    let started = std::time::Instant::now();
+    let mut offered_at: HashMap<String, u64> = HashMap::new();
+    let mut control_open = true;
+    loop {
+        let now = started.elapsed().as_millis() as u64;
+        let msgs = {
+            let s = server.lock().expect("firmware server");
+            let mut offered = rollout.step(now, |d| s.progress(d));
+            if matches!(rollout.state(), RolloutState::Running(_)) {
+                let silent: Vec<String> = offered_at
+                    .iter()
+                    .filter(|(d, at)| {
+                        now.saturating_sub(**at) >= REOFFER_AFTER_MS
+                            && s.progress(d).is_none_or(|p| p.job_id != job_id)
+                    })
+                    .map(|(d, _)| d.clone())
+                    .collect();
+                offered.extend(silent);
+            }
+            for d in &offered {
+                offered_at.insert(d.clone(), now);
+            }
+            let view = rollout.view(now, |d| s.progress(d));
+            progress(&rollout, &view);
+            offered
+                .iter()
+                .filter_map(|d| s.offer(d, &job_id))
+                .collect::<Vec<_>>()
+        };
+        for m in msgs {
+            if offers.send(m).is_err() {
+                return Err("the firmware server stopped".into());
+            }
+        }
+        match rollout.state() {
+            RolloutState::Completed | RolloutState::Aborted(_) | RolloutState::Cancelled => {
+                return Ok(rollout.state().clone());
+            }
+            _ => {}
+        }
+        if offers.is_closed() {
+            return Err("the firmware server stopped".into());
+        }
+        tokio::select! {
+            _ = tokio::time::sleep(std::time::Duration::from_millis(200)) => {}
+            c = control.recv(), if control_open => match c {
+                Some(RolloutControl::Pause) => rollout.pause(),
+                Some(RolloutControl::Resume) => rollout.resume(),
+                Some(RolloutControl::Cancel) => {
+                    let cancels: Vec<Publish> = {
+                        let s = server.lock().expect("firmware server");
+                        rollout
+                            .cancel(|d| s.progress(d))
+                            .into_iter()
+                            .map(|d| s.cancel(&d, &job_id))
+                            .collect()
+                    };
+                    for m in cancels {
+                        let _ = offers.send(m);
+                    }
+                }
+                // Nobody can send any more: run to the end.
+                None => control_open = false,
+            }
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -690,5 +788,79 @@ mod tests {
         let late = RolloutPlan::staged().device_timeout_ms + 1;
         assert!(r.step(late, |_| None).is_empty());
         assert!(matches!(r.state(), RolloutState::Aborted(_)));
+    }
+}
+
+#[cfg(test)]
+mod driving {
+    use super::*;
+    use std::sync::{Arc, Mutex};
+
+    /// A device's report, as the server would receive it.
+    fn report(server: &Arc<Mutex<FirmwareServer>>, device: &str, state: UpdateState) {
+        let r = UpdateReport {
+            job_id: "fw-9",
+            state,
+            received: 0,
+            total: 4,
+            reason: None,
+            time_ms: 0,
+        };
+        let mut buf = [0u8; 128];
+        let n = r.encode(&mut buf).unwrap();
+        let topic = UpdateTopic::Report.topic(device);
+        server.lock().unwrap().handle(&topic, &buf[..n]);
+    }
+
+    #[tokio::test]
+    async fn a_paused_rollout_offers_nothing_more_and_a_cancelled_one_tells_its_devices() {
+        let key = ed25519_compact::KeyPair::from_seed(ed25519_compact::Seed::new([4; 32]));
+        let release = Release::sign("fw-9", "2.0.0", vec![7; 4096], 1024, &key.sk).unwrap();
+        let server = Arc::new(Mutex::new(FirmwareServer::new()));
+        server.lock().unwrap().add(release);
+        let devices: Vec<String> = (1..=4).map(|i| format!("ly-02000000000{i}")).collect();
+        let mut plan = RolloutPlan::staged();
+        plan.stages = vec![0.25, 1.0];
+        let (offers, mut published) = tokio::sync::mpsc::unbounded_channel();
+        let (control, mut controlled) = tokio::sync::mpsc::unbounded_channel();
+        let rollout = Rollout::new("fw-9", devices.clone(), plan);
+        let s = server.clone();
+        let first = devices[0].clone();
+        let driving = tokio::spawn(async move {
+            drive_rollout(&s, &offers, rollout, &mut controlled, |_, _| {}).await
+        });
+        // The first stage: one device offered. Paused, the device
+        // succeeds, and nothing more is offered.
+        let (topic, _) = published.recv().await.unwrap();
+        assert_eq!(topic, UpdateTopic::Job.topic(&first).as_str());
+        control.send(RolloutControl::Pause).unwrap();
+        tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+        report(&server, &first, UpdateState::Accepted);
+        tokio::time::sleep(std::time::Duration::from_millis(600)).await;
+        assert!(published.try_recv().is_err(), "offered while paused");
+        // Resumed: the other three. Cancelled while they download: each
+        // is told to drop the job.
+        control.send(RolloutControl::Resume).unwrap();
+        let mut offered = Vec::new();
+        while offered.len() < 3 {
+            let (topic, _) = published.recv().await.unwrap();
+            offered.push(topic);
+        }
+        for d in &devices[1..] {
+            report(&server, d, UpdateState::Downloading);
+        }
+        control.send(RolloutControl::Cancel).unwrap();
+        let ended = driving.await.unwrap().unwrap();
+        assert_eq!(ended, RolloutState::Cancelled);
+        let mut cancels = Vec::new();
+        while let Ok((topic, _)) = published.try_recv() {
+            cancels.push(topic);
+        }
+        cancels.sort();
+        let want: Vec<String> = devices[1..]
+            .iter()
+            .map(|d| UpdateTopic::Cancel.topic(d).to_string())
+            .collect();
+        assert_eq!(cancels, want);
     }
 }

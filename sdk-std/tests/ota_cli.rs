@@ -66,6 +66,36 @@ fn start(url: &str, mac: &str, dir: &Path, key: &Path, version: &str, self_test:
         .unwrap()
 }
 
+/// The devices' supervisor: a device that exited asking to restart (status
+/// 75) is started again on the image its slot names.
+fn supervise(
+    url: &str,
+    devices: &mut [Device],
+    key: &Path,
+    new_version: &'static str,
+    self_test: &str,
+) {
+    for d in devices.iter_mut() {
+        if let Some(st) = d.child.try_wait().unwrap() {
+            assert_eq!(st.code(), Some(75), "{} exited: {st}", d.mac);
+            let old = if d.version == new_version {
+                "1.0.0"
+            } else {
+                d.version
+            };
+            d.version = match std::fs::read_to_string(d.dir.join("slot/boot"))
+                .unwrap_or_default()
+                .trim()
+            {
+                "trial" | "confirmed" => new_version,
+                _ => old,
+            };
+            d.restarts += 1;
+            d.child = start(url, &d.mac, &d.dir, key, d.version, self_test);
+        }
+    }
+}
+
 /// Runs a rollout of `release` to `devices` to its end, restarting each
 /// device that asks (on `new_version`); the rollout's success and output.
 fn roll_out(
@@ -115,21 +145,7 @@ fn roll_out(
             break status;
         }
         assert!(Instant::now() < deadline, "the rollout did not end");
-        for d in devices.iter_mut() {
-            if let Some(st) = d.child.try_wait().unwrap() {
-                assert_eq!(st.code(), Some(75), "{} exited: {st}", d.mac);
-                // The supervisor: the image the slot names.
-                d.version = match std::fs::read_to_string(d.dir.join("slot/boot"))
-                    .unwrap_or_default()
-                    .trim()
-                {
-                    "trial" | "confirmed" => new_version,
-                    _ => "1.0.0",
-                };
-                d.restarts += 1;
-                d.child = start(url, &d.mac, &d.dir, key, d.version, self_test);
-            }
-        }
+        supervise(url, devices, key, new_version, self_test);
         std::thread::sleep(Duration::from_millis(100));
     };
     let out = std::fs::read_to_string(&log).unwrap()
@@ -275,6 +291,168 @@ fn a_release_rolls_out_in_stages_and_a_failing_one_stops_after_the_first() {
             d.mac
         );
     }
+    let _ = twin.kill();
+    let _ = twin.wait();
+}
+
+/// Waits until `file` holds `needle`, keeping the devices supervised.
+fn wait_for_output(
+    file: &Path,
+    needle: &str,
+    url: &str,
+    devices: &mut [Device],
+    key: &Path,
+    new_version: &'static str,
+) {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let out = std::fs::read_to_string(file).unwrap_or_default();
+        if out.contains(needle) {
+            return;
+        }
+        assert!(Instant::now() < deadline, "no {needle:?} in: {out}");
+        supervise(url, devices, key, new_version, "true");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+#[test]
+fn a_rollout_targets_the_devices_running_a_version_and_pauses_and_resumes_on_signals() {
+    let broker = Mosquitto::start();
+    let url = format!("mqtt://127.0.0.1:{}", broker.port);
+    let work = tempfile::tempdir().unwrap();
+    let p = |n: &str| work.path().join(n);
+    ok(&["ota", "keygen", "--out", s(&p("fleet"))]);
+    let image: Vec<u8> = (0..20_000u32).map(|i| (i * 7 % 251) as u8).collect();
+    std::fs::write(p("image.bin"), &image).unwrap();
+    ok(&[
+        "ota",
+        "sign",
+        "--key",
+        s(&p("fleet.key")),
+        "--image",
+        s(&p("image.bin")),
+        "--version",
+        "2.0.0",
+        "--job",
+        "fw-2",
+        "--out",
+        s(&p("fw-2")),
+    ]);
+    let mut twin = Command::new(env!("CARGO_BIN_EXE_lanyard"))
+        .args(["twin", "--broker", &url, "--state-dir", s(&p("twin"))])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let key = p("fleet.pub");
+    // Two devices on 1.0.0, one on 1.5.0 (not in the group).
+    let mut devices = fleet(&url, work.path(), &key, 1..=2, "true");
+    let other_dir = p("dev9");
+    let other = Device {
+        mac: "02:00:00:00:0b:09".into(),
+        child: start(&url, "02:00:00:00:0b:09", &other_dir, &key, "1.5.0", "true"),
+        dir: other_dir,
+        version: "1.5.0",
+        restarts: 0,
+    };
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let (ok_, out, _) = lanyard_cli(&["fleet", "--broker", &url, "list", "--json"]);
+        if ok_ && out.matches("\"device\"").count() == 3 {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the devices never registered: {out}"
+        );
+        std::thread::sleep(Duration::from_millis(300));
+    }
+
+    // Nobody runs 0.5.0: a clear refusal, nothing offered.
+    let (ok_, _, err) = lanyard_cli(&[
+        "ota",
+        "rollout",
+        "--broker",
+        &url,
+        "--release",
+        s(&p("fw-2")),
+        "--all",
+        "--running",
+        "0.5.0",
+    ]);
+    assert!(!ok_);
+    assert!(
+        err.contains("no device the twin host knows runs 0.5.0"),
+        "{err}"
+    );
+
+    let log = p("rollout.log");
+    let mut rollout = Command::new(env!("CARGO_BIN_EXE_lanyard"))
+        .args([
+            "ota",
+            "rollout",
+            "--broker",
+            &url,
+            "--release",
+            s(&p("fw-2")),
+            "--all",
+            "--running",
+            "1.0.0",
+            "--stages",
+            "50,100",
+        ])
+        .stdout(std::fs::File::create(&log).unwrap())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let pid = rollout.id().to_string();
+    let signal = |sig: &str| {
+        let st = Command::new("kill").args([sig, &pid]).status().unwrap();
+        assert!(st.success());
+    };
+    // Paused once the first stage (one device of the two) is offered.
+    wait_for_output(&log, "Running(0)", &url, &mut devices, &key, "2.0.0");
+    signal("-USR1");
+    wait_for_output(&log, "Paused(0)", &url, &mut devices, &key, "2.0.0");
+    // The device under way finishes; the second is not offered meanwhile.
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while !devices
+        .iter()
+        .any(|d| d.version == "2.0.0" && d.restarts == 1)
+    {
+        assert!(Instant::now() < deadline, "the first device never took it");
+        supervise(&url, &mut devices, &key, "2.0.0", "true");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    std::thread::sleep(Duration::from_secs(3));
+    supervise(&url, &mut devices, &key, "2.0.0", "true");
+    let on_new = devices.iter().filter(|d| d.version == "2.0.0").count();
+    assert_eq!(on_new, 1, "paused: only the first stage's device took it");
+    assert!(rollout.try_wait().unwrap().is_none(), "paused, not ended");
+
+    signal("-USR2");
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let status = loop {
+        if let Some(st) = rollout.try_wait().unwrap() {
+            break st;
+        }
+        assert!(Instant::now() < deadline, "the rollout did not end");
+        supervise(&url, &mut devices, &key, "2.0.0", "true");
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    let out = std::fs::read_to_string(&log).unwrap();
+    assert!(status.success(), "{out}");
+    assert!(
+        out.contains("Completed") && out.contains("Running(1)"),
+        "{out}"
+    );
+    for d in &devices {
+        assert_eq!(d.version, "2.0.0", "{}", d.mac);
+    }
+    // The device outside the group never heard of it.
+    assert!(!other.dir.join("slot/image.bin").exists());
+    drop(other);
     let _ = twin.kill();
     let _ = twin.wait();
 }

@@ -6,7 +6,8 @@ use std::sync::{Arc, Mutex};
 
 use clap::Subcommand;
 use lanyard_std::ota::{
-    FirmwareServer, Release, Rollout, RolloutPlan, RolloutState, run_firmware_server,
+    FirmwareServer, Release, Rollout, RolloutControl, RolloutPlan, RolloutState, drive_rollout,
+    run_firmware_server,
 };
 
 use super::BrokerArgs;
@@ -46,6 +47,8 @@ pub(crate) enum OtaCmd {
     /// Rolls a release out to devices in stages, serving its blocks, until
     /// every device accepted it or the rollout aborts by its criteria (then
     /// the exit status is 1 and the rest of the fleet stays on its version).
+    /// While it runs, SIGUSR1 pauses it (devices under way go on), SIGUSR2
+    /// resumes it, and Ctrl-C cancels it.
     Rollout {
         #[command(flatten)]
         broker: BrokerArgs,
@@ -55,6 +58,11 @@ pub(crate) enum OtaCmd {
         /// The devices, in the order they are offered it.
         #[arg(long, value_delimiter = ',', required_unless_present = "all")]
         devices: Vec<String>,
+        /// Only the devices (of `--devices` or `--all`) whose last
+        /// registration named this firmware version: a group by what it
+        /// runs, from the twin host's fleet listing.
+        #[arg(long)]
+        running: Option<String>,
         /// Every device the twin host knows (not decommissioned), in the
         /// order of their names.
         #[arg(long, conflicts_with = "devices")]
@@ -153,6 +161,7 @@ pub(crate) async fn ota(what: OtaCmd) -> Result<(), String> {
             broker,
             release,
             mut devices,
+            running,
             all,
             stages,
             max_failure_pct,
@@ -167,7 +176,7 @@ pub(crate) async fn ota(what: OtaCmd) -> Result<(), String> {
             {
                 return Err("--stages: growing percentages ending at 100".into());
             }
-            if all {
+            if all || running.is_some() {
                 let mut app = lanyard_std::app::AppClient::new(
                     lanyard_std::mqtt::MqttTransport::connect_and_wait(
                         broker.mqtt("lanyard-ota-list")?,
@@ -178,16 +187,26 @@ pub(crate) async fn ota(what: OtaCmd) -> Result<(), String> {
                 )
                 .await
                 .map_err(|e| e.to_string())?;
-                devices = app
+                let fleet: Vec<String> = app
                     .list(None, std::time::Duration::from_secs(10))
                     .await
                     .map_err(|e| format!("fleet listing (is a twin host running?): {e}"))?
                     .into_iter()
                     .filter(|d| !d.decommissioned)
+                    .filter(|d| running.is_none() || d.firmware.as_deref() == running.as_deref())
                     .map(|d| d.device)
                     .collect();
+                if all {
+                    devices = fleet;
+                } else {
+                    // The order given stays.
+                    devices.retain(|d| fleet.contains(d));
+                }
                 if devices.is_empty() {
-                    return Err("the twin host knows no device".into());
+                    return Err(match &running {
+                        Some(v) => format!("no device the twin host knows runs {v}"),
+                        None => "the twin host knows no device".into(),
+                    });
                 }
             }
             for d in &devices {
@@ -219,7 +238,7 @@ pub(crate) async fn ota(what: OtaCmd) -> Result<(), String> {
                 .await
             });
             let rollout = Rollout::new(&job_id, devices, plan);
-            let outcome = drive(&server, &offers, rollout, || serving.is_finished()).await;
+            let outcome = drive(&server, &offers, rollout).await;
             let _ = stop.send(());
             let _ = serving.await;
             outcome
@@ -227,89 +246,56 @@ pub(crate) async fn ota(what: OtaCmd) -> Result<(), String> {
     }
 }
 
-/// How long a device offered a job may stay silent about it before it is
-/// offered it again.
-const REOFFER_AFTER: std::time::Duration = std::time::Duration::from_secs(2);
-
-/// Runs `rollout` over `server` until it completes, aborts or is cancelled
-/// (Ctrl-C), printing the devices by state as they change; `Err` says why
-/// it did not complete.
+/// Runs `rollout` over `server` until it completes, aborts or is cancelled,
+/// printing the devices by state as they change: Ctrl-C cancels it,
+/// SIGUSR1 pauses it, SIGUSR2 resumes it. `Err` says why it did not
+/// complete.
 pub(crate) async fn drive(
     server: &Arc<Mutex<FirmwareServer>>,
     offers: &tokio::sync::mpsc::UnboundedSender<lanyard_std::ota::Publish>,
-    mut rollout: Rollout,
-    server_gone: impl Fn() -> bool,
+    rollout: Rollout,
 ) -> Result<(), String> {
+    use tokio::signal::unix::{SignalKind, signal};
     let job_id = rollout.job_id().to_owned();
-    let started = std::time::Instant::now();
+    let (control, mut controlled) = tokio::sync::mpsc::unbounded_channel();
+    let mut pause = signal(SignalKind::user_defined1()).map_err(|e| e.to_string())?;
+    let mut resume = signal(SignalKind::user_defined2()).map_err(|e| e.to_string())?;
+    let operator = tokio::spawn(async move {
+        loop {
+            let c = tokio::select! {
+                _ = tokio::signal::ctrl_c() => RolloutControl::Cancel,
+                _ = pause.recv() => RolloutControl::Pause,
+                _ = resume.recv() => RolloutControl::Resume,
+            };
+            if control.send(c).is_err() || c == RolloutControl::Cancel {
+                return;
+            }
+        }
+    });
     let mut last = String::new();
-    // When each device was last offered the job: one that has said nothing
-    // of it since (offline, or not subscribed yet: the offer was lost) is
-    // offered it again. A device takes the same job again as it stands.
-    let mut offered_at: std::collections::HashMap<String, std::time::Instant> =
-        std::collections::HashMap::new();
-    loop {
-        let now = started.elapsed().as_millis() as u64;
-        let offered = {
-            let s = server.lock().expect("server");
-            let mut offered = rollout.step(now, |d| s.progress(d));
-            let silent: Vec<String> = offered_at
-                .iter()
-                .filter(|(d, at)| {
-                    at.elapsed() >= REOFFER_AFTER
-                        && s.progress(d).is_none_or(|p| p.job_id != job_id)
-                })
-                .map(|(d, _)| d.clone())
-                .collect();
-            offered.extend(silent);
-            for d in &offered {
-                offered_at.insert(d.clone(), std::time::Instant::now());
-            }
-            let msgs: Vec<_> = offered.iter().filter_map(|d| s.offer(d, &job_id)).collect();
-            let v = rollout.view(now, |d| s.progress(d));
-            let line = format!(
-                "{:?}: {} waiting, {} in progress, {} succeeded, {} failed",
-                rollout.state(),
-                v.waiting,
-                v.in_progress,
-                v.succeeded,
-                v.failed
-            );
-            if line != last {
-                println!("{job_id} {line}");
-                last = line;
-            }
-            msgs
-        };
-        for m in offered {
-            let _ = offers.send(m);
+    let ended = drive_rollout(server, offers, rollout, &mut controlled, |r, v| {
+        let line = format!(
+            "{:?}: {} waiting, {} in progress, {} succeeded, {} failed",
+            r.state(),
+            v.waiting,
+            v.in_progress,
+            v.succeeded,
+            v.failed
+        );
+        if line != last {
+            println!("{} {line}", r.job_id());
+            last = line;
         }
-        match rollout.state() {
-            RolloutState::Completed => return Ok(()),
-            RolloutState::Aborted(why) => return Err(format!("rollout {job_id} aborted: {why}")),
-            RolloutState::Cancelled => return Err(format!("rollout {job_id} cancelled")),
-            _ => {}
-        }
-        if server_gone() {
-            return Err("the firmware server stopped".into());
-        }
-        tokio::select! {
-            _ = tokio::time::sleep(std::time::Duration::from_millis(200)) => {}
-            _ = tokio::signal::ctrl_c() => {
-                let cancelled = {
-                    let s = server.lock().expect("server");
-                    rollout
-                        .cancel(|d| s.progress(d))
-                        .into_iter()
-                        .map(|d| s.cancel(&d, &job_id))
-                        .collect::<Vec<_>>()
-                };
-                for m in cancelled {
-                    let _ = offers.send(m);
-                }
-                tokio::time::sleep(std::time::Duration::from_millis(500)).await;
-                return Err(format!("rollout {job_id} cancelled"));
-            }
+    })
+    .await;
+    operator.abort();
+    match ended? {
+        RolloutState::Completed => Ok(()),
+        RolloutState::Aborted(why) => Err(format!("rollout {job_id} aborted: {why}")),
+        _ => {
+            // The cancellations had a moment to go out.
+            tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+            Err(format!("rollout {job_id} cancelled"))
         }
     }
 }

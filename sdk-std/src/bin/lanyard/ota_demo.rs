@@ -171,7 +171,6 @@ pub(crate) async fn ota_demo(devices: usize) -> Result<(), String> {
         &server,
         &offers,
         Rollout::new("fw-2.0.0", ids.clone(), plan.clone()),
-        || serving.is_finished(),
     )
     .await;
     let good_line = match &good {
@@ -182,7 +181,6 @@ pub(crate) async fn ota_demo(devices: usize) -> Result<(), String> {
         &server,
         &offers,
         Rollout::new("fw-3.0.0", ids.clone(), plan),
-        || serving.is_finished(),
     )
     .await;
     // The rolled-back devices restart on their old image.
@@ -230,6 +228,7 @@ pub(crate) async fn ota_demo(devices: usize) -> Result<(), String> {
         let _ = r.task.await;
     }
     let _ = stop_server.send(());
+    let _ = serving.await;
     good?;
     match bad {
         Err(e) if e.contains("aborted") => Ok(()),
