@@ -306,7 +306,8 @@ fn wait_for_output(
 ) {
     let deadline = Instant::now() + Duration::from_secs(60);
     loop {
-        let out = std::fs::read_to_string(file).unwrap_or_default();
+        let out = std::fs::read_to_string(file).unwrap_or_default()
+            + &std::fs::read_to_string(file.with_extension("err")).unwrap_or_default();
         if out.contains(needle) {
             return;
         }
@@ -399,11 +400,12 @@ fn a_rollout_targets_the_devices_running_a_version_and_pauses_and_resumes_on_sig
             "--all",
             "--running",
             "1.0.0",
-            "--stages",
-            "50,100",
+            // 50 %, then twice that: the same two stages as `--stages 50,100`.
+            "--exponential",
+            "50,2",
         ])
         .stdout(std::fs::File::create(&log).unwrap())
-        .stderr(std::process::Stdio::null())
+        .stderr(std::fs::File::create(log.with_extension("err")).unwrap())
         .spawn()
         .unwrap();
     let pid = rollout.id().to_string();

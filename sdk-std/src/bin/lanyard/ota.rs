@@ -10,6 +10,8 @@ use lanyard_std::ota::{
     run_firmware_server,
 };
 
+use lanyard_core::update::messages::UpdateReason;
+
 use super::BrokerArgs;
 
 /// Firmware updates.
@@ -70,6 +72,27 @@ pub(crate) enum OtaCmd {
         /// The share of devices offered by the end of each stage, percent.
         #[arg(long, value_delimiter = ',', default_value = "1,10,50,100")]
         stages: Vec<f64>,
+        /// Stages at an exponential rate instead: FIRST percent, then each
+        /// stage FACTOR times the last, up to 100 (e.g. `1,4`).
+        #[arg(
+            long,
+            value_delimiter = ',',
+            value_name = "FIRST,FACTOR",
+            conflicts_with = "stages"
+        )]
+        exponential: Option<Vec<f64>>,
+        /// The share of a stage's devices that must have accepted before the
+        /// next stage opens, percent.
+        #[arg(long, default_value_t = 90.0)]
+        advance_when_pct: f64,
+        /// Device failures that abort the rollout at once, whatever the
+        /// failure share (reasons as devices report them).
+        #[arg(
+            long,
+            value_delimiter = ',',
+            default_value = "bad_signature,digest_mismatch"
+        )]
+        abort_on: Vec<String>,
         /// Abort when more than this share of finished devices failed,
         /// percent.
         #[arg(long, default_value_t = 10.0)]
@@ -164,6 +187,9 @@ pub(crate) async fn ota(what: OtaCmd) -> Result<(), String> {
             running,
             all,
             stages,
+            exponential,
+            advance_when_pct,
+            abort_on,
             max_failure_pct,
             min_finished,
             device_timeout_secs,
@@ -214,8 +240,39 @@ pub(crate) async fn ota(what: OtaCmd) -> Result<(), String> {
                     return Err(format!("--devices: {d:?} is not a device id"));
                 }
             }
-            let mut plan = RolloutPlan::staged();
-            plan.stages = stages.iter().map(|s| s / 100.0).collect();
+            let mut plan = match exponential.as_deref() {
+                Some(&[first, factor]) => {
+                    if !(first > 0.0 && first <= 100.0 && factor > 1.0 && factor.is_finite()) {
+                        return Err(
+                            "--exponential: FIRST in (0, 100] percent, FACTOR above 1".into()
+                        );
+                    }
+                    RolloutPlan::exponential(first / 100.0, factor)
+                }
+                Some(_) => return Err("--exponential: FIRST,FACTOR (e.g. 1,4)".into()),
+                None => {
+                    let mut plan = RolloutPlan::staged();
+                    plan.stages = stages.iter().map(|s| s / 100.0).collect();
+                    plan
+                }
+            };
+            if !(advance_when_pct > 0.0 && advance_when_pct <= 100.0) {
+                return Err("--advance-when-pct: in (0, 100]".into());
+            }
+            plan.advance_when = advance_when_pct / 100.0;
+            plan.abort.abort_on = abort_on
+                .iter()
+                .map(|n| {
+                    UpdateReason::ALL
+                        .into_iter()
+                        .find(|r| r.name() == n)
+                        .ok_or_else(|| {
+                            let names: Vec<&str> =
+                                UpdateReason::ALL.iter().map(|r| r.name()).collect();
+                            format!("--abort-on: {n:?} is none of {}", names.join(", "))
+                        })
+                })
+                .collect::<Result<_, String>>()?;
             plan.abort.max_failure_rate = max_failure_pct / 100.0;
             plan.abort.min_finished = min_finished;
             plan.device_timeout_ms = device_timeout_secs.saturating_mul(1000);
