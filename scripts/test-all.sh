@@ -128,6 +128,11 @@ python3 -m pip install -q --root-user-action=ignore ./bindings/python
 cargo build -p lanyard-std --bin lanyard --example valve
 (cd bindings/python && LANYARD_BIN="$PWD/../../target/debug/lanyard" \
     LANYARD_VALVE_BIN="$PWD/../../target/debug/examples/valve" python3 -m unittest discover -s tests -v)
+# Types: the stub of the native part against the built module, and the
+# package and the example under mypy --strict.
+python3 -m pip install -q --root-user-action=ignore "mypy==2.4.1"
+(cd /tmp && python3 -m mypy.stubtest lanyard._lanyard)
+python3 -m mypy --strict bindings/python/python/lanyard examples/python/gateway.py
 
 step "Kotlin bindings: uniffi generates the sources, Maven compiles them and runs their tests (against mosquitto, lanyard twin and lanyard device)"
 bash scripts/test-kotlin.sh

@@ -24,6 +24,7 @@ import argparse
 import os
 import socket
 import sys
+from typing import Optional, Tuple
 
 import lanyard
 
@@ -31,7 +32,7 @@ import lanyard
 RESTARTABLE = {"mosquitto", "lanyard-bridge", "modem-manager"}
 
 
-def cpu_temperature():
+def cpu_temperature() -> Optional[Tuple[float, float]]:
     """The first thermal zone in °C, humidity 0; None when unreadable."""
     try:
         with open("/sys/class/thermal/thermal_zone0/temp") as f:
@@ -40,7 +41,7 @@ def cpu_temperature():
         return None
 
 
-def restart_service(args):
+def restart_service(args: lanyard.Json) -> lanyard.Json:
     unit = args["unit"]  # a missing "unit" is refused as bad arguments
     if unit not in RESTARTABLE:
         raise ValueError(f"{unit} is not a unit this gateway restarts")
@@ -48,7 +49,7 @@ def restart_service(args):
     return {"unit": unit, "restarted": True}
 
 
-def show(event):
+def show(event: lanyard.Json) -> None:
     kind = event["type"]
     if kind in ("sent", "received"):
         arrow = "->" if kind == "sent" else "<-"
@@ -60,8 +61,8 @@ def show(event):
         print(f"{kind} {details}", flush=True)
 
 
-def main():
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+def main() -> None:
+    p = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
     p.add_argument("--broker", required=True, help="mqtt://host:port or mqtts://host:port")
     p.add_argument("--state-dir", required=True, help="where the agent keeps its state")
     p.add_argument("--mac", default="02:00:00:00:00:aa", help="the device id derives from it")

@@ -18,22 +18,41 @@ rules, only Python idioms (dicts instead of JSON text).
   IoT view of its documents (``update(request)``, ``get()``).
 """
 
+from __future__ import annotations
+
 import json
 import logging
 import os
+from typing import Any, Callable, Dict, List, Optional, Tuple, TypedDict, Union
+
 
 from ._lanyard import App as _App
 from ._lanyard import Bridge, FrameDecoder, LanyardError, Rejected, describe, encode_frame
 from ._lanyard import Device as _Device
 from ._lanyard import Shadow as _Shadow
 
-__all__ = ["App", "Bridge", "Device", "FrameDecoder", "LanyardError", "Rejected", "Shadow",
-           "ShadowRejected", "VersionConflict", "decode", "encode_frame"]
+__all__ = ["App", "Bridge", "CommandOutcome", "Device", "FrameDecoder", "Json", "LanyardError",
+           "Rejected", "Shadow", "ShadowRejected", "VersionConflict", "decode", "encode_frame"]
 
 _log = logging.getLogger("lanyard")
 
+#: A JSON object as a dict: state, documents, events.
+Json = Dict[str, Any]
+#: A file path.
+PathLike = Union[str, "os.PathLike[str]"]
 
-def decode(data, kind=None):
+
+class CommandOutcome(TypedDict):
+    """A command's final acknowledgement (``App.command``)."""
+
+    status: str
+    reason: Optional[str]
+    result: Optional[Json]
+    result_cbor: Optional[bytes]
+
+
+def decode(data: Union[bytes, bytearray, memoryview], kind: Optional[str] = None
+           ) -> Tuple[str, Json]:
     """Decodes an SDK message: returns ``(type name, dict)``.
 
     ``kind`` is a topic suffix (``"ack"``, ``"shadow/delta"``); without it
@@ -47,11 +66,17 @@ def decode(data, kind=None):
     return name, json.loads(text)
 
 
-def _path(p):
+def _object(text: str) -> Json:
+    """A JSON object the native part wrote (always an object)."""
+    value: Json = json.loads(text)
+    return value
+
+
+def _path(p: Optional[PathLike]) -> Optional[str]:
     return None if p is None else os.fspath(p)
 
 
-def _check_ints(value, what, depth=0):
+def _check_ints(value: Any, what: str, depth: int = 0) -> None:
     # JSON would carry an int past 64 bits, and the SDK would read it as a
     # float: refused here instead. The depth bound (the SDK accepts 16
     # levels) also stops a container that holds itself.
@@ -69,7 +94,7 @@ def _check_ints(value, what, depth=0):
             _check_ints(v, what, depth + 1)
 
 
-def _state_json(state, what):
+def _state_json(state: Any, what: str) -> str:
     if not isinstance(state, dict):
         raise ValueError(f"{what} must be a dict of properties, not {type(state).__name__}")
     _check_ints(state, what)
@@ -102,68 +127,73 @@ class App:
     {'status': 'Succeeded', 'reason': None, 'result': {'humidity_pct': 45.0, ...}, ...}
     """
 
-    def __init__(self, broker, client_id=None, tenants=False, timeout=10.0, ca=None, cert=None,
-                 key=None):
+    def __init__(self, broker: str, client_id: Optional[str] = None, tenants: bool = False,
+                 timeout: float = 10.0, ca: Optional[PathLike] = None,
+                 cert: Optional[PathLike] = None, key: Optional[PathLike] = None) -> None:
         self._app = _App(broker, client_id, tenants, float(timeout), _path(ca), _path(cert),
                          _path(key))
 
-    def close(self):
+    def close(self) -> None:
         """Waits up to a second for what was sent to reach the broker and
         disconnects; later calls raise ``RuntimeError``. ``with App(...) as
         app:`` closes at the end of the block."""
         self._app.close()
 
-    def __enter__(self):
+    def __enter__(self) -> "App":
         return self
 
-    def __exit__(self, *exc):
+    def __exit__(self, *exc: object) -> None:
         self.close()
 
-    def set_desired(self, device, state):
+    def set_desired(self, device: str, state: Json) -> int:
         """Asks for ``state`` in ``device``'s desired state and returns the
         shadow's version once the twin host has applied it (it then sends
         the device its delta). Raises ``Rejected`` when the host refuses it,
         for instance more state than the device said it can hold."""
         return self._app.set_desired(device, _state_json(state, "desired state"))
 
-    def get_shadow(self, device, timeout=5.0):
+    def get_shadow(self, device: str, timeout: float = 5.0) -> Json:
         """The device's shadow: ``{"version", "desired", "reported",
         "in_sync", "rejected"}`` (``rejected``: each desired property the
         device refuses, dotted, to the reason's name)."""
-        return json.loads(self._app.get_shadow(device, float(timeout)))
+        return _object(self._app.get_shadow(device, float(timeout)))
 
-    def list_devices(self, tenant=None, timeout=10.0):
+    def list_devices(self, tenant: Optional[str] = None, timeout: float = 10.0) -> List[Json]:
         """The fleet's devices, as the twin host knows them: a list of
         ``{"device", "online", "state", "health", "firmware",
         "last_seen_ms", "version", "in_sync", "parked", "refused",
         "decommissioned"}`` in the order of their names (``parked``:
         conflicts waiting for an operator)."""
-        return json.loads(self._app.list_devices(tenant, float(timeout)))
+        devices: List[Json] = json.loads(self._app.list_devices(tenant, float(timeout)))
+        return devices
 
-    def resolve(self, device, path, winner, timeout=10.0):
+    def resolve(self, device: str, path: str, winner: str, timeout: float = 10.0) -> int:
         """Settles the conflict parked for an operator at ``path``
         (dotted) with the ``"cloud"``'s or the ``"device"``'s value;
         returns the shadow's version. Raises ``Rejected`` when nothing is
         parked there."""
         return self._app.resolve(device, path, winner, float(timeout))
 
-    def revoke(self, device, reason="compromised", decommission=False, timeout=10.0):
+    def revoke(self, device: str, reason: str = "compromised", decommission: bool = False,
+               timeout: float = 10.0) -> int:
         """Revokes every certificate of ``device`` through the provisioning
         service, which has the broker refuse them (``decommission=True``:
         the device gets no new one either); returns how many were revoked.
         Raises ``Rejected`` for a device that was never issued one."""
         return self._app.revoke(device, reason, bool(decommission), float(timeout))
 
-    def push_config(self, devices, version, fields, timeout=30.0):
+    def push_config(self, devices: List[str], version: int, fields: Json,
+                    timeout: float = 30.0) -> Json:
         """Pushes configuration ``version`` changing ``fields`` (e.g.
         ``{"telemetry_ms": 60000}``; the others are kept) to ``devices``
         and counts their acknowledgements: ``{"applied": [...],
         "ignored": [[device, version it runs], ...], "rejected": [[device,
         why], ...], "unanswered": [...]}``."""
-        return json.loads(self._app.push_config(list(devices), int(version), dict(fields),
+        return _object(self._app.push_config(list(devices), int(version), dict(fields),
                                                 float(timeout)))
 
-    def command(self, device, name, args=None, timeout=10.0):
+    def command(self, device: str, name: str, args: Optional[Json] = None,
+                timeout: float = 10.0) -> CommandOutcome:
         """Sends a command and waits for its final acknowledgement:
         ``{"status": "Succeeded" | "Failed" | "Rejected", "reason": ...,
         "result": dict or None, "result_cbor": bytes or None}`` (``result``
@@ -172,10 +202,10 @@ class App:
         status, reason, result, cbor = self._app.command(
             device, name, _state_json(args or {}, "command arguments"), float(timeout)
         )
-        result = json.loads(result) if result is not None else None
-        return {"status": status, "reason": reason, "result": result, "result_cbor": cbor}
+        decoded = json.loads(result) if result is not None else None
+        return {"status": status, "reason": reason, "result": decoded, "result_cbor": cbor}
 
-    def next_event(self, timeout=1.0):
+    def next_event(self, timeout: float = 1.0) -> Optional[Json]:
         """The next event, or ``None`` after ``timeout`` seconds:
         ``{"type": "delta", "device", "state"}``,
         ``{"type": "reported", "device", "state", "rejected"}`` (``rejected``
@@ -198,7 +228,7 @@ class App:
         return {"type": kind, "device": device, "state": body}
 
 
-def _update_key(key):
+def _update_key(key: Union[None, bytes, bytearray, PathLike]) -> Optional[bytes]:
     """The fleet's update key as bytes: from a ``.pub`` file, hex, or bytes."""
     if key is None or isinstance(key, (bytes, bytearray)):
         return None if key is None else bytes(key)
@@ -269,14 +299,24 @@ class Device:
     >>> dev.run(on_event=print)                                     # doctest: +SKIP
     """
 
-    def __init__(self, broker, mac, state_dir, commands=None, sensors=None, battery_mv=None,
-                 blink=None, tenant=None, ca=None, cert=None, key=None, aws=False,
-                 shadow_name=None, policies=None, claim_cert=None, claim_key=None,
-                 provision_port=None, hardware=None, update_key=None, firmware_version=None,
-                 on_update=None, self_test=None):
+    def __init__(self, broker: str, mac: str, state_dir: PathLike,
+                 commands: Optional[Dict[str, Callable[[Json], Optional[Json]]]] = None,
+                 sensors: Optional[Callable[[], Optional[Tuple[float, float]]]] = None,
+                 battery_mv: Optional[Callable[[], Optional[int]]] = None,
+                 blink: Optional[Callable[[int, int], None]] = None,
+                 tenant: Optional[str] = None, ca: Optional[PathLike] = None,
+                 cert: Optional[PathLike] = None, key: Optional[PathLike] = None,
+                 aws: bool = False, shadow_name: Optional[str] = None,
+                 policies: Optional[Dict[str, str]] = None,
+                 claim_cert: Optional[PathLike] = None, claim_key: Optional[PathLike] = None,
+                 provision_port: Optional[int] = None, hardware: Optional[str] = None,
+                 update_key: Union[None, bytes, bytearray, PathLike] = None,
+                 firmware_version: Optional[str] = None,
+                 on_update: Optional[Callable[[str, str], None]] = None,
+                 self_test: Optional[Callable[[], bool]] = None) -> None:
         handlers = dict(commands or {})
 
-        def dispatch(name, args_json):
+        def dispatch(name: str, args_json: str) -> Tuple[str, Optional[str]]:
             handler = handlers.get(name)
             if handler is None:
                 return ("unknown", None)
@@ -306,23 +346,24 @@ class Device:
                                _update_key(update_key), firmware_version, on_update, self_test)
 
     @property
-    def device_id(self):
+    def device_id(self) -> str:
         """The device id, derived from the MAC address (``ly-...``)."""
         return self._device.device_id
 
     @property
-    def certificate(self):
+    def certificate(self) -> Optional[Tuple[str, int]]:
         """For a device provisioned by claim, ``(serial, not_after)`` of
         the certificate it uses now (it changes as the device renews it);
         ``None`` otherwise."""
         return self._device.certificate
 
-    def report(self, path, value):
+    def report(self, path: str, value: Union[bool, int, float, str]) -> None:
         """Reports ``value`` (bool, int, float or str) at the dotted
         ``path`` of the shadow; from any thread, sent once ``run`` runs."""
         self._device.report(path, value)
 
-    def run(self, seconds=None, on_event=None):
+    def run(self, seconds: Optional[float] = None,
+            on_event: Optional[Callable[[Json], None]] = None) -> None:
         """Connects and runs until the device is decommissioned, ``seconds``
         pass, or Ctrl-C. ``on_event`` gets a dict per event, in this
         thread: ``{"type": "sent" | "received", "kind", "message"}`` (the
@@ -333,10 +374,13 @@ class Device:
         had not sent stays journalled in ``state_dir``. A failed broker
         connection raises ``OSError``. Runs once; a new ``Device`` on the
         same ``state_dir`` resumes."""
-        callback = None
+        callback: Optional[Callable[[str, str], None]] = None
         if on_event is not None:
-            def callback(kind, text):
-                on_event({"type": kind, **json.loads(text)})
+            handler = on_event
+
+            def forward(kind: str, text: str) -> None:
+                handler({"type": kind, **json.loads(text)})
+            callback = forward
         self._device.run(None if seconds is None else float(seconds), callback)
 
 
@@ -346,7 +390,7 @@ class ShadowRejected(Rejected):
     large), ``message`` (AWS IoT's words) and ``document`` (what AWS IoT
     publishes on ``/rejected``). Nothing changed."""
 
-    def __init__(self, code, message, document=None):
+    def __init__(self, code: int, message: str, document: Optional[Json] = None) -> None:
         super().__init__(f"{code}: {message}")
         self.code = code
         self.message = message
@@ -357,7 +401,7 @@ class VersionConflict(ShadowRejected):
     """The update named a version that is not the shadow's (code 409)."""
 
 
-def _shadow_refusal(code, message, document=None):
+def _shadow_refusal(code: int, message: str, document: Optional[Json] = None) -> ShadowRejected:
     cls = VersionConflict if code == 409 else ShadowRejected
     return cls(code, message, document)
 
@@ -398,18 +442,19 @@ class Shadow:
     lanyard.VersionConflict: 409: Version conflict
     """
 
-    def __init__(self, policies=None, default_policy="cloud_wins", skew_tolerance_ms=1000):
+    def __init__(self, policies: Optional[Dict[str, str]] = None,
+                 default_policy: str = "cloud_wins", skew_tolerance_ms: int = 1000) -> None:
         if policies is not None and not isinstance(policies, dict):
             raise TypeError("policies must be a dict of dotted path -> policy name")
         self._s = _Shadow(list((policies or {}).items()), default_policy, int(skew_tolerance_ms))
-        self.last_conflicts = []
+        self.last_conflicts: List[Json] = []
 
     @property
-    def version(self):
+    def version(self) -> int:
         """The document's version: 0 before the first write."""
         return self._s.version
 
-    def update(self, request):
+    def update(self, request: Json) -> Json:
         """Applies an AWS IoT shadow update request (``{"state":
         {"desired": {...}, "reported": {...}}, "version": N, "clientToken":
         "..."}``) and returns what AWS IoT publishes on
@@ -423,14 +468,14 @@ class Shadow:
             text = json.dumps(request, allow_nan=False)
         except (TypeError, ValueError) as e:
             raise ValueError(f"request: {e}") from None
-        ok, doc, conflicts = self._s.update_aws(text)
-        doc = json.loads(doc)
+        ok, answer, conflicts = self._s.update_aws(text)
+        doc = _object(answer)
         if not ok:
-            raise _shadow_refusal(doc.get("code"), doc.get("message"), doc)
+            raise _shadow_refusal(doc["code"], doc["message"], doc)
         self.last_conflicts = json.loads(conflicts)
         return doc
 
-    def get(self, client_token=None):
+    def get(self, client_token: Optional[str] = None) -> Json:
         """What AWS IoT publishes on ``/get/accepted``: ``state`` (desired,
         reported, delta), ``metadata`` (a timestamp per property),
         ``version``, ``timestamp``. Before the first write there is no
@@ -438,57 +483,58 @@ class Shadow:
         text = self._s.get_aws(client_token)
         if text is None:
             raise ShadowRejected(404, "No shadow exists")
-        return json.loads(text)
+        return _object(text)
 
-    def _write(self, method, state, version, what):
+    def _write(self, method: Callable[[str, Optional[int]], Tuple[bool, int, str]], state: Json,
+               version: Optional[int], what: str) -> int:
         ok, n, text = method(_state_json(state, what), version)
         if not ok:
             raise _shadow_refusal(n, text)
         self.last_conflicts = json.loads(text)
         return n
 
-    def update_desired(self, state, version=None):
+    def update_desired(self, state: Json, version: Optional[int] = None) -> int:
         """Writes desired state, as the cloud; with ``version``, only if it
         is the shadow's. Returns the new version."""
         return self._write(self._s.update_desired, state, version, "desired state")
 
-    def update_reported(self, state, version=None):
+    def update_reported(self, state: Json, version: Optional[int] = None) -> int:
         """Writes reported state, as the device. See ``update_desired``."""
         return self._write(self._s.update_reported, state, version, "reported state")
 
     @property
-    def desired(self):
+    def desired(self) -> Json:
         """Desired state, a dict."""
-        return json.loads(self._s.desired_json())
+        return _object(self._s.desired_json())
 
     @property
-    def reported(self):
+    def reported(self) -> Json:
         """Reported state, a dict."""
-        return json.loads(self._s.reported_json())
+        return _object(self._s.reported_json())
 
     @property
-    def delta(self):
+    def delta(self) -> Json:
         """The desired properties whose reported value differs or is
         missing, less the conflicts parked for an operator."""
-        return json.loads(self._s.delta_json())
+        return _object(self._s.delta_json())
 
-    def parked(self):
+    def parked(self) -> List[Tuple[str, int]]:
         """Conflicts waiting for ``resolve``: a list of ``(dotted path,
         parked at ms)``."""
         return self._s.parked()
 
-    def resolve(self, path, winner):
+    def resolve(self, path: str, winner: str) -> int:
         """Settles the conflict parked at ``path``: ``winner`` is
         ``"cloud"`` (desired stands; the delta asks the device for it) or
         ``"device"`` (the reported value becomes desired). Returns the
         version. ``KeyError`` when nothing is parked there."""
         return self._s.resolve(path, winner)
 
-    def conflict_counts(self):
+    def conflict_counts(self) -> Dict[str, int]:
         """Conflicts settled so far: by policy, and how many each side
         won."""
         return dict(self._s.conflict_counts())
 
-    def policy_for(self, path):
+    def policy_for(self, path: str) -> str:
         """The policy that applies to a dotted path."""
         return self._s.policy_for(path)
