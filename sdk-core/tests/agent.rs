@@ -423,6 +423,62 @@ mod commands {
     }
 
     #[test]
+    fn a_handlers_own_words_travel_in_the_acknowledgements_detail() {
+        let mut sim = Sim::new(1_000_000);
+        let (mut agent, _) = registered(&mut sim);
+        let args = |k: &str, v: &str| {
+            let mut e = minicbor::Encoder::new(Vec::new());
+            e.map(1).unwrap().str(k).unwrap().str(v).unwrap();
+            e.into_writer()
+        };
+        let acks = |agent: &mut SimAgent, sim: &mut Sim, at: u64, id: &str, a: &[u8]| {
+            command_acks(
+                agent,
+                &mut sim.platform(),
+                at,
+                &command(id, "explain", a, at),
+            )
+        };
+        let failed = acks(
+            &mut agent,
+            &mut sim,
+            1_000,
+            "e1",
+            &args("fail", "valve stuck at 40 %"),
+        );
+        let last = failed.last().unwrap();
+        assert_eq!(
+            (last.status, last.reason, last.detail.as_deref()),
+            (
+                AckStatus::Failed,
+                Some(AckReason::ExecutionFailed),
+                Some("valve stuck at 40 %")
+            )
+        );
+        let refused = acks(
+            &mut agent,
+            &mut sim,
+            2_000,
+            "e2",
+            &args("refuse", "no unit \"x\""),
+        );
+        assert_eq!(
+            (refused[0].status, refused[0].detail.as_deref()),
+            (AckStatus::Rejected, Some("no unit \"x\""))
+        );
+        // A long text is cut at a character boundary, and says so.
+        let long = "é".repeat(100);
+        let cut = acks(&mut agent, &mut sim, 3_000, "e3", &args("fail", &long));
+        let detail = cut.last().unwrap().detail.clone().unwrap();
+        assert!(detail.ends_with("..."), "{detail}");
+        assert_eq!(
+            detail.len(),
+            lanyard_core::agent::platform::MAX_DETAIL_LEN + 3
+        );
+        assert!(long.starts_with(detail.trim_end_matches("...")));
+    }
+
+    #[test]
     fn a_long_command_is_in_progress_until_the_application_completes_it() {
         let mut sim = Sim::new(1_000_000);
         let (mut agent, _) = registered(&mut sim);

@@ -59,6 +59,9 @@ pub struct BoardCommands<B, R> {
     pub read: R,
 }
 
+/// What `blink_led` takes, as a refusal says it.
+pub const BLINK_ARGS: &str = "count: 1 to 100, period_ms: 50 to 5000";
+
 /// The arguments of `blink_led`: `(count, period_ms)`.
 pub fn blink_args(args: Args<'_>) -> Result<(u32, u32), CommandFailure> {
     let count = args.u64("count")?.ok_or(CommandFailure::BadArguments)?;
@@ -80,10 +83,20 @@ impl<B: FnMut(u32, u32), R: FnMut(u64) -> Option<SensorReading>> CommandHandler
         result: &mut [u8],
     ) -> Option<Result<Completion, CommandFailure>> {
         match name {
-            "blink_led" => Some(blink_args(args).map(|(count, period)| {
-                (self.blink)(count, period);
-                Completion::Done(0)
-            })),
+            "blink_led" => Some(match blink_args(args) {
+                Ok((count, period)) => {
+                    (self.blink)(count, period);
+                    Ok(Completion::Done(0))
+                }
+                // Said in the acknowledgement's detail.
+                Err(CommandFailure::BadArguments) => {
+                    let why = BLINK_ARGS.as_bytes();
+                    let n = why.len().min(result.len());
+                    result[..n].copy_from_slice(&why[..n]);
+                    Err(CommandFailure::BadArgumentsBecause(n))
+                }
+                Err(e) => Err(e),
+            }),
             "read_sensor" => Some(match (self.read)(now_ms) {
                 // 31 bytes: always fits an acknowledgement's result.
                 Some(r) => lanyard_core::wire::encode_into(result, |e| {

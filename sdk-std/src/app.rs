@@ -132,6 +132,9 @@ pub struct CommandOutcome {
     pub reason: Option<AckReason>,
     /// The result (CBOR), for Succeeded.
     pub result: Option<Vec<u8>>,
+    /// Why, in the device's words, when it gave them (a handler's error
+    /// text; the agent's own for some refusals).
+    pub detail: Option<String>,
 }
 
 /// What became of a configuration pushed to many devices
@@ -648,6 +651,7 @@ impl<T: Transport> AppClient<T> {
                     status: ack.status,
                     reason: ack.reason,
                     result: ack.result.map(<[u8]>::to_vec),
+                    detail: ack.detail.map(str::to_owned),
                 });
             }
         }

@@ -217,6 +217,8 @@ pub struct CommandOutcome {
     pub reason: Option<AckReason>,
     /// The result, CBOR, for Succeeded.
     pub result_cbor: Option<Vec<u8>>,
+    /// Why, in the device's words, when it gave them.
+    pub detail: Option<String>,
 }
 
 /// What an app watches.
@@ -483,6 +485,7 @@ impl LanyardApp {
             status: outcome.status.into(),
             reason: outcome.reason.map(AckReason::from),
             result_cbor: outcome.result,
+            detail: outcome.detail,
         })
     }
 

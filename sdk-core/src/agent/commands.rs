@@ -4,6 +4,7 @@
 //! running twice.
 
 use super::*;
+use crate::agent::platform::MAX_DETAIL_LEN;
 
 #[derive(Debug, Clone)]
 pub(super) struct Remembered {
@@ -283,19 +284,31 @@ impl<P: TelemetryPolicy, const Q: usize, const M: usize, const L: usize, const B
         }
         match outcome {
             None => self.reject(now_ms, cmd.id, AckReason::UnknownCommand, platform),
-            Some(Err(CommandFailure::BadArguments)) => {
-                self.reject(now_ms, cmd.id, AckReason::BadArguments, platform)
-            }
-            Some(Err(CommandFailure::Failed(why))) => {
-                self.ack(now_ms, cmd.id, AckStatus::Accepted, None, None, None);
-                self.finish(
-                    now_ms,
-                    cmd.id,
-                    AckStatus::Failed,
-                    Some(AckReason::ExecutionFailed),
-                    Some(why),
-                    platform,
-                );
+            Some(Err(failure)) => {
+                let mut cut = [0u8; MAX_DETAIL_LEN + 3];
+                let (status, reason, detail) = match failure {
+                    CommandFailure::BadArguments => {
+                        (AckStatus::Rejected, AckReason::BadArguments, None)
+                    }
+                    CommandFailure::BadArgumentsBecause(n) => (
+                        AckStatus::Rejected,
+                        AckReason::BadArguments,
+                        detail_of(&result, n, &mut cut),
+                    ),
+                    CommandFailure::Failed(why) => {
+                        (AckStatus::Failed, AckReason::ExecutionFailed, Some(why))
+                    }
+                    CommandFailure::FailedBecause(n) => (
+                        AckStatus::Failed,
+                        AckReason::ExecutionFailed,
+                        detail_of(&result, n, &mut cut),
+                    ),
+                };
+                // A failure ran: it was accepted first.
+                if status == AckStatus::Failed {
+                    self.ack(now_ms, cmd.id, AckStatus::Accepted, None, None, None);
+                }
+                self.finish(now_ms, cmd.id, status, Some(reason), detail, platform);
             }
             Some(Ok(Completion::Done(n))) => {
                 self.stats.commands_executed += 1;
@@ -336,9 +349,18 @@ impl<P: TelemetryPolicy, const Q: usize, const M: usize, const L: usize, const B
                 Some("result too large"),
                 platform,
             ),
-            Err(CommandFailure::BadArguments) => {
+            // No buffer holds a detail here: the reason alone goes.
+            Err(CommandFailure::BadArguments | CommandFailure::BadArgumentsBecause(_)) => {
                 self.reject(now_ms, &r.id, AckReason::BadArguments, platform)
             }
+            Err(CommandFailure::FailedBecause(_)) => self.finish(
+                now_ms,
+                &r.id,
+                AckStatus::Failed,
+                Some(AckReason::ExecutionFailed),
+                None,
+                platform,
+            ),
             Err(CommandFailure::Failed(why)) => self.finish(
                 now_ms,
                 &r.id,
@@ -461,4 +483,30 @@ impl<P: TelemetryPolicy, const Q: usize, const M: usize, const L: usize, const B
             time_ms: now_ms,
         });
     }
+}
+
+/// The detail a handler wrote in the first `n` bytes of `buf`: valid UTF-8
+/// (what is not ends it), at most [`MAX_DETAIL_LEN`] bytes, a longer one
+/// cut at a character boundary and ending with `...` (built in `cut`).
+fn detail_of<'a>(buf: &'a [u8], n: usize, cut: &'a mut [u8]) -> Option<&'a str> {
+    let n = n.min(buf.len());
+    let bytes = &buf[..n.min(MAX_DETAIL_LEN)];
+    // One check finds both the end of valid text and, for a text cut
+    // mid-character, the boundary before it.
+    let valid = match core::str::from_utf8(bytes) {
+        Ok(_) => bytes.len(),
+        Err(e) => e.valid_up_to(),
+    };
+    if valid == 0 {
+        return None;
+    }
+    let end = if n > MAX_DETAIL_LEN {
+        cut.get_mut(..valid)?.copy_from_slice(&bytes[..valid]);
+        cut.get_mut(valid..valid + 3)?.copy_from_slice(b"...");
+        valid + 3
+    } else {
+        cut.get_mut(..valid)?.copy_from_slice(&bytes[..valid]);
+        valid
+    };
+    core::str::from_utf8(&cut[..end]).ok()
 }

@@ -208,7 +208,19 @@ pub enum CommandFailure {
     BadArguments,
     /// Execution failed (acknowledged as Failed with this reason).
     Failed(&'static str),
+    /// The arguments were not acceptable, and the first `n` bytes of the
+    /// result buffer say why (UTF-8 text, sent as the acknowledgement's
+    /// detail, cut to [`MAX_DETAIL_LEN`] bytes).
+    BadArgumentsBecause(usize),
+    /// Execution failed, and the first `n` bytes of the result buffer say
+    /// why (as for [`CommandFailure::BadArgumentsBecause`]).
+    FailedBecause(usize),
 }
+
+/// The longest detail an acknowledgement carries from a handler
+/// ([`CommandFailure::FailedBecause`]); a longer text is cut at a
+/// character boundary and ends with `...`.
+pub const MAX_DETAIL_LEN: usize = 120;
 
 /// How far a command got when its handler returned.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

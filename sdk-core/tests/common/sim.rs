@@ -156,6 +156,21 @@ impl CommandHandler for SimCommands {
                 self.blink_ends_ms = Some(now_ms + count * period);
                 Ok(Completion::Later)
             })()),
+            // Fails (or refuses, with `refuse`) saying why in its own words.
+            "explain" => Some((|| {
+                let (text, refuse) = match (args.str("fail")?, args.str("refuse")?) {
+                    (Some(t), _) => (t, false),
+                    (None, Some(t)) => (t, true),
+                    (None, None) => return Err(CommandFailure::BadArguments),
+                };
+                let n = text.len().min(result.len());
+                result[..n].copy_from_slice(&text.as_bytes()[..n]);
+                Err(if refuse {
+                    CommandFailure::BadArgumentsBecause(n)
+                } else {
+                    CommandFailure::FailedBecause(n)
+                })
+            })()),
             "read_sensor" => {
                 let t = SimProbe::temperature(now_ms);
                 let n = lanyard_core::wire::encode_into(result, |e| {

@@ -537,13 +537,19 @@ async fn command(
             "command": name,
             "status": outcome.status.name(),
             "reason": outcome.reason.map(|r| format!("{r:?}")),
+            "detail": outcome.detail,
             "result": result,
         })
     );
     if outcome.status == lanyard_core::agent::messages::AckStatus::Succeeded {
         Ok(())
     } else {
-        Err(format!("{device}: {name}: {}", outcome.status.name()))
+        let why = outcome
+            .detail
+            .as_deref()
+            .map(|d| format!(": {d}"))
+            .unwrap_or_default();
+        Err(format!("{device}: {name}: {}{why}", outcome.status.name()))
     }
 }
 

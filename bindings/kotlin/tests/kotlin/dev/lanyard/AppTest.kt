@@ -101,6 +101,7 @@ class AppTest {
         assertEquals(AckReason.UnknownCommand, unknown.reason)
         val badArgs = app.command(device, "blink_led", mapOf("count" to ShadowValue.Int(0)), 10_000)
         assertEquals(AckReason.BadArguments, badArgs.reason)
+        assertEquals("count: 1 to 100, period_ms: 50 to 5000", badArgs.detail)
     }
 
     @Test
