@@ -6,15 +6,17 @@
 
 mod common;
 
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use common::Mosquitto;
-use lanyard_core::update::messages::{UpdateReason, UpdateState};
+use lanyard_core::update::messages::{UpdateReason, UpdateState, UpdateTopic};
 use lanyard_std::device::DeviceBuilder;
 use lanyard_std::mqtt::{MqttConfig, MqttTransport};
-use lanyard_std::ota::{FirmwareServer, Release, run_firmware_server};
+use lanyard_std::ota::{FirmwareServer, Release};
 use lanyard_std::store::FileStore;
+use lanyard_std::transport::{Qos, Transport, TransportEvent};
 use lanyard_std::update::{BootRequest, DeviceUpdates, FileSlot, default_slot_dir};
 use tokio::sync::{mpsc, oneshot};
 
@@ -24,32 +26,59 @@ const DEVICE: &str = "ly-020000000a01";
 struct Server {
     shared: Arc<Mutex<FirmwareServer>>,
     offers: mpsc::UnboundedSender<(String, Vec<u8>)>,
+    /// Blocks the server sends the device at most (distinct ones); past
+    /// it, its requests go unanswered, as if the link had gone.
+    limit: Arc<AtomicUsize>,
     _stop: oneshot::Sender<()>,
 }
 
 async fn server(port: u16, release: Release) -> Server {
     let shared = Arc::new(Mutex::new(FirmwareServer::new()));
     shared.lock().unwrap().add(release);
-    let (offers, rx) = mpsc::unbounded_channel();
-    let (stop, stopped) = oneshot::channel::<()>();
-    let s = shared.clone();
+    let (offers, mut rx) = mpsc::unbounded_channel::<(String, Vec<u8>)>();
+    let (stop, mut stopped) = oneshot::channel::<()>();
+    let limit = Arc::new(AtomicUsize::new(usize::MAX));
     let mut t = MqttTransport::connect_and_wait(
         MqttConfig::new("127.0.0.1", port, "lanyard-ota"),
         Duration::from_secs(10),
     )
     .await
     .unwrap();
+    for f in FirmwareServer::filters() {
+        t.subscribe(&f).await.unwrap();
+    }
+    // `run_firmware_server`'s loop, with the limit.
+    let (s, gate) = (shared.clone(), limit.clone());
     tokio::spawn(async move {
-        run_firmware_server(s, &mut t, rx, async {
-            let _ = stopped.await;
-        })
-        .await
-        .unwrap();
+        loop {
+            tokio::select! {
+                _ = &mut stopped => return,
+                Some((topic, payload)) = rx.recv() => {
+                    t.publish(&topic, &payload, Qos::AtLeastOnce).await.unwrap();
+                }
+                ev = t.recv() => {
+                    let Ok(TransportEvent::Message { topic, payload }) = ev else { continue };
+                    let out = {
+                        let mut server = s.lock().unwrap();
+                        let request = topic.ends_with(UpdateTopic::Request.suffix());
+                        if request && server.served(DEVICE).len() >= gate.load(Ordering::SeqCst) {
+                            Vec::new()
+                        } else {
+                            server.handle(&topic, &payload)
+                        }
+                    };
+                    for (topic, payload) in out {
+                        t.publish(&topic, &payload, Qos::AtLeastOnce).await.unwrap();
+                    }
+                }
+            }
+        }
     });
     tokio::time::sleep(Duration::from_millis(300)).await;
     Server {
         shared,
         offers,
+        limit,
         _stop: stop,
     }
 }
@@ -246,29 +275,20 @@ async fn a_device_stopped_mid_download_resumes_without_the_blocks_it_had() {
     let dir = tempfile::tempdir().unwrap();
     let (stop, task, _restart) = device(broker.port, dir.path(), *key.pk, "1.0.0", true);
     tokio::time::sleep(Duration::from_millis(500)).await;
+    // The server sends 12 of the 40 blocks and no more, so the device is
+    // stopped mid-download however fast or slow the machine.
+    server.limit.store(12, Ordering::SeqCst);
     server.offer("job-2");
-    // Stopped once 12 of its 40 blocks were served: the server is held
-    // (its lock taken) from that moment until the device is gone, so the
-    // download cannot finish first however fast the machine.
     let deadline = Instant::now() + Duration::from_secs(30);
-    loop {
-        let stopped = {
-            let held = server.shared.lock().unwrap();
-            let enough = held.served(DEVICE).len() >= 12;
-            if enough {
-                // Gone, as a power cut would take it.
-                task.abort();
-            }
-            enough
-        };
-        if stopped {
-            break;
-        }
+    while server.shared.lock().unwrap().served(DEVICE).len() < 12 {
         assert!(Instant::now() < deadline, "the download did not start");
-        tokio::time::sleep(Duration::from_millis(1)).await;
+        tokio::time::sleep(Duration::from_millis(5)).await;
     }
+    // Gone, as a power cut would take it.
+    task.abort();
     let _ = task.await;
     drop(stop);
+    server.limit.store(usize::MAX, Ordering::SeqCst);
     let running = device(broker.port, dir.path(), *key.pk, "1.0.0", true);
     server
         .until("verified", |s, _| s == UpdateState::Verified)
