@@ -31,8 +31,9 @@ use tokio::sync::mpsc;
 use crate::{Tree, block_on_with, broker_config, runtime};
 
 /// The Python layer's command dispatcher, called as `(name, args JSON)`
-/// and answering `(outcome, result JSON or None)`: outcome `"ok"`,
-/// `"unknown"`, `"bad_arguments"` or `"failed"`. The board's own commands
+/// and answering `(outcome, text or None)`: outcome `"ok"` (text: the
+/// result JSON), `"unknown"`, `"bad_arguments"` or `"failed"` (text: the
+/// handler's error message, which the acknowledgement carries). The board's own commands
 /// (`blink_led` through the LED callable, `read_sensor` through the
 /// sensors) are answered first.
 struct PyCommands<B> {
@@ -76,13 +77,25 @@ impl<B: CommandHandler> CommandHandler for PyCommands<B> {
             None => Some(Err(CommandFailure::Failed("the Python dispatcher failed"))),
             Some((outcome, text)) => match (outcome.as_str(), text) {
                 ("unknown", _) => None,
-                ("bad_arguments", _) => Some(Err(CommandFailure::BadArguments)),
+                ("bad_arguments", None) => Some(Err(CommandFailure::BadArguments)),
+                ("bad_arguments", Some(why)) => Some(Err(CommandFailure::BadArgumentsBecause(
+                    explain(&why, result),
+                ))),
                 ("ok", None) => Some(Ok(Completion::Done(0))),
                 ("ok", Some(text)) => Some(encode_result(&text, result).map(Completion::Done)),
+                (_, Some(why)) => Some(Err(CommandFailure::FailedBecause(explain(&why, result)))),
                 _ => Some(Err(CommandFailure::Failed("the Python handler raised"))),
             },
         }
     }
+}
+
+/// Writes a handler's error message where the agent reads it (the agent
+/// cuts it to the acknowledgement's limit); its length.
+fn explain(why: &str, out: &mut [u8]) -> usize {
+    let n = why.len().min(out.len());
+    out[..n].copy_from_slice(&why.as_bytes()[..n]);
+    n
 }
 
 /// A handler's result (a JSON object) as the CBOR map the ack carries.

@@ -286,6 +286,7 @@ type FinalAck<'py> = (
     Option<String>,
     Option<String>,
     Option<Bound<'py, PyBytes>>,
+    Option<String>,
 );
 
 /// An app connected to a twin host: sets a device's desired state, reads
@@ -546,6 +547,7 @@ impl App {
             outcome.reason.map(|r| format!("{r:?}")),
             result_json,
             outcome.result.map(|r| PyBytes::new(py, &r)),
+            outcome.detail,
         ))
     }
 

@@ -486,9 +486,12 @@ class DeviceOnATwinHost(unittest.TestCase):
         self.assertEqual((added["status"], added["result"]), ("Succeeded", {"sum": 5}))
         missing = app.command(dev_id, "add", {"a": 2})
         self.assertEqual((missing["status"], missing["reason"]), ("Rejected", "BadArguments"))
+        # The handler's own words reach the app.
+        self.assertEqual(missing["detail"], "missing 'b'")
         with self.assertLogs("lanyard", level="ERROR") as logged:
             failed = app.command(dev_id, "fail")
-        self.assertEqual((failed["status"], failed["reason"]), ("Failed", "ExecutionFailed"))
+        self.assertEqual((failed["status"], failed["reason"], failed["detail"]),
+                         ("Failed", "ExecutionFailed", "the service would not restart"))
         self.assertIn("the service would not restart", "\n".join(logged.output))
         unknown = app.command(dev_id, "reboot")
         self.assertEqual(unknown["reason"], "UnknownCommand")

@@ -47,6 +47,7 @@ class CommandOutcome(TypedDict):
 
     status: str
     reason: Optional[str]
+    detail: Optional[str]
     result: Optional[Json]
     result_cbor: Optional[bytes]
 
@@ -196,14 +197,17 @@ class App:
                 timeout: float = 10.0) -> CommandOutcome:
         """Sends a command and waits for its final acknowledgement:
         ``{"status": "Succeeded" | "Failed" | "Rejected", "reason": ...,
-        "result": dict or None, "result_cbor": bytes or None}`` (``result``
-        when the device answered a map of properties, as devices do). The
+        "detail": str or None, "result": dict or None, "result_cbor": bytes
+        or None}`` (``detail``: why, in the device's words, such as a
+        Python handler's exception message; ``result`` when the device
+        answered a map of properties, as devices do). The
         command expires on the device after ``timeout`` seconds too."""
-        status, reason, result, cbor = self._app.command(
+        status, reason, result, cbor, detail = self._app.command(
             device, name, _state_json(args or {}, "command arguments"), float(timeout)
         )
         decoded = json.loads(result) if result is not None else None
-        return {"status": status, "reason": reason, "result": decoded, "result_cbor": cbor}
+        return {"status": status, "reason": reason, "detail": detail, "result": decoded,
+                "result_cbor": cbor}
 
     def next_event(self, timeout: float = 1.0) -> Optional[Json]:
         """The next event, or ``None`` after ``timeout`` seconds:
@@ -226,6 +230,15 @@ class App:
         if kind in ("ack", "reported", "telemetry", "fleet"):
             return {"type": kind, "device": device, **body}
         return {"type": kind, "device": device, "state": body}
+
+
+def _message(e: BaseException) -> str:
+    """An exception as the acknowledgement's detail: its message, or its
+    type's name when it has none (a ``KeyError``'s message is the key)."""
+    text = str(e)
+    if isinstance(e, KeyError) and e.args:
+        text = f"missing {e.args[0]!r}"
+    return text or type(e).__name__
 
 
 def _update_key(key: Union[None, bytes, bytearray, PathLike]) -> Optional[bytes]:
@@ -252,8 +265,9 @@ class Device:
     - ``commands``: ``{name: handler}``; a handler gets the arguments as a
       dict and returns a dict of properties (the result) or ``None``. It
       raising ``ValueError``, ``TypeError`` or ``KeyError`` acknowledges the
-      command as Rejected (bad arguments), anything else as Failed (the
-      exception is logged to the ``lanyard`` logger). Other names are
+      command as Rejected (bad arguments), anything else as Failed; the
+      exception's message goes with the acknowledgement (``detail``, cut
+      to 120 bytes) and to the ``lanyard`` logger. Other names are
       Rejected as unknown; ``blink_led`` and ``read_sensor`` are the
       board's (through ``blink`` and ``sensors``), ``diagnostics`` and the
       lifecycle's commands the agent's own.
@@ -324,10 +338,10 @@ class Device:
                 result = handler(json.loads(args_json))
             except (ValueError, TypeError, KeyError) as e:
                 _log.info("command %s refused: %r", name, e)
-                return ("bad_arguments", None)
-            except Exception:
+                return ("bad_arguments", _message(e))
+            except Exception as e:
                 _log.exception("command %s failed", name)
-                return ("failed", None)
+                return ("failed", _message(e))
             if result is None:
                 return ("ok", None)
             if not isinstance(result, dict):
