@@ -616,7 +616,9 @@ impl<T: Transport> AppClient<T> {
         }
     }
 
-    /// Sends a command and waits for its final acknowledgement.
+    /// Sends a command and waits for its final acknowledgement. A device
+    /// not in service (never registered, or decommissioned) is refused at
+    /// once by the twin host: [`AppError::Rejected`].
     pub async fn command(
         &mut self,
         device: &str,
@@ -646,6 +648,13 @@ impl<T: Transport> AppClient<T> {
             let left = deadline.saturating_duration_since(tokio::time::Instant::now());
             let (_, payload) = self.wait_for(left, |t| t == ack_topic).await?;
             let ack = Ack::decode(&payload).map_err(AppError::Codec)?;
+            if ack.command_id == id && ack.reason == Some(AckReason::UnknownDevice) {
+                // The twin host's answer: no device in service has the id.
+                return Err(AppError::Rejected(format!(
+                    "{device}: {}",
+                    ack.detail.unwrap_or("unknown device")
+                )));
+            }
             if ack.command_id == id && ack.status.is_final() {
                 return Ok(CommandOutcome {
                     status: ack.status,

@@ -1118,3 +1118,46 @@ fn a_sync_held_back_after_a_conflict_is_settled_when_its_wait_is_over() {
     assert_eq!(d.state.get_dotted("temp").unwrap().value, Value::Int(25));
     assert!(host.settle_deferred(base + 9_000).is_empty(), "once");
 }
+
+#[test]
+fn a_command_for_a_device_not_in_service_is_refused_at_once_by_the_host() {
+    let mut host = host_with(TwinHost::in_memory(DeviceConfig::default()), &[ID]);
+    let command = |id: &str| {
+        let mut buf = vec![0u8; 128];
+        let n = Command {
+            id,
+            name: "blink_led",
+            args: &[],
+            issued_ms: 1_000,
+            expires_ms: 60_000,
+        }
+        .encode(&mut buf)
+        .unwrap();
+        buf.truncate(n);
+        buf
+    };
+    // A registered device answers for itself: the host says nothing.
+    assert!(host.handle(1_000, &t("cmd"), &command("c1")).is_empty());
+    // One that never registered: rejected on its ack topic, and nothing is
+    // made for it.
+    let stranger = "ly-ffffffffffff";
+    let out = host.handle(1_000, &format!("lanyard/v1/{stranger}/cmd"), &command("c2"));
+    assert_eq!(out.len(), 1);
+    assert_eq!(out[0].topic, format!("lanyard/v1/{stranger}/ack"));
+    let ack = Ack::decode(&out[0].payload).unwrap();
+    assert_eq!(
+        (ack.command_id, ack.status, ack.reason, ack.detail),
+        (
+            "c2",
+            AckStatus::Rejected,
+            Some(AckReason::UnknownDevice),
+            Some("no device with this id has registered")
+        )
+    );
+    assert_eq!(host.devices().count(), 1);
+    // Bytes that are no command are ignored.
+    assert!(
+        host.handle(1_000, &format!("lanyard/v1/{stranger}/cmd"), b"\xff")
+            .is_empty()
+    );
+}

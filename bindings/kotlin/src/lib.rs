@@ -185,6 +185,8 @@ pub enum AckReason {
     Stale,
     /// It was running when the device restarted; not run again.
     Interrupted,
+    /// Answered by the twin host: no device in service has the id.
+    UnknownDevice,
     /// A code this version does not know (from a newer device).
     Other {
         /// The wire code.
@@ -203,6 +205,7 @@ impl From<CoreAckReason> for AckReason {
             CoreAckReason::ExecutionFailed => AckReason::ExecutionFailed,
             CoreAckReason::Stale => AckReason::Stale,
             CoreAckReason::Interrupted => AckReason::Interrupted,
+            CoreAckReason::UnknownDevice => AckReason::UnknownDevice,
             CoreAckReason::Other(code) => AckReason::Other { code },
         }
     }

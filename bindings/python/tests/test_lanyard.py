@@ -375,6 +375,13 @@ class AppOfATwinHost(unittest.TestCase):
             self.app.resolve(self.SIM, "target_c", "cloud")
         with self.assertRaises(ValueError):
             self.app.resolve(self.SIM, "target_c", "nobody")
+        # A command to a device that never registered: refused by the twin
+        # host at once, not after the timeout.
+        started = time.monotonic()
+        with self.assertRaises(lanyard.Rejected) as refused:
+            self.app.command("ly-ffffffffffff", "blink_led", timeout=10)
+        self.assertLess(time.monotonic() - started, 5)
+        self.assertIn("no device with this id has registered", str(refused.exception))
 
     def test_two_apps_in_one_process_each_keep_their_connection(self):
         # Without a client id each App gets its own: the broker never

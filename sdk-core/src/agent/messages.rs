@@ -813,6 +813,9 @@ pub enum AckReason {
     /// It was running when the device restarted: it may have done part of
     /// its work, and it is not run again.
     Interrupted,
+    /// Answered by the twin host, not the device: no device in service has
+    /// this id (it never registered, or it was decommissioned).
+    UnknownDevice,
     /// A code this version does not know (sent by a newer peer).
     Other(u64),
 }
@@ -829,6 +832,7 @@ impl AckReason {
             AckReason::ExecutionFailed => 5,
             AckReason::Stale => 6,
             AckReason::Interrupted => 7,
+            AckReason::UnknownDevice => 8,
             AckReason::Other(c) => c,
         }
     }
@@ -844,6 +848,7 @@ impl AckReason {
             5 => AckReason::ExecutionFailed,
             6 => AckReason::Stale,
             7 => AckReason::Interrupted,
+            8 => AckReason::UnknownDevice,
             c => AckReason::Other(c),
         }
     }

@@ -12,8 +12,8 @@ use std::path::{Path, PathBuf};
 use lanyard_core::agent::config::DeviceConfig;
 use lanyard_core::agent::lifecycle::LifecycleState;
 use lanyard_core::agent::messages::{
-    Encodable, HealthMessage, Heartbeat, LifecycleEvent, MessageKind, Register, RegisterAccepted,
-    ShadowCapacity, TOPIC_PREFIX, topic, valid_device_id,
+    Ack, AckReason, AckStatus, Command, Encodable, HealthMessage, Heartbeat, LifecycleEvent,
+    MessageKind, Register, RegisterAccepted, ShadowCapacity, TOPIC_PREFIX, topic, valid_device_id,
 };
 use lanyard_core::shadow::{ConflictPolicy, FleetPolicies, Shadow};
 use lanyard_core::topic::{AppTopic, Topic, filter, topic_of_key};
@@ -101,7 +101,7 @@ impl DesiredAnswer {
 }
 
 /// The topics a twin host acts on, of every device.
-const HOST_TOPICS: [Topic; 11] = [
+const HOST_TOPICS: [Topic; 12] = [
     Topic::Device(MessageKind::Register),
     Topic::Device(MessageKind::ShadowUpdate),
     // Its state: that it decommissioned itself, and for liveness.
@@ -122,6 +122,9 @@ const HOST_TOPICS: [Topic; 11] = [
     // the devices' answers.
     Topic::Device(MessageKind::Config),
     Topic::Device(MessageKind::ConfigAck),
+    // Commands, to answer at once those for a device not in service (an
+    // app would otherwise wait out its timeout).
+    Topic::Device(MessageKind::Command),
 ];
 
 /// Limits that keep one misbehaving device (or a flood of made-up ones)
@@ -997,6 +1000,9 @@ impl TwinHost {
         if t == Topic::App(AppTopic::Reprovision) {
             return self.reprovision_request(now_ms, key, payload);
         }
+        if t == Topic::Device(MessageKind::Command) {
+            return self.command_seen(now_ms, key, payload);
+        }
         if t == Topic::Device(MessageKind::Config) {
             // An operator's push, on its way to the device: recorded, not
             // a sign of the device's life nor a use of its allowance.
@@ -1076,6 +1082,44 @@ impl TwinHost {
         }
         out.extend(events.into_iter().map(|e| fleet_event(key, e)));
         out
+    }
+
+    /// A command on its way to device `key`: nothing for a device in
+    /// service (it answers); for one that never registered, or was
+    /// decommissioned, the app is answered at once on the device's ack
+    /// topic: rejected, [`AckReason::UnknownDevice`].
+    fn command_seen(&mut self, now_ms: u64, key: &str, payload: &[u8]) -> Vec<Publish> {
+        let why = if self.decommissioned.contains(key) {
+            "the device is decommissioned"
+        } else if self.shadows.contains_key(key) {
+            return Vec::new();
+        } else {
+            "no device with this id has registered"
+        };
+        let Ok(cmd) = Command::decode(payload) else {
+            return Vec::new();
+        };
+        self.stats.rejected += 1;
+        let ack = Ack {
+            command_id: cmd.id,
+            status: AckStatus::Rejected,
+            reason: Some(AckReason::UnknownDevice),
+            detail: Some(why),
+            result: None,
+            time_ms: now_ms,
+        };
+        let mut buf = vec![0u8; 256 + cmd.id.len()];
+        let Ok(n) = ack.encode(&mut buf) else {
+            return Vec::new();
+        };
+        buf.truncate(n);
+        let topic = topic_of_key(key, Topic::Device(MessageKind::Ack))
+            .map_or_else(String::new, |s| s.to_string());
+        vec![Publish {
+            topic,
+            payload: buf,
+            qos: Qos::AtLeastOnce,
+        }]
     }
 
     /// An operator's request to accept decommissioned device `key` again:

@@ -133,6 +133,13 @@ class AppTest {
     @Test
     fun anUnknownDeviceHasNoShadow() = runBlocking {
         assertFailsWith<LanyardException.Rejected> { app.getShadow("ly-ffffffffffff", 5_000) }
+        // A command to it is refused by the twin host at once, not left to
+        // time out.
+        val started = System.nanoTime()
+        assertFailsWith<LanyardException.Rejected> {
+            app.command("ly-ffffffffffff", "blink_led", emptyMap(), 10_000)
+        }
+        assertTrue((System.nanoTime() - started) / 1_000_000 < 5_000, "refused at once")
         Unit
     }
 }
