@@ -7,6 +7,9 @@
 use std::path::PathBuf;
 use std::sync::Mutex;
 
+use crate::errors::{
+    PyConnectionError, PyOSError, PyPermissionError, PyRuntimeError, PyValueError,
+};
 use lanyard_core::agent::AgentEvent;
 use lanyard_core::agent::platform::{Args, CommandFailure, CommandHandler, Completion};
 use lanyard_nostd::hal::{BatteryCurve, BatteryVoltage, BoardCommands, BoardProbe, SensorReading};
@@ -20,9 +23,6 @@ use lanyard_std::data_key::{DataKey, default_path};
 use lanyard_std::device::{BuildError, DeviceBuilder, DeviceHandle, DeviceTransport};
 use lanyard_std::driver::{DeviceDriver, DriverEvent, LocalValue, Shared, parse_mac};
 use lanyard_std::tls::TlsFiles;
-use pyo3::exceptions::{
-    PyConnectionError, PyOSError, PyPermissionError, PyRuntimeError, PyValueError,
-};
 use pyo3::prelude::*;
 use pyo3::types::{PyBool, PyInt};
 use serde_json::{Value as Json, json};

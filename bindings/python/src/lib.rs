@@ -13,6 +13,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
+use errors::{PyOSError, PyRuntimeError, PyTimeoutError, PyValueError};
 use lanyard_core::agent::messages::MessageKind;
 use lanyard_nostd::envelope::{decode_envelope, encode_with_topic};
 use lanyard_nostd::frame::{encode_frame as frame_bytes, max_frame_len};
@@ -22,7 +23,7 @@ use lanyard_std::bridge::{Bridge as StdBridge, BridgeStats, MAX_FRAME, connect_t
 use lanyard_std::mqtt::{MqttConfig, MqttTransport};
 use lanyard_std::twin::{TWIN_LEAVES, TWIN_POOL};
 use pyo3::create_exception;
-use pyo3::exceptions::{PyException, PyOSError, PyRuntimeError, PyTimeoutError, PyValueError};
+use pyo3::exceptions::PyException;
 use pyo3::prelude::*;
 use pyo3::types::{PyBytes, PyDict};
 use serde_json::{Value as Json, json};
@@ -30,6 +31,7 @@ use tokio::runtime::Runtime;
 use tokio::sync::mpsc;
 
 mod device;
+mod errors;
 mod shadow;
 
 create_exception!(

@@ -7,13 +7,13 @@
 
 use std::time::{SystemTime, UNIX_EPOCH};
 
+use crate::errors::{PyKeyError, PyValueError};
 use lanyard_core::shadow::{
     ConflictPolicy, PathBuf, Shadow as CoreShadow, ShadowConfig, Source, StateTree,
 };
 use lanyard_std::aws_json::{
     self, AwsJsonError, accepted_document, error_document, get_document, parse_update, tree_to_json,
 };
-use pyo3::exceptions::{PyKeyError, PyValueError};
 use pyo3::prelude::*;
 use serde_json::json;
 

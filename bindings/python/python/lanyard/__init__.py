@@ -31,10 +31,48 @@ from ._lanyard import Bridge, FrameDecoder, LanyardError, Rejected, describe, en
 from ._lanyard import Device as _Device
 from ._lanyard import Shadow as _Shadow
 
-__all__ = ["App", "Bridge", "CommandOutcome", "Device", "FrameDecoder", "Json", "LanyardError",
-           "Rejected", "Shadow", "ShadowRejected", "VersionConflict", "decode", "encode_frame"]
+__all__ = ["App", "Bridge", "Closed", "CommandOutcome", "ConnectionFailed", "Device",
+           "FrameDecoder", "InvalidInput", "Json", "LanyardError", "LinkError", "NotFound",
+           "NotPermitted", "Rejected", "Shadow", "ShadowRejected", "Timeout", "VersionConflict",
+           "WrongType", "decode", "encode_frame"]
 
 _log = logging.getLogger("lanyard")
+
+
+# One hierarchy: everything Lanyard raises is a LanyardError, and each is
+# also the builtin that code without Lanyard in mind already catches. The
+# native part raises these (src/errors.rs).
+
+class InvalidInput(LanyardError, ValueError):
+    """Input that cannot be sent or used (nothing was sent)."""
+
+
+class WrongType(LanyardError, TypeError):
+    """An argument of the wrong type."""
+
+
+class Timeout(LanyardError, TimeoutError):
+    """No answer in time."""
+
+
+class LinkError(LanyardError, OSError):
+    """The broker, a file, or the link failed."""
+
+
+class ConnectionFailed(LinkError, ConnectionError):
+    """A service could not be reached (the provisioning service)."""
+
+
+class NotPermitted(LanyardError, PermissionError):
+    """Refused by the fleet (a claim the provisioning service refused)."""
+
+
+class Closed(LanyardError, RuntimeError):
+    """Used after it was closed, or run twice."""
+
+
+class NotFound(LanyardError, KeyError):
+    """Nothing there (no conflict parked at that path)."""
 
 #: A JSON object as a dict: state, documents, events.
 Json = Dict[str, Any]
@@ -62,7 +100,7 @@ def decode(data: Union[bytes, bytearray, memoryview], kind: Optional[str] = None
     would otherwise be taken as a count of zero bytes).
     """
     if not isinstance(data, (bytes, bytearray, memoryview)):
-        raise TypeError(f"decode() takes bytes, bytearray or memoryview, not {type(data).__name__}")
+        raise WrongType(f"decode() takes bytes, bytearray or memoryview, not {type(data).__name__}")
     name, text = describe(bytes(data), kind)
     return name, json.loads(text)
 
@@ -82,11 +120,11 @@ def _check_ints(value: Any, what: str, depth: int = 0) -> None:
     # float: refused here instead. The depth bound (the SDK accepts 16
     # levels) also stops a container that holds itself.
     if depth > 32:
-        raise ValueError(f"{what}: nested too deep")
+        raise InvalidInput(f"{what}: nested too deep")
     if isinstance(value, bool):
         return
     if isinstance(value, int) and not -(2**63) <= value < 2**63:
-        raise ValueError(f"{what}: {value} does not fit in 64 bits")
+        raise InvalidInput(f"{what}: {value} does not fit in 64 bits")
     if isinstance(value, dict):
         for v in value.values():
             _check_ints(v, what, depth + 1)
@@ -97,13 +135,13 @@ def _check_ints(value: Any, what: str, depth: int = 0) -> None:
 
 def _state_json(state: Any, what: str) -> str:
     if not isinstance(state, dict):
-        raise ValueError(f"{what} must be a dict of properties, not {type(state).__name__}")
+        raise InvalidInput(f"{what} must be a dict of properties, not {type(state).__name__}")
     _check_ints(state, what)
     try:
         return json.dumps(state, allow_nan=False)
     except (TypeError, ValueError) as e:
         # bytes, sets, NaN...: nothing a shadow property can hold in JSON.
-        raise ValueError(f"{what}: {e}") from None
+        raise InvalidInput(f"{what}: {e}") from None
 
 
 class App:
@@ -252,7 +290,7 @@ def _update_key(key: Union[None, bytes, bytearray, PathLike]) -> Optional[bytes]
     try:
         return bytes.fromhex(text.strip())
     except ValueError:
-        raise ValueError("update_key: a .pub file, 64 hex digits or 32 bytes") from None
+        raise InvalidInput("update_key: a .pub file, 64 hex digits or 32 bytes") from None
 
 
 class Device:
@@ -459,7 +497,7 @@ class Shadow:
     def __init__(self, policies: Optional[Dict[str, str]] = None,
                  default_policy: str = "cloud_wins", skew_tolerance_ms: int = 1000) -> None:
         if policies is not None and not isinstance(policies, dict):
-            raise TypeError("policies must be a dict of dotted path -> policy name")
+            raise WrongType("policies must be a dict of dotted path -> policy name")
         self._s = _Shadow(list((policies or {}).items()), default_policy, int(skew_tolerance_ms))
         self.last_conflicts: List[Json] = []
 
@@ -476,12 +514,12 @@ class Shadow:
         ``VersionConflict`` or ``ShadowRejected`` with the code and message
         AWS IoT publishes on ``/update/rejected``."""
         if not isinstance(request, dict):
-            raise TypeError(f"an update request is a dict, not {type(request).__name__}")
+            raise WrongType(f"an update request is a dict, not {type(request).__name__}")
         _check_ints(request, "request")
         try:
             text = json.dumps(request, allow_nan=False)
         except (TypeError, ValueError) as e:
-            raise ValueError(f"request: {e}") from None
+            raise InvalidInput(f"request: {e}") from None
         ok, answer, conflicts = self._s.update_aws(text)
         doc = _object(answer)
         if not ok:
