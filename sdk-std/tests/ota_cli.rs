@@ -66,6 +66,52 @@ fn start(url: &str, mac: &str, dir: &Path, key: &Path, version: &str, self_test:
         .unwrap()
 }
 
+/// Signs `work/{image}` as `version`, job `job`, into `work/{job}` with the
+/// fleet key `work/fleet.key`; the command's output.
+fn sign(work: &Path, image: &str, version: &str, job: &str) -> String {
+    let p = |n: &str| work.join(n);
+    ok(&[
+        "ota",
+        "sign",
+        "--key",
+        s(&p("fleet.key")),
+        "--image",
+        s(&p(image)),
+        "--version",
+        version,
+        "--job",
+        job,
+        "--out",
+        s(&p(job)),
+    ])
+}
+
+/// A `lanyard twin` on `url`, its state in `dir`.
+fn twin(url: &str, dir: &Path) -> Child {
+    Command::new(env!("CARGO_BIN_EXE_lanyard"))
+        .args(["twin", "--broker", url, "--state-dir", s(dir)])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap()
+}
+
+/// Waits until the twin host lists `n` devices.
+fn registered(url: &str, n: usize) {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let (ok_, out, _) = lanyard_cli(&["fleet", "--broker", url, "list", "--json"]);
+        if ok_ && out.matches("\"device\"").count() == n {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the devices never registered: {out}"
+        );
+        std::thread::sleep(Duration::from_millis(300));
+    }
+}
+
 /// The devices' supervisor: a device that exited asking to restart (status
 /// 75) is started again on the image its slot names.
 fn supervise(
@@ -186,45 +232,16 @@ fn a_release_rolls_out_in_stages_and_a_failing_one_stops_after_the_first() {
     ok(&["ota", "keygen", "--out", s(&p("fleet"))]);
     let image: Vec<u8> = (0..30_000u32).map(|i| (i * 17 % 251) as u8).collect();
     std::fs::write(p("image.bin"), &image).unwrap();
-    let out = ok(&[
-        "ota",
-        "sign",
-        "--key",
-        s(&p("fleet.key")),
-        "--image",
-        s(&p("image.bin")),
-        "--version",
-        "2.0.0",
-        "--job",
-        "fw-2",
-        "--out",
-        s(&p("fw-2")),
-    ]);
+    let out = sign(work.path(), "image.bin", "2.0.0", "fw-2");
     assert!(out.contains("30000 bytes in 30 blocks"), "{out}");
 
     // A twin host: the first rollout targets every device it knows.
-    let mut twin = Command::new(env!("CARGO_BIN_EXE_lanyard"))
-        .args(["twin", "--broker", &url, "--state-dir", s(&p("twin"))])
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::null())
-        .spawn()
-        .unwrap();
+    let mut twin = twin(&url, &p("twin"));
 
     // A good release: both stages, every device on 2.0.0.
     let key = p("fleet.pub");
     let mut devices = fleet(&url, work.path(), &key, 1..=3, "true");
-    let deadline = Instant::now() + Duration::from_secs(30);
-    loop {
-        let (ok_, out, _) = lanyard_cli(&["fleet", "--broker", &url, "list", "--json"]);
-        if ok_ && out.matches("\"device\"").count() == 3 {
-            break;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "the devices never registered: {out}"
-        );
-        std::thread::sleep(Duration::from_millis(300));
-    }
+    registered(&url, 3);
     let (ok_, out) = roll_out(&url, &p("fw-2"), &mut devices, &key, "2.0.0", "true", true);
     assert!(ok_, "{out}");
     assert!(out.contains("Completed"), "{out}");
@@ -246,20 +263,7 @@ fn a_release_rolls_out_in_stages_and_a_failing_one_stops_after_the_first() {
     // rollout aborts, the other two never take it.
     let bad: Vec<u8> = image.iter().map(|b| b ^ 0x55).collect();
     std::fs::write(p("bad.bin"), &bad).unwrap();
-    ok(&[
-        "ota",
-        "sign",
-        "--key",
-        s(&p("fleet.key")),
-        "--image",
-        s(&p("bad.bin")),
-        "--version",
-        "3.0.0",
-        "--job",
-        "fw-3",
-        "--out",
-        s(&p("fw-3")),
-    ]);
+    sign(work.path(), "bad.bin", "3.0.0", "fw-3");
     let mut devices = fleet(&url, work.path(), &key, 4..=6, "false");
     std::thread::sleep(Duration::from_secs(1));
     let (ok_, out) = roll_out(
@@ -326,26 +330,8 @@ fn a_rollout_targets_the_devices_running_a_version_and_pauses_and_resumes_on_sig
     ok(&["ota", "keygen", "--out", s(&p("fleet"))]);
     let image: Vec<u8> = (0..20_000u32).map(|i| (i * 7 % 251) as u8).collect();
     std::fs::write(p("image.bin"), &image).unwrap();
-    ok(&[
-        "ota",
-        "sign",
-        "--key",
-        s(&p("fleet.key")),
-        "--image",
-        s(&p("image.bin")),
-        "--version",
-        "2.0.0",
-        "--job",
-        "fw-2",
-        "--out",
-        s(&p("fw-2")),
-    ]);
-    let mut twin = Command::new(env!("CARGO_BIN_EXE_lanyard"))
-        .args(["twin", "--broker", &url, "--state-dir", s(&p("twin"))])
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::null())
-        .spawn()
-        .unwrap();
+    sign(work.path(), "image.bin", "2.0.0", "fw-2");
+    let mut twin = twin(&url, &p("twin"));
     let key = p("fleet.pub");
     // Two devices on 1.0.0, one on 1.5.0 (not in the group).
     let mut devices = fleet(&url, work.path(), &key, 1..=2, "true");
@@ -357,18 +343,7 @@ fn a_rollout_targets_the_devices_running_a_version_and_pauses_and_resumes_on_sig
         version: "1.5.0",
         restarts: 0,
     };
-    let deadline = Instant::now() + Duration::from_secs(30);
-    loop {
-        let (ok_, out, _) = lanyard_cli(&["fleet", "--broker", &url, "list", "--json"]);
-        if ok_ && out.matches("\"device\"").count() == 3 {
-            break;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "the devices never registered: {out}"
-        );
-        std::thread::sleep(Duration::from_millis(300));
-    }
+    registered(&url, 3);
 
     // Nobody runs 0.5.0: a clear refusal, nothing offered.
     let (ok_, _, err) = lanyard_cli(&[
