@@ -285,19 +285,11 @@ where
             agent.device_id(),
             message,
             platform,
-            &mut |topic, bytes| {
-                let mut header = [0u8; MAX_HEADER_LEN];
-                // The header buffer holds the longest topic: cannot fail.
-                let h = encode_header(topic, bytes.len(), &mut header).unwrap_or(0);
-                match link.send_parts(&[&header[..h], bytes]) {
-                    Ok(()) => {
-                        stats.frames_out += 1;
-                        true
-                    }
-                    Err(e) => {
-                        failed = Some(e);
-                        false
-                    }
+            &mut |topic, bytes| match send_enveloped(link, stats, topic, bytes) {
+                Ok(()) => true,
+                Err(e) => {
+                    failed = Some(e);
+                    false
                 }
             },
         );
@@ -332,16 +324,32 @@ where
             .map_err(DriverError::Encode)?
         {
             let topic = topic(self.agent.device_id(), t.kind);
-            let mut header = [0u8; MAX_HEADER_LEN];
-            // The header buffer holds the longest topic: cannot fail.
-            let h = encode_header(topic.as_str(), t.len, &mut header).unwrap_or(0);
-            self.link
-                .send_parts(&[&header[..h], &self.message[..t.len]])
-                .map_err(DriverError::Link)?;
-            self.stats.frames_out += 1;
+            send_enveloped(
+                &mut self.link,
+                &mut self.stats,
+                &topic,
+                &self.message[..t.len],
+            )
+            .map_err(DriverError::Link)?;
         }
         Ok(())
     }
+}
+
+/// Sends `message` under `topic` as one frame, its envelope header
+/// framed with the message where it lies (no copy), and counts it.
+fn send_enveloped<IO: Read + ReadReady + Write, const RX: usize, const TX: usize>(
+    link: &mut FramedLink<IO, RX, TX>,
+    stats: &mut DriverStats,
+    topic: &str,
+    message: &[u8],
+) -> Result<(), LinkError<IO::Error>> {
+    let mut header = [0u8; MAX_HEADER_LEN];
+    // The header buffer holds the longest topic: cannot fail.
+    let h = encode_header(topic, message.len(), &mut header).unwrap_or(0);
+    link.send_parts(&[&header[..h], message])?;
+    stats.frames_out += 1;
+    Ok(())
 }
 
 /// What became of a frame offered to the updates.
