@@ -188,10 +188,13 @@ impl FileStore {
         self.dir.join(match slot {
             StorageSlot::AgentState => "agent-state.cbor",
             StorageSlot::Credentials => "credentials.bin",
-            StorageSlot::UpdateRecord => "update.record",
+            StorageSlot::UpdateRecord => UPDATE_RECORD_FILE,
         })
     }
 }
+
+/// The file of a firmware update's download record in the directory.
+pub const UPDATE_RECORD_FILE: &str = "update.record";
 
 /// The file store's records are sealed ([`seal`]). A damaged record is
 /// left where it is and reported ([`StorageError::Corrupt`], logged with

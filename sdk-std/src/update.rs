@@ -157,6 +157,9 @@ pub struct DeviceUpdates {
     self_test: Box<dyn FnMut() -> bool + Send>,
     restart: Box<dyn FnMut() + Send>,
     restart_pending: bool,
+    /// Messages are encoded, records saved and the image read back for
+    /// its check through this, made once (not for every block).
+    buf: Vec<u8>,
 }
 
 impl std::fmt::Debug for DeviceUpdates {
@@ -169,7 +172,7 @@ impl std::fmt::Debug for DeviceUpdates {
 }
 
 /// The file of the download record in the device's state directory.
-pub const RECORD_FILE: &str = "update.record";
+pub const RECORD_FILE: &str = crate::store::UPDATE_RECORD_FILE;
 
 /// Bytes read at a time when the image is verified.
 const VERIFY_CHUNK: usize = 64 * 1024;
@@ -196,6 +199,7 @@ impl DeviceUpdates {
             self_test: Box::new(|| true),
             restart: Box::new(|| {}),
             restart_pending: false,
+            buf: vec![0u8; VERIFY_CHUNK.max(RECORD_MAX)],
         }
     }
 
@@ -221,7 +225,7 @@ impl DeviceUpdates {
     /// messages after it.
     fn drain(&mut self, now: u64) -> Vec<Outgoing> {
         let mut out = Vec::new();
-        let mut buf = vec![0u8; VERIFY_CHUNK.max(RECORD_MAX)];
+        let mut buf = std::mem::take(&mut self.buf);
         loop {
             self.save(&mut buf);
             match self.session.poll_transmit(now, &mut buf) {
@@ -232,6 +236,7 @@ impl DeviceUpdates {
             }
         }
         self.save(&mut buf);
+        self.buf = buf;
         if self.session.take_restart() {
             self.restart_pending = true;
         }
