@@ -1108,18 +1108,7 @@ impl TwinHost {
             result: None,
             time_ms: now_ms,
         };
-        let mut buf = vec![0u8; 256 + cmd.id.len()];
-        let Ok(n) = ack.encode(&mut buf) else {
-            return Vec::new();
-        };
-        buf.truncate(n);
-        let topic = topic_of_key(key, Topic::Device(MessageKind::Ack))
-            .map_or_else(String::new, |s| s.to_string());
-        vec![Publish {
-            topic,
-            payload: buf,
-            qos: Qos::AtLeastOnce,
-        }]
+        vec![encoded(key, MessageKind::Ack, &ack)]
     }
 
     /// An operator's request to accept decommissioned device `key` again:
