@@ -227,6 +227,9 @@ pub struct AppClient<T: Transport> {
     transport: T,
     backlog: VecDeque<(String, Vec<u8>)>,
     next_id: u64,
+    /// The issue time of the last command sent: each command gets a later
+    /// one (see `command`).
+    last_issued_ms: u64,
     /// Topics carry a tenant level; devices are named `{tenant}/{id}`.
     tenants: bool,
     /// Messages `next_event` skipped because they did not decode.
@@ -265,6 +268,7 @@ impl<T: Transport> AppClient<T> {
             transport,
             backlog: VecDeque::new(),
             next_id: 0,
+            last_issued_ms: 0,
             tenants,
             undecodable: 0,
         })
@@ -619,6 +623,12 @@ impl<T: Transport> AppClient<T> {
     /// Sends a command and waits for its final acknowledgement. A device
     /// not in service (never registered, or decommissioned) is refused at
     /// once by the twin host: [`AppError::Rejected`].
+    ///
+    /// Commands from one client carry strictly increasing issue times
+    /// (`now_ms`, or a millisecond past the previous command's): a device
+    /// refuses as stale a command issued no later than one its dedupe
+    /// window has let go of, and two commands stamped with the same
+    /// millisecond would make the later one look that old.
     pub async fn command(
         &mut self,
         device: &str,
@@ -628,13 +638,15 @@ impl<T: Transport> AppClient<T> {
         timeout: Duration,
     ) -> Result<CommandOutcome, AppError> {
         self.next_id += 1;
-        let id = format!("app-{now_ms}-{}", self.next_id);
+        let issued_ms = now_ms.max(self.last_issued_ms + 1);
+        self.last_issued_ms = issued_ms;
+        let id = format!("app-{issued_ms}-{}", self.next_id);
         let cmd = Command {
             id: &id,
             name,
             args,
-            issued_ms: now_ms,
-            expires_ms: now_ms + timeout.as_millis() as u64,
+            issued_ms,
+            expires_ms: issued_ms + timeout.as_millis() as u64,
         };
         let mut buf = vec![0u8; 1024];
         let n = cmd.encode(&mut buf).map_err(AppError::Codec)?;
@@ -839,5 +851,37 @@ impl<T: Transport> AppClient<T> {
                 }
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::transport::MemoryBroker;
+
+    /// Two commands sent in the same millisecond still carry distinct,
+    /// increasing issue times (else a device could refuse the retry of a
+    /// lost one as stale).
+    #[tokio::test]
+    async fn commands_from_one_client_have_increasing_issue_times() {
+        let broker = MemoryBroker::new();
+        let mut device_side = broker.connect();
+        device_side.subscribe("lanyard/v1/+/cmd").await.unwrap();
+        let mut app = AppClient::new(broker.connect()).await.unwrap();
+        for _ in 0..3 {
+            let r = app
+                .command("ly-1", "ping", &[], 5_000, Duration::from_millis(5))
+                .await;
+            assert!(matches!(r, Err(AppError::Timeout)), "{r:?}");
+        }
+        let mut issued = Vec::new();
+        while let Ok(Ok(TransportEvent::Message { payload, .. })) =
+            tokio::time::timeout(Duration::from_millis(50), device_side.recv()).await
+        {
+            let cmd = Command::decode(&payload).unwrap();
+            assert_eq!(cmd.expires_ms, cmd.issued_ms + 5);
+            issued.push(cmd.issued_ms);
+        }
+        assert_eq!(issued, [5_000, 5_001, 5_002]);
     }
 }

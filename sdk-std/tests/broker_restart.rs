@@ -105,13 +105,28 @@ async fn a_broker_crash_loses_no_command_and_runs_none_twice() {
         let mut sent_at: HashMap<u64, Instant> = HashMap::new();
         // A retry is the same command: same id, same issue time.
         let mut issued: HashMap<u64, u64> = HashMap::new();
+        // Issue times strictly increase: the device refuses as stale a
+        // command issued no later than one its window let go of, so two
+        // commands stamped with the same millisecond could make a lost one
+        // look like it may have run already.
+        let mut last_issued = 0u64;
         let (mut next, mut acked, mut resent) = (0u64, 0u64, 0u64);
         let mut crashed_at = None;
+        // What the device refused, to say why if the run stalls.
+        let mut refused: std::collections::BTreeMap<u64, (AckStatus, Option<AckReason>)> =
+            Default::default();
+        let deadline = Instant::now() + Duration::from_secs(120);
         while acked < TOTAL {
+            assert!(
+                Instant::now() < deadline,
+                "{acked} of {TOTAL} acknowledged in time; waiting for {:?}; refused: {refused:?}",
+                sent_at.keys().collect::<Vec<_>>()
+            );
             // Keep the window full; resend what has waited too long.
             let oldest = sent_at.keys().min().copied().unwrap_or(next);
             while (sent_at.len() as u64) < WINDOW && next < TOTAL && next - oldest < MAX_AHEAD {
-                let at = clock.now_ms();
+                let at = clock.now_ms().max(last_issued + 1);
+                last_issued = at;
                 issued.insert(next, at);
                 let _ = app
                     .publish(
@@ -150,10 +165,13 @@ async fn a_broker_crash_loses_no_command_and_runs_none_twice() {
                     continue;
                 }
                 let ack = Ack::decode(&payload).unwrap();
+                let n: u64 = ack.command_id[1..].parse().unwrap();
                 if ack.status != AckStatus::Succeeded {
+                    if matches!(ack.status, AckStatus::Failed | AckStatus::Rejected) {
+                        refused.insert(n, (ack.status, ack.reason));
+                    }
                     continue;
                 }
-                let n: u64 = ack.command_id[1..].parse().unwrap();
                 sent_at.remove(&n);
                 if !done[n as usize] {
                     done[n as usize] = true;
@@ -163,9 +181,11 @@ async fn a_broker_crash_loses_no_command_and_runs_none_twice() {
         }
         (crashed_at.unwrap(), resent)
     };
-    let (restarted_at, resent) = tokio::time::timeout(Duration::from_secs(120), script)
+    // The script fails by itself, saying why, after 120 s; this is the
+    // backstop for a publish that never returns.
+    let (restarted_at, resent) = tokio::time::timeout(Duration::from_secs(150), script)
         .await
-        .expect("all acknowledged in time");
+        .expect("the script ended");
 
     // Ran exactly once each.
     let runs = runs.lock().unwrap().clone();
