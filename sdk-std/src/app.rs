@@ -137,6 +137,54 @@ pub struct CommandOutcome {
     pub detail: Option<String>,
 }
 
+impl HostAnswers {
+    /// The one answer of a single request: its version, the host's
+    /// refusal, or no answer in time.
+    fn into_single(mut self) -> Result<u64, AppError> {
+        if let Some((_, version)) = self.applied.pop() {
+            return Ok(version);
+        }
+        if let Some((_, why)) = self.refused.pop() {
+            return Err(AppError::Rejected(why));
+        }
+        Err(AppError::Timeout)
+    }
+}
+
+/// One request to the twin host, answered on the device's answer topic
+/// with its token.
+struct HostRequest<'a> {
+    device: &'a str,
+    topic: AppTopic,
+    payload: Vec<u8>,
+    token: String,
+}
+
+/// The twin host's answers to requests about many devices asked at once
+/// (desired changes, conflicts settled): each device in one list.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct HostAnswers {
+    /// Done: the document's new version.
+    pub applied: Vec<(String, u64)>,
+    /// Refused by the host, with its reason.
+    pub refused: Vec<(String, String)>,
+    /// No answer in time.
+    pub unanswered: Vec<String>,
+}
+
+/// What became of one command sent to many devices
+/// ([`AppClient::command_to`]): each device in one list.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct CommandFanOutReport {
+    /// Final acknowledgements, in the order they came.
+    pub finished: Vec<(String, CommandOutcome)>,
+    /// Refused at once by the twin host: no device in service has the id
+    /// (with the host's words).
+    pub unknown: Vec<(String, String)>,
+    /// No final acknowledgement in time.
+    pub unanswered: Vec<String>,
+}
+
 /// What became of a configuration pushed to many devices
 /// ([`AppClient::push_config_to`]): each device in one list.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -299,25 +347,40 @@ impl<T: Transport> AppClient<T> {
         now_ms: u64,
         timeout: Duration,
     ) -> Result<u64, AppError> {
-        self.next_id += 1;
-        let token = format!("app-{now_ms}-{}", self.next_id);
-        let mut up: Box<ShadowUpdate<L, P>> = Box::new(ShadowUpdate::new(now_ms));
-        up.desired = Some(desired.clone());
-        // "app-", two numbers of at most 20 digits and a dash: always
-        // within a token's 64 bytes.
-        up.client_token = heapless::String::try_from(token.as_str()).ok();
+        self.set_desired_to(&[(device, desired)], now_ms, timeout)
+            .await?
+            .into_single()
+    }
+
+    /// Asks for each `(device, desired)` change at once and waits up to
+    /// `timeout` for the host's answers: an operator's change over a fleet
+    /// takes one round trip, not one per device. A device id that cannot be
+    /// one is refused before anything is sent.
+    pub async fn set_desired_to<const L: usize, const P: usize>(
+        &mut self,
+        changes: &[(&str, &StateTree<L, P>)],
+        now_ms: u64,
+        timeout: Duration,
+    ) -> Result<HostAnswers, AppError> {
+        let mut requests = Vec::with_capacity(changes.len());
         let mut buf = vec![0u8; 64 * 1024];
-        let n = up.encode(&mut buf).map_err(AppError::Codec)?;
-        // A refused update is answered with its token too.
-        self.ask(
-            device,
-            AppTopic::SetDesired,
-            &buf[..n],
-            &token,
-            false,
-            timeout,
-        )
-        .await
+        for (device, desired) in changes {
+            self.next_id += 1;
+            let token = format!("app-{now_ms}-{}", self.next_id);
+            let mut up: Box<ShadowUpdate<L, P>> = Box::new(ShadowUpdate::new(now_ms));
+            up.desired = Some((*desired).clone());
+            // "app-", two numbers of at most 20 digits and a dash: always
+            // within a token's 64 bytes.
+            up.client_token = heapless::String::try_from(token.as_str()).ok();
+            let n = up.encode(&mut buf).map_err(AppError::Codec)?;
+            requests.push(HostRequest {
+                device,
+                topic: AppTopic::SetDesired,
+                payload: buf[..n].to_vec(),
+                token,
+            });
+        }
+        self.ask_many(requests, timeout).await
     }
 
     /// The device's whole shadow.
@@ -354,16 +417,9 @@ impl<T: Transport> AppClient<T> {
         let _ = minicbor::encode(token.as_str(), &mut payload);
         // Not `shadow/rejected`: the device is decommissioned, so other
         // apps' writes are refused there meanwhile.
-        self.ask(
-            device,
-            AppTopic::Reprovision,
-            &payload,
-            &token,
-            false,
-            timeout,
-        )
-        .await
-        .map(|_| ())
+        self.ask(device, AppTopic::Reprovision, &payload, &token, timeout)
+            .await
+            .map(|_| ())
     }
 
     /// Settles the conflict parked for an operator at `path` (dotted) on
@@ -379,25 +435,42 @@ impl<T: Transport> AppClient<T> {
         winner: lanyard_core::shadow::Source,
         timeout: Duration,
     ) -> Result<u64, AppError> {
-        lanyard_core::shadow::PathBuf::from_dotted(path)
-            .map_err(|e| AppError::Rejected(format!("{path:?}: {e}")))?;
-        let token = self.operator_token();
-        let request = crate::twin::ResolveRequest {
-            token: token.clone(),
-            path: path.to_owned(),
-            winner,
-        };
-        // The host answers every resolve with its token, a decommissioned
-        // device's too: another app's refusal never ends this wait.
-        self.ask(
-            device,
-            AppTopic::Resolve,
-            &request.encode(),
-            &token,
-            false,
-            timeout,
-        )
-        .await
+        self.resolve_to(&[(device, path)], winner, timeout)
+            .await?
+            .into_single()
+    }
+
+    /// Settles each `(device, path)` conflict with `winner` at once (see
+    /// [`resolve`](Self::resolve)) and waits up to `timeout` for the host's
+    /// answers. A path that cannot be one is refused before anything is
+    /// sent.
+    pub async fn resolve_to(
+        &mut self,
+        conflicts: &[(&str, &str)],
+        winner: lanyard_core::shadow::Source,
+        timeout: Duration,
+    ) -> Result<HostAnswers, AppError> {
+        let mut requests = Vec::with_capacity(conflicts.len());
+        for (device, path) in conflicts {
+            lanyard_core::shadow::PathBuf::from_dotted(path)
+                .map_err(|e| AppError::Rejected(format!("{path:?}: {e}")))?;
+            let token = self.operator_token();
+            let request = crate::twin::ResolveRequest {
+                token: token.clone(),
+                path: (*path).to_owned(),
+                winner,
+            };
+            // The host answers every resolve with its token, a
+            // decommissioned device's too: another app's refusal never ends
+            // this wait.
+            requests.push(HostRequest {
+                device,
+                topic: AppTopic::Resolve,
+                payload: request.encode(),
+                token,
+            });
+        }
+        self.ask_many(requests, timeout).await
     }
 
     /// Every device of the fleet (of `tenant`, on a host that serves
@@ -581,43 +654,73 @@ impl<T: Transport> AppClient<T> {
         )
     }
 
-    /// Sends request `payload` on `device`'s topic `t` and waits up to
-    /// `timeout` for the host's answer that names `token`; with
-    /// `untokened_refusals`, a refusal on `shadow/rejected` (which names no
-    /// token) ends the wait too. Other apps' answers pass by.
+    /// Publishes `payload` on `device`'s topic `t` and waits up to
+    /// `timeout` for the host's answer that names `token` (the host answers
+    /// refusals with the token too). Other apps' answers pass by.
     async fn ask(
         &mut self,
         device: &str,
         t: AppTopic,
         payload: &[u8],
         token: &str,
-        untokened_refusals: bool,
         timeout: Duration,
     ) -> Result<u64, AppError> {
-        let topic = device_topic(device, Topic::App(t))?;
-        let answers = device_topic(device, Topic::App(AppTopic::DesiredAnswer))?;
-        let rejected = device_topic(device, Topic::App(AppTopic::Rejected))?;
-        self.transport
-            .publish(&topic, payload, Qos::AtLeastOnce)
-            .await?;
-        let deadline = tokio::time::Instant::now() + timeout;
-        loop {
-            let left = deadline.saturating_duration_since(tokio::time::Instant::now());
-            let (at, payload) = self
-                .wait_for(left, |t| {
-                    t == answers || (untokened_refusals && t == rejected)
-                })
+        let request = HostRequest {
+            device,
+            topic: t,
+            payload: payload.to_vec(),
+            token: token.to_owned(),
+        };
+        self.ask_many(vec![request], timeout).await?.into_single()
+    }
+
+    /// Sends every request, then waits up to `timeout` for the host's
+    /// answers, each matched by its device's answer topic and its token.
+    /// A device id that cannot be one is refused before anything is sent.
+    async fn ask_many(
+        &mut self,
+        requests: Vec<HostRequest<'_>>,
+        timeout: Duration,
+    ) -> Result<HostAnswers, AppError> {
+        // Answer topic -> (device, token).
+        let mut waiting = std::collections::HashMap::new();
+        let mut sends = Vec::with_capacity(requests.len());
+        for r in requests {
+            sends.push((device_topic(r.device, Topic::App(r.topic))?, r.payload));
+            let answers = device_topic(r.device, Topic::App(AppTopic::DesiredAnswer))?;
+            waiting.insert(answers, (r.device.to_owned(), r.token));
+        }
+        for (topic, payload) in &sends {
+            self.transport
+                .publish(topic, payload, Qos::AtLeastOnce)
                 .await?;
-            if at == rejected {
-                return Err(AppError::Rejected(
-                    String::from_utf8_lossy(&payload).into_owned(),
-                ));
+        }
+        let mut report = HostAnswers::default();
+        let deadline = tokio::time::Instant::now() + timeout;
+        while !waiting.is_empty() {
+            let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+            let (topic, payload) = match self.wait_for(left, |t| waiting.contains_key(t)).await {
+                Ok(m) => m,
+                Err(AppError::Timeout) => break,
+                Err(e) => return Err(e),
+            };
+            let Some(answer) = DesiredAnswer::decode(&payload) else {
+                continue;
+            };
+            // Another request's answer (an earlier one, another app's).
+            if !waiting.get(&topic).is_some_and(|(_, t)| *t == answer.token) {
+                continue;
             }
-            match DesiredAnswer::decode(&payload) {
-                Some(a) if a.token == token => return a.outcome.map_err(AppError::Rejected),
-                _ => continue,
+            if let Some((device, _)) = waiting.remove(&topic) {
+                match answer.outcome {
+                    Ok(version) => report.applied.push((device, version)),
+                    Err(why) => report.refused.push((device, why)),
+                }
             }
         }
+        report.unanswered = waiting.into_values().map(|(d, _)| d).collect();
+        report.unanswered.sort();
+        Ok(report)
     }
 
     /// Sends a command and waits for its final acknowledgement. A device
@@ -637,45 +740,121 @@ impl<T: Transport> AppClient<T> {
         now_ms: u64,
         timeout: Duration,
     ) -> Result<CommandOutcome, AppError> {
-        self.next_id += 1;
-        let issued_ms = now_ms.max(self.last_issued_ms + 1);
-        self.last_issued_ms = issued_ms;
-        let id = format!("app-{issued_ms}-{}", self.next_id);
-        let cmd = Command {
-            id: &id,
-            name,
-            args,
-            issued_ms,
-            expires_ms: issued_ms + timeout.as_millis() as u64,
-        };
-        let mut buf = vec![0u8; 1024];
-        let n = cmd.encode(&mut buf).map_err(AppError::Codec)?;
-        let cmd_topic = device_topic(device, Topic::Device(MessageKind::Command))?;
-        self.transport
-            .publish(&cmd_topic, &buf[..n], Qos::AtLeastOnce)
+        let lifetime_ms = timeout.as_millis() as u64;
+        self.command_expiring(device, name, args, (now_ms, lifetime_ms), timeout)
+            .await
+    }
+
+    /// [`command`](Self::command) with the command's lifetime on the
+    /// device's clock apart from how long to wait for its answer: `at` is
+    /// (now, lifetime) in ms on the clock devices keep, which a simulation
+    /// may run faster than real time.
+    pub async fn command_expiring(
+        &mut self,
+        device: &str,
+        name: &str,
+        args: &[u8],
+        at: (u64, u64),
+        timeout: Duration,
+    ) -> Result<CommandOutcome, AppError> {
+        let mut report = self
+            .command_to(&[device.to_owned()], name, args, at, timeout)
             .await?;
-        let ack_topic = device_topic(device, Topic::Device(MessageKind::Ack))?;
-        let deadline = tokio::time::Instant::now() + timeout;
-        loop {
-            let left = deadline.saturating_duration_since(tokio::time::Instant::now());
-            let (_, payload) = self.wait_for(left, |t| t == ack_topic).await?;
-            let ack = Ack::decode(&payload).map_err(AppError::Codec)?;
-            if ack.command_id == id && ack.reason == Some(AckReason::UnknownDevice) {
-                // The twin host's answer: no device in service has the id.
-                return Err(AppError::Rejected(format!(
-                    "{device}: {}",
-                    ack.detail.unwrap_or("unknown device")
-                )));
+        if let Some((_, outcome)) = report.finished.pop() {
+            return Ok(outcome);
+        }
+        if let Some((device, why)) = report.unknown.pop() {
+            return Err(AppError::Rejected(format!("{device}: {why}")));
+        }
+        Err(AppError::Timeout)
+    }
+
+    /// Sends the same command to each of `devices` at once (each copy with
+    /// its own id) and waits up to `timeout` for their final
+    /// acknowledgements: an operator's step over a fleet takes one round
+    /// trip, not one per device. `at` is as for
+    /// [`command_expiring`](Self::command_expiring). A device id that
+    /// cannot be one is refused before anything is sent.
+    pub async fn command_to(
+        &mut self,
+        devices: &[String],
+        name: &str,
+        args: &[u8],
+        (now_ms, lifetime_ms): (u64, u64),
+        timeout: Duration,
+    ) -> Result<CommandFanOutReport, AppError> {
+        // Ack topic -> (device, command id).
+        let mut waiting = std::collections::HashMap::new();
+        let mut sends = Vec::with_capacity(devices.len());
+        for device in devices {
+            let cmd_topic = device_topic(device, Topic::Device(MessageKind::Command))?;
+            let ack_topic = device_topic(device, Topic::Device(MessageKind::Ack))?;
+            self.next_id += 1;
+            let issued_ms = now_ms.max(self.last_issued_ms + 1);
+            self.last_issued_ms = issued_ms;
+            let id = format!("app-{issued_ms}-{}", self.next_id);
+            let mut buf = vec![0u8; 1024];
+            let n = Command {
+                id: &id,
+                name,
+                args,
+                issued_ms,
+                expires_ms: issued_ms + lifetime_ms,
             }
-            if ack.command_id == id && ack.status.is_final() {
-                return Ok(CommandOutcome {
-                    status: ack.status,
-                    reason: ack.reason,
-                    result: ack.result.map(<[u8]>::to_vec),
-                    detail: ack.detail.map(str::to_owned),
-                });
+            .encode(&mut buf)
+            .map_err(AppError::Codec)?;
+            buf.truncate(n);
+            sends.push((cmd_topic, buf));
+            waiting.insert(ack_topic, (device.clone(), id));
+        }
+        for (topic, payload) in &sends {
+            self.transport
+                .publish(topic, payload, Qos::AtLeastOnce)
+                .await?;
+        }
+        let mut report = CommandFanOutReport::default();
+        let deadline = tokio::time::Instant::now() + timeout;
+        while !waiting.is_empty() {
+            let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+            let (topic, payload) = match self.wait_for(left, |t| waiting.contains_key(t)).await {
+                Ok(m) => m,
+                Err(AppError::Timeout) => break,
+                Err(e) => return Err(e),
+            };
+            let Ok(ack) = Ack::decode(&payload) else {
+                self.undecodable += 1;
+                continue;
+            };
+            // Another command's acknowledgement, or not yet the last.
+            let ours = waiting
+                .get(&topic)
+                .is_some_and(|(_, id)| *id == ack.command_id);
+            if !ours {
+                continue;
+            }
+            if ack.reason == Some(AckReason::UnknownDevice) {
+                // The twin host's answer: no device in service has the id.
+                if let Some((device, _)) = waiting.remove(&topic) {
+                    let why = ack.detail.unwrap_or("unknown device").to_owned();
+                    report.unknown.push((device, why));
+                }
+            } else if ack.status.is_final() {
+                if let Some((device, _)) = waiting.remove(&topic) {
+                    report.finished.push((
+                        device,
+                        CommandOutcome {
+                            status: ack.status,
+                            reason: ack.reason,
+                            result: ack.result.map(<[u8]>::to_vec),
+                            detail: ack.detail.map(str::to_owned),
+                        },
+                    ));
+                }
             }
         }
+        report.unanswered = waiting.into_values().map(|(d, _)| d).collect();
+        report.unanswered.sort();
+        Ok(report)
     }
 
     /// Sends `device` a new configuration (it applies it if the version is
@@ -883,5 +1062,62 @@ mod tests {
             issued.push(cmd.issued_ms);
         }
         assert_eq!(issued, [5_000, 5_001, 5_002]);
+    }
+
+    /// One command to many devices: each answered one is reported with its
+    /// outcome, the silent one as unanswered, another command's
+    /// acknowledgement is not taken for one of them.
+    #[tokio::test]
+    async fn a_command_to_many_devices_reports_each() {
+        let broker = MemoryBroker::new();
+        let mut devices = broker.connect();
+        devices.subscribe("lanyard/v1/+/cmd").await.unwrap();
+        let mut answering = broker.connect();
+        let mut app = AppClient::new(broker.connect()).await.unwrap();
+        let device = tokio::spawn(async move {
+            while let Ok(TransportEvent::Message { topic, payload }) = devices.recv().await {
+                let cmd = Command::decode(&payload).unwrap();
+                if !topic.contains("/ly-1/") {
+                    continue;
+                }
+                let mut buf = [0u8; 256];
+                for (id, status) in [
+                    ("not-ours", AckStatus::Failed),
+                    (cmd.id, AckStatus::Succeeded),
+                ] {
+                    let n = Ack {
+                        command_id: id,
+                        status,
+                        reason: None,
+                        detail: None,
+                        result: None,
+                        time_ms: 1,
+                    }
+                    .encode(&mut buf)
+                    .unwrap();
+                    answering
+                        .publish("lanyard/v1/ly-1/ack", &buf[..n], Qos::AtLeastOnce)
+                        .await
+                        .unwrap();
+                }
+            }
+        });
+        let ids = ["ly-1".to_owned(), "ly-2".to_owned()];
+        let report = app
+            .command_to(
+                &ids,
+                "ping",
+                &[],
+                (5_000, 1_000),
+                Duration::from_millis(300),
+            )
+            .await
+            .unwrap();
+        assert_eq!(report.finished.len(), 1, "{report:?}");
+        assert_eq!(report.finished[0].0, "ly-1");
+        assert_eq!(report.finished[0].1.status, AckStatus::Succeeded);
+        assert_eq!(report.unanswered, ["ly-2"]);
+        assert!(report.unknown.is_empty());
+        device.abort();
     }
 }

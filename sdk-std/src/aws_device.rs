@@ -587,6 +587,10 @@ impl<T: Transport> Transport for AwsShadowTransport<T> {
         self.inner.reconnects()
     }
 
+    fn has_connected(&self) -> bool {
+        self.inner.has_connected()
+    }
+
     fn acknowledged(&self) -> u64 {
         let acked = self.inner.acknowledged();
         self.acked_before + self.marks.iter().take_while(|m| **m <= acked).count() as u64

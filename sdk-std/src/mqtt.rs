@@ -521,6 +521,10 @@ impl Transport for MqttTransport {
         self.stats().reconnects
     }
 
+    fn has_connected(&self) -> bool {
+        matches!(*self.first.borrow(), Some(Ok(())))
+    }
+
     async fn flush(&mut self, within: Duration) -> Result<(), TransportError> {
         let deadline = tokio::time::Instant::now() + within;
         // Polled: the counters move at network speed, and a flush happens

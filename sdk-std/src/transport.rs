@@ -117,6 +117,12 @@ pub trait Transport: Send {
     fn reconnects(&self) -> u64 {
         0
     }
+    /// Whether a connection has been made yet (a simulation starts its
+    /// clock once every device can be heard); the default, for a
+    /// transport with no connection to make, is yes.
+    fn has_connected(&self) -> bool {
+        true
+    }
     /// How many of this transport's at-least-once publishes the peer has
     /// acknowledged, counted in publish order (MQTT acknowledges QoS 1 in
     /// order). The default, for a transport that delivers within
@@ -264,6 +270,9 @@ impl<T: Transport + ?Sized> Transport for Box<T> {
     }
     fn reconnects(&self) -> u64 {
         (**self).reconnects()
+    }
+    fn has_connected(&self) -> bool {
+        (**self).has_connected()
     }
 }
 

@@ -44,6 +44,24 @@ fn decode_prints_any_message_as_json_and_refuses_garbage_clearly() {
 }
 
 #[test]
+fn the_demo_warns_above_the_speed_it_keeps() {
+    let (ok, _, err) = lanyard(&[
+        "demo",
+        "--devices",
+        "5",
+        "--speed",
+        "1000",
+        "--minutes",
+        "1",
+    ]);
+    assert!(ok, "{err}");
+    assert!(
+        err.contains("warning: 5 devices at 1000x may be more than this machine keeps up with"),
+        "{err}"
+    );
+}
+
+#[test]
 fn the_demo_runs_a_small_fleet_to_its_summary() {
     // Three minutes: the operator's third step pushes a configuration.
     let dir = tempfile::tempdir().unwrap();
@@ -53,7 +71,7 @@ fn the_demo_runs_a_small_fleet_to_its_summary() {
         "--devices",
         "5",
         "--speed",
-        "60",
+        "20",
         "--minutes",
         "3",
         "--cost-fleet",
@@ -87,6 +105,24 @@ fn the_demo_runs_a_small_fleet_to_its_summary() {
         summary.contains("liveness: 5 of 5 devices online"),
         "{summary}"
     );
+    // The reference scenario's outcomes beside the run's: at a speed the
+    // machine keeps, every device registered in time and every command
+    // the operator sent succeeded.
+    let table: Vec<&str> = summary
+        .lines()
+        .skip_while(|l| !l.starts_with("expected (the reference scenario) and this run"))
+        .skip(1)
+        .take_while(|l| l.starts_with("  "))
+        .collect();
+    assert_eq!(table.len(), 10, "{summary}");
+    for row in ["registration", "command acks", "heartbeats"] {
+        let line = table
+            .iter()
+            .find(|l| l.trim_start().starts_with(row))
+            .unwrap_or_else(|| panic!("no {row} row: {summary}"));
+        assert!(line.contains(" ok "), "{line}");
+    }
+    assert!(out.contains("times are simulated"), "{out}");
 
     // The demo's traffic, priced for 10,000 such devices: the month's
     // messages are the demo's, scaled.

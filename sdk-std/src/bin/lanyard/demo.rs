@@ -3,7 +3,7 @@
 
 use super::*;
 use lanyard_core::shadow::FleetPolicies;
-use lanyard_std::app::{AppClient, AppError};
+use lanyard_std::app::AppClient;
 use lanyard_std::device::DeviceHandle;
 
 /// What the demo's operator does at a step, in turn.
@@ -45,53 +45,28 @@ impl OperatorStep {
         }
     }
 
-    /// Does this step to device `id` (the `n`th of the fleet).
+    /// Does this step to the fleet `ids`. Failures show in the devices'
+    /// timelines and the summary; the operator carries on.
     async fn run(
         self,
         app: &mut AppClient<MqttTransport>,
-        id: &str,
-        n: usize,
+        ids: &[String],
         step: u64,
-        now: u64,
-        buttons: &[DeviceHandle],
-    ) -> Result<(), AppError> {
+        at: &OperatorScene<'_>,
+    ) {
         match self {
             // Pushed to the whole fleet at once by `push_to_fleet`.
-            OperatorStep::PushConfig => Ok(()),
-            OperatorStep::Setpoint => {
-                // First the app sets 70 and the devices follow; the next
-                // time it asks for 72 while users press the button for 68
-                // on every other device: a conflict, settled by LatestWins
-                // (the fleet's policy for hvac).
-                // The mode is manual_resolve: when both sides change it,
-                // it waits for the operator (`settle_conflicts`).
-                let first = step < 7;
-                let mut t: StateTree<8, 256> = StateTree::new();
-                let _ = t.insert(
-                    &ShadowPath::from_dotted("hvac.setpoint").unwrap_or_default(),
-                    Value::Int(if first { 70 } else { 72 }),
-                );
-                let _ = t.insert(
-                    &ShadowPath::from_dotted("hvac.mode").unwrap_or_default(),
-                    Value::Text(if first { "auto" } else { "cool" }),
-                );
-                // Users press first, on every other device: the device's
-                // report and the app's change cross on their way. Half of
-                // them change the setpoint (latest_wins settles it), the
-                // other half the mode (manual_resolve: it waits for the
-                // operator). One change each: after a conflict the host
-                // holds the device's next sync back a moment.
-                if !first && n.is_multiple_of(4) {
-                    let _ = buttons[n].report("hvac.setpoint", LocalValue::Int(68));
-                } else if !first && n % 4 == 2 {
-                    let _ = buttons[n].report("hvac.mode", LocalValue::Text("heat".into()));
-                }
-                app.set_desired(id, &t, now).await.map(|_| ())
-            }
-            // Maintenance only for the first device: it shows in the
-            // timeline.
-            OperatorStep::EnterMaintenance | OperatorStep::ExitMaintenance if n != 0 => Ok(()),
+            OperatorStep::PushConfig => {}
+            OperatorStep::Setpoint => set_point(app, ids, step, at).await,
             cmd => {
+                // Maintenance only for the first device: it shows in the
+                // timeline.
+                let targets = match cmd {
+                    OperatorStep::EnterMaintenance | OperatorStep::ExitMaintenance => {
+                        &ids[..ids.len().min(1)]
+                    }
+                    _ => ids,
+                };
                 let mut args = minicbor::Encoder::new(Vec::new());
                 if cmd == OperatorStep::Blink {
                     // {"count": 3, "period_ms": 500}
@@ -99,18 +74,105 @@ impl OperatorStep {
                         .map(2)
                         .and_then(|e| e.str("count")?.u8(3)?.str("period_ms")?.u16(500));
                 }
-                app.command(
-                    id,
-                    cmd.name(),
-                    &args.into_writer(),
-                    now,
-                    Duration::from_secs(5),
-                )
-                .await
-                .map(|_| ())
+                // Sent to every target at once, alive for 30 simulated
+                // seconds; the operator waits that long for the answers.
+                let issued = at.clock.now_ms();
+                let wait = at
+                    .clock
+                    .real_wait_until(issued + COMMAND_LIFETIME_MS)
+                    .max(Duration::from_millis(200));
+                let _ = app
+                    .command_to(
+                        targets,
+                        cmd.name(),
+                        &args.into_writer(),
+                        (issued, COMMAND_LIFETIME_MS),
+                        wait,
+                    )
+                    .await;
             }
         }
     }
+}
+
+/// The setpoint step: one change asked of every device at once.
+async fn set_point(
+    app: &mut AppClient<MqttTransport>,
+    ids: &[String],
+    step: u64,
+    at: &OperatorScene<'_>,
+) {
+    // First the app sets 70 and the devices follow; the next time it asks
+    // for 72 while users press the button for 68 on every other device: a
+    // conflict, settled by LatestWins (the fleet's policy for hvac). The
+    // mode is manual_resolve: when both sides change it, it waits for the
+    // operator (`settle_conflicts`).
+    let first = step < 7;
+    let mut t: StateTree<8, 256> = StateTree::new();
+    let _ = t.insert(
+        &ShadowPath::from_dotted("hvac.setpoint").unwrap_or_default(),
+        Value::Int(if first { 70 } else { 72 }),
+    );
+    let _ = t.insert(
+        &ShadowPath::from_dotted("hvac.mode").unwrap_or_default(),
+        Value::Text(if first { "auto" } else { "cool" }),
+    );
+    // Users press first, on every other device: the device's report and
+    // the app's change cross on their way. Half of them change the
+    // setpoint (latest_wins settles it), the other half the mode
+    // (manual_resolve: it waits for the operator). One change each: after
+    // a conflict the host holds the device's next sync back a moment.
+    for (n, button) in at.buttons.iter().enumerate() {
+        if !first && n.is_multiple_of(4) {
+            let _ = button.report("hvac.setpoint", LocalValue::Int(68));
+        } else if !first && n % 4 == 2 {
+            let _ = button.report("hvac.mode", LocalValue::Text("heat".into()));
+        }
+    }
+    let changes: Vec<(&str, &StateTree<8, 256>)> = ids.iter().map(|id| (id.as_str(), &t)).collect();
+    // A few devices at a time: the embedded broker (rumqttd) stops
+    // delivering to the twin host when a hundred changes and the conflicts
+    // they make arrive at once.
+    for (k, chunk) in changes.chunks(SETPOINT_CHUNK).enumerate() {
+        let now = at.clock.now_ms();
+        // Recorded first: a device may report before the host's answer
+        // reaches the operator.
+        let first = k * SETPOINT_CHUNK;
+        at.desired_asked.lock().unwrap_or_else(|p| p.into_inner())[first..first + chunk.len()]
+            .iter_mut()
+            .for_each(|asked| *asked = Some(now));
+        let wait = at
+            .clock
+            .real_wait_until(now + COMMAND_LIFETIME_MS)
+            .max(Duration::from_millis(200));
+        match app.set_desired_to(chunk, now, wait).await {
+            Ok(a) => tracing::debug!(
+                applied = a.applied.len(),
+                refused = ?a.refused.first(),
+                unanswered = a.unanswered.len(),
+                "operator: setpoint"
+            ),
+            Err(e) => tracing::warn!("operator: setpoint not asked: {e}"),
+        }
+    }
+}
+
+/// Desired changes the operator asks at once.
+const SETPOINT_CHUNK: usize = 10;
+
+/// The demo's one property whose conflicts wait for the operator.
+const MANUAL_PATH: &str = "hvac.mode";
+
+/// How long a command the demo's operator sends stays valid, simulated ms.
+const COMMAND_LIFETIME_MS: u64 = 30_000;
+
+/// What the operator works with at a step.
+struct OperatorScene<'a> {
+    clock: Clock,
+    /// The devices' local inputs (a user pressing a button).
+    buttons: &'a [DeviceHandle],
+    /// When the operator asked each device for a desired change.
+    desired_asked: &'a super::outcomes::DesiredAsked,
 }
 
 /// What the demo's operator did through the operator's calls.
@@ -121,6 +183,10 @@ struct OperatorTally {
     config: [usize; 4],
     /// Conflicts parked for an operator that it settled.
     settled: usize,
+    /// Steps begun.
+    steps: u64,
+    /// How late the latest step began, simulated ms.
+    latest_ms: u64,
 }
 
 /// Pushes configuration `version` (the fleet's heartbeat interval) to
@@ -162,24 +228,28 @@ async fn settle_conflicts(
             return;
         }
     };
-    for d in devices.iter().filter(|d| d.parked > 0) {
-        let Ok(shadow) = app.get_shadow(&d.device, Duration::from_secs(5)).await else {
-            continue;
-        };
-        let paths: Vec<String> = shadow
-            .parked()
-            .map(|(p, _)| p.to_string_lossy().as_str().to_owned())
-            .collect();
-        for path in paths {
-            let winner = lanyard_core::shadow::Source::Cloud;
-            match app
-                .resolve(&d.device, &path, winner, Duration::from_secs(5))
-                .await
-            {
-                Ok(_) => tally.lock().unwrap_or_else(|p| p.into_inner()).settled += 1,
-                Err(e) => tracing::warn!(device = d.device, path, "operator: not settled: {e}"),
+    // `hvac.mode` is the demo's only property under manual_resolve, so it
+    // is what is parked: settled on every such device at once.
+    let conflicts: Vec<(&str, &str)> = devices
+        .iter()
+        .filter(|d| d.parked > 0)
+        .map(|d| (d.device.as_str(), MANUAL_PATH))
+        .collect();
+    if conflicts.is_empty() {
+        return;
+    }
+    let winner = lanyard_core::shadow::Source::Cloud;
+    match app
+        .resolve_to(&conflicts, winner, Duration::from_secs(5))
+        .await
+    {
+        Ok(answers) => {
+            tally.lock().unwrap_or_else(|p| p.into_inner()).settled += answers.applied.len();
+            for (device, why) in answers.refused {
+                tracing::warn!(device, "operator: not settled: {why}");
             }
         }
+        Err(e) => tracing::warn!("operator: conflicts not settled: {e}"),
     }
 }
 
@@ -212,10 +282,24 @@ pub(crate) async fn demo(
         }
     };
     let url = broker.url()?.to_owned();
+    if devices as f64 * speed > super::outcomes::KEEPS_UP_TO {
+        eprintln!(
+            "warning: {devices} devices at {speed}x may be more than this machine keeps up with \
+             (it takes about {:.0} devices x speed on two cores: {:.0}x for {devices} devices); \
+             the summary shows where the run fell behind the scenario",
+            super::outcomes::KEEPS_UP_TO,
+            super::outcomes::KEEPS_UP_TO / devices.max(1) as f64
+        );
+    }
     let clock = Clock::compressed(speed);
-    let start = clock.now_ms();
-    let end = start + minutes * 60_000;
-    let tmp = tempfile::tempdir().map_err(|e| e.to_string())?;
+    // The simulated devices keep their state in memory where there is a
+    // tmpfs: a hundred devices writing and syncing files at power-on would
+    // make the first seconds a measure of the disk.
+    let tmp = match std::path::Path::new("/dev/shm") {
+        shm if shm.is_dir() => tempfile::tempdir_in(shm).or_else(|_| tempfile::tempdir()),
+        _ => tempfile::tempdir(),
+    }
+    .map_err(|e| e.to_string())?;
     let macs: Vec<[u8; 6]> = (0..devices)
         .map(|i| [0x02, 0x00, 0x00, (i >> 16) as u8, (i >> 8) as u8, i as u8])
         .collect();
@@ -234,7 +318,9 @@ pub(crate) async fn demo(
         }
     };
     println!(
-        "lanyard demo: {devices} devices, twin host, broker {url}, {minutes} simulated minutes at {speed}x"
+        "lanyard demo: {devices} devices, twin host, broker {url}, {minutes} simulated minutes at {speed}x \
+         ({:.1} real seconds)",
+        minutes as f64 * 60.0 / speed
     );
 
     // The twin host, with the fleet's configuration and policies.
@@ -247,7 +333,7 @@ pub(crate) async fn demo(
         .set("hvac", ConflictPolicy::LatestWins)
         .map_err(|e| e.to_string())?;
     policies
-        .set("hvac.mode", ConflictPolicy::ManualResolve)
+        .set(MANUAL_PATH, ConflictPolicy::ManualResolve)
         .map_err(|e| e.to_string())?;
     let mut twin_host = TwinHost::in_memory(fleet.clone()).with_policies(policies);
     if let Some(m) = &metrics {
@@ -266,8 +352,7 @@ pub(crate) async fn demo(
 
     // The fleet.
     let (ev_tx, mut ev_rx) = mpsc::unbounded_channel::<(usize, DriverEvent)>();
-    let mut stops = Vec::new();
-    let mut tasks = Vec::new();
+    let mut built = Vec::new();
     let mut buttons = Vec::new();
     for (i, &mac) in macs.iter().enumerate() {
         let (tx, mut rx) = mpsc::unbounded_channel();
@@ -302,16 +387,7 @@ pub(crate) async fn demo(
         if let Some(m) = &metrics {
             d = d.with_metrics(m.clone());
         }
-        let (stop_tx, stop_rx) = oneshot::channel::<()>();
-        stops.push(stop_tx);
-        tasks.push(tokio::spawn(async move {
-            d.start().await?;
-            d.run_until(async {
-                let _ = stop_rx.await;
-            })
-            .await?;
-            Ok::<_, lanyard_std::driver::StartError>(d)
-        }));
+        built.push(d);
     }
     drop(ev_tx);
 
@@ -324,6 +400,41 @@ pub(crate) async fn demo(
         .iter()
         .map(|mac| lanyard_core::agent::device_id_from_mac(*mac).to_string())
         .collect();
+
+    // The scenario's time starts once every device is connected: the
+    // devices then boot together, as at power-on, and the time the broker
+    // takes to accept a hundred connections is not counted against their
+    // first registration.
+    let connecting = std::time::Instant::now();
+    while !built.iter().all(|d| d.transport().has_connected()) {
+        if connecting.elapsed() > Duration::from_secs(30) {
+            return Err("the demo's devices did not connect to the broker in 30 s".into());
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let start = clock.now_ms();
+    let end = start + minutes * 60_000;
+    let mut stops = Vec::new();
+    let mut tasks = Vec::new();
+    for mut d in built {
+        let (stop_tx, stop_rx) = oneshot::channel::<()>();
+        stops.push(stop_tx);
+        tasks.push(tokio::spawn(async move {
+            d.start().await?;
+            d.run_until(async {
+                let _ = stop_rx.await;
+            })
+            .await?;
+            Ok::<_, lanyard_std::driver::StartError>(d)
+        }));
+    }
+    let mut outcomes = super::outcomes::Outcomes::new(devices, start);
+    let desired_asked = outcomes.desired_asked.clone();
+    println!(
+        "times are simulated minutes:seconds since the devices powered on \
+         (a simulated minute is {:.2} real seconds)",
+        60.0 / speed
+    );
     let bar = ProgressBar::new(minutes * 60);
     bar.set_style(
         ProgressStyle::with_template("{bar:40} {pos}/{len} simulated s  {msg}")
@@ -359,9 +470,27 @@ pub(crate) async fn demo(
             if at > end {
                 break;
             }
-            tokio::time::sleep(clock.real_wait_until(at)).await;
-            let now = clock.now_ms();
+            // Reads what the fleet sends until the step is due: an app that
+            // stops reading leaves its messages unacknowledged at the
+            // broker, which then stops sending to it.
+            let due = tokio::time::Instant::now() + clock.real_wait_until(at);
+            loop {
+                match tokio::time::timeout_at(due, operator.next_event()).await {
+                    Ok(Ok(_)) => {}
+                    Ok(Err(_)) => {
+                        tokio::time::sleep_until(due).await;
+                        break;
+                    }
+                    Err(_) => break,
+                }
+            }
             let action = OperatorStep::of(step);
+            {
+                let mut tally = tally.lock().unwrap_or_else(|p| p.into_inner());
+                tally.steps += 1;
+                tally.latest_ms = tally.latest_ms.max(clock.now_ms().saturating_sub(at));
+            }
+            let began = std::time::Instant::now();
             bar2.set_message(format!("operator: {}", action.name()));
             if action == OperatorStep::PushConfig {
                 // Answers are waited for up to 10 simulated seconds.
@@ -377,12 +506,14 @@ pub(crate) async fn demo(
                 )
                 .await;
             }
-            for (n, id) in script_ids.iter().enumerate() {
-                // Failures show in the devices' timelines and the summary;
-                // the operator carries on with the next device.
-                let _ = action.run(&mut operator, id, n, step, now, &buttons).await;
-            }
+            let scene = OperatorScene {
+                clock,
+                buttons: &buttons,
+                desired_asked: &desired_asked,
+            };
+            action.run(&mut operator, &script_ids, step, &scene).await;
             settle_conflicts(&mut operator, &tally).await;
+            tracing::debug!(step, action = action.name(), took = ?began.elapsed(), "operator step done");
         }
         operator
     });
@@ -397,6 +528,7 @@ pub(crate) async fn demo(
             _ = &mut deadline => break,
             _ = ticker.tick() => bar.set_position(clock.now_ms().saturating_sub(start) / 1_000),
             Some((i, e)) = ev_rx.recv() => {
+                outcomes.observe(i, &e);
                 if let DriverEvent::Sent { kind, payload, at_ms } = &e {
                     let t = totals.messages.entry(kind.topic_suffix()).or_default();
                     t.0 += 1;
@@ -560,5 +692,13 @@ pub(crate) async fn demo(
         );
     }
     println!("reconnects: {reconnects}; messages dropped from full outboxes: {dropped}");
+    let differ = outcomes.print(minutes, &totals.messages, (tally.steps, tally.latest_ms));
+    if differ > 0 {
+        println!(
+            "{differ} of the scenario's outcomes differ: at {speed}x this machine did not keep \
+             the scenario's timing (answers that come late are asked again, commands expire); \
+             a lower --speed keeps it"
+        );
+    }
     Ok(())
 }

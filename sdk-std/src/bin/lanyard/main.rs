@@ -29,6 +29,7 @@ mod device;
 mod fleet;
 mod ota;
 mod ota_demo;
+mod outcomes;
 mod timeline;
 mod twin;
 
