@@ -708,7 +708,7 @@ impl<T: Transport> AppClient<T> {
                 continue;
             };
             // Another request's answer (an earlier one, another app's).
-            if !waiting.get(&topic).is_some_and(|(_, t)| *t == answer.token) {
+            if waiting.get(&topic).is_none_or(|(_, t)| *t != answer.token) {
                 continue;
             }
             if let Some((device, _)) = waiting.remove(&topic) {
