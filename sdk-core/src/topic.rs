@@ -49,7 +49,22 @@ pub enum AppTopic {
     RawReadings,
 }
 
+/// The level before a writer's identity at the end of an operator's write
+/// ([`AppTopic::OPERATOR_WRITES`]):
+/// `{prefix}{device}/shadow/desired/by/{identity}`. The broker's ACL lets
+/// a client write there only under its own identity, so a twin host knows
+/// who wrote.
+pub const BY_LEVEL: &str = "by";
+
 impl AppTopic {
+    /// An operator's writes: a twin host with an operator list takes them
+    /// only on topics that name their writer ([`BY_LEVEL`]).
+    pub const OPERATOR_WRITES: [AppTopic; 3] = [
+        AppTopic::SetDesired,
+        AppTopic::Resolve,
+        AppTopic::Reprovision,
+    ];
+
     /// Every app topic.
     pub const ALL: [AppTopic; 11] = [
         AppTopic::SetDesired,

@@ -129,6 +129,55 @@ pub fn mosquitto_acl(trusted: &[&str]) -> Result<String, NotAServiceName> {
     Ok(out)
 }
 
+/// [`mosquitto_acl`], with `operators` who may write only as themselves:
+/// each reads every Lanyard topic, sends devices commands and
+/// configurations, asks for shadows, the fleet's listing and raw
+/// readings, and writes desired state, conflict resolutions and
+/// re-provisionings only on topics that name it as their writer
+/// (`.../by/{its name}`), which is how a twin host with an operator list
+/// ([`TwinHost::with_operators`](crate::twin::TwinHost::with_operators))
+/// knows who wrote. No operator can write as another one; `trusted`
+/// identities (the twin host) still may write everything.
+///
+/// ```
+/// let acl = lanyard_std::acl::mosquitto_fleet_acl(&["lanyard-twin"], &["lanyard-ops"]).unwrap();
+/// assert!(acl.contains("\nuser lanyard-ops\n"));
+/// assert!(acl.contains("topic write lanyard/v1/+/shadow/desired/by/lanyard-ops\n"));
+/// ```
+pub fn mosquitto_fleet_acl(
+    trusted: &[&str],
+    operators: &[&str],
+) -> Result<String, NotAServiceName> {
+    check_trusted(operators)?;
+    let mut out = mosquitto_acl(trusted)?;
+    use lanyard_core::topic::{AppTopic, FLEET_KEY, Topic};
+    for user in operators {
+        out.push_str(&format!(
+            "\n# An operator: reads everything, writes as itself.\nuser {user}\ntopic read {TOPIC_PREFIX}#\n"
+        ));
+        for t in [
+            Topic::Device(MessageKind::Command),
+            Topic::Device(MessageKind::Config),
+            Topic::App(AppTopic::Get),
+            Topic::App(AppTopic::RawReadings),
+        ] {
+            out.push_str(&format!("topic write {TOPIC_PREFIX}+/{}\n", t.suffix()));
+        }
+        out.push_str(&format!(
+            "topic write {TOPIC_PREFIX}{FLEET_KEY}/{}\n",
+            AppTopic::List.suffix()
+        ));
+        for w in AppTopic::OPERATOR_WRITES {
+            out.push_str(&format!(
+                "topic write {TOPIC_PREFIX}+/{}/{}/{user}\n",
+                w.suffix(),
+                lanyard_core::topic::BY_LEVEL
+            ));
+        }
+    }
+    Ok(out)
+}
+
 /// A mosquitto `acl_file` for a broker shared by tenants: a device's
 /// certificate names it `{tenant}/{device-id}`, so `%u` in a pattern is
 /// its own address in its tenant's namespace, and a device can reach

@@ -278,6 +278,8 @@ pub struct AppClient<T: Transport> {
     /// The issue time of the last command sent: each command gets a later
     /// one (see `command`).
     last_issued_ms: u64,
+    /// The operator identity its writes name (`.../by/{identity}`).
+    operator: Option<String>,
     /// Topics carry a tenant level; devices are named `{tenant}/{id}`.
     tenants: bool,
     /// Messages `next_event` skipped because they did not decode.
@@ -317,9 +319,35 @@ impl<T: Transport> AppClient<T> {
             backlog: VecDeque::new(),
             next_id: 0,
             last_issued_ms: 0,
+            operator: None,
             tenants,
             undecodable: 0,
         })
+    }
+
+    /// Names `identity` as the writer of its desired state, conflict
+    /// resolutions and re-provisionings (at the end of their topics:
+    /// `.../by/{identity}`), for a twin host that takes them only from its
+    /// operators ([`crate::twin::TwinHost::with_operators`]). Give the
+    /// identity the broker knows the client by (with mutual TLS, its
+    /// certificate's name): the broker's ACL ([`crate::acl`]) lets a
+    /// client write only under its own. Refused (with the reason) if it
+    /// cannot be one topic level.
+    pub fn as_operator(mut self, identity: &str) -> Result<Self, String> {
+        self.set_operator(identity)?;
+        Ok(self)
+    }
+
+    /// [`as_operator`](Self::as_operator) on a client already made.
+    pub fn set_operator(&mut self, identity: &str) -> Result<(), String> {
+        if identity.is_empty() || identity.len() > 128 || identity.contains(['/', '+', '#']) {
+            return Err(format!(
+                "operator identity {identity:?}: one topic level (no '/', '+' or '#'), \
+                 1 to 128 bytes"
+            ));
+        }
+        self.operator = Some(identity.to_owned());
+        Ok(())
     }
 
     /// Asks for `desired` on `device` (null leaves delete) and waits up to
@@ -686,7 +714,15 @@ impl<T: Transport> AppClient<T> {
         let mut waiting = std::collections::HashMap::new();
         let mut sends = Vec::with_capacity(requests.len());
         for r in requests {
-            sends.push((device_topic(r.device, Topic::App(r.topic))?, r.payload));
+            let mut topic = device_topic(r.device, Topic::App(r.topic))?;
+            if let Some(who) = self
+                .operator
+                .as_deref()
+                .filter(|_| AppTopic::OPERATOR_WRITES.contains(&r.topic))
+            {
+                topic = format!("{topic}/{}/{who}", lanyard_core::topic::BY_LEVEL);
+            }
+            sends.push((topic, r.payload));
             let answers = device_topic(r.device, Topic::App(AppTopic::DesiredAnswer))?;
             waiting.insert(answers, (r.device.to_owned(), r.token));
         }

@@ -39,12 +39,16 @@ fn an_operator_sets_shows_commands_decommissions_and_reprovisions() {
     let dir = tempfile::tempdir().unwrap();
     let twin_dir = dir.path().join("twin");
     let dev_dir = dir.path().join("dev");
+    // The host takes writes from its operators only (`lanyard fleet`
+    // names its client id, `lanyard-operator` by default, as the writer).
     let _twin = spawn(&[
         "twin",
         "--broker",
         &url,
         "--state-dir",
         twin_dir.to_str().unwrap(),
+        "--operators",
+        "lanyard-operator,lanyard-oncall",
     ]);
     let mut dev = spawn(&[
         "device",
@@ -72,6 +76,14 @@ fn an_operator_sets_shows_commands_decommissions_and_reprovisions() {
         }
     };
     until("the device registered", &|| show().is_ok());
+
+    // Anyone else is refused, with the reason.
+    let (ok, _, err) = fleet(&["--client-id", "lanyard-eve", "set", id, "fan.speed=9"]);
+    assert!(!ok, "a write from outside the operator list");
+    assert!(
+        err.contains("lanyard-eve is not an operator of this fleet"),
+        "{err}"
+    );
 
     // Desired state, answered with the version; the device reports it.
     let (ok, out, err) = fleet(&["set", id, "fan.speed=3", r#"mode="eco""#]);

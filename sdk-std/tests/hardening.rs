@@ -596,3 +596,101 @@ async fn a_twin_host_the_acl_does_not_trust_says_so_at_start() {
     .await;
     assert_eq!(r, Ok(()));
 }
+
+/// Operators write as themselves: the broker's ACL lets each write only
+/// under its own name, and the twin host takes writes only from its
+/// operator list, refusing anyone else with the reason.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn only_the_hosts_operators_write_and_none_can_write_as_another() {
+    let pki = Pki::new();
+    // The broker knows two operators; the host takes writes from one.
+    let acl =
+        lanyard_std::acl::mosquitto_fleet_acl(&["lanyard-twin"], &["lanyard-ops", "lanyard-eve"])
+            .unwrap();
+    let broker = common::broker_with_acl(&pki, acl);
+    let port = broker.port;
+    let wait = Duration::from_secs(10);
+    let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+    let cfg = pki.mqtt(port, "lanyard-twin", "lanyard-twin");
+    let twin = tokio::spawn(async move {
+        let mut host = host().with_operators(&["lanyard-ops"]);
+        let mut t = MqttTransport::connect_and_wait(cfg, Duration::from_secs(10))
+            .await
+            .unwrap();
+        run_twin(&mut host, &mut t, Clock::real(), true, async {
+            let _ = stop_rx.await;
+        })
+        .await
+        .unwrap();
+        host
+    });
+    let mut dev = MqttTransport::connect_and_wait(pki.mqtt(port, A, A), wait)
+        .await
+        .unwrap();
+    dev.subscribe(&topic(A, MessageKind::RegisterAccepted))
+        .await
+        .unwrap();
+    loop {
+        dev.publish(
+            &topic(A, MessageKind::Register),
+            &common::register_bytes_at_boot(A, 1),
+            Qos::AtLeastOnce,
+        )
+        .await
+        .unwrap();
+        if recv_within(&mut dev, Duration::from_millis(500))
+            .await
+            .is_some()
+        {
+            break;
+        }
+    }
+    let operator = |cn: &'static str, claims: &'static str| {
+        let cfg = pki.mqtt(port, cn, cn);
+        async move {
+            let t = MqttTransport::connect_and_wait(cfg, wait).await.unwrap();
+            AppClient::new(t)
+                .await
+                .unwrap()
+                .as_operator(claims)
+                .unwrap()
+        }
+    };
+    let mut desired = StateTree::<16, 512>::new();
+    desired
+        .insert(&PathBuf::from_dotted("fan").unwrap(), Value::Int(2))
+        .unwrap();
+    let short = Duration::from_secs(2);
+
+    // An operator of the host: applied.
+    let mut ops = operator("lanyard-ops", "lanyard-ops").await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let v = ops.set_desired_within(A, &desired, 10, wait).await.unwrap();
+    assert!(v > 0);
+    // One the broker knows but the host does not: refused, and told why.
+    let mut eve = operator("lanyard-eve", "lanyard-eve").await;
+    let r = eve.set_desired_within(A, &desired, 11, wait).await;
+    assert_eq!(
+        r,
+        Err(AppError::Rejected(
+            "lanyard-eve is not an operator of this fleet".into()
+        ))
+    );
+    // Writing as another operator: the broker drops it, nothing answers.
+    let mut forger = operator("lanyard-eve", "lanyard-ops").await;
+    let r = forger.set_desired_within(A, &desired, 12, short).await;
+    assert_eq!(r, Err(AppError::Timeout));
+    // Not naming itself at all: the broker drops it too (only the twin
+    // host may write the plain topic).
+    let t = MqttTransport::connect_and_wait(pki.mqtt(port, "lanyard-ops", "lanyard-ops-2"), wait)
+        .await
+        .unwrap();
+    let mut anonymous = AppClient::new(t).await.unwrap();
+    let r = anonymous.set_desired_within(A, &desired, 13, short).await;
+    assert_eq!(r, Err(AppError::Timeout));
+
+    stop_tx.send(()).unwrap();
+    let host = twin.await.unwrap();
+    assert_eq!(host.stats().unauthorised, 1);
+    assert_eq!(host.shadow(A).unwrap().version(), v);
+}

@@ -1161,3 +1161,105 @@ fn a_command_for_a_device_not_in_service_is_refused_at_once_by_the_host() {
             .is_empty()
     );
 }
+
+/// A desired update carrying a client token.
+fn update_with_token(desired: &[(&str, i64)], token: &str) -> Vec<u8> {
+    let mut t: StateTree<16, 512> = StateTree::new();
+    for (k, v) in desired {
+        t.insert(&PathBuf::from_dotted(k).unwrap(), Value::Int(*v))
+            .unwrap();
+    }
+    let mut up: ShadowUpdate<16, 512> = ShadowUpdate::new(5);
+    up.desired = Some(t);
+    up.client_token = Some(heapless::String::try_from(token).unwrap());
+    let mut buf = vec![0u8; 1024];
+    let n = up.encode(&mut buf).unwrap();
+    buf.truncate(n);
+    buf
+}
+
+#[test]
+fn only_the_hosts_operators_write_and_the_audit_log_names_them() {
+    use lanyard_std::twin::{DesiredAnswer, ResolveRequest};
+
+    let dir = tempfile::tempdir().unwrap();
+    let audit = dir.path().join("audit.log");
+    let mut host = host_with(
+        TwinHost::in_memory(DeviceConfig::default())
+            .with_operators(&["lanyard-ops", "lanyard-oncall"])
+            .with_audit(&audit)
+            .unwrap(),
+        &[ID],
+    );
+    let answer = |out: &[lanyard_std::twin::Publish]| {
+        out.iter()
+            .find(|p| p.topic == t("shadow/desired/answer"))
+            .and_then(|p| DesiredAnswer::decode(&p.payload))
+            .expect("an answer")
+    };
+    let version = host.shadow(ID).unwrap().version();
+
+    // Not naming its writer, or naming one not in the list: refused, the
+    // writer told why on its token, nothing changed.
+    let out = host.handle(
+        10,
+        &t("shadow/desired"),
+        &update_with_token(&[("fan", 1)], "t1"),
+    );
+    let a = answer(&out);
+    assert_eq!(a.token, "t1");
+    assert!(
+        a.outcome
+            .as_ref()
+            .unwrap_err()
+            .contains("only from its operators"),
+        "{a:?}"
+    );
+    let out = host.handle(
+        11,
+        &t("shadow/desired/by/lanyard-eve"),
+        &update_with_token(&[("fan", 2)], "t2"),
+    );
+    assert_eq!(
+        answer(&out).outcome,
+        Err("lanyard-eve is not an operator of this fleet".to_owned())
+    );
+    let resolve = ResolveRequest {
+        token: "t3".into(),
+        path: "fan".into(),
+        winner: lanyard_core::shadow::Source::Cloud,
+    };
+    let out = host.handle(12, &t("operator/resolve/by/lanyard-eve"), &resolve.encode());
+    assert_eq!(answer(&out).token, "t3");
+    assert!(answer(&out).outcome.is_err());
+    let mut token = Vec::new();
+    minicbor::encode("t4", &mut token).unwrap();
+    let out = host.handle(13, &t("operator/reprovision/by/lanyard-eve"), &token);
+    assert_eq!(answer(&out).token, "t4");
+    assert_eq!(host.stats().unauthorised, 4);
+    assert_eq!(host.shadow(ID).unwrap().version(), version);
+
+    // A writer named on a topic that is not an operator's write: ignored.
+    assert!(
+        host.handle(
+            14,
+            &t("shadow/update/by/lanyard-ops"),
+            &update(&[], &[("fan", 9)], 14)
+        )
+        .is_empty()
+    );
+
+    // An operator's write is applied and recorded under its name.
+    let out = host.handle(
+        20,
+        &t("shadow/desired/by/lanyard-oncall"),
+        &update_with_token(&[("fan", 3)], "t5"),
+    );
+    assert_eq!(answer(&out).outcome, Ok(version + 1));
+    assert_eq!(host.stats().unauthorised, 4);
+    host.flush().unwrap();
+    let log = std::fs::read_to_string(&audit).unwrap();
+    let desired: Vec<&str> = log.lines().filter(|l| l.contains("desired_set")).collect();
+    assert_eq!(desired.len(), 1, "{log}");
+    assert!(desired[0].contains("\"actor\":\"lanyard-oncall\""), "{log}");
+}

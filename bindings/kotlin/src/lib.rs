@@ -412,6 +412,21 @@ pub struct LanyardApp {
 
 #[uniffi::export]
 impl LanyardApp {
+    /// Names `identity` as the writer of this app's desired state,
+    /// resolutions and re-provisionings, for a twin host that takes them
+    /// only from its operators (`lanyard twin --operators`); anyone else's
+    /// are `LanyardError.Rejected` with the host's reason. Give the
+    /// identity the broker knows the client by. Not one topic level:
+    /// `BadInput`.
+    pub async fn as_operator(&self, identity: String) -> Result<(), LanyardError> {
+        let client = self.client.clone();
+        let named = on(&self.runtime, async move {
+            Ok(client.lock().await.set_operator(&identity))
+        })
+        .await?;
+        named.map_err(|detail| LanyardError::BadInput { detail })
+    }
+
     /// Asks for `values` (dotted path -> value; `Null` deletes) in
     /// `device`'s desired state; returns the shadow's version once the host
     /// applied it (it then sends the device its delta). The host's refusal

@@ -309,9 +309,11 @@ impl App {
     /// with `ca`, and `cert` and `key` for mutual TLS) as `client_id`
     /// within `timeout` seconds and subscribes to what an app watches.
     /// With `tenants` the host serves tenant namespaces and devices are
-    /// named `"{tenant}/{device-id}"`.
+    /// named `"{tenant}/{device-id}"`. With `operator`, its desired state,
+    /// resolutions and re-provisionings name it as their writer, for a
+    /// host that takes them only from its operators.
     #[new]
-    #[pyo3(signature = (broker, client_id=None, tenants=false, timeout=10.0, ca=None, cert=None, key=None))]
+    #[pyo3(signature = (broker, client_id=None, tenants=false, timeout=10.0, ca=None, cert=None, key=None, operator=None))]
     #[allow(clippy::too_many_arguments)]
     fn new(
         py: Python<'_>,
@@ -322,6 +324,7 @@ impl App {
         ca: Option<PathBuf>,
         cert: Option<PathBuf>,
         key: Option<PathBuf>,
+        operator: Option<String>,
     ) -> PyResult<Self> {
         let timeout = seconds(timeout)?;
         let client_id = client_id.unwrap_or_else(|| unique_client_id("lanyard-py-app"));
@@ -338,6 +341,10 @@ impl App {
             };
             client.map_err(app_error)
         })?;
+        let client = match operator {
+            Some(who) => client.as_operator(&who).map_err(PyValueError::new_err)?,
+            None => client,
+        };
         Ok(App {
             rt,
             client: Arc::new(tokio::sync::Mutex::new(Some(client))),

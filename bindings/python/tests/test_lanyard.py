@@ -308,12 +308,14 @@ class AppOfATwinHost(unittest.TestCase):
         for role in ("twin", "device"):
             log = open(os.path.join(cls.dir.name, f"{role}.log"), "w")
             cls.logs.append(log)
+            # The host takes writes from its operator only.
+            operators = ["--operators", "lanyard-py-ops"] if role == "twin" else []
             cls.procs.append(subprocess.Popen(
                 [binary, role, "--broker", cls.broker,
-                 "--state-dir", os.path.join(cls.dir.name, role)],
+                 "--state-dir", os.path.join(cls.dir.name, role), *operators],
                 stdout=log, stderr=subprocess.STDOUT,
             ))
-        cls.app = lanyard.App(cls.broker, client_id="python-app")
+        cls.app = lanyard.App(cls.broker, client_id="python-app", operator="lanyard-py-ops")
         # Registered once the twin host has a shadow for it.
         eventually(lambda: cls.app.get_shadow(cls.SIM, timeout=2)["version"] >= 0,
                    "the simulated device registered")
@@ -431,6 +433,16 @@ class AppOfATwinHost(unittest.TestCase):
         with self.assertRaises(RuntimeError):
             app.get_shadow(self.SIM)
         app.close()  # again: nothing
+
+    def test_only_the_hosts_operator_writes(self):
+        with lanyard.App(self.broker, operator="lanyard-eve") as eve:
+            with self.assertRaisesRegex(lanyard.Rejected, "lanyard-eve is not an operator"):
+                eve.set_desired(self.SIM, {"mode": "off"})
+        with lanyard.App(self.broker) as nameless:
+            with self.assertRaisesRegex(lanyard.Rejected, "only from its operators"):
+                nameless.set_desired(self.SIM, {"mode": "off"})
+        with self.assertRaises(ValueError):
+            lanyard.App(self.broker, operator="a/b")
 
     def test_an_unknown_device_is_rejected(self):
         with self.assertRaises(lanyard.Rejected):

@@ -5,6 +5,7 @@
 //! too. [`TwinHost::handle`] is message in, publishes out, so it runs over
 //! any transport ([`run_twin`] drives it over one) and tests need no broker.
 
+use lanyard_core::topic::BY_LEVEL;
 use std::collections::{HashMap, HashSet};
 use std::io;
 use std::path::{Path, PathBuf};
@@ -172,14 +173,24 @@ const MAX_CLIENT_TOKEN: usize = 64;
 /// What the host subscribes to; `aws` adds the `$aws/things/...` topics
 /// (some brokers, rumqttd among them, refuse filters starting with `$`).
 pub fn subscriptions(aws: bool) -> Vec<String> {
-    let mut v: Vec<String> = HOST_TOPICS
-        .iter()
-        .map(|t| filter(false, *t).to_string())
-        .collect();
+    let mut v = host_filters(false);
     if aws {
         for op in ["update", "get", "delete"] {
             v.push(format!("$aws/things/+/shadow/{op}"));
         }
+    }
+    v
+}
+
+/// The host's topics as filters, and its operators' writes naming their
+/// writer (`.../by/+`).
+fn host_filters(tenants: bool) -> Vec<String> {
+    let mut v: Vec<String> = HOST_TOPICS
+        .iter()
+        .map(|t| filter(tenants, *t).to_string())
+        .collect();
+    for w in AppTopic::OPERATOR_WRITES {
+        v.push(format!("{}/{BY_LEVEL}/+", filter(tenants, Topic::App(w))));
     }
     v
 }
@@ -217,6 +228,9 @@ pub struct TwinStats {
     /// Writes on the wrong side: desired state from a device's own topic,
     /// reported state from an app's.
     pub wrong_direction: u64,
+    /// Operators' writes from identities not in the host's operator list
+    /// (refused).
+    pub unauthorised: u64,
     /// Messages about devices that never registered (nothing is created
     /// for them).
     pub unregistered: u64,
@@ -292,6 +306,25 @@ pub struct TwinHost {
     /// Subscriptions shared with the other hosts of this group
     /// (`$share/{group}/...`): each message goes to one of them.
     share_group: Option<String>,
+    /// The identities whose writes this host takes (`None`: every writer
+    /// the broker lets through).
+    operators: Option<Vec<String>>,
+    /// Who wrote the message being handled, as its topic names them
+    /// (`.../by/{identity}`), for the audit log.
+    writer: Option<String>,
+}
+
+/// Splits `suffix` into the topic's kind and the writer it names, if it
+/// ends with `/by/{identity}` (one level: no `/`, `+` or `#`).
+fn split_writer(suffix: &str) -> (&str, Option<&str>) {
+    match suffix.rsplit_once(&format!("/{BY_LEVEL}/")[..]) {
+        Some((kind, who))
+            if !who.is_empty() && !who.contains(['/', '+', '#']) && who.len() <= 128 =>
+        {
+            (kind, Some(who))
+        }
+        _ => (suffix, None),
+    }
 }
 
 impl TwinHost {
@@ -323,7 +356,70 @@ impl TwinHost {
             liveness: liveness::Liveness::default(),
             missed_heartbeats: liveness::DEFAULT_MISSED_HEARTBEATS,
             share_group: None,
+            operators: None,
+            writer: None,
         }
+    }
+
+    /// Takes desired state, conflict resolutions and re-provisionings only
+    /// from `operators`: each such write names its writer at the end of its
+    /// topic (`.../by/{identity}`, which the broker's ACL makes the
+    /// writer's own: [`crate::acl`]), and one from anyone else is refused
+    /// with the reason, answered to its token and counted
+    /// ([`TwinStats::unauthorised`]). The audit log records who wrote.
+    pub fn with_operators(mut self, operators: &[&str]) -> Self {
+        self.operators = Some(operators.iter().map(|o| (*o).to_owned()).collect());
+        self
+    }
+
+    /// Why a write of kind `t` by `by` is refused, if it is.
+    fn unauthorised(&self, t: Topic, by: Option<&str>) -> Option<String> {
+        let Topic::App(app) = t else {
+            return None;
+        };
+        let operators = self.operators.as_ref()?;
+        if !AppTopic::OPERATOR_WRITES.contains(&app) {
+            return None;
+        }
+        Some(match by {
+            Some(who) if operators.iter().any(|o| o == who) => return None,
+            Some(who) => format!("{who} is not an operator of this fleet"),
+            None => format!(
+                "this fleet takes {} only from its operators, on a topic that names them \
+                 (.../{}/{BY_LEVEL}/{{identity}})",
+                app.suffix(),
+                app.suffix()
+            ),
+        })
+    }
+
+    /// Refuses write `t` from outside the operator list: the writer is
+    /// answered on its token when the request carries one.
+    fn refuse_unauthorised(
+        &mut self,
+        key: &str,
+        t: Topic,
+        payload: &[u8],
+        why: String,
+    ) -> Vec<Publish> {
+        self.stats.unauthorised += 1;
+        tracing::warn!(device = key, "write refused: {why}");
+        let token = match t {
+            Topic::App(AppTopic::Resolve) => ResolveRequest::decode(payload).map(|r| r.token),
+            Topic::App(AppTopic::Reprovision) => {
+                minicbor::decode::<&str>(payload).ok().map(str::to_owned)
+            }
+            _ => {
+                let mut update: Box<TwinUpdate> = Box::new(ShadowUpdate::new(0));
+                update
+                    .decode_into(payload)
+                    .ok()
+                    .and(update.client_token.as_deref().map(str::to_owned))
+            }
+        };
+        let mut out = vec![rejected(key, &why)];
+        out.extend(token.map(|t| answer_to(key, &t, Err(why))));
+        out
     }
 
     /// Publishes every change on the AWS IoT shadow topics too
@@ -442,6 +538,11 @@ impl TwinHost {
         key: &str,
         detail: serde_json::Value,
     ) {
+        // An operator's write names who made it.
+        let actor = match (&self.writer, actor) {
+            (Some(who), "operator" | "app") => who.as_str(),
+            _ => actor,
+        };
         if let Some(log) = &mut self.audit {
             log.record(now_ms, actor, action, Some(key), detail);
         }
@@ -484,10 +585,7 @@ impl TwinHost {
     pub fn subscriptions(&self, aws: bool) -> Vec<String> {
         let plain = match &self.tenants {
             None => subscriptions(aws),
-            Some(_) => HOST_TOPICS
-                .iter()
-                .map(|t| filter(true, *t).to_string())
-                .collect(),
+            Some(_) => host_filters(true),
         };
         match &self.share_group {
             None => plain,
@@ -936,6 +1034,7 @@ impl TwinHost {
 
     /// Handles one message; returns what to publish.
     pub fn handle(&mut self, now_ms: u64, topic_name: &str, payload: &[u8]) -> Vec<Publish> {
+        self.writer = None;
         if payload.len() > self.limits.max_message {
             self.stats.oversize += 1;
             tracing::warn!(
@@ -992,10 +1091,19 @@ impl TwinHost {
         if !valid_device_id(id) {
             return Vec::new();
         }
+        let (suffix, by) = split_writer(suffix);
         let Some(t) = Topic::from_suffix(suffix) else {
             return Vec::new();
         };
+        // Only an operator's write names its writer.
+        if by.is_some() && !matches!(t, Topic::App(a) if AppTopic::OPERATOR_WRITES.contains(&a)) {
+            return Vec::new();
+        }
         let key = key.as_str();
+        if let Some(why) = self.unauthorised(t, by) {
+            return self.refuse_unauthorised(key, t, payload, why);
+        }
+        self.writer = by.map(str::to_owned);
         self.refresh(key, t == Topic::App(AppTopic::Get));
         if t == Topic::App(AppTopic::Reprovision) {
             return self.reprovision_request(now_ms, key, payload);

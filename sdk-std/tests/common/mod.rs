@@ -303,14 +303,20 @@ impl Pki {
 /// certificates from `pki`, identity from the certificate, the ACL
 /// trusting `trusted`; `tenants` for the tenant ACL.
 pub fn fleet_broker(pki: &Pki, trusted: &[&str], tenants: bool) -> Mosquitto {
-    let (cert, key) = pki.issue(&["localhost", "127.0.0.1"], (2020, 2100));
-    let ca = pki.ca_pem.clone();
     let acl = if tenants {
         lanyard_std::acl::mosquitto_tenant_acl(trusted)
     } else {
         lanyard_std::acl::mosquitto_acl(trusted)
     }
     .unwrap();
+    broker_with_acl(pki, acl)
+}
+
+/// [`fleet_broker`] with the ACL `acl`.
+#[allow(dead_code)]
+pub fn broker_with_acl(pki: &Pki, acl: String) -> Mosquitto {
+    let (cert, key) = pki.issue(&["localhost", "127.0.0.1"], (2020, 2100));
+    let ca = pki.ca_pem.clone();
     Mosquitto::start_with_conf(move |dir, port| {
         std::fs::write(dir.join("ca.pem"), ca).unwrap();
         std::fs::write(dir.join("server.pem"), cert).unwrap();

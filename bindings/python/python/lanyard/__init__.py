@@ -160,6 +160,11 @@ class App:
     answer comes in time, ``Rejected`` when the host refuses (an unknown
     device), ``OSError`` when the broker connection fails.
 
+    ``operator`` names the app as the writer of its desired state,
+    resolutions and re-provisionings (``lanyard twin --operators``: a host
+    with an operator list refuses anyone else's, raising ``Rejected`` with
+    the reason); give the identity the broker knows the client by.
+
     >>> app = App("mqtt://127.0.0.1:1883")                    # doctest: +SKIP
     >>> app.set_desired("ly-020000000001", {"led": {"on": True}})  # doctest: +SKIP
     >>> app.command("ly-020000000001", "read_sensor")            # doctest: +SKIP
@@ -168,9 +173,10 @@ class App:
 
     def __init__(self, broker: str, client_id: Optional[str] = None, tenants: bool = False,
                  timeout: float = 10.0, ca: Optional[PathLike] = None,
-                 cert: Optional[PathLike] = None, key: Optional[PathLike] = None) -> None:
+                 cert: Optional[PathLike] = None, key: Optional[PathLike] = None,
+                 operator: Optional[str] = None) -> None:
         self._app = _App(broker, client_id, tenants, float(timeout), _path(ca), _path(cert),
-                         _path(key))
+                         _path(key), operator)
 
     def close(self) -> None:
         """Waits up to a second for what was sent to reach the broker and

@@ -157,6 +157,10 @@ async fn set_point(
     }
 }
 
+/// The demo operator's identity: its client id, and the writer its writes
+/// name.
+const OPERATOR: &str = "lanyard-operator";
+
 /// Desired changes the operator asks at once.
 const SETPOINT_CHUNK: usize = 10;
 
@@ -335,7 +339,10 @@ pub(crate) async fn demo(
     policies
         .set(MANUAL_PATH, ConflictPolicy::ManualResolve)
         .map_err(|e| e.to_string())?;
-    let mut twin_host = TwinHost::in_memory(fleet.clone()).with_policies(policies);
+    // Writes come from the demo's operator only.
+    let mut twin_host = TwinHost::in_memory(fleet.clone())
+        .with_policies(policies)
+        .with_operators(&[OPERATOR]);
     if let Some(m) = &metrics {
         twin_host = twin_host.with_metrics(m.clone());
     }
@@ -393,9 +400,10 @@ pub(crate) async fn demo(
 
     // The operator: a command or a configuration change about every 45 s,
     // through the app client.
-    let mut operator = AppClient::new(MqttTransport::connect(connect_as("lanyard-operator")?))
+    let mut operator = AppClient::new(MqttTransport::connect(connect_as(OPERATOR)?))
         .await
-        .map_err(|e| e.to_string())?;
+        .map_err(|e| e.to_string())?
+        .as_operator(OPERATOR)?;
     let ids: Vec<String> = macs
         .iter()
         .map(|mac| lanyard_core::agent::device_id_from_mac(*mac).to_string())

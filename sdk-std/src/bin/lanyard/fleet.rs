@@ -132,7 +132,12 @@ pub(crate) async fn fleet(
         MqttTransport::connect_and_wait(broker.mqtt(client_id)?, Duration::from_secs(10))
             .await
             .map_err(|e| format!("{}: {e}", broker.url().unwrap_or_default()))?;
-    let mut app = AppClient::new(transport).await.map_err(|e| e.to_string())?;
+    // Its writes name the client id as their writer: the identity the
+    // broker knows it by, and the one a twin host's operator list names.
+    let mut app = AppClient::new(transport)
+        .await
+        .map_err(|e| e.to_string())?
+        .as_operator(client_id)?;
     let timeout = Duration::from_secs(10);
     let result = match what {
         FleetCmd::List {

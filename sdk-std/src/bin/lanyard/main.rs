@@ -304,10 +304,16 @@ enum Cmd {
     /// Prints a mosquitto ACL file that keeps each device to its own topics
     /// (keyed on the certificate's common name: see `lanyard broker-config`).
     Acl {
-        /// Identities allowed everything (the twin host, operators); each
-        /// starts with `lanyard`, which no device id may.
+        /// Identities allowed everything (the twin host); each starts with
+        /// `lanyard`, which no device id may.
         #[arg(long, value_delimiter = ',', default_value = "lanyard-twin")]
         trusted: Vec<String>,
+        /// Operators: each reads everything, sends commands and
+        /// configurations, and writes desired state, resolutions and
+        /// re-provisionings only as itself (`lanyard twin --operators`
+        /// names those the host takes them from). Not with `--tenants`.
+        #[arg(long, value_delimiter = ',', conflicts_with = "tenants")]
+        operators: Vec<String>,
         /// For a broker shared by tenants: device certificates name
         /// `{tenant}/{device-id}`, and each device is kept to its own
         /// topics in its tenant's namespace.
@@ -467,6 +473,13 @@ enum Cmd {
         /// property). Default: the cloud wins everywhere.
         #[arg(long)]
         policies: Option<PathBuf>,
+        /// The identities whose desired state, conflict resolutions and
+        /// re-provisionings the host takes (comma-separated, or the flag
+        /// repeated); each such write names its writer at the end of its
+        /// topic (`lanyard fleet --client-id`), anyone else's is refused
+        /// with the reason. Default: every writer the broker lets through.
+        #[arg(long, value_delimiter = ',')]
+        operators: Vec<String>,
     },
 }
 
@@ -494,14 +507,22 @@ fn main() {
                 client_id,
                 what,
             } => fleet::fleet(&broker, &client_id, what).await,
-            Cmd::Acl { trusted, tenants } => {
+            Cmd::Acl {
+                trusted,
+                operators,
+                tenants,
+            } => {
                 let trusted: Vec<&str> = trusted.iter().map(String::as_str).collect();
+                let operators: Vec<&str> = operators.iter().map(String::as_str).collect();
                 let acl = if tenants {
                     lanyard_std::acl::mosquitto_tenant_acl(&trusted)
                 } else {
-                    lanyard_std::acl::mosquitto_acl(&trusted)
+                    lanyard_std::acl::mosquitto_fleet_acl(&trusted, &operators)
                 };
-                print!("{}", acl.map_err(|e| format!("--trusted: {e}"))?);
+                print!(
+                    "{}",
+                    acl.map_err(|e| format!("--trusted / --operators: {e}"))?
+                );
                 Ok(())
             }
             Cmd::BrokerConfig {
@@ -601,6 +622,7 @@ fn main() {
                 device_rate,
                 device_burst,
                 policies,
+                operators,
             } => {
                 let policies = match policies {
                     None => lanyard_core::shadow::FleetPolicies::default(),
@@ -649,6 +671,7 @@ fn main() {
                     fleet,
                     limits,
                     policies,
+                    operators,
                 };
                 twin(&broker, setup, metrics_on(metrics).await?).await
             }

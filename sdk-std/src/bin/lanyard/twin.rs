@@ -14,6 +14,7 @@ pub(crate) struct TwinSetup {
     pub(crate) fleet: DeviceConfig,
     pub(crate) limits: TwinLimits,
     pub(crate) policies: lanyard_core::shadow::FleetPolicies,
+    pub(crate) operators: Vec<String>,
 }
 
 pub(crate) async fn twin(
@@ -31,6 +32,7 @@ pub(crate) async fn twin(
         fleet,
         limits,
         policies,
+        operators,
     } = setup;
     let mut twin = match store {
         TwinStore::Dir(dir) => {
@@ -83,6 +85,10 @@ pub(crate) async fn twin(
     if !tenants.is_empty() {
         let names: Vec<&str> = tenants.iter().map(String::as_str).collect();
         twin = twin.with_tenants(&names).map_err(|e| e.to_string())?;
+    }
+    if !operators.is_empty() {
+        let names: Vec<&str> = operators.iter().map(String::as_str).collect();
+        twin = twin.with_operators(&names);
     }
     if let Some(g) = &share_group {
         twin = twin

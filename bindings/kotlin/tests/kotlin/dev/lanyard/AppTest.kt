@@ -27,9 +27,14 @@ class AppTest {
         peers.start("mosquitto", peers.mosquitto, "-p", "$port")
         peers.awaitPort(port)
         val broker = "mqtt://127.0.0.1:$port"
-        peers.start("twin", peers.lanyard, "twin", "--broker", broker, "--state-dir", peers.path("twin"))
+        // The host takes writes from its operator only.
+        peers.start(
+            "twin", peers.lanyard, "twin", "--broker", broker, "--state-dir", peers.path("twin"),
+            "--operators", "lanyard-kotlin-ops",
+        )
         peers.start("device", peers.lanyard, "device", "--broker", broker, "--state-dir", peers.path("device"))
         app = connectApp("127.0.0.1", port, "kotlin-app", false, 10_000)
+        app.asOperator("lanyard-kotlin-ops")
         // Registered once the twin host has a shadow for it.
         peers.eventually { app.getShadow(device, 2_000).version >= 0uL }
     }
@@ -120,6 +125,21 @@ class AppTest {
         assertFailsWith<LanyardException.BadInput> { connectApp("127.0.0.1", 70_000, "x", false, 1_000) }
         // Nothing of that reached the shadow.
         assertTrue(app.getShadow(device, 2_000).desired.keys.none { it.isEmpty() || it == "list" })
+    }
+
+    @Test
+    fun onlyTheHostsOperatorWrites() = runBlocking {
+        val eve = connectApp("127.0.0.1", port, "kotlin-eve", false, 10_000)
+        try {
+            eve.asOperator("lanyard-eve")
+            val refused = assertFailsWith<LanyardException.Rejected> {
+                eve.setDesired(device, mapOf("mode" to ShadowValue.Text("off")))
+            }
+            assertTrue(refused.reason.contains("lanyard-eve is not an operator"), refused.reason)
+            assertFailsWith<LanyardException.BadInput> { eve.asOperator("a/b") }
+        } finally {
+            eve.close()
+        }
     }
 
     @Test
