@@ -51,6 +51,61 @@ async fn recv_within(t: &mut MqttTransport, d: Duration) -> Option<(String, Vec<
     }
 }
 
+/// `host` served over TLS as `lanyard-twin` until the sender is used; the
+/// host comes back from the task.
+fn serve_host(
+    pki: &Pki,
+    port: u16,
+    mut host: TwinHost,
+) -> (
+    tokio::sync::oneshot::Sender<()>,
+    tokio::task::JoinHandle<TwinHost>,
+) {
+    let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+    let cfg = pki.mqtt(port, "lanyard-twin", "lanyard-twin");
+    let task = tokio::spawn(async move {
+        let mut t = MqttTransport::connect_and_wait(cfg, Duration::from_secs(10))
+            .await
+            .unwrap();
+        run_twin(&mut host, &mut t, Clock::real(), true, async {
+            let _ = stop_rx.await;
+        })
+        .await
+        .unwrap();
+        host
+    });
+    (stop_tx, task)
+}
+
+/// Device `A` over TLS, registered (retried until the host is up) and
+/// watching its deltas.
+async fn registered_device(pki: &Pki, port: u16) -> MqttTransport {
+    let mut dev = MqttTransport::connect_and_wait(pki.mqtt(port, A, A), Duration::from_secs(10))
+        .await
+        .unwrap();
+    dev.subscribe(&topic(A, MessageKind::RegisterAccepted))
+        .await
+        .unwrap();
+    dev.subscribe(&topic(A, MessageKind::ShadowDelta))
+        .await
+        .unwrap();
+    loop {
+        dev.publish(
+            &topic(A, MessageKind::Register),
+            &common::register_bytes_at_boot(A, 1),
+            Qos::AtLeastOnce,
+        )
+        .await
+        .unwrap();
+        if recv_within(&mut dev, Duration::from_millis(500))
+            .await
+            .is_some()
+        {
+            return dev;
+        }
+    }
+}
+
 // ---- identity and direction ----
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -181,45 +236,8 @@ async fn a_device_cannot_set_desired_state_and_an_app_cannot_set_reported_state(
     let broker = fleet_broker(&pki, &["lanyard-twin", "lanyard-app"], false);
     let port = broker.port;
     let wait = Duration::from_secs(10);
-    let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
-    let cfg = pki.mqtt(port, "lanyard-twin", "lanyard-twin");
-    let twin = tokio::spawn(async move {
-        let mut host = host();
-        let mut t = MqttTransport::connect_and_wait(cfg, Duration::from_secs(10))
-            .await
-            .unwrap();
-        run_twin(&mut host, &mut t, Clock::real(), true, async {
-            let _ = stop_rx.await;
-        })
-        .await
-        .unwrap();
-        host
-    });
-    let mut dev = MqttTransport::connect_and_wait(pki.mqtt(port, A, A), wait)
-        .await
-        .unwrap();
-    dev.subscribe(&topic(A, MessageKind::RegisterAccepted))
-        .await
-        .unwrap();
-    dev.subscribe(&topic(A, MessageKind::ShadowDelta))
-        .await
-        .unwrap();
-    // Registered (retried until the host is up).
-    loop {
-        dev.publish(
-            &topic(A, MessageKind::Register),
-            &common::register_bytes_at_boot(A, 1),
-            Qos::AtLeastOnce,
-        )
-        .await
-        .unwrap();
-        if recv_within(&mut dev, Duration::from_millis(500))
-            .await
-            .is_some()
-        {
-            break;
-        }
-    }
+    let (stop_tx, twin) = serve_host(&pki, port, host());
+    let mut dev = registered_device(&pki, port).await;
     // The device writes desired state on its own topic: refused whole.
     dev.publish(
         &topic(A, MessageKind::ShadowUpdate),
@@ -610,41 +628,8 @@ async fn only_the_hosts_operators_write_and_none_can_write_as_another() {
     let broker = common::broker_with_acl(&pki, acl);
     let port = broker.port;
     let wait = Duration::from_secs(10);
-    let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
-    let cfg = pki.mqtt(port, "lanyard-twin", "lanyard-twin");
-    let twin = tokio::spawn(async move {
-        let mut host = host().with_operators(&["lanyard-ops"]);
-        let mut t = MqttTransport::connect_and_wait(cfg, Duration::from_secs(10))
-            .await
-            .unwrap();
-        run_twin(&mut host, &mut t, Clock::real(), true, async {
-            let _ = stop_rx.await;
-        })
-        .await
-        .unwrap();
-        host
-    });
-    let mut dev = MqttTransport::connect_and_wait(pki.mqtt(port, A, A), wait)
-        .await
-        .unwrap();
-    dev.subscribe(&topic(A, MessageKind::RegisterAccepted))
-        .await
-        .unwrap();
-    loop {
-        dev.publish(
-            &topic(A, MessageKind::Register),
-            &common::register_bytes_at_boot(A, 1),
-            Qos::AtLeastOnce,
-        )
-        .await
-        .unwrap();
-        if recv_within(&mut dev, Duration::from_millis(500))
-            .await
-            .is_some()
-        {
-            break;
-        }
-    }
+    let (stop_tx, twin) = serve_host(&pki, port, host().with_operators(&["lanyard-ops"]));
+    let _dev = registered_device(&pki, port).await;
     let operator = |cn: &'static str, claims: &'static str| {
         let cfg = pki.mqtt(port, cn, cn);
         async move {
