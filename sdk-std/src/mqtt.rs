@@ -40,7 +40,22 @@ pub struct MqttConfig {
     /// Ask the broker to keep the session (subscriptions and queued QoS 1
     /// messages) while disconnected. On by default.
     pub persistent_session: bool,
+    /// At-least-once messages this client may have sent and not yet had
+    /// acknowledged (100 by default; each slot costs about 100 bytes).
+    /// While they are all taken, the client sends nothing more, and that
+    /// includes its acknowledgements of what it received: a client that
+    /// answers bursts (a twin host) needs more, or a broker that waits
+    /// for those acknowledgements before it acknowledges the client's
+    /// messages (rumqttd does) deadlocks with it. See [`HOST_INFLIGHT`].
+    pub max_inflight: u16,
 }
+
+/// [`MqttConfig::max_inflight`] for a client that answers a fleet, such as
+/// a twin host: an operator's change to a hundred devices makes it send a
+/// few hundred messages at once (measured 2026-11-29: with the default
+/// 100, `lanyard demo` on its embedded rumqttd stopped hearing from every
+/// device after the first such change).
+pub const HOST_INFLIGHT: u16 = 2_000;
 
 impl MqttConfig {
     /// Plain TCP to `host:port` with the defaults: 10 s keep-alive, backoff
@@ -56,6 +71,7 @@ impl MqttConfig {
             tls: None,
             username: None,
             persistent_session: true,
+            max_inflight: 100,
         }
     }
 
@@ -269,7 +285,11 @@ impl MqttTransport {
         if let Some(tls) = config.tls.clone() {
             opts.set_transport(rumqttc::Transport::Tls(tls));
         }
-        let (client, mut eventloop) = AsyncClient::new(opts, 1024);
+        opts.set_inflight(config.max_inflight.max(1));
+        // Room for every request the in-flight window lets through, and
+        // the acknowledgements behind them.
+        let requests = 1024.max(2 * usize::from(config.max_inflight));
+        let (client, mut eventloop) = AsyncClient::new(opts, requests);
         // Small messages: without TCP_NODELAY, Nagle and delayed ACKs add
         // tens of milliseconds to every exchange.
         let mut net = rumqttc::NetworkOptions::new();

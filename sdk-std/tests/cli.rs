@@ -43,6 +43,34 @@ fn decode_prints_any_message_as_json_and_refuses_garbage_clearly() {
     }
 }
 
+/// The operator changes a hundred devices at once (its setpoint step, at
+/// 3:45): the twin host answers the burst and every device reports the
+/// change. With rumqttc's default in-flight window the host stopped
+/// hearing from the fleet on the demo's embedded broker.
+#[test]
+fn the_demos_operator_changes_a_hundred_devices_at_once() {
+    let (ok, out, err) = lanyard(&[
+        "demo",
+        "--devices",
+        "100",
+        "--speed",
+        "10",
+        "--minutes",
+        "4",
+    ]);
+    assert!(ok, "{err}");
+    let row = out
+        .lines()
+        .find(|l| l.trim_start().starts_with("desired -> reported"))
+        .unwrap_or_else(|| panic!("no desired -> reported row:\n{out}"));
+    assert!(row.contains("100 changes"), "{row}");
+    assert!(
+        out.contains("0 times a device went offline"),
+        "{}",
+        out.split("== summary").nth(1).unwrap_or(&out)
+    );
+}
+
 #[test]
 fn the_demo_warns_above_the_speed_it_keeps() {
     let (ok, _, err) = lanyard(&[

@@ -130,39 +130,32 @@ async fn set_point(
         }
     }
     let changes: Vec<(&str, &StateTree<8, 256>)> = ids.iter().map(|id| (id.as_str(), &t)).collect();
-    // A few devices at a time: the embedded broker (rumqttd) stops
-    // delivering to the twin host when a hundred changes and the conflicts
-    // they make arrive at once.
-    for (k, chunk) in changes.chunks(SETPOINT_CHUNK).enumerate() {
-        let now = at.clock.now_ms();
-        // Recorded first: a device may report before the host's answer
-        // reaches the operator.
-        let first = k * SETPOINT_CHUNK;
-        at.desired_asked.lock().unwrap_or_else(|p| p.into_inner())[first..first + chunk.len()]
-            .iter_mut()
-            .for_each(|asked| *asked = Some(now));
-        let wait = at
-            .clock
-            .real_wait_until(now + COMMAND_LIFETIME_MS)
-            .max(Duration::from_millis(200));
-        match app.set_desired_to(chunk, now, wait).await {
-            Ok(a) => tracing::debug!(
-                applied = a.applied.len(),
-                refused = ?a.refused.first(),
-                unanswered = a.unanswered.len(),
-                "operator: setpoint"
-            ),
-            Err(e) => tracing::warn!("operator: setpoint not asked: {e}"),
-        }
+    let now = at.clock.now_ms();
+    // Recorded first: a device may report before the host's answer
+    // reaches the operator.
+    at.desired_asked
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .iter_mut()
+        .for_each(|asked| *asked = Some(now));
+    let wait = at
+        .clock
+        .real_wait_until(now + COMMAND_LIFETIME_MS)
+        .max(Duration::from_millis(200));
+    match app.set_desired_to(&changes, now, wait).await {
+        Ok(a) => tracing::debug!(
+            applied = a.applied.len(),
+            refused = ?a.refused.first(),
+            unanswered = a.unanswered.len(),
+            "operator: setpoint"
+        ),
+        Err(e) => tracing::warn!("operator: setpoint not asked: {e}"),
     }
 }
 
 /// The demo operator's identity: its client id, and the writer its writes
 /// name.
 const OPERATOR: &str = "lanyard-operator";
-
-/// Desired changes the operator asks at once.
-const SETPOINT_CHUNK: usize = 10;
 
 /// The demo's one property whose conflicts wait for the operator.
 const MANUAL_PATH: &str = "hvac.mode";
@@ -346,7 +339,9 @@ pub(crate) async fn demo(
     if let Some(m) = &metrics {
         twin_host = twin_host.with_metrics(m.clone());
     }
-    let mut twin_transport = MqttTransport::connect(connect_as("lanyard-twin")?);
+    let mut twin_config = connect_as("lanyard-twin")?;
+    twin_config.max_inflight = lanyard_std::mqtt::HOST_INFLIGHT;
+    let mut twin_transport = MqttTransport::connect(twin_config);
     let (twin_stop, twin_stop_rx) = oneshot::channel::<()>();
     let twin_task = tokio::spawn(async move {
         let r = run_twin(&mut twin_host, &mut twin_transport, clock, aws, async {

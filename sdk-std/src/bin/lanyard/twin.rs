@@ -95,7 +95,9 @@ pub(crate) async fn twin(
             .with_share_group(g)
             .map_err(|e| format!("--share-group: {e}"))?;
     }
-    let mut transport = MqttTransport::connect(broker.mqtt(&client_id)?);
+    let mut config = broker.mqtt(&client_id)?;
+    config.max_inflight = lanyard_std::mqtt::HOST_INFLIGHT;
+    let mut transport = MqttTransport::connect(config);
     println!(
         "twin host on {}, {} shadows loaded",
         broker.url()?,
