@@ -50,21 +50,25 @@ pub enum AppTopic {
 }
 
 /// The level before a writer's identity at the end of an operator's write
-/// ([`AppTopic::OPERATOR_WRITES`]):
-/// `{prefix}{device}/shadow/desired/by/{identity}`. The broker's ACL lets
-/// a client write there only under its own identity, so a twin host knows
-/// who wrote.
+/// ([`OPERATOR_WRITES`]): `{prefix}{device}/shadow/desired/by/{identity}`.
+/// The broker's ACL lets a client write there only under its own identity,
+/// so a twin host knows who wrote.
 pub const BY_LEVEL: &str = "by";
 
-impl AppTopic {
-    /// An operator's writes: a twin host with an operator list takes them
-    /// only on topics that name their writer ([`BY_LEVEL`]).
-    pub const OPERATOR_WRITES: [AppTopic; 3] = [
-        AppTopic::SetDesired,
-        AppTopic::Resolve,
-        AppTopic::Reprovision,
-    ];
+/// An operator's writes, which may name their writer ([`BY_LEVEL`]). A twin
+/// host with an operator list takes those it handles (desired state,
+/// resolutions, re-provisionings) only from a listed writer, and passes
+/// commands and configurations named by one on to the device's own topic
+/// (which only it and other trusted identities write).
+pub const OPERATOR_WRITES: [Topic; 5] = [
+    Topic::App(AppTopic::SetDesired),
+    Topic::App(AppTopic::Resolve),
+    Topic::App(AppTopic::Reprovision),
+    Topic::Device(MessageKind::Command),
+    Topic::Device(MessageKind::Config),
+];
 
+impl AppTopic {
     /// Every app topic.
     pub const ALL: [AppTopic; 11] = [
         AppTopic::SetDesired,

@@ -130,19 +130,25 @@ pub fn mosquitto_acl(trusted: &[&str]) -> Result<String, NotAServiceName> {
 }
 
 /// [`mosquitto_acl`], with `operators` who may write only as themselves:
-/// each reads every Lanyard topic, sends devices commands and
-/// configurations, asks for shadows, the fleet's listing and raw
-/// readings, and writes desired state, conflict resolutions and
-/// re-provisionings only on topics that name it as their writer
-/// (`.../by/{its name}`), which is how a twin host with an operator list
+/// each reads every Lanyard topic, asks for shadows, the fleet's listing
+/// and raw readings, and writes desired state, conflict resolutions,
+/// re-provisionings, commands and configurations only on topics that name
+/// it as their writer (`.../by/{its name}`, [`OPERATOR_WRITES`]). A twin
+/// host with an operator list
 /// ([`TwinHost::with_operators`](crate::twin::TwinHost::with_operators))
-/// knows who wrote. No operator can write as another one; `trusted`
-/// identities (the twin host) still may write everything.
+/// takes them from the operators it lists, refuses the others with the
+/// reason, and passes commands and configurations on to the devices' own
+/// topics, which no operator writes. No operator can write as another
+/// one; `trusted` identities (the twin host) still may write everything.
+///
+/// [`OPERATOR_WRITES`]: lanyard_core::topic::OPERATOR_WRITES
 ///
 /// ```
 /// let acl = lanyard_std::acl::mosquitto_fleet_acl(&["lanyard-twin"], &["lanyard-ops"]).unwrap();
 /// assert!(acl.contains("\nuser lanyard-ops\n"));
 /// assert!(acl.contains("topic write lanyard/v1/+/shadow/desired/by/lanyard-ops\n"));
+/// assert!(acl.contains("topic write lanyard/v1/+/cmd/by/lanyard-ops\n"));
+/// assert!(!acl.contains("topic write lanyard/v1/+/cmd\n"));
 /// ```
 pub fn mosquitto_fleet_acl(
     trusted: &[&str],
@@ -155,19 +161,14 @@ pub fn mosquitto_fleet_acl(
         out.push_str(&format!(
             "\n# An operator: reads everything, writes as itself.\nuser {user}\ntopic read {TOPIC_PREFIX}#\n"
         ));
-        for t in [
-            Topic::Device(MessageKind::Command),
-            Topic::Device(MessageKind::Config),
-            Topic::App(AppTopic::Get),
-            Topic::App(AppTopic::RawReadings),
-        ] {
+        for t in [Topic::App(AppTopic::Get), Topic::App(AppTopic::RawReadings)] {
             out.push_str(&format!("topic write {TOPIC_PREFIX}+/{}\n", t.suffix()));
         }
         out.push_str(&format!(
             "topic write {TOPIC_PREFIX}{FLEET_KEY}/{}\n",
             AppTopic::List.suffix()
         ));
-        for w in AppTopic::OPERATOR_WRITES {
+        for w in lanyard_core::topic::OPERATOR_WRITES {
             out.push_str(&format!(
                 "topic write {TOPIC_PREFIX}+/{}/{}/{user}\n",
                 w.suffix(),

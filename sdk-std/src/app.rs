@@ -338,6 +338,18 @@ impl<T: Transport> AppClient<T> {
         Ok(self)
     }
 
+    /// Where this client writes `t` for `device`: with an operator
+    /// identity, an operator's write names it (`.../by/{identity}`).
+    fn write_topic(&self, device: &str, t: Topic) -> Result<String, AppError> {
+        let topic = device_topic(device, t)?;
+        Ok(match &self.operator {
+            Some(who) if lanyard_core::topic::OPERATOR_WRITES.contains(&t) => {
+                format!("{topic}/{}/{who}", lanyard_core::topic::BY_LEVEL)
+            }
+            _ => topic,
+        })
+    }
+
     /// [`as_operator`](Self::as_operator) on a client already made.
     pub fn set_operator(&mut self, identity: &str) -> Result<(), String> {
         if identity.is_empty() || identity.len() > 128 || identity.contains(['/', '+', '#']) {
@@ -569,7 +581,7 @@ impl<T: Transport> AppClient<T> {
             waiting.insert(ack, d.clone());
         }
         for d in devices {
-            let t = device_topic(d, Topic::Device(MessageKind::Config))?;
+            let t = self.write_topic(d, Topic::Device(MessageKind::Config))?;
             self.transport
                 .publish(&t, &payload, Qos::AtLeastOnce)
                 .await?;
@@ -597,14 +609,18 @@ impl<T: Transport> AppClient<T> {
             match ack.outcome {
                 ConfigOutcome::Applied => report.applied.push(device),
                 ConfigOutcome::Ignored => report.ignored.push((device, ack.current_version)),
-                ConfigOutcome::Rejected => report.rejected.push((
-                    device,
-                    format!(
-                        "{}: {}",
-                        ack.field.unwrap_or("?"),
-                        ack.reason.unwrap_or("refused")
-                    ),
-                )),
+                ConfigOutcome::Rejected => {
+                    let why = ack.reason.unwrap_or("refused");
+                    report.rejected.push((
+                        device,
+                        match ack.field {
+                            Some(field) => format!("{field}: {why}"),
+                            // Refused as a whole (by the host: not an
+                            // operator's).
+                            None => why.to_owned(),
+                        },
+                    ))
+                }
             }
         }
         report.unanswered = waiting.into_values().collect();
@@ -714,15 +730,7 @@ impl<T: Transport> AppClient<T> {
         let mut waiting = std::collections::HashMap::new();
         let mut sends = Vec::with_capacity(requests.len());
         for r in requests {
-            let mut topic = device_topic(r.device, Topic::App(r.topic))?;
-            if let Some(who) = self
-                .operator
-                .as_deref()
-                .filter(|_| AppTopic::OPERATOR_WRITES.contains(&r.topic))
-            {
-                topic = format!("{topic}/{}/{who}", lanyard_core::topic::BY_LEVEL);
-            }
-            sends.push((topic, r.payload));
+            sends.push((self.write_topic(r.device, Topic::App(r.topic))?, r.payload));
             let answers = device_topic(r.device, Topic::App(AppTopic::DesiredAnswer))?;
             waiting.insert(answers, (r.device.to_owned(), r.token));
         }
@@ -823,7 +831,7 @@ impl<T: Transport> AppClient<T> {
         let mut waiting = std::collections::HashMap::new();
         let mut sends = Vec::with_capacity(devices.len());
         for device in devices {
-            let cmd_topic = device_topic(device, Topic::Device(MessageKind::Command))?;
+            let cmd_topic = self.write_topic(device, Topic::Device(MessageKind::Command))?;
             let ack_topic = device_topic(device, Topic::Device(MessageKind::Ack))?;
             self.next_id += 1;
             let issued_ms = now_ms.max(self.last_issued_ms + 1);
@@ -900,7 +908,7 @@ impl<T: Transport> AppClient<T> {
         device: &str,
         config: &lanyard_core::agent::config::DeviceConfig,
     ) -> Result<(), AppError> {
-        let t = device_topic(device, Topic::Device(MessageKind::Config))?;
+        let t = self.write_topic(device, Topic::Device(MessageKind::Config))?;
         let mut e = minicbor::Encoder::new(Vec::new());
         // Encoding into a Vec cannot fail.
         let _ = config.encode_cbor(&mut e);

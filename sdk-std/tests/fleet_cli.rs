@@ -84,6 +84,27 @@ fn an_operator_sets_shows_commands_decommissions_and_reprovisions() {
         err.contains("lanyard-eve is not an operator of this fleet"),
         "{err}"
     );
+    let (ok, _, err) = fleet(&["--client-id", "lanyard-eve", "command", id, "diagnostics"]);
+    assert!(!ok, "a command from outside the operator list");
+    assert!(
+        err.contains("Rejected: lanyard-eve is not an operator of this fleet"),
+        "{err}"
+    );
+    let (ok, out, _) = fleet(&[
+        "--client-id",
+        "lanyard-eve",
+        "config",
+        "--version",
+        "9",
+        "--set",
+        "telemetry_ms=60000",
+        id,
+    ]);
+    assert!(!ok, "a configuration from outside the operator list");
+    assert!(
+        out.contains("lanyard-eve is not an operator of this fleet"),
+        "{out}"
+    );
 
     // Desired state, answered with the version; the device reports it.
     let (ok, out, err) = fleet(&["set", id, "fan.speed=3", r#"mode="eco""#]);

@@ -629,7 +629,10 @@ async fn only_the_hosts_operators_write_and_none_can_write_as_another() {
     let port = broker.port;
     let wait = Duration::from_secs(10);
     let (stop_tx, twin) = serve_host(&pki, port, host().with_operators(&["lanyard-ops"]));
-    let _dev = registered_device(&pki, port).await;
+    let mut dev = registered_device(&pki, port).await;
+    dev.subscribe(&topic(A, MessageKind::Command))
+        .await
+        .unwrap();
     let operator = |cn: &'static str, claims: &'static str| {
         let cfg = pki.mqtt(port, cn, cn);
         async move {
@@ -661,6 +664,35 @@ async fn only_the_hosts_operators_write_and_none_can_write_as_another() {
             "lanyard-eve is not an operator of this fleet".into()
         ))
     );
+    // Commands too: the host answers eve's, and passes the operator's on
+    // to the device (which no operator may write to directly).
+    let refused = eve.command(A, "blink_led", &[], 20, wait).await.unwrap();
+    assert_eq!(refused.status, AckStatus::Rejected);
+    assert_eq!(
+        refused.detail.as_deref(),
+        Some("lanyard-eve is not an operator of this fleet")
+    );
+    let report = ops
+        .command_to(
+            &[A.to_owned()],
+            "blink_led",
+            &[],
+            (21, 60_000),
+            Duration::from_millis(100),
+        )
+        .await
+        .unwrap();
+    assert_eq!(report.unanswered, [A]);
+    // (After the delta of the operator's desired change.)
+    let command = loop {
+        let (t, payload) = recv_within(&mut dev, wait)
+            .await
+            .expect("the command reached the device");
+        if t == topic(A, MessageKind::Command).as_str() {
+            break payload;
+        }
+    };
+    assert_eq!(Command::decode(&command).unwrap().name, "blink_led");
     // Writing as another operator: the broker drops it, nothing answers.
     let mut forger = operator("lanyard-eve", "lanyard-ops").await;
     let r = forger.set_desired_within(A, &desired, 12, short).await;
@@ -676,6 +708,6 @@ async fn only_the_hosts_operators_write_and_none_can_write_as_another() {
 
     stop_tx.send(()).unwrap();
     let host = twin.await.unwrap();
-    assert_eq!(host.stats().unauthorised, 1);
+    assert_eq!(host.stats().unauthorised, 2);
     assert_eq!(host.shadow(A).unwrap().version(), v);
 }

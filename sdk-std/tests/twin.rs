@@ -1257,9 +1257,74 @@ fn only_the_hosts_operators_write_and_the_audit_log_names_them() {
     );
     assert_eq!(answer(&out).outcome, Ok(version + 1));
     assert_eq!(host.stats().unauthorised, 4);
+
+    // Commands and configurations: an operator's are passed on to the
+    // device's own topic, anyone else's answered with the reason.
+    let mut buf = [0u8; 256];
+    let n = Command {
+        id: "c1",
+        name: "blink_led",
+        args: &[],
+        issued_ms: 30,
+        expires_ms: 60_000,
+    }
+    .encode(&mut buf)
+    .unwrap();
+    let cmd = buf[..n].to_vec();
+    let out = host.handle(30, &t("cmd/by/lanyard-eve"), &cmd);
+    assert_eq!(out.len(), 1);
+    assert_eq!(out[0].topic, t("ack"));
+    let ack = Ack::decode(&out[0].payload).unwrap();
+    assert_eq!(
+        (ack.command_id, ack.status, ack.reason, ack.detail),
+        (
+            "c1",
+            AckStatus::Rejected,
+            Some(AckReason::NotAllowed),
+            Some("lanyard-eve is not an operator of this fleet")
+        )
+    );
+    let out = host.handle(31, &t("cmd/by/lanyard-ops"), &cmd);
+    assert_eq!(out.len(), 1);
+    assert_eq!(
+        (out[0].topic.as_str(), &out[0].payload),
+        (t("cmd").as_str(), &cmd)
+    );
+    let mut patch = lanyard_core::agent::config::ConfigPatch::new(7);
+    patch
+        .set(
+            lanyard_core::agent::config::ConfigField::TelemetryMs,
+            60_000,
+        )
+        .unwrap();
+    let mut e = minicbor::Encoder::new(Vec::new());
+    patch.encode_cbor(&mut e).unwrap();
+    let config = e.into_writer();
+    let out = host.handle(32, &t("config/by/lanyard-eve"), &config);
+    let refused = ConfigAck::decode(&out[0].payload).unwrap();
+    assert_eq!(
+        (refused.version, refused.outcome),
+        (7, ConfigOutcome::Rejected)
+    );
+    let out = host.handle(33, &t("config/by/lanyard-ops"), &config);
+    assert_eq!(
+        (out[0].topic.as_str(), &out[0].payload),
+        (t("config").as_str(), &config)
+    );
+    // The passed-on configuration comes back on the device's topic: not
+    // recorded twice.
+    assert!(host.handle(34, &t("config"), &config).is_empty());
+    assert_eq!(host.stats().unauthorised, 6);
+
     host.flush().unwrap();
     let log = std::fs::read_to_string(&audit).unwrap();
     let desired: Vec<&str> = log.lines().filter(|l| l.contains("desired_set")).collect();
     assert_eq!(desired.len(), 1, "{log}");
     assert!(desired[0].contains("\"actor\":\"lanyard-oncall\""), "{log}");
+    let pushed: Vec<&str> = log
+        .lines()
+        .filter(|l| l.contains("config_pushed"))
+        .collect();
+    assert_eq!(pushed.len(), 1, "{log}");
+    assert!(pushed[0].contains("\"actor\":\"lanyard-ops\""), "{log}");
 }

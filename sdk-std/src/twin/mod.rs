@@ -5,7 +5,7 @@
 //! too. [`TwinHost::handle`] is message in, publishes out, so it runs over
 //! any transport ([`run_twin`] drives it over one) and tests need no broker.
 
-use lanyard_core::topic::BY_LEVEL;
+use lanyard_core::topic::{BY_LEVEL, OPERATOR_WRITES};
 use std::collections::{HashMap, HashSet};
 use std::io;
 use std::path::{Path, PathBuf};
@@ -189,8 +189,8 @@ fn host_filters(tenants: bool) -> Vec<String> {
         .iter()
         .map(|t| filter(tenants, *t).to_string())
         .collect();
-    for w in AppTopic::OPERATOR_WRITES {
-        v.push(format!("{}/{BY_LEVEL}/+", filter(tenants, Topic::App(w))));
+    for w in OPERATOR_WRITES {
+        v.push(format!("{}/{BY_LEVEL}/+", filter(tenants, w)));
     }
     v
 }
@@ -312,6 +312,18 @@ pub struct TwinHost {
     /// Who wrote the message being handled, as its topic names them
     /// (`.../by/{identity}`), for the audit log.
     writer: Option<String>,
+    /// The last configuration passed on to each device for a named
+    /// operator, already recorded: not recorded again when it comes back on
+    /// the device's own topic.
+    relayed_configs: HashMap<String, u64>,
+}
+
+/// A payload's fingerprint, to know a message again.
+fn payload_hash(payload: &[u8]) -> u64 {
+    use std::hash::{Hash, Hasher};
+    let mut h = std::collections::hash_map::DefaultHasher::new();
+    payload.hash(&mut h);
+    h.finish()
 }
 
 /// Splits `suffix` into the topic's kind and the writer it names, if it
@@ -358,6 +370,7 @@ impl TwinHost {
             share_group: None,
             operators: None,
             writer: None,
+            relayed_configs: HashMap::new(),
         }
     }
 
@@ -374,11 +387,11 @@ impl TwinHost {
 
     /// Why a write of kind `t` by `by` is refused, if it is.
     fn unauthorised(&self, t: Topic, by: Option<&str>) -> Option<String> {
-        let Topic::App(app) = t else {
-            return None;
-        };
         let operators = self.operators.as_ref()?;
-        if !AppTopic::OPERATOR_WRITES.contains(&app) {
+        // The device's own command and configuration topics carry what
+        // this host passes on, and what identities the broker trusts
+        // write there.
+        if !OPERATOR_WRITES.contains(&t) || (matches!(t, Topic::Device(_)) && by.is_none()) {
             return None;
         }
         Some(match by {
@@ -387,16 +400,18 @@ impl TwinHost {
             None => format!(
                 "this fleet takes {} only from its operators, on a topic that names them \
                  (.../{}/{BY_LEVEL}/{{identity}})",
-                app.suffix(),
-                app.suffix()
+                t.suffix(),
+                t.suffix()
             ),
         })
     }
 
     /// Refuses write `t` from outside the operator list: the writer is
-    /// answered on its token when the request carries one.
+    /// answered on its token when the request carries one, a command with
+    /// its acknowledgement, a configuration with its config-ack.
     fn refuse_unauthorised(
         &mut self,
+        now_ms: u64,
         key: &str,
         t: Topic,
         payload: &[u8],
@@ -404,6 +419,37 @@ impl TwinHost {
     ) -> Vec<Publish> {
         self.stats.unauthorised += 1;
         tracing::warn!(device = key, "write refused: {why}");
+        match t {
+            Topic::Device(MessageKind::Command) => {
+                let Ok(cmd) = Command::decode(payload) else {
+                    return Vec::new();
+                };
+                let ack = Ack {
+                    command_id: cmd.id,
+                    status: AckStatus::Rejected,
+                    reason: Some(AckReason::NotAllowed),
+                    detail: Some(&why),
+                    result: None,
+                    time_ms: now_ms,
+                };
+                return vec![encoded(key, MessageKind::Ack, &ack)];
+            }
+            Topic::Device(MessageKind::Config) => {
+                let Some((version, _)) = config_fields(payload) else {
+                    return Vec::new();
+                };
+                let ack = lanyard_core::agent::messages::ConfigAck {
+                    version,
+                    outcome: lanyard_core::agent::messages::ConfigOutcome::Rejected,
+                    current_version: 0,
+                    field: None,
+                    reason: Some(&why),
+                    time_ms: now_ms,
+                };
+                return vec![encoded(key, MessageKind::ConfigAck, &ack)];
+            }
+            _ => {}
+        }
         let token = match t {
             Topic::App(AppTopic::Resolve) => ResolveRequest::decode(payload).map(|r| r.token),
             Topic::App(AppTopic::Reprovision) => {
@@ -1096,14 +1142,28 @@ impl TwinHost {
             return Vec::new();
         };
         // Only an operator's write names its writer.
-        if by.is_some() && !matches!(t, Topic::App(a) if AppTopic::OPERATOR_WRITES.contains(&a)) {
+        if by.is_some() && !OPERATOR_WRITES.contains(&t) {
             return Vec::new();
         }
         let key = key.as_str();
         if let Some(why) = self.unauthorised(t, by) {
-            return self.refuse_unauthorised(key, t, payload, why);
+            return self.refuse_unauthorised(now_ms, key, t, payload, why);
         }
         self.writer = by.map(str::to_owned);
+        if let (Some(_), Topic::Device(kind)) = (by, t) {
+            // An operator's command or configuration: recorded (a
+            // configuration), and passed on to the device's own topic.
+            if kind == MessageKind::Config {
+                self.config_pushed(now_ms, key, payload);
+                self.relayed_configs
+                    .insert(key.to_owned(), payload_hash(payload));
+            }
+            return vec![Publish {
+                topic: topic(key, kind).to_string(),
+                payload: payload.to_vec(),
+                qos: Qos::AtLeastOnce,
+            }];
+        }
         self.refresh(key, t == Topic::App(AppTopic::Get));
         if t == Topic::App(AppTopic::Reprovision) {
             return self.reprovision_request(now_ms, key, payload);
@@ -1113,8 +1173,13 @@ impl TwinHost {
         }
         if t == Topic::Device(MessageKind::Config) {
             // An operator's push, on its way to the device: recorded, not
-            // a sign of the device's life nor a use of its allowance.
-            self.config_pushed(now_ms, key, payload);
+            // a sign of the device's life nor a use of its allowance. One
+            // this host passed on was recorded with its writer.
+            if self.relayed_configs.get(key) == Some(&payload_hash(payload)) {
+                self.relayed_configs.remove(key);
+            } else {
+                self.config_pushed(now_ms, key, payload);
+            }
             return Vec::new();
         }
         if self.decommissioned.contains(key) {
