@@ -140,6 +140,8 @@ class AppTest {
         } finally {
             eve.close()
         }
+        // A test returns nothing, or JUnit does not run it.
+        Unit
     }
 
     @Test
