@@ -1316,6 +1316,33 @@ fn only_the_hosts_operators_write_and_the_audit_log_names_them() {
     assert!(host.handle(34, &t("config"), &config).is_empty());
     assert_eq!(host.stats().unauthorised, 6);
 
+    // An operator's decommissioning: the entry names who asked for it.
+    let n = Command {
+        id: "c2",
+        name: "decommission",
+        args: &[],
+        issued_ms: 40,
+        expires_ms: 60_000,
+    }
+    .encode(&mut buf)
+    .unwrap();
+    assert_eq!(
+        host.handle(40, &t("cmd/by/lanyard-oncall"), &buf[..n])
+            .len(),
+        1
+    );
+    let mut ev = [0u8; 64];
+    let n = LifecycleEvent {
+        from: lanyard_core::agent::lifecycle::LifecycleState::Active,
+        to: lanyard_core::agent::lifecycle::LifecycleState::Decommissioned,
+        cause: lanyard_core::agent::lifecycle::Trigger::Decommission,
+        time_ms: 41,
+        seq: 3,
+    }
+    .encode(&mut ev)
+    .unwrap();
+    host.handle(41, &t("lifecycle"), &ev[..n]);
+
     host.flush().unwrap();
     let log = std::fs::read_to_string(&audit).unwrap();
     let desired: Vec<&str> = log.lines().filter(|l| l.contains("desired_set")).collect();
@@ -1327,4 +1354,13 @@ fn only_the_hosts_operators_write_and_the_audit_log_names_them() {
         .collect();
     assert_eq!(pushed.len(), 1, "{log}");
     assert!(pushed[0].contains("\"actor\":\"lanyard-ops\""), "{log}");
+    let retired: Vec<&str> = log
+        .lines()
+        .filter(|l| l.contains("\"decommissioned\""))
+        .collect();
+    assert_eq!(retired.len(), 1, "{log}");
+    assert!(
+        retired[0].contains("\"requested_by\":\"lanyard-oncall\""),
+        "{log}"
+    );
 }

@@ -316,6 +316,9 @@ pub struct TwinHost {
     /// operator, already recorded: not recorded again when it comes back on
     /// the device's own topic.
     relayed_configs: HashMap<String, u64>,
+    /// The operator who sent each device a decommission command, until the
+    /// device reports it done.
+    decommission_asked: HashMap<String, String>,
 }
 
 /// A payload's fingerprint, to know a message again.
@@ -371,6 +374,7 @@ impl TwinHost {
             operators: None,
             writer: None,
             relayed_configs: HashMap::new(),
+            decommission_asked: HashMap::new(),
         }
     }
 
@@ -1011,12 +1015,13 @@ impl TwinHost {
         self.stats.decommissioned += 1;
         self.dirty.remove(key);
         self.retired.push((key.to_owned(), now_ms));
+        let asked_by = self.decommission_asked.remove(key);
         self.audit(
             now_ms,
             key,
             crate::audit::AuditAction::Decommissioned,
             key,
-            serde_json::json!({"final_shadow": last}),
+            serde_json::json!({"final_shadow": last, "requested_by": asked_by}),
         );
         self.written();
         tracing::info!(device = key, "device decommissioned");
@@ -1157,6 +1162,14 @@ impl TwinHost {
                 self.config_pushed(now_ms, key, payload);
                 self.relayed_configs
                     .insert(key.to_owned(), payload_hash(payload));
+            }
+            // Who asked for a decommissioning, for its audit entry when the
+            // device reports it.
+            if let (Some(who), Ok(cmd)) = (by, Command::decode(payload)) {
+                if cmd.name == "decommission" && kind == MessageKind::Command {
+                    self.decommission_asked
+                        .insert(key.to_owned(), who.to_owned());
+                }
             }
             return vec![Publish {
                 topic: topic(key, kind).to_string(),
