@@ -194,6 +194,22 @@ fn roll_out(
         supervise(url, devices, key, new_version, self_test);
         std::thread::sleep(Duration::from_millis(100));
     };
+    // The rollout may end on a device's report before that device has
+    // restarted out of its trial: the restarts it asks for are still
+    // served, until no device runs an image its slot has gone back from.
+    let settled = |d: &Device| {
+        let boot = std::fs::read_to_string(d.dir.join("slot/boot")).unwrap_or_default();
+        match boot.trim() {
+            "trial" | "trial-booted" => false,
+            "reverted" => d.version != new_version,
+            _ => true,
+        }
+    };
+    while !devices.iter().all(settled) {
+        assert!(Instant::now() < deadline, "the devices did not settle");
+        supervise(url, devices, key, new_version, self_test);
+        std::thread::sleep(Duration::from_millis(100));
+    }
     let out = std::fs::read_to_string(&log).unwrap()
         + &std::fs::read_to_string(log.with_extension("err")).unwrap();
     (status.success(), out)
