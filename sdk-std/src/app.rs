@@ -1,9 +1,16 @@
 //! The app side: set desired state, read a shadow, watch deltas and reported
 //! changes, send a command and wait for its final acknowledgement. It speaks
-//! the twin host's topics over any [`Transport`].
+//! the twin host's topics over any [`Transport`], which a task of its own
+//! drives ([`router`]): every call takes `&self`, so one client serves
+//! several tasks at once.
 
-use std::collections::VecDeque;
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
+
+mod router;
+use router::Router;
+pub use router::{DropCounter, Events, Watch};
 
 use lanyard_core::agent::messages::{
     Ack, AckReason, AckStatus, Command, Encodable, MessageKind, Telemetry,
@@ -12,7 +19,7 @@ use lanyard_core::agent::platform::RejectReason;
 use lanyard_core::shadow::{ConflictPolicy, Path, StateTree};
 use lanyard_core::wire::{ShadowDelta, ShadowUpdate, reason_code};
 
-use crate::transport::{Qos, Transport, TransportError, TransportEvent};
+use crate::transport::{Transport, TransportError};
 use crate::twin::{DesiredAnswer, TWIN_LEAVES, TWIN_POOL, TwinShadow};
 use lanyard_core::topic::{AppTopic, Topic, filter, topic_of_key, valid_device_id};
 
@@ -270,36 +277,67 @@ fn device_topic(device: &str, t: Topic) -> Result<String, AppError> {
         .ok_or_else(|| AppError::BadDevice(device.to_owned()))
 }
 
+/// How many events [`AppClient::next_event`] keeps unread before it drops
+/// newer ones (counted by [`AppClient::events_dropped`]).
+pub const EVENT_QUEUE: usize = 10_000;
+
 /// An app connected to a twin host through a transport.
-pub struct AppClient<T: Transport> {
-    transport: T,
-    backlog: VecDeque<(String, Vec<u8>)>,
-    next_id: u64,
+///
+/// Its calls take `&self` and may run at once from several tasks (share it
+/// in an `Arc`): each waits only for its own answers. Events go to
+/// subscriptions ([`AppClient::events`]), each a bounded queue; the
+/// client's own ([`AppClient::next_event`]) watches the whole fleet.
+///
+/// ```
+/// use std::{sync::Arc, time::Duration};
+/// use lanyard_std::app::{AppClient, AppError, Watch};
+/// use lanyard_std::transport::MemoryBroker;
+///
+/// # #[tokio::main] async fn main() -> Result<(), AppError> {
+/// let broker = MemoryBroker::new();
+/// let app = Arc::new(AppClient::new(broker.connect()).await?);
+/// let mut valve = app.events(Watch::device("ly-0a0000000001"), 100);
+/// // Two calls at once: neither waits for the other's answer (here none
+/// // comes: no twin host is on this broker).
+/// let (a, b) = tokio::join!(
+///     app.get_shadow("ly-0a0000000001", Duration::from_millis(50)),
+///     app.command("ly-0a0000000002", "ping", &[], 1, Duration::from_millis(50)),
+/// );
+/// assert_eq!((a.unwrap_err(), b.unwrap_err()), (AppError::Timeout, AppError::Timeout));
+/// assert!(valve.try_next().is_none() && valve.dropped() == 0);
+/// # Ok(()) }
+/// ```
+pub struct AppClient {
+    router: Router,
+    /// The subscription `next_event` reads; `None` once taken.
+    own_events: Option<Events>,
+    next_id: AtomicU64,
     /// The issue time of the last command sent: each command gets a later
     /// one (see `command`).
-    last_issued_ms: u64,
+    last_issued_ms: Mutex<u64>,
     /// The operator identity its writes name (`.../by/{identity}`).
-    operator: Option<String>,
+    operator: Mutex<Option<String>>,
     /// Topics carry a tenant level; devices are named `{tenant}/{id}`.
     tenants: bool,
-    /// Messages `next_event` skipped because they did not decode.
-    undecodable: u64,
 }
 
-impl<T: Transport> AppClient<T> {
+impl AppClient {
     /// Subscribes to what an app watches, in the shared namespace.
-    pub async fn new(transport: T) -> Result<Self, AppError> {
+    pub async fn new<T: Transport + 'static>(transport: T) -> Result<Self, AppError> {
         Self::subscribed(transport, false).await
     }
 
     /// An app for a host that serves tenants
     /// ([`TwinHost::with_tenants`](crate::twin::TwinHost::with_tenants)):
     /// devices are named `{tenant}/{device-id}` in every call and event.
-    pub async fn for_tenants(transport: T) -> Result<Self, AppError> {
+    pub async fn for_tenants<T: Transport + 'static>(transport: T) -> Result<Self, AppError> {
         Self::subscribed(transport, true).await
     }
 
-    async fn subscribed(mut transport: T, tenants: bool) -> Result<Self, AppError> {
+    async fn subscribed<T: Transport + 'static>(
+        mut transport: T,
+        tenants: bool,
+    ) -> Result<Self, AppError> {
         for t in [
             Topic::Device(MessageKind::Ack),
             Topic::Device(MessageKind::ShadowDelta),
@@ -314,15 +352,35 @@ impl<T: Transport> AppClient<T> {
         ] {
             transport.subscribe(&filter(tenants, t)).await?;
         }
+        let router = Router::start(transport, tenants, event_of);
+        let own_events = Some(router.events(Watch::Fleet, EVENT_QUEUE));
         Ok(AppClient {
-            transport,
-            backlog: VecDeque::new(),
-            next_id: 0,
-            last_issued_ms: 0,
-            operator: None,
+            router,
+            own_events,
+            next_id: AtomicU64::new(0),
+            last_issued_ms: Mutex::new(0),
+            operator: Mutex::new(None),
             tenants,
-            undecodable: 0,
         })
+    }
+
+    /// A new subscription to `watch`'s events (a device, a list, the
+    /// fleet) holding at most `capacity` unread; it sees what arrives from
+    /// now on. Any number may be open; each gets every event it watches,
+    /// apart from the answers a call of this client is waiting for.
+    pub fn events(&self, watch: Watch, capacity: usize) -> Events {
+        self.router.events(watch, capacity)
+    }
+
+    /// The client's own subscription (what [`next_event`](Self::next_event)
+    /// reads), to read it apart from the client, say while another task
+    /// shares the client; `next_event` then fails. `None` once taken.
+    pub fn take_events(&mut self) -> Option<Events> {
+        self.own_events.take()
+    }
+
+    fn next_id(&self) -> u64 {
+        self.next_id.fetch_add(1, Ordering::Relaxed) + 1
     }
 
     /// Names `identity` as the writer of its desired state, conflict
@@ -333,7 +391,7 @@ impl<T: Transport> AppClient<T> {
     /// certificate's name): the broker's ACL ([`crate::acl`]) lets a
     /// client write only under its own. Refused (with the reason) if it
     /// cannot be one topic level.
-    pub fn as_operator(mut self, identity: &str) -> Result<Self, String> {
+    pub fn as_operator(self, identity: &str) -> Result<Self, String> {
         self.set_operator(identity)?;
         Ok(self)
     }
@@ -342,7 +400,8 @@ impl<T: Transport> AppClient<T> {
     /// identity, an operator's write names it (`.../by/{identity}`).
     fn write_topic(&self, device: &str, t: Topic) -> Result<String, AppError> {
         let topic = device_topic(device, t)?;
-        Ok(match &self.operator {
+        let operator = self.operator.lock().unwrap_or_else(|p| p.into_inner());
+        Ok(match operator.as_deref() {
             Some(who) if lanyard_core::topic::OPERATOR_WRITES.contains(&t) => {
                 format!("{topic}/{}/{who}", lanyard_core::topic::BY_LEVEL)
             }
@@ -351,14 +410,14 @@ impl<T: Transport> AppClient<T> {
     }
 
     /// [`as_operator`](Self::as_operator) on a client already made.
-    pub fn set_operator(&mut self, identity: &str) -> Result<(), String> {
+    pub fn set_operator(&self, identity: &str) -> Result<(), String> {
         if identity.is_empty() || identity.len() > 128 || identity.contains(['/', '+', '#']) {
             return Err(format!(
                 "operator identity {identity:?}: one topic level (no '/', '+' or '#'), \
                  1 to 128 bytes"
             ));
         }
-        self.operator = Some(identity.to_owned());
+        *self.operator.lock().unwrap_or_else(|p| p.into_inner()) = Some(identity.to_owned());
         Ok(())
     }
 
@@ -366,7 +425,7 @@ impl<T: Transport> AppClient<T> {
     /// ten seconds for the host's answer; see
     /// [`AppClient::set_desired_within`].
     pub async fn set_desired<const L: usize, const P: usize>(
-        &mut self,
+        &self,
         device: &str,
         desired: &StateTree<L, P>,
         now_ms: u64,
@@ -381,7 +440,7 @@ impl<T: Transport> AppClient<T> {
     /// device said it holds, bad input). The host then sends the device
     /// its delta.
     pub async fn set_desired_within<const L: usize, const P: usize>(
-        &mut self,
+        &self,
         device: &str,
         desired: &StateTree<L, P>,
         now_ms: u64,
@@ -397,7 +456,7 @@ impl<T: Transport> AppClient<T> {
     /// takes one round trip, not one per device. A device id that cannot be
     /// one is refused before anything is sent.
     pub async fn set_desired_to<const L: usize, const P: usize>(
-        &mut self,
+        &self,
         changes: &[(&str, &StateTree<L, P>)],
         now_ms: u64,
         timeout: Duration,
@@ -405,8 +464,7 @@ impl<T: Transport> AppClient<T> {
         let mut requests = Vec::with_capacity(changes.len());
         let mut buf = vec![0u8; 64 * 1024];
         for (device, desired) in changes {
-            self.next_id += 1;
-            let token = format!("app-{now_ms}-{}", self.next_id);
+            let token = format!("app-{now_ms}-{}", self.next_id());
             let mut up: Box<ShadowUpdate<L, P>> = Box::new(ShadowUpdate::new(now_ms));
             up.desired = Some((*desired).clone());
             // "app-", two numbers of at most 20 digits and a dash: always
@@ -425,17 +483,16 @@ impl<T: Transport> AppClient<T> {
 
     /// The device's whole shadow.
     pub async fn get_shadow(
-        &mut self,
+        &self,
         device: &str,
         timeout: Duration,
     ) -> Result<Box<TwinShadow>, AppError> {
         let t = device_topic(device, Topic::App(AppTopic::Get))?;
-        self.transport.publish(&t, b"", Qos::AtLeastOnce).await?;
         let doc = device_topic(device, Topic::App(AppTopic::Document))?;
         let rejected = device_topic(device, Topic::App(AppTopic::Rejected))?;
-        let (topic, payload) = self
-            .wait_for(timeout, |t| t == doc || t == rejected)
-            .await?;
+        let mut waiting = self.router.wait_on([doc, rejected.clone()]);
+        self.router.publish(&t, b"").await?;
+        let (topic, payload) = waiting.next(tokio::time::Instant::now() + timeout).await?;
         if topic == rejected {
             return Err(AppError::Rejected(
                 String::from_utf8_lossy(&payload).into_owned(),
@@ -450,7 +507,7 @@ impl<T: Transport> AppClient<T> {
     /// broker's ACL lets only operator identities write the topic), so
     /// that it may register anew. Waits up to `timeout` for the host's
     /// answer; [`AppError::Rejected`] when the device is not decommissioned.
-    pub async fn reprovision(&mut self, device: &str, timeout: Duration) -> Result<(), AppError> {
+    pub async fn reprovision(&self, device: &str, timeout: Duration) -> Result<(), AppError> {
         let token = self.operator_token();
         let mut payload = Vec::new();
         // Encoding into a Vec cannot fail.
@@ -469,7 +526,7 @@ impl<T: Transport> AppClient<T> {
     /// version; [`AppError::Rejected`] with the host's reason (nothing
     /// parked there, an unknown device).
     pub async fn resolve(
-        &mut self,
+        &self,
         device: &str,
         path: &str,
         winner: lanyard_core::shadow::Source,
@@ -485,7 +542,7 @@ impl<T: Transport> AppClient<T> {
     /// answers. A path that cannot be one is refused before anything is
     /// sent.
     pub async fn resolve_to(
-        &mut self,
+        &self,
         conflicts: &[(&str, &str)],
         winner: lanyard_core::shadow::Source,
         timeout: Duration,
@@ -517,7 +574,7 @@ impl<T: Transport> AppClient<T> {
     /// tenants: pass `Some(tenant)`), in the order of their names, read a
     /// page at a time; each page waits up to `timeout`.
     pub async fn list(
-        &mut self,
+        &self,
         tenant: Option<&str>,
         timeout: Duration,
     ) -> Result<Vec<crate::twin::DeviceSummary>, AppError> {
@@ -540,13 +597,11 @@ impl<T: Transport> AppClient<T> {
                 after: after.take(),
                 limit: crate::twin::MAX_LISTING_PAGE,
             };
-            self.transport
-                .publish(&ask, &request.encode(), Qos::AtLeastOnce)
-                .await?;
+            let mut waiting = self.router.wait_on([answers.to_string()]);
+            self.router.publish(&ask, &request.encode()).await?;
             let deadline = tokio::time::Instant::now() + timeout;
             let page = loop {
-                let left = deadline.saturating_duration_since(tokio::time::Instant::now());
-                let (_, payload) = self.wait_for(left, |t| t == answers.as_str()).await?;
+                let (_, payload) = waiting.next(deadline).await?;
                 match crate::twin::Listing::decode(&payload) {
                     Some(page) if page.token == token => break page,
                     _ => continue,
@@ -565,7 +620,7 @@ impl<T: Transport> AppClient<T> {
     /// it, which ignored it (not newer than theirs), which refused a
     /// field, and which did not answer.
     pub async fn push_config_to(
-        &mut self,
+        &self,
         devices: &[String],
         patch: &lanyard_core::agent::config::ConfigPatch,
         timeout: Duration,
@@ -580,23 +635,24 @@ impl<T: Transport> AppClient<T> {
             let ack = device_topic(d, Topic::Device(MessageKind::ConfigAck))?;
             waiting.insert(ack, d.clone());
         }
-        for d in devices {
-            let t = self.write_topic(d, Topic::Device(MessageKind::Config))?;
-            self.transport
-                .publish(&t, &payload, Qos::AtLeastOnce)
-                .await?;
+        let sends = devices
+            .iter()
+            .map(|d| self.write_topic(d, Topic::Device(MessageKind::Config)))
+            .collect::<Result<Vec<_>, _>>()?;
+        let mut answers = self.router.wait_on(waiting.keys().cloned());
+        for t in &sends {
+            self.router.publish(t, &payload).await?;
         }
         let mut report = ConfigPushReport::default();
         let deadline = tokio::time::Instant::now() + timeout;
         while !waiting.is_empty() {
-            let left = deadline.saturating_duration_since(tokio::time::Instant::now());
-            let (topic, bytes) = match self.wait_for(left, |t| waiting.contains_key(t)).await {
+            let (topic, bytes) = match answers.next(deadline).await {
                 Ok(m) => m,
                 Err(AppError::Timeout) => break,
                 Err(e) => return Err(e),
             };
             let Ok(ack) = ConfigAck::decode(&bytes) else {
-                self.undecodable += 1;
+                self.count_undecodable();
                 continue;
             };
             if ack.version != patch.version {
@@ -633,15 +689,12 @@ impl<T: Transport> AppClient<T> {
     /// tier's aggregation ([`crate::fog`]). Nothing answers: the readings
     /// come as telemetry events. A device without a fog tier in front of
     /// it sends raw readings anyway.
-    pub async fn raw_readings(&mut self, device: &str, for_secs: u64) -> Result<(), AppError> {
+    pub async fn raw_readings(&self, device: &str, for_secs: u64) -> Result<(), AppError> {
         let t = device_topic(device, Topic::App(AppTopic::RawReadings))?;
         let mut payload = Vec::new();
         // Encoding into a Vec cannot fail.
         let _ = minicbor::encode(for_secs, &mut payload);
-        self.transport
-            .publish(&t, &payload, Qos::AtLeastOnce)
-            .await?;
-        Ok(())
+        self.router.publish(&t, &payload).await
     }
 
     /// A client token unique across processes too: an operator's next run
@@ -654,7 +707,7 @@ impl<T: Transport> AppClient<T> {
     /// [`AppError::Rejected`] with why not (no certificate was issued to
     /// that device). Only operator identities may ask (the broker's ACL).
     pub async fn revoke(
-        &mut self,
+        &self,
         device: &str,
         reason: &str,
         decommission: bool,
@@ -668,20 +721,20 @@ impl<T: Transport> AppClient<T> {
             return Err(AppError::BadDevice(device.to_owned()));
         }
         let answer_topic = revoke_answer_topic(device);
-        self.transport.subscribe(&answer_topic).await?;
+        self.router.subscribe(&answer_topic).await?;
         let token = self.operator_token();
         let request = RevokeRequest {
             token: token.clone(),
             reason: reason.to_owned(),
             decommission,
         };
-        self.transport
-            .publish(&revoke_topic(device), &request.encode(), Qos::AtLeastOnce)
+        let mut waiting = self.router.wait_on([answer_topic]);
+        self.router
+            .publish(&revoke_topic(device), &request.encode())
             .await?;
         let deadline = tokio::time::Instant::now() + timeout;
         loop {
-            let left = deadline.saturating_duration_since(tokio::time::Instant::now());
-            let (_, payload) = self.wait_for(left, |t| t == answer_topic).await?;
+            let (_, payload) = waiting.next(deadline).await?;
             match RevokeAnswer::decode(&payload) {
                 Some(a) if a.token == token => return a.outcome.map_err(AppError::Rejected),
                 _ => continue,
@@ -689,12 +742,11 @@ impl<T: Transport> AppClient<T> {
         }
     }
 
-    fn operator_token(&mut self) -> String {
-        self.next_id += 1;
+    fn operator_token(&self) -> String {
         format!(
             "op-{}-{}",
             crate::clock::Clock::real().now_ms(),
-            self.next_id
+            self.next_id()
         )
     }
 
@@ -702,7 +754,7 @@ impl<T: Transport> AppClient<T> {
     /// `timeout` for the host's answer that names `token` (the host answers
     /// refusals with the token too). Other apps' answers pass by.
     async fn ask(
-        &mut self,
+        &self,
         device: &str,
         t: AppTopic,
         payload: &[u8],
@@ -722,7 +774,7 @@ impl<T: Transport> AppClient<T> {
     /// answers, each matched by its device's answer topic and its token.
     /// A device id that cannot be one is refused before anything is sent.
     async fn ask_many(
-        &mut self,
+        &self,
         requests: Vec<HostRequest<'_>>,
         timeout: Duration,
     ) -> Result<HostAnswers, AppError> {
@@ -734,16 +786,14 @@ impl<T: Transport> AppClient<T> {
             let answers = device_topic(r.device, Topic::App(AppTopic::DesiredAnswer))?;
             waiting.insert(answers, (r.device.to_owned(), r.token));
         }
+        let mut answers = self.router.wait_on(waiting.keys().cloned());
         for (topic, payload) in &sends {
-            self.transport
-                .publish(topic, payload, Qos::AtLeastOnce)
-                .await?;
+            self.router.publish(topic, payload).await?;
         }
         let mut report = HostAnswers::default();
         let deadline = tokio::time::Instant::now() + timeout;
         while !waiting.is_empty() {
-            let left = deadline.saturating_duration_since(tokio::time::Instant::now());
-            let (topic, payload) = match self.wait_for(left, |t| waiting.contains_key(t)).await {
+            let (topic, payload) = match answers.next(deadline).await {
                 Ok(m) => m,
                 Err(AppError::Timeout) => break,
                 Err(e) => return Err(e),
@@ -777,7 +827,7 @@ impl<T: Transport> AppClient<T> {
     /// window has let go of, and two commands stamped with the same
     /// millisecond would make the later one look that old.
     pub async fn command(
-        &mut self,
+        &self,
         device: &str,
         name: &str,
         args: &[u8],
@@ -794,7 +844,7 @@ impl<T: Transport> AppClient<T> {
     /// (now, lifetime) in ms on the clock devices keep, which a simulation
     /// may run faster than real time.
     pub async fn command_expiring(
-        &mut self,
+        &self,
         device: &str,
         name: &str,
         args: &[u8],
@@ -820,7 +870,7 @@ impl<T: Transport> AppClient<T> {
     /// [`command_expiring`](Self::command_expiring). A device id that
     /// cannot be one is refused before anything is sent.
     pub async fn command_to(
-        &mut self,
+        &self,
         devices: &[String],
         name: &str,
         args: &[u8],
@@ -833,10 +883,15 @@ impl<T: Transport> AppClient<T> {
         for device in devices {
             let cmd_topic = self.write_topic(device, Topic::Device(MessageKind::Command))?;
             let ack_topic = device_topic(device, Topic::Device(MessageKind::Ack))?;
-            self.next_id += 1;
-            let issued_ms = now_ms.max(self.last_issued_ms + 1);
-            self.last_issued_ms = issued_ms;
-            let id = format!("app-{issued_ms}-{}", self.next_id);
+            let issued_ms = {
+                let mut last = self
+                    .last_issued_ms
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner());
+                *last = now_ms.max(*last + 1);
+                *last
+            };
+            let id = format!("app-{issued_ms}-{}", self.next_id());
             let mut buf = vec![0u8; 1024];
             let n = Command {
                 id: &id,
@@ -851,22 +906,20 @@ impl<T: Transport> AppClient<T> {
             sends.push((cmd_topic, buf));
             waiting.insert(ack_topic, (device.clone(), id));
         }
+        let mut answers = self.router.wait_on(waiting.keys().cloned());
         for (topic, payload) in &sends {
-            self.transport
-                .publish(topic, payload, Qos::AtLeastOnce)
-                .await?;
+            self.router.publish(topic, payload).await?;
         }
         let mut report = CommandFanOutReport::default();
         let deadline = tokio::time::Instant::now() + timeout;
         while !waiting.is_empty() {
-            let left = deadline.saturating_duration_since(tokio::time::Instant::now());
-            let (topic, payload) = match self.wait_for(left, |t| waiting.contains_key(t)).await {
+            let (topic, payload) = match answers.next(deadline).await {
                 Ok(m) => m,
                 Err(AppError::Timeout) => break,
                 Err(e) => return Err(e),
             };
             let Ok(ack) = Ack::decode(&payload) else {
-                self.undecodable += 1;
+                self.count_undecodable();
                 continue;
             };
             // Another command's acknowledgement, or not yet the last.
@@ -904,7 +957,7 @@ impl<T: Transport> AppClient<T> {
     /// Sends `device` a new configuration (it applies it if the version is
     /// newer and every field valid, and answers with a config-ack).
     pub async fn push_config(
-        &mut self,
+        &self,
         device: &str,
         config: &lanyard_core::agent::config::DeviceConfig,
     ) -> Result<(), AppError> {
@@ -912,175 +965,178 @@ impl<T: Transport> AppClient<T> {
         let mut e = minicbor::Encoder::new(Vec::new());
         // Encoding into a Vec cannot fail.
         let _ = config.encode_cbor(&mut e);
-        self.transport
-            .publish(&t, &e.into_writer(), Qos::AtLeastOnce)
-            .await?;
-        Ok(())
+        self.router.publish(&t, &e.into_writer()).await
     }
 
     /// Ends the app: waits up to `within` for what it published to reach
-    /// the broker, then drops the connection.
-    pub async fn close(mut self, within: Duration) -> Result<(), AppError> {
-        // What was read is done with: not handed again to the next client
-        // with this id.
-        self.transport.ack_handled();
-        self.transport.flush(within).await?;
-        Ok(())
+    /// the broker, then drops the connection. Calls still waiting, and
+    /// later ones, fail with [`TransportError::Closed`].
+    pub async fn close(&self, within: Duration) -> Result<(), AppError> {
+        self.router.close(within).await
     }
 
-    /// Messages [`AppClient::next_event`] skipped because they did not
-    /// decode (a misbehaving device's, say), each also logged.
+    /// Messages skipped because they did not decode (a misbehaving
+    /// device's, say), each also logged.
     pub fn undecodable(&self) -> u64 {
-        self.undecodable
+        self.router.undecodable.load(Ordering::Relaxed)
     }
 
-    /// The next delta, report, telemetry or acknowledgement. A message that
-    /// does not decode, or whose topic names no valid device (the twin
-    /// host's start-up probes use a reserved id), is skipped: one device's
-    /// bad message does not stop an app from hearing the others.
+    fn count_undecodable(&self) {
+        self.router.undecodable.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Events [`next_event`](Self::next_event) dropped because more than
+    /// [`EVENT_QUEUE`] were waiting to be read.
+    pub fn events_dropped(&self) -> u64 {
+        self.own_events.as_ref().map_or(0, Events::dropped)
+    }
+
+    /// The next delta, report, telemetry, fleet event or acknowledgement
+    /// of any device. A message that does not decode, or whose topic names
+    /// no valid device (the twin host's start-up probes use a reserved
+    /// id), is skipped: one device's bad message does not stop an app from
+    /// hearing the others. Fails once the own subscription was taken
+    /// ([`take_events`](Self::take_events)).
     pub async fn next_event(&mut self) -> Result<AppEvent, AppError> {
-        loop {
-            let (t, payload) = match self.backlog.pop_front() {
-                Some(m) => m,
-                None => match self.transport.recv().await? {
-                    TransportEvent::Message { topic, payload } => (topic, payload),
-                    TransportEvent::Reconnected => continue,
-                },
-            };
-            if let Some(ev) = self.fleet_event(&t, &payload) {
-                return Ok(ev);
-            }
-            let parsed = if self.tenants {
-                MessageKind::parse_tenant_topic(&t).map(|(tn, id, k)| (format!("{tn}/{id}"), k))
-            } else {
-                MessageKind::parse_topic(&t).map(|(id, k)| (id.to_owned(), k))
-            };
-            let Some((device, kind)) = parsed else {
-                continue;
-            };
-            if !device.split('/').all(valid_device_id) {
-                continue;
-            }
-            match self.event(device, kind, &payload) {
-                Ok(Some(ev)) => return Ok(ev),
-                Ok(None) => continue,
-                Err(e) => {
-                    self.undecodable += 1;
-                    tracing::warn!(topic = %t, error = %e, "undecodable message skipped");
-                }
-            }
+        match self.own_events.as_mut() {
+            Some(events) => events.next().await,
+            None => Err(AppError::Transport(TransportError::Closed)),
         }
     }
+}
 
-    /// The host's event about a device, if `topic` is one's.
-    fn fleet_event(&mut self, topic: &str, payload: &[u8]) -> Option<AppEvent> {
-        let rest = topic
-            .strip_prefix(lanyard_core::agent::messages::TOPIC_PREFIX)?
-            .strip_suffix(AppTopic::Event.suffix())?
-            .strip_suffix('/')?;
-        let levels = rest.split('/').count();
-        if levels != 1 + usize::from(self.tenants) || !rest.split('/').all(valid_device_id) {
-            return None;
-        }
-        match crate::twin::FleetEvent::decode(payload) {
-            Some(event) => Some(AppEvent::Fleet {
-                device: rest.to_owned(),
-                event,
-            }),
-            None => {
-                self.undecodable += 1;
-                tracing::warn!(topic, "undecodable fleet event skipped");
-                None
-            }
+impl AppEvent {
+    /// The device it is about.
+    pub fn device(&self) -> &str {
+        match self {
+            AppEvent::Delta { device, .. }
+            | AppEvent::Reported { device, .. }
+            | AppEvent::Telemetry { device, .. }
+            | AppEvent::Fleet { device, .. }
+            | AppEvent::Ack { device, .. } => device,
         }
     }
+}
 
-    /// The event a message of `kind` from `device` makes, if any.
-    fn event(
-        &self,
-        device: String,
-        kind: MessageKind,
-        payload: &[u8],
-    ) -> Result<Option<AppEvent>, AppError> {
-        let codec = AppError::Codec;
-        Ok(Some(match kind {
-            MessageKind::ShadowDelta => {
-                let d: Box<ShadowDelta<TWIN_LEAVES, TWIN_POOL>> =
-                    Box::new(ShadowDelta::decode(payload).map_err(codec)?);
-                AppEvent::Delta {
-                    device,
-                    state: Box::new(d.state),
-                }
-            }
-            MessageKind::ShadowUpdate => {
-                let mut up: Box<ShadowUpdate<TWIN_LEAVES, TWIN_POOL>> =
-                    Box::new(ShadowUpdate::new(0));
-                up.decode_into(payload).map_err(codec)?;
-                let Some(state) = up.reported.take() else {
-                    return Ok(None);
-                };
-                let rejected = up.rejected.as_ref().map_or_else(Vec::new, |t| {
-                    Rejection::all_of(
-                        t.iter()
-                            .filter_map(|l| Some((l.path, reason_code(l.value)?))),
-                    )
-                });
-                AppEvent::Reported {
-                    device,
-                    state: Box::new(state),
-                    rejected,
-                }
-            }
-            MessageKind::Telemetry => {
-                let t: Box<Telemetry<TWIN_LEAVES, TWIN_POOL>> =
-                    Box::new(Telemetry::decode(payload).map_err(codec)?);
-                AppEvent::Telemetry {
-                    device,
-                    seq: t.seq,
-                    time_ms: t.time_ms,
-                    readings: Box::new(t.readings),
-                }
-            }
-            MessageKind::Ack => {
-                let a = Ack::decode(payload).map_err(codec)?;
-                AppEvent::Ack {
-                    device,
-                    command_id: a.command_id.to_owned(),
-                    status: a.status,
-                }
-            }
-            _ => return Ok(None),
-        }))
+/// The event a message no call waits for makes, if any (see
+/// [`AppClient::next_event`]); what does not decode is counted in
+/// `undecodable` and logged.
+fn event_of(
+    topic: &str,
+    payload: &[u8],
+    tenants: bool,
+    undecodable: &AtomicU64,
+) -> Option<AppEvent> {
+    if let Some(ev) = fleet_event(topic, payload, tenants, undecodable) {
+        return ev;
     }
-
-    /// Waits for a message whose topic `wanted` accepts, keeping the others
-    /// for [`AppClient::next_event`].
-    async fn wait_for(
-        &mut self,
-        timeout: Duration,
-        wanted: impl Fn(&str) -> bool,
-    ) -> Result<(String, Vec<u8>), AppError> {
-        let deadline = tokio::time::Instant::now() + timeout;
-        loop {
-            let ev = tokio::time::timeout_at(deadline, self.transport.recv())
-                .await
-                .map_err(|_| AppError::Timeout)??;
-            if let TransportEvent::Message { topic, payload } = ev {
-                if wanted(&topic) {
-                    return Ok((topic, payload));
-                }
-                if self.backlog.len() < 10_000 {
-                    self.backlog.push_back((topic, payload));
-                }
-            }
+    let (device, kind) = if tenants {
+        MessageKind::parse_tenant_topic(topic).map(|(tn, id, k)| (format!("{tn}/{id}"), k))
+    } else {
+        MessageKind::parse_topic(topic).map(|(id, k)| (id.to_owned(), k))
+    }?;
+    if !device.split('/').all(valid_device_id) {
+        return None;
+    }
+    match device_event(device, kind, payload) {
+        Ok(ev) => ev,
+        Err(e) => {
+            undecodable.fetch_add(1, Ordering::Relaxed);
+            tracing::warn!(topic, error = %e, "undecodable message skipped");
+            None
         }
     }
+}
+
+/// The host's event about a device, if `topic` is one's: `Some(None)` when
+/// it is but does not decode.
+fn fleet_event(
+    topic: &str,
+    payload: &[u8],
+    tenants: bool,
+    undecodable: &AtomicU64,
+) -> Option<Option<AppEvent>> {
+    let rest = topic
+        .strip_prefix(lanyard_core::agent::messages::TOPIC_PREFIX)?
+        .strip_suffix(AppTopic::Event.suffix())?
+        .strip_suffix('/')?;
+    let levels = rest.split('/').count();
+    if levels != 1 + usize::from(tenants) || !rest.split('/').all(valid_device_id) {
+        return None;
+    }
+    match crate::twin::FleetEvent::decode(payload) {
+        Some(event) => Some(Some(AppEvent::Fleet {
+            device: rest.to_owned(),
+            event,
+        })),
+        None => {
+            undecodable.fetch_add(1, Ordering::Relaxed);
+            tracing::warn!(topic, "undecodable fleet event skipped");
+            Some(None)
+        }
+    }
+}
+
+/// The event a message of `kind` from `device` makes, if any.
+fn device_event(
+    device: String,
+    kind: MessageKind,
+    payload: &[u8],
+) -> Result<Option<AppEvent>, AppError> {
+    let codec = AppError::Codec;
+    Ok(Some(match kind {
+        MessageKind::ShadowDelta => {
+            let d: Box<ShadowDelta<TWIN_LEAVES, TWIN_POOL>> =
+                Box::new(ShadowDelta::decode(payload).map_err(codec)?);
+            AppEvent::Delta {
+                device,
+                state: Box::new(d.state),
+            }
+        }
+        MessageKind::ShadowUpdate => {
+            let mut up: Box<ShadowUpdate<TWIN_LEAVES, TWIN_POOL>> = Box::new(ShadowUpdate::new(0));
+            up.decode_into(payload).map_err(codec)?;
+            let Some(state) = up.reported.take() else {
+                return Ok(None);
+            };
+            let rejected = up.rejected.as_ref().map_or_else(Vec::new, |t| {
+                Rejection::all_of(
+                    t.iter()
+                        .filter_map(|l| Some((l.path, reason_code(l.value)?))),
+                )
+            });
+            AppEvent::Reported {
+                device,
+                state: Box::new(state),
+                rejected,
+            }
+        }
+        MessageKind::Telemetry => {
+            let t: Box<Telemetry<TWIN_LEAVES, TWIN_POOL>> =
+                Box::new(Telemetry::decode(payload).map_err(codec)?);
+            AppEvent::Telemetry {
+                device,
+                seq: t.seq,
+                time_ms: t.time_ms,
+                readings: Box::new(t.readings),
+            }
+        }
+        MessageKind::Ack => {
+            let a = Ack::decode(payload).map_err(codec)?;
+            AppEvent::Ack {
+                device,
+                command_id: a.command_id.to_owned(),
+                status: a.status,
+            }
+        }
+        _ => return Ok(None),
+    }))
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::transport::MemoryBroker;
+    use crate::transport::{MemoryBroker, Qos, TransportEvent};
 
     /// Two commands sent in the same millisecond still carry distinct,
     /// increasing issue times (else a device could refuse the retry of a
@@ -1090,7 +1146,7 @@ mod tests {
         let broker = MemoryBroker::new();
         let mut device_side = broker.connect();
         device_side.subscribe("lanyard/v1/+/cmd").await.unwrap();
-        let mut app = AppClient::new(broker.connect()).await.unwrap();
+        let app = AppClient::new(broker.connect()).await.unwrap();
         for _ in 0..3 {
             let r = app
                 .command("ly-1", "ping", &[], 5_000, Duration::from_millis(5))
@@ -1117,7 +1173,7 @@ mod tests {
         let mut devices = broker.connect();
         devices.subscribe("lanyard/v1/+/cmd").await.unwrap();
         let mut answering = broker.connect();
-        let mut app = AppClient::new(broker.connect()).await.unwrap();
+        let app = AppClient::new(broker.connect()).await.unwrap();
         let device = tokio::spawn(async move {
             while let Ok(TransportEvent::Message { topic, payload }) = devices.recv().await {
                 let cmd = Command::decode(&payload).unwrap();
@@ -1163,5 +1219,173 @@ mod tests {
         assert_eq!(report.unanswered, ["ly-2"]);
         assert!(report.unknown.is_empty());
         device.abort();
+    }
+
+    fn ack(id: &str, status: AckStatus) -> Vec<u8> {
+        let mut buf = [0u8; 256];
+        let n = Ack {
+            command_id: id,
+            status,
+            reason: None,
+            detail: None,
+            result: None,
+            time_ms: 1,
+        }
+        .encode(&mut buf)
+        .unwrap();
+        buf[..n].to_vec()
+    }
+
+    /// A device that answers each command after `delay_ms` (its id's
+    /// number, `ly-{delay_ms}`).
+    fn slow_devices(broker: &MemoryBroker) -> tokio::task::JoinHandle<()> {
+        let mut devices = broker.connect();
+        let answering = std::sync::Arc::new(tokio::sync::Mutex::new(broker.connect()));
+        tokio::spawn(async move {
+            devices.subscribe("lanyard/v1/+/cmd").await.unwrap();
+            while let Ok(TransportEvent::Message { topic, payload }) = devices.recv().await {
+                let cmd = Command::decode(&payload).unwrap();
+                let device = topic.split('/').nth(2).unwrap().to_owned();
+                let delay: u64 = device.trim_start_matches("ly-").parse().unwrap();
+                let (id, answering) = (cmd.id.to_owned(), answering.clone());
+                tokio::spawn(async move {
+                    tokio::time::sleep(Duration::from_millis(delay)).await;
+                    let topic = format!("lanyard/v1/{device}/ack");
+                    let payload = ack(&id, AckStatus::Succeeded);
+                    let mut t = answering.lock().await;
+                    t.publish(&topic, &payload, Qos::AtLeastOnce).await.unwrap();
+                });
+            }
+        })
+    }
+
+    /// Calls from several tasks proceed at once: a command to a slow
+    /// device does not hold up one to a fast device, nor a reader of
+    /// events.
+    #[tokio::test]
+    async fn calls_wait_only_for_their_own_answers() {
+        let broker = MemoryBroker::new();
+        let devices = slow_devices(&broker);
+        let mut app = AppClient::new(broker.connect()).await.unwrap();
+        let mut events = app.take_events().unwrap();
+        let app = std::sync::Arc::new(app);
+        let reader = tokio::spawn(async move { events.next().await });
+        let slow = {
+            let app = app.clone();
+            tokio::spawn(async move {
+                app.command("ly-600", "ping", &[], 1, Duration::from_secs(5))
+                    .await
+            })
+        };
+        // Let the slow command be sent and waiting first.
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        let started = tokio::time::Instant::now();
+        let fast = app
+            .command("ly-1", "ping", &[], 2, Duration::from_secs(5))
+            .await
+            .unwrap();
+        assert_eq!(fast.status, AckStatus::Succeeded);
+        assert!(
+            started.elapsed() < Duration::from_millis(300),
+            "the fast command waited {:?}",
+            started.elapsed()
+        );
+        assert!(!slow.is_finished(), "the slow device answers after 600 ms");
+        assert_eq!(slow.await.unwrap().unwrap().status, AckStatus::Succeeded);
+        // The acknowledgements were the commands' answers, not events.
+        assert!(!reader.is_finished());
+        reader.abort();
+        devices.abort();
+    }
+
+    /// Each subscription gets the events of the devices it watches, in a
+    /// bounded queue that counts what it had to drop.
+    #[tokio::test]
+    async fn a_subscription_sees_its_devices_and_counts_what_it_dropped() {
+        let broker = MemoryBroker::new();
+        let mut device = broker.connect();
+        let app = AppClient::new(broker.connect()).await.unwrap();
+        let mut one = app.events(Watch::device("ly-1"), 2);
+        let mut fleet = app.events(Watch::Fleet, 100);
+        for n in 0..5 {
+            let payload = ack(&format!("c{n}"), AckStatus::Succeeded);
+            device
+                .publish("lanyard/v1/ly-1/ack", &payload, Qos::AtLeastOnce)
+                .await
+                .unwrap();
+        }
+        let payload = ack("other", AckStatus::Failed);
+        device
+            .publish("lanyard/v1/ly-2/ack", &payload, Qos::AtLeastOnce)
+            .await
+            .unwrap();
+        let mut fleet_seen = Vec::new();
+        while fleet_seen.len() < 6 {
+            let ev = tokio::time::timeout(Duration::from_secs(2), fleet.next())
+                .await
+                .expect("six events")
+                .unwrap();
+            fleet_seen.push(ev.device().to_owned());
+        }
+        assert_eq!(fleet_seen.iter().filter(|d| *d == "ly-2").count(), 1);
+        assert_eq!(fleet.dropped(), 0);
+        let mut ids = Vec::new();
+        while let Some(ev) = one.try_next() {
+            let AppEvent::Ack {
+                device, command_id, ..
+            } = ev
+            else {
+                panic!("{ev:?}");
+            };
+            assert_eq!(device, "ly-1");
+            ids.push(command_id);
+        }
+        assert_eq!(ids, ["c0", "c1"], "the oldest kept, the newer dropped");
+        assert_eq!(one.dropped(), 3);
+    }
+
+    /// A call given up half-way (its task cancelled) leaves nothing behind:
+    /// the answer it waited for comes later as an event.
+    #[tokio::test]
+    async fn a_cancelled_call_leaves_no_registration() {
+        let broker = MemoryBroker::new();
+        let mut device = broker.connect();
+        let mut app = AppClient::new(broker.connect()).await.unwrap();
+        let given_up = tokio::time::timeout(
+            Duration::from_millis(50),
+            app.command("ly-1", "ping", &[], 1, Duration::from_secs(10)),
+        )
+        .await;
+        assert!(given_up.is_err());
+        let payload = ack("late", AckStatus::Succeeded);
+        device
+            .publish("lanyard/v1/ly-1/ack", &payload, Qos::AtLeastOnce)
+            .await
+            .unwrap();
+        let ev = tokio::time::timeout(Duration::from_secs(2), app.next_event())
+            .await
+            .expect("the late acknowledgement as an event")
+            .unwrap();
+        assert!(matches!(ev, AppEvent::Ack { ref command_id, .. } if command_id == "late"));
+    }
+
+    /// After `close`, calls and readers fail at once with `Closed`.
+    #[tokio::test]
+    async fn a_closed_client_refuses_calls_and_ends_its_events() {
+        let broker = MemoryBroker::new();
+        let mut app = AppClient::new(broker.connect()).await.unwrap();
+        let mut events = app.events(Watch::Fleet, 10);
+        app.close(Duration::from_secs(1)).await.unwrap();
+        let r = app
+            .command("ly-1", "ping", &[], 1, Duration::from_secs(10))
+            .await;
+        assert_eq!(r, Err(AppError::Transport(TransportError::Closed)));
+        let r = tokio::time::timeout(Duration::from_secs(1), events.next()).await;
+        assert!(
+            matches!(r, Ok(Err(AppError::Transport(TransportError::Closed)))),
+            "{r:?}"
+        );
+        let r = tokio::time::timeout(Duration::from_secs(1), app.next_event()).await;
+        assert!(matches!(r, Ok(Err(_))), "{r:?}");
     }
 }

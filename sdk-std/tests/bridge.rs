@@ -314,7 +314,7 @@ async fn raw_readings_pass_the_fog_tier_on_demand() {
         .unwrap();
     let (mut dev_tx, stop, task) = fog_bridge(&broker, 60_000, true).await;
     let raw_topic = format!("lanyard/v1/{ID}/fog/raw");
-    let mut app = lanyard_std::app::AppClient::new(broker.connect())
+    let app = lanyard_std::app::AppClient::new(broker.connect())
         .await
         .unwrap();
     // Summarised: nothing comes before the window ends.

@@ -67,7 +67,7 @@ async fn the_twin_host_holds_a_device_to_the_capacity_it_announced() {
             .unwrap();
     });
 
-    let mut app = AppClient::new(MqttTransport::connect(MqttConfig::new(
+    let app = AppClient::new(MqttTransport::connect(MqttConfig::new(
         "127.0.0.1",
         broker.port,
         "capacity-app",

@@ -115,7 +115,7 @@ fn exits_within(c: &mut Child, d: Duration) -> (bool, String) {
     }
 }
 
-async fn app(port: u16, name: &str) -> AppClient<MqttTransport> {
+async fn app(port: u16, name: &str) -> AppClient {
     let t = MqttTransport::connect_and_wait(
         MqttConfig::new("127.0.0.1", port, name),
         Duration::from_secs(5),
@@ -126,7 +126,7 @@ async fn app(port: u16, name: &str) -> AppClient<MqttTransport> {
 }
 
 /// Waits until the twin host has a shadow for `id`.
-async fn registered(app: &mut AppClient<MqttTransport>, id: &str, within: Duration) {
+async fn registered(app: &mut AppClient, id: &str, within: Duration) {
     let deadline = Instant::now() + within;
     while app
         .get_shadow(id, Duration::from_millis(500))
@@ -469,7 +469,7 @@ async fn killed_under_load(twin: fn(u16, &Path) -> Child) {
         kills += 1;
     }
     assert_eq!(kills, 3);
-    let mut app = app(port, "lanyard-app-load").await;
+    let app = app(port, "lanyard-app-load").await;
     let deadline = Instant::now() + Duration::from_secs(60);
     for id in &ids {
         loop {
@@ -674,11 +674,7 @@ async fn a_killed_device_goes_offline_and_comes_back_online() {
 }
 
 /// The next fleet event of `kind` about `id`, within 15 s.
-async fn fleet_event(
-    app: &mut AppClient<MqttTransport>,
-    id: &str,
-    kind: &str,
-) -> lanyard_std::twin::FleetEvent {
+async fn fleet_event(app: &mut AppClient, id: &str, kind: &str) -> lanyard_std::twin::FleetEvent {
     use lanyard_std::app::AppEvent;
     let deadline = Instant::now() + Duration::from_secs(15);
     loop {

@@ -240,8 +240,8 @@ impl Fleet {
     }
 
     /// An operator's app, once `device` has registered.
-    async fn app(&self, device: &str) -> lanyard_std::app::AppClient<MqttTransport> {
-        let mut app = lanyard_std::app::AppClient::new(MqttTransport::connect(
+    async fn app(&self, device: &str) -> lanyard_std::app::AppClient {
+        let app = lanyard_std::app::AppClient::new(MqttTransport::connect(
             self.mqtt(&self.services["lanyard-ops"], "lanyard-ops"),
         ))
         .await
@@ -515,7 +515,7 @@ async fn a_revoked_device_is_refused_by_the_broker_and_gets_no_new_certificate()
 
     // An operator decommissions it through the service: every certificate
     // revoked, the broker told. A device never issued one is an answer too.
-    let mut ops = lanyard_std::app::AppClient::new(MqttTransport::connect(
+    let ops = lanyard_std::app::AppClient::new(MqttTransport::connect(
         fleet.mqtt(&fleet.services["lanyard-ops"], "lanyard-ops"),
     ))
     .await
@@ -589,7 +589,7 @@ async fn a_running_device_renews_its_certificate_several_times_without_losing_a_
 
     let (stop_twin, twin) = fleet.twin();
     let (handle, stop_dev, device) = fleet.device(6, &creds, &state, key);
-    let mut app = fleet.app(&id(6)).await;
+    let app = fleet.app(&id(6)).await;
     let (events_tx, mut events) = tokio::sync::mpsc::unbounded_channel();
     let (stop_renewal, renewal_rx) = oneshot::channel::<()>();
     let renewal = Renewal {
@@ -764,7 +764,7 @@ async fn a_decommissioned_device_leaves_nothing_readable_in_its_state_directory(
     store.save_current(&creds).unwrap();
     let (stop_twin, twin) = fleet.twin();
     let (_handle, _stop_dev, device) = fleet.device(7, &creds, &state, key.clone());
-    let mut app = fleet.app(&id(7)).await;
+    let app = fleet.app(&id(7)).await;
     match tokio::time::timeout(WAIT, acks.recv())
         .await
         .unwrap()

@@ -260,7 +260,7 @@ async fn a_device_cannot_set_desired_state_and_an_app_cannot_set_reported_state(
     let app_t = MqttTransport::connect_and_wait(pki.mqtt(port, "lanyard-app", "lanyard-app"), wait)
         .await
         .unwrap();
-    let mut app = AppClient::new(app_t).await.unwrap();
+    let app = AppClient::new(app_t).await.unwrap();
     tokio::time::sleep(Duration::from_millis(300)).await;
     let mut desired = StateTree::<16, 512>::new();
     desired
@@ -452,7 +452,7 @@ fn odd_device_ids_are_refused_everywhere_an_id_enters() {
 #[tokio::test]
 async fn the_app_client_refuses_odd_ids_before_sending() {
     let broker = lanyard_std::transport::MemoryBroker::new();
-    let mut app = AppClient::new(broker.connect()).await.unwrap();
+    let app = AppClient::new(broker.connect()).await.unwrap();
     for id in ["..", "a b", "lanyard-twin", "$SYS"] {
         let r = app
             .command(id, "blink_led", &[], 1, Duration::from_millis(100))
@@ -651,12 +651,12 @@ async fn only_the_hosts_operators_write_and_none_can_write_as_another() {
     let short = Duration::from_secs(2);
 
     // An operator of the host: applied.
-    let mut ops = operator("lanyard-ops", "lanyard-ops").await;
+    let ops = operator("lanyard-ops", "lanyard-ops").await;
     tokio::time::sleep(Duration::from_millis(300)).await;
     let v = ops.set_desired_within(A, &desired, 10, wait).await.unwrap();
     assert!(v > 0);
     // One the broker knows but the host does not: refused, and told why.
-    let mut eve = operator("lanyard-eve", "lanyard-eve").await;
+    let eve = operator("lanyard-eve", "lanyard-eve").await;
     let r = eve.set_desired_within(A, &desired, 11, wait).await;
     assert_eq!(
         r,
@@ -694,7 +694,7 @@ async fn only_the_hosts_operators_write_and_none_can_write_as_another() {
     };
     assert_eq!(Command::decode(&command).unwrap().name, "blink_led");
     // Writing as another operator: the broker drops it, nothing answers.
-    let mut forger = operator("lanyard-eve", "lanyard-ops").await;
+    let forger = operator("lanyard-eve", "lanyard-ops").await;
     let r = forger.set_desired_within(A, &desired, 12, short).await;
     assert_eq!(r, Err(AppError::Timeout));
     // Not naming itself at all: the broker drops it too (only the twin
@@ -702,7 +702,7 @@ async fn only_the_hosts_operators_write_and_none_can_write_as_another() {
     let t = MqttTransport::connect_and_wait(pki.mqtt(port, "lanyard-ops", "lanyard-ops-2"), wait)
         .await
         .unwrap();
-    let mut anonymous = AppClient::new(t).await.unwrap();
+    let anonymous = AppClient::new(t).await.unwrap();
     let r = anonymous.set_desired_within(A, &desired, 13, short).await;
     assert_eq!(r, Err(AppError::Timeout));
 

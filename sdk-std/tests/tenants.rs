@@ -114,7 +114,7 @@ async fn tenants_share_a_broker_without_reaching_into_each_other() {
             .unwrap();
     });
 
-    let mut app = AppClient::for_tenants(
+    let app = AppClient::for_tenants(
         MqttTransport::connect_and_wait(
             client(port, "lanyard-app", "lanyard-app"),
             Duration::from_secs(5),

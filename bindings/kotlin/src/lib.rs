@@ -348,7 +348,7 @@ async fn connect(
         .map_err(|e| LanyardError::Transport {
             detail: e.to_string(),
         })?;
-    let client = on(&runtime, async move {
+    let mut client = on(&runtime, async move {
         let transport = MqttTransport::connect_and_wait(config, timeout).await?;
         Ok(if tenants {
             AppClient::for_tenants(transport).await?
@@ -357,9 +357,17 @@ async fn connect(
         })
     })
     .await?;
+    // Read apart from the client: a reader waiting for events holds only
+    // them, never a call.
+    let events = client
+        .take_events()
+        .ok_or_else(|| LanyardError::Transport {
+            detail: "the client has no event queue".into(),
+        })?;
     Ok(Arc::new(LanyardApp {
         runtime,
-        client: Arc::new(Mutex::new(client)),
+        client: Arc::new(client),
+        events: Arc::new(Mutex::new(events)),
     }))
 }
 
@@ -402,12 +410,15 @@ pub struct ConfigPushReport {
     pub unanswered: Vec<String>,
 }
 
-/// An app connected to a twin host. Calls may come from any coroutine;
-/// they are served one at a time.
+/// An app connected to a twin host. Calls may come from any coroutine and
+/// proceed at once; cancelling the coroutine drops its call.
 #[derive(uniffi::Object)]
 pub struct LanyardApp {
     runtime: tokio::runtime::Runtime,
-    client: Arc<Mutex<AppClient<MqttTransport>>>,
+    client: Arc<AppClient>,
+    /// The events `next_event` reads (a bounded queue: see
+    /// `lanyard_std::app::EVENT_QUEUE`).
+    events: Arc<Mutex<lanyard_std::app::Events>>,
 }
 
 #[uniffi::export]
@@ -420,9 +431,10 @@ impl LanyardApp {
     /// `BadInput`.
     pub async fn as_operator(&self, identity: String) -> Result<(), LanyardError> {
         let client = self.client.clone();
-        let named = on(&self.runtime, async move {
-            Ok(client.lock().await.set_operator(&identity))
-        })
+        let named = on(
+            &self.runtime,
+            async move { Ok(client.set_operator(&identity)) },
+        )
         .await?;
         named.map_err(|detail| LanyardError::BadInput { detail })
     }
@@ -439,11 +451,7 @@ impl LanyardApp {
         let tree = tree_of(&values)?;
         let client = self.client.clone();
         on(&self.runtime, async move {
-            client
-                .lock()
-                .await
-                .set_desired(&device, &tree, now_ms())
-                .await
+            client.set_desired(&device, &tree, now_ms()).await
         })
         .await
     }
@@ -457,7 +465,7 @@ impl LanyardApp {
         let timeout = duration(timeout_ms)?;
         let client = self.client.clone();
         let shadow = on(&self.runtime, async move {
-            client.lock().await.get_shadow(&device, timeout).await
+            client.get_shadow(&device, timeout).await
         })
         .await?;
         Ok(ShadowDocument {
@@ -493,8 +501,6 @@ impl LanyardApp {
         let client = self.client.clone();
         let outcome = on(&self.runtime, async move {
             client
-                .lock()
-                .await
                 .command(&device, &name, &args, now_ms(), timeout)
                 .await
         })
@@ -517,7 +523,7 @@ impl LanyardApp {
         let timeout = duration(timeout_ms)?;
         let client = self.client.clone();
         let devices = on(&self.runtime, async move {
-            client.lock().await.list(tenant.as_deref(), timeout).await
+            client.list(tenant.as_deref(), timeout).await
         })
         .await?;
         Ok(devices
@@ -555,11 +561,7 @@ impl LanyardApp {
         };
         let client = self.client.clone();
         on(&self.runtime, async move {
-            client
-                .lock()
-                .await
-                .resolve(&device, &path, winner, timeout)
-                .await
+            client.resolve(&device, &path, winner, timeout).await
         })
         .await
     }
@@ -578,11 +580,7 @@ impl LanyardApp {
         let timeout = duration(timeout_ms)?;
         let client = self.client.clone();
         on(&self.runtime, async move {
-            client
-                .lock()
-                .await
-                .revoke(&device, &reason, decommission, timeout)
-                .await
+            client.revoke(&device, &reason, decommission, timeout).await
         })
         .await
     }
@@ -606,11 +604,7 @@ impl LanyardApp {
         .map_err(|detail| LanyardError::BadInput { detail })?;
         let client = self.client.clone();
         let r = on(&self.runtime, async move {
-            client
-                .lock()
-                .await
-                .push_config_to(&devices, &patch, timeout)
-                .await
+            client.push_config_to(&devices, &patch, timeout).await
         })
         .await?;
         Ok(ConfigPushReport {
@@ -629,10 +623,10 @@ impl LanyardApp {
     /// within `timeout_ms`.
     pub async fn next_event(&self, timeout_ms: i64) -> Result<Option<AppEvent>, LanyardError> {
         let timeout = duration(timeout_ms)?;
-        let client = self.client.clone();
+        let events = self.events.clone();
         let event = on(&self.runtime, async move {
-            let mut client = client.lock().await;
-            match tokio::time::timeout(timeout, client.next_event()).await {
+            let mut events = events.lock().await;
+            match tokio::time::timeout(timeout, events.next()).await {
                 Err(_) => Ok(None),
                 Ok(r) => r.map(Some),
             }
@@ -690,10 +684,18 @@ async fn on<T: Send + 'static>(
     runtime: &tokio::runtime::Runtime,
     work: impl Future<Output = Result<T, AppError>> + Send + 'static,
 ) -> Result<T, LanyardError> {
+    /// Ends the work when the call is dropped (its coroutine cancelled).
+    struct AbortOnDrop(tokio::task::AbortHandle);
+    impl Drop for AbortOnDrop {
+        fn drop(&mut self) {
+            self.0.abort();
+        }
+    }
     let (tx, rx) = tokio::sync::oneshot::channel();
-    runtime.spawn(async move {
+    let task = runtime.spawn(async move {
         let _ = tx.send(work.await);
     });
+    let _abort = AbortOnDrop(task.abort_handle());
     match rx.await {
         Ok(r) => r.map_err(LanyardError::from),
         Err(_) => Err(LanyardError::Transport {

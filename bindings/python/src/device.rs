@@ -493,12 +493,15 @@ impl Device {
     /// `on_event` is called in this thread with `(type, JSON text)` for
     /// each event. A device runs once; make a new one (same `state_dir`)
     /// to run again.
-    #[pyo3(signature = (seconds=None, on_event=None))]
+    /// `stop` (a `StopSignal`) stops it from another thread, as Ctrl-C
+    /// does.
+    #[pyo3(signature = (seconds=None, on_event=None, stop=None))]
     fn run(
         &self,
         py: Python<'_>,
         seconds: Option<f64>,
         on_event: Option<Py<PyAny>>,
+        stop: Option<PyRef<'_, crate::StopSignal>>,
     ) -> PyResult<()> {
         let limit = seconds.map(crate::seconds).transpose()?;
         let mut driver = self
@@ -553,7 +556,13 @@ impl Device {
             }
             Ok(())
         };
-        block_on_with(py, &self.rt, work, Some((&mut rx, &mut deliver)))
+        block_on_with(
+            py,
+            &self.rt,
+            work,
+            Some((&mut rx, &mut deliver)),
+            stop.as_deref(),
+        )
     }
 }
 

@@ -10,15 +10,12 @@
 
 use std::future::Future;
 use std::path::PathBuf;
-use std::sync::Arc;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
-use errors::{PyOSError, PyRuntimeError, PyTimeoutError, PyValueError};
+use errors::{PyOSError, PyRuntimeError, PyValueError};
 use lanyard_core::agent::messages::MessageKind;
 use lanyard_nostd::envelope::{decode_envelope, encode_with_topic};
 use lanyard_nostd::frame::{encode_frame as frame_bytes, max_frame_len};
-use lanyard_std::app::{AppClient, AppError, AppEvent};
-use lanyard_std::aws_json::{tree_from_json, tree_to_json};
 use lanyard_std::bridge::{Bridge as StdBridge, BridgeStats, MAX_FRAME, connect_tcp};
 use lanyard_std::mqtt::{MqttConfig, MqttTransport};
 use lanyard_std::twin::{TWIN_LEAVES, TWIN_POOL};
@@ -26,10 +23,13 @@ use pyo3::create_exception;
 use pyo3::exceptions::PyException;
 use pyo3::prelude::*;
 use pyo3::types::{PyBytes, PyDict};
-use serde_json::{Value as Json, json};
 use tokio::runtime::Runtime;
 use tokio::sync::mpsc;
 
+mod app;
+
+/// A tree as a hosted shadow holds it (what apps and devices exchange).
+type Tree = lanyard_core::shadow::StateTree<TWIN_LEAVES, TWIN_POOL>;
 mod device;
 mod errors;
 mod shadow;
@@ -217,12 +217,13 @@ impl Bridge {
     /// Connects to the device's TCP serial socket (`host:port`) and
     /// bridges until the device closes it, `seconds` pass, or Ctrl-C.
     /// Returns the counters. The GIL is released while it runs.
-    #[pyo3(signature = (address, seconds=None))]
+    #[pyo3(signature = (address, seconds=None, stop=None))]
     fn run_tcp<'py>(
         &self,
         py: Python<'py>,
         address: &str,
         seconds: Option<f64>,
+        stop: Option<PyRef<'py, StopSignal>>,
     ) -> PyResult<Bound<'py, PyDict>> {
         let rt = runtime(2)?;
         let client_id = self
@@ -239,7 +240,7 @@ impl Bridge {
         let (device_id, tenant) = (self.device_id.clone(), self.tenant.clone());
         let address = address.to_owned();
         let fog = self.fog;
-        let stats = block_on(py, &rt, async move {
+        let work = async move {
             let mut bridge = StdBridge::new(MqttTransport::connect(config));
             if let Some(f) = fog {
                 bridge = bridge.with_fog(f);
@@ -274,367 +275,10 @@ impl Bridge {
                 }
                 Err(e) => Err(PyOSError::new_err(e.to_string())),
             }
-        })?;
+        };
+        let stats = block_on_with::<_, ()>(py, &rt, work, None, stop.as_deref())?;
         stats_dict(py, stats)
     }
-}
-
-type Tree = lanyard_core::shadow::StateTree<TWIN_LEAVES, TWIN_POOL>;
-
-/// A command's final acknowledgement: status, reason, the result as JSON
-/// when it is a map of properties (as the shadow holds them), and as CBOR.
-type FinalAck<'py> = (
-    &'static str,
-    Option<String>,
-    Option<String>,
-    Option<Bound<'py, PyBytes>>,
-    Option<String>,
-);
-
-/// An app connected to a twin host: sets a device's desired state, reads
-/// its shadow, sends it commands and waits for their final
-/// acknowledgement, and watches deltas, reports and acknowledgements.
-/// Every call blocks (without the GIL) and can be interrupted with Ctrl-C;
-/// calls from several threads are served one at a time.
-#[pyclass]
-struct App {
-    rt: Runtime,
-    /// `None` once closed.
-    client: Arc<tokio::sync::Mutex<Option<AppClient<MqttTransport>>>>,
-}
-
-#[pymethods]
-impl App {
-    /// Connects to `broker` (`mqtt://host:port`, or `mqtts://host:port`
-    /// with `ca`, and `cert` and `key` for mutual TLS) as `client_id`
-    /// within `timeout` seconds and subscribes to what an app watches.
-    /// With `tenants` the host serves tenant namespaces and devices are
-    /// named `"{tenant}/{device-id}"`. With `operator`, its desired state,
-    /// resolutions and re-provisionings name it as their writer, for a
-    /// host that takes them only from its operators.
-    #[new]
-    #[pyo3(signature = (broker, client_id=None, tenants=false, timeout=10.0, ca=None, cert=None, key=None, operator=None))]
-    #[allow(clippy::too_many_arguments)]
-    fn new(
-        py: Python<'_>,
-        broker: &str,
-        client_id: Option<String>,
-        tenants: bool,
-        timeout: f64,
-        ca: Option<PathBuf>,
-        cert: Option<PathBuf>,
-        key: Option<PathBuf>,
-        operator: Option<String>,
-    ) -> PyResult<Self> {
-        let timeout = seconds(timeout)?;
-        let client_id = client_id.unwrap_or_else(|| unique_client_id("lanyard-py-app"));
-        let config = broker_config(broker, client_id, ca, cert, key)?;
-        let rt = runtime(1)?;
-        let client = block_on(py, &rt, async move {
-            let transport = MqttTransport::connect_and_wait(config, timeout)
-                .await
-                .map_err(|e| app_error(AppError::Transport(e)))?;
-            let client = if tenants {
-                AppClient::for_tenants(transport).await
-            } else {
-                AppClient::new(transport).await
-            };
-            client.map_err(app_error)
-        })?;
-        let client = match operator {
-            Some(who) => client.as_operator(&who).map_err(PyValueError::new_err)?,
-            None => client,
-        };
-        Ok(App {
-            rt,
-            client: Arc::new(tokio::sync::Mutex::new(Some(client))),
-        })
-    }
-
-    /// Asks for `state_json` (a JSON object of properties, nested objects
-    /// for nested properties, `null` to delete) in `device`'s desired
-    /// state and returns the document's version once the host applied it.
-    /// Nothing is sent if it is not a state the shadow can hold; the
-    /// host's refusal (more than the device holds) raises `Rejected`.
-    fn set_desired(&self, py: Python<'_>, device: String, state_json: &str) -> PyResult<u64> {
-        let tree = state_of(state_json, true)?;
-        let client = self.client.clone();
-        block_on(py, &self.rt, async move {
-            let mut client = client.lock().await;
-            let client = client.as_mut().ok_or_else(closed)?;
-            client
-                .set_desired(&device, &tree, now_ms())
-                .await
-                .map_err(app_error)
-        })
-    }
-
-    /// The device's shadow as JSON text: `version`, `desired`, `reported`
-    /// (objects as in `set_desired`; bytes as base64 text, the AWS JSON
-    /// mapping), `in_sync` and `rejected` (each desired property the
-    /// device refuses, dotted, to the reason's name).
-    fn get_shadow(&self, py: Python<'_>, device: String, timeout: f64) -> PyResult<String> {
-        let timeout = seconds(timeout)?;
-        let client = self.client.clone();
-        let shadow = block_on(py, &self.rt, async move {
-            let mut client = client.lock().await;
-            let client = client.as_mut().ok_or_else(closed)?;
-            client.get_shadow(&device, timeout).await.map_err(app_error)
-        })?;
-        let rejected: serde_json::Map<String, serde_json::Value> =
-            lanyard_std::app::Rejection::all_of(shadow.rejected())
-                .into_iter()
-                .map(|r| (r.path, json!(r.reason.name())))
-                .collect();
-        Ok(json!({
-            "version": shadow.version(),
-            "desired": tree_to_json(shadow.desired()),
-            "reported": tree_to_json(shadow.reported()),
-            "in_sync": shadow.in_sync(),
-            "rejected": rejected,
-        })
-        .to_string())
-    }
-
-    /// The fleet's devices (of `tenant` on a host that serves tenants) as
-    /// JSON text: a list of objects with `device`, `online`, `state`,
-    /// `health`, `firmware`, `last_seen_ms`, `version`, `in_sync`,
-    /// `parked`, `refused` and `decommissioned`.
-    #[pyo3(signature = (tenant=None, timeout=10.0))]
-    fn list_devices(
-        &self,
-        py: Python<'_>,
-        tenant: Option<String>,
-        timeout: f64,
-    ) -> PyResult<String> {
-        let timeout = seconds(timeout)?;
-        let client = self.client.clone();
-        let devices = block_on(py, &self.rt, async move {
-            let mut client = client.lock().await;
-            let client = client.as_mut().ok_or_else(closed)?;
-            client
-                .list(tenant.as_deref(), timeout)
-                .await
-                .map_err(app_error)
-        })?;
-        Ok(serde_json::Value::Array(devices.iter().map(|d| d.to_json()).collect()).to_string())
-    }
-
-    /// Settles the conflict parked for an operator at `path` (dotted) on
-    /// `device` with `winner`'s value (`"cloud"` or `"device"`); returns the
-    /// shadow's version. The host's refusal (nothing parked there) raises
-    /// `Rejected`.
-    #[pyo3(signature = (device, path, winner, timeout=10.0))]
-    fn resolve(
-        &self,
-        py: Python<'_>,
-        device: String,
-        path: String,
-        winner: &str,
-        timeout: f64,
-    ) -> PyResult<u64> {
-        let timeout = seconds(timeout)?;
-        let side = lanyard_std::twin::winner_named(winner).ok_or_else(|| {
-            PyValueError::new_err(format!("winner {winner:?}: \"cloud\" or \"device\""))
-        })?;
-        let client = self.client.clone();
-        block_on(py, &self.rt, async move {
-            let mut client = client.lock().await;
-            let client = client.as_mut().ok_or_else(closed)?;
-            client
-                .resolve(&device, &path, side, timeout)
-                .await
-                .map_err(app_error)
-        })
-    }
-
-    /// Revokes every certificate of `device` through the provisioning
-    /// service (with `decommission`, for good); the number revoked. A
-    /// device never issued one raises `Rejected`.
-    #[pyo3(signature = (device, reason, decommission, timeout=10.0))]
-    fn revoke(
-        &self,
-        py: Python<'_>,
-        device: String,
-        reason: String,
-        decommission: bool,
-        timeout: f64,
-    ) -> PyResult<u64> {
-        let timeout = seconds(timeout)?;
-        let client = self.client.clone();
-        block_on(py, &self.rt, async move {
-            let mut client = client.lock().await;
-            let client = client.as_mut().ok_or_else(closed)?;
-            client
-                .revoke(&device, &reason, decommission, timeout)
-                .await
-                .map_err(app_error)
-        })
-    }
-
-    /// Pushes configuration `version` changing `fields` (`{name: value}`,
-    /// e.g. `{"telemetry_ms": 60000}`; others kept) to `devices` and waits
-    /// up to `timeout` for their acknowledgements. Returns JSON text:
-    /// `applied` (devices), `ignored` (`[device, version it runs]`),
-    /// `rejected` (`[device, why]`), `unanswered` (devices). A bad field
-    /// or value raises `ValueError` before anything is sent.
-    #[pyo3(signature = (devices, version, fields, timeout=30.0))]
-    fn push_config(
-        &self,
-        py: Python<'_>,
-        devices: Vec<String>,
-        version: u64,
-        fields: std::collections::HashMap<String, u64>,
-        timeout: f64,
-    ) -> PyResult<String> {
-        let timeout = seconds(timeout)?;
-        let patch = lanyard_std::app::config_patch(
-            version,
-            fields.iter().map(|(name, value)| (name.as_str(), *value)),
-        )
-        .map_err(PyValueError::new_err)?;
-        let client = self.client.clone();
-        let report = block_on(py, &self.rt, async move {
-            let mut client = client.lock().await;
-            let client = client.as_mut().ok_or_else(closed)?;
-            client
-                .push_config_to(&devices, &patch, timeout)
-                .await
-                .map_err(app_error)
-        })?;
-        Ok(json!({
-            "applied": report.applied,
-            "ignored": report.ignored,
-            "rejected": report.rejected,
-            "unanswered": report.unanswered,
-        })
-        .to_string())
-    }
-
-    /// Sends `device` the command `name` with `args_json` (a JSON object,
-    /// as desired state without nulls) and waits up to `timeout` seconds
-    /// for its final acknowledgement; the command expires on the device
-    /// then too. Returns `(status, reason, result JSON, result CBOR)`, the
-    /// last three `None` when absent (the JSON also when the result is not
-    /// a map of properties).
-    fn command<'py>(
-        &self,
-        py: Python<'py>,
-        device: String,
-        name: String,
-        args_json: &str,
-        timeout: f64,
-    ) -> PyResult<FinalAck<'py>> {
-        let timeout = seconds(timeout)?;
-        let args = state_of(args_json, false)?;
-        let args = if args.is_empty() {
-            Vec::new()
-        } else {
-            let mut buf = vec![0u8; args.encoded_len()];
-            let n = args
-                .encode(&mut buf)
-                .map_err(|e| PyValueError::new_err(e.to_string()))?;
-            buf.truncate(n);
-            buf
-        };
-        let client = self.client.clone();
-        let outcome = block_on(py, &self.rt, async move {
-            let mut client = client.lock().await;
-            let client = client.as_mut().ok_or_else(closed)?;
-            client
-                .command(&device, &name, &args, now_ms(), timeout)
-                .await
-                .map_err(app_error)
-        })?;
-        let result_json = outcome
-            .result
-            .as_deref()
-            .and_then(|r| Tree::decode(r).ok())
-            .map(|t| tree_to_json(&t).to_string());
-        Ok((
-            outcome.status.name(),
-            outcome.reason.map(|r| format!("{r:?}")),
-            result_json,
-            outcome.result.map(|r| PyBytes::new(py, &r)),
-            outcome.detail,
-        ))
-    }
-
-    /// Waits up to a second for what the app published to reach the
-    /// broker and disconnects. Later calls raise `RuntimeError`; closing
-    /// again does nothing.
-    fn close(&self, py: Python<'_>) -> PyResult<()> {
-        let client = self.client.clone();
-        block_on(py, &self.rt, async move {
-            if let Some(c) = client.lock().await.take() {
-                c.close(Duration::from_secs(1)).await.map_err(app_error)?;
-            }
-            Ok(())
-        })
-    }
-
-    /// The next delta, report or acknowledgement as `(type, device, JSON
-    /// text)`, or `None` if none came within `timeout` seconds. Deltas and
-    /// reports carry the state; acknowledgements `command_id` and `status`.
-    fn next_event(
-        &self,
-        py: Python<'_>,
-        timeout: f64,
-    ) -> PyResult<Option<(&'static str, String, String)>> {
-        let timeout = seconds(timeout)?;
-        let client = self.client.clone();
-        let event = block_on(py, &self.rt, async move {
-            let mut client = client.lock().await;
-            let client = client.as_mut().ok_or_else(closed)?;
-            match tokio::time::timeout(timeout, client.next_event()).await {
-                Err(_) => Ok(None),
-                Ok(r) => r.map(Some).map_err(app_error),
-            }
-        })?;
-        Ok(event.map(|e| match e {
-            AppEvent::Delta { device, state } => {
-                ("delta", device, tree_to_json(&*state).to_string())
-            }
-            AppEvent::Reported {
-                device,
-                state,
-                rejected,
-            } => {
-                let rejected: serde_json::Map<String, serde_json::Value> = rejected
-                    .iter()
-                    .map(|r| (r.path.clone(), json!(r.reason.name())))
-                    .collect();
-                let body = json!({"state": tree_to_json(&*state), "rejected": rejected});
-                ("reported", device, body.to_string())
-            }
-            AppEvent::Telemetry {
-                device,
-                seq,
-                time_ms,
-                readings,
-            } => (
-                "telemetry",
-                device,
-                json!({"seq": seq, "time_ms": time_ms, "readings": tree_to_json(&*readings)})
-                    .to_string(),
-            ),
-            AppEvent::Fleet { device, event } => ("fleet", device, event.to_json().to_string()),
-            AppEvent::Ack {
-                device,
-                command_id,
-                status,
-            } => (
-                "ack",
-                device,
-                json!({"command_id": command_id, "status": status.name()}).to_string(),
-            ),
-        }))
-    }
-}
-
-/// What a call on a closed [`App`] raises.
-fn closed() -> PyErr {
-    PyRuntimeError::new_err("the app is closed")
 }
 
 /// The MQTT configuration of a broker URL (`mqtt://` or `mqtts://`) and
@@ -676,7 +320,35 @@ fn block_on<T: Send + 'static>(
     rt: &Runtime,
     work: impl Future<Output = PyResult<T>> + Send + 'static,
 ) -> PyResult<T> {
-    block_on_with::<T, ()>(py, rt, work, None)
+    block_on_with::<T, ()>(py, rt, work, None, None)
+}
+
+/// A flag another thread sets to stop a device's or a bridge's run (what
+/// `lanyard.aio` sets when the task awaiting the run is cancelled); the
+/// run notices it within 200 ms, as it notices Ctrl-C.
+#[pyclass]
+#[derive(Default)]
+struct StopSignal {
+    flag: std::sync::Arc<std::sync::atomic::AtomicBool>,
+}
+
+#[pymethods]
+impl StopSignal {
+    #[new]
+    fn new() -> Self {
+        StopSignal::default()
+    }
+
+    /// Stops the run it was given to.
+    fn set(&self) {
+        self.flag.store(true, std::sync::atomic::Ordering::Release);
+    }
+}
+
+impl StopSignal {
+    fn is_set(&self) -> bool {
+        self.flag.load(std::sync::atomic::Ordering::Acquire)
+    }
 }
 
 /// Where [`block_on_with`] delivers what `work` reports while it runs, and
@@ -687,12 +359,13 @@ type Reports<'a, E> = (
 );
 
 /// [`block_on`], handing each report of `work` to a handler as it comes;
-/// an error from the handler (or Ctrl-C) abandons the work.
+/// an error from the handler, Ctrl-C or `stop` abandons the work.
 fn block_on_with<T: Send + 'static, E: Send>(
     py: Python<'_>,
     rt: &Runtime,
     work: impl Future<Output = PyResult<T>> + Send + 'static,
     reports: Option<Reports<'_, E>>,
+    stop: Option<&StopSignal>,
 ) -> PyResult<T> {
     enum Woke<T, E> {
         Done(Result<PyResult<T>, tokio::task::JoinError>),
@@ -733,8 +406,20 @@ fn block_on_with<T: Send + 'static, E: Send>(
             (Woke::Report(e), Some(handle)) => handle(py, e),
             _ => Ok(()),
         };
-        if let Err(e) = handled.and_then(|()| py.check_signals()) {
+        let stopped = || match stop {
+            Some(s) if s.is_set() => Err(PyRuntimeError::new_err("stopped")),
+            _ => Ok(()),
+        };
+        if let Err(e) = handled
+            .and_then(|()| py.check_signals())
+            .and_then(|()| stopped())
+        {
             task.abort();
+            // Returns once the work is gone: a device's files are no longer
+            // being written when its next run (or another device on the
+            // same state directory) starts. The GIL is released meanwhile,
+            // as the work may be waiting for it in a callback.
+            py.detach(|| rt.block_on(async { (&mut task).await.ok() }));
             return Err(e);
         }
     }
@@ -749,35 +434,6 @@ fn unique_client_id(prefix: &str) -> String {
     format!("{prefix}-{}-{n}", std::process::id())
 }
 
-fn app_error(e: AppError) -> PyErr {
-    match e {
-        AppError::Timeout => PyTimeoutError::new_err("no answer in time"),
-        AppError::Rejected(why) => Rejected::new_err(why),
-        AppError::Codec(why) => PyValueError::new_err(format!("bad message: {why}")),
-        AppError::Transport(t) => PyOSError::new_err(t.to_string()),
-        e @ AppError::BadDevice(_) => PyValueError::new_err(e.to_string()),
-    }
-}
-
-/// The tree of a JSON object of properties; refuses what a shadow cannot
-/// hold (`allow_null`: nulls delete, in desired state only).
-fn state_of(text: &str, allow_null: bool) -> PyResult<Box<Tree>> {
-    let bad = |e: &dyn std::fmt::Display| PyValueError::new_err(format!("state: {e}"));
-    let Json::Object(obj) = serde_json::from_str::<Json>(text).map_err(|e| bad(&e))? else {
-        return Err(bad(&"a JSON object of properties expected"));
-    };
-    tree_from_json(&obj, allow_null)
-        .map(Box::new)
-        .map_err(|e| bad(&e))
-}
-
-fn now_ms() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_millis() as u64)
-        .unwrap_or(0)
-}
-
 /// The native part of the `lanyard` package.
 #[pymodule]
 fn _lanyard(m: &Bound<'_, PyModule>) -> PyResult<()> {
@@ -785,7 +441,10 @@ fn _lanyard(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(encode_frame, m)?)?;
     m.add_class::<FrameDecoder>()?;
     m.add_class::<Bridge>()?;
-    m.add_class::<App>()?;
+    m.add_class::<StopSignal>()?;
+    m.add_class::<app::App>()?;
+    m.add_class::<app::AsyncApp>()?;
+    m.add_class::<app::EventQueue>()?;
     m.add_class::<device::Device>()?;
     m.add_class::<shadow::Shadow>()?;
     m.add("LanyardError", m.py().get_type::<LanyardError>())?;

@@ -10,7 +10,8 @@ rules, only Python idioms (dicts instead of JSON text).
 - ``Bridge``: the gateway bridge of ``lanyard bridge``, a device's serial
   link to an MQTT broker.
 - ``App``: an app of a twin host: desired state, shadows, commands and
-  their acknowledgements, events.
+  their acknowledgements, events (``lanyard.aio.App``: the same for
+  asyncio).
 - ``Device``: this host as a Lanyard device, with commands, sensors,
   battery and LED given as Python callables.
 - ``Shadow``: the shadow engine itself, in this process: desired,
@@ -29,9 +30,10 @@ from typing import Any, Callable, Dict, List, Optional, Tuple, TypedDict, Union
 from ._lanyard import App as _App
 from ._lanyard import Bridge, FrameDecoder, LanyardError, Rejected, describe, encode_frame
 from ._lanyard import Device as _Device
+from ._lanyard import EventQueue as _EventQueue
 from ._lanyard import Shadow as _Shadow
 
-__all__ = ["App", "Bridge", "Closed", "CommandOutcome", "ConnectionFailed", "Device",
+__all__ = ["App", "Bridge", "Closed", "CommandOutcome", "ConnectionFailed", "Device", "Events",
            "FrameDecoder", "InvalidInput", "Json", "LanyardError", "LinkError", "NotFound",
            "NotPermitted", "Rejected", "Shadow", "ShadowRejected", "Timeout", "VersionConflict",
            "WrongType", "decode", "encode_frame"]
@@ -155,7 +157,8 @@ class App:
     ``broker`` is ``mqtt://host:port``, or ``mqtts://host:port`` with
     ``ca`` (the PEM file of the CA that signed the broker's certificate)
     and, for mutual TLS, ``cert`` and ``key``; the same for ``Device`` and
-    ``Bridge``. Every call blocks (Ctrl-C interrupts it). Errors: ``ValueError`` for
+    ``Bridge``. Every call blocks (Ctrl-C interrupts it); calls from several
+    threads proceed at once (``lanyard.aio.App`` is the asyncio app). Errors: ``ValueError`` for
     input that cannot be sent (nothing is sent), ``TimeoutError`` when no
     answer comes in time, ``Rejected`` when the host refuses (an unknown
     device), ``OSError`` when the broker connection fails.
@@ -246,12 +249,8 @@ class App:
         Python handler's exception message; ``result`` when the device
         answered a map of properties, as devices do). The
         command expires on the device after ``timeout`` seconds too."""
-        status, reason, result, cbor, detail = self._app.command(
-            device, name, _state_json(args or {}, "command arguments"), float(timeout)
-        )
-        decoded = json.loads(result) if result is not None else None
-        return {"status": status, "reason": reason, "detail": detail, "result": decoded,
-                "result_cbor": cbor}
+        return _command_outcome(self._app.command(
+            device, name, _state_json(args or {}, "command arguments"), float(timeout)))
 
     def next_event(self, timeout: float = 1.0) -> Optional[Json]:
         """The next event, or ``None`` after ``timeout`` seconds:
@@ -266,14 +265,61 @@ class App:
         host noticed: ``kind`` ``"online"``, ``"offline"`` with
         ``last_seen_ms``, ``"lifecycle"`` with ``from`` and ``to``, or
         ``"health"`` with ``status``)."""
-        event = self._app.next_event(float(timeout))
-        if event is None:
-            return None
-        kind, device, text = event
-        body = json.loads(text)
-        if kind in ("ack", "reported", "telemetry", "fleet"):
-            return {"type": kind, "device": device, **body}
-        return {"type": kind, "device": device, "state": body}
+        return _event(self._app.next_event(float(timeout)))
+
+    @property
+    def events_dropped(self) -> int:
+        """Events ``next_event`` dropped because more than its queue holds
+        (10,000) waited to be read: an app that stops reading does not
+        grow without bound."""
+        return self._app.events_dropped
+
+    def events(self, devices: Optional[List[str]] = None, capacity: int = 1000) -> "Events":
+        """A queue of its own for the events of ``devices`` (every device
+        when ``None``), from now on, holding at most ``capacity`` unread;
+        newer events are dropped and counted when its reader falls behind.
+        Any number may be open; each gets every event it watches."""
+        return Events(self._app.events(None if devices is None else list(devices),
+                                       int(capacity)))
+
+
+def _event(event: Optional[Tuple[str, str, str]]) -> Optional[Json]:
+    """An event of the native part as the dict ``App.next_event`` returns."""
+    if event is None:
+        return None
+    kind, device, text = event
+    body = json.loads(text)
+    if kind in ("ack", "reported", "telemetry", "fleet"):
+        return {"type": kind, "device": device, **body}
+    return {"type": kind, "device": device, "state": body}
+
+
+def _command_outcome(
+    answer: Tuple[str, Optional[str], Optional[str], Optional[bytes], Optional[str]]
+) -> CommandOutcome:
+    status, reason, result, cbor, detail = answer
+    decoded = json.loads(result) if result is not None else None
+    return {"status": status, "reason": reason, "detail": detail, "result": decoded,
+            "result_cbor": cbor}
+
+
+class Events:
+    """The events of some devices (``App.events``), in a bounded queue:
+    ``next(timeout)`` as ``App.next_event``; ``dropped`` counts the events
+    it had no room for."""
+
+    def __init__(self, queue: _EventQueue) -> None:
+        self._queue = queue
+
+    def next(self, timeout: Optional[float] = 1.0) -> Optional[Json]:
+        """The next event, or ``None`` after ``timeout`` seconds (``None``:
+        wait until one comes)."""
+        return _event(self._queue.next(None if timeout is None else float(timeout)))
+
+    @property
+    def dropped(self) -> int:
+        """Events dropped because the queue was full."""
+        return self._queue.dropped
 
 
 def _message(e: BaseException) -> str:

@@ -3,7 +3,7 @@ The public API is ``lanyard/__init__.py``, which wraps these; the test
 command checks this file against the built module with ``mypy.stubtest``."""
 
 import os
-from typing import Any, Callable, Dict, List, Optional, Tuple, Union, final
+from typing import Any, Awaitable, Callable, Dict, List, Optional, Tuple, Union, final
 
 __all__ = [
     "describe",
@@ -11,6 +11,9 @@ __all__ = [
     "FrameDecoder",
     "Bridge",
     "App",
+    "AsyncApp",
+    "EventQueue",
+    "StopSignal",
     "Device",
     "Shadow",
     "LanyardError",
@@ -18,6 +21,8 @@ __all__ = [
 ]
 
 _Path = Union[str, "os.PathLike[str]"]
+_Event = Tuple[str, str, str]
+_FinalAck = Tuple[str, Optional[str], Optional[str], Optional[bytes], Optional[str]]
 
 class LanyardError(Exception): ...
 class Rejected(LanyardError): ...
@@ -44,7 +49,21 @@ class Bridge:
         fog_window_s: Optional[float] = None,
         dead_band: float = 0.0,
     ) -> "Bridge": ...
-    def run_tcp(self, address: str, seconds: Optional[float] = None) -> Dict[str, Any]: ...
+    def run_tcp(
+        self, address: str, seconds: Optional[float] = None, stop: Optional["StopSignal"] = None
+    ) -> Dict[str, Any]: ...
+
+@final
+class StopSignal:
+    def __new__(cls) -> "StopSignal": ...
+    def set(self) -> None: ...
+
+@final
+class EventQueue:
+    # Blocking app: the event or None; asyncio app: an awaitable of it.
+    def next(self, timeout: Optional[float] = None) -> Any: ...
+    @property
+    def dropped(self) -> int: ...
 
 @final
 class App:
@@ -70,10 +89,47 @@ class App:
     def push_config(
         self, devices: List[str], version: int, fields: Dict[str, int], timeout: float = 30.0
     ) -> str: ...
+    def command(self, device: str, name: str, args_json: str, timeout: float) -> _FinalAck: ...
+    def next_event(self, timeout: float) -> Optional[_Event]: ...
+    @property
+    def events_dropped(self) -> int: ...
+    def events(self, devices: Optional[List[str]] = None, capacity: int = 1000) -> EventQueue: ...
+
+@final
+class AsyncApp:
+    @staticmethod
+    def connect(
+        broker: str,
+        client_id: Optional[str] = None,
+        tenants: bool = False,
+        timeout: float = 10.0,
+        ca: Optional[_Path] = None,
+        cert: Optional[_Path] = None,
+        key: Optional[_Path] = None,
+        operator: Optional[str] = None,
+    ) -> Awaitable["AsyncApp"]: ...
+    def close(self) -> Awaitable[None]: ...
+    def set_desired(self, device: str, state_json: str) -> Awaitable[int]: ...
+    def get_shadow(self, device: str, timeout: float) -> Awaitable[str]: ...
+    def list_devices(
+        self, tenant: Optional[str] = None, timeout: float = 10.0
+    ) -> Awaitable[str]: ...
+    def resolve(
+        self, device: str, path: str, winner: str, timeout: float = 10.0
+    ) -> Awaitable[int]: ...
+    def revoke(
+        self, device: str, reason: str, decommission: bool, timeout: float = 10.0
+    ) -> Awaitable[int]: ...
+    def push_config(
+        self, devices: List[str], version: int, fields: Dict[str, int], timeout: float = 30.0
+    ) -> Awaitable[str]: ...
     def command(
         self, device: str, name: str, args_json: str, timeout: float
-    ) -> Tuple[str, Optional[str], Optional[str], Optional[bytes], Optional[str]]: ...
-    def next_event(self, timeout: float) -> Optional[Tuple[str, str, str]]: ...
+    ) -> Awaitable[_FinalAck]: ...
+    def next_event(self, timeout: Optional[float] = None) -> Awaitable[Optional[_Event]]: ...
+    @property
+    def events_dropped(self) -> int: ...
+    def events(self, devices: Optional[List[str]] = None, capacity: int = 1000) -> EventQueue: ...
 
 @final
 class Device:
@@ -111,6 +167,7 @@ class Device:
         self,
         seconds: Optional[float] = None,
         on_event: Optional[Callable[[str, str], None]] = None,
+        stop: Optional[StopSignal] = None,
     ) -> None: ...
 
 @final

@@ -47,13 +47,7 @@ impl OperatorStep {
 
     /// Does this step to the fleet `ids`. Failures show in the devices'
     /// timelines and the summary; the operator carries on.
-    async fn run(
-        self,
-        app: &mut AppClient<MqttTransport>,
-        ids: &[String],
-        step: u64,
-        at: &OperatorScene<'_>,
-    ) {
+    async fn run(self, app: &mut AppClient, ids: &[String], step: u64, at: &OperatorScene<'_>) {
         match self {
             // Pushed to the whole fleet at once by `push_to_fleet`.
             OperatorStep::PushConfig => {}
@@ -96,12 +90,7 @@ impl OperatorStep {
 }
 
 /// The setpoint step: one change asked of every device at once.
-async fn set_point(
-    app: &mut AppClient<MqttTransport>,
-    ids: &[String],
-    step: u64,
-    at: &OperatorScene<'_>,
-) {
+async fn set_point(app: &mut AppClient, ids: &[String], step: u64, at: &OperatorScene<'_>) {
     // First the app sets 70 and the devices follow; the next time it asks
     // for 72 while users press the button for 68 on every other device: a
     // conflict, settled by LatestWins (the fleet's policy for hvac). The
@@ -189,7 +178,7 @@ struct OperatorTally {
 /// Pushes configuration `version` (the fleet's heartbeat interval) to
 /// every device at once and counts the answers.
 async fn push_to_fleet(
-    app: &mut AppClient<MqttTransport>,
+    app: &mut AppClient,
     ids: &[String],
     version: u64,
     wait: Duration,
@@ -214,10 +203,7 @@ async fn push_to_fleet(
 
 /// Lists the fleet and settles every conflict parked for an operator with
 /// the cloud's value (the demo's operator's rule: the schedule wins).
-async fn settle_conflicts(
-    app: &mut AppClient<MqttTransport>,
-    tally: &std::sync::Mutex<OperatorTally>,
-) {
+async fn settle_conflicts(app: &mut AppClient, tally: &std::sync::Mutex<OperatorTally>) {
     let devices = match app.list(None, Duration::from_secs(5)).await {
         Ok(d) => d,
         Err(e) => {

@@ -228,7 +228,7 @@ pub(crate) async fn fleet(
 }
 
 async fn list(
-    app: &mut AppClient<MqttTransport>,
+    app: &mut AppClient,
     tenant: Option<&str>,
     conflicts_only: bool,
     as_json: bool,
@@ -284,7 +284,7 @@ async fn list(
 }
 
 async fn push_config(
-    app: &mut AppClient<MqttTransport>,
+    app: &mut AppClient,
     version: u64,
     fields: &[String],
     devices: Vec<String>,
@@ -354,7 +354,7 @@ async fn push_config(
 }
 
 async fn show(
-    app: &mut AppClient<MqttTransport>,
+    app: &mut AppClient,
     device: &str,
     as_json: bool,
     timeout: Duration,
@@ -466,7 +466,7 @@ async fn show(
 }
 
 async fn set(
-    app: &mut AppClient<MqttTransport>,
+    app: &mut AppClient,
     device: &str,
     values: &[String],
     timeout: Duration,
@@ -505,7 +505,7 @@ async fn set(
 }
 
 async fn command(
-    app: &mut AppClient<MqttTransport>,
+    app: &mut AppClient,
     device: &str,
     name: &str,
     args: Option<&str>,
@@ -558,7 +558,7 @@ async fn command(
     }
 }
 
-async fn watch(app: &mut AppClient<MqttTransport>, seconds: Option<f64>) -> Result<(), String> {
+async fn watch(app: &mut AppClient, seconds: Option<f64>) -> Result<(), String> {
     let until = seconds.map(|s| tokio::time::Instant::now() + Duration::from_secs_f64(s.max(0.0)));
     loop {
         let left = until.map(|u| u.saturating_duration_since(tokio::time::Instant::now()));

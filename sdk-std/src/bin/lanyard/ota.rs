@@ -203,7 +203,7 @@ pub(crate) async fn ota(what: OtaCmd) -> Result<(), String> {
                 return Err("--stages: growing percentages ending at 100".into());
             }
             if all || running.is_some() {
-                let mut app = lanyard_std::app::AppClient::new(
+                let app = lanyard_std::app::AppClient::new(
                     lanyard_std::mqtt::MqttTransport::connect_and_wait(
                         broker.mqtt("lanyard-ota-list")?,
                         std::time::Duration::from_secs(10),

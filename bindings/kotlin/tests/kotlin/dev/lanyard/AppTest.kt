@@ -1,6 +1,10 @@
 package dev.lanyard
 
+import kotlinx.coroutines.Dispatchers
+import kotlinx.coroutines.async
+import kotlinx.coroutines.delay
 import kotlinx.coroutines.runBlocking
+import kotlinx.coroutines.withTimeoutOrNull
 import org.junit.jupiter.api.AfterAll
 import org.junit.jupiter.api.BeforeAll
 import org.junit.jupiter.api.Test
@@ -92,6 +96,29 @@ class AppTest {
         }
         assertFailsWith<LanyardException.Rejected> { app.resolve(device, "target_c", true, 10_000) }
         Unit
+    }
+
+    @Test
+    fun aCommandDoesNotWaitBehindAnotherCoroutinesNextEvent(): Unit = runBlocking(Dispatchers.Default) {
+        val quiet = connectApp("127.0.0.1", port, "kotlin-concurrent", false, 10_000)
+        // Nothing happens on this fleet meanwhile: the reader waits.
+        val reader = async { quiet.nextEvent(5_000) }
+        delay(200)
+        val started = System.nanoTime()
+        val blink = quiet.command(
+            device, "blink_led",
+            mapOf("count" to ShadowValue.Int(1), "period_ms" to ShadowValue.Int(50)), 10_000,
+        )
+        val tookMs = (System.nanoTime() - started) / 1_000_000
+        assertEquals(AckStatus.SUCCEEDED, blink.status)
+        assertTrue(tookMs < 2_000, "the command waited ${tookMs} ms behind nextEvent")
+        assertTrue(reader.isActive, "the reader still waits")
+        reader.cancel()
+        // A cancelled reader gives the queue back at once.
+        val started2 = System.nanoTime()
+        withTimeoutOrNull(100) { quiet.nextEvent(10_000) }
+        quiet.nextEvent(100)
+        assertTrue((System.nanoTime() - started2) / 1_000_000 < 2_000, "the queue was given back")
     }
 
     @Test
