@@ -121,18 +121,25 @@ python3 scripts/size-report.py examples/stm32/target/update/thumbv7em-none-eabih
     --without "$firmware" --goal-added 12 | grep -E "^  (flash|RAM):|against|goal"
 LANYARD_STM32_UPDATE="$updates" cargo test -p lanyard-std --test qemu_stm32_update -- --ignored --nocapture
 
-step "Python bindings: pip install ./bindings/python (maturin builds the extension), then their tests"
+step "Python bindings: the abi3 wheel (maturin, through pip), installed into a fresh virtual environment, then their tests there"
 (cd bindings/python && cargo fmt -- --check && cargo clippy -- -D warnings)
-python3 -m pip install -q --root-user-action=ignore ./bindings/python
+# What users install is what is tested: the wheel, in an environment that
+# has nothing else of this checkout.
+wheels="$(mktemp -d)"
+venv="$(mktemp -d)/venv"
+python3 -m pip wheel -q --no-deps --wheel-dir "$wheels" ./bindings/python
+ls "$wheels"
+python3 -m venv "$venv"
+"$venv/bin/python" -m pip install -q "$wheels"/lanyard-*.whl "mypy==2.4.1"
 # The app client's tests run a `lanyard twin` and a `lanyard device`.
 cargo build -p lanyard-std --bin lanyard --example valve
 (cd bindings/python && LANYARD_BIN="$PWD/../../target/debug/lanyard" \
-    LANYARD_VALVE_BIN="$PWD/../../target/debug/examples/valve" python3 -m unittest discover -s tests -v)
+    LANYARD_VALVE_BIN="$PWD/../../target/debug/examples/valve" \
+    "$venv/bin/python" -m unittest discover -s tests -v)
 # Types: the stub of the native part against the built module, and the
 # package and the example under mypy --strict.
-python3 -m pip install -q --root-user-action=ignore "mypy==2.4.1"
-(cd /tmp && python3 -m mypy.stubtest lanyard._lanyard)
-python3 -m mypy --strict bindings/python/python/lanyard examples/python/gateway.py
+(cd /tmp && "$venv/bin/python" -m mypy.stubtest lanyard._lanyard)
+"$venv/bin/python" -m mypy --strict bindings/python/python/lanyard examples/python/gateway.py
 
 step "Kotlin bindings: uniffi generates the sources, Maven compiles them and runs their tests (against mosquitto, lanyard twin and lanyard device)"
 bash scripts/test-kotlin.sh
