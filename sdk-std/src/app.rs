@@ -1180,23 +1180,13 @@ mod tests {
                 if !topic.contains("/ly-1/") {
                     continue;
                 }
-                let mut buf = [0u8; 256];
                 for (id, status) in [
                     ("not-ours", AckStatus::Failed),
                     (cmd.id, AckStatus::Succeeded),
                 ] {
-                    let n = Ack {
-                        command_id: id,
-                        status,
-                        reason: None,
-                        detail: None,
-                        result: None,
-                        time_ms: 1,
-                    }
-                    .encode(&mut buf)
-                    .unwrap();
+                    let payload = ack(id, status);
                     answering
-                        .publish("lanyard/v1/ly-1/ack", &buf[..n], Qos::AtLeastOnce)
+                        .publish("lanyard/v1/ly-1/ack", &payload, Qos::AtLeastOnce)
                         .await
                         .unwrap();
                 }

@@ -4,9 +4,7 @@ cancellation), and bounded event queues, against a real mosquitto, a
 ``lanyard twin`` and a ``lanyard device`` (each its own process)."""
 
 import asyncio
-import os
 import socket
-import subprocess
 import tempfile
 import threading
 import time
@@ -14,7 +12,7 @@ import unittest
 
 import lanyard
 import lanyard.aio
-from test_lanyard import eventually, start_mosquitto
+from test_lanyard import eventually, start_fleet, stop_fleet
 
 SIM = "ly-020000000001"  # lanyard device's default MAC
 
@@ -24,35 +22,14 @@ class Fleet(unittest.TestCase):
 
     @classmethod
     def setUpClass(cls):
-        binary = os.environ.get("LANYARD_BIN")
-        if not binary:
-            raise RuntimeError("set LANYARD_BIN to the lanyard binary (scripts/test-all.sh does)")
-        cls.binary = binary
-        cls.dir = tempfile.TemporaryDirectory()
-        cls.procs, cls.logs = [], []
-        broker, port = start_mosquitto(cls.dir.name)
-        cls.procs.append(broker)
-        cls.broker = f"mqtt://127.0.0.1:{port}"
-        for role in ("twin", "device"):
-            log = open(os.path.join(cls.dir.name, f"{role}.log"), "w")
-            cls.logs.append(log)
-            cls.procs.append(subprocess.Popen(
-                [binary, role, "--broker", cls.broker,
-                 "--state-dir", os.path.join(cls.dir.name, role)],
-                stdout=log, stderr=subprocess.STDOUT,
-            ))
+        start_fleet(cls)
         with lanyard.App(cls.broker) as app:
             eventually(lambda: app.get_shadow(SIM, timeout=2)["version"] >= 0,
                        "the simulated device registered")
 
     @classmethod
     def tearDownClass(cls):
-        for p in reversed(cls.procs):
-            p.terminate()
-            p.wait()
-        for log in cls.logs:
-            log.close()
-        cls.dir.cleanup()
+        stop_fleet(cls)
 
 
 class ThreadsAtOnce(Fleet):

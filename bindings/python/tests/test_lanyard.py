@@ -47,6 +47,38 @@ def start_mosquitto(workdir):
     return broker, port
 
 
+def start_fleet(cls, twin_args=()):
+    """A mosquitto, a ``lanyard twin`` (with ``twin_args``) and a ``lanyard
+    device`` for a test class: sets ``cls.broker``, ``cls.port`` and what
+    ``stop_fleet`` ends."""
+    binary = os.environ.get("LANYARD_BIN")
+    if not binary:
+        raise RuntimeError("set LANYARD_BIN to the lanyard binary (scripts/test-all.sh does)")
+    cls.dir = tempfile.TemporaryDirectory()
+    cls.procs, cls.logs = [], []
+    broker, cls.port = start_mosquitto(cls.dir.name)
+    cls.procs.append(broker)
+    cls.broker = f"mqtt://127.0.0.1:{cls.port}"
+    for role in ("twin", "device"):
+        log = open(os.path.join(cls.dir.name, f"{role}.log"), "w")
+        cls.logs.append(log)
+        extra = list(twin_args) if role == "twin" else []
+        cls.procs.append(subprocess.Popen(
+            [binary, role, "--broker", cls.broker,
+             "--state-dir", os.path.join(cls.dir.name, role), *extra],
+            stdout=log, stderr=subprocess.STDOUT,
+        ))
+
+
+def stop_fleet(cls):
+    for p in reversed(cls.procs):
+        p.terminate()
+        p.wait()
+    for log in cls.logs:
+        log.close()
+    cls.dir.cleanup()
+
+
 def eventually(check, what, seconds=20):
     """Retries ``check`` until it returns true (exceptions count as false)."""
     deadline = time.time() + seconds
@@ -297,24 +329,8 @@ class AppOfATwinHost(unittest.TestCase):
 
     @classmethod
     def setUpClass(cls):
-        binary = os.environ.get("LANYARD_BIN")
-        if not binary:
-            raise RuntimeError("set LANYARD_BIN to the lanyard binary (scripts/test-all.sh does)")
-        cls.dir = tempfile.TemporaryDirectory()
-        cls.procs, cls.logs = [], []
-        broker, cls.port = start_mosquitto(cls.dir.name)
-        cls.procs.append(broker)
-        cls.broker = f"mqtt://127.0.0.1:{cls.port}"
-        for role in ("twin", "device"):
-            log = open(os.path.join(cls.dir.name, f"{role}.log"), "w")
-            cls.logs.append(log)
-            # The host takes writes from its operator only.
-            operators = ["--operators", "lanyard-py-ops"] if role == "twin" else []
-            cls.procs.append(subprocess.Popen(
-                [binary, role, "--broker", cls.broker,
-                 "--state-dir", os.path.join(cls.dir.name, role), *operators],
-                stdout=log, stderr=subprocess.STDOUT,
-            ))
+        # The host takes writes from its operator only.
+        start_fleet(cls, twin_args=["--operators", "lanyard-py-ops"])
         cls.app = lanyard.App(cls.broker, client_id="python-app", operator="lanyard-py-ops")
         # Registered once the twin host has a shadow for it.
         eventually(lambda: cls.app.get_shadow(cls.SIM, timeout=2)["version"] >= 0,
@@ -323,12 +339,7 @@ class AppOfATwinHost(unittest.TestCase):
     @classmethod
     def tearDownClass(cls):
         cls.app.close()
-        for p in reversed(cls.procs):
-            p.terminate()
-            p.wait()
-        for log in cls.logs:
-            log.close()
-        cls.dir.cleanup()
+        stop_fleet(cls)
 
     def test_desired_state_reaches_the_device_and_comes_back_reported(self):
         self.app.set_desired(self.SIM, {"target_c": 22, "fan": {"speed": 0.5}})
