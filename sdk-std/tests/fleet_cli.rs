@@ -445,3 +445,33 @@ async fn an_operator_settles_conflicts_waiting_for_manual_resolution() {
         assert!(err.contains("no conflict is waiting"), "{err}");
     }
 }
+
+/// The development broker `lanyard broker-config --dev` prints runs a
+/// mosquitto that an app reaches, and keeps its listener on loopback.
+#[tokio::test]
+async fn the_development_broker_configuration_runs_a_mosquitto_apps_reach() {
+    let broker = Mosquitto::start_with_conf(|_, port| {
+        let (ok, out, err) = lanyard_cli(&["broker-config", "--dev", "--port", &port.to_string()]);
+        assert!(ok, "{err}");
+        assert!(
+            out.contains(&format!("listener {port} 127.0.0.1\n")),
+            "{out}"
+        );
+        assert!(!out.contains("0.0.0.0"), "{out}");
+        out
+    });
+    let url = format!("mqtt://127.0.0.1:{}", broker.port);
+    let config =
+        lanyard_std::mqtt::MqttConfig::from_url(&url, "dev-broker-app", None, None).unwrap();
+    let transport =
+        lanyard_std::mqtt::MqttTransport::connect_and_wait(config, Duration::from_secs(10))
+            .await
+            .expect("the development broker takes an anonymous app");
+    let app = lanyard_std::app::AppClient::new(transport).await.unwrap();
+    app.close(Duration::from_secs(1)).await.unwrap();
+    // The files of a production broker go together, and not with --dev.
+    let (ok, _, err) = lanyard_cli(&["broker-config", "--ca", "ca.pem"]);
+    assert!(!ok && err.contains("--cert"), "{err}");
+    let (ok, _, err) = lanyard_cli(&["broker-config", "--dev", "--ca", "ca.pem"]);
+    assert!(!ok && err.contains("cannot be used"), "{err}");
+}

@@ -322,26 +322,32 @@ enum Cmd {
     },
     /// Prints a mosquitto configuration for a fleet: mutual TLS only, the
     /// certificate's common name as user name and client id, the ACL file,
-    /// and the message size limit.
+    /// no Nagle delay, and the message size limit (docs/broker.md says
+    /// why each). With `--dev`, a broker for development on this machine
+    /// (loopback, no TLS).
     BrokerConfig {
-        /// Port to listen on.
-        #[arg(long, default_value_t = 8883)]
-        port: u16,
+        /// Port to listen on (default: 8883, with `--dev` 1883).
+        #[arg(long)]
+        port: Option<u16>,
         /// Address to listen on.
         #[arg(long, default_value = "0.0.0.0")]
         bind: String,
+        /// A development broker: loopback only, anonymous, no TLS; never
+        /// on a network others can reach.
+        #[arg(long, conflicts_with_all = ["ca", "cert", "key", "acl", "provision_port", "crl"])]
+        dev: bool,
         /// The fleet CA certificate (PEM).
-        #[arg(long)]
-        ca: PathBuf,
+        #[arg(long, required_unless_present = "dev")]
+        ca: Option<PathBuf>,
         /// The broker's certificate (PEM).
-        #[arg(long)]
-        cert: PathBuf,
+        #[arg(long, required_unless_present = "dev")]
+        cert: Option<PathBuf>,
         /// The broker's key (PEM).
-        #[arg(long)]
-        key: PathBuf,
+        #[arg(long, required_unless_present = "dev")]
+        key: Option<PathBuf>,
         /// The ACL file (`lanyard acl > acl`).
-        #[arg(long)]
-        acl: PathBuf,
+        #[arg(long, required_unless_present = "dev")]
+        acl: Option<PathBuf>,
         /// Also listen here for provisioning by claim and certificate
         /// renewal (clients keep their own client id there).
         #[arg(long)]
@@ -535,12 +541,23 @@ fn main() {
                 provision_port,
                 crl,
                 pid_file,
+                dev,
             } => {
+                if dev {
+                    print!(
+                        "{}",
+                        lanyard_std::acl::mosquitto_dev_conf(port.unwrap_or(1883))
+                    );
+                    return Ok(());
+                }
+                let (Some(ca), Some(cert), Some(key), Some(acl)) = (ca, cert, key, acl) else {
+                    return Err("--ca, --cert, --key and --acl go together".into());
+                };
                 print!(
                     "{}",
                     lanyard_std::acl::mosquitto_conf(&lanyard_std::acl::BrokerFiles {
                         bind: &bind,
-                        port,
+                        port: port.unwrap_or(8883),
                         ca: &ca,
                         cert: &cert,
                         key: &key,
