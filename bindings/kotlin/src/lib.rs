@@ -365,7 +365,7 @@ async fn connect(
             detail: "the client has no event queue".into(),
         })?;
     Ok(Arc::new(LanyardApp {
-        runtime,
+        runtime: Arc::new(runtime),
         client: Arc::new(client),
         events: Arc::new(Mutex::new(events)),
     }))
@@ -414,7 +414,7 @@ pub struct ConfigPushReport {
 /// proceed at once; cancelling the coroutine drops its call.
 #[derive(uniffi::Object)]
 pub struct LanyardApp {
-    runtime: tokio::runtime::Runtime,
+    runtime: Arc<tokio::runtime::Runtime>,
     client: Arc<AppClient>,
     /// The events `next_event` reads (a bounded queue: see
     /// `lanyard_std::app::EVENT_QUEUE`).
@@ -632,49 +632,113 @@ impl LanyardApp {
             }
         })
         .await?;
-        Ok(event.map(|e| match e {
-            CoreAppEvent::Delta { device, state } => AppEvent::Delta {
-                device,
-                state: map_of(&state),
-            },
-            CoreAppEvent::Reported {
-                device,
-                state,
-                rejected,
-            } => AppEvent::Reported {
-                device,
-                state: map_of(&state),
-                rejected: rejected
-                    .into_iter()
-                    .map(|r| (r.path, r.reason.name().to_string()))
-                    .collect(),
-            },
-            CoreAppEvent::Telemetry {
-                device,
-                seq,
-                time_ms,
-                readings,
-            } => AppEvent::Telemetry {
-                device,
-                seq,
-                time_ms,
-                readings: map_of(&readings),
-            },
-            CoreAppEvent::Fleet { device, event } => AppEvent::Fleet {
-                device,
-                kind: event.kind().to_string(),
-                detail: event.to_json().to_string(),
-            },
-            CoreAppEvent::Ack {
-                device,
-                command_id,
-                status,
-            } => AppEvent::Ack {
-                device,
-                command_id,
-                status: status.into(),
-            },
+        Ok(event.map(app_event))
+    }
+
+    /// A queue of its own for the events of `devices` (every device
+    /// when `None`), from now on, holding at most `capacity` unread: when
+    /// its reader falls behind, newer events are dropped and counted
+    /// (`dropped`). Kotlin reads it as a `Flow` (`LanyardApp.events`).
+    pub fn open_events(
+        &self,
+        devices: Option<Vec<String>>,
+        capacity: u32,
+    ) -> Result<Arc<EventQueue>, LanyardError> {
+        if capacity == 0 {
+            return Err(LanyardError::BadInput {
+                detail: "capacity: at least one event".into(),
+            });
+        }
+        let watch = match devices {
+            None => lanyard_std::app::Watch::Fleet,
+            Some(names) => lanyard_std::app::Watch::Devices(names.into_iter().collect()),
+        };
+        let events = self.client.events(watch, capacity as usize);
+        Ok(Arc::new(EventQueue {
+            runtime: self.runtime.clone(),
+            dropped: events.drop_counter(),
+            events: Arc::new(Mutex::new(events)),
         }))
+    }
+}
+
+/// The events of some devices ([`LanyardApp::open_events`]), in a bounded
+/// queue.
+#[derive(uniffi::Object)]
+pub struct EventQueue {
+    runtime: Arc<tokio::runtime::Runtime>,
+    events: Arc<Mutex<lanyard_std::app::Events>>,
+    dropped: lanyard_std::app::DropCounter,
+}
+
+#[uniffi::export]
+impl EventQueue {
+    /// The next event, or `None` when none came within `timeout_ms`.
+    /// Cancelling the coroutine gives the queue back at once.
+    pub async fn next(&self, timeout_ms: i64) -> Result<Option<AppEvent>, LanyardError> {
+        let timeout = duration(timeout_ms)?;
+        let events = self.events.clone();
+        let event = on(&self.runtime, async move {
+            let mut events = events.lock().await;
+            match tokio::time::timeout(timeout, events.next()).await {
+                Err(_) => Ok(None),
+                Ok(r) => r.map(Some),
+            }
+        })
+        .await?;
+        Ok(event.map(app_event))
+    }
+
+    /// Events dropped because the queue was full.
+    pub fn dropped(&self) -> u64 {
+        self.dropped.get()
+    }
+}
+
+/// An event of the app client as Kotlin sees it.
+fn app_event(e: CoreAppEvent) -> AppEvent {
+    match e {
+        CoreAppEvent::Delta { device, state } => AppEvent::Delta {
+            device,
+            state: map_of(&state),
+        },
+        CoreAppEvent::Reported {
+            device,
+            state,
+            rejected,
+        } => AppEvent::Reported {
+            device,
+            state: map_of(&state),
+            rejected: rejected
+                .into_iter()
+                .map(|r| (r.path, r.reason.name().to_string()))
+                .collect(),
+        },
+        CoreAppEvent::Telemetry {
+            device,
+            seq,
+            time_ms,
+            readings,
+        } => AppEvent::Telemetry {
+            device,
+            seq,
+            time_ms,
+            readings: map_of(&readings),
+        },
+        CoreAppEvent::Fleet { device, event } => AppEvent::Fleet {
+            device,
+            kind: event.kind().to_string(),
+            detail: event.to_json().to_string(),
+        },
+        CoreAppEvent::Ack {
+            device,
+            command_id,
+            status,
+        } => AppEvent::Ack {
+            device,
+            command_id,
+            status: status.into(),
+        },
     }
 }
 

@@ -4,6 +4,9 @@ import kotlinx.coroutines.Dispatchers
 import kotlinx.coroutines.async
 import kotlinx.coroutines.delay
 import kotlinx.coroutines.runBlocking
+import kotlinx.coroutines.flow.filter
+import kotlinx.coroutines.flow.first
+import kotlinx.coroutines.withTimeout
 import kotlinx.coroutines.withTimeoutOrNull
 import org.junit.jupiter.api.AfterAll
 import org.junit.jupiter.api.BeforeAll
@@ -119,6 +122,26 @@ class AppTest {
         withTimeoutOrNull(100) { quiet.nextEvent(10_000) }
         quiet.nextEvent(100)
         assertTrue((System.nanoTime() - started2) / 1_000_000 < 2_000, "the queue was given back")
+    }
+
+    @Test
+    fun eventsAreAFlowPerDevice(): Unit = runBlocking(Dispatchers.Default) {
+        val mode = "flow-${System.nanoTime()}"
+        val other = async {
+            withTimeoutOrNull(3_000) { app.events(listOf("ly-0a0000000009")).first() }
+        }
+        val reported = async {
+            withTimeout(20_000) {
+                app.events(listOf(device))
+                    .filter { it is AppEvent.Reported && it.state["mode"] == ShadowValue.Text(mode) }
+                    .first()
+            }
+        }
+        delay(300) // both collectors subscribed
+        app.setDesired(device, mapOf("mode" to ShadowValue.Text(mode)))
+        assertEquals(device, (reported.await() as AppEvent.Reported).device)
+        assertEquals(null, other.await(), "another device's flow stays empty")
+        assertFailsWith<LanyardException.BadInput> { app.openEvents(null, 0u) }
     }
 
     @Test
