@@ -622,17 +622,7 @@ impl LanyardApp {
     /// The next delta, report or acknowledgement; `None` when none came
     /// within `timeout_ms`.
     pub async fn next_event(&self, timeout_ms: i64) -> Result<Option<AppEvent>, LanyardError> {
-        let timeout = duration(timeout_ms)?;
-        let events = self.events.clone();
-        let event = on(&self.runtime, async move {
-            let mut events = events.lock().await;
-            match tokio::time::timeout(timeout, events.next()).await {
-                Err(_) => Ok(None),
-                Ok(r) => r.map(Some),
-            }
-        })
-        .await?;
-        Ok(event.map(app_event))
+        next_of(&self.runtime, &self.events, timeout_ms).await
     }
 
     /// A queue of its own for the events of `devices` (every device
@@ -676,23 +666,32 @@ impl EventQueue {
     /// The next event, or `None` when none came within `timeout_ms`.
     /// Cancelling the coroutine gives the queue back at once.
     pub async fn next(&self, timeout_ms: i64) -> Result<Option<AppEvent>, LanyardError> {
-        let timeout = duration(timeout_ms)?;
-        let events = self.events.clone();
-        let event = on(&self.runtime, async move {
-            let mut events = events.lock().await;
-            match tokio::time::timeout(timeout, events.next()).await {
-                Err(_) => Ok(None),
-                Ok(r) => r.map(Some),
-            }
-        })
-        .await?;
-        Ok(event.map(app_event))
+        next_of(&self.runtime, &self.events, timeout_ms).await
     }
 
     /// Events dropped because the queue was full.
     pub fn dropped(&self) -> u64 {
         self.dropped.get()
     }
+}
+
+/// The next event of `events`, or `None` after `timeout_ms`.
+async fn next_of(
+    runtime: &tokio::runtime::Runtime,
+    events: &Arc<Mutex<lanyard_std::app::Events>>,
+    timeout_ms: i64,
+) -> Result<Option<AppEvent>, LanyardError> {
+    let timeout = duration(timeout_ms)?;
+    let events = events.clone();
+    let event = on(runtime, async move {
+        let mut events = events.lock().await;
+        match tokio::time::timeout(timeout, events.next()).await {
+            Err(_) => Ok(None),
+            Ok(r) => r.map(Some),
+        }
+    })
+    .await?;
+    Ok(event.map(app_event))
 }
 
 /// An event of the app client as Kotlin sees it.
