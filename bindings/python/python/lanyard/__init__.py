@@ -24,7 +24,7 @@ from __future__ import annotations
 import json
 import logging
 import os
-from typing import Any, Callable, Dict, List, Optional, Tuple, TypedDict, Union
+from typing import Any, Callable, Dict, List, Optional, Tuple, TypedDict, Union, cast
 
 
 from ._lanyard import App as _App
@@ -33,7 +33,8 @@ from ._lanyard import Device as _Device
 from ._lanyard import EventQueue as _EventQueue
 from ._lanyard import Shadow as _Shadow
 
-__all__ = ["App", "Bridge", "Closed", "CommandOutcome", "ConnectionFailed", "Device", "Events",
+__all__ = ["App", "Bridge", "Closed", "CommandOutcome", "ConfigPushReport", "ConnectionFailed",
+           "Device", "DeviceSummary", "Event", "Events", "ShadowDocument",
            "FrameDecoder", "InvalidInput", "Json", "LanyardError", "LinkError", "NotFound",
            "NotPermitted", "Rejected", "Shadow", "ShadowRejected", "Timeout", "VersionConflict",
            "WrongType", "decode", "encode_frame"]
@@ -90,6 +91,68 @@ class CommandOutcome(TypedDict):
     detail: Optional[str]
     result: Optional[Json]
     result_cbor: Optional[bytes]
+
+
+class ShadowDocument(TypedDict):
+    """A device's shadow as ``App.get_shadow`` returns it."""
+
+    version: int
+    desired: Json
+    reported: Json
+    in_sync: bool
+    #: Each desired property the device refuses, dotted, to the reason's name.
+    rejected: Dict[str, str]
+
+
+class DeviceSummary(TypedDict):
+    """One device as ``App.list_devices`` lists it."""
+
+    device: str
+    online: bool
+    state: Optional[str]
+    health: Optional[str]
+    firmware: Optional[str]
+    last_seen_ms: Optional[int]
+    version: int
+    in_sync: bool
+    #: Conflicts waiting for an operator.
+    parked: int
+    #: Desired properties the device refuses.
+    refused: int
+    decommissioned: bool
+
+
+class ConfigPushReport(TypedDict):
+    """What became of a configuration pushed to devices
+    (``App.push_config``)."""
+
+    applied: List[str]
+    #: ``[device, version it runs]``
+    ignored: List[List[Any]]
+    #: ``[device, why]``
+    rejected: List[List[str]]
+    unanswered: List[str]
+
+
+class Event(TypedDict, total=False):
+    """An event (``App.next_event``, ``Events``). Every event has ``type``
+    and ``device``; the other keys are those of its type: ``"delta"``:
+    ``state``; ``"reported"``: ``state``, ``rejected``; ``"telemetry"``:
+    ``seq``, ``time_ms``, ``readings``; ``"ack"``: ``command_id``,
+    ``status``; ``"fleet"``: ``kind``, ``at_ms`` and the kind's own
+    (``last_seen_ms``, ``from``, ``to``, ``status``, ``path``, ...)."""
+
+    type: str
+    device: str
+    state: Json
+    rejected: Dict[str, str]
+    seq: int
+    time_ms: int
+    readings: Json
+    command_id: str
+    status: str
+    kind: str
+    at_ms: int
 
 
 def decode(data: Union[bytes, bytearray, memoryview], kind: Optional[str] = None
@@ -200,19 +263,20 @@ class App:
         for instance more state than the device said it can hold."""
         return self._app.set_desired(device, _state_json(state, "desired state"))
 
-    def get_shadow(self, device: str, timeout: float = 5.0) -> Json:
+    def get_shadow(self, device: str, timeout: float = 5.0) -> ShadowDocument:
         """The device's shadow: ``{"version", "desired", "reported",
         "in_sync", "rejected"}`` (``rejected``: each desired property the
         device refuses, dotted, to the reason's name)."""
-        return _object(self._app.get_shadow(device, float(timeout)))
+        return cast(ShadowDocument, _object(self._app.get_shadow(device, float(timeout))))
 
-    def list_devices(self, tenant: Optional[str] = None, timeout: float = 10.0) -> List[Json]:
+    def list_devices(self, tenant: Optional[str] = None,
+                     timeout: float = 10.0) -> List[DeviceSummary]:
         """The fleet's devices, as the twin host knows them: a list of
         ``{"device", "online", "state", "health", "firmware",
         "last_seen_ms", "version", "in_sync", "parked", "refused",
         "decommissioned"}`` in the order of their names (``parked``:
         conflicts waiting for an operator)."""
-        devices: List[Json] = json.loads(self._app.list_devices(tenant, float(timeout)))
+        devices: List[DeviceSummary] = json.loads(self._app.list_devices(tenant, float(timeout)))
         return devices
 
     def resolve(self, device: str, path: str, winner: str, timeout: float = 10.0) -> int:
@@ -231,14 +295,14 @@ class App:
         return self._app.revoke(device, reason, bool(decommission), float(timeout))
 
     def push_config(self, devices: List[str], version: int, fields: Json,
-                    timeout: float = 30.0) -> Json:
+                    timeout: float = 30.0) -> ConfigPushReport:
         """Pushes configuration ``version`` changing ``fields`` (e.g.
         ``{"telemetry_ms": 60000}``; the others are kept) to ``devices``
         and counts their acknowledgements: ``{"applied": [...],
         "ignored": [[device, version it runs], ...], "rejected": [[device,
         why], ...], "unanswered": [...]}``."""
-        return _object(self._app.push_config(list(devices), int(version), dict(fields),
-                                                float(timeout)))
+        return cast(ConfigPushReport, _object(self._app.push_config(
+            list(devices), int(version), dict(fields), float(timeout))))
 
     def command(self, device: str, name: str, args: Optional[Json] = None,
                 timeout: float = 10.0) -> CommandOutcome:
@@ -252,7 +316,7 @@ class App:
         return _command_outcome(self._app.command(
             device, name, _state_json(args or {}, "command arguments"), float(timeout)))
 
-    def next_event(self, timeout: float = 1.0) -> Optional[Json]:
+    def next_event(self, timeout: float = 1.0) -> Optional[Event]:
         """The next event, or ``None`` after ``timeout`` seconds:
         ``{"type": "delta", "device", "state"}``,
         ``{"type": "reported", "device", "state", "rejected"}`` (``rejected``
@@ -283,14 +347,14 @@ class App:
                                        int(capacity)))
 
 
-def _event(event: Optional[Tuple[str, str, str]]) -> Optional[Json]:
+def _event(event: Optional[Tuple[str, str, str]]) -> Optional[Event]:
     """An event of the native part as the dict ``App.next_event`` returns."""
     if event is None:
         return None
     kind, device, text = event
     body = json.loads(text)
     if kind in ("ack", "reported", "telemetry", "fleet"):
-        return {"type": kind, "device": device, **body}
+        return cast(Event, {"type": kind, "device": device, **body})
     return {"type": kind, "device": device, "state": body}
 
 
@@ -311,7 +375,7 @@ class Events:
     def __init__(self, queue: _EventQueue) -> None:
         self._queue = queue
 
-    def next(self, timeout: Optional[float] = 1.0) -> Optional[Json]:
+    def next(self, timeout: Optional[float] = 1.0) -> Optional[Event]:
         """The next event, or ``None`` after ``timeout`` seconds (``None``:
         wait until one comes)."""
         return _event(self._queue.next(None if timeout is None else float(timeout)))

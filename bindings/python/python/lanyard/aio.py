@@ -26,9 +26,10 @@ from __future__ import annotations
 
 import asyncio
 import json
-from typing import Any, Callable, Dict, List, Optional, TypeVar, Union
+from typing import Any, Callable, Dict, List, Optional, TypeVar, Union, cast
 
-from . import CommandOutcome, Json, PathLike, _command_outcome, _event, _object, _path, _state_json
+from . import (CommandOutcome, ConfigPushReport, DeviceSummary, Event, Json, PathLike,
+               ShadowDocument, _command_outcome, _event, _object, _path, _state_json)
 from . import Device as _Device
 from ._lanyard import AsyncApp as _AsyncApp
 from ._lanyard import Bridge as _Bridge
@@ -51,13 +52,13 @@ class Events:
     def __aiter__(self) -> "Events":
         return self
 
-    async def __anext__(self) -> Json:
+    async def __anext__(self) -> Event:
         event = await self.next()
         if event is None:
             raise StopAsyncIteration
         return event
 
-    async def next(self) -> Optional[Json]:
+    async def next(self) -> Optional[Event]:
         """The next event; ``None`` once the app is closed. Cancel-safe:
         an event is never lost to a wait given up."""
         return _event(await self._queue.next())
@@ -104,14 +105,14 @@ class App:
         version: int = await self._app.set_desired(device, _state_json(state, "desired state"))
         return version
 
-    async def get_shadow(self, device: str, timeout: float = 5.0) -> Json:
+    async def get_shadow(self, device: str, timeout: float = 5.0) -> ShadowDocument:
         """``lanyard.App.get_shadow``."""
-        return _object(await self._app.get_shadow(device, float(timeout)))
+        return cast(ShadowDocument, _object(await self._app.get_shadow(device, float(timeout))))
 
     async def list_devices(self, tenant: Optional[str] = None,
-                           timeout: float = 10.0) -> List[Json]:
+                           timeout: float = 10.0) -> List[DeviceSummary]:
         """``lanyard.App.list_devices``."""
-        devices: List[Json] = json.loads(await self._app.list_devices(tenant, float(timeout)))
+        devices: List[DeviceSummary] = json.loads(await self._app.list_devices(tenant, float(timeout)))
         return devices
 
     async def resolve(self, device: str, path: str, winner: str, timeout: float = 10.0) -> int:
@@ -126,10 +127,10 @@ class App:
         return revoked
 
     async def push_config(self, devices: List[str], version: int, fields: Json,
-                          timeout: float = 30.0) -> Json:
+                          timeout: float = 30.0) -> ConfigPushReport:
         """``lanyard.App.push_config``."""
-        return _object(await self._app.push_config(list(devices), int(version), dict(fields),
-                                                   float(timeout)))
+        return cast(ConfigPushReport, _object(await self._app.push_config(
+            list(devices), int(version), dict(fields), float(timeout))))
 
     async def command(self, device: str, name: str, args: Optional[Json] = None,
                       timeout: float = 10.0) -> CommandOutcome:
@@ -137,7 +138,7 @@ class App:
         return _command_outcome(await self._app.command(
             device, name, _state_json(args or {}, "command arguments"), float(timeout)))
 
-    async def next_event(self, timeout: Optional[float] = None) -> Optional[Json]:
+    async def next_event(self, timeout: Optional[float] = None) -> Optional[Event]:
         """``lanyard.App.next_event``; without ``timeout``, waits until an
         event comes."""
         return _event(await self._app.next_event(None if timeout is None else float(timeout)))
