@@ -10,7 +10,7 @@ use std::time::Duration;
 
 mod router;
 use router::Router;
-pub use router::{DropCounter, Events, Watch};
+pub use router::{DropCounter, Events, Watch, ZeroCapacity};
 
 use lanyard_core::agent::messages::{
     Ack, AckReason, AckStatus, Command, Encodable, MessageKind, Telemetry,
@@ -353,7 +353,7 @@ impl AppClient {
             transport.subscribe(&filter(tenants, t)).await?;
         }
         let router = Router::start(transport, tenants, event_of);
-        let own_events = Some(router.events(Watch::Fleet, EVENT_QUEUE));
+        let own_events = router.events(Watch::Fleet, EVENT_QUEUE).ok();
         Ok(AppClient {
             router,
             own_events,
@@ -365,10 +365,10 @@ impl AppClient {
     }
 
     /// A new subscription to `watch`'s events (a device, a list, the
-    /// fleet) holding at most `capacity` unread; it sees what arrives from
-    /// now on. Any number may be open; each gets every event it watches,
+    /// fleet) holding at most `capacity` unread (at least one); it sees
+    /// what arrives from now on. Any number may be open; each gets every event it watches,
     /// apart from the answers a call of this client is waiting for.
-    pub fn events(&self, watch: Watch, capacity: usize) -> Events {
+    pub fn events(&self, watch: Watch, capacity: usize) -> Result<Events, ZeroCapacity> {
         self.router.events(watch, capacity)
     }
 
@@ -1295,8 +1295,9 @@ mod tests {
         let broker = MemoryBroker::new();
         let mut device = broker.connect();
         let app = AppClient::new(broker.connect()).await.unwrap();
-        let mut one = app.events(Watch::device("ly-1"), 2);
-        let mut fleet = app.events(Watch::Fleet, 100);
+        assert!(matches!(app.events(Watch::Fleet, 0), Err(ZeroCapacity)));
+        let mut one = app.events(Watch::device("ly-1"), 2).unwrap();
+        let mut fleet = app.events(Watch::Fleet, 100).unwrap();
         for n in 0..5 {
             let payload = ack(&format!("c{n}"), AckStatus::Succeeded);
             device
@@ -1364,7 +1365,7 @@ mod tests {
     async fn a_closed_client_refuses_calls_and_ends_its_events() {
         let broker = MemoryBroker::new();
         let mut app = AppClient::new(broker.connect()).await.unwrap();
-        let mut events = app.events(Watch::Fleet, 10);
+        let mut events = app.events(Watch::Fleet, 10).unwrap();
         app.close(Duration::from_secs(1)).await.unwrap();
         let r = app
             .command("ly-1", "ping", &[], 1, Duration::from_secs(10))

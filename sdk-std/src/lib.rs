@@ -19,8 +19,9 @@
 //! - [`metrics`]: Prometheus text exposition on an optional port;
 //! - [`app`]: the app side: set desired state, read shadows, watch deltas
 //!   and reports, send commands and await their acknowledgement;
-//! - [`aws_json`]: the AWS IoT Device Shadow JSON codec; [`describe`]: any
-//!   message as JSON.
+//! - [`aws_json`]: the AWS IoT Device Shadow JSON codec; [`local_shadow`]:
+//!   a shadow kept in process with that JSON view (what the bindings'
+//!   `Shadow` wraps); [`describe`]: any message as JSON.
 //!
 //! Features: `runtime` brings tokio and the network (everything a device,
 //! gateway or service needs); `cli` (the default) adds the `lanyard`
@@ -75,6 +76,8 @@ pub mod device;
 pub mod driver;
 pub mod fog;
 pub mod hex;
+#[cfg(feature = "runtime")]
+pub mod local_shadow;
 #[cfg(feature = "runtime")]
 pub mod metrics;
 #[cfg(feature = "runtime")]

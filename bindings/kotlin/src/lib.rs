@@ -634,16 +634,12 @@ impl LanyardApp {
         devices: Option<Vec<String>>,
         capacity: u32,
     ) -> Result<Arc<EventQueue>, LanyardError> {
-        if capacity == 0 {
-            return Err(LanyardError::BadInput {
-                detail: "capacity: at least one event".into(),
-            });
-        }
-        let watch = match devices {
-            None => lanyard_std::app::Watch::Fleet,
-            Some(names) => lanyard_std::app::Watch::Devices(names.into_iter().collect()),
-        };
-        let events = self.client.events(watch, capacity as usize);
+        let events = self
+            .client
+            .events(lanyard_std::app::Watch::of(devices), capacity as usize)
+            .map_err(|e| LanyardError::BadInput {
+                detail: e.to_string(),
+            })?;
         Ok(Arc::new(EventQueue {
             runtime: self.runtime.clone(),
             dropped: events.drop_counter(),

@@ -7,7 +7,7 @@
 //! another's `next_event`. Each call is written once, as a future over the
 //! client (`Call`), and each result turned into Python once (its `shape`).
 
-use std::collections::{BTreeSet, HashMap};
+use std::collections::HashMap;
 use std::future::Future;
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -321,22 +321,6 @@ mod calls {
     }
 }
 
-/// What `devices` watches: the fleet (`None`), or the devices named.
-fn watch_of(devices: Option<Vec<String>>) -> Watch {
-    match devices {
-        None => Watch::Fleet,
-        Some(names) => Watch::Devices(names.into_iter().collect::<BTreeSet<_>>()),
-    }
-}
-
-/// A queue of at most `capacity` unread events (at least one).
-fn capacity_of(capacity: usize) -> PyResult<usize> {
-    if capacity == 0 {
-        return Err(PyValueError::new_err("capacity: at least one event"));
-    }
-    Ok(capacity)
-}
-
 /// An app connected to a twin host: sets a device's desired state, reads
 /// its shadow, sends it commands and waits for their final
 /// acknowledgement, and watches deltas, reports and acknowledgements.
@@ -512,7 +496,9 @@ impl App {
     #[pyo3(signature = (devices=None, capacity=1000))]
     fn events(&self, devices: Option<Vec<String>>, capacity: usize) -> PyResult<EventQueue> {
         let client = self.shared.client()?;
-        let events = client.events(watch_of(devices), capacity_of(capacity)?);
+        let events = client
+            .events(Watch::of(devices), capacity)
+            .map_err(|e| PyValueError::new_err(e.to_string()))?;
         Ok(EventQueue::new(Some(self.rt.clone()), events))
     }
 }
@@ -721,7 +707,9 @@ impl AsyncApp {
     #[pyo3(signature = (devices=None, capacity=1000))]
     fn events(&self, devices: Option<Vec<String>>, capacity: usize) -> PyResult<EventQueue> {
         let client = self.shared.client()?;
-        let events = client.events(watch_of(devices), capacity_of(capacity)?);
+        let events = client
+            .events(Watch::of(devices), capacity)
+            .map_err(|e| PyValueError::new_err(e.to_string()))?;
         Ok(EventQueue::new(None, events))
     }
 

@@ -3,6 +3,8 @@ update sequences checked against a plain-Python model of the AWS rules,
 and the conflict policies. No broker needed."""
 
 import copy
+import json
+import pathlib
 import random
 import time
 import unittest
@@ -11,85 +13,90 @@ import lanyard
 from lanyard import Shadow, ShadowRejected, VersionConflict
 
 
-class AwsDocuments(unittest.TestCase):
-    """The exchanges of the AWS IoT developer guide's "Device Shadow
-    service documents" and "Interacting with shadows" pages, with their
-    documents' shapes (timestamps vary)."""
+CASES = pathlib.Path(__file__).resolve().parents[2] / "shadow-cases.json"
+DEFAULT_AT = 1700000000000
 
-    def test_reported_then_desired_then_delta(self):
-        s = Shadow()
-        with self.assertRaises(ShadowRejected) as e:
-            s.get()
-        self.assertEqual(e.exception.code, 404)
 
-        doc = s.update({"state": {"reported": {"color": "red"}}, "clientToken": "token-1"})
-        self.assertEqual(doc["state"], {"reported": {"color": "red"}})
-        self.assertEqual(set(doc["metadata"]["reported"]["color"]), {"timestamp"})
-        self.assertEqual(doc["version"], 1)
-        self.assertEqual(doc["clientToken"], "token-1")
-        self.assertIsInstance(doc["timestamp"], int)
+def by_path(conflicts):
+    return sorted(conflicts, key=lambda c: c["path"])
 
-        doc = s.update({"state": {"desired": {"color": "green"}}})
-        self.assertEqual(doc["version"], 2)
-        got = s.get(client_token="token-2")
-        self.assertEqual(
-            got["state"],
-            {"desired": {"color": "green"}, "reported": {"color": "red"}, "delta": {"color": "green"}},
-        )
-        self.assertEqual(got["version"], 2)
-        self.assertEqual(got["clientToken"], "token-2")
-        self.assertEqual(set(got["metadata"]), {"desired", "reported"})
 
-        # The device catches up: no delta any more.
-        s.update({"state": {"reported": {"color": "green"}}})
-        self.assertNotIn("delta", s.get()["state"])
+class SharedCases(unittest.TestCase):
+    """The cases the Kotlin binding runs too (bindings/shadow-cases.json):
+    the AWS IoT developer guide's documents, refusals, and the conflict
+    policies."""
 
-    def test_nested_objects_and_arrays(self):
-        s = Shadow()
-        s.update({"state": {"desired": {"lights": {"color": "red", "brightness": 1},
-                                        "colors": ["RED", "GREEN"]}}})
-        s.update({"state": {"reported": {"lights": {"color": "red"}, "colors": ["RED"]}}})
-        # Only the differing leaf of an object; an array whole.
-        self.assertEqual(s.get()["state"]["delta"],
-                         {"lights": {"brightness": 1}, "colors": ["RED", "GREEN"]})
-        # An array is replaced, never merged.
-        s.update({"state": {"desired": {"colors": ["BLUE"]}}})
-        self.assertEqual(s.desired["colors"], ["BLUE"])
+    def expect_keys(self, doc, expected, where):
+        for key, value in expected.items():
+            self.assertIn(key, doc, where)
+            self.assertEqual(doc[key], value, f"{where}: {key}")
 
-    def test_null_deletes_a_property_and_a_whole_side(self):
-        s = Shadow()
-        s.update({"state": {"desired": {"a": 1, "b": {"c": 2, "d": 3}}}})
-        s.update({"state": {"desired": {"b": {"c": None}}}})
-        self.assertEqual(s.desired, {"a": 1, "b": {"d": 3}})
-        doc = s.update({"state": {"desired": None}})
-        self.assertEqual(doc["state"], {"desired": None})
-        self.assertEqual(s.desired, {})
+    def run_step(self, s, step, where):
+        op, at = step["op"], step.get("at", DEFAULT_AT)
+        if op in ("update", "get"):
+            try:
+                if op == "get":
+                    doc = s.get(client_token=step.get("client_token"), now_ms=at)
+                elif "request_text" in step:
+                    ok, text, _ = s._s.update_aws(step["request_text"], at)
+                    doc = json.loads(text)
+                    if not ok:
+                        raise lanyard._shadow_refusal(doc["code"], doc["message"], doc)
+                else:
+                    doc = s.update(step["request"], now_ms=at)
+            except ShadowRejected as e:
+                self.assertIn("rejected", step, f"{where}: refused {e}")
+                self.assertEqual(e.code, step["rejected"]["code"], where)
+                self.assertIsInstance(e, VersionConflict if e.code == 409 else ShadowRejected)
+                self.expect_keys(e.document, step["rejected"], where)
+                return
+            self.assertNotIn("rejected", step, f"{where}: accepted {doc}")
+            self.expect_keys(doc, step.get("accepted", {}), where)
+        elif op in ("update_desired", "update_reported"):
+            try:
+                v = getattr(s, op)(step["state"], version=step.get("if_version"), now_ms=at)
+            except ShadowRejected as e:
+                self.assertIn("rejected", step, f"{where}: refused {e}")
+                self.assertEqual(e.code, step["rejected"]["code"], where)
+                return
+            self.assertNotIn("rejected", step, where)
+            if "version" in step:
+                self.assertEqual(v, step["version"], where)
+            if "conflicts" in step:
+                self.assertEqual(by_path(s.last_conflicts), by_path(step["conflicts"]), where)
+        elif op in ("desired", "reported", "delta"):
+            self.assertEqual(getattr(s, op), step["expect"], where)
+        elif op == "parked":
+            self.assertEqual([p for p, _ in s.parked()], step["expect"], where)
+        elif op == "resolve":
+            error = {"not_parked": KeyError, "bad_input": ValueError}.get(step.get("error"))
+            if error is not None:
+                with self.assertRaises(error, msg=where):
+                    s.resolve(step["path"], step["winner"], now_ms=at)
+                return
+            v = s.resolve(step["path"], step["winner"], now_ms=at)
+            if "version" in step:
+                self.assertEqual(v, step["version"], where)
+        elif op == "counts":
+            self.expect_keys(s.conflict_counts(), step["expect"], where)
+        elif op == "policy_for":
+            self.assertEqual(s.policy_for(step["path"]), step["expect"], where)
+        else:
+            self.fail(f"{where}: unknown step {op!r}")
 
-    def test_version_conflict_and_malformed_requests_are_refused_unchanged(self):
-        s = Shadow()
-        s.update({"state": {"desired": {"x": 1}}})
-        before = s.get()
-        with self.assertRaises(VersionConflict) as e:
-            s.update({"state": {"desired": {"x": 2}}, "version": 7, "clientToken": "t"})
-        self.assertEqual((e.exception.code, e.exception.message), (409, "Version conflict"))
-        self.assertEqual(e.exception.document["clientToken"], "t")
-        self.assertIsInstance(e.exception, lanyard.Rejected)
-        self.assertIsInstance(e.exception, lanyard.LanyardError)
-        # The current version is taken.
-        self.assertEqual(s.update({"state": {"desired": {"x": 2}}, "version": 1})["version"], 2)
-        for bad, message in [
-            ({}, "Missing required node: state"),
-            ({"state": "on"}, "State node must be an object"),
-            ({"state": {"desired": 5}}, "Desired node must be an object"),
-            ({"state": {"reported": []}}, "Reported node must be an object"),
-            ({"state": {}, "version": "one"}, "Invalid version"),
-        ]:
-            with self.assertRaises(ShadowRejected) as e:
-                s.update(bad)
-            self.assertEqual((e.exception.code, e.exception.message), (400, message), bad)
-        self.assertEqual(s.get()["state"], {"desired": {"x": 2}, "delta": {"x": 2}})
-        self.assertEqual(s.version, 2)
-        self.assertEqual(before["version"], 1)
+    def test_shared_cases(self):
+        cases = json.loads(CASES.read_text())["cases"]
+        self.assertGreaterEqual(len(cases), 8)
+        for case in cases:
+            s = Shadow(policies=case.get("policies"),
+                       default_policy=case.get("default_policy", "cloud_wins"),
+                       skew_tolerance_ms=case.get("skew_tolerance_ms", 1000))
+            for i, step in enumerate(case["steps"]):
+                self.run_step(s, step, f"{case['name']}, step {i} ({step['op']})")
+
+
+class PythonInput(unittest.TestCase):
+    """What only Python can hand the shadow."""
 
     def test_input_python_cannot_send_is_a_clear_error(self):
         s = Shadow()
@@ -231,53 +238,10 @@ class AgainstTheModel(unittest.TestCase):
                     self.assertEqual(got.get("delta", {}), delta(m.desired, m.reported), where)
 
 
-class Policies(unittest.TestCase):
-    """Conflicts: both sides changed a property since they last agreed."""
+class Clock(unittest.TestCase):
+    """Without ``now_ms`` the writes take the clock's time."""
 
-    def agreed(self, **policies):
-        s = Shadow(policies=policies)
-        s.update_desired({"cfg": {"mode": "eco"}, "sensor": {"rate": 1}, "pref": {"unit": "C"}})
-        s.update_reported({"cfg": {"mode": "eco"}, "sensor": {"rate": 1}, "pref": {"unit": "C"}})
-        return s
-
-    def test_each_policy_settles_its_conflict(self):
-        s = self.agreed(cfg="cloud_wins", sensor="device_wins", pref="manual_resolve")
-        self.assertEqual(s.policy_for("sensor.rate"), "device_wins")
-        s.update_desired({"cfg": {"mode": "boost"}, "sensor": {"rate": 2}, "pref": {"unit": "F"}})
-        s.update_reported({"cfg": {"mode": "off"}, "sensor": {"rate": 5}, "pref": {"unit": "K"}})
-        by_path = {c["path"]: c for c in s.last_conflicts}
-        self.assertEqual(by_path["cfg.mode"]["winner"], "cloud")
-        self.assertEqual(by_path["sensor.rate"]["winner"], "device")
-        self.assertIsNone(by_path["pref.unit"]["winner"])
-        # Cloud wins: desired stands and the delta asks again. Device wins:
-        # desired takes the reported value. Manual: parked, out of the delta.
-        self.assertEqual(s.desired, {"cfg": {"mode": "boost"}, "sensor": {"rate": 5},
-                                     "pref": {"unit": "F"}})
-        self.assertEqual(s.delta, {"cfg": {"mode": "boost"}})
-        self.assertEqual([p for p, _ in s.parked()], ["pref.unit"])
-        counts = s.conflict_counts()
-        self.assertEqual((counts["cloud_wins"], counts["device_wins"], counts["manual_resolve"]),
-                         (1, 1, 1))
-
-        # The operator picks the device's value: it becomes desired.
-        v = s.resolve("pref.unit", "device")
-        self.assertEqual(v, s.version)
-        self.assertEqual(s.desired["pref"], {"unit": "K"})
-        self.assertEqual(s.parked(), [])
-        with self.assertRaises(KeyError):
-            s.resolve("pref.unit", "cloud")
-        with self.assertRaises(ValueError):
-            s.resolve("cfg.mode", "nobody")
-
-    def test_manual_conflict_resolved_for_the_cloud_goes_back_into_the_delta(self):
-        s = self.agreed(pref="manual_resolve")
-        s.update_desired({"pref": {"unit": "F"}})
-        s.update_reported({"pref": {"unit": "K"}})
-        self.assertNotIn("pref", s.delta)
-        s.resolve("pref.unit", "cloud")
-        self.assertEqual(s.delta, {"pref": {"unit": "F"}})
-
-    def test_latest_wins_takes_the_later_write(self):
+    def test_latest_wins_takes_the_later_write_by_the_clock(self):
         s = Shadow(default_policy="latest_wins", skew_tolerance_ms=0)
         s.update_desired({"t": 20})
         s.update_reported({"t": 20})
@@ -286,13 +250,7 @@ class Policies(unittest.TestCase):
         s.update_reported({"t": 25})  # written after the cloud's
         self.assertEqual(s.last_conflicts[0]["winner"], "device")
         self.assertEqual(s.desired, {"t": 25})
-
-    def test_a_refused_write_changes_nothing(self):
-        s = self.agreed()
-        before = (s.version, s.desired, s.reported)
-        with self.assertRaises(VersionConflict):
-            s.update_desired({"cfg": {"mode": "x"}}, version=99)
-        self.assertEqual((s.version, s.desired, s.reported), before)
+        self.assertGreater(s.get()["timestamp"], 1700000000)
 
 
 if __name__ == "__main__":

@@ -25,6 +25,18 @@ const WAITER_QUEUE: usize = 1024;
 /// How many sends may queue for the transport before a call waits.
 const ORDER_QUEUE: usize = 256;
 
+/// A subscription of no capacity was asked for: it could hold no event.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ZeroCapacity;
+
+impl std::fmt::Display for ZeroCapacity {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("capacity: at least one event")
+    }
+}
+
+impl std::error::Error for ZeroCapacity {}
+
 /// What a subscription watches.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Watch {
@@ -39,6 +51,15 @@ impl Watch {
     /// One device's events.
     pub fn device(name: &str) -> Watch {
         Watch::Devices(BTreeSet::from([name.to_owned()]))
+    }
+
+    /// These devices' events, or every device's when `None`: what the
+    /// bindings take from an optional list.
+    pub fn of<I: IntoIterator<Item = String>>(devices: Option<I>) -> Watch {
+        match devices {
+            None => Watch::Fleet,
+            Some(names) => Watch::Devices(names.into_iter().collect()),
+        }
     }
 
     /// Whether the message on `topic` may be about a device it watches.
@@ -271,22 +292,25 @@ impl Router {
 
     /// A new subscription to `watch`'s events, holding at most `capacity`
     /// unread.
-    pub(super) fn events(&self, watch: Watch, capacity: usize) -> Events {
-        let (tx, rx) = mpsc::channel(capacity.max(1));
+    pub(super) fn events(&self, watch: Watch, capacity: usize) -> Result<Events, ZeroCapacity> {
+        if capacity == 0 {
+            return Err(ZeroCapacity);
+        }
+        let (tx, rx) = mpsc::channel(capacity);
         let dropped = Arc::new(AtomicU64::new(0));
         lock(&self.routes).subscribers.push(Subscriber {
             watch,
             tx,
             dropped: dropped.clone(),
         });
-        Events {
+        Ok(Events {
             rx,
             dropped,
             ended: self.ended.clone(),
             undecodable: self.undecodable.clone(),
             tenants: self.tenants,
             event_of: self.event_of,
-        }
+        })
     }
 }
 

@@ -622,13 +622,15 @@ class Shadow:
         """The document's version: 0 before the first write."""
         return self._s.version
 
-    def update(self, request: Json) -> Json:
+    def update(self, request: Json, now_ms: Optional[int] = None) -> Json:
         """Applies an AWS IoT shadow update request (``{"state":
         {"desired": {...}, "reported": {...}}, "version": N, "clientToken":
         "..."}``) and returns what AWS IoT publishes on
         ``/update/accepted``. Refused (nothing changes), raises
         ``VersionConflict`` or ``ShadowRejected`` with the code and message
-        AWS IoT publishes on ``/update/rejected``."""
+        AWS IoT publishes on ``/update/rejected``. ``now_ms`` is the time
+        of the write (the clock's when ``None``): metadata timestamps and
+        ``latest_wins`` use it."""
         if not isinstance(request, dict):
             raise WrongType(f"an update request is a dict, not {type(request).__name__}")
         _check_ints(request, "request")
@@ -636,39 +638,43 @@ class Shadow:
             text = json.dumps(request, allow_nan=False)
         except (TypeError, ValueError) as e:
             raise InvalidInput(f"request: {e}") from None
-        ok, answer, conflicts = self._s.update_aws(text)
+        ok, answer, conflicts = self._s.update_aws(text, now_ms)
         doc = _object(answer)
         if not ok:
             raise _shadow_refusal(doc["code"], doc["message"], doc)
         self.last_conflicts = json.loads(conflicts)
         return doc
 
-    def get(self, client_token: Optional[str] = None) -> Json:
+    def get(self, client_token: Optional[str] = None, now_ms: Optional[int] = None) -> Json:
         """What AWS IoT publishes on ``/get/accepted``: ``state`` (desired,
         reported, delta), ``metadata`` (a timestamp per property),
         ``version``, ``timestamp``. Before the first write there is no
         shadow: ``ShadowRejected`` with code 404, as AWS IoT answers."""
-        text = self._s.get_aws(client_token)
-        if text is None:
-            raise ShadowRejected(404, "No shadow exists")
-        return _object(text)
+        ok, text = self._s.get_aws(client_token, now_ms)
+        doc = _object(text)
+        if not ok:
+            raise _shadow_refusal(doc["code"], doc["message"], doc)
+        return doc
 
-    def _write(self, method: Callable[[str, Optional[int]], Tuple[bool, int, str]], state: Json,
-               version: Optional[int], what: str) -> int:
-        ok, n, text = method(_state_json(state, what), version)
+    def _write(self, method: Callable[[str, Optional[int], Optional[int]], Tuple[bool, int, str]],
+               state: Json, version: Optional[int], now_ms: Optional[int], what: str) -> int:
+        ok, n, text = method(_state_json(state, what), version, now_ms)
         if not ok:
             raise _shadow_refusal(n, text)
         self.last_conflicts = json.loads(text)
         return n
 
-    def update_desired(self, state: Json, version: Optional[int] = None) -> int:
+    def update_desired(self, state: Json, version: Optional[int] = None,
+                       now_ms: Optional[int] = None) -> int:
         """Writes desired state, as the cloud; with ``version``, only if it
-        is the shadow's. Returns the new version."""
-        return self._write(self._s.update_desired, state, version, "desired state")
+        is the shadow's; at ``now_ms`` (the clock's when ``None``). Returns
+        the new version."""
+        return self._write(self._s.update_desired, state, version, now_ms, "desired state")
 
-    def update_reported(self, state: Json, version: Optional[int] = None) -> int:
+    def update_reported(self, state: Json, version: Optional[int] = None,
+                        now_ms: Optional[int] = None) -> int:
         """Writes reported state, as the device. See ``update_desired``."""
-        return self._write(self._s.update_reported, state, version, "reported state")
+        return self._write(self._s.update_reported, state, version, now_ms, "reported state")
 
     @property
     def desired(self) -> Json:
@@ -691,12 +697,12 @@ class Shadow:
         parked at ms)``."""
         return self._s.parked()
 
-    def resolve(self, path: str, winner: str) -> int:
+    def resolve(self, path: str, winner: str, now_ms: Optional[int] = None) -> int:
         """Settles the conflict parked at ``path``: ``winner`` is
         ``"cloud"`` (desired stands; the delta asks the device for it) or
         ``"device"`` (the reported value becomes desired). Returns the
         version. ``KeyError`` when nothing is parked there."""
-        return self._s.resolve(path, winner)
+        return self._s.resolve(path, winner, now_ms)
 
     def conflict_counts(self) -> Dict[str, int]:
         """Conflicts settled so far: by policy, and how many each side
