@@ -22,6 +22,9 @@ use lanyard_std::mqtt::{MqttConfig, MqttTransport};
 use lanyard_std::twin::{TWIN_LEAVES, TWIN_POOL};
 use tokio::sync::Mutex;
 
+mod shadow;
+pub use shadow::Shadow;
+
 uniffi::setup_scaffolding!();
 
 type Tree = StateTree<TWIN_LEAVES, TWIN_POOL>;
@@ -52,6 +55,22 @@ pub enum LanyardError {
         /// What is wrong with it.
         detail: String,
     },
+    /// A shadow update or read refused as AWS IoT refuses it ([`Shadow`]);
+    /// nothing changed.
+    ShadowRejected {
+        /// 400 malformed, 404 no such shadow, 409 version conflict, 413
+        /// too large.
+        code: u16,
+        /// AWS IoT's words (`message` in its document).
+        reason: String,
+        /// What AWS IoT publishes on `/rejected` (JSON text).
+        document: String,
+    },
+    /// No conflict is parked at the path given to [`Shadow::resolve`].
+    NotParked {
+        /// The path.
+        path: String,
+    },
 }
 
 impl std::fmt::Display for LanyardError {
@@ -62,6 +81,8 @@ impl std::fmt::Display for LanyardError {
             LanyardError::Codec { detail } => write!(f, "bad message: {detail}"),
             LanyardError::Transport { detail } => write!(f, "transport: {detail}"),
             LanyardError::BadInput { detail } => write!(f, "bad input: {detail}"),
+            LanyardError::ShadowRejected { code, reason, .. } => write!(f, "{code}: {reason}"),
+            LanyardError::NotParked { path } => write!(f, "no conflict is parked at {path:?}"),
         }
     }
 }
@@ -772,7 +793,8 @@ fn duration(ms: i64) -> Result<Duration, LanyardError> {
         })
 }
 
-fn now_ms() -> u64 {
+/// The clock's time, ms since the epoch.
+pub(crate) fn now_ms() -> u64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map(|d| d.as_millis() as u64)
