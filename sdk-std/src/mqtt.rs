@@ -585,3 +585,13 @@ mod url_tests {
         );
     }
 }
+
+/// A client id no other client of this process has: `{prefix}-{pid}-{n}`.
+/// The broker closes a connection when another client takes its id, so
+/// two clients in one process (two apps of a binding, say) must not share
+/// one.
+pub fn unique_client_id(prefix: &str) -> String {
+    static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
+    let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    format!("{prefix}-{}-{n}", std::process::id())
+}

@@ -331,11 +331,17 @@ pub struct TlsPaths {
 
 /// [`connect_app`] by URL: `mqtt://host:port`, or `mqtts://host:port` with
 /// `tls`. The files are read and checked before connecting: a missing
-/// one, or a key that is not the certificate's, is `BadInput`.
-#[uniffi::export]
+/// one, or a key that is not the certificate's, is `BadInput`. Without a
+/// `clientId`, one no other client of this process has.
+///
+/// ```kotlin
+/// val app = connectAppUrl("mqtt://127.0.0.1:1883")
+/// app.setDesired("ly-020000000000", mapOf("hvac.setpoint" to ShadowValue.Float(21.5)))
+/// ```
+#[uniffi::export(default(client_id = None, tenants = false, timeout_ms = 10000, tls = None))]
 pub async fn connect_app_url(
     url: String,
-    client_id: String,
+    client_id: Option<String>,
     tenants: bool,
     timeout_ms: i64,
     tls: Option<TlsPaths>,
@@ -352,6 +358,8 @@ pub async fn connect_app_url(
             (Some(Path::new(t.ca.as_str())), client)
         }
     };
+    let client_id =
+        client_id.unwrap_or_else(|| lanyard_std::mqtt::unique_client_id("lanyard-kotlin-app"));
     let config = MqttConfig::from_url(&url, client_id, ca, client).map_err(bad)?;
     connect(config, tenants, timeout_ms).await
 }

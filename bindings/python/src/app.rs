@@ -24,7 +24,8 @@ use serde_json::{Value as Json, json};
 use tokio::runtime::Runtime;
 
 use crate::errors::{PyOSError, PyRuntimeError, PyTimeoutError, PyValueError};
-use crate::{Rejected, Tree, block_on, broker_config, runtime, seconds, unique_client_id};
+use crate::{Rejected, Tree, block_on, broker_config, runtime, seconds};
+use lanyard_std::mqtt::unique_client_id;
 
 /// A client and its own event queue, as both classes hold them.
 struct Shared {

@@ -229,7 +229,7 @@ impl Bridge {
         let client_id = self
             .device_id
             .clone()
-            .unwrap_or_else(|| unique_client_id("lanyard-py-bridge"));
+            .unwrap_or_else(|| lanyard_std::mqtt::unique_client_id("lanyard-py-bridge"));
         let mut config = self.config.clone();
         config.client_id = client_id;
         // The device's identity, as the ACL knows it (`{tenant}/{id}` or `{id}`).
@@ -423,15 +423,6 @@ fn block_on_with<T: Send + 'static, E: Send>(
             return Err(e);
         }
     }
-}
-
-/// A client id no other client of this process has (the broker closes a
-/// connection when another client takes its id, so two `App`s in one
-/// process must not share one).
-fn unique_client_id(prefix: &str) -> String {
-    static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
-    let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-    format!("{prefix}-{}-{n}", std::process::id())
 }
 
 /// The native part of the `lanyard` package.
