@@ -139,7 +139,7 @@ cargo build -p lanyard-std --bin lanyard --example valve
 # Types: the stub of the native part against the built module, and the
 # package and the example under mypy --strict.
 (cd /tmp && "$venv/bin/python" -m mypy.stubtest lanyard._lanyard)
-"$venv/bin/python" -m mypy --strict bindings/python/python/lanyard examples/python/gateway.py
+"$venv/bin/python" -m mypy --strict bindings/python/python/lanyard examples/python/gateway.py examples/python/hello.py
 
 step "Kotlin bindings: uniffi generates the sources, Maven compiles them and runs their tests (against mosquitto, lanyard twin and lanyard device)"
 bash scripts/test-kotlin.sh

@@ -28,10 +28,13 @@ demo_out="$(mktemp)"
 "$lanyard_bin" demo --devices 3 --minutes 60 > "$demo_out" 2>&1 &
 demo_pid=$!
 trap 'kill "$demo_pid" 2>/dev/null || true; rm -f "$demo_out"' EXIT
+# As a newcomer would: once the demo shows its devices running.
 url=""
-for _ in $(seq 1 100); do
-    url="$(head -1 "$demo_out" | grep -o 'mqtt://[0-9.:]*' || true)"
-    [ -n "$url" ] && break
+for _ in $(seq 1 300); do
+    if grep -q 'ly-020000000000 <- register/accepted' "$demo_out"; then
+        url="$(head -1 "$demo_out" | grep -o 'mqtt://[0-9.:]*' || true)"
+        break
+    fi
     sleep 0.1
 done
 [ -n "$url" ] || { echo "lanyard demo printed no broker:"; cat "$demo_out"; exit 1; }
