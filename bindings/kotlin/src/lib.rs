@@ -5,7 +5,7 @@
 //!
 //! They add no rules: every call is `lanyard_std::app::AppClient`'s. What
 //! they add is the conversion to owned types a foreign language can hold
-//! (maps of dotted paths to values instead of trees, enums instead of
+//! (nested maps of names to values instead of trees, enums instead of
 //! codes) and a tokio runtime of their own, so Kotlin's coroutines can
 //! await the calls: each `suspend fun` waits on a channel that the runtime
 //! answers.
@@ -143,10 +143,15 @@ pub enum ShadowValue {
         /// Its CBOR encoding.
         cbor: Vec<u8>,
     },
+    /// Nested properties, by name (a name may contain dots).
+    Nested {
+        /// The properties.
+        entries: HashMap<String, ShadowValue>,
+    },
 }
 
-/// A device's shadow as the twin host holds it. Maps are keyed by dotted
-/// path (`"led.on"`).
+/// A device's shadow as the twin host holds it. Nested properties are
+/// nested maps (`ShadowValue.Nested`).
 #[derive(Debug, Clone, PartialEq, uniffi::Record)]
 pub struct ShadowDocument {
     /// The document version.
@@ -273,7 +278,7 @@ pub enum AppEvent {
         seq: u64,
         /// When it was read, ms since the epoch.
         time_ms: u64,
-        /// The readings, by dotted path.
+        /// The readings, by name (nested maps for nested readings).
         readings: HashMap<String, ShadowValue>,
     },
     /// Something the twin host noticed about a device.
@@ -468,7 +473,8 @@ impl LanyardApp {
         named.map_err(|detail| LanyardError::BadInput { detail })
     }
 
-    /// Asks for `values` (dotted path -> value; `Null` deletes) in
+    /// Asks for `values` (name -> value, `Nested` for nested properties;
+    /// `Null` deletes) in
     /// `device`'s desired state; returns the shadow's version once the host
     /// applied it (it then sends the device its delta). The host's refusal
     /// (more than the device holds) is `LanyardError.Rejected`.
@@ -809,15 +815,33 @@ pub(crate) fn now_ms() -> u64 {
         .unwrap_or(0)
 }
 
-/// The tree of a map of dotted paths; refuses what a shadow cannot hold.
+/// The tree of a map of properties, nested maps for nested properties
+/// (a key is one name, dots included); refuses what a shadow cannot hold.
 fn tree_of(values: &HashMap<String, ShadowValue>) -> Result<Box<Tree>, LanyardError> {
-    let bad = |path: &str, e: &dyn std::fmt::Display| LanyardError::BadInput {
-        detail: format!("{path:?}: {e}"),
-    };
     let mut tree = Box::new(Tree::new());
-    for (path, v) in values {
-        let p = PathBuf::from_dotted(path).map_err(|e| bad(path, &e))?;
+    let mut path = PathBuf::new();
+    insert_all(&mut tree, &mut path, values)?;
+    Ok(tree)
+}
+
+fn insert_all(
+    tree: &mut Tree,
+    path: &mut PathBuf,
+    values: &HashMap<String, ShadowValue>,
+) -> Result<(), LanyardError> {
+    for (key, v) in values {
+        let bad = |path: &PathBuf, e: &dyn std::fmt::Display| LanyardError::BadInput {
+            detail: format!("{:?}: {e}", path.as_path().to_string()),
+        };
+        path.push(key).map_err(|e| LanyardError::BadInput {
+            detail: format!("{:?} under {:?}: {e}", key, path.as_path().to_string()),
+        })?;
         let value = match v {
+            ShadowValue::Nested { entries } => {
+                insert_all(tree, path, entries)?;
+                path.pop();
+                continue;
+            }
             ShadowValue::Null => Value::Null,
             ShadowValue::Bool { value } => Value::Bool(*value),
             ShadowValue::Int { value } => Value::Int(*value),
@@ -826,29 +850,46 @@ fn tree_of(values: &HashMap<String, ShadowValue>) -> Result<Box<Tree>, LanyardEr
             ShadowValue::Bytes { value } => Value::Bytes(value),
             ShadowValue::Array { cbor } => Value::Array(RawArray::from_cbor(cbor)),
         };
-        tree.insert(&p, value).map_err(|e| bad(path, &e))?;
+        tree.insert(path, value).map_err(|e| bad(path, &e))?;
+        path.pop();
     }
-    Ok(tree)
+    Ok(())
 }
 
-/// The map of a tree, keyed by dotted path.
+/// The nested map of a tree: a map per level, keyed by name.
 fn map_of(tree: &Tree) -> HashMap<String, ShadowValue> {
-    tree.iter()
-        .map(|e| {
-            // Path's Display is the dotted form `tree_of` parses back.
-            let path = e.path.to_string();
-            let value = match e.value {
-                Value::Null => ShadowValue::Null,
-                Value::Bool(value) => ShadowValue::Bool { value },
-                Value::Int(value) => ShadowValue::Int { value },
-                Value::Float(value) => ShadowValue::Float { value },
-                Value::Text(t) => ShadowValue::Text { value: t.into() },
-                Value::Bytes(b) => ShadowValue::Bytes { value: b.into() },
-                Value::Array(a) => ShadowValue::Array {
-                    cbor: a.as_cbor().into(),
-                },
+    let mut root = HashMap::new();
+    'entries: for e in tree.iter() {
+        let value = match e.value {
+            Value::Null => ShadowValue::Null,
+            Value::Bool(value) => ShadowValue::Bool { value },
+            Value::Int(value) => ShadowValue::Int { value },
+            Value::Float(value) => ShadowValue::Float { value },
+            Value::Text(t) => ShadowValue::Text { value: t.into() },
+            Value::Bytes(b) => ShadowValue::Bytes { value: b.into() },
+            Value::Array(a) => ShadowValue::Array {
+                cbor: a.as_cbor().into(),
+            },
+        };
+        let keys: Vec<&str> = e.path.keys().collect();
+        let Some((leaf, parents)) = keys.split_last() else {
+            continue;
+        };
+        let mut level = &mut root;
+        for k in parents {
+            let slot = level
+                .entry((*k).to_owned())
+                .or_insert_with(|| ShadowValue::Nested {
+                    entries: HashMap::new(),
+                });
+            // A tree never holds a leaf and a subtree at one path, so the
+            // slot is a map.
+            level = match slot {
+                ShadowValue::Nested { entries } => entries,
+                _ => continue 'entries,
             };
-            (path, value)
-        })
-        .collect()
+        }
+        level.insert((*leaf).to_owned(), value);
+    }
+    root
 }

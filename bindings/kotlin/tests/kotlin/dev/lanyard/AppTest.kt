@@ -54,12 +54,14 @@ class AppTest {
 
     @Test
     fun desiredStateReachesTheDeviceAndComesBackReported() = runBlocking {
-        app.setDesired(device, mapOf("target_c" to ShadowValue.Int(22), "fan.speed" to ShadowValue.Float(0.5)))
+        // A key may hold a dot: it is one name, not a path.
+        val fan = ShadowValue.Nested(mapOf("speed" to ShadowValue.Float(0.5), "v1.2" to ShadowValue.Bool(true)))
+        app.setDesired(device, mapOf("target_c" to ShadowValue.Int(22), "fan" to fan))
         peers.eventually {
             val shadow = app.getShadow(device, 2_000)
             shadow.inSync &&
                 shadow.reported["target_c"] == ShadowValue.Int(22) &&
-                shadow.reported["fan.speed"] == ShadowValue.Float(0.5)
+                shadow.reported["fan"] == fan
         }
         val shadow = app.getShadow(device, 2_000)
         assertEquals(ShadowValue.Int(22), shadow.desired["target_c"])
@@ -165,7 +167,13 @@ class AppTest {
             app.setDesired(device, mapOf("" to ShadowValue.Int(1)))
         }
         assertFailsWith<LanyardException.BadInput> {
-            app.setDesired(device, mapOf("a..b" to ShadowValue.Int(1)))
+            app.setDesired(device, mapOf("a" to ShadowValue.Nested(mapOf("" to ShadowValue.Int(1)))))
+        }
+        assertFailsWith<LanyardException.BadInput> {
+            // Deeper than a shadow nests.
+            var deep: ShadowValue = ShadowValue.Int(1)
+            repeat(40) { deep = ShadowValue.Nested(mapOf("k" to deep)) }
+            app.setDesired(device, mapOf("deep" to deep))
         }
         assertFailsWith<LanyardException.BadInput> {
             // Not a CBOR array: the unsigned integer 1.
@@ -174,7 +182,7 @@ class AppTest {
         assertFailsWith<LanyardException.BadInput> { app.getShadow(device, -1) }
         assertFailsWith<LanyardException.BadInput> { connectApp("127.0.0.1", 70_000, "x", false, 1_000) }
         // Nothing of that reached the shadow.
-        assertTrue(app.getShadow(device, 2_000).desired.keys.none { it.isEmpty() || it == "list" })
+        assertTrue(app.getShadow(device, 2_000).desired.keys.none { it.isEmpty() || it in setOf("list", "a", "deep") })
     }
 
     @Test
