@@ -22,7 +22,9 @@ use lanyard_std::mqtt::{MqttConfig, MqttTransport};
 use lanyard_std::twin::{TWIN_LEAVES, TWIN_POOL};
 use tokio::sync::Mutex;
 
+mod device;
 mod shadow;
+pub use device::LanyardDevice;
 pub use shadow::Shadow;
 
 uniffi::setup_scaffolding!();
@@ -244,6 +246,9 @@ pub struct CommandOutcome {
     pub status: AckStatus,
     /// Why, for Failed and Rejected.
     pub reason: Option<AckReason>,
+    /// The result, decoded, for Succeeded when it is a map (as every
+    /// Lanyard device answers).
+    pub result: Option<HashMap<String, ShadowValue>>,
     /// The result, CBOR, for Succeeded.
     pub result_cbor: Option<Vec<u8>>,
     /// Why, in the device's words, when it gave them.
@@ -351,8 +356,20 @@ pub async fn connect_app_url(
     timeout_ms: i64,
     tls: Option<TlsPaths>,
 ) -> Result<Arc<LanyardApp>, LanyardError> {
+    let client_id =
+        client_id.unwrap_or_else(|| lanyard_std::mqtt::unique_client_id("lanyard-kotlin-app"));
+    let config = mqtt_config(&url, client_id, tls.as_ref())?;
+    connect(config, tenants, timeout_ms).await
+}
+
+/// The broker configuration of `url` with `tls`'s files, checked.
+pub(crate) fn mqtt_config(
+    url: &str,
+    client_id: String,
+    tls: Option<&TlsPaths>,
+) -> Result<MqttConfig, LanyardError> {
     let bad = |detail: String| LanyardError::BadInput { detail };
-    let (ca, client) = match &tls {
+    let (ca, client) = match tls {
         None => (None, None),
         Some(t) => {
             let client = match (&t.cert, &t.key) {
@@ -363,10 +380,7 @@ pub async fn connect_app_url(
             (Some(Path::new(t.ca.as_str())), client)
         }
     };
-    let client_id =
-        client_id.unwrap_or_else(|| lanyard_std::mqtt::unique_client_id("lanyard-kotlin-app"));
-    let config = MqttConfig::from_url(&url, client_id, ca, client).map_err(bad)?;
-    connect(config, tenants, timeout_ms).await
+    MqttConfig::from_url(url, client_id, ca, client).map_err(bad)
 }
 
 async fn connect(
@@ -384,7 +398,7 @@ async fn connect(
         })?;
     let mut client = on(&runtime, async move {
         let transport = MqttTransport::connect_and_wait(config, timeout).await?;
-        Ok(if tenants {
+        Ok::<_, AppError>(if tenants {
             AppClient::for_tenants(transport).await?
         } else {
             AppClient::new(transport).await?
@@ -465,10 +479,9 @@ impl LanyardApp {
     /// `BadInput`.
     pub async fn as_operator(&self, identity: String) -> Result<(), LanyardError> {
         let client = self.client.clone();
-        let named = on(
-            &self.runtime,
-            async move { Ok(client.set_operator(&identity)) },
-        )
+        let named = on(&self.runtime, async move {
+            Ok::<_, AppError>(client.set_operator(&identity))
+        })
         .await?;
         named.map_err(|detail| LanyardError::BadInput { detail })
     }
@@ -543,6 +556,11 @@ impl LanyardApp {
         Ok(CommandOutcome {
             status: outcome.status.into(),
             reason: outcome.reason.map(AckReason::from),
+            result: outcome
+                .result
+                .as_deref()
+                .and_then(|cbor| Tree::decode(cbor).ok())
+                .map(|t| map_of(&t)),
             result_cbor: outcome.result,
             detail: outcome.detail,
         })
@@ -774,9 +792,9 @@ fn app_event(e: CoreAppEvent) -> AppEvent {
 
 /// Runs `work` on `runtime` and waits for it from whatever executor polls
 /// this future (Kotlin's, through uniffi): the channel needs no runtime.
-async fn on<T: Send + 'static>(
+pub(crate) async fn on<T: Send + 'static, E: Into<LanyardError> + Send + 'static>(
     runtime: &tokio::runtime::Runtime,
-    work: impl Future<Output = Result<T, AppError>> + Send + 'static,
+    work: impl Future<Output = Result<T, E>> + Send + 'static,
 ) -> Result<T, LanyardError> {
     /// Ends the work when the call is dropped (its coroutine cancelled).
     struct AbortOnDrop(tokio::task::AbortHandle);
@@ -791,7 +809,7 @@ async fn on<T: Send + 'static>(
     });
     let _abort = AbortOnDrop(task.abort_handle());
     match rx.await {
-        Ok(r) => r.map_err(LanyardError::from),
+        Ok(r) => r.map_err(Into::into),
         Err(_) => Err(LanyardError::Transport {
             detail: "the runtime stopped".into(),
         }),
@@ -819,58 +837,73 @@ pub(crate) fn now_ms() -> u64 {
 /// (a key is one name, dots included); refuses what a shadow cannot hold.
 fn tree_of(values: &HashMap<String, ShadowValue>) -> Result<Box<Tree>, LanyardError> {
     let mut tree = Box::new(Tree::new());
-    let mut path = PathBuf::new();
-    insert_all(&mut tree, &mut path, values)?;
+    insert_all(&mut tree, &mut PathBuf::new(), values)?;
     Ok(tree)
 }
 
-fn insert_all(
-    tree: &mut Tree,
+/// Puts `values` into `tree` under `path`.
+pub(crate) fn insert_all<const L: usize, const P: usize>(
+    tree: &mut StateTree<L, P>,
     path: &mut PathBuf,
     values: &HashMap<String, ShadowValue>,
 ) -> Result<(), LanyardError> {
     for (key, v) in values {
-        let bad = |path: &PathBuf, e: &dyn std::fmt::Display| LanyardError::BadInput {
-            detail: format!("{:?}: {e}", path.as_path().to_string()),
-        };
         path.push(key).map_err(|e| LanyardError::BadInput {
             detail: format!("{:?} under {:?}: {e}", key, path.as_path().to_string()),
         })?;
-        let value = match v {
-            ShadowValue::Nested { entries } => {
-                insert_all(tree, path, entries)?;
-                path.pop();
-                continue;
+        match value_of(v) {
+            None => {
+                if let ShadowValue::Nested { entries } = v {
+                    insert_all(tree, path, entries)?;
+                }
             }
-            ShadowValue::Null => Value::Null,
-            ShadowValue::Bool { value } => Value::Bool(*value),
-            ShadowValue::Int { value } => Value::Int(*value),
-            ShadowValue::Float { value } => Value::Float(*value),
-            ShadowValue::Text { value } => Value::Text(value),
-            ShadowValue::Bytes { value } => Value::Bytes(value),
-            ShadowValue::Array { cbor } => Value::Array(RawArray::from_cbor(cbor)),
-        };
-        tree.insert(path, value).map_err(|e| bad(path, &e))?;
+            Some(value) => {
+                tree.insert(path, value)
+                    .map_err(|e| LanyardError::BadInput {
+                        detail: format!("{:?}: {e}", path.as_path().to_string()),
+                    })?;
+            }
+        }
         path.pop();
     }
     Ok(())
 }
 
+/// The shadow's value of a leaf; `None` for nested properties.
+pub(crate) fn value_of(v: &ShadowValue) -> Option<Value<'_>> {
+    Some(match v {
+        ShadowValue::Nested { .. } => return None,
+        ShadowValue::Null => Value::Null,
+        ShadowValue::Bool { value } => Value::Bool(*value),
+        ShadowValue::Int { value } => Value::Int(*value),
+        ShadowValue::Float { value } => Value::Float(*value),
+        ShadowValue::Text { value } => Value::Text(value),
+        ShadowValue::Bytes { value } => Value::Bytes(value),
+        ShadowValue::Array { cbor } => Value::Array(RawArray::from_cbor(cbor)),
+    })
+}
+
+/// A leaf's value as Kotlin holds it.
+pub(crate) fn shadow_value(v: Value<'_>) -> ShadowValue {
+    match v {
+        Value::Null => ShadowValue::Null,
+        Value::Bool(value) => ShadowValue::Bool { value },
+        Value::Int(value) => ShadowValue::Int { value },
+        Value::Float(value) => ShadowValue::Float { value },
+        Value::Text(t) => ShadowValue::Text { value: t.into() },
+        Value::Bytes(b) => ShadowValue::Bytes { value: b.into() },
+        Value::Array(a) => ShadowValue::Array {
+            cbor: a.as_cbor().into(),
+        },
+    }
+}
+
 /// The nested map of a tree: a map per level, keyed by name.
-fn map_of(tree: &Tree) -> HashMap<String, ShadowValue> {
+pub(crate) fn map_of<const L: usize, const P: usize>(
+    tree: &StateTree<L, P>,
+) -> HashMap<String, ShadowValue> {
     let mut root = HashMap::new();
     'entries: for e in tree.iter() {
-        let value = match e.value {
-            Value::Null => ShadowValue::Null,
-            Value::Bool(value) => ShadowValue::Bool { value },
-            Value::Int(value) => ShadowValue::Int { value },
-            Value::Float(value) => ShadowValue::Float { value },
-            Value::Text(t) => ShadowValue::Text { value: t.into() },
-            Value::Bytes(b) => ShadowValue::Bytes { value: b.into() },
-            Value::Array(a) => ShadowValue::Array {
-                cbor: a.as_cbor().into(),
-            },
-        };
         let keys: Vec<&str> = e.path.keys().collect();
         let Some((leaf, parents)) = keys.split_last() else {
             continue;
@@ -889,7 +922,7 @@ fn map_of(tree: &Tree) -> HashMap<String, ShadowValue> {
                 _ => continue 'entries,
             };
         }
-        level.insert((*leaf).to_owned(), value);
+        level.insert((*leaf).to_owned(), shadow_value(e.value));
     }
     root
 }
