@@ -559,6 +559,16 @@ impl Transport for MqttTransport {
     }
 }
 
+/// A client id no other client of this process has: `{prefix}-{pid}-{n}`.
+/// The broker closes a connection when another client takes its id, so
+/// two clients in one process (two apps of a binding, say) must not share
+/// one.
+pub fn unique_client_id(prefix: &str) -> String {
+    static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
+    let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    format!("{prefix}-{}-{n}", std::process::id())
+}
+
 #[cfg(test)]
 mod url_tests {
     use super::MqttConfig;
@@ -584,14 +594,4 @@ mod url_tests {
                 .contains("/nonexistent/ca.pem")
         );
     }
-}
-
-/// A client id no other client of this process has: `{prefix}-{pid}-{n}`.
-/// The broker closes a connection when another client takes its id, so
-/// two clients in one process (two apps of a binding, say) must not share
-/// one.
-pub fn unique_client_id(prefix: &str) -> String {
-    static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
-    let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-    format!("{prefix}-{}-{n}", std::process::id())
 }
