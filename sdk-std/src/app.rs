@@ -296,7 +296,7 @@ pub const EVENT_QUEUE: usize = 10_000;
 /// # #[tokio::main] async fn main() -> Result<(), AppError> {
 /// let broker = MemoryBroker::new();
 /// let app = Arc::new(AppClient::new(broker.connect()).await?);
-/// let mut valve = app.events(Watch::device("ly-0a0000000001"), 100);
+/// let mut valve = app.events(Watch::device("ly-0a0000000001"), 100).expect("room for events");
 /// // Two calls at once: neither waits for the other's answer (here none
 /// // comes: no twin host is on this broker).
 /// let (a, b) = tokio::join!(

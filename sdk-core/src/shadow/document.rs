@@ -500,8 +500,24 @@ impl<const L: usize, const P: usize> Shadow<L, P> {
             return Err(CapacityError::Pool { capacity: P }.into());
         }
 
-        // Pass 2: write the new desired tree and report conflicts.
         let changed = decisions.iter().any(|d| d.take_reported);
+        // The common sync finds no conflict and takes nothing from the
+        // device: desired state stays as it is (and so do the delta flags
+        // and indexes), and the agreed fingerprints are rewritten only if
+        // one of them moved.
+        if !changed && decisions.iter().all(|d| d.conflict.is_none()) && !tests::full_sync_only() {
+            if !self.fingerprints_current(&decisions) {
+                self.write_fingerprints(&decisions)?;
+            }
+            self.end_sync(now_ms, jitter, self.version, 0);
+            return Ok(SyncReport {
+                conflicts: 0,
+                changed: false,
+                next_sync_not_before_ms: self.sync_not_before_ms,
+            });
+        }
+
+        // Pass 2: write the new desired tree and report conflicts.
         let version = if changed {
             self.version + 1
         } else {
@@ -545,27 +561,75 @@ impl<const L: usize, const P: usize> Shadow<L, P> {
         }
         self.trees.commit(DESIRED);
 
-        // Pass 3: the new fingerprints, one per desired path (paths only in
-        // the pool, so they always fit where desired fits).
-        let [desired, reported, synced, scratch] = self.trees.split();
-        scratch.clear();
+        self.write_fingerprints(&decisions)?;
+        self.refresh_differences();
+        self.end_sync(now_ms, jitter, version, conflicts);
+        Ok(SyncReport {
+            conflicts,
+            changed,
+            next_sync_not_before_ms: self.sync_not_before_ms,
+        })
+    }
+
+    /// The fingerprint each desired leaf's decision gives it (`None`: it
+    /// has no agreed value).
+    fn fingerprint_of(&self, i: usize, dec: &Decision) -> Option<i64> {
+        let d = self.trees.get(DESIRED).at(i);
+        match dec.base {
+            Base::Agreed => Some(fingerprint(d.value)),
+            Base::Reported => self
+                .trees
+                .get(REPORTED)
+                .get(d.path)
+                .map(|r| fingerprint(r.value)),
+            Base::Keep => self.trees.get(SYNCED).get(d.path).map(|b| int_of(b.value)),
+        }
+    }
+
+    /// Whether the agreed fingerprints already are what `decisions` give
+    /// (one per desired path that has one, and no others).
+    fn fingerprints_current(&self, decisions: &[Decision]) -> bool {
+        let (desired, synced) = (self.trees.get(DESIRED), self.trees.get(SYNCED));
+        let mut held = 0;
         for (i, dec) in decisions.iter().enumerate() {
-            let d = desired.at(i);
-            let fp = match dec.base {
-                Base::Agreed => Some(fingerprint(d.value)),
-                Base::Reported => reported.get(d.path).map(|r| fingerprint(r.value)),
-                Base::Keep => synced.get(d.path).map(|b| int_of(b.value)),
+            let Some(fp) = self.fingerprint_of(i, dec) else {
+                continue;
             };
+            held += 1;
+            match synced.get(desired.at(i).path) {
+                Some(b) if int_of(b.value) == fp => {}
+                _ => return false,
+            }
+        }
+        held == synced.len()
+    }
+
+    /// Rewrites the agreed fingerprints, one per desired path (paths only
+    /// in the pool, so they always fit where desired fits).
+    fn write_fingerprints(&mut self, decisions: &[Decision]) -> Result<(), Error> {
+        let fps: heapless::Vec<Option<i64>, L> = decisions
+            .iter()
+            .enumerate()
+            .map(|(i, dec)| self.fingerprint_of(i, dec))
+            .collect();
+        let [desired, _, _, scratch] = self.trees.split();
+        scratch.clear();
+        for (i, fp) in fps.iter().enumerate() {
             if let Some(fp) = fp {
-                scratch.push_sorted(d.path.as_bytes(), Value::Int(fp), d.meta)?;
+                let d = desired.at(i);
+                scratch.push_sorted(d.path.as_bytes(), Value::Int(*fp), d.meta)?;
             }
         }
         self.trees.commit(SYNCED);
-        self.refresh_differences();
         // The next sync looks every desired leaf up in it.
         let [_, _, synced, _] = self.trees.split();
         synced.build_index();
+        Ok(())
+    }
 
+    /// What every sync ends with: parked conflicts that ended dropped, the
+    /// version, and the backoff before the next one.
+    fn end_sync(&mut self, now_ms: u64, jitter: u32, version: u64, conflicts: u32) {
         // Parked conflicts end when their leaf is gone or agreed.
         let (desired, reported) = (self.trees.get(DESIRED), self.trees.get(REPORTED));
         self.parked.retain(|p| {
@@ -588,11 +652,6 @@ impl<const L: usize, const P: usize> Shadow<L, P> {
             self.backoff_exp = 0;
             self.sync_not_before_ms = now_ms;
         }
-        Ok(SyncReport {
-            conflicts,
-            changed,
-            next_sync_not_before_ms: self.sync_not_before_ms,
-        })
     }
 
     fn decide(&self, d: &Entry<'_>, parks_so_far: usize) -> Decision {
@@ -1001,9 +1060,100 @@ fn fingerprint(v: Value<'_>) -> i64 {
     h as i64
 }
 
+#[cfg(not(test))]
+mod tests {
+    /// Outside tests the shortcut in `sync` is always taken when it can be.
+    pub(super) fn full_sync_only() -> bool {
+        false
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+    use core::sync::atomic::{AtomicBool, Ordering};
+
+    /// Set while a test runs the sync without its shortcut, to compare the
+    /// two (other tests meanwhile take the full sync too, which is always
+    /// right).
+    static FULL_SYNC_ONLY: AtomicBool = AtomicBool::new(false);
+
+    pub(super) fn full_sync_only() -> bool {
+        FULL_SYNC_ONLY.load(Ordering::Relaxed)
+    }
+
+    /// The sync's shortcut (nothing taken from the device, no conflict)
+    /// leaves every document exactly as the full sync does: random
+    /// histories under every policy, compared after each step.
+    #[test]
+    fn the_sync_shortcut_changes_nothing_the_full_sync_would_not() {
+        type D = Shadow<16, 512>;
+        let mut seed = 0x9e37_79b9_7f4a_7c15u64;
+        let mut next = move |n: u64| {
+            seed ^= seed << 13;
+            seed ^= seed >> 7;
+            seed ^= seed << 17;
+            seed % n
+        };
+        let keys = ["a", "b", "c"];
+        let encoded = |d: &D| {
+            let mut buf = [0u8; 4096];
+            let n = d.encode(&mut buf).unwrap();
+            buf[..n].to_vec()
+        };
+        let mut shortcuts = 0;
+        for history in 0..400 {
+            let policy = ConflictPolicy::ALL[history % 4];
+            let (mut fast, mut full) = (D::new(policy), D::new(policy));
+            let mut now = 0u64;
+            for _ in 0..30 {
+                now += next(3_000);
+                let mut tree: StateTree<16, 512> = StateTree::new();
+                for _ in 0..1 + next(3) {
+                    let k = PathBuf::from_keys(&[keys[next(3) as usize], keys[next(3) as usize]])
+                        .unwrap();
+                    let _ = tree.insert(&k, Value::Int(next(3) as i64));
+                }
+                match next(5) {
+                    0 | 1 => {
+                        let a = fast.apply_desired(&tree, None, now).map(|_| ());
+                        let b = full.apply_desired(&tree, None, now).map(|_| ());
+                        assert_eq!(a, b);
+                    }
+                    2 | 3 => {
+                        let a = fast.apply_reported(&tree, None, now).map(|_| ());
+                        let b = full.apply_reported(&tree, None, now).map(|_| ());
+                        assert_eq!(a, b);
+                    }
+                    _ => {
+                        let before = fast.version();
+                        let mut seen_fast = 0;
+                        let a = fast.sync(now, u32::MAX, |_| seen_fast += 1);
+                        FULL_SYNC_ONLY.store(true, Ordering::Relaxed);
+                        let mut seen_full = 0;
+                        let b = full.sync(now, u32::MAX, |_| seen_full += 1);
+                        FULL_SYNC_ONLY.store(false, Ordering::Relaxed);
+                        assert_eq!(a, b);
+                        assert_eq!(seen_fast, seen_full);
+                        if matches!(a, Ok(r) if !r.changed && r.conflicts == 0)
+                            && fast.version() == before
+                        {
+                            shortcuts += 1;
+                        }
+                    }
+                }
+                assert_eq!(encoded(&fast), encoded(&full), "history {history}");
+                assert_eq!(fast.in_sync(), full.in_sync());
+                let (mut da, mut db): (StateTree<16, 512>, StateTree<16, 512>) =
+                    (StateTree::new(), StateTree::new());
+                fast.delta_into(&mut da).unwrap();
+                full.delta_into(&mut db).unwrap();
+                assert_eq!(da, db);
+            }
+        }
+        // The comparison covered the shortcut, not only the full path.
+        assert!(shortcuts > 100, "{shortcuts} shortcuts");
+    }
 
     #[test]
     fn backoff_doubles_and_caps() {
