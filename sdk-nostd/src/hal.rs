@@ -90,10 +90,7 @@ impl<B: FnMut(u32, u32), R: FnMut(u64) -> Option<SensorReading>> CommandHandler
                 }
                 // Said in the acknowledgement's detail.
                 Err(CommandFailure::BadArguments) => {
-                    let why = BLINK_ARGS.as_bytes();
-                    let n = why.len().min(result.len());
-                    result[..n].copy_from_slice(&why[..n]);
-                    Err(CommandFailure::BadArgumentsBecause(n))
+                    Err(CommandFailure::bad_arguments_because(BLINK_ARGS, result))
                 }
                 Err(e) => Err(e),
             }),

@@ -164,14 +164,6 @@ impl TelemetrySource for Telemetry {
 /// The application's commands, for the agent.
 struct Commands(Arc<dyn DeviceApplication>);
 
-/// Writes a device's words where the agent reads them (it cuts them to
-/// the acknowledgement's limit); their length.
-fn explain(why: &str, out: &mut [u8]) -> usize {
-    let n = why.len().min(out.len());
-    out[..n].copy_from_slice(&why.as_bytes()[..n]);
-    n
-}
-
 impl CommandHandler for Commands {
     fn execute(
         &mut self,
@@ -200,11 +192,9 @@ impl CommandHandler for Commands {
                 })
                 .map(Completion::Done),
             CommandReply::BadArguments { why } => {
-                Err(CommandFailure::BadArgumentsBecause(explain(&why, result)))
+                Err(CommandFailure::bad_arguments_because(&why, result))
             }
-            CommandReply::Failed { why } => {
-                Err(CommandFailure::FailedBecause(explain(&why, result)))
-            }
+            CommandReply::Failed { why } => Err(CommandFailure::failed_because(&why, result)),
         })
     }
 }

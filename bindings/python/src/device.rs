@@ -78,24 +78,16 @@ impl<B: CommandHandler> CommandHandler for PyCommands<B> {
             Some((outcome, text)) => match (outcome.as_str(), text) {
                 ("unknown", _) => None,
                 ("bad_arguments", None) => Some(Err(CommandFailure::BadArguments)),
-                ("bad_arguments", Some(why)) => Some(Err(CommandFailure::BadArgumentsBecause(
-                    explain(&why, result),
-                ))),
+                ("bad_arguments", Some(why)) => {
+                    Some(Err(CommandFailure::bad_arguments_because(&why, result)))
+                }
                 ("ok", None) => Some(Ok(Completion::Done(0))),
                 ("ok", Some(text)) => Some(encode_result(&text, result).map(Completion::Done)),
-                (_, Some(why)) => Some(Err(CommandFailure::FailedBecause(explain(&why, result)))),
+                (_, Some(why)) => Some(Err(CommandFailure::failed_because(&why, result))),
                 _ => Some(Err(CommandFailure::Failed("the Python handler raised"))),
             },
         }
     }
-}
-
-/// Writes a handler's error message where the agent reads it (the agent
-/// cuts it to the acknowledgement's limit); its length.
-fn explain(why: &str, out: &mut [u8]) -> usize {
-    let n = why.len().min(out.len());
-    out[..n].copy_from_slice(&why.as_bytes()[..n]);
-    n
 }
 
 /// A handler's result (a JSON object) as the CBOR map the ack carries.

@@ -217,6 +217,39 @@ pub enum CommandFailure {
     FailedBecause(usize),
 }
 
+impl CommandFailure {
+    /// Execution failed for `why`, in the device's words: writes them into
+    /// the handler's `result` buffer (as much as fits, whole characters)
+    /// and says so.
+    ///
+    /// ```
+    /// use lanyard_core::agent::platform::CommandFailure;
+    /// let mut result = [0u8; 8];
+    /// assert_eq!(CommandFailure::failed_because("fuse blew", &mut result), CommandFailure::FailedBecause(8));
+    /// assert_eq!(&result, b"fuse ble");
+    /// ```
+    pub fn failed_because(why: &str, result: &mut [u8]) -> Self {
+        CommandFailure::FailedBecause(put_detail(why, result))
+    }
+
+    /// The arguments were not acceptable, for `why`: as
+    /// [`failed_because`](Self::failed_because).
+    pub fn bad_arguments_because(why: &str, result: &mut [u8]) -> Self {
+        CommandFailure::BadArgumentsBecause(put_detail(why, result))
+    }
+}
+
+/// Copies the longest prefix of `why` that fits `out` and ends on a
+/// character boundary; its length.
+fn put_detail(why: &str, out: &mut [u8]) -> usize {
+    let mut n = why.len().min(out.len());
+    while !why.is_char_boundary(n) {
+        n -= 1;
+    }
+    out[..n].copy_from_slice(&why.as_bytes()[..n]);
+    n
+}
+
 /// The longest detail an acknowledgement carries from a handler
 /// ([`CommandFailure::FailedBecause`]); a longer text is cut at a
 /// character boundary and ends with `...`.
