@@ -92,6 +92,10 @@ pub enum CommandReply {
         /// Why, in the device's words.
         why: String,
     },
+    /// Started and still running (a calibration, a move): acknowledged as
+    /// in progress; finish it with `LanyardDevice.completeCommand` or
+    /// `failCommand`. Until then other commands are refused as busy.
+    Later,
 }
 
 /// The application's side of a device, called on the device's own thread
@@ -182,6 +186,7 @@ impl CommandHandler for Commands {
         };
         Some(match self.0.run_command(name.to_owned(), args) {
             CommandReply::Unknown => return None,
+            CommandReply::Later => Ok(Completion::Later),
             CommandReply::Done { result: r } if r.is_empty() => Ok(Completion::Done(0)),
             CommandReply::Done { result: r } => tree_of(&r)
                 .map_err(|_| CommandFailure::Failed("the result is not a state"))
@@ -196,6 +201,16 @@ impl CommandHandler for Commands {
             }
             CommandReply::Failed { why } => Err(CommandFailure::failed_because(&why, result)),
         })
+    }
+}
+
+impl LanyardDevice {
+    fn finish(&self, outcome: lanyard_std::driver::CommandResult) -> Result<(), LanyardError> {
+        self.handle
+            .complete_command(outcome)
+            .map_err(|_| LanyardError::Transport {
+                detail: "the device has stopped".into(),
+            })
     }
 }
 
@@ -219,7 +234,8 @@ impl LanyardDevice {
     /// id derives from it) on the broker at `brokerUrl` (`mqtt://` or
     /// `mqtts://` with `tls`), keeping its state in `stateDir` (created if
     /// missing). `speed` runs its clock faster than real time (intervals
-    /// divided by it), for simulations and tests. Nothing runs until
+    /// divided by it), for simulations: its clock then runs ahead of the
+    /// apps', whose commands it soon takes for expired. Nothing runs until
     /// `run`.
     #[uniffi::constructor(default(tls = None, firmware = None, speed = 1.0))]
     pub fn new(
@@ -333,6 +349,32 @@ impl LanyardDevice {
     /// Ends `run` (it returns once the last messages are sent).
     pub fn stop(&self) {
         self.stop.send_replace(true);
+    }
+
+    /// Finishes the command that answered `CommandReply.Later`, with its
+    /// result.
+    pub fn complete_command(
+        &self,
+        result: HashMap<String, ShadowValue>,
+    ) -> Result<(), LanyardError> {
+        let bytes = if result.is_empty() {
+            Vec::new()
+        } else {
+            let tree = tree_of(&result)?;
+            let mut buf = vec![0u8; tree.encoded_len()];
+            let n = tree.encode(&mut buf).map_err(|e| LanyardError::BadInput {
+                detail: e.to_string(),
+            })?;
+            buf.truncate(n);
+            buf
+        };
+        self.finish(Ok(bytes))
+    }
+
+    /// Fails the command that answered `CommandReply.Later` (acknowledged
+    /// as Failed, execution failed: a detail cannot follow it this late).
+    pub fn fail_command(&self) -> Result<(), LanyardError> {
+        self.finish(Err(CommandFailure::Failed("the application failed it")))
     }
 
     /// Reports the device's own state (a property changed on the device, a

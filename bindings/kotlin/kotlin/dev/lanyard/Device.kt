@@ -7,7 +7,7 @@ package dev.lanyard
  */
 class DeviceSpec internal constructor() {
     internal var desired: (List<String>, ShadowValue) -> DesiredOutcome = { _, _ -> DesiredOutcome.Accepted }
-    internal val commands = mutableMapOf<String, (Map<String, ShadowValue>) -> Map<String, ShadowValue>>()
+    internal val commands = mutableMapOf<String, (Map<String, ShadowValue>) -> CommandReply>()
     internal var telemetry: (() -> Map<String, ShadowValue>?)? = null
 
     /**
@@ -24,7 +24,22 @@ class DeviceSpec internal constructor() {
      * to fail it; the exception's message is the acknowledgement's detail.
      */
     fun command(name: String, handler: (args: Map<String, ShadowValue>) -> Map<String, ShadowValue>) {
-        commands[name] = handler
+        commands[name] = { args -> CommandReply.Done(handler(args)) }
+    }
+
+    /**
+     * Starts command [name], which finishes later: [start] begins the work
+     * (on another thread or coroutine) and returns; the command is
+     * acknowledged as in progress until the work calls
+     * [LanyardDevice.completeCommand] (or [LanyardDevice.failCommand]).
+     * Meanwhile other commands are refused as busy. Exceptions from
+     * [start] are as for [command].
+     */
+    fun commandLater(name: String, start: (args: Map<String, ShadowValue>) -> Unit) {
+        commands[name] = { args ->
+            start(args)
+            CommandReply.Later
+        }
     }
 
     /**
@@ -82,7 +97,7 @@ private class LambdaApplication(private val spec: DeviceSpec) : DeviceApplicatio
     override fun runCommand(name: String, args: Map<String, ShadowValue>): CommandReply {
         val handler = spec.commands[name] ?: return CommandReply.Unknown
         return try {
-            CommandReply.Done(handler(args))
+            handler(args)
         } catch (e: BadArgumentsException) {
             CommandReply.BadArguments(e.message ?: "bad arguments")
         } catch (e: Exception) {

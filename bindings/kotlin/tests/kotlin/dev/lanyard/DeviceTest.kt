@@ -33,8 +33,7 @@ class DeviceTest {
         peers.awaitPort(port)
         val broker = "mqtt://127.0.0.1:$port"
         peers.start("twin", peers.lanyard, "twin", "--broker", broker, "--state-dir", peers.path("twin"))
-        // Twenty times real time: telemetry every 1.5 s instead of 30.
-        device = lanyardDevice(broker, "02:00:00:00:00:07", peers.path("device"), speed = 20.0) {
+        device = lanyardDevice(broker, "02:00:00:00:00:07", peers.path("device")) {
             onDesired { path, value ->
                 when {
                     path == listOf("target_c") && value is ShadowValue.Int && value.value > 30 ->
@@ -52,12 +51,21 @@ class DeviceTest {
                 mapOf("sum" to ShadowValue.Int(a + b))
             }
             command("explode") { throw IllegalStateException("the fuse blew") }
+            commandLater("calibrate") { _ ->
+                Thread {
+                    Thread.sleep(400)
+                    device.completeCommand(mapOf("offset" to ShadowValue.Float(0.5)))
+                }.start()
+            }
             telemetry { mapOf("load" to ShadowValue.Float(0.25), "disk" to ShadowValue.Nested(mapOf("free_mb" to ShadowValue.Int(512)))) }
         }
         assertEquals(id, device.deviceId())
         app = connectAppUrl(broker)
         running = scope.async { device.run() }
         peers.eventually { app.listDevices(null, 5_000).any { it.device == id && it.online } }
+        // Telemetry every second (the fleet's shortest interval), not 30 s.
+        val pushed = app.pushConfig(listOf(id), System.currentTimeMillis().toULong(), mapOf("telemetry_ms" to 1_000uL), 30_000)
+        assertEquals(listOf(id), pushed.applied)
     }
 
     private val scope = CoroutineScope(Dispatchers.IO)
@@ -107,6 +115,17 @@ class DeviceTest {
         val blown = app.command(id, "explode", emptyMap(), 10_000)
         assertEquals(AckStatus.FAILED, blown.status)
         assertEquals("the fuse blew", blown.detail)
+
+        // A command that finishes later: in progress, others refused as
+        // busy meanwhile, then its result.
+        val calibration = async { app.command(id, "calibrate", emptyMap(), 10_000) }
+        kotlinx.coroutines.delay(150)
+        val busy = app.command(id, "add", mapOf("a" to ShadowValue.Int(1), "b" to ShadowValue.Int(1)), 10_000)
+        assertEquals(AckStatus.REJECTED, busy.status)
+        assertEquals(AckReason.Busy, busy.reason)
+        val calibrated = calibration.await()
+        assertEquals(AckStatus.SUCCEEDED, calibrated.status)
+        assertEquals(ShadowValue.Float(0.5), calibrated.result!!["offset"])
 
         val unknown = app.command(id, "fly", emptyMap(), 10_000)
         assertEquals(AckStatus.REJECTED, unknown.status)
