@@ -141,7 +141,7 @@ cargo build -p lanyard-std --bin lanyard --example valve
 (cd /tmp && "$venv/bin/python" -m mypy.stubtest lanyard._lanyard)
 "$venv/bin/python" -m mypy --strict bindings/python/python/lanyard examples/python/gateway.py examples/python/hello.py
 
-step "Kotlin bindings: uniffi generates the sources, Maven compiles them and runs their tests (against mosquitto, lanyard twin and lanyard device)"
+step "Kotlin bindings: uniffi generates the sources, Maven compiles them, runs their tests (against mosquitto, lanyard twin and lanyard device) and installs the jar; the example project uses it by coordinate against lanyard demo"
 bash scripts/test-kotlin.sh
 
 step "fuzz smoke: ${FUZZ_SECONDS}s per target"
