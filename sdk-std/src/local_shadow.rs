@@ -116,6 +116,38 @@ pub enum Side {
     Reported,
 }
 
+/// A conflict a write settled (or parked for an operator).
+#[derive(Debug, Clone, PartialEq)]
+pub struct Settled {
+    /// The property, dotted.
+    pub path: String,
+    /// The policy that settled it.
+    pub policy: ConflictPolicy,
+    /// Who won; `None` when parked for an operator.
+    pub winner: Option<Source>,
+    /// The cloud's value.
+    pub cloud: Json,
+    /// The device's value.
+    pub device: Json,
+}
+
+impl Settled {
+    /// As a JSON object: `path`, `policy` and `winner` (`"cloud"`,
+    /// `"device"` or null) by name, the two values.
+    pub fn to_json(&self) -> Json {
+        json!({
+            "path": self.path,
+            "policy": self.policy.name(),
+            "winner": self.winner.map(|w| match w {
+                Source::Cloud => "cloud",
+                Source::Device => "device",
+            }),
+            "cloud": self.cloud,
+            "device": self.device,
+        })
+    }
+}
+
 /// A shadow document kept in this process. See the [module](self).
 pub struct LocalShadow {
     doc: Box<Doc>,
@@ -162,23 +194,20 @@ impl LocalShadow {
 
     /// Settles what the last write changed under the paths' policies (a
     /// conflict decided, parked, or the device's value taken), and returns
-    /// one JSON object per conflict settled. Under `cloud_wins` for every
-    /// path, the default, nothing changes the desired state and the
-    /// document is AWS IoT's.
-    fn settle(&mut self, now_ms: u64) -> Vec<Json> {
+    /// the conflicts it settled. Under `cloud_wins` for every path, the
+    /// default, nothing changes the desired state and the document is AWS
+    /// IoT's.
+    fn settle(&mut self, now_ms: u64) -> Vec<Settled> {
         let mut conflicts = Vec::new();
         // No backoff (see `new`): a sync always runs.
         let _ = self.doc.sync(now_ms, 0, |c| {
-            conflicts.push(json!({
-                "path": c.path.to_string(),
-                "policy": c.policy.name(),
-                "winner": c.winner.map(|w| match w {
-                    Source::Cloud => "cloud",
-                    Source::Device => "device",
-                }),
-                "cloud": aws_json::value_to_json(c.cloud),
-                "device": aws_json::value_to_json(c.device),
-            }))
+            conflicts.push(Settled {
+                path: c.path.to_string(),
+                policy: c.policy,
+                winner: c.winner,
+                cloud: aws_json::value_to_json(c.cloud),
+                device: aws_json::value_to_json(c.device),
+            })
         });
         conflicts
     }
@@ -186,7 +215,11 @@ impl LocalShadow {
     /// Applies an AWS IoT `/update` request (JSON bytes): what AWS IoT
     /// publishes on `/update/accepted` and the conflicts the write settled,
     /// or what it publishes on `/update/rejected` (nothing changed).
-    pub fn update_aws(&mut self, request: &[u8], now_ms: u64) -> Result<(Json, Vec<Json>), Json> {
+    pub fn update_aws(
+        &mut self,
+        request: &[u8],
+        now_ms: u64,
+    ) -> Result<(Json, Vec<Settled>), Json> {
         let req =
             parse_update::<LEAVES, POOL>(request).map_err(|e| error_document(&e, now_ms, None))?;
         match req.apply_to(&mut self.doc, now_ms) {
@@ -222,7 +255,7 @@ impl LocalShadow {
         state: &serde_json::Map<String, Json>,
         version: Option<u64>,
         now_ms: u64,
-    ) -> Result<(u64, Vec<Json>), LocalShadowError> {
+    ) -> Result<(u64, Vec<Settled>), LocalShadowError> {
         // Nulls delete, on either side (as in an AWS update).
         let tree: Tree =
             aws_json::tree_from_json(state, true).map_err(|e| LocalShadowError::from(&e))?;

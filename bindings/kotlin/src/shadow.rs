@@ -8,7 +8,7 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex, MutexGuard};
 
 use lanyard_core::shadow::{ConflictPolicy as CorePolicy, Source};
-use lanyard_std::local_shadow::{LocalShadow, LocalShadowError, Side};
+use lanyard_std::local_shadow::{LocalShadow, LocalShadowError, Settled, Side};
 use serde_json::Value as Json;
 
 use crate::{LanyardError, now_ms};
@@ -59,6 +59,24 @@ pub enum Winner {
     Device,
 }
 
+impl From<Source> for Winner {
+    fn from(s: Source) -> Self {
+        match s {
+            Source::Cloud => Winner::Cloud,
+            Source::Device => Winner::Device,
+        }
+    }
+}
+
+impl From<Winner> for Source {
+    fn from(w: Winner) -> Self {
+        match w {
+            Winner::Cloud => Source::Cloud,
+            Winner::Device => Source::Device,
+        }
+    }
+}
+
 /// A conflict a write settled (or parked).
 #[derive(Debug, Clone, PartialEq, uniffi::Record)]
 pub struct Conflict {
@@ -92,20 +110,13 @@ pub struct Written {
     pub conflicts: Vec<Conflict>,
 }
 
-fn conflict_of(c: &Json) -> Conflict {
-    let text = |k: &str| c.get(k).and_then(Json::as_str).unwrap_or_default();
+fn conflict_of(c: &Settled) -> Conflict {
     Conflict {
-        path: text("path").to_owned(),
-        policy: CorePolicy::from_name(text("policy"))
-            .unwrap_or(CorePolicy::CloudWins)
-            .into(),
-        winner: match c.get("winner").and_then(Json::as_str) {
-            Some("cloud") => Some(Winner::Cloud),
-            Some("device") => Some(Winner::Device),
-            _ => None,
-        },
-        cloud_json: c.get("cloud").unwrap_or(&Json::Null).to_string(),
-        device_json: c.get("device").unwrap_or(&Json::Null).to_string(),
+        path: c.path.clone(),
+        policy: c.policy.into(),
+        winner: c.winner.map(Winner::from),
+        cloud_json: c.cloud.to_string(),
+        device_json: c.device.to_string(),
     }
 }
 
@@ -297,13 +308,9 @@ impl Shadow {
         winner: Winner,
         now_ms: Option<u64>,
     ) -> Result<u64, LanyardError> {
-        let winner = match winner {
-            Winner::Cloud => Source::Cloud,
-            Winner::Device => Source::Device,
-        };
         Ok(self
             .doc()
-            .resolve(&path, winner, now_ms.unwrap_or_else(crate::now_ms))?)
+            .resolve(&path, winner.into(), now_ms.unwrap_or_else(crate::now_ms))?)
     }
 
     /// Conflicts settled so far: a count per policy (`cloud_wins`,

@@ -6,9 +6,11 @@
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use crate::errors::{PyKeyError, PyValueError};
-use lanyard_std::local_shadow::{LocalShadow, LocalShadowError, Side, policy_named, winner_named};
+use lanyard_std::local_shadow::{
+    LocalShadow, LocalShadowError, Settled, Side, policy_named, winner_named,
+};
 use pyo3::prelude::*;
-use serde_json::{Value as Json, json};
+use serde_json::Value as Json;
 
 /// A shadow document kept in this process. See the Python class.
 #[pyclass(module = "lanyard._lanyard")]
@@ -28,6 +30,11 @@ fn py_err(e: LocalShadowError) -> PyErr {
         LocalShadowError::NotParked(_) => PyKeyError::new_err(e.to_string()),
         e => PyValueError::new_err(e.to_string()),
     }
+}
+
+/// The settled conflicts as the JSON text the Python package reads.
+fn conflicts_json(conflicts: &[Settled]) -> String {
+    Json::Array(conflicts.iter().map(Settled::to_json).collect()).to_string()
 }
 
 /// What a write answers: `(true, version, conflicts as JSON text)`, or
@@ -51,7 +58,7 @@ impl Shadow {
             .doc
             .write(side, &obj, version, now_ms.unwrap_or_else(clock_ms))
         {
-            Ok((version, conflicts)) => Ok((true, version, json!(conflicts).to_string())),
+            Ok((version, conflicts)) => Ok((true, version, conflicts_json(&conflicts))),
             Err(LocalShadowError::Refused { code, message }) => {
                 Ok((false, u64::from(code), message))
             }
@@ -98,7 +105,7 @@ impl Shadow {
             .doc
             .update_aws(request.as_bytes(), now_ms.unwrap_or_else(clock_ms))
         {
-            Ok((doc, conflicts)) => (true, doc.to_string(), json!(conflicts).to_string()),
+            Ok((doc, conflicts)) => (true, doc.to_string(), conflicts_json(&conflicts)),
             Err(doc) => (false, doc.to_string(), "[]".into()),
         }
     }
