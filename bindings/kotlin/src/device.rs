@@ -18,8 +18,8 @@ use lanyard_std::device::{DeviceBuilder, DeviceHandle, DeviceTransport};
 use lanyard_std::driver::{DeviceDriver, LocalValue, parse_mac};
 
 use crate::{
-    LanyardError, ShadowValue, TlsPaths, Tree, insert_all, map_of, mqtt_config, on, shadow_value,
-    tree_of, value_of,
+    LanyardError, ShadowValue, TlsPaths, Tree, encoded, insert_all, map_of, mqtt_config, on,
+    shadow_value, tree_of, value_of,
 };
 
 /// Why a device refuses a desired value; the cloud and the apps see it.
@@ -357,18 +357,7 @@ impl LanyardDevice {
         &self,
         result: HashMap<String, ShadowValue>,
     ) -> Result<(), LanyardError> {
-        let bytes = if result.is_empty() {
-            Vec::new()
-        } else {
-            let tree = tree_of(&result)?;
-            let mut buf = vec![0u8; tree.encoded_len()];
-            let n = tree.encode(&mut buf).map_err(|e| LanyardError::BadInput {
-                detail: e.to_string(),
-            })?;
-            buf.truncate(n);
-            buf
-        };
-        self.finish(Ok(bytes))
+        self.finish(Ok(encoded(&result)?))
     }
 
     /// Fails the command that answered `CommandReply.Later` (acknowledged

@@ -535,17 +535,7 @@ impl LanyardApp {
         timeout_ms: i64,
     ) -> Result<CommandOutcome, LanyardError> {
         let timeout = duration(timeout_ms)?;
-        let args = if args.is_empty() {
-            Vec::new()
-        } else {
-            let tree = tree_of(&args)?;
-            let mut buf = vec![0u8; tree.encoded_len()];
-            let n = tree.encode(&mut buf).map_err(|e| LanyardError::BadInput {
-                detail: e.to_string(),
-            })?;
-            buf.truncate(n);
-            buf
-        };
+        let args = encoded(&args)?;
         let client = self.client.clone();
         let outcome = on(&self.runtime, async move {
             client
@@ -896,6 +886,21 @@ pub(crate) fn shadow_value(v: Value<'_>) -> ShadowValue {
             cbor: a.as_cbor().into(),
         },
     }
+}
+
+/// The CBOR map of `values` (nothing when empty), as commands and their
+/// results travel.
+pub(crate) fn encoded(values: &HashMap<String, ShadowValue>) -> Result<Vec<u8>, LanyardError> {
+    if values.is_empty() {
+        return Ok(Vec::new());
+    }
+    let tree = tree_of(values)?;
+    let mut buf = vec![0u8; tree.encoded_len()];
+    let n = tree.encode(&mut buf).map_err(|e| LanyardError::BadInput {
+        detail: e.to_string(),
+    })?;
+    buf.truncate(n);
+    Ok(buf)
 }
 
 /// The nested map of a tree: a map per level, keyed by name.
