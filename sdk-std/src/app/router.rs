@@ -62,11 +62,12 @@ impl Watch {
         }
     }
 
-    /// Whether the message on `topic` may be about a device it watches.
-    fn wants(&self, topic: &str, tenants: bool) -> bool {
+    /// Whether a message about `device` (`None`: about no device) is one
+    /// it watches.
+    fn wants(&self, device: Option<&str>) -> bool {
         match self {
             Watch::Fleet => true,
-            Watch::Devices(names) => device_of(topic, tenants).is_some_and(|d| names.contains(d)),
+            Watch::Devices(names) => device.is_some_and(|d| names.contains(d)),
         }
     }
 }
@@ -410,8 +411,10 @@ impl<T: Transport> Task<T> {
             return;
         }
         routes.subscribers.retain(|s| !s.tx.is_closed());
+        // One topic, one device: found once for every subscription.
+        let device = device_of(&topic, self.tenants);
         for s in routes.subscribers.iter() {
-            if s.watch.wants(&topic, self.tenants)
+            if s.watch.wants(device)
                 && let Err(mpsc::error::TrySendError::Full(_)) =
                     s.tx.try_send((topic.clone(), payload.clone()))
             {
