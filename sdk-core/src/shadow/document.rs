@@ -169,6 +169,11 @@ struct Decision {
     base: Base,
     conflict: Option<(ConflictPolicy, Option<Source>)>,
     park: bool,
+    /// Where the leaf's path sits in the reported tree (its twin link) and
+    /// in the agreed fingerprints, found once per sync: every later step
+    /// reads them instead of searching again.
+    reported: Option<u32>,
+    synced: Option<u32>,
 }
 
 /// A device shadow with fixed capacity: each tree holds `LEAVES` leaves in
@@ -482,15 +487,23 @@ impl<const L: usize, const P: usize> Shadow<L, P> {
         // Pass 1: decide every leaf and check the result fits.
         let mut decisions: heapless::Vec<Decision, L> = heapless::Vec::new();
         let (mut bytes, mut parks) = (0usize, 0usize);
-        let (desired, reported) = (self.trees.get(DESIRED), self.trees.get(REPORTED));
+        let (desired, reported, synced) = (
+            self.trees.get(DESIRED),
+            self.trees.get(REPORTED),
+            self.trees.get(SYNCED),
+        );
+        // The fingerprints are sorted by path like desired: one cursor
+        // finds each leaf's.
+        let mut cursor = 0;
         for i in 0..desired.len() {
             let d = desired.at(i);
-            let dec = self.decide(&d, parks);
+            let (at, found) = synced.seek(cursor, d.path.as_bytes());
+            cursor = at;
+            let dec = self.decide(i, &d, found.then_some(at), parks);
             parks += usize::from(dec.park);
-            let chosen = if dec.take_reported {
-                reported.get(d.path).unwrap_or(d)
-            } else {
-                d
+            let chosen = match (dec.take_reported, dec.reported) {
+                (true, Some(r)) => reported.at(r as usize),
+                _ => d,
             };
             bytes += stored_len(&chosen);
             // One decision per desired leaf, and desired holds at most L.
@@ -528,7 +541,7 @@ impl<const L: usize, const P: usize> Shadow<L, P> {
         scratch.clear();
         for (i, dec) in decisions.iter().enumerate() {
             let d = desired.at(i);
-            let r = reported.get(d.path);
+            let r = dec.reported.map(|r| reported.at(r as usize));
             if let (Some((policy, winner)), Some(r)) = (dec.conflict, r) {
                 conflicts += 1;
                 self.stats.by_policy[policy.index()] += 1;
@@ -574,30 +587,29 @@ impl<const L: usize, const P: usize> Shadow<L, P> {
     /// The fingerprint each desired leaf's decision gives it (`None`: it
     /// has no agreed value).
     fn fingerprint_of(&self, i: usize, dec: &Decision) -> Option<i64> {
-        let d = self.trees.get(DESIRED).at(i);
         match dec.base {
-            Base::Agreed => Some(fingerprint(d.value)),
-            Base::Reported => self
-                .trees
-                .get(REPORTED)
-                .get(d.path)
-                .map(|r| fingerprint(r.value)),
-            Base::Keep => self.trees.get(SYNCED).get(d.path).map(|b| int_of(b.value)),
+            Base::Agreed => Some(fingerprint(self.trees.get(DESIRED).at(i).value)),
+            Base::Reported => dec
+                .reported
+                .map(|r| fingerprint(self.trees.get(REPORTED).at(r as usize).value)),
+            Base::Keep => dec
+                .synced
+                .map(|b| int_of(self.trees.get(SYNCED).at(b as usize).value)),
         }
     }
 
     /// Whether the agreed fingerprints already are what `decisions` give
     /// (one per desired path that has one, and no others).
     fn fingerprints_current(&self, decisions: &[Decision]) -> bool {
-        let (desired, synced) = (self.trees.get(DESIRED), self.trees.get(SYNCED));
+        let synced = self.trees.get(SYNCED);
         let mut held = 0;
         for (i, dec) in decisions.iter().enumerate() {
             let Some(fp) = self.fingerprint_of(i, dec) else {
                 continue;
             };
             held += 1;
-            match synced.get(desired.at(i).path) {
-                Some(b) if int_of(b.value) == fp => {}
+            match dec.synced {
+                Some(b) if int_of(synced.at(b as usize).value) == fp => {}
                 _ => return false,
             }
         }
@@ -654,14 +666,30 @@ impl<const L: usize, const P: usize> Shadow<L, P> {
         }
     }
 
-    fn decide(&self, d: &Entry<'_>, parks_so_far: usize) -> Decision {
+    /// Decides desired leaf `i` (`d`), whose agreed fingerprint is at
+    /// `synced` in the fingerprints tree.
+    fn decide(
+        &self,
+        i: usize,
+        d: &Entry<'_>,
+        synced: Option<usize>,
+        parks_so_far: usize,
+    ) -> Decision {
+        let (desired, reported) = (self.trees.get(DESIRED), self.trees.get(REPORTED));
+        // The twin links are current whenever the document is (every
+        // change of either tree refreshes them).
+        let twin = desired.twin(i);
+        debug_assert_eq!(twin, reported.find(d.path.as_bytes()).ok());
+        debug_assert_eq!(synced, self.trees.get(SYNCED).find(d.path.as_bytes()).ok());
         let keep = Decision {
             take_reported: false,
             base: Base::Keep,
             conflict: None,
             park: false,
+            reported: twin.map(|r| r as u32),
+            synced: synced.map(|b| b as u32),
         };
-        let Some(r) = self.trees.get(REPORTED).get(d.path) else {
+        let Some(r) = twin.map(|r| reported.at(r)) else {
             return keep;
         };
         if r.value == d.value {
@@ -670,10 +698,10 @@ impl<const L: usize, const P: usize> Shadow<L, P> {
                 ..keep
             };
         }
-        if self.parked.get(d.path.as_bytes()).is_some() {
+        if self.parked.len() > 0 && self.parked.get(d.path.as_bytes()).is_some() {
             return keep;
         }
-        let base = self.trees.get(SYNCED).get(d.path).map(|b| int_of(b.value));
+        let base = synced.map(|b| int_of(self.trees.get(SYNCED).at(b).value));
         // A side changed the leaf if its value differs from the one both
         // last agreed on, however many syncs ago: a delta the device has not
         // applied yet does not make its own later change any less a change.

@@ -106,10 +106,15 @@ fn word(chunk: &[u8]) -> u64 {
 }
 
 fn order_key(path: &[u8]) -> u64 {
-    let mut k = [0u8; 8];
-    let n = path.len().min(8);
-    k[..n].copy_from_slice(&path[..n]);
-    u64::from_be_bytes(k)
+    match path.get(..8) {
+        Some(head) => word(head),
+        // Short paths byte by byte: a copy into a padded buffer is a
+        // `memcpy` call, which showed in a profile of a sync.
+        None => path
+            .iter()
+            .enumerate()
+            .fold(0, |k, (i, b)| k | u64::from(*b) << (56 - 8 * i)),
+    }
 }
 
 /// One leaf as seen from outside the tree.
@@ -688,6 +693,28 @@ impl<const L: usize, const P: usize> StateTree<L, P> {
             })
             .map(|k| k + from)
             .map_err(|k| k + from)
+    }
+
+    /// Walks forward from `from` (a cursor over paths visited in order) to
+    /// the first leaf at or after `path`: the new cursor, and whether that
+    /// leaf is at `path`. A sorted walk over another tree's paths costs one
+    /// comparison or two per leaf instead of a search each.
+    pub(crate) fn seek(&self, from: usize, path: &[u8]) -> (usize, bool) {
+        let key = order_key(path);
+        let mut k = from;
+        while k < self.leaves.len() {
+            let l = &self.leaves[k];
+            match l
+                .key
+                .cmp(&key)
+                .then_with(|| cmp_after_key(l.path.slice(&self.pool), path))
+            {
+                core::cmp::Ordering::Less => k += 1,
+                core::cmp::Ordering::Equal => return (k, true),
+                core::cmp::Ordering::Greater => return (k, false),
+            }
+        }
+        (k, false)
     }
 
     /// The index of leaf `i`'s twin in the other tree, if it has one.
