@@ -14,7 +14,7 @@
 //!
 //! let mut s = LocalShadow::new(ConflictPolicy::CloudWins, 1000);
 //! let (doc, _) = s.update_aws(br#"{"state":{"desired":{"color":"red"}}}"#, 5_000).unwrap();
-//! assert_eq!(doc["version"], 1);
+//! assert_eq!(serde_json::to_value(&doc).unwrap()["version"], 1);
 //! s.update_aws(br#"{"state":{"reported":{"color":"blue"}}}"#, 6_000).unwrap();
 //! assert_eq!(s.delta().unwrap(), serde_json::json!({"color": "red"}));
 //! // A stale version is refused as AWS IoT refuses it, and nothing changes.
@@ -29,7 +29,8 @@ use lanyard_core::shadow::{
 use serde_json::{Value as Json, json};
 
 use crate::aws_json::{
-    self, AwsJsonError, accepted_document, error_document, get_document, parse_update, tree_to_json,
+    self, AwsJsonError, GetDocument, TreeView, UpdateRequest, accepted_document, error_document,
+    get_document, parse_update, tree_to_json,
 };
 
 /// Leaves a document holds, and the bytes of their paths and values: the
@@ -39,7 +40,8 @@ pub const LEAVES: usize = crate::twin::TWIN_LEAVES;
 pub const POOL: usize = crate::twin::TWIN_POOL;
 
 type Doc = CoreShadow<LEAVES, POOL>;
-type Tree = StateTree<LEAVES, POOL>;
+/// A tree of the size a local shadow keeps.
+pub type Tree = StateTree<LEAVES, POOL>;
 
 /// Why a call that is not an AWS update failed (an AWS update answers with
 /// AWS IoT's rejected document instead).
@@ -148,6 +150,28 @@ impl Settled {
     }
 }
 
+/// What [`LocalShadow::update_aws`] accepted: serialized, it is the
+/// document AWS IoT publishes on `/update/accepted`.
+#[derive(Debug)]
+pub struct Accepted {
+    request: Box<UpdateRequest<LEAVES, POOL>>,
+    version: u64,
+    now_ms: u64,
+}
+
+impl Accepted {
+    /// The shadow's version after the update.
+    pub fn version(&self) -> u64 {
+        self.version
+    }
+}
+
+impl serde::Serialize for Accepted {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        accepted_document(&self.request, self.version, self.now_ms).serialize(s)
+    }
+}
+
 /// A shadow document kept in this process. See the [module](self).
 pub struct LocalShadow {
     doc: Box<Doc>,
@@ -219,21 +243,49 @@ impl LocalShadow {
         &mut self,
         request: &[u8],
         now_ms: u64,
-    ) -> Result<(Json, Vec<Settled>), Json> {
+    ) -> Result<(Accepted, Vec<Settled>), Json> {
         let req =
             parse_update::<LEAVES, POOL>(request).map_err(|e| error_document(&e, now_ms, None))?;
-        match req.apply_to(&mut self.doc, now_ms) {
+        self.apply_aws(req, now_ms)
+    }
+
+    /// [`LocalShadow::update_aws`] of a request already read as JSON.
+    pub fn update_aws_json(
+        &mut self,
+        request: &Json,
+        now_ms: u64,
+    ) -> Result<(Accepted, Vec<Settled>), Json> {
+        let req = aws_json::parse_update_json::<LEAVES, POOL>(request)
+            .map_err(|e| error_document(&e, now_ms, None))?;
+        self.apply_aws(req, now_ms)
+    }
+
+    fn apply_aws(
+        &mut self,
+        request: UpdateRequest<LEAVES, POOL>,
+        now_ms: u64,
+    ) -> Result<(Accepted, Vec<Settled>), Json> {
+        match request.apply_to(&mut self.doc, now_ms) {
             Ok(version) => {
                 let conflicts = self.settle(now_ms);
-                Ok((accepted_document(&req, version, now_ms), conflicts))
+                let accepted = Accepted {
+                    request: Box::new(request),
+                    version,
+                    now_ms,
+                };
+                Ok((accepted, conflicts))
             }
-            Err(e) => Err(error_document(&e, now_ms, req.client_token.as_deref())),
+            Err(e) => Err(error_document(&e, now_ms, request.client_token.as_deref())),
         }
     }
 
     /// What AWS IoT publishes on `/get/accepted`, or on `/get/rejected`
     /// (404: no shadow) before the first write.
-    pub fn get_aws(&self, client_token: Option<&str>, now_ms: u64) -> Result<Json, Json> {
+    pub fn get_aws<'a>(
+        &'a self,
+        client_token: Option<&'a str>,
+        now_ms: u64,
+    ) -> Result<GetDocument<'a, LEAVES, POOL>, Json> {
         if self.doc.version() == 0 {
             let mut doc =
                 json!({"code": 404, "message": "No shadow exists", "timestamp": now_ms / 1000});
@@ -277,19 +329,35 @@ impl LocalShadow {
         tree_to_json(self.doc.desired())
     }
 
+    /// Desired state, to serialize (as JSON text or otherwise).
+    pub fn desired_view(&self) -> TreeView<'_, LEAVES, POOL> {
+        TreeView::values(self.doc.desired())
+    }
+
     /// Reported state, a JSON object.
     pub fn reported(&self) -> Json {
         tree_to_json(self.doc.reported())
     }
 
+    /// Reported state, to serialize (as JSON text or otherwise).
+    pub fn reported_view(&self) -> TreeView<'_, LEAVES, POOL> {
+        TreeView::values(self.doc.reported())
+    }
+
     /// The desired properties whose reported value differs or is missing,
     /// less the conflicts parked for an operator.
     pub fn delta(&self) -> Result<Json, LocalShadowError> {
-        let mut delta = Tree::new();
+        Ok(tree_to_json(&*self.delta_tree()?))
+    }
+
+    /// [`LocalShadow::delta`] as a tree, to serialize with
+    /// [`TreeView::values`].
+    pub fn delta_tree(&self) -> Result<Box<Tree>, LocalShadowError> {
+        let mut delta = Box::new(Tree::new());
         self.doc
             .delta_into(&mut delta)
             .map_err(|e| LocalShadowError::from(&AwsJsonError::Core(e)))?;
-        Ok(tree_to_json(&delta))
+        Ok(delta)
     }
 
     /// Conflicts parked for an operator: dotted path and when it was

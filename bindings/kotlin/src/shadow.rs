@@ -9,6 +9,7 @@ use std::sync::{Arc, Mutex, MutexGuard};
 
 use lanyard_core::shadow::{ConflictPolicy as CorePolicy, Source};
 use lanyard_std::local_shadow::{LocalShadow, LocalShadowError, Settled, Side};
+use lanyard_std::aws_json::TreeView;
 use serde_json::Value as Json;
 
 use crate::{LanyardError, now_ms};
@@ -230,7 +231,7 @@ impl Shadow {
     ) -> Result<String, LanyardError> {
         let now = now_ms.unwrap_or_else(crate::now_ms);
         match self.doc().update_aws(request.as_bytes(), now) {
-            Ok((doc, _)) => Ok(doc.to_string()),
+            Ok((doc, _)) => Ok(json_text(&doc)),
             Err(doc) => Err(rejected(doc)),
         }
     }
@@ -247,7 +248,7 @@ impl Shadow {
         let now = now_ms.unwrap_or_else(crate::now_ms);
         self.doc()
             .get_aws(client_token.as_deref(), now)
-            .map(|d| d.to_string())
+            .map(|d| json_text(&d))
             .map_err(rejected)
     }
 
@@ -276,18 +277,19 @@ impl Shadow {
 
     /// Desired state (JSON text of an object).
     pub fn desired_json(&self) -> String {
-        self.doc().desired().to_string()
+        json_text(&self.doc().desired_view())
     }
 
     /// Reported state (JSON text of an object).
     pub fn reported_json(&self) -> String {
-        self.doc().reported().to_string()
+        json_text(&self.doc().reported_view())
     }
 
     /// The desired properties whose reported value differs or is missing,
     /// less the parked conflicts (JSON text of an object).
     pub fn delta_json(&self) -> Result<String, LanyardError> {
-        Ok(self.doc().delta()?.to_string())
+        let delta = self.doc().delta_tree()?;
+        Ok(json_text(&TreeView::values(&*delta)))
     }
 
     /// Conflicts waiting for [`Shadow::resolve`].
@@ -328,4 +330,10 @@ impl Shadow {
     pub fn policy_for(&self, path: String) -> Result<ConflictPolicy, LanyardError> {
         Ok(self.doc().policy_for(&path)?.into())
     }
+}
+
+/// A document as JSON text. Its keys are all text, so writing it cannot
+/// fail.
+fn json_text(doc: &impl serde::Serialize) -> String {
+    serde_json::to_string(doc).unwrap_or_default()
 }

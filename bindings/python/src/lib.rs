@@ -32,6 +32,7 @@ mod app;
 type Tree = lanyard_core::shadow::StateTree<TWIN_LEAVES, TWIN_POOL>;
 mod device;
 mod errors;
+mod py_json;
 mod shadow;
 
 create_exception!(

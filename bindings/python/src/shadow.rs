@@ -1,15 +1,18 @@
 //! `lanyard.Shadow`: a thin wrapper of `lanyard_std::local_shadow` (the
 //! core's shadow engine with AWS IoT's view of its documents), which the
-//! Kotlin `Shadow` wraps too. The Python package turns the JSON text into
-//! dicts and the refusals into exceptions.
+//! Kotlin `Shadow` wraps too. Documents cross as dicts (`py_json`); the
+//! Python package turns the refusals into exceptions.
 
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use crate::errors::{PyKeyError, PyValueError};
+use crate::py_json::{from_py, to_py};
+use lanyard_std::aws_json::TreeView;
 use lanyard_std::local_shadow::{
     LocalShadow, LocalShadowError, Settled, Side, policy_named, winner_named,
 };
 use pyo3::prelude::*;
+use pyo3::types::{PyBytes, PyList, PyString};
 use serde_json::Value as Json;
 
 /// A shadow document kept in this process. See the Python class.
@@ -32,36 +35,44 @@ fn py_err(e: LocalShadowError) -> PyErr {
     }
 }
 
-/// The settled conflicts as the JSON text the Python package reads.
-fn conflicts_json(conflicts: &[Settled]) -> String {
-    Json::Array(conflicts.iter().map(Settled::to_json).collect()).to_string()
+/// The settled conflicts as a list of dicts.
+fn conflicts_py(py: Python<'_>, conflicts: &[Settled]) -> PyResult<Py<PyAny>> {
+    let list: Vec<Json> = conflicts.iter().map(Settled::to_json).collect();
+    to_py(py, &list)
 }
 
-/// What a write answers: `(true, version, conflicts as JSON text)`, or
-/// `(false, code, message)` as AWS IoT words the refusal (nothing
-/// changed).
-type Written = (bool, u64, String);
+/// What a write answers: `(true, version, conflicts)`, or `(false, code,
+/// message)` as AWS IoT words the refusal (nothing changed).
+type Written = (bool, u64, Py<PyAny>);
 
 impl Shadow {
     fn write(
         &mut self,
-        state: &str,
+        py: Python<'_>,
+        state: &Bound<'_, PyAny>,
         side: Side,
         version: Option<u64>,
         now_ms: Option<u64>,
     ) -> PyResult<Written> {
-        let obj = match serde_json::from_str::<Json>(state) {
-            Ok(Json::Object(o)) => o,
-            _ => return Err(PyValueError::new_err("state must be a JSON object")),
+        let what = match side {
+            Side::Desired => "desired state",
+            Side::Reported => "reported state",
+        };
+        let Json::Object(obj) = from_py(state, what)? else {
+            return Err(PyValueError::new_err(format!(
+                "{what} must be a dict of properties"
+            )));
         };
         match self
             .doc
             .write(side, &obj, version, now_ms.unwrap_or_else(clock_ms))
         {
-            Ok((version, conflicts)) => Ok((true, version, conflicts_json(&conflicts))),
-            Err(LocalShadowError::Refused { code, message }) => {
-                Ok((false, u64::from(code), message))
-            }
+            Ok((version, conflicts)) => Ok((true, version, conflicts_py(py, &conflicts)?)),
+            Err(LocalShadowError::Refused { code, message }) => Ok((
+                false,
+                u64::from(code),
+                PyString::new(py, &message).into_any().unbind(),
+            )),
             Err(e) => Err(py_err(e)),
         }
     }
@@ -96,70 +107,91 @@ impl Shadow {
         self.doc.version()
     }
 
-    /// An AWS IoT `/update` request (JSON text): `(True, accepted document,
-    /// conflicts)` or `(False, rejected document, "[]")`; nothing changes
+    /// An AWS IoT `/update` request (a dict, or JSON text as str or
+    /// bytes): `(True, accepted document,
+    /// conflicts)` or `(False, rejected document, [])`; nothing changes
     /// when refused.
     #[pyo3(signature = (request, now_ms=None))]
-    fn update_aws(&mut self, request: &str, now_ms: Option<u64>) -> (bool, String, String) {
-        match self
-            .doc
-            .update_aws(request.as_bytes(), now_ms.unwrap_or_else(clock_ms))
-        {
-            Ok((doc, conflicts)) => (true, doc.to_string(), conflicts_json(&conflicts)),
-            Err(doc) => (false, doc.to_string(), "[]".into()),
+    fn update_aws(
+        &mut self,
+        py: Python<'_>,
+        request: &Bound<'_, PyAny>,
+        now_ms: Option<u64>,
+    ) -> PyResult<(bool, Py<PyAny>, Py<PyAny>)> {
+        let now_ms = now_ms.unwrap_or_else(clock_ms);
+        // JSON text as it came off the network (an AWS update topic), or
+        // the request as Python objects.
+        let answer = if let Ok(text) = request.cast::<PyString>() {
+            self.doc.update_aws(text.to_cow()?.as_bytes(), now_ms)
+        } else if let Ok(bytes) = request.cast::<PyBytes>() {
+            self.doc.update_aws(bytes.as_bytes(), now_ms)
+        } else {
+            self.doc.update_aws_json(&from_py(request, "request")?, now_ms)
+        };
+        match answer {
+            Ok((doc, conflicts)) => Ok((true, to_py(py, &doc)?, conflicts_py(py, &conflicts)?)),
+            Err(doc) => Ok((false, to_py(py, &doc)?, PyList::empty(py).into_any().unbind())),
         }
     }
 
-    /// The AWS IoT `/get/accepted` document (JSON text): `(True,
-    /// document)`, or `(False, rejected document)` before the first write
-    /// (AWS IoT answers 404: no such shadow).
+    /// The AWS IoT `/get/accepted` document: `(True, document)`, or
+    /// `(False, rejected document)` before the first write (AWS IoT
+    /// answers 404: no such shadow).
     #[pyo3(signature = (client_token=None, now_ms=None))]
-    fn get_aws(&self, client_token: Option<&str>, now_ms: Option<u64>) -> (bool, String) {
+    fn get_aws(
+        &self,
+        py: Python<'_>,
+        client_token: Option<&str>,
+        now_ms: Option<u64>,
+    ) -> PyResult<(bool, Py<PyAny>)> {
         match self
             .doc
             .get_aws(client_token, now_ms.unwrap_or_else(clock_ms))
         {
-            Ok(doc) => (true, doc.to_string()),
-            Err(doc) => (false, doc.to_string()),
+            Ok(doc) => Ok((true, to_py(py, &doc)?)),
+            Err(doc) => Ok((false, to_py(py, &doc)?)),
         }
     }
 
-    /// Writes desired state (JSON text; nulls delete), as the cloud. See
+    /// Writes desired state (a dict; `None` deletes), as the cloud. See
     /// `Written`.
     #[pyo3(signature = (state, version=None, now_ms=None))]
     fn update_desired(
         &mut self,
-        state: &str,
+        py: Python<'_>,
+        state: &Bound<'_, PyAny>,
         version: Option<u64>,
         now_ms: Option<u64>,
     ) -> PyResult<Written> {
-        self.write(state, Side::Desired, version, now_ms)
+        self.write(py, state, Side::Desired, version, now_ms)
     }
 
     /// Writes reported state, as the device. See `update_desired`.
     #[pyo3(signature = (state, version=None, now_ms=None))]
     fn update_reported(
         &mut self,
-        state: &str,
+        py: Python<'_>,
+        state: &Bound<'_, PyAny>,
         version: Option<u64>,
         now_ms: Option<u64>,
     ) -> PyResult<Written> {
-        self.write(state, Side::Reported, version, now_ms)
+        self.write(py, state, Side::Reported, version, now_ms)
     }
 
-    /// Desired state as JSON text.
-    fn desired_json(&self) -> String {
-        self.doc.desired().to_string()
+    /// Desired state, a dict.
+    fn desired(&self, py: Python<'_>) -> PyResult<Py<PyAny>> {
+        to_py(py, &self.doc.desired_view())
     }
 
-    /// Reported state as JSON text.
-    fn reported_json(&self) -> String {
-        self.doc.reported().to_string()
+    /// Reported state, a dict.
+    fn reported(&self, py: Python<'_>) -> PyResult<Py<PyAny>> {
+        to_py(py, &self.doc.reported_view())
     }
 
-    /// The delta as JSON text.
-    fn delta_json(&self) -> PyResult<String> {
-        self.doc.delta().map(|d| d.to_string()).map_err(py_err)
+    /// The delta, a dict.
+    fn delta(&self, py: Python<'_>) -> PyResult<Py<PyAny>> {
+        let delta = self.doc.delta_tree().map_err(py_err)?;
+        to_py(py, &TreeView::values(&*delta))
     }
 
     /// Conflicts parked for an operator: `(dotted path, parked at ms)`.

@@ -38,10 +38,7 @@ class SharedCases(unittest.TestCase):
                 if op == "get":
                     doc = s.get(client_token=step.get("client_token"), now_ms=at)
                 elif "request_text" in step:
-                    ok, text, _ = s._s.update_aws(step["request_text"], at)
-                    doc = json.loads(text)
-                    if not ok:
-                        raise lanyard._shadow_refusal(doc["code"], doc["message"], doc)
+                    doc = s.update(step["request_text"], now_ms=at)
                 else:
                     doc = s.update(step["request"], now_ms=at)
             except ShadowRejected as e:
@@ -101,14 +98,29 @@ class PythonInput(unittest.TestCase):
     def test_input_python_cannot_send_is_a_clear_error(self):
         s = Shadow()
         with self.assertRaises(TypeError):
-            s.update('{"state": {}}')
+            s.update(42)
         with self.assertRaises(ValueError):
             s.update({"state": {"desired": {"big": 2**70}}})
         with self.assertRaises(ValueError):
             s.update({"state": {"desired": {"b": b"bytes"}}})
         with self.assertRaises(ValueError):
+            s.update({"state": {"desired": {"x": float("nan")}}})
+        with self.assertRaises(ValueError):
+            s.update({"state": {"desired": {1: "a key that is no text"}}})
+        loop = {}
+        loop["again"] = loop
+        with self.assertRaises(ValueError):
+            s.update({"state": {"desired": loop}})
+        with self.assertRaises(ValueError):
+            s.update_desired({"x": {1, 2}})
+        # JSON text as an AWS update topic carries it, good or not.
+        with self.assertRaises(ShadowRejected) as refused:
+            s.update('{"state": {')
+        self.assertEqual(refused.exception.code, 400)
+        with self.assertRaises(ValueError):
             Shadow(policies={"a": "whoever_shouts"})
         self.assertEqual(s.version, 0)
+        self.assertEqual(s.update(b'{"state": {"desired": {"x": 1}}}')["version"], 1)
 
 
 # ---- a plain-Python model of the AWS rules ----

@@ -15,6 +15,8 @@
 //! let update = aws_json::parse_update::<32, 2048>(req)?;
 //! update.apply_to(&mut shadow, 1_700_000_000_000)?;
 //! let delta = aws_json::delta_document(&shadow, 1_700_000_000_000, None)?;
+//! // Documents serialize straight to JSON (or any serde format).
+//! let delta = serde_json::to_value(&delta).unwrap();
 //! assert_eq!(delta["state"]["color"]["g"], 255);
 //! # Ok::<(), aws_json::AwsJsonError>(())
 //! ```
@@ -24,6 +26,12 @@ use std::fmt;
 use base64::Engine as _;
 use lanyard_core::shadow::{PathBuf, RawArray, Shadow, StateTree, Value};
 use serde_json::{Map, Value as Json, json};
+
+mod documents;
+
+pub use documents::{
+    AcceptedDocument, DeltaDocument, DocumentsDocument, GetDocument, LeafValue, Leaves, TreeView,
+};
 
 /// Why a JSON document could not be used; each maps to the HTTP-style code
 /// the AWS service answers with ([`AwsJsonError::code`]).
@@ -102,8 +110,9 @@ pub enum Part<const L: usize, const P: usize> {
     Absent,
     /// `"desired": null`: delete the whole side.
     Clear,
-    /// Leaves to set or (with `null`) delete.
-    Update(StateTree<L, P>),
+    /// Leaves to set or (with `null`) delete. Boxed: a request moves
+    /// through a few hands, and a tree is kilobytes.
+    Update(Box<StateTree<L, P>>),
 }
 
 /// A parsed `/update` request document.
@@ -127,33 +136,46 @@ impl<const L: usize, const P: usize> UpdateRequest<L, P> {
         shadow: &mut Shadow<SL, SP>,
         now_ms: u64,
     ) -> Result<u64, AwsJsonError> {
-        let desired = resolve_part(&self.desired, shadow.desired())?;
-        let reported = resolve_part(&self.reported, shadow.reported())?;
-        Ok(shadow.apply(desired.as_ref(), reported.as_ref(), self.version, now_ms)?)
+        // Only a cleared side needs a tree of its own; the trees (kilobytes
+        // each) are never copied.
+        let cleared_desired = cleared(&self.desired, shadow.desired())?;
+        let cleared_reported = cleared(&self.reported, shadow.reported())?;
+        let desired = side(&self.desired, cleared_desired.as_deref());
+        let reported = side(&self.reported, cleared_reported.as_deref());
+        Ok(shadow.apply(desired, reported, self.version, now_ms)?)
     }
 }
 
-/// Turns `Clear` into nulls for the side's current top-level keys.
-fn resolve_part<const L: usize, const P: usize, const SL: usize, const SP: usize>(
+/// The tree a side writes: its update, or the nulls that clear it.
+fn side<'a, const L: usize, const P: usize>(
+    part: &'a Part<L, P>,
+    cleared: Option<&'a StateTree<L, P>>,
+) -> Option<&'a StateTree<L, P>> {
+    match part {
+        Part::Absent => None,
+        Part::Update(t) => Some(t),
+        Part::Clear => cleared,
+    }
+}
+
+/// For `Clear`, nulls for the side's current top-level keys.
+fn cleared<const L: usize, const P: usize, const SL: usize, const SP: usize>(
     part: &Part<L, P>,
     current: &StateTree<SL, SP>,
-) -> Result<Option<StateTree<L, P>>, AwsJsonError> {
-    Ok(match part {
-        Part::Absent => None,
-        Part::Update(t) => Some(t.clone()),
-        Part::Clear => {
-            let mut t = StateTree::new();
-            let mut last: Option<String> = None;
-            for e in current.iter() {
-                let top = e.path.key(0).unwrap_or_default();
-                if last.as_deref() != Some(top) {
-                    t.insert(&PathBuf::from_keys(&[top])?, Value::Null)?;
-                    last = Some(top.to_owned());
-                }
-            }
-            Some(t)
+) -> Result<Option<Box<StateTree<L, P>>>, AwsJsonError> {
+    if !matches!(part, Part::Clear) {
+        return Ok(None);
+    }
+    let mut t: Box<StateTree<L, P>> = Box::new(StateTree::new());
+    let mut last: Option<String> = None;
+    for e in current.iter() {
+        let top = e.path.key(0).unwrap_or_default();
+        if last.as_deref() != Some(top) {
+            t.insert(&PathBuf::from_keys(&[top])?, Value::Null)?;
+            last = Some(top.to_owned());
         }
-    })
+    }
+    Ok(Some(t))
 }
 
 /// Parses an `/update` request document.
@@ -162,6 +184,14 @@ pub fn parse_update<const L: usize, const P: usize>(
 ) -> Result<UpdateRequest<L, P>, AwsJsonError> {
     let doc: Json =
         serde_json::from_slice(bytes).map_err(|e| AwsJsonError::InvalidJson(e.to_string()))?;
+    parse_update_json(&doc)
+}
+
+/// Parses an `/update` request document already read as JSON (from text,
+/// or from a binding's own objects).
+pub fn parse_update_json<const L: usize, const P: usize>(
+    doc: &Json,
+) -> Result<UpdateRequest<L, P>, AwsJsonError> {
     let Json::Object(top) = doc else {
         return Err(AwsJsonError::BadRequest("Payload contains an invalid json"));
     };
@@ -174,7 +204,11 @@ pub fn parse_update<const L: usize, const P: usize>(
         match state.get(name) {
             None => Ok(Part::Absent),
             Some(Json::Null) => Ok(Part::Clear),
-            Some(Json::Object(m)) => Ok(Part::Update(tree_from_json(m, true)?)),
+            Some(Json::Object(m)) => {
+                let mut t = Box::new(StateTree::new());
+                fill(&mut t, &mut PathBuf::new(), m, true)?;
+                Ok(Part::Update(t))
+            }
             Some(_) => Err(AwsJsonError::BadRequest(msg)),
         }
     };
@@ -292,39 +326,6 @@ fn json_to_cbor(
     Ok(())
 }
 
-/// Reads canonical CBOR written by the core back into JSON.
-fn cbor_to_json(d: &mut minicbor::Decoder<'_>) -> Json {
-    use minicbor::data::Type;
-    let ty = d.datatype().unwrap_or(Type::Null);
-    match ty {
-        Type::Array => {
-            let n = d.array().ok().flatten().unwrap_or(0);
-            Json::Array((0..n).map(|_| cbor_to_json(d)).collect())
-        }
-        Type::Map => {
-            let n = d.map().ok().flatten().unwrap_or(0);
-            let mut m = Map::new();
-            for _ in 0..n {
-                let k = d.str().unwrap_or_default().to_owned();
-                m.insert(k, cbor_to_json(d));
-            }
-            Json::Object(m)
-        }
-        Type::Bool => Json::Bool(d.bool().unwrap_or_default()),
-        Type::String => Json::String(d.str().unwrap_or_default().to_owned()),
-        Type::Bytes => Json::String(b64(d.bytes().unwrap_or_default())),
-        Type::F64 | Type::F32 | Type::F16 => {
-            serde_json::Number::from_f64(d.f64().unwrap_or_default())
-                .map_or(Json::Null, Json::Number)
-        }
-        Type::Null => {
-            let _ = d.null();
-            Json::Null
-        }
-        _ => Json::from(d.i64().unwrap_or_default()),
-    }
-}
-
 fn b64(b: &[u8]) -> String {
     base64::engine::general_purpose::STANDARD.encode(b)
 }
@@ -332,173 +333,86 @@ fn b64(b: &[u8]) -> String {
 /// The JSON form of one leaf value. Floats that JSON cannot hold (NaN,
 /// infinities) become `null`, as serde_json does.
 pub fn value_to_json(v: Value<'_>) -> Json {
-    match v {
-        Value::Null => Json::Null,
-        Value::Bool(b) => Json::Bool(b),
-        Value::Int(i) => Json::from(i),
-        Value::Float(x) => serde_json::Number::from_f64(x).map_or(Json::Null, Json::Number),
-        Value::Text(s) => Json::String(s.to_owned()),
-        Value::Bytes(b) => Json::String(b64(b)),
-        Value::Array(a) => cbor_to_json(&mut minicbor::Decoder::new(a.as_cbor())),
-    }
+    // Serializing into a `Json` fails only for non-text map keys, which
+    // a leaf value does not have.
+    serde_json::to_value(LeafValue(v)).unwrap_or(Json::Null)
 }
 
-/// Nested JSON of a tree's values, or of its metadata (`{"timestamp": s}`
-/// per leaf, in seconds as AWS writes it).
-fn tree_json<const L: usize, const P: usize>(t: &StateTree<L, P>, metadata: bool) -> Json {
-    let mut root = Map::new();
-    for e in t.iter() {
-        let keys: Vec<&str> = e.path.keys().collect();
-        let mut node = &mut root;
-        for k in &keys[..keys.len() - 1] {
-            node = node
-                .entry((*k).to_owned())
-                .or_insert_with(|| Json::Object(Map::new()))
-                .as_object_mut()
-                .expect("paths through leaves are refused by the tree");
-        }
-        let leaf = if metadata {
-            json!({ "timestamp": e.meta.timestamp_ms / 1000 })
-        } else {
-            value_to_json(e.value)
-        };
-        node.insert(keys[keys.len() - 1].to_owned(), leaf);
-    }
-    Json::Object(root)
-}
-
-/// The values of a tree as a JSON object.
+/// The values of a tree as a JSON object. Documents to send are better
+/// serialized straight from a [`TreeView`].
 pub fn tree_to_json<const L: usize, const P: usize>(t: &StateTree<L, P>) -> Json {
-    tree_json(t, false)
-}
-
-fn with_token(mut doc: Json, client_token: Option<&str>) -> Json {
-    if let Some(t) = client_token {
-        doc["clientToken"] = Json::String(t.to_owned());
-    }
-    doc
-}
-
-/// `state`/`metadata` objects with `desired` and `reported`, each omitted
-/// when empty, as AWS does.
-fn sides<const L: usize, const P: usize>(s: &Shadow<L, P>, metadata: bool) -> Json {
-    let mut m = Map::new();
-    for (name, t) in [("desired", s.desired()), ("reported", s.reported())] {
-        if !t.is_empty() {
-            m.insert(name.into(), tree_json(t, metadata));
-        }
-    }
-    Json::Object(m)
+    serde_json::to_value(TreeView::values(t)).unwrap_or(Json::Null)
 }
 
 /// The `/get/accepted` document: state with `delta`, metadata, version.
-pub fn get_document<const L: usize, const P: usize>(
-    s: &Shadow<L, P>,
+pub fn get_document<'a, const L: usize, const P: usize>(
+    s: &'a Shadow<L, P>,
     now_ms: u64,
-    client_token: Option<&str>,
-) -> Result<Json, AwsJsonError> {
-    let mut state = sides(s, false);
-    let mut delta: StateTree<L, P> = StateTree::new();
+    client_token: Option<&'a str>,
+) -> Result<GetDocument<'a, L, P>, AwsJsonError> {
+    let mut delta: Box<StateTree<L, P>> = Box::new(StateTree::new());
     s.delta_into(&mut delta)?;
-    if !delta.is_empty() {
-        state["delta"] = tree_to_json(&delta);
-    }
-    Ok(with_token(
-        json!({
-            "state": state,
-            "metadata": sides(s, true),
-            "version": s.version(),
-            "timestamp": now_ms / 1000,
-        }),
+    Ok(GetDocument {
+        shadow: s,
+        delta,
+        now_ms,
         client_token,
-    ))
+    })
 }
 
 /// The `/update/accepted` document: the request's state and the metadata
 /// of what it wrote.
 pub fn accepted_document<const L: usize, const P: usize>(
-    req: &UpdateRequest<L, P>,
+    request: &UpdateRequest<L, P>,
     version: u64,
     now_ms: u64,
-) -> Json {
-    let mut state = Map::new();
-    let mut meta = Map::new();
-    for (name, part) in [("desired", &req.desired), ("reported", &req.reported)] {
-        match part {
-            Part::Absent => {}
-            Part::Clear => {
-                state.insert(name.into(), Json::Null);
-            }
-            Part::Update(t) => {
-                state.insert(name.into(), tree_to_json(t));
-                let mut stamped = t.clone();
-                stamp(&mut stamped, now_ms);
-                meta.insert(name.into(), tree_json(&stamped, true));
-            }
-        }
+) -> AcceptedDocument<'_, L, P> {
+    AcceptedDocument {
+        request,
+        version,
+        now_ms,
     }
-    with_token(
-        json!({
-            "state": state,
-            "metadata": meta,
-            "version": version,
-            "timestamp": now_ms / 1000,
-        }),
-        req.client_token.as_deref(),
-    )
-}
-
-fn stamp<const L: usize, const P: usize>(t: &mut StateTree<L, P>, now_ms: u64) {
-    let mut out: StateTree<L, P> = StateTree::new();
-    for e in t.iter() {
-        let meta = lanyard_core::shadow::LeafMeta {
-            timestamp_ms: now_ms,
-            ..e.meta
-        };
-        // Same paths and values as `t`, so this always fits.
-        let _ = out.insert_with_meta(e.path, e.value, meta);
-    }
-    *t = out;
 }
 
 /// The `/update/delta` document. AWS publishes no delta when it would be
 /// empty; check [`Shadow::in_sync`] first to do the same.
-pub fn delta_document<const L: usize, const P: usize>(
+pub fn delta_document<'a, const L: usize, const P: usize>(
     s: &Shadow<L, P>,
     now_ms: u64,
-    client_token: Option<&str>,
-) -> Result<Json, AwsJsonError> {
-    let mut delta: StateTree<L, P> = StateTree::new();
+    client_token: Option<&'a str>,
+) -> Result<DeltaDocument<'a, L, P>, AwsJsonError> {
+    let mut delta: Box<StateTree<L, P>> = Box::new(StateTree::new());
     s.delta_into(&mut delta)?;
-    Ok(with_token(
-        json!({
-            "version": s.version(),
-            "timestamp": now_ms / 1000,
-            "state": tree_to_json(&delta),
-            "metadata": tree_json(&delta, true),
-        }),
+    Ok(DeltaDocument {
+        version: s.version(),
+        delta,
+        now_ms,
         client_token,
-    ))
+    })
 }
 
-/// The `/update/documents` document: the shadow before and after.
-pub fn documents_document<const L: usize, const P: usize>(
-    previous: &Shadow<L, P>,
-    current: &Shadow<L, P>,
+/// The `/update/documents` document: the shadow before and after an
+/// update.
+pub fn documents_document<'a, const L: usize, const P: usize>(
+    previous: &'a Shadow<L, P>,
+    current: &'a Shadow<L, P>,
     now_ms: u64,
-    client_token: Option<&str>,
-) -> Json {
-    let side = |s: &Shadow<L, P>| json!({ "state": sides(s, false), "metadata": sides(s, true), "version": s.version() });
-    with_token(
-        json!({ "previous": side(previous), "current": side(current), "timestamp": now_ms / 1000 }),
+    client_token: Option<&'a str>,
+) -> DocumentsDocument<'a, L, P> {
+    DocumentsDocument {
+        previous,
+        current,
+        now_ms,
         client_token,
-    )
+    }
 }
 
 /// An `/rejected` error document.
 pub fn error_document(err: &AwsJsonError, now_ms: u64, client_token: Option<&str>) -> Json {
-    with_token(
-        json!({ "code": err.code(), "message": err.message(), "timestamp": now_ms / 1000 }),
-        client_token,
-    )
+    let mut doc =
+        json!({ "code": err.code(), "message": err.message(), "timestamp": now_ms / 1000 });
+    if let Some(t) = client_token {
+        doc["clientToken"] = Json::String(t.to_owned());
+    }
+    doc
 }

@@ -1004,6 +1004,7 @@ impl TwinHost {
             self.audit
                 .as_ref()
                 .and_then(|_| aws_json::get_document(&s, now_ms, None).ok())
+                .and_then(|doc| serde_json::to_value(doc).ok())
         });
         self.capacities.remove(key);
         self.firmware.remove(key);
@@ -1751,20 +1752,17 @@ impl TwinHost {
             }
         }
         if self.aws_topics() {
-            let json = |suffix: &str, doc: serde_json::Value| Publish {
-                topic: format!("$aws/things/{id}/shadow/{suffix}"),
-                payload: serde_json::to_vec(&doc).unwrap_or_default(),
-                qos: Qos::AtLeastOnce,
-            };
+            let base = format!("$aws/things/{id}/shadow");
             if !shadow.in_sync() {
                 if let Ok(d) = aws_json::delta_document(shadow, now_ms, token) {
-                    out.push(json("update/delta", d));
+                    out.push(aws_publish(&base, "update/delta", &d));
                 }
             }
             if let Some(before) = before {
-                out.push(json(
+                out.push(aws_publish(
+                    &base,
                     "update/documents",
-                    aws_json::documents_document(before, shadow, now_ms, token),
+                    &aws_json::documents_document(before, shadow, now_ms, token),
                 ));
             }
         }
@@ -1776,11 +1774,7 @@ impl TwinHost {
 
     fn aws(&mut self, now_ms: u64, thing: &str, op: &str, payload: &[u8]) -> Vec<Publish> {
         let base = format!("$aws/things/{thing}/shadow");
-        let json = |suffix: &str, doc: serde_json::Value| Publish {
-            topic: format!("{base}/{suffix}"),
-            payload: serde_json::to_vec(&doc).unwrap_or_default(),
-            qos: Qos::AtLeastOnce,
-        };
+        let json = |suffix: &str, doc: serde_json::Value| aws_publish(&base, suffix, &doc);
         let refuse = |code: u16, message: String| serde_json::json!({"code": code, "message": message, "timestamp": now_ms / 1000});
         if self.decommissioned.contains(thing) {
             self.stats.decommissioned_refused += 1;
@@ -1846,9 +1840,10 @@ impl TwinHost {
                                 serde_json::json!({"version": version}),
                             );
                         }
-                        let mut out = vec![json(
+                        let mut out = vec![aws_publish(
+                            &base,
                             "update/accepted",
-                            aws_json::accepted_document(&req, version, now_ms),
+                            &aws_json::accepted_document(&req, version, now_ms),
                         )];
                         // Served on the AWS topics whatever `run_twin` was
                         // told: the request came on one.
@@ -1886,7 +1881,7 @@ impl TwinHost {
                 }
                 match self.shadows.get(thing) {
                     Some(s) => match aws_json::get_document(s, now_ms, token.as_deref()) {
-                        Ok(doc) => vec![json("get/accepted", doc)],
+                        Ok(doc) => vec![aws_publish(&base, "get/accepted", &doc)],
                         Err(e) => vec![json(
                             "get/rejected",
                             aws_json::error_document(&e, now_ms, token.as_deref()),
@@ -1976,6 +1971,17 @@ fn refusal(now_ms: u64, key: &str, from_app: bool, reason: String) -> Publish {
             reason,
         },
     )
+}
+
+/// A document published on one of a thing's AWS shadow topics
+/// (`{base}/{suffix}`), written straight from `doc`.
+fn aws_publish(base: &str, suffix: &str, doc: &impl serde::Serialize) -> Publish {
+    Publish {
+        topic: format!("{base}/{suffix}"),
+        // The documents hold text keys only, so writing them cannot fail.
+        payload: serde_json::to_vec(doc).unwrap_or_default(),
+        qos: Qos::AtLeastOnce,
+    }
 }
 
 fn rejected(id: &str, why: &str) -> Publish {

@@ -622,27 +622,22 @@ class Shadow:
         """The document's version: 0 before the first write."""
         return self._s.version
 
-    def update(self, request: Json, now_ms: Optional[int] = None) -> Json:
+    def update(self, request: Union[Json, str, bytes], now_ms: Optional[int] = None) -> Json:
         """Applies an AWS IoT shadow update request (``{"state":
         {"desired": {...}, "reported": {...}}, "version": N, "clientToken":
-        "..."}``) and returns what AWS IoT publishes on
+        "..."}``, as a dict or as the JSON text an AWS IoT update topic
+        carries) and returns what AWS IoT publishes on
         ``/update/accepted``. Refused (nothing changes), raises
         ``VersionConflict`` or ``ShadowRejected`` with the code and message
         AWS IoT publishes on ``/update/rejected``. ``now_ms`` is the time
         of the write (the clock's when ``None``): metadata timestamps and
         ``latest_wins`` use it."""
-        if not isinstance(request, dict):
-            raise WrongType(f"an update request is a dict, not {type(request).__name__}")
-        _check_ints(request, "request")
-        try:
-            text = json.dumps(request, allow_nan=False)
-        except (TypeError, ValueError) as e:
-            raise InvalidInput(f"request: {e}") from None
-        ok, answer, conflicts = self._s.update_aws(text, now_ms)
-        doc = _object(answer)
+        if not isinstance(request, (dict, str, bytes)):
+            raise WrongType(f"an update request is a dict or JSON text, not {type(request).__name__}")
+        ok, doc, conflicts = self._s.update_aws(request, now_ms)
         if not ok:
             raise _shadow_refusal(doc["code"], doc["message"], doc)
-        self.last_conflicts = json.loads(conflicts)
+        self.last_conflicts = conflicts
         return doc
 
     def get(self, client_token: Optional[str] = None, now_ms: Optional[int] = None) -> Json:
@@ -650,18 +645,19 @@ class Shadow:
         reported, delta), ``metadata`` (a timestamp per property),
         ``version``, ``timestamp``. Before the first write there is no
         shadow: ``ShadowRejected`` with code 404, as AWS IoT answers."""
-        ok, text = self._s.get_aws(client_token, now_ms)
-        doc = _object(text)
+        ok, doc = self._s.get_aws(client_token, now_ms)
         if not ok:
             raise _shadow_refusal(doc["code"], doc["message"], doc)
         return doc
 
-    def _write(self, method: Callable[[str, Optional[int], Optional[int]], Tuple[bool, int, str]],
+    def _write(self, method: Callable[[Json, Optional[int], Optional[int]], Tuple[bool, int, Any]],
                state: Json, version: Optional[int], now_ms: Optional[int], what: str) -> int:
-        ok, n, text = method(_state_json(state, what), version, now_ms)
+        if not isinstance(state, dict):
+            raise InvalidInput(f"{what} must be a dict of properties, not {type(state).__name__}")
+        ok, n, answer = method(state, version, now_ms)
         if not ok:
-            raise _shadow_refusal(n, text)
-        self.last_conflicts = json.loads(text)
+            raise _shadow_refusal(n, answer)
+        self.last_conflicts = answer
         return n
 
     def update_desired(self, state: Json, version: Optional[int] = None,
@@ -679,18 +675,19 @@ class Shadow:
     @property
     def desired(self) -> Json:
         """Desired state, a dict."""
-        return _object(self._s.desired_json())
+        return self._s.desired()
 
     @property
     def reported(self) -> Json:
         """Reported state, a dict."""
-        return _object(self._s.reported_json())
+        return self._s.reported()
 
     @property
     def delta(self) -> Json:
         """The desired properties whose reported value differs or is
         missing, less the conflicts parked for an operator."""
-        return _object(self._s.delta_json())
+        result: Json = self._s.delta()
+        return result
 
     def parked(self) -> List[Tuple[str, int]]:
         """Conflicts waiting for ``resolve``: a list of ``(dotted path,
