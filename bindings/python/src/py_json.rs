@@ -50,9 +50,10 @@ fn read(obj: &Bound<'_, PyAny>, what: &str, depth: usize) -> PyResult<Json> {
         return Ok(Json::Bool(b.is_true()));
     }
     if let Ok(i) = obj.cast::<PyInt>() {
-        return i.extract::<i64>().map(Json::from).map_err(|_| {
-            PyValueError::new_err(format!("{what}: {i} does not fit in 64 bits"))
-        });
+        return i
+            .extract::<i64>()
+            .map(Json::from)
+            .map_err(|_| PyValueError::new_err(format!("{what}: {i} does not fit in 64 bits")));
     }
     if let Ok(f) = obj.cast::<PyFloat>() {
         let x = f.value();

@@ -12,13 +12,17 @@ use lanyard_std::local_shadow::{
     LocalShadow, LocalShadowError, Settled, Side, policy_named, winner_named,
 };
 use pyo3::prelude::*;
-use pyo3::types::{PyBytes, PyList, PyString};
+use pyo3::types::{PyBytes, PyString};
 use serde_json::Value as Json;
 
 /// A shadow document kept in this process. See the Python class.
 #[pyclass(module = "lanyard._lanyard")]
 pub struct Shadow {
     doc: LocalShadow,
+    /// What the last accepted write settled; turned into dicts only when
+    /// read (a write that settles every leaf of a large document would
+    /// otherwise build a list nobody asked for).
+    last: Vec<Settled>,
 }
 
 fn clock_ms() -> u64 {
@@ -35,20 +39,13 @@ fn py_err(e: LocalShadowError) -> PyErr {
     }
 }
 
-/// The settled conflicts as a list of dicts.
-fn conflicts_py(py: Python<'_>, conflicts: &[Settled]) -> PyResult<Py<PyAny>> {
-    let list: Vec<Json> = conflicts.iter().map(Settled::to_json).collect();
-    to_py(py, &list)
-}
-
-/// What a write answers: `(true, version, conflicts)`, or `(false, code,
-/// message)` as AWS IoT words the refusal (nothing changed).
-type Written = (bool, u64, Py<PyAny>);
+/// What a write answers: `(version, None)`, or `(code, message)` as AWS
+/// IoT words the refusal (nothing changed).
+type Written = (u64, Option<String>);
 
 impl Shadow {
     fn write(
         &mut self,
-        py: Python<'_>,
         state: &Bound<'_, PyAny>,
         side: Side,
         version: Option<u64>,
@@ -67,12 +64,13 @@ impl Shadow {
             .doc
             .write(side, &obj, version, now_ms.unwrap_or_else(clock_ms))
         {
-            Ok((version, conflicts)) => Ok((true, version, conflicts_py(py, &conflicts)?)),
-            Err(LocalShadowError::Refused { code, message }) => Ok((
-                false,
-                u64::from(code),
-                PyString::new(py, &message).into_any().unbind(),
-            )),
+            Ok((version, conflicts)) => {
+                self.last = conflicts;
+                Ok((version, None))
+            }
+            Err(LocalShadowError::Refused { code, message }) => {
+                Ok((u64::from(code), Some(message)))
+            }
             Err(e) => Err(py_err(e)),
         }
     }
@@ -98,7 +96,10 @@ impl Shadow {
             doc.set_policy(&path, policy_named(&name).map_err(py_err)?)
                 .map_err(py_err)?;
         }
-        Ok(Shadow { doc })
+        Ok(Shadow {
+            doc,
+            last: Vec::new(),
+        })
     }
 
     /// The document's version.
@@ -108,16 +109,15 @@ impl Shadow {
     }
 
     /// An AWS IoT `/update` request (a dict, or JSON text as str or
-    /// bytes): `(True, accepted document,
-    /// conflicts)` or `(False, rejected document, [])`; nothing changes
-    /// when refused.
+    /// bytes): `(True, accepted document)` or `(False, rejected
+    /// document)`; nothing changes when refused.
     #[pyo3(signature = (request, now_ms=None))]
     fn update_aws(
         &mut self,
         py: Python<'_>,
         request: &Bound<'_, PyAny>,
         now_ms: Option<u64>,
-    ) -> PyResult<(bool, Py<PyAny>, Py<PyAny>)> {
+    ) -> PyResult<(bool, Py<PyAny>)> {
         let now_ms = now_ms.unwrap_or_else(clock_ms);
         // JSON text as it came off the network (an AWS update topic), or
         // the request as Python objects.
@@ -126,11 +126,15 @@ impl Shadow {
         } else if let Ok(bytes) = request.cast::<PyBytes>() {
             self.doc.update_aws(bytes.as_bytes(), now_ms)
         } else {
-            self.doc.update_aws_json(&from_py(request, "request")?, now_ms)
+            self.doc
+                .update_aws_json(&from_py(request, "request")?, now_ms)
         };
         match answer {
-            Ok((doc, conflicts)) => Ok((true, to_py(py, &doc)?, conflicts_py(py, &conflicts)?)),
-            Err(doc) => Ok((false, to_py(py, &doc)?, PyList::empty(py).into_any().unbind())),
+            Ok((doc, conflicts)) => {
+                self.last = conflicts;
+                Ok((true, to_py(py, &doc)?))
+            }
+            Err(doc) => Ok((false, to_py(py, &doc)?)),
         }
     }
 
@@ -158,24 +162,28 @@ impl Shadow {
     #[pyo3(signature = (state, version=None, now_ms=None))]
     fn update_desired(
         &mut self,
-        py: Python<'_>,
         state: &Bound<'_, PyAny>,
         version: Option<u64>,
         now_ms: Option<u64>,
     ) -> PyResult<Written> {
-        self.write(py, state, Side::Desired, version, now_ms)
+        self.write(state, Side::Desired, version, now_ms)
     }
 
     /// Writes reported state, as the device. See `update_desired`.
     #[pyo3(signature = (state, version=None, now_ms=None))]
     fn update_reported(
         &mut self,
-        py: Python<'_>,
         state: &Bound<'_, PyAny>,
         version: Option<u64>,
         now_ms: Option<u64>,
     ) -> PyResult<Written> {
-        self.write(py, state, Side::Reported, version, now_ms)
+        self.write(state, Side::Reported, version, now_ms)
+    }
+
+    /// The conflicts the last accepted write settled, as dicts.
+    fn last_conflicts(&self, py: Python<'_>) -> PyResult<Py<PyAny>> {
+        let list: Vec<Json> = self.last.iter().map(Settled::to_json).collect();
+        to_py(py, &list)
     }
 
     /// Desired state, a dict.

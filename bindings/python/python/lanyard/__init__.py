@@ -615,7 +615,6 @@ class Shadow:
         if policies is not None and not isinstance(policies, dict):
             raise WrongType("policies must be a dict of dotted path -> policy name")
         self._s = _Shadow(list((policies or {}).items()), default_policy, int(skew_tolerance_ms))
-        self.last_conflicts: List[Json] = []
 
     @property
     def version(self) -> int:
@@ -634,10 +633,9 @@ class Shadow:
         ``latest_wins`` use it."""
         if not isinstance(request, (dict, str, bytes)):
             raise WrongType(f"an update request is a dict or JSON text, not {type(request).__name__}")
-        ok, doc, conflicts = self._s.update_aws(request, now_ms)
+        ok, doc = self._s.update_aws(request, now_ms)
         if not ok:
             raise _shadow_refusal(doc["code"], doc["message"], doc)
-        self.last_conflicts = conflicts
         return doc
 
     def get(self, client_token: Optional[str] = None, now_ms: Optional[int] = None) -> Json:
@@ -650,15 +648,22 @@ class Shadow:
             raise _shadow_refusal(doc["code"], doc["message"], doc)
         return doc
 
-    def _write(self, method: Callable[[Json, Optional[int], Optional[int]], Tuple[bool, int, Any]],
+    def _write(self, method: Callable[[Json, Optional[int], Optional[int]], Tuple[int, Optional[str]]],
                state: Json, version: Optional[int], now_ms: Optional[int], what: str) -> int:
         if not isinstance(state, dict):
             raise InvalidInput(f"{what} must be a dict of properties, not {type(state).__name__}")
-        ok, n, answer = method(state, version, now_ms)
-        if not ok:
-            raise _shadow_refusal(n, answer)
-        self.last_conflicts = answer
+        n, refused = method(state, version, now_ms)
+        if refused is not None:
+            raise _shadow_refusal(n, refused)
         return n
+
+    @property
+    def last_conflicts(self) -> List[Json]:
+        """The conflicts the last accepted write settled (or parked): a
+        dict each with ``path``, ``policy``, ``winner`` (``"cloud"``,
+        ``"device"``, or ``None`` when parked) and both values."""
+        conflicts: List[Json] = self._s.last_conflicts()
+        return conflicts
 
     def update_desired(self, state: Json, version: Optional[int] = None,
                        now_ms: Optional[int] = None) -> int:
