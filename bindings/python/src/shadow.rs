@@ -3,10 +3,11 @@
 //! Kotlin `Shadow` wraps too. Documents cross as dicts (`py_json`); the
 //! Python package turns the refusals into exceptions.
 
+use std::sync::{Mutex, PoisonError};
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use crate::errors::{PyKeyError, PyValueError};
-use crate::py_json::{from_py, to_py};
+use crate::py_json::{KeyCache, from_py, to_py};
 use lanyard_std::aws_json::TreeView;
 use lanyard_std::local_shadow::{
     LocalShadow, LocalShadowError, Settled, Side, policy_named, winner_named,
@@ -23,6 +24,8 @@ pub struct Shadow {
     /// read (a write that settles every leaf of a large document would
     /// otherwise build a list nobody asked for).
     last: Vec<Settled>,
+    /// The keys of the documents this shadow hands out, made once.
+    keys: Mutex<KeyCache>,
 }
 
 fn clock_ms() -> u64 {
@@ -44,6 +47,14 @@ fn py_err(e: LocalShadowError) -> PyErr {
 type Written = (u64, Option<String>);
 
 impl Shadow {
+    /// `doc` as Python objects.
+    fn to_py(&self, py: Python<'_>, doc: &impl serde::Serialize) -> PyResult<Py<PyAny>> {
+        // The cache is only ever used with the GIL held, so this lock is
+        // never contended; a panic while it was held leaves it usable.
+        let mut keys = self.keys.lock().unwrap_or_else(PoisonError::into_inner);
+        to_py(py, &mut keys, doc)
+    }
+
     fn write(
         &mut self,
         state: &Bound<'_, PyAny>,
@@ -99,6 +110,7 @@ impl Shadow {
         Ok(Shadow {
             doc,
             last: Vec::new(),
+            keys: Mutex::new(KeyCache::default()),
         })
     }
 
@@ -132,9 +144,9 @@ impl Shadow {
         match answer {
             Ok((doc, conflicts)) => {
                 self.last = conflicts;
-                Ok((true, to_py(py, &doc)?))
+                Ok((true, self.to_py(py, &doc)?))
             }
-            Err(doc) => Ok((false, to_py(py, &doc)?)),
+            Err(doc) => Ok((false, self.to_py(py, &doc)?)),
         }
     }
 
@@ -152,8 +164,8 @@ impl Shadow {
             .doc
             .get_aws(client_token, now_ms.unwrap_or_else(clock_ms))
         {
-            Ok(doc) => Ok((true, to_py(py, &doc)?)),
-            Err(doc) => Ok((false, to_py(py, &doc)?)),
+            Ok(doc) => Ok((true, self.to_py(py, &doc)?)),
+            Err(doc) => Ok((false, self.to_py(py, &doc)?)),
         }
     }
 
@@ -183,23 +195,23 @@ impl Shadow {
     /// The conflicts the last accepted write settled, as dicts.
     fn last_conflicts(&self, py: Python<'_>) -> PyResult<Py<PyAny>> {
         let list: Vec<Json> = self.last.iter().map(Settled::to_json).collect();
-        to_py(py, &list)
+        self.to_py(py, &list)
     }
 
     /// Desired state, a dict.
     fn desired(&self, py: Python<'_>) -> PyResult<Py<PyAny>> {
-        to_py(py, &self.doc.desired_view())
+        self.to_py(py, &self.doc.desired_view())
     }
 
     /// Reported state, a dict.
     fn reported(&self, py: Python<'_>) -> PyResult<Py<PyAny>> {
-        to_py(py, &self.doc.reported_view())
+        self.to_py(py, &self.doc.reported_view())
     }
 
     /// The delta, a dict.
     fn delta(&self, py: Python<'_>) -> PyResult<Py<PyAny>> {
         let delta = self.doc.delta_tree().map_err(py_err)?;
-        to_py(py, &TreeView::values(&*delta))
+        self.to_py(py, &TreeView::values(&*delta))
     }
 
     /// Conflicts parked for an operator: `(dotted path, parked at ms)`.

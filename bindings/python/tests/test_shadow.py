@@ -123,6 +123,28 @@ class PythonInput(unittest.TestCase):
         self.assertEqual(s.update(b'{"state": {"desired": {"x": 1}}}')["version"], 1)
 
 
+    def test_documents_come_back_as_the_python_types_that_went_in(self):
+        s = Shadow()
+        state = {"b": True, "f": 1.5, "i": -7, "s": "x", "a": [1, True, "y", {"k": None}],
+                 "n": {"m": {"deep": 2}}}
+        answer = s.update({"state": {"desired": state}, "clientToken": "t"}, now_ms=9_000)
+        self.assertEqual(answer["state"]["desired"], state)
+        self.assertEqual(answer["clientToken"], "t")
+        self.assertEqual(answer["metadata"]["desired"]["n"]["m"]["deep"], {"timestamp": 9})
+        for doc in (answer["state"]["desired"], s.get()["state"]["desired"], s.delta, s.desired):
+            self.assertEqual(doc, state)
+            self.assertIs(type(doc["b"]), bool)
+            self.assertIs(type(doc["f"]), float)
+            self.assertIs(type(doc["i"]), int)
+            self.assertIs(type(doc["a"]), list)
+            self.assertIs(type(doc["a"][1]), bool)
+            self.assertIsNone(doc["a"][3]["k"])
+        # Documents handed out are the caller's: changing one changes
+        # nothing else.
+        s.desired["n"]["m"]["deep"] = 3
+        self.assertEqual(s.desired["n"]["m"]["deep"], 2)
+
+
 # ---- a plain-Python model of the AWS rules ----
 
 def writes(v):
