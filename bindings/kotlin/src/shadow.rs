@@ -8,8 +8,8 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex, MutexGuard};
 
 use lanyard_core::shadow::{ConflictPolicy as CorePolicy, Source};
-use lanyard_std::local_shadow::{LocalShadow, LocalShadowError, Settled, Side};
 use lanyard_std::aws_json::TreeView;
+use lanyard_std::local_shadow::{LocalShadow, LocalShadowError, Settled, Side};
 use serde_json::Value as Json;
 
 use crate::{LanyardError, now_ms};

@@ -90,7 +90,7 @@ fn type_name(obj: &Bound<'_, PyAny>) -> String {
 /// string made once is neither decoded nor hashed again.
 #[derive(Default)]
 pub struct KeyCache {
-    strings: HashMap<String, Py<PyString>>,
+    strings: HashMap<String, Py<PyString>, foldhash::fast::RandomState>,
 }
 
 impl KeyCache {
