@@ -519,8 +519,9 @@ impl<const L: usize, const P: usize> Shadow<L, P> {
         // and indexes), and the agreed fingerprints are rewritten only if
         // one of them moved.
         if !changed && decisions.iter().all(|d| d.conflict.is_none()) && !tests::full_sync_only() {
-            if !self.fingerprints_current(&decisions) {
-                self.write_fingerprints(&decisions)?;
+            let fps = self.agreed_fingerprints(&decisions);
+            if !self.fingerprints_current(&decisions, &fps) {
+                self.write_fingerprints(&decisions, &fps)?;
             }
             self.end_sync(now_ms, jitter, self.version, 0);
             return Ok(SyncReport {
@@ -574,7 +575,10 @@ impl<const L: usize, const P: usize> Shadow<L, P> {
         }
         self.trees.commit(DESIRED);
 
-        self.write_fingerprints(&decisions)?;
+        // Taken from the new desired tree: a leaf that took the device's
+        // value agrees on that one.
+        let fps = self.agreed_fingerprints(&decisions);
+        self.write_fingerprints(&decisions, &fps)?;
         self.refresh_differences();
         self.end_sync(now_ms, jitter, version, conflicts);
         Ok(SyncReport {
@@ -600,11 +604,11 @@ impl<const L: usize, const P: usize> Shadow<L, P> {
 
     /// Whether the agreed fingerprints already are what `decisions` give
     /// (one per desired path that has one, and no others).
-    fn fingerprints_current(&self, decisions: &[Decision]) -> bool {
+    fn fingerprints_current(&self, decisions: &[Decision], fps: &[Option<i64>]) -> bool {
         let synced = self.trees.get(SYNCED);
         let mut held = 0;
-        for (i, dec) in decisions.iter().enumerate() {
-            let Some(fp) = self.fingerprint_of(i, dec) else {
+        for (dec, fp) in decisions.iter().zip(fps) {
+            let Some(fp) = *fp else {
                 continue;
             };
             held += 1;
@@ -618,12 +622,37 @@ impl<const L: usize, const P: usize> Shadow<L, P> {
 
     /// Rewrites the agreed fingerprints, one per desired path (paths only
     /// in the pool, so they always fit where desired fits).
-    fn write_fingerprints(&mut self, decisions: &[Decision]) -> Result<(), Error> {
-        let fps: heapless::Vec<Option<i64>, L> = decisions
+    /// The agreed fingerprint of each desired leaf after `decisions`.
+    fn agreed_fingerprints(&self, decisions: &[Decision]) -> heapless::Vec<Option<i64>, L> {
+        decisions
             .iter()
             .enumerate()
             .map(|(i, dec)| self.fingerprint_of(i, dec))
-            .collect();
+            .collect()
+    }
+
+    fn write_fingerprints(
+        &mut self,
+        decisions: &[Decision],
+        fps: &[Option<i64>],
+    ) -> Result<(), Error> {
+        // The same paths as the fingerprints held (the common case: values
+        // moved, no leaf came or went): overwritten in place.
+        let held = fps.iter().filter(|fp| fp.is_some()).count();
+        let same_paths = held == self.trees.get(SYNCED).len()
+            && fps
+                .iter()
+                .zip(decisions)
+                .all(|(fp, dec)| fp.is_none() || dec.synced.is_some());
+        if same_paths {
+            let [desired, _, synced, _] = self.trees.split();
+            for (i, (fp, dec)) in fps.iter().zip(decisions).enumerate() {
+                if let (Some(fp), Some(b)) = (fp, dec.synced) {
+                    synced.set_int_at(b as usize, *fp, desired.at(i).meta);
+                }
+            }
+            return Ok(());
+        }
         let [desired, _, _, scratch] = self.trees.split();
         scratch.clear();
         for (i, fp) in fps.iter().enumerate() {
@@ -633,7 +662,7 @@ impl<const L: usize, const P: usize> Shadow<L, P> {
             }
         }
         self.trees.commit(SYNCED);
-        // The next sync looks every desired leaf up in it.
+        // Lookups by path (an operator's resolve, persistence) use it.
         let [_, _, synced, _] = self.trees.split();
         synced.build_index();
         Ok(())

@@ -596,6 +596,15 @@ impl<const L: usize, const P: usize> StateTree<L, P> {
         self.leaves[i].meta = meta;
     }
 
+    /// Sets leaf `i` to the integer `v` with `meta`, in place: an integer
+    /// takes no pool bytes, and the leaf's path (so its place, hash and
+    /// index slot) stays.
+    pub(crate) fn set_int_at(&mut self, i: usize, v: i64, meta: LeafMeta) {
+        let leaf = &mut self.leaves[i];
+        leaf.value = Stored::Int(v);
+        leaf.meta = meta;
+    }
+
     /// Whether `update` only overwrites existing leaves with values that
     /// need no change of the tree's shape: the common case of a device
     /// reporting the same properties again, or the cloud changing existing
