@@ -660,8 +660,10 @@ async fn a_running_device_renews_its_certificate_several_times_without_losing_a_
 async fn a_device_offline_past_its_expiry_comes_back_by_claim_only_where_the_fleet_allows_it() {
     use lanyard_std::credentials::{Origin, load_or_claim};
     let fleet = Fleet::new();
+    // Certificates are dated in whole seconds: a 1 s lifetime can end
+    // before the next call, so it lasts 3 s here.
     let short = ProvisionPolicy {
-        lifetime_secs: 1,
+        lifetime_secs: 3,
         ..policy()
     };
     let (stop, service) = fleet.serve(short.clone()).await;
@@ -681,7 +683,7 @@ async fn a_device_offline_past_its_expiry_comes_back_by_claim_only_where_the_fle
         (Origin::Kept, first.serial.as_str())
     );
     // Offline past its expiry: this fleet does not let it claim again.
-    tokio::time::sleep(Duration::from_millis(2100)).await;
+    tokio::time::sleep(Duration::from_millis(4100)).await;
     match load_or_claim(&endpoint, &fleet.claim, &store, &id(8), &mac(8)).await {
         Err(CredentialError::Refused(_, r)) => {
             assert_eq!(r.reason, Refusal::AlreadyProvisioned);
