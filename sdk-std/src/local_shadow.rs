@@ -353,11 +353,7 @@ impl LocalShadow {
     /// [`LocalShadow::delta`] as a tree, to serialize with
     /// [`TreeView::values`].
     pub fn delta_tree(&self) -> Result<Box<Tree>, LocalShadowError> {
-        let mut delta = Box::new(Tree::new());
-        self.doc
-            .delta_into(&mut delta)
-            .map_err(|e| LocalShadowError::from(&AwsJsonError::Core(e)))?;
-        Ok(delta)
+        aws_json::delta_tree(&self.doc).map_err(|e| LocalShadowError::from(&e))
     }
 
     /// Conflicts parked for an operator: dotted path and when it was

@@ -25,6 +25,32 @@ pub fn from_py(obj: &Bound<'_, PyAny>, what: &str) -> PyResult<Json> {
     read(obj, what, 0)
 }
 
+/// A dict of properties (shadow state) as a JSON object; anything else is
+/// refused, naming its type.
+pub fn object_from_py(obj: &Bound<'_, PyAny>, what: &str) -> PyResult<Map<String, Json>> {
+    match obj.cast::<PyDict>() {
+        Ok(d) => read_dict(d, what, 0),
+        Err(_) => Err(PyValueError::new_err(format!(
+            "{what} must be a dict of properties, not {}",
+            type_name(obj)
+        ))),
+    }
+}
+
+fn read_dict(d: &Bound<'_, PyDict>, what: &str, depth: usize) -> PyResult<Map<String, Json>> {
+    let mut map = Map::new();
+    for (k, v) in d.iter() {
+        let Ok(key) = k.cast::<PyString>() else {
+            return Err(PyValueError::new_err(format!(
+                "{what}: keys are strings, not {}",
+                type_name(&k)
+            )));
+        };
+        map.insert(key.to_cow()?.into_owned(), read(&v, what, depth + 1)?);
+    }
+    Ok(map)
+}
+
 fn read(obj: &Bound<'_, PyAny>, what: &str, depth: usize) -> PyResult<Json> {
     if depth > MAX_DEPTH {
         return Err(PyValueError::new_err(format!("{what}: nested too deep")));
@@ -34,17 +60,7 @@ fn read(obj: &Bound<'_, PyAny>, what: &str, depth: usize) -> PyResult<Json> {
         return Ok(Json::String(s.to_cow()?.into_owned()));
     }
     if let Ok(d) = obj.cast::<PyDict>() {
-        let mut map = Map::new();
-        for (k, v) in d.iter() {
-            let Ok(key) = k.cast::<PyString>() else {
-                return Err(PyValueError::new_err(format!(
-                    "{what}: keys are strings, not {}",
-                    type_name(&k)
-                )));
-            };
-            map.insert(key.to_cow()?.into_owned(), read(&v, what, depth + 1)?);
-        }
-        return Ok(Json::Object(map));
+        return read_dict(d, what, depth).map(Json::Object);
     }
     if obj.is_none() {
         return Ok(Json::Null);

@@ -7,7 +7,7 @@ use std::sync::{Mutex, PoisonError};
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use crate::errors::{PyKeyError, PyValueError};
-use crate::py_json::{KeyCache, from_py, to_py};
+use crate::py_json::{KeyCache, from_py, object_from_py, to_py};
 use lanyard_std::aws_json::TreeView;
 use lanyard_std::local_shadow::{
     LocalShadow, LocalShadowError, Settled, Side, policy_named, winner_named,
@@ -66,11 +66,7 @@ impl Shadow {
             Side::Desired => "desired state",
             Side::Reported => "reported state",
         };
-        let Json::Object(obj) = from_py(state, what)? else {
-            return Err(PyValueError::new_err(format!(
-                "{what} must be a dict of properties"
-            )));
-        };
+        let obj = object_from_py(state, what)?;
         match self
             .doc
             .write(side, &obj, version, now_ms.unwrap_or_else(clock_ms))

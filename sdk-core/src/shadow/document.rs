@@ -620,8 +620,6 @@ impl<const L: usize, const P: usize> Shadow<L, P> {
         held == synced.len()
     }
 
-    /// Rewrites the agreed fingerprints, one per desired path (paths only
-    /// in the pool, so they always fit where desired fits).
     /// The agreed fingerprint of each desired leaf after `decisions`.
     fn agreed_fingerprints(&self, decisions: &[Decision]) -> heapless::Vec<Option<i64>, L> {
         decisions
@@ -631,6 +629,8 @@ impl<const L: usize, const P: usize> Shadow<L, P> {
             .collect()
     }
 
+    /// Rewrites the agreed fingerprints `fps`, one per desired path (paths
+    /// only in the pool, so they always fit where desired fits).
     fn write_fingerprints(
         &mut self,
         decisions: &[Decision],
@@ -727,7 +727,7 @@ impl<const L: usize, const P: usize> Shadow<L, P> {
                 ..keep
             };
         }
-        if self.parked.len() > 0 && self.parked.get(d.path.as_bytes()).is_some() {
+        if self.parked.get(d.path.as_bytes()).is_some() {
             return keep;
         }
         let base = synced.map(|b| int_of(self.trees.get(SYNCED).at(b).value));

@@ -691,15 +691,18 @@ impl<const L: usize, const P: usize> StateTree<L, P> {
         }
     }
 
+    /// Orders `leaf` against `path`, whose order key is `key`.
+    fn cmp_leaf(&self, leaf: &Leaf, key: u64, path: &[u8]) -> core::cmp::Ordering {
+        leaf.key
+            .cmp(&key)
+            .then_with(|| cmp_after_key(leaf.path.slice(&self.pool), path))
+    }
+
     /// Binary search from position `from` on.
     fn find_from(&self, from: usize, path: &[u8]) -> Result<usize, usize> {
         let key = order_key(path);
         self.leaves[from..]
-            .binary_search_by(|l| {
-                l.key
-                    .cmp(&key)
-                    .then_with(|| cmp_after_key(l.path.slice(&self.pool), path))
-            })
+            .binary_search_by(|l| self.cmp_leaf(l, key, path))
             .map(|k| k + from)
             .map_err(|k| k + from)
     }
@@ -712,12 +715,7 @@ impl<const L: usize, const P: usize> StateTree<L, P> {
         let key = order_key(path);
         let mut k = from;
         while k < self.leaves.len() {
-            let l = &self.leaves[k];
-            match l
-                .key
-                .cmp(&key)
-                .then_with(|| cmp_after_key(l.path.slice(&self.pool), path))
-            {
+            match self.cmp_leaf(&self.leaves[k], key, path) {
                 core::cmp::Ordering::Less => k += 1,
                 core::cmp::Ordering::Equal => return (k, true),
                 core::cmp::Ordering::Greater => return (k, false),

@@ -224,11 +224,10 @@ struct Sides<'a, const L: usize, const P: usize> {
 impl<const L: usize, const P: usize> Serialize for Sides<'_, L, P> {
     fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
         let mut map = s.serialize_map(None)?;
-        let delta = self.delta.filter(|d| !d.is_empty());
         for (name, t) in [
             ("desired", Some(self.shadow.desired())),
             ("reported", Some(self.shadow.reported())),
-            ("delta", delta),
+            ("delta", self.delta),
         ] {
             if let Some(t) = t.filter(|t| !t.is_empty()) {
                 let view = TreeView {

@@ -344,14 +344,23 @@ pub fn tree_to_json<const L: usize, const P: usize>(t: &StateTree<L, P>) -> Json
     serde_json::to_value(TreeView::values(t)).unwrap_or(Json::Null)
 }
 
+/// A shadow's delta ([`Shadow::delta_into`]), boxed: a tree is
+/// kilobytes, and documents carry it.
+pub fn delta_tree<const L: usize, const P: usize>(
+    s: &Shadow<L, P>,
+) -> Result<Box<StateTree<L, P>>, AwsJsonError> {
+    let mut delta: Box<StateTree<L, P>> = Box::new(StateTree::new());
+    s.delta_into(&mut delta)?;
+    Ok(delta)
+}
+
 /// The `/get/accepted` document: state with `delta`, metadata, version.
 pub fn get_document<'a, const L: usize, const P: usize>(
     s: &'a Shadow<L, P>,
     now_ms: u64,
     client_token: Option<&'a str>,
 ) -> Result<GetDocument<'a, L, P>, AwsJsonError> {
-    let mut delta: Box<StateTree<L, P>> = Box::new(StateTree::new());
-    s.delta_into(&mut delta)?;
+    let delta = delta_tree(s)?;
     Ok(GetDocument {
         shadow: s,
         delta,
@@ -381,8 +390,7 @@ pub fn delta_document<'a, const L: usize, const P: usize>(
     now_ms: u64,
     client_token: Option<&'a str>,
 ) -> Result<DeltaDocument<'a, L, P>, AwsJsonError> {
-    let mut delta: Box<StateTree<L, P>> = Box::new(StateTree::new());
-    s.delta_into(&mut delta)?;
+    let delta = delta_tree(s)?;
     Ok(DeltaDocument {
         version: s.version(),
         delta,

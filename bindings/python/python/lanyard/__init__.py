@@ -649,9 +649,7 @@ class Shadow:
         return doc
 
     def _write(self, method: Callable[[Json, Optional[int], Optional[int]], Tuple[int, Optional[str]]],
-               state: Json, version: Optional[int], now_ms: Optional[int], what: str) -> int:
-        if not isinstance(state, dict):
-            raise InvalidInput(f"{what} must be a dict of properties, not {type(state).__name__}")
+               state: Json, version: Optional[int], now_ms: Optional[int]) -> int:
         n, refused = method(state, version, now_ms)
         if refused is not None:
             raise _shadow_refusal(n, refused)
@@ -670,12 +668,12 @@ class Shadow:
         """Writes desired state, as the cloud; with ``version``, only if it
         is the shadow's; at ``now_ms`` (the clock's when ``None``). Returns
         the new version."""
-        return self._write(self._s.update_desired, state, version, now_ms, "desired state")
+        return self._write(self._s.update_desired, state, version, now_ms)
 
     def update_reported(self, state: Json, version: Optional[int] = None,
                         now_ms: Optional[int] = None) -> int:
         """Writes reported state, as the device. See ``update_desired``."""
-        return self._write(self._s.update_reported, state, version, now_ms, "reported state")
+        return self._write(self._s.update_reported, state, version, now_ms)
 
     @property
     def desired(self) -> Json:
