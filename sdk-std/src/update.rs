@@ -22,14 +22,45 @@ pub use lanyard_nostd::update_slot::BootRequest;
 
 use crate::store::FileStore;
 
-/// The image file in a slot directory.
+/// The image file of slot A in a slot directory.
 pub const IMAGE_FILE: &str = "image.bin";
+/// The image file of slot B in a slot directory.
+pub const IMAGE_B_FILE: &str = "image-b.bin";
 /// The bootloader's request in a slot directory.
 pub const BOOT_FILE: &str = "boot";
 
-/// The inactive slot as a file (`image.bin` in a directory) and the
-/// bootloader's request beside it (`boot`: `trial`, `trial-booted`,
-/// `confirmed` or `reverted`).
+/// Which image a device goes back to when a trial fails: the one
+/// installed (the executable its supervisor starts) or a slot's that was
+/// confirmed before.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Fallback {
+    Installed,
+    A,
+    B,
+}
+
+/// The slots' state, in the `boot` file: the bootloader's request for the
+/// candidate slot on its first line (`trial`, `trial-booted`, `confirmed`,
+/// `reverted`, or empty), and which image to go back to on a second line
+/// (`fallback a` or `fallback b`; absent: the installed one). One file, so
+/// that a power cut never leaves a request paired with the wrong slot.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct SlotState {
+    request: String,
+    fallback: Fallback,
+}
+
+/// Two slots as files in a directory (`image.bin` and `image-b.bin`),
+/// used in turn, and the bootloader's state beside them (`boot`, see
+/// [`FileSlot::boot_request`]).
+///
+/// The slot an update writes (the *candidate*) is never the image that
+/// runs: after a confirmed update the next one goes to the other file, and
+/// the confirmed image becomes the one a failed trial goes back to. So a
+/// device that runs its slot's image itself (`lanyard device
+/// --exec-image`) never has its running executable rewritten, and a
+/// failed trial returns to the previous update, not to the image first
+/// installed.
 #[derive(Debug, Clone)]
 pub struct FileSlot {
     dir: PathBuf,
@@ -37,33 +68,59 @@ pub struct FileSlot {
 }
 
 impl FileSlot {
-    /// A slot of `capacity` bytes in `dir` (created if missing).
+    /// Slots of `capacity` bytes each in `dir` (created if missing).
     pub fn new(dir: impl Into<PathBuf>, capacity: u32) -> std::io::Result<Self> {
         let dir = dir.into();
         std::fs::create_dir_all(&dir)?;
         Ok(FileSlot { dir, capacity })
     }
 
-    /// The image file.
+    /// The candidate slot's image file: the one an update writes, and the
+    /// new image once verified.
     pub fn image(&self) -> PathBuf {
-        self.dir.join(IMAGE_FILE)
+        self.file(match self.state().fallback {
+            Fallback::A => IMAGE_B_FILE,
+            Fallback::Installed | Fallback::B => IMAGE_FILE,
+        })
     }
 
-    fn request(&self) -> String {
-        std::fs::read_to_string(self.dir.join(BOOT_FILE))
-            .unwrap_or_default()
-            .trim()
-            .to_owned()
+    fn file(&self, name: &str) -> PathBuf {
+        self.dir.join(name)
     }
 
-    fn set(&self, what: &str) -> Result<(), SlotError> {
-        crate::store::write_atomic(&self.dir.join(BOOT_FILE), what.as_bytes())
-            .map_err(|_| SlotError)
+    fn state(&self) -> SlotState {
+        let text = std::fs::read_to_string(self.file(BOOT_FILE)).unwrap_or_default();
+        let mut lines = text.lines();
+        let request = lines.next().unwrap_or("").trim().to_owned();
+        let fallback = match lines.next().map(str::trim) {
+            Some("fallback a") => Fallback::A,
+            Some("fallback b") => Fallback::B,
+            _ => Fallback::Installed,
+        };
+        SlotState { request, fallback }
     }
 
-    /// What the bootloader is asked.
+    fn save(&self, state: &SlotState) -> std::io::Result<()> {
+        let text = match state.fallback {
+            // The single-line form of slots that never switched.
+            Fallback::Installed => state.request.clone(),
+            Fallback::A => format!("{}\nfallback a\n", state.request),
+            Fallback::B => format!("{}\nfallback b\n", state.request),
+        };
+        crate::store::write_atomic(&self.file(BOOT_FILE), text.as_bytes())
+    }
+
+    fn set(&self, request: &str) -> Result<(), SlotError> {
+        let state = SlotState {
+            request: request.to_owned(),
+            ..self.state()
+        };
+        self.save(&state).map_err(|_| SlotError)
+    }
+
+    /// What the bootloader is asked for the candidate slot.
     pub fn boot_request(&self) -> BootRequest {
-        match self.request().as_str() {
+        match self.state().request.as_str() {
             "trial" | "trial-booted" => BootRequest::Trial,
             "confirmed" => BootRequest::Confirmed,
             "reverted" => BootRequest::Reverted,
@@ -74,11 +131,16 @@ impl FileSlot {
     /// What a bootloader does at a restart: a slot asked for a trial boots
     /// once (and is marked as booted); a trial that booted and was not
     /// confirmed goes back to the old image. Whether the image that runs
-    /// now is this slot's.
+    /// now is the candidate slot's.
     pub fn boot(&self) -> std::io::Result<bool> {
-        let to =
-            |what: &str| crate::store::write_atomic(&self.dir.join(BOOT_FILE), what.as_bytes());
-        Ok(match self.request().as_str() {
+        let state = self.state();
+        let to = |request: &str| {
+            self.save(&SlotState {
+                request: request.to_owned(),
+                ..state.clone()
+            })
+        };
+        Ok(match state.request.as_str() {
             "trial" => {
                 to("trial-booted")?;
                 true
@@ -90,6 +152,19 @@ impl FileSlot {
             "confirmed" => true,
             _ => false,
         })
+    }
+
+    /// The image the last [`FileSlot::boot`] chose, without changing
+    /// anything: the candidate slot's file when it runs on trial or
+    /// confirmed, else the one to go back to (`None`: the installed one).
+    pub fn chosen_image(&self) -> Option<PathBuf> {
+        let state = self.state();
+        match (state.request.as_str(), state.fallback) {
+            ("trial-booted" | "confirmed", _) => Some(self.image()),
+            (_, Fallback::Installed) => None,
+            (_, Fallback::A) => Some(self.file(IMAGE_FILE)),
+            (_, Fallback::B) => Some(self.file(IMAGE_B_FILE)),
+        }
     }
 }
 
@@ -103,12 +178,33 @@ impl UpdateSlot for FileSlot {
     }
 
     fn erase(&mut self) -> Result<(), SlotError> {
-        std::fs::File::create(self.image()).map_err(io)?;
-        match std::fs::remove_file(self.dir.join(BOOT_FILE)) {
-            Ok(()) => Ok(()),
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
-            Err(_) => Err(SlotError),
+        let state = self.state();
+        // A confirmed candidate is the image that runs now: it becomes the
+        // one to go back to, and the update goes to the other file.
+        let fallback = if state.request == "confirmed" {
+            match state.fallback {
+                Fallback::A => Fallback::B,
+                Fallback::Installed | Fallback::B => Fallback::A,
+            }
+        } else {
+            state.fallback
+        };
+        self.save(&SlotState {
+            request: String::new(),
+            fallback,
+        })
+        .map_err(io)?;
+        // A new file rather than the old one truncated: a process may
+        // still run the old one (Linux refuses to write a running
+        // executable, but lets its name go).
+        let image = self.image();
+        match std::fs::remove_file(&image) {
+            Ok(()) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(_) => return Err(SlotError),
         }
+        std::fs::File::create(image).map_err(io)?;
+        Ok(())
     }
 
     fn write(&mut self, offset: u32, data: &[u8]) -> Result<(), SlotError> {
@@ -157,6 +253,10 @@ pub struct DeviceUpdates {
     self_test: Box<dyn FnMut() -> bool + Send>,
     restart: Box<dyn FnMut() + Send>,
     restart_pending: bool,
+    /// Whether the image that runs is the candidate slot's, when a boot
+    /// step before this process's start said so (see
+    /// [`DeviceUpdates::booted_by_loader`]).
+    booted: Option<bool>,
     /// Messages are encoded, records saved and the image read back for
     /// its check through this, made once (not for every block).
     buf: Vec<u8>,
@@ -199,6 +299,7 @@ impl DeviceUpdates {
             self_test: Box::new(|| true),
             restart: Box::new(|| {}),
             restart_pending: false,
+            booted: None,
             buf: vec![0u8; VERIFY_CHUNK.max(RECORD_MAX)],
         }
     }
@@ -207,6 +308,15 @@ impl DeviceUpdates {
     /// confirms it. By default it passes.
     pub fn on_self_test(mut self, test: impl FnMut() -> bool + Send + 'static) -> Self {
         self.self_test = Box::new(test);
+        self
+    }
+
+    /// The bootloader's step already ran before this process started (it
+    /// chose the image, see [`boot_image`]), and `running_candidate` says
+    /// whether the image that runs is the candidate slot's. Without this,
+    /// [`DeviceUpdates::boot`] plays that step itself.
+    pub fn booted_by_loader(mut self, running_candidate: bool) -> Self {
+        self.booted = Some(running_candidate);
         self
     }
 
@@ -263,7 +373,10 @@ impl DeviceUpdates {
     /// rolled back), reported, and a download under way asked for again.
     pub fn boot(&mut self, now: u64) -> Vec<Outgoing> {
         let running_trial = self.session.updater().state().is_some()
-            && self.session.slot_mut().boot().unwrap_or(false);
+            && match self.booted {
+                Some(candidate) => candidate,
+                None => self.session.slot_mut().boot().unwrap_or(false),
+            };
         self.session.boot(running_trial, &mut self.self_test);
         self.drain(now)
     }
@@ -311,4 +424,123 @@ impl DeviceUpdates {
 /// A slot directory beside the device's state: `{state_dir}/slot`.
 pub fn default_slot_dir(state_dir: &Path) -> PathBuf {
     state_dir.join("slot")
+}
+
+/// The image a device starts on, as the bootloader's step at start-up
+/// chose it: see [`boot_image`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum BootImage {
+    /// The installed executable (no update confirmed, or none to go back
+    /// to).
+    Installed,
+    /// A slot's image on trial or confirmed: the candidate.
+    Candidate(PathBuf),
+    /// A slot's image confirmed by an earlier update, gone back to after a
+    /// trial that failed.
+    Fallback(PathBuf),
+}
+
+impl BootImage {
+    /// Its file, `None` for the installed executable.
+    pub fn path(&self) -> Option<&Path> {
+        match self {
+            BootImage::Installed => None,
+            BootImage::Candidate(p) | BootImage::Fallback(p) => Some(p),
+        }
+    }
+}
+
+/// The bootloader's step for a device that runs its slots' images itself:
+/// plays the restart ([`FileSlot::boot`]: a trial boots once, a trial that
+/// was not confirmed goes back) and says which image to start.
+pub fn boot_image(slot: &FileSlot) -> std::io::Result<BootImage> {
+    let candidate = slot.boot()?;
+    Ok(match slot.chosen_image() {
+        Some(path) if candidate => BootImage::Candidate(path),
+        Some(path) => BootImage::Fallback(path),
+        None => BootImage::Installed,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn write_image(slot: &mut FileSlot, bytes: &[u8]) {
+        slot.erase().unwrap();
+        slot.write(0, bytes).unwrap();
+        slot.mark_trial().unwrap();
+    }
+
+    #[test]
+    fn updates_take_the_two_slot_files_in_turn_and_go_back_to_the_last_confirmed() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut slot = FileSlot::new(dir.path(), 1024).unwrap();
+        // Nothing downloaded: the installed image runs.
+        assert_eq!(boot_image(&slot).unwrap(), BootImage::Installed);
+
+        // First update: slot A, on trial, then confirmed.
+        write_image(&mut slot, b"v2");
+        let a = dir.path().join(IMAGE_FILE);
+        let b = dir.path().join(IMAGE_B_FILE);
+        assert_eq!(slot.image(), a);
+        assert_eq!(boot_image(&slot).unwrap(), BootImage::Candidate(a.clone()));
+        slot.confirm().unwrap();
+        assert_eq!(boot_image(&slot).unwrap(), BootImage::Candidate(a.clone()));
+
+        // Second update: slot B; A (running) untouched.
+        write_image(&mut slot, b"v3");
+        assert_eq!(slot.image(), b);
+        assert_eq!(std::fs::read(&a).unwrap(), b"v2");
+        assert_eq!(boot_image(&slot).unwrap(), BootImage::Candidate(b.clone()));
+        // Reset before confirming: back to A, the last confirmed.
+        assert_eq!(boot_image(&slot).unwrap(), BootImage::Fallback(a.clone()));
+        assert_eq!(slot.boot_request(), BootRequest::Reverted);
+        assert_eq!(boot_image(&slot).unwrap(), BootImage::Fallback(a.clone()));
+
+        // Third update after a rejected one: B again (A still runs).
+        write_image(&mut slot, b"v4");
+        assert_eq!(slot.image(), b);
+        assert_eq!(std::fs::read(&a).unwrap(), b"v2");
+        assert_eq!(boot_image(&slot).unwrap(), BootImage::Candidate(b.clone()));
+        slot.confirm().unwrap();
+        // Fourth: A, B now being the one that runs.
+        write_image(&mut slot, b"v5");
+        assert_eq!(slot.image(), a);
+        assert_eq!(std::fs::read(&b).unwrap(), b"v4");
+        slot.revert().unwrap();
+        assert_eq!(boot_image(&slot).unwrap(), BootImage::Fallback(b));
+    }
+
+    #[test]
+    fn a_slot_written_before_fallbacks_existed_reads_as_before() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join(BOOT_FILE), "confirmed").unwrap();
+        let slot = FileSlot::new(dir.path(), 1024).unwrap();
+        assert_eq!(slot.boot_request(), BootRequest::Confirmed);
+        assert_eq!(slot.image(), dir.path().join(IMAGE_FILE));
+        // Its confirmed image becomes the fallback of the next update.
+        let mut slot = slot;
+        slot.erase().unwrap();
+        assert_eq!(slot.image(), dir.path().join(IMAGE_B_FILE));
+        assert_eq!(
+            std::fs::read_to_string(dir.path().join(BOOT_FILE)).unwrap(),
+            "\nfallback a\n"
+        );
+    }
+
+    #[test]
+    fn erasing_the_slot_leaves_a_process_reading_the_old_file_its_bytes() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut slot = FileSlot::new(dir.path(), 1024).unwrap();
+        write_image(&mut slot, b"old image");
+        slot.revert().unwrap();
+        // Someone holds the old file open (as a running executable is).
+        let mut held = std::fs::File::open(slot.image()).unwrap();
+        write_image(&mut slot, b"new");
+        let mut old = String::new();
+        held.read_to_string(&mut old).unwrap();
+        assert_eq!(old, "old image");
+        assert_eq!(std::fs::read(slot.image()).unwrap(), b"new");
+    }
 }

@@ -449,3 +449,181 @@ fn a_rollout_targets_the_devices_running_a_version_and_pauses_and_resumes_on_sig
     let _ = twin.kill();
     let _ = twin.wait();
 }
+
+/// The firmware the twin host says `device` registered with last.
+fn firmware_of(url: &str, device: &str) -> Option<String> {
+    let (ok_, out, _) = lanyard_cli(&["fleet", "--broker", url, "list", "--json"]);
+    if !ok_ {
+        return None;
+    }
+    let list: serde_json::Value = serde_json::from_str(&out).ok()?;
+    list.as_array()?
+        .iter()
+        .find(|d| d["device"] == device)
+        .and_then(|d| d["firmware"].as_str().map(str::to_owned))
+}
+
+/// Starts `lanyard ota rollout` of `release` to `device` alone, in one
+/// stage, its output beside the release (`.log`, `.err`).
+fn rollout_to(url: &str, release: &Path, device: &str) -> Child {
+    Command::new(env!("CARGO_BIN_EXE_lanyard"))
+        .args([
+            "ota",
+            "rollout",
+            "--broker",
+            url,
+            "--release",
+            s(release),
+            "--stages",
+            "100",
+            "--devices",
+            device,
+        ])
+        .stdout(std::fs::File::create(release.with_extension("log")).unwrap())
+        .stderr(std::fs::File::create(release.with_extension("err")).unwrap())
+        .spawn()
+        .unwrap()
+}
+
+fn output_of(release: &Path) -> String {
+    std::fs::read_to_string(release.with_extension("log")).unwrap()
+        + &std::fs::read_to_string(release.with_extension("err")).unwrap()
+}
+
+/// `lanyard device --exec-image`: no supervisor restarts it for an
+/// update; it executes the new image itself, in its own process. Its
+/// images are scripts that run this lanyard under another version (a new
+/// build stands in for them on a real device). A build that crashes at
+/// start is a failed trial: the next start goes back to the build before
+/// it, which is the previous update (slot A), not the installed one, and
+/// the update after a confirmed one goes to the other slot file, so the
+/// running executable is never rewritten.
+#[test]
+fn a_device_executes_its_new_build_itself_and_goes_back_from_one_that_crashes() {
+    let broker = Mosquitto::start();
+    let url = format!("mqtt://127.0.0.1:{}", broker.port);
+    let work = tempfile::tempdir().unwrap();
+    let p = |n: &str| work.path().join(n);
+    ok(&["ota", "keygen", "--out", s(&p("fleet"))]);
+    let lanyard = env!("CARGO_BIN_EXE_lanyard");
+    let good = format!("#!/bin/sh\nLANYARD_FIRMWARE_VERSION=2.0.0 exec '{lanyard}' \"$@\"\n");
+    std::fs::write(p("good.sh"), &good).unwrap();
+    sign(work.path(), "good.sh", "2.0.0", "fw-2");
+    let bad = "#!/bin/sh\necho 'build 3.0.0 stops at start' >&2\nexit 3\n";
+    std::fs::write(p("bad.sh"), bad).unwrap();
+    sign(work.path(), "bad.sh", "3.0.0", "fw-3");
+    let mut twin = twin(&url, &p("twin"));
+
+    let mac = "02:00:00:00:0c:01";
+    let id = "ly-020000000c01";
+    let dir = p("dev");
+    let key = p("fleet.pub");
+    let log = dir.with_extension("log");
+    // What the device's supervisor starts: the installed lanyard.
+    let start_installed = || {
+        let out = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&log)
+            .unwrap();
+        Command::new(lanyard)
+            .args(["device", "--broker", &url, "--mac", mac, "--state-dir"])
+            .arg(&dir)
+            .arg("--update-key")
+            .arg(&key)
+            .arg("--exec-image")
+            .env_remove("LANYARD_FIRMWARE_VERSION")
+            .stdout(out.try_clone().unwrap())
+            .stderr(out)
+            .spawn()
+            .unwrap()
+    };
+    let mut device = start_installed();
+    let pid = device.id();
+    let wait_firmware = |want: &str, device: &mut Child| {
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while firmware_of(&url, id).as_deref() != Some(want) {
+            assert!(
+                device.try_wait().unwrap().is_none(),
+                "the device stopped: {}",
+                std::fs::read_to_string(&log).unwrap_or_default()
+            );
+            assert!(Instant::now() < deadline, "never on {want}");
+            std::thread::sleep(Duration::from_millis(200));
+        }
+    };
+    wait_firmware(env!("CARGO_PKG_VERSION"), &mut device);
+
+    // The good build: taken, executed in the same process, confirmed.
+    let mut rollout = rollout_to(&url, &p("fw-2"), id);
+    let deadline = Instant::now() + Duration::from_secs(90);
+    let status = loop {
+        if let Some(st) = rollout.try_wait().unwrap() {
+            break st;
+        }
+        assert!(
+            device.try_wait().unwrap().is_none(),
+            "the device exited: {}",
+            std::fs::read_to_string(&log).unwrap_or_default()
+        );
+        assert!(Instant::now() < deadline, "the rollout did not end");
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    assert!(status.success(), "{}", output_of(&p("fw-2")));
+    wait_firmware("2.0.0", &mut device);
+    assert_eq!(device.id(), pid);
+    let environ = std::fs::read(format!("/proc/{pid}/environ")).unwrap();
+    assert!(
+        environ
+            .split(|b| *b == 0)
+            .any(|v| v == b"LANYARD_BOOTED=candidate"),
+        "the process runs the slot's image"
+    );
+    let slot = dir.join("slot");
+    assert_eq!(
+        std::fs::read_to_string(slot.join("image.bin")).unwrap(),
+        good
+    );
+    assert_eq!(
+        std::fs::read_to_string(slot.join("boot")).unwrap(),
+        "confirmed"
+    );
+
+    // The bad build goes to the other slot file, crashes on its trial, and
+    // the next start goes back to 2.0.0.
+    let mut rollout = rollout_to(&url, &p("fw-3"), id);
+    let mut crashes = Vec::new();
+    let deadline = Instant::now() + Duration::from_secs(90);
+    let status = loop {
+        if let Some(st) = rollout.try_wait().unwrap() {
+            break st;
+        }
+        if let Some(st) = device.try_wait().unwrap() {
+            crashes.push(st.code());
+            device = start_installed();
+        }
+        assert!(Instant::now() < deadline, "the rollout did not end");
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    let out = output_of(&p("fw-3"));
+    assert!(!status.success(), "{out}");
+    assert!(out.contains("aborted"), "{out}");
+    assert_eq!(crashes, vec![Some(3)], "one start of the bad build");
+    wait_firmware("2.0.0", &mut device);
+    assert_eq!(
+        std::fs::read_to_string(slot.join("image-b.bin")).unwrap(),
+        bad
+    );
+    assert_eq!(
+        std::fs::read_to_string(slot.join("image.bin")).unwrap(),
+        good
+    );
+    assert_eq!(
+        std::fs::read_to_string(slot.join("boot")).unwrap(),
+        "reverted\nfallback a\n"
+    );
+    let _ = device.kill();
+    let _ = device.wait();
+    let _ = twin.kill();
+    let _ = twin.wait();
+}

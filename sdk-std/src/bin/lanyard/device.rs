@@ -5,6 +5,7 @@ use lanyard_core::agent::BootError;
 use lanyard_core::agent::lifecycle::LifecycleState;
 use lanyard_core::agent::platform::StorageError;
 use lanyard_std::driver::StartError;
+use std::path::Path;
 
 /// A simulated device of the example board (battery, sensors, LED) with
 /// `lanyard_std::device::DeviceBuilder`.
@@ -47,6 +48,15 @@ pub(crate) async fn device(
             Err(e) => return Err(format!("--reprovision: {}: {e}", state_dir.display())),
         }
     }
+    // The bootloader's step, before anything else runs: it may start
+    // another image in this process's place.
+    let loader = if update.exec_image {
+        Some(boot_step(&lanyard_std::update::default_slot_dir(
+            &state_dir,
+        ))?)
+    } else {
+        None
+    };
     let mac_bytes = parse_mac(mac)?;
     // One key for the agent's state and the credentials: decommissioning
     // destroys it.
@@ -102,13 +112,17 @@ pub(crate) async fn device(
         let key = super::ota::public_key(key)?;
         let slot = lanyard_std::update::FileSlot::new(
             lanyard_std::update::default_slot_dir(&update_dir),
-            64 << 20,
+            SLOT_CAPACITY,
         )
         .map_err(|e| format!("update slot: {e}"))?;
         let store = lanyard_std::store::FileStore::encrypted(&update_dir, data_key)
             .map_err(|e| format!("{}: {e}", update_dir.display()))?;
         let self_test = update.self_test.clone();
-        let updates = lanyard_std::update::DeviceUpdates::new(key, slot, store, firmware)
+        let mut updates = lanyard_std::update::DeviceUpdates::new(key, slot, store, firmware);
+        if let Some(running_candidate) = loader {
+            updates = updates.booted_by_loader(running_candidate);
+        }
+        let updates = updates
             .on_self_test(move || match &self_test {
                 Some(cmd) => std::process::Command::new("sh")
                     .args(["-c", cmd])
@@ -176,6 +190,13 @@ pub(crate) async fn device(
     if restarting {
         // What the device said before it goes (its report) is delivered.
         let _ = driver.finish(std::time::Duration::from_secs(5)).await;
+        if update.exec_image {
+            println!("{id} restarting: the boot step chooses the image");
+            use std::io::Write;
+            let _ = std::io::stdout().flush();
+            let err = restart_installed();
+            eprintln!("{id}: the installed image does not start again ({err}): exit status 75");
+        }
         println!("{id} restarting into the other image (exit status 75)");
         use std::io::Write;
         let _ = std::io::stdout().flush();
@@ -205,4 +226,95 @@ async fn check_certificate(mqtt: &MqttConfig, id: &str) -> Result<(), String> {
         }
         Err(_) => Ok(()),
     }
+}
+
+/// Bytes a slot holds.
+const SLOT_CAPACITY: u32 = 64 << 20;
+
+/// Set in the environment of an image the boot step started: which one it
+/// is (`candidate` or `fallback`), so that the step does not run twice.
+const BOOTED_ENV: &str = "LANYARD_BOOTED";
+/// The installed executable (the one the supervisor starts), carried to
+/// the images it started: a restart starts over from it.
+const INSTALLED_ENV: &str = "LANYARD_INSTALLED_IMAGE";
+/// A version given to one image: not passed on to the next.
+const FIRMWARE_VERSION_ENV: &str = "LANYARD_FIRMWARE_VERSION";
+
+/// The installed executable: the one that started the chain of images.
+fn installed_image() -> Result<PathBuf, String> {
+    match std::env::var_os(INSTALLED_ENV) {
+        Some(p) => Ok(PathBuf::from(p)),
+        None => std::env::current_exe().map_err(|e| format!("this executable's path: {e}")),
+    }
+}
+
+/// The bootloader's step of `--exec-image`: in the installed executable,
+/// chooses the image (see `lanyard_std::update::boot_image`) and executes
+/// it in this process's place. Returns, for the image that goes on running
+/// here, whether it is the candidate slot's.
+fn boot_step(slot_dir: &Path) -> Result<bool, String> {
+    use lanyard_std::update::{BootImage, FileSlot, boot_image};
+    use std::os::unix::process::CommandExt;
+    match std::env::var(BOOTED_ENV).as_deref() {
+        Ok("candidate") => return Ok(true),
+        Ok(_) => return Ok(false),
+        Err(_) => {}
+    }
+    let installed = installed_image()?;
+    let slot = FileSlot::new(slot_dir, SLOT_CAPACITY)
+        .map_err(|e| format!("update slot {}: {e}", slot_dir.display()))?;
+    // A confirmed image that no longer starts would be chosen again and
+    // again: after a few tries the installed one runs.
+    for _ in 0..3 {
+        let image = boot_image(&slot).map_err(|e| format!("update slot: {e}"))?;
+        let (path, kind) = match &image {
+            BootImage::Installed => return Ok(false),
+            BootImage::Candidate(p) => (p, "candidate"),
+            BootImage::Fallback(p) => (p, "fallback"),
+        };
+        let _ = set_executable(path);
+        let err = std::process::Command::new(path)
+            .args(passed_args())
+            .env(BOOTED_ENV, kind)
+            .env(INSTALLED_ENV, &installed)
+            .exec();
+        // Not started: the next step goes back from a trial, as a
+        // bootloader does after a reset before confirmation.
+        eprintln!("image {} does not start: {err}", path.display());
+        if kind == "fallback" {
+            break;
+        }
+    }
+    eprintln!("starting on the installed image");
+    Ok(false)
+}
+
+/// This process's arguments for the image that runs next, less
+/// `--reprovision`: it was done once, and would erase the update.
+fn passed_args() -> impl Iterator<Item = std::ffi::OsString> {
+    std::env::args_os()
+        .skip(1)
+        .filter(|a| a.as_os_str() != "--reprovision")
+}
+
+fn set_executable(path: &Path) -> std::io::Result<()> {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o755))
+}
+
+/// Starts over from the installed executable, as a reboot does: only
+/// returns if it could not (the error).
+fn restart_installed() -> String {
+    use std::os::unix::process::CommandExt;
+    let installed = match installed_image() {
+        Ok(p) => p,
+        Err(e) => return e,
+    };
+    std::process::Command::new(installed)
+        .args(passed_args())
+        .env_remove(BOOTED_ENV)
+        .env_remove(INSTALLED_ENV)
+        .env_remove(FIRMWARE_VERSION_ENV)
+        .exec()
+        .to_string()
 }

@@ -123,12 +123,23 @@ pub(crate) struct UpdateArgs {
     /// .pub file, or its hex). The image goes to `slot/` in the state
     /// directory; once verified (and after a failed self-test) the device
     /// exits with status 75: its supervisor starts it again, on the image
-    /// `slot/boot` names.
+    /// `slot/boot` names (or, with --exec-image, it does so itself).
     #[arg(long)]
     pub(crate) update_key: Option<String>,
+    /// Run the slots' images in this process's place: at start the device
+    /// plays the bootloader (an image on trial boots once; one that was not
+    /// confirmed goes back to the image before it) and executes the image
+    /// chosen, with the same arguments; where it would exit with status 75
+    /// it starts over that way instead. An image that does not start, or
+    /// exits before it is confirmed, counts as a failed trial at the next
+    /// start. Images are executables (a new build of lanyard, or a script
+    /// that runs one).
+    #[arg(long, requires = "update_key")]
+    pub(crate) exec_image: bool,
     /// The version this build reports and updates compare against
-    /// (default: the lanyard version).
-    #[arg(long)]
+    /// (default: the lanyard version). A restart into another image does
+    /// not pass LANYARD_FIRMWARE_VERSION on: each image says its own.
+    #[arg(long, env = "LANYARD_FIRMWARE_VERSION")]
     pub(crate) firmware_version: Option<String>,
     /// The new image's self-test, run when it boots on trial: a command
     /// whose exit status 0 confirms it (default: it passes).
