@@ -160,6 +160,18 @@ fn an_image_downloaded_out_of_order_is_verified_booted_on_trial_and_confirmed() 
     let mut out = [0u8; 64];
     let n = report.encode(&mut out).unwrap();
     assert_eq!(UpdateReport::decode(&out[..n]).unwrap(), report);
+
+    // Offered again (its report was lost, or a rollout went on after a
+    // restart): nothing changes, and it is reported again, not refused as
+    // a downgrade.
+    let now_running = Offer {
+        running_version: "1.5.0",
+        ..RUNNING
+    };
+    let writes = slot.writes;
+    assert_eq!(after.offer(&job, now_running), Ok(Taken::Finished));
+    assert_eq!(after.state(), Some(UpdateState::Accepted));
+    assert_eq!(slot.writes, writes);
 }
 
 #[test]
@@ -426,6 +438,25 @@ fn a_failed_self_test_or_a_restart_before_confirming_brings_the_old_image_back()
         )
     );
     assert!(slot.reverted && !slot.confirmed);
+    // Offered again, it stays rejected, for the same reason.
+    assert_eq!(
+        failing.offer(&job(&img, "1.5.0", &fleet), RUNNING),
+        Ok(Taken::Finished)
+    );
+    assert_eq!(failing.reason(), Some(UpdateReason::SelfTestFailed));
+
+    // A cancelled job offered again starts over.
+    let mut cancelled = Updater::new(*fleet.pk);
+    assert_eq!(
+        cancelled.offer(&job(&img, "1.5.0", &fleet), RUNNING),
+        Ok(Taken::Started)
+    );
+    cancelled.cancel("job-7");
+    assert_eq!(cancelled.state(), Some(UpdateState::Aborted));
+    assert_eq!(
+        cancelled.offer(&job(&img, "1.5.0", &fleet), RUNNING),
+        Ok(Taken::Started)
+    );
 
     // The new image hung and the watchdog restarted it: the bootloader
     // ran the old one.

@@ -627,3 +627,118 @@ fn a_device_executes_its_new_build_itself_and_goes_back_from_one_that_crashes() 
     let _ = twin.kill();
     let _ = twin.wait();
 }
+
+/// A rollout process killed mid-way and started again goes on from its
+/// journal: the first stage's device is not picked again, each device
+/// takes the release once, and a rollout that ended is not started again
+/// by mistake.
+#[test]
+fn a_rollout_killed_midway_goes_on_from_its_journal() {
+    let broker = Mosquitto::start();
+    let url = format!("mqtt://127.0.0.1:{}", broker.port);
+    let work = tempfile::tempdir().unwrap();
+    let p = |n: &str| work.path().join(n);
+    ok(&["ota", "keygen", "--out", s(&p("fleet"))]);
+    let image: Vec<u8> = (0..30_000u32).map(|i| (i * 13 % 251) as u8).collect();
+    std::fs::write(p("image.bin"), &image).unwrap();
+    sign(work.path(), "image.bin", "2.0.0", "fw-2");
+    let mut twin = twin(&url, &p("twin"));
+    let key = p("fleet.pub");
+    let mut devices = fleet(&url, work.path(), &key, 1..=4, "true");
+    registered(&url, 4);
+    let ids: Vec<String> = devices
+        .iter()
+        .map(|d| format!("ly-{}", d.mac.replace(':', "")))
+        .collect();
+    let ids = ids.join(",");
+    let release = p("fw-2");
+    let args = [
+        "ota",
+        "rollout",
+        "--broker",
+        &url,
+        "--release",
+        s(&release),
+        "--stages",
+        "25,100",
+        "--devices",
+        &ids,
+    ];
+    let run = |log: &Path| {
+        Command::new(env!("CARGO_BIN_EXE_lanyard"))
+            .args(args)
+            .stdout(std::fs::File::create(log).unwrap())
+            .stderr(std::fs::File::create(log.with_extension("err")).unwrap())
+            .spawn()
+            .unwrap()
+    };
+
+    // Killed once the first stage's device is offered.
+    let first_log = p("first.log");
+    let mut first = run(&first_log);
+    wait_for_output(
+        &first_log,
+        "3 waiting, 1 in progress",
+        &url,
+        &mut devices,
+        &key,
+        "2.0.0",
+    );
+    first.kill().unwrap();
+    first.wait().unwrap();
+    let journal: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(release.join("rollout.json")).unwrap())
+            .unwrap();
+    assert_eq!(journal["state"]["running"], 0, "{journal}");
+    assert_eq!(
+        journal["offered"].as_object().unwrap().len(),
+        1,
+        "{journal}"
+    );
+    // The devices go on meanwhile (the first may finish unheard).
+    let until = Instant::now() + Duration::from_secs(3);
+    while Instant::now() < until {
+        supervise(&url, &mut devices, &key, "2.0.0", "true");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+
+    // Started again: from the journal, to the end.
+    let second_log = p("second.log");
+    let mut second = run(&second_log);
+    let deadline = Instant::now() + Duration::from_secs(120);
+    let status = loop {
+        if let Some(st) = second.try_wait().unwrap() {
+            break st;
+        }
+        assert!(Instant::now() < deadline, "the rollout did not end");
+        supervise(&url, &mut devices, &key, "2.0.0", "true");
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    let out = std::fs::read_to_string(&second_log).unwrap()
+        + &std::fs::read_to_string(second_log.with_extension("err")).unwrap();
+    assert!(status.success(), "{out}");
+    assert!(
+        out.contains("resuming from its journal") && out.contains("1 of 4 devices offered"),
+        "{out}"
+    );
+    assert!(out.contains("Completed"), "{out}");
+    // Let the last trial settle, then: every device on the release, each
+    // having taken it once (one restart into it).
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while devices.iter().any(|d| d.version != "2.0.0") {
+        assert!(Instant::now() < deadline, "not all on 2.0.0");
+        supervise(&url, &mut devices, &key, "2.0.0", "true");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    for d in &devices {
+        assert_eq!(d.restarts, 1, "{} restarted {} times", d.mac, d.restarts);
+    }
+
+    // Ended: the same command is refused rather than run again.
+    let (ok_, _, err) = lanyard_cli(&args);
+    assert!(!ok_);
+    assert!(err.contains("has ended (Completed"), "{err}");
+    drop(devices);
+    let _ = twin.kill();
+    let _ = twin.wait();
+}

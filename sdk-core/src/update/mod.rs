@@ -132,6 +132,10 @@ pub enum Taken {
     Started,
     /// The job under way, offered again: its blocks are kept.
     Resumed,
+    /// A job this device finished (accepted or rejected), offered again:
+    /// nothing changes, and its outcome is reported again (the cloud may
+    /// have missed it).
+    Finished,
 }
 
 /// What a block did.
@@ -242,8 +246,13 @@ impl Updater {
     /// [record](Updater::save) is saved.
     pub fn offer(&mut self, job: &UpdateJob<'_>, at: Offer<'_>) -> Result<Taken, UpdateReason> {
         if let Some(current) = &self.job {
-            if current.id.as_str() == job.job_id && !current.state.is_final() {
-                return Ok(Taken::Resumed);
+            if current.id.as_str() == job.job_id {
+                match current.state {
+                    UpdateState::Accepted | UpdateState::Rejected => return Ok(Taken::Finished),
+                    // An aborted job starts over.
+                    UpdateState::Aborted => {}
+                    _ => return Ok(Taken::Resumed),
+                }
             }
             if !current.state.is_final() {
                 return Err(UpdateReason::Busy);

@@ -5,6 +5,7 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 
 use clap::Subcommand;
+use lanyard_std::ota::journal::{Resumed, RolloutJournal};
 use lanyard_std::ota::{
     FirmwareServer, Release, Rollout, RolloutControl, RolloutPlan, RolloutState, drive_rollout,
     run_firmware_server,
@@ -103,6 +104,12 @@ pub(crate) enum OtaCmd {
         /// A device that has not accepted this long after its offer failed.
         #[arg(long, default_value_t = 3600)]
         device_timeout_secs: u64,
+        /// The rollout's journal (default: `rollout.json` in the release's
+        /// directory): what it offered and what devices reported, written
+        /// after every change. Started again after it stopped, the rollout
+        /// goes on from there (its devices and plan are the journal's).
+        #[arg(long)]
+        journal: Option<PathBuf>,
     },
 }
 
@@ -183,7 +190,7 @@ pub(crate) async fn ota(what: OtaCmd) -> Result<(), String> {
         OtaCmd::Rollout {
             broker,
             release,
-            mut devices,
+            devices,
             running,
             all,
             stages,
@@ -193,92 +200,51 @@ pub(crate) async fn ota(what: OtaCmd) -> Result<(), String> {
             max_failure_pct,
             min_finished,
             device_timeout_secs,
+            journal,
         } => {
+            let journal_path = journal.unwrap_or_else(|| release.join("rollout.json"));
             let release = Release::load(&release).map_err(|e| e.to_string())?;
-            if stages.is_empty()
-                || stages.windows(2).any(|w| w[1] <= w[0])
-                || stages.iter().any(|s| !(*s > 0.0 && *s <= 100.0))
-                || stages.last() != Some(&100.0)
-            {
-                return Err("--stages: growing percentages ending at 100".into());
-            }
-            if all || running.is_some() {
-                let app = lanyard_std::app::AppClient::new(
-                    lanyard_std::mqtt::MqttTransport::connect_and_wait(
-                        broker.mqtt("lanyard-ota-list")?,
-                        std::time::Duration::from_secs(10),
-                    )
-                    .await
-                    .map_err(|e| format!("fleet listing: {e}"))?,
-                )
-                .await
-                .map_err(|e| e.to_string())?;
-                let fleet: Vec<String> = app
-                    .list(None, std::time::Duration::from_secs(10))
-                    .await
-                    .map_err(|e| format!("fleet listing (is a twin host running?): {e}"))?
-                    .into_iter()
-                    .filter(|d| !d.decommissioned)
-                    .filter(|d| running.is_none() || d.firmware.as_deref() == running.as_deref())
-                    .map(|d| d.device)
-                    .collect();
-                if all {
-                    devices = fleet;
-                } else {
-                    // The order given stays.
-                    devices.retain(|d| fleet.contains(d));
-                }
-                if devices.is_empty() {
-                    return Err(match &running {
-                        Some(v) => format!("no device the twin host knows runs {v}"),
-                        None => "the twin host knows no device".into(),
-                    });
-                }
-            }
-            for d in &devices {
-                if !lanyard_core::topic::valid_device_id(d) {
-                    return Err(format!("--devices: {d:?} is not a device id"));
-                }
-            }
-            let mut plan = match exponential.as_deref() {
-                Some(&[first, factor]) => {
-                    if !(first > 0.0 && first <= 100.0 && factor > 1.0 && factor.is_finite()) {
-                        return Err(
-                            "--exponential: FIRST in (0, 100] percent, FACTOR above 1".into()
-                        );
-                    }
-                    RolloutPlan::exponential(first / 100.0, factor)
-                }
-                Some(_) => return Err("--exponential: FIRST,FACTOR (e.g. 1,4)".into()),
-                None => {
-                    let mut plan = RolloutPlan::staged();
-                    plan.stages = stages.iter().map(|s| s / 100.0).collect();
-                    plan
-                }
-            };
-            if !(advance_when_pct > 0.0 && advance_when_pct <= 100.0) {
-                return Err("--advance-when-pct: in (0, 100]".into());
-            }
-            plan.advance_when = advance_when_pct / 100.0;
-            plan.abort.abort_on = abort_on
-                .iter()
-                .map(|n| {
-                    UpdateReason::ALL
-                        .into_iter()
-                        .find(|r| r.name() == n)
-                        .ok_or_else(|| {
-                            let names: Vec<&str> =
-                                UpdateReason::ALL.iter().map(|r| r.name()).collect();
-                            format!("--abort-on: {n:?} is none of {}", names.join(", "))
-                        })
-                })
-                .collect::<Result<_, String>>()?;
-            plan.abort.max_failure_rate = max_failure_pct / 100.0;
-            plan.abort.min_finished = min_finished;
-            plan.device_timeout_ms = device_timeout_secs.saturating_mul(1000);
             let job_id = release.job_id.clone();
+            let mut journal = RolloutJournal::at(&journal_path);
+            let resumed = journal.load().map_err(|e| {
+                format!("{e} (the rollout's journal: repair it, or give another --journal)")
+            })?;
+            let (rollout, restored) = match resumed {
+                Some(r) => {
+                    resuming(&r, &job_id, &journal_path)?;
+                    (r.rollout, r.progress)
+                }
+                None => (
+                    new_rollout(
+                        &broker,
+                        &job_id,
+                        Target {
+                            devices,
+                            running,
+                            all,
+                        },
+                        PlanArgs {
+                            stages,
+                            exponential,
+                            advance_when_pct,
+                            abort_on,
+                            max_failure_pct,
+                            min_finished,
+                            device_timeout_secs,
+                        },
+                    )
+                    .await?,
+                    Vec::new(),
+                ),
+            };
             let server = Arc::new(Mutex::new(FirmwareServer::new()));
-            server.lock().expect("server").add(release);
+            {
+                let mut s = server.lock().expect("server");
+                s.add(release);
+                for (device, progress) in restored {
+                    s.restore_progress(&device, progress);
+                }
+            }
             let mut transport = lanyard_std::mqtt::MqttTransport::connect_and_wait(
                 broker.mqtt("lanyard-ota")?,
                 std::time::Duration::from_secs(10),
@@ -294,13 +260,169 @@ pub(crate) async fn ota(what: OtaCmd) -> Result<(), String> {
                 })
                 .await
             });
-            let rollout = Rollout::new(&job_id, devices, plan);
-            let outcome = drive(&server, &offers, rollout).await;
+            let outcome = drive(&server, &offers, rollout, Some(&mut journal)).await;
             let _ = stop.send(());
             let _ = serving.await;
             outcome
         }
     }
+}
+
+/// Who a new rollout targets (`lanyard ota rollout`'s options).
+struct Target {
+    devices: Vec<String>,
+    running: Option<String>,
+    all: bool,
+}
+
+/// A new rollout's plan, as `lanyard ota rollout`'s options give it.
+struct PlanArgs {
+    stages: Vec<f64>,
+    exponential: Option<Vec<f64>>,
+    advance_when_pct: f64,
+    abort_on: Vec<String>,
+    max_failure_pct: f64,
+    min_finished: usize,
+    device_timeout_secs: u64,
+}
+
+/// Whether a rollout taken back from its journal can go on: it is this
+/// release's and has not ended. Says what it goes on from.
+fn resuming(r: &Resumed, job_id: &str, journal: &Path) -> Result<(), String> {
+    let rollout = &r.rollout;
+    if rollout.job_id() != job_id {
+        return Err(format!(
+            "the journal {} is of rollout {}, not {job_id}: give this one another --journal",
+            journal.display(),
+            rollout.job_id()
+        ));
+    }
+    match rollout.state() {
+        RolloutState::Running(_) | RolloutState::Paused(_) => {}
+        ended => {
+            return Err(format!(
+                "rollout {job_id} has ended ({ended:?}, says its journal {}); to roll the \
+                 release out again, give another --journal",
+                journal.display()
+            ));
+        }
+    }
+    let view = rollout.view(0, |d| {
+        r.progress.iter().find(|(x, _)| x == d).map(|(_, p)| p)
+    });
+    println!(
+        "{job_id} resuming from its journal {}: {} of {} devices offered ({} succeeded, {} \
+         failed); the devices and the plan are the journal's",
+        journal.display(),
+        view.in_progress + view.succeeded + view.failed,
+        view.waiting + view.in_progress + view.succeeded + view.failed,
+        view.succeeded,
+        view.failed
+    );
+    Ok(())
+}
+
+/// A new rollout of `job_id`: its devices (the twin host's listing for
+/// `--all` and `--running`) and its plan, checked.
+async fn new_rollout(
+    broker: &BrokerArgs,
+    job_id: &str,
+    target: Target,
+    args: PlanArgs,
+) -> Result<Rollout, String> {
+    let Target {
+        mut devices,
+        running,
+        all,
+    } = target;
+    let PlanArgs {
+        stages,
+        exponential,
+        advance_when_pct,
+        abort_on,
+        max_failure_pct,
+        min_finished,
+        device_timeout_secs,
+    } = args;
+    if stages.is_empty()
+        || stages.windows(2).any(|w| w[1] <= w[0])
+        || stages.iter().any(|s| !(*s > 0.0 && *s <= 100.0))
+        || stages.last() != Some(&100.0)
+    {
+        return Err("--stages: growing percentages ending at 100".into());
+    }
+    if all || running.is_some() {
+        let app = lanyard_std::app::AppClient::new(
+            lanyard_std::mqtt::MqttTransport::connect_and_wait(
+                broker.mqtt("lanyard-ota-list")?,
+                std::time::Duration::from_secs(10),
+            )
+            .await
+            .map_err(|e| format!("fleet listing: {e}"))?,
+        )
+        .await
+        .map_err(|e| e.to_string())?;
+        let fleet: Vec<String> = app
+            .list(None, std::time::Duration::from_secs(10))
+            .await
+            .map_err(|e| format!("fleet listing (is a twin host running?): {e}"))?
+            .into_iter()
+            .filter(|d| !d.decommissioned)
+            .filter(|d| running.is_none() || d.firmware.as_deref() == running.as_deref())
+            .map(|d| d.device)
+            .collect();
+        if all {
+            devices = fleet;
+        } else {
+            // The order given stays.
+            devices.retain(|d| fleet.contains(d));
+        }
+        if devices.is_empty() {
+            return Err(match &running {
+                Some(v) => format!("no device the twin host knows runs {v}"),
+                None => "the twin host knows no device".into(),
+            });
+        }
+    }
+    for d in &devices {
+        if !lanyard_core::topic::valid_device_id(d) {
+            return Err(format!("--devices: {d:?} is not a device id"));
+        }
+    }
+    let mut plan = match exponential.as_deref() {
+        Some(&[first, factor]) => {
+            if !(first > 0.0 && first <= 100.0 && factor > 1.0 && factor.is_finite()) {
+                return Err("--exponential: FIRST in (0, 100] percent, FACTOR above 1".into());
+            }
+            RolloutPlan::exponential(first / 100.0, factor)
+        }
+        Some(_) => return Err("--exponential: FIRST,FACTOR (e.g. 1,4)".into()),
+        None => {
+            let mut plan = RolloutPlan::staged();
+            plan.stages = stages.iter().map(|s| s / 100.0).collect();
+            plan
+        }
+    };
+    if !(advance_when_pct > 0.0 && advance_when_pct <= 100.0) {
+        return Err("--advance-when-pct: in (0, 100]".into());
+    }
+    plan.advance_when = advance_when_pct / 100.0;
+    plan.abort.abort_on = abort_on
+        .iter()
+        .map(|n| {
+            UpdateReason::ALL
+                .into_iter()
+                .find(|r| r.name() == n)
+                .ok_or_else(|| {
+                    let names: Vec<&str> = UpdateReason::ALL.iter().map(|r| r.name()).collect();
+                    format!("--abort-on: {n:?} is none of {}", names.join(", "))
+                })
+        })
+        .collect::<Result<_, String>>()?;
+    plan.abort.max_failure_rate = max_failure_pct / 100.0;
+    plan.abort.min_finished = min_finished;
+    plan.device_timeout_ms = device_timeout_secs.saturating_mul(1000);
+    Ok(Rollout::new(job_id, devices, plan))
 }
 
 /// Runs `rollout` over `server` until it completes, aborts or is cancelled,
@@ -311,6 +433,7 @@ pub(crate) async fn drive(
     server: &Arc<Mutex<FirmwareServer>>,
     offers: &tokio::sync::mpsc::UnboundedSender<lanyard_std::ota::Publish>,
     rollout: Rollout,
+    journal: Option<&mut RolloutJournal>,
 ) -> Result<(), String> {
     use tokio::signal::unix::{SignalKind, signal};
     let job_id = rollout.job_id().to_owned();
@@ -330,7 +453,7 @@ pub(crate) async fn drive(
         }
     });
     let mut last = String::new();
-    let ended = drive_rollout(server, offers, rollout, &mut controlled, |r, v| {
+    let ended = drive_rollout(server, offers, rollout, &mut controlled, journal, |r, v| {
         let line = format!(
             "{:?}: {} waiting, {} in progress, {} succeeded, {} failed",
             r.state(),

@@ -171,6 +171,7 @@ pub(crate) async fn ota_demo(devices: usize) -> Result<(), String> {
         &server,
         &offers,
         Rollout::new("fw-2.0.0", ids.clone(), plan.clone()),
+        None,
     )
     .await;
     let good_line = match &good {
@@ -181,6 +182,7 @@ pub(crate) async fn ota_demo(devices: usize) -> Result<(), String> {
         &server,
         &offers,
         Rollout::new("fw-3.0.0", ids.clone(), plan),
+        None,
     )
     .await;
     // The rolled-back devices restart on their old image.

@@ -8,7 +8,11 @@
 //! offered a release next: stage by stage (1 %, 10 %, 50 %, 100 % by
 //! default, or growing by a factor), each stage opening when enough of the
 //! last succeeded, and stopping by itself when its abort criteria are met,
-//! leaving the rest of the fleet on the old version.
+//! leaving the rest of the fleet on the old version. Its
+//! [journal](journal) lets a rollout process that stopped go on where it
+//! was.
+
+pub mod journal;
 
 use std::collections::HashMap;
 
@@ -298,6 +302,12 @@ impl FirmwareServer {
             }
             _ => Vec::new(),
         }
+    }
+
+    /// Takes back what a device had reported before this server started
+    /// (from a rollout's [journal](journal)); a newer report replaces it.
+    pub fn restore_progress(&mut self, device: &str, progress: DeviceProgress) {
+        self.devices.insert(device.to_owned(), progress);
     }
 
     /// A device's progress, from its last report.
@@ -617,21 +627,30 @@ pub const REOFFER_AFTER_MS: u64 = 2_000;
 /// Runs `rollout` against `server` (served by [`run_firmware_server`],
 /// whose offers channel is `offers`) until it completes, aborts by its
 /// criteria, or is cancelled through `control`; `progress` sees it after
-/// every step (every 200 ms). Returns how it ended; `Err` when the
-/// firmware server stopped first.
+/// every step (every 200 ms). With a `journal`, every change is written
+/// there before the offers it decided go out (see [`journal`]). Returns
+/// how it ended; `Err` when the firmware server stopped first, or the
+/// journal could not be written.
+///
+/// A rollout taken back from a journal offers again, after
+/// [`REOFFER_AFTER_MS`], the devices it had offered that have reported
+/// nothing of the job (the offer may have been lost with the process).
 pub async fn drive_rollout(
     server: &std::sync::Arc<std::sync::Mutex<FirmwareServer>>,
     offers: &tokio::sync::mpsc::UnboundedSender<Publish>,
     mut rollout: Rollout,
     control: &mut tokio::sync::mpsc::UnboundedReceiver<RolloutControl>,
+    mut journal: Option<&mut journal::RolloutJournal>,
     mut progress: impl FnMut(&Rollout, &RolloutView),
 ) -> Result<RolloutState, String> {
     let job_id = rollout.job_id().to_owned();
-    let started = std::time::Instant::now();
-    let mut offered_at: HashMap<String, u64> = HashMap::new();
+    // Wall-clock time: offers and timeouts keep their meaning across a
+    // restart of the process, through the journal.
+    let clock = crate::clock::Clock::real();
+    let mut offered_at: HashMap<String, u64> = rollout.offered.clone();
     let mut control_open = true;
     loop {
-        let now = started.elapsed().as_millis() as u64;
+        let now = clock.now_ms();
         let msgs = {
             let s = server.lock().expect("firmware server");
             let mut offered = rollout.step(now, |d| s.progress(d));
@@ -648,6 +667,10 @@ pub async fn drive_rollout(
             }
             for d in &offered {
                 offered_at.insert(d.clone(), now);
+            }
+            if let Some(j) = journal.as_deref_mut() {
+                j.save(&rollout, |d| s.progress(d))
+                    .map_err(|e| format!("rollout journal {}: {e}", j.path().display()))?;
             }
             let view = rollout.view(now, |d| s.progress(d));
             progress(&rollout, &view);
@@ -678,11 +701,17 @@ pub async fn drive_rollout(
                 Some(RolloutControl::Cancel) => {
                     let cancels: Vec<Publish> = {
                         let s = server.lock().expect("firmware server");
-                        rollout
+                        let told: Vec<Publish> = rollout
                             .cancel(|d| s.progress(d))
                             .into_iter()
                             .map(|d| s.cancel(&d, &job_id))
-                            .collect()
+                            .collect();
+                        if let Some(j) = journal.as_deref_mut() {
+                            j.save(&rollout, |d| s.progress(d)).map_err(|e| {
+                                format!("rollout journal {}: {e}", j.path().display())
+                            })?;
+                        }
+                        told
                     };
                     for m in cancels {
                         let _ = offers.send(m);
@@ -827,7 +856,7 @@ mod driving {
         let s = server.clone();
         let first = devices[0].clone();
         let driving = tokio::spawn(async move {
-            drive_rollout(&s, &offers, rollout, &mut controlled, |_, _| {}).await
+            drive_rollout(&s, &offers, rollout, &mut controlled, None, |_, _| {}).await
         });
         // The first stage: one device offered. Paused, the device
         // succeeds, and nothing more is offered.
