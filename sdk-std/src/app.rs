@@ -615,6 +615,26 @@ impl AppClient {
         }
     }
 
+    /// The devices a rollout can target: every device of the fleet in
+    /// the shared namespace that is not decommissioned, in the order of
+    /// their names, or with `running` only those whose last registration
+    /// named that firmware version (a group by what it runs). Each page
+    /// of the listing waits up to `timeout`.
+    pub async fn devices_running(
+        &self,
+        running: Option<&str>,
+        timeout: Duration,
+    ) -> Result<Vec<String>, AppError> {
+        Ok(self
+            .list(None, timeout)
+            .await?
+            .into_iter()
+            .filter(|d| !d.decommissioned)
+            .filter(|d| running.is_none() || d.firmware.as_deref() == running)
+            .map(|d| d.device)
+            .collect())
+    }
+
     /// Pushes the configuration change `patch` to each of `devices` and
     /// waits up to `timeout` for their acknowledgements: which applied
     /// it, which ignored it (not newer than theirs), which refused a

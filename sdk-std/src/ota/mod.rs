@@ -10,9 +10,12 @@
 //! last succeeded, and stopping by itself when its abort criteria are met,
 //! leaving the rest of the fleet on the old version. Its
 //! [journal](journal) lets a rollout process that stopped go on where it
-//! was.
+//! was; a [`RolloutRun`] runs one in the background of an application.
 
 pub mod journal;
+pub mod run;
+
+pub use run::{RolloutProgress, RolloutRun};
 
 use std::collections::HashMap;
 

@@ -7,8 +7,7 @@ use std::sync::{Arc, Mutex};
 use clap::Subcommand;
 use lanyard_std::ota::journal::{Resumed, RolloutJournal};
 use lanyard_std::ota::{
-    FirmwareServer, Release, Rollout, RolloutControl, RolloutPlan, RolloutState, drive_rollout,
-    run_firmware_server,
+    FirmwareServer, Release, Rollout, RolloutPlan, RolloutRun, RolloutState, drive_rollout,
 };
 
 use lanyard_core::update::messages::UpdateReason;
@@ -237,34 +236,61 @@ pub(crate) async fn ota(what: OtaCmd) -> Result<(), String> {
                     Vec::new(),
                 ),
             };
-            let server = Arc::new(Mutex::new(FirmwareServer::new()));
-            {
-                let mut s = server.lock().expect("server");
-                s.add(release);
-                for (device, progress) in restored {
-                    s.restore_progress(&device, progress);
-                }
-            }
-            let mut transport = lanyard_std::mqtt::MqttTransport::connect_and_wait(
+            let transport = lanyard_std::mqtt::MqttTransport::connect_and_wait(
                 broker.mqtt("lanyard-ota")?,
                 std::time::Duration::from_secs(10),
             )
             .await
             .map_err(|e| format!("firmware server: {e}"))?;
-            let (offers, offers_rx) = tokio::sync::mpsc::unbounded_channel();
-            let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-            let s = server.clone();
-            let serving = tokio::spawn(async move {
-                run_firmware_server(s, &mut transport, offers_rx, async {
-                    let _ = stopped.await;
-                })
-                .await
-            });
-            let outcome = drive(&server, &offers, rollout, Some(&mut journal)).await;
-            let _ = stop.send(());
-            let _ = serving.await;
-            outcome
+            let run = RolloutRun::start(transport, release, rollout, restored, Some(journal));
+            operate(run, &job_id).await
         }
+    }
+}
+
+/// Follows a rollout run to its end, printing the devices by state as they
+/// change: Ctrl-C cancels it, SIGUSR1 pauses it, SIGUSR2 resumes it. `Err`
+/// says why it did not complete.
+async fn operate(run: RolloutRun, job_id: &str) -> Result<(), String> {
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut pause = signal(SignalKind::user_defined1()).map_err(|e| e.to_string())?;
+    let mut resume = signal(SignalKind::user_defined2()).map_err(|e| e.to_string())?;
+    let mut progress = run.progress();
+    let mut cancelled = false;
+    loop {
+        tokio::select! {
+            changed = progress.changed() => {
+                if changed.is_err() {
+                    break;
+                }
+                let p = progress.borrow_and_update().clone();
+                println!("{job_id} {}", progress_line(&p.state, &p.view));
+            }
+            _ = tokio::signal::ctrl_c(), if !cancelled => {
+                cancelled = true;
+                run.cancel();
+            }
+            _ = pause.recv() => run.pause(),
+            _ = resume.recv() => run.resume(),
+        }
+    }
+    ended(run.wait().await?, job_id)
+}
+
+/// A rollout's state and devices, as `lanyard ota rollout` prints them.
+fn progress_line(state: &RolloutState, v: &lanyard_std::ota::RolloutView) -> String {
+    format!(
+        "{state:?}: {} waiting, {} in progress, {} succeeded, {} failed",
+        v.waiting, v.in_progress, v.succeeded, v.failed
+    )
+}
+
+/// How a rollout ended, as the command's outcome.
+fn ended(state: RolloutState, job_id: &str) -> Result<(), String> {
+    match state {
+        RolloutState::Completed => Ok(()),
+        RolloutState::Aborted(why) => Err(format!("rollout {job_id} aborted: {why}")),
+        _ => Err(format!("rollout {job_id} cancelled")),
     }
 }
 
@@ -362,15 +388,10 @@ async fn new_rollout(
         )
         .await
         .map_err(|e| e.to_string())?;
-        let fleet: Vec<String> = app
-            .list(None, std::time::Duration::from_secs(10))
+        let fleet = app
+            .devices_running(running.as_deref(), std::time::Duration::from_secs(10))
             .await
-            .map_err(|e| format!("fleet listing (is a twin host running?): {e}"))?
-            .into_iter()
-            .filter(|d| !d.decommissioned)
-            .filter(|d| running.is_none() || d.firmware.as_deref() == running.as_deref())
-            .map(|d| d.device)
-            .collect();
+            .map_err(|e| format!("fleet listing (is a twin host running?): {e}"))?;
         if all {
             devices = fleet;
         } else {
@@ -425,57 +446,25 @@ async fn new_rollout(
     Ok(Rollout::new(job_id, devices, plan))
 }
 
-/// Runs `rollout` over `server` until it completes, aborts or is cancelled,
-/// printing the devices by state as they change: Ctrl-C cancels it,
-/// SIGUSR1 pauses it, SIGUSR2 resumes it. `Err` says why it did not
-/// complete.
+/// Runs `rollout` over `server` (shared with the demo's devices) until it
+/// completes or aborts, printing the devices by state as they change.
+/// `Err` says why it did not complete.
 pub(crate) async fn drive(
     server: &Arc<Mutex<FirmwareServer>>,
     offers: &tokio::sync::mpsc::UnboundedSender<lanyard_std::ota::Publish>,
     rollout: Rollout,
-    journal: Option<&mut RolloutJournal>,
 ) -> Result<(), String> {
-    use tokio::signal::unix::{SignalKind, signal};
     let job_id = rollout.job_id().to_owned();
-    let (control, mut controlled) = tokio::sync::mpsc::unbounded_channel();
-    let mut pause = signal(SignalKind::user_defined1()).map_err(|e| e.to_string())?;
-    let mut resume = signal(SignalKind::user_defined2()).map_err(|e| e.to_string())?;
-    let operator = tokio::spawn(async move {
-        loop {
-            let c = tokio::select! {
-                _ = tokio::signal::ctrl_c() => RolloutControl::Cancel,
-                _ = pause.recv() => RolloutControl::Pause,
-                _ = resume.recv() => RolloutControl::Resume,
-            };
-            if control.send(c).is_err() || c == RolloutControl::Cancel {
-                return;
-            }
-        }
-    });
+    // Nobody controls the demo's rollouts: the channel closes at once.
+    let (_, mut controlled) = tokio::sync::mpsc::unbounded_channel();
     let mut last = String::new();
-    let ended = drive_rollout(server, offers, rollout, &mut controlled, journal, |r, v| {
-        let line = format!(
-            "{:?}: {} waiting, {} in progress, {} succeeded, {} failed",
-            r.state(),
-            v.waiting,
-            v.in_progress,
-            v.succeeded,
-            v.failed
-        );
+    let state = drive_rollout(server, offers, rollout, &mut controlled, None, |r, v| {
+        let line = progress_line(r.state(), v);
         if line != last {
             println!("{} {line}", r.job_id());
             last = line;
         }
     })
-    .await;
-    operator.abort();
-    match ended? {
-        RolloutState::Completed => Ok(()),
-        RolloutState::Aborted(why) => Err(format!("rollout {job_id} aborted: {why}")),
-        _ => {
-            // The cancellations had a moment to go out.
-            tokio::time::sleep(std::time::Duration::from_millis(500)).await;
-            Err(format!("rollout {job_id} cancelled"))
-        }
-    }
+    .await?;
+    ended(state, &job_id)
 }

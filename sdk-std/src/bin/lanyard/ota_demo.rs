@@ -171,7 +171,6 @@ pub(crate) async fn ota_demo(devices: usize) -> Result<(), String> {
         &server,
         &offers,
         Rollout::new("fw-2.0.0", ids.clone(), plan.clone()),
-        None,
     )
     .await;
     let good_line = match &good {
@@ -182,7 +181,6 @@ pub(crate) async fn ota_demo(devices: usize) -> Result<(), String> {
         &server,
         &offers,
         Rollout::new("fw-3.0.0", ids.clone(), plan),
-        None,
     )
     .await;
     // The rolled-back devices restart on their old image.
