@@ -119,6 +119,8 @@ done
 echo "with firmware updates (--features update), against the firmware without them:"
 python3 scripts/size-report.py examples/stm32/target/update/thumbv7em-none-eabihf/release/lanyard-stm32 \
     --without "$firmware" --goal-added 12 | grep -E "^  (flash|RAM):|against|goal"
+# The serial link's raw rate, which the update's download is set against.
+cp examples/stm32/target/thumbv7em-none-eabihf/release/linkrate "$updates/linkrate.elf"
 LANYARD_STM32_UPDATE="$updates" cargo test -p lanyard-std --test qemu_stm32_update -- --ignored --nocapture
 
 step "Python bindings: the abi3 wheel (maturin, through pip), installed into a fresh virtual environment, then their tests there"

@@ -17,8 +17,12 @@
 //! It needs qemu and three builds of the firmware (scripts/test-all.sh
 //! makes them, signed with a key it makes), so it is ignored by a plain
 //! `cargo test`; the script runs it with `LANYARD_STM32_UPDATE` set to the
-//! directory of the builds (`0.1.0.bin`, `0.2.0.bin`, `0.3.0-bad.bin`) and
-//! the key (`fleet.key`).
+//! directory of the builds (`0.1.0.bin`, `0.2.0.bin`, `0.3.0-bad.bin`), the
+//! key (`fleet.key`) and the link-rate program (`linkrate.elf`).
+//!
+//! Printed, not checked: the download's speed against what qemu's serial
+//! link carries raw (the link-rate program of `examples/stm32`, measured
+//! first in the same run).
 
 mod common;
 
@@ -256,6 +260,67 @@ async fn bridge(port: u16, board: &Board) -> tokio::task::JoinHandle<()> {
     })
 }
 
+/// Bytes each way of the link-rate program (`examples/stm32/src/bin/linkrate.rs`).
+const LINKRATE_BYTES: usize = 64 * 1024;
+
+/// What qemu's emulated serial link carries with nothing on it, timed with
+/// the link-rate program: bytes per second host to board, then board to
+/// host.
+fn raw_link_rate(program: &Path, dir: &Path) -> (f64, f64) {
+    use std::io::Read;
+    let pattern = |i: usize| (i.wrapping_mul(7) % 251) as u8;
+    let flash = dir.join("linkrate-flash.bin");
+    std::fs::write(&flash, vec![0xffu8; FLASH_SIZE]).unwrap();
+    let board = Board::start(program, &flash, &dir.join("linkrate-saved.bin"));
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let mut serial = loop {
+        match std::net::TcpStream::connect(("127.0.0.1", board.serial_port)) {
+            Ok(s) => break s,
+            Err(e) => {
+                assert!(Instant::now() < deadline, "qemu's serial socket: {e}");
+                std::thread::sleep(Duration::from_millis(50));
+            }
+        }
+    };
+    serial
+        .set_read_timeout(Some(Duration::from_secs(60)))
+        .unwrap();
+    let mut seen = Vec::new();
+    let mut chunk = [0u8; 4096];
+    let mut read_until = |serial: &mut std::net::TcpStream, seen: &mut Vec<u8>, end: &[u8]| {
+        while !seen.windows(end.len()).any(|w| w == end) {
+            let n = serial
+                .read(&mut chunk)
+                .expect("the link-rate program answers");
+            assert!(n > 0, "the link-rate program closed the link");
+            seen.extend_from_slice(&chunk[..n]);
+        }
+        let at = seen.windows(end.len()).position(|w| w == end).unwrap() + end.len();
+        seen.drain(..at);
+    };
+    read_until(&mut serial, &mut seen, b"linkrate\r\n");
+    let out: Vec<u8> = (0..LINKRATE_BYTES).map(pattern).collect();
+    let sending = Instant::now();
+    serial.write_all(&out).unwrap();
+    read_until(&mut serial, &mut seen, b"ok\r\n");
+    let to_board = sending.elapsed();
+    let receiving = Instant::now();
+    let mut got = seen.len();
+    while got < LINKRATE_BYTES {
+        let n = serial.read(&mut chunk).expect("the board's bytes");
+        assert!(n > 0, "the link-rate program closed the link");
+        got += n;
+    }
+    let from_board = receiving.elapsed();
+    let sum: u64 = out.iter().map(|b| u64::from(*b)).sum();
+    board.wait_for(
+        &format!("received {LINKRATE_BYTES} sum {sum} wrong 0 lost 0, sent {LINKRATE_BYTES}"),
+        Duration::from_secs(20),
+    );
+    let rate = |d: Duration| LINKRATE_BYTES as f64 / d.as_secs_f64();
+    (rate(to_board), rate(from_board))
+}
+
 fn unhex(s: &str) -> Vec<u8> {
     lanyard_std::describe::parse_hex(s.trim()).expect("hex")
 }
@@ -292,9 +357,17 @@ async fn the_stm32_firmware_updates_itself_in_qemu_and_a_bad_image_rolls_back() 
     let good = Release::sign("fw-0.2.0", "0.2.0", read("0.2.0.bin"), BLOCK, &key).unwrap();
     let bad = Release::sign("fw-0.3.0", "0.3.0", read("0.3.0-bad.bin"), BLOCK, &key).unwrap();
     let good_blocks = good.job().blocks();
+    let good_bytes = good.image.len();
 
-    let broker = Mosquitto::start();
     let dir = tempfile::tempdir().unwrap();
+    let (raw_in, raw_out) = raw_link_rate(&builds.join("linkrate.elf"), dir.path());
+    println!(
+        "qemu's serial link, raw: host to board {:.1} KB/s, board to host {:.1} KB/s \
+         ({LINKRATE_BYTES} bytes each way)",
+        raw_in / 1e3,
+        raw_out / 1e3
+    );
+    let broker = Mosquitto::start();
     let (stop_twin, twin) = spawn_twin(broker.port, dir.path());
     let server = Arc::new(Mutex::new(FirmwareServer::new()));
     server.lock().unwrap().add(good);
@@ -339,10 +412,15 @@ async fn the_stm32_firmware_updates_itself_in_qemu_and_a_bad_image_rolls_back() 
     board.wait_for("update downloading", Duration::from_secs(20));
     let downloading = Instant::now();
     board.wait_for("update verified", Duration::from_secs(60));
+    let took = downloading.elapsed().as_secs_f64();
+    let rate = good_bytes as f64 / took;
     println!(
-        "downloaded and verified {} blocks of {BLOCK} bytes in {:.2} s",
-        good_blocks,
-        downloading.elapsed().as_secs_f64()
+        "downloaded and verified {good_blocks} blocks of {BLOCK} bytes ({good_bytes} B) in \
+         {took:.2} s: {:.1} KB/s, {:.0} % of the raw link's host-to-board rate \
+         ({:.2}x its time)",
+        rate / 1e3,
+        100.0 * rate / raw_in,
+        raw_in / rate
     );
     board.wait_for("restarting", Duration::from_secs(10));
     until_state(&server, "fw-0.2.0", UpdateState::Verified).await;

@@ -77,6 +77,13 @@ static RX: Mutex<RefCell<heapless::Deque<u8, RX_QUEUE>>> =
 static RX_OVERFLOWS: AtomicU32 = AtomicU32::new(0);
 static LED_TOGGLES: AtomicU32 = AtomicU32::new(0);
 
+/// Bytes lost to a full receive queue since boot.
+// Read by the link-rate program (`src/bin/linkrate.rs`), not the firmware.
+#[allow(dead_code)]
+pub fn rx_overflows() -> u32 {
+    RX_OVERFLOWS.load(Ordering::Relaxed)
+}
+
 /// How many times the LED changed state.
 pub fn led_toggles() -> u32 {
     LED_TOGGLES.load(Ordering::Relaxed)
