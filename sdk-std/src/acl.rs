@@ -131,7 +131,8 @@ pub fn mosquitto_acl(trusted: &[&str]) -> Result<String, NotAServiceName> {
 
 /// [`mosquitto_acl`], with `operators` who may write only as themselves:
 /// each reads every Lanyard topic, asks for shadows, the fleet's listing
-/// and raw readings, and writes desired state, conflict resolutions,
+/// and raw readings, asks the rollout service for rollouts, and writes
+/// desired state, conflict resolutions,
 /// re-provisionings, commands and configurations only on topics that name
 /// it as their writer (`.../by/{its name}`, [`OPERATOR_WRITES`]). A twin
 /// host with an operator list
@@ -149,6 +150,7 @@ pub fn mosquitto_acl(trusted: &[&str]) -> Result<String, NotAServiceName> {
 /// assert!(acl.contains("topic write lanyard/v1/+/shadow/desired/by/lanyard-ops\n"));
 /// assert!(acl.contains("topic write lanyard/v1/+/cmd/by/lanyard-ops\n"));
 /// assert!(!acl.contains("topic write lanyard/v1/+/cmd\n"));
+/// assert!(acl.contains("topic write lanyard/v1/lanyard-fleet/ota/request\n"));
 /// ```
 pub fn mosquitto_fleet_acl(
     trusted: &[&str],
@@ -167,6 +169,12 @@ pub fn mosquitto_fleet_acl(
         out.push_str(&format!(
             "topic write {TOPIC_PREFIX}{FLEET_KEY}/{}\n",
             AppTopic::List.suffix()
+        ));
+        // Rollouts are asked of the rollout service beside the twin host.
+        #[cfg(feature = "runtime")]
+        out.push_str(&format!(
+            "topic write {}\n",
+            crate::ota::service::RolloutTopic::Request.topic()
         ));
         for w in lanyard_core::topic::OPERATOR_WRITES {
             out.push_str(&format!(

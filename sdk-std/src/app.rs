@@ -8,6 +8,7 @@ use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
+mod rollouts;
 mod router;
 use router::Router;
 pub use router::{DropCounter, Events, Watch, ZeroCapacity};

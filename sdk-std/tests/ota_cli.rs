@@ -742,3 +742,126 @@ fn a_rollout_killed_midway_goes_on_from_its_journal() {
     let _ = twin.kill();
     let _ = twin.wait();
 }
+
+/// Rollouts run by the twin host (`lanyard twin --rollouts`): handed over
+/// by `lanyard ota start`, paused, kept paused across a SIGKILL and
+/// restart of the twin host, resumed, and completed with each device
+/// taking the release once; the same release is not rolled out twice, and
+/// an unknown rollout is refused by name.
+#[test]
+fn the_twin_host_runs_a_rollout_and_takes_it_up_again_after_a_restart() {
+    let broker = Mosquitto::start();
+    let url = format!("mqtt://127.0.0.1:{}", broker.port);
+    let work = tempfile::tempdir().unwrap();
+    let p = |n: &str| work.path().join(n);
+    ok(&["ota", "keygen", "--out", s(&p("fleet"))]);
+    // Over one message: the image travels in two pieces.
+    let image: Vec<u8> = (0..200_000u32).map(|i| (i * 11 % 251) as u8).collect();
+    std::fs::write(p("image.bin"), &image).unwrap();
+    sign(work.path(), "image.bin", "2.0.0", "fw-2");
+    let twin_with_rollouts = || {
+        Command::new(env!("CARGO_BIN_EXE_lanyard"))
+            .args(["twin", "--broker", &url, "--state-dir"])
+            .arg(p("twin"))
+            .arg("--rollouts")
+            .arg(p("rollouts"))
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap()
+    };
+    let mut twin = twin_with_rollouts();
+    let key = p("fleet.pub");
+    let mut devices = fleet(&url, work.path(), &key, 1..=4, "true");
+    registered(&url, 4);
+    let status = || {
+        let (ok_, out, err) = lanyard_cli(&["ota", "status", "--broker", &url, "fw-2"]);
+        assert!(ok_, "{err}");
+        out
+    };
+
+    let out = ok(&[
+        "ota",
+        "start",
+        "--broker",
+        &url,
+        "--release",
+        s(&p("fw-2")),
+        "--all",
+        "--stages",
+        "25,100",
+        "--detach",
+    ]);
+    assert!(
+        out.contains("handed to the twin host's rollout service"),
+        "{out}"
+    );
+    let out = ok(&["ota", "pause", "--broker", &url, "fw-2"]);
+    assert!(out.contains("Paused(0)"), "{out}");
+
+    // The twin host dies and comes back: the rollout is still paused.
+    twin.kill().unwrap();
+    twin.wait().unwrap();
+    let journal = p("rollouts").join("fw-2").join("rollout.json");
+    assert!(journal.exists(), "the rollout keeps a journal");
+    twin = twin_with_rollouts();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let (ok_, out, _) = lanyard_cli(&["ota", "status", "--broker", &url, "fw-2"]);
+        if ok_ && out.contains("Paused(0)") {
+            break;
+        }
+        assert!(Instant::now() < deadline, "not taken up paused: {out}");
+        supervise(&url, &mut devices, &key, "2.0.0", "true");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    // Only the first stage's device was ever offered it.
+    let offered = devices
+        .iter()
+        .filter(|d| d.restarts > 0 || d.dir.join("slot/image.bin").exists())
+        .count();
+    assert!(offered <= 1, "{offered} devices took it while paused");
+
+    ok(&["ota", "resume", "--broker", &url, "fw-2"]);
+    let deadline = Instant::now() + Duration::from_secs(120);
+    loop {
+        let out = status();
+        if out.contains("Completed") {
+            break;
+        }
+        assert!(!out.contains("Aborted"), "{out}");
+        assert!(Instant::now() < deadline, "never completed: {out}");
+        supervise(&url, &mut devices, &key, "2.0.0", "true");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while devices.iter().any(|d| d.version != "2.0.0") {
+        assert!(Instant::now() < deadline, "not all on 2.0.0");
+        supervise(&url, &mut devices, &key, "2.0.0", "true");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    for d in &devices {
+        assert_eq!(d.restarts, 1, "{} restarted {} times", d.mac, d.restarts);
+        assert_eq!(std::fs::read(d.dir.join("slot/image.bin")).unwrap(), image);
+    }
+
+    // Once only; and a rollout nobody started is refused by name.
+    let (ok_, _, err) = lanyard_cli(&[
+        "ota",
+        "start",
+        "--broker",
+        &url,
+        "--release",
+        s(&p("fw-2")),
+        "--all",
+        "--detach",
+    ]);
+    assert!(!ok_);
+    assert!(err.contains("rollout fw-2 exists"), "{err}");
+    let (ok_, _, err) = lanyard_cli(&["ota", "status", "--broker", &url, "fw-9"]);
+    assert!(!ok_);
+    assert!(err.contains("no rollout fw-9"), "{err}");
+    drop(devices);
+    let _ = twin.kill();
+    let _ = twin.wait();
+}

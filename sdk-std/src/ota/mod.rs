@@ -14,6 +14,7 @@
 
 pub mod journal;
 pub mod run;
+pub mod service;
 
 pub use run::{RolloutProgress, RolloutRun};
 
@@ -122,13 +123,8 @@ impl Release {
     /// Writes it to `dir`: `job.cbor` (the signed job) and `image.bin`.
     pub fn save(&self, dir: &std::path::Path) -> std::io::Result<()> {
         std::fs::create_dir_all(dir)?;
-        let mut job = vec![0u8; 256];
-        let n = self
-            .job()
-            .encode(&mut job)
-            .map_err(|e| std::io::Error::other(e.to_string()))?;
         crate::store::write_atomic(&dir.join("image.bin"), &self.image)?;
-        crate::store::write_atomic(&dir.join("job.cbor"), &job[..n])
+        crate::store::write_atomic(&dir.join("job.cbor"), &self.job_bytes())
     }
 
     /// Reads what [`Release::save`] wrote; the image must have the job's
@@ -139,11 +135,18 @@ impl Release {
                 .map_err(|e| BadRelease(format!("{}: {e}", dir.join(name).display())))
         };
         let (job_bytes, image) = (read("job.cbor")?, read("image.bin")?);
-        let job =
-            UpdateJob::decode(&job_bytes).map_err(|e| BadRelease(format!("job.cbor: {e}")))?;
+        Release::from_parts(&job_bytes, image)
+            .map_err(|e| BadRelease(format!("{}: {e}", dir.display())))
+    }
+
+    /// The release of the signed job `job_bytes` (as [`Release::job_bytes`]
+    /// writes it) and its `image`, which must have the job's size and
+    /// SHA-256 (the signature is the devices' to check).
+    pub fn from_parts(job_bytes: &[u8], image: Vec<u8>) -> Result<Self, BadRelease> {
+        let job = UpdateJob::decode(job_bytes).map_err(|e| BadRelease(format!("the job: {e}")))?;
         if job.size as usize != image.len() || lanyard_core::update::sha256(&image) != job.sha256 {
             return Err(BadRelease(
-                "image.bin is not the image job.cbor describes".into(),
+                "the image is not the one the job describes (size or SHA-256)".into(),
             ));
         }
         Ok(Release {
@@ -156,6 +159,15 @@ impl Release {
             force: job.force,
             image,
         })
+    }
+
+    /// Its signed job, encoded.
+    pub fn job_bytes(&self) -> Vec<u8> {
+        let mut job = vec![0u8; 256];
+        // A release's job always fits: its id and version are bounded.
+        let n = self.job().encode(&mut job).unwrap_or(0);
+        job.truncate(n);
+        job
     }
 
     /// Its job.
@@ -486,6 +498,16 @@ impl Rollout {
     /// The release's job id.
     pub fn job_id(&self) -> &str {
         &self.job_id
+    }
+
+    /// Its devices, in the order they are offered the release.
+    pub fn devices(&self) -> &[String] {
+        &self.devices
+    }
+
+    /// Its plan.
+    pub fn plan(&self) -> &RolloutPlan {
+        &self.plan
     }
 
     /// Where it stands.

@@ -497,6 +497,13 @@ enum Cmd {
         /// with the reason. Default: every writer the broker lets through.
         #[arg(long, value_delimiter = ',')]
         operators: Vec<String>,
+        /// Run the fleet's firmware rollouts here (`lanyard ota start`):
+        /// the releases operators hand over and each rollout's journal are
+        /// kept in this directory, the blocks are served from it, and the
+        /// rollouts that had not ended are taken up again at start. One
+        /// host of a share group runs them.
+        #[arg(long)]
+        rollouts: Option<PathBuf>,
     },
 }
 
@@ -651,6 +658,7 @@ fn main() {
                 device_burst,
                 policies,
                 operators,
+                rollouts,
             } => {
                 let policies = match policies {
                     None => lanyard_core::shadow::FleetPolicies::default(),
@@ -700,6 +708,7 @@ fn main() {
                     limits,
                     policies,
                     operators,
+                    rollouts,
                 };
                 twin(&broker, setup, metrics_on(metrics).await?).await
             }

@@ -57,52 +57,10 @@ pub(crate) enum OtaCmd {
         /// The release (`lanyard ota sign`).
         #[arg(long)]
         release: PathBuf,
-        /// The devices, in the order they are offered it.
-        #[arg(long, value_delimiter = ',', required_unless_present = "all")]
-        devices: Vec<String>,
-        /// Only the devices (of `--devices` or `--all`) whose last
-        /// registration named this firmware version: a group by what it
-        /// runs, from the twin host's fleet listing.
-        #[arg(long)]
-        running: Option<String>,
-        /// Every device the twin host knows (not decommissioned), in the
-        /// order of their names.
-        #[arg(long, conflicts_with = "devices")]
-        all: bool,
-        /// The share of devices offered by the end of each stage, percent.
-        #[arg(long, value_delimiter = ',', default_value = "1,10,50,100")]
-        stages: Vec<f64>,
-        /// Stages at an exponential rate instead: FIRST percent, then each
-        /// stage FACTOR times the last, up to 100 (e.g. `1,4`).
-        #[arg(
-            long,
-            value_delimiter = ',',
-            value_name = "FIRST,FACTOR",
-            conflicts_with = "stages"
-        )]
-        exponential: Option<Vec<f64>>,
-        /// The share of a stage's devices that must have accepted before the
-        /// next stage opens, percent.
-        #[arg(long, default_value_t = 90.0)]
-        advance_when_pct: f64,
-        /// Device failures that abort the rollout at once, whatever the
-        /// failure share (reasons as devices report them).
-        #[arg(
-            long,
-            value_delimiter = ',',
-            default_value = "bad_signature,digest_mismatch"
-        )]
-        abort_on: Vec<String>,
-        /// Abort when more than this share of finished devices failed,
-        /// percent.
-        #[arg(long, default_value_t = 10.0)]
-        max_failure_pct: f64,
-        /// Devices that must have finished before the failure share counts.
-        #[arg(long, default_value_t = 1)]
-        min_finished: usize,
-        /// A device that has not accepted this long after its offer failed.
-        #[arg(long, default_value_t = 3600)]
-        device_timeout_secs: u64,
+        #[command(flatten)]
+        target: Target,
+        #[command(flatten)]
+        plan: PlanArgs,
         /// The rollout's journal (default: `rollout.json` in the release's
         /// directory): what it offered and what devices reported, written
         /// after every change. Started again after it stopped, the rollout
@@ -110,6 +68,99 @@ pub(crate) enum OtaCmd {
         #[arg(long)]
         journal: Option<PathBuf>,
     },
+    /// Hands a release to the twin host's rollout service (`lanyard twin
+    /// --rollouts`), which rolls it out in stages and serves its blocks:
+    /// the rollout goes on there whatever becomes of this command. Follows
+    /// it to its end (exit status 1 if it aborts), or with --detach returns
+    /// once it has started. Ctrl-C stops following, not the rollout.
+    Start {
+        #[command(flatten)]
+        broker: BrokerArgs,
+        /// The release (`lanyard ota sign`).
+        #[arg(long)]
+        release: PathBuf,
+        #[command(flatten)]
+        target: Target,
+        #[command(flatten)]
+        plan: PlanArgs,
+        /// Return once the rollout has started.
+        #[arg(long)]
+        detach: bool,
+    },
+    /// Stops offering a rollout's release (the twin host's; devices under
+    /// way go on).
+    Pause(RolloutJob),
+    /// Goes on offering a paused rollout's release.
+    Resume(RolloutJob),
+    /// Stops a rollout for good; its devices under way are told.
+    Cancel(RolloutJob),
+    /// Where a rollout the twin host runs (or ran) stands.
+    Status(RolloutJob),
+}
+
+/// A rollout the twin host's rollout service runs, by its job id.
+#[derive(clap::Args)]
+pub(crate) struct RolloutJob {
+    #[command(flatten)]
+    broker: BrokerArgs,
+    /// The release's job id.
+    job: String,
+}
+
+/// Who a new rollout targets.
+#[derive(clap::Args)]
+pub(crate) struct Target {
+    /// The devices, in the order they are offered it.
+    #[arg(long, value_delimiter = ',', required_unless_present = "all")]
+    devices: Vec<String>,
+    /// Only the devices (of `--devices` or `--all`) whose last
+    /// registration named this firmware version: a group by what it
+    /// runs, from the twin host's fleet listing.
+    #[arg(long)]
+    running: Option<String>,
+    /// Every device the twin host knows (not decommissioned), in the
+    /// order of their names.
+    #[arg(long, conflicts_with = "devices")]
+    all: bool,
+}
+
+/// A new rollout's stages and abort criteria.
+#[derive(clap::Args)]
+pub(crate) struct PlanArgs {
+    /// The share of devices offered by the end of each stage, percent.
+    #[arg(long, value_delimiter = ',', default_value = "1,10,50,100")]
+    stages: Vec<f64>,
+    /// Stages at an exponential rate instead: FIRST percent, then each
+    /// stage FACTOR times the last, up to 100 (e.g. `1,4`).
+    #[arg(
+        long,
+        value_delimiter = ',',
+        value_name = "FIRST,FACTOR",
+        conflicts_with = "stages"
+    )]
+    exponential: Option<Vec<f64>>,
+    /// The share of a stage's devices that must have accepted before the
+    /// next stage opens, percent.
+    #[arg(long, default_value_t = 90.0)]
+    advance_when_pct: f64,
+    /// Device failures that abort the rollout at once, whatever the
+    /// failure share (reasons as devices report them).
+    #[arg(
+        long,
+        value_delimiter = ',',
+        default_value = "bad_signature,digest_mismatch"
+    )]
+    abort_on: Vec<String>,
+    /// Abort when more than this share of finished devices failed,
+    /// percent.
+    #[arg(long, default_value_t = 10.0)]
+    max_failure_pct: f64,
+    /// Devices that must have finished before the failure share counts.
+    #[arg(long, default_value_t = 1)]
+    min_finished: usize,
+    /// A device that has not accepted this long after its offer failed.
+    #[arg(long, default_value_t = 3600)]
+    device_timeout_secs: u64,
 }
 
 use lanyard_std::hex::to_hex as hex;
@@ -189,16 +240,8 @@ pub(crate) async fn ota(what: OtaCmd) -> Result<(), String> {
         OtaCmd::Rollout {
             broker,
             release,
-            devices,
-            running,
-            all,
-            stages,
-            exponential,
-            advance_when_pct,
-            abort_on,
-            max_failure_pct,
-            min_finished,
-            device_timeout_secs,
+            target,
+            plan,
             journal,
         } => {
             let journal_path = journal.unwrap_or_else(|| release.join("rollout.json"));
@@ -214,25 +257,7 @@ pub(crate) async fn ota(what: OtaCmd) -> Result<(), String> {
                     (r.rollout, r.progress)
                 }
                 None => (
-                    new_rollout(
-                        &broker,
-                        &job_id,
-                        Target {
-                            devices,
-                            running,
-                            all,
-                        },
-                        PlanArgs {
-                            stages,
-                            exponential,
-                            advance_when_pct,
-                            abort_on,
-                            max_failure_pct,
-                            min_finished,
-                            device_timeout_secs,
-                        },
-                    )
-                    .await?,
+                    new_rollout(&broker, &job_id, target, plan).await?,
                     Vec::new(),
                 ),
             };
@@ -245,6 +270,102 @@ pub(crate) async fn ota(what: OtaCmd) -> Result<(), String> {
             let run = RolloutRun::start(transport, release, rollout, restored, Some(journal));
             operate(run, &job_id).await
         }
+        OtaCmd::Start {
+            broker,
+            release,
+            target,
+            plan,
+            detach,
+        } => {
+            let release = Release::load(&release).map_err(|e| e.to_string())?;
+            let job_id = release.job_id.clone();
+            let rollout = new_rollout(&broker, &job_id, target, plan).await?;
+            let app = operator_app(&broker).await?;
+            let started = app
+                .start_rollout(
+                    &release,
+                    rollout.devices().to_vec(),
+                    rollout.plan(),
+                    ASK_TIMEOUT,
+                )
+                .await
+                .map_err(|e| {
+                    format!("rollout {job_id} (is a twin host running with --rollouts?): {e}")
+                })?;
+            println!(
+                "{job_id} handed to the twin host's rollout service ({} bytes, {} devices)",
+                release.image.len(),
+                rollout.devices().len()
+            );
+            println!("{job_id} {}", progress_line(&started.state, &started.view));
+            if detach {
+                return Ok(());
+            }
+            follow(&app, &job_id).await
+        }
+        OtaCmd::Pause(r) => control(r, "pause").await,
+        OtaCmd::Resume(r) => control(r, "resume").await,
+        OtaCmd::Cancel(r) => control(r, "cancel").await,
+        OtaCmd::Status(r) => control(r, "status").await,
+    }
+}
+
+/// How long a request to the rollout service waits for its answer.
+const ASK_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
+
+/// An operator's client of the twin host.
+async fn operator_app(broker: &BrokerArgs) -> Result<lanyard_std::app::AppClient, String> {
+    let transport = lanyard_std::mqtt::MqttTransport::connect_and_wait(
+        broker.mqtt("lanyard-ota-operator")?,
+        std::time::Duration::from_secs(10),
+    )
+    .await
+    .map_err(|e| format!("broker: {e}"))?;
+    lanyard_std::app::AppClient::new(transport)
+        .await
+        .map_err(|e| e.to_string())
+}
+
+/// `lanyard ota pause / resume / cancel / status JOB`: what the rollout
+/// service says of it afterwards.
+async fn control(r: RolloutJob, what: &str) -> Result<(), String> {
+    let app = operator_app(&r.broker).await?;
+    let job = &r.job;
+    let answer = match what {
+        "pause" => app.pause_rollout(job, ASK_TIMEOUT).await,
+        "resume" => app.resume_rollout(job, ASK_TIMEOUT).await,
+        "cancel" => app.cancel_rollout(job, ASK_TIMEOUT).await,
+        _ => app.rollout_status(job, ASK_TIMEOUT).await,
+    }
+    .map_err(|e| format!("rollout {job}: {e}"))?;
+    println!("{job} {}", progress_line(&answer.state, &answer.view));
+    Ok(())
+}
+
+/// Prints rollout `job`'s progress as it changes (asking every half
+/// second) until it ends; its outcome. Ctrl-C stops following only.
+async fn follow(app: &lanyard_std::app::AppClient, job: &str) -> Result<(), String> {
+    let mut last = String::new();
+    loop {
+        let now = tokio::select! {
+            p = app.rollout_status(job, ASK_TIMEOUT) => p.map_err(|e| format!("rollout {job}: {e}"))?,
+            _ = tokio::signal::ctrl_c() => {
+                println!("{job}: no longer followed; it goes on at the twin host (lanyard ota status {job})");
+                return Ok(());
+            }
+        };
+        let line = progress_line(&now.state, &now.view);
+        if line != last {
+            println!("{job} {line}");
+            last = line;
+        }
+        if !matches!(
+            now.state,
+            RolloutState::Running(_) | RolloutState::Paused(_)
+        ) {
+            return ended(now.state, job);
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(500)).await;
     }
 }
 
@@ -292,24 +413,6 @@ fn ended(state: RolloutState, job_id: &str) -> Result<(), String> {
         RolloutState::Aborted(why) => Err(format!("rollout {job_id} aborted: {why}")),
         _ => Err(format!("rollout {job_id} cancelled")),
     }
-}
-
-/// Who a new rollout targets (`lanyard ota rollout`'s options).
-struct Target {
-    devices: Vec<String>,
-    running: Option<String>,
-    all: bool,
-}
-
-/// A new rollout's plan, as `lanyard ota rollout`'s options give it.
-struct PlanArgs {
-    stages: Vec<f64>,
-    exponential: Option<Vec<f64>>,
-    advance_when_pct: f64,
-    abort_on: Vec<String>,
-    max_failure_pct: f64,
-    min_finished: usize,
-    device_timeout_secs: u64,
 }
 
 /// Whether a rollout taken back from its journal can go on: it is this

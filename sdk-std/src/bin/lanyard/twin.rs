@@ -15,6 +15,7 @@ pub(crate) struct TwinSetup {
     pub(crate) limits: TwinLimits,
     pub(crate) policies: lanyard_core::shadow::FleetPolicies,
     pub(crate) operators: Vec<String>,
+    pub(crate) rollouts: Option<PathBuf>,
 }
 
 pub(crate) async fn twin(
@@ -33,6 +34,7 @@ pub(crate) async fn twin(
         limits,
         policies,
         operators,
+        rollouts,
     } = setup;
     let mut twin = match store {
         TwinStore::Dir(dir) => {
@@ -94,6 +96,26 @@ pub(crate) async fn twin(
         twin = twin
             .with_share_group(g)
             .map_err(|e| format!("--share-group: {e}"))?;
+    }
+    if let Some(dir) = rollouts {
+        let service = MqttTransport::connect(broker.mqtt(&format!("{client_id}-ota"))?);
+        let per_rollout = broker.mqtt("")?;
+        let base = client_id.clone();
+        let connect = move |job: &str| {
+            let mut config = per_rollout.clone();
+            config.client_id = format!("{base}-ota-{job}");
+            MqttTransport::connect(config)
+        };
+        println!("rollouts served from {}", dir.display());
+        tokio::spawn(async move {
+            let stop = std::future::pending::<()>();
+            if let Err(e) =
+                lanyard_std::ota::service::serve_rollouts(service, &dir, connect, stop).await
+            {
+                eprintln!("lanyard twin: {e}");
+                std::process::exit(1);
+            }
+        });
     }
     let mut config = broker.mqtt(&client_id)?;
     config.max_inflight = lanyard_std::mqtt::HOST_INFLIGHT;

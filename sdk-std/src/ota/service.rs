@@ -1,0 +1,957 @@
+//! Rollouts run by the twin host's side of the fleet rather than by the
+//! operator's process: `lanyard twin --rollouts DIR` (or [`serve_rollouts`]
+//! in a program) takes signed releases from operators over the broker,
+//! keeps them and each rollout's [journal](super::journal) in `DIR`, serves
+//! the blocks, drives the rollouts, and takes them up again from their
+//! journals when it starts. The operator signs on its side; the service
+//! never holds the key (a release it was given is checked against its
+//! job's size and SHA-256; the signature is the devices' to check).
+//!
+//! Operators talk to it with [`AppClient`](crate::app::AppClient)'s
+//! rollout calls (`lanyard ota start / pause / resume / cancel / status`),
+//! on three topics under the fleet's address ([`RolloutTopic`]): requests
+//! ([`RolloutRequest`], CBOR maps with text keys, as the other operator
+//! messages), answers ([`RolloutAnswer`], matched by token), and each
+//! rollout's progress after every change ([`ProgressReport`]). An image
+//! larger than a message travels in pieces ([`RolloutAction::Upload`],
+//! [`MAX_UPLOAD_CHUNK`] bytes at most, in order) before the rollout that
+//! uses it is started.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+
+use lanyard_core::topic::{FLEET_KEY, TOPIC_PREFIX};
+use lanyard_core::update::messages::{UpdateJob, UpdateReason};
+use minicbor::{Decoder, Encoder};
+
+use super::journal::RolloutJournal;
+use super::run::RolloutRun;
+use super::{AbortCriteria, Release, Rollout, RolloutPlan, RolloutState, RolloutView};
+use crate::text_map::{each_text_key, read_text_map};
+use crate::transport::{Qos, Transport, TransportEvent};
+
+/// Bytes of an image one upload message carries at most (a message stays
+/// well under [`MAX_PAYLOAD`](crate::MAX_PAYLOAD)).
+pub const MAX_UPLOAD_CHUNK: usize = 128 * 1024;
+/// The largest image the service takes (the Linux device's slot).
+pub const MAX_IMAGE: usize = 64 << 20;
+/// Devices one rollout targets at most.
+pub const MAX_DEVICES: usize = 100_000;
+/// Images being uploaded at once at most (an upload not started is
+/// dropped when a new one would pass this).
+pub const MAX_UPLOADS: usize = 4;
+
+/// The rollout service's topics, under the fleet's address
+/// (`lanyard/v1/lanyard-fleet/ota/...`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RolloutTopic {
+    /// Operator → service: a [`RolloutRequest`].
+    Request,
+    /// Service → operator: a [`RolloutAnswer`].
+    Answer,
+    /// Service → anyone: a [`ProgressReport`] after every change.
+    Progress,
+}
+
+impl RolloutTopic {
+    /// Its topic.
+    pub fn topic(self) -> String {
+        let suffix = match self {
+            RolloutTopic::Request => "request",
+            RolloutTopic::Answer => "answer",
+            RolloutTopic::Progress => "progress",
+        };
+        format!("{TOPIC_PREFIX}{FLEET_KEY}/ota/{suffix}")
+    }
+}
+
+/// What an operator asks of the rollout service.
+#[derive(Debug, Clone, PartialEq)]
+pub enum RolloutAction {
+    /// A piece of job `job`'s image, at `offset` (pieces come in order,
+    /// the first at 0).
+    Upload {
+        /// The job the image is for.
+        job: String,
+        /// Where the piece goes.
+        offset: u32,
+        /// The piece.
+        bytes: Vec<u8>,
+    },
+    /// Starts rolling out the release of the signed job `job` (encoded, as
+    /// [`Release::job_bytes`] writes it), whose image was uploaded, to
+    /// `devices` by `plan`.
+    Start {
+        /// The signed job.
+        job: Vec<u8>,
+        /// The devices, in the order they are offered it.
+        devices: Vec<String>,
+        /// The stages and abort criteria.
+        plan: RolloutPlan,
+    },
+    /// Stops offering the release (devices under way go on).
+    Pause(String),
+    /// Goes on offering it.
+    Resume(String),
+    /// Stops for good; devices under way are told.
+    Cancel(String),
+    /// Where the rollout stands (answered with its progress).
+    Status(String),
+}
+
+/// An operator's request, answered on [`RolloutTopic::Answer`] under the
+/// same token.
+#[derive(Debug, Clone, PartialEq)]
+pub struct RolloutRequest {
+    /// Names the answer.
+    pub token: String,
+    /// What is asked.
+    pub action: RolloutAction,
+}
+
+/// The service's answer to a [`RolloutRequest`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RolloutAnswer {
+    /// The request's token.
+    pub token: String,
+    /// Why the request was refused; `None` when it was done.
+    pub refused: Option<String>,
+    /// The rollout's progress (for every request about a rollout that
+    /// exists).
+    pub progress: Option<ProgressReport>,
+}
+
+/// A rollout's progress: where it stands and its devices by state.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ProgressReport {
+    /// The rollout's job.
+    pub job: String,
+    /// Where it stands.
+    pub state: RolloutState,
+    /// Its devices by where they stand.
+    pub view: RolloutView,
+}
+
+fn encode_plan(e: &mut Encoder<Vec<u8>>, plan: &RolloutPlan) {
+    // Writing to a Vec cannot fail.
+    let _ = e.map(6).and_then(|e| {
+        e.str("stages")?.array(plan.stages.len() as u64)?;
+        for s in &plan.stages {
+            e.f64(*s)?;
+        }
+        e.str("advance_when")?.f64(plan.advance_when)?;
+        e.str("min_finished")?.u64(plan.abort.min_finished as u64)?;
+        e.str("max_failure_rate")?
+            .f64(plan.abort.max_failure_rate)?;
+        e.str("abort_on")?.array(plan.abort.abort_on.len() as u64)?;
+        for r in &plan.abort.abort_on {
+            e.str(r.name())?;
+        }
+        e.str("device_timeout_ms")?.u64(plan.device_timeout_ms)
+    });
+}
+
+fn share(d: &mut Decoder<'_>) -> Option<f64> {
+    d.f64().ok().filter(|s| (0.0..=1.0).contains(s))
+}
+
+fn decode_plan(d: &mut Decoder<'_>) -> Option<RolloutPlan> {
+    let (mut stages, mut advance_when, mut min_finished) = (None, None, None);
+    let (mut max_failure_rate, mut abort_on, mut timeout) = (None, None, None);
+    each_text_key(d, |key, d| {
+        match key {
+            "stages" => {
+                let n = d.array().ok()??;
+                let mut v = Vec::new();
+                for _ in 0..n.min(64) {
+                    v.push(share(d)?);
+                }
+                (n <= 64).then_some(())?;
+                stages = Some(v);
+            }
+            "advance_when" => advance_when = Some(share(d)?),
+            "min_finished" => min_finished = Some(usize::try_from(d.u64().ok()?).ok()?),
+            "max_failure_rate" => max_failure_rate = Some(share(d)?),
+            "abort_on" => {
+                let n = d.array().ok()??;
+                let mut v = Vec::new();
+                for _ in 0..n.min(16) {
+                    let name = d.str().ok()?;
+                    v.push(UpdateReason::ALL.into_iter().find(|r| r.name() == name)?);
+                }
+                (n <= 16).then_some(())?;
+                abort_on = Some(v);
+            }
+            "device_timeout_ms" => timeout = Some(d.u64().ok()?),
+            _ => return Some(false),
+        }
+        Some(true)
+    })?;
+    let stages: Vec<f64> = stages?;
+    let growing = !stages.is_empty()
+        && stages.windows(2).all(|w| w[1] > w[0])
+        && stages.first().is_some_and(|s| *s > 0.0)
+        && stages.last() == Some(&1.0);
+    growing.then_some(())?;
+    Some(RolloutPlan {
+        stages,
+        advance_when: advance_when.filter(|a| *a > 0.0)?,
+        abort: AbortCriteria {
+            min_finished: min_finished?,
+            max_failure_rate: max_failure_rate?,
+            abort_on: abort_on?,
+        },
+        device_timeout_ms: timeout?,
+    })
+}
+
+impl RolloutRequest {
+    /// `{"token": tstr, "action": "upload" / "start" / "pause" / "resume" /
+    /// "cancel" / "status", ...}`: an upload adds `"job"`, `"offset"` and
+    /// `"bytes"`; a start `"job"` (the signed job, a byte string),
+    /// `"devices"` and `"plan"`; the others `"job"` (its id).
+    pub fn encode(&self) -> Vec<u8> {
+        let mut e = Encoder::new(Vec::new());
+        let job_id = |e: &mut Encoder<Vec<u8>>, name: &str, job: &str| {
+            let _ = e
+                .map(3)
+                .and_then(|e| e.str("token")?.str(&self.token))
+                .and_then(|e| e.str("action")?.str(name))
+                .and_then(|e| e.str("job")?.str(job));
+        };
+        match &self.action {
+            RolloutAction::Upload { job, offset, bytes } => {
+                let _ = e
+                    .map(5)
+                    .and_then(|e| e.str("token")?.str(&self.token))
+                    .and_then(|e| e.str("action")?.str("upload"))
+                    .and_then(|e| e.str("job")?.str(job))
+                    .and_then(|e| e.str("offset")?.u32(*offset))
+                    .and_then(|e| e.str("bytes")?.bytes(bytes));
+            }
+            RolloutAction::Start { job, devices, plan } => {
+                let _ = e
+                    .map(5)
+                    .and_then(|e| e.str("token")?.str(&self.token))
+                    .and_then(|e| e.str("action")?.str("start"))
+                    .and_then(|e| e.str("job")?.bytes(job))
+                    .and_then(|e| {
+                        e.str("devices")?.array(devices.len() as u64)?;
+                        for d in devices {
+                            e.str(d)?;
+                        }
+                        e.str("plan")
+                    });
+                encode_plan(&mut e, plan);
+            }
+            RolloutAction::Pause(job) => job_id(&mut e, "pause", job),
+            RolloutAction::Resume(job) => job_id(&mut e, "resume", job),
+            RolloutAction::Cancel(job) => job_id(&mut e, "cancel", job),
+            RolloutAction::Status(job) => job_id(&mut e, "status", job),
+        }
+        e.into_writer()
+    }
+
+    /// Reads what [`RolloutRequest::encode`] wrote; `None` for anything
+    /// else (a field missing or of the wrong type, a plan whose stages do
+    /// not grow to 1, more than [`MAX_DEVICES`] devices or a piece over
+    /// [`MAX_UPLOAD_CHUNK`], bytes after it).
+    pub fn decode(bytes: &[u8]) -> Option<Self> {
+        let (mut token, mut action, mut job_id, mut job_bytes) = (None, None, None, None);
+        let (mut offset, mut piece, mut devices, mut plan) = (None, None, None, None);
+        read_text_map(bytes, |key, d| {
+            match key {
+                "token" => token = Some(d.str().ok()?.to_owned()),
+                "action" => action = Some(d.str().ok()?),
+                "job" => match d.datatype().ok()? {
+                    minicbor::data::Type::Bytes => job_bytes = Some(d.bytes().ok()?.to_vec()),
+                    _ => job_id = Some(d.str().ok()?.to_owned()),
+                },
+                "offset" => offset = Some(d.u32().ok()?),
+                "bytes" => {
+                    let b = d.bytes().ok()?;
+                    (b.len() <= MAX_UPLOAD_CHUNK).then_some(())?;
+                    piece = Some(b.to_vec());
+                }
+                "devices" => {
+                    let n = d.array().ok()??;
+                    (n as usize <= MAX_DEVICES).then_some(())?;
+                    let mut v = Vec::with_capacity(n as usize);
+                    for _ in 0..n {
+                        v.push(d.str().ok()?.to_owned());
+                    }
+                    devices = Some(v);
+                }
+                "plan" => plan = Some(decode_plan(d)?),
+                _ => return Some(false),
+            }
+            Some(true)
+        })?;
+        let action = match action? {
+            "upload" => RolloutAction::Upload {
+                job: job_id?,
+                offset: offset?,
+                bytes: piece?,
+            },
+            "start" => RolloutAction::Start {
+                job: job_bytes?,
+                devices: devices?,
+                plan: plan?,
+            },
+            "pause" => RolloutAction::Pause(job_id?),
+            "resume" => RolloutAction::Resume(job_id?),
+            "cancel" => RolloutAction::Cancel(job_id?),
+            "status" => RolloutAction::Status(job_id?),
+            _ => return None,
+        };
+        Some(RolloutRequest {
+            token: token?,
+            action,
+        })
+    }
+}
+
+fn encode_progress(e: &mut Encoder<Vec<u8>>, p: &ProgressReport) {
+    let (state, stage, why) = match &p.state {
+        RolloutState::Running(s) => ("running", Some(*s), None),
+        RolloutState::Paused(s) => ("paused", Some(*s), None),
+        RolloutState::Completed => ("completed", None, None),
+        RolloutState::Aborted(why) => ("aborted", None, Some(why.as_str())),
+        RolloutState::Cancelled => ("cancelled", None, None),
+    };
+    let v = &p.view;
+    let fields = 6 + u64::from(stage.is_some()) + u64::from(why.is_some());
+    // Writing to a Vec cannot fail.
+    let _ = e.map(fields).and_then(|e| {
+        e.str("job")?.str(&p.job)?.str("state")?.str(state)?;
+        if let Some(s) = stage {
+            e.str("stage")?.u64(s as u64)?;
+        }
+        if let Some(w) = why {
+            e.str("why")?.str(w)?;
+        }
+        e.str("waiting")?.u64(v.waiting as u64)?;
+        e.str("in_progress")?.u64(v.in_progress as u64)?;
+        e.str("succeeded")?.u64(v.succeeded as u64)?;
+        e.str("failed")?.u64(v.failed as u64)
+    });
+}
+
+fn decode_progress(d: &mut Decoder<'_>) -> Option<ProgressReport> {
+    let (mut job, mut state, mut stage, mut why) = (None, None, None, None);
+    let mut view = RolloutView::default();
+    each_text_key(d, |key, d| {
+        let count = |d: &mut Decoder<'_>| usize::try_from(d.u64().ok()?).ok();
+        match key {
+            "job" => job = Some(d.str().ok()?.to_owned()),
+            "state" => state = Some(d.str().ok()?.to_owned()),
+            "stage" => stage = Some(count(d)?),
+            "why" => why = Some(d.str().ok()?.to_owned()),
+            "waiting" => view.waiting = count(d)?,
+            "in_progress" => view.in_progress = count(d)?,
+            "succeeded" => view.succeeded = count(d)?,
+            "failed" => view.failed = count(d)?,
+            _ => return Some(false),
+        }
+        Some(true)
+    })?;
+    let state = match state?.as_str() {
+        "running" => RolloutState::Running(stage?),
+        "paused" => RolloutState::Paused(stage?),
+        "completed" => RolloutState::Completed,
+        "aborted" => RolloutState::Aborted(why?),
+        "cancelled" => RolloutState::Cancelled,
+        _ => return None,
+    };
+    Some(ProgressReport {
+        job: job?,
+        state,
+        view,
+    })
+}
+
+impl ProgressReport {
+    /// `{"job": tstr, "state": "running" / "paused" / "completed" /
+    /// "aborted" / "cancelled", ? "stage": uint, ? "why": tstr, "waiting":
+    /// uint, "in_progress": uint, "succeeded": uint, "failed": uint}`.
+    pub fn encode(&self) -> Vec<u8> {
+        let mut e = Encoder::new(Vec::new());
+        encode_progress(&mut e, self);
+        e.into_writer()
+    }
+
+    /// Reads what [`ProgressReport::encode`] wrote.
+    pub fn decode(bytes: &[u8]) -> Option<Self> {
+        let mut d = Decoder::new(bytes);
+        let p = decode_progress(&mut d)?;
+        (d.position() == bytes.len()).then_some(p)
+    }
+}
+
+impl RolloutAnswer {
+    /// `{"token": tstr, ? "refused": tstr, ? "progress": progress}`.
+    pub fn encode(&self) -> Vec<u8> {
+        let mut e = Encoder::new(Vec::new());
+        let fields = 1 + u64::from(self.refused.is_some()) + u64::from(self.progress.is_some());
+        // Writing to a Vec cannot fail.
+        let _ = e.map(fields).and_then(|e| {
+            e.str("token")?.str(&self.token)?;
+            if let Some(why) = &self.refused {
+                e.str("refused")?.str(why)?;
+            }
+            Ok(e)
+        });
+        if let Some(p) = &self.progress {
+            let _ = e.str("progress");
+            encode_progress(&mut e, p);
+        }
+        e.into_writer()
+    }
+
+    /// Reads what [`RolloutAnswer::encode`] wrote.
+    pub fn decode(bytes: &[u8]) -> Option<Self> {
+        let (mut token, mut refused, mut progress) = (None, None, None);
+        read_text_map(bytes, |key, d| {
+            match key {
+                "token" => token = Some(d.str().ok()?.to_owned()),
+                "refused" => refused = Some(d.str().ok()?.to_owned()),
+                "progress" => progress = Some(decode_progress(d)?),
+                _ => return Some(false),
+            }
+            Some(true)
+        })?;
+        Some(RolloutAnswer {
+            token: token?,
+            refused,
+            progress,
+        })
+    }
+}
+
+/// A job id the service keeps a directory for: what a release may be
+/// named (1 to 32 bytes of letters, digits, `.`, `-` and `_`, not
+/// starting with `.`).
+fn job_dir_name(job: &str) -> bool {
+    !job.is_empty()
+        && job.len() <= lanyard_core::update::messages::MAX_JOB_ID
+        && !job.starts_with('.')
+        && job
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'-' | b'_'))
+}
+
+/// The rollout service's state: the rollouts it runs and the images being
+/// uploaded. See the [module](self).
+struct Service<C> {
+    dir: PathBuf,
+    connect: C,
+    runs: HashMap<String, RolloutRun>,
+    uploads: HashMap<String, Vec<u8>>,
+    progress: tokio::sync::mpsc::UnboundedSender<ProgressReport>,
+}
+
+impl<T, C> Service<C>
+where
+    T: Transport + Send + 'static,
+    C: FnMut(&str) -> T,
+{
+    /// Starts the rollout of `release` (kept in `dir/{job}`) from where its
+    /// journal says, or new.
+    fn start(&mut self, release: Release, rollout: Option<Rollout>) -> Result<(), String> {
+        let job = release.job_id.clone();
+        let home = self.dir.join(&job);
+        let mut journal = RolloutJournal::at(home.join("rollout.json"));
+        let (rollout, finished) = match (journal.load().map_err(|e| e.to_string())?, rollout) {
+            (Some(r), None) => (r.rollout, r.progress),
+            (Some(_), Some(_)) => {
+                return Err(format!(
+                    "rollout {job} exists (its journal is {}); a release is rolled out once: \
+                     sign it under another job id",
+                    journal.path().display()
+                ));
+            }
+            (None, Some(r)) => {
+                release
+                    .save(&home)
+                    .map_err(|e| format!("{}: {e}", home.display()))?;
+                (r, Vec::new())
+            }
+            (None, None) => return Err(format!("rollout {job} has no journal")),
+        };
+        if !matches!(
+            rollout.state(),
+            RolloutState::Running(_) | RolloutState::Paused(_)
+        ) {
+            return Ok(());
+        }
+        let transport = (self.connect)(&job);
+        let run = RolloutRun::start(transport, release, rollout, finished, Some(journal));
+        let mut watch = run.progress();
+        let out = self.progress.clone();
+        self.runs.insert(job.clone(), run);
+        tokio::spawn(async move {
+            loop {
+                let p = watch.borrow_and_update().clone();
+                let report = ProgressReport {
+                    job: job.clone(),
+                    state: p.state,
+                    view: p.view,
+                };
+                if out.send(report).is_err() || watch.changed().await.is_err() {
+                    return;
+                }
+            }
+        });
+        Ok(())
+    }
+
+    /// Takes up every rollout whose journal in `dir` says it has not
+    /// ended.
+    fn resume_all(&mut self) {
+        let Ok(entries) = std::fs::read_dir(&self.dir) else {
+            return;
+        };
+        for entry in entries.flatten() {
+            let home = entry.path();
+            if !home.join("rollout.json").exists() {
+                continue;
+            }
+            let resumed = Release::load(&home)
+                .map_err(|e| e.to_string())
+                .and_then(|release| self.start(release, None));
+            if let Err(e) = resumed {
+                tracing::error!(dir = %home.display(), "rollout not taken up: {e}");
+            }
+        }
+    }
+
+    /// The last progress the service published of `job`, from its
+    /// journal when it does not run.
+    fn progress_of(&self, job: &str) -> Option<ProgressReport> {
+        if let Some(run) = self.runs.get(job) {
+            let p = run.progress().borrow().clone();
+            return Some(ProgressReport {
+                job: job.to_owned(),
+                state: p.state,
+                view: p.view,
+            });
+        }
+        if !job_dir_name(job) {
+            return None;
+        }
+        let r = RolloutJournal::at(self.dir.join(job).join("rollout.json"))
+            .load()
+            .ok()??;
+        let finished: HashMap<String, _> = r.progress.into_iter().collect();
+        let view = r
+            .rollout
+            .view(crate::clock::Clock::real().now_ms(), |d| finished.get(d));
+        Some(ProgressReport {
+            job: job.to_owned(),
+            state: r.rollout.state().clone(),
+            view,
+        })
+    }
+
+    fn handle(&mut self, action: RolloutAction) -> Result<Option<String>, String> {
+        match action {
+            RolloutAction::Upload { job, offset, bytes } => {
+                if !job_dir_name(&job) {
+                    return Err(format!("{job:?} is not a job id"));
+                }
+                if offset == 0 {
+                    if self.uploads.len() >= MAX_UPLOADS && !self.uploads.contains_key(&job) {
+                        let oldest = self.uploads.keys().next().cloned();
+                        if let Some(o) = oldest {
+                            self.uploads.remove(&o);
+                        }
+                    }
+                    self.uploads.insert(job.clone(), Vec::new());
+                }
+                let image = self
+                    .uploads
+                    .get_mut(&job)
+                    .ok_or_else(|| format!("no upload of {job} under way: start at offset 0"))?;
+                if offset as usize != image.len() {
+                    return Err(format!(
+                        "a piece at {offset}, where {} bytes of {job} are in",
+                        image.len()
+                    ));
+                }
+                if image.len() + bytes.len() > MAX_IMAGE {
+                    self.uploads.remove(&job);
+                    return Err(format!("an image over {MAX_IMAGE} bytes"));
+                }
+                image.extend_from_slice(&bytes);
+                Ok(None)
+            }
+            RolloutAction::Start { job, devices, plan } => {
+                let id = UpdateJob::decode(&job)
+                    .map_err(|e| format!("the job: {e}"))?
+                    .job_id
+                    .to_owned();
+                if !job_dir_name(&id) {
+                    return Err(format!("{id:?} is not a job id the service keeps"));
+                }
+                if devices.is_empty() {
+                    return Err("no device to roll out to".into());
+                }
+                if let Some(d) = devices
+                    .iter()
+                    .find(|d| !lanyard_core::topic::valid_device_id(d))
+                {
+                    return Err(format!("{d:?} is not a device id"));
+                }
+                let image = self
+                    .uploads
+                    .remove(&id)
+                    .ok_or_else(|| format!("the image of {id} was not uploaded"))?;
+                let release = Release::from_parts(&job, image).map_err(|e| e.to_string())?;
+                let rollout = Rollout::new(&id, devices, plan);
+                self.start(release, Some(rollout))?;
+                Ok(Some(id))
+            }
+            RolloutAction::Pause(job) => self.control(&job, RolloutRun::pause),
+            RolloutAction::Resume(job) => self.control(&job, RolloutRun::resume),
+            RolloutAction::Cancel(job) => self.control(&job, RolloutRun::cancel),
+            RolloutAction::Status(job) => Ok(Some(job)),
+        }
+    }
+
+    fn control(&self, job: &str, act: fn(&RolloutRun)) -> Result<Option<String>, String> {
+        let under_way = |run: &RolloutRun| {
+            matches!(
+                run.progress().borrow().state,
+                RolloutState::Running(_) | RolloutState::Paused(_)
+            )
+        };
+        match self.runs.get(job) {
+            Some(run) if under_way(run) => {
+                act(run);
+                Ok(Some(job.to_owned()))
+            }
+            _ if self.progress_of(job).is_some() => Err(format!("rollout {job} has ended")),
+            _ => Err(format!("no rollout {job}")),
+        }
+    }
+}
+
+/// Why the rollout service stopped.
+#[derive(Debug)]
+pub enum ServeError {
+    /// Its directory cannot be made.
+    Dir(PathBuf, std::io::Error),
+    /// Its connection to the broker failed.
+    Transport(crate::transport::TransportError),
+}
+
+impl std::fmt::Display for ServeError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            ServeError::Dir(dir, e) => write!(f, "rollouts directory {}: {e}", dir.display()),
+            ServeError::Transport(e) => write!(f, "rollout service: {e}"),
+        }
+    }
+}
+
+impl std::error::Error for ServeError {}
+
+impl From<crate::transport::TransportError> for ServeError {
+    fn from(e: crate::transport::TransportError) -> Self {
+        ServeError::Transport(e)
+    }
+}
+
+/// Serves rollouts on `transport` until `stop`: takes up the rollouts
+/// whose journals in `dir` have not ended, answers operators' requests,
+/// and publishes each rollout's progress. `connect(job)` opens the
+/// broker connection a rollout's firmware server runs on (one per
+/// rollout).
+pub async fn serve_rollouts<T, U, C>(
+    mut transport: T,
+    dir: &Path,
+    connect: C,
+    stop: impl std::future::Future<Output = ()>,
+) -> Result<(), ServeError>
+where
+    T: Transport,
+    U: Transport + Send + 'static,
+    C: FnMut(&str) -> U,
+{
+    std::fs::create_dir_all(dir).map_err(|e| ServeError::Dir(dir.to_owned(), e))?;
+    transport.subscribe(&RolloutTopic::Request.topic()).await?;
+    let (progress, mut reports) = tokio::sync::mpsc::unbounded_channel();
+    let mut service = Service {
+        dir: dir.to_owned(),
+        connect,
+        runs: HashMap::new(),
+        uploads: HashMap::new(),
+        progress,
+    };
+    service.resume_all();
+    let mut sweep = tokio::time::interval(std::time::Duration::from_secs(1));
+    tokio::pin!(stop);
+    loop {
+        tokio::select! {
+            _ = &mut stop => return Ok(()),
+            Some(report) = reports.recv() => {
+                transport
+                    .publish(&RolloutTopic::Progress.topic(), &report.encode(), Qos::AtLeastOnce)
+                    .await?;
+            }
+            _ = sweep.tick() => {
+                // Ended runs leave; their journals answer for them.
+                service.runs.retain(|_, run| {
+                    matches!(
+                        run.progress().borrow().state,
+                        RolloutState::Running(_) | RolloutState::Paused(_)
+                    )
+                });
+            }
+            ev = transport.recv() => {
+                let TransportEvent::Message { topic, payload } = ev? else { continue };
+                if topic != RolloutTopic::Request.topic() {
+                    continue;
+                }
+                // A request that does not read has no token to answer.
+                let Some(request) = RolloutRequest::decode(&payload) else {
+                    tracing::warn!(bytes = payload.len(), "rollout request that does not read");
+                    continue;
+                };
+                // A control's answer shows the rollout after it took it.
+                let settled: Option<fn(&RolloutState) -> bool> = match &request.action {
+                    RolloutAction::Pause(_) => Some(|s| !matches!(s, RolloutState::Running(_))),
+                    RolloutAction::Resume(_) => Some(|s| !matches!(s, RolloutState::Paused(_))),
+                    RolloutAction::Cancel(_) => Some(|s| {
+                        !matches!(s, RolloutState::Running(_) | RolloutState::Paused(_))
+                    }),
+                    _ => None,
+                };
+                let (refused, job) = match service.handle(request.action) {
+                    Ok(job) => (None, job),
+                    Err(why) => (Some(why), None),
+                };
+                if let (Some(want), Some(run)) =
+                    (settled, job.as_ref().and_then(|j| service.runs.get(j)))
+                {
+                    let mut progress = run.progress();
+                    let _ = tokio::time::timeout(
+                        std::time::Duration::from_secs(2),
+                        progress.wait_for(|p| want(&p.state)),
+                    )
+                    .await;
+                }
+                let answer = RolloutAnswer {
+                    token: request.token,
+                    refused,
+                    progress: job.and_then(|j| service.progress_of(&j)),
+                };
+                transport
+                    .publish(&RolloutTopic::Answer.topic(), &answer.encode(), Qos::AtLeastOnce)
+                    .await?;
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn requests_answers_and_progress_read_back_and_bad_ones_are_refused() {
+        let mut plan = RolloutPlan::exponential(0.05, 3.0);
+        plan.abort.abort_on.push(UpdateReason::SelfTestFailed);
+        let requests = [
+            RolloutAction::Upload {
+                job: "fw-2".into(),
+                offset: 131_072,
+                bytes: vec![1, 2, 3],
+            },
+            RolloutAction::Start {
+                job: vec![0xa1, 0x00, 0x01],
+                devices: vec!["ly-020000000001".into(), "ly-020000000002".into()],
+                plan,
+            },
+            RolloutAction::Pause("fw-2".into()),
+            RolloutAction::Resume("fw-2".into()),
+            RolloutAction::Cancel("fw-2".into()),
+            RolloutAction::Status("fw-2".into()),
+        ];
+        for action in requests {
+            let r = RolloutRequest {
+                token: "op-1".into(),
+                action,
+            };
+            assert_eq!(RolloutRequest::decode(&r.encode()), Some(r.clone()));
+            let mut trailing = r.encode();
+            trailing.push(0);
+            assert_eq!(RolloutRequest::decode(&trailing), None);
+        }
+        for state in [
+            RolloutState::Running(2),
+            RolloutState::Paused(0),
+            RolloutState::Completed,
+            RolloutState::Aborted("1 of 1 finished devices failed".into()),
+            RolloutState::Cancelled,
+        ] {
+            let p = ProgressReport {
+                job: "fw-2".into(),
+                state,
+                view: RolloutView {
+                    waiting: 7,
+                    in_progress: 2,
+                    succeeded: 1,
+                    failed: 0,
+                },
+            };
+            assert_eq!(ProgressReport::decode(&p.encode()), Some(p.clone()));
+            let a = RolloutAnswer {
+                token: "op-2".into(),
+                refused: Some("no rollout fw-9".into()),
+                progress: Some(p),
+            };
+            assert_eq!(RolloutAnswer::decode(&a.encode()), Some(a));
+        }
+        // A plan whose stages do not grow to 1, or a piece too large.
+        let mut bad_plan = RolloutPlan::staged();
+        bad_plan.stages = vec![0.5, 0.2, 1.0];
+        let r = RolloutRequest {
+            token: "t".into(),
+            action: RolloutAction::Start {
+                job: vec![1],
+                devices: vec![],
+                plan: bad_plan,
+            },
+        };
+        assert_eq!(RolloutRequest::decode(&r.encode()), None);
+        let r = RolloutRequest {
+            token: "t".into(),
+            action: RolloutAction::Upload {
+                job: "fw".into(),
+                offset: 0,
+                bytes: vec![0; MAX_UPLOAD_CHUNK + 1],
+            },
+        };
+        assert_eq!(RolloutRequest::decode(&r.encode()), None);
+        assert_eq!(RolloutRequest::decode(b"\xa0"), None);
+    }
+
+    #[tokio::test]
+    async fn the_service_refuses_what_it_cannot_roll_out_and_says_why() {
+        use crate::app::{AppClient, AppError};
+        use crate::transport::MemoryBroker;
+        use std::time::Duration;
+        let broker = MemoryBroker::new();
+        let dir = tempfile::tempdir().unwrap();
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        let (service, b) = (broker.connect(), broker.clone());
+        let home = dir.path().to_owned();
+        let serving = tokio::spawn(async move {
+            serve_rollouts(service, &home, move |_| b.connect(), async {
+                let _ = stopped.await;
+            })
+            .await
+        });
+        let app = AppClient::new(broker.connect()).await.unwrap();
+        let t = Duration::from_secs(5);
+        // The service subscribes as it starts; the memory broker keeps
+        // nothing for later.
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        let key = ed25519_compact::KeyPair::from_seed(ed25519_compact::Seed::new([8; 32]));
+        let release = Release::sign("fw-5", "5.0.0", vec![3; 3000], 1024, &key.sk).unwrap();
+        let rejected = |r: Result<ProgressReport, AppError>| match r {
+            Err(AppError::Rejected(why)) => why,
+            other => panic!("not refused: {other:?}"),
+        };
+        let mut raw = broker.connect();
+        raw.subscribe(&RolloutTopic::Answer.topic()).await.unwrap();
+        let mut ask = async |action| {
+            let request = RolloutRequest {
+                token: "t-1".into(),
+                action,
+            };
+            raw.publish(
+                &RolloutTopic::Request.topic(),
+                &request.encode(),
+                Qos::AtLeastOnce,
+            )
+            .await
+            .unwrap();
+            loop {
+                let ev = tokio::time::timeout(t, raw.recv()).await.unwrap().unwrap();
+                if let TransportEvent::Message { payload, .. } = ev
+                    && let Some(a) = RolloutAnswer::decode(&payload)
+                    && a.token == "t-1"
+                {
+                    return a.refused.unwrap_or_default();
+                }
+            }
+        };
+        // Pieces out of order; a start with no image; an image that is not
+        // the job's; a device id that is not one.
+        let piece = |offset| RolloutAction::Upload {
+            job: "fw-5".into(),
+            offset,
+            bytes: vec![3; 10],
+        };
+        assert!(ask(piece(5)).await.contains("no upload of fw-5"));
+        assert_eq!(ask(piece(0)).await, "");
+        assert!(
+            ask(piece(20))
+                .await
+                .contains("a piece at 20, where 10 bytes")
+        );
+        let start = |devices: Vec<&str>| RolloutAction::Start {
+            job: release.job_bytes(),
+            devices: devices.into_iter().map(str::to_owned).collect(),
+            plan: RolloutPlan::staged(),
+        };
+        assert!(
+            ask(start(vec!["ly-020000000001"]))
+                .await
+                .contains("not the one the job describes")
+        );
+        assert!(
+            ask(start(vec!["ly-020000000001"]))
+                .await
+                .contains("was not uploaded")
+        );
+        assert!(ask(start(vec!["../etc"])).await.contains("not a device id"));
+        let devices = vec!["ly-020000000001".to_owned()];
+        let plan = RolloutPlan::staged();
+        assert!(rejected(app.rollout_status("fw-5", t).await).contains("no rollout fw-5"));
+        // Started once, and only once; nothing is left in the directory
+        // by the refusals.
+        let started = app
+            .start_rollout(&release, devices.clone(), &plan, t)
+            .await
+            .unwrap();
+        assert_eq!(started.state, RolloutState::Running(0));
+        assert!(dir.path().join("fw-5").join("job.cbor").exists());
+        let again = rejected(app.start_rollout(&release, devices, &plan, t).await);
+        assert!(again.contains("rollout fw-5 exists"), "{again}");
+        let cancelled = app.cancel_rollout("fw-5", t).await.unwrap();
+        assert_eq!(cancelled.state, RolloutState::Cancelled);
+        let ended = rejected(app.pause_rollout("fw-5", t).await);
+        assert!(ended.contains("has ended"), "{ended}");
+        assert_eq!(
+            app.rollout_status("fw-5", t).await.unwrap().state,
+            RolloutState::Cancelled
+        );
+        let entries: Vec<_> = std::fs::read_dir(dir.path()).unwrap().flatten().collect();
+        assert_eq!(entries.len(), 1);
+        let _ = stop.send(());
+        serving.await.unwrap().unwrap();
+    }
+
+    #[test]
+    fn job_ids_that_would_leave_the_directory_are_refused() {
+        for ok in ["fw-2", "fw-2.0.0", "release_7"] {
+            assert!(job_dir_name(ok), "{ok}");
+        }
+        for bad in ["", "..", ".hidden", "a/b", "fw 2", &"x".repeat(33)] {
+            assert!(!job_dir_name(bad), "{bad}");
+        }
+    }
+}
