@@ -239,6 +239,37 @@ fn fleet(
         .collect()
 }
 
+/// Makes the fleet key in `work` and signs an image of `len` bytes (a
+/// pattern stepping by `step`) as release `fw-2`, version 2.0.0; the image.
+fn release_fw2(work: &Path, len: u32, step: u32) -> Vec<u8> {
+    ok(&["ota", "keygen", "--out", s(&work.join("fleet"))]);
+    let image: Vec<u8> = (0..len).map(|i| (i * step % 251) as u8).collect();
+    std::fs::write(work.join("image.bin"), &image).unwrap();
+    sign(work, "image.bin", "2.0.0", "fw-2");
+    image
+}
+
+/// Keeps the devices supervised until each runs `version`, then checks
+/// that each took it once (one restart into it, its slot holding `image`).
+fn each_took_it_once(
+    url: &str,
+    devices: &mut [Device],
+    key: &Path,
+    version: &'static str,
+    image: &[u8],
+) {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while devices.iter().any(|d| d.version != version) {
+        assert!(Instant::now() < deadline, "not all on {version}");
+        supervise(url, devices, key, version, "true");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    for d in devices.iter() {
+        assert_eq!(d.restarts, 1, "{} restarted {} times", d.mac, d.restarts);
+        assert_eq!(std::fs::read(d.dir.join("slot/image.bin")).unwrap(), image);
+    }
+}
+
 #[test]
 fn a_release_rolls_out_in_stages_and_a_failing_one_stops_after_the_first() {
     let broker = Mosquitto::start();
@@ -343,10 +374,7 @@ fn a_rollout_targets_the_devices_running_a_version_and_pauses_and_resumes_on_sig
     let url = format!("mqtt://127.0.0.1:{}", broker.port);
     let work = tempfile::tempdir().unwrap();
     let p = |n: &str| work.path().join(n);
-    ok(&["ota", "keygen", "--out", s(&p("fleet"))]);
-    let image: Vec<u8> = (0..20_000u32).map(|i| (i * 7 % 251) as u8).collect();
-    std::fs::write(p("image.bin"), &image).unwrap();
-    sign(work.path(), "image.bin", "2.0.0", "fw-2");
+    release_fw2(work.path(), 20_000, 7);
     let mut twin = twin(&url, &p("twin"));
     let key = p("fleet.pub");
     // Two devices on 1.0.0, one on 1.5.0 (not in the group).
@@ -638,10 +666,7 @@ fn a_rollout_killed_midway_goes_on_from_its_journal() {
     let url = format!("mqtt://127.0.0.1:{}", broker.port);
     let work = tempfile::tempdir().unwrap();
     let p = |n: &str| work.path().join(n);
-    ok(&["ota", "keygen", "--out", s(&p("fleet"))]);
-    let image: Vec<u8> = (0..30_000u32).map(|i| (i * 13 % 251) as u8).collect();
-    std::fs::write(p("image.bin"), &image).unwrap();
-    sign(work.path(), "image.bin", "2.0.0", "fw-2");
+    let image = release_fw2(work.path(), 30_000, 13);
     let mut twin = twin(&url, &p("twin"));
     let key = p("fleet.pub");
     let mut devices = fleet(&url, work.path(), &key, 1..=4, "true");
@@ -723,16 +748,8 @@ fn a_rollout_killed_midway_goes_on_from_its_journal() {
     );
     assert!(out.contains("Completed"), "{out}");
     // Let the last trial settle, then: every device on the release, each
-    // having taken it once (one restart into it).
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while devices.iter().any(|d| d.version != "2.0.0") {
-        assert!(Instant::now() < deadline, "not all on 2.0.0");
-        supervise(&url, &mut devices, &key, "2.0.0", "true");
-        std::thread::sleep(Duration::from_millis(100));
-    }
-    for d in &devices {
-        assert_eq!(d.restarts, 1, "{} restarted {} times", d.mac, d.restarts);
-    }
+    // having taken it once.
+    each_took_it_once(&url, &mut devices, &key, "2.0.0", &image);
 
     // Ended: the same command is refused rather than run again.
     let (ok_, _, err) = lanyard_cli(&args);
@@ -754,11 +771,8 @@ fn the_twin_host_runs_a_rollout_and_takes_it_up_again_after_a_restart() {
     let url = format!("mqtt://127.0.0.1:{}", broker.port);
     let work = tempfile::tempdir().unwrap();
     let p = |n: &str| work.path().join(n);
-    ok(&["ota", "keygen", "--out", s(&p("fleet"))]);
     // Over one message: the image travels in two pieces.
-    let image: Vec<u8> = (0..200_000u32).map(|i| (i * 11 % 251) as u8).collect();
-    std::fs::write(p("image.bin"), &image).unwrap();
-    sign(work.path(), "image.bin", "2.0.0", "fw-2");
+    let image = release_fw2(work.path(), 200_000, 11);
     let twin_with_rollouts = || {
         Command::new(env!("CARGO_BIN_EXE_lanyard"))
             .args(["twin", "--broker", &url, "--state-dir"])
@@ -834,16 +848,7 @@ fn the_twin_host_runs_a_rollout_and_takes_it_up_again_after_a_restart() {
         supervise(&url, &mut devices, &key, "2.0.0", "true");
         std::thread::sleep(Duration::from_millis(200));
     }
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while devices.iter().any(|d| d.version != "2.0.0") {
-        assert!(Instant::now() < deadline, "not all on 2.0.0");
-        supervise(&url, &mut devices, &key, "2.0.0", "true");
-        std::thread::sleep(Duration::from_millis(100));
-    }
-    for d in &devices {
-        assert_eq!(d.restarts, 1, "{} restarted {} times", d.mac, d.restarts);
-        assert_eq!(std::fs::read(d.dir.join("slot/image.bin")).unwrap(), image);
-    }
+    each_took_it_once(&url, &mut devices, &key, "2.0.0", &image);
 
     // Once only; and a rollout nobody started is refused by name.
     let (ok_, _, err) = lanyard_cli(&[

@@ -166,6 +166,24 @@ mod tests {
     use crate::transport::{MemoryBroker, Qos, TransportEvent};
     use lanyard_core::update::messages::{UpdateReport, UpdateState, UpdateTopic};
 
+    /// `device`'s report that it accepted job `fw-9`, sent on `t`.
+    async fn accepted(t: &mut impl Transport, device: &str) {
+        let report = UpdateReport {
+            job_id: "fw-9",
+            state: UpdateState::Accepted,
+            received: 4,
+            total: 4,
+            reason: None,
+            time_ms: 0,
+        };
+        let mut buf = [0u8; 128];
+        let n = report.encode(&mut buf).unwrap();
+        let topic = UpdateTopic::Report.topic(device).to_string();
+        t.publish(&topic, &buf[..n], Qos::AtLeastOnce)
+            .await
+            .unwrap();
+    }
+
     /// Devices that accept a job as soon as it is offered, on `broker`.
     async fn accepting_devices(broker: &MemoryBroker) {
         let mut t = broker.connect();
@@ -184,20 +202,7 @@ mod tests {
                 let Some((device, _)) = UpdateTopic::parse(&topic) else {
                     continue;
                 };
-                let report = UpdateReport {
-                    job_id: "fw-9",
-                    state: UpdateState::Accepted,
-                    received: 4,
-                    total: 4,
-                    reason: None,
-                    time_ms: 0,
-                };
-                let mut buf = [0u8; 128];
-                let n = report.encode(&mut buf).unwrap();
-                let topic = UpdateTopic::Report.topic(device).to_string();
-                t.publish(&topic, &buf[..n], Qos::AtLeastOnce)
-                    .await
-                    .unwrap();
+                accepted(&mut t, device).await;
             }
         });
     }
@@ -272,25 +277,7 @@ mod tests {
             .unwrap();
         // The first device accepts while the run is paused: nothing more
         // is offered.
-        let report = UpdateReport {
-            job_id: "fw-9",
-            state: UpdateState::Accepted,
-            received: 4,
-            total: 4,
-            reason: None,
-            time_ms: 0,
-        };
-        let mut buf = [0u8; 128];
-        let n = report.encode(&mut buf).unwrap();
-        let mut device = broker.connect();
-        device
-            .publish(
-                UpdateTopic::Report.topic(&devices[0]).as_str(),
-                &buf[..n],
-                Qos::AtLeastOnce,
-            )
-            .await
-            .unwrap();
+        accepted(&mut broker.connect(), &devices[0]).await;
         progress.wait_for(|p| p.view.succeeded == 1).await.unwrap();
         tokio::time::sleep(std::time::Duration::from_millis(600)).await;
         assert_eq!(progress.borrow().view.waiting, 3, "offered while paused");
