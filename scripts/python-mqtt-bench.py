@@ -6,9 +6,11 @@ prints: no Nagle delay) on loopback, with a `lanyard twin`.
 - App writes: `lanyard.App.set_desired` from 8 threads, and
   `lanyard.aio.App.set_desired` from 64 asyncio tasks, each write answered
   by the twin host with the shadow's version (a round trip through the
-  host). The baseline: paho-mqtt publishing the same state (its JSON, as
-  many messages) at QoS 1 to the same broker, waiting for every PUBACK
-  (one round trip to the broker only).
+  host); and `lanyard.App.send_desired` from one thread, which asks no
+  answer, until `close` has every PUBACK (the same work as the baseline).
+  The baseline: paho-mqtt publishing the same state (its JSON, as many
+  messages) at QoS 1 to the same broker, waiting for every PUBACK (one
+  round trip to the broker only).
 - Device reports: `lanyard.Device.report` as fast as it takes them, counted
   as they arrive at a subscriber on the device's `shadow/update` topic
   (each message may carry several reports: the agent sends what
@@ -132,6 +134,17 @@ def app_writes_threads(url, device, count, threads=8):
     return per * threads / elapsed
 
 
+def app_sends(url, device, count):
+    """Writes/s of `App.send_desired` from one thread, every write at the
+    broker (`close` waits for the PUBACKs)."""
+    app = lanyard.App(url)
+    start = time.perf_counter()
+    for i in range(count):
+        app.send_desired(device, {"bench": {"t": 0, "i": i}})
+    app.close()
+    return count / (time.perf_counter() - start)
+
+
 async def app_writes_asyncio(url, device, count, tasks=64):
     app = await lanyard.aio.App.connect(url)
     per = count // tasks
@@ -223,6 +236,9 @@ def main():
         aio = asyncio.run(app_writes_asyncio(url, target, n))
         print(f"{'aio.App.set_desired, 64 tasks (host answers)':<44} {aio:>9.0f} {base:>11.0f} "
               f"{aio / base:>6.2f}x")
+        sent = app_sends(url, target, n)
+        print(f"{'App.send_desired, 1 thread (no answer)':<44} {sent:>9.0f} {base:>11.0f} "
+              f"{sent / base:>6.2f}x")
 
         counter = Counter(port, "lanyard/v1/ly-bench/shadow/update")
         start = time.perf_counter()

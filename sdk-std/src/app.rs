@@ -482,6 +482,26 @@ impl AppClient {
         self.ask_many(requests, timeout).await
     }
 
+    /// Sends `desired` for `device` (null leaves delete) without waiting
+    /// for the host: no answer is asked for, so nothing says whether it was
+    /// applied or refused (a refusal still comes as an event, and the
+    /// shadow shows the outcome). For a stream of writes at the broker's
+    /// pace; [`close`](Self::close) waits until the broker has them all.
+    /// A device id that cannot be one is refused before anything is sent.
+    pub async fn send_desired<const L: usize, const P: usize>(
+        &self,
+        device: &str,
+        desired: &StateTree<L, P>,
+        now_ms: u64,
+    ) -> Result<(), AppError> {
+        let topic = self.write_topic(device, Topic::App(AppTopic::SetDesired))?;
+        let mut up: Box<ShadowUpdate<L, P>> = Box::new(ShadowUpdate::new(now_ms));
+        up.desired = Some(desired.clone());
+        let mut buf = vec![0u8; 64 * 1024];
+        let n = up.encode(&mut buf).map_err(AppError::Codec)?;
+        self.router.publish(&topic, &buf[..n]).await
+    }
+
     /// The device's whole shadow.
     pub async fn get_shadow(
         &self,

@@ -139,6 +139,20 @@ mod calls {
         })
     }
 
+    pub(super) fn send_desired(
+        client: Arc<AppClient>,
+        device: String,
+        state_json: &str,
+    ) -> PyResult<impl Future<Output = PyResult<()>> + Send + 'static> {
+        let tree = state_of(state_json, true)?;
+        Ok(async move {
+            client
+                .send_desired(&device, &tree, now_ms())
+                .await
+                .map_err(app_error)
+        })
+    }
+
     pub(super) fn get_shadow(
         client: Arc<AppClient>,
         device: String,
@@ -370,6 +384,14 @@ impl App {
     /// host's refusal (more than the device holds) raises `Rejected`.
     fn set_desired(&self, py: Python<'_>, device: String, state_json: &str) -> PyResult<u64> {
         let call = calls::set_desired(self.shared.client()?, device, state_json)?;
+        block_on(py, &self.rt, call)
+    }
+
+    /// Sends `state_json` for the device's desired state without waiting
+    /// for the twin host (no answer is asked for); `close` waits until the
+    /// broker has every write.
+    fn send_desired(&self, py: Python<'_>, device: String, state_json: &str) -> PyResult<()> {
+        let call = calls::send_desired(self.shared.client()?, device, state_json)?;
         block_on(py, &self.rt, call)
     }
 
@@ -610,6 +632,17 @@ impl AsyncApp {
         state_json: &str,
     ) -> PyResult<Bound<'py, PyAny>> {
         let call = calls::set_desired(self.shared.client()?, device, state_json)?;
+        awaitable(py, call)
+    }
+
+    /// `App.send_desired`, awaitable.
+    fn send_desired<'py>(
+        &self,
+        py: Python<'py>,
+        device: String,
+        state_json: &str,
+    ) -> PyResult<Bound<'py, PyAny>> {
+        let call = calls::send_desired(self.shared.client()?, device, state_json)?;
         awaitable(py, call)
     }
 

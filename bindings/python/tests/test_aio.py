@@ -110,6 +110,12 @@ class Asyncio(Fleet):
                     await app.command("ly-ffffffffffff", "blink_led")
                 with self.assertRaises(ValueError):
                     await app.set_desired(SIM, {"x": float("nan")})
+                # Unanswered writes: awaited until sent, then seen applied.
+                await asyncio.gather(*(app.send_desired(SIM, {"aio_sent": 1}) for _ in range(10)))
+                deadline = time.time() + 10
+                while (await app.get_shadow(SIM))["desired"].get("aio_sent") != 1:
+                    self.assertLess(time.time(), deadline, "the unanswered write never applied")
+                    await asyncio.sleep(0.1)
 
         asyncio.run(main())
 

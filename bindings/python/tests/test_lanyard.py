@@ -358,6 +358,18 @@ class AppOfATwinHost(unittest.TestCase):
         eventually(lambda: "target_c" not in self.app.get_shadow(self.SIM, timeout=2)["desired"],
                    "target_c was deleted from desired state")
 
+    def test_writes_sent_without_an_answer_reach_the_shadow_in_order(self):
+        # The operator's writes name it (the host takes no other's): the
+        # unanswered write does too.
+        for i in range(50):
+            self.app.send_desired(self.SIM, {"unanswered": i})
+        eventually(lambda: self.app.get_shadow(self.SIM, timeout=2)["desired"].get("unanswered")
+                   == 49, "the last of the writes is the desired state")
+        with self.assertRaises(ValueError):
+            self.app.send_desired("not a device", {"x": 1})
+        with self.assertRaises(ValueError):
+            self.app.send_desired(self.SIM, {"x": float("nan")})
+
     def test_the_delta_and_the_report_can_be_watched(self):
         self.app.set_desired(self.SIM, {"mode": "eco"})
         seen = set()

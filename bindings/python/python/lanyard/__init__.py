@@ -263,6 +263,16 @@ class App:
         for instance more state than the device said it can hold."""
         return self._app.set_desired(device, _state_json(state, "desired state"))
 
+    def send_desired(self, device: str, state: Json) -> None:
+        """Sends ``state`` for ``device``'s desired state without waiting
+        for the twin host: no answer is asked for, so nothing here says
+        whether it was applied (a refusal still comes as an event, and
+        ``get_shadow`` shows the outcome). For a stream of writes at the
+        broker's pace; ``close`` waits until the broker has them all. A
+        device name that cannot be one raises ``ValueError`` before
+        anything is sent."""
+        self._app.send_desired(device, _state_json(state, "desired state"))
+
     def get_shadow(self, device: str, timeout: float = 5.0) -> ShadowDocument:
         """The device's shadow: ``{"version", "desired", "reported",
         "in_sync", "rejected"}`` (``rejected``: each desired property the

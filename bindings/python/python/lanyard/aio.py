@@ -105,6 +105,10 @@ class App:
         version: int = await self._app.set_desired(device, _state_json(state, "desired state"))
         return version
 
+    async def send_desired(self, device: str, state: Json) -> None:
+        """``lanyard.App.send_desired``."""
+        await self._app.send_desired(device, _state_json(state, "desired state"))
+
     async def get_shadow(self, device: str, timeout: float = 5.0) -> ShadowDocument:
         """``lanyard.App.get_shadow``."""
         return cast(ShadowDocument, _object(await self._app.get_shadow(device, float(timeout))))
