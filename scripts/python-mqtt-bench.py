@@ -7,10 +7,12 @@ prints: no Nagle delay) on loopback, with a `lanyard twin`.
   `lanyard.aio.App.set_desired` from 64 asyncio tasks, each write answered
   by the twin host with the shadow's version (a round trip through the
   host); and `lanyard.App.send_desired` from one thread, which asks no
-  answer, until `close` has every PUBACK (the same work as the baseline).
+  answer, until `close` has every PUBACK: first on the broker alone (the
+  same work as the baseline: the client's own cost), then with the twin
+  host and the device at work on every write (what the machine sustains).
   The baseline: paho-mqtt publishing the same state (its JSON, as many
   messages) at QoS 1 to the same broker, waiting for every PUBACK (one
-  round trip to the broker only).
+  round trip to the broker only), with nothing consuming them.
 - Device reports: `lanyard.Device.report` as fast as it takes them, counted
   as they arrive at a subscriber on the device's `shadow/update` topic
   (each message may carry several reports: the agent sends what
@@ -205,6 +207,16 @@ def main():
     try:
         wait_port(port)
         url = f"mqtt://127.0.0.1:{port}"
+        target = "ly-020000000001"
+        payload = b'{"bench":{"t":7,"i":12345}}'
+        n = args.count
+        print(f"mosquitto {url} (set_tcp_nodelay), {n} messages each, "
+              f"{time.strftime('%Y-%m-%d')}")
+        print(f"{'':<44} {'msg/s':>9} {'paho msg/s':>11} {'ratio':>7}")
+        base = paho_publish(port, f"lanyard/v1/{target}/bench", payload, n)
+        alone = app_sends(url, target, n)
+        print(f"{'App.send_desired, 1 thread, broker alone':<44} {alone:>9.0f} {base:>11.0f} "
+              f"{alone / base:>6.2f}x")
         procs.append(subprocess.Popen([args.lanyard, "twin", "--broker", url, "--state-dir",
                                        os.path.join(work, "twin")],
                                       stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
@@ -212,7 +224,6 @@ def main():
         procs.append(subprocess.Popen([args.lanyard, "device", "--broker", url, "--state-dir",
                                        os.path.join(work, "dev")],
                                       stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
-        target = "ly-020000000001"
         probe = lanyard.App(url)
         until = time.monotonic() + 30
         while time.monotonic() < until:
@@ -224,12 +235,6 @@ def main():
             time.sleep(0.2)
         probe.close()
 
-        payload = b'{"bench":{"t":7,"i":12345}}'
-        n = args.count
-        print(f"mosquitto {url} (set_tcp_nodelay), {n} messages each, "
-              f"{time.strftime('%Y-%m-%d')}")
-        print(f"{'':<44} {'msg/s':>9} {'paho msg/s':>11} {'ratio':>7}")
-        base = paho_publish(port, f"lanyard/v1/{target}/bench", payload, n)
         threads = app_writes_threads(url, target, n)
         print(f"{'App.set_desired, 8 threads (host answers)':<44} {threads:>9.0f} {base:>11.0f} "
               f"{threads / base:>6.2f}x")
@@ -237,7 +242,7 @@ def main():
         print(f"{'aio.App.set_desired, 64 tasks (host answers)':<44} {aio:>9.0f} {base:>11.0f} "
               f"{aio / base:>6.2f}x")
         sent = app_sends(url, target, n)
-        print(f"{'App.send_desired, 1 thread (no answer)':<44} {sent:>9.0f} {base:>11.0f} "
+        print(f"{'App.send_desired, 1 thread, host at work':<44} {sent:>9.0f} {base:>11.0f} "
               f"{sent / base:>6.2f}x")
 
         counter = Counter(port, "lanyard/v1/ly-bench/shadow/update")

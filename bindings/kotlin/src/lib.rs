@@ -504,6 +504,24 @@ impl LanyardApp {
         .await
     }
 
+    /// Sends `values` for `device`'s desired state without waiting for
+    /// the host: no answer is asked for, so nothing here says whether it
+    /// was applied (a refusal still comes as an event; `getShadow` shows
+    /// the outcome). For a stream of writes at the broker's pace; `close`
+    /// waits until the broker has them all.
+    pub async fn send_desired(
+        &self,
+        device: String,
+        values: HashMap<String, ShadowValue>,
+    ) -> Result<(), LanyardError> {
+        let tree = tree_of(&values)?;
+        let client = self.client.clone();
+        on(&self.runtime, async move {
+            client.send_desired(&device, &tree, now_ms()).await
+        })
+        .await
+    }
+
     /// The device's whole shadow.
     pub async fn get_shadow(
         &self,

@@ -128,9 +128,8 @@ mod calls {
     pub(super) fn set_desired(
         client: Arc<AppClient>,
         device: String,
-        state_json: &str,
+        tree: Box<Tree>,
     ) -> PyResult<impl Future<Output = PyResult<u64>> + Send + 'static> {
-        let tree = state_of(state_json, true)?;
         Ok(async move {
             client
                 .set_desired(&device, &tree, now_ms())
@@ -142,9 +141,8 @@ mod calls {
     pub(super) fn send_desired(
         client: Arc<AppClient>,
         device: String,
-        state_json: &str,
+        tree: Box<Tree>,
     ) -> PyResult<impl Future<Output = PyResult<()>> + Send + 'static> {
-        let tree = state_of(state_json, true)?;
         Ok(async move {
             client
                 .send_desired(&device, &tree, now_ms())
@@ -382,16 +380,28 @@ impl App {
     /// state and returns the document's version once the host applied it.
     /// Nothing is sent if it is not a state the shadow can hold; the
     /// host's refusal (more than the device holds) raises `Rejected`.
-    fn set_desired(&self, py: Python<'_>, device: String, state_json: &str) -> PyResult<u64> {
-        let call = calls::set_desired(self.shared.client()?, device, state_json)?;
+    fn set_desired(
+        &self,
+        py: Python<'_>,
+        device: String,
+        state: &Bound<'_, PyAny>,
+    ) -> PyResult<u64> {
+        let tree = desired_of(state)?;
+        let call = calls::set_desired(self.shared.client()?, device, tree)?;
         block_on(py, &self.rt, call)
     }
 
     /// Sends `state_json` for the device's desired state without waiting
     /// for the twin host (no answer is asked for); `close` waits until the
     /// broker has every write.
-    fn send_desired(&self, py: Python<'_>, device: String, state_json: &str) -> PyResult<()> {
-        let call = calls::send_desired(self.shared.client()?, device, state_json)?;
+    fn send_desired(
+        &self,
+        py: Python<'_>,
+        device: String,
+        state: &Bound<'_, PyAny>,
+    ) -> PyResult<()> {
+        let tree = desired_of(state)?;
+        let call = calls::send_desired(self.shared.client()?, device, tree)?;
         block_on(py, &self.rt, call)
     }
 
@@ -629,9 +639,10 @@ impl AsyncApp {
         &self,
         py: Python<'py>,
         device: String,
-        state_json: &str,
+        state: &Bound<'py, PyAny>,
     ) -> PyResult<Bound<'py, PyAny>> {
-        let call = calls::set_desired(self.shared.client()?, device, state_json)?;
+        let tree = desired_of(state)?;
+        let call = calls::set_desired(self.shared.client()?, device, tree)?;
         awaitable(py, call)
     }
 
@@ -640,9 +651,10 @@ impl AsyncApp {
         &self,
         py: Python<'py>,
         device: String,
-        state_json: &str,
+        state: &Bound<'py, PyAny>,
     ) -> PyResult<Bound<'py, PyAny>> {
-        let call = calls::send_desired(self.shared.client()?, device, state_json)?;
+        let tree = desired_of(state)?;
+        let call = calls::send_desired(self.shared.client()?, device, tree)?;
         awaitable(py, call)
     }
 
@@ -818,6 +830,15 @@ pub(crate) fn app_error(e: AppError) -> PyErr {
 
 /// The tree of a JSON object of properties; refuses what a shadow cannot
 /// hold (`allow_null`: nulls delete, in desired state only).
+/// A dict of desired state (`None` deletes) as a tree, read straight from
+/// the Python objects.
+fn desired_of(state: &Bound<'_, PyAny>) -> PyResult<Box<Tree>> {
+    let obj = crate::py_json::object_from_py(state, "desired state")?;
+    tree_from_json(&obj, true)
+        .map(Box::new)
+        .map_err(|e| PyValueError::new_err(format!("desired state: {e}")))
+}
+
 fn state_of(text: &str, allow_null: bool) -> PyResult<Box<Tree>> {
     let bad = |e: &dyn std::fmt::Display| PyValueError::new_err(format!("state: {e}"));
     let Json::Object(obj) = serde_json::from_str::<Json>(text).map_err(|e| bad(&e))? else {

@@ -261,7 +261,7 @@ class App:
         shadow's version once the twin host has applied it (it then sends
         the device its delta). Raises ``Rejected`` when the host refuses it,
         for instance more state than the device said it can hold."""
-        return self._app.set_desired(device, _state_json(state, "desired state"))
+        return self._app.set_desired(device, state)
 
     def send_desired(self, device: str, state: Json) -> None:
         """Sends ``state`` for ``device``'s desired state without waiting
@@ -271,7 +271,7 @@ class App:
         broker's pace; ``close`` waits until the broker has them all. A
         device name that cannot be one raises ``ValueError`` before
         anything is sent."""
-        self._app.send_desired(device, _state_json(state, "desired state"))
+        self._app.send_desired(device, state)
 
     def get_shadow(self, device: str, timeout: float = 5.0) -> ShadowDocument:
         """The device's shadow: ``{"version", "desired", "reported",

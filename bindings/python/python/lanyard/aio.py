@@ -102,12 +102,12 @@ class App:
 
     async def set_desired(self, device: str, state: Json) -> int:
         """``lanyard.App.set_desired``."""
-        version: int = await self._app.set_desired(device, _state_json(state, "desired state"))
+        version: int = await self._app.set_desired(device, state)
         return version
 
     async def send_desired(self, device: str, state: Json) -> None:
         """``lanyard.App.send_desired``."""
-        await self._app.send_desired(device, _state_json(state, "desired state"))
+        await self._app.send_desired(device, state)
 
     async def get_shadow(self, device: str, timeout: float = 5.0) -> ShadowDocument:
         """``lanyard.App.get_shadow``."""

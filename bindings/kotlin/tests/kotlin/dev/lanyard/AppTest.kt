@@ -68,6 +68,17 @@ class AppTest {
     }
 
     @Test
+    fun writesSentWithoutAnAnswerReachTheShadowInOrder() = runBlocking<Unit> {
+        for (i in 0 until 50) {
+            app.sendDesired(device, mapOf("unanswered" to ShadowValue.Int(i.toLong())))
+        }
+        peers.eventually { app.getShadow(device, 2_000).desired["unanswered"] == ShadowValue.Int(49) }
+        assertFailsWith<LanyardException.BadInput> {
+            app.sendDesired(device, mapOf("" to ShadowValue.Int(1)))
+        }
+    }
+
+    @Test
     fun theDeltaAndTheReportCanBeWatched() = runBlocking {
         app.setDesired(device, mapOf("mode" to ShadowValue.Text("eco")))
         var delta = false
