@@ -171,10 +171,9 @@ pub fn mosquitto_fleet_acl(
             AppTopic::List.suffix()
         ));
         // Rollouts are asked of the rollout service beside the twin host.
-        #[cfg(feature = "runtime")]
         out.push_str(&format!(
             "topic write {}\n",
-            crate::ota::service::RolloutTopic::Request.topic()
+            crate::ota_messages::RolloutTopic::Request.topic()
         ));
         for w in lanyard_core::topic::OPERATOR_WRITES {
             out.push_str(&format!(

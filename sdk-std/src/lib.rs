@@ -84,6 +84,7 @@ pub mod metrics;
 pub mod mqtt;
 #[cfg(feature = "runtime")]
 pub mod ota;
+pub mod ota_messages;
 pub mod provision;
 pub mod sim;
 pub mod store;

@@ -16,6 +16,7 @@ pub mod journal;
 pub mod run;
 pub mod service;
 
+pub use crate::ota_messages::{AbortCriteria, RolloutPlan, RolloutState, RolloutView};
 pub use run::{RolloutProgress, RolloutRun};
 
 use std::collections::HashMap;
@@ -369,99 +370,6 @@ pub async fn run_firmware_server<T: Transport>(
             }
         }
     }
-}
-
-/// When a rollout stops by itself.
-#[derive(Debug, Clone, PartialEq)]
-pub struct AbortCriteria {
-    /// Devices that must have finished (accepted, or failed) before the
-    /// failure rate counts.
-    pub min_finished: usize,
-    /// The share of finished devices that may fail (0.0 to 1.0); past it,
-    /// the rollout aborts.
-    pub max_failure_rate: f64,
-    /// Failures that abort at once, whatever the rate (a bad signature
-    /// means the release itself is wrong).
-    pub abort_on: Vec<UpdateReason>,
-}
-
-/// How a release reaches a fleet.
-#[derive(Debug, Clone, PartialEq)]
-pub struct RolloutPlan {
-    /// The share of the target devices offered by the end of each stage,
-    /// growing, the last 1.0.
-    pub stages: Vec<f64>,
-    /// The share of a stage's devices that must have accepted the release
-    /// before the next stage opens.
-    pub advance_when: f64,
-    /// When it stops by itself.
-    pub abort: AbortCriteria,
-    /// How long a device may take from its offer to accepting; past it,
-    /// it counts as failed.
-    pub device_timeout_ms: u64,
-}
-
-impl RolloutPlan {
-    /// 1 %, 10 %, 50 %, 100 %; a stage opens when 90 % of the last one
-    /// accepted; it aborts when more than 10 % of at least one finished
-    /// device failed, or at once on a bad signature or digest; an hour per
-    /// device.
-    pub fn staged() -> Self {
-        RolloutPlan {
-            stages: vec![0.01, 0.10, 0.50, 1.0],
-            advance_when: 0.9,
-            abort: AbortCriteria {
-                min_finished: 1,
-                max_failure_rate: 0.10,
-                abort_on: vec![UpdateReason::BadSignature, UpdateReason::DigestMismatch],
-            },
-            device_timeout_ms: 3_600_000,
-        }
-    }
-
-    /// Stages growing by `factor` from `first` (a share) up to the whole
-    /// target: an exponential rate.
-    pub fn exponential(first: f64, factor: f64) -> Self {
-        let mut stages = Vec::new();
-        let mut share = first.clamp(f64::MIN_POSITIVE, 1.0);
-        while share < 1.0 && stages.len() < 64 {
-            stages.push(share);
-            share *= factor.max(1.01);
-        }
-        stages.push(1.0);
-        RolloutPlan {
-            stages,
-            ..Self::staged()
-        }
-    }
-}
-
-/// Where a rollout stands.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum RolloutState {
-    /// Offering stage `n` (from 0).
-    Running(usize),
-    /// Stopped by an operator; resumed where it was.
-    Paused(usize),
-    /// Every target device accepted, or finished.
-    Completed,
-    /// Stopped by its abort criteria: why.
-    Aborted(String),
-    /// Stopped by an operator for good.
-    Cancelled,
-}
-
-/// Devices of a rollout by where they stand.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct RolloutView {
-    /// Not offered yet.
-    pub waiting: usize,
-    /// Offered, not finished.
-    pub in_progress: usize,
-    /// Accepted the release.
-    pub succeeded: usize,
-    /// Refused, rolled back, aborted or timed out.
-    pub failed: usize,
 }
 
 /// A release rolled out to a list of devices. See the [module](self).
