@@ -371,7 +371,6 @@ impl Device {
             let slot_dir = lanyard_std::update::default_slot_dir(&state_dir);
             let slot = lanyard_std::update::FileSlot::new(&slot_dir, 64 << 20)
                 .map_err(|e| PyOSError::new_err(e.to_string()))?;
-            let image = slot.image();
             let watched = slot.clone();
             let updates =
                 lanyard_std::update::DeviceUpdates::new(key, slot, update_store, firmware)
@@ -392,7 +391,9 @@ impl Device {
                             lanyard_std::update::BootRequest::None => "none",
                         };
                         if let Some(cb) = &on_update {
-                            let path = image.display().to_string();
+                            // Read now: the slot file an update goes to
+                            // alternates from one update to the next.
+                            let path = watched.image().display().to_string();
                             Python::attach(|py| {
                                 if let Err(e) = cb.call1(py, (path, request)) {
                                     e.print(py);

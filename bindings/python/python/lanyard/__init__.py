@@ -463,8 +463,10 @@ class Device:
       (``lanyard ota keygen``'s ``.pub`` file, its hex, or 32 bytes;
       ``docs/ota.md``). ``firmware_version`` is the version this build
       reports and updates compare against. A verified image is written to
-      ``slot/image.bin`` in ``state_dir`` and ``on_update(path, "trial")``
-      is called: restart the process on it. There, ``self_test()`` (default:
+      ``slot/`` in ``state_dir`` (``image.bin`` and ``image-b.bin`` in turn:
+      after a confirmed update the next goes to the other file) and
+      ``on_update(path, "trial")`` is called with its path: restart the
+      process on it. There, ``self_test()`` (default:
       passes) confirms it; if it returns false, ``on_update(path,
       "reverted")`` says to go back to the old image.
 
