@@ -466,16 +466,10 @@ impl AppClient {
         let mut buf = vec![0u8; 64 * 1024];
         for (device, desired) in changes {
             let token = format!("app-{now_ms}-{}", self.next_id());
-            let mut up: Box<ShadowUpdate<L, P>> = Box::new(ShadowUpdate::new(now_ms));
-            up.desired = Some((*desired).clone());
-            // "app-", two numbers of at most 20 digits and a dash: always
-            // within a token's 64 bytes.
-            up.client_token = heapless::String::try_from(token.as_str()).ok();
-            let n = up.encode(&mut buf).map_err(AppError::Codec)?;
             requests.push(HostRequest {
                 device,
                 topic: AppTopic::SetDesired,
-                payload: buf[..n].to_vec(),
+                payload: desired_update(desired, now_ms, Some(&token), &mut buf)?,
                 token,
             });
         }
@@ -495,11 +489,8 @@ impl AppClient {
         now_ms: u64,
     ) -> Result<(), AppError> {
         let topic = self.write_topic(device, Topic::App(AppTopic::SetDesired))?;
-        let mut up: Box<ShadowUpdate<L, P>> = Box::new(ShadowUpdate::new(now_ms));
-        up.desired = Some(desired.clone());
-        let mut buf = vec![0u8; 64 * 1024];
-        let n = up.encode(&mut buf).map_err(AppError::Codec)?;
-        self.router.publish(&topic, &buf[..n]).await
+        let payload = desired_update(desired, now_ms, None, &mut vec![0u8; 64 * 1024])?;
+        self.router.publish(&topic, &payload).await
     }
 
     /// The device's whole shadow.
@@ -1172,6 +1163,24 @@ fn device_event(
         }
         _ => return Ok(None),
     }))
+}
+
+/// The shadow update an app sends for `desired` at `now_ms`, with the
+/// client token the host answers under, if one is asked for; encoded
+/// through `buf` (64 KiB, kept by the caller across a fan-out).
+fn desired_update<const L: usize, const P: usize>(
+    desired: &StateTree<L, P>,
+    now_ms: u64,
+    token: Option<&str>,
+    buf: &mut [u8],
+) -> Result<Vec<u8>, AppError> {
+    let mut up: Box<ShadowUpdate<L, P>> = Box::new(ShadowUpdate::new(now_ms));
+    up.desired = Some(desired.clone());
+    // "app-", two numbers of at most 20 digits and a dash: always within a
+    // token's 64 bytes.
+    up.client_token = token.and_then(|t| heapless::String::try_from(t).ok());
+    let n = up.encode(buf).map_err(AppError::Codec)?;
+    Ok(buf[..n].to_vec())
 }
 
 #[cfg(test)]
