@@ -42,6 +42,19 @@ pub struct RolloutPlan {
 }
 
 impl RolloutPlan {
+    /// Whether it is a plan a rollout can run: stages growing from above 0
+    /// to the whole target (1.0), and a stage that can open the next
+    /// (`advance_when` above 0). What is read from outside (a request, a
+    /// journal) is checked against this.
+    pub fn is_well_formed(&self) -> bool {
+        let s = &self.stages;
+        !s.is_empty()
+            && s.windows(2).all(|w| w[1] > w[0])
+            && s.first().is_some_and(|x| *x > 0.0)
+            && s.last() == Some(&1.0)
+            && self.advance_when > 0.0
+    }
+
     /// 1 %, 10 %, 50 %, 100 %; a stage opens when 90 % of the last one
     /// accepted; it aborts when more than 10 % of at least one finished
     /// device failed, or at once on a bad signature or digest; an hour per
@@ -89,6 +102,13 @@ pub enum RolloutState {
     Aborted(String),
     /// Stopped by an operator for good.
     Cancelled,
+}
+
+impl RolloutState {
+    /// Whether it has not ended: running, or paused (and so may go on).
+    pub fn is_under_way(&self) -> bool {
+        matches!(self, RolloutState::Running(_) | RolloutState::Paused(_))
+    }
 }
 
 /// Devices of a rollout by where they stand.
@@ -244,8 +264,7 @@ fn decode_plan(d: &mut Decoder<'_>) -> Option<RolloutPlan> {
                 let n = d.array().ok()??;
                 let mut v = Vec::new();
                 for _ in 0..n.min(16) {
-                    let name = d.str().ok()?;
-                    v.push(UpdateReason::ALL.into_iter().find(|r| r.name() == name)?);
+                    v.push(UpdateReason::named(d.str().ok()?)?);
                 }
                 (n <= 16).then_some(())?;
                 abort_on = Some(v);
@@ -255,22 +274,17 @@ fn decode_plan(d: &mut Decoder<'_>) -> Option<RolloutPlan> {
         }
         Some(true)
     })?;
-    let stages: Vec<f64> = stages?;
-    let growing = !stages.is_empty()
-        && stages.windows(2).all(|w| w[1] > w[0])
-        && stages.first().is_some_and(|s| *s > 0.0)
-        && stages.last() == Some(&1.0);
-    growing.then_some(())?;
-    Some(RolloutPlan {
-        stages,
-        advance_when: advance_when.filter(|a| *a > 0.0)?,
+    let plan = RolloutPlan {
+        stages: stages?,
+        advance_when: advance_when?,
         abort: AbortCriteria {
             min_finished: min_finished?,
             max_failure_rate: max_failure_rate?,
             abort_on: abort_on?,
         },
         device_timeout_ms: timeout?,
-    })
+    };
+    plan.is_well_formed().then_some(plan)
 }
 
 impl RolloutRequest {

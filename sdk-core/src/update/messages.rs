@@ -387,6 +387,11 @@ impl UpdateState {
         }
     }
 
+    /// The state [`UpdateState::name`] names.
+    pub fn named(name: &str) -> Option<Self> {
+        UpdateState::ALL.into_iter().find(|s| s.name() == name)
+    }
+
     /// Whether the update is over (accepted, rejected or aborted).
     pub const fn is_final(self) -> bool {
         matches!(
@@ -450,6 +455,11 @@ impl UpdateReason {
         UpdateReason::ALL
             .into_iter()
             .find(|r| u64::from(r.code()) == code)
+    }
+
+    /// The reason [`UpdateReason::name`] names.
+    pub fn named(name: &str) -> Option<Self> {
+        UpdateReason::ALL.into_iter().find(|r| r.name() == name)
     }
 
     /// Its name.

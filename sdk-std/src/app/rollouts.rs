@@ -56,8 +56,7 @@ impl AppClient {
         job: &str,
         timeout: Duration,
     ) -> Result<ProgressReport, AppError> {
-        self.about(RolloutAction::Pause(job.to_owned()), timeout)
-            .await
+        self.about(job, RolloutAction::Pause, timeout).await
     }
 
     /// Goes on offering rollout `job`'s release.
@@ -66,8 +65,7 @@ impl AppClient {
         job: &str,
         timeout: Duration,
     ) -> Result<ProgressReport, AppError> {
-        self.about(RolloutAction::Resume(job.to_owned()), timeout)
-            .await
+        self.about(job, RolloutAction::Resume, timeout).await
     }
 
     /// Stops rollout `job` for good; its devices under way are told.
@@ -76,8 +74,7 @@ impl AppClient {
         job: &str,
         timeout: Duration,
     ) -> Result<ProgressReport, AppError> {
-        self.about(RolloutAction::Cancel(job.to_owned()), timeout)
-            .await
+        self.about(job, RolloutAction::Cancel, timeout).await
     }
 
     /// Where rollout `job` stands (running, or ended, from its journal).
@@ -86,23 +83,17 @@ impl AppClient {
         job: &str,
         timeout: Duration,
     ) -> Result<ProgressReport, AppError> {
-        self.about(RolloutAction::Status(job.to_owned()), timeout)
-            .await
+        self.about(job, RolloutAction::Status, timeout).await
     }
 
+    /// `action` about rollout `job`: its progress afterwards.
     async fn about(
         &self,
-        action: RolloutAction,
+        job: &str,
+        action: fn(String) -> RolloutAction,
         timeout: Duration,
     ) -> Result<ProgressReport, AppError> {
-        let job = match &action {
-            RolloutAction::Pause(j)
-            | RolloutAction::Resume(j)
-            | RolloutAction::Cancel(j)
-            | RolloutAction::Status(j) => j.clone(),
-            _ => String::new(),
-        };
-        self.ask_rollouts(action, timeout)
+        self.ask_rollouts(action(job.to_owned()), timeout)
             .await?
             .progress
             .ok_or_else(|| AppError::Rejected(format!("no rollout {job}")))

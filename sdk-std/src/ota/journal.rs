@@ -163,10 +163,7 @@ fn decode(json: &Json) -> Result<Resumed, String> {
             .ok_or_else(|| format!("{what}: not a share"))
     };
     let reason = |v: &Json| -> Result<UpdateReason, String> {
-        let name = v.as_str().unwrap_or_default();
-        UpdateReason::ALL
-            .into_iter()
-            .find(|r| r.name() == name)
+        UpdateReason::named(v.as_str().unwrap_or_default())
             .ok_or_else(|| format!("{v}: not an update reason"))
     };
     let job_id = text(&json["job"], "job")?;
@@ -177,9 +174,6 @@ fn decode(json: &Json) -> Result<Resumed, String> {
         .iter()
         .map(|s| share(s, "plan.stages"))
         .collect::<Result<Vec<f64>, String>>()?;
-    if stages.is_empty() || stages.windows(2).any(|w| w[1] <= w[0]) {
-        return Err("plan.stages: not growing".into());
-    }
     let plan = RolloutPlan {
         stages,
         advance_when: share(&p["advance_when"], "plan.advance_when")?,
@@ -195,6 +189,11 @@ fn decode(json: &Json) -> Result<Resumed, String> {
         },
         device_timeout_ms: number(&p["device_timeout_ms"], "plan.device_timeout_ms")?,
     };
+    if !plan.is_well_formed() {
+        return Err(
+            "plan: stages not growing from above 0 to 1, or no stage can open the next".into(),
+        );
+    }
     let devices = json["devices"]
         .as_array()
         .ok_or("devices: not a list")?
@@ -223,9 +222,8 @@ fn decode(json: &Json) -> Result<Resumed, String> {
     let mut progress = Vec::new();
     for (d, r) in json["progress"].as_object().ok_or("progress: not a map")? {
         let name = r["state"].as_str().unwrap_or_default();
-        let state = UpdateState::ALL
-            .into_iter()
-            .find(|s| s.name() == name && s.is_final())
+        let state = UpdateState::named(name)
+            .filter(|s| s.is_final())
             .ok_or_else(|| format!("progress of {d}: {name:?} is not a final update state"))?;
         let reason = match &r["reason"] {
             Json::Null => None,

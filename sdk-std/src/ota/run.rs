@@ -149,6 +149,11 @@ impl RolloutRun {
         self.progress.clone()
     }
 
+    /// Whether it has not ended, after its last step.
+    pub fn is_under_way(&self) -> bool {
+        self.progress.borrow().state.is_under_way()
+    }
+
     /// Waits for the end: completed, aborted by its criteria, or
     /// cancelled. `Err` says why it stopped otherwise (the connection to
     /// the broker, the journal).

@@ -87,10 +87,7 @@ where
             }
             (None, None) => return Err(format!("rollout {job} has no journal")),
         };
-        if !matches!(
-            rollout.state(),
-            RolloutState::Running(_) | RolloutState::Paused(_)
-        ) {
+        if !rollout.state().is_under_way() {
             return Ok(());
         }
         let transport = (self.connect)(&job);
@@ -228,14 +225,8 @@ where
     }
 
     fn control(&self, job: &str, act: fn(&RolloutRun)) -> Result<Option<String>, String> {
-        let under_way = |run: &RolloutRun| {
-            matches!(
-                run.progress().borrow().state,
-                RolloutState::Running(_) | RolloutState::Paused(_)
-            )
-        };
         match self.runs.get(job) {
-            Some(run) if under_way(run) => {
+            Some(run) if run.is_under_way() => {
                 act(run);
                 Ok(Some(job.to_owned()))
             }
@@ -310,12 +301,7 @@ where
             }
             _ = sweep.tick() => {
                 // Ended runs leave; their journals answer for them.
-                service.runs.retain(|_, run| {
-                    matches!(
-                        run.progress().borrow().state,
-                        RolloutState::Running(_) | RolloutState::Paused(_)
-                    )
-                });
+                service.runs.retain(|_, run| run.is_under_way());
             }
             ev = transport.recv() => {
                 let TransportEvent::Message { topic, payload } = ev? else { continue };
@@ -331,9 +317,7 @@ where
                 let settled: Option<fn(&RolloutState) -> bool> = match &request.action {
                     RolloutAction::Pause(_) => Some(|s| !matches!(s, RolloutState::Running(_))),
                     RolloutAction::Resume(_) => Some(|s| !matches!(s, RolloutState::Paused(_))),
-                    RolloutAction::Cancel(_) => Some(|s| {
-                        !matches!(s, RolloutState::Running(_) | RolloutState::Paused(_))
-                    }),
+                    RolloutAction::Cancel(_) => Some(|s| !s.is_under_way()),
                     _ => None,
                 };
                 let (refused, job) = match service.handle(request.action) {

@@ -281,7 +281,7 @@ fn boot_step(slot_dir: &Path) -> Result<bool, String> {
         // Not started: the next step goes back from a trial, as a
         // bootloader does after a reset before confirmation.
         eprintln!("image {} does not start: {err}", path.display());
-        if kind == "fallback" {
+        if matches!(image, BootImage::Fallback(_)) {
             break;
         }
     }

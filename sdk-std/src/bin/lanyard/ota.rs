@@ -7,7 +7,8 @@ use std::sync::{Arc, Mutex};
 use clap::Subcommand;
 use lanyard_std::ota::journal::{Resumed, RolloutJournal};
 use lanyard_std::ota::{
-    FirmwareServer, Release, Rollout, RolloutPlan, RolloutRun, RolloutState, drive_rollout,
+    FirmwareServer, Release, Rollout, RolloutControl, RolloutPlan, RolloutRun, RolloutState,
+    drive_rollout,
 };
 
 use lanyard_core::update::messages::UpdateReason;
@@ -303,10 +304,10 @@ pub(crate) async fn ota(what: OtaCmd) -> Result<(), String> {
             }
             follow(&app, &job_id).await
         }
-        OtaCmd::Pause(r) => control(r, "pause").await,
-        OtaCmd::Resume(r) => control(r, "resume").await,
-        OtaCmd::Cancel(r) => control(r, "cancel").await,
-        OtaCmd::Status(r) => control(r, "status").await,
+        OtaCmd::Pause(r) => control(r, Some(RolloutControl::Pause)).await,
+        OtaCmd::Resume(r) => control(r, Some(RolloutControl::Resume)).await,
+        OtaCmd::Cancel(r) => control(r, Some(RolloutControl::Cancel)).await,
+        OtaCmd::Status(r) => control(r, None).await,
     }
 }
 
@@ -326,16 +327,16 @@ async fn operator_app(broker: &BrokerArgs) -> Result<lanyard_std::app::AppClient
         .map_err(|e| e.to_string())
 }
 
-/// `lanyard ota pause / resume / cancel / status JOB`: what the rollout
-/// service says of it afterwards.
-async fn control(r: RolloutJob, what: &str) -> Result<(), String> {
+/// `lanyard ota pause / resume / cancel JOB` (`control`), or `status JOB`
+/// (`None`): what the rollout service says of it afterwards.
+async fn control(r: RolloutJob, control: Option<RolloutControl>) -> Result<(), String> {
     let app = operator_app(&r.broker).await?;
     let job = &r.job;
-    let answer = match what {
-        "pause" => app.pause_rollout(job, ASK_TIMEOUT).await,
-        "resume" => app.resume_rollout(job, ASK_TIMEOUT).await,
-        "cancel" => app.cancel_rollout(job, ASK_TIMEOUT).await,
-        _ => app.rollout_status(job, ASK_TIMEOUT).await,
+    let answer = match control {
+        Some(RolloutControl::Pause) => app.pause_rollout(job, ASK_TIMEOUT).await,
+        Some(RolloutControl::Resume) => app.resume_rollout(job, ASK_TIMEOUT).await,
+        Some(RolloutControl::Cancel) => app.cancel_rollout(job, ASK_TIMEOUT).await,
+        None => app.rollout_status(job, ASK_TIMEOUT).await,
     }
     .map_err(|e| format!("rollout {job}: {e}"))?;
     println!("{job} {}", progress_line(&answer.state, &answer.view));
@@ -359,10 +360,7 @@ async fn follow(app: &lanyard_std::app::AppClient, job: &str) -> Result<(), Stri
             println!("{job} {line}");
             last = line;
         }
-        if !matches!(
-            now.state,
-            RolloutState::Running(_) | RolloutState::Paused(_)
-        ) {
+        if !now.state.is_under_way() {
             return ended(now.state, job);
         }
         tokio::time::sleep(std::time::Duration::from_millis(500)).await;
@@ -426,15 +424,13 @@ fn resuming(r: &Resumed, job_id: &str, journal: &Path) -> Result<(), String> {
             rollout.job_id()
         ));
     }
-    match rollout.state() {
-        RolloutState::Running(_) | RolloutState::Paused(_) => {}
-        ended => {
-            return Err(format!(
-                "rollout {job_id} has ended ({ended:?}, says its journal {}); to roll the \
-                 release out again, give another --journal",
-                journal.display()
-            ));
-        }
+    if !rollout.state().is_under_way() {
+        return Err(format!(
+            "rollout {job_id} has ended ({:?}, says its journal {}); to roll the release out \
+             again, give another --journal",
+            rollout.state(),
+            journal.display()
+        ));
     }
     let view = rollout.view(0, |d| {
         r.progress.iter().find(|(x, _)| x == d).map(|(_, p)| p)
@@ -534,13 +530,10 @@ async fn new_rollout(
     plan.abort.abort_on = abort_on
         .iter()
         .map(|n| {
-            UpdateReason::ALL
-                .into_iter()
-                .find(|r| r.name() == n)
-                .ok_or_else(|| {
-                    let names: Vec<&str> = UpdateReason::ALL.iter().map(|r| r.name()).collect();
-                    format!("--abort-on: {n:?} is none of {}", names.join(", "))
-                })
+            UpdateReason::named(n).ok_or_else(|| {
+                let names: Vec<&str> = UpdateReason::ALL.iter().map(|r| r.name()).collect();
+                format!("--abort-on: {n:?} is none of {}", names.join(", "))
+            })
         })
         .collect::<Result<_, String>>()?;
     plan.abort.max_failure_rate = max_failure_pct / 100.0;
