@@ -150,7 +150,8 @@ pub fn mosquitto_acl(trusted: &[&str]) -> Result<String, NotAServiceName> {
 /// assert!(acl.contains("topic write lanyard/v1/+/shadow/desired/by/lanyard-ops\n"));
 /// assert!(acl.contains("topic write lanyard/v1/+/cmd/by/lanyard-ops\n"));
 /// assert!(!acl.contains("topic write lanyard/v1/+/cmd\n"));
-/// assert!(acl.contains("topic write lanyard/v1/lanyard-fleet/ota/request\n"));
+/// assert!(acl.contains("topic write lanyard/v1/lanyard-fleet/ota/request/by/lanyard-ops\n"));
+/// assert!(!acl.contains("topic write lanyard/v1/lanyard-fleet/ota/request\n"));
 /// ```
 pub fn mosquitto_fleet_acl(
     trusted: &[&str],
@@ -170,10 +171,11 @@ pub fn mosquitto_fleet_acl(
             "topic write {TOPIC_PREFIX}{FLEET_KEY}/{}\n",
             AppTopic::List.suffix()
         ));
-        // Rollouts are asked of the rollout service beside the twin host.
+        // Rollouts are asked of the rollout service beside the twin host,
+        // each request naming its writer, as the other writes do.
         out.push_str(&format!(
             "topic write {}\n",
-            crate::ota_messages::RolloutTopic::Request.topic()
+            crate::ota_messages::RolloutTopic::request_by(user)
         ));
         for w in lanyard_core::topic::OPERATOR_WRITES {
             out.push_str(&format!(

@@ -774,6 +774,14 @@ impl AppClient {
         }
     }
 
+    /// The operator identity its writes name, if one was set.
+    fn operator_identity(&self) -> Option<String> {
+        self.operator
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
+
     fn operator_token(&self) -> String {
         format!(
             "op-{}-{}",

@@ -51,6 +51,18 @@ pub enum AuditAction {
     CertificateIssued,
     /// A certificate was revoked (its serial and why in the detail).
     CertificateRevoked,
+    /// An operator started a rollout (its job, version, image digest,
+    /// target count and plan in the detail).
+    RolloutStarted,
+    /// An operator paused a rollout.
+    RolloutPaused,
+    /// An operator resumed a rollout.
+    RolloutResumed,
+    /// An operator cancelled a rollout.
+    RolloutCancelled,
+    /// A rollout ended (completed, aborted by its criteria, or cancelled;
+    /// its devices by where they stand in the detail).
+    RolloutEnded,
 }
 
 impl AuditAction {
@@ -66,6 +78,11 @@ impl AuditAction {
             AuditAction::ConfigAcknowledged => "config_acknowledged",
             AuditAction::CertificateIssued => "certificate_issued",
             AuditAction::CertificateRevoked => "certificate_revoked",
+            AuditAction::RolloutStarted => "rollout_started",
+            AuditAction::RolloutPaused => "rollout_paused",
+            AuditAction::RolloutResumed => "rollout_resumed",
+            AuditAction::RolloutCancelled => "rollout_cancelled",
+            AuditAction::RolloutEnded => "rollout_ended",
         }
     }
 }

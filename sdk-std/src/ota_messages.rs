@@ -151,6 +151,41 @@ impl RolloutTopic {
         };
         format!("{TOPIC_PREFIX}{FLEET_KEY}/ota/{suffix}")
     }
+
+    /// The request topic naming its writer (`.../ota/request/by/{identity}`),
+    /// which a broker's ACL lets only that identity write
+    /// ([`crate::acl::mosquitto_fleet_acl`]).
+    pub fn request_by(identity: &str) -> String {
+        format!(
+            "{}/{}/{identity}",
+            RolloutTopic::Request.topic(),
+            lanyard_core::topic::BY_LEVEL
+        )
+    }
+
+    /// Whether `topic` is a request topic, and if so the writer it names
+    /// (`Some(None)`: the plain request topic, which names none). A writer
+    /// is one topic level of 1 to 128 bytes.
+    ///
+    /// ```
+    /// use lanyard_std::ota_messages::RolloutTopic;
+    /// let named = RolloutTopic::request_by("lanyard-ops");
+    /// assert_eq!(RolloutTopic::writer_of(&named), Some(Some("lanyard-ops")));
+    /// assert_eq!(RolloutTopic::writer_of(&RolloutTopic::Request.topic()), Some(None));
+    /// assert_eq!(RolloutTopic::writer_of(&RolloutTopic::Answer.topic()), None);
+    /// ```
+    pub fn writer_of(topic: &str) -> Option<Option<&str>> {
+        let request = RolloutTopic::Request.topic();
+        let rest = topic.strip_prefix(request.as_str())?;
+        if rest.is_empty() {
+            return Some(None);
+        }
+        let who = rest
+            .strip_prefix('/')?
+            .strip_prefix(lanyard_core::topic::BY_LEVEL)?
+            .strip_prefix('/')?;
+        (!who.is_empty() && who.len() <= 128 && !who.contains(['/', '+', '#'])).then_some(Some(who))
+    }
 }
 
 /// What an operator asks of the rollout service.

@@ -706,6 +706,45 @@ async fn only_the_hosts_operators_write_and_none_can_write_as_another() {
     let r = anonymous.set_desired_within(A, &desired, 13, short).await;
     assert_eq!(r, Err(AppError::Timeout));
 
+    // Rollouts the same way: the service beside the host answers its
+    // operator (here: no such rollout), refuses one it does not list, and
+    // never sees a request written as another.
+    let rollouts = tempfile::tempdir().unwrap();
+    let (stop_rollouts, stopped) = tokio::sync::oneshot::channel::<()>();
+    let service =
+        MqttTransport::connect_and_wait(pki.mqtt(port, "lanyard-twin", "lanyard-twin-ota"), wait)
+            .await
+            .unwrap();
+    let per_rollout = pki.mqtt(port, "lanyard-twin", "lanyard-twin-ota-job");
+    let home = rollouts.path().to_owned();
+    let serving = tokio::spawn(async move {
+        lanyard_std::ota::service::serve_rollouts(
+            service,
+            &home,
+            Some(vec!["lanyard-ops".to_owned()]),
+            move |_| MqttTransport::connect(per_rollout.clone()),
+            async {
+                let _ = stopped.await;
+            },
+        )
+        .await
+    });
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(
+        ops.cancel_rollout("fw-1", wait).await.unwrap_err(),
+        AppError::Rejected("no rollout fw-1".into())
+    );
+    assert_eq!(
+        eve.cancel_rollout("fw-1", wait).await.unwrap_err(),
+        AppError::Rejected("lanyard-eve is not an operator of this fleet".into())
+    );
+    assert_eq!(
+        forger.cancel_rollout("fw-1", short).await.unwrap_err(),
+        AppError::Timeout
+    );
+    stop_rollouts.send(()).unwrap();
+    serving.await.unwrap().unwrap();
+
     stop_tx.send(()).unwrap();
     let host = twin.await.unwrap();
     assert_eq!(host.stats().unauthorised, 2);

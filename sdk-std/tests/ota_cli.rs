@@ -764,7 +764,8 @@ fn a_rollout_killed_midway_goes_on_from_its_journal() {
 /// by `lanyard ota start`, paused, kept paused across a SIGKILL and
 /// restart of the twin host, resumed, and completed with each device
 /// taking the release once; the same release is not rolled out twice, and
-/// an unknown rollout is refused by name.
+/// an unknown rollout is refused by name. Only the fleet's operator
+/// changes it, and the service's audit log says who did what.
 #[test]
 fn the_twin_host_runs_a_rollout_and_takes_it_up_again_after_a_restart() {
     let broker = Mosquitto::start();
@@ -779,6 +780,7 @@ fn the_twin_host_runs_a_rollout_and_takes_it_up_again_after_a_restart() {
             .arg(p("twin"))
             .arg("--rollouts")
             .arg(p("rollouts"))
+            .args(["--operators", "ops-1"])
             .stdout(std::process::Stdio::null())
             .stderr(std::process::Stdio::null())
             .spawn()
@@ -805,12 +807,33 @@ fn the_twin_host_runs_a_rollout_and_takes_it_up_again_after_a_restart() {
         "--stages",
         "25,100",
         "--detach",
+        "--client-id",
+        "ops-1",
     ]);
     assert!(
         out.contains("handed to the twin host's rollout service"),
         "{out}"
     );
-    let out = ok(&["ota", "pause", "--broker", &url, "fw-2"]);
+    let (ok_, _, err) = lanyard_cli(&[
+        "ota",
+        "cancel",
+        "--broker",
+        &url,
+        "fw-2",
+        "--client-id",
+        "intruder",
+    ]);
+    assert!(!ok_);
+    assert!(err.contains("intruder is not an operator"), "{err}");
+    let out = ok(&[
+        "ota",
+        "pause",
+        "--broker",
+        &url,
+        "fw-2",
+        "--client-id",
+        "ops-1",
+    ]);
     assert!(out.contains("Paused(0)"), "{out}");
 
     // The twin host dies and comes back: the rollout is still paused.
@@ -836,7 +859,15 @@ fn the_twin_host_runs_a_rollout_and_takes_it_up_again_after_a_restart() {
         .count();
     assert!(offered <= 1, "{offered} devices took it while paused");
 
-    ok(&["ota", "resume", "--broker", &url, "fw-2"]);
+    ok(&[
+        "ota",
+        "resume",
+        "--broker",
+        &url,
+        "fw-2",
+        "--client-id",
+        "ops-1",
+    ]);
     let deadline = Instant::now() + Duration::from_secs(120);
     loop {
         let out = status();
@@ -860,12 +891,43 @@ fn the_twin_host_runs_a_rollout_and_takes_it_up_again_after_a_restart() {
         s(&p("fw-2")),
         "--all",
         "--detach",
+        "--client-id",
+        "ops-1",
     ]);
     assert!(!ok_);
     assert!(err.contains("rollout fw-2 exists"), "{err}");
     let (ok_, _, err) = lanyard_cli(&["ota", "status", "--broker", &url, "fw-9"]);
     assert!(!ok_);
     assert!(err.contains("no rollout fw-9"), "{err}");
+
+    // Who did what, chained: the end is recorded within the service's
+    // next sweep (a second).
+    let log = p("rollouts").join("audit.log");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let shown = loop {
+        let shown = ok(&["audit", "show", s(&log)]);
+        if shown.contains("rollout_ended") || Instant::now() > deadline {
+            break shown;
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    };
+    let said: Vec<(String, String)> = shown
+        .lines()
+        .map(|l| {
+            let e: serde_json::Value = serde_json::from_str(l).unwrap();
+            (e["actor"].to_string(), e["action"].to_string())
+        })
+        .collect();
+    let expected = [
+        ("ops-1", "rollout_started"),
+        ("ops-1", "rollout_paused"),
+        ("ops-1", "rollout_resumed"),
+        ("rollout-service", "rollout_ended"),
+    ]
+    .map(|(a, b)| (format!("{a:?}"), format!("{b:?}")));
+    assert_eq!(said, expected, "{shown}");
+    assert!(shown.contains(r#""state":"completed""#), "{shown}");
+    assert!(ok(&["audit", "verify", s(&log)]).contains("4 entries, chained"));
     drop(devices);
     let _ = twin.kill();
     let _ = twin.wait();

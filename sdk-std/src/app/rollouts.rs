@@ -114,9 +114,13 @@ impl AppClient {
             action,
         };
         let mut waiting = self.router.wait_on([answers]);
-        self.router
-            .publish(&RolloutTopic::Request.topic(), &request.encode())
-            .await?;
+        // With an operator identity, the request names its writer, for a
+        // service that takes rollouts only from its operators.
+        let topic = match self.operator_identity() {
+            Some(who) => RolloutTopic::request_by(&who),
+            None => RolloutTopic::Request.topic(),
+        };
+        self.router.publish(&topic, &request.encode()).await?;
         let deadline = tokio::time::Instant::now() + timeout;
         loop {
             let (_, payload) = waiting.next(deadline).await?;

@@ -99,15 +99,31 @@ impl RolloutJournal {
     }
 }
 
-fn encode<'a>(rollout: &Rollout, progress: impl Fn(&str) -> Option<&'a DeviceProgress>) -> Json {
-    let plan = &rollout.plan;
-    let state = match &rollout.state {
+/// A rollout's state as the journal (and the audit log) writes it.
+pub(crate) fn state_json(state: &RolloutState) -> Json {
+    match state {
         RolloutState::Running(s) => json!({"running": s}),
         RolloutState::Paused(s) => json!({"paused": s}),
         RolloutState::Completed => json!("completed"),
         RolloutState::Aborted(why) => json!({"aborted": why}),
         RolloutState::Cancelled => json!("cancelled"),
-    };
+    }
+}
+
+/// A plan as the journal (and the audit log) writes it.
+pub(crate) fn plan_json(plan: &RolloutPlan) -> Json {
+    json!({
+        "stages": plan.stages,
+        "advance_when": plan.advance_when,
+        "min_finished": plan.abort.min_finished,
+        "max_failure_rate": plan.abort.max_failure_rate,
+        "abort_on": plan.abort.abort_on.iter().map(|r| r.name()).collect::<Vec<_>>(),
+        "device_timeout_ms": plan.device_timeout_ms,
+    })
+}
+
+fn encode<'a>(rollout: &Rollout, progress: impl Fn(&str) -> Option<&'a DeviceProgress>) -> Json {
+    let state = state_json(&rollout.state);
     // Sorted, so that the same rollout always writes the same text.
     let offered: std::collections::BTreeMap<&str, u64> = rollout
         .offered
@@ -132,14 +148,7 @@ fn encode<'a>(rollout: &Rollout, progress: impl Fn(&str) -> Option<&'a DevicePro
     json!({
         "format": FORMAT,
         "job": rollout.job_id,
-        "plan": {
-            "stages": plan.stages,
-            "advance_when": plan.advance_when,
-            "min_finished": plan.abort.min_finished,
-            "max_failure_rate": plan.abort.max_failure_rate,
-            "abort_on": plan.abort.abort_on.iter().map(|r| r.name()).collect::<Vec<_>>(),
-            "device_timeout_ms": plan.device_timeout_ms,
-        },
+        "plan": plan_json(&rollout.plan),
         "devices": rollout.devices,
         "state": state,
         "offered": offered,

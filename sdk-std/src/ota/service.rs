@@ -16,15 +16,26 @@
 //! larger than a message travels in pieces ([`RolloutAction::Upload`],
 //! [`MAX_UPLOAD_CHUNK`] bytes at most, in order) before the rollout that
 //! uses it is started.
+//!
+//! Who may change rollouts: with an operator list (`lanyard twin
+//! --operators`), only the listed operators, each on the request topic
+//! that names it ([`RolloutTopic::request_by`], which the broker's ACL
+//! lets only that identity write); anyone may ask a rollout's status.
+//! Any listed operator may pause, resume or cancel any rollout: stopping
+//! a bad release must not wait for the one who started it. Every start,
+//! pause, resume and cancel, and how each rollout ended, goes into the
+//! service's own [audit log](crate::audit) (`DIR/audit.log`, checked by
+//! `lanyard audit verify`), with who asked.
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 
 use lanyard_core::update::messages::UpdateJob;
 
-use super::journal::RolloutJournal;
+use super::journal::{RolloutJournal, plan_json, state_json};
 use super::run::RolloutRun;
 use super::{Release, Rollout, RolloutState};
+use crate::audit::{AuditAction, AuditLog};
 pub use crate::ota_messages::{
     MAX_DEVICES, MAX_UPLOAD_CHUNK, ProgressReport, RolloutAction, RolloutAnswer, RolloutRequest,
     RolloutTopic,
@@ -57,7 +68,21 @@ struct Service<C> {
     runs: HashMap<String, RolloutRun>,
     uploads: HashMap<String, Vec<u8>>,
     progress: tokio::sync::mpsc::UnboundedSender<ProgressReport>,
+    /// Who may change rollouts (`None`: whoever the broker lets write
+    /// the request topics).
+    operators: Option<Vec<String>>,
+    audit: AuditLog,
 }
+
+/// Beside a rollout's journal once its end is in the audit log: a
+/// service that stopped before recording it records it when it starts.
+const ENDED_RECORDED: &str = "ended.audited";
+
+/// The actor of an audit entry whose request named no writer.
+const UNNAMED: &str = "operator";
+
+/// The actor of the entries the service makes itself.
+const SERVICE: &str = "rollout-service";
 
 impl<T, C> Service<C>
 where
@@ -111,8 +136,60 @@ where
         Ok(())
     }
 
+    /// Records an entry in the audit log, durably; a log that cannot be
+    /// written is reported, the action stands.
+    fn record(&mut self, actor: &str, action: AuditAction, detail: serde_json::Value) {
+        let now = crate::clock::Clock::real().now_ms();
+        self.audit.record(now, actor, action, None, detail);
+        if let Err(e) = self.audit.commit() {
+            tracing::error!(path = %self.audit.path().display(), "audit log not written: {e}");
+        }
+    }
+
+    /// Records how rollout `job` ended, once.
+    fn record_end(&mut self, report: &ProgressReport) {
+        let marker = self.dir.join(&report.job).join(ENDED_RECORDED);
+        if marker.exists() {
+            return;
+        }
+        let v = &report.view;
+        self.record(
+            SERVICE,
+            AuditAction::RolloutEnded,
+            serde_json::json!({
+                "job": report.job,
+                "state": state_json(&report.state),
+                "succeeded": v.succeeded,
+                "failed": v.failed,
+                "in_progress": v.in_progress,
+                "waiting": v.waiting,
+            }),
+        );
+        if let Err(e) = std::fs::write(&marker, b"") {
+            tracing::warn!(path = %marker.display(), "{e}");
+        }
+    }
+
+    /// Takes the runs that ended out of the service, recording how.
+    fn sweep(&mut self) {
+        let ended: Vec<String> = self
+            .runs
+            .iter()
+            .filter(|(_, run)| !run.is_under_way())
+            .map(|(job, _)| job.clone())
+            .collect();
+        for job in ended {
+            // Their journals answer for them from now on.
+            self.runs.remove(&job);
+            if let Some(report) = self.progress_of(&job) {
+                self.record_end(&report);
+            }
+        }
+    }
+
     /// Takes up every rollout whose journal in `dir` says it has not
-    /// ended.
+    /// ended; records the end of those that ended while it was not
+    /// there to see it.
     fn resume_all(&mut self) {
         let Ok(entries) = std::fs::read_dir(&self.dir) else {
             return;
@@ -120,6 +197,13 @@ where
         for entry in entries.flatten() {
             let home = entry.path();
             if !home.join("rollout.json").exists() {
+                continue;
+            }
+            let job = entry.file_name().to_string_lossy().into_owned();
+            if let Some(report) = self.progress_of(&job)
+                && !report.state.is_under_way()
+            {
+                self.record_end(&report);
                 continue;
             }
             let resumed = Release::load(&home)
@@ -159,7 +243,49 @@ where
         })
     }
 
-    fn handle(&mut self, action: RolloutAction) -> Result<Option<String>, String> {
+    /// Why `writer` may not change rollouts, if it may not.
+    fn unauthorised(&self, writer: Option<&str>) -> Option<String> {
+        let operators = self.operators.as_ref()?;
+        Some(match writer {
+            Some(who) if operators.iter().any(|o| o == who) => return None,
+            Some(who) => format!("{who} is not an operator of this fleet"),
+            None => format!(
+                "this fleet takes rollouts only from its operators, on a topic that names \
+                 them ({})",
+                RolloutTopic::request_by("{identity}")
+            ),
+        })
+    }
+
+    /// Does what `action` asks, for `writer` (the identity its topic
+    /// names); the job it concerns, whose progress is answered.
+    fn handle(
+        &mut self,
+        action: RolloutAction,
+        writer: Option<&str>,
+    ) -> Result<Option<String>, String> {
+        if !matches!(action, RolloutAction::Status(_))
+            && let Some(why) = self.unauthorised(writer)
+        {
+            return Err(why);
+        }
+        let actor = writer.unwrap_or(UNNAMED);
+        let (job, audited) = match &action {
+            RolloutAction::Pause(job) => (job.clone(), AuditAction::RolloutPaused),
+            RolloutAction::Resume(job) => (job.clone(), AuditAction::RolloutResumed),
+            RolloutAction::Cancel(job) => (job.clone(), AuditAction::RolloutCancelled),
+            _ => return self.handle_release(action, actor),
+        };
+        let done = self.handle_release(action, actor)?;
+        self.record(actor, audited, serde_json::json!({ "job": job }));
+        Ok(done)
+    }
+
+    fn handle_release(
+        &mut self,
+        action: RolloutAction,
+        actor: &str,
+    ) -> Result<Option<String>, String> {
         match action {
             RolloutAction::Upload { job, offset, bytes } => {
                 if !job_dir_name(&job) {
@@ -213,8 +339,17 @@ where
                     .remove(&id)
                     .ok_or_else(|| format!("the image of {id} was not uploaded"))?;
                 let release = Release::from_parts(&job, image).map_err(|e| e.to_string())?;
+                let detail = serde_json::json!({
+                    "job": id,
+                    "version": release.version,
+                    "sha256": crate::hex::to_hex(&release.sha256),
+                    "bytes": release.image.len(),
+                    "devices": devices.len(),
+                    "plan": plan_json(&plan),
+                });
                 let rollout = Rollout::new(&id, devices, plan);
                 self.start(release, Some(rollout))?;
+                self.record(actor, AuditAction::RolloutStarted, detail);
                 Ok(Some(id))
             }
             RolloutAction::Pause(job) => self.control(&job, RolloutRun::pause),
@@ -243,6 +378,8 @@ pub enum ServeError {
     Dir(PathBuf, std::io::Error),
     /// Its connection to the broker failed.
     Transport(crate::transport::TransportError),
+    /// Its audit log (`DIR/audit.log`) cannot be opened, or is broken.
+    Audit(PathBuf, crate::audit::AuditError),
 }
 
 impl std::fmt::Display for ServeError {
@@ -250,6 +387,7 @@ impl std::fmt::Display for ServeError {
         match self {
             ServeError::Dir(dir, e) => write!(f, "rollouts directory {}: {e}", dir.display()),
             ServeError::Transport(e) => write!(f, "rollout service: {e}"),
+            ServeError::Audit(path, e) => write!(f, "rollouts audit log {}: {e}", path.display()),
         }
     }
 }
@@ -264,12 +402,14 @@ impl From<crate::transport::TransportError> for ServeError {
 
 /// Serves rollouts on `transport` until `stop`: takes up the rollouts
 /// whose journals in `dir` have not ended, answers operators' requests,
-/// and publishes each rollout's progress. `connect(job)` opens the
-/// broker connection a rollout's firmware server runs on (one per
-/// rollout).
+/// and publishes each rollout's progress. `operators`, when given, are
+/// the only identities whose requests change rollouts (see the
+/// [module](self)). `connect(job)` opens the broker connection a
+/// rollout's firmware server runs on (one per rollout).
 pub async fn serve_rollouts<T, U, C>(
     mut transport: T,
     dir: &Path,
+    operators: Option<Vec<String>>,
     connect: C,
     stop: impl std::future::Future<Output = ()>,
 ) -> Result<(), ServeError>
@@ -279,7 +419,13 @@ where
     C: FnMut(&str) -> U,
 {
     std::fs::create_dir_all(dir).map_err(|e| ServeError::Dir(dir.to_owned(), e))?;
-    transport.subscribe(&RolloutTopic::Request.topic()).await?;
+    let audit_path = dir.join("audit.log");
+    let audit = AuditLog::open(&audit_path).map_err(|e| ServeError::Audit(audit_path, e))?;
+    let request = RolloutTopic::Request.topic();
+    transport.subscribe(&request).await?;
+    transport
+        .subscribe(&format!("{request}/{}/+", lanyard_core::topic::BY_LEVEL))
+        .await?;
     let (progress, mut reports) = tokio::sync::mpsc::unbounded_channel();
     let mut service = Service {
         dir: dir.to_owned(),
@@ -287,6 +433,8 @@ where
         runs: HashMap::new(),
         uploads: HashMap::new(),
         progress,
+        operators,
+        audit,
     };
     service.resume_all();
     let mut sweep = tokio::time::interval(std::time::Duration::from_secs(1));
@@ -299,15 +447,12 @@ where
                     .publish(&RolloutTopic::Progress.topic(), &report.encode(), Qos::AtLeastOnce)
                     .await?;
             }
-            _ = sweep.tick() => {
-                // Ended runs leave; their journals answer for them.
-                service.runs.retain(|_, run| run.is_under_way());
-            }
+            _ = sweep.tick() => service.sweep(),
             ev = transport.recv() => {
                 let TransportEvent::Message { topic, payload } = ev? else { continue };
-                if topic != RolloutTopic::Request.topic() {
+                let Some(writer) = RolloutTopic::writer_of(&topic) else {
                     continue;
-                }
+                };
                 // A request that does not read has no token to answer.
                 let Some(request) = RolloutRequest::decode(&payload) else {
                     tracing::warn!(bytes = payload.len(), "rollout request that does not read");
@@ -320,7 +465,7 @@ where
                     RolloutAction::Cancel(_) => Some(|s| !s.is_under_way()),
                     _ => None,
                 };
-                let (refused, job) = match service.handle(request.action) {
+                let (refused, job) = match service.handle(request.action, writer) {
                     Ok(job) => (None, job),
                     Err(why) => (Some(why), None),
                 };
@@ -363,7 +508,7 @@ mod tests {
         let (service, b) = (broker.connect(), broker.clone());
         let home = dir.path().to_owned();
         let serving = tokio::spawn(async move {
-            serve_rollouts(service, &home, move |_| b.connect(), async {
+            serve_rollouts(service, &home, None, move |_| b.connect(), async {
                 let _ = stopped.await;
             })
             .await
@@ -454,10 +599,126 @@ mod tests {
             app.rollout_status("fw-5", t).await.unwrap().state,
             RolloutState::Cancelled
         );
-        let entries: Vec<_> = std::fs::read_dir(dir.path()).unwrap().flatten().collect();
-        assert_eq!(entries.len(), 1);
+        let mut entries: Vec<_> = std::fs::read_dir(dir.path())
+            .unwrap()
+            .flatten()
+            .map(|e| e.file_name().into_string().unwrap())
+            .collect();
+        entries.sort();
+        assert_eq!(entries, ["audit.log", "fw-5"]);
         let _ = stop.send(());
         serving.await.unwrap().unwrap();
+    }
+
+    #[tokio::test]
+    async fn only_operators_change_rollouts_and_the_audit_log_says_who() {
+        use crate::app::{AppClient, AppError};
+        use crate::transport::MemoryBroker;
+        use std::time::Duration;
+        let broker = MemoryBroker::new();
+        let dir = tempfile::tempdir().unwrap();
+        let t = Duration::from_secs(5);
+        let serve = |broker: &MemoryBroker| {
+            let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+            let (service, b) = (broker.connect(), broker.clone());
+            let home = dir.path().to_owned();
+            let operators = Some(vec!["ops-a".to_owned(), "ops-b".to_owned()]);
+            let serving = tokio::spawn(async move {
+                serve_rollouts(service, &home, operators, move |_| b.connect(), async {
+                    let _ = stopped.await;
+                })
+                .await
+            });
+            (stop, serving)
+        };
+        let (stop, serving) = serve(&broker);
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        let key = ed25519_compact::KeyPair::from_seed(ed25519_compact::Seed::new([9; 32]));
+        let release = Release::sign("fw-6", "6.0.0", vec![4; 2000], 1024, &key.sk).unwrap();
+        let devices = vec!["ly-020000000002".to_owned()];
+        let plan = RolloutPlan::staged();
+        let refused = |r: Result<ProgressReport, AppError>| match r {
+            Err(AppError::Rejected(why)) => why,
+            other => panic!("not refused: {other:?}"),
+        };
+        let unnamed = AppClient::new(broker.connect()).await.unwrap();
+        let why = refused(
+            unnamed
+                .start_rollout(&release, devices.clone(), &plan, t)
+                .await,
+        );
+        assert!(why.contains("only from its operators"), "{why}");
+        let stranger = AppClient::new(broker.connect())
+            .await
+            .unwrap()
+            .as_operator("mallory")
+            .unwrap();
+        let why = refused(
+            stranger
+                .start_rollout(&release, devices.clone(), &plan, t)
+                .await,
+        );
+        assert!(why.contains("mallory is not an operator"), "{why}");
+        let a = AppClient::new(broker.connect())
+            .await
+            .unwrap()
+            .as_operator("ops-a")
+            .unwrap();
+        let b = AppClient::new(broker.connect())
+            .await
+            .unwrap()
+            .as_operator("ops-b")
+            .unwrap();
+        a.start_rollout(&release, devices, &plan, t).await.unwrap();
+        // Another operator may stop it; a stranger may not; anyone may look.
+        let why = refused(stranger.cancel_rollout("fw-6", t).await);
+        assert!(why.contains("mallory is not an operator"), "{why}");
+        assert_eq!(
+            b.pause_rollout("fw-6", t).await.unwrap().state,
+            RolloutState::Paused(0)
+        );
+        assert_eq!(
+            unnamed.rollout_status("fw-6", t).await.unwrap().state,
+            RolloutState::Paused(0)
+        );
+        a.cancel_rollout("fw-6", t).await.unwrap();
+        let _ = stop.send(());
+        serving.await.unwrap().unwrap();
+
+        // The end is recorded once, whether the service saw it before it
+        // stopped or finds it in the journal when it starts again.
+        for _ in 0..2 {
+            let (stop, serving) = serve(&broker);
+            tokio::time::sleep(Duration::from_millis(300)).await;
+            let _ = stop.send(());
+            serving.await.unwrap().unwrap();
+        }
+        let log = dir.path().join("audit.log");
+        assert_eq!(crate::audit::verify(&log).unwrap().entries, 4);
+        let entries: Vec<serde_json::Value> = std::fs::read_to_string(&log)
+            .unwrap()
+            .lines()
+            .map(|l| serde_json::from_str(l).unwrap())
+            .collect();
+        let said: Vec<(&str, &str)> = entries
+            .iter()
+            .map(|e| (e["actor"].as_str().unwrap(), e["action"].as_str().unwrap()))
+            .collect();
+        assert_eq!(
+            said,
+            [
+                ("ops-a", "rollout_started"),
+                ("ops-b", "rollout_paused"),
+                ("ops-a", "rollout_cancelled"),
+                ("rollout-service", "rollout_ended"),
+            ]
+        );
+        let started = &entries[0]["detail"];
+        assert_eq!(started["job"], "fw-6");
+        assert_eq!(started["version"], "6.0.0");
+        assert_eq!(started["sha256"], crate::hex::to_hex(&release.sha256));
+        assert_eq!(started["devices"], 1);
+        assert_eq!(entries[3]["detail"]["state"], "cancelled");
     }
 
     #[test]

@@ -490,18 +490,22 @@ enum Cmd {
         /// property). Default: the cloud wins everywhere.
         #[arg(long)]
         policies: Option<PathBuf>,
-        /// The identities whose desired state, conflict resolutions and
-        /// re-provisionings the host takes (comma-separated, or the flag
-        /// repeated); each such write names its writer at the end of its
-        /// topic (`lanyard fleet --client-id`), anyone else's is refused
-        /// with the reason. Default: every writer the broker lets through.
+        /// The identities whose desired state, conflict resolutions,
+        /// re-provisionings and (with --rollouts) rollout changes the host
+        /// takes (comma-separated, or the flag repeated); each such write
+        /// names its writer at the end of its topic (`lanyard fleet
+        /// --client-id`, `lanyard ota ... --client-id`), anyone else's is
+        /// refused with the reason. Default: every writer the broker lets
+        /// through.
         #[arg(long, value_delimiter = ',')]
         operators: Vec<String>,
         /// Run the fleet's firmware rollouts here (`lanyard ota start`):
         /// the releases operators hand over and each rollout's journal are
         /// kept in this directory, the blocks are served from it, and the
-        /// rollouts that had not ended are taken up again at start. One
-        /// host of a share group runs them.
+        /// rollouts that had not ended are taken up again at start. Who
+        /// started, paused, resumed or cancelled each, and how it ended,
+        /// goes into `audit.log` there. One host of a share group runs
+        /// them.
         #[arg(long)]
         rollouts: Option<PathBuf>,
     },

@@ -77,6 +77,8 @@ pub(crate) enum OtaCmd {
     Start {
         #[command(flatten)]
         broker: BrokerArgs,
+        #[command(flatten)]
+        operator: OperatorArgs,
         /// The release (`lanyard ota sign`).
         #[arg(long)]
         release: PathBuf,
@@ -104,8 +106,21 @@ pub(crate) enum OtaCmd {
 pub(crate) struct RolloutJob {
     #[command(flatten)]
     broker: BrokerArgs,
+    #[command(flatten)]
+    operator: OperatorArgs,
     /// The release's job id.
     job: String,
+}
+
+/// Who asks the rollout service.
+#[derive(clap::Args)]
+pub(crate) struct OperatorArgs {
+    /// The MQTT client id, and the operator identity the requests name
+    /// (`.../ota/request/by/{identity}`): the one the broker's ACL and
+    /// the twin host's `--operators` know, and the rollouts' audit log
+    /// records.
+    #[arg(long, default_value = "lanyard-operator")]
+    client_id: String,
 }
 
 /// Who a new rollout targets.
@@ -273,6 +288,7 @@ pub(crate) async fn ota(what: OtaCmd) -> Result<(), String> {
         }
         OtaCmd::Start {
             broker,
+            operator,
             release,
             target,
             plan,
@@ -281,7 +297,7 @@ pub(crate) async fn ota(what: OtaCmd) -> Result<(), String> {
             let release = Release::load(&release).map_err(|e| e.to_string())?;
             let job_id = release.job_id.clone();
             let rollout = new_rollout(&broker, &job_id, target, plan).await?;
-            let app = operator_app(&broker).await?;
+            let app = operator_app(&broker, &operator).await?;
             let started = app
                 .start_rollout(
                     &release,
@@ -315,22 +331,26 @@ pub(crate) async fn ota(what: OtaCmd) -> Result<(), String> {
 const ASK_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
 
 /// An operator's client of the twin host.
-async fn operator_app(broker: &BrokerArgs) -> Result<lanyard_std::app::AppClient, String> {
+async fn operator_app(
+    broker: &BrokerArgs,
+    operator: &OperatorArgs,
+) -> Result<lanyard_std::app::AppClient, String> {
     let transport = lanyard_std::mqtt::MqttTransport::connect_and_wait(
-        broker.mqtt("lanyard-ota-operator")?,
+        broker.mqtt(&operator.client_id)?,
         std::time::Duration::from_secs(10),
     )
     .await
     .map_err(|e| format!("broker: {e}"))?;
     lanyard_std::app::AppClient::new(transport)
         .await
-        .map_err(|e| e.to_string())
+        .map_err(|e| e.to_string())?
+        .as_operator(&operator.client_id)
 }
 
 /// `lanyard ota pause / resume / cancel JOB` (`control`), or `status JOB`
 /// (`None`): what the rollout service says of it afterwards.
 async fn control(r: RolloutJob, control: Option<RolloutControl>) -> Result<(), String> {
-    let app = operator_app(&r.broker).await?;
+    let app = operator_app(&r.broker, &r.operator).await?;
     let job = &r.job;
     let answer = match control {
         Some(RolloutControl::Pause) => app.pause_rollout(job, ASK_TIMEOUT).await,

@@ -107,11 +107,14 @@ pub(crate) async fn twin(
             MqttTransport::connect(config)
         };
         println!("rollouts served from {}", dir.display());
+        // The operators who may write desired state are those who may
+        // change rollouts.
+        let operators = (!operators.is_empty()).then_some(operators);
         tokio::spawn(async move {
             let stop = std::future::pending::<()>();
-            if let Err(e) =
-                lanyard_std::ota::service::serve_rollouts(service, &dir, connect, stop).await
-            {
+            let served =
+                lanyard_std::ota::service::serve_rollouts(service, &dir, operators, connect, stop);
+            if let Err(e) = served.await {
                 eprintln!("lanyard twin: {e}");
                 std::process::exit(1);
             }
