@@ -790,3 +790,40 @@ mod in_place_updates {
         assert_eq!(leaves(&d), pairs(&[("a", "2"), ("z", "0")]));
     }
 }
+
+/// Map keys as the decoder checks them: UTF-8 (ASCII taken on a fast
+/// path, other text by the full check), no NUL, a map left as it was for
+/// the next key.
+#[test]
+fn keys_are_checked_as_text_and_as_path_keys_when_decoded() {
+    type T = StateTree<8, 256>;
+    // {"température": 21, "a": {"b": 1}, "c": 2}
+    let mut ok = vec![0xa3, 0x6c];
+    ok.extend_from_slice("température".as_bytes());
+    ok.extend_from_slice(&[0x15, 0x61, b'a', 0xa1, 0x61, b'b', 0x01, 0x61, b'c', 0x02]);
+    let t = T::decode(&ok).unwrap();
+    assert_eq!(t.len(), 3);
+    assert_eq!(
+        t.get(p("a.b").as_path()).map(|e| e.value),
+        Some(Value::Int(1))
+    );
+    assert_eq!(
+        t.get(p("c").as_path()).map(|e| e.value),
+        Some(Value::Int(2))
+    );
+    let mut buf = [0u8; 64];
+    let n = t.encode(&mut buf).unwrap();
+    assert_eq!(T::decode(&buf[..n]).unwrap(), t);
+    // Not UTF-8; a NUL inside a key.
+    assert!(matches!(
+        T::decode(&[0xa1, 0x62, 0xc3, 0x28, 0x01]),
+        Err(Error::Decode(DecodeError::Malformed {
+            what: "UTF-8 text",
+            ..
+        }))
+    ));
+    assert_eq!(
+        T::decode(&[0xa1, 0x63, b'a', 0, b'b', 0x01]),
+        Err(Error::Decode(DecodeError::Path(PathError::NulInKey)))
+    );
+}

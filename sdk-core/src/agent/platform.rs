@@ -298,7 +298,7 @@ impl<'a> Args<'a> {
         let mut d = minicbor::Decoder::new(self.0);
         let mut found = None;
         cbor::each_entry(&mut d, |d| {
-            if found.is_none() && cbor::read_text_key(d)?.0 == key {
+            if found.is_none() && cbor::read_text_key(d)?.0 == key.as_bytes() {
                 found = Some(read(d)?);
                 Ok(())
             } else {

@@ -142,6 +142,12 @@ impl PathBuf {
 
     /// Appends a key; on error the path is unchanged.
     pub fn push(&mut self, key: &str) -> Result<(), PathError> {
+        self.push_bytes(key.as_bytes())
+    }
+
+    /// [`PathBuf::push`] of a key's bytes, UTF-8 already checked (by the
+    /// decoder that read them).
+    pub(crate) fn push_bytes(&mut self, key: &[u8]) -> Result<(), PathError> {
         check_key(key)?;
         // Keys are not empty, so a path of MAX_DEPTH keys has at least
         // twice as many bytes: shorter ones need no count.
@@ -150,7 +156,7 @@ impl PathBuf {
         }
         // Capacity is MAX_DEPTH * (MAX_KEY_LEN + 1), so both always fit here.
         self.bytes
-            .extend_from_slice(key.as_bytes())
+            .extend_from_slice(key)
             .map_err(|_| PathError::TooDeep)?;
         self.bytes.push(SEP).map_err(|_| PathError::TooDeep)?;
         Ok(())
@@ -158,16 +164,23 @@ impl PathBuf {
 
     /// Removes the last key.
     pub fn pop(&mut self) {
-        if self.bytes.is_empty() {
+        // The key's bytes, up to the separator that ends the key before.
+        let Some((_, keys)) = self.bytes.split_last() else {
             return;
-        }
-        self.bytes.pop();
-        while let Some(&b) = self.bytes.last() {
-            if b == SEP {
-                break;
-            }
-            self.bytes.pop();
-        }
+        };
+        let kept = keys.iter().rposition(|&b| b == SEP).map_or(0, |i| i + 1);
+        self.bytes.truncate(kept);
+    }
+
+    /// Where the path ends now, for [`PathBuf::cut_to`]: cheaper than a
+    /// [`PathBuf::pop`], which looks for the key's start.
+    pub(crate) fn mark(&self) -> usize {
+        self.bytes.len()
+    }
+
+    /// Back to what it was at `mark`.
+    pub(crate) fn cut_to(&mut self, mark: usize) {
+        self.bytes.truncate(mark);
     }
 
     /// Borrowed view.
@@ -197,14 +210,16 @@ impl fmt::Debug for PathBuf {
 }
 
 /// Checks one key against the path rules.
-pub(crate) fn check_key(key: &str) -> Result<(), PathError> {
+pub(crate) fn check_key(key: &[u8]) -> Result<(), PathError> {
     if key.is_empty() {
         return Err(PathError::EmptyKey);
     }
     if key.len() > MAX_KEY_LEN {
         return Err(PathError::KeyTooLong { len: key.len() });
     }
-    if key.as_bytes().contains(&SEP) {
+    // A fold rather than `contains`, which calls `memchr`, or an early
+    // exit, which is not vectorised: keys are short.
+    if key.iter().fold(false, |nul, &b| nul | (b == SEP)) {
         return Err(PathError::NulInKey);
     }
     Ok(())

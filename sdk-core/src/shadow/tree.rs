@@ -1022,7 +1022,8 @@ impl<const L: usize, const P: usize> StateTree<L, P> {
     ) -> Result<(), DecodeError> {
         cbor::each_entry(d, |d| {
             let (key, at) = cbor::read_text_key(d)?;
-            path.push(key)?;
+            let mark = path.mark();
+            path.push_bytes(key)?;
             if self.has_within(path.as_path().as_bytes()) {
                 return Err(DecodeError::DuplicateKey { at });
             }
@@ -1044,7 +1045,7 @@ impl<const L: usize, const P: usize> StateTree<L, P> {
                         })?;
                 }
             }
-            path.pop();
+            path.cut_to(mark);
             Ok(())
         })
     }

@@ -599,13 +599,16 @@ fn each_entry_dyn<'b>(
     }
 }
 
-/// Reads a text map key; returns it and where it started.
-pub(crate) fn read_text_key<'b>(d: &mut Decoder<'b>) -> Result<(&'b str, usize), DecodeError> {
+/// Reads a text map key, checked as UTF-8; returns its bytes and where it
+/// started. Bytes rather than `str`: keys are stored as bytes, and most are
+/// ASCII, which is checked here without `from_utf8`'s call.
+pub(crate) fn read_text_key<'b>(d: &mut Decoder<'b>) -> Result<(&'b [u8], usize), DecodeError> {
     let at = d.position();
-    match read_string(d, 3, "a text key") {
-        Ok(key) => Ok((utf8(key, at)?, at)),
-        Err(e) => Err(e),
+    let key = read_string(d, 3, "a text key")?;
+    if !key.is_ascii() {
+        utf8(key, at)?;
     }
+    Ok((key, at))
 }
 
 /// Reads a definite array of fixed-length arrays (`[* [a, b, ...]]`),
