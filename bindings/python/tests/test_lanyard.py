@@ -884,11 +884,12 @@ class ProvisioningByClaim(unittest.TestCase):
 
 
 class FirmwareUpdate(unittest.TestCase):
-    """A Python ``Device`` takes a signed release rolled out by ``lanyard
-    ota rollout``: the callback gets the verified image, and the device
-    started again on it confirms it by its self-test."""
+    """A Python ``Device`` takes signed releases rolled out by ``lanyard
+    ota rollout``: the callback gets each verified image, and the device
+    started again on it confirms it by its self-test. A second update goes
+    to the other slot file, so the image running is never rewritten."""
 
-    def test_a_verified_image_is_handed_to_the_application_and_confirmed(self):
+    def test_verified_images_are_handed_to_the_application_and_confirmed(self):
         binary = os.environ.get("LANYARD_BIN")
         if not binary:
             raise RuntimeError("set LANYARD_BIN to the lanyard binary (scripts/test-all.sh does)")
@@ -899,45 +900,64 @@ class FirmwareUpdate(unittest.TestCase):
         url = f"mqtt://127.0.0.1:{port}"
         run = lambda *a: subprocess.run([binary, *a], check=True, capture_output=True, text=True)
         run("ota", "keygen", "--out", os.path.join(d.name, "fleet"))
-        image = bytes((i * 7) % 251 for i in range(20_000))
-        with open(os.path.join(d.name, "app.bin"), "wb") as f:
-            f.write(image)
-        run("ota", "sign", "--key", os.path.join(d.name, "fleet.key"), "--image",
-            os.path.join(d.name, "app.bin"), "--version", "2.0.0", "--job", "py-2",
-            "--out", os.path.join(d.name, "rel"))
         state = os.path.join(d.name, "dev")
-        got = []
+        key = os.path.join(d.name, "fleet.pub")
+        mac = "02:00:00:00:00:e5"
 
-        def on_update(path, request):
-            with open(path, "rb") as f:
-                got.append((f.read(20_000), request))
+        def update(version: str, image: bytes) -> str:
+            """Rolls ``image`` out as ``version`` to the device running the
+            one before; returns the slot file it was written to."""
+            app = os.path.join(d.name, f"app-{version}.bin")
+            with open(app, "wb") as f:
+                f.write(image)
+            release = os.path.join(d.name, f"rel-{version}")
+            run("ota", "sign", "--key", os.path.join(d.name, "fleet.key"), "--image", app,
+                "--version", version, "--job", f"py-{version}", "--out", release)
+            got = []
 
-        def stop_once_updated(event):
-            if got:
-                raise KeyboardInterrupt  # the application restarts on the image
+            def on_update(path, request):
+                with open(path, "rb") as f:
+                    got.append((path, f.read(), request))
 
-        dev = lanyard.Device(url, "02:00:00:00:00:e5", state, firmware_version="1.0.0",
-                             update_key=os.path.join(d.name, "fleet.pub"), on_update=on_update)
-        rollout = subprocess.Popen(
-            [binary, "ota", "rollout", "--broker", url, "--release", os.path.join(d.name, "rel"),
-             "--devices", dev.device_id, "--stages", "100"],
-            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-        self.addCleanup(lambda: rollout.poll() is None and (rollout.kill(), rollout.wait()))
-        with self.assertRaises(KeyboardInterrupt):
-            dev.run(seconds=30, on_event=stop_once_updated)
-        self.assertEqual(got, [(image, "trial")])
-        # Started again on the new image: its self-test confirms it.
-        tested = []
-        dev = lanyard.Device(url, "02:00:00:00:00:e5", state, firmware_version="2.0.0",
-                             update_key=os.path.join(d.name, "fleet.pub"),
-                             self_test=lambda: tested.append(1) or True)
-        runner = threading.Thread(target=dev.run, kwargs={"seconds": 10})
-        runner.start()
-        out, _ = rollout.communicate(timeout=60)
-        runner.join()
-        self.assertEqual(rollout.returncode, 0, out)
-        self.assertIn("Completed", out)
-        self.assertEqual(tested, [1])
+            def stop_once_updated(event):
+                if got:
+                    raise KeyboardInterrupt  # the application restarts on the image
+
+            running = f"{int(version[0]) - 1}.0.0"
+            dev = lanyard.Device(url, mac, state, firmware_version=running, update_key=key,
+                                 on_update=on_update)
+            rollout = subprocess.Popen(
+                [binary, "ota", "rollout", "--broker", url, "--release", release,
+                 "--devices", dev.device_id, "--stages", "100"],
+                stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+            self.addCleanup(lambda: rollout.poll() is None and (rollout.kill(), rollout.wait()))
+            with self.assertRaises(KeyboardInterrupt):
+                dev.run(seconds=30, on_event=stop_once_updated)
+            self.assertEqual([(g[1], g[2]) for g in got], [(image, "trial")])
+            # Started again on the new image: its self-test confirms it.
+            tested = []
+            dev = lanyard.Device(url, mac, state, firmware_version=version, update_key=key,
+                                 self_test=lambda: tested.append(1) or True)
+            runner = threading.Thread(target=dev.run, kwargs={"seconds": 10})
+            runner.start()
+            out, _ = rollout.communicate(timeout=60)
+            runner.join()
+            self.assertEqual(rollout.returncode, 0, out)
+            self.assertIn("Completed", out)
+            self.assertEqual(tested, [1])
+            return got[0][0]
+
+        second = bytes((i * 7) % 251 for i in range(20_000))
+        third = bytes((i * 13) % 241 for i in range(30_000))
+        first_slot = update("2.0.0", second)
+        second_slot = update("3.0.0", third)
+        # Each update named the file it was written to; the image that ran
+        # while the next one came is as it was.
+        self.assertNotEqual(first_slot, second_slot)
+        with open(first_slot, "rb") as f:
+            self.assertEqual(f.read(), second)
+        with open(second_slot, "rb") as f:
+            self.assertEqual(f.read(), third)
         with self.assertRaises(ValueError):
             lanyard.Device(url, "02:00:00:00:00:e6", state, update_key="not hex")
 
