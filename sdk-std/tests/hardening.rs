@@ -628,7 +628,24 @@ async fn only_the_hosts_operators_write_and_none_can_write_as_another() {
     let broker = common::broker_with_acl(&pki, acl);
     let port = broker.port;
     let wait = Duration::from_secs(10);
-    let (stop_tx, twin) = serve_host(&pki, port, host().with_operators(&["lanyard-ops"]));
+    // The host's connection is shared with the rollout service, as
+    // `lanyard twin --rollouts` shares it: the broker gives the identity
+    // one session.
+    let t = MqttTransport::connect_and_wait(pki.mqtt(port, "lanyard-twin", "lanyard-twin"), wait)
+        .await
+        .unwrap();
+    let mut shared = lanyard_std::transport::SharedConnection::new(t);
+    let joiner = shared.joiner();
+    let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+    let twin = tokio::spawn(async move {
+        let mut host = host().with_operators(&["lanyard-ops"]);
+        run_twin(&mut host, &mut shared, Clock::real(), true, async {
+            let _ = stop_rx.await;
+        })
+        .await
+        .unwrap();
+        (host, shared.reconnects())
+    });
     let mut dev = registered_device(&pki, port).await;
     dev.subscribe(&topic(A, MessageKind::Command))
         .await
@@ -706,23 +723,19 @@ async fn only_the_hosts_operators_write_and_none_can_write_as_another() {
     let r = anonymous.set_desired_within(A, &desired, 13, short).await;
     assert_eq!(r, Err(AppError::Timeout));
 
-    // Rollouts the same way: the service beside the host answers its
-    // operator (here: no such rollout), refuses one it does not list, and
-    // never sees a request written as another.
+    // Rollouts the same way: the service beside the host, on the host's
+    // connection, answers its operator (here: no such rollout), refuses
+    // one it does not list, and never sees a request written as another.
     let rollouts = tempfile::tempdir().unwrap();
     let (stop_rollouts, stopped) = tokio::sync::oneshot::channel::<()>();
-    let service =
-        MqttTransport::connect_and_wait(pki.mqtt(port, "lanyard-twin", "lanyard-twin-ota"), wait)
-            .await
-            .unwrap();
-    let per_rollout = pki.mqtt(port, "lanyard-twin", "lanyard-twin-ota-job");
+    let service = joiner.join();
     let home = rollouts.path().to_owned();
     let serving = tokio::spawn(async move {
         lanyard_std::ota::service::serve_rollouts(
             service,
             &home,
             Some(vec!["lanyard-ops".to_owned()]),
-            move |_| MqttTransport::connect(per_rollout.clone()),
+            move |_| joiner.join(),
             async {
                 let _ = stopped.await;
             },
@@ -746,7 +759,9 @@ async fn only_the_hosts_operators_write_and_none_can_write_as_another() {
     serving.await.unwrap().unwrap();
 
     stop_tx.send(()).unwrap();
-    let host = twin.await.unwrap();
+    let (host, reconnects) = twin.await.unwrap();
     assert_eq!(host.stats().unauthorised, 2);
     assert_eq!(host.shadow(A).unwrap().version(), v);
+    // One session throughout: nothing took the host's over.
+    assert_eq!(reconnects, 0);
 }

@@ -97,32 +97,35 @@ pub(crate) async fn twin(
             .with_share_group(g)
             .map_err(|e| format!("--share-group: {e}"))?;
     }
+    let mut config = broker.mqtt(&client_id)?;
+    config.max_inflight = lanyard_std::mqtt::HOST_INFLIGHT;
+    // The rollout service and its rollouts use the host's connection: a
+    // broker that takes client ids from certificates gives one identity
+    // one connection.
+    let mut transport =
+        lanyard_std::transport::SharedConnection::new(MqttTransport::connect(config));
     if let Some(dir) = rollouts {
-        let service = MqttTransport::connect(broker.mqtt(&format!("{client_id}-ota"))?);
-        let per_rollout = broker.mqtt("")?;
-        let base = client_id.clone();
-        let connect = move |job: &str| {
-            let mut config = per_rollout.clone();
-            config.client_id = format!("{base}-ota-{job}");
-            MqttTransport::connect(config)
-        };
+        let joiner = transport.joiner();
+        let service = joiner.join();
         println!("rollouts served from {}", dir.display());
         // The operators who may write desired state are those who may
         // change rollouts.
         let operators = (!operators.is_empty()).then_some(operators);
         tokio::spawn(async move {
             let stop = std::future::pending::<()>();
-            let served =
-                lanyard_std::ota::service::serve_rollouts(service, &dir, operators, connect, stop);
+            let served = lanyard_std::ota::service::serve_rollouts(
+                service,
+                &dir,
+                operators,
+                move |_| joiner.join(),
+                stop,
+            );
             if let Err(e) = served.await {
                 eprintln!("lanyard twin: {e}");
                 std::process::exit(1);
             }
         });
     }
-    let mut config = broker.mqtt(&client_id)?;
-    config.max_inflight = lanyard_std::mqtt::HOST_INFLIGHT;
-    let mut transport = MqttTransport::connect(config);
     println!(
         "twin host on {}, {} shadows loaded",
         broker.url()?,

@@ -1,13 +1,17 @@
 //! The transport a driver moves messages over. MQTT is one implementation
 //! ([`crate::mqtt::MqttTransport`]); [`MemoryBroker`] is another, in
 //! process, which tests use and which shows that the core needs nothing of
-//! MQTT.
+//! MQTT. [`SharedConnection`] lets several clients of one process use one
+//! connection.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 
 use async_trait::async_trait;
 use tokio::sync::mpsc;
+
+mod shared;
+pub use shared::{JOINED_QUEUE, Joined, Joiner, SharedConnection};
 
 /// Delivery guarantee of a publish.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
