@@ -391,6 +391,10 @@ mod tests {
     use crate::transport::MemoryBroker;
     use std::time::Duration;
 
+    async fn send(t: &mut crate::transport::MemoryTransport, topic: &str, payload: &[u8]) {
+        t.publish(topic, payload, Qos::AtLeastOnce).await.unwrap();
+    }
+
     async fn next(r: &mut Joined) -> TransportEvent {
         tokio::time::timeout(Duration::from_secs(5), r.recv())
             .await
@@ -444,18 +448,9 @@ mod tests {
                 "sent once, in order"
             );
         }
-        outside
-            .publish("job/a/req", b"1", Qos::AtLeastOnce)
-            .await
-            .unwrap();
-        outside
-            .publish("job/a/x", b"2", Qos::AtLeastOnce)
-            .await
-            .unwrap();
-        outside
-            .publish("host/x", b"3", Qos::AtLeastOnce)
-            .await
-            .unwrap();
+        send(&mut outside, "job/a/req", b"1").await;
+        send(&mut outside, "job/a/x", b"2").await;
+        send(&mut outside, "host/x", b"3").await;
 
         assert_eq!(next(&mut a).await, message("job/a/req", b"1"));
         assert_eq!(next(&mut a).await, message("job/a/x", b"2"));
@@ -466,14 +461,8 @@ mod tests {
         // A client that leaves is routed nothing more; the others go on,
         // and what only it had subscribed to goes to the owner.
         drop(b);
-        outside
-            .publish("job/a/req", b"5", Qos::AtLeastOnce)
-            .await
-            .unwrap();
-        outside
-            .publish("job/b/req", b"6", Qos::AtLeastOnce)
-            .await
-            .unwrap();
+        send(&mut outside, "job/a/req", b"5").await;
+        send(&mut outside, "job/b/req", b"6").await;
         assert_eq!(next(&mut a).await, message("job/a/req", b"5"));
         let owners = tokio::time::timeout(Duration::from_secs(5), owner_got.recv());
         assert_eq!(owners.await.unwrap().unwrap(), message("job/b/req", b"6"));
@@ -518,26 +507,14 @@ mod tests {
             }
         }
         // Only the joined client's: acknowledged as it is queued.
-        outside
-            .publish("job", b"1", Qos::AtLeastOnce)
-            .await
-            .unwrap();
-        outside
-            .publish("host", b"2", Qos::AtLeastOnce)
-            .await
-            .unwrap();
+        send(&mut outside, "job", b"1").await;
+        send(&mut outside, "host", b"2").await;
         assert_eq!(owner.recv().await.unwrap(), message("host", b"2"));
         assert_eq!(acks.load(Ordering::SeqCst), 1);
         // The owner holds one it has not handled: the joined client's
         // wait for the owner's acknowledgement, which takes them all.
-        outside
-            .publish("job", b"3", Qos::AtLeastOnce)
-            .await
-            .unwrap();
-        outside
-            .publish("host", b"4", Qos::AtLeastOnce)
-            .await
-            .unwrap();
+        send(&mut outside, "job", b"3").await;
+        send(&mut outside, "host", b"4").await;
         assert_eq!(owner.recv().await.unwrap(), message("host", b"4"));
         assert_eq!(acks.load(Ordering::SeqCst), 1);
         owner.ack_handled();
