@@ -39,6 +39,49 @@ enum Fallback {
     B,
 }
 
+/// What the bootloader is asked for the candidate slot.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Request {
+    /// Nothing: no image on trial (a download under way, or none).
+    Nothing,
+    /// Boot it once, on trial.
+    Trial,
+    /// It booted on trial and was not confirmed yet: the next restart
+    /// goes back.
+    TrialBooted,
+    /// It runs for good.
+    Confirmed,
+    /// Its trial failed: the image before runs.
+    Reverted,
+}
+
+impl Request {
+    /// Each request and its word in the `boot` file.
+    const NAMES: [(Request, &'static str); 5] = [
+        (Request::Nothing, ""),
+        (Request::Trial, "trial"),
+        (Request::TrialBooted, "trial-booted"),
+        (Request::Confirmed, "confirmed"),
+        (Request::Reverted, "reverted"),
+    ];
+
+    fn name(self) -> &'static str {
+        Self::NAMES
+            .iter()
+            .find(|(r, _)| *r == self)
+            .map_or("", |(_, n)| n)
+    }
+
+    /// A word this does not know (a file damaged by hand) reads as no
+    /// request: the installed or fallback image runs.
+    fn named(word: &str) -> Request {
+        Self::NAMES
+            .iter()
+            .find(|(_, n)| *n == word)
+            .map_or(Request::Nothing, |(r, _)| *r)
+    }
+}
+
 /// The slots' state, in the `boot` file: the bootloader's request for the
 /// candidate slot on its first line (`trial`, `trial-booted`, `confirmed`,
 /// `reverted`, or empty), and which image to go back to on a second line
@@ -46,7 +89,7 @@ enum Fallback {
 /// that a power cut never leaves a request paired with the wrong slot.
 #[derive(Debug, Clone, PartialEq, Eq)]
 struct SlotState {
-    request: String,
+    request: Request,
     fallback: Fallback,
 }
 
@@ -91,7 +134,7 @@ impl FileSlot {
     fn state(&self) -> SlotState {
         let text = std::fs::read_to_string(self.file(BOOT_FILE)).unwrap_or_default();
         let mut lines = text.lines();
-        let request = lines.next().unwrap_or("").trim().to_owned();
+        let request = Request::named(lines.next().unwrap_or("").trim());
         let fallback = match lines.next().map(str::trim) {
             Some("fallback a") => Fallback::A,
             Some("fallback b") => Fallback::B,
@@ -103,16 +146,16 @@ impl FileSlot {
     fn save(&self, state: &SlotState) -> std::io::Result<()> {
         let text = match state.fallback {
             // The single-line form of slots that never switched.
-            Fallback::Installed => state.request.clone(),
-            Fallback::A => format!("{}\nfallback a\n", state.request),
-            Fallback::B => format!("{}\nfallback b\n", state.request),
+            Fallback::Installed => state.request.name().to_owned(),
+            Fallback::A => format!("{}\nfallback a\n", state.request.name()),
+            Fallback::B => format!("{}\nfallback b\n", state.request.name()),
         };
         crate::store::write_atomic(&self.file(BOOT_FILE), text.as_bytes())
     }
 
-    fn set(&self, request: &str) -> Result<(), SlotError> {
+    fn set(&self, request: Request) -> Result<(), SlotError> {
         let state = SlotState {
-            request: request.to_owned(),
+            request,
             ..self.state()
         };
         self.save(&state).map_err(|_| SlotError)
@@ -120,11 +163,11 @@ impl FileSlot {
 
     /// What the bootloader is asked for the candidate slot.
     pub fn boot_request(&self) -> BootRequest {
-        match self.state().request.as_str() {
-            "trial" | "trial-booted" => BootRequest::Trial,
-            "confirmed" => BootRequest::Confirmed,
-            "reverted" => BootRequest::Reverted,
-            _ => BootRequest::None,
+        match self.state().request {
+            Request::Trial | Request::TrialBooted => BootRequest::Trial,
+            Request::Confirmed => BootRequest::Confirmed,
+            Request::Reverted => BootRequest::Reverted,
+            Request::Nothing => BootRequest::None,
         }
     }
 
@@ -134,23 +177,23 @@ impl FileSlot {
     /// now is the candidate slot's.
     pub fn boot(&self) -> std::io::Result<bool> {
         let state = self.state();
-        let to = |request: &str| {
+        let to = |request| {
             self.save(&SlotState {
-                request: request.to_owned(),
+                request,
                 ..state.clone()
             })
         };
-        Ok(match state.request.as_str() {
-            "trial" => {
-                to("trial-booted")?;
+        Ok(match state.request {
+            Request::Trial => {
+                to(Request::TrialBooted)?;
                 true
             }
-            "trial-booted" => {
-                to("reverted")?;
+            Request::TrialBooted => {
+                to(Request::Reverted)?;
                 false
             }
-            "confirmed" => true,
-            _ => false,
+            Request::Confirmed => true,
+            Request::Nothing | Request::Reverted => false,
         })
     }
 
@@ -159,8 +202,8 @@ impl FileSlot {
     /// confirmed, else the one to go back to (`None`: the installed one).
     pub fn chosen_image(&self) -> Option<PathBuf> {
         let state = self.state();
-        match (state.request.as_str(), state.fallback) {
-            ("trial-booted" | "confirmed", _) => Some(self.image()),
+        match (state.request, state.fallback) {
+            (Request::TrialBooted | Request::Confirmed, _) => Some(self.image()),
             (_, Fallback::Installed) => None,
             (_, Fallback::A) => Some(self.file(IMAGE_FILE)),
             (_, Fallback::B) => Some(self.file(IMAGE_B_FILE)),
@@ -181,7 +224,7 @@ impl UpdateSlot for FileSlot {
         let state = self.state();
         // A confirmed candidate is the image that runs now: it becomes the
         // one to go back to, and the update goes to the other file.
-        let fallback = if state.request == "confirmed" {
+        let fallback = if state.request == Request::Confirmed {
             match state.fallback {
                 Fallback::A => Fallback::B,
                 Fallback::Installed | Fallback::B => Fallback::A,
@@ -190,7 +233,7 @@ impl UpdateSlot for FileSlot {
             state.fallback
         };
         self.save(&SlotState {
-            request: String::new(),
+            request: Request::Nothing,
             fallback,
         })
         .map_err(io)?;
@@ -228,15 +271,15 @@ impl UpdateSlot for FileSlot {
     }
 
     fn mark_trial(&mut self) -> Result<(), SlotError> {
-        self.set("trial")
+        self.set(Request::Trial)
     }
 
     fn confirm(&mut self) -> Result<(), SlotError> {
-        self.set("confirmed")
+        self.set(Request::Confirmed)
     }
 
     fn revert(&mut self) -> Result<(), SlotError> {
-        self.set("reverted")
+        self.set(Request::Reverted)
     }
 }
 
