@@ -807,7 +807,7 @@ fn the_twin_host_runs_a_rollout_and_takes_it_up_again_after_a_restart() {
         "--stages",
         "25,100",
         "--detach",
-        "--client-id",
+        "--operator",
         "ops-1",
     ]);
     assert!(
@@ -820,7 +820,7 @@ fn the_twin_host_runs_a_rollout_and_takes_it_up_again_after_a_restart() {
         "--broker",
         &url,
         "fw-2",
-        "--client-id",
+        "--operator",
         "intruder",
     ]);
     assert!(!ok_);
@@ -831,7 +831,7 @@ fn the_twin_host_runs_a_rollout_and_takes_it_up_again_after_a_restart() {
         "--broker",
         &url,
         "fw-2",
-        "--client-id",
+        "--operator",
         "ops-1",
     ]);
     assert!(out.contains("Paused(0)"), "{out}");
@@ -865,7 +865,7 @@ fn the_twin_host_runs_a_rollout_and_takes_it_up_again_after_a_restart() {
         "--broker",
         &url,
         "fw-2",
-        "--client-id",
+        "--operator",
         "ops-1",
     ]);
     let deadline = Instant::now() + Duration::from_secs(120);
@@ -891,7 +891,7 @@ fn the_twin_host_runs_a_rollout_and_takes_it_up_again_after_a_restart() {
         s(&p("fw-2")),
         "--all",
         "--detach",
-        "--client-id",
+        "--operator",
         "ops-1",
     ]);
     assert!(!ok_);

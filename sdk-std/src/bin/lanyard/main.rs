@@ -494,7 +494,7 @@ enum Cmd {
         /// re-provisionings and (with --rollouts) rollout changes the host
         /// takes (comma-separated, or the flag repeated); each such write
         /// names its writer at the end of its topic (`lanyard fleet
-        /// --client-id`, `lanyard ota ... --client-id`), anyone else's is
+        /// --client-id`, `lanyard ota ... --operator`), anyone else's is
         /// refused with the reason. Default: every writer the broker lets
         /// through.
         #[arg(long, value_delimiter = ',')]

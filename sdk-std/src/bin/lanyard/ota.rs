@@ -115,12 +115,14 @@ pub(crate) struct RolloutJob {
 /// Who asks the rollout service.
 #[derive(clap::Args)]
 pub(crate) struct OperatorArgs {
-    /// The MQTT client id, and the operator identity the requests name
+    /// The operator identity the requests name
     /// (`.../ota/request/by/{identity}`): the one the broker's ACL and
-    /// the twin host's `--operators` know, and the rollouts' audit log
-    /// records.
+    /// the twin host's `--operators` know (with mutual TLS, the
+    /// certificate's name), and the rollouts' audit log records. The MQTT
+    /// client id is made from it, one per process, so that a `start`
+    /// following its rollout and a `pause` beside it keep their sessions.
     #[arg(long, default_value = "lanyard-operator")]
-    client_id: String,
+    operator: String,
 }
 
 /// Who a new rollout targets.
@@ -335,8 +337,9 @@ async fn operator_app(
     broker: &BrokerArgs,
     operator: &OperatorArgs,
 ) -> Result<lanyard_std::app::AppClient, String> {
+    let client_id = format!("{}-ota-{}", operator.operator, std::process::id());
     let transport = lanyard_std::mqtt::MqttTransport::connect_and_wait(
-        broker.mqtt(&operator.client_id)?,
+        broker.mqtt(&client_id)?,
         std::time::Duration::from_secs(10),
     )
     .await
@@ -344,7 +347,7 @@ async fn operator_app(
     lanyard_std::app::AppClient::new(transport)
         .await
         .map_err(|e| e.to_string())?
-        .as_operator(&operator.client_id)
+        .as_operator(&operator.operator)
 }
 
 /// `lanyard ota pause / resume / cancel JOB` (`control`), or `status JOB`
