@@ -55,6 +55,35 @@ pub enum AppTopic {
 /// so a twin host knows who wrote.
 pub const BY_LEVEL: &str = "by";
 
+/// Longest writer identity a topic may name.
+pub const MAX_WRITER_LEN: usize = 128;
+
+/// Whether `identity` can name a writer at the end of a topic: one topic
+/// level (no `/`, `+` or `#`) of 1 to [`MAX_WRITER_LEN`] bytes.
+pub fn valid_writer(identity: &str) -> bool {
+    !identity.is_empty() && identity.len() <= MAX_WRITER_LEN && !identity.contains(['/', '+', '#'])
+}
+
+/// Splits a topic (or its suffix) that ends with `/by/{identity}` into
+/// what comes before and the writer; any other, whole and with no writer.
+///
+/// ```
+/// use lanyard_core::topic::split_writer;
+/// assert_eq!(split_writer("a/shadow/desired/by/ops"), ("a/shadow/desired", Some("ops")));
+/// assert_eq!(split_writer("a/shadow/desired"), ("a/shadow/desired", None));
+/// assert_eq!(split_writer("a/by/o+"), ("a/by/o+", None));
+/// ```
+pub fn split_writer(topic: &str) -> (&str, Option<&str>) {
+    let named = topic.rsplit_once('/').and_then(|(rest, who)| {
+        let (before, by) = rest.rsplit_once('/')?;
+        (by == BY_LEVEL && valid_writer(who)).then_some((before, who))
+    });
+    match named {
+        Some((before, who)) => (before, Some(who)),
+        None => (topic, None),
+    }
+}
+
 /// An operator's writes, which may name their writer ([`BY_LEVEL`]). A twin
 /// host with an operator list takes those it handles (desired state,
 /// resolutions, re-provisionings) only from a listed writer, and passes

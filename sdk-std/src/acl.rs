@@ -129,6 +129,27 @@ pub fn mosquitto_acl(trusted: &[&str]) -> Result<String, NotAServiceName> {
     Ok(out)
 }
 
+/// Why a service that takes `what` only from `operators` refuses a write
+/// by `writer` (the identity its topic names, see
+/// [`lanyard_core::topic::split_writer`]), if it does; `topic` shows where
+/// an operator's write goes. One rule for the twin host's writes and the
+/// rollout service's requests.
+pub fn operator_refusal(
+    operators: &[String],
+    writer: Option<&str>,
+    what: &str,
+    topic: &str,
+) -> Option<String> {
+    Some(match writer {
+        Some(who) if operators.iter().any(|o| o == who) => return None,
+        Some(who) => format!("{who} is not an operator of this fleet"),
+        None => format!(
+            "this fleet takes {what} only from its operators, on a topic that names them \
+             ({topic})"
+        ),
+    })
+}
+
 /// [`mosquitto_acl`], with `operators` who may write only as themselves:
 /// each reads every Lanyard topic, asks for shadows, the fleet's listing
 /// and raw readings, asks the rollout service for rollouts, and writes

@@ -401,8 +401,7 @@ impl AppClient {
     /// identity, an operator's write names it (`.../by/{identity}`).
     fn write_topic(&self, device: &str, t: Topic) -> Result<String, AppError> {
         let topic = device_topic(device, t)?;
-        let operator = self.operator.lock().unwrap_or_else(|p| p.into_inner());
-        Ok(match operator.as_deref() {
+        Ok(match self.operator_identity().as_deref() {
             Some(who) if lanyard_core::topic::OPERATOR_WRITES.contains(&t) => {
                 format!("{topic}/{}/{who}", lanyard_core::topic::BY_LEVEL)
             }
@@ -412,7 +411,7 @@ impl AppClient {
 
     /// [`as_operator`](Self::as_operator) on a client already made.
     pub fn set_operator(&self, identity: &str) -> Result<(), String> {
-        if identity.is_empty() || identity.len() > 128 || identity.contains(['/', '+', '#']) {
+        if !lanyard_core::topic::valid_writer(identity) {
             return Err(format!(
                 "operator identity {identity:?}: one topic level (no '/', '+' or '#'), \
                  1 to 128 bytes"

@@ -165,7 +165,8 @@ impl RolloutTopic {
 
     /// Whether `topic` is a request topic, and if so the writer it names
     /// (`Some(None)`: the plain request topic, which names none). A writer
-    /// is one topic level of 1 to 128 bytes.
+    /// is one topic level of 1 to 128 bytes
+    /// ([`lanyard_core::topic::valid_writer`]).
     ///
     /// ```
     /// use lanyard_std::ota_messages::RolloutTopic;
@@ -175,16 +176,8 @@ impl RolloutTopic {
     /// assert_eq!(RolloutTopic::writer_of(&RolloutTopic::Answer.topic()), None);
     /// ```
     pub fn writer_of(topic: &str) -> Option<Option<&str>> {
-        let request = RolloutTopic::Request.topic();
-        let rest = topic.strip_prefix(request.as_str())?;
-        if rest.is_empty() {
-            return Some(None);
-        }
-        let who = rest
-            .strip_prefix('/')?
-            .strip_prefix(lanyard_core::topic::BY_LEVEL)?
-            .strip_prefix('/')?;
-        (!who.is_empty() && who.len() <= 128 && !who.contains(['/', '+', '#'])).then_some(Some(who))
+        let (base, writer) = lanyard_core::topic::split_writer(topic);
+        (base == RolloutTopic::Request.topic()).then_some(writer)
     }
 }
 

@@ -179,11 +179,12 @@ where
             .map(|(job, _)| job.clone())
             .collect();
         for job in ended {
-            // Their journals answer for them from now on.
-            self.runs.remove(&job);
+            // Read from the run, before it leaves: its journal answers for
+            // it from now on.
             if let Some(report) = self.progress_of(&job) {
                 self.record_end(&report);
             }
+            self.runs.remove(&job);
         }
     }
 
@@ -243,20 +244,6 @@ where
         })
     }
 
-    /// Why `writer` may not change rollouts, if it may not.
-    fn unauthorised(&self, writer: Option<&str>) -> Option<String> {
-        let operators = self.operators.as_ref()?;
-        Some(match writer {
-            Some(who) if operators.iter().any(|o| o == who) => return None,
-            Some(who) => format!("{who} is not an operator of this fleet"),
-            None => format!(
-                "this fleet takes rollouts only from its operators, on a topic that names \
-                 them ({})",
-                RolloutTopic::request_by("{identity}")
-            ),
-        })
-    }
-
     /// Does what `action` asks, for `writer` (the identity its topic
     /// names); the job it concerns, whose progress is answered.
     fn handle(
@@ -264,28 +251,19 @@ where
         action: RolloutAction,
         writer: Option<&str>,
     ) -> Result<Option<String>, String> {
+        // Anyone may look; only operators, when there is a list, change.
         if !matches!(action, RolloutAction::Status(_))
-            && let Some(why) = self.unauthorised(writer)
+            && let Some(operators) = &self.operators
+            && let Some(why) = crate::acl::operator_refusal(
+                operators,
+                writer,
+                "rollouts",
+                &RolloutTopic::request_by("{identity}"),
+            )
         {
             return Err(why);
         }
         let actor = writer.unwrap_or(UNNAMED);
-        let (job, audited) = match &action {
-            RolloutAction::Pause(job) => (job.clone(), AuditAction::RolloutPaused),
-            RolloutAction::Resume(job) => (job.clone(), AuditAction::RolloutResumed),
-            RolloutAction::Cancel(job) => (job.clone(), AuditAction::RolloutCancelled),
-            _ => return self.handle_release(action, actor),
-        };
-        let done = self.handle_release(action, actor)?;
-        self.record(actor, audited, serde_json::json!({ "job": job }));
-        Ok(done)
-    }
-
-    fn handle_release(
-        &mut self,
-        action: RolloutAction,
-        actor: &str,
-    ) -> Result<Option<String>, String> {
         match action {
             RolloutAction::Upload { job, offset, bytes } => {
                 if !job_dir_name(&job) {
@@ -352,17 +330,35 @@ where
                 self.record(actor, AuditAction::RolloutStarted, detail);
                 Ok(Some(id))
             }
-            RolloutAction::Pause(job) => self.control(&job, RolloutRun::pause),
-            RolloutAction::Resume(job) => self.control(&job, RolloutRun::resume),
-            RolloutAction::Cancel(job) => self.control(&job, RolloutRun::cancel),
+            RolloutAction::Pause(job) => {
+                self.control(&job, RolloutRun::pause, actor, AuditAction::RolloutPaused)
+            }
+            RolloutAction::Resume(job) => {
+                self.control(&job, RolloutRun::resume, actor, AuditAction::RolloutResumed)
+            }
+            RolloutAction::Cancel(job) => self.control(
+                &job,
+                RolloutRun::cancel,
+                actor,
+                AuditAction::RolloutCancelled,
+            ),
             RolloutAction::Status(job) => Ok(Some(job)),
         }
     }
 
-    fn control(&self, job: &str, act: fn(&RolloutRun)) -> Result<Option<String>, String> {
+    /// `act` on rollout `job`, under way, for `actor`, recorded as
+    /// `audited`.
+    fn control(
+        &mut self,
+        job: &str,
+        act: fn(&RolloutRun),
+        actor: &str,
+        audited: AuditAction,
+    ) -> Result<Option<String>, String> {
         match self.runs.get(job) {
             Some(run) if run.is_under_way() => {
                 act(run);
+                self.record(actor, audited, serde_json::json!({ "job": job }));
                 Ok(Some(job.to_owned()))
             }
             _ if self.progress_of(job).is_some() => Err(format!("rollout {job} has ended")),

@@ -329,19 +329,6 @@ fn payload_hash(payload: &[u8]) -> u64 {
     h.finish()
 }
 
-/// Splits `suffix` into the topic's kind and the writer it names, if it
-/// ends with `/by/{identity}` (one level: no `/`, `+` or `#`).
-fn split_writer(suffix: &str) -> (&str, Option<&str>) {
-    match suffix.rsplit_once(&format!("/{BY_LEVEL}/")[..]) {
-        Some((kind, who))
-            if !who.is_empty() && !who.contains(['/', '+', '#']) && who.len() <= 128 =>
-        {
-            (kind, Some(who))
-        }
-        _ => (suffix, None),
-    }
-}
-
 impl TwinHost {
     /// A host that keeps its shadows in memory only.
     pub fn in_memory(fleet_config: DeviceConfig) -> Self {
@@ -398,16 +385,12 @@ impl TwinHost {
         if !OPERATOR_WRITES.contains(&t) || (matches!(t, Topic::Device(_)) && by.is_none()) {
             return None;
         }
-        Some(match by {
-            Some(who) if operators.iter().any(|o| o == who) => return None,
-            Some(who) => format!("{who} is not an operator of this fleet"),
-            None => format!(
-                "this fleet takes {} only from its operators, on a topic that names them \
-                 (.../{}/{BY_LEVEL}/{{identity}})",
-                t.suffix(),
-                t.suffix()
-            ),
-        })
+        crate::acl::operator_refusal(
+            operators,
+            by,
+            t.suffix(),
+            &format!(".../{}/{BY_LEVEL}/{{identity}}", t.suffix()),
+        )
     }
 
     /// Refuses write `t` from outside the operator list: the writer is
@@ -1143,7 +1126,7 @@ impl TwinHost {
         if !valid_device_id(id) {
             return Vec::new();
         }
-        let (suffix, by) = split_writer(suffix);
+        let (suffix, by) = lanyard_core::topic::split_writer(suffix);
         let Some(t) = Topic::from_suffix(suffix) else {
             return Vec::new();
         };
